@@ -1,0 +1,14 @@
+"""What ``fab run`` (and ``fab status``/``logs``/``analyze``) orchestrates over the inventory's hosts.
+
+Private modules, re-exported here: ``_remote`` (connections and fan-out),
+``_plan`` (presets, client split, thresholds, clock offsets: pure),
+``_services`` (health and server-side stats), ``_run`` (one run end to end).
+"""
+
+from ._remote import CONNECT_TIMEOUT as CONNECT_TIMEOUT
+from ._remote import GroupException as GroupException
+from ._remote import LocalConnection as LocalConnection
+from ._remote import close_all as close_all
+from ._remote import connect as connect
+from ._remote import describe_failures as describe_failures
+from ._remote import fan_out as fan_out
