@@ -1,0 +1,354 @@
+"""The reference wsproxy: aiohttp WebSockets fed by Redis pub/sub.
+
+Routes: ``GET /{agent_id}/ws/{session_id}`` (WebSocket), ``GET /health``,
+``GET /stats``.
+
+A WebSocket request is handled in this order, and nothing later happens when
+an earlier step refuses:
+
+1. authentication (``Authorization: Bearer <jwt>``, size-capped, via
+   :mod:`kit.auth`): refused with 401 JSON before any upgrade or Redis work;
+   only the reason code is counted and logged, never any part of the token;
+2. ``session:{id}:down`` is subscribed and Redis has confirmed it (so nothing
+   published after the client sees the 101 is missed): 503 if Redis fails;
+3. the upgrade; then frames queued during it are flushed.
+
+Forward path (the hot one): the pub/sub connection's ``data_received`` calls
+:func:`_Forwarder.deliver`, which builds the frame once and hands the bytes to
+each subscribed :class:`_Client`.  A client writes straight to its transport,
+never awaiting: a client whose kernel buffer is full and whose user-space
+buffer then keeps growing for more than ``ws_send_buffer_messages`` frames is
+aborted and counted in ``slow_client_drops``, so one stalled reader never
+delays another.  Each client also owns its ping timers (interval / timeout from
+settings); a peer that leaves a ping unanswered for the timeout is dropped and
+counted in ``ping_timeouts``.
+
+Ownership: the application owns the pool and the set of open clients; a
+handler owns its client and always unsubscribes it in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import struct
+
+from aiohttp import WSMsgType, web
+
+from kit.auth import AuthError, bearer_token, verify_token
+from kit.config import WsproxySettings
+
+from ._redis import PubSubPool, RedisAddress, RedisUnavailable, parse_redis_url, redis_ping
+from ._stats import Stats
+
+__all__ = ["create_app", "serve", "text_frame", "MAX_HEADER_FIELD_BYTES"]
+
+log = logging.getLogger(__name__)
+
+#: aiohttp's own per-header limit (default 8190) is raised to this, so that an
+#: oversized Authorization header reaches our cap and gets a 401 with a reason
+#: rather than aiohttp's bare 400.  Larger headers still get aiohttp's 400.
+MAX_HEADER_FIELD_BYTES = 2 * 1024 * 1024
+#: largest frame a client may send us (we expect none but control frames)
+MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
+#: seconds handlers get to finish on shutdown before aiohttp closes them
+SHUTDOWN_TIMEOUT = 5.0
+
+_PING_FRAME = b"\x89\x00"
+_SMALL_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
+_U16 = struct.Struct("!BBH")
+_U64 = struct.Struct("!BBQ")
+
+_APP_STATE = web.AppKey("wsproxy", object)
+
+
+def text_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """An unmasked, final WebSocket frame (server to client) carrying *payload*."""
+    n = len(payload)
+    if n < 126:
+        if opcode == 0x1:
+            return _SMALL_TEXT_HEADERS[n] + payload
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return _U16.pack(0x80 | opcode, 126, n) + payload
+    return _U64.pack(0x80 | opcode, 127, n) + payload
+
+
+def _close_frame(code: int, reason: bytes) -> bytes:
+    return text_frame(code.to_bytes(2, "big") + reason, opcode=0x8)
+
+
+class _Client:
+    """One upgraded (or upgrading) WebSocket: its transport, buffer accounting and ping timers."""
+
+    __slots__ = ("fwd", "ws", "transport", "pending", "backlog", "closed", "_ping_handle",
+                 "_deadline_handle", "_unanswered_since")
+
+    def __init__(self, fwd: "_Forwarder") -> None:
+        self.fwd = fwd
+        self.ws: web.WebSocketResponse | None = None
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []  # frames that arrived while the upgrade was in flight
+        self.backlog = 0  # frames written since the transport's buffer was last seen empty
+        self.closed = False
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._deadline_handle: asyncio.TimerHandle | None = None
+        self._unanswered_since: float | None = None
+
+    # -- forward path: called from Redis data_received; never awaits --------------------
+    def send_frame(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        transport = self.transport
+        if transport is None:
+            self.pending.append(frame)
+            if len(self.pending) > self.fwd.buffer_limit:
+                self._slow()
+            return
+        if transport.get_write_buffer_size():
+            self.backlog += 1
+            if self.backlog > self.fwd.buffer_limit:
+                self._slow()
+                return
+        else:
+            self.backlog = 0
+        transport.write(frame)
+        self.fwd.stats.messages_forwarded += 1
+
+    def _slow(self) -> None:
+        self.fwd.stats.slow_client_drops += 1
+        log.info("dropping a slow client: more than %d frames buffered", self.fwd.buffer_limit)
+        self.drop(1008, b"send buffer overflow")
+
+    def redis_lost(self) -> None:
+        if self.closed:
+            return
+        self.fwd.stats.redis_lost_drops += 1
+        self.drop(1012, b"redis connection lost; reconnect")
+
+    def drop(self, code: int, reason: bytes) -> None:
+        """Close now: a close frame if it can go out at once, then close (or abort if backed up)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.pending.clear()
+        self._cancel_timers()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.write(_close_frame(code, reason))
+            transport.close()
+
+    def release(self) -> None:
+        """The handler is done with this client: stop its timers and forwarding (no close frame)."""
+        self.closed = True
+        self.pending.clear()
+        self._cancel_timers()
+
+    # -- lifecycle --------------------------------------------------------------------
+    def attach(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        self.ws = ws
+        self.transport = transport
+        pending, self.pending = self.pending, []
+        for frame in pending:
+            self.send_frame(frame)
+        if not self.closed:
+            loop = asyncio.get_running_loop()
+            self._ping_handle = loop.call_later(self.fwd.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_handle = None
+        if self.closed or self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.transport.write(_PING_FRAME)
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+            self._deadline_handle = loop.call_at(now + self.fwd.ping_timeout, self._deadline)
+        self._ping_handle = loop.call_at(now + self.fwd.ping_interval, self._ping)
+
+    def pong(self) -> None:
+        self._unanswered_since = None
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+
+    def _deadline(self) -> None:
+        self._deadline_handle = None
+        if self.closed or self._unanswered_since is None:
+            return
+        self.fwd.stats.ping_timeouts += 1
+        log.info("dropping a client that left a ping unanswered for %.3gs", self.fwd.ping_timeout)
+        self.drop(1011, b"ping timeout")
+
+    def _cancel_timers(self) -> None:
+        for handle in (self._ping_handle, self._deadline_handle):
+            if handle is not None:
+                handle.cancel()
+        self._ping_handle = self._deadline_handle = None
+
+
+class _Forwarder:
+    """Process-wide state: settings, stats, the pub/sub pool and the open clients."""
+
+    def __init__(self, settings: WsproxySettings, address: RedisAddress) -> None:
+        self.settings = settings
+        self.address = address
+        self.stats = Stats()
+        self.buffer_limit = settings.ws_send_buffer_messages
+        self.ping_interval = settings.ws_ping_interval_secs
+        self.ping_timeout = settings.ws_ping_timeout_secs
+        self.clients: set[_Client] = set()
+        self.pool: PubSubPool | None = None  # made on startup, inside the loop
+
+    def deliver(self, subs: set[_Client], payload: bytes) -> None:
+        """Forward one pub/sub payload to every subscriber of its channel (hot path)."""
+        self.stats.redis_messages += 1
+        if payload.isascii():
+            frame = text_frame(payload)
+        else:
+            try:
+                payload.decode("utf-8")
+                frame = text_frame(payload)
+            except UnicodeDecodeError:
+                self.stats.binary_forwarded += 1
+                frame = text_frame(payload, opcode=0x2)
+        if len(subs) == 1:
+            for sub in subs:
+                sub.send_frame(frame)
+        else:
+            for sub in tuple(subs):
+                sub.send_frame(frame)
+
+    # -- handlers ----------------------------------------------------------------------
+    def _refuse(self, reason: str) -> web.Response:
+        self.stats.auth_failure(reason)
+        log.info("refused a WebSocket: %s", reason)  # the reason code only, never the token
+        return web.json_response({"error": "unauthorized", "detail": reason}, status=401)
+
+    async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        settings = self.settings
+        session_id = request.match_info["session_id"]
+        headers = request.headers.getall("Authorization", [])
+        try:
+            if len(headers) > 1:
+                raise AuthError("malformed")
+            token = bearer_token(headers[0] if headers else None, max_bytes=settings.max_auth_header_bytes)
+            verify_token(token, secret=settings.jwt_secret, session_id=session_id,
+                         algorithm=settings.jwt_algorithm)
+        except AuthError as exc:
+            return self._refuse(exc.reason)
+        del token
+
+        ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=MAX_CLIENT_MESSAGE_BYTES,
+                                   timeout=2.0)
+        if not ws.can_prepare(request).ok:
+            return web.json_response(
+                {"error": "not_websocket", "detail": "this path only accepts a WebSocket upgrade request"},
+                status=400)
+
+        assert self.pool is not None
+        channel = f"session:{session_id}:down".encode()
+        client = _Client(self)
+        try:
+            try:
+                await self.pool.subscribe(channel, client)
+            except RedisUnavailable as exc:
+                self.stats.redis_unavailable += 1
+                log.warning("refused a WebSocket: cannot subscribe (%s)", exc)
+                return web.json_response({"error": "unavailable", "detail": f"Redis: {exc}"}, status=503)
+            if client.closed:  # overflowed or Redis died while subscribing
+                return web.json_response({"error": "unavailable", "detail": "subscription lost"}, status=503)
+            await ws.prepare(request)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return ws
+            client.attach(ws, transport)  # type: ignore[arg-type]
+            self.clients.add(client)
+            self.stats.connections_open += 1
+            self.stats.connections_total += 1
+            try:
+                await self._receive_loop(ws, client)
+            finally:
+                self.stats.connections_open -= 1
+                self.clients.discard(client)
+        finally:
+            client.release()
+            self.pool.unsubscribe(channel, client)
+        return ws
+
+    @staticmethod
+    async def _receive_loop(ws: web.WebSocketResponse, client: _Client) -> None:
+        while not client.closed:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is WSMsgType.PONG:
+                client.pong()
+            elif kind is WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+            # text / binary from a client carry nothing in this protocol: ignored
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        try:
+            await redis_ping(self.address)
+        except RedisUnavailable as exc:
+            return web.json_response({"status": "unavailable", "detail": str(exc)}, status=503)
+        return web.json_response({"status": "ok", "connections_open": self.stats.connections_open,
+                                  "subscriptions": self.pool.subscription_count if self.pool else 0})
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        pool = self.pool
+        return web.json_response(self.stats.to_dict(
+            subscriptions=pool.subscription_count if pool else 0,
+            pubsub_connections=len(pool.connections) if pool else 0))
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def on_startup(self, app: web.Application) -> None:
+        self.pool = PubSubPool(self.address, self.settings.pubsub_pool_size, self.deliver, self.stats.pool)
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        for client in list(self.clients):
+            client.drop(1001, b"server shutting down")
+        if self.pool is not None:
+            self.pool.close()
+
+
+def create_app(settings: WsproxySettings) -> web.Application:
+    """The aiohttp application; Redis is first touched on startup (pool) and per request."""
+    fwd = _Forwarder(settings, parse_redis_url(settings.redis_url))
+    app = web.Application()
+    app[_APP_STATE] = fwd
+    app.router.add_get("/health", fwd.handle_health)
+    app.router.add_get("/stats", fwd.handle_stats)
+    app.router.add_get("/{agent_id}/ws/{session_id}", fwd.handle_ws)
+    app.on_startup.append(fwd.on_startup)
+    app.on_shutdown.append(fwd.on_shutdown)
+    return app
+
+
+async def serve(settings: WsproxySettings) -> None:
+    """Listen until SIGTERM or SIGINT, then close every socket and return."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           max_field_size=MAX_HEADER_FIELD_BYTES)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
+        await site.start()
+        log.info("wsproxy listening on %s:%d (pub/sub pool of at most %d connections)",
+                 settings.host, settings.port, settings.pubsub_pool_size)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("wsproxy shutting down")
+    finally:
+        await runner.cleanup()

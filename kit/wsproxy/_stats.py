@@ -1,0 +1,56 @@
+"""The wsproxy's counters, served as ``GET /stats``.
+
+Owned by the server (one :class:`Stats` per process); the forward path
+increments plain attributes (no locks: one event loop).  ``to_dict`` is the
+JSON shape of ``/stats``; names are part of the wire contract.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+__all__ = ["Stats"]
+
+
+class Stats:
+    """Counters of one wsproxy process."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.connections_open = 0
+        self.connections_total = 0
+        self.messages_forwarded = 0  # frames written to sockets
+        self.redis_messages = 0  # pub/sub messages received that had a subscriber
+        self.binary_forwarded = 0  # payloads that were not UTF-8, forwarded as binary frames
+        self.auth_failures = 0
+        self.auth_failures_by_reason: collections.Counter[str] = collections.Counter()
+        self.slow_client_drops = 0
+        self.ping_timeouts = 0
+        self.redis_lost_drops = 0  # sockets closed because their pub/sub connection died
+        self.redis_unavailable = 0  # upgrades refused with 503: Redis could not subscribe
+        # the pool increments this mapping directly
+        self.pool: dict[str, int] = {"pubsub_disconnects": 0}
+
+    def auth_failure(self, reason: str) -> None:
+        self.auth_failures += 1
+        self.auth_failures_by_reason[reason] += 1
+
+    def to_dict(self, *, subscriptions: int, pubsub_connections: int) -> dict[str, object]:
+        return {
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "connections_open": self.connections_open,
+            "connections_total": self.connections_total,
+            "messages_forwarded": self.messages_forwarded,
+            "redis_messages": self.redis_messages,
+            "binary_forwarded": self.binary_forwarded,
+            "auth_failures": self.auth_failures,
+            "auth_failures_by_reason": dict(self.auth_failures_by_reason),
+            "slow_client_drops": self.slow_client_drops,
+            "ping_timeouts": self.ping_timeouts,
+            "redis_lost_drops": self.redis_lost_drops,
+            "redis_unavailable": self.redis_unavailable,
+            "pubsub_disconnects": self.pool["pubsub_disconnects"],
+            "subscriptions": subscriptions,
+            "pubsub_connections": pubsub_connections,
+        }
