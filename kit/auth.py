@@ -46,7 +46,9 @@ def bearer_token(header_value: str | None, *, max_bytes: int) -> str:
     """Extract the token from an ``Authorization: Bearer <jwt>`` header value."""
     if header_value is None or header_value == "":
         raise AuthError("missing")
-    if len(header_value) > max_bytes:
+    # characters first (cheap, bounds the encode), then bytes: a header decoded with
+    # surrogateescape or holding multi-byte characters is longer in bytes than in characters
+    if len(header_value) > max_bytes or len(header_value.encode("utf-8", "surrogatepass")) > max_bytes:
         raise AuthError("too_large")
     scheme, _, token = header_value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
