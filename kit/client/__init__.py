@@ -1,0 +1,57 @@
+"""The trio load client: sessions, reconnection, exact accounting, mergeable metrics.
+
+Run it as ``python -m kit.client`` (see ``__main__``).  Modules, by concern:
+
+- ``_ws``: a Sans-I/O client WebSocket protocol and its trio driver (fast path for
+  small text frames; handshake with ``Authorization``; ping/pong; close).
+- ``_session``: one session (create, connect, queries, close) with reconnection
+  (exponential backoff + jitter) and stream resumption.
+- ``_accounting``: per-query/per-session records and the per-process ``Recorder``.
+- ``_load``: load shapes (closed with ramp, open with intended start times), the
+  per-process runner with its CPU/loop-lag watcher, and the multi-process parent.
+- ``_output``: result files and ``merge_outputs``.
+- ``_analyze``, ``_console``: the ``analyze`` command, progress line, summary table.
+
+Nothing happens on import.
+"""
+
+from ._accounting import QueryRecord as QueryRecord, Recorder as Recorder, SessionRecord as SessionRecord
+from ._analyze import analyze as analyze
+from ._load import LoadConfig as LoadConfig, overload_verdict as overload_verdict, schedule as schedule
+from ._output import build_summary as build_summary, merge_outputs as merge_outputs
+from ._session import (
+    Session as Session,
+    SessionConfig as SessionConfig,
+    backoff_delay as backoff_delay,
+    connect_with_retry as connect_with_retry,
+)
+from ._ws import (
+    ConnectionClosed as ConnectionClosed,
+    HandshakeError as HandshakeError,
+    ProtocolError as ProtocolError,
+    WebSocket as WebSocket,
+    WsProtocol as WsProtocol,
+    connect as connect,
+)
+
+__all__ = [
+    "ConnectionClosed",
+    "HandshakeError",
+    "LoadConfig",
+    "ProtocolError",
+    "QueryRecord",
+    "Recorder",
+    "Session",
+    "SessionConfig",
+    "SessionRecord",
+    "WebSocket",
+    "WsProtocol",
+    "analyze",
+    "backoff_delay",
+    "build_summary",
+    "connect",
+    "connect_with_retry",
+    "merge_outputs",
+    "overload_verdict",
+    "schedule",
+]

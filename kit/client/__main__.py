@@ -1,0 +1,262 @@
+"""``python -m kit.client``: run a load, or ``analyze`` / ``merge`` result folders.
+
+Defaults come from the seed's environment variables (``kit.config.ClientSettings``);
+options override them.  Bad configuration prints one line naming the option
+or variable and the fix, and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from kit.config import ClientSettings, ConfigError
+
+log = logging.getLogger(__name__)
+
+PROG = "python -m kit.client"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        head, sep, rest = message.partition(": ")
+        if head.startswith("argument ") and rest.startswith("--"):
+            raise ConfigError(rest)  # our converters' messages name the option and the fix
+        raise ConfigError(f"{message}: see `{self.prog} --help`")
+
+
+def _num(kind: type, name: str, minimum: float | None = None, example: str = "1"):
+    def conv(raw: str):
+        try:
+            v = kind(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} {raw!r} is not {'a whole number' if kind is int else 'a number'}: pass e.g. {name} {example}"
+            ) from None
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            raise argparse.ArgumentTypeError(f"{name} {raw!r} is not finite: pass e.g. {name} {example}")
+        if minimum is not None and v < minimum:
+            raise argparse.ArgumentTypeError(f"{name} {raw} is below {minimum:g}: pass e.g. {name} {example}")
+        return v
+
+    return conv
+
+
+def build_parser(env: ClientSettings) -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Trio load client for wsproxy (see kit/client/__init__.py).")
+    a = p.add_argument
+    a("--api-url", default=env.api_url, help="simulator / HAProxy HTTP URL (FASTAPI_URL, API_URL)")
+    a("--ws-url", default=env.wsproxy_url, help="wsproxy / HAProxy WebSocket URL (WSPROXY_URL)")
+    a("--clients", type=_num(int, "--clients", 1, "100"), default=env.clients, help="sessions (CLIENTS)")
+    a("--queries", type=_num(int, "--queries", 0, "10"), default=env.queries_per_client,
+      help="queries per session (QUERIES_PER_CLIENT)")
+    a("--ramp", type=_num(float, "--ramp", 0, "50"), default=0.0, help="sessions started per second; 0 = all at once")
+    a("--arrival-rate", type=_num(float, "--arrival-rate", 0, "20"), default=None,
+      help="open model: sessions arriving per second (with --duration)")
+    a("--duration", type=_num(float, "--duration", 0, "60"), default=None, help="open model: seconds of arrivals")
+    a("--think-time", type=_num(float, "--think-time", 0, "0.5"), default=0.0, help="seconds between queries")
+    a("--processes", type=_num(int, "--processes", 1, "2"), default=None,
+      help="trio processes on this host (default: one per core)")
+    a("--output-dir", default=env.output_dir, help="result folder (OUTPUT_DIR)")
+    a("--start-at", type=_num(float, "--start-at", 0, str(int(time.time()) + 10)), default=None,
+      help="wall-clock epoch seconds at which to start (all generators agree on it)")
+    a("--run-id", default=None, help="name of the run (default: time and client count)")
+    a("--quiet", action="store_true", help="no live progress line")
+    a("--status-interval", type=_num(float, "--status-interval", 0.1, "1"), default=None,
+      help="write OUTPUT_DIR/status.json every this many seconds")
+    a("--max-duration", type=_num(float, "--max-duration", 0.001, "600"), default=None,
+      help="hard bound on the run in seconds; running sessions are cancelled")
+    a("--query-timeout", type=_num(float, "--query-timeout", 0.001, "60"), default=60.0,
+      help="a query whose done has not come after this many seconds fails")
+    a("--max-tokens", type=_num(int, "--max-tokens", 1, "20"), default=None, help="max_tokens sent with each /run")
+    a("--agent-id", default="load-test-agent")
+    a("--query-text", default="Tell me about WebSocket proxies.")
+    a("--max-reconnect-attempts", type=_num(int, "--max-reconnect-attempts", 0, "5"),
+      default=env.ws_max_reconnect_attempts, help="WS_MAX_RECONNECT_ATTEMPTS")
+    a("--initial-backoff", type=_num(float, "--initial-backoff", 0, "1.0"), default=env.ws_initial_backoff_seconds,
+      help="WS_INITIAL_BACKOFF_SECONDS")
+    a("--max-backoff", type=_num(float, "--max-backoff", 0, "30"), default=env.ws_max_backoff_seconds,
+      help="WS_MAX_BACKOFF_SECONDS")
+    a("--jitter", type=_num(float, "--jitter", 0, "0.5"), default=0.5,
+      help="fraction of each backoff that is random (0..1)")
+    a("--connect-timeout", type=_num(float, "--connect-timeout", 0.001, "10"), default=10.0)
+    a("--http-timeout", type=_num(float, "--http-timeout", 0.001, "30"), default=30.0)
+    a("--seed", type=_num(int, "--seed", 0, "1"), default=None, help="random seed (jitter)")
+    a("--no-preflight", action="store_true", help="skip the reachability check of both URLs")
+    a("--_process-index", dest="process_index", type=int, default=0, help=argparse.SUPPRESS)
+    a("--_process-count", dest="process_count", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _check_url(value: str, schemes: tuple[str, ...], option: str, env: str) -> None:
+    u = urlsplit(value)
+    if u.scheme not in schemes or not u.hostname:
+        raise ConfigError(f"{option} / {env} = {value!r} is not a {' or '.join(s + '://' for s in schemes)} URL: "
+                          f"pass e.g. {option} {schemes[0]}://127.0.0.1:{8080 if 'http' in schemes else 8081}")
+    try:
+        u.port
+    except ValueError:
+        raise ConfigError(f"{option} / {env} = {value!r} has a bad port: fix the URL") from None
+
+
+def validate(args: argparse.Namespace) -> None:
+    _check_url(args.api_url, ("http", "https"), "--api-url", "FASTAPI_URL")
+    _check_url(args.ws_url, ("ws", "wss"), "--ws-url", "WSPROXY_URL")
+    if args.max_backoff < args.initial_backoff:
+        raise ConfigError(f"--max-backoff / WS_MAX_BACKOFF_SECONDS = {args.max_backoff:g} is below "
+                          f"--initial-backoff / WS_INITIAL_BACKOFF_SECONDS = {args.initial_backoff:g}: raise the cap")
+    if args.jitter > 1:
+        raise ConfigError(f"--jitter {args.jitter:g} is above 1: pass a fraction such as --jitter 0.5")
+    if (args.arrival_rate is None) != (args.duration is None):
+        raise ConfigError("--arrival-rate and --duration go together (open model): pass both, e.g. "
+                          "--arrival-rate 20 --duration 60")
+    if args.arrival_rate is not None and args.arrival_rate * args.duration < 1:
+        raise ConfigError(f"--arrival-rate {args.arrival_rate:g} x --duration {args.duration:g} starts no "
+                          "session: raise one of them")
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """One request to the API's /health and one TCP connect to the WebSocket endpoint."""
+    import httpx
+
+    url = args.api_url.rstrip("/") + "/health"
+    try:
+        r = httpx.get(url, timeout=5.0)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"--api-url / FASTAPI_URL {args.api_url}: cannot reach it ({exc or type(exc).__name__}): "
+                          "start the simulator (or HAProxy) there or point --api-url at it") from None
+    if r.status_code != 200:
+        raise ConfigError(f"--api-url / FASTAPI_URL {args.api_url}: GET /health answered {r.status_code} "
+                          f"({r.text[:120].strip()}): fix the service (is Redis up?) before loading it")
+    u = urlsplit(args.ws_url)
+    port = u.port or (443 if u.scheme == "wss" else 80)
+    try:
+        with socket.create_connection((u.hostname, port), timeout=5.0):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--ws-url / WSPROXY_URL {args.ws_url}: cannot reach it ({exc.strerror or exc}): "
+                          "start wsproxy (or HAProxy) there or point --ws-url at it") from None
+
+
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    """The options a child process gets (the parent adds output dir, start-at, index)."""
+    out = ["--api-url", args.api_url, "--ws-url", args.ws_url, "--clients", str(args.clients),
+           "--queries", str(args.queries), "--ramp", repr(args.ramp), "--think-time", repr(args.think_time),
+           "--query-timeout", repr(args.query_timeout), "--agent-id", args.agent_id, "--query-text", args.query_text,
+           "--max-reconnect-attempts", str(args.max_reconnect_attempts),
+           "--initial-backoff", repr(args.initial_backoff), "--max-backoff", repr(args.max_backoff),
+           "--jitter", repr(args.jitter), "--connect-timeout", repr(args.connect_timeout),
+           "--http-timeout", repr(args.http_timeout), "--no-preflight"]
+    for opt, v in (("--arrival-rate", args.arrival_rate), ("--duration", args.duration),
+                   ("--max-duration", args.max_duration), ("--max-tokens", args.max_tokens), ("--seed", args.seed)):
+        if v is not None:
+            out += [opt, repr(v) if isinstance(v, float) else str(v)]
+    return out
+
+
+def _safe_argv(argv: list[str]) -> list[str]:
+    out, hide = [], False
+    for a in argv:
+        if hide:
+            out.append("***")
+            hide = False
+            continue
+        low = a.lower()
+        if any(w in low for w in ("secret", "token", "password")) and a.startswith("--"):
+            if "=" in a:
+                out.append(a.split("=", 1)[0] + "=***")
+            else:
+                out.append(a)
+                hide = True
+            continue
+        out.append(a)
+    return out
+
+
+def run_load(argv: list[str]) -> int:
+    from ._console import print_summary
+    from ._load import LoadConfig, run_parent, run_process, versions
+    from ._session import SessionConfig
+
+    settings = ClientSettings.from_env()
+    args = build_parser(settings).parse_args(argv)
+    validate(args)
+    child = args.process_count is not None
+    if not child and not args.no_preflight:
+        preflight(args)
+    total = round(args.arrival_rate * args.duration) if args.arrival_rate else args.clients
+    processes = args.process_count or min(args.processes or os.cpu_count() or 1, total)
+    run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S") + f"-c{total}"
+    sess = SessionConfig(
+        api_url=args.api_url.rstrip("/"), ws_url=args.ws_url.rstrip("/"), queries=args.queries,
+        think_time=args.think_time, query_timeout=args.query_timeout, max_tokens=args.max_tokens,
+        agent_id=args.agent_id, query_text=args.query_text, max_reconnect_attempts=args.max_reconnect_attempts,
+        initial_backoff=args.initial_backoff, max_backoff=args.max_backoff, jitter=args.jitter,
+        connect_timeout=args.connect_timeout)
+    cfg = LoadConfig(
+        session=sess, clients=args.clients, ramp=args.ramp, arrival_rate=args.arrival_rate, duration=args.duration,
+        processes=processes, process_index=args.process_index, output_dir=Path(args.output_dir),
+        start_at=args.start_at, run_id=run_id, quiet=args.quiet, status_interval=args.status_interval,
+        max_duration=args.max_duration, http_timeout=args.http_timeout, seed=args.seed)
+    meta = {
+        "run_id": run_id, "argv": _safe_argv([PROG, *argv]), "versions": versions(), "host": socket.gethostname(),
+        "pid": os.getpid(), "model": cfg.model,
+        "config": {k: v for k, v in vars(args).items() if k not in ("process_count",)},
+        "total_sessions": total, "processes": processes,
+    }
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    if processes > 1 and not child:
+        summary = run_parent(cfg, _child_argv(args), meta)
+    else:
+        summary = run_process(cfg, meta)
+    if not child:
+        print_summary(summary)
+        print(f"results: {cfg.output_dir}", file=sys.stderr)
+    return 0
+
+
+def _results_command(argv: list[str]) -> int:
+    from ._analyze import AnalyzeError, analyze, format_report
+    from ._console import print_summary
+    from ._output import merge_outputs
+
+    try:
+        if argv[0] == "analyze":
+            if len(argv) < 2:
+                raise ConfigError(f"usage: {PROG} analyze PATH [PATH ...] (result folders or queries.csv files)")
+            print(format_report(analyze([Path(p) for p in argv[1:]])))
+        else:
+            if len(argv) < 3:
+                raise ConfigError(f"usage: {PROG} merge OUT_DIR IN_DIR [IN_DIR ...]")
+            print_summary(merge_outputs([Path(p) for p in argv[2:]], Path(argv[1])))
+    except (AnalyzeError, FileNotFoundError, ValueError, KeyError) as exc:  # bad inputs, not bugs in a run
+        raise ConfigError(str(exc)) from None
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if argv and argv[0] in ("analyze", "merge"):
+            return _results_command(argv)
+        return run_load(argv)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

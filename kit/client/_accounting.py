@@ -1,0 +1,294 @@
+"""Exact per-query and per-session accounting, and the per-process recorder.
+
+Owned by one trio process: a :class:`Recorder` holds the histograms
+(microseconds), the cumulative counters, the per-second timeline and the
+finished query/session rows.  Sessions create :class:`QueryRecord` and
+:class:`SessionRecord` objects and hand them to the recorder when finished.
+
+The hot path is :meth:`QueryRecord.token`: a sequence check (one comparison
+when tokens arrive in order), a few integer operations and two histogram
+records.  Lost, duplicated and out-of-order tokens are exact: a gap in
+``seq`` puts the skipped numbers in ``missing``; a later arrival of one of
+them is out of order, any other repeat is a duplicate; at the end
+``lost = len(missing) + (expected - next_seq)`` where ``expected`` is
+``done.tokens`` (or, if done never came, the count ``/run`` announced).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kit.metrics import Histogram, Timeline
+
+__all__ = ["QueryRecord", "SessionRecord", "Recorder", "HISTOGRAMS", "QUERY_STATUSES"]
+
+log = logging.getLogger(__name__)
+
+#: histogram name -> what it measures (all in microseconds)
+HISTOGRAMS = {
+    "latency": "query latency to done, from the intended start (open model) or the submit (closed)",
+    "service_latency": "query latency to done, from the actual submit",
+    "ttft": "time to first token, from the submit",
+    "inter_token": "gap between consecutive tokens of one query",
+    "delivery": "token delivery latency: receive wall clock minus the message's ts",
+    "create": "POST /session/create round trip",
+    "connect": "WebSocket connect + upgrade",
+    "start_lag": "how late a session started compared to its intended start (generator health)",
+    "loop_lag": "trio event-loop lag samples (generator health)",
+}
+
+QUERY_STATUSES = ("ok", "lost_tokens", "timeout", "error", "cancelled")
+
+
+class QueryRecord:
+    """One query of one session.  Times are ``time.monotonic_ns`` except ``*_wall`` (epoch ns)."""
+
+    __slots__ = ("session_id", "index", "query_id", "intended_ns", "submit_ns", "expected", "received",
+                 "next_seq", "missing", "duplicated", "out_of_order", "first_ns", "last_ns", "done_ns",
+                 "done_tokens", "status", "error", "event", "hists", "counters")
+
+    def __init__(self, session_id: str, index: int, intended_ns: int, submit_ns: int, hists: dict,
+                 counters: dict, event: Any = None) -> None:
+        self.session_id = session_id
+        self.index = index
+        self.query_id: str | None = None
+        self.intended_ns = intended_ns
+        self.submit_ns = submit_ns
+        self.expected: int | None = None  # from POST /run
+        self.received = 0
+        self.next_seq = 0
+        self.missing: set[int] | None = None
+        self.duplicated = 0
+        self.out_of_order = 0
+        self.first_ns = 0
+        self.last_ns = 0
+        self.done_ns = 0
+        self.done_tokens: int | None = None
+        self.status = ""
+        self.error = ""
+        self.event = event
+        self.hists = hists
+        self.counters = counters
+
+    def token(self, seq: int, ts: int, mono_ns: int, wall_ns: int) -> None:
+        """Account one token message (hot path)."""
+        if seq == self.next_seq:
+            self.next_seq = seq + 1
+        else:
+            self._anomaly(seq)
+        self.received += 1
+        last = self.last_ns
+        if last:
+            self.hists["inter_token"].record((mono_ns - last) // 1000)
+        else:
+            self.first_ns = mono_ns
+        self.last_ns = mono_ns
+        self.hists["delivery"].record((wall_ns - ts) // 1000)
+        self.counters["tokens"] += 1
+
+    def _anomaly(self, seq: int) -> None:
+        if seq > self.next_seq:
+            if self.missing is None:
+                self.missing = set()
+            self.missing.update(range(self.next_seq, seq))
+            self.next_seq = seq + 1
+        elif self.missing and seq in self.missing:
+            self.missing.discard(seq)
+            self.out_of_order += 1
+        else:
+            self.duplicated += 1
+
+    @property
+    def lost(self) -> int:
+        expected = self.done_tokens if self.done_tokens is not None else self.expected
+        tail = max(0, expected - self.next_seq) if expected is not None else 0
+        return (len(self.missing) if self.missing else 0) + tail
+
+    def done(self, tokens: int, mono_ns: int) -> None:
+        """The done message arrived (a repeat is counted as a duplicate and otherwise ignored)."""
+        if self.done_ns:
+            self.duplicated += 1
+            return
+        self.done_ns = mono_ns
+        self.done_tokens = tokens
+        if self.event is not None:
+            self.event.set()
+
+    def finish(self, *, status: str | None = None, error: str = "") -> None:
+        """Decide the status and record the query's histograms and counters (once)."""
+        if self.status:
+            return
+        c = self.counters
+        if status is None:
+            if self.done_ns:
+                status = "ok" if self.lost == 0 else "lost_tokens"
+                if status == "lost_tokens" and not error:
+                    error = f"{self.lost} of {self.done_tokens} tokens lost"
+            else:
+                status = "error"
+        self.status = status
+        self.error = error
+        lost, dup, ooo = self.lost, self.duplicated, self.out_of_order
+        c["lost_tokens"] += lost
+        c["duplicated_tokens"] += dup
+        c["out_of_order_tokens"] += ooo
+        if self.done_ns:
+            h = self.hists
+            h["latency"].record((self.done_ns - self.intended_ns) // 1000)
+            h["service_latency"].record((self.done_ns - self.submit_ns) // 1000)
+        if self.first_ns:
+            self.hists["ttft"].record((self.first_ns - self.submit_ns) // 1000)
+        if status == "ok":
+            c["queries_ok"] += 1
+        else:
+            c["queries_failed"] += 1
+            c["query_status_" + status] += 1
+
+    def row(self, mono_to_wall_ns: int) -> dict[str, Any]:
+        def us(a: int, b: int) -> str:
+            return f"{(a - b) / 1e6:.3f}" if a and b else ""
+
+        return {
+            "session_id": self.session_id,
+            "query_index": self.index,
+            "query_id": self.query_id or "",
+            "intended_at": f"{(self.intended_ns + mono_to_wall_ns) / 1e9:.6f}",
+            "submit_at": f"{(self.submit_ns + mono_to_wall_ns) / 1e9:.6f}",
+            "ttft_ms": us(self.first_ns, self.submit_ns),
+            "latency_ms": us(self.done_ns, self.intended_ns),
+            "service_latency_ms": us(self.done_ns, self.submit_ns),
+            "expected_tokens": "" if self.expected is None else self.expected,
+            "tokens": self.received,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "out_of_order": self.out_of_order,
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+class SessionRecord:
+    """One session's life: create, connect, reconnects, queries, close."""
+
+    __slots__ = ("session_id", "index", "intended_ns", "start_ns", "create_us", "connect_us",
+                 "connect_attempts", "reconnect_attempts", "reconnects_ok", "queries_ok", "queries_failed",
+                 "queries_skipped", "tokens", "errors", "status", "end_ns")
+
+    def __init__(self, index: int, intended_ns: int, start_ns: int) -> None:
+        self.session_id = ""
+        self.index = index
+        self.intended_ns = intended_ns
+        self.start_ns = start_ns
+        self.create_us: int | None = None
+        self.connect_us: int | None = None
+        self.connect_attempts = 0
+        self.reconnect_attempts = 0
+        self.reconnects_ok = 0
+        self.queries_ok = 0
+        self.queries_failed = 0
+        self.queries_skipped = 0
+        self.tokens = 0
+        self.errors: list[str] = []
+        self.status = ""
+        self.end_ns = 0
+
+    def row(self, mono_to_wall_ns: int) -> dict[str, Any]:
+        return {
+            "session_index": self.index,
+            "session_id": self.session_id,
+            "intended_at": f"{(self.intended_ns + mono_to_wall_ns) / 1e9:.6f}",
+            "started_at": f"{(self.start_ns + mono_to_wall_ns) / 1e9:.6f}",
+            "create_ms": "" if self.create_us is None else f"{self.create_us / 1000:.3f}",
+            "connect_ms": "" if self.connect_us is None else f"{self.connect_us / 1000:.3f}",
+            "connect_attempts": self.connect_attempts,
+            "reconnect_attempts": self.reconnect_attempts,
+            "reconnects_ok": self.reconnects_ok,
+            "queries_ok": self.queries_ok,
+            "queries_failed": self.queries_failed,
+            "queries_skipped": self.queries_skipped,
+            "tokens": self.tokens,
+            "status": self.status,
+            "errors": " | ".join(self.errors),
+        }
+
+
+class _Counters(dict):
+    """A dict whose missing keys read as 0 (so ``c[k] += 1`` works for any key)."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+class Recorder:
+    """Everything one process measured; written out by ``kit.client._output``."""
+
+    def __init__(self) -> None:
+        self.hists: dict[str, Histogram] = {name: Histogram("us") for name in HISTOGRAMS}
+        self.counters: dict[str, int] = _Counters()
+        self.errors: dict[str, int] = _Counters()  # error kind -> count
+        self.timeline = Timeline()
+        self.queries: list[QueryRecord] = []
+        self.sessions: list[SessionRecord] = []
+        self.active_sessions = 0
+        self.cpu_samples: list[float] = []
+        #: time.time_ns() - time.monotonic_ns() at start, to print wall times
+        self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
+        self._last_snapshot: dict[str, int] = {}
+
+    def new_query(self, session_id: str, index: int, intended_ns: int, submit_ns: int, event: Any) -> QueryRecord:
+        return QueryRecord(session_id, index, intended_ns, submit_ns, self.hists, self.counters, event)
+
+    def error(self, kind: str) -> None:
+        """Count one error of *kind* (a short code such as ``create_http_503`` or ``query_timeout``)."""
+        self.errors[kind] += 1
+        self.counters["errors"] += 1
+
+    def query_finished(self, q: QueryRecord) -> None:
+        self.queries.append(q)
+
+    def session_finished(self, s: SessionRecord) -> None:
+        c = self.counters
+        c["sessions_finished"] += 1
+        if s.status == "ok":
+            c["sessions_ok"] += 1
+        elif s.status == "cancelled":
+            c["sessions_cancelled"] += 1
+            c["sessions_failed"] += 1
+        else:
+            c["sessions_failed"] += 1
+        c["reconnect_attempts"] += s.reconnect_attempts
+        c["reconnects_ok"] += s.reconnects_ok
+        if s.reconnect_attempts:
+            c["sessions_with_reconnects"] += 1
+        c["queries_skipped"] += s.queries_skipped
+        if s.create_us is not None:
+            self.hists["create"].record(s.create_us)
+        if s.connect_us is not None:
+            self.hists["connect"].record(s.connect_us)
+        self.sessions.append(s)
+
+    _TIMELINE_SOURCES = {
+        "sessions_started": "sessions_started",
+        "queries_started": "queries_started",
+        "queries_done": "queries_ok",
+        "queries_failed": "queries_failed",
+        "tokens": "tokens",
+        "errors": "errors",
+        "reconnect_attempts": "reconnect_attempts_live",
+        "reconnects_ok": "reconnects_ok_live",
+    }
+
+    def sample_timeline(self, second: int) -> None:
+        """Close the per-second row *second*: deltas of the cumulative counters since the last call."""
+        c = self.counters
+        last = self._last_snapshot
+        tl = self.timeline
+        for field, src in self._TIMELINE_SOURCES.items():
+            now = c[src]
+            d = now - last.get(src, 0)
+            last[src] = now
+            if d:
+                tl.add(second, field, d)
+        tl.gauge(second, "active_sessions", self.active_sessions)

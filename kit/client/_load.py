@@ -1,0 +1,352 @@
+"""Load shapes, the per-process load runner and the multi-process parent.
+
+Shapes (:func:`schedule`): a *closed* model starts ``clients`` sessions,
+``ramp`` per second (0 = all at once), each running ``queries`` queries back
+to back; an *open* model starts sessions at ``arrival_rate`` per second for
+``duration`` seconds regardless of how the earlier ones fare, and times each
+session's first query from the session's **intended** start, so a stalled
+server shows in the percentiles instead of slowing the generator down
+(no coordinated omission).  Session *g* of the run is intended at
+``t0 + g / rate``; process *i* of *P* runs sessions ``g = i, i+P, ...``.
+
+:func:`run_process` runs one trio process: the sessions, a watcher of its own
+CPU and event-loop lag (:func:`overload_verdict` marks the run when the
+generator fell behind), a per-second timeline sampler, the live progress line
+and ``status.json``.  ``--max-duration`` cancels whatever still runs; those
+sessions are counted as cancelled.
+
+:func:`run_parent` starts P child processes (``python -m kit.client`` with
+the same options, one ``proc-<i>`` folder each, one agreed ``--start-at``),
+aggregates their ``status.json`` files while they run and merges their
+output into the top-level folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import trio
+
+from kit.metrics import Histogram
+
+from . import _console
+from ._accounting import Recorder
+from ._output import merge_outputs, write_json_atomic, write_outputs
+from ._session import Session, SessionConfig
+
+__all__ = [
+    "LoadConfig",
+    "schedule",
+    "overload_verdict",
+    "run_process",
+    "run_parent",
+    "CPU_OVERLOAD_PERCENT",
+    "LAG_P99_OVERLOAD_MS",
+    "START_LAG_P99_OVERLOAD_MS",
+]
+
+log = logging.getLogger(__name__)
+
+#: mean CPU of the process over the run at or above which it was the bottleneck
+CPU_OVERLOAD_PERCENT = 90.0
+#: event-loop lag p99 at or above which timings include the generator's own queueing
+LAG_P99_OVERLOAD_MS = 50.0
+#: sessions starting this late (p99) means the generator could not keep the schedule
+START_LAG_P99_OVERLOAD_MS = 100.0
+#: how often the loop-lag probe wakes up
+LAG_PROBE_INTERVAL = 0.05
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoadConfig:
+    """One process's share of a run (the parent builds one per child)."""
+
+    session: SessionConfig
+    clients: int = 100
+    ramp: float = 0.0
+    arrival_rate: float | None = None
+    duration: float | None = None
+    processes: int = 1
+    process_index: int = 0
+    output_dir: Path = Path("loadtest_results")
+    start_at: float | None = None
+    run_id: str = ""
+    quiet: bool = False
+    status_interval: float | None = None
+    max_duration: float | None = None
+    http_timeout: float = 30.0
+    seed: int | None = None
+
+    @property
+    def model(self) -> str:
+        return "open" if self.arrival_rate else "closed"
+
+    @property
+    def total_sessions(self) -> int:
+        if self.arrival_rate:
+            return max(1, round(self.arrival_rate * (self.duration or 0)))
+        return self.clients
+
+
+def schedule(total: int, rate: float, process_index: int = 0, processes: int = 1) -> list[tuple[int, float]]:
+    """(global session index, seconds after t0) of this process's sessions; rate 0 = all at t0."""
+    return [(g, g / rate if rate > 0 else 0.0) for g in range(process_index, total, processes)]
+
+
+def overload_verdict(cpu_samples: list[float], loop_lag: Histogram, start_lag: Histogram) -> tuple[bool, str]:
+    """Did this generator fall behind?  Returns (overloaded, reason)."""
+    reasons = []
+    if cpu_samples:
+        mean = sum(cpu_samples) / len(cpu_samples)
+        if mean >= CPU_OVERLOAD_PERCENT:
+            reasons.append(f"cpu mean {mean:.0f}% >= {CPU_OVERLOAD_PERCENT:.0f}%")
+    p99 = loop_lag.percentile(99)
+    if p99 is not None and p99 / 1000 >= LAG_P99_OVERLOAD_MS:
+        reasons.append(f"event-loop lag p99 {p99 / 1000:.1f} ms >= {LAG_P99_OVERLOAD_MS:.0f} ms")
+    sp99 = start_lag.percentile(99)
+    if sp99 is not None and sp99 / 1000 >= START_LAG_P99_OVERLOAD_MS:
+        reasons.append(f"sessions started late: p99 {sp99 / 1000:.1f} ms >= {START_LAG_P99_OVERLOAD_MS:.0f} ms")
+    return bool(reasons), "; ".join(reasons)
+
+
+def status_snapshot(rec: Recorder, *, run_id: str, started: float, done: bool, cpu: float) -> dict[str, Any]:
+    c = rec.counters
+    lat = rec.hists["latency"]
+    lag = rec.hists["loop_lag"]
+    return {
+        "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
+        "elapsed_s": round(time.time() - started, 3), "done": done,
+        "active_sessions": rec.active_sessions,
+        "sessions_started": c["sessions_started"], "sessions_finished": c["sessions_finished"],
+        "queries_started": c["queries_started"], "queries_ok": c["queries_ok"],
+        "queries_failed": c["queries_failed"], "tokens": c["tokens"], "lost_tokens": c["lost_tokens"],
+        "errors": c["errors"], "reconnect_attempts": c["reconnect_attempts_live"],
+        "reconnects_ok": c["reconnects_ok_live"],
+        "latency_p50_ms": None if lat.count == 0 else lat.percentile(50) / 1000,
+        "latency_p99_ms": None if lat.count == 0 else lat.percentile(99) / 1000,
+        "cpu_percent": cpu, "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
+        "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
+        "latency_histogram": lat.to_dict(),
+    }
+
+
+async def _watch(rec: Recorder, proc: psutil.Process, state: dict) -> None:
+    """Loop-lag probe (every LAG_PROBE_INTERVAL) and CPU sample (every second)."""
+    proc.cpu_percent(None)
+    next_cpu = trio.current_time() + 1.0
+    lag = rec.hists["loop_lag"]
+    while True:
+        t = trio.current_time()
+        await trio.sleep(LAG_PROBE_INTERVAL)
+        now = trio.current_time()
+        lag.record(max(0, int((now - t - LAG_PROBE_INTERVAL) * 1e6)))
+        if now >= next_cpu:
+            state["cpu"] = proc.cpu_percent(None)
+            rec.cpu_samples.append(state["cpu"])
+            next_cpu = now + 1.0
+
+
+async def _timeline(rec: Recorder) -> None:
+    while True:
+        now = time.time()
+        await trio.sleep(math.floor(now) + 1.0 - now)
+        rec.sample_timeline(int(time.time()) - 1)
+
+
+async def _reporter(cfg: LoadConfig, rec: Recorder, state: dict, started: float) -> None:
+    interval = cfg.status_interval
+    last_line = 0.0
+    tty = sys.stderr.isatty()
+    while True:
+        await trio.sleep(min(interval or 1.0, 1.0))
+        now = time.time()
+        snap = None
+        if interval and now - state.get("last_status", 0.0) >= interval - 1e-3:
+            snap = status_snapshot(rec, run_id=cfg.run_id, started=started, done=False, cpu=state.get("cpu", 0.0))
+            write_json_atomic(cfg.output_dir / "status.json", snap)
+            state["last_status"] = now
+        if not cfg.quiet and (tty or now - last_line >= 10.0):
+            snap = snap or status_snapshot(rec, run_id=cfg.run_id, started=started, done=False,
+                                           cpu=state.get("cpu", 0.0))
+            _console.progress(snap, tty=tty)
+            last_line = now
+
+
+async def _load(cfg: LoadConfig, rec: Recorder, run: dict) -> None:
+    rng = random.Random(cfg.seed if cfg.seed is not None else os.getpid() ^ time.time_ns())
+    if cfg.start_at is not None:
+        wait = cfg.start_at - time.time()
+        if wait > 0:
+            await trio.sleep(wait)
+        run["start_skew_s"] = round(time.time() - cfg.start_at, 6)
+    run["start"] = time.time()
+    t0_ns = time.monotonic_ns()
+    t0_trio = trio.current_time()
+    rate = cfg.arrival_rate or cfg.ramp
+    plan = schedule(cfg.total_sessions, rate, cfg.process_index, cfg.processes)
+    state: dict = {}
+    n_conn = max(10, min(len(plan), 4096))
+    limits = httpx.Limits(max_connections=n_conn, max_keepalive_connections=n_conn)
+    timeout = httpx.Timeout(cfg.http_timeout, pool=max(cfg.http_timeout, 60.0))
+    proc = psutil.Process()
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+        async with trio.open_nursery() as bg:
+            bg.start_soon(_watch, rec, proc, state)
+            bg.start_soon(_timeline, rec)
+            bg.start_soon(_reporter, cfg, rec, state, run["start"])
+            with trio.move_on_after(cfg.max_duration if cfg.max_duration else math.inf) as scope:
+                async with trio.open_nursery() as sessions:
+                    for g, offset in plan:
+                        await trio.sleep_until(t0_trio + offset)
+                        intended_ns = t0_ns + int(offset * 1e9)
+                        sess = Session(cfg.session, http, rec, g, intended_ns, random.Random(rng.random()))
+                        sessions.start_soon(sess.run)
+            if scope.cancelled_caught:
+                run["max_duration_hit"] = True
+                log.warning("--max-duration %ss reached: running sessions were cancelled", cfg.max_duration)
+            bg.cancel_scope.cancel()
+    run["end"] = time.time()
+    rec.sample_timeline(int(time.time()))
+    if not rec.cpu_samples:  # a run shorter than a second: one sample of the whole run
+        rec.cpu_samples.append(proc.cpu_percent(None))
+
+
+def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """Run this process's share of the load to the end; write its outputs; return its summary."""
+    rec = Recorder()
+    run: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "start_skew_s": None,
+                           "process_index": cfg.process_index, "start": time.time(), "end": time.time()}
+    trio.run(_load, cfg, rec, run)
+    over, reason = overload_verdict(rec.cpu_samples, rec.hists["loop_lag"], rec.hists["start_lag"])
+    lag = rec.hists["loop_lag"]
+    run.update({
+        "cpu_percent_peak": max(rec.cpu_samples, default=0.0),
+        "cpu_percent_mean": round(sum(rec.cpu_samples) / len(rec.cpu_samples), 1) if rec.cpu_samples else 0.0,
+        "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
+        "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
+        "generator_overloaded": over,
+        "overload_reason": reason,
+    })
+    summary = write_outputs(cfg.output_dir, rec, run, meta, run_id=cfg.run_id, model=cfg.model)
+    if cfg.status_interval:
+        snap = status_snapshot(rec, run_id=cfg.run_id, started=run["start"], done=True,
+                               cpu=run["cpu_percent_mean"])
+        write_json_atomic(cfg.output_dir / "status.json", snap)
+    return summary
+
+
+# ---------------------------------------------------------------- parent of P processes
+
+
+def aggregate_status(snaps: list[dict[str, Any]], *, run_id: str, expected: int) -> dict[str, Any]:
+    """Add the children's status snapshots (percentiles from their merged latency histograms)."""
+    keys = ("active_sessions", "sessions_started", "sessions_finished", "queries_started", "queries_ok",
+            "queries_failed", "tokens", "lost_tokens", "errors", "reconnect_attempts", "reconnects_ok")
+    out: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in snaps) for k in keys}
+    lat = Histogram("us")
+    for s in snaps:
+        if s.get("latency_histogram"):
+            lat.merge(Histogram.from_dict(s["latency_histogram"]))
+    lags = [s["loop_lag_max_ms"] for s in snaps if s.get("loop_lag_max_ms") is not None]
+    lag99 = [s["loop_lag_p99_ms"] for s in snaps if s.get("loop_lag_p99_ms") is not None]
+    out.update({
+        "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
+        "elapsed_s": max((s.get("elapsed_s", 0.0) for s in snaps), default=0.0),
+        "processes": [{"pid": s.get("pid"), "cpu_percent": s.get("cpu_percent"),
+                       "loop_lag_p99_ms": s.get("loop_lag_p99_ms"), "done": s.get("done")} for s in snaps],
+        "done": len(snaps) == expected and all(s.get("done") for s in snaps),
+        "latency_p50_ms": None if lat.count == 0 else lat.percentile(50) / 1000,
+        "latency_p99_ms": None if lat.count == 0 else lat.percentile(99) / 1000,
+        "cpu_percent": max((s.get("cpu_percent") or 0.0 for s in snaps), default=0.0),
+        "loop_lag_p99_ms": max(lag99, default=None),  # worst process (a live hint, not a merged percentile)
+        "loop_lag_max_ms": max(lags, default=None),
+        "latency_histogram": lat.to_dict(),
+    })
+    return out
+
+
+def _read_status(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_parent(cfg: LoadConfig, child_argv: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+    """Start cfg.processes children running *child_argv* (+ per-child options), wait, merge."""
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    start_at = cfg.start_at if cfg.start_at is not None else time.time() + 1.0 + 0.2 * cfg.processes
+    interval = cfg.status_interval or 1.0
+    children: list[subprocess.Popen] = []
+    dirs = [out / f"proc-{i}" for i in range(cfg.processes)]
+    try:
+        for i, d in enumerate(dirs):
+            argv = [sys.executable, "-m", "kit.client", *child_argv, "--output-dir", str(d),
+                    "--start-at", repr(start_at), "--quiet", "--status-interval", str(interval),
+                    "--processes", "1", "--_process-index", str(i), "--_process-count", str(cfg.processes),
+                    "--run-id", cfg.run_id]
+            children.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL))
+        tty = sys.stderr.isatty()
+        last_line = 0.0
+        while any(p.poll() is None for p in children):
+            time.sleep(min(interval, 0.5))  # the parent only polls its children's status files
+            snaps = [s for s in (_read_status(d / "status.json") for d in dirs) if s]
+            if not snaps:
+                continue
+            agg = aggregate_status(snaps, run_id=cfg.run_id, expected=len(dirs))
+            if cfg.status_interval:
+                write_json_atomic(out / "status.json", agg)
+            if not cfg.quiet and (tty or time.time() - last_line >= 10.0):
+                _console.progress(agg, tty=tty)
+                last_line = time.time()
+    except BaseException:
+        for p in children:
+            if p.poll() is None:
+                p.terminate()
+        for p in children:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    if not cfg.quiet and sys.stderr.isatty():
+        sys.stderr.write("\n")
+    failed = [(i, p.returncode) for i, p in enumerate(children) if p.returncode != 0]
+    if failed:
+        raise RuntimeError("generator process(es) failed: " + ", ".join(f"proc-{i} exit {rc}" for i, rc in failed))
+    summary = merge_outputs(dirs, out)
+    meta = dict(meta)
+    meta["processes"] = cfg.processes
+    meta["children"] = [str(d) for d in dirs]
+    write_json_atomic(out / "meta.json", meta)
+    if cfg.status_interval:
+        snaps = [s for s in (_read_status(d / "status.json") for d in dirs) if s]
+        write_json_atomic(out / "status.json", aggregate_status(snaps, run_id=cfg.run_id, expected=len(dirs)))
+    return summary
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("wsproxy-loadkit", "trio", "httpx", "orjson", "psutil"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out

@@ -1,0 +1,270 @@
+"""Result files of a run, and merging several runs' files into one.
+
+One process writes into its ``OUTPUT_DIR``:
+
+- ``queries.csv``, ``sessions.csv``: one row per query / session;
+- ``timeline.csv``: one row per wall-clock second;
+- ``histograms.json``: the mergeable state: histograms (microseconds), counters,
+  error breakdown, and one entry per generator process under ``runs``;
+- ``summary.json``: :func:`build_summary` of that state;
+- ``meta.json``: config (no secrets), versions, argv.
+
+:func:`merge_outputs` reads several such folders (processes or hosts, or
+already merged folders), adds their states and writes the same files for the
+union.  The summary is always computed by :func:`build_summary` from the
+(merged) state, so merged output is exactly what one process recording every
+value would have reported: counts add, percentiles come from merged buckets.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kit.metrics import Histogram, Timeline, add_counts
+
+from ._accounting import HISTOGRAMS
+
+__all__ = [
+    "QUERY_FIELDS",
+    "SESSION_FIELDS",
+    "TIMELINE_FIELDS",
+    "PERCENTILES",
+    "write_outputs",
+    "build_summary",
+    "merge_outputs",
+    "load_state",
+    "write_json_atomic",
+]
+
+log = logging.getLogger(__name__)
+
+QUERY_FIELDS = ["session_id", "query_index", "query_id", "intended_at", "submit_at", "ttft_ms", "latency_ms",
+                "service_latency_ms", "expected_tokens", "tokens", "lost", "duplicated", "out_of_order",
+                "status", "error"]
+SESSION_FIELDS = ["session_index", "session_id", "intended_at", "started_at", "create_ms", "connect_ms",
+                  "connect_attempts", "reconnect_attempts", "reconnects_ok", "queries_ok", "queries_failed",
+                  "queries_skipped", "tokens", "status", "errors"]
+TIMELINE_FIELDS = ["second", *Timeline.FIELDS]
+PERCENTILES = (10, 25, 50, 75, 90, 95, 99, 99.9)
+STATE_VERSION = 1
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, fields: list[str], rows: Iterable[Mapping[str, Any]]) -> int:
+    n = 0
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+            n += 1
+    return n
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v / 1000.0, 3)
+
+
+def _hist_ms(h: Histogram) -> dict[str, Any]:
+    out = h.summary(PERCENTILES, scale=1000.0)
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Every aggregate of the seed's "Metrics Collected" list and more, from a (merged) state."""
+    hists = {k: Histogram.from_dict(v) for k, v in state["histograms"].items()}
+    c = state["counters"]
+    runs = state["runs"]
+    g = lambda k: int(c.get(k, 0))  # noqa: E731
+    start = min((r["start"] for r in runs), default=0.0)
+    end = max((r["end"] for r in runs), default=0.0)
+    duration = max(end - start, 1e-9)
+    sessions = g("sessions_finished")
+    ok = g("sessions_ok")
+    queries = g("queries_ok") + g("queries_failed")
+    lat = hists["latency"]
+    lag = hists["loop_lag"]
+    overloaded = [r for r in runs if r.get("generator_overloaded")]
+    skews = [r["start_skew_s"] for r in runs if r.get("start_skew_s") is not None]
+    summary: dict[str, Any] = {
+        "run_id": state.get("run_id", ""),
+        "model": state.get("model", ""),
+        "started_at": start,
+        "ended_at": end,
+        "duration_s": round(duration, 3),
+        # seed: total sessions / successful / failed, success rate
+        "total_sessions": sessions,
+        "successful_sessions": ok,
+        "failed_sessions": g("sessions_failed"),
+        "cancelled_sessions": g("sessions_cancelled"),
+        "success_rate": round(100.0 * ok / sessions, 3) if sessions else 0.0,
+        # seed: total queries / total tokens, QPS, TPS
+        "total_queries": queries,
+        "successful_queries": g("queries_ok"),
+        "failed_queries": g("queries_failed"),
+        "skipped_queries": g("queries_skipped"),
+        "query_success_rate": round(100.0 * g("queries_ok") / queries, 3) if queries else 0.0,
+        "total_tokens": g("tokens"),
+        "qps": round(g("queries_ok") / duration, 3),
+        "tps": round(g("tokens") / duration, 3),
+        # seed: latency p50/p95/p99/min/max/avg (ms)
+        "latency_ms": _hist_ms(lat),
+        "service_latency_ms": _hist_ms(hists["service_latency"]),
+        "ttft_ms": _hist_ms(hists["ttft"]),
+        "inter_token_ms": _hist_ms(hists["inter_token"]),
+        "delivery_latency_ms": _hist_ms(hists["delivery"]),
+        # seed: average create/connect times
+        "avg_create_ms": _ms(hists["create"].mean()),
+        "avg_connect_ms": _ms(hists["connect"].mean()),
+        "create_ms": _hist_ms(hists["create"]),
+        "connect_ms": _hist_ms(hists["connect"]),
+        # seed: reconnections
+        "total_reconnect_attempts": g("reconnect_attempts"),
+        "total_successful_reconnects": g("reconnects_ok"),
+        "sessions_with_reconnects": g("sessions_with_reconnects"),
+        # exact token accounting
+        "lost_tokens": g("lost_tokens"),
+        "duplicated_tokens": g("duplicated_tokens"),
+        "out_of_order_tokens": g("out_of_order_tokens"),
+        "late_messages": g("late_messages"),
+        "stray_messages": g("stray_messages"),
+        "total_errors": g("errors"),
+        "errors": dict(sorted(state.get("errors", {}).items(), key=lambda kv: (-kv[1], kv[0]))),
+        "query_statuses": {k[len("query_status_"):]: v for k, v in sorted(c.items()) if k.startswith("query_status_")},
+        "start_skew_s": {"max_abs": round(max((abs(x) for x in skews), default=0.0), 6),
+                         "per_process": skews},
+        "generator": {
+            "processes": len(runs),
+            "hosts": sorted({r["host"] for r in runs}),
+            "pids": [r["pid"] for r in runs],
+            "cpu_percent_peak": max((r["cpu_percent_peak"] for r in runs), default=0.0),
+            "cpu_percent_mean": round(sum(r["cpu_percent_mean"] for r in runs) / len(runs), 1) if runs else 0.0,
+            "loop_lag_p99_ms": _ms(lag.percentile(99)),
+            "loop_lag_max_ms": _ms(lag.max),
+            "start_lag_p99_ms": _ms(hists["start_lag"].percentile(99)),
+            "generator_overloaded": bool(overloaded),
+            "reason": "; ".join(f"{r['host']}:{r['pid']}: {r['overload_reason']}" for r in overloaded),
+            "per_process": [{k: r.get(k) for k in ("host", "pid", "cpu_percent_peak", "cpu_percent_mean",
+                                                   "loop_lag_p99_ms", "loop_lag_max_ms", "generator_overloaded",
+                                                   "overload_reason")} for r in runs],
+        },
+    }
+    return summary
+
+
+def _state(rec: Any, run: Mapping[str, Any], *, run_id: str, model: str) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "run_id": run_id,
+        "model": model,
+        "histograms": {k: h.to_dict() for k, h in rec.hists.items()},
+        "counters": dict(rec.counters),
+        "errors": dict(rec.errors),
+        "runs": [dict(run)],
+    }
+
+
+def write_outputs(out_dir: Path, rec: Any, run: Mapping[str, Any], meta: Mapping[str, Any], *,
+                  run_id: str, model: str) -> dict[str, Any]:
+    """Write every result file of one process's *rec*; return the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    off = rec.mono_to_wall_ns
+    _write_csv(out_dir / "queries.csv", QUERY_FIELDS, (q.row(off) for q in rec.queries))
+    _write_csv(out_dir / "sessions.csv", SESSION_FIELDS, (s.row(off) for s in rec.sessions))
+    _write_csv(out_dir / "timeline.csv", TIMELINE_FIELDS, rec.timeline.to_rows())
+    state = _state(rec, run, run_id=run_id, model=model)
+    write_json_atomic(out_dir / "histograms.json", state)
+    summary = build_summary(state)
+    write_json_atomic(out_dir / "summary.json", summary)
+    write_json_atomic(out_dir / "meta.json", dict(meta))
+    return summary
+
+
+def load_state(in_dir: Path) -> dict[str, Any]:
+    path = Path(in_dir) / "histograms.json"
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: pass a folder written by `python -m kit.client`") from None
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): the run did not finish writing it") from None
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path}: state version {state.get('version')} is not {STATE_VERSION}")
+    return state
+
+
+def merge_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
+    hists: dict[str, Histogram] = {name: Histogram("us") for name in HISTOGRAMS}
+    counters: dict[str, Any] = {}
+    errors: dict[str, Any] = {}
+    runs: list[dict[str, Any]] = []
+    run_ids, models = [], []
+    for st in states:
+        for name, d in st["histograms"].items():
+            hists.setdefault(name, Histogram("us")).merge(Histogram.from_dict(d))
+        add_counts(counters, st["counters"])
+        add_counts(errors, st.get("errors", {}))
+        runs.extend(st["runs"])
+        run_ids.append(st.get("run_id", ""))
+        models.append(st.get("model", ""))
+    return {
+        "version": STATE_VERSION,
+        "run_id": run_ids[0] if len(set(run_ids)) == 1 else ",".join(sorted(set(run_ids))),
+        "model": models[0] if len(set(models)) == 1 else ",".join(sorted(set(models))),
+        "histograms": {k: h.to_dict() for k, h in hists.items()},
+        "counters": counters,
+        "errors": errors,
+        "runs": runs,
+    }
+
+
+def merge_outputs(in_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Merge result folders into *out_dir* (CSVs concatenated, timeline and histograms added).
+
+    Returns the merged summary (also written to ``out_dir/summary.json``).
+    """
+    in_dirs = [Path(d) for d in in_dirs]
+    if not in_dirs:
+        raise ValueError("merge needs at least one input folder")
+    states = [load_state(d) for d in in_dirs]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged = merge_states(states)
+    for name, fields in (("queries.csv", QUERY_FIELDS), ("sessions.csv", SESSION_FIELDS)):
+        rows: list[dict[str, str]] = []
+        for d in in_dirs:
+            rows.extend(_read_csv(d / name))
+        _write_csv(out_dir / name, fields, rows)
+    timeline = Timeline()
+    for d in in_dirs:
+        timeline.merge(Timeline.from_rows(_read_csv(d / "timeline.csv")))
+    _write_csv(out_dir / "timeline.csv", TIMELINE_FIELDS, timeline.to_rows())
+    write_json_atomic(out_dir / "histograms.json", merged)
+    summary = build_summary(merged)
+    write_json_atomic(out_dir / "summary.json", summary)
+    metas = []
+    for d in in_dirs:
+        try:
+            metas.append(json.loads((d / "meta.json").read_text()))
+        except (OSError, ValueError):
+            metas.append({"missing": str(d / "meta.json")})
+    write_json_atomic(out_dir / "meta.json", {"merged_from": [str(d) for d in in_dirs], "inputs": metas})
+    return summary

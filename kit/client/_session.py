@@ -1,0 +1,415 @@
+"""One load-test session: create, connect, run N queries, receive tokens until done, close.
+
+A :class:`Session` owns its WebSocket and one reader task (in the session's
+own nursery).  The reader feeds every message to the query it belongs to
+(by ``query_id``; a message that arrives before ``POST /run`` has answered
+belongs to the query in flight) and, when the connection ends while the
+session is still running, reconnects with exponential backoff and jitter
+(:func:`backoff_delay`), counting attempts and successes.  Reconnecting
+resumes the stream: tokens of the query in flight keep being accounted, and
+whatever was published while we were away is counted as lost from ``seq``
+and ``done.tokens``.  A query whose ``done`` never arrives fails after
+``query_timeout`` seconds with an error saying how many tokens came.
+
+Errors never escape ``run``: they are recorded (session row, query rows,
+the recorder's error breakdown).  Cancellation (``--max-duration``) marks
+the session and its query in flight ``cancelled`` and closes the socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+
+import httpx
+import orjson
+import trio
+
+from ._accounting import QueryRecord, Recorder, SessionRecord
+from ._ws import ConnectionClosed, HandshakeError, ProtocolError, WebSocket, connect
+
+__all__ = ["SessionConfig", "Session", "backoff_delay", "connect_with_retry", "GaveUp"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SessionConfig:
+    """What every session of a run does (built by the CLI from options and env)."""
+
+    api_url: str
+    ws_url: str
+    queries: int = 10
+    think_time: float = 0.0
+    query_timeout: float = 60.0
+    max_tokens: int | None = None
+    agent_id: str = "load-test-agent"
+    query_text: str = "Tell me about WebSocket proxies."
+    max_reconnect_attempts: int = 5
+    initial_backoff: float = 1.0
+    max_backoff: float = 30.0
+    #: fraction of each backoff delay that is random: delay in [base*(1-jitter), base]
+    jitter: float = 0.5
+    connect_timeout: float = 10.0
+
+
+def backoff_delay(attempt: int, initial: float, cap: float, jitter: float, rng: random.Random) -> float:
+    """Delay before reconnect *attempt* (1-based): ``min(cap, initial*2**(attempt-1))`` minus up to
+    *jitter* of it, so retries of many sessions spread out instead of arriving together."""
+    base = min(cap, initial * (2 ** min(attempt - 1, 62)))
+    return base * (1.0 - jitter * rng.random())
+
+
+class GaveUp(Exception):
+    """All connect attempts failed; the message says why the last one did."""
+
+
+def _error_kind(prefix: str, exc: BaseException) -> str:
+    if isinstance(exc, HandshakeError):
+        return f"{prefix}_http_{exc.status}"
+    if isinstance(exc, ConnectionClosed):
+        return f"{prefix}_closed_{exc.code}"
+    if isinstance(exc, trio.TooSlowError):
+        return f"{prefix}_timeout"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        import errno as _errno
+
+        return f"{prefix}_{_errno.errorcode.get(exc.errno, exc.errno)}".lower()
+    return f"{prefix}_{type(exc).__name__}"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+_RETRYABLE = (OSError, ProtocolError, ConnectionClosed, trio.TooSlowError)
+
+
+async def connect_with_retry(open_fn, *, attempts: int, initial: float, cap: float, jitter: float,
+                             rng: random.Random, first_immediately: bool, on_attempt=None) -> object:
+    """Call ``await open_fn()`` until it succeeds, at most *attempts* times after the first try
+    (if *first_immediately*) with :func:`backoff_delay` sleeps in between.
+
+    ``on_attempt(n, exc_or_None)`` is called after each try.  A 4xx handshake
+    answer is final (a bad token does not get better).  Raises GaveUp.
+    """
+    tries = attempts + (1 if first_immediately else 0)
+    last: BaseException | None = None
+    for n in range(1, tries + 1):
+        retry_n = n - 1 if first_immediately else n
+        if retry_n >= 1:
+            await trio.sleep(backoff_delay(retry_n, initial, cap, jitter, rng))
+        try:
+            result = await open_fn()
+        except HandshakeError as exc:
+            if on_attempt:
+                on_attempt(n, exc)
+            if 400 <= exc.status < 500:
+                raise GaveUp(f"refused: {_describe(exc)}") from exc
+            last = exc
+            continue
+        except _RETRYABLE as exc:
+            if on_attempt:
+                on_attempt(n, exc)
+            last = exc
+            continue
+        if on_attempt:
+            on_attempt(n, None)
+        return result
+    raise GaveUp(f"gave up after {tries} attempt(s): {_describe(last) if last else 'no attempt allowed'}")
+
+
+class Session:
+    """One session of the load; ``await run()`` does everything and records the outcome."""
+
+    def __init__(self, cfg: SessionConfig, http: httpx.AsyncClient, rec: Recorder, index: int,
+                 intended_ns: int, rng: random.Random) -> None:
+        self.cfg = cfg
+        self.http = http
+        self.rec = rec
+        self.rng = rng
+        self.s = SessionRecord(index, intended_ns, time.monotonic_ns())
+        self.ws: WebSocket | None = None
+        self.by_id: dict[str, QueryRecord] = {}
+        self.current: QueryRecord | None = None
+        self.closing = False
+        self.broken: str | None = None
+        self._token = ""
+        self._ws_path = ""
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        rec, s = self.rec, self.s
+        rec.active_sessions += 1
+        rec.counters["sessions_started"] += 1
+        rec.hists["start_lag"].record(max(0, s.start_ns - s.intended_ns) // 1000)
+        try:
+            try:
+                await self._run()
+            except Exception as exc:  # a bug must not kill the whole load: record it loudly
+                log.exception("session %s failed unexpectedly", s.index)
+                s.errors.append(f"internal error: {exc!r}")
+                rec.error("internal")
+                s.status = "failed"
+            if not s.status:
+                s.status = "ok" if not s.errors and s.queries_failed == 0 and s.queries_skipped == 0 else "failed"
+        finally:
+            if not s.status:  # cancelled (or an unexpected exception): record what we have
+                s.status = "cancelled"
+                q = self.current
+                if q is not None and not q.status:
+                    q.finish(status="cancelled", error="run ended (--max-duration) before done")
+                    rec.query_finished(q)
+                    s.queries_failed += 1
+                    rec.error("cancelled")
+            if self.ws is not None:
+                self.ws.abort_nowait()
+            s.end_ns = time.monotonic_ns()
+            rec.active_sessions -= 1
+            rec.session_finished(s)
+
+    async def _run(self) -> None:
+        cfg, s = self.cfg, self.s
+        if not await self._create():
+            s.queries_skipped = cfg.queries
+            return
+        if not await self._connect_first():
+            s.queries_skipped = cfg.queries
+            await self._close_http()
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reader)
+            intended = s.intended_ns
+            for k in range(cfg.queries):
+                if self.broken:
+                    s.queries_skipped = cfg.queries - k
+                    break
+                now = time.monotonic_ns()
+                await self._query(k, intended if k == 0 else now, now)
+                if cfg.think_time and k + 1 < cfg.queries:
+                    await trio.sleep(cfg.think_time)
+            self.closing = True
+            if self.ws is not None and not self.ws.closed:
+                await self.ws.aclose()
+            nursery.cancel_scope.cancel()
+        await self._close_http()
+
+    async def _create(self) -> bool:
+        s, rec = self.s, self.rec
+        t = time.monotonic_ns()
+        try:
+            resp = await self.http.post(f"{self.cfg.api_url}/session/create", json={"agent_id": self.cfg.agent_id})
+        except httpx.HTTPError as exc:
+            s.errors.append(f"create: {type(exc).__name__}: {exc}")
+            rec.error(f"create_{type(exc).__name__}")
+            return False
+        if resp.status_code != 201:
+            s.errors.append(f"create: HTTP {resp.status_code}: {resp.text[:200]}")
+            rec.error(f"create_http_{resp.status_code}")
+            return False
+        s.create_us = (time.monotonic_ns() - t) // 1000
+        try:
+            body = resp.json()
+            s.session_id = body["session_id"]
+            self._token = body["auth_token"]
+            self._ws_path = body.get("ws_path") or f"/{self.cfg.agent_id}/ws/{s.session_id}"
+        except (ValueError, KeyError, TypeError) as exc:
+            s.errors.append(f"create: malformed answer ({exc!r})")
+            rec.error("create_malformed")
+            return False
+        return True
+
+    async def _open(self) -> WebSocket:
+        with trio.fail_after(self.cfg.connect_timeout):
+            return await connect(self.cfg.ws_url, self._ws_path, [("Authorization", f"Bearer {self._token}")])
+
+    async def _connect_first(self) -> bool:
+        cfg, s, rec = self.cfg, self.s, self.rec
+
+        def on_attempt(n: int, exc: BaseException | None) -> None:
+            s.connect_attempts += 1
+            if n > 1:
+                s.reconnect_attempts += 1
+                rec.counters["reconnect_attempts_live"] += 1
+                if exc is None:
+                    s.reconnects_ok += 1
+                    rec.counters["reconnects_ok_live"] += 1
+            if exc is not None:
+                s.errors.append(f"connect: {_describe(exc)}")
+                rec.error(_error_kind("connect", exc))
+
+        t = time.monotonic_ns()
+        try:
+            self.ws = await connect_with_retry(
+                self._open, attempts=cfg.max_reconnect_attempts, initial=cfg.initial_backoff,
+                cap=cfg.max_backoff, jitter=cfg.jitter, rng=self.rng, first_immediately=True,
+                on_attempt=on_attempt)
+        except GaveUp as exc:
+            s.errors.append(f"connect: {exc}")
+            rec.error("connect_gave_up")
+            return False
+        s.connect_us = (time.monotonic_ns() - t) // 1000
+        return True
+
+    async def _reconnect(self, why: ConnectionClosed) -> bool:
+        cfg, s, rec = self.cfg, self.s, self.rec
+        s.errors.append(f"websocket lost: {why}")
+        rec.error(f"ws_lost_{why.code}")
+
+        def on_attempt(n: int, exc: BaseException | None) -> None:
+            s.reconnect_attempts += 1
+            rec.counters["reconnect_attempts_live"] += 1
+            if exc is None:
+                s.reconnects_ok += 1
+                rec.counters["reconnects_ok_live"] += 1
+
+        try:
+            self.ws = await connect_with_retry(
+                self._open, attempts=cfg.max_reconnect_attempts, initial=cfg.initial_backoff,
+                cap=cfg.max_backoff, jitter=cfg.jitter, rng=self.rng, first_immediately=False,
+                on_attempt=on_attempt)
+        except GaveUp as exc:
+            self.broken = f"websocket lost and reconnect {exc}"
+            s.errors.append(self.broken)
+            rec.error("reconnect_gave_up")
+            return False
+        # the outage itself was survived: the losses it caused show in the queries' lost counts
+        if s.errors and s.errors[-1].startswith("websocket lost: "):
+            s.errors.pop()
+        return True
+
+    async def _close_http(self) -> None:
+        s = self.s
+        try:
+            resp = await self.http.post(f"{self.cfg.api_url}/session/{s.session_id}/close")
+        except httpx.HTTPError as exc:
+            s.errors.append(f"close: {type(exc).__name__}: {exc}")
+            self.rec.error(f"close_{type(exc).__name__}")
+            return
+        if resp.status_code != 200:
+            s.errors.append(f"close: HTTP {resp.status_code}: {resp.text[:200]}")
+            self.rec.error(f"close_http_{resp.status_code}")
+
+    # ---------------------------------------------------------------- queries
+
+    async def _query(self, k: int, intended_ns: int, submit_ns: int) -> None:
+        cfg, s, rec = self.cfg, self.s, self.rec
+        ev = trio.Event()
+        q = rec.new_query(s.session_id, k, intended_ns, submit_ns, ev)
+        self.current = q
+        rec.counters["queries_started"] += 1
+        body: dict = {"query": cfg.query_text}
+        if cfg.max_tokens:
+            body["max_tokens"] = cfg.max_tokens
+        with trio.move_on_after(cfg.query_timeout) as scope:
+            try:
+                resp = await self.http.post(f"{cfg.api_url}/session/{s.session_id}/run", json=body)
+            except httpx.HTTPError as exc:
+                self._fail(q, "error", f"run: {type(exc).__name__}: {exc}", f"run_{type(exc).__name__}")
+                return
+            if resp.status_code != 202:
+                self._fail(q, "error", f"run: HTTP {resp.status_code}: {resp.text[:200]}",
+                           f"run_http_{resp.status_code}")
+                return
+            try:
+                data = resp.json()
+                qid, expected = str(data["query_id"]), int(data["tokens"])
+            except (ValueError, KeyError, TypeError) as exc:
+                self._fail(q, "error", f"run: malformed answer ({exc!r})", "run_malformed")
+                return
+            q.expected = expected
+            if q.query_id is None:
+                q.query_id = qid
+                self.by_id[qid] = q
+            elif q.query_id != qid:
+                self._fail(q, "error", f"tokens came for query {q.query_id}, /run answered {qid}", "query_id_mismatch")
+                return
+            await ev.wait()
+        if q.done_ns:
+            q.finish()
+            if q.status == "lost_tokens":
+                rec.error("lost_tokens")
+        elif self.broken:
+            self._fail(q, "error", f"{self.broken} (received {q.received} of {q.expected} tokens)",
+                       "query_connection_lost", record=False)
+        else:
+            assert scope.cancelled_caught
+            self._fail(q, "timeout", f"no done message within {cfg.query_timeout:g}s "
+                       f"(received {q.received} of {q.expected} tokens)", "query_timeout", record=False)
+        self._count(q)
+
+    def _fail(self, q: QueryRecord, status: str, error: str, kind: str, record: bool = True) -> None:
+        q.finish(status=status, error=error)
+        self.rec.error(kind)
+        if record:
+            self._count(q)
+
+    def _count(self, q: QueryRecord) -> None:
+        s = self.s
+        if q.status == "ok":
+            s.queries_ok += 1
+        else:
+            s.queries_failed += 1
+            if q.error:
+                s.errors.append(f"query {q.index}: {q.error}")
+        s.tokens += q.received
+        self.rec.query_finished(q)
+        self.current = None
+
+    # ---------------------------------------------------------------- reader
+
+    async def _reader(self) -> None:
+        """Receive until the session closes; reconnect when the connection ends early."""
+        loads = orjson.loads
+        mono = time.monotonic_ns
+        wall = time.time_ns
+        by_id = self.by_id
+        while True:
+            ws = self.ws
+            assert ws is not None
+            try:
+                while True:
+                    batch = await ws.receive_batch()
+                    m_ns = mono()
+                    w_ns = wall()
+                    for payload in batch:
+                        try:
+                            m = loads(payload)
+                            q = by_id.get(m["query_id"])
+                            if q is None:
+                                q = self._adopt(m["query_id"])
+                                if q is None:
+                                    continue
+                            if q.status:  # already finished (timed out): a late message
+                                self.rec.counters["late_messages"] += 1
+                                continue
+                            if m["type"] == "token":
+                                q.token(m["seq"], m["ts"], m_ns, w_ns)
+                            elif m["type"] == "done":
+                                q.done(m["tokens"], m_ns)
+                            else:
+                                self.rec.counters["unknown_messages"] += 1
+                        except (orjson.JSONDecodeError, KeyError, TypeError):
+                            self.rec.error("bad_message")
+            except ConnectionClosed as exc:
+                if self.closing:
+                    return
+                if not await self._reconnect(exc):
+                    if self.current is not None and self.current.event is not None:
+                        self.current.event.set()
+                    return
+
+    def _adopt(self, qid: str) -> QueryRecord | None:
+        """A message for a query_id we have not seen: the query in flight, before /run answered."""
+        q = self.current
+        if q is not None and q.query_id is None:
+            q.query_id = qid
+            self.by_id[qid] = q
+            return q
+        self.rec.counters["stray_messages"] += 1
+        return None

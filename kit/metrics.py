@@ -1,0 +1,260 @@
+"""Mergeable measurements: HDR-like histograms, counters and a per-second timeline.
+
+Pure code, no I/O.  Everything here can be serialised with ``to_dict`` and
+rebuilt with ``from_dict``, and two objects recorded on different processes or
+hosts ``merge`` into exactly the object one process would have recorded for the
+union of their values: counts add, min/max/sum combine exactly, and percentiles
+are computed from the merged buckets (never by averaging percentiles).
+
+:class:`Histogram` records integers (the caller picks the unit, by convention
+microseconds) in log-linear buckets with ``SUB_BUCKET_BITS`` bits of
+precision: values below ``2**SUB_BUCKET_BITS`` are exact, larger ones keep a
+relative error below ``2**-(SUB_BUCKET_BITS-1)`` (about 0.1%, i.e. three
+significant digits).  Negative values (clock skew between hosts makes some
+delivery latencies negative) are bucketed symmetrically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "SUB_BUCKET_BITS",
+    "Histogram",
+    "Timeline",
+    "add_counts",
+    "bucket_index",
+    "bucket_value",
+]
+
+#: 11 bits -> exact below 2048, relative error < 1/1024 above (3 significant digits)
+SUB_BUCKET_BITS = 11
+_SUB = 1 << SUB_BUCKET_BITS
+_HALF = _SUB >> 1
+
+
+def bucket_index(v: int) -> int:
+    """The bucket of integer *v* (see the module docstring)."""
+    if v < 0:
+        return -bucket_index(-v) - 1
+    if v < _SUB:
+        return v
+    e = v.bit_length() - SUB_BUCKET_BITS
+    return _SUB + (e - 1) * _HALF + ((v >> e) - _HALF)
+
+
+def _bucket_bounds(idx: int) -> tuple[int, int]:
+    """(lowest, highest) value of a non-negative bucket."""
+    if idx < _SUB:
+        return idx, idx
+    e = (idx - _SUB) // _HALF + 1
+    top = (idx - _SUB) % _HALF + _HALF
+    lo = top << e
+    return lo, lo + (1 << e) - 1
+
+
+def bucket_value(idx: int) -> int:
+    """The representative value of a bucket: the middle of its range (exact for small values)."""
+    if idx < 0:
+        return -bucket_value(-idx - 1)
+    lo, hi = _bucket_bounds(idx)
+    return (lo + hi) // 2
+
+
+class Histogram:
+    """Counts of integer values in log-linear buckets; mergeable and serialisable.
+
+    ``record`` is the hot path (a few integer operations and one dict update).
+    Percentiles follow HdrHistogram: the value at percentile *p* is that of the
+    first bucket at which the cumulative count reaches ``ceil(p/100 * count)``,
+    clamped to the exact recorded [min, max].
+    """
+
+    __slots__ = ("counts", "count", "total", "min", "max", "unit")
+
+    def __init__(self, unit: str = "us") -> None:
+        self.counts: dict[int, int] = {}
+        self.count = 0
+        self.total = 0
+        self.min: int | None = None
+        self.max: int | None = None
+        self.unit = unit
+
+    def record(self, v: int) -> None:
+        v = int(v)
+        if v < _SUB and v >= 0:
+            idx = v
+        else:
+            idx = bucket_index(v)
+        counts = self.counts
+        counts[idx] = counts.get(idx, 0) + 1
+        self.count += 1
+        self.total += v
+        if self.min is None or v < self.min:
+            self.min = v
+        if self.max is None or v > self.max:
+            self.max = v
+
+    def record_many(self, values: Iterable[int]) -> None:
+        for v in values:
+            self.record(v)
+
+    def merge(self, other: "Histogram") -> "Histogram":
+        """Add *other*'s values into this histogram (in place); returns self."""
+        if other.unit != self.unit:
+            raise ValueError(f"cannot merge a histogram in {other.unit!r} into one in {self.unit!r}")
+        counts = self.counts
+        for idx, n in other.counts.items():
+            counts[idx] = counts.get(idx, 0) + n
+        self.count += other.count
+        self.total += other.total
+        if other.min is not None and (self.min is None or other.min < self.min):
+            self.min = other.min
+        if other.max is not None and (self.max is None or other.max > self.max):
+            self.max = other.max
+        return self
+
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+    def percentile(self, p: float) -> int | None:
+        if not self.count:
+            return None
+        if not 0 <= p <= 100:
+            raise ValueError(f"percentile {p} is outside 0..100")
+        rank = max(1, -(-(round(p * 1000) * self.count) // 100000))  # ceil(p/100*count), p to 3 decimals
+        if rank >= self.count:
+            return self.max
+        if rank == 1:
+            return self.min
+        seen = 0
+        for idx in sorted(self.counts):
+            seen += self.counts[idx]
+            if seen >= rank:
+                v = bucket_value(idx)
+                return min(max(v, self.min), self.max)  # type: ignore[type-var]
+        return self.max  # pragma: no cover (counts and count disagree)
+
+    def percentiles(self, ps: Iterable[float]) -> dict[str, int | None]:
+        return {_pname(p): self.percentile(p) for p in ps}
+
+    def buckets(self) -> list[tuple[int, int]]:
+        """(representative value, count) per non-empty bucket, ascending."""
+        return [(bucket_value(i), self.counts[i]) for i in sorted(self.counts)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "sub_bucket_bits": SUB_BUCKET_BITS,
+            "count": self.count,
+            "sum": self.total,
+            "min": self.min,
+            "max": self.max,
+            "counts": [[i, self.counts[i]] for i in sorted(self.counts)],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Histogram":
+        if d.get("sub_bucket_bits", SUB_BUCKET_BITS) != SUB_BUCKET_BITS:
+            raise ValueError(
+                f"histogram has sub_bucket_bits={d.get('sub_bucket_bits')}, this kit uses {SUB_BUCKET_BITS}: "
+                "merge results produced by the same kit version"
+            )
+        h = cls(d.get("unit", "us"))
+        h.counts = {int(i): int(n) for i, n in d.get("counts", [])}
+        h.count = int(d.get("count", 0))
+        h.total = int(d.get("sum", 0))
+        h.min = d.get("min")
+        h.max = d.get("max")
+        if sum(h.counts.values()) != h.count:
+            raise ValueError("histogram counts do not add up to its count: the file is damaged")
+        return h
+
+    def summary(self, ps: Iterable[float] = (50, 95, 99), scale: float = 1.0) -> dict[str, Any]:
+        """count/min/max/avg and percentiles, each value divided by *scale* (e.g. 1000 for us -> ms)."""
+
+        def sc(v: float | None) -> float | None:
+            return None if v is None else round(v / scale, 6)
+
+        out: dict[str, Any] = {"count": self.count, "min": sc(self.min), "max": sc(self.max), "avg": sc(self.mean())}
+        for p in ps:
+            out[_pname(p)] = sc(self.percentile(p))
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Histogram) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Histogram(unit={self.unit!r}, count={self.count}, min={self.min}, max={self.max})"
+
+
+def _pname(p: float) -> str:
+    return f"p{p:g}".replace(".", "_")
+
+
+def add_counts(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Add the numbers of *b* into *a* (nested dicts recursively); returns *a*."""
+    for k, v in b.items():
+        if isinstance(v, Mapping):
+            add_counts(a.setdefault(k, {}), v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            a[k] = a.get(k, 0) + v
+    return a
+
+
+class Timeline:
+    """Per-second counters keyed by the integer wall-clock second.
+
+    ``add`` accumulates events; ``gauge`` sets a sampled value (e.g. active
+    sessions) for a second.  Merging adds both: the sum of the processes'
+    gauges at one second is the union's gauge.
+    """
+
+    __slots__ = ("rows", "fields")
+
+    FIELDS = ("active_sessions", "sessions_started", "queries_started", "queries_done", "queries_failed",
+              "tokens", "errors", "reconnect_attempts", "reconnects_ok")
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, int]] = {}
+
+    def _row(self, second: int) -> dict[str, int]:
+        row = self.rows.get(second)
+        if row is None:
+            row = self.rows[second] = dict.fromkeys(self.FIELDS, 0)
+        return row
+
+    def add(self, second: int, field: str, n: int = 1) -> None:
+        self._row(second)[field] += n
+
+    def gauge(self, second: int, field: str, value: int) -> None:
+        self._row(second)[field] = value
+
+    def merge(self, other: "Timeline") -> "Timeline":
+        for sec, row in other.rows.items():
+            mine = self._row(sec)
+            for k, v in row.items():
+                mine[k] = mine.get(k, 0) + v
+        return self
+
+    def to_rows(self) -> list[dict[str, int]]:
+        return [{"second": s, **self.rows[s]} for s in sorted(self.rows)]
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> "Timeline":
+        t = cls()
+        for r in rows:
+            sec = int(r["second"])
+            row = t._row(sec)
+            for k in cls.FIELDS:
+                if k in r and r[k] not in (None, ""):
+                    row[k] += int(r[k])
+        return t
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.to_rows()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Timeline":
+        return cls.from_rows(d.get("rows", []))

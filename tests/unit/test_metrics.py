@@ -1,0 +1,125 @@
+"""kit.metrics: histogram precision, merge exactness, serialisation, timeline."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from kit.metrics import Histogram, Timeline, add_counts, bucket_index, bucket_value
+
+
+def exact(values: list[int], p: float) -> int:
+    s = sorted(values)
+    rank = max(1, -(-(round(p * 1000) * len(s)) // 100000))  # ceil(p/100*n) without float rounding
+    return s[rank - 1]
+
+
+def test_small_values_are_exact():
+    for v in range(0, 2048):
+        assert bucket_value(bucket_index(v)) == v
+
+
+def test_bucket_relative_error_is_below_one_in_a_thousand():
+    rng = random.Random(1)
+    for _ in range(20000):
+        v = int(10 ** rng.uniform(0, 12))
+        rep = bucket_value(bucket_index(v))
+        assert abs(rep - v) <= v / 1000, (v, rep)
+
+
+def test_bucket_index_is_monotonic():
+    prev = bucket_index(-10**9)
+    for v in list(range(-5000, 5000)) + [10**k for k in range(4, 15)]:
+        idx = bucket_index(v)
+        assert idx >= prev or v < 0
+        prev = idx
+    assert sorted(range(-3000, 70000), key=bucket_index) == list(range(-3000, 70000))
+
+
+def test_negative_values_mirror_positive_ones():
+    h = Histogram()
+    h.record_many([-5000, -3, 0, 7, 5000])
+    assert h.min == -5000 and h.max == 5000
+    assert h.percentile(1) == -5000
+    assert h.percentile(50) == 0
+    assert abs(h.percentile(100) - 5000) <= 5
+
+
+@pytest.mark.parametrize("p", [10, 25, 50, 75, 90, 95, 99, 99.9, 100])
+def test_percentiles_match_exact_values_within_precision(p):
+    rng = random.Random(p)
+    values = [int(rng.lognormvariate(10, 1.5)) for _ in range(5000)]
+    h = Histogram()
+    h.record_many(values)
+    want = exact(values, p)
+    assert abs(h.percentile(p) - want) <= want / 1000 + 1
+
+
+def test_min_max_sum_count_are_exact():
+    values = [3, 99999, 123456789, 42]
+    h = Histogram()
+    h.record_many(values)
+    assert (h.count, h.total, h.min, h.max) == (4, sum(values), 3, 123456789)
+    assert h.mean() == sum(values) / 4
+    assert h.percentile(100) == 123456789  # clamped to the exact max
+
+
+def test_merge_equals_recording_the_union():
+    rng = random.Random(7)
+    values = [int(rng.expovariate(1 / 50000)) for _ in range(9000)]
+    whole = Histogram()
+    whole.record_many(values)
+    parts = [Histogram() for _ in range(3)]
+    for i, v in enumerate(values):
+        parts[i % 3].record(v)
+    merged = Histogram()
+    for part in parts:
+        merged.merge(Histogram.from_dict(json.loads(json.dumps(part.to_dict()))))
+    assert merged == whole
+    for p in (50, 95, 99):
+        assert merged.percentile(p) == whole.percentile(p)
+
+
+def test_merge_refuses_other_units():
+    with pytest.raises(ValueError, match="cannot merge"):
+        Histogram("us").merge(Histogram("ms"))
+
+
+def test_from_dict_detects_damaged_counts():
+    d = Histogram().to_dict()
+    d["count"] = 3
+    with pytest.raises(ValueError, match="damaged"):
+        Histogram.from_dict(d)
+
+
+def test_empty_histogram_has_no_percentile():
+    h = Histogram()
+    assert h.percentile(50) is None and h.mean() is None
+    assert h.summary()["p99"] is None
+
+
+def test_percentile_out_of_range_is_refused():
+    h = Histogram()
+    h.record(1)
+    with pytest.raises(ValueError):
+        h.percentile(101)
+
+
+def test_timeline_merge_adds_events_and_gauges():
+    a, b = Timeline(), Timeline()
+    a.add(100, "tokens", 5)
+    a.gauge(100, "active_sessions", 3)
+    b.add(100, "tokens", 7)
+    b.gauge(100, "active_sessions", 4)
+    b.add(101, "errors")
+    m = Timeline.from_rows(a.to_rows()).merge(Timeline.from_dict(b.to_dict()))
+    rows = {r["second"]: r for r in m.to_rows()}
+    assert rows[100]["tokens"] == 12 and rows[100]["active_sessions"] == 7
+    assert rows[101]["errors"] == 1
+
+
+def test_add_counts_is_recursive():
+    assert add_counts({"a": 1, "n": {"x": 1}}, {"a": 2, "n": {"x": 2, "y": 1}, "s": "text"}) == {
+        "a": 3, "n": {"x": 3, "y": 1}}
