@@ -1,0 +1,179 @@
+"""A run's readable report: ``report.txt`` (the console summary) and a self-contained ``report.html``.
+
+:func:`write_report` reads what ``fab run`` left in ``results/<run-id>/``
+(``summary.json`` with its ``run`` record, ``preflight.json``,
+``timeline.csv``, ``hosts/<host>/host.jsonl``) and writes both files; it
+returns the text.  Pure formatting otherwise: no network, no processes.
+Missing pieces are shown as missing, never invented.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_report", "render_text", "render_html", "host_metrics"]
+
+log = logging.getLogger(__name__)
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def host_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per host: samples, CPU mean/peak, memory peak, network bytes/s peak (from hostmon JSONL)."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in sorted((run_dir / "hosts").glob("*/host.jsonl")):
+        rows = []
+        for line in f.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        cpu = [r["cpu_percent"] for r in rows]
+        net = [sum((n.get("rx_bytes_per_s", 0) + n.get("tx_bytes_per_s", 0)) for k, n in r["net"].items() if k != "lo")
+               for r in rows]
+        out[f.parent.name] = {
+            "samples": len(rows),
+            "cpu_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
+            "cpu_peak": max(cpu, default=None),
+            "mem_used_peak_mb": round(max((r["mem"]["used"] for r in rows), default=0) / 2**20, 1) if rows else None,
+            "net_peak_mbit_s": round(max(net, default=0) * 8 / 1e6, 2) if rows else None,
+            "cpu_series": cpu,
+        }
+    return out
+
+
+def _f(v: Any, fmt: str = "{:.2f}") -> str:
+    if v is None:
+        return "-"
+    return fmt.format(v) if isinstance(v, (int, float)) else str(v)
+
+
+def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> str:
+    run = summary.get("run", {})
+    lat = summary.get("latency_ms", {})
+    lines = [
+        "=" * 72,
+        f"wsproxy-loadkit run {run.get('run_id', summary.get('run_id', '?'))}"
+        + ("   ** PARTIAL **" if summary.get("partial") else ""),
+        "=" * 72,
+        f"Sessions      {summary.get('total_sessions', 0)} total, {summary.get('successful_sessions', 0)} ok, "
+        f"{summary.get('failed_sessions', 0)} failed   success rate {_f(summary.get('success_rate'))}%",
+        f"Queries       {summary.get('total_queries', 0)} total, {summary.get('successful_queries', 0)} ok, "
+        f"{summary.get('failed_queries', 0)} failed",
+        f"Tokens        {summary.get('total_tokens', 0)}   lost {summary.get('lost_tokens', 0)}   duplicated "
+        f"{summary.get('duplicated_tokens', 0)}   out of order {summary.get('out_of_order_tokens', 0)}",
+        f"Throughput    QPS {_f(summary.get('qps'))}   TPS {_f(summary.get('tps'))}   duration "
+        f"{_f(summary.get('duration_s'))} s",
+        f"Latency (ms)  p50 {_f(lat.get('p50'))}  p95 {_f(lat.get('p95'))}  p99 {_f(lat.get('p99'))}  "
+        f"min {_f(lat.get('min'))}  max {_f(lat.get('max'))}  avg {_f(lat.get('avg'))}",
+        f"TTFT (ms)     p50 {_f(summary.get('ttft_ms', {}).get('p50'))}  p99 {_f(summary.get('ttft_ms', {}).get('p99'))}"
+        f"   inter-token p99 {_f(summary.get('inter_token_ms', {}).get('p99'))}   delivery p99 "
+        f"{_f(summary.get('delivery_latency_ms', {}).get('p99'))}",
+        f"Create/connect avg {_f(summary.get('avg_create_ms'))} / {_f(summary.get('avg_connect_ms'))} ms",
+        f"Reconnects    {summary.get('total_reconnect_attempts', 0)} attempts, "
+        f"{summary.get('total_successful_reconnects', 0)} ok, {summary.get('sessions_with_reconnects', 0)} sessions",
+    ]
+    gen = summary.get("generator", {})
+    if gen:
+        lines.append(f"Generators    {gen.get('processes', 0)} processes on {', '.join(gen.get('hosts', []))}; "
+                     f"CPU peak {_f(gen.get('cpu_percent_peak'), '{:.0f}')}%, loop lag p99 "
+                     f"{_f(gen.get('loop_lag_p99_ms'))} ms" + ("  ** OVERLOADED: " + gen.get("reason", "") + " **"
+                                                              if gen.get("generator_overloaded") else ""))
+    if run:
+        skew = run.get("start_skew_s", {})
+        clock = run.get("clock", {})
+        lines.append(f"Start skew    spread {_f(skew.get('spread'), '{:.4f}')} s   clocks worst offset "
+                     f"{_f((clock.get('worst_s') or 0) * 1000, '{:.2f}')} ms (bound "
+                     f"{_f((clock.get('bound_s') or 0) * 1000, '{:.1f}')} ms){'' if clock.get('ok', True) else ' ** ' + clock.get('note', '') + ' **'}")
+    if summary.get("errors"):
+        lines.append("Errors        " + ", ".join(f"{k}: {v}" for k, v in list(summary["errors"].items())[:8]))
+    if hosts:
+        lines.append("Hosts         " + "; ".join(
+            f"{h} cpu {_f(m['cpu_mean'], '{:.0f}')}/{_f(m['cpu_peak'], '{:.0f}')}% net {_f(m['net_peak_mbit_s'])} Mbit/s"
+            for h, m in hosts.items()))
+    for t in run.get("thresholds", []):
+        lines.append(f"Threshold     {t['threshold']:<20} actual {_f(t['actual'], '{:.6g}')} "
+                     f"{'PASS' if t['passed'] else 'FAIL'}")
+    for r in run.get("partial_reasons", []):
+        lines.append(f"Partial       {r}")
+    lines.append("=" * 72)
+    return "\n".join(lines) + "\n"
+
+
+def _svg_series(values: list[float], width: int = 480, height: int = 60) -> str:
+    if not values:
+        return "<em>no samples</em>"
+    top = max(max(values), 1e-9)
+    step = width / max(len(values) - 1, 1)
+    pts = " ".join(f"{i * step:.1f},{height - v / top * (height - 4) - 2:.1f}" for i, v in enumerate(values))
+    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+            f'<polyline fill="none" stroke="#2a6" stroke-width="1.5" points="{pts}"/></svg> max {top:.0f}')
+
+
+def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timeline: list[dict[str, str]],
+                text: str) -> str:
+    e = html.escape
+    rows = []
+    for name in ("latency_ms", "service_latency_ms", "ttft_ms", "inter_token_ms", "delivery_latency_ms", "create_ms",
+                 "connect_ms"):
+        h = summary.get(name) or {}
+        rows.append("<tr><th>" + e(name) + "</th>" + "".join(
+            f"<td>{_f(h.get(k))}</td>" for k in ("count", "p50", "p90", "p95", "p99", "p99_9", "min", "max", "avg")) + "</tr>")
+    host_rows = "".join(
+        f"<tr><th>{e(h)}</th><td>{m['samples']}</td><td>{_f(m['cpu_mean'], '{:.0f}')}</td>"
+        f"<td>{_f(m['cpu_peak'], '{:.0f}')}</td><td>{_f(m['mem_used_peak_mb'])}</td><td>{_f(m['net_peak_mbit_s'])}</td>"
+        f"<td>{_svg_series(m['cpu_series'], 240, 30)}</td></tr>" for h, m in hosts.items())
+
+    def series(field: str) -> list[float]:
+        out = []
+        for r in timeline:
+            try:
+                out.append(float(r.get(field) or 0))
+            except ValueError:
+                out.append(0.0)
+        return out
+
+    charts = "".join(f"<h3>{e(f)}</h3>{_svg_series(series(f))}" for f in
+                     ("active_sessions", "queries_done", "tokens", "errors", "reconnect_attempts") if timeline and f in timeline[0])
+    run = summary.get("run", {})
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>wsproxy-loadkit {e(str(run.get('run_id', '')))}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} pre{{background:#f6f6f6;padding:1em}}
+.partial{{color:#b00;font-weight:bold}}</style></head><body>
+<h1>Run {e(str(run.get('run_id', '')))}</h1>
+{'<p class="partial">PARTIAL RUN: ' + e('; '.join(run.get('partial_reasons', []))) + '</p>' if summary.get('partial') else ''}
+<h2>Summary</h2><pre>{e(text)}</pre>
+<h2>Latency histograms (ms)</h2>
+<table><tr><th></th><th>count</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>p99.9</th><th>min</th>
+<th>max</th><th>avg</th></tr>{''.join(rows)}</table>
+<h2>Timeline (per second)</h2>{charts or '<em>no timeline</em>'}
+<h2>Hosts</h2><table><tr><th>host</th><th>samples</th><th>CPU mean %</th><th>CPU peak %</th><th>mem peak MB</th>
+<th>net peak Mbit/s</th><th>CPU</th></tr>{host_rows}</table>
+<h2>Run record</h2><pre>{e(json.dumps({k: v for k, v in run.items() if k not in ('inventory',)}, indent=2, default=str))}</pre>
+</body></html>
+"""
+
+
+def write_report(run_dir: Path) -> str:
+    """Write ``report.txt`` and ``report.html`` into *run_dir*; return the text."""
+    summary = _load(run_dir / "summary.json") or {}
+    hosts = host_metrics(run_dir)
+    timeline: list[dict[str, str]] = []
+    if (run_dir / "timeline.csv").exists():
+        with open(run_dir / "timeline.csv", newline="") as fh:
+            timeline = list(csv.DictReader(fh))
+    text = render_text(summary, hosts)
+    (run_dir / "report.txt").write_text(text)
+    (run_dir / "report.html").write_text(render_html(summary, hosts, timeline, text))
+    return text

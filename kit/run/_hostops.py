@@ -1,0 +1,141 @@
+"""Commands ``fab run`` sends to one host: facts, clock samples, background jobs, fetching folders.
+
+Each function takes one connection (``fabric.Connection`` or
+:class:`~kit.run._remote.LocalConnection`) and runs plain shell on it, so the
+same code drives SSH hosts and this machine.  Background jobs are started under
+``setsid`` with their PID, exit status and output in files of their own
+folder; the caller owns the job and stops it with :func:`stop_job` (process
+group, by PID).  Failures raise (the fan-out reports them per host).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shlex
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["host_facts", "clock_samples", "start_job", "job_state", "stop_job", "fetch_dir", "read_remote_json",
+           "CLOCK_SAMPLES"]
+
+log = logging.getLogger(__name__)
+
+CLOCK_SAMPLES = 5
+
+_FACTS = r"""
+echo "nproc=$(nproc)"
+echo "nofile_hard=$(ulimit -Hn)"
+echo "nofile_soft=$(ulimit -Sn)"
+echo "port_range=$(cat /proc/sys/net/ipv4/ip_local_port_range | tr '\t' ' ')"
+echo "somaxconn=$(cat /proc/sys/net/core/somaxconn)"
+echo "file_max=$(cat /proc/sys/fs/file-max)"
+echo "hostname=$(hostname)"
+echo "netns=$(ip netns identify $$ 2>/dev/null)"
+echo "kernel=$(uname -r)"
+if [ -x {py} ]; then echo "kit_python=yes"; echo "kit_version=$({py} -c 'import kit,sys; print(kit.__version__, sys.version.split()[0])' 2>&1 | tr '\n' ' ')"; else echo "kit_python=no"; fi
+if command -v haproxy >/dev/null; then echo "haproxy_version=$(haproxy -v 2>&1 | head -1)"; fi
+if command -v redis-server >/dev/null; then echo "redis_version=$(redis-server --version 2>&1 | head -1)"; fi
+"""
+
+
+def host_facts(c: Any, kit_python: str) -> dict[str, Any]:
+    """Cores, open-file limits, port range, versions of one host."""
+    res = c.run(_FACTS.format(py=shlex.quote(kit_python)), hide=True, warn=True)
+    facts: dict[str, Any] = {}
+    for line in res.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            facts[key.strip()] = value.strip()
+    if "nproc" not in facts:
+        raise RuntimeError(f"host facts unreadable (exit {res.exited}): {res.stderr.strip()[-300:]}")
+    for k in ("nproc", "nofile_hard", "nofile_soft", "somaxconn", "file_max"):
+        try:
+            facts[k] = int(facts[k])
+        except (KeyError, ValueError):
+            facts[k] = None if facts.get(k) != "unlimited" else 1 << 30
+    lo, _, hi = facts.get("port_range", "").partition(" ")
+    facts["port_range"] = [int(lo), int(hi)] if lo.isdigit() and hi.strip().isdigit() else None
+    facts["kit_python"] = facts.get("kit_python") == "yes"
+    return facts
+
+
+def clock_samples(c: Any, n: int = CLOCK_SAMPLES) -> list[tuple[int, int, int]]:
+    """(local send ns, remote clock ns, local receive ns) for *n* round trips (``date +%s%N``)."""
+    out = []
+    c.run("true", hide=True)  # open the connection first: the handshake must not count
+    for _ in range(n):
+        t0 = time.time_ns()
+        res = c.run("date +%s%N", hide=True)
+        t1 = time.time_ns()
+        out.append((t0, int(res.stdout.strip()), t1))
+    return out
+
+
+def start_job(c: Any, job_dir: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+    """Start *argv* in the background in *job_dir* (its own session); return its PID (= process group)."""
+    envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+    inner = (f"echo $$ > pid; ulimit -n $(ulimit -Hn) 2>/dev/null; {envs} {' '.join(shlex.quote(a) for a in argv)}"
+             " > out.log 2>&1; echo $? > rc")
+    d = shlex.quote(job_dir)
+    c.run(f"mkdir -p {d} && cd {d} && rm -f pid rc && "
+          f"(setsid sh -c {shlex.quote(inner)} < /dev/null > /dev/null 2>&1 &)", hide=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        res = c.run(f"cat {d}/pid 2>/dev/null", hide=True, warn=True)
+        if res.stdout.strip().isdigit():
+            return int(res.stdout.strip())
+        time.sleep(0.1)  # the job writes its PID first thing; poll for it, bounded
+    raise RuntimeError(f"job in {job_dir} did not start (no pid file after 15 s)")
+
+
+def job_state(c: Any, job_dir: str, status_file: str | None = None) -> dict[str, Any]:
+    """``{"rc": int|None, "alive": bool, "status": dict|None}`` of a job started by :func:`start_job`."""
+    d = shlex.quote(job_dir)
+    status = f"cat {d}/{shlex.quote(status_file)} 2>/dev/null;" if status_file else ""
+    res = c.run(f"cd {d} && echo \"rc=$(cat rc 2>/dev/null)\"; "
+                f"if kill -0 $(cat pid) 2>/dev/null; then echo alive=1; else echo alive=0; fi; "
+                f"echo ---; {status} true", hide=True, warn=True)
+    head, _, body = res.stdout.partition("---\n")
+    kv = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
+    st = None
+    if body.strip():
+        try:
+            st = json.loads(body)
+        except ValueError:
+            st = None  # being replaced right now; the next poll reads it
+    rc = kv.get("rc", "").strip()
+    return {"rc": int(rc) if rc.lstrip("-").isdigit() else None, "alive": kv.get("alive") == "1", "status": st}
+
+
+def stop_job(c: Any, job_dir: str, *, grace: float = 5.0) -> None:
+    """SIGTERM the job's process group, SIGKILL it after *grace* seconds."""
+    d = shlex.quote(job_dir)
+    c.run(f"cd {d} && p=$(cat pid) && kill -TERM -- -$p 2>/dev/null; "
+          f"i=0; while kill -0 -- -$p 2>/dev/null && [ $i -lt {int(grace * 10)} ]; do sleep 0.1; i=$((i+1)); done; "
+          f"kill -KILL -- -$p 2>/dev/null; true", hide=True, warn=True)
+
+
+def fetch_dir(c: Any, remote_dir: str, local_dir: Path) -> list[str]:
+    """Copy a remote folder's files into *local_dir* (one tar stream through a temporary file)."""
+    local_dir.mkdir(parents=True, exist_ok=True)
+    tmp = f"/tmp/wsproxy-loadkit-fetch-{secrets.token_hex(8)}.tar.gz"
+    c.run(f"tar -czf {tmp} -C {shlex.quote(remote_dir)} .", hide=True)
+    try:
+        local_tar = local_dir / ".fetch.tar.gz"
+        c.get(tmp, str(local_tar))
+    finally:
+        c.run(f"rm -f {tmp}", hide=True, warn=True)
+    with tarfile.open(local_tar) as tf:
+        tf.extractall(local_dir, filter="data")
+        names = [m.name for m in tf.getmembers() if m.isfile()]
+    local_tar.unlink()
+    return names
+
+
+def read_remote_json(c: Any, path: str) -> Any:
+    res = c.run(f"cat {shlex.quote(path)}", hide=True, warn=True)
+    return json.loads(res.stdout) if res.ok and res.stdout.strip() else None

@@ -1,0 +1,174 @@
+"""Health and server-side stats of the deployed services, asked from the controller.
+
+Where things are comes from the inventory (variables the Ansible roles define,
+falling back to ``kit.config.DEFAULT_PORTS``) and the secrets the roles keep on
+the controller in ``<repo>/.secrets/`` (0600).  Secrets are read from files
+and sent only to the service that owns them; they never reach argv or logs.
+
+Every check returns a record ``{host, service, target, ok, detail}`` rather
+than raising, so ``fab status`` and the preflight report every unhealthy
+service at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from kit.config import DEFAULT_PORTS
+from kit.inventory import Host, Inventory
+
+__all__ = ["service_targets", "check_health", "collect_server_stats", "read_secret", "SECRETS_DIR",
+           "haproxy_urls"]
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+SECRETS_DIR = REPO / ".secrets"
+HTTP_TIMEOUT = 5.0
+
+#: secret -> file names tried in the secrets directory (the Ansible roles' names first)
+_SECRET_FILES = {
+    "redis_admin": ("redis_admin_password", "redis_password", "redis-admin-password"),
+    "haproxy_stats": ("haproxy_stats_password", "stats_password", "haproxy-stats-password"),
+}
+
+
+def _var(host: Host, *names: str, default: Any = None) -> Any:
+    for n in names:
+        if host.vars.get(n) not in (None, ""):
+            return host.vars[n]
+    return default
+
+
+def read_secret(inv: Inventory, which: str) -> str | None:
+    any_host = next(iter(inv.hosts.values()), None)
+    base = Path(_var(any_host, "kit_secrets_dir", default=SECRETS_DIR)) if any_host else SECRETS_DIR
+    if not base.is_absolute():
+        base = REPO / base
+    for name in _SECRET_FILES[which]:
+        p = base / name
+        if p.exists():
+            return p.read_text().strip()
+    return None
+
+
+def haproxy_urls(host: Host) -> tuple[str, str]:
+    """(API url, WebSocket url) of one balancer, as generators reach it."""
+    http = int(_var(host, "haproxy_http_port", default=DEFAULT_PORTS["haproxy_http"]))
+    ws = int(_var(host, "haproxy_ws_port", default=DEFAULT_PORTS["haproxy_ws"]))
+    return f"http://{host.service_address}:{http}", f"ws://{host.service_address}:{ws}"
+
+
+def service_targets(inv: Inventory) -> list[dict[str, Any]]:
+    """Every service instance the inventory deploys: host, service, address, port."""
+    out: list[dict[str, Any]] = []
+    for h in inv.group("redis"):
+        out.append({"host": h.name, "service": "redis", "address": h.service_address,
+                    "port": int(_var(h, "redis_port", default=DEFAULT_PORTS["redis"]))})
+    for h in inv.group("haproxy"):
+        out.append({"host": h.name, "service": "haproxy", "address": h.service_address,
+                    "port": int(_var(h, "haproxy_stats_port", default=DEFAULT_PORTS["haproxy_stats"]))})
+    for h in inv.group("wsproxy"):
+        base = int(_var(h, "wsproxy_base_port", "wsproxy_port", default=DEFAULT_PORTS["wsproxy"]))
+        for i in range(int(_var(h, "wsproxy_instances_per_host", default=1))):
+            out.append({"host": h.name, "service": f"wsproxy-{i}", "address": h.service_address, "port": base + i})
+    for h in inv.group("sim"):
+        out.append({"host": h.name, "service": "sim", "address": h.service_address,
+                    "port": int(_var(h, "sim_port", default=DEFAULT_PORTS["sim"]))})
+    return out
+
+
+def _stats_auth(inv: Inventory, host: Host) -> tuple[str, str] | None:
+    pw = read_secret(inv, "haproxy_stats")
+    return None if pw is None else (str(_var(host, "haproxy_stats_user", default="admin")), pw)
+
+
+def _redis_client(inv: Inventory, t: dict[str, Any]) -> redis.Redis:
+    host = inv.hosts[t["host"]]
+    return redis.Redis(host=t["address"], port=t["port"], username=_var(host, "redis_admin_user", default="admin"),
+                       password=read_secret(inv, "redis_admin"), socket_timeout=HTTP_TIMEOUT,
+                       socket_connect_timeout=HTTP_TIMEOUT)
+
+
+def _check(inv: Inventory, t: dict[str, Any], client: httpx.Client) -> dict[str, Any]:
+    rec = {**t, "target": f"{t['address']}:{t['port']}", "ok": False, "detail": ""}
+    try:
+        if t["service"] == "redis":
+            r = _redis_client(inv, t)
+            try:
+                rec["ok"] = bool(r.ping())
+                rec["detail"] = "PONG"
+            finally:
+                r.close()
+        elif t["service"] == "haproxy":
+            auth = _stats_auth(inv, inv.hosts[t["host"]])
+            resp = client.get(f"http://{t['address']}:{t['port']}/stats;csv", auth=auth)
+            rec["ok"] = resp.status_code == 200
+            if rec["ok"]:
+                rows = list(csv.DictReader(io.StringIO(resp.text.lstrip("# "))))
+                down = [f"{r['pxname']}/{r['svname']}" for r in rows
+                        if r.get("svname") not in ("FRONTEND", "BACKEND") and r.get("status", "").startswith("DOWN")]
+                rec["detail"] = f"{len(rows)} stats rows" + (f"; servers DOWN: {', '.join(down)}" if down else "")
+                rec["ok"] = not down
+            else:
+                rec["detail"] = f"stats page answered HTTP {resp.status_code}" + (
+                    "" if auth else " (no stats password found in .secrets/)")
+        else:
+            resp = client.get(f"http://{t['address']}:{t['port']}/health")
+            rec["ok"] = resp.status_code == 200
+            rec["detail"] = resp.text.strip()[:200]
+    except (OSError, httpx.HTTPError, redis.RedisError) as exc:
+        rec["detail"] = f"{type(exc).__name__}: {exc}"
+    return rec
+
+
+def check_health(inv: Inventory) -> list[dict[str, Any]]:
+    """Health of every service instance in the inventory (redis PING, haproxy stats, /health)."""
+    with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+        return [_check(inv, t, client) for t in service_targets(inv)]
+
+
+def collect_server_stats(inv: Inventory, out_dir: Path) -> list[str]:
+    """Write HAProxy stats CSV, Redis INFO, wsproxy and sim /stats under *out_dir*; return problems."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+        for t in service_targets(inv):
+            name = f"{t['host']}-{t['service']}"
+            try:
+                if t["service"] == "redis":
+                    r = _redis_client(inv, t)
+                    try:
+                        info = r.info("all")
+                    finally:
+                        r.close()
+                    (out_dir / f"{name}-info.json").write_text(_json(info))
+                elif t["service"] == "haproxy":
+                    resp = client.get(f"http://{t['address']}:{t['port']}/stats;csv",
+                                      auth=_stats_auth(inv, inv.hosts[t["host"]]))
+                    resp.raise_for_status()
+                    (out_dir / f"{name}-stats.csv").write_text(resp.text)
+                else:
+                    resp = client.get(f"http://{t['address']}:{t['port']}/stats")
+                    resp.raise_for_status()
+                    (out_dir / f"{name}-stats.json").write_text(resp.text)
+            except (OSError, httpx.HTTPError, redis.RedisError) as exc:
+                problems.append(f"{name}: {type(exc).__name__}: {exc}")
+    return problems
+
+
+def _json(data: Any) -> str:
+    import json
+    return json.dumps(data, indent=2, default=str) + "\n"
+
+
+def unhealthy(records: Iterable[dict[str, Any]]) -> list[str]:
+    return [f"{r['host']} {r['service']} ({r['target']}): {r['detail']}" for r in records if not r["ok"]]

@@ -1,0 +1,138 @@
+"""The non-run Fabric tasks: deploy, down, status, logs, analyze (``fabfile.py`` only parses options).
+
+Each function returns an exit status and prints what it found; problems on
+individual hosts are listed per host (never swallowed).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from kit.inventory import Inventory, load_inventory
+
+from ._logs import fetch_logs
+from ._remote import GroupException, close_all, connect, describe_failures, fan_out
+from ._services import check_health
+
+__all__ = ["deploy", "status", "logs", "analyze", "supervisor_status", "find_run"]
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def deploy(inventory: Path, playbook: str = "site.yml", extra: list[str] | None = None) -> int:
+    """``ansible-playbook -i <inventory> playbooks/<playbook>``; returns its exit status."""
+    exe = Path(sys.executable).parent / "ansible-playbook"
+    book = REPO / "playbooks" / playbook
+    if not book.exists():
+        _say(f"{book} does not exist: the playbooks are not installed in this checkout")
+        return 2
+    load_inventory(inventory)  # a clear error before Ansible starts
+    argv = [str(exe if exe.exists() else "ansible-playbook"), "-i", str(inventory), str(book), *(extra or [])]
+    _say("+ " + " ".join(argv))
+    return subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL).returncode
+
+
+_SUPERVISOR = r"""
+for f in {root}/supervisord.conf {root}/supervisor/supervisord.conf {root}/etc/supervisord.conf; do
+  if [ -f "$f" ]; then echo "supervisor: $f"; supervisorctl -c "$f" status; exit $?; fi
+done
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl --no-pager --plain list-units 'wsproxy-loadkit*' 'kit-*'; exit $?
+fi
+echo "no supervisord.conf under {root} and no systemd: nothing deployed here"; exit 3
+"""
+
+
+def supervisor_status(c: Any) -> str:
+    res = c.run(_SUPERVISOR.format(root=c.inventory_host.kit_root), hide=True, warn=True)
+    if res.exited not in (0,):
+        raise RuntimeError(f"process supervisor reports problems (exit {res.exited}):\n{res.stdout.strip()}")
+    return res.stdout.strip()
+
+
+def status(inventory: Path, out: Callable[[str], None] = _say) -> int:
+    """Health of every service on every host and each host's supervisor; 0 when all is well."""
+    inv = load_inventory(inventory)
+    bad = 0
+    for r in check_health(inv):
+        out(f"{'ok  ' if r['ok'] else 'FAIL'} {r['host']:<16} {r['service']:<12} {r['target']:<22} {r['detail']}")
+        bad += not r["ok"]
+    conns = [connect(h) for h in _service_hosts(inv)]
+    try:
+        results = dict(fan_out(conns, supervisor_status))
+    except GroupException as exc:
+        results = dict(exc.result)
+        for line in describe_failures(exc):
+            out(f"FAIL {line}")
+        bad += len(describe_failures(exc))
+    finally:
+        close_all(conns)
+    for c, v in results.items():
+        if not isinstance(v, BaseException):
+            out(f"ok   {c.inventory_host.name:<16} supervisor\n" + "\n".join("       " + x for x in v.splitlines()))
+    return 0 if bad == 0 else 1
+
+
+def _service_hosts(inv: Inventory):
+    names = []
+    for g in ("redis", "haproxy", "wsproxy", "sim"):
+        names += [h for h in inv.groups.get(g, []) if h not in names]
+    return [inv.hosts[n] for n in names]
+
+
+def logs(inventory: Path, dest: Path, out: Callable[[str], None] = _say) -> int:
+    inv = load_inventory(inventory)
+    conns = {n: connect(h) for n, h in inv.hosts.items()}
+    try:
+        problems = fetch_logs(inv, conns, dest)
+    finally:
+        close_all(conns.values())
+    for p in problems:
+        out(f"FAIL {p}")
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    out(f"{len(files)} log file(s) in {dest}" + "".join(f"\n  {f}" for f in files[:50]))
+    return 1 if problems else 0
+
+
+def find_run(name: str, results: Path = REPO / "results") -> Path:
+    """A run folder from an id, a folder, or a tarball (unpacked to a temporary folder)."""
+    for cand in (Path(name), results / name, results / f"{name}.tar.gz"):
+        if cand.is_dir():
+            return cand
+        if cand.is_file() and cand.name.endswith(".tar.gz"):
+            tmp = Path(tempfile.mkdtemp(prefix="wsproxy-loadkit-analyze-"))
+            with tarfile.open(cand) as tf:
+                tf.extractall(tmp, filter="data")
+            found = [p for p in tmp.iterdir() if p.is_dir()]
+            if found:
+                return found[0]
+    raise FileNotFoundError(f"no run {name!r}: give a run id under {results}/, a folder or a .tar.gz")
+
+
+def analyze(name: str, out: Callable[[str], None] = _say) -> int:
+    """Reprint a run's report and the per-query analysis (percentiles, histogram, errors)."""
+    from kit.client import analyze as client_analyze
+    from kit.client._analyze import format_report
+    from kit.report import write_report
+    run_dir = find_run(name)
+    if (run_dir / "summary.json").exists():
+        out(write_report(run_dir))
+    queries = run_dir / "queries.csv"
+    if queries.exists():
+        out(format_report(client_analyze([queries])))
+    else:
+        out(f"{queries} is missing: no per-query data to analyze")
+        return 1
+    return 0

@@ -1,0 +1,155 @@
+"""``fab run``'s orchestration over real SSH into lab hosts, without Ansible.
+
+Two lab hosts are the generators (reached by SSH with the lab key, running the
+kit from this checkout's venv on the shared filesystem); Redis, the simulator
+and the wsproxy run on the controller, bound to the lab bridge's address, and
+stand in for the deployed stack (the "haproxy" entry points straight at the
+simulator and the wsproxy).  This proves the split, the agreed start, the live
+polling, the collection, the exact merge, the report and the tarball; the
+full deployed stack is tests/lab/test_fab_run_lab.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kit.lab import lab_up, lab_down, parse_layout
+from kit.localstack import free_port, start_redis, start_sim, start_wsproxy
+from kit.run._plan import parse_threshold
+from kit.run._run import RunOptions, execute
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+VENV = REPO / ".venv"
+
+
+@pytest.fixture(scope="module")
+def lab_stack(need_root, tmp_path_factory):
+    """A 2-host lab plus Redis/sim/wsproxy on the bridge address: (tmp, bridge address, ports)."""
+    from kit.lab import LabConfig
+    tmp = tmp_path_factory.mktemp("orch")
+    cfg = LabConfig(root=tmp / "lab", prefix="lkr", subnet="10.213.6.0/24", inventory_path=tmp / "lab.yml")
+    procs = []
+    try:
+        lab_up(2, parse_layout("redis=1,haproxy=1,wsproxy=1,sim=1,generators=2"), cfg=cfg)
+        addr = cfg.address(0)
+        redis = start_redis(tmp / "redis", host=addr)
+        procs.append(redis.proc)
+        secret = "s" * 48
+        sim, sim_port = start_sim(tmp / "logs", redis_url=redis.url, jwt_secret=secret, host=addr, TOKEN_DELAY_MS=2)
+        procs.append(sim)
+        ws, ws_port = start_wsproxy(tmp / "logs", redis_url=redis.url, jwt_secret=secret, host=addr)
+        procs.append(ws)
+        yield tmp, cfg, addr, {"redis": redis.port, "sim": sim_port, "wsproxy": ws_port}
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        lab_down(cfg)
+
+
+def _inventory(tmp: Path, cfg, addr: str, ports: dict, venvs: dict[str, Path]) -> Path:
+    lab = yaml.safe_load(cfg.inventory_path.read_text())["all"]
+    hosts = {}
+    for name, hv in lab["hosts"].items():
+        hosts[name] = {**hv, "kit_root": str(tmp / "roots" / name), "kit_venv": str(venvs.get(name, VENV))}
+    hosts["controller"] = {"ansible_connection": "local", "ansible_host": addr, "kit_root": str(tmp / "roots" / "ctl"),
+                           "kit_venv": str(VENV), "ansible_python_interpreter": str(VENV / "bin" / "python"),
+                           "haproxy_http_port": ports["sim"], "haproxy_ws_port": ports["wsproxy"],
+                           "haproxy_stats_port": free_port(addr), "redis_port": ports["redis"],
+                           "sim_port": ports["sim"], "wsproxy_base_port": ports["wsproxy"]}
+    ctl = {"hosts": {"controller": None}}
+    inv = {"all": {"vars": lab["vars"], "hosts": hosts, "children": {
+        "redis": ctl, "haproxy": ctl, "wsproxy": ctl, "sim": ctl,
+        "generators": {"hosts": {n: None for n in lab["hosts"]}}}}}
+    path = tmp / f"inv-{len(list(tmp.glob('inv-*')))}.yml"
+    path.write_text(yaml.safe_dump(inv))
+    return path
+
+
+def _raw_latencies(path: Path) -> list[float]:
+    with open(path, newline="") as fh:
+        return sorted(float(r["latency_ms"]) for r in csv.DictReader(fh) if r["status"] == "ok")
+
+
+def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball(lab_stack, capsys):
+    tmp, cfg, addr, ports = lab_stack
+    inv = _inventory(tmp, cfg, addr, ports, {})
+    lines: list[str] = []
+    opts = RunOptions(inventory=inv, clients=40, queries=2, ramp=200.0, skip_health=True, results_dir=tmp / "results",
+                      max_duration=90, run_id="orch-ok",
+                      thresholds=[parse_threshold("lost==0"), parse_threshold("success>=100%"),
+                                  parse_threshold("p99<30s")])
+    rc = execute(opts, out=lines.append)
+    run_dir = tmp / "results" / "orch-ok"
+    assert rc == 0, "\n".join(lines)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    run = summary["run"]
+    assert not summary["partial"]
+    assert summary["total_sessions"] == 40 and summary["success_rate"] == 100.0
+    assert summary["total_queries"] == 80 and summary["lost_tokens"] == 0
+    # the split: 2 generator hosts x 2 cores, one process per core
+    assert sorted((s["host"], s["clients"], s["processes"]) for s in run["slots"]) == [
+        ("lkr-h1", 20, 2), ("lkr-h2", 20, 2)]
+    # merged counts equal the sum over generators; merged p99 equals the p99 of all raw values
+    per_gen = [json.loads(p.read_text()) for p in sorted((run_dir / "generators").glob("*/out/summary.json"))]
+    assert len(per_gen) == 2
+    assert summary["total_queries"] == sum(g["total_queries"] for g in per_gen)
+    assert summary["total_tokens"] == sum(g["total_tokens"] for g in per_gen)
+    raw = _raw_latencies(run_dir / "queries.csv")
+    assert len(raw) == 80
+    from kit.client._analyze import exact_percentile
+    assert summary["latency_ms"]["p99"] == pytest.approx(exact_percentile(raw, 99), rel=2e-3, abs=0.01)
+    # every host's metrics, the start skew, clocks, thresholds, report and tarball
+    for host in ("lkr-h1", "lkr-h2", "controller"):
+        assert (run_dir / "hosts" / host / "host.jsonl").read_text().count("\n") >= 1, host
+    assert run["start_skew_s"]["per_process"] and run["clock"]["offsets"]["lkr-h1"]["samples"] == 5
+    assert all(t["passed"] for t in run["thresholds"])
+    assert any(line.lstrip().startswith("t=") for line in lines), "no live view line"
+    assert "success rate 100.00%" in (run_dir / "report.txt").read_text()
+    assert "<svg" in (run_dir / "report.html").read_text()
+    with tarfile.open(tmp / "results" / "orch-ok.tar.gz") as tf:
+        names = set(tf.getnames())
+    for member in ("summary.json", "run.json", "preflight.json", "inventory.yml", "report.html", "queries.csv",
+                   "hosts/lkr-h1/host.jsonl", "server/controller-sim-stats.json"):
+        assert f"orch-ok/{member}" in names, member
+
+
+def test_a_failing_threshold_exits_1_and_is_reported(lab_stack):
+    tmp, cfg, addr, ports = lab_stack
+    inv = _inventory(tmp, cfg, addr, ports, {})
+    lines: list[str] = []
+    rc = execute(RunOptions(inventory=inv, clients=4, queries=1, skip_health=True, results_dir=tmp / "results",
+                            run_id="orch-threshold", live=False, thresholds=[parse_threshold("p50<1us")]),
+                 out=lines.append)
+    assert rc == 1
+    run = json.loads((tmp / "results" / "orch-threshold" / "run.json").read_text())
+    assert run["thresholds"][0]["passed"] is False and run["thresholds"][0]["actual"] > 1e-6
+    assert "FAIL" in (tmp / "results" / "orch-threshold" / "report.txt").read_text()
+
+
+def test_a_generator_that_dies_gives_a_partial_run_with_the_others_results(lab_stack):
+    tmp, cfg, addr, ports = lab_stack
+    broken = tmp / "broken-venv"
+    (broken / "bin").mkdir(parents=True, exist_ok=True)
+    py = broken / "bin" / "python"
+    # the host monitor runs, the load client dies at once: a generator crash
+    py.write_text(f'#!/bin/sh\n[ "$2" = kit.client ] && {{ echo "simulated crash" >&2; exit 7; }}\n'
+                  f'exec {VENV}/bin/python "$@"\n')
+    py.chmod(0o755)
+    inv = _inventory(tmp, cfg, addr, ports, {"lkr-h2": broken})
+    lines: list[str] = []
+    rc = execute(RunOptions(inventory=inv, clients=10, queries=1, skip_health=True, results_dir=tmp / "results",
+                            run_id="orch-partial", live=False), out=lines.append)
+    assert rc == 3, "\n".join(lines)
+    summary = json.loads((tmp / "results" / "orch-partial" / "summary.json").read_text())
+    assert summary["partial"] is True
+    assert any("lkr-h2" in r and "status 7" in r for r in summary["run"]["partial_reasons"])
+    assert summary["total_sessions"] == 5 and summary["success_rate"] == 100.0  # lkr-h1's half, all there
+    assert (tmp / "results" / "orch-partial.tar.gz").exists()

@@ -1,0 +1,100 @@
+"""Thresholds against a merged summary, the live aggregate, the report and secrets stripping (pure)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kit.inventory import parse_inventory_json
+from kit.metrics import Histogram
+from kit.report import render_text, write_report
+from kit.run._pack import pack_run, stripped_inventory
+from kit.run._plan import parse_threshold
+from kit.run._summary import aggregate_status, evaluate_thresholds, format_live_line
+
+SUMMARY = {
+    "total_sessions": 500, "successful_sessions": 499, "failed_sessions": 1, "success_rate": 99.8,
+    "total_queries": 1500, "query_success_rate": 99.9, "lost_tokens": 0, "total_errors": 1, "qps": 40.0,
+    "tps": 2000.0, "failed_queries": 1,
+    "latency_ms": {"count": 1500, "p50": 900.0, "p99": 1900.0, "p99_9": 2500.0, "max": 3000.0},
+    "ttft_ms": {"count": 1500, "p99": 120.0},
+    "delivery_latency_ms": {"count": 0, "p99": None},
+}
+
+
+@pytest.mark.parametrize("text, passed, actual", [
+    ("p99<2s", True, 1.9),
+    ("p50<=500ms", False, 0.9),
+    ("p999<2s", False, 2.5),
+    ("success>=99.9%", False, 0.998),
+    ("query_success>=99.9%", True, 0.999),
+    ("lost==0", True, 0),
+    ("errors<=0", False, 1),
+    ("tps>=300", True, 2000.0),
+    ("ttft_p99<100ms", False, 0.12),
+])
+def test_thresholds_are_checked_against_the_merged_summary(text, passed, actual):
+    [res] = evaluate_thresholds(SUMMARY, [parse_threshold(text)])
+    assert res["passed"] is passed
+    assert res["actual"] == pytest.approx(actual)
+
+
+def test_a_threshold_on_a_histogram_without_samples_fails_rather_than_passes():
+    [res] = evaluate_thresholds(SUMMARY, [parse_threshold("delivery_p99<1s")])
+    assert res["actual"] is None and res["passed"] is False
+    [empty] = evaluate_thresholds({"total_sessions": 0, "success_rate": 0.0}, [parse_threshold("success>=0%")])
+    assert empty["passed"] is False
+
+
+def _status(values_us: list[int], **kw) -> dict:
+    h = Histogram("us")
+    h.record_many(values_us)
+    return {"active_sessions": kw.get("active", 0), "queries_ok": kw.get("q", 0), "tokens": kw.get("t", 0),
+            "errors": 0, "reconnect_attempts": 0, "cpu_percent": 50.0, "loop_lag_p99_ms": 1.5,
+            "latency_histogram": h.to_dict()}
+
+
+def test_live_aggregate_adds_counters_merges_histograms_and_derives_rates():
+    a1 = _status([1000] * 96 + [9_000_000] * 4, active=3, q=10, t=100)
+    b1 = _status([2000] * 100, active=4, q=20, t=300)
+    prev = aggregate_status({"a": a1, "b": b1}, None, 100.0)
+    assert prev["active_sessions"] == 7 and prev["qps"] is None
+    # merged p99 of 200 values, 4 of them 9 s: p99 is 9 s (averaging the two p99s would say 4.5 s)
+    assert prev["p99_ms"] == pytest.approx(9000, rel=1e-3)
+    a2 = _status([1000], active=1, q=30, t=500)
+    now = aggregate_status({"a": a2, "b": b1, "c": None}, prev, 102.0)
+    assert now["qps"] == pytest.approx(10.0) and now["tps"] == pytest.approx(200.0)
+    assert now["reporting"] == 2 and now["generators"] == 3
+    line = format_live_line(now, 12)
+    assert "active=5" in line and "c[-]" in line and "a[cpu 50% lag 1.5ms]" in line
+
+
+def test_the_run_record_inventory_strips_secret_values():
+    data = {"_meta": {"hostvars": {"h": {"redis_password": "hunter2", "haproxy_stats_password": "x",
+                                         "jwt_secret": "y", "ansible_ssh_private_key_file": "/k",
+                                         "nested": {"api_token": "z", "port": 1}}}},
+            "all": {"children": ["redis"]}, "redis": {"hosts": ["h"]}}
+    text = stripped_inventory(parse_inventory_json(data, Path("i.yml")))
+    for secret in ("hunter2", "x\n", "y\n", "z\n"):
+        assert secret not in text
+    assert "/k" in text and "port: 1" in text and text.count("<stripped>") == 4
+
+
+def test_report_text_shows_the_seed_table_thresholds_and_partial_reasons(tmp_path):
+    summary = dict(SUMMARY, partial=True, run={"run_id": "r1", "partial_reasons": ["g2: exited 7"],
+                                                 "thresholds": evaluate_thresholds(SUMMARY, [parse_threshold("p99<1s")])})
+    text = render_text(summary, {})
+    assert "PARTIAL" in text and "g2: exited 7" in text
+    assert "success rate 99.80%" in text and "p99 1900.00" in text and "FAIL" in text
+    run_dir = tmp_path / "r1"
+    (run_dir / "hosts" / "h1").mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "hosts" / "h1" / "host.jsonl").write_text(json.dumps(
+        {"cpu_percent": 40.0, "mem": {"used": 2**20}, "net": {"eth0": {"rx_bytes_per_s": 1e6, "tx_bytes_per_s": 0}}}) + "\n")
+    write_report(run_dir)
+    assert "h1 cpu 40/40% net 8.00 Mbit/s" in (run_dir / "report.txt").read_text()
+    assert "PARTIAL RUN" in (run_dir / "report.html").read_text()
+    tarball = pack_run(run_dir)
+    assert tarball.name == "r1.tar.gz" and tarball.stat().st_size > 0
