@@ -63,16 +63,39 @@ def host_facts(c: Any, kit_python: str) -> dict[str, Any]:
     return facts
 
 
-def clock_samples(c: Any, n: int = CLOCK_SAMPLES) -> list[tuple[int, int, int]]:
-    """(local send ns, remote clock ns, local receive ns) for *n* round trips (``date +%s%N``)."""
-    out = []
-    c.run("true", hide=True)  # open the connection first: the handshake must not count
-    for _ in range(n):
-        t0 = time.time_ns()
-        res = c.run("date +%s%N", hide=True)
-        t1 = time.time_ns()
-        out.append((t0, int(res.stdout.strip()), t1))
-    return out
+_CLOCK_ECHO = "import sys, time\nfor _ in sys.stdin:\n    sys.stdout.write('%d\\n' % time.time_ns()); sys.stdout.flush()"
+
+
+def clock_samples(c: Any, n: int = CLOCK_SAMPLES, python: str = "python3") -> list[tuple[int, int, int]]:
+    """(local send ns, remote clock ns, local receive ns) for *n* round trips.
+
+    One remote process answers each newline with its clock over a single SSH channel, so a
+    round trip costs one network exchange (not a command start); a local host reads this clock.
+    """
+    if not hasattr(c, "client"):  # LocalConnection: the controller's own clock
+        return [(t, t, t) for t in (time.time_ns() for _ in range(n))]
+    c.open()
+    chan = c.client.get_transport().open_session(timeout=15)
+    try:
+        chan.settimeout(15)
+        chan.exec_command(f"{shlex.quote(python)} -u -c {shlex.quote(_CLOCK_ECHO)}")
+        buf = b""
+        out = []
+        for i in range(n + 1):
+            t0 = time.time_ns()
+            chan.sendall(b"\n")
+            while b"\n" not in buf:
+                chunk = chan.recv(4096)
+                if not chunk:
+                    raise RuntimeError(f"clock echo ended early: {chan.recv_stderr(4096).decode(errors='replace')}")
+                buf += chunk
+            t1 = time.time_ns()
+            line, buf = buf.split(b"\n", 1)
+            if i:  # the first exchange includes the interpreter's start-up
+                out.append((t0, int(line), t1))
+        return out
+    finally:
+        chan.close()
 
 
 def start_job(c: Any, job_dir: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:

@@ -121,9 +121,12 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
     facts = {c.inventory_host.name: v for c, v in _fan(order, lambda c: ops.host_facts(
         c, c.inventory_host.kit_python), "reading host facts").items()}
     clocks = {}
-    for c, samples in _fan(order, ops.clock_samples, "measuring clocks").items():
-        clocks[c.inventory_host.name] = clock_offset(samples) if not c.inventory_host.local else {
-            "offset_s": 0.0, "uncertainty_s": 0.0, "rtt_s": 0.0, "samples": 0, "local": True}
+    def py(c: Any) -> str:
+        interp = str(c.inventory_host.vars.get("ansible_python_interpreter") or "")
+        return interp if interp.startswith("/") else "python3"
+
+    for c, samples in _fan(order, lambda c: ops.clock_samples(c, python=py(c)), "measuring clocks").items():
+        clocks[c.inventory_host.name] = clock_offset(samples) | {"local": c.inventory_host.local}
     worst = max((abs(v["offset_s"]) + v["uncertainty_s"] for v in clocks.values()), default=0.0)
     caps: dict[str, Any] = {}
     gens = inv.groups["generators"]
@@ -295,9 +298,8 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
                     finished[lbl] = {"rc": None, "alive": False, "status": None, "hung": True}
             break
         time.sleep(POLL_S)  # the live view's refresh period
-    for lbl, st in finished.items():
-        if st.get("rc") not in (0, None) or (st.get("rc") is None and not st.get("hung")):
-            partial_reasons.append(f"{lbl}: generator exited with status {st.get('rc')} (see generators/{lbl}/out.log)")
+    exited = {lbl: st for lbl, st in finished.items()
+              if st.get("rc") not in (0, None) or (st.get("rc") is None and not st.get("hung"))}
 
     # collect: generator outputs, host monitors, logs, server stats
     out("  collecting results")
@@ -314,6 +316,10 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
     got = _fan(gen_conns, collect_gens, "collecting generator outputs", strict=False)
     partial_reasons += [f"{c.inventory_host.name}: collecting outputs failed: {v}" for c, v in got.items()
                         if isinstance(v, BaseException)]
+    for lbl, st in exited.items():
+        tail = _tail(run_dir / "generators" / lbl / "out.log")
+        partial_reasons.append(f"{lbl}: generator exited with status {st.get('rc')}"
+                               + (f": {tail}" if tail else f" (see generators/{lbl}/out.log)"))
     mons = _fan(list(conns.values()), lambda c: ops.fetch_dir(
         c, f"{remote_root[c.inventory_host.name]}/hostmon", run_dir / "hosts" / c.inventory_host.name),
         "collecting host metrics", strict=False)
@@ -364,6 +370,14 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
         out("PARTIAL RUN: " + "; ".join(partial_reasons))
         return 3
     return 0 if run_rec["thresholds_passed"] else 1
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1][-300:] if lines else ""
 
 
 def _runs_of(dirs: list[Path]) -> list[dict[str, Any]]:

@@ -144,3 +144,20 @@ def test_lab_up_refuses_a_subnet_that_is_already_routed(need_root, make_lab_conf
         lab_up(1, cfg=cfg)
     assert not os.path.exists("/sys/class/net/lkv-br")
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("lkv-") == 0
+
+
+def test_clock_offset_of_a_lab_host_measured_over_ssh_is_near_zero_as_they_share_one_clock(lab6):
+    from kit.run._hostops import clock_samples
+    from kit.run._plan import clock_offset
+
+    cfg, state = lab6
+    inv = load_inventory(cfg.inventory_path)
+    conn = connect(inv.hosts["lkt-h3"])
+    try:
+        samples = clock_samples(conn)
+    finally:
+        conn.close()
+    off = clock_offset(samples)
+    assert len(samples) == 5
+    assert off["rtt_s"] < 0.05  # one exchange on an open channel, not a command start
+    assert abs(off["offset_s"]) <= off["uncertainty_s"] + 0.001
