@@ -146,8 +146,11 @@ def test_every_socket_of_one_session_gets_every_message(proxy: Proxy) -> None:
     assert got_a == sent and got_b == sent
 
 
-def test_three_hundred_sessions_share_one_pubsub_connection(proxy_factory, redis_server: RedisServer) -> None:
-    proxy = proxy_factory(PUBSUB_POOL_SIZE=1)
+@pytest.mark.parametrize(("pool_size", "connections"), [(1, 1), (512, 2)], ids=["pool_1", "pool_512"])
+def test_three_hundred_sessions_share_few_pubsub_connections(proxy_factory, pool_size: int,
+                                                             connections: int) -> None:
+    """PUBSUB_POOL_SIZE caps the connections; below the cap a connection carries 256 channels first."""
+    proxy = proxy_factory(PUBSUB_POOL_SIZE=pool_size)
     sids = [_sid(f"s{i}") for i in range(300)]
     per_session = 3
 
@@ -157,10 +160,11 @@ def test_three_hundred_sessions_share_one_pubsub_connection(proxy_factory, redis
             sockets = await asyncio.gather(*(session.ws_connect(proxy.url(s), headers=proxy.headers(s))
                                              for s in sids))
             stats = proxy.stats()
-            assert stats["pubsub_connections"] == 1
+            assert stats["pubsub_connections"] == connections
             assert stats["subscriptions"] == 300
             subscribers = [c for c in proxy.redis.client_list() if int(c.get("sub", 0)) > 0]
-            assert len(subscribers) == 1 and int(subscribers[0]["sub"]) == 300
+            assert len(subscribers) == connections
+            assert sum(int(c["sub"]) for c in subscribers) == 300
             with proxy.redis.pipeline(transaction=False) as pipe:
                 for seq in range(per_session + 1):
                     for s in sids:
