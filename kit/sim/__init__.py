@@ -1,0 +1,56 @@
+"""The backend simulator: a Quart app that creates sessions and streams LLM-like tokens via Redis.
+
+``create_app(settings)`` builds an app; ``kit.sim:app`` is the app for the
+environment (``SimSettings.from_env()``), built on first access so that importing
+this package does nothing.  ``python -m kit.sim`` serves it (see ``__main__``).
+
+Module owners: ``_app`` (HTTP endpoints, Redis session records), ``_publisher``
+(the per-process batching scheduler that PUBLISHes every token), ``_schedule``
+(pure timing and message encoding), ``_body`` (request validation), ``_serve``
+(the ASGI server).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._app import SimState as SimState
+from ._app import create_app as create_app
+from ._body import BodyError as BodyError
+from ._body import CreateRequest as CreateRequest
+from ._body import RunRequest as RunRequest
+from ._body import parse_create as parse_create
+from ._body import parse_run as parse_run
+from ._publisher import Publisher as Publisher
+from ._schedule import due_offsets as due_offsets
+from ._schedule import split_tokens as split_tokens
+
+if TYPE_CHECKING:
+    from quart import Quart
+
+    app: Quart
+
+__all__ = [
+    "create_app",
+    "SimState",
+    "Publisher",
+    "BodyError",
+    "CreateRequest",
+    "RunRequest",
+    "parse_create",
+    "parse_run",
+    "due_offsets",
+    "split_tokens",
+    "app",
+]
+
+
+def __getattr__(name: str):
+    # ``kit.sim:app`` for ASGI servers: built from the environment on first access, then cached
+    if name == "app":
+        from kit.config import SimSettings
+
+        application = create_app(SimSettings.from_env())
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,248 @@
+"""The simulator's Quart app: sessions in Redis, token streams through the Publisher.
+
+``create_app(settings)`` builds the app and nothing else; the Redis pool and the
+publisher task are created in ``before_serving`` and closed in ``after_serving``
+(ASGI lifespan), kept on the app in ``app.extensions["kit.sim"]`` (a :class:`SimState`).
+
+Endpoints (the wire contract in DESIGN.md):
+
+* ``POST /session/create`` -> 201 ``{session_id, auth_token, ws_path}``; writes hash
+  ``session:{id}`` (status, agent_id, created) with ``EXPIRE SESSION_TTL_SECONDS``.
+* ``POST /session/{id}/run`` -> 202 ``{query_id, tokens}``; tokens and ``done`` go to
+  ``session:{id}:down`` on the schedule of :mod:`._schedule`.
+* ``POST /session/{id}/close`` -> 200 ``{session_id, status: "closed"}``.
+* ``GET /health`` (PINGs Redis, 503 when it does not answer), ``GET /stats``.
+
+Errors are JSON ``{"error": code, "detail": message}``: 404 unknown session (or
+route), 409 closed session, 422 malformed body, 503 Redis unavailable, 500 otherwise.
+Counters in ``/stats`` are per process (each worker has its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+import redis.asyncio as aioredis
+from quart import Quart, Response, request
+from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
+
+from kit.auth import issue_token
+from kit.config import SimSettings
+
+from ._body import BodyError, parse_create, parse_run
+from ._publisher import Publisher
+from ._schedule import channel_name, due_offsets, encode_tokens, split_tokens
+
+__all__ = ["create_app", "SimState"]
+
+log = logging.getLogger(__name__)
+
+#: bodies are tiny; anything bigger is refused with 413 before it is read whole
+MAX_BODY_BYTES = 64 * 1024
+_MAX_SESSION_ID = 64
+_REDIS_TIMEOUT_S = 5.0
+_HEALTH_TIMEOUT_S = 2.0
+
+# one round trip each, atomic: a session never exists without its TTL, close checks then sets
+_CREATE_LUA = """
+redis.call('HSET', KEYS[1], 'status', 'open', 'agent_id', ARGV[1], 'created', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+_CLOSE_LUA = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 0 end
+if s == 'closed' then return 1 end
+redis.call('HSET', KEYS[1], 'status', 'closed', 'closed', ARGV[1])
+return 2
+"""
+
+
+@dataclass
+class SimState:
+    """What one app instance owns: its settings, pool, client, publisher and counters."""
+
+    settings: SimSettings
+    words: list[bytes]
+    pool: aioredis.ConnectionPool | None = None
+    redis: aioredis.Redis | None = None
+    publisher: Publisher | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    started: float = field(default_factory=time.time)
+    sessions_created: int = 0
+    sessions_closed: int = 0
+    queries: int = 0
+    client_errors: int = 0
+    errors: int = 0
+    create_script: object = None
+    close_script: object = None
+
+    def statistics(self) -> dict[str, object]:
+        stats: dict[str, object] = {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "sessions_created": self.sessions_created,
+            "sessions_closed": self.sessions_closed,
+            "queries": self.queries,
+            "client_errors": self.client_errors,
+            "errors": self.errors,
+        }
+        if self.publisher is not None:
+            pub = self.publisher.statistics()
+            stats.update(pub)
+            stats["errors"] = self.errors + int(pub["publish_errors"])
+        return stats
+
+
+def _json(body: object, status: int) -> Response:
+    return Response(orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(status: int, code: str, detail: str) -> Response:
+    return _json({"error": code, "detail": detail}, status)
+
+
+def _session_key(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+def create_app(settings: SimSettings) -> Quart:
+    """Build the simulator app for *settings*; no I/O happens until it is served."""
+    app = Quart("kit.sim")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    state = SimState(settings=settings, words=encode_tokens(split_tokens(settings.llm_response_text)))
+    app.extensions["kit.sim"] = state
+
+    @app.before_serving
+    async def _open() -> None:
+        state.pool = aioredis.ConnectionPool.from_url(
+            settings.redis_url, socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_TIMEOUT_S,
+        )
+        state.redis = aioredis.Redis(connection_pool=state.pool)
+        state.create_script = state.redis.register_script(_CREATE_LUA)
+        state.close_script = state.redis.register_script(_CLOSE_LUA)
+        state.publisher = Publisher(state.pool)
+        state.publisher.start()
+        log.info("kit.sim serving (pid %d): %d words per answer, token delay %.3g ms, ttft %.3g ms, "
+                 "jitter %.3g ms", os.getpid(), len(state.words), settings.token_delay_ms,
+                 settings.ttft_ms, settings.token_jitter_ms)
+
+    @app.after_serving
+    async def _close() -> None:
+        if state.publisher is not None:
+            await state.publisher.aclose()
+        if state.redis is not None:
+            await state.redis.aclose()
+        if state.pool is not None:
+            await state.pool.aclose()
+        log.info("kit.sim stopped (pid %d): %s", os.getpid(), state.statistics())
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        state.client_errors += 1
+        return _error(exc.code or 500, code, exc.description or code)
+
+    @app.errorhandler(RedisError)
+    async def _redis_error(exc: RedisError) -> Response:
+        state.errors += 1
+        log.warning("redis error on %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        return _error(503, "redis_unavailable", "the simulator could not reach Redis: check REDIS_URL and "
+                                                "that redis-server is running")
+
+    @app.errorhandler(Exception)
+    async def _internal_error(exc: Exception) -> Response:
+        state.errors += 1
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "internal_error", "the simulator failed on this request; see its log")
+
+    def _invalid(exc: BodyError) -> Response:
+        state.client_errors += 1
+        return _error(422, "invalid_body", exc.detail)
+
+    def _not_found(session_id: str) -> Response:
+        state.client_errors += 1
+        return _error(404, "session_not_found",
+                      f"no session {session_id[:_MAX_SESSION_ID]!r}: create one with POST /session/create "
+                      "(sessions expire after SESSION_TTL_SECONDS)")
+
+    def _closed(session_id: str) -> Response:
+        state.client_errors += 1
+        return _error(409, "session_closed", f"session {session_id!r} is closed: create a new session")
+
+    @app.post("/session/create")
+    async def session_create() -> Response:
+        try:
+            body = parse_create(await request.get_data())
+        except BodyError as exc:
+            return _invalid(exc)
+        session_id = uuid.uuid4().hex
+        await state.create_script(
+            keys=[_session_key(session_id)],
+            args=[body.agent_id, f"{time.time():.6f}", settings.session_ttl_seconds],
+        )
+        token = issue_token(settings.jwt_secret, session_id, algorithm=settings.jwt_algorithm,
+                            ttl_seconds=settings.jwt_ttl_seconds)
+        state.sessions_created += 1
+        return _json({"session_id": session_id, "auth_token": token,
+                      "ws_path": f"/{body.agent_id}/ws/{session_id}"}, 201)
+
+    @app.post("/session/<session_id>/run")
+    async def session_run(session_id: str) -> Response:
+        submitted = time.monotonic()  # the Publisher's clock
+        try:
+            body = parse_run(await request.get_data())
+        except BodyError as exc:
+            return _invalid(exc)
+        if len(session_id) > _MAX_SESSION_ID:
+            return _not_found(session_id)
+        status = await state.redis.hget(_session_key(session_id), "status")
+        if status is None:
+            return _not_found(session_id)
+        if status == b"closed":
+            return _closed(session_id)
+        words = state.words if body.max_tokens is None else state.words[: body.max_tokens]
+        n = len(words)
+        offsets = due_offsets(n, ttft_ms=settings.ttft_ms, delay_ms=settings.token_delay_ms,
+                              jitter_ms=settings.token_jitter_ms, rng=state.rng)
+        query_id = uuid.uuid4().hex
+        state.publisher.submit(channel_name(session_id), query_id.encode(), words,
+                               [submitted + o for o in offsets])
+        state.queries += 1
+        return _json({"query_id": query_id, "tokens": n}, 202)
+
+    @app.post("/session/<session_id>/close")
+    async def session_close(session_id: str) -> Response:
+        if len(session_id) > _MAX_SESSION_ID:
+            return _not_found(session_id)
+        result = await state.close_script(keys=[_session_key(session_id)], args=[f"{time.time():.6f}"])
+        if result == 0:
+            return _not_found(session_id)
+        if result == 1:
+            return _closed(session_id)
+        state.sessions_closed += 1
+        return _json({"session_id": session_id, "status": "closed"}, 200)
+
+    @app.get("/health")
+    async def health() -> Response:
+        try:
+            await asyncio.wait_for(state.redis.ping(), _HEALTH_TIMEOUT_S)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            return _json({"status": "unavailable", "redis": "down",
+                          "detail": f"redis PING failed ({type(exc).__name__}): check REDIS_URL and redis-server"},
+                         503)
+        return _json({"status": "ok"}, 200)
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        return _json(state.statistics(), 200)
+
+    return app
