@@ -255,13 +255,18 @@ class PubSubConnection:
         reader.feed(data)
         channels = self.channels
         deliver = self.pool.deliver
-        while (reply := reader.gets()) is not False:
-            if type(reply) is list and reply[0] == b"message":
-                subs = channels.get(reply[1])
-                if subs:
-                    deliver(subs, reply[2])
-                continue
-            self._control(reply)
+        try:
+            while (reply := reader.gets()) is not False:
+                if type(reply) is list and reply[0] == b"message":
+                    subs = channels.get(reply[1])
+                    if subs:
+                        deliver(subs, reply[2])
+                    continue
+                self._control(reply)
+        except hiredis.ProtocolError:
+            log.error("pub/sub connection %d: Redis sent bytes that are not RESP; reconnecting", self.index)
+            if self.transport is not None:
+                self.transport.abort()
 
     def _control(self, reply: Any) -> None:
         if self._auth_future is not None and not self._auth_future.done():

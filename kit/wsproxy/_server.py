@@ -106,6 +106,9 @@ class _Client:
             if len(self.pending) > self.fwd.buffer_limit:
                 self._slow()
             return
+        if transport.is_closing():  # the peer left; the handler will clean up
+            self.closed = True
+            return
         if transport.get_write_buffer_size():
             self.backlog += 1
             if self.backlog > self.fwd.buffer_limit:
@@ -124,7 +127,8 @@ class _Client:
     def redis_lost(self) -> None:
         if self.closed:
             return
-        self.fwd.stats.redis_lost_drops += 1
+        if self.transport is not None:  # not yet upgraded: the handler answers 503 instead
+            self.fwd.stats.redis_lost_drops += 1
         self.drop(1012, b"redis connection lost; reconnect")
 
     def drop(self, code: int, reason: bytes) -> None:
