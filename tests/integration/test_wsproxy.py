@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -78,9 +79,9 @@ def proxy_factory(tmp_path: Path, redis_server: RedisServer):
     """Start wsproxies with chosen settings (``proxy_factory(PUBSUB_POOL_SIZE=1)``); stop them after."""
     procs: list[Proc] = []
 
-    def make(server: RedisServer | None = None, **settings: object) -> Proxy:
+    def make(server: RedisServer | None = None, redis_url: str | None = None, **settings: object) -> Proxy:
         server = server or redis_server
-        proc, port = start_wsproxy(tmp_path, redis_url=server.url, jwt_secret=SECRET, **settings)
+        proc, port = start_wsproxy(tmp_path, redis_url=redis_url or server.url, jwt_secret=SECRET, **settings)
         procs.append(proc)
         return Proxy(proc, port, server)
 
@@ -194,23 +195,45 @@ def test_three_hundred_sessions_share_few_pubsub_connections(proxy_factory, pool
 
 def test_client_that_disconnects_mid_stream_leaves_no_subscription(proxy: Proxy) -> None:
     sid = _sid("leave")
-
-    async def main() -> None:
-        async with aiohttp.ClientSession() as session:
-            ws = await session.ws_connect(proxy.url(sid), headers=proxy.headers(sid))
-            assert proxy.numsub(sid) == 1
-            for i in range(50):
-                proxy.redis.publish(f"session:{sid}:down", _message(sid, i))
-            await ws.receive(timeout=10)
-            # vanish without a close handshake, with messages still in flight
-            ws._response.connection.transport.abort()  # noqa: SLF001 - the point is an abrupt drop
-            for i in range(50, 100):
-                proxy.redis.publish(f"session:{sid}:down", _message(sid, i))
-
-    asyncio.run(main())
+    sock, data = _raw_upgrade(proxy.port, sid)
+    try:
+        assert proxy.numsub(sid) == 1
+        for i in range(50):
+            proxy.redis.publish(f"session:{sid}:down", _message(sid, i))
+        while not data:
+            data += sock.recv(4096)
+        # vanish without a close handshake (RST), with messages still in flight
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        sock.close()
+    for i in range(50, 100):
+        proxy.redis.publish(f"session:{sid}:down", _message(sid, i))
     proxy.wait_for(lambda: proxy.numsub(sid) == 0, "PUBSUB NUMSUB of the channel to reach 0")
     proxy.wait_for(lambda: proxy.stats()["connections_open"] == 0, "connections_open to reach 0")
     assert proxy.stats()["subscriptions"] == 0
+
+
+def test_redis_url_with_acl_user_and_password_is_honoured(proxy_factory, tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "acl-redis")
+    try:
+        admin = redis.Redis(host=server.host, port=server.port, password=server.password)
+        admin.acl_setuser("wsproxy", enabled=True, passwords=["+user-pass:w0rd"], channels=["*"],
+                          commands=["+subscribe", "+unsubscribe", "+ping", "+auth"])
+        proxy = proxy_factory(server=server,
+                              redis_url=f"redis://wsproxy:user-pass%3Aw0rd@{server.host}:{server.port}/0")
+        sid = _sid("acl")
+
+        async def main() -> str:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(proxy.url(sid), headers=proxy.headers(sid)) as ws:
+                    users = {c["user"] for c in admin.client_list() if int(c.get("sub", 0)) > 0}
+                    assert users == {"wsproxy"}
+                    admin.publish(f"session:{sid}:down", b"via-acl-user")
+                    return (await ws.receive(timeout=10)).data
+
+        assert asyncio.run(main()) == "via-acl-user"
+    finally:
+        server.proc.stop()
 
 
 # -- misbehaving peers -----------------------------------------------------------------------------

@@ -156,3 +156,15 @@ def test_valid_token_is_upgraded_and_subscribes(clean: _Proxy) -> None:
     assert status == 101
     assert "sec-websocket-accept" in headers
     assert clean.subscribe_calls() == 1
+
+
+def test_header_beyond_the_parser_limit_is_a_clean_4xx_without_upgrade(clean: _Proxy) -> None:
+    """Past MAX_HEADER_FIELD_BYTES (2 MiB) aiohttp itself refuses; still no upgrade, no Redis work."""
+    try:
+        status, headers, _ = clean.upgrade(SESSION, "Bearer " + "a" * (3 * 1024 * 1024))
+    except (ConnectionResetError, BrokenPipeError):
+        status, headers = 400, {}  # refused and closed before it finished reading: also no upgrade
+    assert 400 <= status < 500
+    assert "sec-websocket-accept" not in headers
+    assert clean.subscribe_calls() == 0
+    assert clean.stats()["subscriptions"] == 0
