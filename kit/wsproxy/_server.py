@@ -35,6 +35,7 @@ import signal
 import struct
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from kit.auth import AuthError, bearer_token, verify_token
 from kit.config import WsproxySettings
@@ -337,8 +338,26 @@ def create_app(settings: WsproxySettings) -> web.Application:
     return app
 
 
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs a malformed request with a traceback and up to 100 bytes of the offending
+    header, which may be an Authorization header: keep one line naming the error class only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "refused a malformed HTTP request: %s (HTTP %s)"
+            record.args = (type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 async def serve(settings: WsproxySettings) -> None:
     """Listen until SIGTERM or SIGINT, then close every socket and return."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _QuietBadRequests) for f in server_log.filters):
+        server_log.addFilter(_QuietBadRequests())
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
                            max_field_size=MAX_HEADER_FIELD_BYTES)

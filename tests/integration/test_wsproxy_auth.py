@@ -168,3 +168,6 @@ def test_header_beyond_the_parser_limit_is_a_clean_4xx_without_upgrade(clean: _P
     assert "sec-websocket-accept" not in headers
     assert clean.subscribe_calls() == 0
     assert clean.stats()["subscriptions"] == 0
+    log = clean.proc.log_path.read_text(errors="replace")
+    assert "refused a malformed HTTP request: LineTooLong" in log
+    assert "Bearer aaaa" not in log, "part of the Authorization header reached the log"
