@@ -5,7 +5,7 @@ address, ``.1`` of the lab's /24) and per host: a namespace ``<prefix>-h<i>``,
 a veth pair (root side ``<prefix>-h<i>-v`` on the bridge, namespace side
 ``eth0`` with address ``.(10+i)``), loopback up, a default route via the
 bridge, per-namespace kernel network settings (:data:`LAB_SYSCTLS`) and an sshd
-started inside the namespace (key-based root login only, listening on the
+started inside the namespace (and its own UTS namespace: ``hostname`` is the host's name) (key-based root login only, listening on the
 host's address) with its own config, host key, pidfile and log under the lab
 directory.  It then writes an Ansible inventory (``inventory/lab.yml``) that
 reaches the hosts over SSH exactly as real hosts.
@@ -174,8 +174,10 @@ def _start_sshd(cfg: LabConfig, host: LabHost, state: dict[str, Any]) -> None:
     pidfile = hdir / "sshd.pid"
     pidfile.unlink(missing_ok=True)
     # `ip netns exec` enters the namespace and execs sshd, which daemonizes (so it is not our
-    # child) and writes its PID file; we wait for that file, then record PID and start time
-    sh(["ip", "netns", "exec", host.name, SSHD, "-f", str(conf), "-E", str(log_path)])
+    # child) and writes its PID file; we wait for that file, then record PID and start time.
+    # inside its own UTS namespace too, so `hostname` on the lab host answers its name
+    sh(["ip", "netns", "exec", host.name, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
+        host.name, SSHD, "-f", str(conf), "-E", str(log_path)])
     deadline = time.monotonic() + SSHD_READY_TIMEOUT
     delay = 0.005
     while not pidfile.exists() or not pidfile.read_text().strip():

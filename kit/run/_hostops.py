@@ -115,12 +115,16 @@ def start_job(c: Any, job_dir: str, argv: list[str], *, env: dict[str, str] | No
     raise RuntimeError(f"job in {job_dir} did not start (no pid file after 15 s)")
 
 
+#: shell test: the process exists and is not a zombie (an orphan's zombie lingers until init reaps it)
+_ALIVE = """awk '/^State:/ {{ exit ($2 == "Z") }}' /proc/{pid}/status 2>/dev/null"""
+
+
 def job_state(c: Any, job_dir: str, status_file: str | None = None) -> dict[str, Any]:
     """``{"rc": int|None, "alive": bool, "status": dict|None}`` of a job started by :func:`start_job`."""
     d = shlex.quote(job_dir)
     status = f"cat {d}/{shlex.quote(status_file)} 2>/dev/null;" if status_file else ""
     res = c.run(f"cd {d} && echo \"rc=$(cat rc 2>/dev/null)\"; "
-                f"if kill -0 $(cat pid) 2>/dev/null; then echo alive=1; else echo alive=0; fi; "
+                f"if {_ALIVE.format(pid='$(cat pid)')}; then echo alive=1; else echo alive=0; fi; "
                 f"echo ---; {status} true", hide=True, warn=True)
     head, _, body = res.stdout.partition("---\n")
     kv = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
@@ -138,7 +142,7 @@ def stop_job(c: Any, job_dir: str, *, grace: float = 5.0) -> None:
     """SIGTERM the job's process group, SIGKILL it after *grace* seconds."""
     d = shlex.quote(job_dir)
     c.run(f"cd {d} && p=$(cat pid) && kill -TERM -- -$p 2>/dev/null; "
-          f"i=0; while kill -0 -- -$p 2>/dev/null && [ $i -lt {int(grace * 10)} ]; do sleep 0.1; i=$((i+1)); done; "
+          f"i=0; while {_ALIVE.format(pid='$p')} && [ $i -lt {int(grace * 10)} ]; do sleep 0.1; i=$((i+1)); done; "
           f"kill -KILL -- -$p 2>/dev/null; true", hide=True, warn=True)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,14 +43,35 @@ CONNECT_TIMEOUT = 15
 RUN_DEFAULTS = {"run": {"in_stream": False, "hide": True}}
 
 
-class LocalConnection(invoke.Context):
-    """This machine, for inventory hosts with ``ansible_connection: local``."""
+class LocalConnection:
+    """This machine, for inventory hosts with ``ansible_connection: local``.
+
+    ``run`` has the subset of ``fabric.Connection.run`` the kit uses (``hide``, ``warn``,
+    ``timeout``): it runs the command under bash and returns an ``invoke.Result``, raising
+    ``invoke.UnexpectedExit`` on a non-zero exit unless ``warn``.  Output is always captured.
+    """
 
     def __init__(self, host: Host) -> None:
-        super().__init__(config=invoke.Config(overrides=RUN_DEFAULTS))
         self.host = host.name
         self.inventory_host = host
         self.original_host = host.name
+
+    def run(self, command: str, *, hide: Any = True, warn: bool = False, timeout: float | None = None,
+            **_: Any) -> invoke.Result:
+        try:
+            proc = subprocess.run(["/bin/bash", "-c", command], capture_output=True, text=True,
+                                  stdin=subprocess.DEVNULL, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise invoke.CommandTimedOut(invoke.Result(command=command, exited=-1, hide=("stdout", "stderr")),
+                                         timeout) from None
+        result = invoke.Result(stdout=proc.stdout, stderr=proc.stderr, exited=proc.returncode, command=command,
+                               shell="/bin/bash", hide=("stdout", "stderr"))
+        if proc.returncode != 0 and not warn:
+            raise invoke.UnexpectedExit(result)
+        return result
+
+    def open(self) -> None:
+        pass
 
     def get(self, remote: str, local: str | None = None, preserve_mode: bool = True) -> Path:
         src = Path(remote)

@@ -63,6 +63,8 @@ class RunOptions:
     preset: str | None = None
     thresholds: list[Threshold] = dataclasses.field(default_factory=list)
     max_duration: float = 600.0
+    #: seconds past --max-duration before a generator counts as hung and is stopped
+    grace: float = GRACE_S
     results_dir: Path = REPO / "results"
     run_id: str | None = None
     live: bool = True
@@ -226,7 +228,7 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
     (run_dir / "preflight.json").write_text(json.dumps(pre, indent=2, default=str) + "\n")
 
     remote_root = {n: f"{h.kit_root}/runs/{run_id}" for n, h in inv.hosts.items()}
-    bound = opts.max_duration + GRACE_S
+    bound = opts.max_duration + opts.grace
     # host monitors on every host, for the whole run (bounded by themselves)
     mon_conns = list(conns.values())
     _fan(mon_conns, lambda c: ops.start_job(c, f"{remote_root[c.inventory_host.name]}/hostmon", [
@@ -290,7 +292,7 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
             for lbl, j in live.items():
                 if lbl not in finished:
                     partial_reasons.append(f"{lbl}: still running after --max-duration {opts.max_duration:g} s "
-                                           f"+ {GRACE_S:g} s grace; stopped")
+                                           f"+ {opts.grace:g} s grace; stopped")
                     try:
                         ops.stop_job(conns[j["slot"].host], j["dir"])
                     except Exception as exc:  # reported in the run record
@@ -390,8 +392,18 @@ def _runs_of(dirs: list[Path]) -> list[dict[str, Any]]:
     return runs
 
 
+def _kit_version() -> str:
+    # importlib.metadata, not kit.__version__: an editable install made before kit/__init__.py
+    # existed resolves ``kit`` as a namespace package (no attributes) outside the repository root
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("wsproxy-loadkit")
+    except PackageNotFoundError:
+        return getattr(kit, "__version__", "unknown")
+
+
 def _versions(facts: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {"kit_controller": kit.__version__, "python_controller": platform.python_version(),
+    return {"kit_controller": _kit_version(), "python_controller": platform.python_version(),
             "hosts": {n: {k: f.get(k) for k in ("kit_version", "haproxy_version", "redis_version", "kernel")
                           if f.get(k)} for n, f in facts.items()},
             "argv": sys.argv}

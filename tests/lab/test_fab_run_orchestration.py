@@ -155,3 +155,27 @@ def test_a_generator_that_dies_gives_a_partial_run_with_the_others_results(lab_s
     assert any("lkr-h2" in r and "status 7" in r for r in summary["run"]["partial_reasons"])
     assert summary["total_sessions"] == 5 and summary["success_rate"] == 100.0  # lkr-h1's half, all there
     assert (tmp / "results" / "orch-partial.tar.gz").exists()
+
+
+def test_a_generator_that_hangs_is_stopped_after_the_bound_and_the_run_is_partial(lab_stack):
+    tmp, cfg, addr, ports = lab_stack
+    hung = tmp / "hung-venv"
+    (hung / "bin").mkdir(parents=True, exist_ok=True)
+    py = hung / "bin" / "python"
+    # the load client never finishes and ignores its own --max-duration: a hung generator
+    py.write_text(f'#!/bin/sh\n[ "$2" = kit.client ] && exec sleep 600\nexec {VENV}/bin/python "$@"\n')
+    py.chmod(0o755)
+    inv = _inventory(tmp, cfg, addr, ports, {"lkr-h1": hung})
+    t0 = __import__("time").monotonic()
+    rc = execute(RunOptions(inventory=inv, clients=6, queries=1, skip_health=True, results_dir=tmp / "results",
+                            run_id="orch-hung", live=False, max_duration=4, grace=2), out=lambda s: None)
+    elapsed = __import__("time").monotonic() - t0
+    assert rc == 3
+    run = json.loads((tmp / "results" / "orch-hung" / "run.json").read_text())
+    assert any(r.startswith("lkr-h1") and "still running" in r for r in run["partial_reasons"])
+    assert elapsed < 60
+    summary = json.loads((tmp / "results" / "orch-hung" / "summary.json").read_text())
+    assert summary["total_sessions"] == 3  # lkr-h2's share, merged and reported
+    # the hung process group was stopped by PID on its host
+    pid = int((tmp / "roots" / "lkr-h1" / "runs" / "orch-hung" / "gen-lkr-h1" / "pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]

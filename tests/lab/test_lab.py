@@ -40,13 +40,13 @@ def test_every_lab_host_answers_ssh_with_the_lab_key_inside_its_own_namespace(la
     inv = load_inventory(cfg.inventory_path)
     conns = [connect(h) for h in inv.hosts.values()]
     try:
-        out = fan_out(conns, lambda c: c.run("ip netns identify $$; ip -4 -o addr show dev eth0", hide=True).stdout)
-        seen = {c.inventory_host.name: text.split("\n", 1) for c, text in out.items()}
+        out = fan_out(conns, lambda c: c.run("hostname; ip netns identify $$; ip -4 -o addr show dev eth0").stdout)
+        seen = {c.inventory_host.name: text.split("\n", 2) for c, text in out.items()}
     finally:
         close_all(conns)
     assert sorted(seen) == [f"lkt-h{i}" for i in range(1, 7)]
-    for name, (netns, addr) in seen.items():
-        assert netns.strip() == name
+    for name, (hostname, netns, addr) in seen.items():
+        assert hostname == name and netns.strip() == name
         assert f"inet {inv.hosts[name].address}/24" in addr
 
 
