@@ -42,15 +42,27 @@ __all__ = [
     "due_offsets",
     "split_tokens",
     "app",
+    "app_from_env",
 ]
+
+
+def app_from_env() -> "Quart":
+    """The app for this process's environment (``SimSettings.from_env()``), built once.
+
+    Also a factory target for servers that evaluate the target in the module's
+    namespace (Hypercorn: ``kit.sim:app_from_env()``).  Raises ConfigError.
+    """
+    application = globals().get("app")
+    if application is None:
+        from kit.config import SimSettings
+
+        application = create_app(SimSettings.from_env())
+        globals()["app"] = application
+    return application
 
 
 def __getattr__(name: str):
     # ``kit.sim:app`` for ASGI servers: built from the environment on first access, then cached
     if name == "app":
-        from kit.config import SimSettings
-
-        application = create_app(SimSettings.from_env())
-        globals()["app"] = application
-        return application
+        return app_from_env()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
