@@ -82,23 +82,22 @@ class Histogram:
         self.unit = unit
 
     def record(self, v: int) -> None:
-        v = int(v)
-        if v < _SUB and v >= 0:
-            idx = v
-        else:
-            idx = bucket_index(v)
+        """Add one integer value (hot path: keep it a handful of operations)."""
+        idx = v if 0 <= v < _SUB else bucket_index(v)
         counts = self.counts
         counts[idx] = counts.get(idx, 0) + 1
         self.count += 1
         self.total += v
-        if self.min is None or v < self.min:
-            self.min = v
-        if self.max is None or v > self.max:
+        if self.max is None:
+            self.min = self.max = v
+        elif v > self.max:
             self.max = v
+        elif v < self.min:
+            self.min = v
 
     def record_many(self, values: Iterable[int]) -> None:
         for v in values:
-            self.record(v)
+            self.record(int(v))
 
     def merge(self, other: "Histogram") -> "Histogram":
         """Add *other*'s values into this histogram (in place); returns self."""

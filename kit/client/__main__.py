@@ -198,7 +198,7 @@ def run_load(argv: list[str]) -> int:
         think_time=args.think_time, query_timeout=args.query_timeout, max_tokens=args.max_tokens,
         agent_id=args.agent_id, query_text=args.query_text, max_reconnect_attempts=args.max_reconnect_attempts,
         initial_backoff=args.initial_backoff, max_backoff=args.max_backoff, jitter=args.jitter,
-        connect_timeout=args.connect_timeout)
+        connect_timeout=args.connect_timeout, time_from_intended=args.arrival_rate is not None)
     cfg = LoadConfig(
         session=sess, clients=args.clients, ramp=args.ramp, arrival_rate=args.arrival_rate, duration=args.duration,
         processes=processes, process_index=args.process_index, output_dir=Path(args.output_dir),

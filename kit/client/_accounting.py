@@ -47,7 +47,7 @@ class QueryRecord:
 
     __slots__ = ("session_id", "index", "query_id", "intended_ns", "submit_ns", "expected", "received",
                  "next_seq", "missing", "duplicated", "out_of_order", "first_ns", "last_ns", "done_ns",
-                 "done_tokens", "status", "error", "event", "hists", "counters")
+                 "done_tokens", "status", "error", "event", "hists", "counters", "_gap", "_delivery")
 
     def __init__(self, session_id: str, index: int, intended_ns: int, submit_ns: int, hists: dict,
                  counters: dict, event: Any = None) -> None:
@@ -71,6 +71,8 @@ class QueryRecord:
         self.event = event
         self.hists = hists
         self.counters = counters
+        self._gap = hists["inter_token"].record
+        self._delivery = hists["delivery"].record
 
     def token(self, seq: int, ts: int, mono_ns: int, wall_ns: int) -> None:
         """Account one token message (hot path)."""
@@ -81,11 +83,11 @@ class QueryRecord:
         self.received += 1
         last = self.last_ns
         if last:
-            self.hists["inter_token"].record((mono_ns - last) // 1000)
+            self._gap((mono_ns - last) // 1000)
         else:
             self.first_ns = mono_ns
         self.last_ns = mono_ns
-        self.hists["delivery"].record((wall_ns - ts) // 1000)
+        self._delivery((wall_ns - ts) // 1000)
         self.counters["tokens"] += 1
 
     def _anomaly(self, seq: int) -> None:

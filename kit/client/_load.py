@@ -45,6 +45,7 @@ from kit.metrics import Histogram
 
 from . import _console
 from ._accounting import Recorder
+from ._hub import Hub
 from ._output import merge_outputs, write_json_atomic, write_outputs
 from ._session import Session, SessionConfig
 
@@ -188,14 +189,6 @@ async def _reporter(cfg: LoadConfig, rec: Recorder, state: dict, started: float)
 
 async def _load(cfg: LoadConfig, rec: Recorder, run: dict) -> None:
     rng = random.Random(cfg.seed if cfg.seed is not None else os.getpid() ^ time.time_ns())
-    if cfg.start_at is not None:
-        wait = cfg.start_at - time.time()
-        if wait > 0:
-            await trio.sleep(wait)
-        run["start_skew_s"] = round(time.time() - cfg.start_at, 6)
-    run["start"] = time.time()
-    t0_ns = time.monotonic_ns()
-    t0_trio = trio.current_time()
     rate = cfg.arrival_rate or cfg.ramp
     plan = schedule(cfg.total_sessions, rate, cfg.process_index, cfg.processes)
     state: dict = {}
@@ -205,6 +198,18 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict) -> None:
     proc = psutil.Process()
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
         async with trio.open_nursery() as bg:
+            hub = Hub() if Hub.available() else None
+            if hub is not None:
+                await bg.start(hub.run)
+            # everything is set up: now wait for the agreed instant and take the time base
+            if cfg.start_at is not None:
+                wait = cfg.start_at - time.time()
+                if wait > 0:
+                    await trio.sleep(wait)
+                run["start_skew_s"] = round(time.time() - cfg.start_at, 6)
+            run["start"] = time.time()
+            t0_ns = time.monotonic_ns()
+            t0_trio = trio.current_time()
             bg.start_soon(_watch, rec, proc, state)
             bg.start_soon(_timeline, rec)
             bg.start_soon(_reporter, cfg, rec, state, run["start"])
@@ -213,7 +218,7 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict) -> None:
                     for g, offset in plan:
                         await trio.sleep_until(t0_trio + offset)
                         intended_ns = t0_ns + int(offset * 1e9)
-                        sess = Session(cfg.session, http, rec, g, intended_ns, random.Random(rng.random()))
+                        sess = Session(cfg.session, http, rec, g, intended_ns, random.Random(rng.random()), hub)
                         sessions.start_soon(sess.run)
             if scope.cancelled_caught:
                 run["max_duration_hit"] = True

@@ -28,6 +28,7 @@ import orjson
 import trio
 
 from ._accounting import QueryRecord, Recorder, SessionRecord
+from ._hub import Hub
 from ._ws import ConnectionClosed, HandshakeError, ProtocolError, WebSocket, connect
 
 __all__ = ["SessionConfig", "Session", "backoff_delay", "connect_with_retry", "GaveUp"]
@@ -53,6 +54,9 @@ class SessionConfig:
     #: fraction of each backoff delay that is random: delay in [base*(1-jitter), base]
     jitter: float = 0.5
     connect_timeout: float = 10.0
+    #: open model: a session's first query is timed from the session's intended start
+    #: (create + connect + any stall before it count); closed model: from its submit
+    time_from_intended: bool = False
 
 
 def backoff_delay(attempt: int, initial: float, cap: float, jitter: float, rng: random.Random) -> float:
@@ -127,8 +131,9 @@ class Session:
     """One session of the load; ``await run()`` does everything and records the outcome."""
 
     def __init__(self, cfg: SessionConfig, http: httpx.AsyncClient, rec: Recorder, index: int,
-                 intended_ns: int, rng: random.Random) -> None:
+                 intended_ns: int, rng: random.Random, hub: Hub | None = None) -> None:
         self.cfg = cfg
+        self.hub = hub
         self.http = http
         self.rec = rec
         self.rng = rng
@@ -190,7 +195,7 @@ class Session:
                     s.queries_skipped = cfg.queries - k
                     break
                 now = time.monotonic_ns()
-                await self._query(k, intended if k == 0 else now, now)
+                await self._query(k, intended if k == 0 and cfg.time_from_intended else now, now)
                 if cfg.think_time and k + 1 < cfg.queries:
                     await trio.sleep(cfg.think_time)
             self.closing = True
@@ -365,37 +370,11 @@ class Session:
 
     async def _reader(self) -> None:
         """Receive until the session closes; reconnect when the connection ends early."""
-        loads = orjson.loads
-        mono = time.monotonic_ns
-        wall = time.time_ns
-        by_id = self.by_id
         while True:
             ws = self.ws
             assert ws is not None
             try:
-                while True:
-                    batch = await ws.receive_batch()
-                    m_ns = mono()
-                    w_ns = wall()
-                    for payload in batch:
-                        try:
-                            m = loads(payload)
-                            q = by_id.get(m["query_id"])
-                            if q is None:
-                                q = self._adopt(m["query_id"])
-                                if q is None:
-                                    continue
-                            if q.status:  # already finished (timed out): a late message
-                                self.rec.counters["late_messages"] += 1
-                                continue
-                            if m["type"] == "token":
-                                q.token(m["seq"], m["ts"], m_ns, w_ns)
-                            elif m["type"] == "done":
-                                q.done(m["tokens"], m_ns)
-                            else:
-                                self.rec.counters["unknown_messages"] += 1
-                        except (orjson.JSONDecodeError, KeyError, TypeError):
-                            self.rec.error("bad_message")
+                await ws.run_receiver(self._on_batch, self.hub)
             except ConnectionClosed as exc:
                 if self.closing:
                     return
@@ -403,6 +382,31 @@ class Session:
                     if self.current is not None and self.current.event is not None:
                         self.current.event.set()
                     return
+
+    def _on_batch(self, batch: list[bytes], m_ns: int, w_ns: int) -> None:
+        """Account the messages of one read (hot path: runs once per socket read)."""
+        loads = orjson.loads
+        by_id = self.by_id
+        for payload in batch:
+            try:
+                m = loads(payload)
+                q = by_id.get(m["query_id"])
+                if q is None:
+                    q = self._adopt(m["query_id"])
+                    if q is None:
+                        continue
+                if q.status:  # already finished (timed out): a late message
+                    self.rec.counters["late_messages"] += 1
+                    continue
+                kind = m["type"]
+                if kind == "token":
+                    q.token(m["seq"], m["ts"], m_ns, w_ns)
+                elif kind == "done":
+                    q.done(m["tokens"], m_ns)
+                else:
+                    self.rec.counters["unknown_messages"] += 1
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                self.rec.error("bad_message")
 
     def _adopt(self, qid: str) -> QueryRecord | None:
         """A message for a query_id we have not seen: the query in flight, before /run answered."""

@@ -31,6 +31,7 @@ import os
 import socket
 import ssl
 import struct
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -346,8 +347,93 @@ class WebSocket:
         self._reading = False
         self._ended = trio.Event()  # set when the socket is closed
         self._pending: list[bytes] = []
+        self._hub = None
+        self._on_batch = None
+        self._end_exc: ConnectionClosed | None = None
         self.bytes_received = 0
         self.reads = 0
+
+    def fileno(self) -> int:
+        assert self._sock is not None
+        return self._sock.fileno()
+
+    async def run_receiver(self, on_batch, hub=None) -> None:
+        """Call ``on_batch(messages, monotonic_ns, wall_ns)`` for every read until the connection
+        ends, then raise ConnectionClosed.  With a :class:`~kit.client._hub.Hub` (plain ``ws://``
+        only) the reads happen in the hub's task and this task just waits for the end.
+        """
+        mono, wall = time.monotonic_ns, time.time_ns
+        if self._pending:
+            msgs, self._pending = self._pending, []
+            on_batch(msgs, mono(), wall())
+        if hub is None or self._sock is None:
+            while True:
+                batch = await self.receive_batch()
+                on_batch(batch, mono(), wall())
+        if self._closed:
+            raise self._end_exc or ConnectionClosed(self.proto.close_code or 1006, "closed locally")
+        self._on_batch = on_batch
+        self._hub = hub
+        hub.register(self)
+        self._reading = True
+        try:
+            await self._ended.wait()
+        finally:
+            self._reading = False
+            hub.unregister(self)
+        raise self._end_exc or ConnectionClosed(self.proto.close_code or 1006, self.proto.close_reason or "closed locally")
+
+    def _hub_readable(self) -> None:
+        """The hub saw the socket readable: one read, parse, deliver (synchronously)."""
+        sock = self._sock
+        proto = self.proto
+        try:
+            data = sock.recv(RECV_BUFSIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._hub_end(ConnectionClosed(1006, f"read failed: {exc}"))
+            return
+        if not data:
+            self._hub_end(ConnectionClosed(proto.close_code or 1006, proto.close_reason or "connection lost (EOF)"))
+            return
+        self.reads += 1
+        self.bytes_received += len(data)
+        try:
+            msgs = proto.feed(data)
+        except ProtocolError as exc:
+            proto.close(exc.code, str(exc))
+            self._send_nowait()
+            self._hub_end(ConnectionClosed(exc.code, f"protocol error: {exc}"))
+            return
+        if proto.outgoing:
+            self._send_nowait()
+        if msgs:
+            try:
+                self._on_batch(msgs, time.monotonic_ns(), time.time_ns())
+            except Exception:
+                log.exception("message handler failed; closing the connection")
+                self._hub_end(ConnectionClosed(1011, "message handler failed"))
+                return
+        if proto.closed:
+            self._hub_end(ConnectionClosed(proto.close_code or 1005, proto.close_reason))
+
+    def _send_nowait(self) -> None:
+        """Send queued control frames without blocking; what does not fit waits for the next flush."""
+        data = self.proto.take_outgoing()
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return
+        if sent < len(data):
+            self.proto.outgoing[:0] = data[sent:]
+
+    def _hub_end(self, exc: ConnectionClosed) -> None:
+        if self._end_exc is None:
+            self._end_exc = exc
+        self.abort_nowait()
 
     async def receive_batch(self) -> list[bytes]:
         """Wait for, and return, at least one message; raise ConnectionClosed at the end."""
@@ -446,6 +532,8 @@ class WebSocket:
         """Close the socket without a close handshake (cleanup after cancellation)."""
         if self._closed:
             return
+        if self._hub is not None:
+            self._hub.unregister(self)
         self._closed = True
         self._ended.set()
         if self._sock is not None:
@@ -455,6 +543,8 @@ class WebSocket:
     async def _abort(self) -> None:
         if self._closed:
             return
+        if self._hub is not None:
+            self._hub.unregister(self)
         self._closed = True
         self._ended.set()
         if self._sock is not None:

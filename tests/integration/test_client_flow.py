@@ -1,0 +1,240 @@
+"""kit.client against the real simulator + wsproxy + Redis (loopback, free ports)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kit.localstack import Stack, free_port, start_wsproxy
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def client_argv(stack: Stack, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", stack.ws_url,
+            "--output-dir", str(out), "--quiet", *extra]
+
+
+def run_client(stack: Stack, out: Path, *extra: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict]:
+    r = subprocess.run(client_argv(stack, out, *extra), capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    return r, json.loads((out / "summary.json").read_text())
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def sim_stats(stack: Stack) -> dict:
+    return httpx.get(f"{stack.api_url}/stats", timeout=5).json()
+
+
+def wait_for_status(out: Path, pred, proc: subprocess.Popen, timeout: float = 30.0) -> dict:
+    """Poll the client's status.json (written atomically) until pred(status) holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"client exited early: {proc.stderr.read() if proc.stderr else ''}"
+        try:
+            status = json.loads((out / "status.json").read_text())
+        except (OSError, ValueError):
+            status = None
+        if status and pred(status):
+            return status
+        time.sleep(0.05)  # poll interval of a readiness check
+    raise AssertionError(f"status.json never satisfied the condition: {status}")
+
+
+def test_full_flow_counts_are_exact(stack: Stack, tmp_path: Path):
+    out = tmp_path / "run"
+    before = sim_stats(stack)
+    r, s = run_client(stack, out, "--clients", "12", "--queries", "3", "--ramp", "40", "--processes", "2",
+                      "--max-tokens", "15")
+    after = sim_stats(stack)
+    assert s["total_sessions"] == 12 and s["successful_sessions"] == 12 and s["success_rate"] == 100.0
+    assert s["total_queries"] == 36 and s["successful_queries"] == 36
+    published = after["tokens_published"] - before["tokens_published"]
+    assert published == 36 * 15
+    assert s["total_tokens"] == published
+    assert (s["lost_tokens"], s["duplicated_tokens"], s["out_of_order_tokens"]) == (0, 0, 0)
+    assert after["sessions_created"] - before["sessions_created"] == 12
+    assert after["sessions_closed"] - before["sessions_closed"] == 12
+    assert s["ttft_ms"]["count"] == 36 and s["inter_token_ms"]["count"] == 36 * 14
+    assert s["delivery_latency_ms"]["count"] == published and s["create_ms"]["count"] == 12
+    assert s["generator"]["processes"] == 2 and s["total_errors"] == 0
+    q = rows(out / "queries.csv")
+    assert len(q) == 36 and all(x["status"] == "ok" and x["tokens"] == "15" and x["lost"] == "0" for x in q)
+    assert len(rows(out / "sessions.csv")) == 12
+    # the top level is the merge of the processes' folders: counts add
+    parts = [json.loads((out / f"proc-{i}" / "summary.json").read_text()) for i in range(2)]
+    assert sum(p["total_queries"] for p in parts) == 36 and sum(p["total_tokens"] for p in parts) == published
+    assert sum(int(t["tokens"]) for t in rows(out / "timeline.csv")) == published
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["processes"] == 2 and "argv" in meta
+    assert "LOAD TEST SUMMARY" in r.stdout and "Success rate:           100.00 %" in r.stdout
+
+
+def test_reconnects_after_wsproxy_is_killed_and_lost_tokens_are_exact(stack_factory, tmp_path: Path):
+    stack = stack_factory(sim_env={"TOKEN_DELAY_MS": 20})
+    out = tmp_path / "run"
+    before = sim_stats(stack)
+    proc = subprocess.Popen(
+        client_argv(stack, out, "--clients", "6", "--queries", "3", "--max-tokens", "40", "--processes", "1",
+                    "--initial-backoff", "0.1", "--max-backoff", "0.5", "--max-reconnect-attempts", "30",
+                    "--query-timeout", "4", "--status-interval", "0.1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    restarted = None
+    try:
+        wait_for_status(out, lambda st: st["tokens"] >= 60 and st["active_sessions"] == 6, proc)
+        stack.wsproxy.kill()  # as a crash would
+        restarted, _ = start_wsproxy(stack.workdir / "restarted", redis_url=stack.redis.url,
+                                     jwt_secret=stack.jwt_secret, port=stack.wsproxy_port)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if restarted is not None:  # the stack fixture stops only the proxy it started
+            restarted.stop()
+    assert proc.returncode == 0, stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    after = sim_stats(stack)
+    published = after["tokens_published"] - before["tokens_published"]
+    # every session was connected when the proxy died: each reconnected once, after >= 1 attempt
+    assert s["sessions_with_reconnects"] == 6
+    assert s["total_successful_reconnects"] == 6
+    assert s["total_reconnect_attempts"] >= 6
+    sess = rows(out / "sessions.csv")
+    assert all(int(r["reconnects_ok"]) == 1 and int(r["reconnect_attempts"]) >= 1 for r in sess)
+    # exact accounting: every published token was either received or counted lost
+    assert s["lost_tokens"] > 0
+    assert s["duplicated_tokens"] == 0
+    assert s["total_tokens"] + s["lost_tokens"] == published
+    q = rows(out / "queries.csv")
+    assert sum(int(x["lost"]) for x in q) == s["lost_tokens"]
+    assert all(int(x["tokens"]) + int(x["lost"]) == int(x["expected_tokens"]) for x in q)
+    # queries that lost their done failed with a clear error, the others completed
+    for x in q:
+        if x["status"] == "timeout":
+            assert "no done message within 4s" in x["error"]
+        else:
+            assert x["status"] in ("ok", "lost_tokens")
+    assert any(x["status"] == "ok" for x in q)  # the stream resumed
+
+
+def test_server_stall_shows_in_open_model_percentiles(stack: Stack, tmp_path: Path):
+    out = tmp_path / "run"
+    stall = 1.0
+    proc = subprocess.Popen(
+        client_argv(stack, out, "--arrival-rate", "20", "--duration", "3", "--queries", "1", "--max-tokens", "5",
+                    "--processes", "1", "--status-interval", "0.1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_status(out, lambda st: st["queries_ok"] >= 10, proc)
+        os.killpg(stack.sim.pid, signal.SIGSTOP)  # our own simulator (its own process group)
+        try:
+            time.sleep(stall)  # the stall itself
+        finally:
+            os.killpg(stack.sim.pid, signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["model"] == "open" and s["total_sessions"] == 60 and s["successful_queries"] == 60
+    assert s["latency_ms"]["p99"] > stall * 1000
+    q = rows(out / "queries.csv")
+    slow_intended = sum(float(x["latency_ms"]) > 500 for x in q)
+    slow_service = sum(float(x["service_latency_ms"]) > 500 for x in q)
+    # sessions that arrived during the stall waited: only timing from the intended start shows it
+    assert slow_intended >= 5
+    assert slow_service < slow_intended
+
+
+def test_max_duration_cancels_running_sessions_and_counts_them(stack_factory, tmp_path: Path):
+    stack = stack_factory(sim_env={"TOKEN_DELAY_MS": 100})
+    out = tmp_path / "run"
+    t = time.monotonic()
+    r, s = run_client(stack, out, "--clients", "4", "--queries", "5", "--processes", "1", "--max-duration", "1")
+    assert time.monotonic() - t < 30
+    assert s["cancelled_sessions"] == 4 and s["successful_sessions"] == 0
+    assert s["query_statuses"].get("cancelled") == 4
+    assert all(x["status"] == "cancelled" for x in rows(out / "sessions.csv"))
+
+
+def test_bad_token_is_refused_without_retry_and_reported(stack: Stack, tmp_path: Path):
+    # a wsproxy with another secret refuses every token with 401: no reconnect storm, a clear error
+    ws2, port2 = start_wsproxy(tmp_path / "ws2", redis_url=stack.redis.url, jwt_secret="x" * 48)
+    try:
+        out = tmp_path / "run"
+        r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url",
+                            f"ws://127.0.0.1:{port2}", "--clients", "2", "--queries", "1", "--processes", "1",
+                            "--output-dir", str(out), "--quiet"], capture_output=True, text=True, timeout=60)
+    finally:
+        ws2.stop()
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["failed_sessions"] == 2 and s["errors"].get("connect_http_401") == 2
+    assert s["total_reconnect_attempts"] == 0
+    assert "HTTP 401" in rows(out / "sessions.csv")[0]["errors"]
+
+
+@pytest.mark.parametrize("args, env, needle", [
+    (["--clients", "abc"], {}, "--clients 'abc' is not a whole number"),
+    (["--ramp", "-1"], {}, "--ramp -1 is below 0"),
+    ([], {"CLIENTS": "many"}, "CLIENTS='many' is not a whole number"),
+    ([], {"WS_INITIAL_BACKOFF_SECONDS": "5", "WS_MAX_BACKOFF_SECONDS": "1"}, "raise the cap"),
+    (["--initial-backoff", "3", "--max-backoff", "2"], {}, "--max-backoff / WS_MAX_BACKOFF_SECONDS = 2 is below"),
+    (["--arrival-rate", "5"], {}, "--arrival-rate and --duration go together"),
+    (["--api-url", "localhost:8000"], {}, "--api-url / FASTAPI_URL = 'localhost:8000' is not a http:// or https:// URL"),
+    (["--api-url", "http://127.0.0.1:{port}"], {}, "cannot reach it"),
+])
+def test_bad_configuration_is_one_clear_line_and_exit_2(args, env, needle, tmp_path: Path):
+    args = [a.replace("{port}", str(free_port())) for a in args]
+    full_env = {k: v for k, v in os.environ.items() if k not in ("CLIENTS", "FASTAPI_URL", "API_URL", "WSPROXY_URL")}
+    full_env.update(env)
+    r = subprocess.run([sys.executable, "-m", "kit.client", "--output-dir", str(tmp_path / "o"), *args],
+                       capture_output=True, text=True, timeout=60, env=full_env)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_unreachable_ws_url_is_refused_before_the_load(stack: Stack, tmp_path: Path):
+    before = sim_stats(stack)["sessions_created"]
+    r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url,
+                        "--ws-url", f"ws://127.0.0.1:{free_port()}", "--output-dir", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--ws-url / WSPROXY_URL" in r.stderr and "cannot reach it" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert sim_stats(stack)["sessions_created"] == before  # nothing was started
+
+
+def test_analyze_and_merge_commands(stack: Stack, tmp_path: Path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_client(stack, a, "--clients", "3", "--queries", "2", "--processes", "1", "--max-tokens", "5")
+    run_client(stack, b, "--clients", "2", "--queries", "2", "--processes", "1", "--max-tokens", "5")
+    m = subprocess.run([sys.executable, "-m", "kit.client", "merge", str(tmp_path / "m"), str(a), str(b)],
+                       capture_output=True, text=True, timeout=60)
+    assert m.returncode == 0, m.stderr
+    merged = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert merged["total_sessions"] == 5 and merged["total_queries"] == 10 and merged["total_tokens"] == 50
+    an = subprocess.run([sys.executable, "-m", "kit.client", "analyze", str(a), str(b / "queries.csv")],
+                        capture_output=True, text=True, timeout=60)
+    assert an.returncode == 0, an.stderr
+    assert "Queries: 10" in an.stdout and "p99" in an.stdout and "Latency histogram" in an.stdout
+    bad = subprocess.run([sys.executable, "-m", "kit.client", "analyze", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr

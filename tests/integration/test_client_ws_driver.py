@@ -1,0 +1,156 @@
+"""kit.client._ws driven over real loopback sockets against an independent server (wsproto)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, RejectConnection, RejectData, Request, TextMessage,
+)
+
+from kit.client._ws import ConnectionClosed, HandshakeError, connect
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def serve(script, *, task_status=trio.TASK_STATUS_IGNORED):
+    """A one-connection wsproto server on a free loopback port running script(stream, ws, request, log)."""
+    log: dict = {"events": []}
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    task_status.started((port, log))
+    stream = await listeners[0].accept()
+    ws = WSConnection(ConnectionType.SERVER)
+    request = None
+    while request is None:
+        ws.receive_data(await stream.receive_some(65536))
+        for ev in ws.events():
+            if isinstance(ev, Request):
+                request = ev
+    log["headers"] = {k.decode().lower(): v.decode() for k, v in request.extra_headers}
+    log["target"] = request.target
+    await script(stream, ws, request, log)
+    await stream.aclose()
+    for lst in listeners:
+        await lst.aclose()
+
+
+async def pump(stream, ws, log, until):
+    """Read client frames into log['events'] until until(event) is true or EOF."""
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        ws.receive_data(data)
+        for ev in ws.events():
+            log["events"].append(ev)
+            if isinstance(ev, Ping):
+                await stream.send_all(ws.send(ev.response()))
+            if until(ev):
+                return
+
+
+async def test_messages_of_every_size_ping_and_server_close():
+    async def script(stream, ws, request, log):
+        frames = ws.send(AcceptConnection())
+        frames += ws.send(TextMessage("with-the-101"))
+        await stream.send_all(frames)
+        await stream.send_all(ws.send(TextMessage("small")) + ws.send(TextMessage("m" * 300)))
+        await stream.send_all(ws.send(TextMessage("h" * 70000)))
+        await stream.send_all(ws.send(TextMessage("fr", message_finished=False)) + ws.send(Ping(b"hb"))
+                              + ws.send(TextMessage("ag", message_finished=True)))
+        await stream.send_all(ws.send(BytesMessage(b"\x00\xff")))
+        await pump(stream, ws, log, lambda ev: isinstance(ev, Pong))
+        await stream.send_all(ws.send(CloseConnection(code=1001, reason="bye")))
+        await pump(stream, ws, log, lambda ev: isinstance(ev, CloseConnection))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            port, log = await n.start(serve, script)
+            sock = await connect(f"ws://127.0.0.1:{port}", "/agent/ws/s1", [("Authorization", "Bearer t0k")])
+            got: list[bytes] = []
+            with pytest.raises(ConnectionClosed) as ei:
+                while True:
+                    got += await sock.receive_batch()
+            assert got == [b"with-the-101", b"small", b"m" * 300, b"h" * 70000, b"frag", b"\x00\xff"]
+            assert ei.value.code == 1001 and ei.value.reason == "bye"
+            assert sock.proto.pings == 1
+    assert log["headers"]["authorization"] == "Bearer t0k" and log["target"] == "/agent/ws/s1"
+    assert any(isinstance(e, Pong) and e.payload == b"hb" for e in log["events"])
+    assert any(isinstance(e, CloseConnection) and e.code == 1001 for e in log["events"])  # the echo
+
+
+async def test_client_close_handshake_sends_1000():
+    async def script(stream, ws, request, log):
+        await stream.send_all(ws.send(AcceptConnection()))
+        await pump(stream, ws, log, lambda ev: isinstance(ev, CloseConnection))
+        await stream.send_all(ws.send(log["events"][-1].response()))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            port, log = await n.start(serve, script)
+            sock = await connect(f"ws://127.0.0.1:{port}", "/a/ws/b")
+            await sock.aclose()
+            assert sock.closed
+    closes = [e for e in log["events"] if isinstance(e, CloseConnection)]
+    assert closes and closes[0].code == 1000
+
+
+async def test_aclose_from_another_task_ends_the_reader():
+    async def script(stream, ws, request, log):
+        await stream.send_all(ws.send(AcceptConnection()))
+        await pump(stream, ws, log, lambda ev: isinstance(ev, CloseConnection))
+        await stream.send_all(ws.send(log["events"][-1].response()))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            port, log = await n.start(serve, script)
+            sock = await connect(f"ws://127.0.0.1:{port}", "/a/ws/b")
+            result = {}
+
+            async def reader():
+                try:
+                    await sock.receive_batch()
+                except ConnectionClosed as exc:
+                    result["code"] = exc.code
+
+            n.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await sock.aclose()
+    assert result["code"] == 1000
+
+
+async def test_http_401_is_a_handshake_error_with_the_body():
+    async def script(stream, ws, request, log):
+        await stream.send_all(ws.send(RejectConnection(status_code=401, headers=[(b"content-length", b"17")],
+                                                       has_body=True)) + ws.send(RejectData(b'{"error":"token"}')))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            port, _ = await n.start(serve, script)
+            with pytest.raises(HandshakeError) as ei:
+                await connect(f"ws://127.0.0.1:{port}", "/a/ws/b", [("Authorization", "Bearer bad")])
+    assert ei.value.status == 401 and b"token" in ei.value.body
+
+
+async def test_eof_mid_stream_is_1006():
+    async def script(stream, ws, request, log):
+        await stream.send_all(ws.send(AcceptConnection()) + ws.send(TextMessage("one")))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            port, _ = await n.start(serve, script)
+            sock = await connect(f"ws://127.0.0.1:{port}", "/x")
+            assert await sock.receive_batch() == [b"one"]
+            with pytest.raises(ConnectionClosed) as ei:
+                await sock.receive_batch()
+    assert ei.value.code == 1006
+
+
+async def test_connection_refused_is_an_oserror():
+    from kit.localstack import free_port
+
+    with trio.fail_after(10):
+        with pytest.raises(OSError):
+            await connect(f"ws://127.0.0.1:{free_port()}", "/x")
