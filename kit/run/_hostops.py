@@ -37,14 +37,15 @@ echo "hostname=$(hostname)"
 echo "netns=$(ip netns identify $$ 2>/dev/null)"
 echo "kernel=$(uname -r)"
 if [ -x {py} ]; then echo "kit_python=yes"; echo "kit_version=$({py} -c 'import kit,sys; print(kit.__version__, sys.version.split()[0])' 2>&1 | tr '\n' ' ')"; else echo "kit_python=no"; fi
+if [ -x {root}/bin/kit-client ]; then echo "kit_client={root}/bin/kit-client"; fi
 if command -v haproxy >/dev/null; then echo "haproxy_version=$(haproxy -v 2>&1 | head -1)"; fi
 if command -v redis-server >/dev/null; then echo "redis_version=$(redis-server --version 2>&1 | head -1)"; fi
 """
 
 
-def host_facts(c: Any, kit_python: str) -> dict[str, Any]:
-    """Cores, open-file limits, port range, versions of one host."""
-    res = c.run(_FACTS.format(py=shlex.quote(kit_python)), hide=True, warn=True)
+def host_facts(c: Any, kit_python: str, kit_root: str = "/nonexistent") -> dict[str, Any]:
+    """Cores, open-file limits, port range, versions, the deployed kit-client wrapper of one host."""
+    res = c.run(_FACTS.format(py=shlex.quote(kit_python), root=shlex.quote(kit_root)), hide=True, warn=True)
     facts: dict[str, Any] = {}
     for line in res.stdout.splitlines():
         key, sep, value = line.partition("=")

@@ -121,7 +121,7 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
     problems += [f"unhealthy: {x}" for x in unhealthy(health)]
     order = list(conns.values())
     facts = {c.inventory_host.name: v for c, v in _fan(order, lambda c: ops.host_facts(
-        c, c.inventory_host.kit_python), "reading host facts").items()}
+        c, c.inventory_host.kit_python, c.inventory_host.kit_root), "reading host facts").items()}
     clocks = {}
     def py(c: Any) -> str:
         interp = str(c.inventory_host.vars.get("ansible_python_interpreter") or "")
@@ -177,9 +177,12 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
 
 
 def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, out_dir: str, start_at: float,
-                 run_id: str) -> list[str]:
+                 run_id: str, wrapper: str | None = None) -> list[str]:
+    """The load client's command line; through the deployed ``kit-client`` wrapper when there is one
+    (it adds the generator environment and open-file limit the Ansible role set up)."""
     api, ws = haproxy_urls(lb)
-    argv = [host.kit_python, "-m", "kit.client", "--api-url", api, "--ws-url", ws, "--clients", str(slot.clients),
+    prog = [wrapper] if wrapper else [host.kit_python, "-m", "kit.client"]
+    argv = [*prog, "--api-url", api, "--ws-url", ws, "--clients", str(slot.clients),
             "--queries", str(opts.queries), "--processes", str(slot.processes), "--output-dir", out_dir,
             "--start-at", f"{start_at:.6f}", "--run-id", run_id, "--status-interval", "1",
             "--max-duration", f"{opts.max_duration:g}", "--quiet"]
@@ -251,7 +254,7 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
         for label in by_conn[c.inventory_host.name]:
             j = jobs[label]
             argv = _client_argv(c.inventory_host, j["slot"], opts, inv.hosts[j["slot"].haproxy], f"{j['dir']}/out",
-                                j["start_at"], run_id)
+                                j["start_at"], run_id, pre["facts"][c.inventory_host.name].get("kit_client"))
             j["argv"] = argv
             pids.append(ops.start_job(c, j["dir"], argv))
         return pids
