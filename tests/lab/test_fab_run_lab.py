@@ -94,3 +94,18 @@ def test_fab_run_500_clients_on_a_deployed_six_host_lab_packs_an_exact_complete_
     for secret in (REPO / ".secrets").glob("*"):
         assert secret.read_text().strip() not in inv_text
     assert os.path.exists(tmp / "results" / "e2e-c500" / "report.html")
+
+
+def test_fab_status_reports_every_service_healthy_and_fab_logs_fetches_each_hosts_logs(deployed_lab):
+    from kit.run._tasks import logs, status
+
+    tmp, cfg, state = deployed_lab
+    lines: list[str] = []
+    assert status(cfg.inventory_path, out=lines.append) == 0, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "FAIL" not in text
+    for service in ("redis", "haproxy", "wsproxy-0", "wsproxy-1", "sim", "supervisor"):
+        assert service in text, service
+    assert logs(cfg.inventory_path, tmp / "logs", out=lines.append) == 0
+    for h in state["hosts"]:
+        assert list((tmp / "logs" / h["name"]).rglob("*.log")), h["name"]
