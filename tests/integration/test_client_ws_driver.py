@@ -154,3 +154,68 @@ async def test_connection_refused_is_an_oserror():
     with trio.fail_after(10):
         with pytest.raises(OSError):
             await connect(f"ws://127.0.0.1:{free_port()}", "/x")
+
+
+@pytest.mark.parametrize("use_hub", [True, False])
+async def test_run_receiver_delivers_every_read_and_ends_with_the_close(use_hub):
+    from kit.client._hub import Hub
+
+    async def script(stream, ws, request, log):
+        await stream.send_all(ws.send(AcceptConnection()) + ws.send(TextMessage("first")))
+        for i in range(200):
+            await stream.send_all(ws.send(TextMessage(f"m{i}")))
+        await stream.send_all(ws.send(Ping(b"x")))
+        await stream.send_all(ws.send(CloseConnection(code=1000, reason="done")))
+        await pump(stream, ws, log, lambda ev: isinstance(ev, CloseConnection))
+
+    got: list[bytes] = []
+    stamps: list[tuple[int, int]] = []
+
+    def on_batch(batch, m_ns, w_ns):
+        got.extend(batch)
+        stamps.append((m_ns, w_ns))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            port, log = await n.start(serve, script)  # ends by itself after the close handshake
+            async with trio.open_nursery() as hub_nursery:
+                hub = None
+                if use_hub:
+                    hub = Hub()
+                    await hub_nursery.start(hub.run)
+                sock = await connect(f"ws://127.0.0.1:{port}", "/a/ws/b")
+                with pytest.raises(ConnectionClosed) as ei:
+                    await sock.run_receiver(on_batch, hub)
+                if hub is not None:
+                    assert hub.statistics()["connections"] == 0  # unregistered at the end
+                    assert hub.statistics()["events"] >= 1
+                hub_nursery.cancel_scope.cancel()
+    assert got == [b"first"] + [f"m{i}".encode() for i in range(200)]
+    assert ei.value.code == 1000 and ei.value.reason == "done"
+    assert all(m > 0 and w > 0 for m, w in stamps)
+    assert any(isinstance(e, Pong) for e in log["events"])
+
+
+async def test_cancelled_receiver_leaves_the_hub_and_the_socket_usable():
+    from kit.client._hub import Hub
+
+    async def script(stream, ws, request, log):
+        await stream.send_all(ws.send(AcceptConnection()))
+        await pump(stream, ws, log, lambda ev: isinstance(ev, TextMessage))
+        await stream.send_all(ws.send(TextMessage("after")))
+        await pump(stream, ws, log, lambda ev: isinstance(ev, CloseConnection))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            port, log = await n.start(serve, script)
+            async with trio.open_nursery() as hub_nursery:
+                hub = Hub()
+                await hub_nursery.start(hub.run)
+                sock = await connect(f"ws://127.0.0.1:{port}", "/a/ws/b")
+                with trio.move_on_after(0.05):
+                    await sock.run_receiver(lambda *a: None, hub)
+                assert hub.statistics()["connections"] == 0 and not sock.closed
+                await sock.send_text("hello")
+                assert await sock.receive_batch() == [b"after"]
+                await sock.aclose()
+                hub_nursery.cancel_scope.cancel()

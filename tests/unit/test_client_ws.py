@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from kit.client._ws import (
+from kit.client._frames import (
     OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, HandshakeError, ProtocolError, WsProtocol,
     accept_value, encode_frame, handshake_request, parse_handshake,
 )
