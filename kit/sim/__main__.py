@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 from kit.config import ConfigError, SimSettings
@@ -41,6 +42,14 @@ def _check_redis_url(url: str) -> None:
     except ValueError as exc:
         raise ConfigError(f"REDIS_URL is not a valid Redis URL ({exc}): use redis://[:password@]host:port/db") \
             from None
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Fail early with a clear message if the address is taken (Granian would raise a bare RuntimeError)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
 
 
 def main() -> int:
@@ -59,10 +68,17 @@ def main() -> int:
     from ._serve import serve
 
     try:
+        _check_bind(settings.host, settings.port)
         serve(settings, log_level=level)
     except OSError as exc:
-        print(f"kit.sim: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(f"kit.sim: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}: "
+              "free the port or set FASTAPI_PORT", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if "os error" not in str(exc):  # Granian reports socket failures as RuntimeError("... (os error N)")
+            raise
+        print(f"kit.sim: cannot listen on {settings.host}:{settings.port}: {exc}: free the port or set "
+              "FASTAPI_PORT", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -366,3 +367,14 @@ def test_sigterm_stops_every_worker_and_runs_the_shutdown_hooks(sim_factory):
     log = multi.proc.log_path.read_text()
     assert log.count("kit.sim stopped") == 2  # after_serving ran in each worker
     assert "Traceback" not in log
+
+
+def test_port_in_use_exits_1_with_one_line_naming_the_address():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = _run_module({"JWT_SECRET": secrets.token_urlsafe(48), "FASTAPI_PORT": str(port)})
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"kit.sim: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in res.stderr
