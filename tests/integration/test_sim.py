@@ -316,16 +316,32 @@ def test_stats_count_sessions_queries_and_tokens(sim_factory):
 def test_health_is_200_with_redis_and_503_json_once_its_redis_is_stopped(sim_factory, tmp_path):
     own = start_redis(tmp_path / "redis")
     try:
-        dedicated = sim_factory(own)
+        dedicated = sim_factory(own, TTFT_MS=400, TOKEN_DELAY_MS=1)
         resp = dedicated.http.get("/health")
         assert resp.status_code == 200 and resp.json() == {"status": "ok"}
+        sid = dedicated.create()["session_id"]
+        # accepted now, due after the Redis below is gone: its messages cannot be published
+        assert dedicated.http.post(f"/session/{sid}/run", json={"query": "q"}).status_code == 202
     finally:
         own.proc.stop()
     resp = dedicated.http.get("/health")
     assert resp.status_code == 503
     assert resp.json()["status"] == "unavailable"
     assert_error(dedicated.http.post("/session/create"), 503, "redis_unavailable", "REDIS_URL")
-    assert dedicated.stats()["errors"] >= 1
+
+    deadline = time.monotonic() + 20
+    while True:
+        stats = dedicated.stats()
+        if stats["messages_dropped"] + stats["tokens_published"] + stats["done_published"] >= len(WORDS) + 1:
+            break
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.05)  # poll interval of a progress check, bounded by the deadline
+    assert stats["messages_dropped"] >= 1
+    assert stats["publish_errors"] >= 1
+    assert stats["errors"] >= 2  # the failed create and the failed publishing
+    log = dedicated.proc.log_path.read_text()
+    assert "publishing failed" in log
+    assert '"text"' not in log and own.password not in log  # no token contents, no secrets
 
 
 # -- the process -----------------------------------------------------------------------------
