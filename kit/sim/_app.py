@@ -239,6 +239,9 @@ def create_app(settings: SimSettings) -> Quart:
             return _json({"status": "unavailable", "redis": "down",
                           "detail": f"redis PING failed ({type(exc).__name__}): check REDIS_URL and redis-server"},
                          503)
+        if state.publisher is None or not state.publisher.running:
+            return _json({"status": "unavailable", "publisher": "stopped",
+                          "detail": "the token publisher is not running: see the simulator's log"}, 503)
         return _json({"status": "ok"}, 200)
 
     @app.get("/stats")

@@ -87,6 +87,12 @@ class Publisher:
         if self._task is not None:
             raise RuntimeError("publisher already started")
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kit.sim publisher")
+        self._task.add_done_callback(_report_death)
+
+    @property
+    def running(self) -> bool:
+        """False once stopped, or if the task died (then /health answers 503)."""
+        return self._task is not None and not self._task.done()
 
     async def aclose(self) -> None:
         """Stop the task; messages not yet published are dropped and counted."""
@@ -236,6 +242,12 @@ class Publisher:
                         type(exc).__name__, exc, count, self._errors_since_log, self.messages_dropped)
             self._last_error_log = now
             self._errors_since_log = 0
+
+
+def _report_death(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the publisher task died; no more tokens will be published by this process",
+                  exc_info=task.exception())
 
 
 def _wake_up(fut: asyncio.Future) -> None:
