@@ -19,6 +19,21 @@ two naive publishers build the same messages:
     .venv/bin/python bench/sim_publish.py [--sessions 1000] [--tokens 100] [--baseline-tokens 30000]
 
 tokens/s per core = tokens published / CPU seconds of the publishing process.
+
+Measured 2026-11-28 on the 2-core machine with other jobs running (load average ~5),
+default options, two consecutive runs:
+
+    publisher                        tokens     recv  wall s   CPU s tokens/s/core  tokens/s redis CPU s
+    kit.sim (batched)                100000   101000    1.81    0.98       102,041    55,362        0.09
+    naive loop (1 PUBLISH/await)      30000    30000    4.95    1.75        17,170     6,055        0.63
+    naive tasks (sleep+PUBLISH)       30000    30000    3.65    2.48        12,105     8,212        0.43
+
+    kit.sim (batched)                100000   101000    1.14    0.88       113,636    87,372        0.10
+    naive loop (1 PUBLISH/await)      30000    30000    7.42    2.46        12,178     4,043        1.11
+    naive tasks (sleep+PUBLISH)       30000    30000    4.72    2.54        11,803     6,360        0.44
+
+The batched scheduler publishes 100-115k tokens/s per core (target >= 50k), 6-9x the
+naive loop, and costs Redis a sixth of the CPU per message (one write per batch).
 """
 
 from __future__ import annotations
