@@ -238,3 +238,15 @@ def test_analyze_and_merge_commands(stack: Stack, tmp_path: Path):
     bad = subprocess.run([sys.executable, "-m", "kit.client", "analyze", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_start_at_waits_for_the_agreed_instant_and_records_the_skew(stack: Stack, tmp_path: Path):
+    out = tmp_path / "run"
+    start_at = time.time() + 2.0
+    r, s = run_client(stack, out, "--clients", "2", "--queries", "1", "--processes", "2", "--max-tokens", "3",
+                      "--start-at", repr(start_at), "--status-interval", "0.2")
+    assert s["started_at"] >= start_at
+    assert len(s["start_skew_s"]["per_process"]) == 2
+    assert 0 <= s["start_skew_s"]["max_abs"] < 0.5
+    status = json.loads((out / "status.json").read_text())
+    assert status["done"] is True and status["queries_ok"] == 2 and len(status["processes"]) == 2
