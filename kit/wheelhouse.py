@@ -244,7 +244,9 @@ def build(out: Path = DEFAULT_OUT, *, root: Path = REPO, lock_path: Path | None 
         "requirements": req_path.name,
         "files": {p.relative_to(out).as_posix(): _sha256(p) for p in members},
     }
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    tmp_manifest = out / "manifest.json.tmp"
+    tmp_manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp_manifest, manifest_path)
     _pack(out, members + [manifest_path])
     return {**manifest, "changed": True, "path": str(out)}
 

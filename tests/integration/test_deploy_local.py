@@ -1,0 +1,328 @@
+"""playbooks/site.yml deploys the whole stack on this machine for real (inventory/local.yml).
+
+The only tests that use the kit's fixed ports (redis 6379, sim 8000, wsproxy 4040-4041, haproxy
+8080/8081/8404).  The module fixture deploys once from a frozen copy of the source tree (other
+work in the tree must not look like a change between runs) and always runs teardown.yml at the
+end; the last test runs teardown itself and proves nothing is left: no process, no listening
+port, no kit_root, kernel settings put back.  Takes about 3-5 minutes on a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import redis
+import trio
+import yaml
+from trio_websocket import open_websocket_url
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+INVENTORY = REPO / "inventory" / "local.yml"
+KIT_ROOT = Path("/opt/wsproxy-loadkit/localhost")
+SECRETS = REPO / ".secrets"
+ADDR = "127.0.0.1"
+PORTS = {"redis": 6379, "sim": 8000, "wsproxy-0": 4040, "wsproxy-1": 4041,
+         "haproxy_http": 8080, "haproxy_ws": 8081, "haproxy_stats": 8404}
+SUPERVISORCTL = ["/usr/bin/supervisorctl", "-c", str(KIT_ROOT / "supervisor" / "supervisord.conf")]
+PLAYBOOK_TIMEOUT = 420
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+pytestmark = [pytest.mark.timeout(900)]
+
+
+def _sysctl_keys() -> list[str]:
+    spec = yaml.safe_load((REPO / "playbooks/roles/tuning/defaults/main.yml").read_text())["tuning_sysctl"]
+    return [s["name"] for s in spec]
+
+
+def _read_sysctls() -> dict[str, str | None]:
+    out = {}
+    for key in _sysctl_keys():
+        try:
+            out[key] = " ".join(Path("/proc/sys", key.replace(".", "/")).read_text().split())
+        except FileNotFoundError:
+            out[key] = None
+    return out
+
+
+class Ansible:
+    """Runs playbooks against inventory/local.yml with the test's frozen source and wheelhouse."""
+
+    def __init__(self, extra_vars: dict[str, str]):
+        self.extra_vars = extra_vars
+        self.env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+                    "ANSIBLE_FORCE_COLOR": "0"}
+
+    def run(self, playbook: str, *args: str) -> tuple[subprocess.CompletedProcess, float, dict[str, int]]:
+        t0 = time.monotonic()
+        res = subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(REPO / "playbooks" / playbook),
+             "-e", json.dumps(self.extra_vars), *args],
+            capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, cwd=REPO, env=self.env,
+            stdin=subprocess.DEVNULL)
+        elapsed = time.monotonic() - t0
+        recap = {}
+        for m in RECAP.finditer(res.stdout):
+            recap = {"ok": int(m[2]), "changed": int(m[3]), "unreachable": int(m[4]), "failed": int(m[5])}
+        return res, elapsed, recap
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((ADDR, port)) == 0
+
+
+def _kit_pids() -> set[int]:
+    """supervisord, every program it runs and all their descendants (e.g. Granian workers)."""
+    res = subprocess.run(SUPERVISORCTL + ["pid"], capture_output=True, text=True, timeout=30)
+    pids = {int(res.stdout.strip())} if res.returncode == 0 and res.stdout.strip().isdigit() else set()
+    res = subprocess.run(SUPERVISORCTL + ["pid", "all"], capture_output=True, text=True, timeout=30)
+    pids |= {int(x) for x in res.stdout.split() if x.isdigit() and x != "0"}
+    for pid in list(pids):
+        try:
+            pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _secret(name: str) -> str:
+    return (SECRETS / name).read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    shutil.copytree(REPO / "kit", src / "kit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "requirements.lock"):
+        shutil.copy2(REPO / name, src / name)
+    wheelhouse = tmp_path_factory.mktemp("wheelhouse")
+    cached = REPO / ".wheelhouse" / "wheels"
+    if cached.is_dir():  # saves the download; pip still checks every hash
+        shutil.copytree(cached, wheelhouse / "wheels", ignore=shutil.ignore_patterns("wsproxy_loadkit-*"))
+    ansible = Ansible({"kit_venv_source_root": str(src), "kit_venv_wheelhouse_dir": str(wheelhouse)})
+
+    res, _, recap = ansible.run("teardown.yml")  # leftovers of an interrupted earlier run
+    assert res.returncode == 0, res.stdout[-3000:]
+    busy = {name: port for name, port in PORTS.items() if _listening(port)}
+    if busy:
+        pytest.fail(f"the kit's fixed ports are in use by something else: {busy}; stop it (only this test "
+                    "may use them)")
+    sysctl_before = _read_sysctls()
+
+    state = {"ansible": ansible, "sysctl_before": sysctl_before, "torn_down": False}
+    try:
+        res, elapsed, recap = ansible.run("site.yml")
+        state.update(first=(res, elapsed, recap))
+        print(f"\nsite.yml first run: {elapsed:.1f} s, {recap}")
+        yield state
+    finally:
+        if not state["torn_down"]:
+            ansible.run("teardown.yml")
+
+
+def test_site_yml_deploys_the_stack(deployed):
+    res, elapsed, recap = deployed["first"]
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert recap["failed"] == 0 and recap["unreachable"] == 0 and recap["changed"] > 0
+    # the host's open-file cap is reported, not skipped (20,000 here; root cannot raise it)
+    said = " ".join(res.stdout.split())
+    hard = int(subprocess.run(["sh", "-c", "ulimit -Hn"], capture_output=True, text=True).stdout)
+    if hard < 65536:
+        assert f"open files per kit process capped at {hard}" in said
+        assert f"at most ~{(hard - 200) // 2} proxied sessions" in said
+    report = json.loads((KIT_ROOT / "state" / "tuning.json").read_text())
+    assert report["nofile"]["effective"] == min(65536, hard)
+
+
+def test_every_service_answers_its_health_check(deployed):
+    r = redis.Redis(host=ADDR, port=PORTS["redis"], username="admin", password=_secret("redis_admin_password"),
+                    socket_timeout=5)
+    try:
+        assert r.ping() is True
+        assert r.info("server")["redis_version"]
+    finally:
+        r.close()
+    with httpx.Client(timeout=10) as http:
+        assert http.get(f"http://{ADDR}:{PORTS['haproxy_http']}/health").json() == {"status": "ok"}
+        assert http.get(f"http://{ADDR}:{PORTS['sim']}/health").status_code == 200
+        for name in ("wsproxy-0", "wsproxy-1"):
+            assert http.get(f"http://{ADDR}:{PORTS[name]}/health").json()["status"] == "ok", name
+    status = subprocess.run(SUPERVISORCTL + ["status"], capture_output=True, text=True, timeout=30).stdout
+    for program in ("redis", "sim", "wsproxy-0", "wsproxy-1", "haproxy"):
+        assert re.search(rf"^{program}\s+RUNNING", status, re.M), status
+
+
+def test_haproxy_stats_page_needs_the_password(deployed):
+    url = f"http://{ADDR}:{PORTS['haproxy_stats']}/"
+    with httpx.Client(timeout=10) as http:
+        assert http.get(url).status_code == 401
+        assert http.get(url, auth=("admin", "wrong-password")).status_code == 401
+        ok = http.get(url + ";csv", auth=("admin", _secret("haproxy_stats_password")))
+        assert ok.status_code == 200
+        rows = {tuple(line.split(",")[:2]) for line in ok.text.splitlines()}
+        assert {("wsproxy", "localhost-wsproxy-0"), ("wsproxy", "localhost-wsproxy-1"), ("sim", "localhost-sim")} <= rows
+
+
+def test_rendered_haproxy_cfg_passes_haproxy_check(deployed):
+    cfg = KIT_ROOT / "haproxy" / "haproxy.cfg"
+    res = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = cfg.read_text()
+    assert "balance hash var(txn.session_id)" in text and "hash-type consistent" in text
+    assert "on-marked-down shutdown-sessions" in text and "timeout tunnel" in text
+    assert oct(cfg.stat().st_mode & 0o777) == "0o600"  # it holds the stats password
+
+
+def test_every_kit_path_lies_under_kit_root_and_secrets_are_0600(deployed):
+    for env in (KIT_ROOT / "etc").glob("*.env"):
+        assert env.stat().st_mode & 0o077 == 0, env
+    assert (KIT_ROOT / "redis" / "redis.conf").stat().st_mode & 0o077 == 0
+    # the redis config stores password hashes, never the passwords
+    conf = (KIT_ROOT / "redis" / "redis.conf").read_text()
+    for name in ("redis_admin_password", "redis_sim_password", "redis_wsproxy_password"):
+        assert _secret(name) not in conf
+    supervisord = psutil.Process(int((KIT_ROOT / "run" / "supervisord.pid").read_text()))
+    assert supervisord.cmdline()[-1].startswith(str(KIT_ROOT))
+
+
+def test_redis_acl_confines_each_user(deployed):
+    def client(user: str, secret: str) -> redis.Redis:
+        return redis.Redis(host=ADDR, port=PORTS["redis"], username=user, password=_secret(secret), socket_timeout=5)
+
+    sim, wsp, admin = client("sim", "redis_sim_password"), client("wsproxy", "redis_wsproxy_password"), \
+        client("admin", "redis_admin_password")
+    try:
+        assert sim.hset("session:acltest", "status", "open") == 1 and sim.expire("session:acltest", 60)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            sim.set("other:key", "x")  # only session:* keys
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            sim.publish("other:channel", "x")  # only session:*:down channels
+        assert sim.publish("session:acltest:down", "{}") == 0
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            sim.execute_command("SUBSCRIBE", "session:acltest:down")  # the simulator never subscribes
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            wsp.publish("session:acltest:down", "x")  # wsproxy only subscribes
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            wsp.hgetall("session:acltest")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            admin.hgetall("session:acltest")  # the monitor reads INFO, not data
+        assert "connected_clients" in admin.info("clients")
+        ps = wsp.pubsub()
+        ps.subscribe("session:acltest:down")
+        assert ps.get_message(timeout=5)["type"] == "subscribe"
+        ps.close()
+        ps = wsp.pubsub()
+        ps.subscribe("session:other")  # not a :down channel: refused (the reply arrives with the next read)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            ps.get_message(timeout=5)
+        ps.close()
+        anonymous = redis.Redis(host=ADDR, port=PORTS["redis"], socket_timeout=5)
+        with pytest.raises((redis.exceptions.AuthenticationError, redis.exceptions.ResponseError)):
+            anonymous.get("session:acltest")  # the default user is off
+        anonymous.close()
+    finally:
+        sim.delete("session:acltest")
+        for c in (sim, wsp, admin):
+            c.close()
+
+
+def _connections_total() -> list[int]:
+    with httpx.Client(timeout=10) as http:
+        return [http.get(f"http://{ADDR}:{PORTS[n]}/stats").json()["connections_total"] for n in ("wsproxy-0", "wsproxy-1")]
+
+
+async def test_websocket_through_haproxy_streams_tokens_end_to_end(deployed):
+    async with httpx.AsyncClient(base_url=f"http://{ADDR}:{PORTS['haproxy_http']}", timeout=10) as http:
+        created = (await http.post("/session/create", json={"agent_id": "deploy-test"})).json()
+        sid, token, path = created["session_id"], created["auth_token"], created["ws_path"]
+        assert path == f"/deploy-test/ws/{sid}"
+        headers = [(b"Authorization", f"Bearer {token}".encode())]
+        landed = []
+        for attempt in range(2):  # a session and its reconnect reach the same wsproxy instance
+            before = await trio.to_thread.run_sync(_connections_total)
+            with trio.fail_after(30):
+                async with open_websocket_url(f"ws://{ADDR}:{PORTS['haproxy_ws']}{path}", extra_headers=headers) as ws:
+                    run = await http.post(f"/session/{sid}/run", json={"query": f"hello {attempt}", "max_tokens": 5})
+                    assert run.status_code == 202, run.text
+                    query_id = run.json()["query_id"]
+                    messages = []
+                    while not messages or messages[-1]["type"] != "done":
+                        messages.append(json.loads(await ws.get_message()))
+            after = await trio.to_thread.run_sync(_connections_total)
+            landed.append([b - a for a, b in zip(before, after)])
+            assert [m["seq"] for m in messages] == list(range(6))
+            assert all(m["query_id"] == query_id for m in messages)
+            assert [m["type"] for m in messages] == ["token"] * 5 + ["done"] and messages[-1]["tokens"] == 5
+        assert landed[0] == landed[1] and sorted(landed[0]) == [0, 1], landed
+        await http.post(f"/session/{sid}/close")
+
+
+def test_websocket_without_token_is_refused_through_haproxy(deployed):
+    with socket.create_connection((ADDR, PORTS["haproxy_ws"]), timeout=10) as s:
+        s.sendall(b"GET /a/ws/nosuchsession HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 401")
+
+
+def test_second_run_changes_nothing(deployed):
+    res, elapsed, recap = deployed["ansible"].run("site.yml")
+    print(f"\nsite.yml second run: {elapsed:.1f} s, {recap}")
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert recap["changed"] == 0, [line for line in res.stdout.splitlines() if line.startswith("changed:")] or \
+        res.stdout[-4000:]
+
+
+def test_check_diff_run_reports_no_change(deployed):
+    res, elapsed, recap = deployed["ansible"].run("site.yml", "--check", "--diff")
+    print(f"\nsite.yml --check --diff: {elapsed:.1f} s, {recap}")
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert recap["changed"] == 0, res.stdout[-4000:]
+
+
+def test_redeploying_one_concern_alone_works(deployed):
+    res, _, recap = deployed["ansible"].run("wsproxy.yml")
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert recap["changed"] == 0
+
+
+def test_teardown_leaves_no_process_port_or_kit_root(deployed):
+    pids = _kit_pids()
+    assert len(pids) >= 6, pids  # supervisord + redis, sim (+ workers), 2 wsproxy, haproxy (+ worker)
+    res, elapsed, recap = deployed["ansible"].run("teardown.yml")
+    deployed["torn_down"] = True
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert [p for p in pids if _alive(p)] == []
+    assert [name for name, port in PORTS.items() if _listening(port)] == []
+    assert not KIT_ROOT.exists()
+    assert _read_sysctls() == deployed["sysctl_before"]
+    # a second teardown finds nothing to do
+    res, _, recap = deployed["ansible"].run("teardown.yml")
+    assert res.returncode == 0 and recap["changed"] == 0, res.stdout[-3000:]
+
+
+def test_playbooks_pass_ansible_lint_production_profile():
+    res = subprocess.run([str(BIN / "ansible-lint"), "--nocolor", "--format=pep8", "playbooks/"], capture_output=True,
+                         text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Profile 'production' was required, and it passed" in res.stderr + res.stdout
