@@ -10,6 +10,10 @@ reports its own veth).  The monitor is bounded: it stops by itself after
 ``--duration`` seconds (and on SIGTERM/SIGINT), flushing every line as it goes
 so a killed monitor still leaves what it measured.  Bad options exit 2 with one
 line.
+
+The file is self-contained (standard library, psutil when importable, else
+Linux's /proc directly) so ``fab run`` can copy it to hosts that have no kit
+installed (a balancer or Redis host) and run it with their ``python3``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
+try:
+    import psutil
+except ImportError:  # a host without the kit's venv runs this file with the system python3
+    psutil = None
 
 __all__ = ["sample", "monitor", "main"]
 
@@ -33,26 +40,92 @@ log = logging.getLogger(__name__)
 MAX_DURATION = 7 * 24 * 3600.0
 
 
+_NET_FIELDS = ("bytes_recv", "packets_recv", "errin", "dropin", None, None, None, None,
+               "bytes_sent", "packets_sent", "errout", "dropout")
+
+
 def _net() -> dict[str, Any]:
-    return {nic: c._asdict() for nic, c in psutil.net_io_counters(pernic=True).items()}
+    if psutil is not None:
+        return {nic: c._asdict() for nic, c in psutil.net_io_counters(pernic=True).items()}
+    out: dict[str, Any] = {}
+    with open("/proc/net/dev") as fh:
+        for line in fh.readlines()[2:]:
+            nic, _, rest = line.partition(":")
+            values = rest.split()
+            out[nic.strip()] = {k: int(v) for k, v in zip(_NET_FIELDS, values) if k}
+    return out
+
+
+class _ProcCpu:
+    """CPU percent between calls from /proc/stat (what psutil.cpu_percent(None) does)."""
+
+    def __init__(self) -> None:
+        self.prev = self._read()
+
+    @staticmethod
+    def _read() -> list[tuple[int, int]]:
+        rows = []
+        with open("/proc/stat") as fh:
+            for line in fh:
+                if not line.startswith("cpu"):
+                    break
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + (v[4] if len(v) > 4 else 0)
+                rows.append((sum(v[:8]), idle))
+        return rows
+
+    def percent(self) -> tuple[float, list[float]]:
+        now = self._read()
+        pcts = []
+        for (t0, i0), (t1, i1) in zip(self.prev, now):
+            dt = t1 - t0
+            pcts.append(round(100.0 * (dt - (i1 - i0)) / dt, 1) if dt > 0 else 0.0)
+        self.prev = now
+        return pcts[0], pcts[1:]
+
+
+def _mem() -> dict[str, Any]:
+    if psutil is not None:
+        vm = psutil.virtual_memory()
+        return {"total": vm.total, "available": vm.available, "used": vm.used, "percent": vm.percent}
+    info = {}
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            k, _, v = line.partition(":")
+            info[k] = int(v.split()[0]) * 1024
+    total, avail = info["MemTotal"], info.get("MemAvailable", info["MemFree"])
+    return {"total": total, "available": avail, "used": total - avail,
+            "percent": round(100.0 * (total - avail) / total, 1)}
+
+
+_cpu: _ProcCpu | None = None
+
+
+def _cpu_percent() -> tuple[float, list[float]]:
+    global _cpu
+    if psutil is not None:
+        return psutil.cpu_percent(interval=None), psutil.cpu_percent(interval=None, percpu=True)
+    if _cpu is None:
+        _cpu = _ProcCpu()
+    return _cpu.percent()
 
 
 def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """One sample; returns (record, network counters for the next call's rates)."""
     net = _net()
-    vm = psutil.virtual_memory()
+    total, per_cpu = _cpu_percent()
     rec: dict[str, Any] = {
         "ts": round(time.time(), 3),
-        "cpu_percent": psutil.cpu_percent(interval=None),
-        "cpu_percent_per_cpu": psutil.cpu_percent(interval=None, percpu=True),
+        "cpu_percent": total,
+        "cpu_percent_per_cpu": per_cpu,
         "load_avg": list(os.getloadavg()),
-        "mem": {"total": vm.total, "available": vm.available, "used": vm.used, "percent": vm.percent},
+        "mem": _mem(),
         "net": {},
+        "source": "psutil" if psutil is not None else "/proc",
     }
     for nic, c in net.items():
-        entry = {"bytes_sent": c["bytes_sent"], "bytes_recv": c["bytes_recv"],
-                 "packets_sent": c["packets_sent"], "packets_recv": c["packets_recv"],
-                 "errin": c["errin"], "errout": c["errout"], "dropin": c["dropin"], "dropout": c["dropout"]}
+        entry = {k: c.get(k, 0) for k in ("bytes_sent", "bytes_recv", "packets_sent", "packets_recv", "errin",
+                                          "errout", "dropin", "dropout")}
         if prev_net and nic in prev_net and dt > 0:
             p = prev_net[nic]
             entry["tx_bytes_per_s"] = round((c["bytes_sent"] - p["bytes_sent"]) / dt, 1)
@@ -72,8 +145,7 @@ def monitor(out: Path, *, interval: float, duration: float) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     out.parent.mkdir(parents=True, exist_ok=True)
-    psutil.cpu_percent(interval=None)
-    psutil.cpu_percent(interval=None, percpu=True)
+    _cpu_percent()  # the first reading starts the interval
     prev_net = _net()
     start = last = time.monotonic()
     n = 0

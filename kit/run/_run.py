@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = ["RunOptions", "RunError", "execute", "preflight", "CLOCK_BOUND_S"]
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
+HOSTMON_SRC = REPO / "kit" / "hostmon.py"
 #: clocks further apart than this make cross-host token delivery latency unreliable (flagged)
 CLOCK_BOUND_S = 0.005
 #: file descriptors one client session holds (WebSocket + its share of HTTP keep-alive)
@@ -123,11 +125,8 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
     facts = {c.inventory_host.name: v for c, v in _fan(order, lambda c: ops.host_facts(
         c, c.inventory_host.kit_python, c.inventory_host.kit_root), "reading host facts").items()}
     clocks = {}
-    def py(c: Any) -> str:
-        interp = str(c.inventory_host.vars.get("ansible_python_interpreter") or "")
-        return interp if interp.startswith("/") else "python3"
-
-    for c, samples in _fan(order, lambda c: ops.clock_samples(c, python=py(c)), "measuring clocks").items():
+    for c, samples in _fan(order, lambda c: ops.clock_samples(c, python=_system_python(c.inventory_host)),
+                           "measuring clocks").items():
         clocks[c.inventory_host.name] = clock_offset(samples) | {"local": c.inventory_host.local}
     worst = max((abs(v["offset_s"]) + v["uncertainty_s"] for v in clocks.values()), default=0.0)
     caps: dict[str, Any] = {}
@@ -232,11 +231,19 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
 
     remote_root = {n: f"{h.kit_root}/runs/{run_id}" for n, h in inv.hosts.items()}
     bound = opts.max_duration + opts.grace
-    # host monitors on every host, for the whole run (bounded by themselves)
-    mon_conns = list(conns.values())
-    _fan(mon_conns, lambda c: ops.start_job(c, f"{remote_root[c.inventory_host.name]}/hostmon", [
-        c.inventory_host.kit_python, "-m", "kit.hostmon", f"{remote_root[c.inventory_host.name]}/hostmon/host.jsonl",
-        "--interval", "1", "--duration", f"{bound + 60:g}"]), "starting host monitors")
+    # host monitors on every host, for the whole run (bounded by themselves); the monitor is one
+    # self-contained file copied over, run by the kit's venv or, where the kit is not installed
+    # (e.g. a balancer host), by the host's python3
+    def start_monitor(c: Any) -> int:
+        h = c.inventory_host
+        d = f"{remote_root[h.name]}/hostmon"
+        c.run(f"mkdir -p {shlex.quote(d)}")
+        c.put(str(HOSTMON_SRC), f"{d}/hostmon.py")
+        py = h.kit_python if pre["facts"][h.name]["kit_python"] else _system_python(h)
+        return ops.start_job(c, d, [py, f"{d}/hostmon.py", f"{d}/host.jsonl", "--interval", "1",
+                                    "--duration", f"{bound + 60:g}"])
+
+    _fan(list(conns.values()), start_monitor, "starting host monitors")
 
     # one agreed instant, in each host's own clock
     start_at = time.time() + START_LEAD_S + 0.2 * len(slots)
@@ -375,6 +382,11 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
         out("PARTIAL RUN: " + "; ".join(partial_reasons))
         return 3
     return 0 if run_rec["thresholds_passed"] else 1
+
+
+def _system_python(h: Host) -> str:
+    interp = str(h.vars.get("ansible_python_interpreter") or "")
+    return interp if interp.startswith("/") else "python3"
 
 
 def _tail(path: Path) -> str:

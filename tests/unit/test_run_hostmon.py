@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,22 @@ def test_hostmon_bad_options_exit_2_with_one_line(tmp_path, args, says):
                          text=True, timeout=20)
     assert res.returncode == 2
     assert says in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(30)
+def test_hostmon_runs_as_a_lone_file_under_a_python_without_psutil_reading_proc(tmp_path):
+    # fab run copies this one file to hosts without the kit and runs it with their python3
+    src = Path(__file__).resolve().parents[2] / "kit" / "hostmon.py"
+    lone = tmp_path / "hostmon.py"
+    lone.write_text(src.read_text())
+    out = tmp_path / "host.jsonl"
+    res = subprocess.run([sys.executable, "-S", "-c",
+                          "import sys; sys.modules['psutil'] = None; sys.argv = sys.argv[1:]; "
+                          "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')",
+                          str(lone), str(out), "--interval", "0.2", "--duration", "0.6"],
+                         capture_output=True, text=True, timeout=20)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 3 and {x["source"] for x in lines} == {"/proc"}
+    assert 0 <= lines[-1]["cpu_percent"] <= 100 and len(lines[-1]["cpu_percent_per_cpu"]) >= 1
+    assert lines[-1]["mem"]["total"] > 0 and "lo" in lines[-1]["net"]
