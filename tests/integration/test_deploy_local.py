@@ -306,6 +306,53 @@ def test_redeploying_one_concern_alone_works(deployed):
     assert recap["changed"] == 0
 
 
+def _program_pid(name: str) -> int | None:
+    res = subprocess.run(SUPERVISORCTL + ["status", name], capture_output=True, text=True, timeout=30)
+    m = re.search(r"RUNNING\s+pid (\d+)", res.stdout)
+    return int(m[1]) if m else None
+
+
+def test_supervisor_restarts_a_crashed_service(deployed):
+    old = _program_pid("wsproxy-0")
+    assert old is not None
+    psutil.Process(old).kill()  # SIGKILL, as a crash would
+    deadline = time.monotonic() + 30
+    new = None
+    while time.monotonic() < deadline:  # poll for the supervisor's restart, bounded
+        new = _program_pid("wsproxy-0")
+        if new not in (None, old):
+            try:
+                if httpx.get(f"http://{ADDR}:{PORTS['wsproxy-0']}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    assert new not in (None, old)
+    assert httpx.get(f"http://{ADDR}:{PORTS['wsproxy-0']}/health", timeout=5).status_code == 200
+    assert (KIT_ROOT / "log" / "wsproxy-0.log").stat().st_size > 0
+
+
+def test_scaling_wsproxy_down_removes_the_extra_instance(deployed):
+    ansible = deployed["ansible"]
+    for playbook in ("wsproxy.yml", "haproxy.yml"):
+        res, _, recap = ansible.run(playbook, "-e", "wsproxy_instances_per_host=1")
+        assert res.returncode == 0 and recap["changed"] > 0, res.stdout[-4000:]
+    assert not _listening(PORTS["wsproxy-1"])
+    assert _program_pid("wsproxy-1") is None and _program_pid("wsproxy-0") is not None
+    assert not (KIT_ROOT / "supervisor" / "conf.d" / "wsproxy-1.conf").exists()
+    cfg = (KIT_ROOT / "haproxy" / "haproxy.cfg").read_text()
+    assert "localhost-wsproxy-0" in cfg and "localhost-wsproxy-1" not in cfg
+    # HAProxy reloaded the new config (USR2 to the master), it was not left on the old one
+    auth = ("admin", _secret("haproxy_stats_password"))
+    deadline = time.monotonic() + 20
+    while True:  # the reload completes asynchronously; poll, bounded
+        csv = httpx.get(f"http://{ADDR}:{PORTS['haproxy_stats']}/;csv", auth=auth, timeout=5).text
+        if "localhost-wsproxy-1" not in csv or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "localhost-wsproxy-0" in csv and "localhost-wsproxy-1" not in csv
+
+
 def test_teardown_leaves_no_process_port_or_kit_root(deployed):
     pids = _kit_pids()
     assert len(pids) >= 6, pids  # supervisord + redis, sim (+ workers), 2 wsproxy, haproxy (+ worker)
