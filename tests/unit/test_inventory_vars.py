@@ -128,3 +128,30 @@ def test_kit_wheel_is_byte_for_byte_reproducible(tmp_path):
         assert "kit/config.py" in names and not any("__pycache__" in n for n in names)
         record = zf.read(next(n for n in names if n.endswith("dist-info/RECORD"))).decode()
         assert "kit/config.py,sha256=" in record
+
+
+# -- service templates (the systemd path cannot run on this machine: no systemd as PID 1) ------
+
+def _render(name: str, **values) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / "templates"), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True)
+    return env.get_template(name).render(ansible_managed="managed", inventory_hostname="h1",
+                                         kit_root="/opt/wsproxy-loadkit/h1", **values)
+
+
+def test_systemd_unit_and_supervisor_program_run_the_same_command_with_the_same_limit():
+    values = dict(kit_service_name="wsproxy-0", kit_service_nofile=20000, kit_service_reload_signal="",
+                  kit_service_stopsignal="TERM", kit_service_stopwaitsecs=15, kit_service_startsecs=1,
+                  kit_service_startretries=10, kit_service_log_maxbytes="50MB", kit_service_log_backups=3,
+                  kit_service_command="/opt/wsproxy-loadkit/h1/venv/bin/python -m kit.wsproxy")
+    unit = _render("kit.service.j2", **values)
+    program = _render("supervisor-program.conf.j2", **values)
+    run = ("/opt/wsproxy-loadkit/h1/bin/kit-exec /opt/wsproxy-loadkit/h1/etc/wsproxy-0.env 20000 "
+           "/opt/wsproxy-loadkit/h1/venv/bin/python -m kit.wsproxy")
+    assert f"ExecStart={run}\n" in unit and f"command={run}\n" in program
+    assert "LimitNOFILE=20000\n" in unit and "Restart=always\n" in unit and "ExecReload" not in unit
+    assert "autorestart=true\n" in program and "stdout_logfile=/opt/wsproxy-loadkit/h1/log/wsproxy-0.log" in program
+    haproxy = _render("kit.service.j2", **{**values, "kit_service_name": "haproxy", "kit_service_reload_signal": "USR2"})
+    assert "ExecReload=/bin/kill -USR2 $MAINPID\n" in haproxy
