@@ -34,8 +34,6 @@ VENV = REPO / ".venv"
 def lab_stack(need_root, tmp_path_factory):
     """A 2-host lab plus Redis/sim/wsproxy on the bridge address: (tmp, bridge address, ports)."""
     from kit.lab import LabConfig
-    if not (REPO / "kit" / "sim" / "__main__.py").exists():
-        pytest.skip("kit.sim (the simulator) is not in this checkout yet")
     tmp = tmp_path_factory.mktemp("orch")
     cfg = LabConfig(root=tmp / "lab", prefix="lkr", subnet="10.213.6.0/24", inventory_path=tmp / "lab.yml")
     procs = []
