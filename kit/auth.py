@@ -20,6 +20,9 @@ __all__ = ["AuthError", "IAT_LEEWAY_SECONDS", "issue_token", "verify_token", "be
 #: how far in the future an ``iat`` may lie (clock skew between hosts)
 IAT_LEEWAY_SECONDS = 5
 
+#: base64url length (unpadded) of each HMAC algorithm's signature
+_SIGNATURE_CHARS = {"HS256": 43, "HS384": 64, "HS512": 86}
+
 _REQUIRED = ("session_id", "iat")
 
 
@@ -62,6 +65,15 @@ def verify_token(
     """Return the claims of *token* if it grants access to *session_id*, else raise AuthError."""
     if token.count(".") != 2:
         raise AuthError("malformed")
+    signature = token.rpartition(".")[2]
+    if len(signature) != _SIGNATURE_CHARS.get(algorithm, -1):
+        # the wrong length for this algorithm: a bad signature, whatever its base64 would decode to
+        # (PyJWT's parser would call it malformed or not depending on the bytes)
+        try:
+            header = jwt.get_unverified_header(token.rpartition(".")[0] + ".")
+        except jwt.PyJWTError:
+            raise AuthError("malformed") from None
+        raise AuthError("bad_algorithm" if header.get("alg") != algorithm else "bad_signature")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
