@@ -205,6 +205,16 @@ def _service_env(base: Mapping[str, str] | None, **values: object) -> dict[str, 
     return env
 
 
+def _start_service(module: str, log_dir: Path, port: int, check_host: str, env: dict[str, str]) -> tuple[Proc, int]:
+    proc = spawn(f"{module.rpartition('.')[2]}-{port}", [sys.executable, "-m", module], env=env, log_dir=log_dir)
+    try:
+        wait_http_ok(check_host, port, proc=proc)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, port
+
+
 def start_sim(log_dir: Path, *, redis_url: str, jwt_secret: str, host: str = LOOPBACK,
               port: int | None = None, env: Mapping[str, str] | None = None,
               **settings: object) -> tuple[Proc, int]:
@@ -212,13 +222,7 @@ def start_sim(log_dir: Path, *, redis_url: str, jwt_secret: str, host: str = LOO
     port = port or free_port(host)
     penv = _service_env(env, REDIS_URL=redis_url, JWT_SECRET=jwt_secret, FASTAPI_HOST=host,
                         FASTAPI_PORT=port, **settings)
-    proc = spawn(f"sim-{port}", [sys.executable, "-m", "kit.sim"], env=penv, log_dir=log_dir)
-    try:
-        wait_http_ok(host, port, proc=proc)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    return _start_service("kit.sim", log_dir, port, host, penv)
 
 
 def start_wsproxy(log_dir: Path, *, redis_url: str, jwt_secret: str, host: str = LOOPBACK,
@@ -227,13 +231,7 @@ def start_wsproxy(log_dir: Path, *, redis_url: str, jwt_secret: str, host: str =
     """Start ``python -m kit.wsproxy``; *settings* are extra environment variables."""
     port = port or free_port(host)
     penv = _service_env(env, REDIS_URL=redis_url, JWT_SECRET=jwt_secret, HOST=host, PORT=port, **settings)
-    proc = spawn(f"wsproxy-{port}", [sys.executable, "-m", "kit.wsproxy"], env=penv, log_dir=log_dir)
-    try:
-        wait_http_ok(host, port, proc=proc)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    return _start_service("kit.wsproxy", log_dir, port, host, penv)
 
 
 @dataclass

@@ -285,9 +285,14 @@ class WebSocket:
             await self._abort()
 
     def abort_nowait(self) -> None:
-        """Close the socket without a close handshake (cleanup after cancellation)."""
-        if self._closed:
-            return
+        """Close the socket without a close handshake (cleanup after cancellation).
+
+        A TLS stream cannot be closed without awaiting; its socket goes when the stream is collected.
+        """
+        if not self._closed:
+            self._shut()
+
+    def _shut(self) -> None:
         if self._hub is not None:
             self._hub.unregister(self)
         self._closed = True
@@ -299,14 +304,8 @@ class WebSocket:
     async def _abort(self) -> None:
         if self._closed:
             return
-        if self._hub is not None:
-            self._hub.unregister(self)
-        self._closed = True
-        self._ended.set()
-        if self._sock is not None:
-            trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
-        elif self._stream is not None:
+        self._shut()
+        if self._sock is None and self._stream is not None:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await self._stream.aclose()

@@ -45,15 +45,13 @@ def deploy(inventory: Path, playbook: str = "site.yml", extra: list[str] | None 
 
 
 _SUPERVISOR = r"""
-for f in {root}/supervisord.conf {root}/supervisor/supervisord.conf {root}/etc/supervisord.conf; do
-  if [ -f "$f" ]; then echo "supervisor: $f"; supervisorctl -c "$f" status; exit $?; fi
-done
+f={root}/supervisor/supervisord.conf
+if [ -f "$f" ]; then echo "supervisor: $f"; supervisorctl -c "$f" status; exit $?; fi
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  systemctl --no-pager --plain list-units 'wsproxy-loadkit*' 'kit-*'; exit $?
+  systemctl --no-pager --plain list-units 'wsproxy-loadkit-*'; exit $?
 fi
-echo "no supervisord.conf under {root} and no systemd: nothing deployed here"; exit 3
+echo "no $f and no systemd: nothing deployed here"; exit 3
 """
-
 
 def supervisor_status(c: Any) -> str:
     res = c.run(_SUPERVISOR.format(root=c.inventory_host.kit_root), hide=True, warn=True)
