@@ -39,14 +39,22 @@ def host_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
             except ValueError:
                 continue
         cpu = [r["cpu_percent"] for r in rows]
-        net = [sum((n.get("rx_bytes_per_s", 0) + n.get("tx_bytes_per_s", 0)) for k, n in r["net"].items() if k != "lo")
-               for r in rows]
+        def rate(r: dict, loopback: bool) -> float:
+            return sum(n.get("rx_bytes_per_s", 0) + n.get("tx_bytes_per_s", 0)
+                       for k, n in r["net"].items() if (k == "lo") == loopback)
+
+        net = [rate(r, False) for r in rows]
+        # a single-host deployment talks over loopback only: report that rather than a misleading 0
+        on_loopback = not any(net) and any(rate(r, True) for r in rows)
+        if on_loopback:
+            net = [rate(r, True) for r in rows]
         out[f.parent.name] = {
             "samples": len(rows),
             "cpu_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
             "cpu_peak": max(cpu, default=None),
             "mem_used_peak_mb": round(max((r["mem"]["used"] for r in rows), default=0) / 2**20, 1) if rows else None,
             "net_peak_mbit_s": round(max(net, default=0) * 8 / 1e6, 2) if rows else None,
+            "net_interfaces": "loopback" if on_loopback else "non-loopback",
             "cpu_series": cpu,
         }
     return out
@@ -100,6 +108,7 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
     if hosts:
         lines.append("Hosts         " + "; ".join(
             f"{h} cpu {_f(m['cpu_mean'], '{:.0f}')}/{_f(m['cpu_peak'], '{:.0f}')}% net {_f(m['net_peak_mbit_s'])} Mbit/s"
+            + (" (loopback)" if m.get("net_interfaces") == "loopback" else "")
             for h, m in hosts.items()))
     for t in run.get("thresholds", []):
         lines.append(f"Threshold     {t['threshold']:<20} actual {_f(t['actual'], '{:.6g}')} "

@@ -98,3 +98,19 @@ def test_report_text_shows_the_seed_table_thresholds_and_partial_reasons(tmp_pat
     assert "PARTIAL RUN" in (run_dir / "report.html").read_text()
     tarball = pack_run(run_dir)
     assert tarball.name == "r1.tar.gz" and tarball.stat().st_size > 0
+
+
+def test_host_network_falls_back_to_loopback_only_when_no_other_interface_moved(tmp_path):
+    from kit.report import host_metrics
+
+    def sample(eth: float, lo: float) -> str:
+        return json.dumps({"cpu_percent": 10.0, "mem": {"used": 2**20},
+                           "net": {"eth0": {"rx_bytes_per_s": eth, "tx_bytes_per_s": 0},
+                                   "lo": {"rx_bytes_per_s": lo, "tx_bytes_per_s": lo}}})
+
+    for name, rows in {"single": [sample(0, 1e6), sample(0, 2e6)], "fleet": [sample(5e5, 9e6)]}.items():
+        (tmp_path / "hosts" / name).mkdir(parents=True)
+        (tmp_path / "hosts" / name / "host.jsonl").write_text("\n".join(rows) + "\n")
+    m = host_metrics(tmp_path)
+    assert (m["single"]["net_interfaces"], m["single"]["net_peak_mbit_s"]) == ("loopback", 32.0)
+    assert (m["fleet"]["net_interfaces"], m["fleet"]["net_peak_mbit_s"]) == ("non-loopback", 4.0)
