@@ -28,6 +28,7 @@ __all__ = [
     "env_int",
     "env_float",
     "env_secret",
+    "configure_logging",
 ]
 
 #: Ports the kit listens on; group_vars/all.yml repeats none of these by hand
@@ -133,6 +134,21 @@ def env_secret(env: Mapping[str, str], name: str, *, required: bool = True) -> s
             )
         return None
     return value
+
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def configure_logging(env: Mapping[str, str] | None = None) -> str:
+    """Set up the root logger from ``LOG_LEVEL`` (default INFO) for a service; return the level."""
+    env = os.environ if env is None else env
+    level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL={level!r} is not a log level: use DEBUG, INFO, WARNING or ERROR")
+    import logging
+
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return level
 
 
 def _jwt_secret(env: Mapping[str, str]) -> str:

@@ -32,11 +32,10 @@ request's ~370 us of CPU is Quart itself, which is why the gap is not larger.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import sys
 
-from kit.config import ConfigError, SimSettings
+from kit.config import ConfigError, SimSettings, configure_logging
 
 log = logging.getLogger("kit.sim")
 
@@ -60,13 +59,8 @@ def _check_bind(host: str, port: int) -> None:
 
 
 def main() -> int:
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
-    if level not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
-        print(f"kit.sim: LOG_LEVEL={level!r} is not a log level: use DEBUG, INFO, WARNING or ERROR",
-              file=sys.stderr)
-        return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        level = configure_logging()
         settings = SimSettings.from_env()
         _check_redis_url(settings.redis_url)
     except ConfigError as exc:

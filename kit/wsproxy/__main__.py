@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 
-from kit.config import ConfigError, WsproxySettings
+from kit.config import ConfigError, WsproxySettings, configure_logging
 
 log = logging.getLogger("kit.wsproxy")
 
@@ -25,14 +24,11 @@ def _loop_factory():
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     from ._redis import parse_redis_url
     from ._server import serve
 
     try:
+        configure_logging()
         settings = WsproxySettings.from_env()
         parse_redis_url(settings.redis_url)
     except ConfigError as exc:
