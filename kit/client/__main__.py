@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from kit.config import ClientSettings, ConfigError
 
+from ._http import DEFAULT_MAX_CONNECTIONS
+
 log = logging.getLogger(__name__)
 
 PROG = "python -m kit.client"
@@ -87,6 +89,8 @@ def build_parser(env: ClientSettings) -> argparse.ArgumentParser:
       help="fraction of each backoff that is random (0..1)")
     a("--connect-timeout", type=_num(float, "--connect-timeout", 0.001, "10"), default=10.0)
     a("--http-timeout", type=_num(float, "--http-timeout", 0.001, "30"), default=30.0)
+    a("--http-connections", type=_num(int, "--http-connections", 1, "64"), default=DEFAULT_MAX_CONNECTIONS,
+      help="keep-alive HTTP connections per process for create/run/close (a wait for one is recorded)")
     a("--seed", type=_num(int, "--seed", 0, "1"), default=None, help="random seed (jitter)")
     a("--no-preflight", action="store_true", help="skip the reachability check of both URLs")
     a("--_process-index", dest="process_index", type=int, default=0, help=argparse.SUPPRESS)
@@ -152,7 +156,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
            "--max-reconnect-attempts", str(args.max_reconnect_attempts),
            "--initial-backoff", repr(args.initial_backoff), "--max-backoff", repr(args.max_backoff),
            "--jitter", repr(args.jitter), "--connect-timeout", repr(args.connect_timeout),
-           "--http-timeout", repr(args.http_timeout), "--no-preflight"]
+           "--http-timeout", repr(args.http_timeout), "--http-connections", str(args.http_connections),
+           "--no-preflight"]
     for opt, v in (("--arrival-rate", args.arrival_rate), ("--duration", args.duration),
                    ("--max-duration", args.max_duration), ("--max-tokens", args.max_tokens), ("--seed", args.seed)):
         if v is not None:
@@ -203,7 +208,8 @@ def run_load(argv: list[str]) -> int:
         session=sess, clients=args.clients, ramp=args.ramp, arrival_rate=args.arrival_rate, duration=args.duration,
         processes=processes, process_index=args.process_index, output_dir=Path(args.output_dir),
         start_at=args.start_at, run_id=run_id, quiet=args.quiet, status_interval=args.status_interval,
-        max_duration=args.max_duration, http_timeout=args.http_timeout, seed=args.seed)
+        max_duration=args.max_duration, http_timeout=args.http_timeout, http_connections=args.http_connections,
+        seed=args.seed)
     meta = {
         "run_id": run_id, "argv": _safe_argv([PROG, *argv]), "versions": versions(), "host": socket.gethostname(),
         "pid": os.getpid(), "model": cfg.model,

@@ -35,6 +35,7 @@ HISTOGRAMS = {
     "delivery": "token delivery latency: receive wall clock minus the message's ts",
     "create": "POST /session/create round trip",
     "connect": "WebSocket connect + upgrade",
+    "http_pool_wait": "time an HTTP request waited for a free keep-alive connection (client-side queue)",
     "start_lag": "how late a session started compared to its intended start (generator health)",
     "loop_lag": "trio event-loop lag samples (generator health)",
 }

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import trio
 
@@ -45,6 +44,7 @@ from kit.metrics import Histogram
 
 from . import _console
 from ._accounting import Recorder
+from ._http import DEFAULT_MAX_CONNECTIONS, HttpPool
 from ._hub import Hub
 from ._output import merge_outputs, write_json_atomic, write_outputs
 from ._session import Session, SessionConfig
@@ -90,6 +90,8 @@ class LoadConfig:
     status_interval: float | None = None
     max_duration: float | None = None
     http_timeout: float = 30.0
+    #: keep-alive HTTP connections of this process (create/run/close of all its sessions)
+    http_connections: int = DEFAULT_MAX_CONNECTIONS
     seed: int | None = None
 
     @property
@@ -192,11 +194,10 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict) -> None:
     rate = cfg.arrival_rate or cfg.ramp
     plan = schedule(cfg.total_sessions, rate, cfg.process_index, cfg.processes)
     state: dict = {}
-    n_conn = max(10, min(len(plan), 4096))
-    limits = httpx.Limits(max_connections=n_conn, max_keepalive_connections=n_conn)
-    timeout = httpx.Timeout(cfg.http_timeout, pool=max(cfg.http_timeout, 60.0))
     proc = psutil.Process()
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+    http = HttpPool(cfg.session.api_url, max_connections=min(cfg.http_connections, max(1, len(plan))),
+                    timeout=cfg.http_timeout)
+    try:
         async with trio.open_nursery() as bg:
             hub = Hub() if Hub.available() else None
             if hub is not None:
@@ -225,6 +226,13 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict) -> None:
                 run["max_duration_hit"] = True
                 log.warning("--max-duration %ss reached: running sessions were cancelled", cfg.max_duration)
             bg.cancel_scope.cancel()
+    finally:
+        st = http.statistics()
+        for k in ("requests", "connections_opened", "connections_reused", "stale_discarded", "retries"):
+            rec.counters[f"http_{k}"] += st[k]
+        rec.counters["http_requests_waited"] += st["requests_waited"]
+        with trio.CancelScope(shield=True):
+            await http.aclose()
     run["end"] = time.time()
     rec.sample_timeline(int(time.time()))
     if not rec.cpu_samples:  # a run shorter than a second: one sample of the whole run
@@ -259,6 +267,7 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
         "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
         "generator_overloaded": over,
         "overload_reason": reason,
+        "cpu_s": round(sum(os.times()[:2]), 3),  # user+system of this process (getrusage RUSAGE_SELF)
     })
     summary = write_outputs(cfg.output_dir, rec, run, meta, run_id=cfg.run_id, model=cfg.model)
     if cfg.status_interval:

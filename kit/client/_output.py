@@ -136,6 +136,10 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
         "avg_connect_ms": _ms(hists["connect"].mean()),
         "create_ms": _hist_ms(hists["create"]),
         "connect_ms": _hist_ms(hists["connect"]),
+        # the client's own HTTP queue, kept out of create/TTFT (all connections of the pool busy)
+        "http_pool_wait_ms": _hist_ms(hists.get("http_pool_wait") or Histogram("us")),
+        "http": {k: g(k) for k in ("http_requests", "http_requests_waited", "http_connections_opened",
+                                   "http_connections_reused", "http_stale_discarded", "http_retries")},
         # seed: reconnections
         "total_reconnect_attempts": g("reconnect_attempts"),
         "total_successful_reconnects": g("reconnects_ok"),

@@ -23,11 +23,11 @@ import logging
 import random
 import time
 
-import httpx
 import orjson
 import trio
 
 from ._accounting import QueryRecord, Recorder, SessionRecord
+from ._http import HTTPError, HttpPool, Response
 from ._hub import Hub
 from ._ws import ConnectionClosed, HandshakeError, ProtocolError, WebSocket, connect
 
@@ -130,7 +130,7 @@ async def connect_with_retry(open_fn, *, attempts: int, initial: float, cap: flo
 class Session:
     """One session of the load; ``await run()`` does everything and records the outcome."""
 
-    def __init__(self, cfg: SessionConfig, http: httpx.AsyncClient, rec: Recorder, index: int,
+    def __init__(self, cfg: SessionConfig, http: HttpPool, rec: Recorder, index: int,
                  intended_ns: int, rng: random.Random, hub: Hub | None = None) -> None:
         self.cfg = cfg
         self.hub = hub
@@ -208,8 +208,8 @@ class Session:
         s, rec = self.s, self.rec
         t = time.monotonic_ns()
         try:
-            resp = await self.http.post(f"{self.cfg.api_url}/session/create", json={"agent_id": self.cfg.agent_id})
-        except httpx.HTTPError as exc:
+            resp = await self._post("/session/create", {"agent_id": self.cfg.agent_id})
+        except HTTPError as exc:
             s.errors.append(f"create: {type(exc).__name__}: {exc}")
             rec.error(f"create_{type(exc).__name__}")
             return False
@@ -217,7 +217,7 @@ class Session:
             s.errors.append(f"create: HTTP {resp.status_code}: {resp.text[:200]}")
             rec.error(f"create_http_{resp.status_code}")
             return False
-        s.create_us = (time.monotonic_ns() - t) // 1000
+        s.create_us = (time.monotonic_ns() - t - resp.pool_wait_ns) // 1000  # the server's time, not our queue
         try:
             body = resp.json()
             s.session_id = body["session_id"]
@@ -291,14 +291,19 @@ class Session:
     async def _close_http(self) -> None:
         s = self.s
         try:
-            resp = await self.http.post(f"{self.cfg.api_url}/session/{s.session_id}/close")
-        except httpx.HTTPError as exc:
+            resp = await self._post(f"/session/{s.session_id}/close")
+        except HTTPError as exc:
             s.errors.append(f"close: {type(exc).__name__}: {exc}")
             self.rec.error(f"close_{type(exc).__name__}")
             return
         if resp.status_code != 200:
             s.errors.append(f"close: HTTP {resp.status_code}: {resp.text[:200]}")
             self.rec.error(f"close_http_{resp.status_code}")
+
+    async def _post(self, path: str, body: object | None = None) -> Response:
+        resp = await self.http.post(path, body)
+        self.rec.hists["http_pool_wait"].record(resp.pool_wait_ns // 1000)
+        return resp
 
     # ---------------------------------------------------------------- queries
 
@@ -313,8 +318,9 @@ class Session:
             body["max_tokens"] = cfg.max_tokens
         with trio.move_on_after(cfg.query_timeout) as scope:
             try:
-                resp = await self.http.post(f"{cfg.api_url}/session/{s.session_id}/run", json=body)
-            except httpx.HTTPError as exc:
+                resp = await self._post(f"/session/{s.session_id}/run", body)
+                q.submit_ns += resp.pool_wait_ns  # TTFT and service latency from when the request could go
+            except HTTPError as exc:
                 self._fail(q, "error", f"run: {type(exc).__name__}: {exc}", f"run_{type(exc).__name__}")
                 return
             if resp.status_code != 202:
