@@ -250,3 +250,23 @@ def test_start_at_waits_for_the_agreed_instant_and_records_the_skew(stack: Stack
     assert 0 <= s["start_skew_s"]["max_abs"] < 0.5
     status = json.loads((out / "status.json").read_text())
     assert status["done"] is True and status["queries_ok"] == 2 and len(status["processes"]) == 2
+
+
+def test_thousands_of_sessions_share_a_few_http_connections_and_the_wait_is_recorded(stack: Stack, tmp_path: Path):
+    """2,000 sessions in one process over 4 keep-alive connections: every request made and answered,
+    the connections reused, and the time requests queued for a connection recorded apart."""
+    out = tmp_path / "many"
+    before = sim_stats(stack)
+    _, s = run_client(stack, out, "--clients", "2000", "--queries", "1", "--ramp", "1000", "--processes", "1",
+                      "--max-tokens", "2", "--http-connections", "4", timeout=170)
+    after = sim_stats(stack)
+    assert s["total_sessions"] == 2000 and s["success_rate"] == 100.0 and s["lost_tokens"] == 0
+    http = s["http"]
+    assert http["http_requests"] == 2000 * 3  # create, run, close
+    assert after["sessions_created"] - before["sessions_created"] == 2000
+    assert after["sessions_closed"] - before["sessions_closed"] == 2000
+    assert http["http_connections_opened"] <= 4 + http["http_stale_discarded"] + http["http_retries"]
+    assert http["http_connections_reused"] >= 2000 * 3 - 20
+    # at 1,000 sessions/s four connections are not enough: requests queue, and it shows
+    assert http["http_requests_waited"] > 0
+    assert s["http_pool_wait_ms"]["count"] == 2000 * 3 and s["http_pool_wait_ms"]["max"] > 0
