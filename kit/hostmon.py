@@ -1,6 +1,6 @@
 """Per-second CPU, memory and network of one host as JSON lines (``python -m kit.hostmon``).
 
-    python -m kit.hostmon OUT.jsonl --interval 1 --duration 120
+    python -m kit.hostmon OUT.jsonl --interval 1 --duration 120 [--procs PROCS.txt]
 
 ``fab run`` starts one on every host for the length of the run.  Each line is
 one sample: wall-clock ``ts``, CPU percent (total and per CPU, since the last
@@ -10,6 +10,16 @@ reports its own veth).  The monitor is bounded: it stops by itself after
 ``--duration`` seconds (and on SIGTERM/SIGINT), flushing every line as it goes
 so a killed monitor still leaves what it measured.  Bad options exit 2 with one
 line.
+
+With ``--procs FILE`` each line also carries ``procs``: the CPU, memory,
+descriptors and threads of every kit process.  FILE lists ``COMPONENT PID``
+lines (component one of :data:`COMPONENTS`); it is re-read at every sample
+because ``fab run`` appends the generators once they started.  Each listed PID
+is a root: it and all its descendants (parent links of ``/proc/*/stat``, never
+process names, which a host shares with unrelated processes) are sampled from
+/proc whatever psutil says.  ``cpu_s`` is the process's own utime+stime,
+``cpu_children_s`` what its reaped children used (so CPU of a worker that
+exited between two samples is not lost); a PID that vanished is simply absent.
 
 The file is self-contained (standard library, psutil when importable, else
 Linux's /proc directly) so ``fab run`` can copy it to hosts that have no kit
@@ -33,11 +43,13 @@ try:
 except ImportError:  # a host without the kit's venv runs this file with the system python3
     psutil = None
 
-__all__ = ["sample", "monitor", "main"]
+__all__ = ["sample", "sample_procs", "read_procs_file", "monitor", "main", "COMPONENTS"]
 
 log = logging.getLogger(__name__)
 
 MAX_DURATION = 7 * 24 * 3600.0
+#: what a root PID in a --procs file may be
+COMPONENTS = ("client", "sim", "wsproxy", "haproxy", "redis")
 
 
 _NET_FIELDS = ("bytes_recv", "packets_recv", "errin", "dropin", None, None, None, None,
@@ -110,6 +122,90 @@ def _cpu_percent() -> tuple[float, list[float]]:
     return _cpu.percent()
 
 
+def read_procs_file(path: Path) -> list[tuple[str, int]]:
+    """``(component, pid)`` roots listed in *path*, in order, without repeats; [] while it is missing.
+
+    Lines that are not ``COMPONENT PID`` (blank, comments, a line being appended) are skipped.
+    """
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    roots: list[tuple[str, int]] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in COMPONENTS and parts[1].isdigit() and int(parts[1]) > 0:
+            root = (parts[0], int(parts[1]))
+            if root not in roots:
+                roots.append(root)
+    return roots
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (index 0 = state, 1 = ppid), None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2:].split()  # the name may hold spaces and parentheses
+
+
+def _all_stats() -> dict[int, list[str]]:
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st is not None:
+                out[int(name)] = st
+    return out
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return round(int(fh.read().split()[1]) * _PAGE_MB, 1)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:  # gone, or another user's process
+        return None
+
+
+def sample_procs(roots: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """One record per live process of every root's tree (a process belongs to the first root that holds it)."""
+    if not roots:
+        return []
+    stats = _all_stats()
+    children: dict[int, list[int]] = {}
+    for pid, st in stats.items():
+        children.setdefault(int(st[1]), []).append(pid)
+    seen: set[int] = set()
+    out = []
+    for component, root in roots:
+        todo = [root] if root in stats else []
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            todo += children.get(pid, [])
+            st = stats[pid]
+            out.append({"component": component, "pid": pid, "root": root, "ppid": int(st[1]),
+                        "cpu_s": round((int(st[11]) + int(st[12])) / _CLK_TCK, 2),
+                        "cpu_children_s": round((int(st[13]) + int(st[14])) / _CLK_TCK, 2),
+                        "rss_mb": _rss_mb(pid), "fds": _fds(pid), "threads": int(st[17])})
+    return out
+
+
 def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """One sample; returns (record, network counters for the next call's rates)."""
     net = _net()
@@ -134,8 +230,11 @@ def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], 
     return rec, net
 
 
-def monitor(out: Path, *, interval: float, duration: float) -> int:
-    """Write samples to *out* every *interval* s for *duration* s; return the number written."""
+def monitor(out: Path, *, interval: float, duration: float, procs: Path | None = None) -> int:
+    """Write samples to *out* every *interval* s for *duration* s; return the number written.
+
+    With *procs*, each sample also holds the process trees of the roots that file lists then.
+    """
     stop = False
 
     def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -162,6 +261,8 @@ def monitor(out: Path, *, interval: float, duration: float) -> int:
             rec, prev_net = sample(prev_net, now - last)
             last = now
             rec["t"] = round(now - start, 3)
+            if procs is not None:
+                rec["procs"] = sample_procs(read_procs_file(procs))
             fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
             fh.flush()
             n += 1
@@ -173,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="JSON-lines file to append samples to")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
     ap.add_argument("--duration", type=float, required=True, help="stop after this many seconds")
+    ap.add_argument("--procs", type=Path, default=None,
+                    help="file of 'COMPONENT PID' lines (re-read every sample): sample those process trees too")
     args = ap.parse_args(argv)
     if not (0.05 <= args.interval <= 3600):
         print(f"hostmon: --interval {args.interval}: give 0.05 to 3600 seconds", file=sys.stderr)
@@ -182,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        n = monitor(args.out, interval=args.interval, duration=args.duration)
+        n = monitor(args.out, interval=args.interval, duration=args.duration, procs=args.procs)
     except OSError as exc:
         print(f"hostmon: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 2

@@ -71,3 +71,78 @@ def test_hostmon_runs_as_a_lone_file_under_a_python_without_psutil_reading_proc(
     assert len(lines) == 3 and {x["source"] for x in lines} == {"/proc"}
     assert 0 <= lines[-1]["cpu_percent"] <= 100 and len(lines[-1]["cpu_percent_per_cpu"]) >= 1
     assert lines[-1]["mem"]["total"] > 0 and "lo" in lines[-1]["net"]
+
+
+
+#: a parent that starts a child; each burns CPU until it has used BURN_S of its own, then reports
+#: ready and waits to be stopped (so the monitor sees both alive, with a known CPU each)
+_BURNER = r"""
+import os, subprocess, sys
+BURN_S = float(sys.argv[1])
+def burn():
+    while sum(os.times()[:2]) < BURN_S:
+        pass
+if len(sys.argv) > 2:  # the child
+    burn()
+    print("ready", flush=True)
+    sys.stdin.read()
+    sys.exit(0)
+child = subprocess.Popen([sys.executable, __file__, sys.argv[1], "child"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+burn()
+assert child.stdout.readline() == "ready\n"
+print(child.pid, flush=True)
+sys.stdin.read()
+child.stdin.close()
+child.wait()
+"""
+HOSTMON = Path(__file__).resolve().parents[2] / "kit" / "hostmon.py"
+#: runs the lone hostmon.py under a python that has no psutil, as on a host without the kit
+NO_PSUTIL = ["-S", "-c", "import sys; sys.modules['psutil'] = None; sys.argv = sys.argv[1:]; "
+             "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')"]
+
+
+def _samples(out: Path) -> list[dict]:
+    return [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("without_psutil", [False, True])
+def test_hostmon_procs_samples_cpu_of_each_listed_tree_and_rereads_the_file(tmp_path, without_psutil):
+    script = tmp_path / "burner.py"
+    script.write_text(_BURNER)
+    lone = tmp_path / "hostmon.py"
+    lone.write_text(HOSTMON.read_text())
+    procs, out = tmp_path / "procs.txt", tmp_path / "host.jsonl"
+    procs.write_text("redis 999999999\nnot a line\n")  # a vanished PID is simply absent
+    with subprocess.Popen([sys.executable, str(script), "0.3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as burner, \
+         subprocess.Popen([sys.executable, *(NO_PSUTIL if without_psutil else []), str(lone), str(out),
+                           "--interval", "0.1", "--duration", "30", "--procs", str(procs)]) as mon:
+        try:
+            child = int(burner.stdout.readline())  # parent and child have each burnt 0.3 s of CPU
+            deadline = time.monotonic() + 20
+            while not _samples(out) and time.monotonic() < deadline:
+                time.sleep(0.05)  # waiting for the first sample, bounded
+            assert _samples(out)[0]["procs"] == []
+            with open(procs, "a") as fh:  # appended while the monitor runs, as fab run adds generators
+                fh.write(f"sim {burner.pid}\n")
+            while not (_samples(out)[-1]["procs"]) and time.monotonic() < deadline:
+                time.sleep(0.05)  # waiting for a sample that read the appended line, bounded
+            mon.terminate()
+            assert mon.wait(10) == 0
+        finally:
+            for p in (mon, burner):
+                if p.poll() is None:
+                    p.kill()
+    last = _samples(out)[-1]
+    if without_psutil:
+        assert last["source"] == "/proc"
+    got = {p["pid"]: p for p in last["procs"]}
+    assert set(got) == {burner.pid, child}  # the child found through its parent's PID, not its name
+    for pid in (burner.pid, child):
+        p = got[pid]
+        assert p["component"] == "sim" and p["root"] == burner.pid
+        assert 0.3 <= p["cpu_s"] <= 0.6, p
+        assert p["rss_mb"] > 1 and p["fds"] >= 3 and p["threads"] >= 1
+    assert got[child]["ppid"] == burner.pid and got[burner.pid]["cpu_children_s"] == 0
