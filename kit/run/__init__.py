@@ -2,9 +2,13 @@
 
 Private modules, re-exported here: ``_remote`` (connections and fan-out),
 ``_plan`` (presets, client split, thresholds, clock offsets: pure),
-``_services`` (health and server-side stats), ``_run`` (one run end to end).
+``_services`` (health and server-side stats), ``_components`` (CPU cost per
+kit component and the bottleneck: pure), ``_run`` (one run end to end).
 """
 
+from ._components import bottleneck as bottleneck
+from ._components import component_costs as component_costs
+from ._components import load_host_samples as load_host_samples
 from ._remote import CONNECT_TIMEOUT as CONNECT_TIMEOUT
 from ._remote import GroupException as GroupException
 from ._remote import LocalConnection as LocalConnection

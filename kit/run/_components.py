@@ -1,0 +1,178 @@
+"""What each part of the kit cost in a run, and which part ran out of cores first (pure).
+
+Every host monitor (``kit/hostmon.py --procs``) samples the process trees of the
+kit's services and generators once a second: per process its own CPU seconds
+(``cpu_s``), what its reaped children used (``cpu_children_s``) and its parent.
+:func:`component_costs` turns those samples into one entry per (component,
+host): CPU seconds over the run, share of all kit CPU, CPU per delivered
+token, the busiest interval in cores, peak memory; and :func:`bottleneck`
+names the component whose busiest interval came closest to the cores it can
+use (a run whose bottleneck is the kit's own client or simulator measured the
+kit, not the system under test: the report says so).
+
+Counting, interval by interval: a process present in both samples adds the
+growth of ``cpu_s + cpu_children_s``; a process first seen in a later sample
+(a generator, a restarted service, a new worker) adds all of it (it started
+from 0); a process present in the first sample counts from that sample.
+When a process vanishes, the ancestor that reaped it gains its whole lifetime
+in ``cpu_children_s``: what was already counted for it is taken off again, so
+only the part after its last sample is added and nothing counts twice.  A
+process reaped by something outside the tree (the tree's root itself) loses
+at most its last interval.
+
+Nothing here does I/O except :func:`load_host_samples`, which reads the files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COMPONENTS", "SINGLE_THREADED", "load_host_samples", "component_costs", "bottleneck",
+           "service_programs"]
+
+log = logging.getLogger(__name__)
+
+#: kit components in the order reports list them
+COMPONENTS = ("client", "sim", "wsproxy", "haproxy", "redis")
+#: components whose processes each use one core at most (Python event loops, redis' main thread);
+#: haproxy runs threads over every core of its host
+SINGLE_THREADED = ("client", "sim", "wsproxy", "redis")
+#: a process counts towards a component's usable cores when it did at least this share of its work
+BUSY_SHARE = 0.02
+
+
+def service_programs(groups: Sequence[str], wsproxy_instances: int = 1) -> list[tuple[str, str]]:
+    """``(component, program)`` of the services a host with these inventory *groups* runs.
+
+    Program names are the ``kit_service`` role's (supervisord program / ``<prefix><program>.service``).
+    """
+    out: list[tuple[str, str]] = []
+    for component in ("redis", "haproxy", "sim"):
+        if component in groups:
+            out.append((component, component))
+    if "wsproxy" in groups:
+        out += [("wsproxy", f"wsproxy-{i}") for i in range(max(1, int(wsproxy_instances)))]
+    return out
+
+
+def load_host_samples(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """host -> its monitor's samples (``hosts/<host>/host.jsonl``), unreadable lines skipped."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for f in sorted((run_dir / "hosts").glob("*/host.jsonl")):
+        rows = []
+        for line in f.read_text(errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        out[f.parent.name] = rows
+    return out
+
+
+def _total(p: Mapping[str, Any]) -> float:
+    return float(p.get("cpu_s") or 0.0) + float(p.get("cpu_children_s") or 0.0)
+
+
+def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """component -> accumulated cost on one host."""
+    acc: dict[str, dict[str, Any]] = {}
+
+    def entry(component: str) -> dict[str, Any]:
+        return acc.setdefault(component, {"host": host, "component": component, "cpu_s": 0.0, "peak_cores": 0.0,
+                                          "rss_peak_mb": 0.0, "_pids": set(), "_own": {}})
+
+    samples = [r for r in rows if isinstance(r.get("procs"), list)]
+    prev: dict[int, Mapping[str, Any]] | None = None
+    prev_ts = None
+    for r in samples:
+        cur = {int(p["pid"]): p for p in r["procs"]}
+        rss: dict[str, float] = {}
+        for pid, p in cur.items():
+            e = entry(p["component"])
+            e["_pids"].add(pid)
+            rss[p["component"]] = rss.get(p["component"], 0.0) + float(p.get("rss_mb") or 0.0)
+        for component, mb in rss.items():
+            acc[component]["rss_peak_mb"] = max(acc[component]["rss_peak_mb"], mb)
+        if prev is None:  # the baseline: what ran before the first sample is not the run's
+            for pid, p in cur.items():
+                entry(p["component"])["_own"][pid] = [float(p.get("cpu_s") or 0.0), float(p.get("cpu_s") or 0.0)]
+            prev, prev_ts = cur, r.get("ts")
+            continue
+        delta: dict[str, float] = {}
+        for pid, p in cur.items():
+            old = prev.get(pid)
+            same = old is not None and old.get("root") == p.get("root") and _total(p) >= _total(old)
+            delta[p["component"]] = delta.get(p["component"], 0.0) + (_total(p) - _total(old) if same else _total(p))
+            own = entry(p["component"])["_own"]
+            if not same or pid not in own:
+                own[pid] = [0.0, 0.0]
+            own[pid][1] = float(p.get("cpu_s") or 0.0)
+        gone = {pid: p for pid, p in prev.items() if pid not in cur}
+        for pid, p in gone.items():
+            reaper = int(p.get("ppid") or 0)
+            while reaper in gone:
+                reaper = int(gone[reaper].get("ppid") or 0)
+            if reaper in cur:  # the reaper's cpu_children_s now holds this process's whole lifetime
+                c = cur[reaper]["component"]
+                delta[c] = delta.get(c, 0.0) - _total(p)
+        ts = r.get("ts")
+        dt = (ts - prev_ts) if isinstance(ts, (int, float)) and isinstance(prev_ts, (int, float)) else None
+        for component, d in delta.items():
+            d = max(0.0, d)
+            e = entry(component)
+            e["cpu_s"] += d
+            if dt and dt > 0:
+                e["peak_cores"] = max(e["peak_cores"], d / dt)
+        prev, prev_ts = cur, ts
+    return acc
+
+
+def component_costs(samples: Mapping[str, Sequence[Mapping[str, Any]]], tokens: int | None,
+                    cores: Mapping[str, int | None]) -> list[dict[str, Any]]:
+    """One entry per (component, host) seen in the host monitors' *samples* (host -> rows).
+
+    ``{host, component, processes, busy_processes, cpu_s, cpu_share, us_per_token, peak_cores,
+    rss_peak_mb, usable_cores}``; *tokens* delivered in the run (None or 0: no per-token cost),
+    *cores* each host's ``nproc``.
+    """
+    entries: list[dict[str, Any]] = []
+    for host in sorted(samples):
+        for component, e in _host_costs(host, samples[host]).items():
+            work = {pid: last - first for pid, (first, last) in e["_own"].items()}
+            busy_floor = max(0.01, BUSY_SHARE * sum(work.values()))
+            busy = sum(1 for w in work.values() if w >= busy_floor)
+            nproc = cores.get(host)
+            if component in SINGLE_THREADED:
+                usable = max(1, busy) if not nproc else min(int(nproc), max(1, busy))
+            else:
+                usable = int(nproc) if nproc else None
+            entries.append({"host": host, "component": component, "processes": len(e["_pids"]),
+                            "busy_processes": busy, "cpu_s": round(e["cpu_s"], 2),
+                            "peak_cores": round(e["peak_cores"], 3), "rss_peak_mb": round(e["rss_peak_mb"], 1),
+                            "usable_cores": usable})
+    total = sum(e["cpu_s"] for e in entries)
+    for e in entries:
+        e["cpu_share"] = round(e["cpu_s"] / total, 4) if total > 0 else None
+        e["us_per_token"] = round(e["cpu_s"] * 1e6 / tokens, 2) if tokens else None
+    order = {c: i for i, c in enumerate(COMPONENTS)}
+    entries.sort(key=lambda e: (order.get(e["component"], len(order)), e["host"]))
+    return entries
+
+
+def bottleneck(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The entry whose busiest interval came closest to its usable cores (None without CPU data)."""
+    best = None
+    for e in entries:
+        usable = e.get("usable_cores")
+        if not usable or not e.get("cpu_s"):
+            continue
+        ratio = e["peak_cores"] / usable
+        if best is None or ratio > best["ratio"]:
+            best = {"component": e["component"], "host": e["host"], "peak_cores": e["peak_cores"],
+                    "usable_cores": usable, "ratio": round(ratio, 3)}
+    return best
+

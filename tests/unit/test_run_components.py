@@ -1,0 +1,128 @@
+"""kit.run._components: CPU per kit component and the bottleneck, from synthetic host monitor samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kit.run import bottleneck, component_costs, load_host_samples
+from kit.run._components import service_programs
+
+
+def proc(component, pid, root, cpu, children=0.0, ppid=1, rss=10.0):
+    return {"component": component, "pid": pid, "root": root, "ppid": ppid, "cpu_s": cpu,
+            "cpu_children_s": children, "rss_mb": rss, "fds": 5, "threads": 1}
+
+
+def rows(*samples, t0=1000.0):
+    return [{"ts": t0 + i, "t": float(i + 1), "cpu_percent": 0.0, "procs": list(s)} for i, s in enumerate(samples)]
+
+
+def by(entries, component, host="h1"):
+    [e] = [e for e in entries if e["component"] == component and e["host"] == host]
+    return e
+
+
+def test_a_process_present_in_the_first_sample_counts_from_that_sample():
+    samples = {"h1": rows([proc("redis", 10, 10, 100.0)], [proc("redis", 10, 10, 100.5)],
+                          [proc("redis", 10, 10, 101.5)])}
+    [e] = component_costs(samples, tokens=1000, cores={"h1": 4})
+    assert e["cpu_s"] == pytest.approx(1.5)
+    assert e["peak_cores"] == pytest.approx(1.0)
+    assert e["us_per_token"] == pytest.approx(1500.0)
+    assert e["cpu_share"] == 1.0 and e["processes"] == 1
+
+
+def test_a_process_that_appears_later_counts_from_zero():
+    samples = {"h1": rows([proc("sim", 20, 20, 50.0)],
+                          [proc("sim", 20, 20, 50.0), proc("client", 30, 30, 0.8)],
+                          [proc("sim", 20, 20, 51.0), proc("client", 30, 30, 2.0)])}
+    entries = component_costs(samples, tokens=None, cores={"h1": 2})
+    assert by(entries, "client")["cpu_s"] == pytest.approx(2.0)
+    assert by(entries, "sim")["cpu_s"] == pytest.approx(1.0)
+    assert by(entries, "client")["cpu_share"] == pytest.approx(2 / 3, abs=1e-3)
+    assert by(entries, "client")["us_per_token"] is None
+
+
+def test_descendants_are_summed_and_a_reaped_worker_is_not_counted_twice():
+    # root 30 (a shell) -> 31 (client parent) -> 32 (worker); the worker exits after 1.5 s of CPU
+    # and its parent's cpu_children_s takes its whole lifetime: only the tail after the last sample counts
+    s1 = [proc("client", 30, 30, 0.0), proc("client", 31, 30, 0.2, ppid=30), proc("client", 32, 30, 0.5, ppid=31)]
+    s2 = [proc("client", 30, 30, 0.0), proc("client", 31, 30, 0.3, ppid=30), proc("client", 32, 30, 1.4, ppid=31)]
+    s3 = [proc("client", 30, 30, 0.0), proc("client", 31, 30, 0.4, children=1.5, ppid=30)]
+    s4 = [proc("client", 30, 30, 0.0, children=1.9)]  # everything reaped by the root
+    e = by(component_costs({"h1": [{"ts": 0.0, "procs": []}] + rows(s1, s2, s3, s4)}, 100, {"h1": 2}), "client")
+    # all of it is the run's (the tree appeared after the first sample): 0.4 own + 1.5 worker
+    assert e["cpu_s"] == pytest.approx(1.9)
+    assert e["processes"] == 3
+
+
+def test_a_worker_reaped_outside_the_tree_keeps_what_was_measured():
+    s1 = [proc("client", 30, 30, 1.0)]
+    s2 = [proc("client", 30, 30, 2.0)]
+    s3 = [proc("sim", 40, 40, 0.0)]  # the client's tree is gone (its root was reaped by init)
+    e = by(component_costs({"h1": rows([proc("sim", 40, 40, 0.0)], s1, s2, s3)}, 100, {"h1": 2}), "client")
+    assert e["cpu_s"] == pytest.approx(2.0)
+
+
+def test_peak_cores_is_the_busiest_interval_and_rss_peak_the_busiest_sample():
+    samples = {"h1": rows([proc("wsproxy", 1, 1, 0.0, rss=30), proc("wsproxy", 2, 2, 0.0, rss=30)],
+                          [proc("wsproxy", 1, 1, 0.9, rss=40), proc("wsproxy", 2, 2, 0.8, rss=45)],
+                          [proc("wsproxy", 1, 1, 1.0, rss=35), proc("wsproxy", 2, 2, 0.9, rss=35)])}
+    e = by(component_costs(samples, 100, {"h1": 8}), "wsproxy")
+    assert e["peak_cores"] == pytest.approx(1.7)
+    assert e["rss_peak_mb"] == pytest.approx(85.0)
+    assert e["usable_cores"] == 2 and e["busy_processes"] == 2
+
+
+def test_entries_are_per_component_and_host_and_shares_add_up():
+    samples = {"h1": rows([proc("redis", 1, 1, 0.0)], [proc("redis", 1, 1, 1.0)]),
+               "h2": rows([proc("wsproxy", 1, 1, 0.0)], [proc("wsproxy", 1, 1, 3.0)])}
+    entries = component_costs(samples, 1_000_000, {"h1": 1, "h2": 4})
+    assert [(e["component"], e["host"]) for e in entries] == [("wsproxy", "h2"), ("redis", "h1")]
+    assert sum(e["cpu_share"] for e in entries) == pytest.approx(1.0)
+    assert by(entries, "wsproxy", "h2")["us_per_token"] == pytest.approx(3.0)
+
+
+def test_bottleneck_compares_peak_with_the_cores_a_component_can_use():
+    # haproxy may use every core of its host; one busy redis main thread may use one
+    samples = {"lb": rows([proc("haproxy", 1, 1, 0.0)], [proc("haproxy", 1, 1, 3.0)]),
+               "db": rows([proc("redis", 1, 1, 0.0)], [proc("redis", 1, 1, 0.9)])}
+    entries = component_costs(samples, 100, {"lb": 8, "db": 8})
+    assert by(entries, "haproxy", "lb")["usable_cores"] == 8
+    assert by(entries, "redis", "db")["usable_cores"] == 1
+    assert bottleneck(entries) == {"component": "redis", "host": "db", "peak_cores": 0.9, "usable_cores": 1,
+                                   "ratio": 0.9}
+
+
+def test_idle_processes_do_not_widen_a_components_usable_cores():
+    # a sim master that only supervises its one busy worker: the worker's single core is the limit
+    samples = {"h1": rows([proc("sim", 1, 1, 0.0), proc("sim", 2, 1, 0.0, ppid=1)],
+                          [proc("sim", 1, 1, 0.0), proc("sim", 2, 1, 0.95, ppid=1)])}
+    entries = component_costs(samples, 100, {"h1": 4})
+    assert by(entries, "sim")["usable_cores"] == 1
+    assert bottleneck(entries)["component"] == "sim"
+
+
+def test_no_process_samples_give_no_components_and_no_bottleneck():
+    samples = {"h1": [{"ts": 1.0, "cpu_percent": 3.0}, {"ts": 2.0, "cpu_percent": 4.0}]}
+    assert component_costs(samples, 100, {"h1": 2}) == []
+    assert bottleneck([]) is None
+
+
+def test_load_host_samples_reads_every_hosts_jsonl_skipping_broken_lines(tmp_path):
+    d = tmp_path / "hosts" / "h1"
+    d.mkdir(parents=True)
+    (d / "host.jsonl").write_text(json.dumps({"ts": 1.0, "procs": []}) + "\n{not json\n")
+    assert load_host_samples(tmp_path) == {"h1": [{"ts": 1.0, "procs": []}]}
+
+
+@pytest.mark.parametrize("groups, n, programs", [
+    (["redis", "haproxy", "wsproxy", "sim", "generators"], 2,
+     [("redis", "redis"), ("haproxy", "haproxy"), ("sim", "sim"), ("wsproxy", "wsproxy-0"), ("wsproxy", "wsproxy-1")]),
+    (["generators"], 1, []),
+    (["wsproxy"], 1, [("wsproxy", "wsproxy-0")]),
+])
+def test_service_programs_are_the_kit_service_roles_names(groups, n, programs):
+    assert service_programs(groups, n) == programs
