@@ -5,6 +5,10 @@
 ``timeline.csv``, ``hosts/<host>/host.jsonl``) and writes both files; it
 returns the text.  Pure formatting otherwise: no network, no processes.
 Missing pieces are shown as missing, never invented.
+
+The cost table (``summary["components"]``, ``summary["bottleneck"]``) shows
+what each kit component spent per host; when the bottleneck is the kit's own
+client or simulator the text says so on a line starting ``WARNING:``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report", "render_text", "render_html", "host_metrics"]
+__all__ = ["write_report", "render_text", "render_html", "host_metrics", "component_rows", "bottleneck_line"]
+
+#: the cost table's columns: (heading, entry key, format)
+COMPONENT_COLUMNS = (("component", "component", "{}"), ("host", "host", "{}"), ("CPU-s", "cpu_s", "{:.2f}"),
+                     ("share", "cpu_share", "{:.1%}"), ("us/token", "us_per_token", "{:.1f}"),
+                     ("peak cores", "peak_cores", "{:.2f}"), ("RSS peak MB", "rss_peak_mb", "{:.1f}"))
+SELF_MEASURED_NOTE = "the kit measured itself, not the system under test"
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +76,19 @@ def _f(v: Any, fmt: str = "{:.2f}") -> str:
     return fmt.format(v) if isinstance(v, (int, float)) else str(v)
 
 
+def component_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """The cost table's cells, one row per (component, host)."""
+    return [[_f(e.get(key), fmt) for _, key, fmt in COMPONENT_COLUMNS] for e in summary.get("components") or []]
+
+
+def bottleneck_line(summary: dict[str, Any]) -> str | None:
+    b = summary.get("bottleneck")
+    if not b:
+        return None
+    return (f"{b['component']} on {b['host']}: busiest second {_f(b.get('peak_cores'))} of "
+            f"{_f(b.get('usable_cores'), '{}')} usable cores ({_f(b.get('ratio'), '{:.0%}')})")
+
+
 def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> str:
     run = summary.get("run", {})
     lat = summary.get("latency_ms", {})
@@ -110,6 +133,20 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
             f"{h} cpu {_f(m['cpu_mean'], '{:.0f}')}/{_f(m['cpu_peak'], '{:.0f}')}% net {_f(m['net_peak_mbit_s'])} Mbit/s"
             + (" (loopback)" if m.get("net_interfaces") == "loopback" else "")
             for h, m in hosts.items()))
+    rows = component_rows(summary)
+    if rows:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _, _) in enumerate(COMPONENT_COLUMNS)]
+        lines.append("CPU per component")
+        lines.append("  " + "  ".join(h.ljust(w) for (h, _, _), w in zip(COMPONENT_COLUMNS, widths)))
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    neck = bottleneck_line(summary)
+    if neck:
+        lines.append(f"Bottleneck    {neck}")
+        if (summary.get("bottleneck") or {}).get("component") in ("client", "sim"):
+            lines.append(f"WARNING: the bottleneck is the kit's {summary['bottleneck']['component']}: "
+                         f"{SELF_MEASURED_NOTE}")
+    for p in run.get("component_problems", []):
+        lines.append(f"Components    {p}")
     for t in run.get("thresholds", []):
         lines.append(f"Threshold     {t['threshold']:<20} actual {_f(t['actual'], '{:.6g}')} "
                      f"{'PASS' if t['passed'] else 'FAIL'}")
@@ -155,6 +192,13 @@ def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timel
     charts = "".join(f"<h3>{e(f)}</h3>{_svg_series(series(f))}" for f in
                      ("active_sessions", "queries_done", "tokens", "errors", "reconnect_attempts") if timeline and f in timeline[0])
     run = summary.get("run", {})
+    comp_rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in component_rows(summary))
+    neck = bottleneck_line(summary)
+    components = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h, _, _ in COMPONENT_COLUMNS) + f"</tr>{comp_rows}"
+                  "</table>" if comp_rows else "<em>no per-process CPU samples</em>") + (
+        f"<p>Bottleneck: {e(neck)}</p>" if neck else "") + (
+        f'<p class="partial">WARNING: {e(SELF_MEASURED_NOTE)}</p>'
+        if (summary.get("bottleneck") or {}).get("component") in ("client", "sim") else "")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>wsproxy-loadkit {e(str(run.get('run_id', '')))}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse}}
@@ -167,6 +211,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} pre{{background:
 <table><tr><th></th><th>count</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>p99.9</th><th>min</th>
 <th>max</th><th>avg</th></tr>{''.join(rows)}</table>
 <h2>Timeline (per second)</h2>{charts or '<em>no timeline</em>'}
+<h2>CPU per component</h2>{components}
 <h2>Hosts</h2><table><tr><th>host</th><th>samples</th><th>CPU mean %</th><th>CPU peak %</th><th>mem peak MB</th>
 <th>net peak Mbit/s</th><th>CPU</th></tr>{host_rows}</table>
 <h2>Run record</h2><pre>{e(json.dumps({k: v for k, v in run.items() if k not in ('inventory',)}, indent=2, default=str))}</pre>

@@ -5,7 +5,15 @@ host monitors run as background jobs in ``<kit_root>/runs/<run-id>/`` on their
 hosts and are stopped (process group, by PID) when they outlive the run's
 bound (``--max-duration`` + grace).  A generator that fails or hangs makes the
 run ``partial: true`` with the reason; what every other generator measured is
-still collected, merged and packed.  Returns the process exit status:
+still collected, merged and packed.
+
+Every host monitor also samples the CPU of the kit's own processes: before it
+starts, each host's service PIDs are asked from its service manager (the
+kit's supervisord, else systemd; never matched by process name) and written
+to the monitor's ``procs.txt``; each generator's PID is appended once it
+started.  :mod:`._components` turns the samples into the run's per-component
+cost and bottleneck.  A PID that cannot be resolved is reported in the run
+record (``component_problems``), never fatal.  Returns the process exit status:
 0 pass, 1 a threshold failed, 3 partial run, 2 bad options or failed preflight
 (raised as :class:`RunError`).
 """
@@ -13,6 +21,7 @@ still collected, merged and packed.  Returns the process exit status:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import platform
@@ -22,10 +31,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 import kit
 from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
+from ._components import bottleneck, component_costs, load_host_samples, service_programs
 from ._pack import pack_run, stripped_inventory
 from ._plan import PRESETS, GeneratorSlot, PlanError, Threshold, clock_offset, make_run_id, plan_generators
 from ._remote import GroupException, close_all, connect, describe_failures, fan_out
@@ -48,6 +60,8 @@ START_LEAD_S = 3.0
 GRACE_S = 30.0
 POLL_S = 2.0
 SERVICES_REQUIRED = ("redis", "haproxy", "wsproxy", "sim", "generators")
+#: the kit_service role's knobs (supervisorctl path, systemd unit prefix) live in its defaults
+KIT_SERVICE_DEFAULTS = REPO / "playbooks" / "roles" / "kit_service" / "defaults" / "main.yml"
 
 
 class RunError(RuntimeError):
@@ -233,17 +247,29 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
     bound = opts.max_duration + opts.grace
     # host monitors on every host, for the whole run (bounded by themselves); the monitor is one
     # self-contained file copied over, run by the kit's venv or, where the kit is not installed
-    # (e.g. a balancer host), by the host's python3
+    # (e.g. a balancer host), by the host's python3.  Each samples the kit's processes of its host:
+    # the services' PIDs now, the generators' once they started (appended to procs.txt)
+    procs_file = {n: f"{remote_root[n]}/hostmon/procs.txt" for n in inv.hosts}
+    service_pids: dict[str, dict[str, Any]] = {}
+    component_problems: list[str] = []
+
     def start_monitor(c: Any) -> int:
         h = c.inventory_host
         d = f"{remote_root[h.name]}/hostmon"
         c.run(f"mkdir -p {shlex.quote(d)}")
         c.put(str(HOSTMON_SRC), f"{d}/hostmon.py")
+        pids, problems = resolve_service_pids(c, inv)
+        service_pids[h.name] = pids
+        component_problems.extend(problems)
+        lines = "".join(f"{component} {pid}\n" for component, pid in pids.values() if pid)
+        c.run(f"printf %s {shlex.quote(lines)} > {shlex.quote(procs_file[h.name])}")
         py = h.kit_python if pre["facts"][h.name]["kit_python"] else _system_python(h)
         return ops.start_job(c, d, [py, f"{d}/hostmon.py", f"{d}/host.jsonl", "--interval", "1",
-                                    "--duration", f"{bound + 60:g}"])
+                                    "--duration", f"{bound + 60:g}", "--procs", procs_file[h.name]])
 
     _fan(list(conns.values()), start_monitor, "starting host monitors")
+    for p in component_problems:
+        out(f"  WARNING: component CPU: {p}")
 
     # one agreed instant, in each host's own clock
     start_at = time.time() + START_LEAD_S + 0.2 * len(slots)
@@ -263,7 +289,10 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
             argv = _client_argv(c.inventory_host, j["slot"], opts, inv.hosts[j["slot"].haproxy], f"{j['dir']}/out",
                                 j["start_at"], run_id, pre["facts"][c.inventory_host.name].get("kit_client"))
             j["argv"] = argv
-            pids.append(ops.start_job(c, j["dir"], argv))
+            pid = ops.start_job(c, j["dir"], argv)
+            j["pid"] = pid
+            pids.append(pid)
+            c.run(f"echo 'client {pid}' >> {shlex.quote(procs_file[c.inventory_host.name])}")
         return pids
 
     gen_conns = [conns[n] for n in by_conn]
@@ -349,6 +378,11 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
             if not any(r.startswith(f"{lbl}:") for r in partial_reasons):
                 partial_reasons.append(reason)
     summary: dict[str, Any] = merge_outputs(usable, run_dir) if usable else {"total_sessions": 0}
+    summary["components"] = component_costs(load_host_samples(run_dir), summary.get("total_tokens"),
+                                            {n: f.get("nproc") for n, f in pre["facts"].items()})
+    summary["bottleneck"] = bottleneck(summary["components"])
+    if not summary["components"]:
+        component_problems.append("no per-process CPU samples: no component costs for this run")
     checks = evaluate_thresholds(summary, opts.thresholds)
     skews = [r.get("start_skew_s") for r in _runs_of(usable) if r.get("start_skew_s") is not None]
     run_rec = {
@@ -365,6 +399,9 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
                   for s in slots],
         "thresholds": checks, "thresholds_passed": all(c["passed"] for c in checks),
         "missing_host_metrics": missing_metrics, "log_problems": log_problems, "stats_problems": stats_problems,
+        "service_pids": {n: {prog: pid for prog, (_, pid) in v.items()} for n, v in service_pids.items()},
+        "generator_pids": {lbl: j.get("pid") for lbl, j in jobs.items()},
+        "component_problems": component_problems,
         "versions": _versions(pre["facts"]),
         "inventory": inv.describe(),
     }
@@ -382,6 +419,63 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
         out("PARTIAL RUN: " + "; ".join(partial_reasons))
         return 3
     return 0 if run_rec["thresholds_passed"] else 1
+
+
+@functools.cache
+def _kit_service_defaults() -> dict[str, Any]:
+    try:
+        return yaml.safe_load(KIT_SERVICE_DEFAULTS.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("reading %s: %s", KIT_SERVICE_DEFAULTS, exc)
+        return {}
+
+
+def _service_var(h: Host, name: str, fallback: str) -> str:
+    """A kit_service role variable as the role sees it: the inventory's value over the role default."""
+    return str(h.vars.get(name) or _kit_service_defaults().get(name) or fallback)
+
+
+#: asks the host's service manager, as ``fab status`` decides it: the kit's supervisord when its
+#: config is there, else systemd; prints ``manager=...`` and one ``<program>=<pid or message>`` line each
+_SERVICE_PIDS = r"""
+f={root}/supervisor/supervisord.conf
+if [ -f "$f" ]; then
+  echo manager=supervisor
+  for p in {programs}; do echo "$p=$({ctl} -c "$f" pid "$p" 2>&1 | tr '
+' ' ')"; done
+elif command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  echo manager=systemd
+  for p in {programs}; do echo "$p=$(systemctl show -p MainPID --value {prefix}$p.service 2>&1 | tr '
+' ' ')"; done
+else
+  echo manager=none
+fi
+"""
+
+
+def resolve_service_pids(c: Any, inv: Inventory) -> tuple[dict[str, tuple[str, int | None]], list[str]]:
+    """program -> (component, main PID or None) of the kit services on *c*'s host, and one problem per miss."""
+    h = c.inventory_host
+    programs = service_programs(inv.roles_of(h.name), int(h.vars.get("wsproxy_instances_per_host") or 1))
+    if not programs:
+        return {}, []
+    res = c.run(_SERVICE_PIDS.format(
+        root=shlex.quote(h.kit_root), programs=" ".join(shlex.quote(p) for _, p in programs),
+        ctl=shlex.quote(_service_var(h, "kit_service_supervisorctl_bin", "/usr/bin/supervisorctl")),
+        prefix=shlex.quote(_service_var(h, "kit_service_unit_prefix", "wsproxy-loadkit-"))), hide=True, warn=True)
+    said = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+    manager = said.get("manager", "").strip()
+    pids: dict[str, tuple[str, int | None]] = {}
+    problems = []
+    for component, program in programs:
+        raw = said.get(program, "").strip()
+        pid = int(raw) if raw.isdigit() and int(raw) > 0 else None
+        pids[program] = (component, pid)
+        if pid is None:
+            why = (f"{manager} says {raw!r}" if manager in ("supervisor", "systemd")
+                   else f"no kit supervisord.conf and no systemd (exit {res.exited})")
+            problems.append(f"{h.name}: no PID for {program}: {why}; its CPU is not counted")
+    return pids, problems
 
 
 def _system_python(h: Host) -> str:

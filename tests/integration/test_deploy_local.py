@@ -332,6 +332,54 @@ def test_supervisor_restarts_a_crashed_service(deployed):
     assert (KIT_ROOT / "log" / "wsproxy-0.log").stat().st_size > 0
 
 
+def _services_cpu_s() -> float:
+    """CPU seconds the supervisor's programs and all their descendants used so far, read from /proc.
+
+    utime+stime of each live process plus cutime+cstime (what its reaped children used).
+    """
+    tck = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "stat").read_text()
+            except OSError:
+                continue
+            stats[int(entry.name)] = raw[raw.rfind(")") + 2:].split()
+    status = subprocess.run(SUPERVISORCTL + ["status"], capture_output=True, text=True, timeout=30).stdout
+    todo = [int(pid) for pid in re.findall(r"RUNNING\s+pid (\d+)", status)]
+    seen: set[int] = set()
+    while todo:
+        pid = todo.pop()
+        if pid not in seen and pid in stats:
+            seen.add(pid)
+            todo += [p for p, st in stats.items() if int(st[1]) == pid]
+    return sum(sum(int(x) for x in stats[p][11:15]) / tck for p in seen)
+
+
+def test_sum_of_component_cpu_is_within_15_percent_of_kit_cpu_measured_from_proc(deployed, tmp_path):
+    from kit.run._run import RunOptions, execute
+    before = _services_cpu_s()
+    rc = execute(RunOptions(inventory=INVENTORY, clients=200, queries=2, ramp=50.0, max_duration=120,
+                            results_dir=tmp_path, run_id="cpu", live=False), out=lambda line: None)
+    services = _services_cpu_s() - before
+    assert rc == 0
+    summary = json.loads((tmp_path / "cpu" / "summary.json").read_text())
+    assert summary["run"]["component_problems"] == []
+    # each generator process reports its own CPU (getrusage of itself at its end)
+    runs = [r for f in (tmp_path / "cpu" / "generators").glob("*/out/histograms.json")
+            for r in json.loads(f.read_text())["runs"]]
+    assert runs and all(r.get("cpu_s") is not None for r in runs)
+    independent = services + sum(r["cpu_s"] for r in runs)
+    components = {c["component"]: c for c in summary["components"]}
+    assert set(components) == {"client", "sim", "wsproxy", "haproxy", "redis"}
+    measured = sum(c["cpu_s"] for c in summary["components"])
+    print(f"\ncomponents {measured:.2f} CPU-s, independent {independent:.2f} CPU-s (services {services:.2f})")
+    assert abs(measured - independent) <= 0.15 * independent
+    assert components["wsproxy"]["processes"] >= 2 and components["client"]["us_per_token"] > 0
+    assert summary["bottleneck"]["component"] in components
+
+
 def test_scaling_wsproxy_down_removes_the_extra_instance(deployed):
     ansible = deployed["ansible"]
     for playbook in ("wsproxy.yml", "haproxy.yml"):
