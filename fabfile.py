@@ -156,6 +156,8 @@ def analyze(c, run):
     "ramp": "sessions started per second over all generators (default: all at once, or the preset's)",
     "arrival_rate": "open model: sessions arriving per second (with --duration)",
     "duration": "open model: seconds of arrivals",
+    "think_time": "seconds a session waits between its queries (default 0)",
+    "query_timeout": "seconds a query may take to its done message before it counts as failed (default 60)",
     "threshold": "pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', 'lost==0'",
     "preset": "smoke | standard | load | stress | soak (the seed's scenarios)",
     "max_duration": "hard bound on the run in seconds (default 600); a generator past it + 30 s is stopped",
@@ -164,7 +166,8 @@ def analyze(c, run):
     "skip_health": "do not check service health before the run",
 })
 def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, arrival_rate=None, duration=None,
-        threshold=None, preset=None, max_duration=600.0, run_id=None, quiet=False, skip_health=False):
+        threshold=None, preset=None, max_duration=600.0, run_id=None, quiet=False, skip_health=False,
+        think_time=None, query_timeout=None):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     from kit.run._plan import parse_threshold
     from kit.run._run import RunOptions, execute
@@ -176,7 +179,8 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
             duration=_num(float, "duration", duration), preset=preset,
             thresholds=[parse_threshold(t) for t in (threshold or [])],
             max_duration=_num(float, "max-duration", max_duration), run_id=run_id or None, live=not quiet,
-            skip_health=skip_health)
+            skip_health=skip_health, think_time=_num(float, "think-time", think_time),
+            query_timeout=_num(float, "query-timeout", query_timeout))
         rc = execute(opts)
     except _errors() as exc:
         raise Exit(f"run: {exc}", code=2) from None

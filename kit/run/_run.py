@@ -85,6 +85,10 @@ class RunOptions:
     run_id: str | None = None
     live: bool = True
     skip_health: bool = False
+    #: seconds a session waits between its queries (the client's default when None)
+    think_time: float | None = None
+    #: seconds a query may take to its done message before it fails (the client's default when None)
+    query_timeout: float | None = None
 
     def resolve(self) -> None:
         """Apply the preset under explicit options and check the load shape."""
@@ -109,6 +113,12 @@ class RunOptions:
             raise RunError(f"--ramp {self.ramp}: give sessions started per second > 0")
         if self.max_duration <= 0:
             raise RunError(f"--max-duration {self.max_duration}: give seconds > 0")
+        if self.think_time is not None and not 0 <= self.think_time <= self.max_duration:
+            raise RunError(f"--think-time {self.think_time:g}: give seconds between a session's queries, "
+                           f"0 to --max-duration ({self.max_duration:g})")
+        if self.query_timeout is not None and not 0.001 <= self.query_timeout <= self.max_duration:
+            raise RunError(f"--query-timeout {self.query_timeout:g}: give seconds a query may take, "
+                           f"0.001 to --max-duration ({self.max_duration:g})")
 
 
 def _say(msg: str) -> None:
@@ -201,6 +211,10 @@ def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, ou
             "--max-duration", f"{opts.max_duration:g}", "--quiet"]
     if opts.ramp is not None:
         argv += ["--ramp", f"{opts.ramp * slot.clients / opts.clients:.6g}"]
+    if opts.think_time is not None:
+        argv += ["--think-time", f"{opts.think_time:g}"]
+    if opts.query_timeout is not None:
+        argv += ["--query-timeout", f"{opts.query_timeout:g}"]
     if slot.arrival_rate is not None:
         argv += ["--arrival-rate", f"{slot.arrival_rate:.6g}", "--duration", f"{opts.duration:g}"]
     return argv

@@ -83,7 +83,7 @@ def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball
     inv = _inventory(tmp, cfg, addr, ports, {})
     lines: list[str] = []
     opts = RunOptions(inventory=inv, clients=40, queries=2, ramp=200.0, skip_health=True, results_dir=tmp / "results",
-                      max_duration=90, run_id="orch-ok",
+                      max_duration=90, run_id="orch-ok", think_time=0.05, query_timeout=20.0,
                       thresholds=[parse_threshold("lost==0"), parse_threshold("success>=100%"),
                                   parse_threshold("p99<30s")])
     rc = execute(opts, out=lines.append)
@@ -111,6 +111,14 @@ def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball
         assert (run_dir / "hosts" / host / "host.jsonl").read_text().count("\n") >= 1, host
     assert run["start_skew_s"]["per_process"] and run["clock"]["offsets"]["lkr-h1"]["samples"] == 5
     assert all(t["passed"] for t in run["thresholds"])
+    # the workload options reach every generator and the run's record
+    assert all(s["argv"][s["argv"].index("--think-time") + 1] == "0.05" and
+               s["argv"][s["argv"].index("--query-timeout") + 1] == "20" for s in run["slots"])
+    assert run["config"]["think_time"] == 0.05 and run["config"]["query_timeout"] == 20.0
+    # each generator host's client processes are costed (the stand-in services have no supervisor: reported)
+    assert {(c["component"], c["host"]) for c in summary["components"]} >= {("client", "lkr-h1"),
+                                                                             ("client", "lkr-h2")}
+    assert any("controller: no PID for wsproxy-0" in p for p in run["component_problems"])
     assert any(line.lstrip().startswith("t=") for line in lines), "no live view line"
     assert "success rate 100.00%" in (run_dir / "report.txt").read_text()
     assert "<svg" in (run_dir / "report.html").read_text()

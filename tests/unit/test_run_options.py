@@ -1,0 +1,43 @@
+"""fab run's workload options: validated once in RunOptions.resolve, carried to every generator."""
+
+from __future__ import annotations
+
+import pytest
+
+from kit.inventory import Host
+from kit.run._plan import GeneratorSlot
+from kit.run._run import RunError, RunOptions, _client_argv
+
+
+def _argv(**opts):
+    o = RunOptions(clients=10, queries=3, **opts)
+    o.resolve()
+    gen = Host("gen1", {"kit_root": "/opt/k"})
+    lb = Host("lb1", {"ansible_host": "10.0.0.5", "haproxy_http_port": 8080, "haproxy_ws_port": 8081})
+    return _client_argv(gen, GeneratorSlot("gen1", "lb1", 2, 10, None, "gen1"), o, lb, "/tmp/out", 1.0, "r1")
+
+
+def _value(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_generator_argv_carries_think_time_and_query_timeout():
+    argv = _argv(think_time=0.5, query_timeout=12.5)
+    assert _value(argv, "--think-time") == "0.5" and _value(argv, "--query-timeout") == "12.5"
+
+
+def test_generator_argv_leaves_the_clients_defaults_when_not_given():
+    argv = _argv()
+    assert "--think-time" not in argv and "--query-timeout" not in argv
+
+
+@pytest.mark.parametrize("opts, says", [
+    ({"think_time": -1.0}, "--think-time -1"),
+    ({"think_time": 700.0}, "--think-time 700"),
+    ({"query_timeout": 0.0}, "--query-timeout 0"),
+    ({"query_timeout": 1e6, "max_duration": 60.0}, "--query-timeout 1e+06"),
+])
+def test_bad_workload_options_are_one_clear_line(opts, says):
+    with pytest.raises(RunError) as info:
+        RunOptions(clients=10, **opts).resolve()
+    assert str(info.value).startswith(says) and "\n" not in str(info.value)
