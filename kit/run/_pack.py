@@ -13,8 +13,12 @@ from kit.inventory import Inventory
 
 __all__ = ["strip_secrets", "stripped_inventory", "pack_run", "SECRET_KEY"]
 
-#: variable names whose values are never written into a run's records
-SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token|credential|api_key|private_key(?!_file)", re.I)
+#: variable names whose values are never written into a run's records: the name's last word (after ``_``
+#: or ``-``) is a secret's (``jwt_secret``, ``redis_admin_password``, ``auth_token``, ``api_key``, and the
+#: same with ``_hash``).  A word inside the name is not enough: ``sim_token_delay_ms`` is a setting and
+#: ``kit_jwt_secret_file`` a path, both worth keeping in the record.
+SECRET_KEY = re.compile(r"(?:^|[_-])(?:pass|passwd|password|passphrase|secret|token|credentials?|api_?key|"
+                        r"private_key|access_key|secret_key)(?:[_-]hash)?$", re.I)
 
 
 def strip_secrets(value: Any, key: str = "") -> Any:
