@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report", "render_text", "render_html", "host_metrics", "component_rows", "bottleneck_line"]
+__all__ = ["kit_measured_itself", "write_report", "render_text", "render_html", "host_metrics", "component_rows", "bottleneck_line"]
 
 #: the cost table's columns: (heading, entry key, format)
 COMPONENT_COLUMNS = (("component", "component", "{}"), ("host", "host", "{}"), ("CPU-s", "cpu_s", "{:.2f}"),
@@ -81,12 +81,29 @@ def component_rows(summary: dict[str, Any]) -> list[list[str]]:
     return [[_f(e.get(key), fmt) for _, key, fmt in COMPONENT_COLUMNS] for e in summary.get("components") or []]
 
 
+def kit_measured_itself(summary: dict[str, Any]) -> bool:
+    """True when the kit's own client or simulator, not the system under test, limited the run: the
+    bottleneck is one of them and it was saturated, or a generator flagged itself overloaded."""
+    b = summary.get("bottleneck") or {}
+    if b.get("component") in ("client", "sim") and b.get("saturated", True):
+        return True
+    return bool((summary.get("generator") or {}).get("generator_overloaded"))
+
+
+def _limit_of(summary: dict[str, Any]) -> str:
+    b = summary.get("bottleneck") or {}
+    if b.get("component") in ("client", "sim") and b.get("saturated", True):
+        return str(b["component"])
+    return "generator (overloaded)"
+
+
 def bottleneck_line(summary: dict[str, Any]) -> str | None:
     b = summary.get("bottleneck")
     if not b:
         return None
     return (f"{b['component']} on {b['host']}: busiest second {_f(b.get('peak_cores'))} of "
-            f"{_f(b.get('usable_cores'), '{}')} usable cores ({_f(b.get('ratio'), '{:.0%}')})")
+            f"{_f(b.get('usable_cores'), '{}')} usable cores ({_f(b.get('ratio'), '{:.0%}')})"
+            + ("" if b.get("saturated", True) else ": not saturated, the run had headroom"))
 
 
 def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> str:
@@ -142,9 +159,8 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
     neck = bottleneck_line(summary)
     if neck:
         lines.append(f"Bottleneck    {neck}")
-        if (summary.get("bottleneck") or {}).get("component") in ("client", "sim"):
-            lines.append(f"WARNING: the bottleneck is the kit's {summary['bottleneck']['component']}: "
-                         f"{SELF_MEASURED_NOTE}")
+        if kit_measured_itself(summary):
+            lines.append(f"WARNING: the kit's {_limit_of(summary)} limited this run: {SELF_MEASURED_NOTE}")
     for p in run.get("component_problems", []):
         lines.append(f"Components    {p}")
     for t in run.get("thresholds", []):
@@ -197,8 +213,8 @@ def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timel
     components = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h, _, _ in COMPONENT_COLUMNS) + f"</tr>{comp_rows}"
                   "</table>" if comp_rows else "<em>no per-process CPU samples</em>") + (
         f"<p>Bottleneck: {e(neck)}</p>" if neck else "") + (
-        f'<p class="partial">WARNING: {e(SELF_MEASURED_NOTE)}</p>'
-        if (summary.get("bottleneck") or {}).get("component") in ("client", "sim") else "")
+        f'<p class="partial">WARNING: the kit\'s {e(_limit_of(summary))} limited this run: {e(SELF_MEASURED_NOTE)}</p>'
+        if kit_measured_itself(summary) else "")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>wsproxy-loadkit {e(str(run.get('run_id', '')))}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse}}

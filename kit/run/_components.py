@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMPONENTS", "SINGLE_THREADED", "load_host_samples", "component_costs", "bottleneck",
+__all__ = ["COMPONENTS", "SINGLE_THREADED", "SATURATED_RATIO", "load_host_samples", "component_costs", "bottleneck",
            "service_programs"]
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ COMPONENTS = ("client", "sim", "wsproxy", "haproxy", "redis")
 SINGLE_THREADED = ("client", "sim", "wsproxy", "redis")
 #: a process counts towards a component's usable cores when it did at least this share of its work
 BUSY_SHARE = 0.02
+#: a bottleneck whose busiest second used at least this share of its usable cores was saturated: the
+#: run hit its limit; below it the bottleneck is only the busiest part of a run with headroom
+SATURATED_RATIO = 0.8
 
 
 def service_programs(groups: Sequence[str], wsproxy_instances: int = 1) -> list[tuple[str, str]]:
@@ -132,12 +135,15 @@ def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[
 
 
 def component_costs(samples: Mapping[str, Sequence[Mapping[str, Any]]], tokens: int | None,
-                    cores: Mapping[str, int | None]) -> list[dict[str, Any]]:
+                    cores: Mapping[str, int | None],
+                    client_reported: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """One entry per (component, host) seen in the host monitors' *samples* (host -> rows).
 
     ``{host, component, processes, busy_processes, cpu_s, cpu_share, us_per_token, peak_cores,
     rss_peak_mb, usable_cores}``; *tokens* delivered in the run (None or 0: no per-token cost),
-    *cores* each host's ``nproc``.
+    *cores* each host's ``nproc``.  *client_reported* (host -> CPU seconds) is what the generator
+    processes of a host measured of themselves at exit (getrusage): it replaces the sampled client
+    figure when larger, since the monitor misses the work after its last sample of a process.
     """
     entries: list[dict[str, Any]] = []
     for host in sorted(samples):
@@ -150,8 +156,11 @@ def component_costs(samples: Mapping[str, Sequence[Mapping[str, Any]]], tokens: 
                 usable = max(1, busy) if not nproc else min(int(nproc), max(1, busy))
             else:
                 usable = int(nproc) if nproc else None
+            cpu_s = e["cpu_s"]
+            if component == "client" and client_reported and client_reported.get(host, 0.0) > cpu_s:
+                cpu_s = client_reported[host]
             entries.append({"host": host, "component": component, "processes": len(e["_pids"]),
-                            "busy_processes": busy, "cpu_s": round(e["cpu_s"], 2),
+                            "busy_processes": busy, "cpu_s": round(cpu_s, 2),
                             "peak_cores": round(e["peak_cores"], 3), "rss_peak_mb": round(e["rss_peak_mb"], 1),
                             "usable_cores": usable})
     total = sum(e["cpu_s"] for e in entries)
@@ -173,6 +182,7 @@ def bottleneck(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         ratio = e["peak_cores"] / usable
         if best is None or ratio > best["ratio"]:
             best = {"component": e["component"], "host": e["host"], "peak_cores": e["peak_cores"],
-                    "usable_cores": usable, "ratio": round(ratio, 3)}
+                    "usable_cores": usable, "ratio": round(ratio, 3), "saturated": ratio >= SATURATED_RATIO}
     return best
+
 

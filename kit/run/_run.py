@@ -392,8 +392,12 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
             if not any(r.startswith(f"{lbl}:") for r in partial_reasons):
                 partial_reasons.append(reason)
     summary: dict[str, Any] = merge_outputs(usable, run_dir) if usable else {"total_sessions": 0}
+    client_cpu: dict[str, float] = {}
+    for lbl, p in gen_local.items():  # what each generator measured of itself at exit (getrusage)
+        host = jobs[lbl]["slot"].host
+        client_cpu[host] = client_cpu.get(host, 0.0) + sum(float(r.get("cpu_s") or 0.0) for r in _runs_of([p]))
     summary["components"] = component_costs(load_host_samples(run_dir), summary.get("total_tokens"),
-                                            {n: f.get("nproc") for n, f in pre["facts"].items()})
+                                            {n: f.get("nproc") for n, f in pre["facts"].items()}, client_cpu)
     summary["bottleneck"] = bottleneck(summary["components"])
     if not summary["components"]:
         component_problems.append("no per-process CPU samples: no component costs for this run")

@@ -93,7 +93,19 @@ def test_bottleneck_compares_peak_with_the_cores_a_component_can_use():
     assert by(entries, "haproxy", "lb")["usable_cores"] == 8
     assert by(entries, "redis", "db")["usable_cores"] == 1
     assert bottleneck(entries) == {"component": "redis", "host": "db", "peak_cores": 0.9, "usable_cores": 1,
-                                   "ratio": 0.9}
+                                   "ratio": 0.9, "saturated": True}
+
+
+def test_a_bottleneck_far_from_its_cores_is_not_saturated_and_no_self_measurement_warning():
+    from kit.report import kit_measured_itself
+
+    samples = {"h": rows([proc("sim", 1, 1, 0.0), proc("wsproxy", 2, 2, 0.0)],
+                         [proc("sim", 1, 1, 0.3), proc("wsproxy", 2, 2, 0.1)])}
+    neck = bottleneck(component_costs(samples, 100, {"h": 2}))
+    assert neck["component"] == "sim" and neck["saturated"] is False
+    assert not kit_measured_itself({"bottleneck": neck, "generator": {"generator_overloaded": False}})
+    assert kit_measured_itself({"bottleneck": dict(neck, saturated=True), "generator": {}})
+    assert kit_measured_itself({"bottleneck": neck, "generator": {"generator_overloaded": True}})
 
 
 def test_idle_processes_do_not_widen_a_components_usable_cores():
@@ -126,3 +138,9 @@ def test_load_host_samples_reads_every_hosts_jsonl_skipping_broken_lines(tmp_pat
 ])
 def test_service_programs_are_the_kit_service_roles_names(groups, n, programs):
     assert service_programs(groups, n) == programs
+
+
+def test_a_generators_own_cpu_figure_covers_what_the_monitor_missed_after_its_last_sample():
+    samples = {"g": rows([proc("client", 5, 5, 0.0)], [proc("client", 5, 5, 1.0)])}
+    assert by(component_costs(samples, 100, {"g": 2}, {"g": 1.4}), "client", "g")["cpu_s"] == 1.4
+    assert by(component_costs(samples, 100, {"g": 2}, {"g": 0.5}), "client", "g")["cpu_s"] == 1.0
