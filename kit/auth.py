@@ -63,6 +63,10 @@ def verify_token(
     token: str, *, secret: str, session_id: str, algorithm: str = "HS256", now: float | None = None,
 ) -> dict:
     """Return the claims of *token* if it grants access to *session_id*, else raise AuthError."""
+    if not token.isascii():
+        # a JWT is base64url and dots; header bytes that are not ASCII (even not UTF-8: they arrive
+        # surrogate-escaped) would make PyJWT's own encode raise UnicodeEncodeError
+        raise AuthError("malformed")
     if token.count(".") != 2:
         raise AuthError("malformed")
     signature = token.rpartition(".")[2]

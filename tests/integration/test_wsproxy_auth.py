@@ -171,3 +171,39 @@ def test_header_beyond_the_parser_limit_is_a_clean_4xx_without_upgrade(clean: _P
     log = clean.proc.log_path.read_text(errors="replace")
     assert "refused a malformed HTTP request: LineTooLong" in log
     assert "Bearer aaaa" not in log, "part of the Authorization header reached the log"
+
+
+def _raw_upgrade(port: int, session_id: str, authorization: bytes) -> tuple[int, bytes]:
+    """An upgrade request written byte for byte (http.client cannot send bytes that are not UTF-8)."""
+    import socket
+
+    request = (f"GET /load-test-agent/ws/{session_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\n").encode() + b"Authorization: " + authorization + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next((line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), b"0"))
+        while len(body) < length and (chunk := sock.recv(65536)):
+            body += chunk
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize("raw", [b"Bearer \xff\xfe.a." + b"b" * 43, b"Bearer \xff\xfe.a.bbbb",
+                                 b"Bearer " + "\u00e9.\u00e9.".encode() + b"b" * 43],
+                         ids=["not_utf8", "not_utf8_short", "utf8_not_ascii"])
+def test_authorization_bytes_that_are_not_ascii_get_401_malformed_and_are_counted(clean: _Proxy,
+                                                                                   raw: bytes) -> None:
+    before = clean.stats()["auth_failures_by_reason"].get("malformed", 0)
+    status, body = _raw_upgrade(clean.port, SESSION, raw)
+    assert status == 401, body
+    assert json.loads(body) == {"error": "unauthorized", "detail": "malformed"}
+    assert clean.stats()["auth_failures_by_reason"]["malformed"] == before + 1
+    assert clean.subscribe_calls() == 0
+    log = clean.proc.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "UnicodeEncodeError" not in log
+    assert "bbbb" not in log and "\\udcff" not in log and "\ufffd" not in log

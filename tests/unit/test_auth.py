@@ -125,6 +125,31 @@ class TestVerifyToken:
                 assert part not in text
 
 
+def _as_aiohttp_decodes(raw: bytes) -> str:
+    """A header value as aiohttp hands it over: UTF-8, bytes that are not UTF-8 surrogate-escaped."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+class TestNonAsciiToken:
+    """Header bytes that are not ASCII are refused as malformed, never an exception of PyJWT's."""
+
+    @pytest.mark.parametrize("raw", [b"\xff\xfe.a." + b"b" * 43, b"\xff\xfe.a.bbbb", b"a.b." + b"\xc3" * 43,
+                                     ("\u00e9.a." + "b" * 42).encode()],
+                             ids=["not_utf8_hs256_length", "not_utf8_short", "lone_lead_bytes", "utf8_e_acute"])
+    def test_token_that_is_not_ascii_is_malformed(self, raw: bytes) -> None:
+        token = bearer_token(_as_aiohttp_decodes(b"Bearer " + raw), max_bytes=4096)
+        with pytest.raises(AuthError) as info:
+            verify_token(token, secret=SECRET, session_id=SESSION)
+        assert info.value.reason == "malformed"
+        assert "\udcff" not in str(info.value) and "bbbb" not in str(info.value)
+
+    def test_good_token_with_a_non_ascii_character_appended_is_malformed(self) -> None:
+        token = issue_token(SECRET, SESSION) + _as_aiohttp_decodes(b"\xff")
+        with pytest.raises(AuthError) as info:
+            verify_token(token, secret=SECRET, session_id=SESSION)
+        assert info.value.reason == "malformed"
+
+
 class TestBearerToken:
     def test_bearer_scheme_yields_the_token(self) -> None:
         assert bearer_token("Bearer a.b.c", max_bytes=4096) == "a.b.c"
