@@ -129,11 +129,14 @@ def create_app(settings: SimSettings) -> Quart:
         state.redis = aioredis.Redis(connection_pool=state.pool)
         state.create_script = state.redis.register_script(_CREATE_LUA)
         state.close_script = state.redis.register_script(_CLOSE_LUA)
-        state.publisher = Publisher(state.pool)
+        pool = state.pool
+        # the publisher's own connection, same address and credentials, outside the pool's count
+        state.publisher = Publisher(lambda: pool.connection_class(**pool.connection_kwargs),
+                                    tick_s=settings.publish_tick_ms / 1000.0)
         state.publisher.start()
         log.info("kit.sim serving (pid %d): %d words per answer, token delay %.3g ms, ttft %.3g ms, "
-                 "jitter %.3g ms", os.getpid(), len(state.words), settings.token_delay_ms,
-                 settings.ttft_ms, settings.token_jitter_ms)
+                 "jitter %.3g ms, publish tick %.3g ms", os.getpid(), len(state.words),
+                 settings.token_delay_ms, settings.ttft_ms, settings.token_jitter_ms, settings.publish_tick_ms)
 
     @app.after_serving
     async def _close() -> None:

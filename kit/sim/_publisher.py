@@ -1,18 +1,30 @@
-"""The per-process token scheduler: one heap, one task, one pipelined write per wake-up.
+"""The per-process token scheduler: one heap, one task, one pipelined write per tick.
 
 Why: one sleeping task and one awaited ``PUBLISH`` round trip per token tops out
 near 10k messages/s per core; this publishes every message that is due in one
 packed write (raw RESP ``PUBLISH`` commands) and reads the replies back in one
 go, which is what makes 50k+ tokens/s per core possible.
 
+Ticks (``PUBLISH_TICK_MS``, default 5): the task wakes on a grid of ``tick``
+seconds of ``time.monotonic()`` and each wake-up publishes every message due
+up to that instant in one write.  Without it (tick 0) the task wakes at each
+message's own due time, so 1,000 streams 50 ms apart at realistic pacing mean
+~20,000 wake-ups (each a timer, a loop pass and a one-message write) a second;
+with 5 ms ticks at most 200, ~100 messages each.  A message is never published
+before its due time (it goes out on the first tick at or after it, so at most one
+tick late: the ``publish_max_lag_ms`` counter shows it); its ``ts`` is still
+``time.time_ns()`` when it is built, just before the write, so the delivery
+latency the client measures from ``ts`` is not biased by the tick.
+
 Ownership: :class:`Publisher` owns its background task (``start``/``aclose``)
-and borrows connections from the app's redis.asyncio pool, one per batch,
-returning it after the replies are read.  The heap holds one entry per active
-query (its next message), so memory is proportional to queries in flight.
+and one Redis connection of its own (made by the *connect* factory, opened on
+first use, reopened after a failure, closed by ``aclose``), so a burst of HTTP
+requests holding every connection of the app's pool cannot starve publishing.
+The heap holds one entry per active query (its next message), so memory is
+proportional to queries in flight.
 
 Order: within a query, messages leave in ``seq`` order (one heap entry per
-query, due times non-decreasing) on one connection, so Redis delivers them in
-order.  ``ts`` is ``time.time_ns()`` when the message is built, just before the write.
+query, due times non-decreasing) on one connection, so Redis delivers them in order.
 
 Errors: a failed write or read drops that batch's messages (they are counted in
 ``messages_dropped`` and ``publish_errors``), disconnects the connection, and is
@@ -29,17 +41,21 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._schedule import done_message, token_message
 
-__all__ = ["Publisher", "MAX_BATCH"]
+__all__ = ["Publisher", "MAX_BATCH", "DEFAULT_TICK_S"]
 
 log = logging.getLogger(__name__)
 
 #: messages per packed write; bounds the write size and how long one batch holds the loop
 MAX_BATCH = 4096
+#: the default wake-up grid (PUBLISH_TICK_MS); SimSettings.publish_tick_ms says why 5 ms
+DEFAULT_TICK_S = 0.005
 _LOG_EVERY_S = 1.0
+#: a batch's write and replies must complete within this, or the batch is dropped and the connection reset
+_BATCH_TIMEOUT_S = 5.0
 
 
 class _Query:
@@ -59,10 +75,20 @@ def _resp_head(channel: bytes) -> bytes:
 
 
 class Publisher:
-    """Publishes scheduled token streams; ``submit`` from request handlers, one task sends."""
+    """Publishes scheduled token streams; ``submit`` from request handlers, one task sends.
 
-    def __init__(self, pool, *, max_batch: int = MAX_BATCH) -> None:
-        self._pool = pool
+    *connect* makes the publisher's own connection (a redis.asyncio ``Connection``,
+    not yet connected); *tick_s* is the wake-up grid in seconds, 0 for a wake-up
+    at every due time.
+    """
+
+    def __init__(self, connect: Callable[[], object], *, tick_s: float = DEFAULT_TICK_S,
+                 max_batch: int = MAX_BATCH) -> None:
+        if tick_s < 0:
+            raise ValueError(f"tick_s must be >= 0, got {tick_s}")
+        self._connect = connect
+        self._conn = None
+        self._tick = tick_s
         self._max_batch = max_batch
         self._heap: list[tuple[float, int, _Query]] = []
         self._counter = itertools.count()
@@ -109,6 +135,9 @@ class Publisher:
                      len(self._heap), pending)
             self.messages_dropped += pending
         self._heap.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect()
 
     # -- producers ---------------------------------------------------------
     def submit(self, channel: bytes, query_id: bytes, texts: Sequence[bytes], due: Sequence[float]) -> None:
@@ -121,7 +150,7 @@ class Publisher:
         q = _Query(_resp_head(channel), query_id, texts, due)
         first = due[0]
         heapq.heappush(self._heap, (first, next(self._counter), q))
-        if first < self._wake_at and self._wake is not None and not self._wake.done():
+        if self._wake is not None and self._wake_time(first) < self._wake_at and not self._wake.done():
             self._wake.set_result(None)
 
     def statistics(self) -> dict[str, int | float]:
@@ -134,6 +163,7 @@ class Publisher:
             "publish_batches": self.batches,
             "publish_max_batch": self.max_batch_seen,
             "publish_max_lag_ms": round(self.max_lag_s * 1000.0, 3),
+            "publish_tick_ms": round(self._tick * 1000.0, 3),
             "queries_in_flight": len(self._heap),
         }
 
@@ -145,7 +175,9 @@ class Publisher:
         while True:
             # a precise clock, not loop.time() (uvloop's is cached, in whole ms): never publish early
             now = clock()
-            if not heap or heap[0][0] > now:
+            # with a tick, wait for the tick at or after the first due message: what fell due
+            # meanwhile (other queries, later tokens) goes out in the same write
+            if not heap or self._wake_time(heap[0][0]) > now:
                 await self._sleep(loop)
                 continue
             parts, tokens, dones, lag = self._collect(now)
@@ -153,12 +185,17 @@ class Publisher:
             if lag > self.max_lag_s:
                 self.max_lag_s = lag
 
+    def _wake_time(self, due: float) -> float:
+        """When to wake for a message due at *due*: the first tick of the grid at or after it."""
+        tick = self._tick
+        return math.ceil(due / tick) * tick if tick > 0 else due
+
     async def _sleep(self, loop: asyncio.AbstractEventLoop) -> None:
         fut = loop.create_future()
         self._wake = fut
         handle = None
         if self._heap:
-            self._wake_at = self._heap[0][0]
+            self._wake_at = self._wake_time(self._heap[0][0])
             # timers are ms-grained (uvloop): round up so we wake at or after the due time
             delay = math.ceil(max(0.0, self._wake_at - time.monotonic()) * 1000.0) / 1000.0
             handle = loop.call_later(delay, _wake_up, fut)
@@ -202,23 +239,25 @@ class Publisher:
 
     async def _send(self, parts: list[bytes], tokens: int, dones: int) -> None:
         count = tokens + dones
-        pool = self._pool
-        conn = None
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._connect()
         try:
-            conn = await pool.get_connection()
-            await conn.send_packed_command(b"".join(parts), check_health=False)
-            unheard = 0
-            for _ in range(count):
-                if await conn.read_response() == 0:
-                    unheard += 1
+            # one deadline for the whole batch; each reply is read without a timer of its own
+            # (per-reply socket timeouts were the biggest share of the publisher's CPU under py-spy)
+            async with asyncio.timeout(_BATCH_TIMEOUT_S):
+                # connects (and authenticates) first if the connection is not open
+                await conn.send_packed_command(b"".join(parts), check_health=False)
+                unheard = 0
+                for _ in range(count):
+                    if await conn.read_response(timeout=math.inf) == 0:
+                        unheard += 1
         except asyncio.CancelledError:
-            if conn is not None:
-                await conn.disconnect(nowait=True)
+            await conn.disconnect(nowait=True)
             self.messages_dropped += count
             raise
         except Exception as exc:  # noqa: BLE001 - any Redis/socket failure drops this batch only
-            if conn is not None:
-                await conn.disconnect(nowait=True)
+            await conn.disconnect(nowait=True)
             self.messages_dropped += count
             self.publish_errors += 1
             self._log_error(exc, count)
@@ -229,9 +268,6 @@ class Publisher:
             self.batches += 1
             if count > self.max_batch_seen:
                 self.max_batch_seen = count
-        finally:
-            if conn is not None:
-                await pool.release(conn)
 
     def _log_error(self, exc: Exception, count: int) -> None:
         self._errors_since_log += 1

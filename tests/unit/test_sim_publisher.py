@@ -1,0 +1,170 @@
+"""kit.sim._publisher: the tick batches due messages, never publishes early, keeps each query's order.
+
+A fake connection stands in for Redis: it records each packed write (parsed back into
+PUBLISH commands) with the monotonic time it was sent, and answers every PUBLISH with 1.
+The tests wait for the publisher's own progress (an event set by the fake), never a sleep.
+They run on uvloop, as the served simulator does: its timers are whole milliseconds on a
+cached clock, which is where publishing early would come from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import hiredis
+import orjson
+import pytest
+import uvloop
+
+from kit.config import ConfigError, SimSettings
+from kit.sim._publisher import Publisher
+from kit.sim._schedule import encode_tokens
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class FakeConnection:
+    """Records writes as (monotonic time, [(channel, message dict), ...])."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, list[tuple[bytes, dict]]]] = []
+        self._replies = 0
+        self.messages = 0
+        self.expected = 0
+        self.all_sent = asyncio.Event()
+
+    async def send_packed_command(self, data: bytes, check_health: bool = True) -> None:
+        sent = time.monotonic()
+        reader = hiredis.Reader()
+        reader.feed(data)
+        commands = []
+        while (cmd := reader.gets()) is not False:
+            assert cmd[0] == b"PUBLISH"
+            commands.append((cmd[1], orjson.loads(cmd[2])))
+        self.writes.append((sent, commands))
+        self._replies += len(commands)
+        self.messages += len(commands)
+        if self.messages >= self.expected:
+            self.all_sent.set()
+
+    async def read_response(self, timeout=None):
+        assert self._replies > 0
+        self._replies -= 1
+        return 1
+
+    async def disconnect(self, nowait: bool = False) -> None:
+        pass
+
+
+async def _publish(tick_s: float, queries: dict[bytes, list[float]]) -> tuple[FakeConnection, Publisher]:
+    """Submit one query per channel with the given due times (tokens, then done); wait until all is sent."""
+    conn = FakeConnection()
+    conn.expected = sum(len(due) for due in queries.values())
+    made = []
+
+    def connect():
+        made.append(conn)
+        return conn
+
+    pub = Publisher(connect, tick_s=tick_s)
+    pub.start()
+    try:
+        for channel, due in queries.items():
+            texts = encode_tokens([f"w{i}" for i in range(len(due) - 1)])
+            pub.submit(channel, channel.replace(b"ch", b"q"), texts, due)
+        await asyncio.wait_for(conn.all_sent.wait(), 10)
+    finally:
+        await pub.aclose()
+    assert len(made) == 1  # one connection of its own, reused for every batch
+    return conn, pub
+
+
+def _next_tick(tick_s: float, ahead: int = 2) -> float:
+    """A grid instant at least *ahead* ticks from now, so every submit lands before it."""
+    return (math.ceil(time.monotonic() / tick_s) + ahead) * tick_s
+
+
+def test_many_tokens_due_within_one_tick_go_out_in_one_write():
+    uvloop.run(_many_tokens_due_within_one_tick_go_out_in_one_write())
+
+
+async def _many_tokens_due_within_one_tick_go_out_in_one_write():
+    tick = 0.05
+    start = _next_tick(tick)
+    # 40 queries x 3 tokens + done, all due inside (start, start + tick]: one tick's worth
+    queries = {}
+    for q in range(40):
+        due = sorted(start + tick * (q * 4 + k + 1) / 161 for k in range(3))
+        queries[b"ch%d" % q] = [*due, due[-1]]
+    conn, pub = await _publish(tick, queries)
+    assert len(conn.writes) == 1, [len(cmds) for _, cmds in conn.writes]
+    assert len(conn.writes[0][1]) == 40 * 4
+    assert pub.statistics()["publish_batches"] == 1
+    assert pub.statistics()["tokens_published"] == 40 * 3
+
+
+def test_nothing_is_published_before_its_due_time():
+    uvloop.run(_nothing_is_published_before_its_due_time())
+
+
+async def _nothing_is_published_before_its_due_time():
+    tick = 0.02
+    start = _next_tick(tick)
+    queries = {b"ch%d" % q: [start + 0.003 * (q + k) for k in range(6)] + [start + 0.003 * (q + 5)]
+               for q in range(10)}
+    conn, _ = await _publish(tick, queries)
+    due_of = {(ch, m["seq"]): queries[ch][m["seq"]] for _, cmds in conn.writes for ch, m in cmds}
+    for sent, cmds in conn.writes:
+        for ch, m in cmds:
+            assert sent >= due_of[(ch, m["seq"])], f"{ch!r} seq {m['seq']} sent before it was due"
+    # coarse ticks batch: far fewer writes than the 70 distinct due instants
+    assert len(conn.writes) < 20
+
+
+def test_each_querys_messages_keep_their_order_across_ticks():
+    uvloop.run(_each_querys_messages_keep_their_order_across_ticks())
+
+
+async def _each_querys_messages_keep_their_order_across_ticks():
+    tick = 0.01
+    start = _next_tick(tick)
+    queries = {b"ch%d" % q: [start + 0.004 * k + 0.0007 * q for k in range(12)] + [start + 0.004 * 11 + 0.0007 * q]
+               for q in range(8)}
+    conn, _ = await _publish(tick, queries)
+    streams: dict[bytes, list[dict]] = {}
+    for _, cmds in conn.writes:
+        for ch, m in cmds:
+            streams.setdefault(ch, []).append(m)
+    for ch, stream in streams.items():
+        assert [m["seq"] for m in stream] == list(range(13)), ch
+        assert [m["type"] for m in stream] == ["token"] * 12 + ["done"]
+        assert [m["ts"] for m in stream] == sorted(m["ts"] for m in stream)
+    assert len(conn.writes) > 1  # spread over several ticks, still in order
+
+
+def test_tick_zero_wakes_for_each_due_time():
+    uvloop.run(_tick_zero_wakes_for_each_due_time())
+
+
+async def _tick_zero_wakes_for_each_due_time():
+    start = time.monotonic() + 0.05
+    conn, _ = await _publish(0.0, {b"ch0": [start, start + 0.03, start + 0.06, start + 0.06]})
+    assert len(conn.writes) >= 2
+    for sent, cmds in conn.writes:
+        assert all(sent >= start + 0.03 * min(m["seq"], 2) for _, m in cmds)
+
+
+def test_publish_tick_ms_is_validated_and_defaults_to_5():
+    env = {"JWT_SECRET": "s" * 40}
+    assert SimSettings.from_env(env).publish_tick_ms == 5.0
+    assert SimSettings.from_env({**env, "PUBLISH_TICK_MS": "0"}).publish_tick_ms == 0.0
+    for bad in ("-1", "101", "soon"):
+        with pytest.raises(ConfigError, match="PUBLISH_TICK_MS"):
+            SimSettings.from_env({**env, "PUBLISH_TICK_MS": bad})
+
+
+def test_a_negative_tick_is_refused():
+    with pytest.raises(ValueError, match="tick"):
+        Publisher(lambda: None, tick_s=-0.001)
