@@ -193,6 +193,12 @@ class SimSettings:
     #: 50 ms token gap, below what a client can tell from network jitter.  A token is never early;
     #: it is at most one tick (plus loop lag) late, and its ``ts`` is still the real publish time.
     publish_tick_ms: float = 5.0
+    #: Redis connections per worker for request handling (the publisher has its own); a request
+    #: that finds them all busy waits up to redis_pool_timeout_ms, then gets 503
+    #: redis_pool_exhausted.  One request holds one for one round trip (~0.1 ms), so 100 serve
+    #: bursts far beyond what one worker's CPU can answer.
+    redis_pool_size: int = 100
+    redis_pool_timeout_ms: float = 2000.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "SimSettings":
@@ -213,6 +219,10 @@ class SimSettings:
             llm_response_text=env_str(env, "LLM_RESPONSE_TEXT", default=DEFAULT_LLM_RESPONSE_TEXT),
             publish_tick_ms=env_float(env, "PUBLISH_TICK_MS", default=cls.publish_tick_ms, minimum=0.0,
                                       maximum=100.0),
+            redis_pool_size=env_int(env, "SIM_REDIS_POOL_SIZE", default=cls.redis_pool_size, minimum=1,
+                                    maximum=10000),
+            redis_pool_timeout_ms=env_float(env, "SIM_REDIS_POOL_TIMEOUT_MS", default=cls.redis_pool_timeout_ms,
+                                            minimum=0.0, maximum=60000.0),
         )
 
 

@@ -14,8 +14,17 @@ Endpoints (the wire contract in DESIGN.md):
 * ``GET /health`` (PINGs Redis, 503 when it does not answer), ``GET /stats``.
 
 Errors are JSON ``{"error": code, "detail": message}``: 404 unknown session (or
-route), 409 closed session, 422 malformed body, 503 Redis unavailable, 500 otherwise.
+route), 409 closed session, 422 malformed body, 503 ``redis_unavailable`` when Redis
+does not answer, 503 ``redis_pool_exhausted`` when every pooled connection stayed
+busy for ``SIM_REDIS_POOL_TIMEOUT_MS``, 500 otherwise.
 Counters in ``/stats`` are per process (each worker has its own).
+
+Redis connections: requests borrow from a bounded waiting pool
+(``BlockingConnectionPool``, ``SIM_REDIS_POOL_SIZE`` per worker): a burst larger
+than the pool waits for a connection instead of failing at once (redis-py's
+default pool raises as soon as its 100 connections are busy, which read as
+"Redis unavailable").  The publisher has a connection of its own, so no burst of
+requests can starve it.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from dataclasses import dataclass, field
 import orjson
 import redis.asyncio as aioredis
 from quart import Quart, Response, request
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
@@ -41,7 +51,7 @@ from ._body import BodyError, parse_create, parse_run
 from ._publisher import Publisher
 from ._schedule import channel_name, due_offsets, encode_tokens, split_tokens
 
-__all__ = ["create_app", "SimState"]
+__all__ = ["create_app", "SimState", "PoolExhausted"]
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +76,30 @@ return 2
 """
 
 
+class PoolExhausted(RedisConnectionError):
+    """Every connection of the request pool stayed busy for the pool's timeout."""
+
+
+class _WaitingPool(aioredis.BlockingConnectionPool):
+    """A BlockingConnectionPool whose timeout is told apart from Redis failing (503 either way)."""
+
+    async def get_connection(self, *args, **kwargs):
+        try:
+            return await super().get_connection()
+        except RedisConnectionError as exc:
+            # redis-py raises a bare ConnectionError("No connection available.") from the wait's timeout
+            if isinstance(exc.__cause__, asyncio.TimeoutError):
+                raise PoolExhausted(f"all {self.max_connections} connections busy for {self.timeout}s") from None
+            raise
+
+
 @dataclass
 class SimState:
     """What one app instance owns: its settings, pool, client, publisher and counters."""
 
     settings: SimSettings
     words: list[bytes]
-    pool: aioredis.ConnectionPool | None = None
+    pool: aioredis.BlockingConnectionPool | None = None
     redis: aioredis.Redis | None = None
     publisher: Publisher | None = None
     rng: random.Random = field(default_factory=random.Random)
@@ -82,6 +109,7 @@ class SimState:
     queries: int = 0
     client_errors: int = 0
     errors: int = 0
+    pool_exhausted: int = 0
     create_script: object = None
     close_script: object = None
 
@@ -94,6 +122,7 @@ class SimState:
             "queries": self.queries,
             "client_errors": self.client_errors,
             "errors": self.errors,
+            "redis_pool_exhausted": self.pool_exhausted,
         }
         if self.publisher is not None:
             pub = self.publisher.statistics()
@@ -123,20 +152,22 @@ def create_app(settings: SimSettings) -> Quart:
 
     @app.before_serving
     async def _open() -> None:
-        state.pool = aioredis.ConnectionPool.from_url(
-            settings.redis_url, socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_TIMEOUT_S,
+        pool = state.pool = _WaitingPool.from_url(
+            settings.redis_url, max_connections=settings.redis_pool_size,
+            timeout=settings.redis_pool_timeout_ms / 1000.0,
+            socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_TIMEOUT_S,
         )
-        state.redis = aioredis.Redis(connection_pool=state.pool)
+        state.redis = aioredis.Redis(connection_pool=pool)
         state.create_script = state.redis.register_script(_CREATE_LUA)
         state.close_script = state.redis.register_script(_CLOSE_LUA)
-        pool = state.pool
         # the publisher's own connection, same address and credentials, outside the pool's count
         state.publisher = Publisher(lambda: pool.connection_class(**pool.connection_kwargs),
                                     tick_s=settings.publish_tick_ms / 1000.0)
         state.publisher.start()
         log.info("kit.sim serving (pid %d): %d words per answer, token delay %.3g ms, ttft %.3g ms, "
-                 "jitter %.3g ms, publish tick %.3g ms", os.getpid(), len(state.words),
-                 settings.token_delay_ms, settings.ttft_ms, settings.token_jitter_ms, settings.publish_tick_ms)
+                 "jitter %.3g ms, publish tick %.3g ms, redis pool %d", os.getpid(), len(state.words),
+                 settings.token_delay_ms, settings.ttft_ms, settings.token_jitter_ms, settings.publish_tick_ms,
+                 settings.redis_pool_size)
 
     @app.after_serving
     async def _close() -> None:
@@ -160,6 +191,15 @@ def create_app(settings: SimSettings) -> Quart:
         log.warning("redis error on %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
         return _error(503, "redis_unavailable", "the simulator could not reach Redis: check REDIS_URL and "
                                                 "that redis-server is running")
+
+    @app.errorhandler(PoolExhausted)
+    async def _pool_exhausted(exc: PoolExhausted) -> Response:
+        state.errors += 1
+        state.pool_exhausted += 1
+        return _error(503, "redis_pool_exhausted",
+                      f"the simulator's Redis connection pool was exhausted: {exc} (more concurrent requests "
+                      "than SIM_REDIS_POOL_SIZE while Redis was slow); retry, or raise SIM_REDIS_POOL_SIZE "
+                      "or SIM_REDIS_POOL_TIMEOUT_MS")
 
     @app.errorhandler(Exception)
     async def _internal_error(exc: Exception) -> Response:

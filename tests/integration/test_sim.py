@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -342,6 +343,71 @@ def test_health_is_200_with_redis_and_503_json_once_its_redis_is_stopped(sim_fac
     log = dedicated.proc.log_path.read_text()
     assert "publishing failed" in log
     assert '"text"' not in log and own.password not in log  # no token contents, no secrets
+
+
+# -- the Redis connection pool ---------------------------------------------------------------
+
+def _burst_creates(sim: Sim, n: int) -> list[httpx.Response]:
+    """*n* concurrent POST /session/create, each on its own connection."""
+    def one(_: int) -> httpx.Response:
+        return httpx.post(f"http://127.0.0.1:{sim.port}/session/create", timeout=20)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def _wait_published(sim: Sim, messages: int, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = sim.stats()
+        if stats["messages_dropped"] + stats["tokens_published"] + stats["done_published"] >= messages:
+            return stats
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.05)  # poll interval of a progress check, bounded by the deadline
+
+
+def test_a_burst_beyond_the_pool_while_redis_stalls_is_503_pool_exhausted_and_publishing_goes_on(
+        sim_factory, tmp_path):
+    own = start_redis(tmp_path / "redis")
+    admin = _redis(own)
+    try:
+        small = sim_factory(own, SIM_REDIS_POOL_SIZE=2, SIM_REDIS_POOL_TIMEOUT_MS=300, TTFT_MS=200,
+                            TOKEN_DELAY_MS=20)
+        sid = small.create()["session_id"]
+        # accepted now, due while Redis is paused: the publisher must not wait for the busy pool
+        assert small.http.post(f"/session/{sid}/run", json={"query": "q", "max_tokens": 10}).status_code == 202
+        admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")  # every other client's command waits 1.5 s
+        responses = _burst_creates(small, 8)
+        codes = [r.status_code for r in responses]
+        exhausted = [r for r in responses if r.status_code == 503]
+        assert set(codes) <= {201, 503}, codes
+        assert codes.count(201) >= 2  # the two holding the pool's connections finish once Redis resumes
+        assert len(exhausted) >= 4, codes  # the rest gave up after SIM_REDIS_POOL_TIMEOUT_MS
+        for r in exhausted:
+            assert_error(r, 503, "redis_pool_exhausted", "pool was exhausted", "SIM_REDIS_POOL_SIZE")
+            assert "REDIS_URL" not in r.json()["detail"]
+        stats = _wait_published(small, 11)
+        assert stats["tokens_published"] == 10 and stats["done_published"] == 1
+        assert stats["messages_dropped"] == 0 and stats["publish_errors"] == 0
+        assert stats["redis_pool_exhausted"] == len(exhausted)
+        assert small.http.get("/health").status_code == 200
+    finally:
+        admin.close()
+        own.proc.stop()
+
+
+def test_a_burst_beyond_the_pool_waits_for_a_connection_within_the_timeout(sim_factory, tmp_path):
+    own = start_redis(tmp_path / "redis")
+    admin = _redis(own)
+    try:
+        small = sim_factory(own, SIM_REDIS_POOL_SIZE=2, SIM_REDIS_POOL_TIMEOUT_MS=5000)
+        admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+        codes = [r.status_code for r in _burst_creates(small, 12)]
+        assert codes == [201] * 12, codes
+        assert small.stats()["redis_pool_exhausted"] == 0
+    finally:
+        admin.close()
+        own.proc.stop()
 
 
 # -- the process -----------------------------------------------------------------------------

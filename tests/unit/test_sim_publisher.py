@@ -163,6 +163,8 @@ def test_publish_tick_ms_is_validated_and_defaults_to_5():
     for bad in ("-1", "101", "soon"):
         with pytest.raises(ConfigError, match="PUBLISH_TICK_MS"):
             SimSettings.from_env({**env, "PUBLISH_TICK_MS": bad})
+    with pytest.raises(ConfigError, match="SIM_REDIS_POOL_SIZE"):
+        SimSettings.from_env({**env, "SIM_REDIS_POOL_SIZE": "0"})
 
 
 def test_a_negative_tick_is_refused():
