@@ -47,6 +47,7 @@ from werkzeug.exceptions import HTTPException
 from kit.auth import issue_token
 from kit.config import SimSettings
 
+from ._asgi import LeanHTTPConnection
 from ._body import BodyError, parse_create, parse_run
 from ._publisher import Publisher
 from ._schedule import channel_name, due_offsets, encode_tokens, split_tokens
@@ -146,7 +147,14 @@ def _session_key(session_id: str) -> str:
 def create_app(settings: SimSettings) -> Quart:
     """Build the simulator app for *settings*; no I/O happens until it is served."""
     app = Quart("kit.sim")
+    app.asgi_http_class = LeanHTTPConnection  # see _asgi: one task and two sends per request
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Quart wraps reading each body and sending each response in asyncio.wait_for with these
+    # (60 s by default), i.e. a task and a timer per request (py-spy: ~5% of a worker's CPU under
+    # load); None awaits directly.  Bodies are capped at 64 KiB and answers are small and buffered
+    # by Granian, so a slow client holds one idle coroutine, never CPU.
+    app.config["BODY_TIMEOUT"] = None
+    app.config["RESPONSE_TIMEOUT"] = None
     state = SimState(settings=settings, words=encode_tokens(split_tokens(settings.llm_response_text)))
     app.extensions["kit.sim"] = state
 

@@ -195,6 +195,21 @@ def test_malformed_create_body_is_422_naming_the_field(sim, content, field):
     assert_error(sim.http.post("/session/create", content=content), 422, "invalid_body", field)
 
 
+def test_a_body_over_64_kib_is_413_json_and_a_body_in_chunks_is_read_whole(sim):
+    sid = sim.create()["session_id"]
+    big = b'{"query": "' + b"x" * (70 * 1024) + b'"}'
+    assert_error(sim.http.post(f"/session/{sid}/run", content=big), 413, "request_entity_too_large")
+
+    def chunks():  # no Content-Length: chunked, several ASGI body messages
+        yield b'{"query": '
+        yield b'"q", "max_'
+        yield b'tokens": 2}'
+
+    resp = sim.http.post(f"/session/{sid}/run", content=chunks())
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["tokens"] == 2
+
+
 def test_unknown_route_and_wrong_method_are_json_errors(sim):
     assert_error(sim.http.get("/nope"), 404, "not_found")
     assert sim.http.get("/session/create").status_code == 405
