@@ -20,6 +20,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from kit._charts import assets_html, charts_html, load_run, run_chart_specs
+
 __all__ = ["kit_measured_itself", "write_report", "render_text", "render_html", "host_metrics", "component_rows", "bottleneck_line"]
 
 #: the cost table's columns: (heading, entry key, format)
@@ -73,6 +75,8 @@ def host_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
 def _f(v: Any, fmt: str = "{:.2f}") -> str:
     if v is None:
         return "-"
+    if isinstance(v, int) and not isinstance(v, bool) and fmt.endswith("f}"):
+        return str(v)  # a count: 300, not 300.00
     return fmt.format(v) if isinstance(v, (int, float)) else str(v)
 
 
@@ -183,7 +187,8 @@ def _svg_series(values: list[float], width: int = 480, height: int = 60) -> str:
 
 
 def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timeline: list[dict[str, str]],
-                text: str) -> str:
+                text: str, chart_html: str = "") -> str:
+    """The page; *chart_html* (``kit._charts``: assets and charts) replaces the sparkline timeline when given."""
     e = html.escape
     rows = []
     for name in ("latency_ms", "service_latency_ms", "ttft_ms", "inter_token_ms", "delivery_latency_ms", "create_ms",
@@ -217,6 +222,7 @@ def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timel
         if kit_measured_itself(summary) else "")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>wsproxy-loadkit {e(str(run.get('run_id', '')))}</title>
+{assets_html() if chart_html else ''}
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} pre{{background:#f6f6f6;padding:1em}}
 .partial{{color:#b00;font-weight:bold}}</style></head><body>
@@ -226,7 +232,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} pre{{background:
 <h2>Latency histograms (ms)</h2>
 <table><tr><th></th><th>count</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>p99.9</th><th>min</th>
 <th>max</th><th>avg</th></tr>{''.join(rows)}</table>
-<h2>Timeline (per second)</h2>{charts or '<em>no timeline</em>'}
+<h2>{'Charts' if chart_html else 'Timeline (per second)'}</h2>{chart_html or charts or '<em>no timeline</em>'}
 <h2>CPU per component</h2>{components}
 <h2>Hosts</h2><table><tr><th>host</th><th>samples</th><th>CPU mean %</th><th>CPU peak %</th><th>mem peak MB</th>
 <th>net peak Mbit/s</th><th>CPU</th></tr>{host_rows}</table>
@@ -245,5 +251,10 @@ def write_report(run_dir: Path) -> str:
             timeline = list(csv.DictReader(fh))
     text = render_text(summary, hosts)
     (run_dir / "report.txt").write_text(text)
-    (run_dir / "report.html").write_text(render_html(summary, hosts, timeline, text))
+    try:
+        chart_html = charts_html(run_chart_specs(load_run(run_dir, summary)))
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged file costs the charts, not the report
+        log.warning("report charts of %s: %s", run_dir, exc)
+        chart_html = ""
+    (run_dir / "report.html").write_text(render_html(summary, hosts, timeline, text, chart_html))
     return text

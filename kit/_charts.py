@@ -1,0 +1,438 @@
+"""Charts for ``report.html``, ``compare.html`` and the capacity search, drawn by uPlot inlined into the page.
+
+Why uPlot: one 51 KB MIT file (``kit/_assets``, vendored from npm, see its README) that draws
+time series with axes, units, legends and log scales on a canvas, fast with tens of thousands of
+points, with no dependencies and nothing fetched: the page opens from the tarball with no network.
+
+The Python side is pure: it turns a run folder (``summary.json``, ``timeline.csv``,
+``queries.csv``, ``histograms.json``, ``hosts/<host>/host.jsonl``) into chart *specs*,
+JSON-ready dicts ``{id, title, x, xlabel, ylabel, series: [{label, values, axis}], ...}`` whose
+series share one x array (uPlot's aligned data; ``None`` is a gap).  :func:`charts_html` writes
+the specs and a small builder script; the builder draws each chart and then marks its ``<div>``
+with ``data-rendered="1"`` and ``data-points`` (non-null values drawn), and ``<body>`` with
+``data-charts-rendered``; a script error sets ``data-chart-error`` on ``<body>``.  Tests read
+these from the DOM that headless Chromium dumps.
+
+Time is run-relative: seconds since the run's agreed start (``run.start_at``, else the
+client's ``started_at``).  Per-second latency percentiles are computed here from the raw
+``queries.csv`` rows (done time = intended start + latency), bucketed by the second the query
+finished: the timeline holds counts only.  Distributions are CDFs over the mergeable
+histograms, on a log x axis.  Chaos events (``summary["events"]``: ``action``, ``target``,
+``host``, ``at_s`` seconds after the start, ``for_s``) are drawn on every time axis.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kit.metrics import Histogram
+
+__all__ = ["RunData", "load_run", "run_t0", "timeline_series", "latency_per_second", "cdf", "host_cpu_series",
+           "component_cpu_series", "chaos_events", "run_chart_specs", "compare_chart_specs", "charts_html",
+           "assets_html", "nearest_rank"]
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent / "_assets"
+#: series colours (Okabe-Ito, readable for colour-blind readers), in order
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+#: the histograms drawn as distributions: (histograms.json key, title)
+DISTRIBUTIONS = (("ttft", "Time to first token"), ("delivery", "Token delivery latency (publish to receive)"),
+                 ("latency", "Query latency (intended start to done)"), ("inter_token", "Inter-token gap"))
+TIME_X = "time since start (s)"
+
+
+@dataclass
+class RunData:
+    """What the charts read of one run folder; missing files are empty, never invented."""
+
+    path: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    timeline: list[dict[str, str]] = field(default_factory=list)
+    queries: list[dict[str, str]] = field(default_factory=list)
+    histograms: dict[str, Any] = field(default_factory=dict)
+    hosts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def t0(self) -> float:
+        return run_t0(self.summary, self.timeline)
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def load_run(run_dir: Path, summary: Mapping[str, Any] | None = None) -> RunData:
+    run_dir = Path(run_dir)
+    if summary is None:
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+    try:
+        hists = json.loads((run_dir / "histograms.json").read_text()).get("histograms", {})
+    except (OSError, ValueError):
+        hists = {}
+    hosts = {f.parent.name: _jsonl(f) for f in sorted((run_dir / "hosts").glob("*/host.jsonl"))}
+    return RunData(run_dir, dict(summary), _csv(run_dir / "timeline.csv"), _csv(run_dir / "queries.csv"), hists,
+                   hosts)
+
+
+def run_t0(summary: Mapping[str, Any], timeline: Sequence[Mapping[str, str]] = ()) -> float:
+    """The run's zero: the agreed start, else the client's first start, else the first timeline second."""
+    for v in ((summary.get("run") or {}).get("start_at"), summary.get("started_at")):
+        if isinstance(v, (int, float)) and v > 0:
+            return float(v)
+    secs = [float(r["second"]) for r in timeline if r.get("second")]
+    return min(secs, default=0.0)
+
+
+def _num(v: Any) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+# -- series (pure) ---------------------------------------------------------------------------------
+
+def timeline_series(timeline: Sequence[Mapping[str, str]], t0: float) -> dict[str, list[float]]:
+    """``{"t": [...], field: [...]}`` per second of ``timeline.csv`` (counts per second; gauges as sampled)."""
+    rows = sorted((r for r in timeline if _num(r.get("second")) is not None), key=lambda r: float(r["second"]))
+    out: dict[str, list[float]] = {"t": [float(r["second"]) - t0 for r in rows]}
+    for k in (rows[0].keys() if rows else ()):
+        if k != "second":
+            out[k] = [_num(r.get(k)) or 0.0 for r in rows]
+    return out
+
+
+def nearest_rank(sorted_values: Sequence[float], p: float) -> float:
+    """The *p*-th percentile of ascending values, nearest rank (the value at ``ceil(p/100 * n)``)."""
+    n = len(sorted_values)
+    return sorted_values[min(n - 1, max(0, math.ceil(p / 100.0 * n) - 1))]
+
+
+def latency_per_second(queries: Sequence[Mapping[str, str]], t0: float,
+                       ps: Sequence[float] = (50, 95, 99)) -> dict[str, list[Any]]:
+    """Latency percentiles of the queries that finished in each second (not cumulative).
+
+    A query finished at its intended start plus its latency (``latency_ms`` is timed from the
+    intended start); only queries with a latency (status ok) count.  Keys ``t`` (second since
+    start), ``n`` (queries finished), ``p50``... (ms); seconds without a finished query are gaps.
+    """
+    buckets: dict[int, list[float]] = {}
+    for q in queries:
+        lat = _num(q.get("latency_ms"))
+        start = _num(q.get("intended_at")) or _num(q.get("submit_at"))
+        if lat is None or start is None or q.get("status", "ok") != "ok":
+            continue
+        buckets.setdefault(math.floor(start + lat / 1000.0 - t0), []).append(lat)
+    out: dict[str, list[Any]] = {"t": [], "n": [], **{f"p{p:g}": [] for p in ps}}
+    if not buckets:
+        return out
+    for sec in range(min(buckets), max(buckets) + 1):
+        vals = sorted(buckets.get(sec, []))
+        out["t"].append(float(sec))
+        out["n"].append(len(vals))
+        for p in ps:
+            out[f"p{p:g}"].append(round(nearest_rank(vals, p), 3) if vals else None)
+    return out
+
+
+def cdf(hist: Mapping[str, Any] | None, scale: float = 1000.0) -> tuple[list[float], list[float], int]:
+    """(values, cumulative % of all values, values left out) of a histogram dict, for a log x axis.
+
+    One point per non-empty bucket (value / *scale*: us -> ms); values <= 0 (delivery latency
+    under clock skew) cannot sit on a log axis and are counted as left out.
+    """
+    if not hist or not hist.get("count"):
+        return [], [], 0
+    h = Histogram.from_dict(hist)
+    xs, ys, seen, left = [], [], 0, 0
+    for v, n in h.buckets():
+        seen += n
+        if v <= 0:
+            left += n
+            continue
+        xs.append(v / scale)
+        ys.append(round(100.0 * seen / h.count, 4))
+    return xs, ys, left
+
+
+def _proc_total(p: Mapping[str, Any]) -> float:
+    return float(p.get("cpu_s") or 0.0) + float(p.get("cpu_children_s") or 0.0)
+
+
+def host_cpu_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float) -> dict[str, list[tuple[float, float]]]:
+    """host -> [(second since start, CPU % of the whole host)] from the host monitors."""
+    return {h: [(float(r["ts"]) - t0, float(r["cpu_percent"])) for r in rows
+                if _num(r.get("ts")) is not None and _num(r.get("cpu_percent")) is not None]
+            for h, rows in hosts.items()}
+
+
+def component_cpu_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float) -> dict[str, dict[int, float]]:
+    """component -> {second since start: cores used}, summed over hosts, from the monitors' ``procs``.
+
+    Per interval: the growth of each process's ``cpu_s + cpu_children_s`` over the interval's
+    length; a process first seen after the first sample counts from 0; when a process vanishes
+    and an ancestor reaped it, the ancestor's jump in ``cpu_children_s`` (its whole lifetime) is
+    taken off again, as ``kit.run._components`` counts it.
+    """
+    out: dict[str, dict[int, float]] = {}
+    for rows in hosts.values():
+        prev: dict[int, Mapping[str, Any]] | None = None
+        prev_ts = None
+        for r in rows:
+            if not isinstance(r.get("procs"), list) or _num(r.get("ts")) is None:
+                continue
+            cur = {int(p["pid"]): p for p in r["procs"] if "pid" in p}
+            ts = float(r["ts"])
+            if prev is not None and prev_ts is not None and ts > prev_ts:
+                delta: dict[str, float] = {}
+                for pid, p in cur.items():
+                    old = prev.get(pid)
+                    same = old is not None and old.get("root") == p.get("root") and _proc_total(p) >= _proc_total(old)
+                    c = str(p.get("component"))
+                    delta[c] = delta.get(c, 0.0) + (_proc_total(p) - _proc_total(old) if same else _proc_total(p))
+                gone = {pid: p for pid, p in prev.items() if pid not in cur}
+                for p in gone.values():
+                    reaper = int(p.get("ppid") or 0)
+                    while reaper in gone:
+                        reaper = int(gone[reaper].get("ppid") or 0)
+                    if reaper in cur:
+                        c = str(cur[reaper].get("component"))
+                        delta[c] = delta.get(c, 0.0) - _proc_total(p)
+                sec = round(ts - t0)
+                for c, d in delta.items():
+                    slot = out.setdefault(c, {})
+                    slot[sec] = round(slot.get(sec, 0.0) + max(0.0, d) / (ts - prev_ts), 4)
+                for c in {str(p.get("component")) for p in cur.values()}:
+                    out.setdefault(c, {}).setdefault(sec, 0.0)
+            prev, prev_ts = cur, ts
+    return out
+
+
+def chaos_events(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The run's chaos events as ``{at_s, for_s, label}`` (seconds since the agreed start)."""
+    out = []
+    for e in summary.get("events") or []:
+        at = _num(e.get("at_s")) if isinstance(e, Mapping) else None
+        if at is None:
+            continue
+        words = [str(e.get(k)) for k in ("action", "target") if e.get(k)]
+        if e.get("host"):
+            words.append(f"@{e['host']}")
+        out.append({"at_s": at, "for_s": _num(e.get("for_s")) or 0.0, "label": " ".join(words) or "event"})
+    return out
+
+
+# -- specs -----------------------------------------------------------------------------------------
+
+def _align(series: Mapping[str, Mapping[float, float | None]]) -> tuple[list[float], dict[str, list[float | None]]]:
+    """Union of x values of several {x: y} maps; each series gets None where it has no value."""
+    xs = sorted({x for m in series.values() for x in m})
+    return xs, {k: [m.get(x) for x in xs] for k, m in series.items()}
+
+
+def _spec(cid: str, title: str, xs: Sequence[float], series: Sequence[dict[str, Any]], *, ylabel: str,
+          xlabel: str = TIME_X, y2label: str | None = None, logx: bool = False, step: bool = False,
+          events: Sequence[Mapping[str, Any]] = (), note: str = "", ymin0: bool = True) -> dict[str, Any]:
+    return {"id": cid, "title": title, "x": list(xs), "xlabel": xlabel, "ylabel": ylabel, "y2label": y2label,
+            "logx": logx, "step": step, "events": list(events), "note": note, "ymin0": ymin0,
+            "series": [dict(s) for s in series]}
+
+
+def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
+    """Every chart of one run's report (see the module docstring)."""
+    t0 = run.t0
+    ev = chaos_events(run.summary)
+    tl = timeline_series(run.timeline, t0)
+    t = tl["t"]
+    specs = [
+        _spec(f"{prefix}-load", "Active sessions and queries per second", t,
+              [{"label": "active sessions", "values": tl.get("active_sessions", [])},
+               {"label": "queries done /s", "values": tl.get("queries_done", []), "axis": 2}],
+              ylabel="sessions", y2label="queries/s", events=ev),
+        _spec(f"{prefix}-tokens", "Tokens received per second", t,
+              [{"label": "tokens/s", "values": tl.get("tokens", [])}], ylabel="tokens/s", events=ev),
+    ]
+    lat = latency_per_second(run.queries, t0)
+    specs.append(_spec(f"{prefix}-latency", "Query latency per second (queries finished in that second)", lat["t"],
+                       [{"label": k, "values": lat[k]} for k in ("p50", "p95", "p99")], ylabel="latency (ms)",
+                       events=ev, ymin0=False, note="from queries.csv; latency timed from each query's intended start"))
+    specs.append(_spec(f"{prefix}-errors", "Errors and reconnects per second", t,
+                       [{"label": label, "values": tl.get(k, [])} for k, label in
+                        (("errors", "errors"), ("queries_failed", "queries failed"),
+                         ("reconnect_attempts", "reconnect attempts"), ("reconnects_ok", "reconnects ok"))],
+                       ylabel="per second", events=ev))
+    hx, hy = _align({h: dict(pts) for h, pts in
+                     ((h, [(round(x), y) for x, y in pts]) for h, pts in host_cpu_series(run.hosts, t0).items())})
+    specs.append(_spec(f"{prefix}-hostcpu", "Host CPU", hx, [{"label": h, "values": v} for h, v in hy.items()],
+                       ylabel="CPU % of the host", events=ev))
+    comp = component_cpu_series(run.hosts, t0)
+    order = ("client", "sim", "wsproxy", "haproxy", "redis")
+    cx, cy = _align({c: comp[c] for c in sorted(comp, key=lambda c: (order.index(c) if c in order else 99, c))})
+    specs.append(_spec(f"{prefix}-compcpu", "CPU per kit component (all hosts)", cx,
+                       [{"label": c, "values": v} for c, v in cy.items()], ylabel="cores", events=ev,
+                       note="" if comp else "no per-process samples in host.jsonl"))
+    for key, title in DISTRIBUTIONS[:2]:
+        xs, ys, left = cdf(run.histograms.get(key))
+        specs.append(_spec(f"{prefix}-dist-{key}", f"{title}: distribution", xs,
+                           [{"label": f"% of {key} values <= x", "values": ys}], xlabel="ms (log)",
+                           ylabel="cumulative %", logx=True, step=True,
+                           note=f"{left} value(s) <= 0 ms not shown (clock skew)" if left else ""))
+    return specs
+
+
+def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, Any]]:
+    """The same views with one series per run (labels in *runs*' order), on run-relative time."""
+    specs = []
+    for field_, title, unit in (("tokens", "Tokens received per second", "tokens/s"),
+                                ("active_sessions", "Active sessions", "sessions"),
+                                ("errors", "Errors per second", "per second")):
+        xs, ys = _align({label: dict(zip(*(lambda s: (s["t"], s.get(field_, [])))(timeline_series(r.timeline, r.t0))))
+                         for label, r in runs})
+        specs.append(_spec(f"cmp-{field_}", title, xs, [{"label": k, "values": v} for k, v in ys.items()],
+                           ylabel=unit))
+    for p in ("p50", "p99"):
+        per = {}
+        for label, r in runs:
+            lat = latency_per_second(r.queries, r.t0)
+            per[label] = {x: y for x, y in zip(lat["t"], lat[p]) if y is not None}
+        xs, ys = _align(per)
+        specs.append(_spec(f"cmp-lat-{p}", f"Query latency {p} per second", xs,
+                           [{"label": k, "values": v} for k, v in ys.items()], ylabel="latency (ms)", ymin0=False))
+    for key, title in DISTRIBUTIONS:
+        curves = {}
+        for label, r in runs:
+            xs, ys, _ = cdf(r.histograms.get(key))
+            curves[label] = dict(zip(xs, ys))
+        xs, ys = _align(curves)
+        # a CDF is defined between its points: carry each run's value forward over the other runs' x values
+        for k, vals in ys.items():
+            last = 0.0
+            for i, v in enumerate(vals):
+                if v is None:
+                    vals[i] = last if xs[i] <= max(curves[k], default=0) else 100.0
+                else:
+                    last = v
+        specs.append(_spec(f"cmp-dist-{key}", f"{title}: distribution", xs,
+                           [{"label": k, "values": v} for k, v in ys.items()], xlabel="ms (log)",
+                           ylabel="cumulative %", logx=True, step=True))
+    return specs
+
+
+# -- HTML ------------------------------------------------------------------------------------------
+
+def assets_html() -> str:
+    """uPlot's CSS and JS, inlined (for ``<head>``)."""
+    css = (ASSETS / "uPlot.min.css").read_text()
+    js = (ASSETS / "uPlot.iife.min.js").read_text().replace("</script", "<\\/script")
+    return f"<style>{css}</style>\n<script>{js}</script>\n"
+
+
+_BUILDER = r"""
+(function () {
+  const body = document.body;
+  window.addEventListener('error', e => { body.dataset.chartError = String(e.message || e); });
+  const specs = JSON.parse(document.getElementById('chart-specs').textContent);
+  const palette = PALETTE;
+  function eventsPlugin(events) {
+    return {hooks: {draw: [u => {
+      const ctx = u.ctx, top = u.bbox.top, h = u.bbox.height;
+      ctx.save();
+      ctx.font = `${Math.round(11 * devicePixelRatio)}px sans-serif`;
+      events.forEach(ev => {
+        const x0 = u.valToPos(ev.at_s, 'x', true);
+        if (ev.for_s > 0) {
+          const x1 = u.valToPos(ev.at_s + ev.for_s, 'x', true);
+          ctx.fillStyle = 'rgba(213,94,0,0.10)';
+          ctx.fillRect(x0, top, Math.max(1, x1 - x0), h);
+        }
+        ctx.strokeStyle = '#D55E00'; ctx.lineWidth = 2 * devicePixelRatio;
+        ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+        ctx.beginPath(); ctx.moveTo(x0, top); ctx.lineTo(x0, top + h); ctx.stroke();
+        ctx.fillStyle = '#D55E00'; ctx.fillText(ev.label, x0 + 4 * devicePixelRatio, top + 12 * devicePixelRatio);
+      });
+      ctx.restore();
+    }]}};
+  }
+  let rendered = 0;
+  specs.forEach(s => {
+    const el = document.getElementById(s.id);
+    const evs = s.events || [];
+    const xs = s.x.slice();
+    const series = [{label: s.xlabel, value: (u, v) => v == null ? '-' : (+v.toFixed(3)).toString()}];
+    s.series.forEach((z, i) => series.push({
+      label: z.label, stroke: palette[i % palette.length], width: 1.6, scale: z.axis === 2 ? 'y2' : 'y',
+      spanGaps: false, points: {show: xs.length < 3},
+      paths: s.step ? uPlot.paths.stepped({align: 1}) : undefined,
+      value: (u, v) => v == null ? '-' : (+v.toFixed(2)).toString(),
+    }));
+    const evMin = Math.min(...evs.map(e => e.at_s)), evMax = Math.max(...evs.map(e => e.at_s + e.for_s));
+    const xscale = s.logx ? {time: false, distr: 3, log: 10}
+      : {time: false, range: (u, lo, hi) => {
+          lo = Math.min(lo ?? 0, evs.length ? evMin : Infinity); hi = Math.max(hi ?? 1, evs.length ? evMax : -Infinity);
+          return lo === hi ? [lo - 1, hi + 1] : [lo, hi]; }};
+    // counts and rates start at 0; latencies use uPlot's own padded range (their spread is the story)
+    const yrange = (u, lo, hi) => [Math.min(0, lo ?? 0), (hi ?? 0) > 0 ? hi * 1.05 : 1];
+    const scales = {x: xscale, y: s.ymin0 ? {range: yrange} : {}};
+    const axes = [{label: s.xlabel, labelSize: 20}, {label: s.ylabel, labelSize: 20, size: 60}];
+    if (s.y2label) { scales.y2 = s.ymin0 ? {range: yrange} : {}; axes.push({label: s.y2label, labelSize: 20, size: 60, scale: 'y2', side: 1, grid: {show: false}}); }
+    const width = Math.max(320, el.clientWidth || 560);
+    try {
+      new uPlot({title: s.title, width: width, height: 250, scales: scales, axes: axes, series: series,
+                 plugins: evs.length ? [eventsPlugin(evs)] : [], cursor: {drag: {x: true, y: false}}},
+                [xs, ...s.series.map(z => z.values)], el);
+      let n = 0;
+      s.series.forEach(z => z.values.forEach(v => { if (v !== null && v !== undefined) n++; }));
+      el.dataset.points = String(n);
+      el.dataset.rendered = '1';
+      rendered++;
+    } catch (err) {
+      el.dataset.error = String(err);
+      console.error('chart ' + s.id + ': ' + err);
+    }
+  });
+  body.dataset.chartsRendered = String(rendered);
+  body.dataset.chartsTotal = String(specs.length);
+})();
+"""
+
+
+def charts_html(specs: Sequence[Mapping[str, Any]]) -> str:
+    """The charts' containers, their data and the builder (after :func:`assets_html` in the page)."""
+    e = html.escape
+    cells = []
+    for s in specs:
+        note = f'<p class="chart-note">{e(s["note"])}</p>' if s.get("note") else ""
+        cells.append(f'<figure class="chart"><div id="{e(s["id"])}" class="chart-box" data-rendered="0"></div>'
+                     f"{note}</figure>")
+    data = json.dumps(list(specs), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    builder = _BUILDER.replace("PALETTE", json.dumps(list(PALETTE)))
+    style = ("<style>.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:1em 2em}"
+             ".chart{margin:0}.chart-note{margin:0;color:#555;font-size:85%}.u-title{font-size:15px}</style>")
+    return (f'{style}<div class="charts">{"".join(cells)}</div>\n'
+            f'<script type="application/json" id="chart-specs">{data}</script>\n<script>{builder}</script>\n')

@@ -1,0 +1,170 @@
+"""The HTML of real runs in a real browser: report.html, compare.html and the capacity search.
+
+Real runs: Redis, the simulator and the wsproxy (kit.localstack, free loopback ports) stand in
+for the deployed stack, and ``kit.run.execute`` drives them over a one-host inventory reached
+without SSH (``ansible_connection: local``): a real load client, real host monitor, real
+per-process CPU samples.  There is no HAProxy: the inventory's "haproxy" ports point straight at
+the simulator and the wsproxy.  The services run without the kit's supervisord, so a small
+stand-in ``supervisorctl`` (a shell script answering ``pid <program>`` with the PIDs this
+fixture started) lets the run cost each component the way it does on a deployed host.
+
+Each page is opened in headless Chromium (Debian's ``chromium``); any console message fails
+the test, and every chart must have drawn data (the page marks each chart's ``<div>`` with
+``data-rendered`` and ``data-points``).  Screenshots are kept under ``results/test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kit.localstack import Stack, free_port, local_stack
+from kit.run._run import RunOptions, execute
+
+pytestmark = pytest.mark.timeout(300)
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "results" / "test-artifacts"
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+def local_inventory(tmp: Path, stack: Stack) -> Path:
+    """A one-host inventory over *stack*'s processes, with a stand-in supervisorctl for their PIDs."""
+    root = tmp / "root"
+    (root / "supervisor").mkdir(parents=True, exist_ok=True)
+    (root / "supervisor" / "supervisord.conf").write_text("; stand-in: the services are kit.localstack's\n")
+    pids = {"redis": stack.redis.proc.pid, "sim": stack.sim.pid, "wsproxy-0": stack.wsproxy.pid}
+    ctl = tmp / "supervisorctl"
+    ctl.write_text('#!/bin/sh\n# stand-in for: supervisorctl -c CONF pid PROGRAM\ncase "$4" in\n'
+                   + "".join(f"  {k}) echo {v} ;;\n" for k, v in pids.items())
+                   + "  *) echo 'ERROR (no such process)'; exit 1 ;;\nesac\n")
+    ctl.chmod(0o755)
+    venv = REPO / ".venv"
+    host = {"ansible_connection": "local", "kit_root": str(root), "kit_venv": str(venv),
+            "ansible_python_interpreter": str(venv / "bin" / "python"), "kit_service_supervisorctl_bin": str(ctl),
+            "haproxy_http_port": stack.sim_port, "haproxy_ws_port": stack.wsproxy_port,
+            "haproxy_stats_port": free_port(), "redis_port": stack.redis.port, "sim_port": stack.sim_port,
+            "wsproxy_base_port": stack.wsproxy_port}
+    group = {"hosts": {"local": None}}
+    inv = {"all": {"hosts": {"local": host},
+                   "children": {g: group for g in ("redis", "haproxy", "wsproxy", "sim", "generators")}}}
+    path = tmp / "inventory.yml"
+    path.write_text(yaml.safe_dump(inv))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory):
+    """Two small real runs (same stack, different load) and the inventory: (results dir, inventory, stack)."""
+    tmp = tmp_path_factory.mktemp("html")
+    with local_stack(tmp / "stack", sim_env={"TOKEN_DELAY_MS": 5}) as stack:
+        inv = local_inventory(tmp, stack)
+        results = tmp / "results"
+        for run_id, clients in (("run-a", 30), ("run-b", 60)):
+            lines: list[str] = []
+            rc = execute(RunOptions(inventory=inv, clients=clients, queries=3, ramp=30.0, think_time=0.3,
+                                    skip_health=True, results_dir=results, run_id=run_id, max_duration=60,
+                                    live=False), out=lines.append)
+            assert rc == 0, "\n".join(lines)
+        yield results, inv, stack
+
+
+def chromium(page: Path, tmp: Path, screenshot: Path | None = None) -> tuple[str, list[str]]:
+    """(the DOM after load, the console lines) of *page*; a screenshot too when asked."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (./loadkit setup installs it)")
+    profile = tmp / f"chromium-profile-{len(list(tmp.glob('chromium-profile-*')))}"
+    profile.mkdir()
+    base = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    if screenshot is not None:
+        shot = subprocess.run([*base, "--window-size=1200,2300", f"--screenshot={screenshot}", page.as_uri()],
+                              capture_output=True, text=True, timeout=90)
+        assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+        console += [line for line in shot.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    return dom.stdout, console
+
+
+def chart_marks(dom: str) -> dict[str, dict[str, str]]:
+    """chart id -> its data-* attributes, from the dumped DOM."""
+    out = {}
+    for m in re.finditer(r'<div id="([^"]+)" class="chart-box"([^>]*)>', dom):
+        out[m[1]] = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', m[2]))
+    return out
+
+
+def keep(path: Path) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    dest = ARTIFACTS / path.name
+    shutil.copyfile(path, dest)
+    print(f"screenshot: {dest}")
+    return dest
+
+
+def test_report_of_a_real_run_draws_every_chart_with_data_in_chromium(local_runs, tmp_path):
+    results, _, _ = local_runs
+    run_dir = results / "run-a"
+    dom, console = chromium(run_dir / "report.html", tmp_path, tmp_path / "report-run-a.png")
+    keep(tmp_path / "report-run-a.png")
+    assert console == [], "\n".join(console)
+    assert 'data-chart-error' not in dom
+    marks = chart_marks(dom)
+    assert set(marks) == {"c-load", "c-tokens", "c-latency", "c-errors", "c-hostcpu", "c-compcpu", "c-dist-ttft",
+                          "c-dist-delivery"}
+    for cid, m in marks.items():
+        assert m.get("rendered") == "1", (cid, m)
+        assert int(m.get("points", 0)) > 0, (cid, m)
+    assert re.search(r'<body[^>]*data-charts-rendered="8"', dom)
+    # the page needs no network: no external URL is loaded
+    html = (run_dir / "report.html").read_text()
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    # per-second latency is per second: as many points as seconds in which queries finished
+    specs = json.loads(re.search(r'<script type="application/json" id="chart-specs">(.*?)</script>', html, re.S)[1])
+    lat = next(s for s in specs if s["id"] == "c-latency")
+    assert len(lat["x"]) >= 3 and lat["series"][0]["label"] == "p50"
+    comp = next(s for s in specs if s["id"] == "c-compcpu")
+    assert {"client", "sim", "wsproxy", "redis"} <= {s["label"] for s in comp["series"]}
+    # the report also travels in the tarball
+    with tarfile.open(results / "run-a.tar.gz") as tf:
+        assert "run-a/report.html" in tf.getnames()
+
+
+def test_report_counts_print_as_integers(local_runs):
+    results, _, _ = local_runs
+    text = (results / "run-a" / "report.txt").read_text()
+    html = (results / "run-a" / "report.html").read_text()
+    assert "Sessions      30 total, 30 ok" in text
+    assert re.search(r"<th>latency_ms</th><td>90</td>", html), "histogram count should print as 90, not 90.00"
+    assert not re.search(r"<th>\w+_ms</th><td>\d+\.00</td>", html)
+
+
+def test_chaos_events_are_marked_on_every_time_chart(local_runs, tmp_path):
+    from kit.report import write_report
+    results, _, _ = local_runs
+    run_dir = tmp_path / "with-events"
+    shutil.copytree(results / "run-b", run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["events"] = [{"action": "kill", "target": "wsproxy-0", "host": "local", "at_s": 1.5, "for_s": 2.0}]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    write_report(run_dir)
+    html = (run_dir / "report.html").read_text()
+    specs = json.loads(re.search(r'id="chart-specs">(.*?)</script>', html, re.S)[1])
+    timed = [s for s in specs if not s["logx"]]
+    assert len(timed) == 6
+    assert all(s["events"] == [{"at_s": 1.5, "for_s": 2.0, "label": "kill wsproxy-0 @local"}] for s in timed)
+    dom, console = chromium(run_dir / "report.html", tmp_path, tmp_path / "report-with-events.png")
+    keep(tmp_path / "report-with-events.png")
+    assert console == [], "\n".join(console)
+    assert all(m.get("rendered") == "1" for m in chart_marks(dom).values())
