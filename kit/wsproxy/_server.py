@@ -359,8 +359,14 @@ async def serve(settings: WsproxySettings) -> None:
     if not any(isinstance(f, _QuietBadRequests) for f in server_log.filters):
         server_log.addFilter(_QuietBadRequests())
     app = create_app(settings)
+    # aiohttp arms its keep-alive timer when a connection is accepted and re-arms it after each
+    # response; when it fires while no complete request head has arrived, it closes the
+    # connection, however many bytes trickled in.  That is the request-header timeout (a
+    # slow-loris bound), and it also bounds idle keep-alive; a handler that is running (an
+    # upgraded WebSocket) is never touched by it.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
-                           max_field_size=MAX_HEADER_FIELD_BYTES)
+                           max_field_size=MAX_HEADER_FIELD_BYTES,
+                           keepalive_timeout=settings.ws_request_header_timeout_secs)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
