@@ -40,6 +40,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from kit.auth import AuthError, bearer_token, verify_token
 from kit.config import WsproxySettings
 
+from ._guard import GuardedWebSocketResponse
 from ._redis import PubSubPool, RedisAddress, RedisUnavailable, parse_redis_url, redis_ping
 from ._stats import Stats
 
@@ -250,8 +251,9 @@ class _Forwarder:
             return self._refuse(exc.reason)
         del token
 
-        ws = web.WebSocketResponse(autoping=False, compress=False, max_msg_size=MAX_CLIENT_MESSAGE_BYTES,
-                                   timeout=2.0)
+        # frames a client sends must be masked (RFC 6455 5.1): aiohttp does not check, the guard does
+        ws = GuardedWebSocketResponse(autoping=False, compress=False, max_msg_size=MAX_CLIENT_MESSAGE_BYTES,
+                                      timeout=2.0)
         if not ws.can_prepare(request).ok:
             return web.json_response(
                 {"error": "not_websocket", "detail": "this path only accepts a WebSocket upgrade request"},
@@ -296,7 +298,10 @@ class _Forwarder:
                 client.pong()
             elif kind is WSMsgType.PING:
                 await ws.pong(msg.data)
-            elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            elif kind is WSMsgType.ERROR:  # a protocol error: aiohttp has sent the close frame (1002, 1009)
+                log.info("closed a WebSocket: %s", msg.data)  # the parser's reason, no client bytes
+                return
+            elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 return
             # text / binary from a client carry nothing in this protocol: ignored
 

@@ -2,6 +2,8 @@
 
 - a request head trickled in (slow loris) or never sent is closed after
   ``WS_REQUEST_HEADER_TIMEOUT_SECS``; an upgraded WebSocket is never closed by it;
+- a client frame that is not masked (RFC 6455 5.1) gets a close frame with 1002 and
+  the connection is closed; masked frames keep working.
 
 Every wait is a deadline on the socket (select), never a sleep standing in for readiness.
 """
@@ -213,3 +215,59 @@ def test_bad_header_timeout_setting_exits_2_naming_it(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "WS_REQUEST_HEADER_TIMEOUT_SECS" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# -- F6: unmasked client frames ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("opcode", "payload"), [(0x1, b"hello"), (0x9, b"ping?"), (0x2, b""), (0xA, b"")],
+                         ids=["text", "ping", "binary_empty", "pong"])
+def test_unmasked_client_frame_gets_close_1002_and_the_connection_closes(proxy: _Proxy, opcode: int,
+                                                                       payload: bytes) -> None:
+    sock, rest = _upgrade(proxy.port, _sid("unmasked"))
+    with sock:
+        sock.sendall(_unmasked(opcode, payload))
+        frames, eof = _read_frames(sock, rest, 10)
+        closes = [p for op, p in frames if op == 0x8]
+        assert closes, f"no close frame, got {frames}"
+        assert struct.unpack("!H", closes[0][:2])[0] == 1002
+        assert not any(op == 0xA for op, _ in frames), "the unmasked ping was answered"
+        assert eof or _wait_eof(sock, 5.0), "the connection stayed open after the 1002 close"
+    assert "client frame is not masked" in proxy.proc.log_tail(50)
+
+
+def test_unmasked_frame_sent_with_the_upgrade_request_is_refused_too(proxy: _Proxy) -> None:
+    sock, rest = _upgrade(proxy.port, _sid("pipelined"), after=_unmasked(0x9, b"early"))
+    with sock:
+        frames, eof = _read_frames(sock, rest, 10)
+        assert [struct.unpack("!H", p[:2])[0] for op, p in frames if op == 0x8] == [1002]
+        assert not any(op == 0xA for op, _ in frames)
+        assert eof or _wait_eof(sock, 5.0)
+
+
+def test_unmasked_frame_after_masked_ones_answers_those_then_closes_1002(proxy: _Proxy) -> None:
+    sock, rest = _upgrade(proxy.port, _sid("mixed"))
+    with sock:
+        # one write: a masked ping (answered), a masked 200-byte text (skipped over), then an unmasked ping
+        sock.sendall(_masked(0x9, b"first") + _masked(0x1, b"t" * 200) + _unmasked(0x9, b"second"))
+        frames, eof = _read_frames(sock, rest, 10)
+        assert frames[0] == (0xA, b"first")
+        assert frames[-1][0] == 0x8 and struct.unpack("!H", frames[-1][1][:2])[0] == 1002
+        assert (0xA, b"second") not in frames
+
+
+def test_masked_frames_keep_working(proxy: _Proxy) -> None:
+    sid = _sid("masked")
+    sock, rest = _upgrade(proxy.port, sid)
+    with sock:
+        header_split = _masked(0x9, b"abc")
+        sock.sendall(_masked(0x1, b"ignored text") + header_split[:1])  # a frame header split over two writes
+        sock.sendall(header_split[1:])
+        frames, _ = _read_frames(sock, rest, 10, until=lambda f: f)
+        assert frames == [(0xA, b"abc")]
+        proxy.redis.publish(f"session:{sid}:down", b'{"after":"pings"}')
+        more, eof = _read_frames(sock, b"", 10, until=lambda f: f)
+        assert more == [(0x1, b'{"after":"pings"}')] and not eof
+        sock.sendall(_masked(0x8, struct.pack("!H", 1000)))
+        closing, eof = _read_frames(sock, b"", 10)
+        assert closing and closing[-1][0] == 0x8 and struct.unpack("!H", closing[-1][1][:2])[0] == 1000
