@@ -7,7 +7,8 @@
 
 The host list is always the Ansible inventory (``--inventory``, default
 ``inventory/local.yml``); Fabric's own ``-i`` stays its SSH identity flag.
-Bad options exit 2 with one line; failing thresholds exit 1; a partial run 3.
+Bad options exit 2 with one line; failing thresholds exit 1; a partial run 3; a run
+interrupted by Ctrl-C 130 (SIGTERM 143), after stopping every remote job it started.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def analyze(c, run):
         raise Exit(code=rc)
 
 
-@task(name="run", auto_shortflags=False, iterable=["threshold"], help={
+@task(name="run", auto_shortflags=False, iterable=["threshold", "chaos"], help={
     "inventory": INV_HELP,
     "clients": "total sessions over all generator hosts",
     "queries": "queries per session (default 10, or the preset's)",
@@ -164,13 +165,16 @@ def analyze(c, run):
     "run_id": "name of the run (default <date>-<time>-c<clients>)",
     "quiet": "no live view",
     "skip_health": "do not check service health before the run",
+    "chaos": "fault during the run, repeatable: ACTION:TARGET@AT[+FOR][=ARG], e.g. kill:wsproxy@20s, "
+             "restart:redis@30s, pause:wsproxy[1]@15s+5s, partition:wsproxy@40s+3s, delay:wsproxy@10s+20s=50ms, "
+             "kill:wsproxy[all]@20s",
 })
 def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, arrival_rate=None, duration=None,
         threshold=None, preset=None, max_duration=600.0, run_id=None, quiet=False, skip_health=False,
-        think_time=None, query_timeout=None):
+        think_time=None, query_timeout=None, chaos=None):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     from kit.run._plan import parse_threshold
-    from kit.run._run import RunOptions, execute
+    from kit.run._run import Interrupted, RunOptions, execute
     _logging(False)
     try:
         opts = RunOptions(
@@ -180,9 +184,29 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
             thresholds=[parse_threshold(t) for t in (threshold or [])],
             max_duration=_num(float, "max-duration", max_duration), run_id=run_id or None, live=not quiet,
             skip_health=skip_health, think_time=_num(float, "think-time", think_time),
-            query_timeout=_num(float, "query-timeout", query_timeout))
+            query_timeout=_num(float, "query-timeout", query_timeout), chaos=list(chaos or []))
         rc = execute(opts)
     except _errors() as exc:
         raise Exit(f"run: {exc}", code=2) from None
+    except Interrupted as exc:  # before any remote job started (preflight): nothing to stop
+        raise Exit(f"run: interrupted by {exc}", code=128 + exc.signum) from None
+    if rc:
+        raise Exit(code=rc)
+
+
+@task(name="compare", auto_shortflags=False, iterable=["fail_if"], help={
+    "runs": "comma-separated run ids under results/, run folders or .tar.gz; the first is the baseline",
+    "fail_if": "regression rule, repeatable: 'p99>+10%' (change to the baseline), 'tps<-5%', 'lost>0'; exit 1",
+    "html": "where to write the comparison page (default results/compare-<a>-vs-<b>.html)",
+})
+def compare(c, runs, fail_if=None, html=""):
+    """Key figures of runs side by side with the change to the first and a bootstrap noise test."""
+    import re
+    from kit.compare import CompareError, run_compare
+    refs = [r for r in re.split(r"[,\s]+", runs) if r]
+    try:
+        rc = run_compare(refs, fail_if or [], Path(html) if html else None, results=REPO / "results")
+    except CompareError as exc:
+        raise Exit(f"compare: {exc}", code=2) from None
     if rc:
         raise Exit(code=rc)

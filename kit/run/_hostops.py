@@ -6,6 +6,11 @@ same code drives SSH hosts and this machine.  Background jobs are started under
 ``setsid`` with their PID, exit status and output in files of their own
 folder; the caller owns the job and stops it with :func:`stop_job` (process
 group, by PID).  Failures raise (the fan-out reports them per host).
+
+Every command carries a timeout (:data:`CMD_TIMEOUT`, longer for copying
+folders): a host that stops answering fails its command instead of hanging
+the run.  A job that survives :func:`stop_job` raises :class:`JobSurvived`
+naming what is left, so the caller reports it.
 """
 
 from __future__ import annotations
@@ -20,11 +25,19 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["host_facts", "clock_samples", "start_job", "job_state", "stop_job", "fetch_dir", "read_remote_json",
-           "CLOCK_SAMPLES"]
+           "CLOCK_SAMPLES", "CMD_TIMEOUT", "FETCH_TIMEOUT", "JobSurvived"]
 
 log = logging.getLogger(__name__)
 
 CLOCK_SAMPLES = 5
+#: seconds any one remote command may take (a host that stops answering fails the command)
+CMD_TIMEOUT = 60.0
+#: seconds to pack a run folder on a host (raw CSVs of a big run)
+FETCH_TIMEOUT = 600.0
+
+
+class JobSurvived(RuntimeError):
+    """A background job (or a process of its session) is still alive after SIGKILL."""
 
 _FACTS = r"""
 echo "nproc=$(nproc)"
@@ -45,7 +58,8 @@ if command -v redis-server >/dev/null; then echo "redis_version=$(redis-server -
 
 def host_facts(c: Any, kit_python: str, kit_root: str = "/nonexistent") -> dict[str, Any]:
     """Cores, open-file limits, port range, versions, the deployed kit-client wrapper of one host."""
-    res = c.run(_FACTS.format(py=shlex.quote(kit_python), root=shlex.quote(kit_root)), hide=True, warn=True)
+    res = c.run(_FACTS.format(py=shlex.quote(kit_python), root=shlex.quote(kit_root)), hide=True, warn=True,
+                timeout=CMD_TIMEOUT)
     facts: dict[str, Any] = {}
     for line in res.stdout.splitlines():
         key, sep, value = line.partition("=")
@@ -106,10 +120,10 @@ def start_job(c: Any, job_dir: str, argv: list[str], *, env: dict[str, str] | No
              " > out.log 2>&1; echo $? > rc")
     d = shlex.quote(job_dir)
     c.run(f"mkdir -p {d} && cd {d} && rm -f pid rc && "
-          f"(setsid sh -c {shlex.quote(inner)} < /dev/null > /dev/null 2>&1 &)", hide=True)
+          f"(setsid sh -c {shlex.quote(inner)} < /dev/null > /dev/null 2>&1 &)", hide=True, timeout=CMD_TIMEOUT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        res = c.run(f"cat {d}/pid 2>/dev/null", hide=True, warn=True)
+        res = c.run(f"cat {d}/pid 2>/dev/null", hide=True, warn=True, timeout=CMD_TIMEOUT)
         if res.stdout.strip().isdigit():
             return int(res.stdout.strip())
         time.sleep(0.1)  # the job writes its PID first thing; poll for it, bounded
@@ -126,7 +140,7 @@ def job_state(c: Any, job_dir: str, status_file: str | None = None) -> dict[str,
     status = f"cat {d}/{shlex.quote(status_file)} 2>/dev/null;" if status_file else ""
     res = c.run(f"cd {d} && echo \"rc=$(cat rc 2>/dev/null)\"; "
                 f"if {_ALIVE.format(pid='$(cat pid)')}; then echo alive=1; else echo alive=0; fi; "
-                f"echo ---; {status} true", hide=True, warn=True)
+                f"echo ---; {status} true", hide=True, warn=True, timeout=CMD_TIMEOUT)
     head, _, body = res.stdout.partition("---\n")
     kv = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
     st = None
@@ -139,24 +153,45 @@ def job_state(c: Any, job_dir: str, status_file: str | None = None) -> dict[str,
     return {"rc": int(rc) if rc.lstrip("-").isdigit() else None, "alive": kv.get("alive") == "1", "status": st}
 
 
-def stop_job(c: Any, job_dir: str, *, grace: float = 5.0) -> None:
-    """SIGTERM the job's process group, SIGKILL it after *grace* seconds."""
+#: the processes of a job's session (a job is started by setsid: session id = its PID) that are not zombies
+_SESSION_LEFT = "ps -o pid=,stat= -s {sid} 2>/dev/null | awk '$2 !~ /^Z/ {{print $1}}' | tr '\\n' ' '"
+
+
+def stop_job(c: Any, job_dir: str, *, grace: float = 5.0) -> list[int]:
+    """SIGTERM the job's process group, SIGKILL it (and anything left of its session) after *grace* s.
+
+    Returns the PIDs that were still alive when SIGKILL went out (empty: it stopped on SIGTERM,
+    or had already ended).  A job that never wrote its PID has nothing to stop.  Raises
+    :class:`JobSurvived` when a process of the job is alive after SIGKILL.
+    """
     d = shlex.quote(job_dir)
-    c.run(f"cd {d} && p=$(cat pid) && kill -TERM -- -$p 2>/dev/null; "
-          f"i=0; while {_ALIVE.format(pid='$p')} && [ $i -lt {int(grace * 10)} ]; do sleep 0.1; i=$((i+1)); done; "
-          f"kill -KILL -- -$p 2>/dev/null; true", hide=True, warn=True)
+    left = _SESSION_LEFT.format(sid="$p")
+    res = c.run(f"cd {d} 2>/dev/null || exit 0; p=$(cat pid 2>/dev/null); [ -n \"$p\" ] || exit 0; "
+                f"kill -TERM -- -$p 2>/dev/null; "
+                f"i=0; while [ -n \"$({left})\" ] && [ $i -lt {int(grace * 10)} ]; do sleep 0.1; i=$((i+1)); done; "
+                f"k=$({left}); echo \"killed=$k\"; if [ -n \"$k\" ]; then kill -KILL -- -$p 2>/dev/null; "
+                f"kill -KILL $k 2>/dev/null; sleep 0.2; fi; echo \"left=$({left})\"",
+                hide=True, warn=True, timeout=grace + CMD_TIMEOUT)
+    kv = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+    if res.exited != 0:
+        raise JobSurvived(f"stopping the job in {job_dir} failed (exit {res.exited}): "
+                          f"{(res.stderr or res.stdout).strip()[-300:]}")
+    left_pids = [int(x) for x in kv.get("left", "").split() if x.isdigit()]
+    if left_pids:
+        raise JobSurvived(f"job in {job_dir}: process(es) {' '.join(map(str, left_pids))} still alive after SIGKILL")
+    return [int(x) for x in kv.get("killed", "").split() if x.isdigit()]
 
 
 def fetch_dir(c: Any, remote_dir: str, local_dir: Path) -> list[str]:
     """Copy a remote folder's files into *local_dir* (one tar stream through a temporary file)."""
     local_dir.mkdir(parents=True, exist_ok=True)
     tmp = f"/tmp/wsproxy-loadkit-fetch-{secrets.token_hex(8)}.tar.gz"
-    c.run(f"tar -czf {tmp} -C {shlex.quote(remote_dir)} .", hide=True)
+    c.run(f"tar -czf {tmp} -C {shlex.quote(remote_dir)} .", hide=True, timeout=FETCH_TIMEOUT)
     try:
         local_tar = local_dir / ".fetch.tar.gz"
         c.get(tmp, str(local_tar))
     finally:
-        c.run(f"rm -f {tmp}", hide=True, warn=True)
+        c.run(f"rm -f {tmp}", hide=True, warn=True, timeout=CMD_TIMEOUT)
     with tarfile.open(local_tar) as tf:
         tf.extractall(local_dir, filter="data")
         names = [m.name for m in tf.getmembers() if m.isfile()]
@@ -165,5 +200,5 @@ def fetch_dir(c: Any, remote_dir: str, local_dir: Path) -> list[str]:
 
 
 def read_remote_json(c: Any, path: str) -> Any:
-    res = c.run(f"cat {shlex.quote(path)}", hide=True, warn=True)
+    res = c.run(f"cat {shlex.quote(path)}", hide=True, warn=True, timeout=CMD_TIMEOUT)
     return json.loads(res.stdout) if res.ok and res.stdout.strip() else None

@@ -1,50 +1,59 @@
-"""One ``fab run`` end to end: preflight, split, start, watch, collect, merge, report, pack.
+"""One ``fab run`` end to end, as phases: preflight, monitors, launch, chaos, watch, stop, collect, merge, record.
 
-:func:`execute` owns every connection and remote job it starts: generators and
-host monitors run as background jobs in ``<kit_root>/runs/<run-id>/`` on their
-hosts and are stopped (process group, by PID) when they outlive the run's
-bound (``--max-duration`` + grace).  A generator that fails or hangs makes the
-run ``partial: true`` with the reason; what every other generator measured is
-still collected, merged and packed.
+:func:`execute` owns every connection; :func:`_execute` owns every remote job the run starts
+(host monitors, generators, chaos faults), each recorded in a :class:`Run` as it starts (and in
+``results/<run-id>/jobs.json``, PIDs included) and stopped in its ONE ``finally`` whatever ended
+the run: every generator exited, the ``--max-duration`` bound, a failure, Ctrl-C or SIGTERM.
+What exists is then collected, merged and packed; a run that did not end normally is
+``partial: true`` with the reason.  A job that survives its stop is reported in the run record
+(``stop_problems``) and makes the run partial, never ignored.
 
-Every host monitor also samples the CPU of the kit's own processes: before it
-starts, each host's service PIDs are asked from its service manager (the
-kit's supervisord, else systemd; never matched by process name) and written
-to the monitor's ``procs.txt``; each generator's PID is appended once it
-started.  :mod:`._components` turns the samples into the run's per-component
-cost and bottleneck.  A PID that cannot be resolved is reported in the run
-record (``component_problems``), never fatal.  Returns the process exit status:
-0 pass, 1 a threshold failed, 3 partial run, 2 bad options or failed preflight
-(raised as :class:`RunError`).
+Every host monitor also samples the CPU of the kit's own processes: before it starts, each
+host's service PIDs are asked from its service manager (the kit's supervisord, else systemd;
+never matched by process name) and written to the monitor's ``procs.txt``; each generator's PID
+is appended once it started.  :mod:`._components` turns the samples into the run's
+per-component cost and bottleneck.  A PID that cannot be resolved is reported in the run record
+(``component_problems``), never fatal.
+
+``--chaos`` faults (:mod:`._chaos`, :mod:`._faults`) run in their own threads at their time
+relative to the agreed start; each becomes an event of ``summary.json`` with its recovery time
+and what it cost (lost tokens, reconnects, failed queries).
+
+Returns the process exit status: 0 pass, 1 a threshold failed, 3 partial run, 130 interrupted by
+Ctrl-C (128 + the signal number for SIGTERM: 143); 2 bad options or failed preflight (raised as
+:class:`RunError`).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import functools
 import json
 import logging
 import platform
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
-
-import yaml
 
 import kit
 from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
-from ._components import bottleneck, component_costs, load_host_samples, service_programs
+from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, resolve_targets
+from ._components import bottleneck, component_costs, load_host_samples
+from ._faults import ChaosRunner, Fault
 from ._pack import pack_run, stripped_inventory
 from ._plan import PRESETS, GeneratorSlot, PlanError, Threshold, clock_offset, make_run_id, plan_generators
 from ._remote import GroupException, close_all, connect, describe_failures, fan_out
 from ._services import check_health, collect_server_stats, haproxy_urls, unhealthy
 from ._summary import aggregate_status, evaluate_thresholds, format_live_line
+from ._svcmgr import host_programs, resolve_service_pids
 
-__all__ = ["RunOptions", "RunError", "execute", "preflight", "CLOCK_BOUND_S"]
+__all__ = ["RunOptions", "RunError", "Interrupted", "execute", "preflight", "resolve_service_pids", "CLOCK_BOUND_S"]
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +69,18 @@ START_LEAD_S = 3.0
 GRACE_S = 30.0
 POLL_S = 2.0
 SERVICES_REQUIRED = ("redis", "haproxy", "wsproxy", "sim", "generators")
-#: the kit_service role's knobs (supervisorctl path, systemd unit prefix) live in its defaults
-KIT_SERVICE_DEFAULTS = REPO / "playbooks" / "roles" / "kit_service" / "defaults" / "main.yml"
-
-
+#: seconds a generator gets between SIGTERM and SIGKILL when the run stops it early
+STOP_GRACE_S = 5.0
 class RunError(RuntimeError):
     """The run cannot start (bad options, unhealthy services, insufficient limits); exit 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the controller mid-run; the run stops its jobs and exits 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -89,6 +104,8 @@ class RunOptions:
     think_time: float | None = None
     #: seconds a query may take to its done message before it fails (the client's default when None)
     query_timeout: float | None = None
+    #: faults during the run (``ACTION:TARGET@AT[+FOR][=ARG]``, see :mod:`kit.run._chaos`)
+    chaos: list[str] = dataclasses.field(default_factory=list)
 
     def resolve(self) -> None:
         """Apply the preset under explicit options and check the load shape."""
@@ -119,6 +136,17 @@ class RunOptions:
         if self.query_timeout is not None and not 0.001 <= self.query_timeout <= self.max_duration:
             raise RunError(f"--query-timeout {self.query_timeout:g}: give seconds a query may take, "
                            f"0.001 to --max-duration ({self.max_duration:g})")
+        for spec in self.chaos_specs():
+            if spec.at_s + spec.for_s > self.max_duration:
+                raise RunError(f"--chaos {spec.text!r}: ends at {spec.at_s + spec.for_s:g} s, after "
+                               f"--max-duration {self.max_duration:g}")
+
+    def chaos_specs(self) -> list[ChaosSpec]:
+        """The parsed ``--chaos`` specs; RunError (one line) for a bad one."""
+        try:
+            return [parse_chaos(t) for t in self.chaos]
+        except ChaosError as exc:
+            raise RunError(str(exc)) from None
 
 
 def _say(msg: str) -> None:
@@ -220,6 +248,72 @@ def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, ou
     return argv
 
 
+
+@dataclasses.dataclass
+class GenJob:
+    """One generator invocation (a ``kit.client`` process tree on one host)."""
+
+    slot: GeneratorSlot
+    dir: str
+    start_at: float
+    argv: list[str] | None = None
+    pid: int | None = None
+    #: its last state once it ended: job_state(), or {"hung": True} / {"stopped": why}
+    final: dict[str, Any] | None = None
+    status: dict[str, Any] | None = None
+    out: Path | None = None
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one run started or learned; the ``finally`` of :func:`_execute` stops what is here."""
+
+    opts: RunOptions
+    inv: Inventory
+    conns: dict[str, Any]
+    run_id: str
+    run_dir: Path
+    out: Callable[[str], None]
+    t_begin: float = dataclasses.field(default_factory=time.time)
+    phase: str = "preflight"
+    pre: dict[str, Any] = dataclasses.field(default_factory=dict)
+    slots: list[GeneratorSlot] = dataclasses.field(default_factory=list)
+    faults: list[Fault] = dataclasses.field(default_factory=list)
+    #: host -> remote folder of the run (``<kit_root>/runs/<run-id>``)
+    remote_root: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: host -> remote folder of its started host monitor
+    monitors: dict[str, str] = dataclasses.field(default_factory=dict)
+    gens: dict[str, GenJob] = dataclasses.field(default_factory=dict)
+    chaos: ChaosRunner | None = None
+    start_at: float | None = None
+    partial_reasons: list[str] = dataclasses.field(default_factory=list)
+    stop_problems: list[str] = dataclasses.field(default_factory=list)
+    service_pids: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    component_problems: list[str] = dataclasses.field(default_factory=list)
+    missing_metrics: list[str] = dataclasses.field(default_factory=list)
+    log_problems: list[str] = dataclasses.field(default_factory=list)
+    stats_problems: list[str] = dataclasses.field(default_factory=list)
+    interrupted_by: int | None = None
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def host_of(self, c: Any) -> str:
+        return c.inventory_host.name
+
+    def labels_on(self, host: str) -> list[str]:
+        return [lbl for lbl, g in self.gens.items() if g.slot.host == host]
+
+    def write_jobs(self) -> None:
+        """``jobs.json``: every remote job of the run with its host, folder and PID (what to clean up by hand)."""
+        with self._lock:
+            data = {"monitors": {h: {"dir": d, "pid": self.service_pids.get(h, {}).get("_monitor_pid")}
+                                 for h, d in self.monitors.items()},
+                    "generators": {lbl: {"host": g.slot.host, "dir": g.dir, "pid": g.pid}
+                                   for lbl, g in self.gens.items()},
+                    "faults": [{"spec": f.spec.text, "host": f.target.host, "program": f.target.program}
+                               for f in self.faults]}
+            (self.run_dir / "jobs.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
 def execute(opts: RunOptions, *, out: Callable[[str], None] = _say) -> int:
     """Run the benchmark described by *opts*; return the exit status (see the module docstring)."""
     try:
@@ -234,178 +328,323 @@ def execute(opts: RunOptions, *, out: Callable[[str], None] = _say) -> int:
     if run_dir.exists():
         raise RunError(f"{run_dir} already exists: choose another --run-id")
     conns = {name: connect(h) for name, h in inv.hosts.items()}
+    restore = _trap_signals()
     try:
-        return _execute(opts, inv, conns, run_id, run_dir, out)
+        return _execute(Run(opts=opts, inv=inv, conns=conns, run_id=run_id, run_dir=run_dir, out=out))
     finally:
         close_all(conns.values())
+        restore()
 
 
-def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: str, run_dir: Path,
-             out: Callable[[str], None]) -> int:
-    t_begin = time.time()
-    out(f"run {run_id}: {opts.clients} clients x {opts.queries} queries over inventory {opts.inventory}")
-    pre = preflight(inv, conns, opts.clients, skip_health=opts.skip_health)
+def _trap_signals() -> Callable[[], None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` (once: while the run cleans up, further ones are
+    noted and ignored, so a second Ctrl-C cannot leave jobs behind).  Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if seen:
+            print(f"  ({signal.Signals(signum).name} again: still stopping the run's remote jobs; "
+                  "every command is bounded)", file=sys.stderr, flush=True)
+            return
+        seen.append(signum)
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in old.items()] and None
+
+
+def _execute(run: Run) -> int:
+    """The phases; the one try/finally owns every remote job the run starts."""
+    _phase_preflight(run)   # starts nothing remote: a RunError here is exit 2
+    try:
+        _phase_monitors(run)
+        _phase_launch(run)
+        _phase_chaos(run)
+        _phase_watch(run)
+    except Interrupted as exc:
+        run.interrupted_by = exc.signum
+        run.partial_reasons.append(f"interrupted by {signal.Signals(exc.signum).name} during {run.phase}: "
+                                   "every job was stopped and what existed was collected")
+        run.out(f"  {signal.Signals(exc.signum).name}: stopping every remote job of the run")
+    except RunError:
+        raise
+    except Exception as exc:  # a failure mid-run: stop, then collect what exists
+        log.exception("run failed during %s", run.phase)
+        run.partial_reasons.append(f"failed during {run.phase}: {type(exc).__name__}: {exc}")
+    finally:
+        _stop_everything(run)
+    _phase_collect(run)
+    summary = _phase_merge(run)
+    return _phase_record(run, summary)
+
+
+def _phase_preflight(run: Run) -> None:
+    opts, inv = run.opts, run.inv
+    specs = opts.chaos_specs()
+    run.out(f"run {run.run_id}: {opts.clients} clients x {opts.queries} queries over inventory {opts.inventory}")
+    pre = preflight(inv, run.conns, opts.clients, skip_health=opts.skip_health)
     for name, cap in pre["caps"].items():
-        out(f"  caps {name}: " + ", ".join(f"{k}={v}" for k, v in cap.items() if k not in ("note",)))
+        run.out(f"  caps {name}: " + ", ".join(f"{k}={v}" for k, v in cap.items() if k not in ("note",)))
     if not pre["clock_ok"]:
-        out(f"  WARNING: host clocks differ by up to {pre['clock_worst_s'] * 1000:.2f} ms (bound "
-            f"{CLOCK_BOUND_S * 1000:.1f} ms): cross-host token delivery latency is unreliable")
+        run.out(f"  WARNING: host clocks differ by up to {pre['clock_worst_s'] * 1000:.2f} ms (bound "
+                f"{CLOCK_BOUND_S * 1000:.1f} ms): cross-host token delivery latency is unreliable")
     if pre["problems"]:
         raise RunError("preflight failed:\n  " + "\n  ".join(pre["problems"]))
+    programs = {h: host_programs(inv, h) for h in inv.hosts}
+    try:
+        run.faults = [Fault(spec=s, target=t, index=i) for i, (s, t) in enumerate(
+            (s, t) for s in specs for t in resolve_targets(s, inv, programs))]
+    except ChaosError as exc:
+        raise RunError(str(exc)) from None
+    run.pre = pre
     gens = {n: pre["facts"][n]["nproc"] for n in inv.groups["generators"]}
-    slots = plan_generators(opts.clients, gens, inv.groups["haproxy"], opts.arrival_rate)
-    run_dir.mkdir(parents=True)
-    (run_dir / "preflight.json").write_text(json.dumps(pre, indent=2, default=str) + "\n")
+    run.slots = plan_generators(opts.clients, gens, inv.groups["haproxy"], opts.arrival_rate)
+    run.remote_root = {n: f"{h.kit_root}/runs/{run.run_id}" for n, h in inv.hosts.items()}
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "preflight.json").write_text(json.dumps(pre, indent=2, default=str) + "\n")
 
-    remote_root = {n: f"{h.kit_root}/runs/{run_id}" for n, h in inv.hosts.items()}
-    bound = opts.max_duration + opts.grace
-    # host monitors on every host, for the whole run (bounded by themselves); the monitor is one
-    # self-contained file copied over, run by the kit's venv or, where the kit is not installed
-    # (e.g. a balancer host), by the host's python3.  Each samples the kit's processes of its host:
-    # the services' PIDs now, the generators' once they started (appended to procs.txt)
-    procs_file = {n: f"{remote_root[n]}/hostmon/procs.txt" for n in inv.hosts}
-    service_pids: dict[str, dict[str, Any]] = {}
-    component_problems: list[str] = []
+
+def _procs_file(run: Run, host: str) -> str:
+    return f"{run.remote_root[host]}/hostmon/procs.txt"
+
+
+def _phase_monitors(run: Run) -> None:
+    """A host monitor on every host for the whole run (bounded by itself); the monitor is one
+    self-contained file copied over, run by the kit's venv or, where the kit is not installed (e.g.
+    a balancer host), by the host's python3.  Each samples the kit's processes of its host: the
+    services' PIDs now, the generators' once they started (appended to procs.txt)."""
+    run.phase = "starting host monitors"
+    bound = run.opts.max_duration + run.opts.grace
 
     def start_monitor(c: Any) -> int:
         h = c.inventory_host
-        d = f"{remote_root[h.name]}/hostmon"
-        c.run(f"mkdir -p {shlex.quote(d)}")
+        d = f"{run.remote_root[h.name]}/hostmon"
+        c.run(f"mkdir -p {shlex.quote(d)}", timeout=ops.CMD_TIMEOUT)
         c.put(str(HOSTMON_SRC), f"{d}/hostmon.py")
-        pids, problems = resolve_service_pids(c, inv)
-        service_pids[h.name] = pids
-        component_problems.extend(problems)
+        pids, problems = resolve_service_pids(c, run.inv)
+        with run._lock:
+            run.service_pids[h.name] = {prog: pid for prog, (_, pid) in pids.items()}
+            run.component_problems.extend(f"{p}; its CPU is not counted" for p in problems)
         lines = "".join(f"{component} {pid}\n" for component, pid in pids.values() if pid)
-        c.run(f"printf %s {shlex.quote(lines)} > {shlex.quote(procs_file[h.name])}")
-        py = h.kit_python if pre["facts"][h.name]["kit_python"] else _system_python(h)
-        return ops.start_job(c, d, [py, f"{d}/hostmon.py", f"{d}/host.jsonl", "--interval", "1",
-                                    "--duration", f"{bound + 60:g}", "--procs", procs_file[h.name]])
+        c.run(f"printf %s {shlex.quote(lines)} > {shlex.quote(_procs_file(run, h.name))}", timeout=ops.CMD_TIMEOUT)
+        py = h.kit_python if run.pre["facts"][h.name]["kit_python"] else _system_python(h)
+        with run._lock:
+            run.monitors[h.name] = d   # owned from here on: stopped in the finally
+        pid = ops.start_job(c, d, [py, f"{d}/hostmon.py", f"{d}/host.jsonl", "--interval", "1",
+                                   "--duration", f"{bound + 60:g}", "--procs", _procs_file(run, h.name)])
+        with run._lock:
+            run.service_pids[h.name]["_monitor_pid"] = pid
+        return pid
 
-    _fan(list(conns.values()), start_monitor, "starting host monitors")
-    for p in component_problems:
-        out(f"  WARNING: component CPU: {p}")
+    try:
+        _fan(list(run.conns.values()), start_monitor, "starting host monitors")
+    finally:
+        run.write_jobs()
+    for p in run.component_problems:
+        run.out(f"  WARNING: component CPU: {p}")
 
-    # one agreed instant, in each host's own clock
-    start_at = time.time() + START_LEAD_S + 0.2 * len(slots)
-    jobs: dict[str, dict[str, Any]] = {}
-    for s in slots:
-        h = inv.hosts[s.host]
-        local_start = start_at + pre["clocks"][s.host]["offset_s"]
-        jobs[s.label] = {"slot": s, "dir": f"{remote_root[s.host]}/gen-{s.label}", "start_at": local_start}
-    by_conn = {}
-    for label, j in jobs.items():
-        by_conn.setdefault(j["slot"].host, []).append(label)
+
+def _phase_launch(run: Run) -> None:
+    """Every generator at one agreed instant, in each host's own clock."""
+    run.phase = "starting generators"
+    opts, inv = run.opts, run.inv
+    run.start_at = start_at = time.time() + START_LEAD_S + 0.2 * len(run.slots)
+    for s in run.slots:
+        run.gens[s.label] = GenJob(slot=s, dir=f"{run.remote_root[s.host]}/gen-{s.label}",
+                                   start_at=start_at + run.pre["clocks"][s.host]["offset_s"])
 
     def launch(c: Any) -> list[int]:
         pids = []
-        for label in by_conn[c.inventory_host.name]:
-            j = jobs[label]
-            argv = _client_argv(c.inventory_host, j["slot"], opts, inv.hosts[j["slot"].haproxy], f"{j['dir']}/out",
-                                j["start_at"], run_id, pre["facts"][c.inventory_host.name].get("kit_client"))
-            j["argv"] = argv
-            pid = ops.start_job(c, j["dir"], argv)
-            j["pid"] = pid
-            pids.append(pid)
-            c.run(f"echo 'client {pid}' >> {shlex.quote(procs_file[c.inventory_host.name])}")
+        host = run.host_of(c)
+        for label in run.labels_on(host):
+            g = run.gens[label]
+            g.argv = _client_argv(c.inventory_host, g.slot, opts, inv.hosts[g.slot.haproxy], f"{g.dir}/out",
+                                  g.start_at, run.run_id, run.pre["facts"][host].get("kit_client"))
+            g.pid = ops.start_job(c, g.dir, g.argv)
+            pids.append(g.pid)
+            c.run(f"echo 'client {g.pid}' >> {shlex.quote(_procs_file(run, host))}", timeout=ops.CMD_TIMEOUT)
         return pids
 
-    gen_conns = [conns[n] for n in by_conn]
-    launched = _fan(gen_conns, launch, "starting generators", strict=False)
-    partial_reasons = [f"{c.inventory_host.name}: could not start: {v}" for c, v in launched.items()
-                       if isinstance(v, BaseException)]
-    out(f"  {len(slots)} generator invocation(s) start at {time.strftime('%H:%M:%S', time.localtime(start_at))}"
-        f" ({', '.join(f'{s.label}:{s.clients}c/{s.processes}p->{s.haproxy}' for s in slots)})")
+    try:
+        launched = _fan([run.conns[h] for h in {g.slot.host for g in run.gens.values()}], launch,
+                        "starting generators", strict=False)
+    finally:
+        run.write_jobs()
+    for c, v in launched.items():
+        if isinstance(v, BaseException):
+            run.partial_reasons.append(f"{run.host_of(c)}: could not start: {v}")
+            for lbl in run.labels_on(run.host_of(c)):
+                run.gens[lbl].final = run.gens[lbl].final or {"rc": None, "alive": False, "status": None,
+                                                               "launch_failed": True}
+    run.out(f"  {len(run.slots)} generator invocation(s) start at "
+            f"{time.strftime('%H:%M:%S', time.localtime(start_at))} "
+            f"({', '.join(f'{s.label}:{s.clients}c/{s.processes}p->{s.haproxy}' for s in run.slots)})")
 
-    # watch until every generator has exited or the bound is reached
-    deadline = start_at + bound
-    finished: dict[str, dict[str, Any]] = {}
+
+def _phase_chaos(run: Run) -> None:
+    if not run.faults:
+        return
+    run.phase = "scheduling faults"
+    assert run.start_at is not None
+    run.chaos = ChaosRunner(run.faults, run.inv, run.start_at, run.remote_root, run.out)
+    run.chaos.start()
+    run.out("  chaos: " + ", ".join(f"{f.spec.text} -> {f.target.label()}" for f in run.faults))
+
+
+def _phase_watch(run: Run) -> None:
+    """Poll every generator until each has exited or the bound is reached; show the live line."""
+    run.phase = "watching generators"
+    opts = run.opts
+    assert run.start_at is not None
+    deadline = run.start_at + opts.max_duration + opts.grace
     prev_agg: dict[str, Any] | None = None
-    statuses: dict[str, Any] = {lbl: None for lbl in jobs}   # last status.json seen per generator
-    failed_hosts = {c.inventory_host.name for c, v in launched.items() if isinstance(v, BaseException)}
     while True:
-        live = {lbl: j for lbl, j in jobs.items() if lbl not in finished and j["slot"].host not in failed_hosts}
+        live = {lbl: g for lbl, g in run.gens.items() if g.final is None}
         if not live:
-            break
-        polled = _fan([conns[h] for h in {j["slot"].host for j in live.values()}],
-                      lambda c: {lbl: ops.job_state(c, jobs[lbl]["dir"], "out/status.json")
-                                 for lbl in by_conn[c.inventory_host.name] if lbl in live},
+            return
+        polled = _fan([run.conns[h] for h in {g.slot.host for g in live.values()}],
+                      lambda c: {lbl: ops.job_state(c, run.gens[lbl].dir, "out/status.json")
+                                 for lbl in run.labels_on(run.host_of(c)) if lbl in live},
                       "polling generators", strict=False)
-        for c, v in polled.items():
+        for v in polled.values():
             if isinstance(v, BaseException):
                 continue
             for lbl, st in v.items():
-                statuses[lbl] = st["status"] or statuses.get(lbl)
+                g = run.gens[lbl]
+                g.status = st["status"] or g.status
                 if st["rc"] is not None or not st["alive"]:
-                    finished[lbl] = st
-        agg = aggregate_status(statuses, prev_agg, time.time())
+                    g.final = st
+        now = time.time()
+        agg = aggregate_status({lbl: g.status for lbl, g in run.gens.items()}, prev_agg, now)
         prev_agg = agg
-        if opts.live and time.time() >= start_at:
-            out("  " + format_live_line(agg, time.time() - start_at))
-        if time.time() > deadline:
-            for lbl, j in live.items():
-                if lbl not in finished:
-                    partial_reasons.append(f"{lbl}: still running after --max-duration {opts.max_duration:g} s "
-                                           f"+ {opts.grace:g} s grace; stopped")
-                    try:
-                        ops.stop_job(conns[j["slot"].host], j["dir"])
-                    except Exception as exc:  # reported in the run record
-                        partial_reasons.append(f"{lbl}: stopping it failed: {exc}")
-                    finished[lbl] = {"rc": None, "alive": False, "status": None, "hung": True}
-            break
+        if opts.live and now >= run.start_at:
+            run.out("  " + format_live_line(agg, now - run.start_at))
+        if now > deadline:
+            for lbl, g in live.items():
+                if g.final is None:
+                    run.partial_reasons.append(f"{lbl}: still running after --max-duration {opts.max_duration:g} s "
+                                               f"+ {opts.grace:g} s grace; stopped")
+                    g.final = {"rc": None, "alive": True, "status": None, "hung": True}
+            return
         time.sleep(POLL_S)  # the live view's refresh period
-    exited = {lbl: st for lbl, st in finished.items()
-              if st.get("rc") not in (0, None) or (st.get("rc") is None and not st.get("hung"))}
 
-    # collect: generator outputs, host monitors, logs, server stats
-    out("  collecting results")
-    _fan(list(conns.values()), lambda c: ops.stop_job(c, f"{remote_root[c.inventory_host.name]}/hostmon", grace=3),
-         "stopping host monitors", strict=False)
-    gen_local: dict[str, Path] = {}
+
+def _stop_everything(run: Run) -> None:
+    """Undo the faults, stop every generator still alive and every host monitor; record what survived."""
+    run.phase = "stopping"
+    if run.chaos is not None:
+        run.stop_problems += run.chaos.stop()
+    alive = [lbl for lbl, g in run.gens.items() if g.pid and (g.final is None or g.final.get("hung"))]
+    for lbl in alive:
+        if run.gens[lbl].final is None:
+            run.gens[lbl].final = {"rc": None, "alive": True, "status": None, "stopped": True}
+
+    def stop_gens(c: Any) -> dict[str, list[int]]:
+        return {lbl: ops.stop_job(c, run.gens[lbl].dir, grace=STOP_GRACE_S)
+                for lbl in run.labels_on(run.host_of(c)) if lbl in alive}
+
+    for what, conns, fn in (
+            ("stopping generators", [run.conns[h] for h in {run.gens[lbl].slot.host for lbl in alive}], stop_gens),
+            ("stopping host monitors", [run.conns[h] for h in run.monitors],
+             lambda c: ops.stop_job(c, run.monitors[run.host_of(c)], grace=3))):
+        if not conns:
+            continue
+        try:
+            fan_out(conns, fn)
+        except GroupException as exc:
+            run.stop_problems += [f"{what}: {line}" for line in describe_failures(exc)]
+    for p in run.stop_problems:
+        run.out(f"  WARNING: {p}")
+
+
+def _phase_collect(run: Run) -> None:
+    """Generator outputs, host monitors, logs, server stats: whatever exists."""
+    run.phase = "collecting"
+    run.out("  collecting results")
+    gen_hosts = sorted({g.slot.host for g in run.gens.values() if g.pid})
 
     def collect_gens(c: Any) -> None:
-        for lbl in by_conn[c.inventory_host.name]:
-            dest = run_dir / "generators" / lbl
-            ops.fetch_dir(c, jobs[lbl]["dir"], dest)
-            gen_local[lbl] = dest / "out"
+        for lbl in run.labels_on(run.host_of(c)):
+            dest = run.run_dir / "generators" / lbl
+            ops.fetch_dir(c, run.gens[lbl].dir, dest)
+            run.gens[lbl].out = dest / "out"
 
-    got = _fan(gen_conns, collect_gens, "collecting generator outputs", strict=False)
-    partial_reasons += [f"{c.inventory_host.name}: collecting outputs failed: {v}" for c, v in got.items()
-                        if isinstance(v, BaseException)]
-    for lbl, st in exited.items():
-        tail = _tail(run_dir / "generators" / lbl / "out.log")
-        partial_reasons.append(f"{lbl}: generator exited with status {st.get('rc')}"
-                               + (f": {tail}" if tail else f" (see generators/{lbl}/out.log)"))
-    mons = _fan(list(conns.values()), lambda c: ops.fetch_dir(
-        c, f"{remote_root[c.inventory_host.name]}/hostmon", run_dir / "hosts" / c.inventory_host.name),
+    got = _fan([run.conns[h] for h in gen_hosts], collect_gens, "collecting generator outputs", strict=False)
+    run.partial_reasons += [f"{run.host_of(c)}: collecting outputs failed: {v}" for c, v in got.items()
+                            if isinstance(v, BaseException)]
+    for lbl, g in run.gens.items():
+        st = g.final or {}
+        if st.get("rc") not in (0, None) or (st.get("rc") is None and not st.get("alive")
+                                             and not st.get("launch_failed")):
+            tail = _tail(run.run_dir / "generators" / lbl / "out.log")
+            run.partial_reasons.append(f"{lbl}: generator exited with status {st.get('rc')}"
+                                       + (f": {tail}" if tail else f" (see generators/{lbl}/out.log)"))
+    mons = _fan([run.conns[h] for h in run.monitors], lambda c: ops.fetch_dir(
+        c, run.monitors[run.host_of(c)], run.run_dir / "hosts" / run.host_of(c)),
         "collecting host metrics", strict=False)
-    missing_metrics = [c.inventory_host.name for c, v in mons.items() if isinstance(v, BaseException)]
+    run.missing_metrics = [run.host_of(c) for c, v in mons.items() if isinstance(v, BaseException)]
     from ._logs import fetch_logs
-    log_problems = fetch_logs(inv, conns, run_dir / "logs")
-    stats_problems = collect_server_stats(inv, run_dir / "server")
+    run.log_problems = fetch_logs(run.inv, run.conns, run.run_dir / "logs")
+    run.stats_problems = collect_server_stats(run.inv, run.run_dir / "server")
 
-    # merge what every generator left
+
+def _phase_merge(run: Run) -> dict[str, Any]:
+    """Merge what every generator left; cost every component; evaluate each fault's recovery."""
+    run.phase = "merging"
     from kit.client import merge_outputs
-    usable = [p for lbl, p in sorted(gen_local.items()) if (p / "histograms.json").exists()]
-    for lbl in jobs:
-        if lbl not in gen_local or not (gen_local[lbl] / "histograms.json").exists():
-            reason = f"{lbl}: no results (histograms.json missing)"
-            if not any(r.startswith(f"{lbl}:") for r in partial_reasons):
-                partial_reasons.append(reason)
-    summary: dict[str, Any] = merge_outputs(usable, run_dir) if usable else {"total_sessions": 0}
+    outs = {lbl: g.out for lbl, g in run.gens.items() if g.out is not None}
+    usable = [p for _, p in sorted(outs.items()) if (p / "histograms.json").exists()]
+    for lbl in run.gens:
+        if lbl not in outs or not (outs[lbl] / "histograms.json").exists():
+            if not any(r.startswith(f"{lbl}:") for r in run.partial_reasons):
+                run.partial_reasons.append(f"{lbl}: no results (histograms.json missing)")
+    summary: dict[str, Any] = merge_outputs(usable, run.run_dir) if usable else {"total_sessions": 0}
     client_cpu: dict[str, float] = {}
-    for lbl, p in gen_local.items():  # what each generator measured of itself at exit (getrusage)
-        host = jobs[lbl]["slot"].host
+    for lbl, p in outs.items():  # what each generator measured of itself at exit (getrusage)
+        host = run.gens[lbl].slot.host
         client_cpu[host] = client_cpu.get(host, 0.0) + sum(float(r.get("cpu_s") or 0.0) for r in _runs_of([p]))
-    summary["components"] = component_costs(load_host_samples(run_dir), summary.get("total_tokens"),
-                                            {n: f.get("nproc") for n, f in pre["facts"].items()}, client_cpu)
+    summary["components"] = component_costs(load_host_samples(run.run_dir), summary.get("total_tokens"),
+                                            {n: f.get("nproc") for n, f in run.pre["facts"].items()}, client_cpu)
     summary["bottleneck"] = bottleneck(summary["components"])
     if not summary["components"]:
-        component_problems.append("no per-process CPU samples: no component costs for this run")
+        run.component_problems.append("no per-process CPU samples: no component costs for this run")
+    summary["events"] = _fault_events(run)
+    return summary
+
+
+def _fault_events(run: Run) -> list[dict[str, Any]]:
+    """summary.json's events: each fault with its recovery and what it cost (from timeline.csv, queries.csv)."""
+    if run.chaos is None or run.start_at is None:
+        return []
+    rows = _read_csv(run.run_dir / "timeline.csv")
+    queries = [q for q in _read_csv(run.run_dir / "queries.csv") if q.get("lost") not in (None, "", "0")]
+    last = max((int(r["second"]) + 1 for r in rows), default=0)
+    events = []
+    for ev in run.chaos.events():
+        if ev["started_at"] is not None and ev["ok"]:
+            end = ev["ended_at"] or ev["started_at"]
+            rec = recovery(rows, ev["started_at"], end)
+            until = rec["recovered_at"] if rec["recovered_at"] is not None else max(last, end)
+            ev |= {"recovery": rec, "recovery_s": rec["recovery_s"]} | attribute(rows, queries, ev["started_at"], until)
+        events.append(ev)
+    return events
+
+
+def _phase_record(run: Run, summary: dict[str, Any]) -> int:
+    """summary.json, run.json, the inventory, the report and the tarball; the exit status."""
+    run.phase = "recording"
+    opts, pre = run.opts, run.pre
+    if run.stop_problems:
+        run.partial_reasons += [f"left behind: {p}" for p in run.stop_problems]
+    usable = [g.out for g in run.gens.values() if g.out is not None and (g.out / "histograms.json").exists()]
     checks = evaluate_thresholds(summary, opts.thresholds)
     skews = [r.get("start_skew_s") for r in _runs_of(usable) if r.get("start_skew_s") is not None]
     run_rec = {
-        "run_id": run_id, "partial": bool(partial_reasons), "partial_reasons": partial_reasons,
-        "started": t_begin, "ended": time.time(), "start_at": start_at,
+        "run_id": run.run_id, "partial": bool(run.partial_reasons), "partial_reasons": run.partial_reasons,
+        "interrupted": signal.Signals(run.interrupted_by).name if run.interrupted_by else None,
+        "started": run.t_begin, "ended": time.time(), "start_at": run.start_at,
         "start_skew_s": {"max": max(skews, default=None), "min": min(skews, default=None),
                          "spread": (max(skews) - min(skews)) if skews else None, "per_process": skews},
         "clock": {"worst_s": pre["clock_worst_s"], "bound_s": CLOCK_BOUND_S, "ok": pre["clock_ok"],
@@ -413,87 +652,44 @@ def _execute(opts: RunOptions, inv: Inventory, conns: dict[str, Any], run_id: st
                   "note": "" if pre["clock_ok"] else "cross-host delivery latency unreliable: clocks exceed the bound"},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()
                    if k != "thresholds"} | {"thresholds": [t.text for t in opts.thresholds]},
-        "slots": [dataclasses.asdict(s) | {"argv": jobs[s.label].get("argv"), "host_start_at": jobs[s.label]["start_at"]}
-                  for s in slots],
+        "slots": [dataclasses.asdict(s) | {"argv": run.gens[s.label].argv, "host_start_at": run.gens[s.label].start_at}
+                  for s in run.slots],
         "thresholds": checks, "thresholds_passed": all(c["passed"] for c in checks),
-        "missing_host_metrics": missing_metrics, "log_problems": log_problems, "stats_problems": stats_problems,
-        "service_pids": {n: {prog: pid for prog, (_, pid) in v.items()} for n, v in service_pids.items()},
-        "generator_pids": {lbl: j.get("pid") for lbl, j in jobs.items()},
-        "component_problems": component_problems,
+        "missing_host_metrics": run.missing_metrics, "log_problems": run.log_problems,
+        "stats_problems": run.stats_problems, "stop_problems": run.stop_problems,
+        "service_pids": {n: {p: v for p, v in pids.items() if not p.startswith("_")}
+                         for n, pids in run.service_pids.items()},
+        "monitor_pids": {n: pids.get("_monitor_pid") for n, pids in run.service_pids.items()},
+        "generator_pids": {lbl: g.pid for lbl, g in run.gens.items()},
+        "component_problems": run.component_problems,
         "versions": _versions(pre["facts"]),
-        "inventory": inv.describe(),
+        "inventory": run.inv.describe(),
     }
     summary["run"] = run_rec
     summary["partial"] = run_rec["partial"]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (run_dir / "run.json").write_text(json.dumps(run_rec, indent=2, default=str) + "\n")
-    (run_dir / "inventory.yml").write_text(stripped_inventory(inv))
+    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (run.run_dir / "run.json").write_text(json.dumps(run_rec, indent=2, default=str) + "\n")
+    (run.run_dir / "inventory.yml").write_text(stripped_inventory(run.inv))
     from kit.report import write_report
-    text = write_report(run_dir)
-    tarball = pack_run(run_dir)
-    out(text)
-    out(f"results: {run_dir}  tarball: {tarball}")
-    if partial_reasons:
-        out("PARTIAL RUN: " + "; ".join(partial_reasons))
+    text = write_report(run.run_dir)
+    tarball = pack_run(run.run_dir)
+    run.out(text)
+    run.out(f"results: {run.run_dir}  tarball: {tarball}")
+    if run.interrupted_by:
+        run.out("INTERRUPTED RUN: " + "; ".join(run.partial_reasons))
+        return 128 + run.interrupted_by
+    if run.partial_reasons:
+        run.out("PARTIAL RUN: " + "; ".join(run.partial_reasons))
         return 3
     return 0 if run_rec["thresholds_passed"] else 1
 
 
-@functools.cache
-def _kit_service_defaults() -> dict[str, Any]:
+def _read_csv(path: Path) -> list[dict[str, str]]:
     try:
-        return yaml.safe_load(KIT_SERVICE_DEFAULTS.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        log.warning("reading %s: %s", KIT_SERVICE_DEFAULTS, exc)
-        return {}
-
-
-def _service_var(h: Host, name: str, fallback: str) -> str:
-    """A kit_service role variable as the role sees it: the inventory's value over the role default."""
-    return str(h.vars.get(name) or _kit_service_defaults().get(name) or fallback)
-
-
-#: asks the host's service manager, as ``fab status`` decides it: the kit's supervisord when its
-#: config is there, else systemd; prints ``manager=...`` and one ``<program>=<pid or message>`` line each
-_SERVICE_PIDS = r"""
-f={root}/supervisor/supervisord.conf
-if [ -f "$f" ]; then
-  echo manager=supervisor
-  for p in {programs}; do echo "$p=$({ctl} -c "$f" pid "$p" 2>&1 | tr '
-' ' ')"; done
-elif command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  echo manager=systemd
-  for p in {programs}; do echo "$p=$(systemctl show -p MainPID --value {prefix}$p.service 2>&1 | tr '
-' ' ')"; done
-else
-  echo manager=none
-fi
-"""
-
-
-def resolve_service_pids(c: Any, inv: Inventory) -> tuple[dict[str, tuple[str, int | None]], list[str]]:
-    """program -> (component, main PID or None) of the kit services on *c*'s host, and one problem per miss."""
-    h = c.inventory_host
-    programs = service_programs(inv.roles_of(h.name), int(h.vars.get("wsproxy_instances_per_host") or 1))
-    if not programs:
-        return {}, []
-    res = c.run(_SERVICE_PIDS.format(
-        root=shlex.quote(h.kit_root), programs=" ".join(shlex.quote(p) for _, p in programs),
-        ctl=shlex.quote(_service_var(h, "kit_service_supervisorctl_bin", "/usr/bin/supervisorctl")),
-        prefix=shlex.quote(_service_var(h, "kit_service_unit_prefix", "wsproxy-loadkit-"))), hide=True, warn=True)
-    said = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
-    manager = said.get("manager", "").strip()
-    pids: dict[str, tuple[str, int | None]] = {}
-    problems = []
-    for component, program in programs:
-        raw = said.get(program, "").strip()
-        pid = int(raw) if raw.isdigit() and int(raw) > 0 else None
-        pids[program] = (component, pid)
-        if pid is None:
-            why = (f"{manager} says {raw!r}" if manager in ("supervisor", "systemd")
-                   else f"no kit supervisord.conf and no systemd (exit {res.exited})")
-            problems.append(f"{h.name}: no PID for {program}: {why}; its CPU is not counted")
-    return pids, problems
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    except OSError:
+        return []
 
 
 def _system_python(h: Host) -> str:

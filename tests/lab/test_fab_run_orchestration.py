@@ -185,3 +185,68 @@ def test_a_generator_that_hangs_is_stopped_after_the_bound_and_the_run_is_partia
     # the hung process group was stopped by PID on its host
     pid = int((tmp / "roots" / "lkr-h1" / "runs" / "orch-hung" / "gen-lkr-h1" / "pid").read_text())
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+
+
+def _alive_in_session(sid: int) -> list[int]:
+    """Non-zombie processes of session *sid* (a job started with setsid: its PID is the session id)."""
+    left = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":   # fields: state ppid pgrp session ...
+            left.append(int(stat.parent.name))
+    return left
+
+
+def test_ctrl_c_on_fab_run_stops_every_generator_and_monitor_and_packs_a_partial_tarball(lab_stack):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    tmp, cfg, addr, ports = lab_stack
+    inv = _inventory(tmp, cfg, addr, ports, {})
+    run_id = f"orch-sigint-{os.getpid()}"
+    results = REPO / "results"
+    proc = subprocess.Popen([str(VENV / "bin" / "fab"), "run", "--inventory", str(inv), "--clients", "20",
+                             "--queries", "1000", "--think-time", "0.2", "--skip-health", "--run-id", run_id,
+                             "--max-duration", "240"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen: list[str] = []
+    try:
+        for line in proc.stdout:   # the live view starts once every generator was launched and polled
+            seen.append(line)
+            if line.lstrip().startswith("t=") and "active" in line:
+                break
+        else:
+            pytest.fail("fab run ended before its live view:\n" + "".join(seen))
+        jobs = json.loads((results / run_id / "jobs.json").read_text())
+        gen_pids = [j["pid"] for j in jobs["generators"].values()]
+        mon_pids = [j["pid"] for j in jobs["monitors"].values()]
+        assert len(gen_pids) == 2 and all(gen_pids) and len(mon_pids) == 3 and all(mon_pids)
+        assert all(_alive_in_session(p) for p in gen_pids + mon_pids), "jobs not running before the interrupt"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=180)
+        seen.append(rest)
+        assert proc.returncode == 130, "".join(seen)[-4000:]
+        assert time.monotonic() - t0 < 120
+        for pid in gen_pids + mon_pids:
+            assert not _alive_in_session(pid), f"job {pid} left behind: {_alive_in_session(pid)}"
+        with tarfile.open(results / f"{run_id}.tar.gz") as tf:
+            summary = json.load(tf.extractfile(f"{run_id}/summary.json"))
+        assert summary["partial"] is True and summary["run"]["interrupted"] == "SIGINT"
+        assert any("interrupted by SIGINT" in r for r in summary["run"]["partial_reasons"])
+        assert summary["run"]["stop_problems"] == []
+        names = set(tarfile.open(results / f"{run_id}.tar.gz").getnames())
+        # what exists was collected: each generator's folder (its log, its last live status)
+        assert {f"{run_id}/generators/{lbl}/out.log" for lbl in jobs["generators"]} <= names
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(results / run_id, ignore_errors=True)
+        (results / f"{run_id}.tar.gz").unlink(missing_ok=True)

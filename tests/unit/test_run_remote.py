@@ -64,3 +64,22 @@ def test_fetch_dir_copies_a_folder_tree(tmp_path):
     names = ops.fetch_dir(c, str(src), tmp_path / "dest")
     assert sorted(names) == ["./a.txt", "./sub/b.txt"]
     assert (tmp_path / "dest" / "sub" / "b.txt").read_text() == "B"
+
+
+def test_stop_job_reports_what_needed_sigkill_and_a_job_that_already_ended_needs_nothing(tmp_path):
+    c = connect(_local_hosts("a")["a"])
+    d = str(tmp_path / "stubborn")
+    # a job whose process ignores SIGTERM: it is SIGKILLed after the grace and named
+    ops.start_job(c, d, ["sh", "-c", "trap '' TERM; sleep 300 & wait; sleep 300"])
+    killed = ops.stop_job(c, d, grace=0.5)
+    assert len(killed) == 2   # the stubborn shell and its sleep; the job's wrapper ended on SIGTERM
+    assert not any(Path(f"/proc/{p}").exists() and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                   != "Z" for p in killed)
+    d2 = str(tmp_path / "done")
+    ops.start_job(c, d2, ["true"])
+    for _ in range(100):
+        if ops.job_state(c, d2)["rc"] is not None:
+            break
+        __import__("time").sleep(0.05)  # waiting for the job to end, bounded
+    assert ops.stop_job(c, d2) == []
+    assert ops.stop_job(c, str(tmp_path / "never-started")) == []
