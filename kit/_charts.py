@@ -312,8 +312,12 @@ def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, A
     for field_, title, unit in (("tokens", "Tokens received per second", "tokens/s"),
                                 ("active_sessions", "Active sessions", "sessions"),
                                 ("errors", "Errors per second", "per second")):
-        xs, ys = _align({label: dict(zip(*(lambda s: (s["t"], s.get(field_, [])))(timeline_series(r.timeline, r.t0))))
-                         for label, r in runs})
+        per = {}
+        for label, r in runs:
+            tl = timeline_series(r.timeline, r.t0)
+            # whole seconds since each run's start, so that the runs' points share x values
+            per[label] = {float(round(t)): v for t, v in zip(tl["t"], tl.get(field_, []))}
+        xs, ys = _align(per)
         specs.append(_spec(f"cmp-{field_}", title, xs, [{"label": k, "values": v} for k, v in ys.items()],
                            ylabel=unit))
     for p in ("p50", "p99"):

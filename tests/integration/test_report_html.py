@@ -168,3 +168,35 @@ def test_chaos_events_are_marked_on_every_time_chart(local_runs, tmp_path):
     keep(tmp_path / "report-with-events.png")
     assert console == [], "\n".join(console)
     assert all(m.get("rendered") == "1" for m in chart_marks(dom).values())
+
+
+FAB = REPO / ".venv" / "bin" / "fab"
+
+
+def test_fab_compare_of_two_real_runs_tables_them_gates_on_rules_and_draws_overlays(local_runs, tmp_path):
+    results, _, _ = local_runs
+    page = tmp_path / "compare.html"
+    ok = subprocess.run([str(FAB), "compare", f"{results / 'run-a'},{results / 'run-b.tar.gz'}", "--html", str(page),
+                         "--fail-if", "lost>0", "--fail-if", "p99>+1000%"], capture_output=True, text=True,
+                        timeout=120, cwd=REPO)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    table = ok.stdout
+    for row in ("session success", "tokens/s", "latency p99", "TTFT p99", "delivery p99", "lost tokens",
+                "CPU wsproxy", "Noise test: percentile bootstrap"):
+        assert row in table, row
+    assert re.search(r"latency p99\s+ms\s+[\d.]+\s+[\d.]+\s+[+-]", table)
+    assert "config.clients: run-a=30 | run-b=60" in table
+    # run-b carried twice the clients: tokens doubled, which a rule turns into exit status 1
+    gate = subprocess.run([str(FAB), "compare", f"{results / 'run-a'},{results / 'run-b'}", "--html", str(page),
+                           "--fail-if", "tokens>+50%"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    assert re.search(r"^FAIL\s+--fail-if tokens>\+50%\s+run-b: \+100\.0%", gate.stdout, re.M)
+    bad = subprocess.run([str(FAB), "compare", f"{results / 'run-a'},{results / 'run-b'}", "--fail-if", "p99 > x"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--fail-if" in bad.stderr
+    dom, console = chromium(page, tmp_path, tmp_path / "compare-run-a-run-b.png")
+    keep(tmp_path / "compare-run-a-run-b.png")
+    assert console == [], "\n".join(console)
+    marks = chart_marks(dom)
+    assert len(marks) == 9 and all(m.get("rendered") == "1" and int(m["points"]) > 0 for m in marks.values()), marks
+    assert 'class="differs"' in dom  # the clients setting differs and is highlighted
