@@ -49,6 +49,7 @@ from kit.config import SimSettings
 
 from ._asgi import LeanHTTPConnection
 from ._body import BodyError, parse_create, parse_run
+from ._probe import start_redis_probe
 from ._publisher import Publisher
 from ._schedule import channel_name, due_offsets, encode_tokens, split_tokens
 
@@ -172,6 +173,7 @@ def create_app(settings: SimSettings) -> Quart:
         state.publisher = Publisher(lambda: pool.connection_class(**pool.connection_kwargs),
                                     tick_s=settings.publish_tick_ms / 1000.0)
         state.publisher.start()
+        start_redis_probe(app, settings.redis_url)  # a wrong REDIS_URL is one log line at start
         log.info("kit.sim serving (pid %d): %d words per answer, token delay %.3g ms, ttft %.3g ms, "
                  "jitter %.3g ms, publish tick %.3g ms, redis pool %d", os.getpid(), len(state.words),
                  settings.token_delay_ms, settings.ttft_ms, settings.token_jitter_ms, settings.publish_tick_ms,

@@ -51,6 +51,7 @@ __all__ = [
     "CHANNELS_PER_CONNECTION",
     "parse_redis_url",
     "redis_ping",
+    "watch_redis_at_start",
     "encode_command",
 ]
 
@@ -164,6 +165,38 @@ async def redis_ping(address: RedisAddress, timeout: float = 2.0) -> None:
     finally:
         if transport is not None:
             transport.close()
+
+
+#: seconds between start-up probes of an unreachable Redis: first, doubling up to the last
+STARTUP_RETRY_S = (1.0, 30.0)
+
+
+async def watch_redis_at_start(address: RedisAddress, *, retry: tuple[float, float] = STARTUP_RETRY_S) -> None:
+    """Say at start-up, in one line, that Redis is not usable, and once more when it answers.
+
+    The service serves either way (``/health`` and upgrades answer 503 while Redis is away); this
+    only makes a wrong ``REDIS_URL`` visible in the log at once instead of at the first request.
+    Returns once Redis has answered; the caller cancels it at shutdown.  Never logs the password.
+    """
+    where = f"{address.host}:{address.port}"
+    delay, cap = retry
+    failing = False
+    while True:
+        try:
+            await redis_ping(address)
+        except RedisUnavailable as exc:
+            if not failing:
+                failing = True
+                reason = str(exc) if where in str(exc) else f"Redis at {where}: {exc}"
+                log.warning("REDIS_URL is not usable at start-up: %s. /health and WebSocket upgrades answer 503 "
+                            "until it is: fix REDIS_URL (host, port, user, password) or start redis-server at %s; "
+                            "retrying in the background", reason, where)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, cap)
+            continue
+        if failing:
+            log.info("Redis at %s answers now", where)
+        return
 
 
 def _describe(exc: BaseException) -> str:

@@ -41,7 +41,7 @@ from kit.auth import AuthError, bearer_token, verify_token
 from kit.config import WsproxySettings
 
 from ._guard import GuardedWebSocketResponse
-from ._redis import PubSubPool, RedisAddress, RedisUnavailable, parse_redis_url, redis_ping
+from ._redis import PubSubPool, RedisAddress, RedisUnavailable, parse_redis_url, redis_ping, watch_redis_at_start
 from ._stats import Stats
 
 __all__ = ["create_app", "serve", "text_frame", "MAX_HEADER_FIELD_BYTES"]
@@ -373,11 +373,13 @@ async def serve(settings: WsproxySettings) -> None:
                            max_field_size=MAX_HEADER_FIELD_BYTES,
                            keepalive_timeout=settings.ws_request_header_timeout_secs)
     await runner.setup()
+    redis_watch: asyncio.Task | None = None
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
         await site.start()
         log.info("wsproxy listening on %s:%d (pub/sub pool of at most %d connections)",
                  settings.host, settings.port, settings.pubsub_pool_size)
+        redis_watch = asyncio.create_task(watch_redis_at_start(parse_redis_url(settings.redis_url)))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -385,4 +387,6 @@ async def serve(settings: WsproxySettings) -> None:
         await stop.wait()
         log.info("wsproxy shutting down")
     finally:
+        if redis_watch is not None:
+            redis_watch.cancel()
         await runner.cleanup()
