@@ -11,6 +11,16 @@ whatever was published while we were away is counted as lost from ``seq``
 and ``done.tokens``.  A query whose ``done`` never arrives fails after
 ``query_timeout`` seconds with an error saying how many tokens came.
 
+Faults: a ``/run`` answered 404 means the session is gone (e.g. Redis restarted and lost it):
+the session ends at once, its remaining queries skipped, instead of posting each in turn.
+After a reconnect the query in flight cannot know what it missed until its next message
+arrives (whose ``seq`` shows the gap exactly); if its stream ended while the socket was down
+(``done`` published then), no message will ever come.  So: once reconnected, a query that
+receives no message within :func:`resume_grace` (``RESUME_GRACE_S``, or 5 of its own mean
+inter-token gaps if longer) fails at once (status ``lost_tokens``, error ``lost_on_reconnect: ...``,
+kind ``query_lost_on_reconnect``) with what it received counted and the rest (``/run``'s
+``tokens`` minus those) lost, instead of waiting for the whole ``query_timeout``.
+
 Errors never escape ``run``: they are recorded (session row, query rows,
 the recorder's error breakdown).  Cancellation (``--max-duration``) marks
 the session and its query in flight ``cancelled`` and closes the socket.
@@ -31,9 +41,16 @@ from ._http import HTTPError, HttpPool, Response
 from ._hub import Hub
 from ._ws import ConnectionClosed, HandshakeError, ProtocolError, WebSocket, connect
 
-__all__ = ["SessionConfig", "Session", "backoff_delay", "connect_with_retry", "GaveUp"]
+__all__ = ["SessionConfig", "Session", "backoff_delay", "connect_with_retry", "GaveUp", "resume_grace",
+           "RESUME_GRACE_S"]
 
 log = logging.getLogger(__name__)
+
+#: seconds after a reconnect within which the query in flight must receive a message, else its
+#: stream ended while the socket was down (floor; a slow stream gets 5 of its own mean gaps)
+RESUME_GRACE_S = 2.0
+#: mean inter-token gaps a resumed stream may take to show its next message
+RESUME_GAPS = 5
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,6 +81,14 @@ def backoff_delay(attempt: int, initial: float, cap: float, jitter: float, rng: 
     *jitter* of it, so retries of many sessions spread out instead of arriving together."""
     base = min(cap, initial * (2 ** min(attempt - 1, 62)))
     return base * (1.0 - jitter * rng.random())
+
+
+def resume_grace(q: QueryRecord) -> float:
+    """Seconds a query resumed by a reconnect waits for its next message before it counts as lost."""
+    if q.received > 1 and q.last_ns > q.first_ns:
+        gap_s = (q.last_ns - q.first_ns) / (q.received - 1) / 1e9
+        return max(RESUME_GRACE_S, RESUME_GAPS * gap_s)
+    return RESUME_GRACE_S
 
 
 class GaveUp(Exception):
@@ -145,6 +170,11 @@ class Session:
         self.broken: str | None = None
         self._token = ""
         self._ws_path = ""
+        self._nursery: trio.Nursery | None = None
+        #: why the server no longer knows this session (then there is nothing to close)
+        self._gone: str | None = None
+        #: the query in flight whose stream ended while the socket was down (lost_on_reconnect)
+        self._lost_on_reconnect: QueryRecord | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -188,6 +218,7 @@ class Session:
             await self._close_http()
             return
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._reader)
             intended = s.intended_ns
             for k in range(cfg.queries):
@@ -290,6 +321,8 @@ class Session:
 
     async def _close_http(self) -> None:
         s = self.s
+        if self._gone:
+            return
         try:
             resp = await self._post(f"/session/{s.session_id}/close")
         except HTTPError as exc:
@@ -324,6 +357,9 @@ class Session:
                 self._fail(q, "error", f"run: {type(exc).__name__}: {exc}", f"run_{type(exc).__name__}")
                 return
             if resp.status_code != 202:
+                if resp.status_code == 404:  # the session is gone: every further /run would be 404 too
+                    self.broken = self._gone = f"session gone: /run answered 404 ({resp.text[:200]})"
+                    s.errors.append(self._gone)
                 self._fail(q, "error", f"run: HTTP {resp.status_code}: {resp.text[:200]}",
                            f"run_http_{resp.status_code}")
                 return
@@ -345,6 +381,10 @@ class Session:
             q.finish()
             if q.status == "lost_tokens":
                 rec.error("lost_tokens")
+        elif self._lost_on_reconnect is q:
+            self._fail(q, "lost_tokens", f"lost_on_reconnect: no message within {resume_grace(q):g}s of reconnecting: "
+                       f"its stream ended while the socket was down (received {q.received} of {q.expected} "
+                       "tokens)", "query_lost_on_reconnect", record=False)
         elif self.broken:
             self._fail(q, "error", f"{self.broken} (received {q.received} of {q.expected} tokens)",
                        "query_connection_lost", record=False)
@@ -388,6 +428,18 @@ class Session:
                     if self.current is not None and self.current.event is not None:
                         self.current.event.set()
                     return
+                q = self.current
+                if q is not None and q.expected is not None and not q.status and not q.done_ns and self._nursery is not None:
+                    self._nursery.start_soon(self._expect_resumed, q, time.monotonic_ns())
+
+    async def _expect_resumed(self, q: QueryRecord, resumed_ns: int) -> None:
+        """After a reconnect: fail *q* as lost_on_reconnect unless a message of it arrives in time."""
+        await trio.sleep(resume_grace(q))
+        if q.status or q.done_ns or q is not self.current or q.last_ns > resumed_ns:
+            return  # finished, or resumed: its next messages account the gap exactly
+        self._lost_on_reconnect = q
+        if q.event is not None:
+            q.event.set()
 
     def _on_batch(self, batch: list[bytes], m_ns: int, w_ns: int) -> None:
         """Account the messages of one read (hot path: runs once per socket read)."""
