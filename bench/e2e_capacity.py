@@ -92,7 +92,7 @@ def service_cpu() -> dict[int, tuple[str, float]]:
 
 def client_cpu(run_dir: Path) -> float:
     total = 0.0
-    for h in run_dir.glob("generators/*/out/**/histograms.json"):
+    for h in run_dir.glob("generators/*/out/histograms.json"):  # merged: its runs list every process once
         for r in json.loads(h.read_text()).get("runs", []):
             total += float(r.get("cpu_s") or 0.0)
     return total
