@@ -3,6 +3,32 @@
 Defaults come from the seed's environment variables (``kit.config.ClientSettings``);
 options override them.  Bad configuration prints one line naming the option
 or variable and the fix, and exits 2.
+
+Results go to ``OUTPUT_DIR`` (``--output-dir``) and never overwrite an earlier run: when
+that folder already holds a run's files, this run writes into ``OUTPUT_DIR/<run-id>/``
+(run ids are timestamped, e.g. ``20261130-150000-c100``; a taken one gets ``-2``, ``-3``;
+a taken ``--run-id`` is refused).  The folder used is printed at the end.
+
+``summary.json`` carries the run's verdict, ``status`` (with ``status_reason``):
+``passed`` (every session succeeded), ``partial`` (some did, but at least one failed or
+was cancelled, or ``--max-duration`` was reached) or ``failed`` (no session succeeded);
+see ``kit.client._output.run_status``.
+
+Exit codes of a load run:
+
+- 0: passed (or any finished run with ``--exit-zero-on-failure``);
+- 1: failed: no session succeeded, or the client itself failed (a generator process
+  crashed; one line on stderr says which);
+- 2: bad usage: an option, variable or ``OUTPUT_DIR`` is wrong, or a URL cannot be
+  reached before the load starts (one line on stderr, nothing run);
+- 3: partial;
+- 130: interrupted (Ctrl-C).
+
+``--exit-zero-on-failure`` is for orchestrators that read ``summary.json`` themselves:
+``fab run`` passes it, since it reports a generator's non-zero exit as a crashed generator
+(a partial run), and sessions the server refused are a measurement, not a crash.  The
+processes a multi-process run starts (``--_process-count``) always exit 0 once they wrote
+their results; their parent gives the verdict of the merged run.
 """
 
 from __future__ import annotations
@@ -93,6 +119,8 @@ def build_parser(env: ClientSettings) -> argparse.ArgumentParser:
       help="keep-alive HTTP connections per process for create/run/close (a wait for one is recorded)")
     a("--seed", type=_num(int, "--seed", 0, "1"), default=None, help="random seed (jitter)")
     a("--no-preflight", action="store_true", help="skip the reachability check of both URLs")
+    a("--exit-zero-on-failure", action="store_true",
+      help="exit 0 when the run finished but sessions failed (summary.json's status says so; for orchestrators)")
     a("--_process-index", dest="process_index", type=int, default=0, help=argparse.SUPPRESS)
     a("--_process-count", dest="process_count", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -184,20 +212,38 @@ def _safe_argv(argv: list[str]) -> list[str]:
     return out
 
 
+#: exit status of a finished load run by its summary's status (see the module docstring)
+EXIT_BY_STATUS = {"passed": 0, "failed": 1, "partial": 3}
+
+
 def run_load(argv: list[str]) -> int:
     from ._console import print_summary
     from ._load import LoadConfig, run_parent, run_process, versions
+    from ._output import check_output_dir, claim_output_dir
     from ._session import SessionConfig
 
     settings = ClientSettings.from_env()
     args = build_parser(settings).parse_args(argv)
     validate(args)
     child = args.process_count is not None
+    check_output_dir(Path(args.output_dir))  # before any network check: a bad folder is bad usage
     if not child and not args.no_preflight:
         preflight(args)
     total = round(args.arrival_rate * args.duration) if args.arrival_rate else args.clients
     processes = args.process_count or min(args.processes or os.cpu_count() or 1, total)
     run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S") + f"-c{total}"
+    meta = {
+        "run_id": run_id, "argv": _safe_argv([PROG, *argv]), "versions": versions(), "host": socket.gethostname(),
+        "pid": os.getpid(), "model": "open" if args.arrival_rate else "closed",
+        "config": {k: v for k, v in vars(args).items() if k not in ("process_count",)},
+        "total_sessions": total, "processes": processes,
+    }
+    output_dir = Path(args.output_dir)
+    if not child:  # a child's folder is a fresh one its parent chose
+        output_dir, run_id = claim_output_dir(output_dir, run_id, meta, run_id_given=bool(args.run_id))
+        meta["run_id"] = run_id
+        if output_dir != Path(args.output_dir):
+            print(f"{PROG}: {args.output_dir} holds an earlier run: this one goes to {output_dir}", file=sys.stderr)
     sess = SessionConfig(
         api_url=args.api_url.rstrip("/"), ws_url=args.ws_url.rstrip("/"), queries=args.queries,
         think_time=args.think_time, query_timeout=args.query_timeout, max_tokens=args.max_tokens,
@@ -206,25 +252,22 @@ def run_load(argv: list[str]) -> int:
         connect_timeout=args.connect_timeout, time_from_intended=args.arrival_rate is not None)
     cfg = LoadConfig(
         session=sess, clients=args.clients, ramp=args.ramp, arrival_rate=args.arrival_rate, duration=args.duration,
-        processes=processes, process_index=args.process_index, output_dir=Path(args.output_dir),
+        processes=processes, process_index=args.process_index, output_dir=output_dir,
         start_at=args.start_at, run_id=run_id, quiet=args.quiet, status_interval=args.status_interval,
         max_duration=args.max_duration, http_timeout=args.http_timeout, http_connections=args.http_connections,
         seed=args.seed)
-    meta = {
-        "run_id": run_id, "argv": _safe_argv([PROG, *argv]), "versions": versions(), "host": socket.gethostname(),
-        "pid": os.getpid(), "model": cfg.model,
-        "config": {k: v for k, v in vars(args).items() if k not in ("process_count",)},
-        "total_sessions": total, "processes": processes,
-    }
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
     if processes > 1 and not child:
         summary = run_parent(cfg, _child_argv(args), meta)
     else:
         summary = run_process(cfg, meta)
-    if not child:
-        print_summary(summary)
-        print(f"results: {cfg.output_dir}", file=sys.stderr)
-    return 0
+    if child:
+        return 0
+    print_summary(summary)
+    print(f"results: {cfg.output_dir}", file=sys.stderr)
+    status = summary.get("status", "failed")
+    if status != "passed":
+        print(f"{PROG}: run {status}: {summary.get('status_reason', '')}", file=sys.stderr)
+    return 0 if args.exit_zero_on_failure else EXIT_BY_STATUS.get(status, 1)
 
 
 def _results_command(argv: list[str]) -> int:

@@ -46,6 +46,8 @@ def summary_table(s: Mapping[str, Any]) -> str:
         "=" * 64,
         f"LOAD TEST SUMMARY  ({s.get('model', '')} model, run {s.get('run_id', '')})",
         "=" * 64,
+        f"Status:                 {str(s.get('status') or '-').upper()}"
+        + (f"  ({s['status_reason']})" if s.get("status_reason") else ""),
         f"Duration:               {s.get('duration_s', 0):.2f} s",
         f"Total sessions:         {s.get('total_sessions', 0)}",
         f"Successful / failed:    {s.get('successful_sessions', 0)} / {s.get('failed_sessions', 0)}"

@@ -6,8 +6,13 @@ One process writes into its ``OUTPUT_DIR``:
 - ``timeline.csv``: one row per wall-clock second;
 - ``histograms.json``: the mergeable state: histograms (microseconds), counters,
   error breakdown, and one entry per generator process under ``runs``;
-- ``summary.json``: :func:`build_summary` of that state;
-- ``meta.json``: config (no secrets), versions, argv.
+- ``summary.json``: :func:`build_summary` of that state, with the run's verdict ``status``
+  (:func:`run_status`);
+- ``meta.json``: config (no secrets), versions, argv (written when the folder is claimed,
+  rewritten at the end).
+
+A run never overwrites another: :func:`claim_output_dir` writes into ``OUTPUT_DIR`` itself
+when it holds no run yet, else into ``OUTPUT_DIR/<run-id>/``.
 
 :func:`merge_outputs` reads several such folders (processes or hosts, or
 already merged folders), adds their states and writes the same files for the
@@ -40,6 +45,11 @@ __all__ = [
     "merge_outputs",
     "load_state",
     "write_json_atomic",
+    "run_status",
+    "RUN_STATUSES",
+    "RESULT_FILES",
+    "check_output_dir",
+    "claim_output_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +63,105 @@ SESSION_FIELDS = ["session_index", "session_id", "intended_at", "started_at", "c
 TIMELINE_FIELDS = ["second", *Timeline.FIELDS]
 PERCENTILES = (10, 25, 50, 75, 90, 95, 99, 99.9)
 STATE_VERSION = 1
+#: a run's verdict, in summary.json's ``status`` (see :func:`run_status`)
+RUN_STATUSES = ("passed", "partial", "failed")
+#: files whose presence means a folder already holds a run (finished, running or crashed)
+RESULT_FILES = ("summary.json", "histograms.json", "meta.json", "status.json", "queries.csv", "sessions.csv",
+                "timeline.csv")
+
+
+def run_status(summary: Mapping[str, Any], runs: Iterable[Mapping[str, Any]] = ()) -> tuple[str, str]:
+    """The verdict of a run and why: ``(status, reason)``.
+
+    - ``failed``: no session succeeded (none finished, or every one failed or was cancelled);
+    - ``partial``: some succeeded, but at least one failed or was cancelled, or a process hit
+      ``--max-duration`` (sessions still running were cancelled, later ones never started);
+    - ``passed``: at least one session, every one succeeded, and no process hit ``--max-duration``.
+
+    A session succeeds when every one of its queries got its ``done`` with no token lost.  A
+    generator marked overloaded does not change the verdict (it is reported on its own).
+    """
+    total = int(summary.get("total_sessions") or 0)
+    ok = int(summary.get("successful_sessions") or 0)
+    failed = int(summary.get("failed_sessions") or 0)
+    cancelled = int(summary.get("cancelled_sessions") or 0)
+    hit = any(r.get("max_duration_hit") for r in runs)
+    why = []
+    if failed - cancelled:
+        why.append(f"{failed - cancelled} of {total} sessions failed")
+    if cancelled:
+        why.append(f"{cancelled} cancelled")
+    if hit:
+        why.append("--max-duration reached")
+    if ok == 0:
+        return "failed", "no session succeeded" + (f": {', '.join(why)}" if why else "")
+    if why:
+        return "partial", ", ".join(why)
+    return "passed", f"all {total} sessions succeeded"
+
+
+def check_output_dir(path: Path) -> None:
+    """Create *path* (and parents) and make sure files can be written in it; ConfigError if not."""
+    from kit.config import ConfigError
+
+    fix = "pass a folder you can write to, e.g. --output-dir ./loadtest_results"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output-dir / OUTPUT_DIR {path}: cannot create it ({exc.strerror or exc}): {fix}") \
+            from None
+    probe = path / f".write-test.{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--output-dir / OUTPUT_DIR {path}: cannot write into it ({exc.strerror or exc}): {fix}") \
+            from None
+
+
+def _holds_a_run(path: Path) -> bool:
+    return any((path / name).exists() for name in RESULT_FILES) or any(path.glob("proc-*"))
+
+
+def claim_output_dir(path: Path, run_id: str, meta: Mapping[str, Any], *, run_id_given: bool) -> tuple[Path, str]:
+    """Take a folder for run *run_id* without overwriting any earlier run; return ``(folder, run_id)``.
+
+    *path* itself when it holds no run yet, else ``path/<run_id>/``; when that is taken too, a
+    generated run id gets a suffix (``-2``, ``-3`` ...) and a given one (``--run-id``) is refused.
+    The folder is claimed by creating its ``meta.json`` exclusively (O_EXCL), so two runs started
+    at once into one folder cannot both take it.  ConfigError when no folder can be taken.
+    """
+    from kit.config import ConfigError
+
+    check_output_dir(path)
+
+    def take(folder: Path, rid: str) -> bool:
+        try:
+            if folder != path:
+                folder.mkdir()
+            elif _holds_a_run(folder):
+                return False
+            fd = os.open(folder / "meta.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise ConfigError(f"--output-dir / OUTPUT_DIR {folder}: cannot write into it "
+                              f"({exc.strerror or exc}): pass a folder you can write to") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({**meta, "run_id": rid}, indent=2) + "\n")
+        return True
+
+    if take(path, run_id):
+        return path, run_id
+    n, rid = 1, run_id
+    while True:
+        if take(path / rid, rid):
+            return path / rid, rid
+        if run_id_given:
+            raise ConfigError(f"--output-dir / OUTPUT_DIR {path} already holds a run and {path / rid} is taken: "
+                              "pass another --run-id or --output-dir")
+        n += 1
+        rid = f"{run_id}-{n}"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -106,6 +215,8 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
     skews = [r["start_skew_s"] for r in runs if r.get("start_skew_s") is not None]
     summary: dict[str, Any] = {
         "run_id": state.get("run_id", ""),
+        "status": "",  # filled in below from the counts: passed / partial / failed
+        "status_reason": "",
         "model": state.get("model", ""),
         "started_at": start,
         "ended_at": end,
@@ -171,6 +282,7 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
                                                    "overload_reason")} for r in runs],
         },
     }
+    summary["status"], summary["status_reason"] = run_status(summary, runs)
     return summary
 
 

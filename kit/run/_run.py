@@ -236,7 +236,9 @@ def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, ou
     argv = [*prog, "--api-url", api, "--ws-url", ws, "--clients", str(slot.clients),
             "--queries", str(opts.queries), "--processes", str(slot.processes), "--output-dir", out_dir,
             "--start-at", f"{start_at:.6f}", "--run-id", run_id, "--status-interval", "1",
-            "--max-duration", f"{opts.max_duration:g}", "--quiet"]
+            "--max-duration", f"{opts.max_duration:g}", "--quiet",
+            # sessions the server refused are a result (summary.json's status), not a crashed generator
+            "--exit-zero-on-failure"]
     if opts.ramp is not None:
         argv += ["--ramp", f"{opts.ramp * slot.clients / opts.clients:.6g}"]
     if opts.think_time is not None:

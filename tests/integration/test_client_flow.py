@@ -24,9 +24,10 @@ def client_argv(stack: Stack, out: Path, *extra: str) -> list[str]:
             "--output-dir", str(out), "--quiet", *extra]
 
 
-def run_client(stack: Stack, out: Path, *extra: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict]:
+def run_client(stack: Stack, out: Path, *extra: str, timeout: float = 120,
+               rc: int = 0) -> tuple[subprocess.CompletedProcess, dict]:
     r = subprocess.run(client_argv(stack, out, *extra), capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == rc, r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     return r, json.loads((out / "summary.json").read_text())
 
@@ -106,8 +107,10 @@ def test_reconnects_after_wsproxy_is_killed_and_lost_tokens_are_exact(stack_fact
             proc.wait()
         if restarted is not None:  # the stack fixture stops only the proxy it started
             restarted.stop()
-    assert proc.returncode == 0, stderr[-3000:]
+    # each session lost tokens of the query in flight, so each failed: the run's verdict is failed
+    assert proc.returncode == 1, stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "failed"
     after = sim_stats(stack)
     published = after["tokens_published"] - before["tokens_published"]
     # every session was connected when the proxy died: each reconnected once, after >= 1 attempt
@@ -167,9 +170,10 @@ def test_max_duration_cancels_running_sessions_and_counts_them(stack_factory, tm
     stack = stack_factory(sim_env={"TOKEN_DELAY_MS": 100})
     out = tmp_path / "run"
     t = time.monotonic()
-    r, s = run_client(stack, out, "--clients", "4", "--queries", "5", "--processes", "1", "--max-duration", "1")
+    r, s = run_client(stack, out, "--clients", "4", "--queries", "5", "--processes", "1", "--max-duration", "1",
+                      rc=1)  # no session succeeded: failed
     assert time.monotonic() - t < 30
-    assert s["cancelled_sessions"] == 4 and s["successful_sessions"] == 0
+    assert s["cancelled_sessions"] == 4 and s["successful_sessions"] == 0 and s["status"] == "failed"
     assert s["query_statuses"].get("cancelled") == 4
     assert all(x["status"] == "cancelled" for x in rows(out / "sessions.csv"))
 
@@ -184,9 +188,9 @@ def test_bad_token_is_refused_without_retry_and_reported(stack: Stack, tmp_path:
                             "--output-dir", str(out), "--quiet"], capture_output=True, text=True, timeout=60)
     finally:
         ws2.stop()
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # every session failed: the run failed
     s = json.loads((out / "summary.json").read_text())
-    assert s["failed_sessions"] == 2 and s["errors"].get("connect_http_401") == 2
+    assert s["failed_sessions"] == 2 and s["errors"].get("connect_http_401") == 2 and s["status"] == "failed"
     assert s["total_reconnect_attempts"] == 0
     assert "HTTP 401" in rows(out / "sessions.csv")[0]["errors"]
 
@@ -270,3 +274,94 @@ def test_thousands_of_sessions_share_a_few_http_connections_and_the_wait_is_reco
     # at 1,000 sessions/s four connections are not enough: requests queue, and it shows
     assert http["http_requests_waited"] > 0
     assert s["http_pool_wait_ms"]["count"] == 2000 * 3 and s["http_pool_wait_ms"]["max"] > 0
+
+
+# -- the run's verdict and exit status; OUTPUT_DIR never overwritten -----------------------------------
+
+
+@pytest.fixture
+def refusing_ws(stack: Stack, tmp_path: Path):
+    """A wsproxy with another JWT secret: every session's WebSocket gets 401, so every session fails."""
+    ws, port = start_wsproxy(tmp_path / "refusing", redis_url=stack.redis.url, jwt_secret="r" * 48)
+    yield f"ws://127.0.0.1:{port}"
+    ws.stop()
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_run_in_which_every_session_failed_exits_1_with_status_failed(stack: Stack, refusing_ws: str,
+                                                                       tmp_path: Path, processes: str):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", refusing_ws,
+                        "--clients", "2", "--queries", "1", "--processes", processes, "--output-dir", str(out),
+                        "--quiet"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "failed" and s["successful_sessions"] == 0 and s["failed_sessions"] == 2
+    assert "run failed: no session succeeded" in r.stderr
+    assert "Status:                 FAILED" in r.stdout
+
+
+def test_exit_zero_on_failure_keeps_the_verdict_in_summary_json(stack: Stack, refusing_ws: str, tmp_path: Path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", refusing_ws,
+                        "--clients", "2", "--queries", "1", "--processes", "2", "--output-dir", str(out),
+                        "--quiet", "--exit-zero-on-failure"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_run_cut_short_by_max_duration_exits_3_with_status_partial(stack: Stack, tmp_path: Path):
+    """Sessions start one a second; the first ones finish in milliseconds, the last never start."""
+    out = tmp_path / "run"
+    r, s = run_client(stack, out, "--clients", "6", "--queries", "1", "--ramp", "1", "--processes", "1",
+                      "--max-tokens", "3", "--max-duration", "3", rc=3)
+    assert s["status"] == "partial" and s["successful_sessions"] >= 2
+    assert "--max-duration reached" in s["status_reason"]
+    assert "run partial" in r.stderr
+
+
+def test_run_in_which_every_session_succeeded_has_status_passed(stack: Stack, tmp_path: Path):
+    r, s = run_client(stack, tmp_path / "run", "--clients", "2", "--queries", "1", "--processes", "1",
+                      "--max-tokens", "3")
+    assert s["status"] == "passed" and s["status_reason"] == "all 2 sessions succeeded"
+    assert "run passed" not in r.stderr and "Status:                 PASSED" in r.stdout
+
+
+@pytest.mark.parametrize("kind", ["under_a_file", "in_dev_null"])
+def test_output_dir_that_cannot_be_created_is_one_line_and_exit_2(stack: Stack, tmp_path: Path, kind: str):
+    if kind == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        bad = tmp_path / "file" / "results"
+    else:
+        bad = Path("/dev/null/results")
+    before = sim_stats(stack)["sessions_created"]
+    r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", stack.ws_url,
+                        "--clients", "1", "--queries", "1", "--output-dir", str(bad)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(bad) in r.stderr and "cannot create it" in r.stderr and "--output-dir" in r.stderr
+    assert sim_stats(stack)["sessions_created"] == before  # nothing was run
+
+
+def test_two_runs_into_one_output_dir_keep_both(stack: Stack, tmp_path: Path):
+    out = tmp_path / "loadtest_results"
+    r1, s1 = run_client(stack, out, "--clients", "2", "--queries", "1", "--processes", "1", "--max-tokens", "3")
+    first = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    r2, _ = run_client(stack, out, "--clients", "3", "--queries", "1", "--processes", "2", "--max-tokens", "3")
+    r3, _ = run_client(stack, out, "--clients", "1", "--queries", "1", "--processes", "1", "--max-tokens", "3")
+    s2, s3 = (json.loads((Path(r.stderr.split("results: ")[1].splitlines()[0]) / "summary.json").read_text())
+              for r in (r2, r3))
+    # the first run's files are untouched; each later one has its own run-id folder, named in stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == first
+    assert s1["total_sessions"] == 2
+    later = sorted(p for p in out.iterdir() if p.is_dir())
+    assert [p.name for p in later] == sorted([s2["run_id"], s3["run_id"]])
+    assert json.loads((out / s2["run_id"] / "summary.json").read_text())["total_sessions"] == 3
+    assert json.loads((out / s3["run_id"] / "summary.json").read_text())["total_sessions"] == 1
+    assert len(rows(out / s2["run_id"] / "queries.csv")) == 3 and len(rows(out / "queries.csv")) == 2
+    assert (out / s2["run_id"] / "proc-1" / "summary.json").exists()
+    assert f"holds an earlier run: this one goes to {out / s2['run_id']}" in r2.stderr
+    assert f"results: {out / s3['run_id']}" in r3.stderr
+    assert json.loads((out / s3["run_id"] / "meta.json").read_text())["run_id"] == s3["run_id"]
