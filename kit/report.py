@@ -22,7 +22,8 @@ from typing import Any
 
 from kit._charts import assets_html, charts_html, load_run, run_chart_specs
 
-__all__ = ["kit_measured_itself", "write_report", "render_text", "render_html", "host_metrics", "component_rows", "bottleneck_line"]
+__all__ = ["kit_measured_itself", "write_report", "render_text", "render_html", "host_metrics", "component_rows",
+           "bottleneck_line", "event_lines"]
 
 #: the cost table's columns: (heading, entry key, format)
 COMPONENT_COLUMNS = (("component", "component", "{}"), ("host", "host", "{}"), ("CPU-s", "cpu_s", "{:.2f}"),
@@ -110,6 +111,24 @@ def bottleneck_line(summary: dict[str, Any]) -> str | None:
             + ("" if b.get("saturated", True) else ": not saturated, the run had headroom"))
 
 
+def event_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per ``--chaos`` fault: when, where, whether it worked, recovery and what it cost."""
+    out = []
+    for ev in summary.get("events") or []:
+        where = ev.get("host", "?") + (f":{ev['program']}" if ev.get("program") else "")
+        head = (f"Event         {ev.get('action')} {where} at {_f(ev.get('at_s'), '{:.1f}')} s"
+                + (f" for {_f(ev.get('for_s'), '{:.1f}')} s" if ev.get("for_s") else ""))
+        if not ev.get("ok"):
+            out.append(f"{head}  FAILED: {ev.get('detail', '')}")
+            continue
+        rec = ev.get("recovery") or {}
+        recovered = (f"recovered in {_f(ev.get('recovery_s'), '{:.0f}')} s" if ev.get("recovery_s") is not None
+                     else f"recovery unknown ({rec.get('note', 'no timeline')})")
+        out.append(f"{head}  {recovered}; lost {ev.get('tokens_lost', 0)} tokens, "
+                   f"{ev.get('reconnect_attempts', 0)} reconnect attempts, {ev.get('queries_failed', 0)} failed queries")
+    return out
+
+
 def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> str:
     run = summary.get("run", {})
     lat = summary.get("latency_ms", {})
@@ -170,6 +189,7 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
     for t in run.get("thresholds", []):
         lines.append(f"Threshold     {t['threshold']:<20} actual {_f(t['actual'], '{:.6g}')} "
                      f"{'PASS' if t['passed'] else 'FAIL'}")
+    lines += event_lines(summary)
     for r in run.get("partial_reasons", []):
         lines.append(f"Partial       {r}")
     lines.append("=" * 72)

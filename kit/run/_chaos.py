@@ -18,14 +18,15 @@ hits one unit, the first.  Times take ``ms``, ``s`` or ``m`` (bare numbers are s
 
 :func:`recovery` reads the merged per-second timeline: the baseline is the mean tokens/s of the
 10 s before the fault; the run has recovered at the first whole second, from the one holding the
-fault's end on, whose tokens are back to 90 % of it (1 s resolution; None when the load ended
-first).  What is attributed to a fault is what happened from its start to its recovery: reconnect
+fault's end on (the second holding the end mixes before and after), whose tokens are back to
+90 % of it (1 s resolution; None when the load ended first).  What is attributed to a fault is what happened from its start to its recovery: reconnect
 attempts, failed queries (timeline) and lost tokens (queries that were in flight then).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -200,7 +201,7 @@ def recovery(rows: Sequence[Mapping[str, Any]], start: float, end: float) -> dic
                 "note": "no tokens in the 10 s before the fault: no baseline"}
     want = RECOVERED_SHARE * baseline
     last = max(tps)
-    for s in range(int(end), last + 1):
+    for s in range(math.ceil(end), last + 1):
         if tps.get(s, 0.0) >= want:
             return {"baseline_tps": round(baseline, 2), "recovered_at": float(max(s, end)),
                     "recovery_s": round(max(0.0, s - end), 3), "note": ""}

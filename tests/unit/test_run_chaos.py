@@ -1,0 +1,108 @@
+"""--chaos specs, their targets, and the recovery/attribution arithmetic (pure)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kit.inventory import parse_inventory_json
+from kit.run._chaos import ChaosError, FaultTarget, attribute, parse_chaos, recovery, resolve_targets
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _inv():
+    hv = {n: {"ansible_host": f"10.0.0.{i}"} for i, n in enumerate(("r1", "w1", "w2", "g1"), 1)}
+    hv["w1"]["wsproxy_instances_per_host"] = 2
+    data = {"_meta": {"hostvars": hv}, "all": {"children": ["redis", "haproxy", "wsproxy", "sim", "generators"]},
+            "redis": {"hosts": ["r1"]}, "haproxy": {"hosts": ["r1"]}, "sim": {"hosts": ["r1"]},
+            "wsproxy": {"hosts": ["w1", "w2"]}, "generators": {"hosts": ["g1"]}}
+    return parse_inventory_json(data, Path("x.yml"))
+
+
+PROGRAMS = {"r1": [("redis", "redis"), ("haproxy", "haproxy"), ("sim", "sim")],
+            "w1": [("wsproxy", "wsproxy-0"), ("wsproxy", "wsproxy-1")], "w2": [("wsproxy", "wsproxy-0")], "g1": []}
+
+
+@pytest.mark.parametrize("text, want", [
+    ("kill:wsproxy@20s", ("kill", "wsproxy", None, 20.0, 0.0, None)),
+    ("restart:redis@1.5m", ("restart", "redis", None, 90.0, 0.0, None)),
+    ("pause:wsproxy[1]@15s+500ms", ("pause", "wsproxy", 1, 15.0, 0.5, None)),
+    ("partition:wsproxy[all]@40+3", ("partition", "wsproxy", "all", 40.0, 3.0, None)),
+    ("delay:wsproxy[w2]@10s+20s=50ms", ("delay", "wsproxy", "w2", 10.0, 20.0, 50.0)),
+    ("delay:w1@0s+1s=20", ("delay", "w1", None, 0.0, 1.0, 20.0)),
+])
+def test_specs_parse(text, want):
+    s = parse_chaos(text)
+    assert (s.action, s.name, s.select, s.at_s, s.for_s, s.arg_ms) == want
+
+
+@pytest.mark.parametrize("text, says", [
+    ("kill:wsproxy", "not ACTION:TARGET@AT"), ("explode:wsproxy@1s", "unknown action 'explode'"),
+    ("pause:redis@3s", "pause lasts: give +FOR"), ("kill:redis@3s+2s", "kill is instantaneous"),
+    ("delay:wsproxy@1s+2s", "delay needs =MS"), ("kill:redis@3s=5ms", "takes no =ARG"),
+    ("kill:redis@3 s", "not ACTION"), ("delay:w1@1s+1s=0ms", "above 0"),
+])
+def test_bad_specs_are_one_line(text, says):
+    with pytest.raises(ChaosError) as info:
+        parse_chaos(text)
+    assert says in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("kill:wsproxy@1s", [FaultTarget("w1", "wsproxy-0")]),
+    ("kill:wsproxy[2]@1s", [FaultTarget("w2", "wsproxy-0")]),
+    ("kill:wsproxy[all]@1s", [FaultTarget("w1", "wsproxy-0"), FaultTarget("w1", "wsproxy-1"),
+                              FaultTarget("w2", "wsproxy-0")]),
+    ("pause:wsproxy[w2]@1s+1s", [FaultTarget("w2", "wsproxy-0")]),
+    ("restart:r1[all]@1s", [FaultTarget("r1", p) for p in ("redis", "haproxy", "sim")]),
+    ("partition:wsproxy[1]@1s+1s", [FaultTarget("w2")]),
+    ("delay:wsproxy[all]@1s+1s=5ms", [FaultTarget("w1"), FaultTarget("w2")]),
+    ("partition:g1@1s+1s", [FaultTarget("g1")]),
+])
+def test_targets_count_instances_for_process_faults_and_hosts_for_network_faults(text, want):
+    assert resolve_targets(parse_chaos(text), _inv(), PROGRAMS) == want
+
+
+@pytest.mark.parametrize("text, says", [
+    ("kill:nosuch@1s", "neither a group"), ("kill:wsproxy[3]@1s", "index 3 but wsproxy has 3 instance(s)"),
+    ("partition:wsproxy[2]@1s+1s", "2 host(s)"), ("kill:generators@1s", "runs no kit service"),
+    ("kill:wsproxy[r1]@1s", "not a host of group wsproxy"), ("kill:g1@1s", "host g1 runs no kit service"),
+])
+def test_bad_targets_are_one_line(text, says):
+    with pytest.raises(ChaosError, match=None) as info:
+        resolve_targets(parse_chaos(text), _inv(), PROGRAMS)
+    assert says in str(info.value)
+
+
+def _timeline(tokens: dict[int, int], **extra: dict[int, int]) -> list[dict]:
+    return [{"second": s, "tokens": n, **{k: v.get(s, 0) for k, v in extra.items()}} for s, n in tokens.items()]
+
+
+def test_recovery_is_the_first_whole_second_after_the_fault_back_to_90_percent_of_the_10_s_before():
+    tl = {s: 100 for s in range(0, 20)} | {20: 60, 21: 0, 22: 30, 23: 89, 24: 95, 25: 100}
+    r = recovery(_timeline(tl), 20.4, 20.4)
+    assert r["baseline_tps"] == 100.0 and r["recovered_at"] == 24.0 and r["recovery_s"] == pytest.approx(3.6)
+    # a pause: counted from its end
+    assert recovery(_timeline(tl), 18.0, 22.5)["recovery_s"] == pytest.approx(1.5)
+    # never back before the load ended, and no baseline before the load
+    assert recovery(_timeline({s: 100 for s in range(10)} | {10: 0, 11: 0}), 10.0, 10.0)["recovery_s"] is None
+    assert recovery(_timeline({5: 100, 6: 100}), 3.0, 3.0)["note"].startswith("no load before")
+
+
+def test_attribution_sums_the_window_and_the_lost_tokens_of_queries_in_flight():
+    rows = _timeline({s: 100 for s in range(10)}, reconnect_attempts={4: 3, 5: 2, 9: 7}, queries_failed={5: 1})
+    queries = [{"submit_at": "3.0", "latency_ms": "1500", "lost": "4"},    # in flight at 4.2: counted
+               {"submit_at": "1.0", "latency_ms": "1000", "lost": "9"},    # done before: not counted
+               {"submit_at": "5.5", "latency_ms": "", "lost": "2"}]        # never done: counted
+    a = attribute(rows, queries, 4.2, 6.0)
+    assert (a["tokens_lost"], a["reconnect_attempts"], a["queries_failed"]) == (6, 5, 1)
+
+
+def test_fab_run_refuses_a_bad_chaos_spec_with_one_line_and_exit_2():
+    r = subprocess.run([str(REPO / ".venv" / "bin" / "fab"), "run", "--clients", "1", "--chaos", "pause:redis@3s"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "run: --chaos 'pause:redis@3s': pause lasts: give +FOR, e.g. pause:redis@3s+5s"
