@@ -3,7 +3,10 @@
 Private modules, re-exported here: ``_remote`` (connections and fan-out),
 ``_plan`` (presets, client split, thresholds, clock offsets: pure),
 ``_services`` (health and server-side stats), ``_components`` (CPU cost per
-kit component and the bottleneck: pure), ``_run`` (one run end to end).
+kit component and the bottleneck: pure), ``_svcmgr`` (the kit's services through
+the host's service manager), ``_chaos`` (``--chaos`` specs, targets, recovery:
+pure), ``_faults`` (executing and undoing faults; ``_nfqdelay.py`` is copied to
+hosts without netem), ``_run`` (one run end to end, as phases).
 """
 
 from ._components import bottleneck as bottleneck
