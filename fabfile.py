@@ -228,3 +228,37 @@ def compare(c, runs, fail_if=None, html=""):
         raise Exit(f"compare: {exc}", code=2) from None
     if rc:
         raise Exit(code=rc)
+
+
+@task(name="capacity", auto_shortflags=False, iterable=["slo"], help={
+    "inventory": INV_HELP,
+    "slo": "service-level objective, repeatable: 'delivery_p99<50ms', 'success>=99.9%', 'p99<2s' (as --threshold)",
+    "start": "sessions of the first step (default 10)",
+    "step": "growth while every SLO holds: '50' adds 50 sessions, 'x2' doubles (default x2)",
+    "max": "most sessions to try (default 10000)",
+    "resolution": "stop bisecting when passing and failing loads are this close (default 1 session)",
+    "queries": "queries per session in each step (default 3)",
+    "ramp": "sessions started per second in each step (default: all within 5 s)",
+    "think_time": "seconds a session waits between its queries",
+    "max_duration": "bound on each step's run in seconds (default 300)",
+    "name": "name of the search: results/<name>.json, .html and <name>-s<i>-c<load> runs",
+    "skip_health": "do not check service health before each step",
+})
+def capacity(c, inventory=DEFAULT_INVENTORY, slo=None, start=10, step="x2", max=10000, resolution=1, queries=3,
+             ramp=None, think_time=None, max_duration=300.0, name=None, skip_health=False):
+    """Find the highest load that meets every SLO: step up, then bisect; name the bottleneck."""
+    from kit.run._capacity import execute_capacity
+    from kit.run._run import RunOptions
+    _logging(False)
+    try:
+        base = RunOptions(inventory=_inv(inventory), clients=1, queries=_num(int, "queries", queries, 0),
+                          think_time=_num(float, "think-time", think_time),
+                          max_duration=_num(float, "max-duration", max_duration), skip_health=skip_health,
+                          live=False)
+        rc, _ = execute_capacity(base, slo or [], start=_num(int, "start", start, 1), step=str(step),
+                                 maximum=_num(int, "max", max, 1), resolution=_num(int, "resolution", resolution, 1),
+                                 ramp=_num(float, "ramp", ramp), name=name or None)
+    except _errors() as exc:
+        raise Exit(f"capacity: {exc}", code=2) from None
+    if rc:
+        raise Exit(code=rc)

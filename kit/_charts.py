@@ -17,8 +17,8 @@ Time is run-relative: seconds since the run's agreed start (``run.start_at``, el
 client's ``started_at``).  Per-second latency percentiles are computed here from the raw
 ``queries.csv`` rows (done time = intended start + latency), bucketed by the second the query
 finished: the timeline holds counts only.  Distributions are CDFs over the mergeable
-histograms, on a log x axis.  Chaos events (``summary["events"]``: ``action``, ``target``,
-``host``, ``at_s`` seconds after the start, ``for_s``) are drawn on every time axis.
+histograms, on a log x axis.  Chaos events (``summary["events"]``: ``action``, ``target`` or
+``program``, ``host``, ``at_s`` seconds after the start, ``for_s``) are drawn on every time axis.
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def chaos_events(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         at = _num(e.get("at_s")) if isinstance(e, Mapping) else None
         if at is None:
             continue
-        words = [str(e.get(k)) for k in ("action", "target") if e.get(k)]
+        words = [str(e.get(k)) for k in ("action", "target", "program") if e.get(k)]
         if e.get("host"):
             words.append(f"@{e['host']}")
         out.append({"at_s": at, "for_s": _num(e.get("for_s")) or 0.0, "label": " ".join(words) or "event"})
@@ -258,9 +258,10 @@ def _align(series: Mapping[str, Mapping[float, float | None]]) -> tuple[list[flo
 
 def _spec(cid: str, title: str, xs: Sequence[float], series: Sequence[dict[str, Any]], *, ylabel: str,
           xlabel: str = TIME_X, y2label: str | None = None, logx: bool = False, step: bool = False,
-          events: Sequence[Mapping[str, Any]] = (), note: str = "", ymin0: bool = True) -> dict[str, Any]:
+          events: Sequence[Mapping[str, Any]] = (), note: str = "", ymin0: bool = True,
+          points: bool = False) -> dict[str, Any]:
     return {"id": cid, "title": title, "x": list(xs), "xlabel": xlabel, "ylabel": ylabel, "y2label": y2label,
-            "logx": logx, "step": step, "events": list(events), "note": note, "ymin0": ymin0,
+            "logx": logx, "step": step, "events": list(events), "note": note, "ymin0": ymin0, "points": points,
             "series": [dict(s) for s in series]}
 
 
@@ -391,7 +392,7 @@ _BUILDER = r"""
     const series = [{label: s.xlabel, value: (u, v) => v == null ? '-' : (+v.toFixed(3)).toString()}];
     s.series.forEach((z, i) => series.push({
       label: z.label, stroke: palette[i % palette.length], width: 1.6, scale: z.axis === 2 ? 'y2' : 'y',
-      spanGaps: false, points: {show: xs.length < 3},
+      spanGaps: false, points: {show: !!s.points || xs.length < 3},
       paths: s.step ? uPlot.paths.stepped({align: 1}) : undefined,
       value: (u, v) => v == null ? '-' : (+v.toFixed(2)).toString(),
     }));

@@ -200,3 +200,75 @@ def test_fab_compare_of_two_real_runs_tables_them_gates_on_rules_and_draws_overl
     marks = chart_marks(dom)
     assert len(marks) == 9 and all(m.get("rendered") == "1" and int(m["points"]) > 0 for m in marks.values()), marks
     assert 'class="differs"' in dom  # the clients setting differs and is highlighted
+
+
+def test_capacity_search_over_real_runs_brackets_the_knee_and_charts_it(local_runs, tmp_path):
+    """The search's mechanics on real runs.  The SLO is tokens/s (it grows with the offered load, so it
+    breaks at a load this test can predict); a latency SLO's knee on a 2-core test machine is
+    not reproducible enough to assert."""
+    from kit.run._capacity import execute_capacity
+    results, inv, _ = local_runs
+    base = RunOptions(inventory=inv, clients=1, queries=1, skip_health=True, results_dir=tmp_path / "cap",
+                      max_duration=60, live=False)
+    lines: list[str] = []
+    rc, res = execute_capacity(base, ["tps<=400", "success>=100%"], start=10, step="x3", maximum=90, resolution=20,
+                               name="cap", say=lines.append)
+    assert rc == 0, "\n".join(lines)
+    loads = [s.load for s in res.steps]
+    assert loads[:2] == [10, 30] and all(s.passed for s in res.steps if s.load <= 30)
+    assert res.knee is not None and res.first_failing is not None
+    assert res.knee.load < res.first_failing.load <= res.knee.load + 20
+    assert res.first_failing.broken == ["tps<=400"] and res.first_failing.summary["tps"] > 400
+    assert res.knee.summary["tps"] <= 400
+    # each step is a normal run with its own folder and tarball, and the SLOs as its thresholds
+    for s in res.steps:
+        assert (tmp_path / "cap" / f"{s.run_id}.tar.gz").exists()
+        run = json.loads((tmp_path / "cap" / s.run_id / "run.json").read_text())
+        assert [t["threshold"] for t in run["thresholds"]] == ["tps<=400", "success>=100%"]
+        assert run["config"]["clients"] == s.load
+    assert res.first_failing.summary.get("bottleneck", {}).get("component") in ("client", "sim", "wsproxy", "redis")
+    out = "\n".join(lines)
+    assert f"knee: {res.knee.load} sessions met every SLO" in out and "bottleneck" in out
+    saved = json.loads((tmp_path / "cap" / "cap.json").read_text())
+    assert saved["knee"]["load"] == res.knee.load
+    dom, console = chromium(tmp_path / "cap" / "cap.html", tmp_path, tmp_path / "capacity.png")
+    keep(tmp_path / "capacity.png")
+    assert console == [], "\n".join(console)
+    marks = chart_marks(dom)
+    assert len(marks) == 3 and all(m.get("rendered") == "1" and int(m["points"]) >= len(loads) for m in marks.values())
+
+
+def test_the_run_build_record_names_the_reference_wsproxy_and_checks_an_artifact(local_runs, tmp_path):
+    from kit.inventory import load_inventory
+    from kit.run._build import build_label, file_sha256, record_build
+    from kit.run._remote import connect
+    _, inv_path, _ = local_runs
+    inv = load_inventory(inv_path)
+    conns = {n: connect(h) for n, h in inv.hosts.items()}
+    rec = record_build(inv, conns)["wsproxy"]
+    assert rec["kind"] == "reference" and rec["commands"] == [f"{REPO / '.venv'}/bin/python -m kit.wsproxy"]
+    assert rec["servers"] and "aiohttp" in rec["servers"][0]          # what the running instance says
+    assert build_label({"build": {"wsproxy": rec}}).startswith("reference server Python/")
+    # a user's build: the checksum of the controller's file, and of the copy the host runs
+    art = tmp_path / "my-wsproxy"
+    art.write_text("#!/bin/sh\nexec python -m kit.wsproxy\n")
+    data = yaml.safe_load(inv_path.read_text())
+    host = data["all"]["hosts"]["local"]
+    host["wsproxy_artifact"] = str(art)
+    host["kit_root"] = str(tmp_path / "root")
+    (tmp_path / "root" / "bin").mkdir(parents=True)
+    shutil.copyfile(art, tmp_path / "root" / "bin" / "wsproxy-artifact")
+    (tmp_path / "inv.yml").write_text(yaml.safe_dump(data))
+    inv2 = load_inventory(tmp_path / "inv.yml")
+    rec = record_build(inv2, {n: connect(h) for n, h in inv2.hosts.items()})["wsproxy"]
+    assert rec["kind"] == "artifact" and rec["sha256"] == [file_sha256(art)]
+    assert rec["hosts"]["local"]["on_host"]["sha256"] == file_sha256(art) and "problem" not in rec["hosts"]["local"]
+    art.write_text("#!/bin/sh\n# a newer build, not deployed yet\n")
+    rec = record_build(inv2, {n: connect(h) for n, h in inv2.hosts.items()})["wsproxy"]
+    assert "differs from the controller's" in rec["hosts"]["local"]["problem"]
+
+
+@pytest.mark.skip(reason="deploying a user's build through wsproxy_artifact needs Ansible on the local stack, "
+                         "which another engineer's tests use right now; record_build is tested above")
+def test_a_users_wsproxy_artifact_is_deployed_and_measured():
+    raise AssertionError("not run")

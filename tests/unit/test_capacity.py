@@ -1,0 +1,110 @@
+"""kit.run._capacity: the step-then-bisect search over a fake runner (pure policy), its stops and its output."""
+
+from __future__ import annotations
+
+import pytest
+
+from kit.run._capacity import StepRule, format_result, next_load, parse_step, search, write_capacity_html
+from kit.run._plan import PlanError, parse_threshold
+
+SLOS = [parse_threshold("delivery_p99<50ms"), parse_threshold("success>=99.9%")]
+
+
+class FakeSystem:
+    """Delivery p99 grows with load and crosses 50 ms at *knee* + 1 sessions; the generator overloads at *overload*."""
+
+    def __init__(self, knee: int, overload: int | None = None, fail_success_at: int | None = None) -> None:
+        self.knee, self.overload, self.fail_success_at = knee, overload, fail_success_at
+        self.calls: list[int] = []
+
+    def __call__(self, load: int, index: int):
+        self.calls.append(load)
+        p99 = 50.0 * load / (self.knee + 0.5)
+        success = 99.0 if self.fail_success_at is not None and load >= self.fail_success_at else 100.0
+        summary = {"total_sessions": load, "success_rate": success, "tps": 10.0 * load,
+                   "delivery_latency_ms": {"count": 100, "p99": p99},
+                   "generator": {"generator_overloaded": self.overload is not None and load >= self.overload},
+                   "bottleneck": {"component": "wsproxy", "host": "h1", "peak_cores": 0.97, "usable_cores": 1,
+                                  "ratio": 0.97, "saturated": True}}
+        return (1 if p99 >= 50 or success < 99.9 else 0), summary, f"cap-s{index + 1}-c{load}"
+
+
+def run(system, **kw):
+    opts = {"start": 10, "rule": StepRule(factor=2.0), "maximum": 10_000, "resolution": 1} | kw
+    return search(system, SLOS, say=lambda _line: None, **opts)
+
+
+def test_steps_up_then_bisects_to_the_exact_knee():
+    system = FakeSystem(knee=137)
+    res = run(system)
+    assert system.calls[:5] == [10, 20, 40, 80, 160]          # doubling until 160 breaks the SLO
+    assert all(80 < c < 160 for c in system.calls[5:])         # then only inside the bracket
+    assert res.knee.load == 137 and res.first_failing.load == 138
+    assert res.first_failing.broken == ["delivery_p99<50ms"]
+    assert len(system.calls) <= 5 + 7                          # log2(80) bisection steps
+    text = format_result(res)
+    assert "knee: 137 sessions met every SLO" in text
+    assert "first failing: 138 sessions broke delivery_p99<50ms; bottleneck wsproxy on h1" in text
+
+
+def test_resolution_stops_the_bisection_early():
+    res = run(FakeSystem(knee=137), resolution=10)
+    assert res.first_failing.load - res.knee.load <= 10 and res.knee.load <= 137 < res.first_failing.load
+
+
+def test_an_additive_step_and_the_maximum():
+    system = FakeSystem(knee=10_000)
+    res = run(system, start=100, rule=parse_step("+100"), maximum=350)
+    assert system.calls == [100, 200, 300, 350]
+    assert res.knee.load == 350 and res.first_failing is None
+    assert res.reason == "every SLO held up to --max 350 sessions"
+
+
+def test_an_overloaded_generator_is_no_failure_and_stops_the_search():
+    system = FakeSystem(knee=1000, overload=80)
+    res = run(system)
+    assert system.calls == [10, 20, 40, 80]
+    assert res.first_failing is None and res.knee.load == 40
+    assert "generator was overloaded at 80 sessions" in res.reason
+
+
+def test_any_broken_slo_counts():
+    res = run(FakeSystem(knee=1000, fail_success_at=55))
+    assert res.knee.load == 54 and res.first_failing.broken == ["success>=99.9%"]
+
+
+def test_a_failing_start_bisects_down_and_says_when_nothing_passes():
+    res = run(FakeSystem(knee=3), start=10)
+    assert res.knee.load == 3
+    res = run(FakeSystem(knee=0), start=4)
+    assert res.knee is None and res.reason == "even 1 session breaks an SLO"
+
+
+def test_next_load_is_pure_over_the_history():
+    assert next_load([], start=7, rule=StepRule(add=5), maximum=100, resolution=1) == (7, "start")
+
+
+@pytest.mark.parametrize("text, rule", [("x2", StepRule(factor=2.0)), ("*1.5", StepRule(factor=1.5)),
+                                        ("50", StepRule(add=50)), ("+25", StepRule(add=25))])
+def test_parse_step(text, rule):
+    assert parse_step(text) == rule
+
+
+@pytest.mark.parametrize("text", ["x1", "0", "-5", "two", ""])
+def test_bad_steps_say_how_to_write_them(text):
+    with pytest.raises(PlanError, match="--step"):
+        parse_step(text)
+
+
+def test_bad_bounds_and_missing_slos():
+    with pytest.raises(PlanError, match="--start"):
+        search(FakeSystem(10), SLOS, start=50, rule=StepRule(add=1), maximum=10)
+    with pytest.raises(PlanError, match="--slo"):
+        search(FakeSystem(10), [], start=1, rule=StepRule(add=1), maximum=10)
+
+
+def test_capacity_page_charts_every_slo_and_tokens(tmp_path):
+    res = run(FakeSystem(knee=37))
+    page = write_capacity_html(tmp_path / "cap.html", res)
+    html = page.read_text()
+    assert html.count('class="chart-box"') == 3 and "knee: 37 sessions" in html
