@@ -43,6 +43,7 @@ import kit
 from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
+from ._build import record_build
 from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, resolve_targets
 from ._components import bottleneck, component_costs, load_host_samples
 from ._faults import ChaosRunner, Fault
@@ -665,6 +666,7 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         "generator_pids": {lbl: g.pid for lbl, g in run.gens.items()},
         "component_problems": run.component_problems,
         "versions": _versions(pre["facts"]),
+        "build": record_build(run.inv, run.conns),  # which wsproxy build was measured (fab compare shows it)
         "inventory": run.inv.describe(),
     }
     summary["run"] = run_rec
