@@ -54,6 +54,14 @@ def _bucket_bounds(idx: int) -> tuple[int, int]:
     return lo, lo + (1 << e) - 1
 
 
+def _signed_bounds(idx: int) -> tuple[int, int]:
+    """(lowest, highest) value of any bucket, negative ones included."""
+    if idx < 0:
+        lo, hi = _bucket_bounds(-idx - 1)
+        return -hi, -lo
+    return _bucket_bounds(idx)
+
+
 def bucket_value(idx: int) -> int:
     """The representative value of a bucket: the middle of its range (exact for small values)."""
     if idx < 0:
@@ -112,6 +120,39 @@ class Histogram:
             self.min = other.min
         if other.max is not None and (self.max is None or other.max > self.max):
             self.max = other.max
+        return self
+
+    def subtract(self, earlier: "Histogram") -> "Histogram":
+        """Remove *earlier*'s values (in place; returns self): what was recorded since *earlier*.
+
+        *earlier* must be an earlier state of this same cumulative histogram (each bucket's count at
+        most this one's), so two snapshots of one recorder give the interval between them.  Counts and
+        sum are exact; min and max become the bounds of the lowest and highest bucket left (exact
+        below ``2**SUB_BUCKET_BITS``), within this histogram's own [min, max].  ValueError when
+        *earlier* holds values this histogram lacks (not an earlier state, e.g. a restarted process).
+        """
+        if earlier.unit != self.unit:
+            raise ValueError(f"cannot subtract a histogram in {earlier.unit!r} from one in {self.unit!r}")
+        counts = dict(self.counts)
+        for idx, n in earlier.counts.items():
+            left = counts.get(idx, 0) - n
+            if left < 0:
+                raise ValueError("the histogram to subtract is not an earlier state of this one "
+                                 f"(bucket {idx} holds {n}, this one {counts.get(idx, 0)})")
+            if left:
+                counts[idx] = left
+            else:
+                counts.pop(idx, None)
+        self.counts = counts
+        self.count -= earlier.count
+        self.total -= earlier.total
+        if not counts:
+            self.min = self.max = None
+            return self
+        lo, _ = _signed_bounds(min(counts))
+        _, hi = _signed_bounds(max(counts))
+        self.min = lo if self.min is None else max(lo, self.min)
+        self.max = hi if self.max is None else min(hi, self.max)
         return self
 
     def mean(self) -> float | None:

@@ -123,3 +123,50 @@ def test_timeline_merge_adds_events_and_gauges():
 def test_add_counts_is_recursive():
     assert add_counts({"a": 1, "n": {"x": 1}}, {"a": 2, "n": {"x": 2, "y": 1}, "s": "text"}) == {
         "a": 3, "n": {"x": 3, "y": 1}}
+
+
+def test_subtracting_an_earlier_snapshot_leaves_exactly_the_interval_recorded_since():
+    rng = random.Random(7)
+    before_vals = [rng.randint(-5_000, 5_000_000) for _ in range(4000)]
+    after_vals = [rng.randint(100, 20_000_000) for _ in range(3000)]
+    cum = Histogram("us")
+    cum.record_many(before_vals)
+    earlier = Histogram.from_dict(json.loads(json.dumps(cum.to_dict())))  # a status.json round trip
+    cum.record_many(after_vals)
+    interval = Histogram.from_dict(cum.to_dict()).subtract(earlier)
+    only = Histogram("us")
+    only.record_many(after_vals)
+    assert interval.counts == only.counts and interval.count == 3000 and interval.total == sum(after_vals)
+    for p in (50, 90, 99):
+        assert interval.percentile(p) == pytest.approx(only.percentile(p), rel=1e-3)
+    # min/max are the remaining buckets' bounds: within one bucket of the true interval extremes
+    assert interval.min <= min(after_vals) and interval.min == pytest.approx(min(after_vals), rel=1e-3)
+    assert interval.max >= max(after_vals) and interval.max == pytest.approx(max(after_vals), rel=1e-3)
+
+
+def test_subtract_keeps_exact_small_values_and_clamps_to_the_recorded_range():
+    cum = Histogram("us")
+    cum.record_many([1, 2, 3])
+    earlier = Histogram.from_dict(cum.to_dict())
+    cum.record_many([7, 9, 9])
+    interval = cum.subtract(earlier)
+    assert (interval.min, interval.max, interval.count, interval.total) == (7, 9, 3, 25)
+    assert interval.percentile(50) == 9
+
+
+def test_subtracting_a_snapshot_of_itself_is_empty():
+    h = Histogram("us")
+    h.record_many([5, 50_000])
+    d = Histogram.from_dict(h.to_dict()).subtract(h)
+    assert d.count == 0 and d.counts == {} and d.min is None and d.max is None and d.percentile(99) is None
+
+
+def test_subtract_refuses_what_is_not_an_earlier_state():
+    a, b = Histogram("us"), Histogram("us")
+    a.record(10)
+    b.record_many([10, 11])
+    with pytest.raises(ValueError, match="not an earlier state"):
+        a.subtract(b)
+    assert a.count == 1 and a.counts == {10: 1}  # unchanged after the refusal
+    with pytest.raises(ValueError, match="subtract"):
+        a.subtract(Histogram("ms"))
