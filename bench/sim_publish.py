@@ -35,41 +35,45 @@ HTTP handling and publishing together.
         [--py-spy PREFIX]   # also a raw py-spy profile of the worker during each realistic run
 
 Measured 2026-11-30 on the 2-core machine shared with other jobs (load average
-1.2-1.7), default options, two consecutive runs of ``.venv/bin/python bench/sim_publish.py``:
+0.8-2.1), default options, two consecutive runs of ``.venv/bin/python bench/sim_publish.py``:
 
     publisher                        tokens     recv  wall s   CPU s tokens/s/core us/token  tokens/s redis CPU s max batch
-    kit.sim (batched) tick 0 ms      100000   101000    0.97    0.83       120,482      8.3   102,805        0.23       559
-    kit.sim (batched) tick 5 ms      100000   101000    1.04    0.46       217,391      4.6    95,882        0.09       721
-    naive loop (1 PUBLISH/await)      30000    30000    3.33    2.75        10,893     91.8     9,017        0.63         1
-    naive tasks (sleep+PUBLISH)       30000    30000    2.28    2.28        13,173     75.9    13,145        0.17         1
+    kit.sim (batched) tick 0 ms      100000   101000    0.71    0.75       133,333      7.5   141,611        0.17       376
+    kit.sim (batched) tick 5 ms      100000   101000    0.59    0.50       200,000      5.0   170,826        0.10      1448
+    naive loop (1 PUBLISH/await)      30000    30000    3.56    2.55        11,759     85.0     8,429        0.68         1
+    naive tasks (sleep+PUBLISH)       30000    30000    2.23    2.08        14,400     69.4    13,451        0.23         1
 
     run                      tick ms   tokens     recv  wall s sim CPU s us/token all-in batches/s max lag ms redis CPU s
-    realistic 500 sessions         0    64500    66000    9.46      3.26            50.5      1690        4.8        0.61
-    realistic 500 sessions         5    64500    66000    9.45      2.15            33.3       202        6.7        0.23
-    realistic 1000 sessions        0   129000   132000    9.50      5.02            38.9      2538       40.5        0.82
-    realistic 1000 sessions        5   129000   132000    9.46      3.89            30.2       209        8.0        0.38
+    realistic 500 sessions         0    64500    66000    9.46      3.29            51.0      1738        3.0        0.65
+    realistic 500 sessions         5    64500    66000    9.46      2.46            38.1       204        7.7        0.26
+    realistic 1000 sessions        0   129000   132000    9.46      5.45            42.2      2902       11.4        0.98
+    realistic 1000 sessions        5   129000   132000    9.46      4.06            31.5       209        9.3        0.39
 
-    kit.sim (batched) tick 0 ms      100000   101000    1.16    0.80       125,000      8.0    86,079        0.22       535
-    kit.sim (batched) tick 5 ms      100000   101000    0.92    0.43       232,558      4.3   108,885        0.10      1524
-    naive loop (1 PUBLISH/await)      30000    30000    5.83    2.30        13,066     76.5     5,143        0.44         1
-    naive tasks (sleep+PUBLISH)       30000    30000    4.47    2.44        12,275     81.5     6,709        0.29         1
+    kit.sim (batched) tick 0 ms      100000   101000    0.99    0.80       125,000      8.0   101,186        0.24       308
+    kit.sim (batched) tick 5 ms      100000   101000    0.73    0.48       208,333      4.8   137,016        0.10      1238
+    naive loop (1 PUBLISH/await)      30000    30000    3.09    2.37        12,681     78.9     9,698        0.53         1
+    naive tasks (sleep+PUBLISH)       30000    30000    2.43    2.26        13,294     75.2    12,362        0.27         1
 
-    realistic 500 sessions         0    64500    66000    9.46      2.77            42.9      1448       15.1        0.48
-    realistic 500 sessions         5    64500    66000    9.45      2.03            31.5       196       20.8        0.22
-    realistic 1000 sessions        0   129000   132000    9.46      4.59            35.6      2392      124.6        0.72
-    realistic 1000 sessions        5   129000   132000    9.46      3.38            26.2       208        8.7        0.35
+    realistic 500 sessions         0    64500    66000    9.45      2.63            40.8      1503        5.5        0.41
+    realistic 500 sessions         5    64500    66000    9.46      2.00            31.0       202        8.0        0.23
+    realistic 1000 sessions        0   129000   132000    9.46      4.94            38.3      2556       11.1        0.82
+    realistic 1000 sessions        5   129000   132000    9.46      3.60            27.9       206        9.2        0.36
 
 (every realistic run: 201 x sessions, 202 x 3 x sessions, 200 x sessions, no errors.)
-The same realistic run against the simulator as it was before PUBLISH_TICK_MS, the
-publisher's own connection and the leaner request path (commit 0394a27, this script
-copied in): 1,000 sessions 50.7 us/token all-in, 3,063 batches/s.
+The same realistic runs against the simulator as it was before this change set
+(commit 0394a27: no tick, the publisher borrowing pool connections and reading each
+reply under its own timer, Quart's stock request path; this script copied in), twice,
+minutes apart: 500 sessions 52.6 us/token, 1,000 sessions 50.7 (then with a
+connection per session) and 39.3 us/token.
 
-Reading: a tick of 5 ms cuts the publisher's wake-ups from ~1,500-2,500/s to ~200/s,
-halves Redis's CPU per message, and takes the all-in cost from 36-50 to 26-33 us per
-token (from 50.7 before this change set).  Micro-benchmarks flatter: publishing alone
-is 4-8 us/token, so the all-in figure is mostly request handling, one request per 26
-tokens at ~400 us of CPU each (Quart, redis-py, PyJWT, Granian's glue; py-spy in the
-commit messages).  Runs on this shared machine move by +-5 us/token from one to the next.
+Reading: the machine's noise is +-20% from run to run, so compare within one run.  A
+5 ms tick cuts the publisher's wake-ups from 1,500-2,900/s to ~200/s, Redis's CPU
+per message by half, and the all-in cost by about a quarter (1,000 sessions:
+38-42 -> 28-32 us/token; 500: 41-51 -> 31-38).  Publishing alone is 4-8 us/token
+(micro; and ~6 with the same pacing and no HTTP), so at the default tick most of the
+all-in figure is request handling: one request per ~26 tokens at ~300-400 us of CPU
+each (Granian's glue and loop I/O, Quart ~70 us, redis-py ~45 us a command, PyJWT
+~20 us a token).
 """
 
 from __future__ import annotations
