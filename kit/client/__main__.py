@@ -267,6 +267,8 @@ def run_load(argv: list[str]) -> int:
     status = summary.get("status", "failed")
     if status != "passed":
         print(f"{PROG}: run {status}: {summary.get('status_reason', '')}", file=sys.stderr)
+    if summary.get("interrupted"):  # what was measured is written; the exit says how the run ended
+        return 143 if summary["interrupted"] == ["SIGTERM"] else 130
     return 0 if args.exit_zero_on_failure else EXIT_BY_STATUS.get(status, 1)
 
 

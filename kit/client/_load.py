@@ -30,9 +30,11 @@ import math
 import os
 import platform
 import random
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,8 @@ LAG_P99_OVERLOAD_MS = 50.0
 START_LAG_P99_OVERLOAD_MS = 100.0
 #: how often the loop-lag probe wakes up
 LAG_PROBE_INTERVAL = 0.05
+#: seconds children get to write their results after SIGINT/SIGTERM before the parent gives up
+CHILD_STOP_TIMEOUT = 20.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -214,7 +218,9 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict) -> None:
             bg.start_soon(_watch, rec, proc, state)
             bg.start_soon(_timeline, rec)
             bg.start_soon(_reporter, cfg, rec, state, run["start"])
-            with trio.move_on_after(cfg.max_duration if cfg.max_duration else math.inf) as scope:
+            stop = trio.CancelScope()
+            bg.start_soon(_stop_on_signal, stop, run)
+            with stop, trio.move_on_after(cfg.max_duration if cfg.max_duration else math.inf) as scope:
                 async with trio.open_nursery() as sessions:
                     def start(g: int, offset: float) -> None:
                         intended_ns = t0_ns + int(offset * 1e9)
@@ -237,6 +243,19 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict) -> None:
     rec.sample_timeline(int(time.time()))
     if not rec.cpu_samples:  # a run shorter than a second: one sample of the whole run
         rec.cpu_samples.append(proc.cpu_percent(None))
+
+
+async def _stop_on_signal(stop: trio.CancelScope, run: dict) -> None:
+    """SIGINT / SIGTERM (Ctrl-C, ``fab run`` stopping its generators) cancel the sessions like
+    ``--max-duration`` does: what was measured is still written, and the run says it was interrupted."""
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        return
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:  # kept open to the end: a second signal (Ctrl-C twice) is absorbed
+            if "interrupted" not in run:
+                run["interrupted"] = signal.Signals(signum).name
+                log.warning("%s: stopping the sessions and writing what was measured", run["interrupted"])
+            stop.cancel()
 
 
 async def start_on_schedule(plan, t0: float, start) -> None:
@@ -322,6 +341,9 @@ def run_parent(cfg: LoadConfig, child_argv: list[str], meta: dict[str, Any]) -> 
     interval = cfg.status_interval or 1.0
     children: list[subprocess.Popen] = []
     dirs = [out / f"proc-{i}" for i in range(cfg.processes)]
+    got: list[int] = []  # SIGINT/SIGTERM received: children stop and write, then we merge what they wrote
+    previous = {sig: signal.signal(sig, lambda signum, frame: got.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for i, d in enumerate(dirs):
             argv = [sys.executable, "-m", "kit.client", *child_argv, "--output-dir", str(d),
@@ -331,7 +353,16 @@ def run_parent(cfg: LoadConfig, child_argv: list[str], meta: dict[str, Any]) -> 
             children.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL))
         tty = sys.stderr.isatty()
         last_line = 0.0
+        forwarded = False
+        stop_deadline = math.inf
         while any(p.poll() is None for p in children):
+            if got and not forwarded:  # a terminal's Ctrl-C reached them too; fab's stop may not have
+                for p in children:
+                    if p.poll() is None:
+                        p.send_signal(got[0])
+                forwarded, stop_deadline = True, time.monotonic() + CHILD_STOP_TIMEOUT
+            if time.monotonic() > stop_deadline:
+                raise TimeoutError(f"generator processes did not stop within {CHILD_STOP_TIMEOUT:g} s")
             time.sleep(min(interval, 0.5))  # the parent only polls its children's status files
             snaps = [s for s in (_read_status(d / "status.json") for d in dirs) if s]
             if not snaps:
@@ -352,10 +383,17 @@ def run_parent(cfg: LoadConfig, child_argv: list[str], meta: dict[str, Any]) -> 
             except subprocess.TimeoutExpired:
                 p.kill()
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not cfg.quiet and sys.stderr.isatty():
         sys.stderr.write("\n")
     failed = [(i, p.returncode) for i, p in enumerate(children) if p.returncode != 0]
-    if failed:
+    if got:  # interrupted: merge whatever the children wrote
+        dirs = [d for d in dirs if (d / "histograms.json").exists()]
+        if not dirs:
+            raise KeyboardInterrupt
+    elif failed:
         raise RuntimeError("generator process(es) failed: " + ", ".join(f"proc-{i} exit {rc}" for i, rc in failed))
     summary = merge_outputs(dirs, out)
     meta = dict(meta)

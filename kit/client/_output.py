@@ -75,8 +75,10 @@ def run_status(summary: Mapping[str, Any], runs: Iterable[Mapping[str, Any]] = (
 
     - ``failed``: no session succeeded (none finished, or every one failed or was cancelled);
     - ``partial``: some succeeded, but at least one failed or was cancelled, or a process hit
-      ``--max-duration`` (sessions still running were cancelled, later ones never started);
-    - ``passed``: at least one session, every one succeeded, and no process hit ``--max-duration``.
+      ``--max-duration`` or was interrupted (sessions still running were cancelled, later ones
+      never started);
+    - ``passed``: at least one session, every one succeeded, and no process hit ``--max-duration``
+      or was interrupted (SIGINT/SIGTERM: a partial run at best).
 
     A session succeeds when every one of its queries got its ``done`` with no token lost.  A
     generator marked overloaded does not change the verdict (it is reported on its own).
@@ -86,6 +88,7 @@ def run_status(summary: Mapping[str, Any], runs: Iterable[Mapping[str, Any]] = (
     failed = int(summary.get("failed_sessions") or 0)
     cancelled = int(summary.get("cancelled_sessions") or 0)
     hit = any(r.get("max_duration_hit") for r in runs)
+    interrupted = sorted({r["interrupted"] for r in runs if r.get("interrupted")})
     why = []
     if failed - cancelled:
         why.append(f"{failed - cancelled} of {total} sessions failed")
@@ -93,6 +96,8 @@ def run_status(summary: Mapping[str, Any], runs: Iterable[Mapping[str, Any]] = (
         why.append(f"{cancelled} cancelled")
     if hit:
         why.append("--max-duration reached")
+    if interrupted:
+        why.append(f"interrupted ({', '.join(interrupted)})")
     if ok == 0:
         return "failed", "no session succeeded" + (f": {', '.join(why)}" if why else "")
     if why:
@@ -283,6 +288,7 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
         },
     }
     summary["status"], summary["status_reason"] = run_status(summary, runs)
+    summary["interrupted"] = sorted({r["interrupted"] for r in runs if r.get("interrupted")}) or None
     return summary
 
 

@@ -365,3 +365,36 @@ def test_two_runs_into_one_output_dir_keep_both(stack: Stack, tmp_path: Path):
     assert f"holds an earlier run: this one goes to {out / s2['run_id']}" in r2.stderr
     assert f"results: {out / s3['run_id']}" in r3.stderr
     assert json.loads((out / s3["run_id"] / "meta.json").read_text())["run_id"] == s3["run_id"]
+
+
+@pytest.mark.parametrize("how, sig, code", [("one process, Ctrl-C", signal.SIGINT, 130),
+                                            ("two processes, fab's stop of the group", signal.SIGTERM, 143)])
+def test_an_interrupted_run_still_writes_what_it_measured(stack: Stack, tmp_path: Path, how, sig, code):
+    """SIGINT/SIGTERM cancel the running sessions; the results are written (partial, interrupted) and
+    the exit status says how the run ended, so `fab run` collects something after Ctrl-C."""
+    out = tmp_path / "run"
+    procs = "2" if "two" in how else "1"
+    proc = subprocess.Popen(
+        client_argv(stack, out, "--clients", "8", "--queries", "50", "--max-tokens", "5", "--processes", procs,
+                    "--think-time", "0.2", "--status-interval", "0.1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_status(out, lambda st: st.get("queries_ok", 0) >= 8 and st["active_sessions"] == 8, proc)
+        if procs == "2":
+            os.killpg(proc.pid, sig)  # what fab run's stop_job does: the whole process group
+        else:
+            proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    # every session was cut short, so none succeeded: the verdict is failed, and it says why
+    assert s["status"] == "failed" and s["interrupted"] == [sig.name] and "interrupted" in s["status_reason"]
+    assert s["total_sessions"] == 8 and s["cancelled_sessions"] == 8
+    assert s["successful_queries"] >= 8
+    q = rows(out / "queries.csv")
+    assert sum(1 for r in q if r["status"] == "ok") == s["successful_queries"]
