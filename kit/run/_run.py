@@ -47,11 +47,12 @@ from ._build import record_build
 from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, resolve_targets
 from ._components import bottleneck, component_costs, load_host_samples
 from ._faults import ChaosRunner, Fault
+from ._live import PlainView, View
 from ._pack import pack_run, stripped_inventory
 from ._plan import PRESETS, GeneratorSlot, PlanError, Threshold, clock_offset, make_run_id, plan_generators
 from ._remote import GroupException, close_all, connect, describe_failures, fan_out
 from ._services import check_health, collect_server_stats, haproxy_urls, unhealthy
-from ._summary import aggregate_status, evaluate_thresholds, format_live_line
+from ._summary import aggregate_status, evaluate_thresholds
 from ._svcmgr import host_programs, resolve_service_pids
 
 __all__ = ["RunOptions", "RunError", "Interrupted", "execute", "preflight", "resolve_service_pids", "CLOCK_BOUND_S"]
@@ -68,7 +69,8 @@ FDS_PER_SESSION = 2
 FD_RESERVE = 100
 START_LEAD_S = 3.0
 GRACE_S = 30.0
-POLL_S = 2.0
+#: seconds between polls of the generators' status (the live view's refresh; they write it every second)
+POLL_S = 1.0
 SERVICES_REQUIRED = ("redis", "haproxy", "wsproxy", "sim", "generators")
 #: seconds a generator gets between SIGTERM and SIGKILL when the run stops it early
 STOP_GRACE_S = 5.0
@@ -277,6 +279,10 @@ class Run:
     run_id: str
     run_dir: Path
     out: Callable[[str], None]
+    #: the live view (:mod:`._live`); plain lines through ``out`` unless the caller gives one
+    view: View
+    #: called once with the outcome (exit status, paths, the summary) when the run is recorded
+    on_result: Callable[[dict[str, Any]], None] | None = None
     t_begin: float = dataclasses.field(default_factory=time.time)
     phase: str = "preflight"
     pre: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -317,8 +323,15 @@ class Run:
             (self.run_dir / "jobs.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
-def execute(opts: RunOptions, *, out: Callable[[str], None] = _say) -> int:
-    """Run the benchmark described by *opts*; return the exit status (see the module docstring)."""
+def execute(opts: RunOptions, *, out: Callable[[str], None] = _say, view: View | None = None,
+            on_result: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Run the benchmark described by *opts*; return the exit status (see the module docstring).
+
+    Every human line goes through *out*; the live view (``opts.live``) through *view* (default: plain
+    lines through *out*).  *on_result* gets the recorded outcome: ``exit_status``, ``outcome`` (pass,
+    threshold_failed, partial, interrupted), ``run_id``, ``results_dir``, ``tarball`` and ``summary``
+    (what ``fab run --json`` prints).
+    """
     try:
         opts.resolve()
     except PlanError as exc:
@@ -333,7 +346,8 @@ def execute(opts: RunOptions, *, out: Callable[[str], None] = _say) -> int:
     conns = {name: connect(h) for name, h in inv.hosts.items()}
     restore = _trap_signals()
     try:
-        return _execute(Run(opts=opts, inv=inv, conns=conns, run_id=run_id, run_dir=run_dir, out=out))
+        return _execute(Run(opts=opts, inv=inv, conns=conns, run_id=run_id, run_dir=run_dir, out=out,
+                            view=view or PlainView(out), on_result=on_result))
     finally:
         close_all(conns.values())
         restore()
@@ -497,8 +511,16 @@ def _phase_chaos(run: Run) -> None:
 
 
 def _phase_watch(run: Run) -> None:
-    """Poll every generator until each has exited or the bound is reached; show the live line."""
+    """Poll every generator until each has exited or the bound is reached; show the live view
+    (rates and latency percentiles of the last interval); the in-place view ends with the phase."""
     run.phase = "watching generators"
+    try:
+        _watch(run)
+    finally:
+        run.view.close()
+
+
+def _watch(run: Run) -> None:
     opts = run.opts
     assert run.start_at is not None
     deadline = run.start_at + opts.max_duration + opts.grace
@@ -523,7 +545,7 @@ def _phase_watch(run: Run) -> None:
         agg = aggregate_status({lbl: g.status for lbl, g in run.gens.items()}, prev_agg, now)
         prev_agg = agg
         if opts.live and now >= run.start_at:
-            run.out("  " + format_live_line(agg, now - run.start_at))
+            run.view.show(agg, now - run.start_at)
         if now > deadline:
             for lbl, g in live.items():
                 if g.final is None:
@@ -681,11 +703,16 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
     run.out(f"results: {run.run_dir}  tarball: {tarball}")
     if run.interrupted_by:
         run.out("INTERRUPTED RUN: " + "; ".join(run.partial_reasons))
-        return 128 + run.interrupted_by
-    if run.partial_reasons:
+        rc, outcome = 128 + run.interrupted_by, "interrupted"
+    elif run.partial_reasons:
         run.out("PARTIAL RUN: " + "; ".join(run.partial_reasons))
-        return 3
-    return 0 if run_rec["thresholds_passed"] else 1
+        rc, outcome = 3, "partial"
+    else:
+        rc, outcome = (0, "pass") if run_rec["thresholds_passed"] else (1, "threshold_failed")
+    if run.on_result is not None:
+        run.on_result({"exit_status": rc, "outcome": outcome, "run_id": run.run_id, "results_dir": str(run.run_dir),
+                       "tarball": str(tarball), "summary": summary})
+    return rc
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -3,7 +3,8 @@
 :func:`metric_value` maps a parsed threshold onto the merged ``summary.json``
 that ``kit.client.merge_outputs`` writes (latency histograms in ms, rates in %,
 counts); :func:`evaluate_thresholds` checks them all.  :func:`aggregate_status`
-adds up the live ``status.json`` of every generator for the one live line.
+adds up the live ``status.json`` of every generator for the live view: totals, and the rates and
+latency percentiles of the last interval (the difference of two cumulative histograms).
 """
 
 from __future__ import annotations
@@ -57,42 +58,87 @@ def evaluate_thresholds(summary: Mapping[str, Any], thresholds: Sequence[Thresho
 
 _SUM_KEYS = ("active_sessions", "sessions_started", "sessions_finished", "queries_ok", "queries_failed", "tokens",
              "lost_tokens", "errors", "reconnect_attempts", "reconnects_ok")
+#: counters whose change over the last interval the live view shows as a rate
+_RATE_KEYS = {"qps": "queries_ok", "tps": "tokens", "errors_per_s": "errors", "reconnects_per_s": "reconnect_attempts"}
+
+
+def _num(v: Any) -> float:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+def _interval(st: Mapping[str, Any], t: float | None,
+              before: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One generator's last interval (rates and its latency histogram) and the snapshot to keep.
+
+    *before* is its previous snapshot; without one the interval runs from its start (``elapsed_s``
+    before *t*; no rates when that is unknown).  A histogram that is not a later state of the previous
+    one (a process of the generator restarted) gives no latency for this interval, never a wrong one.
+    """
+    hist = Histogram.from_dict(st["latency_histogram"]) if st.get("latency_histogram") else Histogram("us")
+    if before is None:
+        t0 = t - st["elapsed_s"] if t is not None and _num(st.get("elapsed_s")) > 0 else None
+        base = dict.fromkeys(_RATE_KEYS.values(), 0)
+        lat: Histogram | None = hist
+    else:
+        t0, base = before["time"], before
+        try:
+            lat = Histogram.from_dict(hist.to_dict()).subtract(before["hist"])
+        except ValueError:
+            lat = None
+    dt = t - t0 if t is not None and t0 is not None and t > t0 else None
+    out: dict[str, Any] = {"dt": dt, "latency": lat}
+    for rate, key in _RATE_KEYS.items():
+        out[rate] = None if dt is None else max(0.0, (_num(st.get(key)) - _num(base.get(key))) / dt)
+    return out, {"time": t, "hist": hist, **{k: _num(st.get(k)) for k in _RATE_KEYS.values()}}
 
 
 def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Mapping[str, Any] | None = None,
                      now: float | None = None) -> dict[str, Any]:
     """Add up the live ``status.json`` of every generator (label -> status, None when not readable yet).
 
-    Counters add; p50/p99 so far come from the merged latency histograms (exact, not averaged);
-    QPS and tokens/s are the change since *prev* (the previous aggregate) over the time between.
+    Counters add (totals since the start).  The rates (``qps``, ``tps``, ``errors_per_s``,
+    ``reconnects_per_s``) and ``p50_ms``/``p99_ms`` are of the LAST INTERVAL: per generator, between
+    its previous snapshot (kept in *prev*, the previous aggregate) and this one, timed by the
+    snapshot's own ``time`` (else *now*); p50/p99 come from the merged interval histograms (each the
+    difference of two cumulative ones: exact, not averaged).  A generator whose status did not
+    change since the last poll keeps its last interval.
     """
     agg: dict[str, Any] = {k: 0 for k in _SUM_KEYS}
-    agg.update({"generators": len(statuses), "reporting": 0, "time": now, "per_generator": {}})
+    agg.update({"generators": len(statuses), "reporting": 0, "time": now, "per_generator": {}, "_gens": {}})
+    prev_gens: Mapping[str, Any] = (prev or {}).get("_gens") or {}
     lat = Histogram("us")
+    rates: dict[str, float | None] = dict.fromkeys(_RATE_KEYS)
     for label, st in statuses.items():
         if not st:
             agg["per_generator"][label] = None
             continue
         agg["reporting"] += 1
         for k in _SUM_KEYS:
-            v = st.get(k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                agg[k] += v
-        if st.get("latency_histogram"):
-            lat.merge(Histogram.from_dict(st["latency_histogram"]))
+            agg[k] += _num(st.get(k))
+        t = st.get("time") if isinstance(st.get("time"), (int, float)) else now
+        mine = prev_gens.get(label)
+        if mine is not None and mine["snap"]["time"] == t:   # not rewritten since the last poll
+            iv, snap = mine["interval"], mine["snap"]
+        else:
+            iv, snap = _interval(st, t, None if mine is None else mine["snap"])
+        agg["_gens"][label] = {"snap": snap, "interval": iv}
+        if iv["latency"] is not None:
+            lat.merge(iv["latency"])
+        for r in rates:
+            if iv[r] is not None:
+                rates[r] = (rates[r] or 0.0) + iv[r]
         agg["per_generator"][label] = {"cpu_percent": st.get("cpu_percent"), "loop_lag_ms": st.get("loop_lag_p99_ms"),
-                                       "active_sessions": st.get("active_sessions"), "done": st.get("done")}
+                                       "active_sessions": st.get("active_sessions"), "done": st.get("done"),
+                                       "qps": iv["qps"], "tps": iv["tps"]}
+    agg.update(rates)
+    agg["interval_queries"] = lat.count
     agg["p50_ms"] = None if lat.count == 0 else lat.percentile(50) / 1000
     agg["p99_ms"] = None if lat.count == 0 else lat.percentile(99) / 1000
-    agg["qps"] = agg["tps"] = None
-    if prev and now is not None and prev.get("time") is not None and now > prev["time"]:
-        dt = now - prev["time"]
-        agg["qps"] = max(0.0, (agg["queries_ok"] - prev["queries_ok"]) / dt)
-        agg["tps"] = max(0.0, (agg["tokens"] - prev["tokens"]) / dt)
     return agg
 
 
 def format_live_line(agg: Mapping[str, Any], elapsed: float) -> str:
+    """The plain live line (stdout not a terminal): rates and p50/p99 of the last interval, totals."""
     def f(v: float | None, fmt: str = "{:.0f}") -> str:
         return "-" if v is None else fmt.format(v)
 
