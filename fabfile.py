@@ -7,13 +7,18 @@
 
 The host list is always the Ansible inventory (``--inventory``, default
 ``inventory/local.yml``); Fabric's own ``-i`` stays its SSH identity flag.
-Bad options exit 2 with one line; failing thresholds exit 1; a partial run 3; a run
-interrupted by Ctrl-C 130 (SIGTERM 143), after stopping every remote job it started.
+Exit status (every task, through :func:`_cli`): 0 pass, 1 a threshold failed, 2 bad options or a
+failed preflight (one line), 3 a partial run, 4 an internal error (one line naming it and the file
+holding the traceback), 130 interrupted by Ctrl-C (143 SIGTERM), after stopping every remote job
+the run started.  Options are parsed here, not typed by their defaults, so a bad value is exit 2
+(invoke's own parse errors, an unknown option or task, stay its exit 1).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 from pathlib import Path
 
 from invoke import Exit
@@ -29,29 +34,88 @@ def _inv(path: str) -> Path:
     return p if p.is_absolute() else (Path.cwd() / p if (Path.cwd() / p).exists() else REPO / p)
 
 
-def _num(kind, name: str, raw, minimum=None):
+#: exit status of bad options or a failed preflight, and of an unexpected exception (README "fab tasks")
+EXIT_USAGE = 2
+EXIT_INTERNAL = 4
+
+
+def _num(kind, name: str, raw, minimum=None, default=None):
     if raw is None or raw == "":
-        return None
+        return default
     try:
         v = kind(raw)
     except (TypeError, ValueError):
-        raise Exit(f"--{name} {raw!r} is not {'a whole number' if kind is int else 'a number'}", code=2) from None
+        raise Exit(f"--{name} {raw!r} is not {'a whole number' if kind is int else 'a number'}",
+                   code=EXIT_USAGE) from None
     if minimum is not None and v < minimum:
-        raise Exit(f"--{name} {raw}: give at least {minimum}", code=2)
+        raise Exit(f"--{name} {raw}: give at least {minimum}", code=EXIT_USAGE)
     return v
 
 
 def _errors():
+    """The kit's errors that mean bad options or an unusable set-up (exit 2), never a bug."""
+    from kit.compare import CompareError
     from kit.config import ConfigError
     from kit.inventory import InventoryError
     from kit.lab import LabError, LayoutError
     from kit.run._plan import PlanError
     from kit.run._run import RunError
-    return (ConfigError, InventoryError, LabError, LayoutError, PlanError, RunError, FileNotFoundError)
+    return (CompareError, ConfigError, InventoryError, LabError, LayoutError, PlanError, RunError, FileNotFoundError)
+
+
+def _internal_error(name: str, exc: BaseException) -> str:
+    """The traceback of *exc* into a file; one line naming the error, where it was raised, and that file."""
+    import tempfile
+    import traceback
+    with tempfile.NamedTemporaryFile("w", prefix=f"loadkit-{name}-error-", suffix=".log", delete=False) as fh:
+        fh.write(f"fab {' '.join(sys.argv[1:])}\n")
+        traceback.print_exception(exc, file=fh)
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    first = (str(exc).splitlines() or [""])[0]
+    return f"{name}: internal error: {type(exc).__name__}{': ' + first if first else ''}{where} (traceback in {fh.name})"
+
+
+def _cli(fn):
+    """Every task's error mapping, one line on stderr each: a known error (bad options, unusable
+    inventory, failed preflight) exits 2; Ctrl-C 130 (SIGTERM 143, trapped by ``fab run``); any other
+    exception is an internal error, exit 4, its traceback written to a file.  ``Exit`` passes as is."""
+    name = fn.__name__.replace("_", "-")
+
+    @functools.wraps(fn)
+    def task_body(c, *args, **kwargs):
+        try:
+            return fn(c, *args, **kwargs)
+        except Exit:
+            raise
+        except _errors() as exc:
+            raise Exit(f"{name}: {exc}", code=EXIT_USAGE) from None
+        except KeyboardInterrupt as exc:  # kit.run's Interrupted carries the signal
+            import signal
+            signum = getattr(exc, "signum", signal.SIGINT)
+            raise Exit(f"{name}: interrupted by {signal.Signals(signum).name}", code=128 + signum) from None
+        except Exception as exc:
+            raise Exit(_internal_error(name, exc), code=EXIT_INTERNAL) from None
+
+    return task_body
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Logs to whatever ``sys.stderr`` is now (the live view redirects it above its table)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -59,93 +123,80 @@ def _logging(verbose: bool) -> None:
 @task(name="lab-up", auto_shortflags=False,
       help={"hosts": "number of namespace hosts (default 6)",
             "layout": "groups per host count, e.g. redis=1,haproxy=1,wsproxy=2,sim=1,generators=2"})
-def lab_up(c, hosts=6, layout=""):
+@_cli
+def lab_up(c, hosts=None, layout=""):
     """Build the lab: network-namespace hosts with their own sshd; writes inventory/lab.yml."""
     from kit.lab import default_layout, lab_up as up, parse_layout
     _logging(False)
-    try:
-        lay = parse_layout(layout) if layout else default_layout(hosts)
-        state = up(hosts, lay)
-    except _errors() as exc:
-        raise Exit(f"lab-up: {exc}", code=2) from None
+    hosts = _num(int, "hosts", hosts, 1, default=6)
+    lay = parse_layout(layout) if layout else default_layout(hosts)
+    state = up(hosts, lay)
     for h in state["hosts"]:
         print(f"{h['name']:<8} {h['address']:<14} {', '.join(h['groups'])}")
     print(f"inventory: {state['inventory']}")
 
 
 @task(name="lab-down", auto_shortflags=False)
+@_cli
 def lab_down(c):
     """Remove every namespace, link and process the lab made (by the state it recorded)."""
     from kit.lab import lab_down as down
     _logging(False)
-    try:
-        removed = down()
-    except _errors() as exc:
-        raise Exit(f"lab-down: {exc}", code=1) from None
+    removed = down()
     print(f"removed {len(removed)} item(s)" if removed else "no lab to remove")
 
 
 @task(auto_shortflags=False, help={"inventory": INV_HELP, "playbook": "playbook under playbooks/ (default site.yml)",
                                    "check": "ansible-playbook --check --diff"})
+@_cli
 def deploy(c, inventory=DEFAULT_INVENTORY, playbook="site.yml", check=False):
     """Deploy the stack: ansible-playbook -i <inventory> playbooks/site.yml."""
     from kit.run._tasks import deploy as run_deploy
-    try:
-        rc = run_deploy(_inv(inventory), playbook, ["--check", "--diff"] if check else [])
-    except _errors() as exc:
-        raise Exit(f"deploy: {exc}", code=2) from None
+    rc = run_deploy(_inv(inventory), playbook, ["--check", "--diff"] if check else [])
     if rc:
         raise Exit(code=rc)
 
 
 @task(auto_shortflags=False, help={"inventory": INV_HELP})
+@_cli
 def down(c, inventory=DEFAULT_INVENTORY):
     """Tear the stack down: ansible-playbook -i <inventory> playbooks/teardown.yml."""
     from kit.run._tasks import deploy as run_deploy
-    try:
-        rc = run_deploy(_inv(inventory), "teardown.yml")
-    except _errors() as exc:
-        raise Exit(f"down: {exc}", code=2) from None
+    rc = run_deploy(_inv(inventory), "teardown.yml")
     if rc:
         raise Exit(code=rc)
 
 
 @task(auto_shortflags=False, help={"inventory": INV_HELP})
+@_cli
 def status(c, inventory=DEFAULT_INVENTORY):
     """Health of every service on every host (redis PING, haproxy stats, /health, supervisor)."""
     from kit.run._tasks import status as run_status
     _logging(False)
-    try:
-        rc = run_status(_inv(inventory))
-    except _errors() as exc:
-        raise Exit(f"status: {exc}", code=2) from None
+    rc = run_status(_inv(inventory))
     if rc:
         raise Exit(code=rc)
 
 
 @task(auto_shortflags=False, help={"inventory": INV_HELP, "dest": "folder to copy the logs into (default logs/<time>)"})
+@_cli
 def logs(c, inventory=DEFAULT_INVENTORY, dest=""):
     """Fetch every host's service logs into one folder per host."""
     import time
     from kit.run._tasks import logs as run_logs
     _logging(False)
     target = Path(dest) if dest else REPO / "results" / f"logs-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        rc = run_logs(_inv(inventory), target)
-    except _errors() as exc:
-        raise Exit(f"logs: {exc}", code=2) from None
+    rc = run_logs(_inv(inventory), target)
     if rc:
         raise Exit(code=rc)
 
 
 @task(auto_shortflags=False, help={"run": "run id under results/, a run folder or a .tar.gz"})
+@_cli
 def analyze(c, run):
     """Print a run's report and per-query analysis (percentiles, histogram, errors)."""
     from kit.run._tasks import analyze as run_analyze
-    try:
-        rc = run_analyze(run)
-    except _errors() as exc:
-        raise Exit(f"analyze: {exc}", code=2) from None
+    rc = run_analyze(run)
     if rc:
         raise Exit(code=rc)
 
@@ -164,32 +215,41 @@ def analyze(c, run):
     "max_duration": "hard bound on the run in seconds (default 600); a generator past it + 30 s is stopped",
     "run_id": "name of the run (default <date>-<time>-c<clients>)",
     "quiet": "no live view",
+    "json": "print the final summary as JSON on stdout (exit status, outcome, paths, summary); "
+            "every other line goes to stderr",
     "skip_health": "do not check service health before the run",
     "chaos": "fault during the run, repeatable: ACTION:TARGET@AT[+FOR][=ARG], e.g. kill:wsproxy@20s, "
              "restart:redis@30s, pause:wsproxy[1]@15s+5s, partition:wsproxy@40s+3s, delay:wsproxy@10s+20s=50ms, "
              "kill:wsproxy[all]@20s",
 })
+@_cli
 def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, arrival_rate=None, duration=None,
-        threshold=None, preset=None, max_duration=600.0, run_id=None, quiet=False, skip_health=False,
-        think_time=None, query_timeout=None, chaos=None):
+        threshold=None, preset=None, max_duration=None, run_id=None, quiet=False, skip_health=False,
+        think_time=None, query_timeout=None, chaos=None, json=False):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
+    import contextlib
+    import json as jsonlib
+    from kit.run._live import live_view
     from kit.run._plan import parse_threshold
-    from kit.run._run import Interrupted, RunOptions, execute
+    from kit.run._run import RunOptions, execute
     _logging(False)
-    try:
-        opts = RunOptions(
-            inventory=_inv(inventory), clients=_num(int, "clients", clients, 1), queries=_num(int, "queries", queries, 0),
-            ramp=_num(float, "ramp", ramp), arrival_rate=_num(float, "arrival-rate", arrival_rate),
-            duration=_num(float, "duration", duration), preset=preset,
-            thresholds=[parse_threshold(t) for t in (threshold or [])],
-            max_duration=_num(float, "max-duration", max_duration), run_id=run_id or None, live=not quiet,
-            skip_health=skip_health, think_time=_num(float, "think-time", think_time),
-            query_timeout=_num(float, "query-timeout", query_timeout), chaos=list(chaos or []))
-        rc = execute(opts)
-    except _errors() as exc:
-        raise Exit(f"run: {exc}", code=2) from None
-    except Interrupted as exc:  # before any remote job started (preflight): nothing to stop
-        raise Exit(f"run: interrupted by {exc}", code=128 + exc.signum) from None
+    opts = RunOptions(
+        inventory=_inv(inventory), clients=_num(int, "clients", clients, 1), queries=_num(int, "queries", queries, 0),
+        ramp=_num(float, "ramp", ramp), arrival_rate=_num(float, "arrival-rate", arrival_rate),
+        duration=_num(float, "duration", duration), preset=preset,
+        thresholds=[parse_threshold(t) for t in (threshold or [])],
+        max_duration=_num(float, "max-duration", max_duration, default=600.0), run_id=run_id or None,
+        live=not quiet, skip_health=skip_health, think_time=_num(float, "think-time", think_time),
+        query_timeout=_num(float, "query-timeout", query_timeout), chaos=list(chaos or []))
+    # --json: stdout carries the one JSON document; every human line (and any stray print) goes to stderr
+    stdout = sys.stdout
+    view = live_view(sys.stderr if json else sys.stdout)
+    results: list[dict] = []
+    with contextlib.redirect_stdout(sys.stderr) if json else contextlib.nullcontext():
+        rc = execute(opts, out=view.out, view=view, on_result=results.append)
+    if json and results:
+        stdout.write(jsonlib.dumps(results[-1], indent=2, default=str) + "\n")
+        stdout.flush()
     if rc:
         raise Exit(code=rc)
 
@@ -217,15 +277,13 @@ def compare(c, runs, fail_if=None, html=""):
     "fail_if": "regression rule, repeatable: 'p99>+10%' (change to the baseline), 'tps<-5%', 'lost>0'; exit 1",
     "html": "where to write the comparison page (default results/compare-<a>-vs-<b>.html)",
 })
+@_cli
 def compare(c, runs, fail_if=None, html=""):
     """Key figures of runs side by side with the change to the first and a bootstrap noise test."""
     import re
-    from kit.compare import CompareError, run_compare
+    from kit.compare import run_compare
     refs = [r for r in re.split(r"[,\s]+", runs) if r]
-    try:
-        rc = run_compare(refs, fail_if or [], Path(html) if html else None, results=REPO / "results")
-    except CompareError as exc:
-        raise Exit(f"compare: {exc}", code=2) from None
+    rc = run_compare(refs, fail_if or [], Path(html) if html else None, results=REPO / "results")
     if rc:
         raise Exit(code=rc)
 
@@ -244,21 +302,20 @@ def compare(c, runs, fail_if=None, html=""):
     "name": "name of the search: results/<name>.json, .html and <name>-s<i>-c<load> runs",
     "skip_health": "do not check service health before each step",
 })
-def capacity(c, inventory=DEFAULT_INVENTORY, slo=None, start=10, step="x2", max=10000, resolution=1, queries=3,
-             ramp=None, think_time=None, max_duration=300.0, name=None, skip_health=False):
+@_cli
+def capacity(c, inventory=DEFAULT_INVENTORY, slo=None, start=None, step="x2", max=None, resolution=None, queries=None,
+             ramp=None, think_time=None, max_duration=None, name=None, skip_health=False):
     """Find the highest load that meets every SLO: step up, then bisect; name the bottleneck."""
     from kit.run._capacity import execute_capacity
     from kit.run._run import RunOptions
     _logging(False)
-    try:
-        base = RunOptions(inventory=_inv(inventory), clients=1, queries=_num(int, "queries", queries, 0),
-                          think_time=_num(float, "think-time", think_time),
-                          max_duration=_num(float, "max-duration", max_duration), skip_health=skip_health,
-                          live=False)
-        rc, _ = execute_capacity(base, slo or [], start=_num(int, "start", start, 1), step=str(step),
-                                 maximum=_num(int, "max", max, 1), resolution=_num(int, "resolution", resolution, 1),
-                                 ramp=_num(float, "ramp", ramp), name=name or None)
-    except _errors() as exc:
-        raise Exit(f"capacity: {exc}", code=2) from None
+    base = RunOptions(inventory=_inv(inventory), clients=1, queries=_num(int, "queries", queries, 0, default=3),
+                      think_time=_num(float, "think-time", think_time),
+                      max_duration=_num(float, "max-duration", max_duration, default=300.0), skip_health=skip_health,
+                      live=False)
+    rc, _ = execute_capacity(base, slo or [], start=_num(int, "start", start, 1, default=10), step=str(step),
+                             maximum=_num(int, "max", max, 1, default=10000),
+                             resolution=_num(int, "resolution", resolution, 1, default=1),
+                             ramp=_num(float, "ramp", ramp), name=name or None)
     if rc:
         raise Exit(code=rc)

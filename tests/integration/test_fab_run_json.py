@@ -1,0 +1,119 @@
+"""``fab run`` as a script and a person see it: ``--json`` and its exit status, the live view on a terminal.
+
+Real runs through the real ``fab`` command: Redis, the simulator and the wsproxy (kit.localstack, free
+loopback ports) stand in for the deployed stack on a one-host inventory reached without SSH
+(``ansible_connection: local``; the "haproxy" ports point straight at the simulator and the wsproxy),
+as in tests/integration/test_report_html.py.  Runs are small (4 sessions x 2 queries).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kit.localstack import free_port, local_stack
+
+pytestmark = pytest.mark.timeout(240)
+
+REPO = Path(__file__).resolve().parents[2]
+FAB = REPO / ".venv" / "bin" / "fab"
+RESULTS = REPO / "results"
+
+
+@pytest.fixture(scope="module")
+def inventory(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fabjson")
+    with local_stack(tmp / "stack", sim_env={"TOKEN_DELAY_MS": 5}) as stack:
+        venv = REPO / ".venv"
+        host = {"ansible_connection": "local", "kit_root": str(tmp / "root"), "kit_venv": str(venv),
+                "ansible_python_interpreter": str(venv / "bin" / "python"),
+                "haproxy_http_port": stack.sim_port, "haproxy_ws_port": stack.wsproxy_port,
+                "haproxy_stats_port": free_port(), "redis_port": stack.redis.port, "sim_port": stack.sim_port,
+                "wsproxy_base_port": stack.wsproxy_port}
+        group = {"hosts": {"local": None}}
+        path = tmp / "inventory.yml"
+        path.write_text(yaml.safe_dump({"all": {"hosts": {"local": host}, "children": {
+            g: group for g in ("redis", "haproxy", "wsproxy", "sim", "generators")}}}))
+        yield path
+
+
+@pytest.fixture
+def run_id(request):
+    rid = f"test-fabjson-{request.node.name[:40].replace('[', '-').rstrip(']')}-{os.getpid()}"
+    yield rid
+    shutil.rmtree(RESULTS / rid, ignore_errors=True)
+    (RESULTS / f"{rid}.tar.gz").unlink(missing_ok=True)
+
+
+def _fab_run(inventory: Path, run_id: str, *extra: str, queries: int = 2) -> list[str]:
+    return [str(FAB), "run", "--inventory", str(inventory), "--clients", "4", "--queries", str(queries), "--think-time",
+            "0.5", "--skip-health", "--max-duration", "60", "--run-id", run_id, *extra]
+
+
+@pytest.mark.parametrize("threshold, rc, outcome", [("success>=100%", 0, "pass"), ("p50<1us", 1, "threshold_failed")])
+def test_fab_run_json_prints_only_the_summary_as_json_on_stdout_and_exits_by_it(inventory, run_id, threshold, rc,
+                                                                               outcome):
+    res = subprocess.run([*_fab_run(inventory, run_id, "--threshold", threshold, "--json")], cwd=REPO,
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == rc, res.stderr[-3000:]
+    doc = json.loads(res.stdout)   # the whole of stdout is one JSON document
+    assert doc["exit_status"] == rc and doc["outcome"] == outcome and doc["run_id"] == run_id
+    assert Path(doc["results_dir"]) == RESULTS / run_id and Path(doc["tarball"]).is_file()
+    summary = doc["summary"]
+    assert summary["total_queries"] == 8 and summary["successful_queries"] == 8 and summary["partial"] is False
+    assert summary["run"]["thresholds"][0]["threshold"] == threshold
+    assert summary == json.loads((RESULTS / run_id / "summary.json").read_text())
+    # every human line went to stderr: the plan, the plain live lines (stderr is no terminal), the report
+    assert f"run {run_id}: 4 clients x 2 queries" in res.stderr
+    assert any(line.lstrip().startswith("t=") and "p99=" in line for line in res.stderr.splitlines())
+    assert f"results: {RESULTS / run_id}" in res.stderr
+
+
+def test_on_a_terminal_fab_run_redraws_its_live_table_in_place(inventory, run_id):
+    master, slave = pty.openpty()
+    os.set_blocking(master, False)
+    env = {**os.environ, "COLUMNS": "140", "LINES": "50", "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(_fab_run(inventory, run_id, queries=6), cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:   # EIO: every writer of the terminal has closed it
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    out = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:]
+    assert "tokens/s" in out and "queries/s" in out and "loop lag p99 ms" in out
+    assert re.search(r"│ local +│ +4 │ +[\d,]+ │ .* running", out), "no row of the generator with its figures"
+    # drawn in place: the cursor goes up over the last table and erases it, more than once
+    assert out.count("\x1b[2K") >= 2 and "\x1b[1A" in out
+    assert "t=" in out and not any(line.lstrip().startswith("t=") and "active=" in line for line in out.splitlines())
+    # what follows the view prints as usual below its last state
+    assert out.index("generators reporting") < out.index(f"results: {RESULTS / run_id}")
