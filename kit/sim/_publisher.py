@@ -56,6 +56,8 @@ DEFAULT_TICK_S = 0.005
 _LOG_EVERY_S = 1.0
 #: a batch's write and replies must complete within this, or the batch is dropped and the connection reset
 _BATCH_TIMEOUT_S = 5.0
+#: aclose cancels the task again after this if a cancellation was swallowed
+_CANCEL_RETRY_S = 0.05
 
 
 class _Query:
@@ -124,11 +126,13 @@ class Publisher:
         """Stop the task; messages not yet published are dropped and counted."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            # redis-py sends through asyncio.wait_for, which on Python 3.11 swallows a cancellation
+            # that lands just as the write completes (CPython gh-86296): the task then published on,
+            # waited for work forever once its heap was empty, and held the worker's shutdown until
+            # Granian killed it.  So cancel until the task is really done.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=_CANCEL_RETRY_S)
         pending = sum(q.n + 1 - q.i for _, _, q in self._heap)
         if pending:
             log.info("publisher stopped with %d queries in flight; %d messages dropped",

@@ -170,3 +170,40 @@ def test_publish_tick_ms_is_validated_and_defaults_to_5():
 def test_a_negative_tick_is_refused():
     with pytest.raises(ValueError, match="tick"):
         Publisher(lambda: None, tick_s=-0.001)
+
+
+class SwallowingConnection(FakeConnection):
+    """A write in flight that swallows one cancellation, as asyncio.wait_for (which redis-py
+    sends through) does on Python 3.11 when the cancel lands as the write completes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = asyncio.Event()
+        self.swallowed = 0
+
+    async def send_packed_command(self, data: bytes, check_health: bool = True) -> None:
+        self.writing.set()
+        try:
+            await asyncio.sleep(0.2)  # the slow write
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1
+        await super().send_packed_command(data, check_health)
+
+
+def test_aclose_stops_the_task_even_when_a_cancellation_is_swallowed():
+    async def main() -> None:
+        conn = SwallowingConnection()
+        pub = Publisher(lambda: conn, tick_s=0.005)
+        pub.start()
+        now = time.monotonic()
+        pub.submit(b"ch0", b"q0", encode_tokens(["a", "b", "c"]), [now, now + 0.01, now + 0.02, now + 0.02])
+        await asyncio.wait_for(conn.writing.wait(), 5)
+        started = time.monotonic()
+        await asyncio.wait_for(pub.aclose(), 5)  # hung forever when one cancel was all it tried
+        assert time.monotonic() - started < 2.0
+        assert conn.swallowed == 1
+        assert not pub.running
+
+    uvloop.run(main())
