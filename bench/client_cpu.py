@@ -38,6 +38,19 @@ Measured on the 2-core dev VM (other helpers' jobs running), one run of
     realistic@20000   9.2      8.4       14.8         28.0            3.0x
     burst (50/write)  1.6      0.8        1.8         21.0           13.4x
 
+Next to it, ``--real-run 1000`` (the default) prints the all-in figure of a real run: one
+``python -m kit.client`` process, 1,000 sessions x 3 queries of 43 tokens 50 ms apart, HTTP
+create/run/close per session and query, against the real simulator + wsproxy + Redis (kit.localstack),
+CPU from getrusage of that process.  One run, 2026-11-30 (a lab run was going on the same cores):
+
+    .venv/bin/python bench/client_cpu.py --modes realistic --rate 10000 --clients kit --real-run 1000
+    realistic@10000  kit  8.44 us/token (micro: the WebSocket path alone)
+    real run, all-in: 22.0 us/token (2.84 CPU-s / 129000 tokens), 947 us/query; not overloaded
+
+The real run is what a run costs; the micro-benchmark is one part of it.  In a ``fab run`` on the
+local stack the client measured 16-33 us/token from 2,000 down to 250 sessions
+(``bench/e2e_capacity.py``, README "Benchmarks of the kit itself").
+
 A cold trio wake-up costs 20-40 us of CPU on this VM, so at low rates (few
 ready sockets per wake-up) the per-token figure is dominated by it; the hub
 amortises one wake-up over every socket ready at that moment.  Run-to-run
@@ -313,6 +326,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell (the minimum is reported)")
     ap.add_argument("--clients", default="kit,kit-noacct,kit-tasks,trio-websocket")
     ap.add_argument("--modes", default="realistic,burst")
+    ap.add_argument("--real-run", type=int, default=1000, metavar="SESSIONS",
+                    help="also the all-in figure of a real client run of this many sessions x 3 queries "
+                         "against the real simulator + wsproxy + Redis (0: skip)")
     args = ap.parse_args()
     if args.serve:
         return serve(args)
@@ -343,6 +359,39 @@ def main() -> None:
         if (mode, "kit") in results and (mode, "trio-websocket") in results:
             ratio = results[(mode, "trio-websocket")]["us_per_msg"] / results[(mode, "kit")]["us_per_msg"]
             print(f"{mode}: trio-websocket / kit = {ratio:.2f}x")
+    if args.real_run:
+        r = real_run(args.real_run)
+        print(f"\nreal run, all-in (HTTP create/run/close, WebSocket, accounting, output), {r['sessions']} sessions x 3 "
+              f"queries of 43 tokens 50 ms apart, one process: {r['us_per_token']:.1f} us/token "
+              f"({r['cpu_s']:.2f} CPU-s / {r['tokens']} tokens), {r['us_per_query']:.0f} us/query; "
+              f"generator overloaded: {r['overloaded']}")
+        print("  (the micro-benchmark above is the WebSocket path alone; the real run is what a run costs)")
+
+
+def real_run(sessions: int) -> dict:
+    """One real ``python -m kit.client`` process against kit.localstack's Redis + simulator + wsproxy at the
+    default pace; its CPU from getrusage of the child (user+system), divided by tokens received."""
+    import json
+    import resource
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    from kit.localstack import local_stack
+
+    with tempfile.TemporaryDirectory(prefix="client-cpu-") as tmp, local_stack(Path(tmp) / "stack") as stack:
+        out = Path(tmp) / "out"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", stack.ws_url,
+                        "--clients", str(sessions), "--queries", "3", "--ramp", "250", "--processes", "1",
+                        "--output-dir", str(out), "--quiet", "--no-preflight"],
+                       check=False, timeout=DEADLINE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        s = json.loads((out / "summary.json").read_text())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    tokens = max(1, s["total_tokens"])
+    return {"sessions": sessions, "cpu_s": cpu, "tokens": s["total_tokens"], "us_per_token": cpu * 1e6 / tokens,
+            "us_per_query": cpu * 1e6 / max(1, s["total_queries"]),
+            "overloaded": s["generator"]["generator_overloaded"]}
 
 
 if __name__ == "__main__":
