@@ -106,6 +106,9 @@ def bottleneck_line(summary: dict[str, Any]) -> str | None:
     b = summary.get("bottleneck")
     if not b:
         return None
+    if b.get("resource") == "host_cpu":
+        return (f"the CPU of {b['host']}: its busiest second {_f(b.get('host_cpu_peak_percent'), '{:.0f}')}% busy, "
+                f"shared by {', '.join(b.get('shared_by') or [])}; the biggest consumer is {b['component']}")
     return (f"{b['component']} on {b['host']}: busiest second {_f(b.get('peak_cores'))} of "
             f"{_f(b.get('usable_cores'), '{}')} usable cores ({_f(b.get('ratio'), '{:.0%}')})"
             + ("" if b.get("saturated", True) else ": not saturated, the run had headroom"))

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMPONENTS", "SINGLE_THREADED", "SATURATED_RATIO", "load_host_samples", "component_costs", "bottleneck",
+__all__ = ["COMPONENTS", "SINGLE_THREADED", "SATURATED_RATIO", "host_cpu_peaks", "load_host_samples", "component_costs", "bottleneck",
            "service_programs"]
 
 log = logging.getLogger(__name__)
@@ -172,8 +172,26 @@ def component_costs(samples: Mapping[str, Sequence[Mapping[str, Any]]], tokens: 
     return entries
 
 
-def bottleneck(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The entry whose busiest interval came closest to its usable cores (None without CPU data)."""
+def host_cpu_peaks(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, float]:
+    """host -> its busiest sample's whole-host CPU percent (every process, not only the kit's; the
+    monitor's first sample only starts the interval and is left out)."""
+    out: dict[str, float] = {}
+    for host, rows in samples.items():
+        values = [float(r["cpu_percent"]) for r in list(rows)[1:] if isinstance(r.get("cpu_percent"), (int, float))]
+        if values:
+            out[host] = max(values)
+    return out
+
+
+def bottleneck(entries: Sequence[Mapping[str, Any]],
+               host_peaks: Mapping[str, float] | None = None) -> dict[str, Any] | None:
+    """The entry whose busiest interval came closest to its usable cores (None without CPU data).
+
+    A host whose busiest second used at least SATURATED_RATIO of all its cores is the limit even when no
+    single component filled its own cores (several components sharing one host's cores, as on one
+    machine or in a lab): then the bottleneck is that host's CPU, named by its biggest kit consumer
+    (``"resource": "host_cpu"``), since that is what a second machine would relieve first.
+    """
     best = None
     for e in entries:
         usable = e.get("usable_cores")
@@ -182,7 +200,18 @@ def bottleneck(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         ratio = e["peak_cores"] / usable
         if best is None or ratio > best["ratio"]:
             best = {"component": e["component"], "host": e["host"], "peak_cores": e["peak_cores"],
-                    "usable_cores": usable, "ratio": round(ratio, 3), "saturated": ratio >= SATURATED_RATIO}
+                    "usable_cores": usable, "ratio": round(ratio, 3), "saturated": ratio >= SATURATED_RATIO,
+                    "resource": "component_cores"}
+    if best is not None and best["saturated"]:
+        return best
+    busiest = max(((pct, h) for h, pct in (host_peaks or {}).items()), default=None)
+    if busiest is not None and busiest[0] / 100.0 >= SATURATED_RATIO:
+        pct, host = busiest
+        on_host = [e for e in entries if e["host"] == host and e.get("cpu_s")]
+        if on_host:
+            top = max(on_host, key=lambda e: e["cpu_s"])
+            return {"component": top["component"], "host": host, "peak_cores": top["peak_cores"],
+                    "usable_cores": top.get("usable_cores"), "ratio": round(pct / 100.0, 3), "saturated": True,
+                    "resource": "host_cpu", "host_cpu_peak_percent": round(pct, 1),
+                    "shared_by": [e["component"] for e in sorted(on_host, key=lambda e: -e["cpu_s"])]}
     return best
-
-

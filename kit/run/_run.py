@@ -45,7 +45,7 @@ from kit.inventory import Host, Inventory, load_inventory
 from . import _hostops as ops
 from ._build import record_build
 from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, resolve_targets
-from ._components import bottleneck, component_costs, load_host_samples
+from ._components import bottleneck, component_costs, host_cpu_peaks, load_host_samples
 from ._faults import ChaosRunner, Fault
 from ._live import PlainView, View
 from ._pack import pack_run, stripped_inventory
@@ -632,7 +632,7 @@ def _phase_merge(run: Run) -> dict[str, Any]:
         client_cpu[host] = client_cpu.get(host, 0.0) + sum(float(r.get("cpu_s") or 0.0) for r in _runs_of([p]))
     summary["components"] = component_costs(load_host_samples(run.run_dir), summary.get("total_tokens"),
                                             {n: f.get("nproc") for n, f in run.pre["facts"].items()}, client_cpu)
-    summary["bottleneck"] = bottleneck(summary["components"])
+    summary["bottleneck"] = bottleneck(summary["components"], host_cpu_peaks(load_host_samples(run.run_dir)))
     if not summary["components"]:
         run.component_problems.append("no per-process CPU samples: no component costs for this run")
     summary["events"] = _fault_events(run)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kit.run import bottleneck, component_costs, load_host_samples
-from kit.run._components import service_programs
+from kit.run._components import host_cpu_peaks, service_programs
 
 
 def proc(component, pid, root, cpu, children=0.0, ppid=1, rss=10.0):
@@ -93,7 +93,7 @@ def test_bottleneck_compares_peak_with_the_cores_a_component_can_use():
     assert by(entries, "haproxy", "lb")["usable_cores"] == 8
     assert by(entries, "redis", "db")["usable_cores"] == 1
     assert bottleneck(entries) == {"component": "redis", "host": "db", "peak_cores": 0.9, "usable_cores": 1,
-                                   "ratio": 0.9, "saturated": True}
+                                   "ratio": 0.9, "saturated": True, "resource": "component_cores"}
 
 
 def test_a_bottleneck_far_from_its_cores_is_not_saturated_and_no_self_measurement_warning():
@@ -144,3 +144,18 @@ def test_a_generators_own_cpu_figure_covers_what_the_monitor_missed_after_its_la
     samples = {"g": rows([proc("client", 5, 5, 0.0)], [proc("client", 5, 5, 1.0)])}
     assert by(component_costs(samples, 100, {"g": 2}, {"g": 1.4}), "client", "g")["cpu_s"] == 1.4
     assert by(component_costs(samples, 100, {"g": 2}, {"g": 0.5}), "client", "g")["cpu_s"] == 1.0
+
+
+def test_a_saturated_host_whose_components_each_had_headroom_is_the_bottleneck():
+    # one 2-core box: sim and client each under a core, together with the rest the host was full
+    samples = {"box": [{"ts": 1.0, "cpu_percent": 99.0, "procs": [proc("sim", 1, 1, 0.0), proc("client", 2, 2, 0.0)]},
+                       {"ts": 2.0, "cpu_percent": 96.0, "procs": [proc("sim", 1, 1, 0.7), proc("client", 2, 2, 0.6)]},
+                       {"ts": 3.0, "cpu_percent": 60.0, "procs": [proc("sim", 1, 1, 1.2), proc("client", 2, 2, 1.3)]}]}
+    entries = component_costs(samples, 100, {"box": 2})
+    assert host_cpu_peaks(samples) == {"box": 96.0}  # the first sample only starts the interval
+    assert bottleneck(entries)["saturated"] is False
+    neck = bottleneck(entries, host_cpu_peaks(samples))
+    assert neck["resource"] == "host_cpu" and neck["saturated"] and neck["host"] == "box"
+    assert neck["component"] == "client" and neck["shared_by"] == ["client", "sim"]
+    quiet = {"box": [dict(r, cpu_percent=40.0) for r in samples["box"]]}
+    assert bottleneck(entries, host_cpu_peaks(quiet))["resource"] == "component_cores"
