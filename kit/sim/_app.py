@@ -8,8 +8,10 @@ Endpoints (the wire contract in DESIGN.md):
 
 * ``POST /session/create`` -> 201 ``{session_id, auth_token, ws_path}``; writes hash
   ``session:{id}`` (status, agent_id, created) with ``EXPIRE SESSION_TTL_SECONDS``.
-* ``POST /session/{id}/run`` -> 202 ``{query_id, tokens}``; tokens and ``done`` go to
-  ``session:{id}:down`` on the schedule of :mod:`._schedule`.
+* ``POST /session/{id}/run`` -> 202 ``{query_id, tokens, workload}``; tokens and ``done`` go to
+  ``session:{id}:down`` on the schedule of :mod:`._schedule`, paced by the body's workload fields
+  (:data:`._body.WORKLOAD_BOUNDS`) or, where it has none, the settings; ``workload`` echoes the
+  effective ``token_delay_ms``, ``ttft_ms`` and ``token_jitter_ms``.
 * ``POST /session/{id}/close`` -> 200 ``{session_id, status: "closed"}``.
 * ``GET /health`` (PINGs Redis, 503 when it does not answer), ``GET /stats``.
 
@@ -290,15 +292,24 @@ def create_app(settings: SimSettings) -> Quart:
             return _not_found(session_id)
         if status == b"closed":
             return _closed(session_id)
-        words = state.words if body.max_tokens is None else state.words[: body.max_tokens]
+        words = state.words
+        if body.max_tokens is not None and words:
+            # the answer's length: the text's first max_tokens words, the text repeated past its end
+            words = (words[: body.max_tokens] if body.max_tokens <= len(words)
+                     else [words[i % len(words)] for i in range(body.max_tokens)])
         n = len(words)
-        offsets = due_offsets(n, ttft_ms=settings.ttft_ms, delay_ms=settings.token_delay_ms,
-                              jitter_ms=settings.token_jitter_ms, rng=state.rng)
+        # the run's workload (the body) over the deployment's (the simulator's settings)
+        pace = {"token_delay_ms": settings.token_delay_ms if body.token_delay_ms is None else body.token_delay_ms,
+                "ttft_ms": settings.ttft_ms if body.ttft_ms is None else body.ttft_ms,
+                "token_jitter_ms": settings.token_jitter_ms if body.token_jitter_ms is None else body.token_jitter_ms}
+        offsets = due_offsets(n, ttft_ms=pace["ttft_ms"], delay_ms=pace["token_delay_ms"],
+                              jitter_ms=pace["token_jitter_ms"], rng=state.rng)
         query_id = uuid.uuid4().hex
         state.publisher.submit(channel_name(session_id), query_id.encode(), words,
                                [submitted + o for o in offsets])
         state.queries += 1
-        return _json({"query_id": query_id, "tokens": n}, 202)
+        # the effective workload, so a client records what ran (the deployed defaults included)
+        return _json({"query_id": query_id, "tokens": n, "workload": pace}, 202)
 
     @app.post("/session/<session_id>/close")
     async def session_close(session_id: str) -> Response:

@@ -4,6 +4,12 @@
 value object or raise :class:`BodyError` naming the offending field and the fix;
 the app turns that into ``422 {"error": "invalid_body", "detail": ...}``.
 Unknown extra fields are ignored (clients may send more than we read).
+
+The workload of a query (``/run``'s ``max_tokens``, ``token_delay_ms``, ``ttft_ms``,
+``token_jitter_ms``) is the run's, not the deployment's: :data:`WORKLOAD_BOUNDS` is the one
+definition of what a body may ask for (the load client checks its options against it too); a
+field left out (or ``null``) takes the simulator's deployed value (TOKEN_DELAY_MS, TTFT_MS,
+TOKEN_JITTER_MS, the whole LLM_RESPONSE_TEXT).
 """
 
 from __future__ import annotations
@@ -14,11 +20,26 @@ from typing import Any
 
 import orjson
 
-__all__ = ["BodyError", "CreateRequest", "RunRequest", "DEFAULT_AGENT_ID", "parse_create", "parse_run"]
+__all__ = ["BodyError", "CreateRequest", "RunRequest", "DEFAULT_AGENT_ID", "WORKLOAD_BOUNDS", "PACE_FIELDS",
+           "check_workload_value", "parse_create", "parse_run"]
 
 DEFAULT_AGENT_ID = "load-test-agent"
 #: an agent id becomes a path segment of ws_path: keep it to URL-safe characters
 _AGENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
+
+
+#: ``/run`` workload field -> (minimum, maximum, what it is), inclusive.  max_tokens is the answer's
+#: length in tokens (the response text's words, repeated when it asks for more than the text has);
+#: the times are milliseconds.  Upper bounds keep one query's schedule small (100,000 due times) and
+#: a query within minutes; pace and TTFT of a real model are far inside them.
+WORKLOAD_BOUNDS: dict[str, tuple[float, float, str]] = {
+    "max_tokens": (1, 100_000, "tokens in the answer"),
+    "token_delay_ms": (0.0, 60_000.0, "milliseconds between tokens"),
+    "ttft_ms": (0.0, 600_000.0, "milliseconds before the first token"),
+    "token_jitter_ms": (0.0, 60_000.0, "milliseconds of uniform jitter on each token"),
+}
+#: the timing fields of a query (max_tokens is its length)
+PACE_FIELDS = ("token_delay_ms", "ttft_ms", "token_jitter_ms")
 
 
 class BodyError(ValueError):
@@ -37,8 +58,13 @@ class CreateRequest:
 
 @dataclass(frozen=True, slots=True)
 class RunRequest:
+    """A query; a workload field that is None takes the simulator's deployed value."""
+
     query: str
     max_tokens: int | None = None
+    token_delay_ms: float | None = None
+    ttft_ms: float | None = None
+    token_jitter_ms: float | None = None
 
 
 def _object(raw: bytes, *, optional: bool, example: str) -> dict[str, Any] | None:
@@ -71,7 +97,8 @@ def parse_create(raw: bytes) -> CreateRequest:
 
 
 def parse_run(raw: bytes) -> RunRequest:
-    """``POST /session/{id}/run``: ``{"query": str, "max_tokens": int >= 1 (optional)}``."""
+    """``POST /session/{id}/run``: ``{"query": str}`` and, each optional, the workload fields of
+    :data:`WORKLOAD_BOUNDS` (``max_tokens`` a whole number, the times numbers of milliseconds)."""
     obj = _object(raw, optional=False, example='{"query": "hello", "max_tokens": 20}')
     assert obj is not None
     if "query" not in obj:
@@ -79,13 +106,24 @@ def parse_run(raw: bytes) -> RunRequest:
     query = obj["query"]
     if not isinstance(query, str):
         raise BodyError("query", f"query must be a string, got {_kind(query)}")
-    max_tokens = obj.get("max_tokens")
-    if max_tokens is not None:
-        # bool is an int subclass: {"max_tokens": true} is refused
-        if type(max_tokens) is not int or max_tokens < 1:
-            raise BodyError("max_tokens", f"max_tokens must be a whole number >= 1, got {_kind(max_tokens)}: "
-                                          "send e.g. 20 or omit it for the whole response")
-    return RunRequest(query=query, max_tokens=max_tokens)
+    got = {name: check_workload_value(name, obj.get(name)) for name in WORKLOAD_BOUNDS}
+    return RunRequest(query=query, **got)
+
+
+def check_workload_value(name: str, value: Any) -> Any:
+    """*value* of workload field *name* if it is within :data:`WORKLOAD_BOUNDS` (None stays None);
+    BodyError naming the field and its bounds otherwise."""
+    if value is None:
+        return None
+    lo, hi, what = WORKLOAD_BOUNDS[name]
+    whole = name == "max_tokens"
+    # bool is an int subclass: {"max_tokens": true} is refused
+    ok_type = type(value) is int or (not whole and type(value) is float)
+    if not ok_type or not lo <= value <= hi:
+        kind = "a whole number" if whole else "a number"
+        raise BodyError(name, f"{name} must be {kind} from {lo:g} to {hi:g} ({what}), got {_kind(value)}: "
+                              "send a value in range or omit it for the simulator's default")
+    return value
 
 
 def _kind(value: Any) -> str:

@@ -1,0 +1,47 @@
+"""/run's workload fields: bounded in one place (WORKLOAD_BOUNDS), 422 details naming field and bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from kit.sim import BodyError, RunRequest, parse_run
+from kit.sim._body import WORKLOAD_BOUNDS
+
+
+def test_a_body_with_only_query_and_max_tokens_parses_as_before():
+    assert parse_run(b'{"query": "q", "max_tokens": 3}') == RunRequest(query="q", max_tokens=3)
+    r = parse_run(b'{"query": "q"}')
+    assert (r.max_tokens, r.token_delay_ms, r.ttft_ms, r.token_jitter_ms) == (None, None, None, None)
+
+
+def test_the_workload_fields_are_read_from_the_body():
+    r = parse_run(b'{"query": "q", "max_tokens": 400, "token_delay_ms": 12.5, "ttft_ms": 300, '
+                  b'"token_jitter_ms": 0}')
+    assert (r.max_tokens, r.token_delay_ms, r.ttft_ms, r.token_jitter_ms) == (400, 12.5, 300, 0)
+
+
+def test_null_means_the_simulators_default():
+    r = parse_run(b'{"query": "q", "token_delay_ms": null, "ttft_ms": null}')
+    assert r.token_delay_ms is None and r.ttft_ms is None
+
+
+@pytest.mark.parametrize("field", sorted(WORKLOAD_BOUNDS))
+def test_each_bound_is_inclusive(field):
+    lo, hi, _ = WORKLOAD_BOUNDS[field]
+    for v in (lo, hi):
+        raw = b'{"query": "q", "%s": %s}' % (field.encode(), str(int(v) if field == "max_tokens" else v).encode())
+        assert getattr(parse_run(raw), field) == v
+
+
+@pytest.mark.parametrize("field, value", [
+    ("token_delay_ms", "-1"), ("token_delay_ms", "60000.5"), ("token_delay_ms", '"50"'), ("token_delay_ms", "true"),
+    ("ttft_ms", "-0.1"), ("ttft_ms", "600001"), ("token_jitter_ms", "1e9"), ("token_jitter_ms", "[1]"),
+    ("max_tokens", "0"), ("max_tokens", "100001"), ("max_tokens", "2.5"), ("max_tokens", "true"),
+])
+def test_out_of_range_or_mistyped_values_are_refused_naming_the_field_and_its_bounds(field, value):
+    with pytest.raises(BodyError) as info:
+        parse_run(b'{"query": "q", "%s": %s}' % (field.encode(), value.encode()))
+    lo, hi, _ = WORKLOAD_BOUNDS[field]
+    assert info.value.field == field
+    assert info.value.detail.startswith(f"{field} must be") and f"from {lo:g} to {hi:g}" in info.value.detail
+    assert "\n" not in info.value.detail
