@@ -102,7 +102,18 @@ def build_parser(env: ClientSettings) -> argparse.ArgumentParser:
       help="hard bound on the run in seconds; running sessions are cancelled")
     a("--query-timeout", type=_num(float, "--query-timeout", 0.001, "60"), default=60.0,
       help="a query whose done has not come after this many seconds fails")
-    a("--max-tokens", type=_num(int, "--max-tokens", 1, "20"), default=None, help="max_tokens sent with each /run")
+    # the run's workload, sent in each /run body (unset: the simulator's deployed value); bounds: kit.sim._body
+    a("--tokens", "--max-tokens", dest="max_tokens", type=_num(int, "--tokens", 1, "20"), default=None,
+      help="tokens in each answer (max_tokens of each /run; the response text repeats past its end)")
+    a("--token-delay", dest="token_delay_ms", type=_num(float, "--token-delay", 0, "50"), default=None,
+      help="ms between tokens (token_delay_ms of each /run; default the simulator's TOKEN_DELAY_MS)")
+    a("--ttft", dest="ttft_ms", type=_num(float, "--ttft", 0, "300"), default=None,
+      help="ms to the first token (ttft_ms of each /run; default the simulator's TTFT_MS)")
+    a("--token-jitter", dest="token_jitter_ms", type=_num(float, "--token-jitter", 0, "5"), default=None,
+      help="ms of uniform jitter per token (token_jitter_ms of each /run; default TOKEN_JITTER_MS)")
+    a("--workload", default=None, help="workload file (YAML): weighted classes of sessions overriding these options")
+    a("--workload-seed", type=_num(int, "--workload-seed", 0, "7"), default=None,
+      help="seed of each session's class draw (default the workload file's seed, else random)")
     a("--agent-id", default="load-test-agent")
     a("--query-text", default="Tell me about WebSocket proxies.")
     a("--max-reconnect-attempts", type=_num(int, "--max-reconnect-attempts", 0, "5"),
@@ -145,6 +156,14 @@ def validate(args: argparse.Namespace) -> None:
                           f"--initial-backoff / WS_INITIAL_BACKOFF_SECONDS = {args.initial_backoff:g}: raise the cap")
     if args.jitter > 1:
         raise ConfigError(f"--jitter {args.jitter:g} is above 1: pass a fraction such as --jitter 0.5")
+    from ._workload import check_option
+
+    for key, opt in (("tokens", "--tokens"), ("token_delay_ms", "--token-delay"), ("ttft_ms", "--ttft"),
+                     ("token_jitter_ms", "--token-jitter")):
+        v = getattr(args, {"tokens": "max_tokens"}.get(key, key))
+        problem = None if v is None else check_option(key, v, f"{opt} {v:g}")
+        if problem:
+            raise ConfigError(problem)
     if (args.arrival_rate is None) != (args.duration is None):
         raise ConfigError("--arrival-rate and --duration go together (open model): pass both, e.g. "
                           "--arrival-rate 20 --duration 60")
@@ -187,10 +206,32 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
            "--http-timeout", repr(args.http_timeout), "--http-connections", str(args.http_connections),
            "--no-preflight"]
     for opt, v in (("--arrival-rate", args.arrival_rate), ("--duration", args.duration),
-                   ("--max-duration", args.max_duration), ("--max-tokens", args.max_tokens), ("--seed", args.seed)):
+                   ("--max-duration", args.max_duration), ("--max-tokens", args.max_tokens), ("--seed", args.seed),
+                   ("--token-delay", args.token_delay_ms), ("--ttft", args.ttft_ms),
+                   ("--token-jitter", args.token_jitter_ms), ("--workload", args.workload),
+                   ("--workload-seed", args.workload_seed)):
         if v is not None:
             out += [opt, repr(v) if isinstance(v, float) else str(v)]
     return out
+
+
+def _workload(args: argparse.Namespace):
+    """The run's workload classes (the options alone, or ``--workload FILE``); fixes the draw's seed
+    (``--workload-seed``, else the file's, else a random one) so every child process draws alike."""
+    import random
+
+    from ._workload import Workload, WorkloadError, load_workload
+
+    if args.workload is None:
+        workload = Workload()
+    else:
+        try:
+            workload = load_workload(args.workload)
+        except WorkloadError as exc:
+            raise ConfigError(str(exc)) from None
+    if args.workload_seed is None:
+        args.workload_seed = workload.seed if workload.seed is not None else random.randrange(2**31)
+    return workload
 
 
 def _safe_argv(argv: list[str]) -> list[str]:
@@ -225,6 +266,7 @@ def run_load(argv: list[str]) -> int:
     settings = ClientSettings.from_env()
     args = build_parser(settings).parse_args(argv)
     validate(args)
+    workload = _workload(args)
     child = args.process_count is not None
     check_output_dir(Path(args.output_dir))  # before any network check: a bad folder is bad usage
     if not child and not args.no_preflight:
@@ -247,6 +289,7 @@ def run_load(argv: list[str]) -> int:
     sess = SessionConfig(
         api_url=args.api_url.rstrip("/"), ws_url=args.ws_url.rstrip("/"), queries=args.queries,
         think_time=args.think_time, query_timeout=args.query_timeout, max_tokens=args.max_tokens,
+        token_delay_ms=args.token_delay_ms, ttft_ms=args.ttft_ms, token_jitter_ms=args.token_jitter_ms,
         agent_id=args.agent_id, query_text=args.query_text, max_reconnect_attempts=args.max_reconnect_attempts,
         initial_backoff=args.initial_backoff, max_backoff=args.max_backoff, jitter=args.jitter,
         connect_timeout=args.connect_timeout, time_from_intended=args.arrival_rate is not None)
@@ -255,7 +298,7 @@ def run_load(argv: list[str]) -> int:
         processes=processes, process_index=args.process_index, output_dir=output_dir,
         start_at=args.start_at, run_id=run_id, quiet=args.quiet, status_interval=args.status_interval,
         max_duration=args.max_duration, http_timeout=args.http_timeout, http_connections=args.http_connections,
-        seed=args.seed)
+        seed=args.seed, workload=workload, workload_seed=args.workload_seed)
     if processes > 1 and not child:
         summary = run_parent(cfg, _child_argv(args), meta)
     else:

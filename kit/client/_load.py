@@ -50,6 +50,7 @@ from ._http import DEFAULT_MAX_CONNECTIONS, HttpPool
 from ._hub import Hub
 from ._output import merge_outputs, write_json_atomic, write_outputs
 from ._session import Session, SessionConfig
+from ._workload import Workload, WorkloadRecord
 
 __all__ = [
     "LoadConfig",
@@ -97,6 +98,10 @@ class LoadConfig:
     #: keep-alive HTTP connections of this process (create/run/close of all its sessions)
     http_connections: int = DEFAULT_MAX_CONNECTIONS
     seed: int | None = None
+    #: the workload's classes (one, the options, by default); each session's class is drawn with
+    #: workload_seed and its index (kit.client._workload.draw)
+    workload: Workload = Workload()
+    workload_seed: int = 0
 
     @property
     def model(self) -> str:
@@ -193,7 +198,7 @@ async def _reporter(cfg: LoadConfig, rec: Recorder, state: dict, started: float)
             last_line = now
 
 
-async def _load(cfg: LoadConfig, rec: Recorder, run: dict) -> None:
+async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRecord) -> None:
     rng = random.Random(cfg.seed if cfg.seed is not None else os.getpid() ^ time.time_ns())
     rate = cfg.arrival_rate or cfg.ramp
     plan = schedule(cfg.total_sessions, rate, cfg.process_index, cfg.processes)
@@ -224,7 +229,8 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict) -> None:
                 async with trio.open_nursery() as sessions:
                     def start(g: int, offset: float) -> None:
                         intended_ns = t0_ns + int(offset * 1e9)
-                        sess = Session(cfg.session, http, rec, g, intended_ns, random.Random(rng.random()), hub)
+                        sess = Session(workload.config_for(g), http, rec, g, intended_ns,
+                                       random.Random(rng.random()), hub, workload)
                         sessions.start_soon(sess.run)
 
                     await start_on_schedule(plan, t0_trio, start)
@@ -276,7 +282,8 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
     rec = Recorder()
     run: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "start_skew_s": None,
                            "process_index": cfg.process_index, "start": time.time(), "end": time.time()}
-    trio.run(_load, cfg, rec, run)
+    workload = WorkloadRecord(cfg.workload, cfg.session, cfg.workload_seed)
+    trio.run(_load, cfg, rec, run, workload)
     over, reason = overload_verdict(rec.cpu_samples, rec.hists["loop_lag"], rec.hists["start_lag"])
     lag = rec.hists["loop_lag"]
     run.update({
@@ -288,7 +295,8 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
         "overload_reason": reason,
         "cpu_s": round(sum(os.times()[:2]), 3),  # user+system of this process (getrusage RUSAGE_SELF)
     })
-    summary = write_outputs(cfg.output_dir, rec, run, meta, run_id=cfg.run_id, model=cfg.model)
+    summary = write_outputs(cfg.output_dir, rec, run, meta, run_id=cfg.run_id, model=cfg.model,
+                            workload=workload.state())
     if cfg.status_interval:
         snap = status_snapshot(rec, run_id=cfg.run_id, started=run["start"], done=True,
                                cpu=run["cpu_percent_mean"])
@@ -399,6 +407,7 @@ def run_parent(cfg: LoadConfig, child_argv: list[str], meta: dict[str, Any]) -> 
     meta = dict(meta)
     meta["processes"] = cfg.processes
     meta["children"] = [str(d) for d in dirs]
+    meta["workload"] = summary.get("workload")
     write_json_atomic(out / "meta.json", meta)
     if cfg.status_interval:
         snaps = [s for s in (_read_status(d / "status.json") for d in dirs) if s]

@@ -7,9 +7,9 @@ One process writes into its ``OUTPUT_DIR``:
 - ``histograms.json``: the mergeable state: histograms (microseconds), counters,
   error breakdown, and one entry per generator process under ``runs``;
 - ``summary.json``: :func:`build_summary` of that state, with the run's verdict ``status``
-  (:func:`run_status`);
+  (:func:`run_status`) and its complete ``workload`` (:func:`kit.client._workload.workload_summary`);
 - ``meta.json``: config (no secrets), versions, argv (written when the folder is claimed,
-  rewritten at the end).
+  rewritten at the end), and the run's ``workload``.
 
 A run never overwrites another: :func:`claim_output_dir` writes into ``OUTPUT_DIR`` itself
 when it holds no run yet, else into ``OUTPUT_DIR/<run-id>/``.
@@ -34,6 +34,7 @@ from typing import Any
 from kit.metrics import Histogram, Timeline, add_counts
 
 from ._accounting import HISTOGRAMS
+from ._workload import merge_workload, workload_summary
 
 __all__ = [
     "QUERY_FIELDS",
@@ -289,10 +290,12 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
     }
     summary["status"], summary["status_reason"] = run_status(summary, runs)
     summary["interrupted"] = sorted({r["interrupted"] for r in runs if r.get("interrupted")}) or None
+    summary["workload"] = workload_summary(state.get("workload"))
     return summary
 
 
-def _state(rec: Any, run: Mapping[str, Any], *, run_id: str, model: str) -> dict[str, Any]:
+def _state(rec: Any, run: Mapping[str, Any], *, run_id: str, model: str,
+           workload: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "run_id": run_id,
@@ -301,22 +304,23 @@ def _state(rec: Any, run: Mapping[str, Any], *, run_id: str, model: str) -> dict
         "counters": dict(rec.counters),
         "errors": dict(rec.errors),
         "runs": [dict(run)],
+        "workload": workload,
     }
 
 
 def write_outputs(out_dir: Path, rec: Any, run: Mapping[str, Any], meta: Mapping[str, Any], *,
-                  run_id: str, model: str) -> dict[str, Any]:
+                  run_id: str, model: str, workload: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write every result file of one process's *rec*; return the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     off = rec.mono_to_wall_ns
     _write_csv(out_dir / "queries.csv", QUERY_FIELDS, (q.row(off) for q in rec.queries))
     _write_csv(out_dir / "sessions.csv", SESSION_FIELDS, (s.row(off) for s in rec.sessions))
     _write_csv(out_dir / "timeline.csv", TIMELINE_FIELDS, rec.timeline.to_rows())
-    state = _state(rec, run, run_id=run_id, model=model)
+    state = _state(rec, run, run_id=run_id, model=model, workload=workload)
     write_json_atomic(out_dir / "histograms.json", state)
     summary = build_summary(state)
     write_json_atomic(out_dir / "summary.json", summary)
-    write_json_atomic(out_dir / "meta.json", dict(meta))
+    write_json_atomic(out_dir / "meta.json", {**meta, "workload": summary["workload"]})
     return summary
 
 
@@ -355,6 +359,7 @@ def merge_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
         "counters": counters,
         "errors": errors,
         "runs": runs,
+        "workload": merge_workload([st.get("workload") for st in states]),
     }
 
 
@@ -388,5 +393,6 @@ def merge_outputs(in_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
             metas.append(json.loads((d / "meta.json").read_text()))
         except (OSError, ValueError):
             metas.append({"missing": str(d / "meta.json")})
-    write_json_atomic(out_dir / "meta.json", {"merged_from": [str(d) for d in in_dirs], "inputs": metas})
+    write_json_atomic(out_dir / "meta.json", {"merged_from": [str(d) for d in in_dirs], "inputs": metas,
+                                              "workload": summary["workload"]})
     return summary

@@ -62,7 +62,13 @@ class SessionConfig:
     queries: int = 10
     think_time: float = 0.0
     query_timeout: float = 60.0
+    #: the workload sent with each /run (None: the simulator's deployed value); bounds: kit.sim._body
     max_tokens: int | None = None
+    token_delay_ms: float | None = None
+    ttft_ms: float | None = None
+    token_jitter_ms: float | None = None
+    #: the workload class the session was drawn from (kit.client._workload)
+    workload_class: str = "default"
     agent_id: str = "load-test-agent"
     query_text: str = "Tell me about WebSocket proxies."
     max_reconnect_attempts: int = 5
@@ -156,8 +162,10 @@ class Session:
     """One session of the load; ``await run()`` does everything and records the outcome."""
 
     def __init__(self, cfg: SessionConfig, http: HttpPool, rec: Recorder, index: int,
-                 intended_ns: int, rng: random.Random, hub: Hub | None = None) -> None:
+                 intended_ns: int, rng: random.Random, hub: Hub | None = None, workload: object = None) -> None:
         self.cfg = cfg
+        #: a kit.client._workload.WorkloadRecord told the effective workload /run answered (or None)
+        self.workload = workload
         self.hub = hub
         self.http = http
         self.rec = rec
@@ -347,8 +355,10 @@ class Session:
         self.current = q
         rec.counters["queries_started"] += 1
         body: dict = {"query": cfg.query_text}
-        if cfg.max_tokens:
-            body["max_tokens"] = cfg.max_tokens
+        for name in ("max_tokens", "token_delay_ms", "ttft_ms", "token_jitter_ms"):  # the run's workload
+            v = getattr(cfg, name)
+            if v is not None:
+                body[name] = v
         with trio.move_on_after(cfg.query_timeout) as scope:
             try:
                 resp = await self._post(f"/session/{s.session_id}/run", body)
@@ -370,6 +380,8 @@ class Session:
                 self._fail(q, "error", f"run: malformed answer ({exc!r})", "run_malformed")
                 return
             q.expected = expected
+            if self.workload is not None:
+                self.workload.observe(cfg.workload_class, expected, data.get("workload"))
             if q.query_id is None:
                 q.query_id = qid
                 self.by_id[qid] = q

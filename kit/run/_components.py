@@ -204,14 +204,14 @@ def bottleneck(entries: Sequence[Mapping[str, Any]],
                     "resource": "component_cores"}
     if best is not None and best["saturated"]:
         return best
-    busiest = max(((pct, h) for h, pct in (host_peaks or {}).items()), default=None)
-    if busiest is not None and busiest[0] / 100.0 >= SATURATED_RATIO:
-        pct, host = busiest
-        on_host = [e for e in entries if e["host"] == host and e.get("cpu_s")]
-        if on_host:
-            top = max(on_host, key=lambda e: e["cpu_s"])
-            return {"component": top["component"], "host": host, "peak_cores": top["peak_cores"],
-                    "usable_cores": top.get("usable_cores"), "ratio": round(pct / 100.0, 3), "saturated": True,
-                    "resource": "host_cpu", "host_cpu_peak_percent": round(pct, 1),
-                    "shared_by": [e["component"] for e in sorted(on_host, key=lambda e: -e["cpu_s"])]}
+    full = {h: pct for h, pct in (host_peaks or {}).items() if pct / 100.0 >= SATURATED_RATIO}
+    on_full = [e for e in entries if e["host"] in full and e.get("cpu_s")]
+    if on_full:  # the biggest consumer of a saturated host's cores (lab hosts share one machine's)
+        top = max(on_full, key=lambda e: e["cpu_s"])
+        host, pct = top["host"], full[top["host"]]
+        on_host = sorted((e for e in on_full if e["host"] == host), key=lambda e: -e["cpu_s"])
+        return {"component": top["component"], "host": host, "peak_cores": top["peak_cores"],
+                "usable_cores": top.get("usable_cores"), "ratio": round(pct / 100.0, 3), "saturated": True,
+                "resource": "host_cpu", "host_cpu_peak_percent": round(pct, 1),
+                "shared_by": [e["component"] for e in on_host]}
     return best

@@ -159,3 +159,13 @@ def test_a_saturated_host_whose_components_each_had_headroom_is_the_bottleneck()
     assert neck["component"] == "client" and neck["shared_by"] == ["client", "sim"]
     quiet = {"box": [dict(r, cpu_percent=40.0) for r in samples["box"]]}
     assert bottleneck(entries, host_cpu_peaks(quiet))["resource"] == "component_cores"
+
+
+def test_among_saturated_hosts_the_biggest_consumer_is_named():
+    # lab hosts share one machine: every host reads the machine's CPU; the sim used the most of it
+    samples = {"gen": [{"ts": 1.0, "cpu_percent": 99.0, "procs": [proc("client", 1, 1, 0.0)]},
+                       {"ts": 2.0, "cpu_percent": 99.0, "procs": [proc("client", 1, 1, 0.4)]}],
+               "sim": [{"ts": 1.0, "cpu_percent": 97.0, "procs": [proc("sim", 1, 1, 0.0)]},
+                       {"ts": 2.0, "cpu_percent": 97.0, "procs": [proc("sim", 1, 1, 0.6)]}]}
+    neck = bottleneck(component_costs(samples, 100, {"gen": 2, "sim": 2}), host_cpu_peaks(samples))
+    assert (neck["component"], neck["host"], neck["host_cpu_peak_percent"]) == ("sim", "sim", 97.0)
