@@ -26,6 +26,7 @@ import redis
 
 from kit.auth import issue_token
 from kit.localstack import Proc, RedisServer, start_redis, start_wsproxy
+from wsraw import read_101
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -251,14 +252,7 @@ def _raw_upgrade(port: int, sid: str, *, rcvbuf: int | None = None) -> tuple[soc
     sock.sendall((f"GET /agent/ws/{sid} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
                   f"Authorization: Bearer {token}\r\n\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, "connection closed during the handshake"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock, rest
+    return sock, read_101(sock)
 
 
 def test_stalled_client_is_dropped_while_another_session_keeps_up(proxy_factory) -> None:

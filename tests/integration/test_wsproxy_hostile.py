@@ -24,6 +24,7 @@ import redis
 
 from kit.auth import issue_token
 from kit.localstack import Proc, RedisServer, start_wsproxy
+from wsraw import read_101
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,14 +74,7 @@ def _upgrade(port: int, sid: str, after: bytes = b"") -> tuple[socket.socket, by
     """A completed handshake (with *after* sent in the same write); the socket and bytes past the 101."""
     sock = _connect(port)
     sock.sendall(_upgrade_request(port, sid) + after)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, "connection closed during the handshake"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock, rest
+    return sock, read_101(sock)
 
 
 def _closed_within(sock: socket.socket, seconds: float, *, trickle: bytes = b"", every: float = 0.1) -> float | None:
