@@ -65,19 +65,11 @@ _MAX_SESSION_ID = 64
 _REDIS_TIMEOUT_S = 5.0
 _HEALTH_TIMEOUT_S = 2.0
 
-# one round trip each, atomic: a session never exists without its TTL, close checks then sets
-_CREATE_LUA = """
-redis.call('HSET', KEYS[1], 'status', 'open', 'agent_id', ARGV[1], 'created', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-_CLOSE_LUA = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return 0 end
-if s == 'closed' then return 1 end
-redis.call('HSET', KEYS[1], 'status', 'closed', 'closed', ARGV[1])
-return 2
-"""
+# Plain commands in MULTI/EXEC, no Lua: the simulator's Redis user may not run scripts (an endless
+# EVAL would wedge Redis with no ACL user able to kill it).  Create: HSET + EXPIRE in one transaction,
+# so a session never exists without its TTL.  Close: HGET status, HSETNX closed, HSET status in one
+# transaction: the first close wins (HSETNX), a later one sees closed; an unknown id's stray hash is
+# deleted again (the 404 path).
 
 
 class PoolExhausted(RedisConnectionError):
@@ -142,8 +134,6 @@ class SimState:
     client_errors: int = 0
     errors: int = 0
     pool_exhausted: int = 0
-    create_script: object = None
-    close_script: object = None
 
     def statistics(self) -> dict[str, object]:
         stats: dict[str, object] = {
@@ -197,8 +187,6 @@ def create_app(settings: SimSettings) -> Quart:
             socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_TIMEOUT_S,
         )
         state.redis = aioredis.Redis(connection_pool=pool)
-        state.create_script = state.redis.register_script(_CREATE_LUA)
-        state.close_script = state.redis.register_script(_CLOSE_LUA)
         # the publisher's own connection, same address and credentials, outside the pool's count
         state.publisher = Publisher(lambda: pool.connection_class(**pool.connection_kwargs),
                                     tick_s=settings.publish_tick_ms / 1000.0)
@@ -268,10 +256,11 @@ def create_app(settings: SimSettings) -> Quart:
         except BodyError as exc:
             return _invalid(exc)
         session_id = uuid.uuid4().hex
-        await state.create_script(
-            keys=[_session_key(session_id)],
-            args=[body.agent_id, f"{time.time():.6f}", settings.session_ttl_seconds],
-        )
+        key = _session_key(session_id)
+        async with state.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"status": "open", "agent_id": body.agent_id, "created": f"{time.time():.6f}"})
+            pipe.expire(key, settings.session_ttl_seconds)
+            await pipe.execute()
         token = issue_token(settings.jwt_secret, session_id, algorithm=settings.jwt_algorithm,
                             ttl_seconds=settings.jwt_ttl_seconds)
         state.sessions_created += 1
@@ -315,10 +304,16 @@ def create_app(settings: SimSettings) -> Quart:
     async def session_close(session_id: str) -> Response:
         if len(session_id) > _MAX_SESSION_ID:
             return _not_found(session_id)
-        result = await state.close_script(keys=[_session_key(session_id)], args=[f"{time.time():.6f}"])
-        if result == 0:
+        key = _session_key(session_id)
+        async with state.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(key, "status")
+            pipe.hsetnx(key, "closed", f"{time.time():.6f}")
+            pipe.hset(key, "status", "closed")
+            status, first, _ = await pipe.execute()
+        if status is None:
+            await state.redis.delete(key)  # there was no such session: drop the hash this made
             return _not_found(session_id)
-        if result == 1:
+        if not first:
             return _closed(session_id)
         state.sessions_closed += 1
         return _json({"session_id": session_id, "status": "closed"}, 200)

@@ -221,6 +221,10 @@ def test_redis_acl_confines_each_user(deployed):
         assert sim.publish("session:acltest:down", "{}") == 0
         with pytest.raises(redis.exceptions.NoPermissionError):
             sim.execute_command("SUBSCRIBE", "session:acltest:down")  # the simulator never subscribes
+        for script in (("EVAL", "while true do end", 0), ("SCRIPT", "LOAD", "return 1"),
+                       ("EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", 0)):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                sim.execute_command(*script)  # no scripts: an endless one would wedge Redis for good
         with pytest.raises(redis.exceptions.NoPermissionError):
             wsp.publish("session:acltest:down", "x")  # wsproxy only subscribes
         with pytest.raises(redis.exceptions.NoPermissionError):
