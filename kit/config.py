@@ -2,9 +2,8 @@
 
 Each service reads its environment through one frozen settings object built by
 ``from_env``.  Names and defaults are the seed kit's (see the README's
-"Configuration" table), so the seed's commands keep working.  Ports and
-defaults are defined here once; ``inventory/group_vars`` and the templates
-take them from the same names.
+"Configuration" table), so the seed's commands keep working.  Ports, JWT
+algorithms and bounds the playbooks use too come from :mod:`kit.contract`.
 
 Bad values raise :class:`ConfigError` naming the variable, the value's
 problem and how to fix it; callers print it and exit 2, never a traceback.
@@ -16,6 +15,8 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
+
+from kit import contract
 
 __all__ = [
     "ConfigError",
@@ -31,16 +32,26 @@ __all__ = [
     "configure_logging",
 ]
 
-#: Ports the kit listens on; group_vars/all.yml repeats none of these by hand
-#: (it is generated from / checked against this table by tests).
-DEFAULT_PORTS: dict[str, int] = {
-    "redis": 6379,
-    "sim": 8000,
-    "wsproxy": 4040,
-    "haproxy_http": 8080,
-    "haproxy_ws": 8081,
-    "haproxy_stats": 8404,
-}
+
+def __getattr__(name: str) -> Any:
+    # DEFAULT_PORTS: the kit's listening ports by service (redis, sim, wsproxy, haproxy_*), read
+    # from the contract when first asked for (nothing is read on import)
+    if name == "DEFAULT_PORTS":
+        return contract.ports()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _port(service: str) -> Any:
+    return dataclasses.field(default_factory=lambda: contract.ports()[service])
+
+
+def _local_url(scheme: str, service: str, path: str = "") -> Any:
+    return dataclasses.field(default_factory=lambda: f"{scheme}://127.0.0.1:{contract.ports()[service]}{path}")
+
+
+def _port_max() -> int:
+    return contract.bounds("port")[1]
+
 
 MIN_JWT_SECRET_BYTES = 32
 
@@ -164,8 +175,9 @@ def _jwt_secret(env: Mapping[str, str]) -> str:
 
 def _jwt_algorithm(env: Mapping[str, str]) -> str:
     alg = env_str(env, "JWT_ALGORITHM", default="HS256")
-    if alg not in ("HS256", "HS384", "HS512"):
-        raise ConfigError(f"JWT_ALGORITHM={alg!r} is not supported: use HS256, HS384 or HS512")
+    allowed = contract.jwt_algorithms()
+    if alg not in allowed:
+        raise ConfigError(f"JWT_ALGORITHM={alg!r} is not supported: use {', '.join(allowed[:-1])} or {allowed[-1]}")
     return alg
 
 
@@ -174,9 +186,9 @@ class SimSettings:
     """The backend simulator (``python -m kit.sim``)."""
 
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORTS["sim"]
+    port: int = _port("sim")
     workers: int = 1
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = _local_url("redis", "redis", "/0")
     jwt_secret: str = dataclasses.field(repr=False)
     jwt_algorithm: str = "HS256"
     jwt_ttl_seconds: int | None = None
@@ -204,15 +216,20 @@ class SimSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "SimSettings":
         env = os.environ if env is None else env
         ttl = env_int(env, "JWT_TTL_SECONDS", default=0, minimum=0)
+        workers_min, workers_max = contract.bounds("sim_workers")
+        ttl_min, ttl_max = contract.bounds("sim_session_ttl_seconds")
         return cls(
             host=env_str(env, "FASTAPI_HOST", "SIM_HOST", default="127.0.0.1"),
-            port=env_int(env, "FASTAPI_PORT", "SIM_PORT", default=DEFAULT_PORTS["sim"], minimum=0, maximum=65535),
-            workers=env_int(env, "FASTAPI_WORKERS", "SIM_WORKERS", default=1, minimum=1, maximum=256),
-            redis_url=env_str(env, "REDIS_URL", default="redis://127.0.0.1:6379/0"),
+            port=env_int(env, "FASTAPI_PORT", "SIM_PORT", default=contract.ports()["sim"], minimum=0,
+                         maximum=_port_max()),
+            workers=env_int(env, "FASTAPI_WORKERS", "SIM_WORKERS", default=1, minimum=workers_min,
+                            maximum=workers_max),
+            redis_url=env_str(env, "REDIS_URL", default=f"redis://127.0.0.1:{contract.ports()['redis']}/0"),
             jwt_secret=_jwt_secret(env),
             jwt_algorithm=_jwt_algorithm(env),
             jwt_ttl_seconds=ttl or None,
-            session_ttl_seconds=env_int(env, "SESSION_TTL_SECONDS", default=10800, minimum=1),
+            session_ttl_seconds=env_int(env, "SESSION_TTL_SECONDS", default=10800, minimum=ttl_min,
+                                        maximum=ttl_max),
             token_delay_ms=env_float(env, "TOKEN_DELAY_MS", default=50.0, minimum=0.0),
             ttft_ms=env_float(env, "TTFT_MS", default=0.0, minimum=0.0),
             token_jitter_ms=env_float(env, "TOKEN_JITTER_MS", default=0.0, minimum=0.0),
@@ -231,8 +248,8 @@ class WsproxySettings:
     """The reference wsproxy (``python -m kit.wsproxy``)."""
 
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORTS["wsproxy"]
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    port: int = _port("wsproxy")
+    redis_url: str = _local_url("redis", "redis", "/0")
     jwt_secret: str = dataclasses.field(repr=False)
     jwt_algorithm: str = "HS256"
     pubsub_pool_size: int = 512
@@ -250,13 +267,14 @@ class WsproxySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "WsproxySettings":
         env = os.environ if env is None else env
+        pool_min, pool_max = contract.bounds("wsproxy_pubsub_pool_size")
         return cls(
             host=env_str(env, "HOST", default="127.0.0.1"),
-            port=env_int(env, "PORT", default=DEFAULT_PORTS["wsproxy"], minimum=0, maximum=65535),
-            redis_url=env_str(env, "REDIS_URL", default="redis://127.0.0.1:6379/0"),
+            port=env_int(env, "PORT", default=contract.ports()["wsproxy"], minimum=0, maximum=_port_max()),
+            redis_url=env_str(env, "REDIS_URL", default=f"redis://127.0.0.1:{contract.ports()['redis']}/0"),
             jwt_secret=_jwt_secret(env),
             jwt_algorithm=_jwt_algorithm(env),
-            pubsub_pool_size=env_int(env, "PUBSUB_POOL_SIZE", default=512, minimum=1, maximum=65536),
+            pubsub_pool_size=env_int(env, "PUBSUB_POOL_SIZE", default=512, minimum=pool_min, maximum=pool_max),
             ws_ping_interval_secs=env_float(env, "WS_PING_INTERVAL_SECS", default=15.0, minimum=0.01),
             ws_ping_timeout_secs=env_float(env, "WS_PING_TIMEOUT_SECS", default=30.0, minimum=0.01),
             ws_send_buffer_messages=env_int(env, "WS_SEND_BUFFER_MESSAGES", default=1024, minimum=1),
@@ -271,8 +289,8 @@ class WsproxySettings:
 class ClientSettings:
     """The trio load client (``python -m kit.client``); options override these."""
 
-    api_url: str = "http://127.0.0.1:8080"
-    wsproxy_url: str = "ws://127.0.0.1:8081"
+    api_url: str = _local_url("http", "haproxy_http")
+    wsproxy_url: str = _local_url("ws", "haproxy_ws")
     clients: int = 100
     queries_per_client: int = 10
     jwt_secret: str | None = dataclasses.field(default=None, repr=False)
@@ -291,8 +309,8 @@ class ClientSettings:
                 f"WS_MAX_BACKOFF_SECONDS={cap} is below WS_INITIAL_BACKOFF_SECONDS={initial}: raise the cap"
             )
         return cls(
-            api_url=env_str(env, "FASTAPI_URL", "API_URL", default="http://127.0.0.1:8080"),
-            wsproxy_url=env_str(env, "WSPROXY_URL", default="ws://127.0.0.1:8081"),
+            api_url=env_str(env, "FASTAPI_URL", "API_URL", default=f"http://127.0.0.1:{contract.ports()['haproxy_http']}"),
+            wsproxy_url=env_str(env, "WSPROXY_URL", default=f"ws://127.0.0.1:{contract.ports()['haproxy_ws']}"),
             clients=env_int(env, "CLIENTS", default=100, minimum=1),
             queries_per_client=env_int(env, "QUERIES_PER_CLIENT", default=10, minimum=0),
             jwt_secret=env_secret(env, "JWT_SECRET", required=False),

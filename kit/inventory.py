@@ -1,8 +1,9 @@
 """Hosts, groups and connection parameters read from the Ansible inventory (the only host list).
 
-:func:`load_inventory` runs ``ansible-inventory -i <inv> --list`` (Ansible's
-supported interface; its Python API is not) and returns an :class:`Inventory`:
-hosts with their merged variables (host vars over group_vars), groups, and
+:func:`load_inventory` runs ``ansible-inventory -i <inv> --playbook-dir playbooks --list``
+(Ansible's supported interface; its Python API is not), so it sees what the playbooks see: the
+inventory's variables and the kit's contract (``playbooks/group_vars/all/contract.yml``).  It
+returns an :class:`Inventory`: hosts with their merged variables (host vars over group_vars), groups, and
 per host what Fabric needs to reach it (address, user, port, key, known-hosts
 file, or ``ansible_connection: local``).  Simple ``{{ var }}`` templates in
 variables (e.g. ``kit_root: /opt/wsproxy-loadkit/{{ inventory_hostname }}``)
@@ -26,14 +27,17 @@ from typing import Any
 
 import jinja2
 
-__all__ = ["Host", "Inventory", "InventoryError", "load_inventory", "parse_inventory_json", "ROLE_GROUPS",
-           "DEFAULT_KIT_ROOT"]
+from kit import contract
+
+__all__ = ["Host", "Inventory", "InventoryError", "load_inventory", "parse_inventory_json", "ROLE_GROUPS"]
 
 log = logging.getLogger(__name__)
 
-ROLE_GROUPS: tuple[str, ...] = ("redis", "haproxy", "wsproxy", "sim", "generators")
-DEFAULT_KIT_ROOT = "/opt/wsproxy-loadkit/{host}"
+#: the inventory groups, one per role (the contract's kit_groups)
+ROLE_GROUPS: tuple[str, ...] = contract.groups()
 INVENTORY_TIMEOUT = 60.0
+#: the playbooks' directory: its group_vars/ (the contract) apply to every inventory
+PLAYBOOK_DIR = Path(__file__).resolve().parents[1] / "playbooks"
 
 
 class InventoryError(ValueError):
@@ -47,6 +51,12 @@ class Host:
     name: str
     vars: dict[str, Any] = dataclasses.field(repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # a host built by hand (tests) gets the contract's values it lacks, rendered for it, as
+        # parse_inventory_json gives every host
+        if not contract.contract().keys() <= self.vars.keys():
+            object.__setattr__(self, "vars", _with_contract(self.name, self.vars, {}))
+
     @property
     def local(self) -> bool:
         return self.vars.get("ansible_connection") == "local"
@@ -57,11 +67,9 @@ class Host:
 
     @property
     def service_address(self) -> str:
-        """Where this host's services listen: ``ansible_host``, or loopback for a local host."""
-        addr = self.vars.get("ansible_host")
-        if addr and addr not in ("localhost",):
-            return str(addr)
-        return "127.0.0.1" if self.local or self.name == "localhost" else self.name
+        """Where this host's services listen: the contract's ``kit_address`` (``ansible_host``, or
+        loopback for a local host)."""
+        return str(self.vars["kit_address"]).strip()
 
     @property
     def user(self) -> str | None:
@@ -98,13 +106,17 @@ class Host:
 
     @property
     def kit_root(self) -> str:
-        return str(self.vars.get("kit_root") or DEFAULT_KIT_ROOT.format(host=self.name))
+        return str(self.vars["kit_root"])
 
     @property
     def kit_python(self) -> str:
-        """The kit's venv interpreter on this host (built by the Ansible ``generators`` role)."""
-        venv = self.vars.get("kit_venv") or f"{self.kit_root}/venv"
-        return f"{venv}/bin/python"
+        """The kit's venv interpreter on this host (built by the Ansible ``kit_venv`` role)."""
+        return f"{self.vars['kit_venv_dir']}/bin/python"
+
+    @property
+    def supervisord_conf(self) -> str:
+        """The kit-owned supervisord's config on this host (used where the host has no systemd)."""
+        return str(self.vars["kit_supervisord_conf"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +133,7 @@ class Inventory:
         if missing:
             raise InventoryError(
                 f"{self.path}: group(s) {', '.join(missing)} have no hosts: add at least one host to each "
-                f"(see inventory/example.yml)")
+                f"(see inventory/example-multihost.yml)")
 
     def roles_of(self, host: str) -> list[str]:
         return [g for g in ROLE_GROUPS if host in self.groups.get(g, [])]
@@ -156,6 +168,17 @@ def _render(value: Any, context: dict[str, Any], env: jinja2.Environment) -> Any
     return value
 
 
+def _with_contract(name: str, host_vars: dict[str, Any], groups: dict[str, list[str]]) -> dict[str, Any]:
+    """*host_vars* over the contract (as `--playbook-dir playbooks` merges them; JSON fed by tests
+    lacks it), simple templates rendered with the host's own variables."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    raw = {**contract.contract(), **host_vars}
+    ctx = {**raw, "inventory_hostname": name, "inventory_hostname_short": name.split(".")[0], "groups": groups}
+    for _ in range(3):  # variables referring to variables
+        ctx.update({k: _render(v, ctx, env) for k, v in raw.items()})
+    return {k: ctx[k] for k in raw}
+
+
 def parse_inventory_json(data: dict[str, Any], path: Path) -> Inventory:
     """Build an Inventory from ``ansible-inventory --list`` JSON (pure; tests feed it directly)."""
     hostvars = data.get("_meta", {}).get("hostvars", {})
@@ -175,15 +198,7 @@ def parse_inventory_json(data: dict[str, Any], path: Path) -> Inventory:
         if group != "_meta":
             groups[group] = hosts_of(group, set())
     names = sorted(set(hostvars) | {h for hs in groups.values() for h in hs})
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    hosts = {}
-    for name in names:
-        raw = dict(hostvars.get(name, {}))
-        ctx = {**raw, "inventory_hostname": name, "inventory_hostname_short": name.split(".")[0],
-               "groups": groups}
-        for _ in range(3):  # variables referring to variables
-            ctx.update({k: _render(v, ctx, env) for k, v in raw.items()})
-        hosts[name] = Host(name, {k: ctx[k] for k in raw})
+    hosts = {name: Host(name, _with_contract(name, hostvars.get(name, {}), groups)) for name in names}
     return Inventory(path, hosts, {g: h for g, h in groups.items() if g not in ("all",)})
 
 
@@ -194,7 +209,8 @@ def load_inventory(path: str | Path) -> Inventory:
         raise InventoryError(f"inventory {path} does not exist: pass --inventory inventory/local.yml, "
                              "or build the lab with `fab lab-up` (it writes inventory/lab.yml)")
     try:
-        res = subprocess.run([_ansible_inventory_exe(), "-i", str(path), "--list"], capture_output=True,
+        res = subprocess.run([_ansible_inventory_exe(), "-i", str(path), "--playbook-dir", str(PLAYBOOK_DIR), "--list"],
+                             capture_output=True,
                              text=True, timeout=INVENTORY_TIMEOUT, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise InventoryError(f"ansible-inventory -i {path} did not answer in {INVENTORY_TIMEOUT:.0f} s") from None

@@ -27,6 +27,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kit import contract
+
 __all__ = [
     "Proc",
     "RedisServer",
@@ -82,8 +84,10 @@ def wait_tcp(host: str, port: int, *, timeout: float = READY_TIMEOUT, proc: "Pro
     _poll(check, f"tcp {host}:{port}", time.monotonic() + timeout, proc)
 
 
-def wait_http_ok(host: str, port: int, path: str = "/health", *, timeout: float = READY_TIMEOUT,
+def wait_http_ok(host: str, port: int, path: str | None = None, *, timeout: float = READY_TIMEOUT,
                  proc: "Proc | None" = None) -> None:
+    path = path or contract.health_path()
+
     def check() -> bool:
         conn = http.client.HTTPConnection(host, port, timeout=2.0)
         try:

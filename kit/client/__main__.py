@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from kit import contract
 from kit.config import ClientSettings, ConfigError
 
 from ._http import DEFAULT_MAX_CONNECTIONS
@@ -141,7 +142,8 @@ def _check_url(value: str, schemes: tuple[str, ...], option: str, env: str) -> N
     u = urlsplit(value)
     if u.scheme not in schemes or not u.hostname:
         raise ConfigError(f"{option} / {env} = {value!r} is not a {' or '.join(s + '://' for s in schemes)} URL: "
-                          f"pass e.g. {option} {schemes[0]}://127.0.0.1:{8080 if 'http' in schemes else 8081}")
+                          f"pass e.g. {option} {schemes[0]}://127.0.0.1:"
+                          f"{contract.ports()['haproxy_http' if 'http' in schemes else 'haproxy_ws']}")
     try:
         u.port
     except ValueError:
@@ -176,7 +178,7 @@ def preflight(args: argparse.Namespace) -> None:
     """One request to the API's /health and one TCP connect to the WebSocket endpoint."""
     import httpx
 
-    url = args.api_url.rstrip("/") + "/health"
+    url = args.api_url.rstrip("/") + contract.health_path()
     try:
         r = httpx.get(url, timeout=5.0)
     except httpx.HTTPError as exc:
@@ -273,7 +275,7 @@ def run_load(argv: list[str]) -> int:
         preflight(args)
     total = round(args.arrival_rate * args.duration) if args.arrival_rate else args.clients
     processes = args.process_count or min(args.processes or os.cpu_count() or 1, total)
-    run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S") + f"-c{total}"
+    run_id = args.run_id or contract.run_id(total)
     meta = {
         "run_id": run_id, "argv": _safe_argv([PROG, *argv]), "versions": versions(), "host": socket.gethostname(),
         "pid": os.getpid(), "model": "open" if args.arrival_rate else "closed",

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from kit import contract
 from kit.localstack import wait_tcp
 
 from ._layout import GROUPS, assign_groups, default_layout
@@ -45,14 +46,9 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: Kernel network settings set inside every lab namespace (they are per-namespace sysctls).
-LAB_SYSCTLS: dict[str, str] = {
-    "net.core.somaxconn": "8192",
-    "net.ipv4.tcp_max_syn_backlog": "8192",
-    "net.ipv4.ip_local_port_range": "10000 65000",
-    "net.ipv4.tcp_tw_reuse": "1",
-    "net.ipv4.tcp_fin_timeout": "15",
-}
+#: Kernel network settings set inside every lab namespace: the contract's per-namespace kit_sysctl
+#: (what the tuning role sets on real hosts), plus a shorter FIN timeout for the lab's churn.
+LAB_SYSCTLS: dict[str, str] = {**contract.sysctls(netns_only=True), "net.ipv4.tcp_fin_timeout": "15"}
 
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"

@@ -10,10 +10,12 @@ so one host may hold several roles (never the same group twice).
 
 from __future__ import annotations
 
+from kit import contract
+
 __all__ = ["GROUPS", "LayoutError", "parse_layout", "default_layout", "assign_groups", "MAX_HOSTS"]
 
-#: The inventory groups the playbooks know, in deployment order.
-GROUPS: tuple[str, ...] = ("redis", "haproxy", "wsproxy", "sim", "generators")
+#: The inventory groups the playbooks know, in deployment order (the contract's kit_groups).
+GROUPS: tuple[str, ...] = contract.groups()
 
 #: Order in which hosts are handed out.
 SLOT_ORDER: tuple[str, ...] = ("redis", "haproxy", "wsproxy", "generators", "sim")

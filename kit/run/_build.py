@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from kit.config import DEFAULT_PORTS
+from kit import contract
 from kit.inventory import Host, Inventory
 
 __all__ = ["record_build", "build_label", "file_sha256"]
@@ -76,7 +76,7 @@ def _ask_version(address: str, port: int) -> dict[str, Any]:
     base = f"http://{address}:{port}"
     try:
         with httpx.Client(timeout=HTTP_TIMEOUT) as client:
-            r = client.get(f"{base}/health")
+            r = client.get(f"{base}{contract.health_path()}")
             out["server"] = r.headers.get("server")
             try:
                 body = r.json()
@@ -124,8 +124,7 @@ def record_build(inv: Inventory, conns: Mapping[str, Any] | None = None) -> dict
             if kind == "artifact" and deployed and rec.get("artifact_sha256") and deployed != rec["artifact_sha256"]:
                 rec["problem"] = ("the artifact on the host differs from the controller's: redeploy "
                                   "(`fab deploy --playbook wsproxy.yml`) to measure the current build")
-        base = int(h.vars.get("wsproxy_base_port") or h.vars.get("wsproxy_port") or DEFAULT_PORTS["wsproxy"])
-        n = int(h.vars.get("wsproxy_instances_per_host") or 1)
+        base, n = int(h.vars["wsproxy_base_port"]), int(h.vars["wsproxy_instances_per_host"])
         rec["instances"] = {f"wsproxy-{i}": _ask_version(h.service_address, base + i) for i in range(n)}
         hosts[h.name] = rec
     versions = sorted({i.get("version") for r in hosts.values() for i in r["instances"].values() if i.get("version")})

@@ -1,7 +1,7 @@
 """Fetching the services' log files from every host (``fab logs`` and each run).
 
-The Ansible roles write service logs under ``<kit_root>/log`` on each host
-(``kit_log_dir`` overrides it); supervisord's own log lives there too.  Only
+The Ansible roles write service logs under ``<kit_root>/log`` on each host;
+supervisord's own log lives there too.  Only
 files are fetched (tail-limited to :data:`MAX_LOG_BYTES` each), into
 ``<dest>/<host>/``.  Problems are returned per host, not raised.
 """
@@ -26,7 +26,7 @@ MAX_LOG_BYTES = 20 * 1024 * 1024
 
 
 def log_dir(host: Host) -> str:
-    return str(host.vars.get("kit_log_dir") or f"{host.kit_root}/log")
+    return f"{host.kit_root}/log"
 
 
 def _fetch(c: Any, dest: Path) -> list[str]:

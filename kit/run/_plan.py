@@ -18,9 +18,10 @@ import dataclasses
 import math
 import operator
 import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from kit import contract
 
 __all__ = [
     "PlanError", "PRESETS", "Preset", "Threshold", "parse_threshold", "split_clients", "plan_generators",
@@ -205,7 +206,7 @@ def clock_offset(samples: Sequence[tuple[int, int, int]]) -> dict[str, float]:
 
 def make_run_id(clients: int, now: float | None = None, taken: Sequence[str] = ()) -> str:
     """``20261128-101500-c500``; a suffix ``-2``, ``-3`` ... when that id is taken."""
-    base = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-c{clients}"
+    base = contract.run_id(clients, now)
     run_id, n = base, 1
     while run_id in taken:
         n += 1

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import kit
+from kit import contract
 from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
@@ -65,13 +66,13 @@ HOSTMON_SRC = REPO / "kit" / "hostmon.py"
 CLOCK_BOUND_S = 0.005
 #: file descriptors one client session holds (WebSocket + its share of HTTP keep-alive)
 FDS_PER_SESSION = 2
-#: descriptors a process keeps for itself (logs, listeners, Python)
-FD_RESERVE = 100
+#: descriptors a proxy or generator process keeps for itself (the contract's kit_fd_reserve)
+FD_RESERVE = contract.fd_reserve()
 START_LEAD_S = 3.0
 GRACE_S = 30.0
 #: seconds between polls of the generators' status (the live view's refresh; they write it every second)
 POLL_S = 1.0
-SERVICES_REQUIRED = ("redis", "haproxy", "wsproxy", "sim", "generators")
+SERVICES_REQUIRED = contract.groups()
 #: seconds a generator gets between SIGTERM and SIGKILL when the run stops it early
 STOP_GRACE_S = 5.0
 class RunError(RuntimeError):

@@ -1,8 +1,8 @@
 """Health and server-side stats of the deployed services, asked from the controller.
 
-Where things are comes from the inventory (variables the Ansible roles define,
-falling back to ``kit.config.DEFAULT_PORTS``) and the secrets the roles keep on
-the controller in ``<repo>/.secrets/`` (0600).  Secrets are read from files
+Where things are comes from the inventory as the playbooks see it (the kit's
+contract under the inventory's overrides, :mod:`kit.inventory`) and the secrets
+the roles keep on the controller in ``<repo>/.secrets/`` (0600).  Secrets are read from files
 and sent only to the service that owns them; they never reach argv or logs.
 
 Every check returns a record ``{host, service, target, ok, detail}`` rather
@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import redis
 
-from kit.config import DEFAULT_PORTS
 from kit.inventory import Host, Inventory
 
 __all__ = ["service_targets", "check_health", "collect_server_stats", "read_secret", "SECRETS_DIR",
@@ -34,36 +33,22 @@ REPO = Path(__file__).resolve().parents[2]
 SECRETS_DIR = REPO / ".secrets"
 HTTP_TIMEOUT = 5.0
 
-#: secret -> file names tried in the secrets directory (the Ansible roles' names first)
-_SECRET_FILES = {
-    "redis_admin": ("redis_admin_password", "redis_password", "redis-admin-password"),
-    "haproxy_stats": ("haproxy_stats_password", "stats_password", "haproxy-stats-password"),
-}
-
-
-def _var(host: Host, *names: str, default: Any = None) -> Any:
-    for n in names:
-        if host.vars.get(n) not in (None, ""):
-            return host.vars[n]
-    return default
+#: secret -> its file in the secrets directory (a name of the contract's kit_secrets)
+_SECRET_FILES = {"redis_admin": "redis_admin_password", "haproxy_stats": "haproxy_stats_password"}
 
 
 def read_secret(inv: Inventory, which: str) -> str | None:
     any_host = next(iter(inv.hosts.values()), None)
-    base = Path(_var(any_host, "kit_secrets_dir", default=SECRETS_DIR)) if any_host else SECRETS_DIR
+    base = Path(any_host.vars.get("kit_secrets_dir") or SECRETS_DIR) if any_host else SECRETS_DIR
     if not base.is_absolute():
         base = REPO / base
-    for name in _SECRET_FILES[which]:
-        p = base / name
-        if p.exists():
-            return p.read_text().strip()
-    return None
+    p = base / _SECRET_FILES[which]
+    return p.read_text().strip() if p.exists() else None
 
 
 def haproxy_urls(host: Host) -> tuple[str, str]:
     """(API url, WebSocket url) of one balancer, as generators reach it."""
-    http = int(_var(host, "haproxy_http_port", default=DEFAULT_PORTS["haproxy_http"]))
-    ws = int(_var(host, "haproxy_ws_port", default=DEFAULT_PORTS["haproxy_ws"]))
+    http, ws = int(host.vars["haproxy_http_port"]), int(host.vars["haproxy_ws_port"])
     return f"http://{host.service_address}:{http}", f"ws://{host.service_address}:{ws}"
 
 
@@ -72,28 +57,32 @@ def service_targets(inv: Inventory) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for h in inv.group("redis"):
         out.append({"host": h.name, "service": "redis", "address": h.service_address,
-                    "port": int(_var(h, "redis_port", default=DEFAULT_PORTS["redis"]))})
+                    "port": int(h.vars["redis_port"])})
     for h in inv.group("haproxy"):
         out.append({"host": h.name, "service": "haproxy", "address": h.service_address,
-                    "port": int(_var(h, "haproxy_stats_port", default=DEFAULT_PORTS["haproxy_stats"]))})
+                    "port": int(h.vars["haproxy_stats_port"])})
     for h in inv.group("wsproxy"):
-        base = int(_var(h, "wsproxy_base_port", "wsproxy_port", default=DEFAULT_PORTS["wsproxy"]))
-        for i in range(int(_var(h, "wsproxy_instances_per_host", default=1))):
+        base = int(h.vars["wsproxy_base_port"])
+        for i in range(int(h.vars["wsproxy_instances_per_host"])):
             out.append({"host": h.name, "service": f"wsproxy-{i}", "address": h.service_address, "port": base + i})
     for h in inv.group("sim"):
         out.append({"host": h.name, "service": "sim", "address": h.service_address,
-                    "port": int(_var(h, "sim_port", default=DEFAULT_PORTS["sim"]))})
+                    "port": int(h.vars["sim_port"])})
     return out
+
+
+def _stats_url(host: Host, t: dict[str, Any]) -> str:
+    return f"http://{t['address']}:{t['port']}{host.vars['haproxy_stats_uri']};csv"
 
 
 def _stats_auth(inv: Inventory, host: Host) -> tuple[str, str] | None:
     pw = read_secret(inv, "haproxy_stats")
-    return None if pw is None else (str(_var(host, "haproxy_stats_user", default="admin")), pw)
+    return None if pw is None else (str(host.vars["haproxy_stats_user"]), pw)
 
 
 def _redis_client(inv: Inventory, t: dict[str, Any]) -> redis.Redis:
     host = inv.hosts[t["host"]]
-    return redis.Redis(host=t["address"], port=t["port"], username=_var(host, "redis_admin_user", default="admin"),
+    return redis.Redis(host=t["address"], port=t["port"], username=str(host.vars["redis_admin_user"]),
                        password=read_secret(inv, "redis_admin"), socket_timeout=HTTP_TIMEOUT,
                        socket_connect_timeout=HTTP_TIMEOUT)
 
@@ -110,7 +99,7 @@ def _check(inv: Inventory, t: dict[str, Any], client: httpx.Client) -> dict[str,
                 r.close()
         elif t["service"] == "haproxy":
             auth = _stats_auth(inv, inv.hosts[t["host"]])
-            resp = client.get(f"http://{t['address']}:{t['port']}/stats;csv", auth=auth)
+            resp = client.get(_stats_url(inv.hosts[t["host"]], t), auth=auth)
             rec["ok"] = resp.status_code == 200
             if rec["ok"]:
                 rows = list(csv.DictReader(io.StringIO(resp.text.lstrip("# "))))
@@ -122,7 +111,7 @@ def _check(inv: Inventory, t: dict[str, Any], client: httpx.Client) -> dict[str,
                 rec["detail"] = f"stats page answered HTTP {resp.status_code}" + (
                     "" if auth else " (no stats password found in .secrets/)")
         else:
-            resp = client.get(f"http://{t['address']}:{t['port']}/health")
+            resp = client.get(f"http://{t['address']}:{t['port']}{inv.hosts[t['host']].vars['kit_health_path']}")
             rec["ok"] = resp.status_code == 200
             rec["detail"] = resp.text.strip()[:200]
     except (OSError, httpx.HTTPError, redis.RedisError) as exc:
@@ -131,7 +120,7 @@ def _check(inv: Inventory, t: dict[str, Any], client: httpx.Client) -> dict[str,
 
 
 def check_health(inv: Inventory) -> list[dict[str, Any]]:
-    """Health of every service instance in the inventory (redis PING, haproxy stats, /health)."""
+    """Health of every service instance in the inventory (redis PING, haproxy stats, kit_health_path)."""
     with httpx.Client(timeout=HTTP_TIMEOUT) as client:
         return [_check(inv, t, client) for t in service_targets(inv)]
 
@@ -152,8 +141,7 @@ def collect_server_stats(inv: Inventory, out_dir: Path) -> list[str]:
                         r.close()
                     (out_dir / f"{name}-info.json").write_text(_json(info))
                 elif t["service"] == "haproxy":
-                    resp = client.get(f"http://{t['address']}:{t['port']}/stats;csv",
-                                      auth=_stats_auth(inv, inv.hosts[t["host"]]))
+                    resp = client.get(_stats_url(inv.hosts[t["host"]], t), auth=_stats_auth(inv, inv.hosts[t["host"]]))
                     resp.raise_for_status()
                     (out_dir / f"{name}-stats.csv").write_text(resp.text)
                 else:

@@ -1,11 +1,11 @@
 """The kit's services on one host, through the host's service manager (never matched by process name).
 
 A host runs its kit services either under the kit's own supervisord (its config at
-``<kit_root>/supervisor/supervisord.conf``, as ``fab status`` decides it) or as systemd units
-``<prefix><program>.service``.  :func:`resolve_service_pids` asks it for each program's main PID
+``kit_supervisord_conf``, as ``fab status`` decides it) or as systemd units
+``<kit_unit_prefix><program>.service`` (both the kit's contract, in the host's variables).  :func:`resolve_service_pids` asks it for each program's main PID
 (the component costs sample those; the chaos faults signal them); :func:`service_action` asks it to
-restart a program.  The role's knobs (supervisorctl path, unit prefix) are read from the
-``kit_service`` role's defaults under the inventory's values: one place for each fact.
+restart a program.  The supervisorctl path is read from the ``kit_service`` role's defaults
+under the inventory's values: one place for each fact.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __all__ = ["resolve_service_pids", "service_action", "host_programs", "KIT_SERVI
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-#: the kit_service role's knobs (supervisorctl path, systemd unit prefix) live in its defaults
+#: the kit_service role's knobs (supervisorctl path) live in its defaults
 KIT_SERVICE_DEFAULTS = REPO / "playbooks" / "roles" / "kit_service" / "defaults" / "main.yml"
 #: seconds a graceful restart may take (the role's stopwaitsecs plus start-up)
 RESTART_TIMEOUT = 90.0
@@ -57,7 +57,7 @@ def host_programs(inv: Inventory, host: str) -> list[tuple[str, str]]:
 #: asks the host's service manager, as ``fab status`` decides it: the kit's supervisord when its
 #: config is there, else systemd; prints ``manager=...`` and one ``<program>=<output>`` line each
 _MANAGER = r"""
-f={root}/supervisor/supervisord.conf
+f={conf}
 if [ -f "$f" ]; then
   echo manager=supervisor
   for p in {programs}; do echo "$p=$({ctl} -c "$f" {sv_cmd} "$p" 2>&1 | tr '\n' ' ')"; done
@@ -79,9 +79,9 @@ def _ask(c: Any, programs: list[str], what: str, timeout: float) -> tuple[str, d
     h = c.inventory_host
     sv_cmd, sd_cmd = _COMMANDS[what]
     res = c.run(_MANAGER.format(
-        root=shlex.quote(h.kit_root), programs=" ".join(shlex.quote(p) for p in programs),
+        conf=shlex.quote(h.supervisord_conf), programs=" ".join(shlex.quote(p) for p in programs),
         ctl=shlex.quote(_service_var(h, "kit_service_supervisorctl_bin", "/usr/bin/supervisorctl")),
-        prefix=shlex.quote(_service_var(h, "kit_service_unit_prefix", "wsproxy-loadkit-")),
+        prefix=shlex.quote(str(h.vars["kit_unit_prefix"])),
         sv_cmd=sv_cmd, sd_cmd=sd_cmd), hide=True, warn=True, timeout=timeout)
     said = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
     return said.get("manager", "").strip(), said, res

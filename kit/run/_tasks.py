@@ -7,6 +7,7 @@ individual hosts are listed per host (never swallowed).
 from __future__ import annotations
 
 import logging
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -45,16 +46,18 @@ def deploy(inventory: Path, playbook: str = "site.yml", extra: list[str] | None 
 
 
 _SUPERVISOR = r"""
-f={root}/supervisor/supervisord.conf
+f={conf}
 if [ -f "$f" ]; then echo "supervisor: $f"; supervisorctl -c "$f" status; exit $?; fi
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  systemctl --no-pager --plain list-units 'wsproxy-loadkit-*'; exit $?
+  systemctl --no-pager --plain list-units {units}; exit $?
 fi
 echo "no $f and no systemd: nothing deployed here"; exit 3
 """
 
 def supervisor_status(c: Any) -> str:
-    res = c.run(_SUPERVISOR.format(root=c.inventory_host.kit_root), hide=True, warn=True)
+    h = c.inventory_host
+    res = c.run(_SUPERVISOR.format(conf=shlex.quote(h.supervisord_conf),
+                                   units=shlex.quote(f"{h.vars['kit_unit_prefix']}*")), hide=True, warn=True)
     if res.exited not in (0,):
         raise RuntimeError(f"process supervisor reports problems (exit {res.exited}):\n{res.stdout.strip()}")
     return res.stdout.strip()

@@ -46,6 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisError
 from werkzeug.exceptions import HTTPException
 
+from kit import contract
 from kit.auth import issue_token
 from kit.config import SimSettings
 
@@ -162,7 +163,7 @@ def _error(status: int, code: str, detail: str) -> Response:
 
 
 def _session_key(session_id: str) -> str:
-    return f"session:{session_id}"
+    return contract.session_key(session_id)
 
 
 def create_app(settings: SimSettings) -> Quart:
@@ -318,7 +319,7 @@ def create_app(settings: SimSettings) -> Quart:
         state.sessions_closed += 1
         return _json({"session_id": session_id, "status": "closed"}, 200)
 
-    @app.get("/health")
+    @app.get(contract.health_path())
     async def health() -> Response:
         try:
             await asyncio.wait_for(state.redis.ping(), _HEALTH_TIMEOUT_S)

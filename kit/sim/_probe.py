@@ -39,9 +39,9 @@ def redis_location(redis_url: str) -> str:
     if parts.scheme == "unix":
         return parts.path
     try:
-        port = parts.port or 6379
+        port = parts.port or 6379  # the redis:// scheme's default, not the kit's port
     except ValueError:
-        port = 6379
+        port = 6379  # the redis:// scheme's default, not the kit's port
     host = parts.hostname or "localhost"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import orjson
 
+from kit import contract
+
 __all__ = [
     "split_tokens",
     "encode_tokens",
@@ -82,8 +84,8 @@ def due_offsets(
 
 
 def channel_name(session_id: str) -> bytes:
-    """The Redis channel a session's down messages go to."""
-    return b"session:%s:down" % session_id.encode()
+    """The Redis channel a session's down messages go to (the contract's kit_pubsub_channel)."""
+    return contract.pubsub_channel(session_id)
 
 
 def token_message(query_id: bytes, seq: int, ts_ns: int, text_json: bytes) -> bytes:

@@ -85,7 +85,7 @@ def parse_redis_url(url: str) -> RedisAddress:
     """``redis://[[user]:password@]host[:port][/db]``; the db does not matter to pub/sub."""
     try:
         parts = urllib.parse.urlsplit(url)
-        port = parts.port or 6379
+        port = parts.port or 6379  # the redis:// scheme's default, not the kit's port
     except ValueError:
         raise ConfigError("REDIS_URL is not a valid URL: use redis://[user]:password@host:port/db") from None
     if parts.scheme != "redis":

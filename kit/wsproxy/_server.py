@@ -37,6 +37,7 @@ import struct
 from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from kit import contract
 from kit.auth import AuthError, bearer_token, verify_token
 from kit.config import WsproxySettings
 
@@ -260,7 +261,7 @@ class _Forwarder:
                 status=400)
 
         assert self.pool is not None
-        channel = f"session:{session_id}:down".encode()
+        channel = contract.pubsub_channel(session_id)
         client = _Client(self)
         try:
             try:
@@ -335,7 +336,7 @@ def create_app(settings: WsproxySettings) -> web.Application:
     fwd = _Forwarder(settings, parse_redis_url(settings.redis_url))
     app = web.Application()
     app[_APP_STATE] = fwd
-    app.router.add_get("/health", fwd.handle_health)
+    app.router.add_get(contract.health_path(), fwd.handle_health)
     app.router.add_get("/stats", fwd.handle_stats)
     app.router.add_get("/{agent_id}/ws/{session_id}", fwd.handle_ws)
     app.on_startup.append(fwd.on_startup)

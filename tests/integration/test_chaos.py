@@ -88,7 +88,7 @@ def supervised(tmp_path):
 
 def _inventory(tmp: Path, root: Path, ports: dict) -> Path:
     node = {"ansible_connection": "local", "ansible_host": "127.0.0.1", "kit_root": str(root),
-            "kit_venv": str(VENV), "ansible_python_interpreter": str(VENV / "bin" / "python"),
+            "kit_venv_dir": str(VENV), "ansible_python_interpreter": str(VENV / "bin" / "python"),
             "haproxy_http_port": ports["sim"], "haproxy_ws_port": ports["wsproxy"],
             "haproxy_stats_port": ports["stats"], "redis_port": ports["redis"], "sim_port": ports["sim"],
             "wsproxy_base_port": ports["wsproxy"]}

@@ -24,8 +24,9 @@ import psutil
 import pytest
 import redis
 import trio
-import yaml
 from trio_websocket import open_websocket_url
+
+from kit import contract
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -43,8 +44,7 @@ pytestmark = [pytest.mark.timeout(900)]
 
 
 def _sysctl_keys() -> list[str]:
-    spec = yaml.safe_load((REPO / "playbooks/roles/tuning/defaults/main.yml").read_text())["tuning_sysctl"]
-    return [s["name"] for s in spec]
+    return list(contract.sysctls())  # the tuning role's tuning_sysctl default
 
 
 def _read_sysctls() -> dict[str, str | None]:
@@ -382,6 +382,45 @@ def test_sum_of_component_cpu_is_within_15_percent_of_kit_cpu_measured_from_proc
     assert abs(measured - independent) <= 0.15 * independent
     assert components["wsproxy"]["processes"] >= 2 and components["client"]["us_per_token"] > 0
     assert summary["bottleneck"]["component"] in components
+
+
+def test_a_users_wsproxy_build_deploys_through_wsproxy_artifact_and_the_run_records_it(deployed, tmp_path):
+    """The pluggable wsproxy: a single-file build given as wsproxy_artifact replaces the reference one,
+    a run against it passes, and the run records which build it measured (kind, checksum)."""
+    import hashlib
+
+    from kit.run._run import RunOptions, execute
+    artifact = tmp_path / "my-wsproxy"
+    artifact.write_text("#!/bin/sh\n# a user's wsproxy build, 1.0 (here: the reference one behind a wrapper)\n"
+                        f"exec {KIT_ROOT}/venv/bin/python -m kit.wsproxy \"$@\"\n")
+    artifact.chmod(0o755)
+    digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    # an inventory beside local.yml (same group_vars) whose wsproxy host names the artifact
+    inv = REPO / "inventory" / f".artifact-test-{os.getpid()}.yml"
+    text = INVENTORY.read_text().replace("      ansible_python_interpreter: /usr/bin/python3\n",
+                                         "      ansible_python_interpreter: /usr/bin/python3\n"
+                                         f"      wsproxy_artifact: {artifact}\n", 1)
+    assert str(artifact) in text
+    inv.write_text(text)
+    ansible = deployed["ansible"]
+    try:
+        res = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / "wsproxy.yml"),
+                              "-e", json.dumps(ansible.extra_vars)], capture_output=True, text=True,
+                             timeout=PLAYBOOK_TIMEOUT, cwd=REPO, env=ansible.env, stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stdout[-4000:]
+        conf = (KIT_ROOT / "supervisor" / "conf.d" / "wsproxy-0.conf").read_text()
+        assert f"{KIT_ROOT}/bin/wsproxy-artifact" in conf
+        rc = execute(RunOptions(inventory=inv, clients=20, queries=1, ramp=20.0, max_duration=120,
+                                results_dir=tmp_path, run_id="artifact", live=False), out=lambda line: None)
+        summary = json.loads((tmp_path / "artifact" / "summary.json").read_text())
+        assert rc == 0 and summary["success_rate"] == 100.0, summary.get("run", {}).get("partial_reasons")
+        build = json.dumps(summary["run"]["build"])
+        assert "artifact" in build and digest in build, build
+    finally:
+        inv.unlink(missing_ok=True)
+        res, _, _ = ansible.run("wsproxy.yml")  # back to the reference wsproxy for the tests after this one
+        assert res.returncode == 0, res.stdout[-4000:]
+    assert f"{KIT_ROOT}/bin/wsproxy-artifact" not in (KIT_ROOT / "supervisor" / "conf.d" / "wsproxy-0.conf").read_text()
 
 
 def test_scaling_wsproxy_down_removes_the_extra_instance(deployed):

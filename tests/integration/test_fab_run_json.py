@@ -35,7 +35,7 @@ def inventory(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fabjson")
     with local_stack(tmp / "stack", sim_env={"TOKEN_DELAY_MS": 5}) as stack:
         venv = REPO / ".venv"
-        host = {"ansible_connection": "local", "kit_root": str(tmp / "root"), "kit_venv": str(venv),
+        host = {"ansible_connection": "local", "kit_root": str(tmp / "root"), "kit_venv_dir": str(venv),
                 "ansible_python_interpreter": str(venv / "bin" / "python"),
                 "haproxy_http_port": stack.sim_port, "haproxy_ws_port": stack.wsproxy_port,
                 "haproxy_stats_port": free_port(), "redis_port": stack.redis.port, "sim_port": stack.sim_port,

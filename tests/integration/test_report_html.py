@@ -50,7 +50,7 @@ def local_inventory(tmp: Path, stack: Stack) -> Path:
                    + "  *) echo 'ERROR (no such process)'; exit 1 ;;\nesac\n")
     ctl.chmod(0o755)
     venv = REPO / ".venv"
-    host = {"ansible_connection": "local", "kit_root": str(root), "kit_venv": str(venv),
+    host = {"ansible_connection": "local", "kit_root": str(root), "kit_venv_dir": str(venv),
             "ansible_python_interpreter": str(venv / "bin" / "python"), "kit_service_supervisorctl_bin": str(ctl),
             "haproxy_http_port": stack.sim_port, "haproxy_ws_port": stack.wsproxy_port,
             "haproxy_stats_port": free_port(), "redis_port": stack.redis.port, "sim_port": stack.sim_port,

@@ -65,7 +65,7 @@ def chaos_lab(need_root, tmp_path_factory):
 def _inventory(tmp: Path, cfg: LabConfig, ports: dict) -> Path:
     lab = yaml.safe_load(cfg.inventory_path.read_text())["all"]
     h1, h2 = cfg.host_name(1), cfg.host_name(2)
-    hosts = {n: {**hv, "kit_root": str(tmp / "roots" / n), "kit_venv": str(VENV)} for n, hv in lab["hosts"].items()}
+    hosts = {n: {**hv, "kit_root": str(tmp / "roots" / n), "kit_venv_dir": str(VENV)} for n, hv in lab["hosts"].items()}
     hosts[h1] |= {"haproxy_http_port": ports["sim"], "haproxy_ws_port": ports["wsproxy"],
                   "haproxy_stats_port": ports["stats"], "redis_port": ports["redis"], "sim_port": ports["sim"],
                   "wsproxy_base_port": ports["wsproxy"]}

@@ -58,9 +58,9 @@ def _inventory(tmp: Path, cfg, addr: str, ports: dict, venvs: dict[str, Path]) -
     lab = yaml.safe_load(cfg.inventory_path.read_text())["all"]
     hosts = {}
     for name, hv in lab["hosts"].items():
-        hosts[name] = {**hv, "kit_root": str(tmp / "roots" / name), "kit_venv": str(venvs.get(name, VENV))}
+        hosts[name] = {**hv, "kit_root": str(tmp / "roots" / name), "kit_venv_dir": str(venvs.get(name, VENV))}
     hosts["controller"] = {"ansible_connection": "local", "ansible_host": addr, "kit_root": str(tmp / "roots" / "ctl"),
-                           "kit_venv": str(VENV), "ansible_python_interpreter": str(VENV / "bin" / "python"),
+                           "kit_venv_dir": str(VENV), "ansible_python_interpreter": str(VENV / "bin" / "python"),
                            "haproxy_http_port": ports["sim"], "haproxy_ws_port": ports["wsproxy"],
                            "haproxy_stats_port": free_port(addr), "redis_port": ports["redis"],
                            "sim_port": ports["sim"], "wsproxy_base_port": ports["wsproxy"]}

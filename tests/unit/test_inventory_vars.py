@@ -12,43 +12,9 @@ import pytest
 import yaml
 
 from kit import wheelhouse
-from kit.config import DEFAULT_PORTS
 
 REPO = Path(__file__).resolve().parents[2]
-GROUP_VARS = REPO / "inventory" / "group_vars"
 ANSIBLE_INVENTORY = Path(sys.executable).parent / "ansible-inventory"
-
-#: inventory variable -> kit.config.DEFAULT_PORTS key
-PORT_VARS = {
-    "redis_port": "redis",
-    "sim_port": "sim",
-    "wsproxy_base_port": "wsproxy",
-    "haproxy_http_port": "haproxy_http",
-    "haproxy_ws_port": "haproxy_ws",
-    "haproxy_stats_port": "haproxy_stats",
-}
-
-
-def _all_vars() -> dict:
-    return yaml.safe_load((GROUP_VARS / "all.yml").read_text())
-
-
-def test_group_vars_ports_equal_kit_config_default_ports():
-    all_vars = _all_vars()
-    assert {var: all_vars[var] for var in PORT_VARS} == {var: DEFAULT_PORTS[key] for var, key in PORT_VARS.items()}
-
-
-def test_every_role_group_has_a_group_vars_file():
-    for group in ("redis", "haproxy", "wsproxy", "sim", "generators"):
-        assert (GROUP_VARS / f"{group}.yml").is_file(), group
-
-
-def test_kit_ports_lie_below_the_ephemeral_range_the_tuning_role_sets():
-    defaults = yaml.safe_load((REPO / "playbooks/roles/tuning/defaults/main.yml").read_text())
-    low = int(next(s for s in defaults["tuning_sysctl"] if s["name"] == "net.ipv4.ip_local_port_range")["value"].split()[0])
-    wsproxy_vars = yaml.safe_load((GROUP_VARS / "wsproxy.yml").read_text())
-    highest_wsproxy = DEFAULT_PORTS["wsproxy"] + wsproxy_vars["wsproxy_instances_per_host"] - 1
-    assert max(list(DEFAULT_PORTS.values()) + [highest_wsproxy]) < low
 
 
 @pytest.mark.parametrize("name", ["local.yml", "example-multihost.yml"])
@@ -115,8 +81,9 @@ def test_host_requirements_name_a_root_missing_from_the_lock():
 def test_real_lock_gives_hosts_the_services_but_not_ansible_fabric_or_dev_tools():
     lock = wheelhouse.parse_lock((REPO / "requirements.lock").read_text())
     names = {e.name for e in wheelhouse.host_requirements(lock, wheelhouse.project_dependencies(REPO / "pyproject.toml"))}
-    assert {"quart", "granian", "aiohttp", "redis", "hiredis", "trio", "trio-websocket", "httpx", "pyjwt"} <= names
-    assert names.isdisjoint({"ansible-core", "fabric", "paramiko", "ansible-lint", "pytest", "pyyaml", "cryptography"})
+    assert {"quart", "granian", "aiohttp", "redis", "hiredis", "trio", "trio-websocket", "httpx", "pyjwt",
+            "pyyaml"} <= names
+    assert names.isdisjoint({"ansible-core", "fabric", "paramiko", "ansible-lint", "pytest", "cryptography"})
 
 
 def test_kit_wheel_is_byte_for_byte_reproducible(tmp_path):
@@ -126,6 +93,8 @@ def test_kit_wheel_is_byte_for_byte_reproducible(tmp_path):
     with zipfile.ZipFile(a) as zf:
         names = zf.namelist()
         assert "kit/config.py" in names and not any("__pycache__" in n for n in names)
+        # the contract travels as a file of its own (the link resolved), read by kit.contract on hosts
+        assert zf.read("kit/contract.yml") == (REPO / "playbooks/group_vars/all/contract.yml").read_bytes()
         record = zf.read(next(n for n in names if n.endswith("dist-info/RECORD"))).decode()
         assert "kit/config.py,sha256=" in record
 

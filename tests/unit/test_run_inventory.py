@@ -53,7 +53,7 @@ def test_the_local_inventory_puts_every_group_on_this_machine():
 def test_templated_variables_are_rendered_per_host():
     data = {
         "_meta": {"hostvars": {
-            "a": {"kit_root": "/srv/kit/{{ inventory_hostname }}", "kit_venv": "{{ kit_root }}/venv"},
+            "a": {"kit_root": "/srv/kit/{{ inventory_hostname }}", "kit_venv_dir": "{{ kit_root }}/venv"},
             "b": {"ansible_connection": "local"},
         }},
         "all": {"children": ["ungrouped", "generators"]},

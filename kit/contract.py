@@ -1,0 +1,96 @@
+"""The facts the playbooks and the Python kit share, read from their one definition.
+
+They are written once, in ``playbooks/group_vars/all/contract.yml`` (Ansible loads it for every
+play; ``kit/contract.yml`` links to it, so the wheel installed on hosts carries it).  This module
+is its only reader on the Python side: a port, path, user, reserve, bound or name the kit needs is
+taken from here, never written again.  Values that are Ansible templates (``kit_root`` and the
+paths under it) are per host: :mod:`kit.inventory` renders them with the host's variables.
+
+Reading is lazy (nothing happens on import) and done once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["CONTRACT_PATH", "contract", "ports", "groups", "bounds", "jwt_algorithms", "fd_reserve",
+           "pubsub_channel", "session_key", "run_id", "sysctls", "secret_files", "health_path"]
+
+CONTRACT_PATH = Path(__file__).resolve().parent / "contract.yml"
+
+
+@functools.cache
+def contract() -> dict[str, Any]:
+    """Every variable of the contract file, as YAML gives it (templates left as strings)."""
+    with open(CONTRACT_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def ports() -> dict[str, int]:
+    """The kit's listening ports by service: redis, sim, wsproxy (the first instance's), haproxy_*."""
+    c = contract()
+    return {"redis": c["redis_port"], "sim": c["sim_port"], "wsproxy": c["wsproxy_base_port"],
+            "haproxy_http": c["haproxy_http_port"], "haproxy_ws": c["haproxy_ws_port"],
+            "haproxy_stats": c["haproxy_stats_port"]}
+
+
+def groups() -> tuple[str, ...]:
+    """The inventory groups, one per role, in deployment order."""
+    return tuple(contract()["kit_groups"])
+
+
+def bounds(name: str) -> tuple[int, int]:
+    """Inclusive ``(min, max)`` of a whole-number setting (``port``, ``sim_workers``, ...)."""
+    b = contract()["kit_bounds"][name]
+    return int(b["min"]), int(b["max"])
+
+
+def health_path() -> str:
+    """Where sim and wsproxy answer 200 when ready."""
+    return str(contract()["kit_health_path"])
+
+
+def jwt_algorithms() -> tuple[str, ...]:
+    return tuple(contract()["kit_jwt_algorithms"])
+
+
+def fd_reserve() -> int:
+    """Descriptors a proxy or generator process keeps besides its sessions (2 each)."""
+    return int(contract()["kit_fd_reserve"])
+
+
+@functools.cache
+def _channel_format() -> bytes:
+    return contract()["kit_pubsub_channel"].replace("{id}", "%s").encode()
+
+
+def pubsub_channel(session_id: str) -> bytes:
+    """The Redis pub/sub channel of *session_id*'s down messages."""
+    return _channel_format() % session_id.encode()
+
+
+def session_key(session_id: str) -> str:
+    """The Redis key of *session_id*'s state."""
+    return contract()["kit_session_key"].replace("{id}", session_id)
+
+
+def run_id(clients: int, now: float | None = None) -> str:
+    """A run id: the start time (local) and the total number of clients."""
+    fmt = contract()["kit_run_id_format"].replace("{clients}", str(int(clients)))
+    return time.strftime(fmt, time.localtime(now))
+
+
+def sysctls(*, netns_only: bool = False) -> dict[str, str]:
+    """Kernel settings the kit wants (name -> value as sysctl takes it); *netns_only*: only those a
+    network namespace has of its own (what the lab sets in each of its hosts)."""
+    return {s["name"]: str(s["value"]) for s in contract()["kit_sysctl"] if s["netns"] or not netns_only}
+
+
+def secret_files() -> tuple[str, ...]:
+    """Names of the secret files preflight generates in the controller's ``.secrets/``."""
+    return tuple(contract()["kit_secrets"])
