@@ -210,6 +210,16 @@ def analyze(c, run):
     "duration": "open model: seconds of arrivals",
     "think_time": "seconds a session waits between its queries (default 0)",
     "query_timeout": "seconds a query may take to its done message before it counts as failed (default 60)",
+    "tokens": "tokens in each answer, sent with each /run (default the simulator's whole response text)",
+    "token_delay": "ms between tokens, sent with each /run (default the simulator's TOKEN_DELAY_MS)",
+    "ttft": "ms to the first token, sent with each /run (default the simulator's TTFT_MS)",
+    "token_jitter": "ms of uniform jitter per token, sent with each /run (default TOKEN_JITTER_MS)",
+    "max_reconnect_attempts": "reconnects a session tries after its WebSocket is lost (client default 5)",
+    "initial_backoff": "seconds before the first reconnect, doubling per attempt (client default 1)",
+    "max_backoff": "cap of the reconnect backoff in seconds (client default 30)",
+    "workload": "workload file (YAML): weighted classes of sessions overriding the workload options "
+                "(README 'Workload')",
+    "workload_seed": "seed of each session's class draw (default the file's seed, else random)",
     "threshold": "pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', 'lost==0'",
     "preset": "smoke | standard | load | stress | soak (the seed's scenarios)",
     "max_duration": "hard bound on the run in seconds (default 600); a generator past it + 30 s is stopped",
@@ -225,7 +235,9 @@ def analyze(c, run):
 @_cli
 def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, arrival_rate=None, duration=None,
         threshold=None, preset=None, max_duration=None, run_id=None, quiet=False, skip_health=False,
-        think_time=None, query_timeout=None, chaos=None, json=False):
+        think_time=None, query_timeout=None, chaos=None, json=False, tokens=None, token_delay=None, ttft=None,
+        token_jitter=None, max_reconnect_attempts=None, initial_backoff=None, max_backoff=None, workload=None,
+        workload_seed=None):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     import contextlib
     import json as jsonlib
@@ -240,7 +252,13 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         thresholds=[parse_threshold(t) for t in (threshold or [])],
         max_duration=_num(float, "max-duration", max_duration, default=600.0), run_id=run_id or None,
         live=not quiet, skip_health=skip_health, think_time=_num(float, "think-time", think_time),
-        query_timeout=_num(float, "query-timeout", query_timeout), chaos=list(chaos or []))
+        query_timeout=_num(float, "query-timeout", query_timeout), chaos=list(chaos or []),
+        tokens=_num(int, "tokens", tokens), token_delay_ms=_num(float, "token-delay", token_delay),
+        ttft_ms=_num(float, "ttft", ttft), token_jitter_ms=_num(float, "token-jitter", token_jitter),
+        max_reconnect_attempts=_num(int, "max-reconnect-attempts", max_reconnect_attempts),
+        initial_backoff=_num(float, "initial-backoff", initial_backoff),
+        max_backoff=_num(float, "max-backoff", max_backoff),
+        workload=Path(workload) if workload else None, workload_seed=_num(int, "workload-seed", workload_seed, 0))
     # --json: stdout carries the one JSON document; every human line (and any stray print) goes to stderr
     stdout = sys.stdout
     view = live_view(sys.stderr if json else sys.stdout)

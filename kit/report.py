@@ -23,7 +23,7 @@ from typing import Any
 from kit._charts import assets_html, charts_html, load_run, run_chart_specs
 
 __all__ = ["kit_measured_itself", "write_report", "render_text", "render_html", "host_metrics", "component_rows",
-           "bottleneck_line", "event_lines"]
+           "bottleneck_line", "event_lines", "workload_lines"]
 
 #: the cost table's columns: (heading, entry key, format)
 COMPONENT_COLUMNS = (("component", "component", "{}"), ("host", "host", "{}"), ("CPU-s", "cpu_s", "{:.2f}"),
@@ -132,6 +132,30 @@ def event_lines(summary: dict[str, Any]) -> list[str]:
     return out
 
 
+#: the workload's columns (report.html): (heading, effective key, format)
+WORKLOAD_COLUMNS = (("tokens", "tokens", "{}"), ("token delay ms", "token_delay_ms", "{:g}"),
+                    ("TTFT ms", "ttft_ms", "{:g}"), ("jitter ms", "token_jitter_ms", "{:g}"),
+                    ("think s", "think_time_s", "{:g}"), ("query timeout s", "query_timeout_s", "{:g}"),
+                    ("queries", "queries", "{}"))
+
+
+def workload_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per workload class: its share, sessions and the effective workload it ran."""
+    w = summary.get("workload") or {}
+    out = []
+    for name, c in (w.get("classes") or {}).items():
+        e = c.get("effective") or {}
+        share = f" ({_f(c.get('share'), '{:.0%}')} by weight)" if len(w["classes"]) > 1 else ""
+        out.append(f"Workload      {name}{share}: {c.get('sessions', 0)} sessions, {_f(e.get('tokens'), '{}')} tokens "
+                   f"every {_f(e.get('token_delay_ms'), '{:g}')} ms after a TTFT of {_f(e.get('ttft_ms'), '{:g}')} ms "
+                   f"(jitter {_f(e.get('token_jitter_ms'), '{:g}')} ms), {_f(e.get('queries'), '{}')} queries, think "
+                   f"{_f(e.get('think_time_s'), '{:g}')} s" + ("" if c.get("simulator_answered", True)
+                                                              else "  (no /run answered: the simulator's values unknown)"))
+    if w.get("source"):
+        out.append(f"Workload file {w['source']} (seed {w.get('seed')})")
+    return out
+
+
 def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> str:
     run = summary.get("run", {})
     lat = summary.get("latency_ms", {})
@@ -157,6 +181,7 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
         f"Reconnects    {summary.get('total_reconnect_attempts', 0)} attempts, "
         f"{summary.get('total_successful_reconnects', 0)} ok, {summary.get('sessions_with_reconnects', 0)} sessions",
     ]
+    lines += workload_lines(summary)
     gen = summary.get("generator", {})
     if gen:
         lines.append(f"Generators    {gen.get('processes', 0)} processes on {', '.join(gen.get('hosts', []))}; "
@@ -236,6 +261,12 @@ def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timel
     charts = "".join(f"<h3>{e(f)}</h3>{_svg_series(series(f))}" for f in
                      ("active_sessions", "queries_done", "tokens", "errors", "reconnect_attempts") if timeline and f in timeline[0])
     run = summary.get("run", {})
+    wl = (summary.get("workload") or {}).get("classes") or {}
+    workload = ("<table><tr><th>class</th><th>weight</th><th>sessions</th>" + "".join(
+        f"<th>{e(h)}</th>" for h, _, _ in WORKLOAD_COLUMNS) + "</tr>" + "".join(
+        f"<tr><th>{e(n)}</th><td>{_f(c.get('weight'), '{:g}')}</td><td>{_f(c.get('sessions'), '{}')}</td>" + "".join(
+            f"<td>{e(_f((c.get('effective') or {}).get(k), fmt))}</td>" for _, k, fmt in WORKLOAD_COLUMNS) + "</tr>"
+        for n, c in wl.items()) + "</table>") if wl else "<em>not recorded</em>"
     comp_rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in component_rows(summary))
     neck = bottleneck_line(summary)
     components = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h, _, _ in COMPONENT_COLUMNS) + f"</tr>{comp_rows}"
@@ -252,6 +283,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} pre{{background:
 <h1>Run {e(str(run.get('run_id', '')))}</h1>
 {'<p class="partial">PARTIAL RUN: ' + e('; '.join(run.get('partial_reasons', []))) + '</p>' if summary.get('partial') else ''}
 <h2>Summary</h2><pre>{e(text)}</pre>
+<h2>Workload</h2>{workload}
 <h2>Latency histograms (ms)</h2>
 <table><tr><th></th><th>count</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>p99.9</th><th>min</th>
 <th>max</th><th>avg</th></tr>{''.join(rows)}</table>

@@ -31,12 +31,15 @@ import dataclasses
 import json
 import logging
 import platform
+import random
 import shlex
+import shutil
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
+import zlib
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import kit
@@ -110,6 +113,19 @@ class RunOptions:
     query_timeout: float | None = None
     #: faults during the run (``ACTION:TARGET@AT[+FOR][=ARG]``, see :mod:`kit.run._chaos`)
     chaos: list[str] = dataclasses.field(default_factory=list)
+    #: the workload each /run asks for (None: the simulator's deployed value; bounds: kit.sim._body)
+    tokens: int | None = None
+    token_delay_ms: float | None = None
+    ttft_ms: float | None = None
+    token_jitter_ms: float | None = None
+    #: the client's reconnects (None: its defaults, WS_MAX_RECONNECT_ATTEMPTS and the backoffs)
+    max_reconnect_attempts: int | None = None
+    initial_backoff: float | None = None
+    max_backoff: float | None = None
+    #: a workload file (weighted classes of sessions, kit.client._workload), copied to every generator
+    workload: Path | None = None
+    #: seed of the class draw (default the file's, else random); generator g draws with seed + crc32(g)
+    workload_seed: int | None = None
 
     def resolve(self) -> None:
         """Apply the preset under explicit options and check the load shape."""
@@ -140,10 +156,36 @@ class RunOptions:
         if self.query_timeout is not None and not 0.001 <= self.query_timeout <= self.max_duration:
             raise RunError(f"--query-timeout {self.query_timeout:g}: give seconds a query may take, "
                            f"0.001 to --max-duration ({self.max_duration:g})")
+        self._resolve_workload()
         for spec in self.chaos_specs():
             if spec.at_s + spec.for_s > self.max_duration:
                 raise RunError(f"--chaos {spec.text!r}: ends at {spec.at_s + spec.for_s:g} s, after "
                                f"--max-duration {self.max_duration:g}")
+
+    def _resolve_workload(self) -> None:
+        from kit.client._workload import WorkloadError, check_option, load_workload
+
+        for key, opt in (("tokens", "--tokens"), ("token_delay_ms", "--token-delay"), ("ttft_ms", "--ttft"),
+                         ("token_jitter_ms", "--token-jitter")):
+            v = getattr(self, key)
+            problem = None if v is None else check_option(key, v, f"{opt} {v:g}")
+            if problem:
+                raise RunError(problem)
+        if self.max_reconnect_attempts is not None and self.max_reconnect_attempts < 0:
+            raise RunError(f"--max-reconnect-attempts {self.max_reconnect_attempts}: give 0 or more")
+        for opt, v in (("--initial-backoff", self.initial_backoff), ("--max-backoff", self.max_backoff)):
+            if v is not None and not 0 <= v <= self.max_duration:
+                raise RunError(f"{opt} {v:g}: give seconds from 0 to --max-duration ({self.max_duration:g})")
+        if self.initial_backoff is not None and self.max_backoff is not None and self.max_backoff < self.initial_backoff:
+            raise RunError(f"--max-backoff {self.max_backoff:g} is below --initial-backoff {self.initial_backoff:g}: "
+                           "raise the cap")
+        if self.workload is not None:
+            try:
+                wl = load_workload(self.workload)
+            except WorkloadError as exc:
+                raise RunError(str(exc)) from None
+            if self.workload_seed is None:
+                self.workload_seed = wl.seed if wl.seed is not None else random.randrange(2**31)
 
     def chaos_specs(self) -> list[ChaosSpec]:
         """The parsed ``--chaos`` specs; RunError (one line) for a bad one."""
@@ -251,7 +293,22 @@ def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, ou
         argv += ["--query-timeout", f"{opts.query_timeout:g}"]
     if slot.arrival_rate is not None:
         argv += ["--arrival-rate", f"{slot.arrival_rate:.6g}", "--duration", f"{opts.duration:g}"]
+    for flag, v in (("--tokens", opts.tokens), ("--token-delay", opts.token_delay_ms), ("--ttft", opts.ttft_ms),
+                    ("--token-jitter", opts.token_jitter_ms), ("--max-reconnect-attempts", opts.max_reconnect_attempts),
+                    ("--initial-backoff", opts.initial_backoff), ("--max-backoff", opts.max_backoff)):
+        if v is not None:
+            argv += [flag, f"{v:g}"]
+    if opts.workload is not None:
+        # the file is copied beside the generator's output (_phase_launch); each generator draws its own
+        # sessions' classes, so each gets its own seed (the same sessions would draw alike otherwise)
+        argv += ["--workload", str(workload_path(out_dir)),
+                 "--workload-seed", str(((opts.workload_seed or 0) + zlib.crc32(slot.label.encode())) % 2**31)]
     return argv
+
+
+def workload_path(out_dir: str) -> PurePosixPath:
+    """Where a generator's copy of the workload file goes: beside its output folder."""
+    return PurePosixPath(out_dir).parent / "workload.yml"
 
 
 
@@ -480,6 +537,9 @@ def _phase_launch(run: Run) -> None:
             g = run.gens[label]
             g.argv = _client_argv(c.inventory_host, g.slot, opts, inv.hosts[g.slot.haproxy], f"{g.dir}/out",
                                   g.start_at, run.run_id, run.pre["facts"][host].get("kit_client"))
+            if opts.workload is not None:  # the generator reads the file the controller checked
+                c.run(f"mkdir -p {shlex.quote(g.dir)}", timeout=ops.CMD_TIMEOUT)
+                c.put(str(opts.workload), str(workload_path(f"{g.dir}/out")))
             g.pid = ops.start_job(c, g.dir, g.argv)
             pids.append(g.pid)
             c.run(f"echo 'client {g.pid}' >> {shlex.quote(_procs_file(run, host))}", timeout=ops.CMD_TIMEOUT)
@@ -693,6 +753,7 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         "inventory": run.inv.describe(),
     }
     summary["run"] = run_rec
+    _record_workload(run, summary)
     summary["partial"] = run_rec["partial"]
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (run.run_dir / "run.json").write_text(json.dumps(run_rec, indent=2, default=str) + "\n")
@@ -714,6 +775,22 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         run.on_result({"exit_status": rc, "outcome": outcome, "run_id": run.run_id, "results_dir": str(run.run_dir),
                        "tarball": str(tarball), "summary": summary})
     return rc
+
+
+def _record_workload(run: Run, summary: dict[str, Any]) -> None:
+    """The run's workload as the controller knows it: the file (copied beside the results) and the seed
+    every generator's derives from, in summary.json and meta.json (merged by kit.client)."""
+    opts, wl = run.opts, summary.get("workload")
+    if opts.workload is not None:
+        shutil.copyfile(opts.workload, run.run_dir / "workload.yml")
+        if wl:
+            wl.pop("sources", None)  # each generator's copy
+            wl.update(source=str(opts.workload), seed=opts.workload_seed, seed_per_generator="seed + crc32(label)")
+    try:
+        meta = json.loads((run.run_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    (run.run_dir / "meta.json").write_text(json.dumps({**meta, "workload": wl}, indent=2, default=str) + "\n")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -1,0 +1,71 @@
+"""fab run's workload and reconnect options: checked once in RunOptions.resolve, on every generator's argv."""
+
+from __future__ import annotations
+
+import pytest
+
+from kit.inventory import Host
+from kit.run._plan import GeneratorSlot
+from kit.run._run import RunError, RunOptions, _client_argv
+
+
+def _argv(label: str = "gen1", **opts):
+    o = RunOptions(clients=10, queries=3, **opts)
+    o.resolve()
+    gen = Host("gen1", {"kit_root": "/opt/k"})
+    lb = Host("lb1", {"ansible_host": "10.0.0.5", "haproxy_http_port": 8080, "haproxy_ws_port": 8081})
+    return o, _client_argv(gen, GeneratorSlot("gen1", "lb1", 2, 10, None, label), o, lb, "/r/gen-x/out", 1.0, "r1")
+
+
+def _value(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_the_workload_and_reconnect_options_reach_the_generators_argv():
+    _, argv = _argv(tokens=400, token_delay_ms=12.5, ttft_ms=300.0, token_jitter_ms=2.0, max_reconnect_attempts=0,
+                    initial_backoff=0.5, max_backoff=4.0)
+    assert [_value(argv, f) for f in ("--tokens", "--token-delay", "--ttft", "--token-jitter",
+                                      "--max-reconnect-attempts", "--initial-backoff", "--max-backoff")] == \
+        ["400", "12.5", "300", "2", "0", "0.5", "4"]
+
+
+def test_unset_options_leave_the_simulators_and_clients_defaults():
+    _, argv = _argv()
+    for flag in ("--tokens", "--token-delay", "--ttft", "--token-jitter", "--max-reconnect-attempts", "--workload"):
+        assert flag not in argv
+
+
+def test_a_workload_file_goes_beside_each_generators_output_with_a_seed_of_its_own(tmp_path):
+    wl = tmp_path / "mix.yml"
+    wl.write_text("seed: 5\nclasses:\n  a: {weight: 1, tokens: 3}\n  b: {weight: 1, tokens: 9}\n")
+    o, a = _argv("gen1", workload=wl)
+    _, b = _argv("gen2", workload=wl)
+    assert o.workload_seed == 5
+    assert _value(a, "--workload") == "/r/gen-x/workload.yml"
+    assert _value(a, "--workload-seed") != _value(b, "--workload-seed")
+    assert _argv("gen1", workload=wl)[1] == a  # the same seed draws alike
+
+
+@pytest.mark.parametrize("opts, says", [
+    ({"token_delay_ms": 70000.0}, "--token-delay 70000: 70000 is out of range: give from 0 to 60000"),
+    ({"ttft_ms": -1.0}, "--ttft -1: -1 is out of range"),
+    ({"tokens": 0}, "--tokens 0: 0 is out of range: give from 1 to 100000"),
+    ({"token_jitter_ms": 1e6}, "--token-jitter 1e+06: 1e+06 is out of range"),
+    ({"max_reconnect_attempts": -1}, "--max-reconnect-attempts -1: give 0 or more"),
+    ({"initial_backoff": 5.0, "max_backoff": 1.0}, "--max-backoff 1 is below --initial-backoff 5"),
+])
+def test_a_bad_workload_option_is_one_line_before_anything_runs(opts, says):
+    with pytest.raises(RunError) as info:
+        RunOptions(clients=10, **opts).resolve()
+    assert str(info.value).startswith(says) and "\n" not in str(info.value)
+
+
+def test_a_bad_workload_file_lists_every_problem(tmp_path):
+    wl = tmp_path / "w.yml"
+    wl.write_text("classes:\n  a: {weight: 0}\n  b: {weight: 1, speed: 3}\n")
+    with pytest.raises(RunError) as info:
+        RunOptions(clients=10, workload=wl).resolve()
+    assert str(info.value).splitlines() == [f"{wl}: class 'a': weight 0 is not a number > 0",
+                                            f"{wl}: class 'b': unknown key 'speed': use weight, tokens, "
+                                            "token_delay_ms, ttft_ms, token_jitter_ms, think_time_s, "
+                                            "query_timeout_s, queries"]
