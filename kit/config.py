@@ -298,6 +298,8 @@ class ClientSettings:
     ws_max_reconnect_attempts: int = 5
     ws_initial_backoff_seconds: float = 1.0
     ws_max_backoff_seconds: float = 30.0
+    #: PEM file of the CA the servers' TLS certificates are checked against (None: the system store)
+    ssl_ca_file: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ClientSettings":
@@ -318,4 +320,5 @@ class ClientSettings:
             ws_max_reconnect_attempts=env_int(env, "WS_MAX_RECONNECT_ATTEMPTS", default=5, minimum=0),
             ws_initial_backoff_seconds=initial,
             ws_max_backoff_seconds=cap,
+            ssl_ca_file=env.get("SSL_CA_FILE") or None,
         )

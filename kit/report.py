@@ -178,6 +178,10 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
         f"   inter-token p99 {_f(summary.get('inter_token_ms', {}).get('p99'))}   delivery p99 "
         f"{_f(summary.get('delivery_latency_ms', {}).get('p99'))}",
         f"Create/connect avg {_f(summary.get('avg_create_ms'))} / {_f(summary.get('avg_connect_ms'))} ms",
+        f"Connect (ms)  p50 TCP {_f((summary.get('connect_tcp_ms') or {}).get('p50'))}  TLS "
+        f"{_f((summary.get('connect_tls_ms') or {}).get('p50'))}  upgrade "
+        f"{_f((summary.get('connect_upgrade_ms') or {}).get('p50'))}   p99 TLS "
+        f"{_f((summary.get('connect_tls_ms') or {}).get('p99'))}",
         f"Reconnects    {summary.get('total_reconnect_attempts', 0)} attempts, "
         f"{summary.get('total_successful_reconnects', 0)} ok, {summary.get('sessions_with_reconnects', 0)} sessions",
     ]
@@ -240,7 +244,7 @@ def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timel
     e = html.escape
     rows = []
     for name in ("latency_ms", "service_latency_ms", "ttft_ms", "inter_token_ms", "delivery_latency_ms", "create_ms",
-                 "connect_ms"):
+                 "connect_ms", "connect_tcp_ms", "connect_tls_ms", "connect_upgrade_ms"):
         h = summary.get(name) or {}
         rows.append("<tr><th>" + e(name) + "</th>" + "".join(
             f"<td>{_f(h.get(k))}</td>" for k in ("count", "p50", "p90", "p95", "p99", "p99_9", "min", "max", "avg")) + "</tr>")

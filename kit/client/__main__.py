@@ -37,6 +37,7 @@ import argparse
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -129,6 +130,9 @@ def build_parser(env: ClientSettings) -> argparse.ArgumentParser:
     a("--http-timeout", type=_num(float, "--http-timeout", 0.001, "30"), default=30.0)
     a("--http-connections", type=_num(int, "--http-connections", 1, "64"), default=DEFAULT_MAX_CONNECTIONS,
       help="keep-alive HTTP connections per process for create/run/close (a wait for one is recorded)")
+    a("--ca-file", default=env.ssl_ca_file,
+      help="PEM file of the CA that signs the servers' certificates, for https:// and wss:// "
+           "(SSL_CA_FILE; default: the system store; certificates are always verified)")
     a("--seed", type=_num(int, "--seed", 0, "1"), default=None, help="random seed (jitter)")
     a("--no-preflight", action="store_true", help="skip the reachability check of both URLs")
     a("--exit-zero-on-failure", action="store_true",
@@ -153,6 +157,9 @@ def _check_url(value: str, schemes: tuple[str, ...], option: str, env: str) -> N
 def validate(args: argparse.Namespace) -> None:
     _check_url(args.api_url, ("http", "https"), "--api-url", "FASTAPI_URL")
     _check_url(args.ws_url, ("ws", "wss"), "--ws-url", "WSPROXY_URL")
+    if args.ca_file is not None and not os.access(args.ca_file, os.R_OK):
+        raise ConfigError(f"--ca-file / SSL_CA_FILE {args.ca_file}: cannot read it: pass the kit CA's PEM "
+                          "(fab run copies it from .secrets/)")
     if args.max_backoff < args.initial_backoff:
         raise ConfigError(f"--max-backoff / WS_MAX_BACKOFF_SECONDS = {args.max_backoff:g} is below "
                           f"--initial-backoff / WS_INITIAL_BACKOFF_SECONDS = {args.initial_backoff:g}: raise the cap")
@@ -180,8 +187,11 @@ def preflight(args: argparse.Namespace) -> None:
 
     url = args.api_url.rstrip("/") + contract.health_path()
     try:
-        r = httpx.get(url, timeout=5.0)
+        r = httpx.get(url, timeout=5.0, verify=_ssl_context(args))
     except httpx.HTTPError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise ConfigError(f"--api-url / FASTAPI_URL {args.api_url}: the server's certificate was refused ({exc}): "
+                              "pass the CA that signed it with --ca-file / SSL_CA_FILE") from None
         raise ConfigError(f"--api-url / FASTAPI_URL {args.api_url}: cannot reach it ({exc or type(exc).__name__}): "
                           "start the simulator (or HAProxy) there or point --api-url at it") from None
     if r.status_code != 200:
@@ -190,11 +200,21 @@ def preflight(args: argparse.Namespace) -> None:
     u = urlsplit(args.ws_url)
     port = u.port or (443 if u.scheme == "wss" else 80)
     try:
-        with socket.create_connection((u.hostname, port), timeout=5.0):
-            pass
+        with socket.create_connection((u.hostname, port), timeout=5.0) as sock:
+            if u.scheme == "wss":  # the certificate too: a refused one is bad configuration, not a load result
+                _ssl_context(args).wrap_socket(sock, server_hostname=u.hostname).close()
+    except ssl.SSLCertVerificationError as exc:
+        raise ConfigError(f"--ws-url / WSPROXY_URL {args.ws_url}: the server's certificate was refused "
+                          f"({exc.verify_message}): pass the CA that signed it with --ca-file / SSL_CA_FILE") from None
     except OSError as exc:
         raise ConfigError(f"--ws-url / WSPROXY_URL {args.ws_url}: cannot reach it ({exc.strerror or exc}): "
                           "start wsproxy (or HAProxy) there or point --ws-url at it") from None
+
+
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext:
+    from ._ws import client_ssl_context
+
+    return client_ssl_context(args.ca_file)
 
 
 def _child_argv(args: argparse.Namespace) -> list[str]:
@@ -211,7 +231,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
                    ("--max-duration", args.max_duration), ("--max-tokens", args.max_tokens), ("--seed", args.seed),
                    ("--token-delay", args.token_delay_ms), ("--ttft", args.ttft_ms),
                    ("--token-jitter", args.token_jitter_ms), ("--workload", args.workload),
-                   ("--workload-seed", args.workload_seed)):
+                   ("--workload-seed", args.workload_seed), ("--ca-file", args.ca_file)):
         if v is not None:
             out += [opt, repr(v) if isinstance(v, float) else str(v)]
     return out
@@ -300,7 +320,7 @@ def run_load(argv: list[str]) -> int:
         processes=processes, process_index=args.process_index, output_dir=output_dir,
         start_at=args.start_at, run_id=run_id, quiet=args.quiet, status_interval=args.status_interval,
         max_duration=args.max_duration, http_timeout=args.http_timeout, http_connections=args.http_connections,
-        seed=args.seed, workload=workload, workload_seed=args.workload_seed)
+        seed=args.seed, workload=workload, workload_seed=args.workload_seed, ca_file=args.ca_file)
     if processes > 1 and not child:
         summary = run_parent(cfg, _child_argv(args), meta)
     else:

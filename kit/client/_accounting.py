@@ -35,6 +35,9 @@ HISTOGRAMS = {
     "delivery": "token delivery latency: receive wall clock minus the message's ts",
     "create": "POST /session/create round trip",
     "connect": "WebSocket connect + upgrade",
+    "connect_tcp": "the TCP connect of the session's WebSocket (its successful attempt)",
+    "connect_tls": "the TLS handshake of the session's WebSocket (0 for ws://)",
+    "connect_upgrade": "the HTTP upgrade of the session's WebSocket, request to 101",
     "http_pool_wait": "time an HTTP request waited for a free keep-alive connection (client-side queue)",
     "start_lag": "how late a session started compared to its intended start (generator health)",
     "loop_lag": "trio event-loop lag samples (generator health)",
@@ -176,7 +179,7 @@ class SessionRecord:
     """One session's life: create, connect, reconnects, queries, close."""
 
     __slots__ = ("session_id", "index", "intended_ns", "start_ns", "create_us", "connect_us",
-                 "connect_attempts", "reconnect_attempts", "reconnects_ok", "queries_ok", "queries_failed",
+                 "tcp_us", "tls_us", "upgrade_us", "connect_attempts", "reconnect_attempts", "reconnects_ok", "queries_ok", "queries_failed",
                  "queries_skipped", "tokens", "errors", "status", "end_ns")
 
     def __init__(self, index: int, intended_ns: int, start_ns: int) -> None:
@@ -186,6 +189,10 @@ class SessionRecord:
         self.start_ns = start_ns
         self.create_us: int | None = None
         self.connect_us: int | None = None
+        #: the successful first connect split into TCP connect, TLS handshake (0 for ws://), upgrade
+        self.tcp_us: int | None = None
+        self.tls_us: int | None = None
+        self.upgrade_us: int | None = None
         self.connect_attempts = 0
         self.reconnect_attempts = 0
         self.reconnects_ok = 0
@@ -205,6 +212,9 @@ class SessionRecord:
             "started_at": f"{(self.start_ns + mono_to_wall_ns) / 1e9:.6f}",
             "create_ms": "" if self.create_us is None else f"{self.create_us / 1000:.3f}",
             "connect_ms": "" if self.connect_us is None else f"{self.connect_us / 1000:.3f}",
+            "tcp_ms": "" if self.tcp_us is None else f"{self.tcp_us / 1000:.3f}",
+            "tls_ms": "" if self.tls_us is None else f"{self.tls_us / 1000:.3f}",
+            "upgrade_ms": "" if self.upgrade_us is None else f"{self.upgrade_us / 1000:.3f}",
             "connect_attempts": self.connect_attempts,
             "reconnect_attempts": self.reconnect_attempts,
             "reconnects_ok": self.reconnects_ok,
@@ -270,6 +280,10 @@ class Recorder:
             self.hists["create"].record(s.create_us)
         if s.connect_us is not None:
             self.hists["connect"].record(s.connect_us)
+        if s.tcp_us is not None:
+            self.hists["connect_tcp"].record(s.tcp_us)
+            self.hists["connect_tls"].record(s.tls_us)
+            self.hists["connect_upgrade"].record(s.upgrade_us)
         self.sessions.append(s)
 
     _TIMELINE_SOURCES = {

@@ -72,6 +72,8 @@ def summary_table(s: Mapping[str, Any]) -> str:
             _f(s.get("delivery_latency_ms", {}).get("p99"), "{:.2f}")),
         f"Avg create time:        {_f(s.get('avg_create_ms'), '{:.2f}')} ms",
         f"Avg connect time:       {_f(s.get('avg_connect_ms'), '{:.2f}')} ms",
+        "  split p50:            TCP {}  TLS {}  upgrade {} ms".format(
+            *(_f((s.get(f"connect_{k}_ms") or {}).get("p50"), "{:.2f}") for k in ("tcp", "tls", "upgrade"))),
         "",
         f"Reconnect attempts:     {s.get('total_reconnect_attempts', 0)}",
         f"Successful reconnects:  {s.get('total_successful_reconnects', 0)}",

@@ -20,7 +20,9 @@ timings measure the server, not a queue in the client.
 
 The protocol subset: requests with ``Content-Length`` bodies; responses with
 ``Content-Length``, ``Transfer-Encoding: chunked`` or read-to-close bodies;
-``Connection: close`` honoured.  ``https://`` goes through ``trio.SSLStream``.
+``Connection: close`` honoured.  ``https://`` goes through ``trio.SSLStream`` with the pool's
+``ssl_context`` (:func:`~kit.client._ws.client_ssl_context`: a CA file or the system store); a
+refused server certificate is :class:`CertificateError`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from urllib.parse import urlsplit
 import orjson
 import trio
 
-from ._ws import _connect_socket, _send_all
+from ._ws import TLSError, _connect_socket, _send_all, open_tls
 
 __all__ = [
     "HttpPool",
@@ -43,6 +45,7 @@ __all__ = [
     "HTTPError",
     "ConnectError",
     "ConnectTimeout",
+    "CertificateError",
     "ReadTimeout",
     "RemoteProtocolError",
     "ReadError",
@@ -68,6 +71,10 @@ class HTTPError(Exception):
 
 class ConnectError(HTTPError):
     """The TCP (or TLS) connection could not be opened."""
+
+
+class CertificateError(ConnectError):
+    """The server's TLS certificate was refused (not signed by the trusted CA, wrong name, expired)."""
 
 
 class ConnectTimeout(ConnectError):
@@ -284,11 +291,14 @@ class HttpPool:
     async def _open(self) -> _Conn:
         try:
             if self.secure:
-                stream = await trio.open_ssl_over_tcp_stream(
-                    self.host, self.port, ssl_context=self._ssl or ssl.create_default_context())
-                conn = _Conn(None, stream)
+                tcp = await trio.open_tcp_stream(self.host, self.port)
+                conn = _Conn(None, await open_tls(tcp, self.host, self._ssl))
             else:
                 conn = _Conn(await _connect_socket(self.host, self.port), None)
+        except TLSError as exc:
+            if exc.certificate:
+                raise CertificateError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+            raise ConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
         except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
             raise ConnectError(f"cannot connect to {self.host}:{self.port}: {_describe(exc)}") from None
         self.connections_opened += 1

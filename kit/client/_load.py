@@ -47,6 +47,7 @@ from kit.metrics import Histogram
 from . import _console
 from ._accounting import Recorder
 from ._http import DEFAULT_MAX_CONNECTIONS, HttpPool
+from ._ws import client_ssl_context
 from ._hub import Hub
 from ._output import merge_outputs, write_json_atomic, write_outputs
 from ._session import Session, SessionConfig
@@ -102,6 +103,8 @@ class LoadConfig:
     #: workload_seed and its index (kit.client._workload.draw)
     workload: Workload = Workload()
     workload_seed: int = 0
+    #: PEM file of the CA that signs the servers' certificates (https://, wss://); None: the system store
+    ca_file: str | None = None
 
     @property
     def model(self) -> str:
@@ -204,8 +207,9 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
     plan = schedule(cfg.total_sessions, rate, cfg.process_index, cfg.processes)
     state: dict = {}
     proc = psutil.Process()
+    tls = client_ssl_context(cfg.ca_file)  # one per process, shared by HTTP and WebSocket
     http = HttpPool(cfg.session.api_url, max_connections=min(cfg.http_connections, max(1, len(plan))),
-                    timeout=cfg.http_timeout)
+                    timeout=cfg.http_timeout, ssl_context=tls)
     try:
         async with trio.open_nursery() as bg:
             hub = Hub() if Hub.available() else None
@@ -230,7 +234,7 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
                     def start(g: int, offset: float) -> None:
                         intended_ns = t0_ns + int(offset * 1e9)
                         sess = Session(workload.config_for(g), http, rec, g, intended_ns,
-                                       random.Random(rng.random()), hub, workload)
+                                       random.Random(rng.random()), hub, workload, ssl_context=tls)
                         sessions.start_soon(sess.run)
 
                     await start_on_schedule(plan, t0_trio, start)

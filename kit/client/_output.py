@@ -59,7 +59,7 @@ QUERY_FIELDS = ["session_id", "query_index", "query_id", "intended_at", "submit_
                 "service_latency_ms", "expected_tokens", "tokens", "lost", "duplicated", "out_of_order",
                 "status", "error"]
 SESSION_FIELDS = ["session_index", "session_id", "intended_at", "started_at", "create_ms", "connect_ms",
-                  "connect_attempts", "reconnect_attempts", "reconnects_ok", "queries_ok", "queries_failed",
+                  "tcp_ms", "tls_ms", "upgrade_ms", "connect_attempts", "reconnect_attempts", "reconnects_ok", "queries_ok", "queries_failed",
                   "queries_skipped", "tokens", "status", "errors"]
 TIMELINE_FIELDS = ["second", *Timeline.FIELDS]
 PERCENTILES = (10, 25, 50, 75, 90, 95, 99, 99.9)
@@ -253,6 +253,9 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
         "avg_connect_ms": _ms(hists["connect"].mean()),
         "create_ms": _hist_ms(hists["create"]),
         "connect_ms": _hist_ms(hists["connect"]),
+        # the connect split: TCP, TLS handshake (0 for ws://), HTTP upgrade (older results: empty)
+        **{f"{name}_ms": _hist_ms(hists.get(name) or Histogram("us"))
+           for name in ("connect_tcp", "connect_tls", "connect_upgrade")},
         # the client's own HTTP queue, kept out of create/TTFT (all connections of the pool busy)
         "http_pool_wait_ms": _hist_ms(hists.get("http_pool_wait") or Histogram("us")),
         "http": {k: g(k) for k in ("http_requests", "http_requests_waited", "http_connections_opened",

@@ -31,15 +31,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import ssl
 import time
 
 import orjson
 import trio
 
 from ._accounting import QueryRecord, Recorder, SessionRecord
-from ._http import HTTPError, HttpPool, Response
+from ._http import CertificateError, HTTPError, HttpPool, Response
 from ._hub import Hub
-from ._ws import ConnectionClosed, HandshakeError, ProtocolError, WebSocket, connect
+from ._ws import ConnectionClosed, HandshakeError, ProtocolError, TLSError, WebSocket, connect
 
 __all__ = ["SessionConfig", "Session", "backoff_delay", "connect_with_retry", "GaveUp", "resume_grace",
            "RESUME_GRACE_S"]
@@ -101,7 +102,13 @@ class GaveUp(Exception):
     """All connect attempts failed; the message says why the last one did."""
 
 
+#: the error kind's suffix of a refused server certificate (create and connect alike)
+TLS_CERTIFICATE_KIND = "tls_certificate"
+
+
 def _error_kind(prefix: str, exc: BaseException) -> str:
+    if isinstance(exc, (TLSError, CertificateError)):
+        return f"{prefix}_{TLS_CERTIFICATE_KIND}" if getattr(exc, "certificate", True) else f"{prefix}_tls"
     if isinstance(exc, HandshakeError):
         return f"{prefix}_http_{exc.status}"
     if isinstance(exc, ConnectionClosed):
@@ -130,7 +137,7 @@ async def connect_with_retry(open_fn, *, attempts: int, initial: float, cap: flo
     (if *first_immediately*) with :func:`backoff_delay` sleeps in between.
 
     ``on_attempt(n, exc_or_None)`` is called after each try.  A 4xx handshake
-    answer is final (a bad token does not get better).  Raises GaveUp.
+    answer is final (a bad token does not get better), and so is a refused TLS certificate.  Raises GaveUp.
     """
     tries = attempts + (1 if first_immediately else 0)
     last: BaseException | None = None
@@ -144,6 +151,13 @@ async def connect_with_retry(open_fn, *, attempts: int, initial: float, cap: flo
             if on_attempt:
                 on_attempt(n, exc)
             if 400 <= exc.status < 500:
+                raise GaveUp(f"refused: {_describe(exc)}") from exc
+            last = exc
+            continue
+        except TLSError as exc:
+            if on_attempt:
+                on_attempt(n, exc)
+            if exc.certificate:
                 raise GaveUp(f"refused: {_describe(exc)}") from exc
             last = exc
             continue
@@ -162,8 +176,11 @@ class Session:
     """One session of the load; ``await run()`` does everything and records the outcome."""
 
     def __init__(self, cfg: SessionConfig, http: HttpPool, rec: Recorder, index: int,
-                 intended_ns: int, rng: random.Random, hub: Hub | None = None, workload: object = None) -> None:
+                 intended_ns: int, rng: random.Random, hub: Hub | None = None, workload: object = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.cfg = cfg
+        #: the process's TLS context for wss:// (None: the system store)
+        self.ssl_context = ssl_context
         #: a kit.client._workload.WorkloadRecord told the effective workload /run answered (or None)
         self.workload = workload
         self.hub = hub
@@ -250,7 +267,7 @@ class Session:
             resp = await self._post("/session/create", {"agent_id": self.cfg.agent_id})
         except HTTPError as exc:
             s.errors.append(f"create: {type(exc).__name__}: {exc}")
-            rec.error(f"create_{type(exc).__name__}")
+            rec.error(_error_kind("create", exc) if isinstance(exc, CertificateError) else f"create_{type(exc).__name__}")
             return False
         if resp.status_code != 201:
             s.errors.append(f"create: HTTP {resp.status_code}: {resp.text[:200]}")
@@ -270,7 +287,8 @@ class Session:
 
     async def _open(self) -> WebSocket:
         with trio.fail_after(self.cfg.connect_timeout):
-            return await connect(self.cfg.ws_url, self._ws_path, [("Authorization", f"Bearer {self._token}")])
+            return await connect(self.cfg.ws_url, self._ws_path, [("Authorization", f"Bearer {self._token}")],
+                                 ssl_context=self.ssl_context)
 
     async def _connect_first(self) -> bool:
         cfg, s, rec = self.cfg, self.s, self.rec
@@ -298,6 +316,8 @@ class Session:
             rec.error("connect_gave_up")
             return False
         s.connect_us = (time.monotonic_ns() - t) // 1000
+        ws = self.ws  # the attempt that succeeded, split into its steps
+        s.tcp_us, s.tls_us, s.upgrade_us = ws.tcp_ns // 1000, ws.tls_ns // 1000, ws.upgrade_ns // 1000
         return True
 
     async def _reconnect(self, why: ConnectionClosed) -> bool:

@@ -7,9 +7,11 @@ what the whole accounting costs; see ``bench/client_cpu.py``.
 :class:`WebSocket` owns one connected, non-blocking stdlib socket driven with
 ``trio.lowlevel.wait_readable``/``wait_writable`` (or, for ``wss://``, a
 ``trio.SSLStream``).  :func:`connect` performs the handshake with extra headers
-(``Authorization: Bearer ...``).  Reading is either ``receive_batch`` (at
-least one message, or ConnectionClosed) or ``run_receiver(on_batch, hub)``,
-which with a :class:`~kit.client._hub.Hub` lets the hub's task do the reads.
+(``Authorization: Bearer ...``) and times its three steps on the returned socket
+(``tcp_ns``, ``tls_ns`` (0 for ``ws://``), ``upgrade_ns``); a failed TLS handshake raises
+:class:`TLSError` (``certificate`` True when the server's certificate was refused).
+Reading is either ``receive_batch`` (at least one message, or ConnectionClosed) or
+``run_receiver(on_batch, hub)``, which with a :class:`~kit.client._hub.Hub` lets the hub's task do the reads.
 ``aclose`` sends a close frame, waits briefly for the echo and closes the
 socket.  Cancellation during ``connect`` closes the socket; during a read it
 leaves the connection usable.
@@ -48,6 +50,8 @@ __all__ = [
     "HandshakeError",
     "ProtocolError",
     "WsProtocol",
+    "TLSError",
+    "client_ssl_context",
     "RECV_BUFSIZE",
     "CLOSE_TIMEOUT",
 ]
@@ -58,6 +62,42 @@ log = logging.getLogger(__name__)
 RECV_BUFSIZE = 65536
 #: seconds ``aclose`` waits for the server's close echo
 CLOSE_TIMEOUT = 1.0
+
+
+class TLSError(OSError):
+    """The TLS handshake failed; ``certificate`` is True when the server's certificate was refused
+    (unknown CA, wrong name, expired): that one does not get better by retrying."""
+
+    def __init__(self, message: str, *, certificate: bool) -> None:
+        super().__init__(message)
+        self.certificate = certificate
+
+
+def client_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """The context every ``https://`` and ``wss://`` connection of a process shares: certificates
+    verified against *ca_file* (PEM), or the system store when None.  There is no "insecure" mode."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+async def open_tls(sock_stream: trio.SocketStream, host: str, ssl_context: ssl.SSLContext | None) -> trio.SSLStream:
+    """TLS over *sock_stream* (the handshake done); on failure the TCP stream is closed and
+    :class:`TLSError` says why."""
+    stream = trio.SSLStream(sock_stream, ssl_context or client_ssl_context(), server_hostname=host)
+    try:
+        await stream.do_handshake()
+    except (trio.BrokenResourceError, ssl.SSLError) as exc:
+        cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+        with trio.CancelScope(shield=True):
+            await sock_stream.aclose()
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            raise TLSError(f"TLS: the server's certificate was refused: {cause.verify_message or cause}",
+                           certificate=True) from None
+        raise TLSError(f"TLS handshake failed: {cause or exc or type(exc).__name__}", certificate=False) from None
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await sock_stream.aclose()
+        raise
+    return stream
 
 
 # ---------------------------------------------------------------- trio driver
@@ -108,6 +148,10 @@ class WebSocket:
         self._end_exc: ConnectionClosed | None = None
         self.bytes_received = 0
         self.reads = 0
+        #: how long connect's steps took: TCP connect, TLS handshake (0 for ws://), HTTP upgrade
+        self.tcp_ns = 0
+        self.tls_ns = 0
+        self.upgrade_ns = 0
 
     def fileno(self) -> int:
         assert self._sock is not None
@@ -360,9 +404,9 @@ async def connect(url: str, path: str = "", headers: list[tuple[str, str]] | Non
                   max_message: int = MAX_MESSAGE_BYTES) -> WebSocket:
     """Open a TCP (or TLS) connection to *url* + *path* and perform the upgrade.
 
-    Raises OSError (connect), HandshakeError (non-101), ProtocolError.  The
-    caller bounds it with a timeout; on any error or cancellation the socket
-    is closed.
+    Raises OSError (connect; :class:`TLSError` for the TLS handshake), HandshakeError (non-101),
+    ProtocolError.  The caller bounds it with a timeout; on any error or cancellation the socket
+    is closed.  The returned socket carries the time of each step (``tcp_ns``, ``tls_ns``, ``upgrade_ns``).
     """
     t = _target(url)
     full_path = (t.base_path + path) or "/"
@@ -370,12 +414,17 @@ async def connect(url: str, path: str = "", headers: list[tuple[str, str]] | Non
     proto = WsProtocol(max_message)
     sock: socket.socket | None = None
     stream: trio.abc.Stream | None = None
+    t0 = time.monotonic_ns()
     if t.secure:
-        stream = await trio.open_ssl_over_tcp_stream(
-            t.host, t.port, ssl_context=ssl_context or ssl.create_default_context())
+        tcp = await trio.open_tcp_stream(t.host, t.port)
+        t1 = time.monotonic_ns()
+        stream = await open_tls(tcp, t.host, ssl_context)
     else:
         sock = await _connect_socket(t.host, t.port)
+        t1 = time.monotonic_ns()
+    t2 = time.monotonic_ns() if t.secure else t1
     ws = WebSocket(sock, stream, proto)
+    ws.tcp_ns, ws.tls_ns = t1 - t0, t2 - t1
     try:
         await _send_all(sock, stream, request)
         buf = b""
@@ -402,6 +451,7 @@ async def connect(url: str, path: str = "", headers: list[tuple[str, str]] | Non
         rest = buf[consumed:]
         if rest:  # frames that came with the 101: the first receive_batch returns them
             ws._pending = proto.feed(rest)
+        ws.upgrade_ns = time.monotonic_ns() - t2
         return ws
     except BaseException:
         with trio.CancelScope(shield=True):
