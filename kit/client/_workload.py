@@ -2,7 +2,7 @@
 
 The workload is a property of the run, not of the deployment (DESIGN.md): each ``POST /run``
 carries the session's pace, time to first token, jitter and length (:data:`WIRE_FIELDS`, bounded
-by the simulator's :data:`kit.sim._body.WORKLOAD_BOUNDS`), and the session itself applies its
+by the simulator's :data:`kit.wire.WORKLOAD_BOUNDS`), and the session itself applies its
 queries, think time and query timeout.  A run has one class (the options) or a weighted mix read
 from a workload file (``--workload FILE``)::
 
@@ -67,7 +67,7 @@ class WorkloadError(ValueError):
 
 
 def _wire_bounds(key: str) -> tuple[float, float]:
-    from kit.sim._body import WORKLOAD_BOUNDS  # the simulator's bounds: one definition
+    from kit.wire import WORKLOAD_BOUNDS  # the wire contract's bounds: one definition
 
     lo, hi, _ = WORKLOAD_BOUNDS[WIRE_FIELDS[key]]
     return lo, hi

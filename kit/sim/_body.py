@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from kit.wire import PACE_FIELDS, WORKLOAD_BOUNDS
+
 __all__ = ["BodyError", "CreateRequest", "RunRequest", "DEFAULT_AGENT_ID", "WORKLOAD_BOUNDS", "PACE_FIELDS",
            "check_workload_value", "parse_create", "parse_run"]
 
@@ -28,18 +30,7 @@ DEFAULT_AGENT_ID = "load-test-agent"
 _AGENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
 
 
-#: ``/run`` workload field -> (minimum, maximum, what it is), inclusive.  max_tokens is the answer's
-#: length in tokens (the response text's words, repeated when it asks for more than the text has);
-#: the times are milliseconds.  Upper bounds keep one query's schedule small (100,000 due times) and
-#: a query within minutes; pace and TTFT of a real model are far inside them.
-WORKLOAD_BOUNDS: dict[str, tuple[float, float, str]] = {
-    "max_tokens": (1, 100_000, "tokens in the answer"),
-    "token_delay_ms": (0.0, 60_000.0, "milliseconds between tokens"),
-    "ttft_ms": (0.0, 600_000.0, "milliseconds before the first token"),
-    "token_jitter_ms": (0.0, 60_000.0, "milliseconds of uniform jitter on each token"),
-}
-#: the timing fields of a query (max_tokens is its length)
-PACE_FIELDS = ("token_delay_ms", "ttft_ms", "token_jitter_ms")
+# the bounds of a run's workload are the wire contract's: kit.wire (the client checks them too)
 
 
 class BodyError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kit.sim import BodyError, RunRequest, parse_run
-from kit.sim._body import WORKLOAD_BOUNDS
+from kit.wire import WORKLOAD_BOUNDS
 
 
 def test_a_body_with_only_query_and_max_tokens_parses_as_before():
