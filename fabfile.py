@@ -220,6 +220,9 @@ def analyze(c, run):
     "workload": "workload file (YAML): weighted classes of sessions overriding the workload options "
                 "(README 'Workload')",
     "workload_seed": "seed of each session's class draw (default the file's seed, else random)",
+    "tls": "https:// and wss:// toward the balancers (deployed with haproxy_tls: true); generators verify "
+           "the certificates against the kit CA",
+    "ca_file": "with --tls: the CA certificate generators trust (default .secrets/kit_ca.crt)",
     "threshold": "pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', 'lost==0'",
     "preset": "smoke | standard | load | stress | soak (the seed's scenarios)",
     "max_duration": "hard bound on the run in seconds (default 600); a generator past it + 30 s is stopped",
@@ -237,7 +240,7 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         threshold=None, preset=None, max_duration=None, run_id=None, quiet=False, skip_health=False,
         think_time=None, query_timeout=None, chaos=None, json=False, tokens=None, token_delay=None, ttft=None,
         token_jitter=None, max_reconnect_attempts=None, initial_backoff=None, max_backoff=None, workload=None,
-        workload_seed=None):
+        workload_seed=None, tls=False, ca_file=None):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     import contextlib
     import json as jsonlib
@@ -258,7 +261,8 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         max_reconnect_attempts=_num(int, "max-reconnect-attempts", max_reconnect_attempts),
         initial_backoff=_num(float, "initial-backoff", initial_backoff),
         max_backoff=_num(float, "max-backoff", max_backoff),
-        workload=Path(workload) if workload else None, workload_seed=_num(int, "workload-seed", workload_seed, 0))
+        workload=Path(workload) if workload else None, workload_seed=_num(int, "workload-seed", workload_seed, 0),
+        tls=tls, ca_file=Path(ca_file) if ca_file else None)
     # --json: stdout carries the one JSON document; every human line (and any stray print) goes to stderr
     stdout = sys.stdout
     view = live_view(sys.stderr if json else sys.stdout)

@@ -55,7 +55,7 @@ from ._live import PlainView, View
 from ._pack import pack_run, stripped_inventory
 from ._plan import PRESETS, GeneratorSlot, PlanError, Threshold, clock_offset, make_run_id, plan_generators
 from ._remote import GroupException, close_all, connect, describe_failures, fan_out
-from ._services import check_health, collect_server_stats, haproxy_urls, unhealthy
+from ._services import check_health, collect_server_stats, haproxy_urls, tls_ca_file, unhealthy
 from ._summary import aggregate_status, evaluate_thresholds
 from ._svcmgr import host_programs, resolve_service_pids
 
@@ -126,6 +126,10 @@ class RunOptions:
     workload: Path | None = None
     #: seed of the class draw (default the file's, else random); generator g draws with seed + crc32(g)
     workload_seed: int | None = None
+    #: https:// and wss:// toward the balancers (the haproxy role's haproxy_tls), verified against ca_file
+    tls: bool = False
+    #: the CA certificate generators trust with tls, copied to each (default: the kit CA in .secrets/)
+    ca_file: Path | None = None
 
     def resolve(self) -> None:
         """Apply the preset under explicit options and check the load shape."""
@@ -277,7 +281,7 @@ def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, ou
                  run_id: str, wrapper: str | None = None) -> list[str]:
     """The load client's command line; through the deployed ``kit-client`` wrapper when there is one
     (it adds the generator environment and open-file limit the Ansible role set up)."""
-    api, ws = haproxy_urls(lb)
+    api, ws = haproxy_urls(lb, opts.tls)
     prog = [wrapper] if wrapper else [host.kit_python, "-m", "kit.client"]
     argv = [*prog, "--api-url", api, "--ws-url", ws, "--clients", str(slot.clients),
             "--queries", str(opts.queries), "--processes", str(slot.processes), "--output-dir", out_dir,
@@ -285,6 +289,8 @@ def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, ou
             "--max-duration", f"{opts.max_duration:g}", "--quiet",
             # sessions the server refused are a result (summary.json's status), not a crashed generator
             "--exit-zero-on-failure"]
+    if opts.tls:  # the CA file is copied beside the generator's output (_phase_launch)
+        argv += ["--ca-file", str(ca_path(out_dir))]
     if opts.ramp is not None:
         argv += ["--ramp", f"{opts.ramp * slot.clients / opts.clients:.6g}"]
     if opts.think_time is not None:
@@ -304,6 +310,11 @@ def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, ou
         argv += ["--workload", str(workload_path(out_dir)),
                  "--workload-seed", str(((opts.workload_seed or 0) + zlib.crc32(slot.label.encode())) % 2**31)]
     return argv
+
+
+def ca_path(out_dir: str) -> PurePosixPath:
+    """Where a generator's copy of the CA certificate goes (``--tls``): beside its output folder."""
+    return PurePosixPath(out_dir).parent / "ca.crt"
 
 
 def workload_path(out_dir: str) -> PurePosixPath:
@@ -395,6 +406,7 @@ def execute(opts: RunOptions, *, out: Callable[[str], None] = _say, view: View |
     except PlanError as exc:
         raise RunError(str(exc)) from None
     inv = load_inventory(opts.inventory)
+    _resolve_tls(opts, inv)
     opts.results_dir.mkdir(parents=True, exist_ok=True)
     taken = [p.name for p in opts.results_dir.iterdir()]
     run_id = opts.run_id or make_run_id(opts.clients, taken=taken)
@@ -409,6 +421,18 @@ def execute(opts: RunOptions, *, out: Callable[[str], None] = _say, view: View |
     finally:
         close_all(conns.values())
         restore()
+
+
+def _resolve_tls(opts: RunOptions, inv: Inventory) -> None:
+    """With ``--tls``: the CA file generators get (default the kit CA); RunError when it is missing."""
+    if not opts.tls:
+        if opts.ca_file is not None:
+            raise RunError("--ca-file goes with --tls: add --tls (the balancers must terminate TLS)")
+        return
+    opts.ca_file = opts.ca_file or tls_ca_file(inv)
+    if not opts.ca_file.is_file():
+        raise RunError(f"--tls: no CA certificate at {opts.ca_file}: deploy with haproxy_tls: true (the haproxy "
+                       "role makes the kit CA there) or pass --ca-file")
 
 
 def _trap_signals() -> Callable[[], None]:
@@ -537,9 +561,12 @@ def _phase_launch(run: Run) -> None:
             g = run.gens[label]
             g.argv = _client_argv(c.inventory_host, g.slot, opts, inv.hosts[g.slot.haproxy], f"{g.dir}/out",
                                   g.start_at, run.run_id, run.pre["facts"][host].get("kit_client"))
-            if opts.workload is not None:  # the generator reads the file the controller checked
+            if opts.workload is not None or opts.tls:
                 c.run(f"mkdir -p {shlex.quote(g.dir)}", timeout=ops.CMD_TIMEOUT)
+            if opts.workload is not None:  # the generator reads the file the controller checked
                 c.put(str(opts.workload), str(workload_path(f"{g.dir}/out")))
+            if opts.tls:  # a remote generator verifies the balancers' certificates against its own copy
+                c.put(str(opts.ca_file), str(ca_path(f"{g.dir}/out")))
             g.pid = ops.start_job(c, g.dir, g.argv)
             pids.append(g.pid)
             c.run(f"echo 'client {g.pid}' >> {shlex.quote(_procs_file(run, host))}", timeout=ops.CMD_TIMEOUT)

@@ -22,9 +22,11 @@ from typing import Any
 import httpx
 import redis
 
+from kit import contract
 from kit.inventory import Host, Inventory
 
 __all__ = ["service_targets", "check_health", "collect_server_stats", "read_secret", "SECRETS_DIR",
+           "secrets_dir", "tls_ca_file",
            "haproxy_urls"]
 
 log = logging.getLogger(__name__)
@@ -37,19 +39,28 @@ HTTP_TIMEOUT = 5.0
 _SECRET_FILES = {"redis_admin": "redis_admin_password", "haproxy_stats": "haproxy_stats_password"}
 
 
-def read_secret(inv: Inventory, which: str) -> str | None:
+def secrets_dir(inv: Inventory) -> Path:
+    """The controller's secrets directory (``kit_secrets_dir``, else ``<repo>/.secrets``)."""
     any_host = next(iter(inv.hosts.values()), None)
     base = Path(any_host.vars.get("kit_secrets_dir") or SECRETS_DIR) if any_host else SECRETS_DIR
-    if not base.is_absolute():
-        base = REPO / base
-    p = base / _SECRET_FILES[which]
+    return base if base.is_absolute() else REPO / base
+
+
+def read_secret(inv: Inventory, which: str) -> str | None:
+    p = secrets_dir(inv) / _SECRET_FILES[which]
     return p.read_text().strip() if p.exists() else None
 
 
-def haproxy_urls(host: Host) -> tuple[str, str]:
-    """(API url, WebSocket url) of one balancer, as generators reach it."""
+def tls_ca_file(inv: Inventory) -> Path:
+    """The kit CA's certificate the haproxy role made (``haproxy_tls``): what ``fab run --tls`` trusts."""
+    return secrets_dir(inv) / contract.contract()["kit_tls_ca_cert"]
+
+
+def haproxy_urls(host: Host, tls: bool = False) -> tuple[str, str]:
+    """(API url, WebSocket url) of one balancer, as generators reach it (``https``/``wss`` with *tls*)."""
     http, ws = int(host.vars["haproxy_http_port"]), int(host.vars["haproxy_ws_port"])
-    return f"http://{host.service_address}:{http}", f"ws://{host.service_address}:{ws}"
+    s = "s" if tls else ""
+    return f"http{s}://{host.service_address}:{http}", f"ws{s}://{host.service_address}:{ws}"
 
 
 def service_targets(inv: Inventory) -> list[dict[str, Any]]:
