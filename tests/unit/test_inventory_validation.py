@@ -33,9 +33,12 @@ def _inventory(hosts: dict[str, dict], groups: dict[str, list[str]]) -> dict:
     }}
 
 
-def _run_preflight(tmp_path: Path, inventory: dict) -> subprocess.CompletedProcess:
+def _run_preflight(tmp_path: Path, inventory: dict, *, group_vars: bool = True) -> subprocess.CompletedProcess:
     inv_dir = tmp_path / "inventory"
-    shutil.copytree(REPO / "inventory" / "group_vars", inv_dir / "group_vars")
+    if group_vars:
+        shutil.copytree(REPO / "inventory" / "group_vars", inv_dir / "group_vars")
+    else:
+        inv_dir.mkdir()
     (inv_dir / "test.yml").write_text(yaml.safe_dump(inventory))
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp")}
@@ -68,6 +71,12 @@ def test_valid_inventory_passes_and_secrets_are_private(tmp_path):
     # no secret value reaches the output
     for p in secrets.iterdir():
         assert p.read_text().strip() not in res.stdout + res.stderr
+
+
+def test_an_inventory_without_group_vars_passes_on_the_roles_defaults_and_the_contract(tmp_path):
+    # an inventory file anywhere (no inventory/group_vars beside it): nothing is "not set"
+    res = _run_preflight(tmp_path, _one_host_everywhere(), group_vars=False)
+    assert res.returncode == 0, res.stdout[-3000:]
 
 
 def test_missing_group_fails_naming_the_group(tmp_path):

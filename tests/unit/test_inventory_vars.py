@@ -114,7 +114,7 @@ def test_systemd_unit_and_supervisor_program_run_the_same_command_with_the_same_
     values = dict(kit_service_name="wsproxy-0", kit_service_nofile=20000, kit_service_reload_signal="",
                   kit_service_stopsignal="TERM", kit_service_stopwaitsecs=15, kit_service_startsecs=1,
                   kit_service_startretries=10, kit_service_log_maxbytes="50MB", kit_service_log_backups=3,
-                  kit_service_command="/opt/wsproxy-loadkit/h1/venv/bin/python -m kit.wsproxy")
+                  kit_service_command="/opt/wsproxy-loadkit/h1/venv/bin/python -m kit.wsproxy", kit_service_build="")
     unit = _render("kit.service.j2", **values)
     program = _render("supervisor-program.conf.j2", **values)
     run = ("/opt/wsproxy-loadkit/h1/bin/kit-exec /opt/wsproxy-loadkit/h1/etc/wsproxy-0.env 20000 "
@@ -124,3 +124,7 @@ def test_systemd_unit_and_supervisor_program_run_the_same_command_with_the_same_
     assert "autorestart=true\n" in program and "stdout_logfile=/opt/wsproxy-loadkit/h1/log/wsproxy-0.log" in program
     haproxy = _render("kit.service.j2", **{**values, "kit_service_name": "haproxy", "kit_service_reload_signal": "USR2"})
     assert "ExecReload=/bin/kill -USR2 $MAINPID\n" in haproxy
+    # a new build is a changed definition (so the program restarts), written where both managers see it
+    built = {**values, "kit_service_build": "stamp-2"}
+    assert "stamp-2" in _render("kit.service.j2", **built) and "stamp-2" in _render("supervisor-program.conf.j2", **built)
+    assert "stamp" not in unit and "stamp" not in program
