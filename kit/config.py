@@ -41,18 +41,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _port(service: str) -> Any:
-    return dataclasses.field(default_factory=lambda: contract.ports()[service])
-
-
-def _local_url(scheme: str, service: str, path: str = "") -> Any:
-    return dataclasses.field(default_factory=lambda: f"{scheme}://127.0.0.1:{contract.ports()[service]}{path}")
-
-
-def _port_max() -> int:
-    return contract.bounds("port")[1]
-
-
 MIN_JWT_SECRET_BYTES = 32
 
 DEFAULT_LLM_RESPONSE_TEXT = (
@@ -181,22 +169,82 @@ def _jwt_algorithm(env: Mapping[str, str]) -> str:
     return alg
 
 
+# -- settings: a dataclass field is the default; its metadata says how the environment (and, for the
+# client, the command line) sets it, so from_env and argparse derive from the field ------------------
+
+def setting(default: Any = dataclasses.MISSING, *, env: tuple[str, ...] = (), option: str | None = None,
+            dest: str | None = None, minimum: float | None = None, maximum: float | None = None,
+            bounds: str | None = None, help: str = "", factory: Any = None, repr: bool = True) -> Any:
+    """A settings field: *default* (or *factory*), the environment variables that set it (first set wins),
+    the client option that overrides it (*option*, parsed into *dest*), inclusive bounds (*bounds* names
+    the contract's kit_bounds entry; *minimum* / *maximum* override its ends) and the option's help."""
+    md = {"env": env, "option": option, "dest": dest, "minimum": minimum, "maximum": maximum, "bounds": bounds,
+          "help": help}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=md, repr=repr)
+    return dataclasses.field(default=default, metadata=md, repr=repr)
+
+
+def field_kind(f: dataclasses.Field) -> type:
+    """int, float or str: the field's type without ``| None``."""
+    base = str(f.type).split("|")[0].strip()
+    return {"int": int, "float": float}.get(base, str)
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def field_limits(f: dataclasses.Field) -> tuple[Any, Any]:
+    """Inclusive (minimum, maximum) of a field (None: unbounded)."""
+    lo, hi = contract.bounds(f.metadata["bounds"]) if f.metadata.get("bounds") else (None, None)
+    lo = f.metadata["minimum"] if f.metadata.get("minimum") is not None else lo
+    hi = f.metadata["maximum"] if f.metadata.get("maximum") is not None else hi
+    return lo, hi
+
+
+def _from_env(cls: Any, env: Mapping[str, str], **given: Any) -> Any:
+    """*cls* from *env*: every field with environment names is read, typed and bounded as its metadata
+    says; *given* supplies the fields read otherwise (secrets, choices)."""
+    values = dict(given)
+    for f in dataclasses.fields(cls):
+        names = f.metadata.get("env")
+        if f.name in values or not names:
+            continue
+        kind, default, (lo, hi) = field_kind(f), field_default(f), field_limits(f)
+        if kind is int:
+            values[f.name] = env_int(env, *names, default=default, minimum=lo, maximum=hi)
+        elif kind is float:
+            values[f.name] = env_float(env, *names, default=default, minimum=lo, maximum=hi)
+        elif default is None:
+            values[f.name] = _get(env, *names)[1]
+        else:
+            values[f.name] = env_str(env, *names, default=default)
+    return cls(**values)
+
+
+def _local(service: str, scheme: str, path: str = "") -> Any:
+    return lambda: f"{scheme}://127.0.0.1:{contract.ports()[service]}{path}"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SimSettings:
     """The backend simulator (``python -m kit.sim``)."""
 
-    host: str = "127.0.0.1"
-    port: int = _port("sim")
-    workers: int = 1
-    redis_url: str = _local_url("redis", "redis", "/0")
+    host: str = setting("127.0.0.1", env=("FASTAPI_HOST", "SIM_HOST"))
+    port: int = setting(factory=lambda: contract.ports()["sim"], env=("FASTAPI_PORT", "SIM_PORT"), bounds="port",
+                        minimum=0)
+    workers: int = setting(1, env=("FASTAPI_WORKERS", "SIM_WORKERS"), bounds="sim_workers")
+    redis_url: str = setting(factory=_local("redis", "redis", "/0"), env=("REDIS_URL",))
     jwt_secret: str = dataclasses.field(repr=False)
     jwt_algorithm: str = "HS256"
+    #: JWT_TTL_SECONDS (0 or unset: tokens carry no exp)
     jwt_ttl_seconds: int | None = None
-    session_ttl_seconds: int = 10800
-    token_delay_ms: float = 50.0
-    ttft_ms: float = 0.0
-    token_jitter_ms: float = 0.0
-    llm_response_text: str = DEFAULT_LLM_RESPONSE_TEXT
+    session_ttl_seconds: int = setting(10800, env=("SESSION_TTL_SECONDS",), bounds="sim_session_ttl_seconds")
+    token_delay_ms: float = setting(50.0, env=("TOKEN_DELAY_MS",), minimum=0.0)
+    ttft_ms: float = setting(0.0, env=("TTFT_MS",), minimum=0.0)
+    token_jitter_ms: float = setting(0.0, env=("TOKEN_JITTER_MS",), minimum=0.0)
+    llm_response_text: str = setting(DEFAULT_LLM_RESPONSE_TEXT, env=("LLM_RESPONSE_TEXT",))
     #: the publisher wakes on a grid of this many ms and publishes everything due by then in one
     #: write; 0 wakes at each message's own due time.  5 ms by measurement (bench/sim_publish.py,
     #: 1,000 sessions at 50 ms pacing, figures in its docstring): 5 ms takes the publisher from
@@ -204,121 +252,84 @@ class SimSettings:
     #: 10 and 20 ms save no more than the run-to-run noise, and 5 ms is a tenth of the usual
     #: 50 ms token gap, below what a client can tell from network jitter.  A token is never early;
     #: it is at most one tick (plus loop lag) late, and its ``ts`` is still the real publish time.
-    publish_tick_ms: float = 5.0
+    publish_tick_ms: float = setting(5.0, env=("PUBLISH_TICK_MS",), minimum=0.0, maximum=100.0)
     #: Redis connections per worker for request handling (the publisher has its own); a request
     #: that finds them all busy waits up to redis_pool_timeout_ms, then gets 503
     #: redis_pool_exhausted.  One request holds one for one round trip (~0.1 ms), so 100 serve
     #: bursts far beyond what one worker's CPU can answer.
-    redis_pool_size: int = 100
-    redis_pool_timeout_ms: float = 2000.0
+    redis_pool_size: int = setting(100, env=("SIM_REDIS_POOL_SIZE",), minimum=1, maximum=10000)
+    redis_pool_timeout_ms: float = setting(2000.0, env=("SIM_REDIS_POOL_TIMEOUT_MS",), minimum=0.0, maximum=60000.0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "SimSettings":
         env = os.environ if env is None else env
         ttl = env_int(env, "JWT_TTL_SECONDS", default=0, minimum=0)
-        workers_min, workers_max = contract.bounds("sim_workers")
-        ttl_min, ttl_max = contract.bounds("sim_session_ttl_seconds")
-        return cls(
-            host=env_str(env, "FASTAPI_HOST", "SIM_HOST", default="127.0.0.1"),
-            port=env_int(env, "FASTAPI_PORT", "SIM_PORT", default=contract.ports()["sim"], minimum=0,
-                         maximum=_port_max()),
-            workers=env_int(env, "FASTAPI_WORKERS", "SIM_WORKERS", default=1, minimum=workers_min,
-                            maximum=workers_max),
-            redis_url=env_str(env, "REDIS_URL", default=f"redis://127.0.0.1:{contract.ports()['redis']}/0"),
-            jwt_secret=_jwt_secret(env),
-            jwt_algorithm=_jwt_algorithm(env),
-            jwt_ttl_seconds=ttl or None,
-            session_ttl_seconds=env_int(env, "SESSION_TTL_SECONDS", default=10800, minimum=ttl_min,
-                                        maximum=ttl_max),
-            token_delay_ms=env_float(env, "TOKEN_DELAY_MS", default=50.0, minimum=0.0),
-            ttft_ms=env_float(env, "TTFT_MS", default=0.0, minimum=0.0),
-            token_jitter_ms=env_float(env, "TOKEN_JITTER_MS", default=0.0, minimum=0.0),
-            llm_response_text=env_str(env, "LLM_RESPONSE_TEXT", default=DEFAULT_LLM_RESPONSE_TEXT),
-            publish_tick_ms=env_float(env, "PUBLISH_TICK_MS", default=cls.publish_tick_ms, minimum=0.0,
-                                      maximum=100.0),
-            redis_pool_size=env_int(env, "SIM_REDIS_POOL_SIZE", default=cls.redis_pool_size, minimum=1,
-                                    maximum=10000),
-            redis_pool_timeout_ms=env_float(env, "SIM_REDIS_POOL_TIMEOUT_MS", default=cls.redis_pool_timeout_ms,
-                                            minimum=0.0, maximum=60000.0),
-        )
+        return _from_env(cls, env, jwt_secret=_jwt_secret(env), jwt_algorithm=_jwt_algorithm(env),
+                         jwt_ttl_seconds=ttl or None)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WsproxySettings:
     """The reference wsproxy (``python -m kit.wsproxy``)."""
 
-    host: str = "127.0.0.1"
-    port: int = _port("wsproxy")
-    redis_url: str = _local_url("redis", "redis", "/0")
+    host: str = setting("127.0.0.1", env=("HOST",))
+    port: int = setting(factory=lambda: contract.ports()["wsproxy"], env=("PORT",), bounds="port", minimum=0)
+    redis_url: str = setting(factory=_local("redis", "redis", "/0"), env=("REDIS_URL",))
     jwt_secret: str = dataclasses.field(repr=False)
     jwt_algorithm: str = "HS256"
-    pubsub_pool_size: int = 512
-    ws_ping_interval_secs: float = 15.0
-    ws_ping_timeout_secs: float = 30.0
+    pubsub_pool_size: int = setting(512, env=("PUBSUB_POOL_SIZE",), bounds="wsproxy_pubsub_pool_size")
+    ws_ping_interval_secs: float = setting(15.0, env=("WS_PING_INTERVAL_SECS",), minimum=0.01)
+    ws_ping_timeout_secs: float = setting(30.0, env=("WS_PING_TIMEOUT_SECS",), minimum=0.01)
     #: frames queued for one socket before it counts as stalled and is dropped
-    ws_send_buffer_messages: int = 1024
+    ws_send_buffer_messages: int = setting(1024, env=("WS_SEND_BUFFER_MESSAGES",), minimum=1)
     #: bytes of an Authorization header beyond which the request is refused
-    max_auth_header_bytes: int = 4096
+    max_auth_header_bytes: int = setting(4096, env=("WS_MAX_AUTH_HEADER_BYTES",), minimum=64)
     #: seconds a connection has to deliver a complete request head, counted from its accept (or
     #: from its previous response); later it is closed, so a peer trickling an upgrade request a
     #: byte at a time holds no socket for long.  It also closes keep-alive connections idle that long
-    ws_request_header_timeout_secs: float = 10.0
+    ws_request_header_timeout_secs: float = setting(10.0, env=("WS_REQUEST_HEADER_TIMEOUT_SECS",), minimum=0.1,
+                                                    maximum=3600.0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "WsproxySettings":
         env = os.environ if env is None else env
-        pool_min, pool_max = contract.bounds("wsproxy_pubsub_pool_size")
-        return cls(
-            host=env_str(env, "HOST", default="127.0.0.1"),
-            port=env_int(env, "PORT", default=contract.ports()["wsproxy"], minimum=0, maximum=_port_max()),
-            redis_url=env_str(env, "REDIS_URL", default=f"redis://127.0.0.1:{contract.ports()['redis']}/0"),
-            jwt_secret=_jwt_secret(env),
-            jwt_algorithm=_jwt_algorithm(env),
-            pubsub_pool_size=env_int(env, "PUBSUB_POOL_SIZE", default=512, minimum=pool_min, maximum=pool_max),
-            ws_ping_interval_secs=env_float(env, "WS_PING_INTERVAL_SECS", default=15.0, minimum=0.01),
-            ws_ping_timeout_secs=env_float(env, "WS_PING_TIMEOUT_SECS", default=30.0, minimum=0.01),
-            ws_send_buffer_messages=env_int(env, "WS_SEND_BUFFER_MESSAGES", default=1024, minimum=1),
-            max_auth_header_bytes=env_int(env, "WS_MAX_AUTH_HEADER_BYTES", default=4096, minimum=64),
-            ws_request_header_timeout_secs=env_float(env, "WS_REQUEST_HEADER_TIMEOUT_SECS",
-                                                     default=cls.ws_request_header_timeout_secs, minimum=0.1,
-                                                     maximum=3600.0),
-        )
+        return _from_env(cls, env, jwt_secret=_jwt_secret(env), jwt_algorithm=_jwt_algorithm(env))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ClientSettings:
-    """The trio load client (``python -m kit.client``); options override these."""
+    """The trio load client (``python -m kit.client``); its options (``option``) override these."""
 
-    api_url: str = _local_url("http", "haproxy_http")
-    wsproxy_url: str = _local_url("ws", "haproxy_ws")
-    clients: int = 100
-    queries_per_client: int = 10
+    api_url: str = setting(factory=_local("haproxy_http", "http"), env=("FASTAPI_URL", "API_URL"),
+                           option="--api-url", dest="api_url", help="simulator / HAProxy HTTP URL")
+    wsproxy_url: str = setting(factory=_local("haproxy_ws", "ws"), env=("WSPROXY_URL",), option="--ws-url",
+                               dest="ws_url", help="wsproxy / HAProxy WebSocket URL")
+    clients: int = setting(100, env=("CLIENTS",), option="--clients", dest="clients", minimum=1, help="sessions")
+    queries_per_client: int = setting(10, env=("QUERIES_PER_CLIENT",), option="--queries", dest="queries",
+                                      minimum=0, help="queries per session")
     jwt_secret: str | None = dataclasses.field(default=None, repr=False)
-    output_dir: str = "loadtest_results"
-    ws_max_reconnect_attempts: int = 5
-    ws_initial_backoff_seconds: float = 1.0
-    ws_max_backoff_seconds: float = 30.0
+    output_dir: str = setting("loadtest_results", env=("OUTPUT_DIR",), option="--output-dir", dest="output_dir",
+                              help="result folder")
+    ws_max_reconnect_attempts: int = setting(5, env=("WS_MAX_RECONNECT_ATTEMPTS",), option="--max-reconnect-attempts",
+                                             dest="max_reconnect_attempts", minimum=0,
+                                             help="reconnects of a session's WebSocket before it fails")
+    ws_initial_backoff_seconds: float = setting(1.0, env=("WS_INITIAL_BACKOFF_SECONDS",), option="--initial-backoff",
+                                                dest="initial_backoff", minimum=0.0,
+                                                help="seconds before the first reconnect (doubling after)")
+    ws_max_backoff_seconds: float = setting(30.0, env=("WS_MAX_BACKOFF_SECONDS",), option="--max-backoff",
+                                            dest="max_backoff", minimum=0.0, help="cap of the reconnect backoff")
     #: PEM file of the CA the servers' TLS certificates are checked against (None: the system store)
-    ssl_ca_file: str | None = None
+    ssl_ca_file: str | None = setting(None, env=("SSL_CA_FILE",), option="--ca-file", dest="ca_file",
+                                      help="PEM file of the CA that signs the servers' certificates, for https:// "
+                                           "and wss:// (default: the system store; certificates are always verified)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ClientSettings":
         env = os.environ if env is None else env
-        initial = env_float(env, "WS_INITIAL_BACKOFF_SECONDS", default=1.0, minimum=0.0)
-        cap = env_float(env, "WS_MAX_BACKOFF_SECONDS", default=30.0, minimum=0.0)
-        if cap < initial:
+        settings = _from_env(cls, env, jwt_secret=env_secret(env, "JWT_SECRET", required=False))
+        if settings.ws_max_backoff_seconds < settings.ws_initial_backoff_seconds:
             raise ConfigError(
-                f"WS_MAX_BACKOFF_SECONDS={cap} is below WS_INITIAL_BACKOFF_SECONDS={initial}: raise the cap"
+                f"WS_MAX_BACKOFF_SECONDS={settings.ws_max_backoff_seconds} is below "
+                f"WS_INITIAL_BACKOFF_SECONDS={settings.ws_initial_backoff_seconds}: raise the cap"
             )
-        return cls(
-            api_url=env_str(env, "FASTAPI_URL", "API_URL", default=f"http://127.0.0.1:{contract.ports()['haproxy_http']}"),
-            wsproxy_url=env_str(env, "WSPROXY_URL", default=f"ws://127.0.0.1:{contract.ports()['haproxy_ws']}"),
-            clients=env_int(env, "CLIENTS", default=100, minimum=1),
-            queries_per_client=env_int(env, "QUERIES_PER_CLIENT", default=10, minimum=0),
-            jwt_secret=env_secret(env, "JWT_SECRET", required=False),
-            output_dir=env_str(env, "OUTPUT_DIR", default="loadtest_results"),
-            ws_max_reconnect_attempts=env_int(env, "WS_MAX_RECONNECT_ATTEMPTS", default=5, minimum=0),
-            ws_initial_backoff_seconds=initial,
-            ws_max_backoff_seconds=cap,
-            ssl_ca_file=env.get("SSL_CA_FILE") or None,
-        )
+        return settings

@@ -34,6 +34,8 @@ their results; their parent gives the verdict of the merged run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import socket
@@ -44,7 +46,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kit import contract
-from kit.config import ClientSettings, ConfigError
+from kit.config import ClientSettings, ConfigError, field_default, field_kind, field_limits
 
 from ._http import DEFAULT_MAX_CONNECTIONS
 
@@ -81,11 +83,7 @@ def _num(kind: type, name: str, minimum: float | None = None, example: str = "1"
 def build_parser(env: ClientSettings) -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Trio load client for wsproxy (see kit/client/__init__.py).")
     a = p.add_argument
-    a("--api-url", default=env.api_url, help="simulator / HAProxy HTTP URL (FASTAPI_URL, API_URL)")
-    a("--ws-url", default=env.wsproxy_url, help="wsproxy / HAProxy WebSocket URL (WSPROXY_URL)")
-    a("--clients", type=_num(int, "--clients", 1, "100"), default=env.clients, help="sessions (CLIENTS)")
-    a("--queries", type=_num(int, "--queries", 0, "10"), default=env.queries_per_client,
-      help="queries per session (QUERIES_PER_CLIENT)")
+    _settings_options(p, env)
     a("--ramp", type=_num(float, "--ramp", 0, "50"), default=0.0, help="sessions started per second; 0 = all at once")
     a("--arrival-rate", type=_num(float, "--arrival-rate", 0, "20"), default=None,
       help="open model: sessions arriving per second (with --duration)")
@@ -93,7 +91,6 @@ def build_parser(env: ClientSettings) -> argparse.ArgumentParser:
     a("--think-time", type=_num(float, "--think-time", 0, "0.5"), default=0.0, help="seconds between queries")
     a("--processes", type=_num(int, "--processes", 1, "2"), default=None,
       help="trio processes on this host (default: one per core)")
-    a("--output-dir", default=env.output_dir, help="result folder (OUTPUT_DIR)")
     a("--start-at", type=_num(float, "--start-at", 0, str(int(time.time()) + 10)), default=None,
       help="wall-clock epoch seconds at which to start (all generators agree on it)")
     a("--run-id", default=None, help="name of the run (default: time and client count)")
@@ -118,28 +115,35 @@ def build_parser(env: ClientSettings) -> argparse.ArgumentParser:
       help="seed of each session's class draw (default the workload file's seed, else random)")
     a("--agent-id", default="load-test-agent")
     a("--query-text", default="Tell me about WebSocket proxies.")
-    a("--max-reconnect-attempts", type=_num(int, "--max-reconnect-attempts", 0, "5"),
-      default=env.ws_max_reconnect_attempts, help="WS_MAX_RECONNECT_ATTEMPTS")
-    a("--initial-backoff", type=_num(float, "--initial-backoff", 0, "1.0"), default=env.ws_initial_backoff_seconds,
-      help="WS_INITIAL_BACKOFF_SECONDS")
-    a("--max-backoff", type=_num(float, "--max-backoff", 0, "30"), default=env.ws_max_backoff_seconds,
-      help="WS_MAX_BACKOFF_SECONDS")
     a("--jitter", type=_num(float, "--jitter", 0, "0.5"), default=0.5,
       help="fraction of each backoff that is random (0..1)")
     a("--connect-timeout", type=_num(float, "--connect-timeout", 0.001, "10"), default=10.0)
     a("--http-timeout", type=_num(float, "--http-timeout", 0.001, "30"), default=30.0)
     a("--http-connections", type=_num(int, "--http-connections", 1, "64"), default=DEFAULT_MAX_CONNECTIONS,
       help="keep-alive HTTP connections per process for create/run/close (a wait for one is recorded)")
-    a("--ca-file", default=env.ssl_ca_file,
-      help="PEM file of the CA that signs the servers' certificates, for https:// and wss:// "
-           "(SSL_CA_FILE; default: the system store; certificates are always verified)")
     a("--seed", type=_num(int, "--seed", 0, "1"), default=None, help="random seed (jitter)")
     a("--no-preflight", action="store_true", help="skip the reachability check of both URLs")
     a("--exit-zero-on-failure", action="store_true",
       help="exit 0 when the run finished but sessions failed (summary.json's status says so; for orchestrators)")
     a("--_process-index", dest="process_index", type=int, default=0, help=argparse.SUPPRESS)
     a("--_process-count", dest="process_count", type=int, default=None, help=argparse.SUPPRESS)
+    # a child process's settings, as its parent resolved them (see _child_config)
+    a("--_config", dest="child_config", default=None, help=argparse.SUPPRESS)
     return p
+
+
+def _settings_options(p: argparse.ArgumentParser, env: ClientSettings) -> None:
+    """One option per ClientSettings field that has one: default the field's value from the environment,
+    type, bounds and help from the field (kit.config.setting)."""
+    for f in dataclasses.fields(ClientSettings):
+        option = f.metadata.get("option")
+        if option is None:
+            continue
+        kind, (lo, _hi) = field_kind(f), field_limits(f)
+        default = field_default(f)
+        conv = None if kind is str else _num(kind, option, lo, f"{default:g}" if kind is float else str(default))
+        p.add_argument(option, dest=f.metadata["dest"], type=conv, default=getattr(env, f.name),
+                       help=f"{f.metadata['help']} ({', '.join(f.metadata['env'])})")
 
 
 def _check_url(value: str, schemes: tuple[str, ...], option: str, env: str) -> None:
@@ -217,24 +221,25 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext:
     return client_ssl_context(args.ca_file)
 
 
-def _child_argv(args: argparse.Namespace) -> list[str]:
-    """The options a child process gets (the parent adds output dir, start-at, index)."""
-    out = ["--api-url", args.api_url, "--ws-url", args.ws_url, "--clients", str(args.clients),
-           "--queries", str(args.queries), "--ramp", repr(args.ramp), "--think-time", repr(args.think_time),
-           "--query-timeout", repr(args.query_timeout), "--agent-id", args.agent_id, "--query-text", args.query_text,
-           "--max-reconnect-attempts", str(args.max_reconnect_attempts),
-           "--initial-backoff", repr(args.initial_backoff), "--max-backoff", repr(args.max_backoff),
-           "--jitter", repr(args.jitter), "--connect-timeout", repr(args.connect_timeout),
-           "--http-timeout", repr(args.http_timeout), "--http-connections", str(args.http_connections),
-           "--no-preflight"]
-    for opt, v in (("--arrival-rate", args.arrival_rate), ("--duration", args.duration),
-                   ("--max-duration", args.max_duration), ("--max-tokens", args.max_tokens), ("--seed", args.seed),
-                   ("--token-delay", args.token_delay_ms), ("--ttft", args.ttft_ms),
-                   ("--token-jitter", args.token_jitter_ms), ("--workload", args.workload),
-                   ("--workload-seed", args.workload_seed), ("--ca-file", args.ca_file)):
-        if v is not None:
-            out += [opt, repr(v) if isinstance(v, float) else str(v)]
-    return out
+#: options the parent gives each child itself (run_parent); everything else comes from the parent's settings
+_PER_CHILD = ("output_dir", "start_at", "quiet", "status_interval", "processes", "process_index", "process_count",
+              "run_id", "child_config")
+
+
+def _child_config(args: argparse.Namespace, out: Path) -> list[str]:
+    """Write the parent's resolved settings (every option, as parsed and validated) for its children;
+    return the option that hands them the file.  A child reads it instead of rebuilding an argv."""
+    path = out / "client-settings.json"
+    settings = {k: v for k, v in vars(args).items() if k not in _PER_CHILD}
+    path.write_text(json.dumps({**settings, "no_preflight": True}, indent=1) + "\n")
+    return ["--_config", str(path)]
+
+
+def _apply_child_config(args: argparse.Namespace) -> None:
+    with open(args.child_config, encoding="utf-8") as fh:
+        for key, value in json.load(fh).items():
+            if key not in _PER_CHILD:
+                setattr(args, key, value)
 
 
 def _workload(args: argparse.Namespace):
@@ -287,6 +292,8 @@ def run_load(argv: list[str]) -> int:
 
     settings = ClientSettings.from_env()
     args = build_parser(settings).parse_args(argv)
+    if args.child_config:
+        _apply_child_config(args)
     validate(args)
     workload = _workload(args)
     child = args.process_count is not None
@@ -322,7 +329,8 @@ def run_load(argv: list[str]) -> int:
         max_duration=args.max_duration, http_timeout=args.http_timeout, http_connections=args.http_connections,
         seed=args.seed, workload=workload, workload_seed=args.workload_seed, ca_file=args.ca_file)
     if processes > 1 and not child:
-        summary = run_parent(cfg, _child_argv(args), meta)
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        summary = run_parent(cfg, _child_config(args, cfg.output_dir), meta)
     else:
         summary = run_process(cfg, meta)
     if child:
