@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from kit.localstack import LOOPBACK, Proc, free_port, spawn, start_redis, wait_http_ok  # noqa: E402
+from devkit.localstack import LOOPBACK, Proc, free_port, spawn, start_redis, wait_http_ok  # noqa: E402
 
 WRK_LUA = r"""
 wrk.method = "POST"

@@ -40,7 +40,7 @@ Measured on the 2-core dev VM (other helpers' jobs running), one run of
 
 Next to it, ``--real-run 1000`` (the default) prints the all-in figure of a real run: one
 ``python -m kit.client`` process, 1,000 sessions x 3 queries of 43 tokens 50 ms apart, HTTP
-create/run/close per session and query, against the real simulator + wsproxy + Redis (kit.localstack),
+create/run/close per session and query, against the real simulator + wsproxy + Redis (devkit.localstack),
 CPU from getrusage of that process.  One run, 2026-11-30 (a lab run was going on the same cores):
 
     .venv/bin/python bench/client_cpu.py --modes realistic --rate 10000 --clients kit --real-run 1000
@@ -369,14 +369,14 @@ def main() -> None:
 
 
 def real_run(sessions: int) -> dict:
-    """One real ``python -m kit.client`` process against kit.localstack's Redis + simulator + wsproxy at the
+    """One real ``python -m kit.client`` process against devkit.localstack's Redis + simulator + wsproxy at the
     default pace; its CPU from getrusage of the child (user+system), divided by tokens received."""
     import json
     import resource
     import tempfile
 
     sys.path.insert(0, str(ROOT))
-    from kit.localstack import local_stack
+    from devkit.localstack import local_stack
 
     with tempfile.TemporaryDirectory(prefix="client-cpu-") as tmp, local_stack(Path(tmp) / "stack") as stack:
         out = Path(tmp) / "out"

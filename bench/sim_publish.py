@@ -100,7 +100,7 @@ import hiredis  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from kit.localstack import RedisServer, start_redis, start_sim  # noqa: E402
+from devkit.localstack import RedisServer, start_redis, start_sim  # noqa: E402
 
 POLL_S = 0.02
 

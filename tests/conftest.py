@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.localstack import RedisServer, Stack, local_stack, start_redis
+from devkit.localstack import RedisServer, Stack, local_stack, start_redis
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.localstack import Proc, free_port, spawn, wait_tcp
+from devkit.localstack import Proc, free_port, spawn, wait_tcp
 
 HAPROXY = "/usr/sbin/haproxy"
 

@@ -32,12 +32,11 @@ from typing import Any
 import yaml
 
 from kit import contract
-from kit.localstack import wait_tcp
 
 from ._layout import GROUPS, assign_groups, default_layout
 from ._netns import (
     LabError, ip, kill_pid, link_exists, netns_exists, netns_pids, pid_matches, proc_start_time,
-    route_covering, sh,
+    route_covering, sh, wait_port,
 )
 
 __all__ = ["LabConfig", "LabHost", "lab_up", "lab_down", "load_state", "LAB_SYSCTLS"]
@@ -268,7 +267,7 @@ def lab_up(n: int, layout: dict[str, int] | None = None, cfg: LabConfig | None =
             groups = [g for g in GROUPS if i in assignment[g]]
             _make_host(cfg, LabHost(index=i, name=name, address=cfg.address(i), veth=f"{name}-v", groups=groups), state)
         for h in state["hosts"]:
-            wait_tcp(h["address"], 22, timeout=SSHD_READY_TIMEOUT)
+            wait_port(h["address"], 22, timeout=SSHD_READY_TIMEOUT)
         lines = []
         for h in state["hosts"]:
             pub = (cfg.root / h["name"] / "ssh_host_ed25519_key.pub").read_text().split()

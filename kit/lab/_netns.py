@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
 
 __all__ = [
+    "wait_port",
     "LabError", "sh", "ip", "netns_exists", "link_exists", "route_covering", "proc_start_time",
     "pid_matches", "kill_pid", "netns_pids",
 ]
@@ -114,3 +116,18 @@ def kill_pid(pid: int, start: int | None, *, timeout: float = 10.0) -> bool:
 def netns_pids(name: str) -> list[int]:
     res = ip("netns", "pids", name, check=False)
     return [int(x) for x in res.stdout.split() if x.strip().isdigit()]
+
+
+def wait_port(address: str, port: int, *, timeout: float) -> None:
+    """Return once *address*:*port* accepts a TCP connection; LabError naming it after *timeout* s."""
+    deadline = time.monotonic() + timeout
+    delay, last = 0.01, None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, port), timeout=1.0):
+                return
+        except OSError as exc:
+            last = exc
+        time.sleep(delay)  # a readiness poll, bounded by the deadline
+        delay = min(delay * 2, 0.2)
+    raise LabError(f"{address}:{port} did not accept a connection within {timeout:g} s ({last})")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["host_facts", "clock_samples", "start_job", "job_state", "stop_job", "fetch_dir", "read_remote_json",
+__all__ = ["host_facts", "clock_samples", "start_job", "job_state", "stop_job", "fetch_dir",
            "CLOCK_SAMPLES", "CMD_TIMEOUT", "FETCH_TIMEOUT", "JobSurvived"]
 
 log = logging.getLogger(__name__)
@@ -197,8 +197,3 @@ def fetch_dir(c: Any, remote_dir: str, local_dir: Path) -> list[str]:
         names = [m.name for m in tf.getmembers() if m.isfile()]
     local_tar.unlink()
     return names
-
-
-def read_remote_json(c: Any, path: str) -> Any:
-    res = c.run(f"cat {shlex.quote(path)}", hide=True, warn=True, timeout=CMD_TIMEOUT)
-    return json.loads(res.stdout) if res.ok and res.stdout.strip() else None

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit.localstack import free_port, wait_http_ok, wait_tcp
+from devkit.localstack import free_port, wait_http_ok, wait_tcp
 from kit.run._run import RunOptions, execute
 
 pytestmark = pytest.mark.timeout(300)

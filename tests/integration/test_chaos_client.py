@@ -1,4 +1,4 @@
-"""The load client under faults, against the real simulator, wsproxy and Redis (kit.localstack).
+"""The load client under faults, against the real simulator, wsproxy and Redis (devkit.localstack).
 
 - a session whose ``/run`` answers 404 (the session is gone, as after a Redis restart without
   persistence) ends at once instead of posting each remaining query;
@@ -19,7 +19,7 @@ import trio
 from kit.client._accounting import Recorder
 from kit.client._http import HttpPool
 from kit.client._session import RESUME_GRACE_S, Session, SessionConfig
-from kit.localstack import Stack, start_wsproxy
+from devkit.localstack import Stack, start_wsproxy
 
 pytestmark = pytest.mark.timeout(120)
 

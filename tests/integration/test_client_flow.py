@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kit.localstack import Stack, free_port, start_wsproxy
+from devkit.localstack import Stack, free_port, start_wsproxy
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,7 +15,7 @@ import trio
 
 from kit.client._session import GaveUp, connect_with_retry
 from kit.client._ws import TLSError, client_ssl_context, connect
-from kit.localstack import LOOPBACK, local_stack
+from devkit.localstack import LOOPBACK, local_stack
 from tlsutil import make_ca, make_server_pem, start_tls_haproxy
 
 pytestmark = pytest.mark.timeout(180)

@@ -149,7 +149,7 @@ async def test_eof_mid_stream_is_1006():
 
 
 async def test_connection_refused_is_an_oserror():
-    from kit.localstack import free_port
+    from devkit.localstack import free_port
 
     with trio.fail_after(10):
         with pytest.raises(OSError):

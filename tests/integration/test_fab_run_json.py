@@ -1,6 +1,6 @@
 """``fab run`` as a script and a person see it: ``--json`` and its exit status, the live view on a terminal.
 
-Real runs through the real ``fab`` command: Redis, the simulator and the wsproxy (kit.localstack, free
+Real runs through the real ``fab`` command: Redis, the simulator and the wsproxy (devkit.localstack, free
 loopback ports) stand in for the deployed stack on a one-host inventory reached without SSH
 (``ansible_connection: local``; the "haproxy" ports point straight at the simulator and the wsproxy),
 as in tests/integration/test_report_html.py.  Runs are small (4 sessions x 2 queries).
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit.localstack import free_port, local_stack
+from devkit.localstack import free_port, local_stack
 
 pytestmark = pytest.mark.timeout(240)
 

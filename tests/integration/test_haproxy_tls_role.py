@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit.localstack import LOOPBACK, free_port, local_stack, spawn, wait_tcp
+from devkit.localstack import LOOPBACK, free_port, local_stack, spawn, wait_tcp
 
 pytestmark = pytest.mark.timeout(300)
 

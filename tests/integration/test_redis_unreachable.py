@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.localstack import Proc, free_port, spawn, start_redis
+from devkit.localstack import Proc, free_port, spawn, start_redis
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,6 +1,6 @@
 """The HTML of real runs in a real browser: report.html, compare.html and the capacity search.
 
-Real runs: Redis, the simulator and the wsproxy (kit.localstack, free loopback ports) stand in
+Real runs: Redis, the simulator and the wsproxy (devkit.localstack, free loopback ports) stand in
 for the deployed stack, and ``kit.run.execute`` drives them over a one-host inventory reached
 without SSH (``ansible_connection: local``): a real load client, real host monitor, real
 per-process CPU samples.  There is no HAProxy: the inventory's "haproxy" ports point straight at
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit.localstack import Stack, free_port, local_stack
+from devkit.localstack import Stack, free_port, local_stack
 from kit.run._run import RunOptions, execute
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,7 +42,7 @@ def local_inventory(tmp: Path, stack: Stack) -> Path:
     """A one-host inventory over *stack*'s processes, with a stand-in supervisorctl for their PIDs."""
     root = tmp / "root"
     (root / "supervisor").mkdir(parents=True, exist_ok=True)
-    (root / "supervisor" / "supervisord.conf").write_text("; stand-in: the services are kit.localstack's\n")
+    (root / "supervisor" / "supervisord.conf").write_text("; stand-in: the services are devkit.localstack's\n")
     pids = {"redis": stack.redis.proc.pid, "sim": stack.sim.pid, "wsproxy-0": stack.wsproxy.pid}
     ctl = tmp / "supervisorctl"
     ctl.write_text('#!/bin/sh\n# stand-in for: supervisorctl -c CONF pid PROGRAM\ncase "$4" in\n'

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from kit.auth import verify_token
-from kit.localstack import RedisServer, start_redis, start_sim
+from devkit.localstack import RedisServer, start_redis, start_sim
 
 pytestmark = pytest.mark.timeout(120)
 

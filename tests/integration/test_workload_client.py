@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kit.localstack import Stack
+from devkit.localstack import Stack
 
 pytestmark = pytest.mark.timeout(180)
 

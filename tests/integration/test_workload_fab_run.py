@@ -1,6 +1,6 @@
 """``fab run`` carries the run's workload to its generators and records it (a real run through the real
 ``fab`` command on local processes, as tests/integration/test_fab_run_json.py: Redis, the simulator and
-the wsproxy from kit.localstack stand in for the deployed stack on a one-host inventory)."""
+the wsproxy from devkit.localstack stand in for the deployed stack on a one-host inventory)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit.localstack import free_port, local_stack
+from devkit.localstack import free_port, local_stack
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from kit.auth import issue_token
-from kit.localstack import Proc, RedisServer, start_redis, start_wsproxy
+from devkit.localstack import Proc, RedisServer, start_redis, start_wsproxy
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from kit.auth import issue_token
-from kit.localstack import Proc, RedisServer, start_wsproxy
+from devkit.localstack import Proc, RedisServer, start_wsproxy
 from wsraw import read_101
 
 pytestmark = pytest.mark.timeout(60)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout
-from kit.localstack import free_port, spawn, wait_http_ok, wait_tcp
+from devkit.localstack import free_port, spawn, wait_http_ok, wait_tcp
 from kit.run._run import RunOptions, execute
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]

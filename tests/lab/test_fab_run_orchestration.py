@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from kit.lab import lab_up, lab_down, parse_layout
-from kit.localstack import free_port, start_redis, start_sim, start_wsproxy
+from devkit.localstack import free_port, start_redis, start_sim, start_wsproxy
 from kit.run._plan import parse_threshold
 from kit.run._run import RunOptions, execute
 

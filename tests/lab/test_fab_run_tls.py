@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout
-from kit.localstack import free_port, start_redis, start_sim, start_wsproxy
+from devkit.localstack import free_port, start_redis, start_sim, start_wsproxy
 from kit.run._plan import parse_threshold
 from kit.run._run import RunError, RunOptions, execute
 from tlsutil import make_ca, make_server_pem, start_tls_haproxy

@@ -81,8 +81,8 @@ def test_host_requirements_name_a_root_missing_from_the_lock():
 def test_real_lock_gives_hosts_the_services_but_not_ansible_fabric_or_dev_tools():
     lock = wheelhouse.parse_lock((REPO / "requirements.lock").read_text())
     names = {e.name for e in wheelhouse.host_requirements(lock, wheelhouse.project_dependencies(REPO / "pyproject.toml"))}
-    assert {"quart", "granian", "aiohttp", "redis", "hiredis", "trio", "trio-websocket", "httpx", "pyjwt",
-            "pyyaml"} <= names
+    assert {"quart", "granian", "aiohttp", "redis", "hiredis", "trio", "httpx", "pyjwt", "pyyaml"} <= names
+    assert "trio-websocket" not in names  # bench/ and tests only
     assert names.isdisjoint({"ansible-core", "fabric", "paramiko", "ansible-lint", "pytest", "cryptography"})
 
 
@@ -93,6 +93,7 @@ def test_kit_wheel_is_byte_for_byte_reproducible(tmp_path):
     with zipfile.ZipFile(a) as zf:
         names = zf.namelist()
         assert "kit/config.py" in names and not any("__pycache__" in n for n in names)
+        assert not any("localstack" in n or n.startswith("devkit/") for n in names)  # test scaffolding stays home
         # the contract travels as a file of its own (the link resolved), read by kit.contract on hosts
         assert zf.read("kit/contract.yml") == (REPO / "playbooks/group_vars/all/contract.yml").read_bytes()
         record = zf.read(next(n for n in names if n.endswith("dist-info/RECORD"))).decode()
