@@ -40,16 +40,14 @@ EXIT_INTERNAL = 4
 
 
 def _num(kind, name: str, raw, minimum=None, default=None):
+    """An option's number (kit.config.parse_number, the client's parser too); *default* when not given."""
     if raw is None or raw == "":
         return default
+    from kit.config import ConfigError, parse_number
     try:
-        v = kind(raw)
-    except (TypeError, ValueError):
-        raise Exit(f"--{name} {raw!r} is not {'a whole number' if kind is int else 'a number'}",
-                   code=EXIT_USAGE) from None
-    if minimum is not None and v < minimum:
-        raise Exit(f"--{name} {raw}: give at least {minimum}", code=EXIT_USAGE)
-    return v
+        return parse_number(kind, f"--{name}", raw, minimum=minimum)
+    except ConfigError as exc:
+        raise Exit(str(exc), code=EXIT_USAGE) from None
 
 
 def _errors():

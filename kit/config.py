@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kit import contract
@@ -29,7 +30,9 @@ __all__ = [
     "env_int",
     "env_float",
     "env_secret",
+    "parse_number",
     "configure_logging",
+    "run_service",
 ]
 
 
@@ -105,6 +108,23 @@ def env_float(
     return value
 
 
+def parse_number(kind: type, option: str, raw: Any, *, minimum: float | None = None,
+                 example: str | None = None) -> Any:
+    """*raw* (a command-line value) as *kind* (int or float), finite and at least *minimum*; ConfigError
+    naming *option*, the value and an example otherwise.  The one parser of numeric options (the
+    client's argparse types and the fab tasks' options)."""
+    hint = f": pass e.g. {option} {example}" if example else ""
+    try:
+        v = kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option} {raw!r} is not {'a whole number' if kind is int else 'a number'}{hint}") from None
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        raise ConfigError(f"{option} {raw!r} is not finite{hint}")
+    if minimum is not None and v < minimum:
+        raise ConfigError(f"{option} {raw} is below {minimum:g}{hint}")
+    return v
+
+
 def _check_range(name: str, value: Any, minimum: Any, maximum: Any) -> None:
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={value} is below the minimum {minimum}: raise it")
@@ -148,6 +168,28 @@ def configure_logging(env: Mapping[str, str] | None = None) -> str:
 
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return level
+
+
+def run_service(name: str, read_settings: Callable[[], Any], serve: Callable[[Any, str], None], *,
+                port_env: str) -> int:
+    """The ``main()`` of a kit service (``python -m kit.sim`` / ``kit.wsproxy``): logging and settings
+    from the environment (a ConfigError is one line on stderr, exit 2), then *serve(settings, level)*
+    until SIGTERM/SIGINT (exit 0); an address that cannot be bound is one line and exit 1."""
+    try:
+        level = configure_logging()
+        settings = read_settings()
+    except ConfigError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        serve(settings, level)
+    except OSError as exc:
+        print(f"{name}: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}: free the port "
+              f"or set {port_env}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _jwt_secret(env: Mapping[str, str]) -> str:

@@ -46,7 +46,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kit import contract
-from kit.config import ClientSettings, ConfigError, field_default, field_kind, field_limits
+from kit.config import ClientSettings, ConfigError, field_default, field_kind, field_limits, parse_number
 
 from ._http import DEFAULT_MAX_CONNECTIONS
 
@@ -64,18 +64,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _num(kind: type, name: str, minimum: float | None = None, example: str = "1"):
+    """An argparse type: kit.config.parse_number, its message kept as argparse's."""
     def conv(raw: str):
         try:
-            v = kind(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{name} {raw!r} is not {'a whole number' if kind is int else 'a number'}: pass e.g. {name} {example}"
-            ) from None
-        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-            raise argparse.ArgumentTypeError(f"{name} {raw!r} is not finite: pass e.g. {name} {example}")
-        if minimum is not None and v < minimum:
-            raise argparse.ArgumentTypeError(f"{name} {raw} is below {minimum:g}: pass e.g. {name} {example}")
-        return v
+            return parse_number(kind, name, raw, minimum=minimum, example=example)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return conv
 

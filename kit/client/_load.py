@@ -311,11 +311,16 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- parent of P processes
 
 
-def aggregate_status(snaps: list[dict[str, Any]], *, run_id: str, expected: int) -> dict[str, Any]:
-    """Add the children's status snapshots (percentiles from their merged latency histograms)."""
-    keys = ("active_sessions", "sessions_started", "sessions_finished", "queries_started", "queries_ok",
-            "queries_failed", "tokens", "lost_tokens", "errors", "reconnect_attempts", "reconnects_ok")
-    out: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in snaps) for k in keys}
+#: the counters of a status snapshot (status.json): totals since the start, added up across processes
+#: (merge_status) and across generators (kit.run's live view)
+STATUS_COUNTERS = ("active_sessions", "sessions_started", "sessions_finished", "queries_started", "queries_ok",
+                   "queries_failed", "tokens", "lost_tokens", "errors", "reconnect_attempts", "reconnects_ok")
+
+
+def merge_status(snaps: list[dict[str, Any]], *, run_id: str, expected: int) -> dict[str, Any]:
+    """One host's status snapshot from its processes' (same schema: counters added, latency histograms
+    merged, so the percentiles are exact)."""
+    out: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in snaps) for k in STATUS_COUNTERS}
     lat = Histogram("us")
     for s in snaps:
         if s.get("latency_histogram"):
@@ -379,7 +384,7 @@ def run_parent(cfg: LoadConfig, child_argv: list[str], meta: dict[str, Any]) -> 
             snaps = [s for s in (_read_status(d / "status.json") for d in dirs) if s]
             if not snaps:
                 continue
-            agg = aggregate_status(snaps, run_id=cfg.run_id, expected=len(dirs))
+            agg = merge_status(snaps, run_id=cfg.run_id, expected=len(dirs))
             if cfg.status_interval:
                 write_json_atomic(out / "status.json", agg)
             if not cfg.quiet and (tty or time.time() - last_line >= 10.0):
@@ -415,7 +420,7 @@ def run_parent(cfg: LoadConfig, child_argv: list[str], meta: dict[str, Any]) -> 
     write_json_atomic(out / "meta.json", meta)
     if cfg.status_interval:
         snaps = [s for s in (_read_status(d / "status.json") for d in dirs) if s]
-        write_json_atomic(out / "status.json", aggregate_status(snaps, run_id=cfg.run_id, expected=len(dirs)))
+        write_json_atomic(out / "status.json", merge_status(snaps, run_id=cfg.run_id, expected=len(dirs)))
     return summary
 
 

@@ -29,6 +29,7 @@ the session and its query in flight ``cancelled`` and closes the socket.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 import ssl
@@ -290,30 +291,41 @@ class Session:
             return await connect(self.cfg.ws_url, self._ws_path, [("Authorization", f"Bearer {self._token}")],
                                  ssl_context=self.ssl_context)
 
-    async def _connect_first(self) -> bool:
-        cfg, s, rec = self.cfg, self.s, self.rec
-
-        def on_attempt(n: int, exc: BaseException | None) -> None:
+    def _count_attempt(self, reconnecting: bool, n: int, exc: BaseException | None) -> None:
+        """Account one connect attempt: the first connect's retries count as reconnects too."""
+        s, rec = self.s, self.rec
+        if not reconnecting:
             s.connect_attempts += 1
-            if n > 1:
-                s.reconnect_attempts += 1
-                rec.counters["reconnect_attempts_live"] += 1
-                if exc is None:
-                    s.reconnects_ok += 1
-                    rec.counters["reconnects_ok_live"] += 1
-            if exc is not None:
-                s.errors.append(f"connect: {_describe(exc)}")
-                rec.error(_error_kind("connect", exc))
+        if reconnecting or n > 1:
+            s.reconnect_attempts += 1
+            rec.counters["reconnect_attempts_live"] += 1
+            if exc is None:
+                s.reconnects_ok += 1
+                rec.counters["reconnects_ok_live"] += 1
+        if exc is not None and not reconnecting:
+            s.errors.append(f"connect: {_describe(exc)}")
+            rec.error(_error_kind("connect", exc))
 
-        t = time.monotonic_ns()
+    async def _open_with_retry(self, *, reconnecting: bool) -> str | None:
+        """Open the WebSocket (self.ws) with the session's backoff: the first connect tries at once, a
+        reconnect waits first.  None once open, else why it gave up."""
+        cfg = self.cfg
         try:
             self.ws = await connect_with_retry(
                 self._open, attempts=cfg.max_reconnect_attempts, initial=cfg.initial_backoff,
-                cap=cfg.max_backoff, jitter=cfg.jitter, rng=self.rng, first_immediately=True,
-                on_attempt=on_attempt)
+                cap=cfg.max_backoff, jitter=cfg.jitter, rng=self.rng, first_immediately=not reconnecting,
+                on_attempt=functools.partial(self._count_attempt, reconnecting))
         except GaveUp as exc:
-            s.errors.append(f"connect: {exc}")
-            rec.error("connect_gave_up")
+            return str(exc)
+        return None
+
+    async def _connect_first(self) -> bool:
+        s = self.s
+        t = time.monotonic_ns()
+        gave_up = await self._open_with_retry(reconnecting=False)
+        if gave_up is not None:
+            s.errors.append(f"connect: {gave_up}")
+            self.rec.error("connect_gave_up")
             return False
         s.connect_us = (time.monotonic_ns() - t) // 1000
         ws = self.ws  # the attempt that succeeded, split into its steps
@@ -321,26 +333,14 @@ class Session:
         return True
 
     async def _reconnect(self, why: ConnectionClosed) -> bool:
-        cfg, s, rec = self.cfg, self.s, self.rec
+        s = self.s
         s.errors.append(f"websocket lost: {why}")
-        rec.error(f"ws_lost_{why.code}")
-
-        def on_attempt(n: int, exc: BaseException | None) -> None:
-            s.reconnect_attempts += 1
-            rec.counters["reconnect_attempts_live"] += 1
-            if exc is None:
-                s.reconnects_ok += 1
-                rec.counters["reconnects_ok_live"] += 1
-
-        try:
-            self.ws = await connect_with_retry(
-                self._open, attempts=cfg.max_reconnect_attempts, initial=cfg.initial_backoff,
-                cap=cfg.max_backoff, jitter=cfg.jitter, rng=self.rng, first_immediately=False,
-                on_attempt=on_attempt)
-        except GaveUp as exc:
-            self.broken = f"websocket lost and reconnect {exc}"
+        self.rec.error(f"ws_lost_{why.code}")
+        gave_up = await self._open_with_retry(reconnecting=True)
+        if gave_up is not None:
+            self.broken = f"websocket lost and reconnect {gave_up}"
             s.errors.append(self.broken)
-            rec.error("reconnect_gave_up")
+            self.rec.error("reconnect_gave_up")
             return False
         # the outage itself was survived: the losses it caused show in the queries' lost counts
         if s.errors and s.errors[-1].startswith("websocket lost: "):

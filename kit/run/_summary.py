@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kit.client._load import STATUS_COUNTERS
 from kit.metrics import Histogram
 
 from ._plan import Threshold
@@ -56,8 +57,8 @@ def evaluate_thresholds(summary: Mapping[str, Any], thresholds: Sequence[Thresho
     return out
 
 
-_SUM_KEYS = ("active_sessions", "sessions_started", "sessions_finished", "queries_ok", "queries_failed", "tokens",
-             "lost_tokens", "errors", "reconnect_attempts", "reconnects_ok")
+#: the status counters the client writes (one definition, beside the snapshot it writes)
+_SUM_KEYS = STATUS_COUNTERS
 #: counters whose change over the last interval the live view shows as a rate
 _RATE_KEYS = {"qps": "queries_ok", "tps": "tokens", "errors_per_s": "errors", "reconnects_per_s": "reconnect_attempts"}
 

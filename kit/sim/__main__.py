@@ -35,7 +35,7 @@ import logging
 import socket
 import sys
 
-from kit.config import ConfigError, SimSettings, configure_logging
+from kit.config import ConfigError, SimSettings, run_service
 
 log = logging.getLogger("kit.sim")
 
@@ -58,32 +58,26 @@ def _check_bind(host: str, port: int) -> None:
         s.bind((host, port))
 
 
-def main() -> int:
-    try:
-        level = configure_logging()
-        settings = SimSettings.from_env()
-        _check_redis_url(settings.redis_url)
-    except ConfigError as exc:
-        print(f"kit.sim: {exc}", file=sys.stderr)
-        return 2
+def _settings() -> SimSettings:
+    settings = SimSettings.from_env()
+    _check_redis_url(settings.redis_url)
+    return settings
+
+
+def _serve(settings: SimSettings, level: str) -> None:
     from ._serve import serve
 
+    _check_bind(settings.host, settings.port)
     try:
-        _check_bind(settings.host, settings.port)
         serve(settings, log_level=level)
-    except OSError as exc:
-        print(f"kit.sim: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}: "
-              "free the port or set FASTAPI_PORT", file=sys.stderr)
-        return 1
     except RuntimeError as exc:
         if "os error" not in str(exc):  # Granian reports socket failures as RuntimeError("... (os error N)")
             raise
-        print(f"kit.sim: cannot listen on {settings.host}:{settings.port}: {exc}: free the port or set "
-              "FASTAPI_PORT", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+        raise OSError(str(exc)) from None
+
+
+def main() -> int:
+    return run_service("kit.sim", _settings, _serve, port_env="FASTAPI_PORT")
 
 
 if __name__ == "__main__":

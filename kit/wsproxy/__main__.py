@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 
-from kit.config import ConfigError, WsproxySettings, configure_logging
+from kit.config import WsproxySettings, run_service
 
 log = logging.getLogger("kit.wsproxy")
 
@@ -23,27 +23,23 @@ def _loop_factory():
     return uvloop.new_event_loop
 
 
-def main() -> int:
+def _settings() -> WsproxySettings:
     from ._redis import parse_redis_url
+
+    settings = WsproxySettings.from_env()
+    parse_redis_url(settings.redis_url)
+    return settings
+
+
+def _serve(settings: WsproxySettings, level: str) -> None:
     from ._server import serve
 
-    try:
-        configure_logging()
-        settings = WsproxySettings.from_env()
-        parse_redis_url(settings.redis_url)
-    except ConfigError as exc:
-        print(f"kit.wsproxy: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(settings))
-    except OSError as exc:
-        print(f"kit.wsproxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(settings))
+
+
+def main() -> int:
+    return run_service("kit.wsproxy", _settings, _serve, port_env="PORT")
 
 
 if __name__ == "__main__":
