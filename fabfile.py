@@ -56,8 +56,7 @@ def _errors():
     from kit.config import ConfigError
     from kit.inventory import InventoryError
     from kit.lab import LabError, LayoutError
-    from kit.run._plan import PlanError
-    from kit.run._run import RunError
+    from kit.run import PlanError, RunError
     return (CompareError, ConfigError, InventoryError, LabError, LayoutError, PlanError, RunError, FileNotFoundError)
 
 
@@ -149,7 +148,7 @@ def lab_down(c):
 @_cli
 def deploy(c, inventory=DEFAULT_INVENTORY, playbook="site.yml", check=False):
     """Deploy the stack: ansible-playbook -i <inventory> playbooks/site.yml."""
-    from kit.run._tasks import deploy as run_deploy
+    from kit.run import deploy as run_deploy
     rc = run_deploy(_inv(inventory), playbook, ["--check", "--diff"] if check else [])
     if rc:
         raise Exit(code=rc)
@@ -159,7 +158,7 @@ def deploy(c, inventory=DEFAULT_INVENTORY, playbook="site.yml", check=False):
 @_cli
 def down(c, inventory=DEFAULT_INVENTORY):
     """Tear the stack down: ansible-playbook -i <inventory> playbooks/teardown.yml."""
-    from kit.run._tasks import deploy as run_deploy
+    from kit.run import deploy as run_deploy
     rc = run_deploy(_inv(inventory), "teardown.yml")
     if rc:
         raise Exit(code=rc)
@@ -169,7 +168,7 @@ def down(c, inventory=DEFAULT_INVENTORY):
 @_cli
 def status(c, inventory=DEFAULT_INVENTORY):
     """Health of every service on every host (redis PING, haproxy stats, /health, supervisor)."""
-    from kit.run._tasks import status as run_status
+    from kit.run import status as run_status
     _logging(False)
     rc = run_status(_inv(inventory))
     if rc:
@@ -181,7 +180,7 @@ def status(c, inventory=DEFAULT_INVENTORY):
 def logs(c, inventory=DEFAULT_INVENTORY, dest=""):
     """Fetch every host's service logs into one folder per host."""
     import time
-    from kit.run._tasks import logs as run_logs
+    from kit.run import logs as run_logs
     _logging(False)
     target = Path(dest) if dest else REPO / "results" / f"logs-{time.strftime('%Y%m%d-%H%M%S')}"
     rc = run_logs(_inv(inventory), target)
@@ -193,7 +192,7 @@ def logs(c, inventory=DEFAULT_INVENTORY, dest=""):
 @_cli
 def analyze(c, run):
     """Print a run's report and per-query analysis (percentiles, histogram, errors)."""
-    from kit.run._tasks import analyze as run_analyze
+    from kit.run import analyze as run_analyze
     rc = run_analyze(run)
     if rc:
         raise Exit(code=rc)
@@ -242,9 +241,7 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     import contextlib
     import json as jsonlib
-    from kit.run._live import live_view
-    from kit.run._plan import parse_threshold
-    from kit.run._run import RunOptions, execute
+    from kit.run import RunOptions, execute, live_view, parse_threshold
     _logging(False)
     opts = RunOptions(
         inventory=_inv(inventory), clients=_num(int, "clients", clients, 1), queries=_num(int, "queries", queries, 0),
@@ -326,8 +323,7 @@ def compare(c, runs, fail_if=None, html=""):
 def capacity(c, inventory=DEFAULT_INVENTORY, slo=None, start=None, step="x2", max=None, resolution=None, queries=None,
              ramp=None, think_time=None, max_duration=None, name=None, skip_health=False):
     """Find the highest load that meets every SLO: step up, then bisect; name the bottleneck."""
-    from kit.run._capacity import execute_capacity
-    from kit.run._run import RunOptions
+    from kit.run import RunOptions, execute_capacity
     _logging(False)
     base = RunOptions(inventory=_inv(inventory), clients=1, queries=_num(int, "queries", queries, 0, default=3),
                       think_time=_num(float, "think-time", think_time),

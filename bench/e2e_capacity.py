@@ -36,8 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kit.run._plan import parse_threshold  # noqa: E402
-from kit.run._run import RunOptions, execute  # noqa: E402
+from kit.run import RunOptions, execute, parse_threshold  # noqa: E402
 
 INVENTORY = REPO / "inventory" / "local.yml"
 KIT_ROOT = Path("/opt/wsproxy-loadkit/localhost")

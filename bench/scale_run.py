@@ -32,8 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout  # noqa: E402
 from kit.report import host_metrics  # noqa: E402
-from kit.run._plan import parse_threshold  # noqa: E402
-from kit.run._run import RunOptions, execute  # noqa: E402
+from kit.run import RunOptions, execute, parse_threshold  # noqa: E402
 
 SEED = {"clients": 5000, "success": "99.46%", "p50": "15.81 s", "p99": "26.82 s", "tps": "337",
         "lost": "not measured"}

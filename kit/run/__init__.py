@@ -6,8 +6,12 @@ Private modules, re-exported here: ``_remote`` (connections and fan-out),
 kit component and the bottleneck: pure), ``_svcmgr`` (the kit's services through
 the host's service manager), ``_chaos`` (``--chaos`` specs, targets, recovery:
 pure), ``_faults`` (executing and undoing faults; ``_nfqdelay.py`` is copied to
-hosts without netem), ``_run`` (one run end to end, as phases).
+hosts without netem), ``_run`` (one run end to end, as phases), ``_capacity`` (``fab capacity``),
+``_live`` (the live view), ``_tasks`` (``fab deploy``/``status``/``logs``/``analyze``).  Callers
+(fabfile.py, bench/) import from here, never from a private module.
 """
+
+from ._capacity import execute_capacity as execute_capacity
 
 from ._components import bottleneck as bottleneck
 from ._components import component_costs as component_costs
@@ -19,3 +23,20 @@ from ._remote import close_all as close_all
 from ._remote import connect as connect
 from ._remote import describe_failures as describe_failures
 from ._remote import fan_out as fan_out
+from ._live import live_view as live_view
+from ._plan import PlanError as PlanError
+from ._plan import parse_threshold as parse_threshold
+from ._run import Interrupted as Interrupted
+from ._run import RunError as RunError
+from ._run import RunOptions as RunOptions
+from ._run import execute as execute
+from ._tasks import analyze as analyze
+from ._tasks import deploy as deploy
+from ._tasks import logs as logs
+from ._tasks import status as status
+
+__all__ = [
+    "CONNECT_TIMEOUT", "GroupException", "Interrupted", "LocalConnection", "PlanError", "RunError", "RunOptions",
+    "analyze", "bottleneck", "close_all", "component_costs", "connect", "deploy", "describe_failures", "execute",
+    "execute_capacity", "fan_out", "live_view", "load_host_samples", "logs", "parse_threshold", "status",
+]
