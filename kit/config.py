@@ -204,7 +204,7 @@ def _jwt_secret(env: Mapping[str, str]) -> str:
 
 
 def _jwt_algorithm(env: Mapping[str, str]) -> str:
-    alg = env_str(env, "JWT_ALGORITHM", default="HS256")
+    alg = env_str(env, "JWT_ALGORITHM", default=contract.contract()["kit_jwt_algorithm"])
     allowed = contract.jwt_algorithms()
     if alg not in allowed:
         raise ConfigError(f"JWT_ALGORITHM={alg!r} is not supported: use {', '.join(allowed[:-1])} or {allowed[-1]}")
@@ -279,7 +279,7 @@ class SimSettings:
     workers: int = setting(1, env=("FASTAPI_WORKERS", "SIM_WORKERS"), bounds="sim_workers")
     redis_url: str = setting(factory=_local("redis", "redis", "/0"), env=("REDIS_URL",))
     jwt_secret: str = dataclasses.field(repr=False)
-    jwt_algorithm: str = "HS256"
+    jwt_algorithm: str = setting(factory=lambda: contract.contract()["kit_jwt_algorithm"])
     #: JWT_TTL_SECONDS (0 or unset: tokens carry no exp)
     jwt_ttl_seconds: int | None = None
     session_ttl_seconds: int = setting(10800, env=("SESSION_TTL_SECONDS",), bounds="sim_session_ttl_seconds")
@@ -318,7 +318,7 @@ class WsproxySettings:
     port: int = setting(factory=lambda: contract.ports()["wsproxy"], env=("PORT",), bounds="port", minimum=0)
     redis_url: str = setting(factory=_local("redis", "redis", "/0"), env=("REDIS_URL",))
     jwt_secret: str = dataclasses.field(repr=False)
-    jwt_algorithm: str = "HS256"
+    jwt_algorithm: str = setting(factory=lambda: contract.contract()["kit_jwt_algorithm"])
     pubsub_pool_size: int = setting(512, env=("PUBSUB_POOL_SIZE",), bounds="wsproxy_pubsub_pool_size")
     ws_ping_interval_secs: float = setting(15.0, env=("WS_PING_INTERVAL_SECS",), minimum=0.01)
     ws_ping_timeout_secs: float = setting(30.0, env=("WS_PING_TIMEOUT_SECS",), minimum=0.01)
