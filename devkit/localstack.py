@@ -1,7 +1,7 @@
 """Real processes on loopback: a kit-owned redis-server, the simulator, the wsproxy.
 
-Used by ``make run`` (the one-machine demo), by the tests and by the benchmarks.
-Every process is started by us, tracked by PID and stopped by that PID; every
+Used by the tests and the benchmarks only (``make run`` deploys the real stack with Ansible;
+this module is not part of the shipped ``kit`` package).  Every process is started by us, tracked by PID and stopped by that PID; every
 wait is a readiness check (a TCP connect, a Redis PING, an HTTP /health) bounded
 by a deadline, never a bare sleep.
 
@@ -240,7 +240,7 @@ def start_wsproxy(log_dir: Path, *, redis_url: str, jwt_secret: str, host: str =
 
 @dataclass
 class Stack:
-    """Redis + simulator + wsproxy on loopback, as the tests and ``make run`` use them."""
+    """Redis + simulator + wsproxy on loopback, as the tests and the benchmarks use them."""
 
     workdir: Path
     redis: RedisServer
