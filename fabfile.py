@@ -276,24 +276,6 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
     "fail_if": "regression rule, repeatable: 'p99>+10%' (change to the baseline), 'tps<-5%', 'lost>0'; exit 1",
     "html": "where to write the comparison page (default results/compare-<a>-vs-<b>.html)",
 })
-def compare(c, runs, fail_if=None, html=""):
-    """Key figures of runs side by side with the change to the first and a bootstrap noise test."""
-    import re
-    from kit.compare import CompareError, run_compare
-    refs = [r for r in re.split(r"[,\s]+", runs) if r]
-    try:
-        rc = run_compare(refs, fail_if or [], Path(html) if html else None, results=REPO / "results")
-    except CompareError as exc:
-        raise Exit(f"compare: {exc}", code=2) from None
-    if rc:
-        raise Exit(code=rc)
-
-
-@task(name="compare", auto_shortflags=False, iterable=["fail_if"], help={
-    "runs": "comma-separated run ids under results/, run folders or .tar.gz; the first is the baseline",
-    "fail_if": "regression rule, repeatable: 'p99>+10%' (change to the baseline), 'tps<-5%', 'lost>0'; exit 1",
-    "html": "where to write the comparison page (default results/compare-<a>-vs-<b>.html)",
-})
 @_cli
 def compare(c, runs, fail_if=None, html=""):
     """Key figures of runs side by side with the change to the first and a bootstrap noise test."""
