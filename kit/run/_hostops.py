@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["host_facts", "clock_samples", "start_job", "job_state", "stop_job", "fetch_dir",
+__all__ = ["host_facts", "open_file_limit", "clock_samples", "start_job", "job_state", "stop_job", "fetch_dir",
            "CLOCK_SAMPLES", "CMD_TIMEOUT", "FETCH_TIMEOUT", "JobSurvived"]
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ if [ -x {py} ]; then echo "kit_python=yes"; echo "kit_version=$({py} -c 'import 
 if [ -x {root}/bin/kit-client ]; then echo "kit_client={root}/bin/kit-client"; fi
 if command -v haproxy >/dev/null; then echo "haproxy_version=$(haproxy -v 2>&1 | head -1)"; fi
 if command -v redis-server >/dev/null; then echo "redis_version=$(redis-server --version 2>&1 | head -1)"; fi
+if [ -r {root}/state/tuning.json ]; then echo "tuning=$(tr -d '\n' < {root}/state/tuning.json)"; fi
 """
 
 
@@ -75,7 +76,26 @@ def host_facts(c: Any, kit_python: str, kit_root: str = "/nonexistent") -> dict[
     lo, _, hi = facts.get("port_range", "").partition(" ")
     facts["port_range"] = [int(lo), int(hi)] if lo.isdigit() and hi.strip().isdigit() else None
     facts["kit_python"] = facts.get("kit_python") == "yes"
+    try:  # what Ansible's tuning role found this host allows (kit_root/state/tuning.json), when deployed
+        facts["tuning"] = json.loads(facts["tuning"]) if facts.get("tuning") else None
+    except ValueError:
+        facts["tuning"] = None
     return facts
+
+
+def open_file_limit(facts: dict[str, Any]) -> tuple[int, int | None, str]:
+    """(open files a kit process gets, proxied sessions one proxy process holds or None, where it came from).
+
+    The tuning role's report is the authority where the host was deployed: it knows what the service
+    manager grants (systemd's LimitNOFILE may exceed an SSH login's hard limit) and the proxy reserve.
+    Without it, the SSH login's hard limit is the best guess.
+    """
+    nofile = ((facts.get("tuning") or {}).get("nofile") or {})
+    if isinstance(nofile.get("effective"), int) and nofile["effective"] > 0:
+        sessions = nofile.get("proxy_sessions_max")
+        return nofile["effective"], sessions if isinstance(sessions, int) else None, \
+            "kit_root/state/tuning.json (Ansible's tuning role)"
+    return int(facts.get("nofile_hard") or 0), None, "ulimit -Hn over SSH (no tuning report: run fab deploy)"
 
 
 _CLOCK_ECHO = "import sys, time\nfor _ in sys.stdin:\n    sys.stdout.write('%d\\n' % time.time_ns()); sys.stdout.flush()"

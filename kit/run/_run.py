@@ -239,10 +239,11 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
             problems.append(f"{name}: {inv.hosts[name].kit_python} is missing: run `fab deploy` first")
     lbs = inv.group("haproxy")
     for h in lbs:
-        nofile = facts[h.name]["nofile_hard"] or 0
-        cap = max(0, (nofile - FD_RESERVE) // 2)
+        nofile, reported, source = ops.open_file_limit(facts[h.name])
+        cap = reported if reported is not None else max(0, (nofile - FD_RESERVE) // 2)
         share = None if plan_clients is None else -(-plan_clients // len(lbs))
-        caps[h.name] = {"role": "haproxy", "nofile_hard": nofile, "max_sessions": cap, "planned_sessions": share,
+        caps[h.name] = {"role": "haproxy", "nofile": nofile, "nofile_source": source, "max_sessions": cap,
+                        "planned_sessions": share,
                         "note": f"one HAProxy process holds at most ~{cap} proxied sessions (2 fds each) "
                                 f"with nofile {nofile}"}
         if share is not None and share > cap:
@@ -257,18 +258,19 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
             clients = sum(s.clients for s in mine)
             procs = max(1, sum(s.processes for s in mine))
             per_proc = -(-clients // procs)
-            fd_cap = max(0, (f["nofile_hard"] or 0) - FD_RESERVE) // FDS_PER_SESSION
+            nofile, _, source = ops.open_file_limit(f)
+            fd_cap = max(0, nofile - FD_RESERVE) // FDS_PER_SESSION
             pr = f["port_range"] or [32768, 60999]
             per_lb: dict[str, int] = {}
             for s in mine:
                 per_lb[s.haproxy] = per_lb.get(s.haproxy, 0) + s.clients
             port_cap = pr[1] - pr[0] + 1
             caps[name] = {"role": "generator", "clients": clients, "processes": procs, "clients_per_process": per_proc,
-                          "nofile_hard": f["nofile_hard"], "max_clients_per_process_by_nofile": fd_cap,
+                          "nofile": nofile, "nofile_source": source, "max_clients_per_process_by_nofile": fd_cap,
                           "local_ports": port_cap, "max_clients_per_balancer_by_ports": port_cap // 2}
             if per_proc > fd_cap:
                 problems.append(f"{name}: {per_proc} clients per process need ~{per_proc * FDS_PER_SESSION} open "
-                                f"files but the hard limit is {f['nofile_hard']}: add generator hosts or cores")
+                                f"files but a process gets {nofile} ({source}): add generator hosts or cores")
             for lb, n in per_lb.items():
                 if n * 2 > port_cap:
                     problems.append(f"{name}: {n} clients to {lb} need ~{n * 2} local ports but "

@@ -422,6 +422,9 @@ def test_a_users_wsproxy_build_deploys_through_wsproxy_artifact_and_the_run_reco
         assert rc == 0 and summary["success_rate"] == 100.0, summary.get("run", {}).get("partial_reasons")
         build = json.dumps(summary["run"]["build"])
         assert "artifact" in build and digest in build, build
+        # the preflight took the host's open-file limit from the tuning role's report, not a second guess
+        pre = json.loads((tmp_path / "artifact" / "preflight.json").read_text())
+        assert all("tuning.json" in cap["nofile_source"] for cap in pre["caps"].values()), pre["caps"]
     finally:
         inv.unlink(missing_ok=True)
         res, _, _ = ansible.run("wsproxy.yml")  # back to the reference wsproxy for the tests after this one
