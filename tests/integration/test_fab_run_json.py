@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from devkit.localstack import free_port, local_stack
+from localinv import write_local_inventory
+from devkit.localstack import local_stack
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,17 +34,7 @@ RESULTS = REPO / "results"
 def inventory(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fabjson")
     with local_stack(tmp / "stack", sim_env={"TOKEN_DELAY_MS": 5}) as stack:
-        venv = REPO / ".venv"
-        host = {"ansible_connection": "local", "kit_root": str(tmp / "root"), "kit_venv_dir": str(venv),
-                "ansible_python_interpreter": str(venv / "bin" / "python"),
-                "haproxy_http_port": stack.sim_port, "haproxy_ws_port": stack.wsproxy_port,
-                "haproxy_stats_port": free_port(), "redis_port": stack.redis.port, "sim_port": stack.sim_port,
-                "wsproxy_base_port": stack.wsproxy_port}
-        group = {"hosts": {"local": None}}
-        path = tmp / "inventory.yml"
-        path.write_text(yaml.safe_dump({"all": {"hosts": {"local": host}, "children": {
-            g: group for g in ("redis", "haproxy", "wsproxy", "sim", "generators")}}}))
-        yield path
+        yield write_local_inventory(tmp / "inventory.yml", stack, tmp / "root")
 
 
 @pytest.fixture

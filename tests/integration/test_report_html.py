@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devkit.localstack import Stack, free_port, local_stack
+from localinv import write_local_inventory
+from devkit.localstack import Stack, local_stack
 from kit.run._run import RunOptions, execute
 
 pytestmark = pytest.mark.timeout(300)
@@ -49,18 +50,7 @@ def local_inventory(tmp: Path, stack: Stack) -> Path:
                    + "".join(f"  {k}) echo {v} ;;\n" for k, v in pids.items())
                    + "  *) echo 'ERROR (no such process)'; exit 1 ;;\nesac\n")
     ctl.chmod(0o755)
-    venv = REPO / ".venv"
-    host = {"ansible_connection": "local", "kit_root": str(root), "kit_venv_dir": str(venv),
-            "ansible_python_interpreter": str(venv / "bin" / "python"), "kit_service_supervisorctl_bin": str(ctl),
-            "haproxy_http_port": stack.sim_port, "haproxy_ws_port": stack.wsproxy_port,
-            "haproxy_stats_port": free_port(), "redis_port": stack.redis.port, "sim_port": stack.sim_port,
-            "wsproxy_base_port": stack.wsproxy_port}
-    group = {"hosts": {"local": None}}
-    inv = {"all": {"hosts": {"local": host},
-                   "children": {g: group for g in ("redis", "haproxy", "wsproxy", "sim", "generators")}}}
-    path = tmp / "inventory.yml"
-    path.write_text(yaml.safe_dump(inv))
-    return path
+    return write_local_inventory(tmp / "inventory.yml", stack, root, kit_service_supervisorctl_bin=str(ctl))
 
 
 @pytest.fixture(scope="module")
