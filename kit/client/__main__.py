@@ -239,9 +239,7 @@ def _apply_child_config(args: argparse.Namespace) -> None:
 def _workload(args: argparse.Namespace):
     """The run's workload classes (the options alone, or ``--workload FILE``); fixes the draw's seed
     (``--workload-seed``, else the file's, else a random one) so every child process draws alike."""
-    import random
-
-    from ._workload import Workload, WorkloadError, load_workload
+    from ._workload import Workload, WorkloadError, draw_seed, load_workload
 
     if args.workload is None:
         workload = Workload()
@@ -250,8 +248,7 @@ def _workload(args: argparse.Namespace):
             workload = load_workload(args.workload)
         except WorkloadError as exc:
             raise ConfigError(str(exc)) from None
-    if args.workload_seed is None:
-        args.workload_seed = workload.seed if workload.seed is not None else random.randrange(2**31)
+    args.workload_seed = draw_seed(workload, args.workload_seed)
     return workload
 
 

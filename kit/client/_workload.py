@@ -42,7 +42,7 @@ from typing import Any
 
 from ._session import SessionConfig
 
-__all__ = ["CLASS_KEYS", "WIRE_FIELDS", "WorkloadError", "WorkloadClass", "Workload", "WorkloadRecord",
+__all__ = ["draw_seed", "CLASS_KEYS", "WIRE_FIELDS", "WorkloadError", "WorkloadClass", "Workload", "WorkloadRecord",
            "parse_workload", "load_workload", "check_option", "draw", "merge_workload", "workload_summary"]
 
 #: class key -> (SessionConfig field, whole number?, minimum, maximum or None, unit); the first four
@@ -175,6 +175,14 @@ def load_workload(path: str | Path) -> Workload:
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise WorkloadError(f"{p}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
     return parse_workload(data, str(p))
+
+
+def draw_seed(workload: Workload, given: int | None) -> int:
+    """The seed of a run's class draw: the one given (``--workload-seed``), else the file's, else a random
+    one, chosen once by whoever starts the run so every process draws alike."""
+    if given is not None:
+        return given
+    return workload.seed if workload.seed is not None else random.randrange(2**31)
 
 
 def draw(weights: Sequence[float], seed: int, index: int) -> int:

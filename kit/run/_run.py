@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import platform
-import random
 import shlex
 import shutil
 import signal
@@ -167,7 +166,7 @@ class RunOptions:
                                f"--max-duration {self.max_duration:g}")
 
     def _resolve_workload(self) -> None:
-        from kit.client._workload import WorkloadError, check_option, load_workload
+        from kit.client._workload import WorkloadError, check_option, draw_seed, load_workload
 
         for key, opt in (("tokens", "--tokens"), ("token_delay_ms", "--token-delay"), ("ttft_ms", "--ttft"),
                          ("token_jitter_ms", "--token-jitter")):
@@ -188,8 +187,7 @@ class RunOptions:
                 wl = load_workload(self.workload)
             except WorkloadError as exc:
                 raise RunError(str(exc)) from None
-            if self.workload_seed is None:
-                self.workload_seed = wl.seed if wl.seed is not None else random.randrange(2**31)
+            self.workload_seed = draw_seed(wl, self.workload_seed)
 
     def chaos_specs(self) -> list[ChaosSpec]:
         """The parsed ``--chaos`` specs; RunError (one line) for a bad one."""
