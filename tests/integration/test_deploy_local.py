@@ -26,6 +26,7 @@ import redis
 import trio
 from trio_websocket import open_websocket_url
 
+from devkit.ansible_log import failure_summary
 from kit import contract
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,7 +125,7 @@ def deployed(tmp_path_factory):
     ansible = Ansible({"kit_venv_source_root": str(src), "kit_venv_wheelhouse_dir": str(wheelhouse)})
 
     res, _, recap = ansible.run("teardown.yml")  # leftovers of an interrupted earlier run
-    assert res.returncode == 0, res.stdout[-3000:]
+    assert res.returncode == 0, failure_summary(res.stdout)
     busy = {name: port for name, port in PORTS.items() if _listening(port)}
     if busy:
         pytest.fail(f"the kit's fixed ports are in use by something else: {busy}; stop it (only this test "
@@ -144,7 +145,7 @@ def deployed(tmp_path_factory):
 
 def test_site_yml_deploys_the_stack(deployed):
     res, elapsed, recap = deployed["first"]
-    assert res.returncode == 0, res.stdout[-4000:]
+    assert res.returncode == 0, failure_summary(res.stdout)
     assert recap["failed"] == 0 and recap["unreachable"] == 0 and recap["changed"] > 0
     # the host's open-file cap is reported, not skipped (20,000 here; root cannot raise it)
     said = " ".join(res.stdout.split())
@@ -299,21 +300,21 @@ def test_second_run_from_an_inventory_outside_inventory_dir_changes_nothing(depl
     shutil.copy2(INVENTORY, mine)
     res, elapsed, recap = deployed["ansible"].run("site.yml", inventory=mine)
     print(f"\nsite.yml second run ({mine}): {elapsed:.1f} s, {recap}")
-    assert res.returncode == 0, res.stdout[-4000:]
+    assert res.returncode == 0, failure_summary(res.stdout)
     assert recap["changed"] == 0, [line for line in res.stdout.splitlines() if line.startswith("changed:")] or \
-        res.stdout[-4000:]
+        failure_summary(res.stdout)
 
 
 def test_check_diff_run_reports_no_change(deployed):
     res, elapsed, recap = deployed["ansible"].run("site.yml", "--check", "--diff")
     print(f"\nsite.yml --check --diff: {elapsed:.1f} s, {recap}")
-    assert res.returncode == 0, res.stdout[-4000:]
-    assert recap["changed"] == 0, res.stdout[-4000:]
+    assert res.returncode == 0, failure_summary(res.stdout)
+    assert recap["changed"] == 0, failure_summary(res.stdout)
 
 
 def test_redeploying_one_concern_alone_works(deployed):
     res, _, recap = deployed["ansible"].run("wsproxy.yml")
-    assert res.returncode == 0, res.stdout[-4000:]
+    assert res.returncode == 0, failure_summary(res.stdout)
     assert recap["changed"] == 0
 
 
@@ -414,7 +415,7 @@ def test_a_users_wsproxy_build_deploys_through_wsproxy_artifact_and_the_run_reco
         res = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / "wsproxy.yml"),
                               "-e", json.dumps(ansible.extra_vars)], capture_output=True, text=True,
                              timeout=PLAYBOOK_TIMEOUT, cwd=REPO, env=ansible.env, stdin=subprocess.DEVNULL)
-        assert res.returncode == 0, res.stdout[-4000:]
+        assert res.returncode == 0, failure_summary(res.stdout)
         conf = (KIT_ROOT / "supervisor" / "conf.d" / "wsproxy-0.conf").read_text()
         assert f"{KIT_ROOT}/bin/wsproxy-artifact" in conf
         rc = execute(RunOptions(inventory=inv, clients=20, queries=1, ramp=20.0, max_duration=120,
@@ -429,7 +430,7 @@ def test_a_users_wsproxy_build_deploys_through_wsproxy_artifact_and_the_run_reco
     finally:
         inv.unlink(missing_ok=True)
         res, _, _ = ansible.run("wsproxy.yml")  # back to the reference wsproxy for the tests after this one
-        assert res.returncode == 0, res.stdout[-4000:]
+        assert res.returncode == 0, failure_summary(res.stdout)
     assert f"{KIT_ROOT}/bin/wsproxy-artifact" not in (KIT_ROOT / "supervisor" / "conf.d" / "wsproxy-0.conf").read_text()
 
 
@@ -437,7 +438,7 @@ def test_scaling_wsproxy_down_removes_the_extra_instance(deployed):
     ansible = deployed["ansible"]
     for playbook in ("wsproxy.yml", "haproxy.yml"):
         res, _, recap = ansible.run(playbook, "-e", "wsproxy_instances_per_host=1")
-        assert res.returncode == 0 and recap["changed"] > 0, res.stdout[-4000:]
+        assert res.returncode == 0 and recap["changed"] > 0, failure_summary(res.stdout)
     assert not _listening(PORTS["wsproxy-1"])
     assert _program_pid("wsproxy-1") is None and _program_pid("wsproxy-0") is not None
     assert not (KIT_ROOT / "supervisor" / "conf.d" / "wsproxy-1.conf").exists()
@@ -459,18 +460,18 @@ def test_teardown_leaves_no_process_port_or_kit_root(deployed):
     assert len(pids) >= 6, pids  # supervisord + redis, sim (+ workers), 2 wsproxy, haproxy (+ worker)
     res, elapsed, recap = deployed["ansible"].run("teardown.yml")
     deployed["torn_down"] = True
-    assert res.returncode == 0, res.stdout[-4000:]
+    assert res.returncode == 0, failure_summary(res.stdout)
     assert [p for p in pids if _alive(p)] == []
     assert [name for name, port in PORTS.items() if _listening(port)] == []
     assert not KIT_ROOT.exists()
     assert _read_sysctls() == deployed["sysctl_before"]
     # a second teardown finds nothing to do
     res, _, recap = deployed["ansible"].run("teardown.yml")
-    assert res.returncode == 0 and recap["changed"] == 0, res.stdout[-3000:]
+    assert res.returncode == 0 and recap["changed"] == 0, failure_summary(res.stdout)
 
 
 def test_playbooks_pass_ansible_lint_production_profile():
     res = subprocess.run([str(BIN / "ansible-lint"), "--nocolor", "--format=pep8", "playbooks/"], capture_output=True,
                          text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.returncode == 0, failure_summary(res.stdout) + res.stderr[-3000:]
     assert "Profile 'production' was required, and it passed" in res.stderr + res.stdout

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.ansible_log import failure_summary
 from kit.client._analyze import exact_percentile
 from kit.lab import LabConfig, lab_down, lab_up
 from kit.run._plan import parse_threshold
@@ -49,7 +50,7 @@ def deployed_lab(need_root, tmp_path_factory):
         state = lab_up(6, cfg=cfg)
         res = _playbook(cfg.inventory_path, "site.yml", tmp / "site.log")
         deployed = True
-        assert res.returncode == 0, (tmp / "site.log").read_text()[-6000:]
+        assert res.returncode == 0, failure_summary((tmp / "site.log").read_text())
         yield tmp, cfg, state
     finally:
         if deployed:
