@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from kit import contract
+from kit import _gc, contract
 from kit.config import ClientSettings, ConfigError, field_default, field_kind, field_limits, parse_number
 
 from ._http import DEFAULT_MAX_CONNECTIONS
@@ -319,6 +319,7 @@ def run_load(argv: list[str]) -> int:
         start_at=args.start_at, run_id=run_id, quiet=args.quiet, status_interval=args.status_interval,
         max_duration=args.max_duration, http_timeout=args.http_timeout, http_connections=args.http_connections,
         seed=args.seed, workload=workload, workload_seed=args.workload_seed, ca_file=args.ca_file)
+    meta["gc"] = _gc.tune()  # start-up is done: freeze it, collect rarely (kit/_gc.py)
     if processes > 1 and not child:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         summary = run_parent(cfg, _child_config(args, cfg.output_dir), meta)

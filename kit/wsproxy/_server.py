@@ -37,7 +37,7 @@ import struct
 from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from kit import contract
+from kit import _gc, contract
 from kit.auth import AuthError, bearer_token, verify_token
 from kit.config import WsproxySettings
 
@@ -378,6 +378,7 @@ async def serve(settings: WsproxySettings) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
         await site.start()
+        _gc.tune()  # start-up done: frozen, and collections rare (kit/_gc.py)
         log.info("wsproxy listening on %s:%d (pub/sub pool of at most %d connections)",
                  settings.host, settings.port, settings.pubsub_pool_size)
         redis_watch = asyncio.create_task(watch_redis_at_start(parse_redis_url(settings.redis_url)))
