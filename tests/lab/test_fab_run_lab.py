@@ -18,6 +18,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from devkit.ansible_log import failure_summary
 from kit.client._analyze import exact_percentile
@@ -31,9 +32,9 @@ REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / ".venv" / "bin" / "ansible-playbook"
 
 
-def _playbook(inv: Path, book: str, log: Path) -> subprocess.CompletedProcess:
+def _playbook(inv: Path, book: str, log: Path, *extra: str) -> subprocess.CompletedProcess:
     with open(log, "w") as fh:
-        return subprocess.run([str(ANSIBLE), "-i", str(inv), str(REPO / "playbooks" / book)], cwd=REPO,
+        return subprocess.run([str(ANSIBLE), "-i", str(inv), str(REPO / "playbooks" / book), *extra], cwd=REPO,
                               stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=2400)
 
 
@@ -48,6 +49,10 @@ def deployed_lab(need_root, tmp_path_factory):
     deployed = False
     try:
         state = lab_up(6, cfg=cfg)
+        # this lab's secrets (stats password, JWT secret, the kit CA of the TLS test) stay in tmp
+        inv = yaml.safe_load(cfg.inventory_path.read_text())
+        inv["all"]["vars"]["kit_secrets_dir"] = str(tmp / "secrets")
+        cfg.inventory_path.write_text(yaml.safe_dump(inv, sort_keys=False))
         res = _playbook(cfg.inventory_path, "site.yml", tmp / "site.log")
         deployed = True
         assert res.returncode == 0, failure_summary((tmp / "site.log").read_text())
@@ -108,3 +113,27 @@ def test_fab_status_reports_every_service_healthy_and_fab_logs_fetches_each_host
     assert logs(cfg.inventory_path, tmp / "logs", out=lines.append) == 0
     for h in state["hosts"]:
         assert list((tmp / "logs" / h["name"]).rglob("*.log")), h["name"]
+
+
+def test_haproxy_tls_deployed_by_its_playbook_carries_a_fab_run_tls(deployed_lab):
+    """The haproxy role with haproxy_tls through playbooks/haproxy.yml (what site.yml imports) on the deployed lab:
+    a kit CA on the controller, HAProxy terminating TLS on both frontends, and a --tls run through it.
+    Runs last in this module: it leaves the balancer on TLS until the fixture tears the lab down."""
+    tmp, cfg, state = deployed_lab
+    res = _playbook(cfg.inventory_path, "haproxy.yml", tmp / "haproxy-tls.log", "-e", '{"haproxy_tls": true}')
+    assert res.returncode == 0, failure_summary((tmp / "haproxy-tls.log").read_text())
+    ca = tmp / "secrets" / "kit_ca.crt"
+    assert ca.is_file() and (tmp / "secrets" / "kit_ca.key").stat().st_mode & 0o077 == 0
+    lines: list[str] = []
+    rc = execute(RunOptions(inventory=cfg.inventory_path, clients=40, queries=1, ramp=40.0, tls=True,
+                            results_dir=tmp / "results", run_id="e2e-tls", max_duration=300, live=False,
+                            thresholds=[parse_threshold("success>=100%"), parse_threshold("lost==0")]),
+                 out=lines.append)
+    assert rc == 0, "\n".join(lines[-60:])
+    run_dir = tmp / "results" / "e2e-tls"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["total_sessions"] == 40 and summary["success_rate"] == 100.0
+    assert summary["connect_tls_ms"]["count"] == 40 and summary["connect_tls_ms"]["p50"] > 0
+    for slot in summary["run"]["slots"]:
+        argv = slot["argv"]
+        assert argv[argv.index("--ws-url") + 1].startswith("wss://"), argv
