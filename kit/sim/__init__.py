@@ -7,8 +7,8 @@ this package does nothing.  ``python -m kit.sim`` serves it (see ``__main__``).
 Module owners: ``_app`` (HTTP endpoints, Redis session records and pool), ``_publisher``
 (the per-process scheduler that PUBLISHes every token due within a PUBLISH_TICK_MS
 tick in one write), ``_schedule`` (pure timing and message encoding), ``_body``
-(request validation), ``_asgi`` (Quart's per-request ASGI path, leaner), ``_serve``
-(the ASGI server).
+(request validation), ``_asgi`` (Quart's per-request ASGI path, leaner; the session routes
+without Quart's request context), ``_serve`` (the ASGI server).
 """
 
 from __future__ import annotations

@@ -156,6 +156,36 @@ async def _tick_zero_wakes_for_each_due_time():
         assert all(sent >= start + 0.03 * min(m["seq"], 2) for _, m in cmds)
 
 
+def test_a_tick_over_max_batch_goes_out_in_several_writes_each_query_in_order():
+    uvloop.run(_a_tick_over_max_batch_goes_out_in_several_writes_each_query_in_order())
+
+
+async def _a_tick_over_max_batch_goes_out_in_several_writes_each_query_in_order():
+    tick = 0.02
+    start = _next_tick(tick)
+    conn = FakeConnection()
+    conn.expected = 12 * 6
+    pub = Publisher(lambda: conn, tick_s=tick, max_batch=7)
+    pub.start()
+    try:
+        for q in range(12):  # 12 queries x (5 tokens + done), all due within one tick
+            due = [start - tick / 2 + 0.0001 * (q + k) for k in range(5)]
+            pub.submit(b"ch%d" % q, b"q%d" % q, encode_tokens([f"w{k}" for k in range(5)]), [*due, due[-1]])
+        assert pub.statistics()["queries_in_flight"] == 12
+        await asyncio.wait_for(conn.all_sent.wait(), 10)
+    finally:
+        await pub.aclose()
+    assert all(len(cmds) <= 7 for _, cmds in conn.writes)
+    assert len(conn.writes) == math.ceil(12 * 6 / 7)
+    streams: dict[bytes, list[int]] = {}
+    for _, cmds in conn.writes:
+        for ch, m in cmds:
+            streams.setdefault(ch, []).append(m["seq"])
+    assert streams == {b"ch%d" % q: list(range(6)) for q in range(12)}
+    stats = pub.statistics()
+    assert (stats["queries_in_flight"], stats["messages_dropped"], stats["done_published"]) == (0, 0, 12)
+
+
 def test_publish_tick_ms_is_validated_and_defaults_to_5():
     env = {"JWT_SECRET": "s" * 40}
     assert SimSettings.from_env(env).publish_tick_ms == 5.0
