@@ -132,7 +132,7 @@ def deployed(tmp_path_factory):
                     "may use them)")
     sysctl_before = _read_sysctls()
 
-    state = {"ansible": ansible, "sysctl_before": sysctl_before, "torn_down": False}
+    state = {"ansible": ansible, "sysctl_before": sysctl_before, "torn_down": False, "src": src}
     try:
         res, elapsed, recap = ansible.run("site.yml")
         state.update(first=(res, elapsed, recap))
@@ -322,6 +322,27 @@ def _program_pid(name: str) -> int | None:
     res = subprocess.run(SUPERVISORCTL + ["status", name], capture_output=True, text=True, timeout=30)
     m = re.search(r"RUNNING\s+pid (\d+)", res.stdout)
     return int(m[1]) if m else None
+
+
+def test_a_new_kit_build_restarts_the_programs_that_run_it(deployed):
+    """A changed kit (a new wheel in the venv) must restart the simulator: supervisord's `update` ignores a
+    comment, and a deploy once left the old code running while the venv held the new one."""
+    old = _program_pid("sim")
+    assert old is not None
+    mark = f"\n# build marker of test_a_new_kit_build_restarts_the_programs_that_run_it {time.time_ns()}\n"
+    with open(deployed["src"] / "kit" / "sim" / "_app.py", "a") as fh:
+        fh.write(mark)
+    res, _, _ = deployed["ansible"].run("sim.yml")
+    assert res.returncode == 0, failure_summary(res.stdout)
+    deadline = time.monotonic() + 60  # `update` restarted it; supervisord says RUNNING after startsecs
+    while (new := _program_pid("sim")) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status = subprocess.run(SUPERVISORCTL + ["status", "sim"], capture_output=True, text=True, timeout=30).stdout
+    assert new is not None and new != old, (old, status)
+    build = psutil.Process(new).environ().get("KIT_BUILD")
+    assert build and build in (KIT_ROOT / "supervisor" / "conf.d" / "sim.conf").read_text()
+    installed = list((KIT_ROOT / "venv").glob("lib/python3*/site-packages/kit/sim/_app.py"))
+    assert installed and mark in installed[0].read_text()
 
 
 def test_supervisor_restarts_a_crashed_service(deployed):
