@@ -57,7 +57,7 @@ def app_from_env() -> "Quart":
     if application is None:
         from kit.config import SimSettings
 
-        application = create_app(SimSettings.from_env())
+        application = create_app(SimSettings.from_env(), tune_gc=True)
         globals()["app"] = application
     return application
 

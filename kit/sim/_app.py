@@ -51,7 +51,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisError
 from werkzeug.exceptions import HTTPException
 
-from kit import contract
+from kit import _gc, contract
 from kit.auth import issue_token
 from kit.config import SimSettings
 
@@ -180,8 +180,9 @@ def _session_key(session_id: str) -> str:
     return contract.session_key(session_id)
 
 
-def create_app(settings: SimSettings) -> Quart:
-    """Build the simulator app for *settings*; no I/O happens until it is served."""
+def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
+    """Build the simulator app for *settings*; no I/O happens until it is served.  With *tune_gc* (the served
+    app, ``kit.sim:app``) the worker applies the kit's collector settings once serving starts."""
     app = Quart("kit.sim")
     app.asgi_http_class = LeanHTTPConnection  # see _asgi: one task and two sends per request
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -207,6 +208,8 @@ def create_app(settings: SimSettings) -> Quart:
                                     tick_s=settings.publish_tick_ms / 1000.0)
         state.publisher.start()
         start_redis_probe(app, settings.redis_url)  # a wrong REDIS_URL is one log line at start
+        if tune_gc:
+            _gc.tune()  # this worker's start-up is done: frozen, and collections rare (kit/_gc.py)
         log.info("kit.sim serving (pid %d): %d words per answer, token delay %.3g ms, ttft %.3g ms, "
                  "jitter %.3g ms, publish tick %.3g ms, redis pool %d", os.getpid(), len(state.words),
                  settings.token_delay_ms, settings.ttft_ms, settings.token_jitter_ms, settings.publish_tick_ms,
