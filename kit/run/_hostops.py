@@ -158,9 +158,12 @@ def job_state(c: Any, job_dir: str, status_file: str | None = None) -> dict[str,
     """``{"rc": int|None, "alive": bool, "status": dict|None}`` of a job started by :func:`start_job`."""
     d = shlex.quote(job_dir)
     status = f"cat {d}/{shlex.quote(status_file)} 2>/dev/null;" if status_file else ""
-    res = c.run(f"cd {d} && echo \"rc=$(cat rc 2>/dev/null)\"; "
-                f"if {_ALIVE.format(pid='$(cat pid)')}; then echo alive=1; else echo alive=0; fi; "
-                f"echo ---; {status} true", hide=True, warn=True, timeout=CMD_TIMEOUT)
+    # liveness first, then rc: the job's shell writes rc and only then exits, so a job seen dead has its rc
+    # on disk.  Read the other way round, a job ending between the two reads looked dead without an rc
+    # (a 10,000-session lab run was marked partial: "generator exited with status None" after it passed).
+    res = c.run(f"cd {d} && if {_ALIVE.format(pid='$(cat pid)')}; then echo alive=1; else echo alive=0; fi; "
+                f"echo \"rc=$(cat rc 2>/dev/null)\"; echo ---; {status} true",
+                hide=True, warn=True, timeout=CMD_TIMEOUT)
     head, _, body = res.stdout.partition("---\n")
     kv = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
     st = None
