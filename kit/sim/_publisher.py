@@ -237,8 +237,6 @@ class Publisher:
         parts: list[bytes] = []
         append = parts.append
         time_ns = time.time_ns
-        tick = self._tick
-        ceil = math.ceil
         tokens = dones = 0
         lag = 0.0
         room = self._max_batch
@@ -274,7 +272,7 @@ class Publisher:
                 elif due[i] <= now:  # max_batch reached: the rest goes in the next write
                     held.append(q)
                 else:
-                    self._file(q, ceil(due[i] / tick) * tick if tick > 0 else due[i])
+                    self._file(q, self._wake_time(due[i]))
             if held:
                 bucket.extend(held)
                 break
