@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 __all__ = ["CONTRACT_PATH", "contract", "ports", "groups", "bounds", "jwt_algorithms", "fd_reserve",
-           "pubsub_channel", "session_key", "run_id", "sysctls", "secret_files", "health_path"]
+           "pubsub_channel", "session_key", "run_id", "sysctls", "secret_files", "health_path",
+           "deep_health_path"]
 
 CONTRACT_PATH = Path(__file__).resolve().parent / "contract.yml"
 
@@ -51,8 +52,13 @@ def bounds(name: str) -> tuple[int, int]:
 
 
 def health_path() -> str:
-    """Where sim and wsproxy answer 200 when ready."""
+    """Where sim and wsproxy answer 200 when the instance can serve (no Redis round trip)."""
     return str(contract()["kit_health_path"])
+
+
+def deep_health_path() -> str:
+    """Where sim and wsproxy answer 200 when they can serve and Redis answers a fresh connection."""
+    return str(contract()["kit_deep_health_path"])
 
 
 def jwt_algorithms() -> tuple[str, ...]:

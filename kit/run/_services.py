@@ -122,7 +122,7 @@ def _check(inv: Inventory, t: dict[str, Any], client: httpx.Client) -> dict[str,
                 rec["detail"] = f"stats page answered HTTP {resp.status_code}" + (
                     "" if auth else " (no stats password found in .secrets/)")
         else:
-            resp = client.get(f"http://{t['address']}:{t['port']}{inv.hosts[t['host']].vars['kit_health_path']}")
+            resp = client.get(f"http://{t['address']}:{t['port']}{inv.hosts[t['host']].vars['kit_deep_health_path']}")
             rec["ok"] = resp.status_code == 200
             rec["detail"] = resp.text.strip()[:200]
     except (OSError, httpx.HTTPError, redis.RedisError) as exc:
@@ -131,7 +131,8 @@ def _check(inv: Inventory, t: dict[str, Any], client: httpx.Client) -> dict[str,
 
 
 def check_health(inv: Inventory) -> list[dict[str, Any]]:
-    """Health of every service instance in the inventory (redis PING, haproxy stats, kit_health_path)."""
+    """Health of every service instance in the inventory (redis PING, haproxy stats, the services'
+    deep check kit_deep_health_path: their own state and a Redis round trip)."""
     with httpx.Client(timeout=HTTP_TIMEOUT) as client:
         return [_check(inv, t, client) for t in service_targets(inv)]
 

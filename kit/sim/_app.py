@@ -13,7 +13,10 @@ Endpoints (the wire contract in DESIGN.md):
   (:data:`._body.WORKLOAD_BOUNDS`) or, where it has none, the settings; ``workload`` echoes the
   effective ``token_delay_ms``, ``ttft_ms`` and ``token_jitter_ms``.
 * ``POST /session/{id}/close`` -> 200 ``{session_id, status: "closed"}``.
-* ``GET /health`` (PINGs Redis, 503 when it does not answer), ``GET /stats``.
+* ``GET /health``: 200 when the publisher runs and the worker's watch on Redis (:mod:`._probe`,
+  one PING a second whatever the number of checks) last heard it answer, else 503; no I/O, so a
+  balancer's checks never wait on Redis.  ``GET /health/deep``: the same after a PING of its own.
+  ``GET /stats``.
 
 The session routes are plain views (the body in, ``(status, JSON bytes)`` out) registered twice:
 as Quart routes and as :class:`._asgi.DirectRoutes`, which answer them without Quart's request
@@ -57,7 +60,7 @@ from kit.config import SimSettings
 
 from ._asgi import DIRECT_ROUTES, Answer, DirectRoutes, LeanHTTPConnection, View
 from ._body import BodyError, parse_create, parse_run
-from ._probe import start_redis_probe
+from ._probe import RedisWatch, start_redis_watch
 from ._publisher import Publisher
 from ._schedule import channel_name, due_offsets, encode_tokens, split_tokens
 
@@ -132,6 +135,8 @@ class SimState:
     pool: aioredis.BlockingConnectionPool | None = None
     redis: aioredis.Redis | None = None
     publisher: Publisher | None = None
+    #: the background watch on Redis that /health reads
+    redis_watch: RedisWatch = field(default_factory=RedisWatch)
     rng: random.Random = field(default_factory=random.Random)
     started: float = field(default_factory=time.time)
     sessions_created: int = 0
@@ -140,6 +145,7 @@ class SimState:
     client_errors: int = 0
     errors: int = 0
     pool_exhausted: int = 0
+    health_checks: int = 0
 
     def statistics(self) -> dict[str, object]:
         stats: dict[str, object] = {
@@ -151,6 +157,7 @@ class SimState:
             "client_errors": self.client_errors,
             "errors": self.errors,
             "redis_pool_exhausted": self.pool_exhausted,
+            "health_checks": self.health_checks,
         }
         if self.publisher is not None:
             pub = self.publisher.statistics()
@@ -207,7 +214,7 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
         state.publisher = Publisher(lambda: pool.connection_class(**pool.connection_kwargs),
                                     tick_s=settings.publish_tick_ms / 1000.0)
         state.publisher.start()
-        start_redis_probe(app, settings.redis_url)  # a wrong REDIS_URL is one log line at start
+        start_redis_watch(app, settings.redis_url, state.redis_watch)  # a wrong REDIS_URL: one line at start
         if tune_gc:
             _gc.tune()  # this worker's start-up is done: frozen, and collections rare (kit/_gc.py)
         log.info("kit.sim serving (pid %d): %d words per answer, token delay %.3g ms, ttft %.3g ms, "
@@ -364,18 +371,30 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
 
     app.extensions[DIRECT_ROUTES] = DirectRoutes(route=direct_route, failure=failure)
 
+    def shallow_health() -> Response:
+        if state.publisher is None or not state.publisher.running:
+            return _json({"status": "unavailable", "publisher": "stopped",
+                          "detail": "the token publisher is not running: see the simulator's log"}, 503)
+        watch = state.redis_watch
+        if not watch.ok:
+            return _json({"status": "unavailable", "redis": "down" if watch.ok is False else "unknown",
+                          "detail": f"{watch.detail}: check REDIS_URL and redis-server"}, 503)
+        return _json({"status": "ok"}, 200)
+
     @app.get(contract.health_path())
     async def health() -> Response:
+        state.health_checks += 1
+        return shallow_health()
+
+    @app.get(contract.deep_health_path())
+    async def deep_health() -> Response:
         try:
             await asyncio.wait_for(state.redis.ping(), _HEALTH_TIMEOUT_S)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             return _json({"status": "unavailable", "redis": "down",
                           "detail": f"redis PING failed ({type(exc).__name__}): check REDIS_URL and redis-server"},
                          503)
-        if state.publisher is None or not state.publisher.running:
-            return _json({"status": "unavailable", "publisher": "stopped",
-                          "detail": "the token publisher is not running: see the simulator's log"}, 503)
-        return _json({"status": "ok"}, 200)
+        return shallow_health()
 
     @app.get("/stats")
     async def stats() -> Response:

@@ -23,6 +23,13 @@ Ownership:
   the work is done once per message, not once per socket.
 - When a connection is lost, every subscriber on it gets ``redis_lost()``, its
   channels are forgotten, and the next subscription opens a new connection.
+- :meth:`PubSubPool.keep` (a task of the service) keeps at least one connection open, idle or
+  not, and reopens it with a backoff when it is lost: whether one is up (:attr:`PubSubPool.up`)
+  is the instance's Redis health, read by ``/health`` without a round trip, and an upgrade
+  answers 503 at once while none is.  Each connection's socket has TCP keepalive and a user
+  timeout of a few seconds (:data:`KEEPALIVE`), so a link that died silently (a partition, a host
+  gone) is noticed by the kernel within :data:`DEAD_LINK_S` and closed like a lost one, while a
+  Redis that is merely slow or paused (its kernel still ACKs) is not mistaken for a dead one.
 
 Errors: :class:`RedisUnavailable` when a connection cannot be opened or
 authenticated, or a subscription is not confirmed in time.  Its message never
@@ -34,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,8 +59,9 @@ __all__ = [
     "CHANNELS_PER_CONNECTION",
     "parse_redis_url",
     "redis_ping",
-    "watch_redis_at_start",
     "encode_command",
+    "KEEPALIVE",
+    "DEAD_LINK_S",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,16 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 #: channels a connection carries before the pool opens another (up to its cap)
 CHANNELS_PER_CONNECTION = 256
+#: TCP keepalive of every pub/sub socket: first probe after IDLE s of silence, then every INTVL s,
+#: dead after CNT unanswered.  The kernel does it (no CPU of ours, unaffected by a busy event loop),
+#: and a paused Redis still ACKs.
+KEEPALIVE = {"IDLE": 2, "INTVL": 2, "CNT": 3}
+#: seconds within which a silently dead pub/sub link is closed (its WebSockets get 1012); also the
+#: TCP user timeout, which bounds data left unacknowledged on a link that is not idle
+DEAD_LINK_S = KEEPALIVE["IDLE"] + KEEPALIVE["INTVL"] * KEEPALIVE["CNT"]
+#: seconds between :meth:`PubSubPool.keep`'s looks at the pool; its reconnect backoff (first, cap)
+KEEP_INTERVAL_S = 0.5
+KEEP_RETRY_S = (1.0, 30.0)
 
 
 class RedisUnavailable(Exception):
@@ -167,36 +186,16 @@ async def redis_ping(address: RedisAddress, timeout: float = 2.0) -> None:
             transport.close()
 
 
-#: seconds between start-up probes of an unreachable Redis: first, doubling up to the last
-STARTUP_RETRY_S = (1.0, 30.0)
-
-
-async def watch_redis_at_start(address: RedisAddress, *, retry: tuple[float, float] = STARTUP_RETRY_S) -> None:
-    """Say at start-up, in one line, that Redis is not usable, and once more when it answers.
-
-    The service serves either way (``/health`` and upgrades answer 503 while Redis is away); this
-    only makes a wrong ``REDIS_URL`` visible in the log at once instead of at the first request.
-    Returns once Redis has answered; the caller cancels it at shutdown.  Never logs the password.
-    """
-    where = f"{address.host}:{address.port}"
-    delay, cap = retry
-    failing = False
-    while True:
-        try:
-            await redis_ping(address)
-        except RedisUnavailable as exc:
-            if not failing:
-                failing = True
-                reason = str(exc) if where in str(exc) else f"Redis at {where}: {exc}"
-                log.warning("REDIS_URL is not usable at start-up: %s. /health and WebSocket upgrades answer 503 "
-                            "until it is: fix REDIS_URL (host, port, user, password) or start redis-server at %s; "
-                            "retrying in the background", reason, where)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, cap)
-            continue
-        if failing:
-            log.info("Redis at %s answers now", where)
+def _keepalive(transport: asyncio.BaseTransport) -> None:
+    """TCP keepalive and user timeout (:data:`KEEPALIVE`) on the socket of *transport*."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
         return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE["IDLE"])
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE["INTVL"])
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE["CNT"])
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_LINK_S * 1000)
 
 
 def _describe(exc: BaseException) -> str:
@@ -228,6 +227,8 @@ class PubSubConnection:
         self._auth_future: asyncio.Future | None = None
         self._unsent: list[bytes] = []  # SUBSCRIBEs asked for before the connection was ready
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        #: open, authenticated and not lost: it can carry subscriptions now
+        self.up = False
 
     # -- lifecycle -----------------------------------------------------------------
     async def open(self) -> None:
@@ -238,6 +239,7 @@ class PubSubConnection:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 transport, _ = await loop.create_connection(lambda: _ReplyProtocol(self), address.host, address.port)
                 self.transport = transport  # type: ignore[assignment]
+                _keepalive(transport)
                 auth = _auth_command(address)
                 if auth is not None:
                     self._auth_future = loop.create_future()
@@ -256,6 +258,7 @@ class PubSubConnection:
         if self._unsent:
             self.transport.write(b"".join(self._unsent))
             self._unsent.clear()
+        self.up = True
         self.ready.set_result(None)
 
     def close(self) -> None:
@@ -326,6 +329,7 @@ class PubSubConnection:
 
     def _fail(self, error: Exception) -> None:
         self.closed = True
+        self.up = False
         if self._auth_future is not None and not self._auth_future.done():
             self._auth_future.set_exception(error)
         while self._acks:
@@ -355,16 +359,59 @@ class PubSubPool:
         self.owner: dict[bytes, PubSubConnection] = {}
         self._next_index = 0
         self._closing = False
+        #: why the last connection attempt failed, while no connection is up (None: none failed)
+        self.last_error: str | None = None
 
     @property
     def subscription_count(self) -> int:
         return len(self.owner)
+
+    @property
+    def up(self) -> bool:
+        """At least one connection is open: subscriptions can be made now (the instance's Redis health)."""
+        return any(c.up for c in self.connections)
+
+    async def keep(self, *, interval: float = KEEP_INTERVAL_S, retry: tuple[float, float] = KEEP_RETRY_S) -> None:
+        """Keep at least one connection open until cancelled (the service runs it as a task).
+
+        When none is open or opening, open one; when that fails, log it once (naming host and port,
+        never the password), retry after *retry* (first, doubling to the cap), and log once more when
+        Redis answers again.  Never raises but for cancellation.
+        """
+        where = f"{self.address.host}:{self.address.port}"
+        delay = retry[0]
+        when = "at start-up"
+        while not self._closing:
+            if not any(c.up or not c.ready.done() for c in self.connections):
+                conn = self._new_connection()
+                try:
+                    await asyncio.shield(conn.ready)
+                except RedisUnavailable as exc:
+                    if self.last_error is None:
+                        reason = str(exc) if where in str(exc) else f"Redis at {where}: {exc}"
+                        log.warning("REDIS_URL is not usable %s: %s. /health and WebSocket upgrades answer 503 "
+                                    "until it is: fix REDIS_URL (host, port, user, password) or start redis-server "
+                                    "at %s; retrying in the background", when, reason, where)
+                    self.last_error = str(exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, retry[1])
+                    continue
+                if self.last_error is not None:
+                    log.info("Redis at %s answers now", where)
+                self.last_error = None
+                delay = retry[0]
+                when = "any more"
+
+            await asyncio.sleep(interval)
 
     def _pick(self) -> PubSubConnection:
         best = min(self.connections, key=lambda c: len(c.channels), default=None)
         if best is not None and (len(best.channels) < CHANNELS_PER_CONNECTION
                                  or len(self.connections) >= self.max_connections):
             return best
+        return self._new_connection()
+
+    def _new_connection(self) -> PubSubConnection:
         conn = PubSubConnection(self, self._next_index)
         self._next_index += 1
         self.connections.append(conn)

@@ -1,7 +1,15 @@
 """The reference wsproxy: aiohttp WebSockets fed by Redis pub/sub.
 
 Routes: ``GET /{agent_id}/ws/{session_id}`` (WebSocket), ``GET /health``,
-``GET /stats``.
+``GET /health/deep``, ``GET /stats``.
+
+Health, for a balancer that checks every instance every few seconds: ``/health`` (the contract's
+``kit_health_path``) answers from state the instance holds, with no I/O: 200 when its event loop
+runs this handler and at least one pub/sub connection to Redis is up (the pool keeps one open,
+:meth:`PubSubPool.keep`), else 503.  A balancer check therefore never opens a Redis connection and
+costs one small response, so a busy Redis or many balancers cannot make every instance look down at
+once.  ``/health/deep`` (``kit_deep_health_path``) adds a round trip to Redis on a fresh
+connection (AUTH, PING): what ``fab status`` and the preflight ask.
 
 A WebSocket request is handled in this order, and nothing later happens when
 an earlier step refuses:
@@ -10,7 +18,8 @@ an earlier step refuses:
    :mod:`kit.auth`): refused with 401 JSON before any upgrade or Redis work;
    only the reason code is counted and logged, never any part of the token;
 2. ``session:{id}:down`` is subscribed and Redis has confirmed it (so nothing
-   published after the client sees the 101 is missed): 503 if Redis fails;
+   published after the client sees the 101 is missed): 503 if Redis fails, and at once while
+   no pub/sub connection is up;
 3. the upgrade; then frames queued during it are flushed.
 
 Forward path (the hot one): the pub/sub connection's ``data_received`` calls
@@ -42,7 +51,7 @@ from kit.auth import AuthError, bearer_token, verify_token
 from kit.config import WsproxySettings
 
 from ._guard import GuardedWebSocketResponse
-from ._redis import PubSubPool, RedisAddress, RedisUnavailable, parse_redis_url, redis_ping, watch_redis_at_start
+from ._redis import PubSubPool, RedisAddress, RedisUnavailable, parse_redis_url, redis_ping
 from ._stats import Stats
 
 __all__ = ["create_app", "serve", "text_frame", "MAX_HEADER_FIELD_BYTES"]
@@ -212,6 +221,7 @@ class _Forwarder:
         self.ping_timeout = settings.ws_ping_timeout_secs
         self.clients: set[_Client] = set()
         self.pool: PubSubPool | None = None  # made on startup, inside the loop
+        self._keeper: asyncio.Task | None = None  # PubSubPool.keep, from startup to shutdown
 
     def deliver(self, subs: set[_Client], payload: bytes) -> None:
         """Forward one pub/sub payload to every subscriber of its channel (hot path)."""
@@ -261,6 +271,10 @@ class _Forwarder:
                 status=400)
 
         assert self.pool is not None
+        if not self.pool.up and self.pool.last_error is not None:  # fail fast: Redis is known to be away
+            self.stats.redis_unavailable += 1
+            return web.json_response({"error": "unavailable", "detail": f"Redis: {self.pool.last_error}"},
+                                     status=503)
         channel = contract.pubsub_channel(session_id)
         client = _Client(self)
         try:
@@ -306,13 +320,29 @@ class _Forwarder:
                 return
             # text / binary from a client carry nothing in this protocol: ignored
 
+    def _health(self) -> tuple[int, dict]:
+        """The shallow check: state held, no I/O (see the module's docstring)."""
+        pool = self.pool
+        body = {"status": "ok", "connections_open": self.stats.connections_open,
+                "subscriptions": pool.subscription_count if pool else 0,
+                "pubsub_connections_up": sum(c.up for c in pool.connections) if pool else 0}
+        if pool is None or not pool.up:
+            why = pool.last_error if pool is not None and pool.last_error else "no pub/sub connection to Redis yet"
+            return 503, body | {"status": "unavailable", "detail": f"Redis: {why}"}
+        return 200, body
+
     async def handle_health(self, request: web.Request) -> web.Response:
+        self.stats.health_checks += 1
+        status, body = self._health()
+        return web.json_response(body, status=status)
+
+    async def handle_deep_health(self, request: web.Request) -> web.Response:
+        status, body = self._health()
         try:
             await redis_ping(self.address)
         except RedisUnavailable as exc:
-            return web.json_response({"status": "unavailable", "detail": str(exc)}, status=503)
-        return web.json_response({"status": "ok", "connections_open": self.stats.connections_open,
-                                  "subscriptions": self.pool.subscription_count if self.pool else 0})
+            return web.json_response(body | {"status": "unavailable", "detail": str(exc)}, status=503)
+        return web.json_response(body, status=status)
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         pool = self.pool
@@ -323,8 +353,11 @@ class _Forwarder:
     # -- lifecycle ---------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
         self.pool = PubSubPool(self.address, self.settings.pubsub_pool_size, self.deliver, self.stats.pool)
+        self._keeper = asyncio.get_running_loop().create_task(self.pool.keep(), name="wsproxy pub/sub keeper")
 
     async def on_shutdown(self, app: web.Application) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
         for client in list(self.clients):
             client.drop(1001, b"server shutting down")
         if self.pool is not None:
@@ -337,6 +370,7 @@ def create_app(settings: WsproxySettings) -> web.Application:
     app = web.Application()
     app[_APP_STATE] = fwd
     app.router.add_get(contract.health_path(), fwd.handle_health)
+    app.router.add_get(contract.deep_health_path(), fwd.handle_deep_health)
     app.router.add_get("/stats", fwd.handle_stats)
     app.router.add_get("/{agent_id}/ws/{session_id}", fwd.handle_ws)
     app.on_startup.append(fwd.on_startup)
@@ -374,14 +408,12 @@ async def serve(settings: WsproxySettings) -> None:
                            max_field_size=MAX_HEADER_FIELD_BYTES,
                            keepalive_timeout=settings.ws_request_header_timeout_secs)
     await runner.setup()
-    redis_watch: asyncio.Task | None = None
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
         await site.start()
         _gc.tune()  # start-up done: frozen, and collections rare (kit/_gc.py)
         log.info("wsproxy listening on %s:%d (pub/sub pool of at most %d connections)",
                  settings.host, settings.port, settings.pubsub_pool_size)
-        redis_watch = asyncio.create_task(watch_redis_at_start(parse_redis_url(settings.redis_url)))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -389,6 +421,4 @@ async def serve(settings: WsproxySettings) -> None:
         await stop.wait()
         log.info("wsproxy shutting down")
     finally:
-        if redis_watch is not None:
-            redis_watch.cancel()
         await runner.cleanup()

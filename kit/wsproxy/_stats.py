@@ -29,6 +29,7 @@ class Stats:
         self.ping_timeouts = 0
         self.redis_lost_drops = 0  # sockets closed because their pub/sub connection died
         self.redis_unavailable = 0  # upgrades refused with 503: Redis could not subscribe
+        self.health_checks = 0  # GET /health answered (the balancers' checks)
         # the pool increments this mapping directly
         self.pool: dict[str, int] = {"pubsub_disconnects": 0}
 
@@ -50,6 +51,7 @@ class Stats:
             "ping_timeouts": self.ping_timeouts,
             "redis_lost_drops": self.redis_lost_drops,
             "redis_unavailable": self.redis_unavailable,
+            "health_checks": self.health_checks,
             "pubsub_disconnects": self.pool["pubsub_disconnects"],
             "subscriptions": subscriptions,
             "pubsub_connections": pubsub_connections,

@@ -329,20 +329,35 @@ def test_stats_count_sessions_queries_and_tokens(sim_factory):
 
 # -- health ----------------------------------------------------------------------------------
 
+def _health_settles(sim: Sim, status: int, path: str = "/health", timeout: float = 5.0) -> httpx.Response:
+    """Poll *path* until five answers in a row (every worker, whichever answers) are *status*."""
+    deadline = time.monotonic() + timeout
+    in_a_row = 0
+    while in_a_row < 5:
+        resp = sim.http.get(path)
+        in_a_row = in_a_row + 1 if resp.status_code == status else 0
+        assert time.monotonic() < deadline, f"{path} did not settle at {status}: {resp.status_code} {resp.text}"
+        if in_a_row < 5:
+            time.sleep(0.05)  # poll interval of a bounded readiness check
+    return resp
+
+
 def test_health_is_200_with_redis_and_503_json_once_its_redis_is_stopped(sim_factory, tmp_path):
     own = start_redis(tmp_path / "redis")
     try:
         dedicated = sim_factory(own, TTFT_MS=400, TOKEN_DELAY_MS=1)
         resp = dedicated.http.get("/health")
         assert resp.status_code == 200 and resp.json() == {"status": "ok"}
+        assert dedicated.http.get("/health/deep").status_code == 200
         sid = dedicated.create()["session_id"]
         # accepted now, due after the Redis below is gone: its messages cannot be published
         assert dedicated.http.post(f"/session/{sid}/run", json={"query": "q"}).status_code == 202
     finally:
         own.proc.stop()
-    resp = dedicated.http.get("/health")
-    assert resp.status_code == 503
-    assert resp.json()["status"] == "unavailable"
+    # /health reads the workers' watch on Redis (one PING a second each), so it turns within seconds
+    resp = _health_settles(dedicated, 503)
+    assert resp.json()["status"] == "unavailable" and resp.json()["redis"] == "down"
+    assert dedicated.http.get("/health/deep").status_code == 503
     assert_error(dedicated.http.post("/session/create"), 503, "redis_unavailable", "REDIS_URL")
 
     deadline = time.monotonic() + 20

@@ -353,22 +353,70 @@ def test_lost_pubsub_connection_closes_its_sockets_and_recovers(proxy_factory, t
         server.proc.stop()
 
 
-def test_health_is_503_when_redis_is_down(proxy_factory, tmp_path: Path) -> None:
+def test_health_reads_the_pools_state_deep_health_asks_redis_and_both_fail_fast_without_it(
+        proxy_factory, tmp_path: Path) -> None:
     server = start_redis(tmp_path / "own-redis")
     try:
         proxy = proxy_factory(server=server)
-        assert proxy.get("/health") == (200, {"status": "ok", "connections_open": 0, "subscriptions": 0})
+        # the pool keeps one pub/sub connection open with no session at all: that is the health
+        assert proxy.get("/health") == (200, {"status": "ok", "connections_open": 0, "subscriptions": 0,
+                                              "pubsub_connections_up": 1})
+        assert proxy.get("/health/deep")[0] == 200
     finally:
         server.proc.stop()
+    proxy.wait_for(lambda: proxy.get("/health")[0] == 503, "/health 503 once Redis is gone", timeout=5)
     status, body = proxy.get("/health")
-    assert status == 503 and body["status"] == "unavailable"
+    assert body["status"] == "unavailable" and "Redis" in body["detail"] and body["pubsub_connections_up"] == 0
+    assert proxy.get("/health/deep")[0] == 503
     sid = _sid("noredis")
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=20)
+    t0 = time.monotonic()
     conn.request("GET", f"/a/ws/{sid}", headers={**proxy.headers(sid), "Upgrade": "websocket",
                  "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
                  "Sec-WebSocket-Version": "13"})
     assert conn.getresponse().status == 503
+    assert time.monotonic() - t0 < 2.0, "an upgrade waited for a Redis the pool knows is away"
     conn.close()
+
+
+def _busy_core(seconds: float) -> subprocess.Popen:
+    """Another process that keeps one core busy for at most *seconds* (ended by PID by the caller)."""
+    return subprocess.Popen([sys.executable, "-c",
+                             f"import time\nt = time.monotonic() + {seconds}\nwhile time.monotonic() < t: pass"])
+
+
+def test_a_hundred_balancer_checks_open_no_redis_connection_and_answer_within_50ms_beside_a_busy_core(
+        proxy: Proxy) -> None:
+    sid = _sid("checked")
+    checks_before = proxy.stats()["health_checks"]
+
+    async def main() -> list[float]:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(proxy.url(sid), headers=proxy.headers(sid)):  # a live session too
+                before = proxy.redis.info("stats")["total_connections_received"]
+                busy = _busy_core(60)
+                try:
+                    took = []
+                    for _ in range(100):  # as HAProxy checks: a new connection each, closed after
+                        t0 = time.perf_counter()
+                        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        head = await reader.readline()
+                        took.append(time.perf_counter() - t0)
+                        assert head.startswith(b"HTTP/1.1 200"), head
+                        writer.close()
+                        await asyncio.sleep(0.01)
+                finally:
+                    busy.kill()
+                    busy.wait()
+                after = proxy.redis.info("stats")["total_connections_received"]
+                assert after == before, f"100 checks opened {after - before} Redis connections"
+                return took
+
+    took = sorted(asyncio.run(main()))
+    p99 = took[98]
+    assert p99 < 0.050, f"/health p99 {p99 * 1000:.1f} ms beside a busy core (max {took[-1] * 1000:.1f} ms)"
+    assert proxy.stats()["health_checks"] - checks_before == 100
 
 
 def test_sigterm_closes_sockets_and_exits_zero(proxy: Proxy) -> None:

@@ -119,6 +119,7 @@ COPIES = [
     ("the fd reserve", r"(?i)fd_reserve\w*\s*[:=]\s*\d|- 100\b"),
     ("the role groups", r"redis[\"']?, *[\"']?haproxy[\"']?, *[\"']?wsproxy[\"']?, *[\"']?sim[\"']?, *[\"']?generators"),
     ("the health path", r"[\"']/health[\"']"),
+    ("the deep health path", r"[\"']/health/deep[\"']"),
     ("a secret file name", r"[\"'](redis_password|stats_password|redis-admin-password)[\"']"),
 ]
 
@@ -165,6 +166,7 @@ def test_the_copy_check_catches_a_drifted_copy(tmp_path):
         "the fd reserve": "FD_RESERVE = 100",
         "the role groups": 'ROLE_GROUPS: tuple[str, ...] = ("redis", "haproxy", "wsproxy", "sim", "generators")',
         "the health path": '@app.get("/health")',
+        "the deep health path": 'DEEP_HEALTH = "/health/deep"',
         "a secret file name": '"redis_admin": ("redis_admin_password", "redis_password", "redis-admin-password"),',
     }
     for what, rx in COPIES:
