@@ -115,6 +115,65 @@ def test_fab_status_reports_every_service_healthy_and_fab_logs_fetches_each_host
         assert list((tmp / "logs" / h["name"]).rglob("*.log")), h["name"]
 
 
+def _exact(run_dir: Path) -> list[dict[str, str]]:
+    """Every token /run announced was received or counted lost (raw queries.csv); the rows."""
+    with open(run_dir / "queries.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for x in rows:
+        if x["expected_tokens"]:
+            assert int(x["tokens"]) - int(x["duplicated"]) + int(x["lost"]) == int(x["expected_tokens"]), x
+    return rows
+
+
+def _haproxy_log(run_dir: Path, state: dict) -> str:
+    return "".join((run_dir / "logs" / h / "haproxy.log").read_text(errors="replace")
+                   for h in state["groups"]["haproxy"])
+
+
+def test_a_wsproxy_stalled_long_enough_to_be_marked_down_keeps_its_sessions_and_loses_nothing(deployed_lab):
+    """Degrade, never collapse: HAProxy's checks of a stalled (SIGSTOP) instance time out and mark it DOWN, which
+    only stops new sessions going there; its established WebSockets stay, and their tokens wait in Redis and flow on
+    SIGCONT. With the old policy (on-marked-down shutdown-sessions) every one of them was closed."""
+    tmp, cfg, state = deployed_lab
+    lines: list[str] = []
+    rc = execute(RunOptions(inventory=cfg.inventory_path, clients=120, queries=18, ramp=60.0, think_time=0.2,
+                            results_dir=tmp / "results", run_id="e2e-stall", max_duration=300, live=False,
+                            chaos=["pause:wsproxy[0]@4s+26s"]), out=lines.append)
+    run_dir = tmp / "results" / "e2e-stall"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert rc == 0, "\n".join(lines[-60:])   # the default thresholds: success>=99%, lost==0
+    assert summary["success_rate"] == 100.0 and summary["lost_tokens"] == 0, summary["errors"]
+    assert summary["total_reconnect_attempts"] == 0
+    _exact(run_dir)
+    log = _haproxy_log(run_dir, state)
+    assert "-wsproxy-0 is DOWN" in log, "the stall was too short to test the policy: HAProxy never marked it DOWN"
+    assert "-wsproxy-0 is UP" in log
+
+
+def test_a_killed_wsproxy_instance_has_its_sessions_reconnect_elsewhere_within_the_backoff(deployed_lab):
+    """A killed instance breaks its own connections (FIN/RST): HAProxy closes their tunnels at once, the clients
+    reconnect after their first backoff (about 1 s), HAProxy retries a refused connect on another server, and every
+    token is accounted for (received or counted lost)."""
+    tmp, cfg, state = deployed_lab
+    lines: list[str] = []
+    rc = execute(RunOptions(inventory=cfg.inventory_path, clients=120, queries=8, ramp=60.0, think_time=0.2,
+                            results_dir=tmp / "results", run_id="e2e-kill", max_duration=300, live=False,
+                            chaos=["kill:wsproxy[1]@5s"]), out=lines.append)
+    run_dir = tmp / "results" / "e2e-kill"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert rc in (0, 1), "\n".join(lines[-60:])   # not partial: every generator reported
+    rows = _exact(run_dir)
+    assert len(rows) == 120 * 8   # every session ran all its queries, reconnected or not
+    hit = summary["sessions_with_reconnects"]
+    assert hit > 0, "the kill hit no session"
+    errors = summary["errors"]
+    assert not errors.get("reconnect_gave_up") and not errors.get("connect_gave_up"), errors
+    # each hit session was back on its first or second try (backoff 1 s, then 2 s)
+    assert summary["total_successful_reconnects"] == hit
+    assert summary["total_reconnect_attempts"] <= 2 * hit, summary["total_reconnect_attempts"]
+    assert summary["success_rate"] >= 100.0 * (120 - hit) / 120
+
+
 def test_haproxy_tls_deployed_by_its_playbook_carries_a_fab_run_tls(deployed_lab):
     """The haproxy role with haproxy_tls through playbooks/haproxy.yml (what site.yml imports) on the deployed lab:
     a kit CA on the controller, HAProxy terminating TLS on both frontends, and a --tls run through it.
