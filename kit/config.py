@@ -265,6 +265,13 @@ def _from_env(cls: Any, env: Mapping[str, str], **given: Any) -> Any:
     return cls(**values)
 
 
+def _client_default(name: str) -> Any:
+    """A default the load client defines beside the code that uses it (read when a ClientSettings is made)."""
+    from kit.client import _limiter
+
+    return getattr(_limiter, name)
+
+
 def _local(service: str, scheme: str, path: str = "") -> Any:
     return lambda: f"{scheme}://127.0.0.1:{contract.ports()[service]}{path}"
 
@@ -360,6 +367,11 @@ class ClientSettings:
                                                 help="seconds before the first reconnect (doubling after)")
     ws_max_backoff_seconds: float = setting(30.0, env=("WS_MAX_BACKOFF_SECONDS",), option="--max-backoff",
                                             dest="max_backoff", minimum=0.0, help="cap of the reconnect backoff")
+    #: one generator process's bound on its sessions' reconnect attempts (kit.client._limiter says why the default)
+    ws_reconnect_rate: float = setting(factory=lambda: _client_default("RECONNECT_RATE"), env=("WS_RECONNECT_RATE",),
+                                       option="--reconnect-rate", dest="reconnect_rate", minimum=0.0,
+                                       help="reconnect attempts per second per generator process, over all its "
+                                            "sessions, after their backoff (0 = unlimited)")
     #: PEM file of the CA the servers' TLS certificates are checked against (None: the system store)
     ssl_ca_file: str | None = setting(None, env=("SSL_CA_FILE",), option="--ca-file", dest="ca_file",
                                       help="PEM file of the CA that signs the servers' certificates, for https:// "

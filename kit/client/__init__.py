@@ -6,6 +6,7 @@ Run it as ``python -m kit.client`` (see ``__main__``).  Modules, by concern:
   small text frames; handshake with ``Authorization``; ping/pong; close).
 - ``_session``: one session (create, connect, queries, close) with reconnection
   (exponential backoff + jitter) and stream resumption.
+- ``_limiter``: the per-process token bucket that bounds the rate of reconnect attempts.
 - ``_accounting``: per-query/per-session records and the per-process ``Recorder``.
 - ``_load``: load shapes (closed with ramp, open with intended start times), the
   per-process runner with its CPU/loop-lag watcher, and the multi-process parent.
@@ -17,6 +18,7 @@ Nothing happens on import.
 
 from ._accounting import QueryRecord as QueryRecord, Recorder as Recorder, SessionRecord as SessionRecord
 from ._analyze import analyze as analyze
+from ._limiter import RECONNECT_BURST as RECONNECT_BURST, RECONNECT_RATE as RECONNECT_RATE, TokenBucket as TokenBucket
 from ._load import LoadConfig as LoadConfig, overload_verdict as overload_verdict, schedule as schedule
 from ._output import build_summary as build_summary, merge_outputs as merge_outputs
 from ._session import (
@@ -40,10 +42,13 @@ __all__ = [
     "LoadConfig",
     "ProtocolError",
     "QueryRecord",
+    "RECONNECT_BURST",
+    "RECONNECT_RATE",
     "Recorder",
     "Session",
     "SessionConfig",
     "SessionRecord",
+    "TokenBucket",
     "WebSocket",
     "WsProtocol",
     "analyze",

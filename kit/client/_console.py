@@ -17,6 +17,15 @@ def _f(v: Any, fmt: str = "{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _limit(lim: Mapping[str, Any] | None) -> str:
+    if not lim:
+        return "not recorded"
+    rate = lim.get("rate_per_process")
+    if not rate:
+        return "unlimited"
+    return f"{rate:g}/s per process, burst {lim.get('burst')}" if isinstance(rate, (int, float)) else f"{rate}/s"
+
+
 def format_progress(s: Mapping[str, Any]) -> str:
     return (
         f"[{s.get('elapsed_s', 0):7.1f}s] active {s.get('active_sessions', 0):>6}  "
@@ -78,6 +87,9 @@ def summary_table(s: Mapping[str, Any]) -> str:
         f"Reconnect attempts:     {s.get('total_reconnect_attempts', 0)}",
         f"Successful reconnects:  {s.get('total_successful_reconnects', 0)}",
         f"Sessions w/ reconnects: {s.get('sessions_with_reconnects', 0)}",
+        f"Reconnect waits:        backoff {_f(s.get('reconnect_backoff_wait_s'), '{:.1f}')} s; rate limit "
+        f"{s.get('reconnect_bucket_waits', 0)} attempts, {_f(s.get('reconnect_bucket_wait_s'), '{:.1f}')} s "
+        f"({_limit(s.get('reconnect_limit'))})",
         f"Generator:              {gen.get('processes', 0)} process(es), cpu peak "
         f"{_f(gen.get('cpu_percent_peak'), '{:.0f}')}%, loop lag p99 {_f(gen.get('loop_lag_p99_ms'))} ms",
     ]

@@ -9,7 +9,10 @@ server shows in the percentiles instead of slowing the generator down
 (no coordinated omission).  Session *g* of the run is intended at
 ``t0 + g / rate``; process *i* of *P* runs sessions ``g = i, i+P, ...``.
 
-:func:`run_process` runs one trio process: the sessions, a watcher of its own
+:func:`run_process` runs one trio process: the sessions (sharing one
+:class:`~kit.client._limiter.TokenBucket` that bounds their reconnect attempts to
+``reconnect_rate`` a second; the rate and what it held back go into the process's
+``runs`` entry as ``reconnect_limit``), a watcher of its own
 CPU and event-loop lag (:func:`overload_verdict` marks the run when the
 generator fell behind), a per-second timeline sampler, the live progress line
 and ``status.json``.  ``--max-duration`` cancels whatever still runs; those
@@ -49,6 +52,7 @@ from ._accounting import Recorder
 from ._http import DEFAULT_MAX_CONNECTIONS, HttpPool
 from ._ws import client_ssl_context
 from ._hub import Hub
+from ._limiter import RECONNECT_BURST, RECONNECT_RATE, TokenBucket
 from ._output import merge_outputs, write_json_atomic, write_outputs
 from ._session import Session, SessionConfig
 from ._workload import Workload, WorkloadRecord
@@ -105,6 +109,9 @@ class LoadConfig:
     workload_seed: int = 0
     #: PEM file of the CA that signs the servers' certificates (https://, wss://); None: the system store
     ca_file: str | None = None
+    #: reconnect attempts a second this process lets through, over all its sessions (0 = unlimited;
+    #: kit.client._limiter says why the default)
+    reconnect_rate: float = RECONNECT_RATE
 
     @property
     def model(self) -> str:
@@ -150,7 +157,7 @@ def status_snapshot(rec: Recorder, *, run_id: str, started: float, done: bool, c
         "queries_started": c["queries_started"], "queries_ok": c["queries_ok"],
         "queries_failed": c["queries_failed"], "tokens": c["tokens"], "lost_tokens": c["lost_tokens"],
         "errors": c["errors"], "reconnect_attempts": c["reconnect_attempts_live"],
-        "reconnects_ok": c["reconnects_ok_live"],
+        "reconnects_ok": c["reconnects_ok_live"], "reconnect_bucket_waits": c["reconnect_bucket_waits"],
         "latency_p50_ms": None if lat.count == 0 else lat.percentile(50) / 1000,
         "latency_p99_ms": None if lat.count == 0 else lat.percentile(99) / 1000,
         "cpu_percent": cpu, "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
@@ -210,6 +217,7 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
     tls = client_ssl_context(cfg.ca_file)  # one per process, shared by HTTP and WebSocket
     http = HttpPool(cfg.session.api_url, max_connections=min(cfg.http_connections, max(1, len(plan))),
                     timeout=cfg.http_timeout, ssl_context=tls)
+    reconnects = TokenBucket(cfg.reconnect_rate, RECONNECT_BURST)  # one per process, shared by its sessions
     try:
         async with trio.open_nursery() as bg:
             hub = Hub() if Hub.available() else None
@@ -234,7 +242,8 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
                     def start(g: int, offset: float) -> None:
                         intended_ns = t0_ns + int(offset * 1e9)
                         sess = Session(workload.config_for(g), http, rec, g, intended_ns,
-                                       random.Random(rng.random()), hub, workload, ssl_context=tls)
+                                       random.Random(rng.random()), hub, workload, ssl_context=tls,
+                                       limiter=reconnects)
                         sessions.start_soon(sess.run)
 
                     await start_on_schedule(plan, t0_trio, start)
@@ -247,6 +256,7 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
         for k in ("requests", "connections_opened", "connections_reused", "stale_discarded", "retries"):
             rec.counters[f"http_{k}"] += st[k]
         rec.counters["http_requests_waited"] += st["requests_waited"]
+        run["reconnect_limit"] = {k: v for k, v in reconnects.statistics().items() if k != "waiting"}
         with trio.CancelScope(shield=True):
             await http.aclose()
     run["end"] = time.time()
@@ -314,7 +324,8 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
 #: the counters of a status snapshot (status.json): totals since the start, added up across processes
 #: (merge_status) and across generators (kit.run's live view)
 STATUS_COUNTERS = ("active_sessions", "sessions_started", "sessions_finished", "queries_started", "queries_ok",
-                   "queries_failed", "tokens", "lost_tokens", "errors", "reconnect_attempts", "reconnects_ok")
+                   "queries_failed", "tokens", "lost_tokens", "errors", "reconnect_attempts", "reconnects_ok",
+                   "reconnect_bucket_waits")
 
 
 def merge_status(snaps: list[dict[str, Any]], *, run_id: str, expected: int) -> dict[str, Any]:

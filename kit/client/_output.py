@@ -47,6 +47,7 @@ __all__ = [
     "load_state",
     "write_json_atomic",
     "run_status",
+    "reconnect_limit",
     "RUN_STATUSES",
     "RESULT_FILES",
     "check_output_dir",
@@ -104,6 +105,20 @@ def run_status(summary: Mapping[str, Any], runs: Iterable[Mapping[str, Any]] = (
     if why:
         return "partial", ", ".join(why)
     return "passed", f"all {total} sessions succeeded"
+
+
+def reconnect_limit(runs: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The reconnect bucket the run's processes used (their ``reconnect_limit``): ``rate_per_process``
+    (attempts a second; 0 = unlimited; a list when processes differed), ``burst``, ``processes`` and
+    ``rate_total`` (None when unlimited).  None for results written before the bucket existed."""
+    limits = [r["reconnect_limit"] for r in runs if r.get("reconnect_limit")]
+    if not limits:
+        return None
+    rates = sorted({float(x["rate"]) for x in limits})
+    bursts = sorted({int(x["burst"]) for x in limits})
+    return {"rate_per_process": rates[0] if len(rates) == 1 else rates,
+            "burst": bursts[0] if len(bursts) == 1 else bursts, "processes": len(limits),
+            "rate_total": None if rates[0] == 0 else round(sum(float(x["rate"]) for x in limits), 3)}
 
 
 def check_output_dir(path: Path) -> None:
@@ -264,6 +279,12 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
         "total_reconnect_attempts": g("reconnect_attempts"),
         "total_successful_reconnects": g("reconnects_ok"),
         "sessions_with_reconnects": g("sessions_with_reconnects"),
+        # what held the attempts back, apart: each session's backoff, and its process's reconnect bucket
+        # (attempts that had to wait for a token, and the seconds they waited; kit.client._limiter)
+        "reconnect_backoff_wait_s": round(g("reconnect_backoff_wait_us") / 1e6, 3),
+        "reconnect_bucket_waits": g("reconnect_bucket_waits"),
+        "reconnect_bucket_wait_s": round(g("reconnect_bucket_wait_us") / 1e6, 3),
+        "reconnect_limit": reconnect_limit(runs),
         # exact token accounting
         "lost_tokens": g("lost_tokens"),
         "duplicated_tokens": g("duplicated_tokens"),

@@ -5,7 +5,12 @@ own nursery).  The reader feeds every message to the query it belongs to
 (by ``query_id``; a message that arrives before ``POST /run`` has answered
 belongs to the query in flight) and, when the connection ends while the
 session is still running, reconnects with exponential backoff and jitter
-(:func:`backoff_delay`), counting attempts and successes.  Reconnecting
+(:func:`backoff_delay`), counting attempts and successes.  Every attempt after a
+session's first try (a reconnect, a retry of the first connect) then waits for a
+token of its process's bucket (:class:`kit.client._limiter.TokenBucket`), so that
+sessions dropped together do not come back as a storm; the recorder's counters keep
+the waits for a token (``reconnect_bucket_waits``, ``reconnect_bucket_wait_us``)
+apart from the backoff's (``reconnect_backoff_wait_us``).  Reconnecting
 resumes the stream: tokens of the query in flight keep being accounted, and
 whatever was published while we were away is counted as lost from ``seq``
 and ``done.tokens``.  A query whose ``done`` never arrives fails after
@@ -41,6 +46,7 @@ import trio
 from ._accounting import QueryRecord, Recorder, SessionRecord
 from ._http import CertificateError, HTTPError, HttpPool, Response
 from ._hub import Hub
+from ._limiter import TokenBucket
 from ._ws import ConnectionClosed, HandshakeError, ProtocolError, TLSError, WebSocket, connect
 
 __all__ = ["SessionConfig", "Session", "backoff_delay", "connect_with_retry", "GaveUp", "resume_grace",
@@ -133,11 +139,14 @@ _RETRYABLE = (OSError, ProtocolError, ConnectionClosed, trio.TooSlowError)
 
 
 async def connect_with_retry(open_fn, *, attempts: int, initial: float, cap: float, jitter: float,
-                             rng: random.Random, first_immediately: bool, on_attempt=None) -> object:
+                             rng: random.Random, first_immediately: bool, on_attempt=None,
+                             limiter: TokenBucket | None = None, on_wait=None) -> object:
     """Call ``await open_fn()`` until it succeeds, at most *attempts* times after the first try
     (if *first_immediately*) with :func:`backoff_delay` sleeps in between.
 
-    ``on_attempt(n, exc_or_None)`` is called after each try.  A 4xx handshake
+    Each try but an immediate first one waits its backoff, then a token of *limiter* (when given);
+    ``on_wait(backoff_s, bucket_s)`` is called with both waits before that try, and
+    ``on_attempt(n, exc_or_None)`` after each try.  A 4xx handshake
     answer is final (a bad token does not get better), and so is a refused TLS certificate.  Raises GaveUp.
     """
     tries = attempts + (1 if first_immediately else 0)
@@ -145,7 +154,11 @@ async def connect_with_retry(open_fn, *, attempts: int, initial: float, cap: flo
     for n in range(1, tries + 1):
         retry_n = n - 1 if first_immediately else n
         if retry_n >= 1:
-            await trio.sleep(backoff_delay(retry_n, initial, cap, jitter, rng))
+            delay = backoff_delay(retry_n, initial, cap, jitter, rng)
+            await trio.sleep(delay)
+            bucket_s = await limiter.acquire() if limiter is not None else 0.0
+            if on_wait:
+                on_wait(delay, bucket_s)
         try:
             result = await open_fn()
         except HandshakeError as exc:
@@ -178,8 +191,10 @@ class Session:
 
     def __init__(self, cfg: SessionConfig, http: HttpPool, rec: Recorder, index: int,
                  intended_ns: int, rng: random.Random, hub: Hub | None = None, workload: object = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, limiter: TokenBucket | None = None) -> None:
         self.cfg = cfg
+        #: the process's bucket every attempt after the first try waits for (None: no limit)
+        self.limiter = limiter
         #: the process's TLS context for wss:// (None: the system store)
         self.ssl_context = ssl_context
         #: a kit.client._workload.WorkloadRecord told the effective workload /run answered (or None)
@@ -306,15 +321,24 @@ class Session:
             s.errors.append(f"connect: {_describe(exc)}")
             rec.error(_error_kind("connect", exc))
 
+    def _count_wait(self, backoff_s: float, bucket_s: float) -> None:
+        """Account the waits before one attempt: its backoff, and its wait for a token (if it had to)."""
+        c = self.rec.counters
+        c["reconnect_backoff_wait_us"] += int(backoff_s * 1e6)
+        if bucket_s:
+            c["reconnect_bucket_waits"] += 1
+            c["reconnect_bucket_wait_us"] += int(bucket_s * 1e6)
+
     async def _open_with_retry(self, *, reconnecting: bool) -> str | None:
-        """Open the WebSocket (self.ws) with the session's backoff: the first connect tries at once, a
-        reconnect waits first.  None once open, else why it gave up."""
+        """Open the WebSocket (self.ws) with the session's backoff and the process's reconnect bucket: the
+        first connect tries at once, a reconnect waits first.  None once open, else why it gave up."""
         cfg = self.cfg
         try:
             self.ws = await connect_with_retry(
                 self._open, attempts=cfg.max_reconnect_attempts, initial=cfg.initial_backoff,
                 cap=cfg.max_backoff, jitter=cfg.jitter, rng=self.rng, first_immediately=not reconnecting,
-                on_attempt=functools.partial(self._count_attempt, reconnecting))
+                on_attempt=functools.partial(self._count_attempt, reconnecting), limiter=self.limiter,
+                on_wait=self._count_wait)
         except GaveUp as exc:
             return str(exc)
         return None

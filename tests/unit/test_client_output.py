@@ -12,7 +12,7 @@ import pytest
 from kit.client import merge_outputs, overload_verdict
 from kit.client._accounting import Recorder, SessionRecord
 from kit.client._analyze import analyze, exact_percentile, format_report
-from kit.client._output import write_outputs
+from kit.client._output import reconnect_limit, write_outputs
 from kit.metrics import Histogram
 
 MS = 1_000_000
@@ -108,6 +108,28 @@ def test_merging_three_processes_equals_one_process_recording_everything(tmp_pat
     # merging merged folders again (hosts of processes) keeps the same numbers
     again = merge_outputs([tmp_path / "merged"], tmp_path / "again")
     assert comparable(again) == comparable(merged)
+
+
+def test_reconnect_waits_add_up_apart_and_the_buckets_rate_is_recorded(tmp_path: Path):
+    dirs = []
+    for j, (waits, bucket_us, backoff_us) in enumerate([(40, 3_000_000, 9_000_000), (2, 500_000, 7_000_000)]):
+        rec = Recorder()
+        simulate([rec], 10, seed=j)
+        c = rec.counters
+        c["reconnect_bucket_waits"], c["reconnect_bucket_wait_us"], c["reconnect_backoff_wait_us"] = \
+            waits, bucket_us, backoff_us
+        limit = {"rate": 200.0, "burst": 50, "admitted": 60, "waited": waits, "wait_s": bucket_us / 1e6}
+        one = write_outputs(tmp_path / f"proc-{j}", rec, run_info(j) | {"reconnect_limit": limit}, {}, run_id="r",
+                            model="closed")
+        assert one["reconnect_limit"] == {"rate_per_process": 200.0, "burst": 50, "processes": 1, "rate_total": 200.0}
+        dirs.append(tmp_path / f"proc-{j}")
+    merged = merge_outputs(dirs, tmp_path / "merged")
+    assert (merged["reconnect_bucket_waits"], merged["reconnect_bucket_wait_s"], merged["reconnect_backoff_wait_s"]) \
+        == (42, 3.5, 16.0)
+    assert merged["reconnect_limit"] == {"rate_per_process": 200.0, "burst": 50, "processes": 2, "rate_total": 400.0}
+    # unlimited (--reconnect-rate 0): no total rate; results from before the bucket: not recorded
+    assert reconnect_limit([{"reconnect_limit": {"rate": 0.0, "burst": 50}}])["rate_total"] is None
+    assert reconnect_limit([run_info(1)]) is None
 
 
 def test_merge_refuses_a_folder_without_results(tmp_path: Path):
