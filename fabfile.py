@@ -214,6 +214,8 @@ def analyze(c, run):
     "max_reconnect_attempts": "reconnects a session tries after its WebSocket is lost (client default 5)",
     "initial_backoff": "seconds before the first reconnect, doubling per attempt (client default 1)",
     "max_backoff": "cap of the reconnect backoff in seconds (client default 30)",
+    "reconnect_rate": "reconnect attempts per second per generator process, after the backoff; 0 = unlimited "
+                      "(client default 200, burst 50: kit/client/_limiter.py)",
     "workload": "workload file (YAML): weighted classes of sessions overriding the workload options "
                 "(README 'Workload')",
     "workload_seed": "seed of each session's class draw (default the file's seed, else random)",
@@ -236,8 +238,8 @@ def analyze(c, run):
 def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, arrival_rate=None, duration=None,
         threshold=None, preset=None, max_duration=None, run_id=None, quiet=False, skip_health=False,
         think_time=None, query_timeout=None, chaos=None, json=False, tokens=None, token_delay=None, ttft=None,
-        token_jitter=None, max_reconnect_attempts=None, initial_backoff=None, max_backoff=None, workload=None,
-        workload_seed=None, tls=False, ca_file=None):
+        token_jitter=None, max_reconnect_attempts=None, initial_backoff=None, max_backoff=None, reconnect_rate=None,
+        workload=None, workload_seed=None, tls=False, ca_file=None):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     import contextlib
     import json as jsonlib
@@ -256,6 +258,7 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         max_reconnect_attempts=_num(int, "max-reconnect-attempts", max_reconnect_attempts),
         initial_backoff=_num(float, "initial-backoff", initial_backoff),
         max_backoff=_num(float, "max-backoff", max_backoff),
+        reconnect_rate=_num(float, "reconnect-rate", reconnect_rate, 0),
         workload=Path(workload) if workload else None, workload_seed=_num(int, "workload-seed", workload_seed, 0),
         tls=tls, ca_file=Path(ca_file) if ca_file else None)
     # --json: stdout carries the one JSON document; every human line (and any stray print) goes to stderr

@@ -23,7 +23,7 @@ from typing import Any
 from kit._charts import assets_html, charts_html, load_run, run_chart_specs
 
 __all__ = ["kit_measured_itself", "write_report", "render_text", "render_html", "host_metrics", "component_rows",
-           "bottleneck_line", "event_lines", "workload_lines"]
+           "bottleneck_line", "event_lines", "workload_lines", "reconnect_waits"]
 
 #: the cost table's columns: (heading, entry key, format)
 COMPONENT_COLUMNS = (("component", "component", "{}"), ("host", "host", "{}"), ("CPU-s", "cpu_s", "{:.2f}"),
@@ -132,6 +132,19 @@ def event_lines(summary: dict[str, Any]) -> list[str]:
     return out
 
 
+def reconnect_waits(summary: dict[str, Any]) -> str:
+    """What held reconnects back, apart: the sessions' backoff and the generators' rate limit."""
+    lim = summary.get("reconnect_limit")
+    if not lim:
+        return ""
+    rate = lim.get("rate_per_process")
+    limit = ("no rate limit" if not rate else f"{rate:g}/s per process, burst {lim.get('burst')}"
+             if isinstance(rate, (int, float)) else f"{rate}/s per process")
+    return (f"; waited {_f(summary.get('reconnect_backoff_wait_s'), '{:.1f}')} s in backoff, "
+            f"{summary.get('reconnect_bucket_waits', 0)} attempts {_f(summary.get('reconnect_bucket_wait_s'), '{:.1f}')} s "
+            f"for the rate limit ({limit})")
+
+
 #: the workload's columns (report.html): (heading, effective key, format)
 WORKLOAD_COLUMNS = (("tokens", "tokens", "{}"), ("token delay ms", "token_delay_ms", "{:g}"),
                     ("TTFT ms", "ttft_ms", "{:g}"), ("jitter ms", "token_jitter_ms", "{:g}"),
@@ -183,7 +196,8 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
         f"{_f((summary.get('connect_upgrade_ms') or {}).get('p50'))}   p99 TLS "
         f"{_f((summary.get('connect_tls_ms') or {}).get('p99'))}",
         f"Reconnects    {summary.get('total_reconnect_attempts', 0)} attempts, "
-        f"{summary.get('total_successful_reconnects', 0)} ok, {summary.get('sessions_with_reconnects', 0)} sessions",
+        f"{summary.get('total_successful_reconnects', 0)} ok, {summary.get('sessions_with_reconnects', 0)} sessions"
+        + reconnect_waits(summary),
     ]
     lines += workload_lines(summary)
     gen = summary.get("generator", {})

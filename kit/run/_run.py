@@ -121,6 +121,9 @@ class RunOptions:
     max_reconnect_attempts: int | None = None
     initial_backoff: float | None = None
     max_backoff: float | None = None
+    #: reconnect attempts a second per generator process, 0 = unlimited (None: the client's default,
+    #: kit.client._limiter.RECONNECT_RATE, or WS_RECONNECT_RATE where the generator sets it)
+    reconnect_rate: float | None = None
     #: a workload file (weighted classes of sessions, kit.client._workload), copied to every generator
     workload: Path | None = None
     #: seed of the class draw (default the file's, else random); generator g draws with seed + crc32(g)
@@ -182,6 +185,9 @@ class RunOptions:
         if self.initial_backoff is not None and self.max_backoff is not None and self.max_backoff < self.initial_backoff:
             raise RunError(f"--max-backoff {self.max_backoff:g} is below --initial-backoff {self.initial_backoff:g}: "
                            "raise the cap")
+        if self.reconnect_rate is not None and not 0 <= self.reconnect_rate < float("inf"):
+            raise RunError(f"--reconnect-rate {self.reconnect_rate:g}: give reconnect attempts a second per generator "
+                           "process, 0 for no limit")
         if self.workload is not None:
             try:
                 wl = load_workload(self.workload)
@@ -301,7 +307,8 @@ def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, ou
         argv += ["--arrival-rate", f"{slot.arrival_rate:.6g}", "--duration", f"{opts.duration:g}"]
     for flag, v in (("--tokens", opts.tokens), ("--token-delay", opts.token_delay_ms), ("--ttft", opts.ttft_ms),
                     ("--token-jitter", opts.token_jitter_ms), ("--max-reconnect-attempts", opts.max_reconnect_attempts),
-                    ("--initial-backoff", opts.initial_backoff), ("--max-backoff", opts.max_backoff)):
+                    ("--initial-backoff", opts.initial_backoff), ("--max-backoff", opts.max_backoff),
+                    ("--reconnect-rate", opts.reconnect_rate)):
         if v is not None:
             argv += [flag, f"{v:g}"]
     if opts.workload is not None:

@@ -91,6 +91,7 @@ def test_every_task_goes_through_the_one_error_mapping(fabfile):
 @pytest.mark.parametrize("argv, message", [
     (["run", "--clients", "abc"], "--clients 'abc' is not a whole number"),
     (["run", "--max-duration", "soon"], "--max-duration 'soon' is not a number"),
+    (["run", "--reconnect-rate", "-1"], "--reconnect-rate -1 is below 0"),
     (["capacity", "--start", "abc", "--slo", "p99<1s"], "--start 'abc' is not a whole number"),
     (["run", "--clients", "4", "--think-time", "-1", "--inventory", "/nonexistent/inv.yml"], "run: "),
 ])

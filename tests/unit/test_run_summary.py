@@ -49,6 +49,18 @@ def test_a_threshold_on_a_histogram_without_samples_fails_rather_than_passes():
     assert empty["passed"] is False
 
 
+def test_the_report_shows_the_reconnect_waits_for_backoff_and_for_the_rate_limit_apart():
+    summary = dict(SUMMARY, total_reconnect_attempts=1000, total_successful_reconnects=1000,
+                   sessions_with_reconnects=1000, reconnect_backoff_wait_s=750.2, reconnect_bucket_waits=925,
+                   reconnect_bucket_wait_s=2190.4,
+                   reconnect_limit={"rate_per_process": 200.0, "burst": 50, "processes": 4, "rate_total": 800.0})
+    [line] = [ln for ln in render_text(summary, {}).splitlines() if ln.startswith("Reconnects")]
+    assert line.endswith("1000 attempts, 1000 ok, 1000 sessions; waited 750.2 s in backoff, 925 attempts 2190.4 s "
+                         "for the rate limit (200/s per process, burst 50)")
+    [old] = [ln for ln in render_text(SUMMARY, {}).splitlines() if ln.startswith("Reconnects")]
+    assert "rate limit" not in old  # results from before the limit: nothing invented
+
+
 def _status(values_us: list[int], **kw) -> dict:
     h = Histogram("us")
     h.record_many(values_us)

@@ -31,8 +31,20 @@ def test_the_workload_and_reconnect_options_reach_the_generators_argv():
 
 def test_unset_options_leave_the_simulators_and_clients_defaults():
     _, argv = _argv()
-    for flag in ("--tokens", "--token-delay", "--ttft", "--token-jitter", "--max-reconnect-attempts", "--workload"):
+    for flag in ("--tokens", "--token-delay", "--ttft", "--token-jitter", "--max-reconnect-attempts", "--workload",
+                 "--reconnect-rate"):
         assert flag not in argv
+
+
+@pytest.mark.parametrize("rate, passed", [(50.0, "50"), (0.0, "0"), (12.5, "12.5")])
+def test_the_reconnect_rate_reaches_the_generators_argv_and_the_client_reads_it(rate, passed):
+    from kit.client.__main__ import build_parser
+    from kit.config import ClientSettings
+
+    _, argv = _argv(reconnect_rate=rate)
+    assert _value(argv, "--reconnect-rate") == passed
+    args = build_parser(ClientSettings.from_env({})).parse_args(argv[argv.index("--api-url"):])
+    assert args.reconnect_rate == rate
 
 
 def test_a_workload_file_goes_beside_each_generators_output_with_a_seed_of_its_own(tmp_path):
@@ -53,6 +65,8 @@ def test_a_workload_file_goes_beside_each_generators_output_with_a_seed_of_its_o
     ({"token_jitter_ms": 1e6}, "--token-jitter 1e+06: 1e+06 is out of range"),
     ({"max_reconnect_attempts": -1}, "--max-reconnect-attempts -1: give 0 or more"),
     ({"initial_backoff": 5.0, "max_backoff": 1.0}, "--max-backoff 1 is below --initial-backoff 5"),
+    ({"reconnect_rate": -1.0}, "--reconnect-rate -1: give reconnect attempts a second per generator process"),
+    ({"reconnect_rate": float("inf")}, "--reconnect-rate inf: give reconnect attempts"),
 ])
 def test_a_bad_workload_option_is_one_line_before_anything_runs(opts, says):
     with pytest.raises(RunError) as info:
