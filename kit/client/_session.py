@@ -346,11 +346,15 @@ class Session:
     async def _connect_first(self) -> bool:
         s = self.s
         t = time.monotonic_ns()
+        tries_failed_from = len(s.errors)
         gave_up = await self._open_with_retry(reconnecting=False)
         if gave_up is not None:
             s.errors.append(f"connect: {gave_up}")
             self.rec.error("connect_gave_up")
             return False
+        # connected after failed tries: like a survived reconnect, the tries do not fail the session;
+        # they stay counted (error kinds, reconnect attempts) and timed (connect_ms includes them)
+        del s.errors[tries_failed_from:]
         s.connect_us = (time.monotonic_ns() - t) // 1000
         ws = self.ws  # the attempt that succeeded, split into its steps
         s.tcp_us, s.tls_us, s.upgrade_us = ws.tcp_ns // 1000, ws.tls_ns // 1000, ws.upgrade_ns // 1000

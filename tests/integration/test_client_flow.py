@@ -398,3 +398,84 @@ def test_an_interrupted_run_still_writes_what_it_measured(stack: Stack, tmp_path
     assert s["successful_queries"] >= 8
     q = rows(out / "queries.csv")
     assert sum(1 for r in q if r["status"] == "ok") == s["successful_queries"]
+
+
+class _RefuseFirst:
+    """A TCP relay to *target* that closes the first *refuse* connections at once and forwards the rest.
+
+    Started and stopped by the test (a thread with its own event loop); every socket it opened is closed by stop().
+    """
+
+    def __init__(self, target_port: int, refuse: int) -> None:
+        import asyncio
+        import threading
+
+        self.target_port, self.left, self.port = target_port, refuse, free_port()
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10), "relay did not start"
+
+    def _main(self) -> None:
+        import asyncio
+
+        async def pipe(reader, writer) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader, writer) -> None:
+            if self.left > 0:
+                self.left -= 1
+                writer.transport.abort()
+                return
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+            await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+        async def serve() -> None:
+            self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+            self.ready.set()
+
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(serve())
+            self.loop.run_forever()
+            self.server.close()
+            tasks = asyncio.all_tasks(self.loop)
+            for t in tasks:
+                t.cancel()
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        finally:
+            self.loop.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_a_session_whose_first_connect_needed_retries_still_succeeds_and_the_tries_are_counted(
+        stack: Stack, tmp_path: Path):
+    # three refusals: the client's reachability probe before the load may take one of them
+    relay = _RefuseFirst(int(stack.ws_url.rsplit(":", 1)[1]), refuse=3)
+    try:
+        out = tmp_path / "run"
+        r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url,
+                            "--ws-url", f"ws://127.0.0.1:{relay.port}", "--clients", "1", "--queries", "1",
+                            "--processes", "1", "--max-tokens", "3", "--initial-backoff", "0.1",
+                            "--output-dir", str(out), "--quiet"], capture_output=True, text=True, timeout=60)
+    finally:
+        relay.stop()
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["success_rate"] == 100.0 and s["status"] == "passed"
+    (row,) = rows(out / "sessions.csv")
+    tries = int(row["connect_attempts"])
+    assert row["status"] == "ok" and row["errors"] == "" and tries >= 3
+    assert s["total_reconnect_attempts"] == tries - 1   # the failed tries stay counted, as kinds too
+    assert sum(n for k, n in s["errors"].items() if k.startswith("connect_")) == tries - 1, s["errors"]
