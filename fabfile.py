@@ -222,7 +222,10 @@ def analyze(c, run):
     "tls": "https:// and wss:// toward the balancers (deployed with haproxy_tls: true); generators verify "
            "the certificates against the kit CA",
     "ca_file": "with --tls: the CA certificate generators trust (default .secrets/kit_ca.crt)",
-    "threshold": "pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', 'lost==0'",
+    "threshold": "pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', 'lost==0'; replaces the "
+                 "default on its metric",
+    "no_default_thresholds": "judge the run by --threshold alone: without it, 'success>=99%' and 'lost==0' apply "
+                             "to every metric no --threshold names",
     "preset": "smoke | standard | load | stress | soak (the seed's scenarios)",
     "max_duration": "hard bound on the run in seconds (default 600); a generator past it + 30 s is stopped",
     "run_id": "name of the run (default <date>-<time>-c<clients>)",
@@ -239,7 +242,7 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         threshold=None, preset=None, max_duration=None, run_id=None, quiet=False, skip_health=False,
         think_time=None, query_timeout=None, chaos=None, json=False, tokens=None, token_delay=None, ttft=None,
         token_jitter=None, max_reconnect_attempts=None, initial_backoff=None, max_backoff=None, reconnect_rate=None,
-        workload=None, workload_seed=None, tls=False, ca_file=None):
+        workload=None, workload_seed=None, tls=False, ca_file=None, no_default_thresholds=False):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     import contextlib
     import json as jsonlib
@@ -249,7 +252,7 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         inventory=_inv(inventory), clients=_num(int, "clients", clients, 1), queries=_num(int, "queries", queries, 0),
         ramp=_num(float, "ramp", ramp), arrival_rate=_num(float, "arrival-rate", arrival_rate),
         duration=_num(float, "duration", duration), preset=preset,
-        thresholds=[parse_threshold(t) for t in (threshold or [])],
+        thresholds=[parse_threshold(t) for t in (threshold or [])], no_default_thresholds=no_default_thresholds,
         max_duration=_num(float, "max-duration", max_duration, default=600.0), run_id=run_id or None,
         live=not quiet, skip_health=skip_health, think_time=_num(float, "think-time", think_time),
         query_timeout=_num(float, "query-timeout", query_timeout), chaos=list(chaos or []),

@@ -9,6 +9,10 @@ Missing pieces are shown as missing, never invented.
 The cost table (``summary["components"]``, ``summary["bottleneck"]``) shows
 what each kit component spent per host; when the bottleneck is the kit's own
 client or simulator the text says so on a line starting ``WARNING:``.
+
+Each threshold check is a ``Threshold`` line marked ``(default)`` when it was one of
+``kit.run._plan.DEFAULT_THRESHOLDS``; :func:`failed_threshold_lines` is what ``fab run`` prints last
+when one failed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Any
 from kit._charts import assets_html, charts_html, load_run, run_chart_specs
 
 __all__ = ["kit_measured_itself", "write_report", "render_text", "render_html", "host_metrics", "component_rows",
-           "bottleneck_line", "event_lines", "workload_lines", "reconnect_waits"]
+           "bottleneck_line", "event_lines", "workload_lines", "format_actual", "failed_threshold_lines",
+           "reconnect_waits"]
 
 #: the cost table's columns: (heading, entry key, format)
 COMPONENT_COLUMNS = (("component", "component", "{}"), ("host", "host", "{}"), ("CPU-s", "cpu_s", "{:.2f}"),
@@ -145,6 +150,25 @@ def reconnect_waits(summary: dict[str, Any]) -> str:
             f"for the rate limit ({limit})")
 
 
+def format_actual(check: dict[str, Any]) -> str:
+    """A check's actual value as its threshold is written: ``0.03%``, ``1234 ms``, ``5``, ``300/s``."""
+    v = check.get("actual")
+    if v is None:
+        return "no value (the run measured none)"
+    unit = check.get("unit")
+    if unit == "fraction":
+        return f"{v * 100:.4g}%"
+    if unit == "s":
+        return f"{v * 1000:.4g} ms"
+    return f"{v:.6g}{unit or ''}"
+
+
+def failed_threshold_lines(checks: list[dict[str, Any]]) -> list[str]:
+    """One line per failed check: ``FAILED threshold success>=99% (default): actual 0.03%``."""
+    return [f"FAILED threshold {c['threshold']}{' (default)' if c.get('default') else ''}: actual {format_actual(c)}"
+            for c in checks if not c["passed"]]
+
+
 #: the workload's columns (report.html): (heading, effective key, format)
 WORKLOAD_COLUMNS = (("tokens", "tokens", "{}"), ("token delay ms", "token_delay_ms", "{:g}"),
                     ("TTFT ms", "ttft_ms", "{:g}"), ("jitter ms", "token_jitter_ms", "{:g}"),
@@ -233,8 +257,8 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
     for p in run.get("component_problems", []):
         lines.append(f"Components    {p}")
     for t in run.get("thresholds", []):
-        lines.append(f"Threshold     {t['threshold']:<20} actual {_f(t['actual'], '{:.6g}')} "
-                     f"{'PASS' if t['passed'] else 'FAIL'}")
+        name = t["threshold"] + (" (default)" if t.get("default") else "")
+        lines.append(f"Threshold     {name:<30} actual {format_actual(t):<12} {'PASS' if t['passed'] else 'FAIL'}")
     lines += event_lines(summary)
     for r in run.get("partial_reasons", []):
         lines.append(f"Partial       {r}")

@@ -286,6 +286,7 @@ def execute_capacity(base: Any, slos: Sequence[str], *, start: int, step: str, m
     def runner(load: int, index: int) -> tuple[int, Mapping[str, Any], str | None]:
         run_id = f"{name}-s{index + 1}-c{load}"
         opts = dataclasses.replace(base, clients=load, run_id=run_id, thresholds=list(thresholds),
+                                   no_default_thresholds=True,  # the SLOs alone judge a step, not fab run's defaults
                                    ramp=ramp if ramp is not None else max(1.0, load / DEFAULT_RAMP_S),
                                    arrival_rate=None, duration=None, live=False)
         rc = execute(opts, out=lambda line: log.debug("%s", line))  # each step's own report is in its folder

@@ -10,6 +10,11 @@ unit (``us``, ``ms``, ``s``, ``m``).  ``success`` (sessions) and
 ``query_success`` are percentages; :data:`COUNT_METRICS` and :data:`RATE_METRICS`
 are bare numbers.  A malformed threshold raises :class:`PlanError` saying how
 to write it.
+
+A run is always judged: :data:`DEFAULT_THRESHOLDS` (``success>=99%``, ``lost==0``) apply to every
+run unless ``--no-default-thresholds`` is given, and a ``--threshold`` on the same metric replaces
+the default for that metric (``success>=95%`` instead of ``success>=99%``); see
+:func:`judged_thresholds`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from kit import contract
 __all__ = [
     "PlanError", "PRESETS", "Preset", "Threshold", "parse_threshold", "split_clients", "plan_generators",
     "GeneratorSlot", "clock_offset", "make_run_id", "TIME_HISTOGRAMS", "TIME_STATS", "COUNT_METRICS",
-    "RATE_METRICS",
+    "RATE_METRICS", "DEFAULT_THRESHOLDS", "judged_thresholds",
 ]
 
 
@@ -83,6 +88,8 @@ class Threshold:
     value: float
     histogram: str | None = None
     stat: str | None = None
+    #: one of DEFAULT_THRESHOLDS, applied because the user named no threshold on its metric
+    default: bool = False
 
     def check(self, actual: float | None) -> bool:
         return actual is not None and _OPS[self.op](actual, self.value)
@@ -120,6 +127,24 @@ def parse_threshold(text: str) -> Threshold:
         return Threshold(text, metric, "time", op, value * _TIME_UNITS[unit], hist, stat)
     known = ", ".join([*TIME_STATS[:6], "ttft_p99", "delivery_p99", *PERCENT_METRICS, *COUNT_METRICS, *RATE_METRICS])
     raise PlanError(f"threshold {text!r} names unknown metric {metric!r}: use one of {known}")
+
+
+#: What every run is judged by unless ``--no-default-thresholds``: a run in which sessions failed or tokens
+#: were lost does not pass because no one asked (issue 14: 5 of 20,000 sessions succeeded and ``fab run``
+#: exited 0).  99 % leaves room for a rare session a real network drops; a lost token means a stream broke
+#: (what was published while a socket was down), which a healthy system under a load it carries never shows.
+DEFAULT_THRESHOLDS = ("success>=99%", "lost==0")
+
+
+def judged_thresholds(given: Sequence[Threshold], *, defaults: bool = True) -> list[Threshold]:
+    """The thresholds a run is judged by: *given* (the user's, in their order), then, with *defaults*, each
+    of :data:`DEFAULT_THRESHOLDS` whose metric no given threshold names (marked ``default``)."""
+    named = {t.metric for t in given}
+    out = list(given)
+    if defaults:
+        out += [dataclasses.replace(d, default=True) for d in map(parse_threshold, DEFAULT_THRESHOLDS)
+                if d.metric not in named]
+    return out
 
 
 # -- the client split ------------------------------------------------------------------------------

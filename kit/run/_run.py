@@ -19,6 +19,12 @@ per-component cost and bottleneck.  A PID that cannot be resolved is reported in
 relative to the agreed start; each becomes an event of ``summary.json`` with its recovery time
 and what it cost (lost tokens, reconnects, failed queries).
 
+A run is judged by its thresholds: the user's ``--threshold`` rules and, unless
+``no_default_thresholds``, the documented defaults (:data:`kit.run._plan.DEFAULT_THRESHOLDS`:
+``success>=99%``, ``lost==0``) on every metric the user did not name, so a run no one gave a
+threshold cannot pass silently.  Each check says whether it was a default; a failed one is named on
+its own line at the end.
+
 Returns the process exit status: 0 pass, 1 a threshold failed, 3 partial run, 130 interrupted by
 Ctrl-C (128 + the signal number for SIGTERM: 143); 2 bad options or failed preflight (raised as
 :class:`RunError`).
@@ -52,7 +58,8 @@ from ._components import bottleneck, component_costs, host_cpu_peaks, load_host_
 from ._faults import ChaosRunner, Fault
 from ._live import PlainView, View
 from ._pack import pack_run, stripped_inventory
-from ._plan import PRESETS, GeneratorSlot, PlanError, Threshold, clock_offset, make_run_id, plan_generators
+from ._plan import (PRESETS, GeneratorSlot, PlanError, Threshold, clock_offset, judged_thresholds, make_run_id,
+                    plan_generators)
 from ._remote import GroupException, close_all, connect, describe_failures, fan_out
 from ._services import check_health, collect_server_stats, haproxy_urls, tls_ca_file, unhealthy
 from ._summary import aggregate_status, evaluate_thresholds
@@ -99,6 +106,8 @@ class RunOptions:
     duration: float | None = None
     preset: str | None = None
     thresholds: list[Threshold] = dataclasses.field(default_factory=list)
+    #: judge the run by ``thresholds`` alone, without the defaults (kit.run._plan.DEFAULT_THRESHOLDS)
+    no_default_thresholds: bool = False
     max_duration: float = 600.0
     #: seconds past --max-duration before a generator counts as hung and is stopped
     grace: float = GRACE_S
@@ -194,6 +203,10 @@ class RunOptions:
             except WorkloadError as exc:
                 raise RunError(str(exc)) from None
             self.workload_seed = draw_seed(wl, self.workload_seed)
+
+    def judged_by(self) -> list[Threshold]:
+        """The thresholds the run is judged by: the user's, then each default on a metric they do not name."""
+        return judged_thresholds(self.thresholds, defaults=not self.no_default_thresholds)
 
     def chaos_specs(self) -> list[ChaosSpec]:
         """The parsed ``--chaos`` specs; RunError (one line) for a bad one."""
@@ -759,7 +772,7 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
     if run.stop_problems:
         run.partial_reasons += [f"left behind: {p}" for p in run.stop_problems]
     usable = [g.out for g in run.gens.values() if g.out is not None and (g.out / "histograms.json").exists()]
-    checks = evaluate_thresholds(summary, opts.thresholds)
+    checks = evaluate_thresholds(summary, opts.judged_by())
     skews = [r.get("start_skew_s") for r in _runs_of(usable) if r.get("start_skew_s") is not None]
     run_rec = {
         "run_id": run.run_id, "partial": bool(run.partial_reasons), "partial_reasons": run.partial_reasons,
@@ -771,7 +784,8 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
                   "offsets": pre["clocks"],
                   "note": "" if pre["clock_ok"] else "cross-host delivery latency unreliable: clocks exceed the bound"},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()
-                   if k != "thresholds"} | {"thresholds": [t.text for t in opts.thresholds]},
+                   if k not in ("thresholds", "no_default_thresholds")}
+        | {"thresholds": [t.text for t in opts.thresholds], "default_thresholds": not opts.no_default_thresholds},
         "slots": [dataclasses.asdict(s) | {"argv": run.gens[s.label].argv, "host_start_at": run.gens[s.label].start_at}
                   for s in run.slots],
         "thresholds": checks, "thresholds_passed": all(c["passed"] for c in checks),
@@ -792,11 +806,13 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (run.run_dir / "run.json").write_text(json.dumps(run_rec, indent=2, default=str) + "\n")
     (run.run_dir / "inventory.yml").write_text(stripped_inventory(run.inv))
-    from kit.report import write_report
+    from kit.report import failed_threshold_lines, write_report
     text = write_report(run.run_dir)
     tarball = pack_run(run.run_dir)
     run.out(text)
     run.out(f"results: {run.run_dir}  tarball: {tarball}")
+    for line in failed_threshold_lines(checks):
+        run.out(line)
     if run.interrupted_by:
         run.out("INTERRUPTED RUN: " + "; ".join(run.partial_reasons))
         rc, outcome = 128 + run.interrupted_by, "interrupted"

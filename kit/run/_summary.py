@@ -2,7 +2,8 @@
 
 :func:`metric_value` maps a parsed threshold onto the merged ``summary.json``
 that ``kit.client.merge_outputs`` writes (latency histograms in ms, rates in %,
-counts); :func:`evaluate_thresholds` checks them all.  :func:`aggregate_status`
+counts); :func:`evaluate_thresholds` checks them all (each check says whether its threshold was a
+default; ``kit.report`` writes them out).  :func:`aggregate_status`
 adds up the live ``status.json`` of every generator for the live view: totals, and the rates and
 latency percentiles of the last interval (the difference of two cumulative histograms).
 """
@@ -53,7 +54,8 @@ def evaluate_thresholds(summary: Mapping[str, Any], thresholds: Sequence[Thresho
     for t in thresholds:
         actual = metric_value(summary, t)
         out.append({"threshold": t.text, "metric": t.metric, "actual": actual, "passed": t.check(actual),
-                    "unit": {"time": "s", "percent": "fraction", "count": "", "rate": "/s"}[t.kind]})
+                    "unit": {"time": "s", "percent": "fraction", "count": "", "rate": "/s"}[t.kind],
+                    "default": t.default})
     return out
 
 

@@ -62,6 +62,13 @@ def test_fab_run_json_prints_only_the_summary_as_json_on_stdout_and_exits_by_it(
     summary = doc["summary"]
     assert summary["total_queries"] == 8 and summary["successful_queries"] == 8 and summary["partial"] is False
     assert summary["run"]["thresholds"][0]["threshold"] == threshold
+    # the defaults judge the run too, each on a metric the user's threshold does not name, and say so
+    judged = [(t["threshold"], t["default"]) for t in summary["run"]["thresholds"]]
+    assert judged == [(threshold, False), *([("success>=99%", True)] if threshold.startswith("p50") else []),
+                      ("lost==0", True)]
+    assert summary["run"]["config"]["default_thresholds"] is True
+    assert (f"FAILED threshold {threshold}: actual " in res.stderr) is (rc == 1)
+    assert summary["reconnect_limit"]["rate_per_process"] == 200.0  # the generators' reconnect bucket, as used
     assert summary == json.loads((RESULTS / run_id / "summary.json").read_text())
     # every human line went to stderr: the plan, the plain live lines (stderr is no terminal), the report
     assert f"run {run_id}: 4 clients x 2 queries" in res.stderr

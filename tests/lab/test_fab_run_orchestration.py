@@ -139,6 +139,9 @@ def test_a_failing_threshold_exits_1_and_is_reported(lab_stack):
     assert rc == 1
     run = json.loads((tmp / "results" / "orch-threshold" / "run.json").read_text())
     assert run["thresholds"][0]["passed"] is False and run["thresholds"][0]["actual"] > 1e-6
+    assert [(t["threshold"], t["default"]) for t in run["thresholds"]] == [
+        ("p50<1us", False), ("success>=99%", True), ("lost==0", True)]
+    assert any(line.startswith("FAILED threshold p50<1us: actual ") for line in lines), "\n".join(lines)
     assert "FAIL" in (tmp / "results" / "orch-threshold" / "report.txt").read_text()
 
 

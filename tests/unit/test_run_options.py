@@ -31,6 +31,15 @@ def test_generator_argv_leaves_the_clients_defaults_when_not_given():
     assert "--think-time" not in argv and "--query-timeout" not in argv
 
 
+def test_the_default_thresholds_judge_a_run_unless_turned_off():
+    from kit.run._plan import parse_threshold
+
+    given = [parse_threshold("success>=95%")]
+    assert [(t.text, t.default) for t in RunOptions(clients=1, thresholds=given).judged_by()] == \
+        [("success>=95%", False), ("lost==0", True)]
+    assert RunOptions(clients=1, thresholds=given, no_default_thresholds=True).judged_by() == given
+
+
 @pytest.mark.parametrize("opts, says", [
     ({"think_time": -1.0}, "--think-time -1"),
     ({"think_time": 700.0}, "--think-time 700"),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kit.run._plan import (
-    PRESETS, PlanError, clock_offset, make_run_id, parse_threshold, plan_generators, split_clients,
+    DEFAULT_THRESHOLDS, PRESETS, PlanError, clock_offset, judged_thresholds, make_run_id, parse_threshold,
+    plan_generators, split_clients,
 )
 
 
@@ -24,6 +25,26 @@ def test_thresholds_parse_to_base_units(text, metric, kind, op, value):
     t = parse_threshold(text)
     assert (t.metric, t.kind, t.op) == (metric, kind, op)
     assert t.value == pytest.approx(value)
+
+
+def test_a_run_is_judged_by_the_default_thresholds_when_none_is_given():
+    assert DEFAULT_THRESHOLDS == ("success>=99%", "lost==0")
+    judged = judged_thresholds([])
+    assert [(t.text, t.default) for t in judged] == [("success>=99%", True), ("lost==0", True)]
+    assert judged[0].value == pytest.approx(0.99) and not parse_threshold("success>=99%").default
+
+
+def test_a_threshold_on_a_defaults_metric_replaces_that_default_only():
+    judged = judged_thresholds([parse_threshold("success>=95%"), parse_threshold("p99<2s")])
+    assert [(t.text, t.default) for t in judged] == [("success>=95%", False), ("p99<2s", False), ("lost==0", True)]
+    # query_success is another metric: it leaves the sessions' success default in place
+    assert [t.text for t in judged_thresholds([parse_threshold("query_success>=90%")])] == \
+        ["query_success>=90%", "success>=99%", "lost==0"]
+
+
+def test_without_the_defaults_only_the_given_thresholds_judge():
+    assert judged_thresholds([], defaults=False) == []
+    assert [t.text for t in judged_thresholds([parse_threshold("lost<=5")], defaults=False)] == ["lost<=5"]
 
 
 def test_a_time_threshold_knows_its_histogram_and_statistic():

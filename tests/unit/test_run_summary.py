@@ -10,9 +10,9 @@ import yaml
 
 from kit.inventory import parse_inventory_json
 from kit.metrics import Histogram
-from kit.report import render_text, write_report
+from kit.report import failed_threshold_lines, render_text, write_report
 from kit.run._pack import pack_run, stripped_inventory
-from kit.run._plan import parse_threshold
+from kit.run._plan import judged_thresholds, parse_threshold
 from kit.run._summary import aggregate_status, evaluate_thresholds, format_live_line
 
 SUMMARY = {
@@ -47,6 +47,28 @@ def test_a_threshold_on_a_histogram_without_samples_fails_rather_than_passes():
     assert res["actual"] is None and res["passed"] is False
     [empty] = evaluate_thresholds({"total_sessions": 0, "success_rate": 0.0}, [parse_threshold("success>=0%")])
     assert empty["passed"] is False
+
+
+def test_each_check_says_whether_it_was_a_default_and_a_failed_one_is_named_in_one_line():
+    collapsed = dict(SUMMARY, total_sessions=20000, successful_sessions=6, success_rate=0.03, lost_tokens=382304)
+    checks = evaluate_thresholds(collapsed, judged_thresholds([parse_threshold("p99<1s")]))
+    assert [(c["threshold"], c["default"], c["passed"]) for c in checks] == [
+        ("p99<1s", False, False), ("success>=99%", True, False), ("lost==0", True, False)]
+    assert failed_threshold_lines(checks) == [
+        "FAILED threshold p99<1s: actual 1900 ms",
+        "FAILED threshold success>=99% (default): actual 0.03%",
+        "FAILED threshold lost==0 (default): actual 382304"]
+    assert failed_threshold_lines(evaluate_thresholds(SUMMARY, judged_thresholds([]))) == []  # 99.8 %, none lost
+    empty = evaluate_thresholds({"total_sessions": 0}, [parse_threshold("success>=1%")])
+    assert failed_threshold_lines(empty) == ["FAILED threshold success>=1%: actual no value (the run measured none)"]
+
+
+def test_the_report_marks_the_default_thresholds():
+    checks = evaluate_thresholds(SUMMARY, judged_thresholds([parse_threshold("success>=99.5%")]))
+    text = render_text(dict(SUMMARY, run={"run_id": "r1", "thresholds": checks}), {})
+    [own, lost] = [line for line in text.splitlines() if line.startswith("Threshold")]
+    assert "success>=99.5%" in own and "(default)" not in own and own.endswith("PASS") and "99.8%" in own
+    assert "lost==0 (default)" in lost and lost.endswith("PASS")
 
 
 def test_the_report_shows_the_reconnect_waits_for_backoff_and_for_the_rate_limit_apart():
