@@ -130,22 +130,27 @@ def _haproxy_log(run_dir: Path, state: dict) -> str:
                    for h in state["groups"]["haproxy"])
 
 
+def _chaos_run(deployed_lab, run_id: str, chaos: str, queries: int) -> tuple[int, dict, Path, list[str]]:
+    """120 sessions of *queries* queries through the deployed lab with one --chaos fault; (rc, summary, dir, lines)."""
+    tmp, cfg, _ = deployed_lab
+    lines: list[str] = []
+    rc = execute(RunOptions(inventory=cfg.inventory_path, clients=120, queries=queries, ramp=60.0, think_time=0.2,
+                            results_dir=tmp / "results", run_id=run_id, max_duration=300, live=False, chaos=[chaos]),
+                 out=lines.append)
+    run_dir = tmp / "results" / run_id
+    return rc, json.loads((run_dir / "summary.json").read_text()), run_dir, lines
+
+
 def test_a_wsproxy_stalled_long_enough_to_be_marked_down_keeps_its_sessions_and_loses_nothing(deployed_lab):
     """Degrade, never collapse: HAProxy's checks of a stalled (SIGSTOP) instance time out and mark it DOWN, which
     only stops new sessions going there; its established WebSockets stay, and their tokens wait in Redis and flow on
     SIGCONT. With the old policy (on-marked-down shutdown-sessions) every one of them was closed."""
-    tmp, cfg, state = deployed_lab
-    lines: list[str] = []
-    rc = execute(RunOptions(inventory=cfg.inventory_path, clients=120, queries=18, ramp=60.0, think_time=0.2,
-                            results_dir=tmp / "results", run_id="e2e-stall", max_duration=300, live=False,
-                            chaos=["pause:wsproxy[0]@4s+26s"]), out=lines.append)
-    run_dir = tmp / "results" / "e2e-stall"
-    summary = json.loads((run_dir / "summary.json").read_text())
+    rc, summary, run_dir, lines = _chaos_run(deployed_lab, "e2e-stall", "pause:wsproxy[0]@4s+26s", queries=18)
     assert rc == 0, "\n".join(lines[-60:])   # the default thresholds: success>=99%, lost==0
     assert summary["success_rate"] == 100.0 and summary["lost_tokens"] == 0, summary["errors"]
     assert summary["total_reconnect_attempts"] == 0
     _exact(run_dir)
-    log = _haproxy_log(run_dir, state)
+    log = _haproxy_log(run_dir, deployed_lab[2])
     assert "-wsproxy-0 is DOWN" in log, "the stall was too short to test the policy: HAProxy never marked it DOWN"
     assert "-wsproxy-0 is UP" in log
 
@@ -154,13 +159,7 @@ def test_a_killed_wsproxy_instance_has_its_sessions_reconnect_elsewhere_within_t
     """A killed instance breaks its own connections (FIN/RST): HAProxy closes their tunnels at once, the clients
     reconnect after their first backoff (about 1 s), HAProxy retries a refused connect on another server, and every
     token is accounted for (received or counted lost)."""
-    tmp, cfg, state = deployed_lab
-    lines: list[str] = []
-    rc = execute(RunOptions(inventory=cfg.inventory_path, clients=120, queries=8, ramp=60.0, think_time=0.2,
-                            results_dir=tmp / "results", run_id="e2e-kill", max_duration=300, live=False,
-                            chaos=["kill:wsproxy[1]@5s"]), out=lines.append)
-    run_dir = tmp / "results" / "e2e-kill"
-    summary = json.loads((run_dir / "summary.json").read_text())
+    rc, summary, run_dir, lines = _chaos_run(deployed_lab, "e2e-kill", "kill:wsproxy[1]@5s", queries=8)
     assert rc in (0, 1), "\n".join(lines[-60:])   # not partial: every generator reported
     rows = _exact(run_dir)
     assert len(rows) == 120 * 8   # every session ran all its queries, reconnected or not
