@@ -235,7 +235,8 @@ def component_cpu_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: f
 
 
 def chaos_events(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The run's chaos events as ``{at_s, for_s, label}`` (seconds since the agreed start)."""
+    """The run's chaos events, and the balancer's servers marked DOWN, as ``{at_s, for_s, label}`` (seconds since
+    the agreed start)."""
     out = []
     for e in summary.get("events") or []:
         at = _num(e.get("at_s")) if isinstance(e, Mapping) else None
@@ -245,6 +246,12 @@ def chaos_events(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         if e.get("host"):
             words.append(f"@{e['host']}")
         out.append({"at_s": at, "for_s": _num(e.get("for_s")) or 0.0, "label": " ".join(words) or "event"})
+    for e in summary.get("server_events") or []:  # the balancer's decisions that took capacity away
+        at = _num(e.get("at_s")) if isinstance(e, Mapping) else None
+        if at is None or e.get("state") not in ("DOWN", "NO_SERVER"):
+            continue
+        label = f"{e.get('server') or e.get('backend')} {'DOWN' if e['state'] == 'DOWN' else 'no server'}"
+        out.append({"at_s": at, "for_s": 0.0, "label": f"{label} @{e.get('balancer')}"})
     return out
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from kit._charts import assets_html, charts_html, load_run, run_chart_specs
 
 __all__ = ["kit_measured_itself", "write_report", "render_text", "render_html", "host_metrics", "component_rows",
-           "bottleneck_line", "event_lines", "workload_lines", "format_actual", "failed_threshold_lines",
+           "bottleneck_line", "event_lines", "server_event_lines", "workload_lines", "format_actual", "failed_threshold_lines",
            "reconnect_waits"]
 
 #: the cost table's columns: (heading, entry key, format)
@@ -134,6 +134,25 @@ def event_lines(summary: dict[str, Any]) -> list[str]:
                      else f"recovery unknown ({rec.get('note', 'no timeline')})")
         out.append(f"{head}  {recovered}; lost {ev.get('tokens_lost', 0)} tokens, "
                    f"{ev.get('reconnect_attempts', 0)} reconnect attempts, {ev.get('queries_failed', 0)} failed queries")
+    return out
+
+
+#: server events report.txt lists one per line; the rest are in summary.json
+MAX_SERVER_EVENT_LINES = 20
+
+
+def server_event_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per balancer decision (``summary["server_events"]``), the first :data:`MAX_SERVER_EVENT_LINES`."""
+    evs = summary.get("server_events") or []
+    out = []
+    for ev in evs[:MAX_SERVER_EVENT_LINES]:
+        what = f"{ev['backend']}/{ev['server']} {ev['state']}" if ev.get("server") else f"{ev['backend']}: no server left"
+        detail = ", ".join(x for x in (ev.get("reason"), f"check {ev['check_ms']} ms" if ev.get("check_ms") is not None
+                                       else "", f"{ev['sessions']:,} sessions" if ev.get("sessions") else "") if x)
+        out.append(f"Server event  {_f(ev.get('at_s'), '{:.1f}')} s {ev.get('balancer')}: {what}"
+                   + (f" ({detail})" if detail else ""))
+    if len(evs) > MAX_SERVER_EVENT_LINES:
+        out.append(f"Server event  ... {len(evs) - MAX_SERVER_EVENT_LINES} more in summary.json (server_events)")
     return out
 
 
@@ -249,6 +268,7 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
         lines.append("CPU per component")
         lines.append("  " + "  ".join(h.ljust(w) for (h, _, _), w in zip(COMPONENT_COLUMNS, widths)))
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines += [f"Balancer      {v}" for v in summary.get("balancer_verdict") or []]
     neck = bottleneck_line(summary)
     if neck:
         lines.append(f"Bottleneck    {neck}")
@@ -260,6 +280,7 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
         name = t["threshold"] + (" (default)" if t.get("default") else "")
         lines.append(f"Threshold     {name:<30} actual {format_actual(t):<12} {'PASS' if t['passed'] else 'FAIL'}")
     lines += event_lines(summary)
+    lines += server_event_lines(summary)
     for r in run.get("partial_reasons", []):
         lines.append(f"Partial       {r}")
     lines.append("=" * 72)

@@ -52,6 +52,7 @@ from kit import contract
 from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
+from ._balancer import backend_sizes, balancer_verdict, server_events, shutdown_sessions_on_down
 from ._build import record_build
 from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, resolve_targets
 from ._components import bottleneck, component_costs, host_cpu_peaks, load_host_samples
@@ -744,6 +745,11 @@ def _phase_merge(run: Run) -> dict[str, Any]:
     if not summary["components"]:
         run.component_problems.append("no per-process CPU samples: no component costs for this run")
     summary["events"] = _fault_events(run)
+    if run.start_at is not None:  # what the balancers decided meanwhile, from their own logs
+        summary["server_events"] = server_events(run.run_dir / "logs", [h.name for h in run.inv.group("haproxy")],
+                                                 run.start_at, time.time())
+        summary["balancer_verdict"] = balancer_verdict(summary["server_events"], backend_sizes(run.inv),
+                                                       shutdown_sessions_on_down(run.inv))
     return summary
 
 
