@@ -35,7 +35,7 @@ from typing import Any
 
 from kit.metrics import Histogram
 
-__all__ = ["RunData", "load_run", "run_t0", "timeline_series", "latency_per_second", "cdf", "host_cpu_series",
+__all__ = ["RunData", "load_run", "run_t0", "timeline_series", "timeline_percentiles", "latency_per_second", "cdf", "host_cpu_series",
            "component_cpu_series", "chaos_events", "run_chart_specs", "compare_chart_specs", "charts_html",
            "assets_html", "nearest_rank"]
 
@@ -125,6 +125,16 @@ def timeline_series(timeline: Sequence[Mapping[str, str]], t0: float) -> dict[st
     for k in (rows[0].keys() if rows else ()):
         if k != "second":
             out[k] = [_num(r.get(k)) or 0.0 for r in rows]
+    return out
+
+
+def timeline_percentiles(timeline: Sequence[Mapping[str, str]], t0: float, name: str) -> dict[str, list[Any]]:
+    """``{"t", "p50", "p99", "max"}`` (ms) of histogram *name* per second of ``timeline.csv``; a second in
+    which nothing was recorded is a gap (None), not a zero."""
+    rows = sorted((r for r in timeline if _num(r.get("second")) is not None), key=lambda r: float(r["second"]))
+    out: dict[str, list[Any]] = {"t": [float(r["second"]) - t0 for r in rows]}
+    for stat in ("p50", "p99", "max"):
+        out[stat] = [_num(r.get(f"{name}_{stat}_ms")) for r in rows]
     return out
 
 
@@ -286,6 +296,12 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
         _spec(f"{prefix}-tokens", "Tokens received per second", t,
               [{"label": "tokens/s", "values": tl.get("tokens", [])}], ylabel="tokens/s", events=ev),
     ]
+    for name, title in (("delivery", "Token delivery latency"), ("ttft", "Time to first token")):
+        pct = timeline_percentiles(run.timeline, t0, name)
+        specs.append(_spec(f"{prefix}-{name}-t", f"{title} per second (p50, p99, max)", pct["t"],
+                           [{"label": s, "values": pct[s]} for s in ("p50", "p99", "max")], ylabel="ms",
+                           events=ev, ymin0=False,
+                           note="per-second histograms merged over every generator process (never averaged)"))
     lat = latency_per_second(run.queries, t0)
     specs.append(_spec(f"{prefix}-latency", "Query latency per second (queries finished in that second)", lat["t"],
                        [{"label": k, "values": lat[k]} for k in ("p50", "p95", "p99")], ylabel="latency (ms)",

@@ -23,6 +23,7 @@ __all__ = [
     "SUB_BUCKET_BITS",
     "Histogram",
     "Timeline",
+    "SecondHistograms",
     "add_counts",
     "bucket_index",
     "bucket_value",
@@ -121,6 +122,13 @@ class Histogram:
         if other.max is not None and (self.max is None or other.max > self.max):
             self.max = other.max
         return self
+
+    def copy(self) -> "Histogram":
+        """An independent histogram with the same values."""
+        h = Histogram(self.unit)
+        h.counts = dict(self.counts)
+        h.count, h.total, h.min, h.max = self.count, self.total, self.min, self.max
+        return h
 
     def subtract(self, earlier: "Histogram") -> "Histogram":
         """Remove *earlier*'s values (in place; returns self): what was recorded since *earlier*.
@@ -298,3 +306,63 @@ class Timeline:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Timeline":
         return cls.from_rows(d.get("rows", []))
+
+
+class SecondHistograms:
+    """Histograms per wall-clock second: ``hists[second][name]`` holds what was recorded in that second.
+
+    Built without any per-value cost: once a second the recorder takes the difference between a
+    cumulative histogram and its state a second earlier (:meth:`close_second`).  Merging adds the
+    histograms of each (second, name) pair, so the percentiles of a second over many processes come
+    from their merged buckets, never from averaged percentiles.  Memory: a few non-empty buckets per
+    name and second.
+    """
+
+    __slots__ = ("hists", "_snapshots")
+
+    def __init__(self) -> None:
+        self.hists: dict[int, dict[str, Histogram]] = {}
+        self._snapshots: dict[str, Histogram] = {}
+
+    def close_second(self, second: int, cumulative: Mapping[str, Histogram]) -> None:
+        """Record, under *second*, what each of *cumulative*'s histograms gained since the last call."""
+        for name, cur in cumulative.items():
+            before = self._snapshots.get(name)
+            if before is not None and before.count == cur.count:
+                continue
+            interval = cur.copy() if before is None else cur.copy().subtract(before)
+            self._snapshots[name] = cur.copy()
+            if interval.count:
+                self.hists.setdefault(second, {})[name] = interval
+
+    def merge(self, other: "SecondHistograms") -> "SecondHistograms":
+        for sec, by_name in other.hists.items():
+            mine = self.hists.setdefault(sec, {})
+            for name, h in by_name.items():
+                if name in mine:
+                    mine[name].merge(h)
+                else:
+                    mine[name] = h.copy()
+        return self
+
+    def rows(self, names: Iterable[str], scale: float = 1000.0) -> dict[int, dict[str, float | None]]:
+        """Per second: ``<name>_p50``, ``<name>_p99`` and ``<name>_max`` of each of *names*, divided by *scale*."""
+        out: dict[int, dict[str, float | None]] = {}
+        for sec in sorted(self.hists):
+            row = out[sec] = {}
+            for name in names:
+                h = self.hists[sec].get(name)
+                for stat in ("p50", "p99", "max"):
+                    v = None if h is None else (h.max if stat == "max" else h.percentile(50 if stat == "p50" else 99))
+                    row[f"{name}_{stat}"] = None if v is None else round(v / scale, 3)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": [[sec, {n: h.to_dict() for n, h in self.hists[sec].items()}] for sec in sorted(self.hists)]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "SecondHistograms":
+        out = cls()
+        for sec, by_name in (d or {}).get("seconds", []):
+            out.hists[int(sec)] = {n: Histogram.from_dict(h) for n, h in by_name.items()}
+        return out

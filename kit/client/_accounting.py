@@ -20,9 +20,9 @@ import logging
 import time
 from typing import Any
 
-from kit.metrics import Histogram, Timeline
+from kit.metrics import Histogram, SecondHistograms, Timeline
 
-__all__ = ["QueryRecord", "SessionRecord", "Recorder", "HISTOGRAMS", "QUERY_STATUSES"]
+__all__ = ["QueryRecord", "SessionRecord", "Recorder", "HISTOGRAMS", "QUERY_STATUSES", "TIMELINE_HISTOGRAMS"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ HISTOGRAMS = {
 }
 
 QUERY_STATUSES = ("ok", "lost_tokens", "timeout", "error", "cancelled")
+
+#: the histograms also kept per second (timeline.csv's <name>_p50/_p99/_max columns): each value lands in
+#: the second it was recorded (a token's delivery and gap when it arrives, a query's latency and TTFT
+#: when it ends, a session's create and connect when they complete)
+TIMELINE_HISTOGRAMS = ("delivery", "ttft", "inter_token", "latency", "create", "connect")
 
 
 class QueryRecord:
@@ -242,6 +247,8 @@ class Recorder:
         self.counters: dict[str, int] = _Counters()
         self.errors: dict[str, int] = _Counters()  # error kind -> count
         self.timeline = Timeline()
+        #: TIMELINE_HISTOGRAMS per second, cut from the cumulative ones once a second (no per-value cost)
+        self.second_hists = SecondHistograms()
         self.queries: list[QueryRecord] = []
         self.sessions: list[SessionRecord] = []
         self.active_sessions = 0
@@ -261,6 +268,18 @@ class Recorder:
     def query_finished(self, q: QueryRecord) -> None:
         self.queries.append(q)
 
+    def session_created(self, s: SessionRecord) -> None:
+        """*s*'s create round trip is known (``create_us``): record it now, in the second it ended."""
+        self.hists["create"].record(s.create_us)
+
+    def session_connected(self, s: SessionRecord) -> None:
+        """*s*'s first connect succeeded (``connect_us`` and its steps): record them now."""
+        self.hists["connect"].record(s.connect_us)
+        if s.tcp_us is not None:
+            self.hists["connect_tcp"].record(s.tcp_us)
+            self.hists["connect_tls"].record(s.tls_us)
+            self.hists["connect_upgrade"].record(s.upgrade_us)
+
     def session_finished(self, s: SessionRecord) -> None:
         c = self.counters
         c["sessions_finished"] += 1
@@ -276,14 +295,6 @@ class Recorder:
         if s.reconnect_attempts:
             c["sessions_with_reconnects"] += 1
         c["queries_skipped"] += s.queries_skipped
-        if s.create_us is not None:
-            self.hists["create"].record(s.create_us)
-        if s.connect_us is not None:
-            self.hists["connect"].record(s.connect_us)
-        if s.tcp_us is not None:
-            self.hists["connect_tcp"].record(s.tcp_us)
-            self.hists["connect_tls"].record(s.tls_us)
-            self.hists["connect_upgrade"].record(s.upgrade_us)
         self.sessions.append(s)
 
     _TIMELINE_SOURCES = {
@@ -309,3 +320,5 @@ class Recorder:
             if d:
                 tl.add(second, field, d)
         tl.gauge(second, "active_sessions", self.active_sessions)
+        hists = self.hists
+        self.second_hists.close_second(second, {name: hists[name] for name in TIMELINE_HISTOGRAMS})

@@ -163,6 +163,7 @@ def status_snapshot(rec: Recorder, *, run_id: str, started: float, done: bool, c
         "cpu_percent": cpu, "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
         "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
         "latency_histogram": lat.to_dict(),
+        "delivery_histogram": rec.hists["delivery"].to_dict(),
     }
 
 

@@ -3,7 +3,9 @@
 One process writes into its ``OUTPUT_DIR``:
 
 - ``queries.csv``, ``sessions.csv``: one row per query / session;
-- ``timeline.csv``: one row per wall-clock second;
+- ``timeline.csv``: one row per wall-clock second: counts, active sessions, and p50/p99/max (ms) of
+  delivery latency, TTFT, inter-token gap, query latency, create and connect in that second, from the
+  per-second histograms in ``histograms.json`` (merged like the whole-run ones, never averaged);
 - ``histograms.json``: the mergeable state: histograms (microseconds), counters,
   error breakdown, and one entry per generator process under ``runs``;
 - ``summary.json``: :func:`build_summary` of that state, with the run's verdict ``status``
@@ -31,9 +33,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kit.metrics import Histogram, Timeline, add_counts
+from kit.metrics import Histogram, SecondHistograms, Timeline, add_counts
 
-from ._accounting import HISTOGRAMS
+from ._accounting import HISTOGRAMS, TIMELINE_HISTOGRAMS
 from ._workload import merge_workload, workload_summary
 
 __all__ = [
@@ -62,7 +64,8 @@ QUERY_FIELDS = ["session_id", "query_index", "query_id", "intended_at", "submit_
 SESSION_FIELDS = ["session_index", "session_id", "intended_at", "started_at", "create_ms", "connect_ms",
                   "tcp_ms", "tls_ms", "upgrade_ms", "connect_attempts", "reconnect_attempts", "reconnects_ok", "queries_ok", "queries_failed",
                   "queries_skipped", "tokens", "status", "errors"]
-TIMELINE_FIELDS = ["second", *Timeline.FIELDS]
+TIMELINE_FIELDS = ["second", *Timeline.FIELDS,
+                   *(f"{n}_{s}_ms" for n in TIMELINE_HISTOGRAMS for s in ("p50", "p99", "max"))]
 PERCENTILES = (10, 25, 50, 75, 90, 95, 99, 99.9)
 STATE_VERSION = 1
 #: a run's verdict, in summary.json's ``status`` (see :func:`run_status`)
@@ -325,6 +328,7 @@ def _state(rec: Any, run: Mapping[str, Any], *, run_id: str, model: str,
         "run_id": run_id,
         "model": model,
         "histograms": {k: h.to_dict() for k, h in rec.hists.items()},
+        "timeline_histograms": rec.second_hists.to_dict(),
         "counters": dict(rec.counters),
         "errors": dict(rec.errors),
         "runs": [dict(run)],
@@ -339,13 +343,22 @@ def write_outputs(out_dir: Path, rec: Any, run: Mapping[str, Any], meta: Mapping
     off = rec.mono_to_wall_ns
     _write_csv(out_dir / "queries.csv", QUERY_FIELDS, (q.row(off) for q in rec.queries))
     _write_csv(out_dir / "sessions.csv", SESSION_FIELDS, (s.row(off) for s in rec.sessions))
-    _write_csv(out_dir / "timeline.csv", TIMELINE_FIELDS, rec.timeline.to_rows())
+    _write_csv(out_dir / "timeline.csv", TIMELINE_FIELDS, timeline_rows(rec.timeline, rec.second_hists))
     state = _state(rec, run, run_id=run_id, model=model, workload=workload)
     write_json_atomic(out_dir / "histograms.json", state)
     summary = build_summary(state)
     write_json_atomic(out_dir / "summary.json", summary)
     write_json_atomic(out_dir / "meta.json", {**meta, "workload": summary["workload"]})
     return summary
+
+
+def timeline_rows(timeline: Timeline, seconds: SecondHistograms) -> list[dict[str, Any]]:
+    """timeline.csv's rows: the counters of each second beside its latency percentiles (ms)."""
+    pct = {sec: {f"{k}_ms": v for k, v in row.items()} for sec, row in seconds.rows(TIMELINE_HISTOGRAMS).items()}
+    rows = {r["second"]: dict(r) for r in timeline.to_rows()}
+    for sec, p in pct.items():
+        rows.setdefault(sec, {"second": sec, **dict.fromkeys(Timeline.FIELDS, 0)}).update(p)
+    return [rows[s] for s in sorted(rows)]
 
 
 def load_state(in_dir: Path) -> dict[str, Any]:
@@ -367,9 +380,11 @@ def merge_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
     errors: dict[str, Any] = {}
     runs: list[dict[str, Any]] = []
     run_ids, models = [], []
+    seconds = SecondHistograms()
     for st in states:
         for name, d in st["histograms"].items():
             hists.setdefault(name, Histogram("us")).merge(Histogram.from_dict(d))
+        seconds.merge(SecondHistograms.from_dict(st.get("timeline_histograms")))
         add_counts(counters, st["counters"])
         add_counts(errors, st.get("errors", {}))
         runs.extend(st["runs"])
@@ -380,6 +395,7 @@ def merge_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
         "run_id": run_ids[0] if len(set(run_ids)) == 1 else ",".join(sorted(set(run_ids))),
         "model": models[0] if len(set(models)) == 1 else ",".join(sorted(set(models))),
         "histograms": {k: h.to_dict() for k, h in hists.items()},
+        "timeline_histograms": seconds.to_dict(),
         "counters": counters,
         "errors": errors,
         "runs": runs,
@@ -407,7 +423,8 @@ def merge_outputs(in_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     timeline = Timeline()
     for d in in_dirs:
         timeline.merge(Timeline.from_rows(_read_csv(d / "timeline.csv")))
-    _write_csv(out_dir / "timeline.csv", TIMELINE_FIELDS, timeline.to_rows())
+    _write_csv(out_dir / "timeline.csv", TIMELINE_FIELDS,
+               timeline_rows(timeline, SecondHistograms.from_dict(merged["timeline_histograms"])))
     write_json_atomic(out_dir / "histograms.json", merged)
     summary = build_summary(merged)
     write_json_atomic(out_dir / "summary.json", summary)

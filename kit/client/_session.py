@@ -290,6 +290,7 @@ class Session:
             rec.error(f"create_http_{resp.status_code}")
             return False
         s.create_us = (time.monotonic_ns() - t - resp.pool_wait_ns) // 1000  # the server's time, not our queue
+        rec.session_created(s)
         try:
             body = resp.json()
             s.session_id = body["session_id"]
@@ -358,6 +359,7 @@ class Session:
         s.connect_us = (time.monotonic_ns() - t) // 1000
         ws = self.ws  # the attempt that succeeded, split into its steps
         s.tcp_us, s.tls_us, s.upgrade_us = ws.tcp_ns // 1000, ws.tls_ns // 1000, ws.upgrade_ns // 1000
+        self.rec.session_connected(s)
         return True
 
     async def _reconnect(self, why: ConnectionClosed) -> bool:

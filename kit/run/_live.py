@@ -90,15 +90,16 @@ def render_live(agg: Mapping[str, Any], elapsed: float) -> Any:
 
     head = Table(title=f"t={elapsed:.0f}s  generators reporting {agg['reporting']}/{agg['generators']}",
                  title_justify="left", expand=False)
-    for col in ("tokens/s", "queries/s", "p50 ms", "p99 ms", "active", "errors", "reconnects"):
+    for col in ("tokens/s", "queries/s", "p50 ms", "p99 ms", "delivery p99 ms", "active", "errors", "reconnects"):
         head.add_column(col, justify="right")
     err = Text(f"{agg['errors']:,}" + (f" (+{agg['errors_per_s']:.1f}/s)" if agg.get("errors_per_s") else ""),
                style="bold red" if agg.get("errors_per_s") else "")
     head.add_row(_f(agg.get("tps")), _f(agg.get("qps"), "{:,.1f}"), _f(agg.get("p50_ms"), "{:,.1f}"),
-                 _f(agg.get("p99_ms"), "{:,.1f}"), f"{agg['active_sessions']:,}", err,
+                 _f(agg.get("p99_ms"), "{:,.1f}"), _f(agg.get("delivery_p99_ms"), "{:,.1f}"),
+                 f"{agg['active_sessions']:,}", err,
                  f"{agg['reconnect_attempts']:,}" + (f" (+{agg['reconnects_per_s']:.1f}/s)"
                                                      if agg.get("reconnects_per_s") else ""))
-    head.caption = (f"rates, p50 and p99 of the last interval ({agg.get('interval_queries', 0):,} queries); "
+    head.caption = (f"rates, query p50/p99 and token delivery p99 of the last interval ({agg.get('interval_queries', 0):,} queries); "
                     "errors and reconnects since the start")
     head.caption_justify = "left"
     gens = Table(expand=False)

@@ -61,6 +61,8 @@ def evaluate_thresholds(summary: Mapping[str, Any], thresholds: Sequence[Thresho
 
 #: the status counters the client writes (one definition, beside the snapshot it writes)
 _SUM_KEYS = STATUS_COUNTERS
+#: the cumulative histograms of status.json whose last interval the live view shows (query latency, delivery)
+_LIVE_HISTOGRAMS = ("latency", "delivery")
 #: counters whose change over the last interval the live view shows as a rate
 _RATE_KEYS = {"qps": "queries_ok", "tps": "tokens", "errors_per_s": "errors", "reconnects_per_s": "reconnect_attempts"}
 
@@ -77,22 +79,25 @@ def _interval(st: Mapping[str, Any], t: float | None,
     before *t*; no rates when that is unknown).  A histogram that is not a later state of the previous
     one (a process of the generator restarted) gives no latency for this interval, never a wrong one.
     """
-    hist = Histogram.from_dict(st["latency_histogram"]) if st.get("latency_histogram") else Histogram("us")
+    hists = {name: Histogram.from_dict(st[f"{name}_histogram"]) if st.get(f"{name}_histogram") else Histogram("us")
+             for name in _LIVE_HISTOGRAMS}
+    out: dict[str, Any] = {}
     if before is None:
         t0 = t - st["elapsed_s"] if t is not None and _num(st.get("elapsed_s")) > 0 else None
         base = dict.fromkeys(_RATE_KEYS.values(), 0)
-        lat: Histogram | None = hist
+        out.update(hists)
     else:
         t0, base = before["time"], before
-        try:
-            lat = Histogram.from_dict(hist.to_dict()).subtract(before["hist"])
-        except ValueError:
-            lat = None
+        for name, h in hists.items():
+            try:
+                out[name] = h.copy().subtract(before["hists"][name])
+            except ValueError:
+                out[name] = None
     dt = t - t0 if t is not None and t0 is not None and t > t0 else None
-    out: dict[str, Any] = {"dt": dt, "latency": lat}
+    out["dt"] = dt
     for rate, key in _RATE_KEYS.items():
         out[rate] = None if dt is None else max(0.0, (_num(st.get(key)) - _num(base.get(key))) / dt)
-    return out, {"time": t, "hist": hist, **{k: _num(st.get(k)) for k in _RATE_KEYS.values()}}
+    return out, {"time": t, "hists": hists, **{k: _num(st.get(k)) for k in _RATE_KEYS.values()}}
 
 
 def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Mapping[str, Any] | None = None,
@@ -100,7 +105,7 @@ def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Map
     """Add up the live ``status.json`` of every generator (label -> status, None when not readable yet).
 
     Counters add (totals since the start).  The rates (``qps``, ``tps``, ``errors_per_s``,
-    ``reconnects_per_s``) and ``p50_ms``/``p99_ms`` are of the LAST INTERVAL: per generator, between
+    ``reconnects_per_s``), ``p50_ms``/``p99_ms`` (query latency) and ``delivery_p99_ms`` are of the LAST INTERVAL: per generator, between
     its previous snapshot (kept in *prev*, the previous aggregate) and this one, timed by the
     snapshot's own ``time`` (else *now*); p50/p99 come from the merged interval histograms (each the
     difference of two cumulative ones: exact, not averaged).  A generator whose status did not
@@ -109,7 +114,7 @@ def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Map
     agg: dict[str, Any] = {k: 0 for k in _SUM_KEYS}
     agg.update({"generators": len(statuses), "reporting": 0, "time": now, "per_generator": {}, "_gens": {}})
     prev_gens: Mapping[str, Any] = (prev or {}).get("_gens") or {}
-    lat = Histogram("us")
+    merged = {name: Histogram("us") for name in _LIVE_HISTOGRAMS}
     rates: dict[str, float | None] = dict.fromkeys(_RATE_KEYS)
     for label, st in statuses.items():
         if not st:
@@ -125,8 +130,9 @@ def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Map
         else:
             iv, snap = _interval(st, t, None if mine is None else mine["snap"])
         agg["_gens"][label] = {"snap": snap, "interval": iv}
-        if iv["latency"] is not None:
-            lat.merge(iv["latency"])
+        for name, h in merged.items():
+            if iv[name] is not None:
+                h.merge(iv[name])
         for r in rates:
             if iv[r] is not None:
                 rates[r] = (rates[r] or 0.0) + iv[r]
@@ -134,9 +140,11 @@ def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Map
                                        "active_sessions": st.get("active_sessions"), "done": st.get("done"),
                                        "qps": iv["qps"], "tps": iv["tps"]}
     agg.update(rates)
+    lat, dl = merged["latency"], merged["delivery"]
     agg["interval_queries"] = lat.count
     agg["p50_ms"] = None if lat.count == 0 else lat.percentile(50) / 1000
     agg["p99_ms"] = None if lat.count == 0 else lat.percentile(99) / 1000
+    agg["delivery_p99_ms"] = None if dl.count == 0 else dl.percentile(99) / 1000
     return agg
 
 
@@ -150,5 +158,6 @@ def format_live_line(agg: Mapping[str, Any], elapsed: float) -> str:
         for label, g in agg["per_generator"].items())
     return (f"t={elapsed:4.0f}s active={agg['active_sessions']} qps={f(agg['qps'], '{:.1f}')} "
             f"tok/s={f(agg['tps'])} p50={f(agg['p50_ms'])}ms p99={f(agg['p99_ms'])}ms "
+            f"delivery_p99={f(agg.get('delivery_p99_ms'), '{:.1f}')}ms "
             f"errors={agg['errors']} reconnects={agg['reconnect_attempts']} "
             f"gens {agg['reporting']}/{agg['generators']}: {gens}")

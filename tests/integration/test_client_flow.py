@@ -79,7 +79,14 @@ def test_full_flow_counts_are_exact(stack: Stack, tmp_path: Path):
     # the top level is the merge of the processes' folders: counts add
     parts = [json.loads((out / f"proc-{i}" / "summary.json").read_text()) for i in range(2)]
     assert sum(p["total_queries"] for p in parts) == 36 and sum(p["total_tokens"] for p in parts) == published
-    assert sum(int(t["tokens"]) for t in rows(out / "timeline.csv")) == published
+    tl = rows(out / "timeline.csv")
+    assert sum(int(t["tokens"]) for t in tl) == published
+    # per-second latency: every second that received tokens has its delivery percentiles, merged over both
+    # processes, and the per-second histograms add up to the whole run's
+    assert all(t["delivery_p99_ms"] != "" for t in tl if int(t["tokens"]))
+    seconds = json.loads((out / "histograms.json").read_text())["timeline_histograms"]["seconds"]
+    assert sum(h["delivery"]["count"] for _, h in seconds if "delivery" in h) == published
+    assert sum(h["create"]["count"] for _, h in seconds if "create" in h) == 12
     meta = json.loads((out / "meta.json").read_text())
     assert meta["processes"] == 2 and "argv" in meta
     assert "LOAD TEST SUMMARY" in r.stdout and "Success rate:           100.00 %" in r.stdout

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from kit.metrics import Histogram, Timeline, add_counts, bucket_index, bucket_value
+from kit.metrics import Histogram, SecondHistograms, Timeline, add_counts, bucket_index, bucket_value
 
 
 def exact(values: list[int], p: float) -> int:
@@ -170,3 +170,35 @@ def test_subtract_refuses_what_is_not_an_earlier_state():
     assert a.count == 1 and a.counts == {10: 1}  # unchanged after the refusal
     with pytest.raises(ValueError, match="subtract"):
         a.subtract(Histogram("ms"))
+
+
+def _record_seconds(values_by_second: dict[int, list[int]]) -> SecondHistograms:
+    """One process: a cumulative histogram fed second by second, cut once a second as the recorder does."""
+    cum, sec = Histogram("us"), SecondHistograms()
+    for second in sorted(values_by_second):
+        cum.record_many(values_by_second[second])
+        sec.close_second(second, {"delivery": cum})
+    return sec
+
+
+def test_per_second_histograms_hold_exactly_what_each_second_recorded_and_merge_like_one_process():
+    rng = random.Random(7)
+    a = {s: [rng.randrange(1, 400_000) for _ in range(rng.randrange(0, 300))] for s in range(100, 130)}
+    b = {s: [rng.randrange(1, 400_000) for _ in range(rng.randrange(0, 300))] for s in range(110, 140)}
+    merged = _record_seconds(a).merge(_record_seconds(b))
+    for second in range(100, 140):
+        values = a.get(second, []) + b.get(second, [])
+        h = merged.hists.get(second, {}).get("delivery")
+        if not values:
+            assert h is None   # nothing recorded: no histogram, a gap in timeline.csv
+            continue
+        one = Histogram("us")
+        one.record_many(values)
+        assert h.counts == one.counts and h.count == len(values) and h.total == sum(values)
+        # percentiles from merged buckets, never averaged; a cut second knows min/max to its bucket's bounds
+        assert bucket_index(h.percentile(99)) == bucket_index(one.percentile(99))
+        assert bucket_index(h.max) == bucket_index(one.max)
+    rows = merged.rows(["delivery"])
+    assert all(set(r) == {"delivery_p50", "delivery_p99", "delivery_max"} for r in rows.values())
+    again = SecondHistograms.from_dict(json.loads(json.dumps(merged.to_dict())))
+    assert again.rows(["delivery"]) == rows

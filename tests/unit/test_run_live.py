@@ -14,12 +14,24 @@ from kit.run._summary import aggregate_status, format_live_line
 
 
 def _status(t: float, values_us: list[int], *, q: int, tokens: int, errors: int = 0, active: int = 5,
-            elapsed: float | None = None) -> dict:
-    h = Histogram("us")
+            elapsed: float | None = None, delivery_us: list[int] = ()) -> dict:
+    h, d = Histogram("us"), Histogram("us")
     h.record_many(values_us)
+    d.record_many(delivery_us)
     return {"time": t, "elapsed_s": elapsed, "active_sessions": active, "queries_ok": q, "tokens": tokens,
             "errors": errors, "reconnect_attempts": 0, "cpu_percent": 42.0, "loop_lag_p99_ms": 3.25,
-            "done": False, "latency_histogram": h.to_dict()}
+            "done": False, "latency_histogram": h.to_dict(), "delivery_histogram": d.to_dict()}
+
+
+def test_delivery_p99_is_of_the_last_interval_merged_over_generators():
+    fast, slow = [5_000] * 1000, [900_000] * 30      # 5 ms tokens, then a stall: 900 ms tokens
+    first = aggregate_status({"a": _status(10.0, [], q=0, tokens=1000, elapsed=10.0, delivery_us=fast),
+                              "b": _status(10.0, [], q=0, tokens=1000, elapsed=10.0, delivery_us=fast)}, None, 10.0)
+    assert first["delivery_p99_ms"] == pytest.approx(5.0)
+    now = aggregate_status({"a": _status(11.0, [], q=0, tokens=1100, delivery_us=fast + [5_000] * 70 + slow),
+                            "b": _status(11.0, [], q=0, tokens=1100, delivery_us=fast + [5_000] * 100)}, first, 11.0)
+    # the last second: 170 fast and 30 slow tokens over both generators; p99 is the stall's 900 ms
+    assert now["delivery_p99_ms"] == pytest.approx(900, rel=1e-3)
 
 
 def test_percentiles_and_rates_are_of_the_last_interval_not_since_the_start():
@@ -98,7 +110,7 @@ def test_the_plain_line_carries_the_interval_percentiles():
     lines: list[str] = []
     PlainView(lines.append).show(_fake_agg(), 7)
     assert lines == ["  " + format_live_line(_fake_agg(), 7)]
-    assert lines[0].lstrip().startswith("t=   7s active=17 qps=51.0 tok/s=2245 p50=12ms p99=480ms errors=2")
+    assert lines[0].lstrip().startswith("t=   7s active=17 qps=51.0 tok/s=2245 p50=12ms p99=480ms delivery_p99=")
 
 
 class _Terminal(io.StringIO):
