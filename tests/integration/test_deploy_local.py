@@ -193,7 +193,12 @@ def test_rendered_haproxy_cfg_passes_haproxy_check(deployed):
     assert res.returncode == 0, res.stdout + res.stderr
     text = cfg.read_text()
     assert "balance hash var(txn.session_id)" in text and "hash-type consistent" in text
-    assert "on-marked-down shutdown-sessions" in text and "timeout tunnel" in text
+    assert "timeout tunnel" in text
+    # the policy that degrades instead of collapsing (haproxy role defaults): a server marked DOWN keeps its
+    # sessions, checks may take 5 s, every server DOWN sends new sessions to all of them anyway
+    assert "shutdown-sessions" not in text and "timeout check 5s" in text
+    assert "use_backend wsproxy_open if { nbsrv(wsproxy) eq 0 }" in text and "backend wsproxy_open" in text
+    assert "log stdout format iso" in text   # times on every line: fab run reads the balancer's decisions
     assert oct(cfg.stat().st_mode & 0o777) == "0o600"  # it holds the stats password
 
 
