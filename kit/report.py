@@ -130,8 +130,10 @@ def event_lines(summary: dict[str, Any]) -> list[str]:
             out.append(f"{head}  FAILED: {ev.get('detail', '')}")
             continue
         rec = ev.get("recovery") or {}
-        recovered = (f"recovered in {_f(ev.get('recovery_s'), '{:.0f}')} s" if ev.get("recovery_s") is not None
-                     else f"recovery unknown ({rec.get('note', 'no timeline')})")
+        parts = [f"{name} {_f((rec.get(key) or {}).get('recovery_s'), '{:.0f}')} s"
+                 for key, name in (("tokens", "tokens/s"), ("delivery_p99", "delivery p99")) if key in rec]
+        recovered = (f"recovered in {_f(ev.get('recovery_s'), '{:.0f}')} s" + (f" ({', '.join(parts)})" if parts else "")
+                     if ev.get("recovery_s") is not None else f"recovery unknown ({rec.get('note', 'no timeline')})")
         out.append(f"{head}  {recovered}; lost {ev.get('tokens_lost', 0)} tokens, "
                    f"{ev.get('reconnect_attempts', 0)} reconnect attempts, {ev.get('queries_failed', 0)} failed queries")
     return out

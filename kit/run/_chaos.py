@@ -16,11 +16,14 @@ actions (kill, restart, pause) count the service instances of the group (``wspro
 services); the network actions (partition, delay) count the group's hosts.  Without SEL the fault
 hits one unit, the first.  Times take ``ms``, ``s`` or ``m`` (bare numbers are seconds).
 
-:func:`recovery` reads the merged per-second timeline: the baseline is the mean tokens/s of the
-10 s before the fault; the run has recovered at the first whole second, from the one holding the
-fault's end on (the second holding the end mixes before and after), whose tokens are back to
-90 % of it (1 s resolution; None when the load ended first).  What is attributed to a fault is what happened from its start to its recovery: reconnect
-attempts, failed queries (timeline) and lost tokens (queries that were in flight then).
+:func:`recovery` reads the merged per-second timeline on two measures, each against the 10 s before
+the fault: tokens/s back to 90 % of their mean there, and the token delivery p99 back within 1.5x
+their median there; each must hold for :data:`RECOVERY_HOLD_S` whole seconds in a row, counted from
+the second after the one holding the fault's end (that second mixes before and after).  The run has
+recovered when both have (1 s resolution); a measure that cannot be judged (no load before the fault,
+no delivery figures in an old run, the load ended first) says why in ``note`` and gives no number.
+What is attributed to a fault is what happened from its start to its recovery: reconnect attempts,
+failed queries (timeline) and lost tokens (queries that were in flight then).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from typing import Any
 from kit.inventory import Inventory
 
 __all__ = ["ACTIONS", "PROCESS_ACTIONS", "NETWORK_ACTIONS", "ChaosError", "ChaosSpec", "FaultTarget",
-           "parse_chaos", "resolve_targets", "recovery", "attribute", "BASELINE_S", "RECOVERED_SHARE"]
+           "parse_chaos", "resolve_targets", "recovery", "attribute", "BASELINE_S", "RECOVERED_SHARE",
+           "P99_RECOVERED_FACTOR", "RECOVERY_HOLD_S"]
 
 PROCESS_ACTIONS = ("kill", "restart", "pause")
 NETWORK_ACTIONS = ("partition", "delay")
@@ -45,6 +49,10 @@ _LASTING = ("pause", "partition", "delay")
 BASELINE_S = 10
 #: share of the baseline tokens/s that counts as recovered
 RECOVERED_SHARE = 0.9
+#: the delivery p99 counts as recovered within this factor of its baseline
+P99_RECOVERED_FACTOR = 1.5
+#: whole seconds in a row a measure must stay recovered
+RECOVERY_HOLD_S = 3
 #: the largest delay the kit injects (ms)
 MAX_DELAY_MS = 10_000.0
 
@@ -178,35 +186,65 @@ def _select(spec: ChaosSpec, units: list[FaultTarget], network: bool) -> list[Fa
     return mine[:1]
 
 
-def _tokens_by_second(rows: Iterable[Mapping[str, Any]]) -> dict[int, float]:
-    return {int(r["second"]): float(r.get("tokens") or 0) for r in rows}
+def _per_second(rows: Iterable[Mapping[str, Any]], field: str) -> dict[int, float | None]:
+    out: dict[int, float | None] = {}
+    for r in rows:
+        v = r.get(field)
+        out[int(r["second"])] = None if v in (None, "") else float(v)
+    return out
+
+
+def _held(series: Mapping[int, float | None], first: int, ok: Any) -> int | None:
+    """The first second from *first* on that starts RECOVERY_HOLD_S seconds in a row satisfying *ok*."""
+    run = 0
+    for s in range(first, max(series, default=first - 1) + 1):
+        v = series.get(s)
+        run = run + 1 if v is not None and ok(v) else 0
+        if run >= RECOVERY_HOLD_S:
+            return s - RECOVERY_HOLD_S + 1
+    return None
+
+
+def _measure(series: Mapping[int, float | None], start: float, end: float, what: str,
+             baseline_of: Any, ok_for: Any) -> dict[str, Any]:
+    s0 = int(start)
+    known = [s for s, v in series.items() if v is not None]
+    window = [series[s] for s in range(max(min(known, default=s0), s0 - BASELINE_S), s0)
+              if series.get(s) is not None]
+    if not window:
+        return {"baseline": None, "recovered_at": None, "recovery_s": None,
+                "note": f"no {what} in the {BASELINE_S} s before the fault: no baseline"}
+    base = baseline_of(window)
+    if not base:
+        return {"baseline": 0.0, "recovered_at": None, "recovery_s": None,
+                "note": f"{what} was 0 in the {BASELINE_S} s before the fault: no baseline"}
+    s = _held(series, math.ceil(end), ok_for(base))
+    if s is None:
+        return {"baseline": round(base, 3), "recovered_at": None, "recovery_s": None,
+                "note": f"{what} was not back for {RECOVERY_HOLD_S} s in a row before the load ended"}
+    return {"baseline": round(base, 3), "recovered_at": float(max(s, end)), "recovery_s": round(max(0.0, s - end), 3),
+            "note": ""}
 
 
 def recovery(rows: Sequence[Mapping[str, Any]], start: float, end: float) -> dict[str, Any]:
-    """Recovery of the run's tokens/s after a fault from *start* to *end* (epoch seconds).
+    """Recovery of the run after a fault from *start* to *end* (epoch seconds), on tokens/s and delivery p99.
 
-    ``{baseline_tps, recovered_at, recovery_s, note}``; ``recovery_s`` is None when there was
-    no load before the fault (no baseline) or the load never came back before it ended.
+    ``{tokens, delivery_p99, baseline_tps, recovered_at, recovery_s, note}``: each measure as
+    ``{baseline, recovered_at, recovery_s, note}``; the run's recovery is the later of the two, None
+    (with the reason in ``note``) when either could not be judged.
     """
-    tps = _tokens_by_second(rows)
-    s0 = int(start)
-    # seconds before the first timeline row are before the load started: not part of the baseline
-    window = range(max(min(tps, default=s0), s0 - BASELINE_S), s0)
-    if not window:
-        return {"baseline_tps": None, "recovered_at": None, "recovery_s": None,
-                "note": "no load before the fault: no baseline"}
-    baseline = sum(tps.get(s, 0.0) for s in window) / len(window)
-    if baseline <= 0:
-        return {"baseline_tps": 0.0, "recovered_at": None, "recovery_s": None,
-                "note": "no tokens in the 10 s before the fault: no baseline"}
-    want = RECOVERED_SHARE * baseline
-    last = max(tps)
-    for s in range(math.ceil(end), last + 1):
-        if tps.get(s, 0.0) >= want:
-            return {"baseline_tps": round(baseline, 2), "recovered_at": float(max(s, end)),
-                    "recovery_s": round(max(0.0, s - end), 3), "note": ""}
-    return {"baseline_tps": round(baseline, 2), "recovered_at": None, "recovery_s": None,
-            "note": f"tokens/s did not come back to {RECOVERED_SHARE:.0%} of {baseline:.1f} before the load ended"}
+    tps = _measure(_per_second(rows, "tokens"), start, end, "tokens/s",
+                   lambda w: sum(w) / len(w), lambda base: lambda v: v >= RECOVERED_SHARE * base)
+    p99 = _measure(_per_second(rows, "delivery_p99_ms"), start, end, "delivery p99",
+                   lambda w: sorted(w)[len(w) // 2], lambda base: lambda v: v <= P99_RECOVERED_FACTOR * base)
+    both = (tps, p99)
+    notes = [m["note"] for m in both if m["note"]]
+    done = all(m["recovered_at"] is not None for m in both)
+    return {"tokens": tps, "delivery_p99": p99, "baseline_tps": tps["baseline"],
+            "baseline_delivery_p99_ms": p99["baseline"],
+            "recovered_at": max(m["recovered_at"] for m in both) if done else None,
+            "recovery_s": max(m["recovery_s"] for m in both) if done else None,
+            "note": "; ".join(notes)}
 
 
 def attribute(rows: Sequence[Mapping[str, Any]], queries: Iterable[Mapping[str, Any]], start: float,

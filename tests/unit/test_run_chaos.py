@@ -81,15 +81,34 @@ def _timeline(tokens: dict[int, int], **extra: dict[int, int]) -> list[dict]:
     return [{"second": s, "tokens": n, **{k: v.get(s, 0) for k, v in extra.items()}} for s, n in tokens.items()]
 
 
-def test_recovery_is_the_first_whole_second_after_the_fault_back_to_90_percent_of_the_10_s_before():
-    tl = {s: 100 for s in range(0, 20)} | {20: 60, 21: 0, 22: 30, 23: 89, 24: 95, 25: 100}
-    r = recovery(_timeline(tl), 20.4, 20.4)
-    assert r["baseline_tps"] == 100.0 and r["recovered_at"] == 24.0 and r["recovery_s"] == pytest.approx(3.6)
+def _with_p99(tokens: dict[int, int], p99: dict[int, float | None]) -> list[dict]:
+    return [{"second": s, "tokens": n, "delivery_p99_ms": "" if p99.get(s) is None else p99[s]}
+            for s, n in tokens.items()]
+
+
+def test_recovery_is_when_tokens_and_delivery_p99_are_back_and_stay_back_for_3_s():
+    tl = {s: 100 for s in range(0, 20)} | {20: 60, 21: 0, 22: 30, 23: 89, 24: 95, 25: 100, 26: 100, 27: 100, 28: 100}
+    p99 = {s: 20.0 for s in range(0, 20)} | {20: 25.0, 21: None, 22: 900.0, 23: 400.0, 24: 29.0, 25: 31.0,
+                                              26: 25.0, 27: 20.0, 28: 20.0}
+    r = recovery(_with_p99(tl, p99), 20.4, 20.4)
+    # tokens/s back to 90 % from 24 on; delivery p99 within 1.5x (30 ms) at 24, not at 25, then from 26 on
+    assert r["tokens"]["recovered_at"] == 24.0 and r["delivery_p99"]["recovered_at"] == 26.0
+    assert r["baseline_tps"] == 100.0 and r["baseline_delivery_p99_ms"] == 20.0
+    assert r["recovered_at"] == 26.0 and r["recovery_s"] == pytest.approx(5.6) and r["note"] == ""
     # a pause: counted from its end
-    assert recovery(_timeline(tl), 18.0, 22.5)["recovery_s"] == pytest.approx(1.5)
-    # never back before the load ended, and no baseline before the load
-    assert recovery(_timeline({s: 100 for s in range(10)} | {10: 0, 11: 0}), 10.0, 10.0)["recovery_s"] is None
-    assert recovery(_timeline({5: 100, 6: 100}), 3.0, 3.0)["note"].startswith("no load before")
+    assert recovery(_with_p99(tl, p99), 18.0, 22.5)["recovery_s"] == pytest.approx(3.5)
+
+
+def test_a_recovery_that_cannot_be_judged_says_why_instead_of_a_number():
+    flat = {s: 100 for s in range(30)}
+    # a blip of one good second is not a recovery: the load ended before 3 good seconds in a row
+    r = recovery(_timeline({s: 100 for s in range(10)} | {10: 0, 11: 95, 12: 0}), 10.0, 10.0)
+    assert r["recovery_s"] is None and "not back for 3 s in a row" in r["tokens"]["note"]
+    # no load before the fault; a run without delivery figures (older results)
+    assert recovery(_timeline({5: 100, 6: 100}), 3.0, 3.0)["note"].startswith("no tokens/s in the 10 s before")
+    old = recovery(_timeline(flat), 15.0, 15.0)
+    assert old["tokens"]["recovery_s"] == 0 and old["recovery_s"] is None
+    assert old["note"] == "no delivery p99 in the 10 s before the fault: no baseline"
 
 
 def test_attribution_sums_the_window_and_the_lost_tokens_of_queries_in_flight():
