@@ -17,8 +17,9 @@ services); the network actions (partition, delay) count the group's hosts.  With
 hits one unit, the first.  Times take ``ms``, ``s`` or ``m`` (bare numbers are seconds).
 
 :func:`recovery` reads the merged per-second timeline on two measures, each against the 10 s before
-the fault: tokens/s back to 90 % of their mean there, and the token delivery p99 back within 1.5x
-their median there; each must hold for :data:`RECOVERY_HOLD_S` whole seconds in a row, counted from
+the fault: the tokens each active session received per second back to 90 % of their median there
+(per session, so that a ramp before or sessions ending after the fault are not mistaken for the
+fault), and the token delivery p99 back within 1.5x their median there; each must hold for :data:`RECOVERY_HOLD_S` whole seconds in a row, counted from
 the second after the one holding the fault's end (that second mixes before and after).  The run has
 recovered when both have (1 s resolution); a measure that cannot be judged (no load before the fault,
 no delivery figures in an old run, the load ended first) says why in ``note`` and gives no number.
@@ -226,21 +227,31 @@ def _measure(series: Mapping[int, float | None], start: float, end: float, what:
             "note": ""}
 
 
+def _median(values: Sequence[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def recovery(rows: Sequence[Mapping[str, Any]], start: float, end: float) -> dict[str, Any]:
-    """Recovery of the run after a fault from *start* to *end* (epoch seconds), on tokens/s and delivery p99.
+    """Recovery of the run after a fault from *start* to *end* (epoch seconds), on tokens/s per active session
+    and delivery p99 (``baseline_tps``: the mean tokens/s of the 10 s before, for the report).
 
     ``{tokens, delivery_p99, baseline_tps, recovered_at, recovery_s, note}``: each measure as
     ``{baseline, recovered_at, recovery_s, note}``; the run's recovery is the later of the two, None
     (with the reason in ``note``) when either could not be judged.
     """
-    tps = _measure(_per_second(rows, "tokens"), start, end, "tokens/s",
-                   lambda w: sum(w) / len(w), lambda base: lambda v: v >= RECOVERED_SHARE * base)
+    tokens, active = _per_second(rows, "tokens"), _per_second(rows, "active_sessions")
+    per_session = {s: (n or 0.0) / active[s] if active.get(s) else None for s, n in tokens.items()}
+    tps = _measure(per_session, start, end, "tokens/s per active session",
+                   _median, lambda base: lambda v: v >= RECOVERED_SHARE * base)
     p99 = _measure(_per_second(rows, "delivery_p99_ms"), start, end, "delivery p99",
-                   lambda w: sorted(w)[len(w) // 2], lambda base: lambda v: v <= P99_RECOVERED_FACTOR * base)
+                   _median, lambda base: lambda v: v <= P99_RECOVERED_FACTOR * base)
+    s0 = int(start)
+    before = [n for s, n in tokens.items() if s0 - BASELINE_S <= s < s0 and n is not None]
     both = (tps, p99)
     notes = [m["note"] for m in both if m["note"]]
     done = all(m["recovered_at"] is not None for m in both)
-    return {"tokens": tps, "delivery_p99": p99, "baseline_tps": tps["baseline"],
+    return {"tokens": tps, "delivery_p99": p99,
+            "baseline_tps": round(sum(before) / len(before), 2) if before else None,
             "baseline_delivery_p99_ms": p99["baseline"],
             "recovered_at": max(m["recovered_at"] for m in both) if done else None,
             "recovery_s": max(m["recovery_s"] for m in both) if done else None,

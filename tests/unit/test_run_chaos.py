@@ -78,12 +78,13 @@ def test_bad_targets_are_one_line(text, says):
 
 
 def _timeline(tokens: dict[int, int], **extra: dict[int, int]) -> list[dict]:
-    return [{"second": s, "tokens": n, **{k: v.get(s, 0) for k, v in extra.items()}} for s, n in tokens.items()]
-
-
-def _with_p99(tokens: dict[int, int], p99: dict[int, float | None]) -> list[dict]:
-    return [{"second": s, "tokens": n, "delivery_p99_ms": "" if p99.get(s) is None else p99[s]}
+    return [{"second": s, "tokens": n, "active_sessions": 10, **{k: v.get(s, 0) for k, v in extra.items()}}
             for s, n in tokens.items()]
+
+
+def _with_p99(tokens: dict[int, int], p99: dict[int, float | None], active: dict[int, int] | None = None) -> list[dict]:
+    return [{"second": s, "tokens": n, "active_sessions": (active or {}).get(s, 10),
+             "delivery_p99_ms": "" if p99.get(s) is None else p99[s]} for s, n in tokens.items()]
 
 
 def test_recovery_is_when_tokens_and_delivery_p99_are_back_and_stay_back_for_3_s():
@@ -99,13 +100,22 @@ def test_recovery_is_when_tokens_and_delivery_p99_are_back_and_stay_back_for_3_s
     assert recovery(_with_p99(tl, p99), 18.0, 22.5)["recovery_s"] == pytest.approx(3.5)
 
 
+def test_tokens_are_judged_per_active_session_so_a_ramp_or_sessions_ending_are_not_the_fault():
+    # a ramp before the fault (5, 10 sessions), then sessions ending after it: tokens/s falls, per session it does not
+    active = {0: 5, 1: 10, 2: 20, 3: 20, 4: 20, 5: 20, 6: 20, 7: 15, 8: 10, 9: 5}
+    tokens = {s: 10 * a for s, a in active.items()} | {5: 0}   # the fault: nothing in second 5
+    r = recovery(_with_p99(tokens, {s: 20.0 for s in active} | {5: None}, active), 5.2, 5.2)
+    assert r["tokens"]["baseline"] == 10.0 and r["tokens"]["recovered_at"] == 6.0 and r["recovery_s"] == pytest.approx(0.8)
+
+
 def test_a_recovery_that_cannot_be_judged_says_why_instead_of_a_number():
     flat = {s: 100 for s in range(30)}
     # a blip of one good second is not a recovery: the load ended before 3 good seconds in a row
     r = recovery(_timeline({s: 100 for s in range(10)} | {10: 0, 11: 95, 12: 0}), 10.0, 10.0)
     assert r["recovery_s"] is None and "not back for 3 s in a row" in r["tokens"]["note"]
     # no load before the fault; a run without delivery figures (older results)
-    assert recovery(_timeline({5: 100, 6: 100}), 3.0, 3.0)["note"].startswith("no tokens/s in the 10 s before")
+    assert recovery(_timeline({5: 100, 6: 100}), 3.0, 3.0)["note"].startswith(
+        "no tokens/s per active session in the 10 s before")
     old = recovery(_timeline(flat), 15.0, 15.0)
     assert old["tokens"]["recovery_s"] == 0 and old["recovery_s"] is None
     assert old["note"] == "no delivery p99 in the 10 s before the fault: no baseline"
