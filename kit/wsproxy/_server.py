@@ -1,7 +1,8 @@
 """The reference wsproxy: aiohttp WebSockets fed by Redis pub/sub.
 
 Routes: ``GET /{agent_id}/ws/{session_id}`` (WebSocket), ``GET /health``,
-``GET /health/deep``, ``GET /stats``.
+``GET /health/deep``, ``GET /stats`` (JSON counters), ``GET /metrics`` (the same in the Prometheus
+text format).
 
 Health, for a balancer that checks every instance every few seconds: ``/health`` (the contract's
 ``kit_health_path``) answers from state the instance holds, with no I/O: 200 when its event loop
@@ -47,12 +48,13 @@ from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from kit import _gc, contract
+from kit._prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from kit.auth import AuthError, bearer_token, verify_token
 from kit.config import WsproxySettings
 
 from ._guard import GuardedWebSocketResponse
 from ._redis import PubSubPool, RedisAddress, RedisUnavailable, parse_redis_url, redis_ping
-from ._stats import Stats
+from ._stats import Stats, metrics_text
 
 __all__ = ["create_app", "serve", "text_frame", "MAX_HEADER_FIELD_BYTES"]
 
@@ -344,11 +346,16 @@ class _Forwarder:
             return web.json_response(body | {"status": "unavailable", "detail": str(exc)}, status=503)
         return web.json_response(body, status=status)
 
-    async def handle_stats(self, request: web.Request) -> web.Response:
+    def _stats(self) -> dict:
         pool = self.pool
-        return web.json_response(self.stats.to_dict(
-            subscriptions=pool.subscription_count if pool else 0,
-            pubsub_connections=len(pool.connections) if pool else 0))
+        return self.stats.to_dict(subscriptions=pool.subscription_count if pool else 0,
+                                  pubsub_connections=len(pool.connections) if pool else 0)
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self._stats())
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=metrics_text(self._stats()).encode(), headers={"Content-Type": PROM_CONTENT_TYPE})
 
     # -- lifecycle ---------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
@@ -372,6 +379,7 @@ def create_app(settings: WsproxySettings) -> web.Application:
     app.router.add_get(contract.health_path(), fwd.handle_health)
     app.router.add_get(contract.deep_health_path(), fwd.handle_deep_health)
     app.router.add_get("/stats", fwd.handle_stats)
+    app.router.add_get("/metrics", fwd.handle_metrics)
     app.router.add_get("/{agent_id}/ws/{session_id}", fwd.handle_ws)
     app.on_startup.append(fwd.on_startup)
     app.on_shutdown.append(fwd.on_shutdown)

@@ -1,4 +1,4 @@
-"""The wsproxy's counters, served as ``GET /stats``.
+"""The wsproxy's counters, served as ``GET /stats`` (JSON) and ``GET /metrics`` (Prometheus text).
 
 Owned by the server (one :class:`Stats` per process); the forward path
 increments plain attributes (no locks: one event loop).  ``to_dict`` is the
@@ -9,8 +9,38 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Mapping
 
-__all__ = ["Stats"]
+from kit._prom import Metric, exposition
+
+__all__ = ["Stats", "METRICS", "metrics_text"]
+
+#: what /metrics exposes, one line per figure: (the /stats key, kind, help); named wsproxy_<key>
+METRICS = (
+    ("connections_open", "gauge", "WebSockets open now"),
+    ("connections_total", "counter", "WebSockets upgraded since the start"),
+    ("messages_forwarded", "counter", "frames written to WebSockets"),
+    ("redis_messages", "counter", "pub/sub messages received that had a subscriber"),
+    ("binary_forwarded", "counter", "payloads that were not UTF-8, forwarded as binary frames"),
+    ("auth_failures", "counter", "upgrades refused with 401"),
+    ("slow_client_drops", "counter", "WebSockets dropped because their send buffer overflowed"),
+    ("ping_timeouts", "counter", "WebSockets dropped because a ping went unanswered"),
+    ("redis_lost_drops", "counter", "WebSockets closed (1012) because their pub/sub connection died"),
+    ("redis_unavailable", "counter", "upgrades refused with 503 because Redis could not subscribe"),
+    ("health_checks", "counter", "GET /health answered (the balancers' checks)"),
+    ("pubsub_disconnects", "counter", "pub/sub connections lost"),
+    ("subscriptions", "gauge", "channels subscribed now"),
+    ("pubsub_connections", "gauge", "pub/sub connections to Redis now"),
+)
+
+
+def metrics_text(stats: Mapping[str, object]) -> str:
+    """/metrics of one wsproxy process from its /stats dict (failures by reason as a labelled family)."""
+    families = [Metric(f"wsproxy_{key}", kind, help_, value=stats[key]) for key, kind, help_ in METRICS]  # type: ignore[arg-type]
+    by_reason = stats.get("auth_failures_by_reason") or {}
+    families.append(Metric("wsproxy_auth_failures_by_reason", "counter", "upgrades refused with 401, by reason",
+                           samples={(("reason", r),): n for r, n in by_reason.items()}))  # type: ignore[union-attr]
+    return exposition(families)
 
 
 class Stats:

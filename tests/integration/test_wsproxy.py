@@ -454,3 +454,39 @@ def test_bad_configuration_exits_2_with_one_line_naming_the_variable(env, names,
     assert "Traceback" not in result.stderr
     assert "tiny-s3cret" not in result.stderr, "the secret itself was printed"
     assert result.stderr.count("\n") == 1
+
+
+def test_metrics_parse_as_prometheus_text_and_equal_stats(proxy: Proxy) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kit.wsproxy._stats import METRICS
+
+    sid = _sid("metrics")
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(proxy.url(sid), headers=proxy.headers(sid)) as ws:
+                for i in range(5):
+                    proxy.redis.publish(f"session:{sid}:down", _message(sid, i))
+                for _ in range(5):
+                    await ws.receive(timeout=10)
+            async with session.get(proxy.url(sid).replace("/load-test-agent/ws/", "/x/ws/"),
+                                   headers={"Authorization": "Bearer nope"}) as resp:
+                assert resp.status == 401
+
+    asyncio.run(main())
+    proxy.wait_for(lambda: proxy.stats()["connections_open"] == 0, "the socket to close")
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.request("GET", "/metrics")
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/plain; version=0.0.4")
+    stats = proxy.stats()
+    samples = {s.name: s for fam in text_string_to_metric_families(text) for s in fam.samples}
+    for key, kind, _ in METRICS:
+        name = f"wsproxy_{key}" + ("_total" if kind == "counter" and not key.endswith("_total") else "")
+        assert samples[name].value == stats[key], key
+    assert stats["messages_forwarded"] >= 5 and stats["auth_failures"] == 1
+    (reason,) = [s for s in samples.values() if s.name == "wsproxy_auth_failures_by_reason_total"]
+    assert reason.labels == {"reason": "malformed"} and reason.value == 1
