@@ -135,3 +135,11 @@ def test_fab_run_refuses_a_bad_chaos_spec_with_one_line_and_exit_2():
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "run: --chaos 'pause:redis@3s': pause lasts: give +FOR, e.g. pause:redis@3s+5s"
+
+
+def test_a_tiny_delivery_baseline_allows_10_ms_of_noise():
+    tl = {s: 100 for s in range(0, 30)}
+    p99 = {s: 1.0 for s in range(0, 20)} | {20: 500.0} | {s: 4.0 for s in range(21, 30)}
+    r = recovery(_with_p99(tl, p99), 20.2, 20.2)
+    # 4 ms is 4x a 1 ms baseline, yet within 10 ms of it: recovered from 21 on
+    assert r["delivery_p99"]["recovered_at"] == 21.0
