@@ -156,8 +156,9 @@ def collect_server_stats(inv: Inventory, out_dir: Path) -> list[str]:
                     resp = client.get(_stats_url(inv.hosts[t["host"]], t), auth=_stats_auth(inv, inv.hosts[t["host"]]))
                     resp.raise_for_status()
                     (out_dir / f"{name}-stats.csv").write_text(resp.text)
-                else:
-                    resp = client.get(f"http://{t['address']}:{t['port']}/stats")
+                else:  # the simulator's every worker summed (its /stats is the answering worker's)
+                    path = "/stats/all" if t["service"] == "sim" else "/stats"
+                    resp = client.get(f"http://{t['address']}:{t['port']}{path}")
                     resp.raise_for_status()
                     (out_dir / f"{name}-stats.json").write_text(resp.text)
             except (OSError, httpx.HTTPError, redis.RedisError) as exc:

@@ -16,7 +16,8 @@ Endpoints (the wire contract in DESIGN.md):
 * ``GET /health``: 200 when the publisher runs and the worker's watch on Redis (:mod:`._probe`,
   one PING a second whatever the number of checks) last heard it answer, else 503; no I/O, so a
   balancer's checks never wait on Redis.  ``GET /health/deep``: the same after a PING of its own.
-  ``GET /stats``.
+  ``GET /stats`` (the answering worker's counters), ``GET /stats/all`` (every worker's, summed:
+  :mod:`._workers`) and ``GET /metrics`` (the same sums in the Prometheus text format).
 
 The session routes are plain views (the body in, ``(status, JSON bytes)`` out) registered twice:
 as Quart routes and as :class:`._asgi.DirectRoutes`, which answer them without Quart's request
@@ -55,11 +56,13 @@ from redis.exceptions import MaxConnectionsError, RedisError
 from werkzeug.exceptions import HTTPException
 
 from kit import _gc, contract
+from kit._prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from kit.auth import issue_token
 from kit.config import SimSettings
 
 from ._asgi import DIRECT_ROUTES, Answer, DirectRoutes, LeanHTTPConnection, View
 from ._body import BodyError, parse_create, parse_run
+from . import _workers
 from ._probe import RedisWatch, start_redis_watch
 from ._publisher import Publisher
 from ._schedule import channel_name, due_offsets, encode_tokens, split_tokens
@@ -166,6 +169,21 @@ class SimState:
         return stats
 
 
+#: seconds between a worker's writes of its counters for the summed /stats/all and /metrics
+PUBLISH_STATS_S = 1.0
+
+
+async def _publish_stats(state: SimState, stop: asyncio.Event) -> None:
+    """Write this worker's counters for the group's sums once a second until *stop* (and once more then)."""
+    while not stop.is_set():
+        _workers.publish(state.statistics())
+        try:
+            await asyncio.wait_for(stop.wait(), PUBLISH_STATS_S)
+        except TimeoutError:
+            pass
+    _workers.publish(state.statistics())
+
+
 def _answer(body: object, status: int) -> Answer:
     return status, orjson.dumps(body)
 
@@ -215,6 +233,7 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
                                     tick_s=settings.publish_tick_ms / 1000.0)
         state.publisher.start()
         start_redis_watch(app, settings.redis_url, state.redis_watch)  # a wrong REDIS_URL: one line at start
+        app.add_background_task(_publish_stats, state, app.shutdown_event)  # for the workers' sums
         if tune_gc:
             _gc.tune()  # this worker's start-up is done: frozen, and collections rare (kit/_gc.py)
         log.info("kit.sim serving (pid %d): %d words per answer, token delay %.3g ms, ttft %.3g ms, "
@@ -399,5 +418,18 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
     @app.get("/stats")
     async def stats() -> Response:
         return _json(state.statistics(), 200)
+
+    @app.get("/stats/all")
+    async def stats_all() -> Response:
+        own = state.statistics()
+        _workers.publish(own)
+        return _json(_workers.gather(own), 200)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        own = state.statistics()
+        _workers.publish(own)
+        return Response(_workers.metrics_text(_workers.gather(own)), status=200,
+                        headers={"Content-Type": PROM_CONTENT_TYPE})
 
     return app

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import shutil
+import tempfile
 
 from kit.config import SimSettings
 
@@ -40,6 +43,10 @@ def serve(settings: SimSettings, *, log_level: str = "INFO", loop: str = GRANIAN
     from granian.log import LogLevels
     from granian.server import Server
 
+    # the workers' counters meet here for the summed /stats/all and /metrics (kit/sim/_workers.py)
+    from ._workers import STATS_DIR_ENV
+    stats_dir = tempfile.mkdtemp(prefix="kit-sim-stats-")
+    os.environ[STATS_DIR_ENV] = stats_dir
     server = Server(
         APP_TARGET,
         address=settings.host,
@@ -54,4 +61,7 @@ def serve(settings: SimSettings, *, log_level: str = "INFO", loop: str = GRANIAN
         log_access=False,
         workers_kill_timeout=10,
     )
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        shutil.rmtree(stats_dir, ignore_errors=True)

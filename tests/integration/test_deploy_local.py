@@ -199,6 +199,9 @@ def test_rendered_haproxy_cfg_passes_haproxy_check(deployed):
     assert "shutdown-sessions" not in text and "timeout check 5s" in text
     assert "use_backend wsproxy_open if { nbsrv(wsproxy) eq 0 }" in text and "backend wsproxy_open" in text
     assert "log stdout format iso" in text   # times on every line: fab run reads the balancer's decisions
+    # HAProxy's Prometheus exporter answers on the stats port without the stats password
+    resp = httpx.get(f"http://{ADDR}:{PORTS['haproxy_stats']}/metrics", timeout=10)
+    assert resp.status_code == 200 and 'haproxy_server_status{proxy="wsproxy"' in resp.text
     assert oct(cfg.stat().st_mode & 0o777) == "0o600"  # it holds the stats password
 
 

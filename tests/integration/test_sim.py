@@ -467,6 +467,32 @@ def test_bad_redis_url_and_bad_port_exit_2_naming_the_variable():
     assert "Traceback" not in res.stderr
 
 
+def test_stats_all_and_metrics_sum_every_worker_and_metrics_parse_as_prometheus_text(sim_factory):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kit.sim._workers import METRICS
+
+    multi = sim_factory(FASTAPI_WORKERS=2, TOKEN_DELAY_MS=1)
+    workers = {w.pid for w in psutil.Process(multi.proc.pid).children(recursive=True)}
+    # new connections, so that both workers take some of the sessions
+    for _ in range(40):
+        with httpx.Client(base_url=f"http://127.0.0.1:{multi.port}", timeout=10.0) as one:
+            assert one.post("/session/create").status_code == 201
+    deadline = time.monotonic() + 10
+    while True:   # each worker writes its counters once a second: wait (bounded) until both did
+        total = multi.http.get("/stats/all").json()
+        if total["sessions_created"] == 40 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # poll interval of a bounded readiness check
+    assert total["sessions_created"] == 40 and total["workers"] == 2 and set(total["pids"]) == workers
+    resp = multi.http.get("/metrics")
+    assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {s.name: s.value for fam in text_string_to_metric_families(resp.text) for s in fam.samples}
+    assert samples["sim_sessions_created_total"] == 40 and samples["sim_workers"] == 2
+    for key, kind, _ in METRICS:
+        assert f"sim_{key}" + ("_total" if kind == "counter" else "") in samples, key
+
+
 def test_sigterm_stops_every_worker_and_runs_the_shutdown_hooks(sim_factory):
     multi = sim_factory(FASTAPI_WORKERS=2, TOKEN_DELAY_MS=1)
     parent = psutil.Process(multi.proc.pid)
