@@ -28,6 +28,7 @@ import html
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any
 from kit.metrics import Histogram
 
 __all__ = ["RunData", "load_run", "run_t0", "timeline_series", "timeline_percentiles", "latency_per_second", "cdf", "host_cpu_series",
-           "component_cpu_series", "chaos_events", "run_chart_specs", "compare_chart_specs", "charts_html",
+           "component_cpu_series", "server_series", "chaos_events", "run_chart_specs", "compare_chart_specs", "charts_html",
            "assets_html", "nearest_rank"]
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,70 @@ def component_cpu_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: f
     return out
 
 
+#: wsproxy /stats counters drawn as rates, and the gauges drawn as sampled (server_series)
+WSPROXY_RATES = ("messages_forwarded", "slow_client_drops", "ping_timeouts", "redis_lost_drops", "redis_unavailable",
+                 "auth_failures")
+WSPROXY_GAUGES = ("connections_open", "subscriptions", "pubsub_connections")
+SIM_RATES = ("tokens_published", "done_published", "queries", "sessions_created", "errors", "redis_pool_exhausted")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def _labels(key: str) -> dict[str, str]:
+    return dict(_LABEL.findall(key))
+
+
+def server_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float) -> dict[str, dict[str, dict[float, float]]]:
+    """``{series: {label: {t: value}}}`` from every host's samples (``ts`` epoch seconds; *t0* the run's zero).
+
+    Series: ``wsproxy_connections_open``, ``wsproxy_subscriptions``, ``wsproxy_pubsub_connections`` (label
+    ``host:wsproxy-i``); ``wsproxy_<counter>_per_s`` for :data:`WSPROXY_RATES`; ``sim_<counter>_per_s``
+    for :data:`SIM_RATES` (label the sim host); ``haproxy_server_sessions`` (``balancer:backend/server``),
+    ``haproxy_backend_queue`` (``balancer:backend``).
+    """
+    out: dict[str, dict[str, dict[float, float]]] = {}
+
+    def put(series: str, label: str, t: float, v: float) -> None:
+        out.setdefault(series, {}).setdefault(label, {})[round(t, 3)] = v
+
+    for host, samples in hosts.items():
+        prev: dict[str, tuple[float, Mapping[str, Any]]] = {}
+        for s in samples:
+            ts = s.get("ts")
+            services = s.get("services")
+            if not isinstance(ts, (int, float)) or not isinstance(services, Mapping):
+                continue
+            t = ts - t0
+            for name, figures in services.items():
+                if not isinstance(figures, Mapping) or "error" in figures:
+                    continue
+                label = f"{host}:{name}"
+                if name.startswith("wsproxy-"):
+                    for k in WSPROXY_GAUGES:
+                        if k in figures:
+                            put(f"wsproxy_{k}", label, t, float(figures[k]))
+                    rates = WSPROXY_RATES
+                elif name == "sim":
+                    rates = SIM_RATES
+                elif name == "haproxy":
+                    for key, v in figures.items():
+                        lab = _labels(key)
+                        if key.startswith("haproxy_server_current_sessions{"):
+                            put("haproxy_server_sessions", f"{host}:{lab.get('proxy')}/{lab.get('server')}", t, v)
+                        elif key.startswith("haproxy_backend_current_queue{"):
+                            put("haproxy_backend_queue", f"{host}:{lab.get('proxy')}", t, v)
+                    continue
+                else:
+                    continue
+                before = prev.get(name)
+                if before is not None and t > before[0]:
+                    dt = t - before[0]
+                    for k in rates:
+                        if k in figures and k in before[1]:
+                            put(f"{name.split('-')[0]}_{k}_per_s", label, t, max(0.0, (figures[k] - before[1][k]) / dt))
+                prev[name] = (t, figures)
+    return out
+
+
 def chaos_events(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The run's chaos events, and the balancer's servers marked DOWN, as ``{at_s, for_s, label}`` (seconds since
     the agreed start)."""
@@ -321,12 +386,38 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
     specs.append(_spec(f"{prefix}-compcpu", "CPU per kit component (all hosts)", cx,
                        [{"label": c, "values": v} for c, v in cy.items()], ylabel="cores", events=ev,
                        note="" if comp else "no per-process samples in host.jsonl"))
+    specs += server_chart_specs(run, ev, prefix)
     for key, title in DISTRIBUTIONS[:2]:
         xs, ys, left = cdf(run.histograms.get(key))
         specs.append(_spec(f"{prefix}-dist-{key}", f"{title}: distribution", xs,
                            [{"label": f"% of {key} values <= x", "values": ys}], xlabel="ms (log)",
                            ylabel="cumulative %", logx=True, step=True,
                            note=f"{left} value(s) <= 0 ms not shown (clock skew)" if left else ""))
+    return specs
+
+
+#: the server-side charts: (series of server_series, id, title, unit)
+SERVER_CHARTS = (
+    ("wsproxy_connections_open", "wsconn", "WebSockets open per wsproxy instance (its /stats)", "connections"),
+    ("wsproxy_messages_forwarded_per_s", "wsfwd", "Frames forwarded per second per wsproxy instance", "frames/s"),
+    ("wsproxy_slow_client_drops_per_s", "wsdrop", "Slow clients dropped per second per wsproxy instance", "per second"),
+    ("haproxy_server_sessions", "hasess", "HAProxy current sessions per backend server", "sessions"),
+    ("haproxy_backend_queue", "haqueue", "HAProxy queue per backend", "requests"),
+    ("sim_tokens_published_per_s", "simpub", "Tokens the simulator published per second (all workers)", "tokens/s"),
+)
+
+
+def server_chart_specs(run: RunData, events: Sequence[Mapping[str, Any]], prefix: str = "c") -> list[dict[str, Any]]:
+    """The services' own figures over the run (host monitors' ``--scrape``); none when no host sampled them."""
+    series = server_series(run.hosts, run.t0)
+    specs = []
+    for name, cid, title, unit in SERVER_CHARTS:
+        per = series.get(name)
+        if not per:
+            continue
+        xs, ys = _align({k: dict(v) for k, v in sorted(per.items())})
+        specs.append(_spec(f"{prefix}-{cid}", title, xs, [{"label": k, "values": v} for k, v in ys.items()],
+                           ylabel=unit, events=events))
     return specs
 
 

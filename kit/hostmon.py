@@ -21,6 +21,13 @@ process names, which a host shares with unrelated processes) are sampled from
 ``cpu_children_s`` what its reaped children used (so CPU of a worker that
 exited between two samples is not lost); a PID that vanished is simply absent.
 
+With ``--scrape FILE`` each line also carries ``services``: what the host's kit services say of
+themselves at that second.  FILE lists ``NAME URL [PREFIX ...]`` lines; each URL is fetched (GET,
+:data:`SCRAPE_TIMEOUT` s) and its body kept as numbers: a JSON object's numeric fields (the
+services' ``/stats``), or the samples of a Prometheus text page (HAProxy's exporter) whose names
+start with one of the PREFIXes, keyed ``name{labels}``.  A target that does not answer is
+``{"error": why}`` for that second; the sample is written all the same.
+
 The file is self-contained (standard library, psutil when importable, else
 Linux's /proc directly) so ``fab run`` can copy it to hosts that have no kit
 installed (a balancer or Redis host) and run it with their ``python3``.
@@ -43,11 +50,14 @@ try:
 except ImportError:  # a host without the kit's venv runs this file with the system python3
     psutil = None
 
-__all__ = ["sample", "sample_procs", "read_procs_file", "monitor", "main", "COMPONENTS"]
+__all__ = ["sample", "sample_procs", "read_procs_file", "read_scrape_file", "scrape", "parse_prometheus", "monitor",
+           "main", "COMPONENTS", "SCRAPE_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
 MAX_DURATION = 7 * 24 * 3600.0
+#: seconds one scrape of one service may take (the sample is late by at most this per target)
+SCRAPE_TIMEOUT = 0.5
 #: what a root PID in a --procs file may be
 COMPONENTS = ("client", "sim", "wsproxy", "haproxy", "redis")
 
@@ -230,7 +240,62 @@ def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], 
     return rec, net
 
 
-def monitor(out: Path, *, interval: float, duration: float, procs: Path | None = None) -> int:
+def read_scrape_file(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    """``(name, url, prefixes)`` per line of *path*; malformed lines are skipped."""
+    out = []
+    try:
+        text = path.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].startswith("http://"):
+            out.append((parts[0], parts[1], tuple(parts[2:])))
+    return out
+
+
+def parse_prometheus(text: str, prefixes: tuple[str, ...] = ()) -> dict[str, float]:
+    """``{name{labels}: value}`` of a Prometheus text page's samples (those starting with *prefixes*)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if prefixes and not line.startswith(prefixes):
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def scrape(targets: list[tuple[str, str, tuple[str, ...]]]) -> dict[str, Any]:
+    """What each target says now (see the module docstring)."""
+    import urllib.request
+
+    out: dict[str, Any] = {}
+    for name, url, prefixes in targets:
+        try:
+            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as resp:
+                body = resp.read().decode("utf-8", "replace")
+        except (OSError, ValueError) as exc:
+            out[name] = {"error": type(exc).__name__}
+            continue
+        if body.lstrip().startswith("{"):
+            try:
+                data = json.loads(body)
+            except ValueError:
+                out[name] = {"error": "not JSON"}
+                continue
+            out[name] = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        else:
+            out[name] = parse_prometheus(body, prefixes)
+    return out
+
+
+def monitor(out: Path, *, interval: float, duration: float, procs: Path | None = None,
+            scrape_file: Path | None = None) -> int:
     """Write samples to *out* every *interval* s for *duration* s; return the number written.
 
     With *procs*, each sample also holds the process trees of the roots that file lists then.
@@ -263,6 +328,8 @@ def monitor(out: Path, *, interval: float, duration: float, procs: Path | None =
             rec["t"] = round(now - start, 3)
             if procs is not None:
                 rec["procs"] = sample_procs(read_procs_file(procs))
+            if scrape_file is not None:
+                rec["services"] = scrape(read_scrape_file(scrape_file))
             fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
             fh.flush()
             n += 1
@@ -276,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, required=True, help="stop after this many seconds")
     ap.add_argument("--procs", type=Path, default=None,
                     help="file of 'COMPONENT PID' lines (re-read every sample): sample those process trees too")
+    ap.add_argument("--scrape", type=Path, default=None,
+                    help="file of 'NAME URL [PREFIX ...]' lines: what each service says of itself, every sample")
     args = ap.parse_args(argv)
     if not (0.05 <= args.interval <= 3600):
         print(f"hostmon: --interval {args.interval}: give 0.05 to 3600 seconds", file=sys.stderr)
@@ -285,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        n = monitor(args.out, interval=args.interval, duration=args.duration, procs=args.procs)
+        n = monitor(args.out, interval=args.interval, duration=args.duration, procs=args.procs,
+                    scrape_file=args.scrape)
     except OSError as exc:
         print(f"hostmon: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 2

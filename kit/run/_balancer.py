@@ -30,7 +30,8 @@ import yaml
 
 from kit.inventory import PLAYBOOK_DIR, Inventory
 
-__all__ = ["parse_haproxy_log", "server_events", "balancer_verdict", "shutdown_sessions_on_down", "backend_sizes"]
+__all__ = ["parse_haproxy_log", "server_events", "balancer_verdict", "shutdown_sessions_on_down", "backend_sizes",
+           "haproxy_var"]
 
 HAPROXY_DEFAULTS = PLAYBOOK_DIR / "roles" / "haproxy" / "defaults" / "main.yml"
 
@@ -106,13 +107,15 @@ def _haproxy_defaults() -> dict[str, Any]:
         return {}
 
 
+def haproxy_var(h: Any, name: str) -> Any:
+    """A haproxy role variable as the role sees it on host *h*: the inventory's value over the role default."""
+    return h.vars.get(name, _haproxy_defaults().get(name))
+
+
 def shutdown_sessions_on_down(inv: Inventory) -> dict[str, bool]:
     """Per balancer host: does HAProxy close a server's sessions when it marks it DOWN (the role's knob)?"""
-    out = {}
-    for h in inv.group("haproxy"):
-        v = h.vars.get("haproxy_shutdown_sessions_on_down", _haproxy_defaults().get("haproxy_shutdown_sessions_on_down"))
-        out[h.name] = str(v).strip().lower() in ("true", "yes", "1", "on")
-    return out
+    return {h.name: str(haproxy_var(h, "haproxy_shutdown_sessions_on_down")).strip().lower() in ("true", "yes", "1", "on")
+            for h in inv.group("haproxy")}
 
 
 def backend_sizes(inv: Inventory) -> dict[str, int]:

@@ -53,6 +53,7 @@ from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
 from ._balancer import backend_sizes, balancer_verdict, server_events, shutdown_sessions_on_down
+from ._series import scrape_lines, server_totals
 from ._build import record_build
 from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, resolve_targets
 from ._components import bottleneck, component_costs, host_cpu_peaks, load_host_samples
@@ -549,11 +550,14 @@ def _phase_monitors(run: Run) -> None:
             run.component_problems.extend(f"{p}; its CPU is not counted" for p in problems)
         lines = "".join(f"{component} {pid}\n" for component, pid in pids.values() if pid)
         c.run(f"printf %s {shlex.quote(lines)} > {shlex.quote(_procs_file(run, h.name))}", timeout=ops.CMD_TIMEOUT)
+        scrape = f"{d}/scrape.txt"   # what the host's services say of themselves, every second (kit/run/_series.py)
+        c.run(f"printf %s {shlex.quote(scrape_lines(run.inv, h))} > {shlex.quote(scrape)}", timeout=ops.CMD_TIMEOUT)
         py = h.kit_python if run.pre["facts"][h.name]["kit_python"] else _system_python(h)
         with run._lock:
             run.monitors[h.name] = d   # owned from here on: stopped in the finally
         pid = ops.start_job(c, d, [py, f"{d}/hostmon.py", f"{d}/host.jsonl", "--interval", "1",
-                                   "--duration", f"{bound + 60:g}", "--procs", _procs_file(run, h.name)])
+                                   "--duration", f"{bound + 60:g}", "--procs", _procs_file(run, h.name),
+                                   "--scrape", scrape])
         with run._lock:
             run.service_pids[h.name]["_monitor_pid"] = pid
         return pid
@@ -745,6 +749,7 @@ def _phase_merge(run: Run) -> dict[str, Any]:
     if not summary["components"]:
         run.component_problems.append("no per-process CPU samples: no component costs for this run")
     summary["events"] = _fault_events(run)
+    summary["server_totals"] = server_totals(load_host_samples(run.run_dir))
     if run.start_at is not None:  # what the balancers decided meanwhile, from their own logs
         summary["server_events"] = server_events(run.run_dir / "logs", [h.name for h in run.inv.group("haproxy")],
                                                  run.start_at, time.time())

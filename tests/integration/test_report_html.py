@@ -111,12 +111,19 @@ def test_report_of_a_real_run_draws_every_chart_with_data_in_chromium(local_runs
     assert console == [], "\n".join(console)
     assert 'data-chart-error' not in dom
     marks = chart_marks(dom)
+    # the server side over time: what the wsproxy and the simulator said of themselves every second
+    # (this local stack has no HAProxy, so no balancer charts)
     assert set(marks) == {"c-load", "c-tokens", "c-delivery-t", "c-ttft-t", "c-latency", "c-errors", "c-hostcpu",
-                          "c-compcpu", "c-dist-ttft", "c-dist-delivery"}
+                          "c-compcpu", "c-wsconn", "c-wsfwd", "c-wsdrop", "c-simpub", "c-dist-ttft", "c-dist-delivery"}
     for cid, m in marks.items():
         assert m.get("rendered") == "1", (cid, m)
         assert int(m.get("points", 0)) > 0, (cid, m)
-    assert re.search(r'<body[^>]*data-charts-rendered="10"', dom)
+    assert re.search(r'<body[^>]*data-charts-rendered="14"', dom)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # what the wsproxy forwarded, from its own counters sampled every second, is what the clients received:
+    # every token and every done message (within 2 %: the first sample may trail the first frames)
+    frames = summary["total_tokens"] + summary["total_queries"]
+    assert summary["server_totals"]["wsproxy_messages_forwarded"] == pytest.approx(frames, rel=0.02)
     # the page needs no network: no external URL is loaded
     html = (run_dir / "report.html").read_text()
     assert not re.search(r'(src|href)="(https?:)?//', html)
@@ -152,7 +159,7 @@ def test_chaos_events_are_marked_on_every_time_chart(local_runs, tmp_path):
     html = (run_dir / "report.html").read_text()
     specs = json.loads(re.search(r'id="chart-specs">(.*?)</script>', html, re.S)[1])
     timed = [s for s in specs if not s["logx"]]
-    assert len(timed) == 8   # load, tokens, delivery and TTFT over time, latency, errors, host and component CPU
+    assert len(timed) == 12   # load, tokens, delivery, TTFT, latency, errors, host and component CPU; 4 server-side
     assert all(s["events"] == [{"at_s": 1.5, "for_s": 2.0, "label": "kill wsproxy-0 @local"}] for s in timed)
     dom, console = chromium(run_dir / "report.html", tmp_path, tmp_path / "report-with-events.png")
     keep(tmp_path / "report-with-events.png")

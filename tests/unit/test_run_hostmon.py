@@ -146,3 +146,64 @@ def test_hostmon_procs_samples_cpu_of_each_listed_tree_and_rereads_the_file(tmp_
         assert 0.3 <= p["cpu_s"] <= 0.6, p
         assert p["rss_mb"] > 1 and p["fds"] >= 3 and p["threads"] >= 1
     assert got[child]["ppid"] == burner.pid and got[burner.pid]["cpu_children_s"] == 0
+
+
+def test_hostmon_scrape_keeps_what_each_service_says_of_itself_every_sample(tmp_path):
+    """A real HTTP server on loopback answering like a wsproxy's /stats and like HAProxy's exporter."""
+    import http.server
+    import threading
+
+    from kit._charts import server_series
+    from kit.run._series import server_totals
+
+    calls = {"n": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the server's naming
+            calls["n"] += 1
+            if self.path == "/stats":
+                body = json.dumps({"connections_open": 7, "messages_forwarded": 100 * calls["n"], "pid": 1,
+                                   "auth_failures_by_reason": {"missing": 1}}).encode()
+            else:
+                body = ('# HELP haproxy_server_current_sessions x\n# TYPE haproxy_server_current_sessions gauge\n'
+                        'haproxy_server_current_sessions{proxy="wsproxy",server="h-wsproxy-0"} 7\n'
+                        'haproxy_process_nbthread 2\n').encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        scrape = tmp_path / "scrape.txt"
+        scrape.write_text(f"wsproxy-0 http://127.0.0.1:{port}/stats\n"
+                          f"haproxy http://127.0.0.1:{port}/metrics haproxy_server_current_sessions\n"
+                          f"gone http://127.0.0.1:1/stats\n")
+        out = tmp_path / "host.jsonl"
+        res = subprocess.run([sys.executable, "-m", "kit.hostmon", str(out), "--interval", "0.2", "--duration", "1",
+                              "--scrape", str(scrape)], capture_output=True, text=True, timeout=30)
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+    assert res.returncode == 0, res.stderr
+    samples = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(samples) == 5
+    first = samples[0]["services"]
+    assert first["wsproxy-0"]["connections_open"] == 7 and "auth_failures_by_reason" not in first["wsproxy-0"]
+    assert first["haproxy"] == {'haproxy_server_current_sessions{proxy="wsproxy",server="h-wsproxy-0"}': 7.0}
+    assert first["gone"] == {"error": "URLError"}   # a service that does not answer: noted, the sample written
+    series = server_series({"h": samples}, samples[0]["ts"])
+    assert set(series["wsproxy_connections_open"]) == {"h:wsproxy-0"}
+    assert list(series["haproxy_server_sessions"]) == ["h:wsproxy/h-wsproxy-0"]
+    rates = list(series["wsproxy_messages_forwarded_per_s"]["h:wsproxy-0"].values())
+    assert len(rates) == 4 and all(r > 0 for r in rates)   # 200 per call, 2 calls per sample, every 0.2 s
+    total = server_totals({"h": samples})["wsproxy_messages_forwarded"]
+    last, first_fwd = samples[-1]["services"]["wsproxy-0"], samples[0]["services"]["wsproxy-0"]
+    assert total == last["messages_forwarded"] - first_fwd["messages_forwarded"]
