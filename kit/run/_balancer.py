@@ -13,8 +13,9 @@ each line starts with its UTC time)::
 :func:`balancer_verdict` into the one line a report puts first when the balancer took servers out:
 "HAProxy marked 4 of 4 wsproxy servers DOWN at 41-52 s (Layer7 timeout), holding 9,800 sessions:
 closed (haproxy_shutdown_sessions_on_down)".  Whether the sessions of a server marked DOWN were
-closed is the haproxy role's ``haproxy_shutdown_sessions_on_down``: the inventory's value, else the
-role's default, read from the role's defaults file (its one definition).
+closed is read from the configuration deployed on each balancer (:func:`deployed_shutdown_sessions`);
+where it cannot be read, from the haproxy role's ``haproxy_shutdown_sessions_on_down``: the
+inventory's value, else the role's default, read from the role's defaults file (its one definition).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import yaml
 from kit.inventory import PLAYBOOK_DIR, Inventory
 
 __all__ = ["parse_haproxy_log", "server_events", "balancer_verdict", "shutdown_sessions_on_down", "backend_sizes",
-           "haproxy_var"]
+           "haproxy_var", "haproxy_config_path", "deployed_shutdown_sessions"]
 
 HAPROXY_DEFAULTS = PLAYBOOK_DIR / "roles" / "haproxy" / "defaults" / "main.yml"
 
@@ -110,6 +111,22 @@ def _haproxy_defaults() -> dict[str, Any]:
 def haproxy_var(h: Any, name: str) -> Any:
     """A haproxy role variable as the role sees it on host *h*: the inventory's value over the role default."""
     return h.vars.get(name, _haproxy_defaults().get(name))
+
+
+def haproxy_config_path(h: Any) -> str:
+    """Where the haproxy role rendered HAProxy's configuration on host *h* (``haproxy_config``)."""
+    import jinja2
+    return jinja2.Template(str(haproxy_var(h, "haproxy_config"))).render(**h.vars)
+
+
+def deployed_shutdown_sessions(c: Any, h: Any) -> bool | None:
+    """Does the configuration deployed on *h* (connection *c*) close a server's sessions when it is marked
+    DOWN?  None when it cannot be read.  The deployed file is the fact: extra vars given to
+    ansible-playbook by hand are in it, not in the inventory."""
+    import shlex
+    res = c.run(f"grep -c -- 'on-marked-down shutdown-sessions' {shlex.quote(haproxy_config_path(h))}", hide=True,
+                warn=True, timeout=30)
+    return int(res.stdout.strip()) > 0 if res.return_code in (0, 1) and res.stdout.strip().isdigit() else None
 
 
 def shutdown_sessions_on_down(inv: Inventory) -> dict[str, bool]:

@@ -52,7 +52,8 @@ from kit import contract
 from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
-from ._balancer import backend_sizes, balancer_verdict, server_events, shutdown_sessions_on_down
+from ._balancer import (backend_sizes, balancer_verdict, deployed_shutdown_sessions, server_events,
+                        shutdown_sessions_on_down)
 from ._series import scrape_lines, server_totals
 from ._build import record_build
 from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, resolve_targets
@@ -393,6 +394,8 @@ class Run:
     missing_metrics: list[str] = dataclasses.field(default_factory=list)
     log_problems: list[str] = dataclasses.field(default_factory=list)
     stats_problems: list[str] = dataclasses.field(default_factory=list)
+    #: balancer host -> does its deployed haproxy.cfg close a server's sessions when marking it DOWN
+    shutdown_sessions: dict[str, bool] = dataclasses.field(default_factory=dict)
     interrupted_by: int | None = None
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
@@ -725,6 +728,10 @@ def _phase_collect(run: Run) -> None:
     run.missing_metrics = [run.host_of(c) for c, v in mons.items() if isinstance(v, BaseException)]
     from ._logs import fetch_logs
     run.log_problems = fetch_logs(run.inv, run.conns, run.run_dir / "logs")
+    policy = _fan([run.conns[h.name] for h in run.inv.group("haproxy") if h.name in run.conns],
+                  lambda c: deployed_shutdown_sessions(c, c.inventory_host), "reading the balancers' check policy",
+                  strict=False)
+    run.shutdown_sessions = {run.host_of(c): v for c, v in policy.items() if isinstance(v, bool)}
     run.stats_problems = collect_server_stats(run.inv, run.run_dir / "server")
 
 
@@ -754,7 +761,7 @@ def _phase_merge(run: Run) -> dict[str, Any]:
         summary["server_events"] = server_events(run.run_dir / "logs", [h.name for h in run.inv.group("haproxy")],
                                                  run.start_at, time.time())
         summary["balancer_verdict"] = balancer_verdict(summary["server_events"], backend_sizes(run.inv),
-                                                       shutdown_sessions_on_down(run.inv))
+                                                       shutdown_sessions_on_down(run.inv) | run.shutdown_sessions)
     return summary
 
 
