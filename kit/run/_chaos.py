@@ -19,8 +19,9 @@ hits one unit, the first.  Times take ``ms``, ``s`` or ``m`` (bare numbers are s
 :func:`recovery` reads the merged per-second timeline on two measures, each against the 10 s before
 the fault: the tokens each active session received per second back to 90 % of their median there
 (per session, so that a ramp before or sessions ending after the fault are not mistaken for the
-fault), and the token delivery p99 back within 1.5x (or 10 ms) of their median there; each must hold for :data:`RECOVERY_HOLD_S` whole seconds in a row, counted from
-the second after the one holding the fault's end (that second mixes before and after).  The run has
+fault), and the token delivery p99 back within 1.5x (or 10 ms) of their median there; each must hold for :data:`RECOVERY_HOLD_S` whole seconds in a row (or, when the
+load ends sooner, for every second it lasted: ``held_s`` says how long), counted from the second after
+the one holding the fault's end (that second mixes before and after).  The run has
 recovered when both have (1 s resolution); a measure that cannot be judged (no load before the fault,
 no delivery figures in an old run, the load ended first) says why in ``note`` and gives no number.
 What is attributed to a fault is what happened from its start to its recovery: reconnect attempts,
@@ -197,15 +198,19 @@ def _per_second(rows: Iterable[Mapping[str, Any]], field: str) -> dict[int, floa
     return out
 
 
-def _held(series: Mapping[int, float | None], first: int, ok: Any) -> int | None:
-    """The first second from *first* on that starts RECOVERY_HOLD_S seconds in a row satisfying *ok*."""
+def _held(series: Mapping[int, float | None], first: int, ok: Any) -> tuple[int, int] | None:
+    """``(second, seconds held)``: the first second from *first* on that starts RECOVERY_HOLD_S seconds in a row
+    satisfying *ok*; or, when the load ended sooner, the start of a run of good seconds that lasted to the last
+    second with a value (held as long as there was load to hold it)."""
+    known = [s for s, v in series.items() if v is not None]
+    last = max(known, default=first - 1)
     run = 0
-    for s in range(first, max(series, default=first - 1) + 1):
+    for s in range(first, last + 1):
         v = series.get(s)
         run = run + 1 if v is not None and ok(v) else 0
         if run >= RECOVERY_HOLD_S:
-            return s - RECOVERY_HOLD_S + 1
-    return None
+            return s - RECOVERY_HOLD_S + 1, RECOVERY_HOLD_S
+    return (last - run + 1, run) if run else None
 
 
 def _measure(series: Mapping[int, float | None], start: float, end: float, what: str,
@@ -221,12 +226,13 @@ def _measure(series: Mapping[int, float | None], start: float, end: float, what:
     if not base:
         return {"baseline": 0.0, "recovered_at": None, "recovery_s": None,
                 "note": f"{what} was 0 in the {BASELINE_S} s before the fault: no baseline"}
-    s = _held(series, math.ceil(end), ok_for(base))
-    if s is None:
+    found = _held(series, math.ceil(end), ok_for(base))
+    if found is None:
         return {"baseline": round(base, 3), "recovered_at": None, "recovery_s": None,
-                "note": f"{what} was not back for {RECOVERY_HOLD_S} s in a row before the load ended"}
+                "note": f"{what} was not back before the load ended"}
+    s, held = found
     return {"baseline": round(base, 3), "recovered_at": float(max(s, end)), "recovery_s": round(max(0.0, s - end), 3),
-            "note": ""}
+            "held_s": held, "note": "" if held >= RECOVERY_HOLD_S else f"{what} back for the {held} s the load lasted"}
 
 
 def _median(values: Sequence[float]) -> float:
@@ -250,7 +256,7 @@ def recovery(rows: Sequence[Mapping[str, Any]], start: float, end: float) -> dic
     s0 = int(start)
     before = [n for s, n in tokens.items() if s0 - BASELINE_S <= s < s0 and n is not None]
     both = (tps, p99)
-    notes = [m["note"] for m in both if m["note"]]
+    notes = [m["note"] for m in both if m["note"] and m["recovered_at"] is None]
     done = all(m["recovered_at"] is not None for m in both)
     return {"tokens": tps, "delivery_p99": p99,
             "baseline_tps": round(sum(before) / len(before), 2) if before else None,

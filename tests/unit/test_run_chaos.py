@@ -110,9 +110,11 @@ def test_tokens_are_judged_per_active_session_so_a_ramp_or_sessions_ending_are_n
 
 def test_a_recovery_that_cannot_be_judged_says_why_instead_of_a_number():
     flat = {s: 100 for s in range(30)}
-    # a blip of one good second is not a recovery: the load ended before 3 good seconds in a row
+    # a blip of one good second is not a recovery; a good run that lasts to the end of the load is, held that long
     r = recovery(_timeline({s: 100 for s in range(10)} | {10: 0, 11: 95, 12: 0}), 10.0, 10.0)
-    assert r["recovery_s"] is None and "not back for 3 s in a row" in r["tokens"]["note"]
+    assert r["recovery_s"] is None and r["tokens"]["note"] == "tokens/s per active session was not back before the load ended"
+    r = recovery(_with_p99({s: 100 for s in range(10)} | {10: 0, 11: 95, 12: 96}, {s: 5.0 for s in range(13)}), 10.0, 10.0)
+    assert r["tokens"]["recovered_at"] == 11.0 and r["tokens"]["held_s"] == 2 and "back for the 2 s" in r["tokens"]["note"]
     # no load before the fault; a run without delivery figures (older results)
     assert recovery(_timeline({5: 100, 6: 100}), 3.0, 3.0)["note"].startswith(
         "no tokens/s per active session in the 10 s before")
