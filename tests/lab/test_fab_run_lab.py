@@ -174,7 +174,7 @@ def test_a_killed_wsproxy_instance_has_its_sessions_reconnect_elsewhere_within_t
     # each hit session was back on its first or second try (backoff 1 s, then 2 s)
     assert summary["total_successful_reconnects"] == hit
     assert summary["total_reconnect_attempts"] <= 2 * hit, summary["total_reconnect_attempts"]
-    assert summary["success_rate"] >= 100.0 * (120 - hit) / 120
+    assert summary["successful_sessions"] >= 120 - hit   # only the sessions the kill hit may have failed
 
 
 def test_haproxy_tls_deployed_by_its_playbook_carries_a_fab_run_tls(deployed_lab):
