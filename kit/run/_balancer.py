@@ -32,7 +32,7 @@ import yaml
 from kit.inventory import PLAYBOOK_DIR, Inventory
 
 __all__ = ["parse_haproxy_log", "server_events", "balancer_verdict", "shutdown_sessions_on_down", "backend_sizes",
-           "haproxy_var", "haproxy_config_path", "deployed_shutdown_sessions"]
+           "haproxy_var", "haproxy_flag", "haproxy_config_path", "deployed_shutdown_sessions"]
 
 HAPROXY_DEFAULTS = PLAYBOOK_DIR / "roles" / "haproxy" / "defaults" / "main.yml"
 
@@ -113,6 +113,11 @@ def haproxy_var(h: Any, name: str) -> Any:
     return h.vars.get(name, _haproxy_defaults().get(name))
 
 
+def haproxy_flag(h: Any, name: str) -> bool:
+    """A yes/no haproxy role variable on host *h* (:func:`haproxy_var`) as Ansible's ``| bool`` reads it."""
+    return str(haproxy_var(h, name)).strip().lower() in ("true", "yes", "1", "on")
+
+
 def haproxy_config_path(h: Any) -> str:
     """Where the haproxy role rendered HAProxy's configuration on host *h* (``haproxy_config``)."""
     import jinja2
@@ -131,8 +136,7 @@ def deployed_shutdown_sessions(c: Any, h: Any) -> bool | None:
 
 def shutdown_sessions_on_down(inv: Inventory) -> dict[str, bool]:
     """Per balancer host: does HAProxy close a server's sessions when it marks it DOWN (the role's knob)?"""
-    return {h.name: str(haproxy_var(h, "haproxy_shutdown_sessions_on_down")).strip().lower() in ("true", "yes", "1", "on")
-            for h in inv.group("haproxy")}
+    return {h.name: haproxy_flag(h, "haproxy_shutdown_sessions_on_down") for h in inv.group("haproxy")}
 
 
 def backend_sizes(inv: Inventory) -> dict[str, int]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from kit.inventory import Host, Inventory
 
-from ._balancer import haproxy_var
+from ._balancer import haproxy_flag, haproxy_var
 
 __all__ = ["scrape_lines", "server_totals", "HAPROXY_PREFIXES"]
 
@@ -36,7 +36,7 @@ def scrape_lines(inv: Inventory, h: Host) -> str:
         lines += [f"wsproxy-{i} http://{addr}:{base + i}/stats" for i in range(int(h.vars["wsproxy_instances_per_host"]))]
     if "sim" in roles:
         lines.append(f"sim http://{addr}:{h.vars['sim_port']}/stats/all")
-    if "haproxy" in roles and str(haproxy_var(h, "haproxy_prometheus_exporter")).lower() in ("true", "yes", "1", "on"):
+    if "haproxy" in roles and haproxy_flag(h, "haproxy_prometheus_exporter"):
         lines.append(f"haproxy http://{addr}:{h.vars['haproxy_stats_port']}{haproxy_var(h, 'haproxy_prometheus_path')} "
                      + " ".join(HAPROXY_PREFIXES))
     return "".join(line + "\n" for line in lines)
@@ -45,7 +45,6 @@ def scrape_lines(inv: Inventory, h: Host) -> str:
 def server_totals(hosts: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, float]:
     """``{"<kind>_<counter>": growth}`` over every instance: last sample minus first (a counter that went
     down, a restarted service, adds what it counted after its restart)."""
-    first: dict[tuple[str, str], Mapping[str, Any]] = {}
     last: dict[tuple[str, str], Mapping[str, Any]] = {}
     grown: dict[tuple[str, str, str], float] = {}
     for host, samples in hosts.items():
@@ -58,7 +57,6 @@ def server_totals(hosts: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str,
                     continue
                 key = (host, name)
                 prev = last.get(key)
-                first.setdefault(key, figures)
                 if prev is not None:
                     for kind, counter in TOTALS:
                         if name.split("-")[0] == kind and counter in figures and counter in prev:

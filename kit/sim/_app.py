@@ -419,17 +419,17 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
     async def stats() -> Response:
         return _json(state.statistics(), 200)
 
+    def every_worker() -> dict:
+        own = state.statistics()
+        _workers.publish(own)   # this worker's file fresh before the sum
+        return _workers.gather(own)
+
     @app.get("/stats/all")
     async def stats_all() -> Response:
-        own = state.statistics()
-        _workers.publish(own)
-        return _json(_workers.gather(own), 200)
+        return _json(every_worker(), 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        own = state.statistics()
-        _workers.publish(own)
-        return Response(_workers.metrics_text(_workers.gather(own)), status=200,
-                        headers={"Content-Type": PROM_CONTENT_TYPE})
+        return Response(_workers.metrics_text(every_worker()), status=200, headers={"Content-Type": PROM_CONTENT_TYPE})
 
     return app
