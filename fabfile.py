@@ -222,6 +222,8 @@ def analyze(c, run):
     "tls": "https:// and wss:// toward the balancers (deployed with haproxy_tls: true); generators verify "
            "the certificates against the kit CA",
     "ca_file": "with --tls: the CA certificate generators trust (default .secrets/kit_ca.crt)",
+    "metrics_listen": "ADDR:PORT where the run's live merged figures are served for Prometheus while it lasts "
+                      "(e.g. 0.0.0.0:9464; README 'Prometheus')",
     "threshold": "pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', 'lost==0'; replaces the "
                  "default on its metric",
     "no_default_thresholds": "judge the run by --threshold alone: without it, 'success>=99%' and 'lost==0' apply "
@@ -242,7 +244,8 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         threshold=None, preset=None, max_duration=None, run_id=None, quiet=False, skip_health=False,
         think_time=None, query_timeout=None, chaos=None, json=False, tokens=None, token_delay=None, ttft=None,
         token_jitter=None, max_reconnect_attempts=None, initial_backoff=None, max_backoff=None, reconnect_rate=None,
-        workload=None, workload_seed=None, tls=False, ca_file=None, no_default_thresholds=False):
+        workload=None, workload_seed=None, tls=False, ca_file=None, no_default_thresholds=False,
+        metrics_listen=None):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     import contextlib
     import json as jsonlib
@@ -263,7 +266,7 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         max_backoff=_num(float, "max-backoff", max_backoff),
         reconnect_rate=_num(float, "reconnect-rate", reconnect_rate, 0),
         workload=Path(workload) if workload else None, workload_seed=_num(int, "workload-seed", workload_seed, 0),
-        tls=tls, ca_file=Path(ca_file) if ca_file else None)
+        tls=tls, ca_file=Path(ca_file) if ca_file else None, metrics_listen=metrics_listen or None)
     # --json: stdout carries the one JSON document; every human line (and any stray print) goes to stderr
     stdout = sys.stdout
     view = live_view(sys.stderr if json else sys.stdout)

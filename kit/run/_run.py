@@ -59,6 +59,7 @@ from ._build import record_build
 from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, resolve_targets
 from ._components import bottleneck, component_costs, host_cpu_peaks, load_host_samples
 from ._faults import ChaosRunner, Fault
+from ._exporter import LiveExporter, parse_listen
 from ._live import PlainView, View
 from ._pack import pack_run, stripped_inventory
 from ._plan import (PRESETS, GeneratorSlot, PlanError, Threshold, clock_offset, judged_thresholds, make_run_id,
@@ -144,6 +145,8 @@ class RunOptions:
     tls: bool = False
     #: the CA certificate generators trust with tls, copied to each (default: the kit CA in .secrets/)
     ca_file: Path | None = None
+    #: ADDR:PORT where the run's live merged figures are served for Prometheus while it lasts (._exporter)
+    metrics_listen: str | None = None
 
     def resolve(self) -> None:
         """Apply the preset under explicit options and check the load shape."""
@@ -175,6 +178,11 @@ class RunOptions:
             raise RunError(f"--query-timeout {self.query_timeout:g}: give seconds a query may take, "
                            f"0.001 to --max-duration ({self.max_duration:g})")
         self._resolve_workload()
+        if self.metrics_listen is not None:
+            try:
+                parse_listen(self.metrics_listen)
+            except ValueError as exc:
+                raise RunError(str(exc)) from None
         for spec in self.chaos_specs():
             if spec.at_s + spec.for_s > self.max_duration:
                 raise RunError(f"--chaos {spec.text!r}: ends at {spec.at_s + spec.for_s:g} s, after "
@@ -386,6 +394,8 @@ class Run:
     monitors: dict[str, str] = dataclasses.field(default_factory=dict)
     gens: dict[str, GenJob] = dataclasses.field(default_factory=dict)
     chaos: ChaosRunner | None = None
+    #: the --metrics-listen endpoint (started after the preflight, closed with the run's jobs)
+    exporter: LiveExporter | None = None
     start_at: float | None = None
     partial_reasons: list[str] = dataclasses.field(default_factory=list)
     stop_problems: list[str] = dataclasses.field(default_factory=list)
@@ -499,6 +509,8 @@ def _execute(run: Run) -> int:
         run.partial_reasons.append(f"failed during {run.phase}: {type(exc).__name__}: {exc}")
     finally:
         _stop_everything(run)
+        if run.exporter is not None:
+            run.exporter.close()
     _phase_collect(run)
     summary = _phase_merge(run)
     return _phase_record(run, summary)
@@ -526,6 +538,13 @@ def _phase_preflight(run: Run) -> None:
     gens = {n: pre["facts"][n]["nproc"] for n in inv.groups["generators"]}
     run.slots = plan_generators(opts.clients, gens, inv.groups["haproxy"], opts.arrival_rate)
     run.remote_root = {n: f"{h.kit_root}/runs/{run.run_id}" for n, h in inv.hosts.items()}
+    if opts.metrics_listen is not None:
+        try:
+            run.exporter = LiveExporter(opts.metrics_listen, run.run_id, str(opts.inventory))
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
+        host, port = run.exporter.address
+        run.out(f"  live metrics for Prometheus at http://{host}:{port}/metrics while the run lasts")
     run.run_dir.mkdir(parents=True)
     (run.run_dir / "preflight.json").write_text(json.dumps(pre, indent=2, default=str) + "\n")
 
@@ -662,6 +681,8 @@ def _watch(run: Run) -> None:
         prev_agg = agg
         if opts.live and now >= run.start_at:
             run.view.show(agg, now - run.start_at)
+        if run.exporter is not None:
+            run.exporter.update(agg, now - run.start_at)
         if now > deadline:
             for lbl, g in live.items():
                 if g.final is None:

@@ -61,8 +61,9 @@ def evaluate_thresholds(summary: Mapping[str, Any], thresholds: Sequence[Thresho
 
 #: the status counters the client writes (one definition, beside the snapshot it writes)
 _SUM_KEYS = STATUS_COUNTERS
-#: the cumulative histograms of status.json whose last interval the live view shows (query latency, delivery)
-_LIVE_HISTOGRAMS = ("latency", "delivery")
+#: the cumulative histograms of status.json whose last interval the live view shows (query latency, delivery,
+#: time to first token); a status without one (an older client) gives no figure for it, never a wrong one
+_LIVE_HISTOGRAMS = ("latency", "delivery", "ttft")
 #: counters whose change over the last interval the live view shows as a rate
 _RATE_KEYS = {"qps": "queries_ok", "tps": "tokens", "errors_per_s": "errors", "reconnects_per_s": "reconnect_attempts"}
 
@@ -105,7 +106,8 @@ def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Map
     """Add up the live ``status.json`` of every generator (label -> status, None when not readable yet).
 
     Counters add (totals since the start).  The rates (``qps``, ``tps``, ``errors_per_s``,
-    ``reconnects_per_s``), ``p50_ms``/``p99_ms`` (query latency) and ``delivery_p99_ms`` are of the LAST INTERVAL: per generator, between
+    ``reconnects_per_s``), ``p50_ms``/``p99_ms`` (query latency), ``delivery_p50_ms``/``delivery_p99_ms`` and
+    ``ttft_p50_ms``/``ttft_p99_ms`` are of the LAST INTERVAL: per generator, between
     its previous snapshot (kept in *prev*, the previous aggregate) and this one, timed by the
     snapshot's own ``time`` (else *now*); p50/p99 come from the merged interval histograms (each the
     difference of two cumulative ones: exact, not averaged).  A generator whose status did not
@@ -140,11 +142,11 @@ def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Map
                                        "active_sessions": st.get("active_sessions"), "done": st.get("done"),
                                        "qps": iv["qps"], "tps": iv["tps"]}
     agg.update(rates)
-    lat, dl = merged["latency"], merged["delivery"]
-    agg["interval_queries"] = lat.count
-    agg["p50_ms"] = None if lat.count == 0 else lat.percentile(50) / 1000
-    agg["p99_ms"] = None if lat.count == 0 else lat.percentile(99) / 1000
-    agg["delivery_p99_ms"] = None if dl.count == 0 else dl.percentile(99) / 1000
+    agg["interval_queries"] = merged["latency"].count
+    for name, h in merged.items():
+        pre = "" if name == "latency" else f"{name}_"
+        for p in (50, 99):
+            agg[f"{pre}p{p}_ms"] = None if h.count == 0 else h.percentile(p) / 1000
     return agg
 
 
