@@ -226,6 +226,9 @@ def analyze(c, run):
                       "(e.g. 0.0.0.0:9464; README 'Prometheus')",
     "threshold": "pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', 'lost==0'; replaces the "
                  "default on its metric",
+    "abort_on_fail": "stop the run as soon as a threshold has failed for good (judged every second on the live "
+                     "figures after --abort-grace); recorded as aborted, exit 1",
+    "abort_grace": "seconds after the start before --abort-on-fail judges (default 10)",
     "no_default_thresholds": "judge the run by --threshold alone: without it, 'success>=99%' and 'lost==0' apply "
                              "to every metric no --threshold names",
     "preset": "smoke | standard | load | stress | soak (the seed's scenarios)",
@@ -245,7 +248,7 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         think_time=None, query_timeout=None, chaos=None, json=False, tokens=None, token_delay=None, ttft=None,
         token_jitter=None, max_reconnect_attempts=None, initial_backoff=None, max_backoff=None, reconnect_rate=None,
         workload=None, workload_seed=None, tls=False, ca_file=None, no_default_thresholds=False,
-        metrics_listen=None):
+        metrics_listen=None, abort_on_fail=False, abort_grace=None):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     import contextlib
     import json as jsonlib
@@ -266,7 +269,8 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         max_backoff=_num(float, "max-backoff", max_backoff),
         reconnect_rate=_num(float, "reconnect-rate", reconnect_rate, 0),
         workload=Path(workload) if workload else None, workload_seed=_num(int, "workload-seed", workload_seed, 0),
-        tls=tls, ca_file=Path(ca_file) if ca_file else None, metrics_listen=metrics_listen or None)
+        tls=tls, ca_file=Path(ca_file) if ca_file else None, metrics_listen=metrics_listen or None,
+        abort_on_fail=abort_on_fail, abort_grace=_num(float, "abort-grace", abort_grace, 0, default=10.0))
     # --json: stdout carries the one JSON document; every human line (and any stray print) goes to stderr
     stdout = sys.stdout
     view = live_view(sys.stderr if json else sys.stdout)

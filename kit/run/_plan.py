@@ -8,7 +8,7 @@ metric is ``[<histogram>_]<stat>`` with histogram one of :data:`TIME_HISTOGRAMS`
 (default ``latency``) and stat one of :data:`TIME_STATS`; its value needs a
 unit (``us``, ``ms``, ``s``, ``m``).  ``success`` (sessions) and
 ``query_success`` are percentages; :data:`COUNT_METRICS` and :data:`RATE_METRICS`
-are bare numbers.  A malformed threshold raises :class:`PlanError` saying how
+are bare numbers; ``generator_ok`` (:data:`FLAG_METRICS`) is written bare.  A malformed threshold raises :class:`PlanError` saying how
 to write it.
 
 A run is always judged: :data:`DEFAULT_THRESHOLDS` (``success>=99%``, ``lost==0``) apply to every
@@ -31,7 +31,7 @@ from kit import contract
 __all__ = [
     "PlanError", "PRESETS", "Preset", "Threshold", "parse_threshold", "split_clients", "plan_generators",
     "GeneratorSlot", "clock_offset", "make_run_id", "TIME_HISTOGRAMS", "TIME_STATS", "COUNT_METRICS",
-    "RATE_METRICS", "DEFAULT_THRESHOLDS", "judged_thresholds",
+    "RATE_METRICS", "FLAG_METRICS", "DEFAULT_THRESHOLDS", "judged_thresholds",
 ]
 
 
@@ -68,6 +68,9 @@ PERCENT_METRICS = ("success", "query_success")
 COUNT_METRICS = ("lost", "duplicated", "out_of_order", "errors", "failed_sessions", "failed_queries",
                  "reconnect_attempts", "reconnects")
 RATE_METRICS = ("qps", "tps")
+#: yes/no figures, written bare: ``generator_ok`` passes when no generator process was overloaded (its
+#: CPU or event-loop lag: the run then measured the kit, not the system under test)
+FLAG_METRICS = ("generator_ok",)
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
         "!=": operator.ne}
@@ -106,6 +109,9 @@ def _split_time_metric(metric: str) -> tuple[str | None, str | None]:
 
 
 def parse_threshold(text: str) -> Threshold:
+    bare = (text or "").strip()
+    if bare in FLAG_METRICS or bare.replace(" ", "") in (f + "==1" for f in FLAG_METRICS):
+        return Threshold(text, bare.split("=")[0].strip(), "flag", "==", 1.0)
     m = _RE.match(text or "")
     if not m:
         raise PlanError(f"threshold {text!r} is not <metric><op><value>: {_HELP}")
@@ -125,7 +131,10 @@ def parse_threshold(text: str) -> Threshold:
         if unit not in _TIME_UNITS:
             raise PlanError(f"threshold {text!r}: {metric} is a time, give a unit: e.g. '{metric}{op}{m['value']}ms'")
         return Threshold(text, metric, "time", op, value * _TIME_UNITS[unit], hist, stat)
-    known = ", ".join([*TIME_STATS[:6], "ttft_p99", "delivery_p99", *PERCENT_METRICS, *COUNT_METRICS, *RATE_METRICS])
+    if metric in FLAG_METRICS:
+        raise PlanError(f"threshold {text!r}: {metric} is yes/no, write it bare: '{metric}'")
+    known = ", ".join([*TIME_STATS[:6], "ttft_p99", "delivery_p99", *PERCENT_METRICS, *COUNT_METRICS, *RATE_METRICS,
+                       *FLAG_METRICS])
     raise PlanError(f"threshold {text!r} names unknown metric {metric!r}: use one of {known}")
 
 

@@ -66,7 +66,7 @@ from ._plan import (PRESETS, GeneratorSlot, PlanError, Threshold, clock_offset, 
                     plan_generators)
 from ._remote import GroupException, close_all, connect, describe_failures, fan_out
 from ._services import check_health, collect_server_stats, haproxy_urls, tls_ca_file, unhealthy
-from ._summary import aggregate_status, evaluate_thresholds
+from ._summary import aggregate_status, evaluate_thresholds, live_failures
 from ._svcmgr import host_programs, resolve_service_pids
 
 __all__ = ["RunOptions", "RunError", "Interrupted", "execute", "preflight", "resolve_service_pids", "CLOCK_BOUND_S"]
@@ -112,6 +112,10 @@ class RunOptions:
     thresholds: list[Threshold] = dataclasses.field(default_factory=list)
     #: judge the run by ``thresholds`` alone, without the defaults (kit.run._plan.DEFAULT_THRESHOLDS)
     no_default_thresholds: bool = False
+    #: stop the run as soon as the live merge shows a threshold failed for good (._summary.live_failures)
+    abort_on_fail: bool = False
+    #: seconds after the agreed start before --abort-on-fail judges (early percentiles rest on few samples)
+    abort_grace: float = 10.0
     max_duration: float = 600.0
     #: seconds past --max-duration before a generator counts as hung and is stopped
     grace: float = GRACE_S
@@ -171,6 +175,9 @@ class RunOptions:
             raise RunError(f"--ramp {self.ramp}: give sessions started per second > 0")
         if self.max_duration <= 0:
             raise RunError(f"--max-duration {self.max_duration}: give seconds > 0")
+        if not 0 <= self.abort_grace <= self.max_duration:
+            raise RunError(f"--abort-grace {self.abort_grace:g}: give seconds from 0 to --max-duration "
+                           f"({self.max_duration:g})")
         if self.think_time is not None and not 0 <= self.think_time <= self.max_duration:
             raise RunError(f"--think-time {self.think_time:g}: give seconds between a session's queries, "
                            f"0 to --max-duration ({self.max_duration:g})")
@@ -398,6 +405,8 @@ class Run:
     exporter: LiveExporter | None = None
     start_at: float | None = None
     partial_reasons: list[str] = dataclasses.field(default_factory=list)
+    #: set when --abort-on-fail stopped the run: the threshold(s), their live values, the second
+    aborted: dict[str, Any] | None = None
     stop_problems: list[str] = dataclasses.field(default_factory=list)
     service_pids: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     component_problems: list[str] = dataclasses.field(default_factory=list)
@@ -683,6 +692,8 @@ def _watch(run: Run) -> None:
             run.view.show(agg, now - run.start_at)
         if run.exporter is not None:
             run.exporter.update(agg, now - run.start_at)
+        if opts.abort_on_fail and now - run.start_at >= opts.abort_grace and _abort_if_failed(run, agg, now):
+            return
         if now > deadline:
             for lbl, g in live.items():
                 if g.final is None:
@@ -691,6 +702,22 @@ def _watch(run: Run) -> None:
                     g.final = {"rc": None, "alive": True, "status": None, "hung": True}
             return
         time.sleep(POLL_S)  # the live view's refresh period
+
+
+def _abort_if_failed(run: Run, agg: dict[str, Any], now: float) -> bool:
+    """--abort-on-fail: True (and the run marked aborted) when the live merge shows a threshold failed."""
+    opts = run.opts
+    failed = live_failures(agg, opts.judged_by(), sessions=opts.clients,
+                           queries=None if opts.workload is not None else (opts.clients or 0) * (opts.queries or 0))
+    if not failed:
+        return False
+    assert run.start_at is not None
+    run.aborted = {"at_s": round(now - run.start_at, 3), "threshold": failed[0]["threshold"], "failed": failed,
+                   "grace_s": opts.abort_grace}
+    run.out(f"  ABORTING at t={now - run.start_at:.0f}s: threshold {failed[0]['threshold']} has failed "
+            f"(live value {failed[0]['actual']:g}{' ' + failed[0]['unit'] if failed[0]['unit'] else ''}): "
+            "stopping every generator (--abort-on-fail)")
+    return True
 
 
 def _stop_everything(run: Run) -> None:
@@ -828,6 +855,7 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         "slots": [dataclasses.asdict(s) | {"argv": run.gens[s.label].argv, "host_start_at": run.gens[s.label].start_at}
                   for s in run.slots],
         "thresholds": checks, "thresholds_passed": all(c["passed"] for c in checks),
+        "aborted": run.aborted,
         "missing_host_metrics": run.missing_metrics, "log_problems": run.log_problems,
         "stats_problems": run.stats_problems, "stop_problems": run.stop_problems,
         "service_pids": {n: {p: v for p, v in pids.items() if not p.startswith("_")}
@@ -852,16 +880,23 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
     run.out(f"results: {run.run_dir}  tarball: {tarball}")
     for line in failed_threshold_lines(checks):
         run.out(line)
+    failed = [c["threshold"] for c in checks if not c["passed"]]
     if run.interrupted_by:
         run.out("INTERRUPTED RUN: " + "; ".join(run.partial_reasons))
         rc, outcome = 128 + run.interrupted_by, "interrupted"
+    elif run.aborted is not None:
+        run.out(f"ABORTED RUN at t={run.aborted['at_s']:g}s: threshold {run.aborted['threshold']} failed while the run "
+                "went (--abort-on-fail); what the generators had done is recorded")
+        rc, outcome = 1, "aborted"
     elif run.partial_reasons:
-        run.out("PARTIAL RUN: " + "; ".join(run.partial_reasons))
+        run.out("PARTIAL RUN: " + "; ".join(run.partial_reasons)
+                + (f" (and {len(failed)} threshold(s) failed: {', '.join(failed)})" if failed else ""))
         rc, outcome = 3, "partial"
     else:
         rc, outcome = (0, "pass") if run_rec["thresholds_passed"] else (1, "threshold_failed")
     if run.on_result is not None:
-        run.on_result({"exit_status": rc, "outcome": outcome, "run_id": run.run_id, "results_dir": str(run.run_dir),
+        run.on_result({"exit_status": rc, "outcome": outcome, "failed_thresholds": failed, "aborted": run.aborted,
+                       "run_id": run.run_id, "results_dir": str(run.run_dir),
                        "tarball": str(tarball), "summary": summary})
     return rc
 

@@ -18,7 +18,7 @@ from kit.metrics import Histogram
 
 from ._plan import Threshold
 
-__all__ = ["metric_value", "evaluate_thresholds", "aggregate_status", "format_live_line"]
+__all__ = ["metric_value", "evaluate_thresholds", "aggregate_status", "format_live_line", "live_failures"]
 
 _HIST_KEYS = {"latency": "latency_ms", "service_latency": "service_latency_ms", "ttft": "ttft_ms",
               "inter_token": "inter_token_ms", "delivery": "delivery_latency_ms", "create": "create_ms",
@@ -45,6 +45,9 @@ def metric_value(summary: Mapping[str, Any], t: Threshold) -> float | None:
     if t.kind == "count":
         v = summary.get(_COUNT_KEYS[t.metric])
         return None if v is None else float(v)
+    if t.kind == "flag":   # generator_ok
+        gen = summary.get("generator")
+        return None if not isinstance(gen, Mapping) else (0.0 if gen.get("generator_overloaded") else 1.0)
     v = summary.get(t.metric)
     return None if v is None else float(v)
 
@@ -54,7 +57,7 @@ def evaluate_thresholds(summary: Mapping[str, Any], thresholds: Sequence[Thresho
     for t in thresholds:
         actual = metric_value(summary, t)
         out.append({"threshold": t.text, "metric": t.metric, "actual": actual, "passed": t.check(actual),
-                    "unit": {"time": "s", "percent": "fraction", "count": "", "rate": "/s"}[t.kind],
+                    "unit": {"time": "s", "percent": "fraction", "count": "", "rate": "/s", "flag": ""}[t.kind],
                     "default": t.default})
     return out
 
@@ -142,6 +145,11 @@ def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Map
                                        "active_sessions": st.get("active_sessions"), "done": st.get("done"),
                                        "qps": iv["qps"], "tps": iv["tps"]}
     agg.update(rates)
+    # since the start, merged over generators (what --abort-on-fail judges a latency threshold on)
+    agg["_cumulative"] = {name: Histogram("us") for name in _LIVE_HISTOGRAMS}
+    for g in agg["_gens"].values():
+        for name, h in g["snap"]["hists"].items():
+            agg["_cumulative"][name].merge(h)
     agg["interval_queries"] = merged["latency"].count
     for name, h in merged.items():
         pre = "" if name == "latency" else f"{name}_"
@@ -163,3 +171,44 @@ def format_live_line(agg: Mapping[str, Any], elapsed: float) -> str:
             f"delivery_p99={f(agg.get('delivery_p99_ms'), '{:.1f}')}ms "
             f"errors={agg['errors']} reconnects={agg['reconnect_attempts']} "
             f"gens {agg['reporting']}/{agg['generators']}: {gens}")
+
+
+#: the live counters (status.json) a count threshold reads while the run goes
+_LIVE_COUNTS = {"lost": "lost_tokens", "errors": "errors", "failed_queries": "queries_failed",
+                "failed_sessions": "sessions_failed", "reconnect_attempts": "reconnect_attempts",
+                "reconnects": "reconnects_ok"}
+_LIVE_TIME_STATS = (50, 90, 95, 99, 99.9)
+
+
+def live_failures(agg: Mapping[str, Any], thresholds: Sequence[Threshold], *, sessions: int | None = None,
+                  queries: int | None = None) -> list[dict[str, Any]]:
+    """The thresholds the run so far has failed for good, judged on the live merge (``--abort-on-fail``).
+
+    * a count only grows: once past an upper bound (``lost==0``, ``errors<10``) it has failed;
+    * a success rate has failed when it could not be reached even if every session (query) still to
+      come succeeded: the failures so far against the *sessions* (*queries*) the run plans;
+    * a latency bound (``p99<2s``, ``delivery_p99<50ms``) is judged on the histograms merged since the
+      start, as k6 judges thresholds during a run (the caller waits out a grace period first).
+
+    Lower bounds on counts, rates (``tps>=300``) and ``generator_ok`` can only be judged at the end.
+    Each failure: ``{"threshold", "actual", "unit"}`` (the unit as :func:`evaluate_thresholds` gives it).
+    """
+    out = []
+    cumulative: Mapping[str, Histogram] = agg.get("_cumulative") or {}
+    for t in thresholds:
+        actual: float | None = None
+        if t.kind == "count" and t.op in ("<", "<=", "==") and _LIVE_COUNTS.get(t.metric) in agg:
+            actual = float(_num(agg.get(_LIVE_COUNTS[t.metric])))
+        elif t.kind == "percent" and t.op in (">", ">="):
+            planned, failed = ((sessions, agg.get("sessions_failed")) if t.metric == "success"
+                               else (queries, agg.get("queries_failed")))
+            if planned and failed is not None:
+                actual = max(0.0, (planned - _num(failed)) / planned)   # the best the run can still end with
+        elif t.kind == "time" and t.op in ("<", "<=") and t.stat != "min":
+            h = cumulative.get(t.histogram or "latency")
+            if h is not None and h.count:
+                actual = metric_value({_HIST_KEYS[t.histogram or "latency"]: h.summary(_LIVE_TIME_STATS, 1000.0)}, t)
+        if actual is not None and not t.check(actual):
+            out.append({"threshold": t.text, "actual": actual,
+                        "unit": {"time": "s", "percent": "fraction", "count": ""}[t.kind]})
+    return out

@@ -114,3 +114,26 @@ def test_on_a_terminal_fab_run_redraws_its_live_table_in_place(inventory, run_id
     assert "t=" in out and not any(line.lstrip().startswith("t=") and "active=" in line for line in out.splitlines())
     # what follows the view prints as usual below its last state
     assert out.index("generators reporting") < out.index(f"results: {RESULTS / run_id}")
+
+
+def test_abort_on_fail_stops_a_doomed_run_within_two_seconds_and_records_why(inventory, run_id):
+    """20 queries a session would take about 20 s; p50<1ms fails with the first answers, judged after a 2 s grace."""
+    t0 = time.time()
+    res = subprocess.run([*_fab_run(inventory, run_id, "--threshold", "p50<1ms", "--abort-on-fail", "--abort-grace",
+                                    "2", "--json", queries=20)], cwd=REPO, capture_output=True, text=True, timeout=180)
+    wall = time.time() - t0
+    assert res.returncode == 1, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["outcome"] == "aborted" and doc["failed_thresholds"][0] == "p50<1ms"
+    aborted = doc["summary"]["run"]["aborted"]
+    assert aborted["threshold"] == "p50<1ms" and 2 <= aborted["at_s"] <= 5, aborted
+    assert "ABORTING at t=" in res.stderr and "ABORTED RUN" in res.stderr
+    summary = doc["summary"]
+    assert summary["partial"] is False and 0 < summary["total_queries"] < 80
+    # every query the generators recorded ended within 2 s of the abort (stopped, not run to its end)
+    abort_wall = summary["run"]["start_at"] + aborted["at_s"]
+    with (RESULTS / run_id / "queries.csv").open() as f:
+        import csv
+        ends = [float(r["submit_at"]) + float(r["latency_ms"]) / 1000 for r in csv.DictReader(f) if r["latency_ms"]]
+    assert ends and max(ends) <= abort_wall + 2.0, (max(ends) - abort_wall)
+    assert wall < 60
