@@ -17,8 +17,16 @@ Time is run-relative: seconds since the run's agreed start (``run.start_at``, el
 client's ``started_at``).  Per-second latency percentiles are computed here from the raw
 ``queries.csv`` rows (done time = intended start + latency), bucketed by the second the query
 finished: the timeline holds counts only.  Distributions are CDFs over the mergeable
-histograms, on a log x axis.  Chaos events (``summary["events"]``: ``action``, ``target`` or
-``program``, ``host``, ``at_s`` seconds after the start, ``for_s``) are drawn on every time axis.
+histograms, on a log x axis with 1-2-5 / decade ticks.  Chaos events (``summary["events"]``: ``action``,
+``target`` or ``program``, ``host``, ``at_s`` seconds after the start, ``for_s``) and the balancer's DOWN
+decisions are drawn on every time axis, each label inside the plot area (right of its line, left of it
+when it would overflow, a row lower when it would overlap another).
+
+Every time chart of a page has the same x range (``xrange``: :func:`run_x_range`, from the agreed start
+to the end of the run) and one ``sync`` key, so their cursors move together (and a drag-zoom on one
+zooms them all; a double click resets them to the run's range).  For the tests the builder also marks
+each chart's ``<div>`` with ``data-x-range`` (the drawn x scale), ``data-series`` and, on charts with
+events, ``data-plot`` (the plot box) and ``data-labels`` (each label's drawn box), in canvas pixels.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from typing import Any
 
 from kit.metrics import Histogram
 
-__all__ = ["RunData", "load_run", "run_t0", "timeline_series", "timeline_percentiles", "latency_per_second", "cdf", "host_cpu_series",
+__all__ = ["RunData", "load_run", "run_t0", "run_x_range", "timeline_series", "timeline_percentiles", "latency_per_second", "cdf", "host_cpu_series",
            "component_cpu_series", "server_series", "chaos_events", "run_chart_specs", "compare_chart_specs", "charts_html",
            "assets_html", "nearest_rank"]
 
@@ -49,6 +57,8 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#0
 DISTRIBUTIONS = (("ttft", "Time to first token"), ("delivery", "Token delivery latency (publish to receive)"),
                  ("latency", "Query latency (intended start to done)"), ("inter_token", "Inter-token gap"))
 TIME_X = "time since start (s)"
+#: the cursor-sync key of a page's time charts (uPlot ``cursor.sync.key``)
+TIME_SYNC = "run-time"
 
 
 @dataclass
@@ -107,6 +117,34 @@ def run_t0(summary: Mapping[str, Any], timeline: Sequence[Mapping[str, str]] = (
             return float(v)
     secs = [float(r["second"]) for r in timeline if r.get("second")]
     return min(secs, default=0.0)
+
+
+def run_x_range(run: RunData) -> tuple[float, float]:
+    """The run's time range, in seconds since its agreed start: one x range for every time chart.
+
+    From 0 (or the first timeline second, which holds the start) to the latest of the run's end
+    (``ended_at``, else ``duration_s``; no query finishes after it), its last timeline second and the end of
+    its events; host samples taken before or after the run fall outside.
+    """
+    t0 = run.t0
+    t = timeline_series(run.timeline, t0)["t"]
+    ends = t[-1:]
+    ended = _num(run.summary.get("ended_at"))
+    if ended is not None and ended > t0:
+        ends.append(ended - t0)
+    elif _num(run.summary.get("duration_s")) is not None:
+        ends.append(float(run.summary["duration_s"]))
+    ends += [e["at_s"] + e["for_s"] for e in chaos_events(run.summary)]
+    lo = min(0.0, min(t, default=0.0))
+    hi = max(ends, default=lo + 1.0)
+    return round(lo, 3), round(hi if hi > lo else lo + 1.0, 3)
+
+
+def _share_time_axis(specs: Sequence[dict[str, Any]], xrange: tuple[float, float]) -> None:
+    """Give every time chart of *specs* the page's x range and cursor-sync key."""
+    for s in specs:
+        if s["xlabel"] == TIME_X and not s["logx"]:
+            s["xrange"], s["sync"] = list(xrange), TIME_SYNC
 
 
 def _num(v: Any) -> float | None:
@@ -341,9 +379,12 @@ def _align(series: Mapping[str, Mapping[float, float | None]]) -> tuple[list[flo
 def _spec(cid: str, title: str, xs: Sequence[float], series: Sequence[dict[str, Any]], *, ylabel: str,
           xlabel: str = TIME_X, y2label: str | None = None, logx: bool = False, step: bool = False,
           events: Sequence[Mapping[str, Any]] = (), note: str = "", ymin0: bool = True,
-          points: bool = False) -> dict[str, Any]:
+          points: bool = False, xrange: Sequence[float] | None = None, sync: str | None = None) -> dict[str, Any]:
+    """One chart; *xrange* fixes its x range (else the data's and its events'), *sync* links its cursor with
+    every chart of the page that has the same key."""
     return {"id": cid, "title": title, "x": list(xs), "xlabel": xlabel, "ylabel": ylabel, "y2label": y2label,
             "logx": logx, "step": step, "events": list(events), "note": note, "ymin0": ymin0, "points": points,
+            "xrange": list(xrange) if xrange is not None else None, "sync": sync,
             "series": [dict(s) for s in series]}
 
 
@@ -393,6 +434,7 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
                            [{"label": f"% of {key} values <= x", "values": ys}], xlabel="ms (log)",
                            ylabel="cumulative %", logx=True, step=True,
                            note=f"{left} value(s) <= 0 ms not shown (clock skew)" if left else ""))
+    _share_time_axis(specs, run_x_range(run))
     return specs
 
 
@@ -422,43 +464,55 @@ def server_chart_specs(run: RunData, events: Sequence[Mapping[str, Any]], prefix
 
 
 def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, Any]]:
-    """The same views with one series per run (labels in *runs*' order), on run-relative time."""
+    """The same views with one series per run, in *runs*' order and labelled as given, on run-relative time.
+
+    Series are keyed by position, never by label: two runs with one run id (a run against a copy of
+    itself) are two series.  Give them distinct labels (``kit.compare`` does).
+    """
+    labels = [label for label, _ in runs]
+
+    def series(ys: Mapping[int, list[Any]]) -> list[dict[str, Any]]:
+        return [{"label": labels[i], "values": ys[i]} for i in range(len(runs))]
+
     specs = []
     for field_, title, unit in (("tokens", "Tokens received per second", "tokens/s"),
                                 ("active_sessions", "Active sessions", "sessions"),
                                 ("errors", "Errors per second", "per second")):
-        per = {}
-        for label, r in runs:
+        per: dict[int, dict[float, float]] = {}
+        for i, (_, r) in enumerate(runs):
             tl = timeline_series(r.timeline, r.t0)
             # whole seconds since each run's start, so that the runs' points share x values
-            per[label] = {float(round(t)): v for t, v in zip(tl["t"], tl.get(field_, []))}
+            per[i] = {float(round(t)): v for t, v in zip(tl["t"], tl.get(field_, []))}
         xs, ys = _align(per)
-        specs.append(_spec(f"cmp-{field_}", title, xs, [{"label": k, "values": v} for k, v in ys.items()],
-                           ylabel=unit))
+        specs.append(_spec(f"cmp-{field_}", title, xs, series(ys), ylabel=unit))
     for p in ("p50", "p99"):
         per = {}
-        for label, r in runs:
+        for i, (_, r) in enumerate(runs):
             lat = latency_per_second(r.queries, r.t0)
-            per[label] = {x: y for x, y in zip(lat["t"], lat[p]) if y is not None}
+            per[i] = {x: y for x, y in zip(lat["t"], lat[p]) if y is not None}
         xs, ys = _align(per)
-        specs.append(_spec(f"cmp-lat-{p}", f"Query latency {p} per second", xs,
-                           [{"label": k, "values": v} for k, v in ys.items()], ylabel="latency (ms)", ymin0=False))
+        specs.append(_spec(f"cmp-lat-{p}", f"Query latency {p} per second", xs, series(ys), ylabel="latency (ms)",
+                           ymin0=False))
+    ranges = [run_x_range(r) for _, r in runs]
+    firsts = [s["x"][0] for s in specs if s["x"]]
+    lasts = [s["x"][-1] for s in specs if s["x"]]
+    _share_time_axis(specs, (min([0.0, *firsts, *(lo for lo, _ in ranges)]),
+                             max([1.0, *lasts, *(hi for _, hi in ranges)])))
     for key, title in DISTRIBUTIONS:
-        curves = {}
-        for label, r in runs:
+        curves: dict[int, dict[float, float]] = {}
+        for i, (_, r) in enumerate(runs):
             xs, ys, _ = cdf(r.histograms.get(key))
-            curves[label] = dict(zip(xs, ys))
+            curves[i] = dict(zip(xs, ys))
         xs, ys = _align(curves)
         # a CDF is defined between its points: carry each run's value forward over the other runs' x values
         for k, vals in ys.items():
             last = 0.0
-            for i, v in enumerate(vals):
+            for j, v in enumerate(vals):
                 if v is None:
-                    vals[i] = last if xs[i] <= max(curves[k], default=0) else 100.0
+                    vals[j] = last if xs[j] <= max(curves[k], default=0) else 100.0
                 else:
                     last = v
-        specs.append(_spec(f"cmp-dist-{key}", f"{title}: distribution", xs,
-                           [{"label": k, "values": v} for k, v in ys.items()], xlabel="ms (log)",
+        specs.append(_spec(f"cmp-dist-{key}", f"{title}: distribution", xs, series(ys), xlabel="ms (log)",
                            ylabel="cumulative %", logx=True, step=True))
     return specs
 
@@ -478,26 +532,104 @@ _BUILDER = r"""
   window.addEventListener('error', e => { body.dataset.chartError = String(e.message || e); });
   const specs = JSON.parse(document.getElementById('chart-specs').textContent);
   const palette = PALETTE;
-  function eventsPlugin(events) {
+  const r1 = v => Math.round(v * 10) / 10;
+  const clean = v => +v.toPrecision(12);   // 3 * 0.1 -> 0.3
+
+  // uPlot asks a scale's range both for the data's extent (on load, on a double click) and for a
+  // drag-zoom's selection: only the former is replaced by the page's range, a zoom is kept as it is
+  function dataExtent(u, lo, hi) {
+    const xs = u.data && u.data[0];
+    return lo == null || !xs || xs.length < 2 || (lo === xs[0] && hi === xs[xs.length - 1]);
+  }
+
+  // log axes: the range snapped to 1-2-5 values (to 1..9 or two digits when the data would fill less than
+  // half of that), ticks at decades (1, 10, 100 ...), or at 1-2-5 or 1..9 multiples when fewer than 3
+  // decades fit, or linear ticks inside one step of those; every tick labelled
+  const GRIDS = [[1, 2, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9], Array.from({length: 90}, (_, i) => clean(1 + i / 10))];
+  function snapLog(v, up, mants) {
+    const e = Math.floor(Math.log10(v)), grid = [];
+    for (let k = e - 1; k <= e + 1; k++) mants.forEach(m => grid.push(clean(m * 10 ** k)));
+    return up ? grid.find(g => g >= v * (1 - 1e-9)) : grid.reverse().find(g => g <= v * (1 + 1e-9));
+  }
+  function logExtent(lo, hi) {
+    if (!(lo > 0) || !(hi > 0)) return [1, 10];
+    let ext;
+    for (const mants of GRIDS) {
+      const a = snapLog(lo, false, mants);
+      let b = snapLog(hi, true, mants);
+      if (b <= a) b = snapLog(a * 1.001, true, mants);
+      ext = [a, b];
+      if (Math.log(hi / lo) >= 0.5 * Math.log(b / a)) break;
+    }
+    return ext;
+  }
+  function niceStep(raw) {
+    const e = 10 ** Math.floor(Math.log10(raw)), m = raw / e;
+    return clean((m <= 1 ? 1 : m <= 2 ? 2 : m <= 5 ? 5 : 10) * e);
+  }
+  function logSplits(u, axisIdx, min, max) {
+    if (!(min > 0) || !(max > min)) return [min];
+    const e0 = Math.floor(Math.log10(min)), e1 = Math.ceil(Math.log10(max));
+    for (const mants of [[1], [1, 2, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]) {
+      const out = [];
+      for (let e = e0; e <= e1; e++) mants.forEach(m => {
+        const v = clean(m * 10 ** e);
+        if (v >= min * (1 - 1e-9) && v <= max * (1 + 1e-9)) out.push(v);
+      });
+      if (out.length >= 3) { const k = Math.ceil(out.length / 12); return out.filter((v, i) => i % k === 0); }
+    }
+    const step = niceStep((max - min) / 4), out = [];
+    for (let v = Math.ceil(min / step) * step; v <= max * (1 + 1e-9); v += step) out.push(clean(v));
+    return out;
+  }
+  const tickLabel = v => v == null ? '' : (v >= 1e5 || v < 1e-3) ? v.toExponential(0) : String(clean(v));
+
+  // chaos and balancer events: a dashed line (and a band over the fault's duration), the label inside the
+  // plot area; each label's drawn box and the plot box are kept on the chart's <div> (canvas pixels)
+  function eventsPlugin(el, events) {
+    const sorted = events.slice().sort((a, b) => a.at_s - b.at_s);
     return {hooks: {draw: [u => {
-      const ctx = u.ctx, top = u.bbox.top, h = u.bbox.height;
+      const ctx = u.ctx, bb = u.bbox, d = devicePixelRatio || 1;
+      const left = bb.left, top = bb.top, right = bb.left + bb.width;
+      const pad = 4 * d, lineH = 15 * d, gap = 6 * d;
+      const rows = Math.max(1, Math.floor((bb.height - pad) / lineH));
+      const placed = [];
       ctx.save();
-      ctx.font = `${Math.round(11 * devicePixelRatio)}px sans-serif`;
-      events.forEach(ev => {
+      ctx.beginPath(); ctx.rect(left, top, bb.width, bb.height); ctx.clip();
+      ctx.font = `${Math.round(11 * d)}px sans-serif`;
+      ctx.textBaseline = 'top';
+      sorted.forEach(ev => {
         const x0 = u.valToPos(ev.at_s, 'x', true);
+        const x1 = ev.for_s > 0 ? u.valToPos(ev.at_s + ev.for_s, 'x', true) : x0;
+        if (x1 < left || x0 > right) return;   // outside a zoomed-in range
         if (ev.for_s > 0) {
-          const x1 = u.valToPos(ev.at_s + ev.for_s, 'x', true);
           ctx.fillStyle = 'rgba(213,94,0,0.10)';
-          ctx.fillRect(x0, top, Math.max(1, x1 - x0), h);
+          ctx.fillRect(x0, top, Math.max(1, x1 - x0), bb.height);
         }
-        ctx.strokeStyle = '#D55E00'; ctx.lineWidth = 2 * devicePixelRatio;
-        ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
-        ctx.beginPath(); ctx.moveTo(x0, top); ctx.lineTo(x0, top + h); ctx.stroke();
-        ctx.fillStyle = '#D55E00'; ctx.fillText(ev.label, x0 + 4 * devicePixelRatio, top + 12 * devicePixelRatio);
+        ctx.strokeStyle = '#D55E00'; ctx.lineWidth = 2 * d;
+        ctx.setLineDash([6 * d, 4 * d]);
+        ctx.beginPath(); ctx.moveTo(x0, top); ctx.lineTo(x0, top + bb.height); ctx.stroke();
+        ctx.setLineDash([]);
+        const w = ctx.measureText(ev.label).width, h = lineH - 2 * d;
+        const anchor = Math.min(Math.max(x0, left), right);
+        let x = anchor + pad;
+        if (x + w > right) x = anchor - pad - w;
+        x = Math.max(left, Math.min(x, right - w));
+        let row = 0;
+        while (row < rows - 1 && placed.some(p => p.row === row && x < p.x + p.w + gap && p.x < x + w + gap)) row++;
+        const y = top + pad + row * lineH;
+        ctx.fillStyle = 'rgba(255,255,255,0.85)';
+        ctx.fillRect(x - 2 * d, y - d, w + 4 * d, lineH);
+        ctx.fillStyle = '#D55E00';
+        ctx.fillText(ev.label, x, y);
+        placed.push({text: ev.label, row: row, x: x, y: y, w: w, h: h});
       });
       ctx.restore();
+      el.dataset.plot = JSON.stringify([left, top, bb.width, bb.height].map(r1));
+      el.dataset.labels = JSON.stringify(placed.map(p => ({text: p.text, x: r1(p.x), y: r1(p.y), w: r1(p.w), h: r1(p.h)})));
     }]}};
   }
+
   let rendered = 0;
   specs.forEach(s => {
     const el = document.getElementById(s.id);
@@ -511,23 +643,48 @@ _BUILDER = r"""
       value: (u, v) => v == null ? '-' : (+v.toFixed(2)).toString(),
     }));
     const evMin = Math.min(...evs.map(e => e.at_s)), evMax = Math.max(...evs.map(e => e.at_s + e.for_s));
-    const xscale = s.logx ? {time: false, distr: 3, log: 10}
+    const xscale = s.logx
+      ? {time: false, distr: 3, log: 10, range: (u, lo, hi) => dataExtent(u, lo, hi) ? logExtent(lo, hi) : [lo, hi]}
       : {time: false, range: (u, lo, hi) => {
-          lo = Math.min(lo ?? 0, evs.length ? evMin : Infinity); hi = Math.max(hi ?? 1, evs.length ? evMax : -Infinity);
+          if (!dataExtent(u, lo, hi)) return [lo, hi];
+          if (s.xrange) return s.xrange.slice();
+          lo = Math.min(lo ?? 0, evMin); hi = Math.max(hi ?? 1, evMax);
           return lo === hi ? [lo - 1, hi + 1] : [lo, hi]; }};
     // counts and rates start at 0; latencies use uPlot's own padded range (their spread is the story)
     const yrange = (u, lo, hi) => [Math.min(0, lo ?? 0), (hi ?? 0) > 0 ? hi * 1.05 : 1];
     const scales = {x: xscale, y: s.ymin0 ? {range: yrange} : {}};
-    const axes = [{label: s.xlabel, labelSize: 20}, {label: s.ylabel, labelSize: 20, size: 60}];
+    const xaxis = {label: s.xlabel, labelSize: 20};
+    if (s.logx) Object.assign(xaxis, {splits: logSplits, filter: (u, splits) => splits,
+                                      values: (u, splits) => splits.map(tickLabel)});
+    const axes = [xaxis, {label: s.ylabel, labelSize: 20, size: 60}];
     if (s.y2label) { scales.y2 = s.ymin0 ? {range: yrange} : {}; axes.push({label: s.y2label, labelSize: 20, size: 60, scale: 'y2', side: 1, grid: {show: false}}); }
+    // one sync key per page's time charts: hovering (or zooming) one shows the same second on all
+    const cursor = {drag: {x: true, y: false}};
+    if (s.sync) cursor.sync = {key: s.sync, scales: ['x', null]};
+    // what was drawn, for the tests: the x scale, and the series' ink (saturated pixels in the plot box,
+    // counted before the events are drawn over it)
+    const hooks = {
+      setScale: [(u, key) => { if (key === 'x') el.dataset.xRange = [u.scales.x.min, u.scales.x.max].map(clean).join(','); }],
+      draw: [u => {
+        // 2 px beyond the box: a series flat at the range's edge is drawn half outside it
+        const bb = u.bbox, m = 2 * (devicePixelRatio || 1);
+        const img = u.ctx.getImageData(bb.left - m, bb.top - m, Math.max(1, bb.width + 2 * m), Math.max(1, bb.height + 2 * m)).data;
+        let ink = 0;
+        for (let i = 0; i < img.length; i += 4) {
+          if (img[i + 3] > 128 && Math.max(img[i], img[i + 1], img[i + 2]) - Math.min(img[i], img[i + 1], img[i + 2]) > 60) ink++;
+        }
+        el.dataset.ink = String(ink);
+      }],
+    };
     const width = Math.max(320, el.clientWidth || 560);
     try {
-      new uPlot({title: s.title, width: width, height: 250, scales: scales, axes: axes, series: series,
-                 plugins: evs.length ? [eventsPlugin(evs)] : [], cursor: {drag: {x: true, y: false}}},
+      new uPlot({title: s.title, width: width, height: 250, scales: scales, axes: axes, series: series, hooks: hooks,
+                 plugins: evs.length ? [eventsPlugin(el, evs)] : [], cursor: cursor},
                 [xs, ...s.series.map(z => z.values)], el);
       let n = 0;
       s.series.forEach(z => z.values.forEach(v => { if (v !== null && v !== undefined) n++; }));
       el.dataset.points = String(n);
+      el.dataset.series = String(s.series.length);
       el.dataset.rendered = '1';
       rendered++;
     } catch (err) {
