@@ -6,6 +6,11 @@
 returns the text.  Pure formatting otherwise: no network, no processes.
 Missing pieces are shown as missing, never invented.
 
+report.html holds the summary text, the workload and latency tables, the charts (``kit._charts``: every
+time chart on the run's one time axis, with linked cursors and the chaos and balancer events marked),
+the cost table (once: the page's summary text points to it), the hosts, and the raw run record folded
+in a closed ``<details>``.
+
 The cost table (``summary["components"]``, ``summary["bottleneck"]``) shows
 what each kit component spent per host; when the bottleneck is the kit's own
 client or simulator the text says so on a line starting ``WARNING:``.
@@ -214,7 +219,8 @@ def workload_lines(summary: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> str:
+def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cpu_table: bool = True) -> str:
+    """The console summary (``report.txt``); ``cpu_table=False`` leaves the cost table to a page that shows it."""
     run = summary.get("run", {})
     lat = summary.get("latency_ms", {})
     lines = [
@@ -265,7 +271,9 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]]) -> st
             + (" (loopback)" if m.get("net_interfaces") == "loopback" else "")
             for h, m in hosts.items()))
     rows = component_rows(summary)
-    if rows:
+    if rows and not cpu_table:
+        lines.append("CPU per component: the table below")
+    elif rows:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _, _) in enumerate(COMPONENT_COLUMNS)]
         lines.append("CPU per component")
         lines.append("  " + "  ".join(h.ljust(w) for (h, _, _), w in zip(COMPONENT_COLUMNS, widths)))
@@ -297,6 +305,16 @@ def _svg_series(values: list[float], width: int = 480, height: int = 60) -> str:
     pts = " ".join(f"{i * step:.1f},{height - v / top * (height - 4) - 2:.1f}" for i, v in enumerate(values))
     return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
             f'<polyline fill="none" stroke="#2a6" stroke-width="1.5" points="{pts}"/></svg> max {top:.0f}')
+
+
+def _run_record_html(run: dict[str, Any]) -> str:
+    """The raw run record (``run.json`` less the inventory), folded away: it is long and read rarely."""
+    record = {k: v for k, v in run.items() if k not in ("inventory",)}
+    if not record:
+        return ""
+    keys = ", ".join(list(record)[:8]) + (", ..." if len(record) > 8 else "")
+    return (f'<details class="run-record"><summary><b>Run record</b> (run.json, {len(record)} fields: '
+            f"{html.escape(keys)})</summary><pre>{html.escape(json.dumps(record, indent=2, default=str))}</pre></details>")
 
 
 def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timeline: list[dict[str, str]],
@@ -344,7 +362,8 @@ def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timel
 {assets_html() if chart_html else ''}
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} pre{{background:#f6f6f6;padding:1em}}
-.partial{{color:#b00;font-weight:bold}}</style></head><body>
+.partial{{color:#b00;font-weight:bold}} details.run-record summary{{cursor:pointer;font-size:110%;margin:1em 0}}</style>
+</head><body>
 <h1>Run {e(str(run.get('run_id', '')))}</h1>
 {'<p class="partial">PARTIAL RUN: ' + e('; '.join(run.get('partial_reasons', []))) + '</p>' if summary.get('partial') else ''}
 <h2>Summary</h2><pre>{e(text)}</pre>
@@ -356,7 +375,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} pre{{background:
 <h2>CPU per component</h2>{components}
 <h2>Hosts</h2><table><tr><th>host</th><th>samples</th><th>CPU mean %</th><th>CPU peak %</th><th>mem peak MB</th>
 <th>net peak Mbit/s</th><th>CPU</th></tr>{host_rows}</table>
-<h2>Run record</h2><pre>{e(json.dumps({k: v for k, v in run.items() if k not in ('inventory',)}, indent=2, default=str))}</pre>
+{_run_record_html(run)}
 </body></html>
 """
 
@@ -371,10 +390,11 @@ def write_report(run_dir: Path) -> str:
             timeline = list(csv.DictReader(fh))
     text = render_text(summary, hosts)
     (run_dir / "report.txt").write_text(text)
+    page_text = render_text(summary, hosts, cpu_table=False)  # the page shows the cost table once, as a table
     try:
         chart_html = charts_html(run_chart_specs(load_run(run_dir, summary)))
     except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged file costs the charts, not the report
         log.warning("report charts of %s: %s", run_dir, exc)
         chart_html = ""
-    (run_dir / "report.html").write_text(render_html(summary, hosts, timeline, text, chart_html))
+    (run_dir / "report.html").write_text(render_html(summary, hosts, timeline, page_text, chart_html))
     return text
