@@ -22,7 +22,8 @@ says whether the difference is beyond noise:
 change to the first run (``p99>+10%`` relative, ``p99>+20ms`` absolute), an unsigned value the
 run's own figure (``lost>0``, ``success<99.9%``, ``p99>2s``).  A malformed rule raises
 :class:`CompareError` (exit 2).  :func:`compare_runs` is pure over loaded runs;
-:func:`write_compare_html` writes the page with overlaid charts (``kit._charts``).
+:func:`write_compare_html` writes the page with overlaid charts (``kit._charts``), one series per
+run: runs that share a run id are labelled apart (:func:`run_labels`: ``run-a (1)``, ``run-a (2)``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from kit.metrics import Histogram, bucket_value
 
 __all__ = ["CompareError", "Figure", "FIGURES", "FailRule", "parse_fail_if", "bootstrap_diff_ci", "compare_runs",
            "format_table", "evaluate_fail_if", "write_compare_html", "load_runs", "RESAMPLES", "SEED", "CONFIDENCE",
-           "side_by_side"]
+           "side_by_side", "run_labels"]
 
 #: bootstrap resamples per run and figure (bounded: the cost is O(RESAMPLES) per figure after one sort)
 RESAMPLES = 2000
@@ -197,11 +198,31 @@ def _label(run: RunData) -> str:
     return str((run.summary.get("run") or {}).get("run_id") or run.summary.get("run_id") or run.path.name)
 
 
+def run_labels(runs: Sequence[RunData]) -> list[str]:
+    """One distinct label per run: its run id, numbered ``id (1)``, ``id (2)`` ... where several runs share one
+    (a run against a copy of itself, or one run id in two results directories)."""
+    ids = [_label(r) for r in runs]
+    seen: dict[str, int] = {}
+    out = []
+    for rid in ids:
+        if ids.count(rid) > 1:
+            seen[rid] = seen.get(rid, 0) + 1
+            rid = f"{rid} ({seen[rid]})"
+        out.append(rid)
+    taken = set()
+    for i, lab in enumerate(out):  # "a (1)" may itself be another run's id
+        while lab in taken:
+            lab += "'"
+        taken.add(lab)
+        out[i] = lab
+    return out
+
+
 def compare_runs(runs: Sequence[RunData], *, resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, Any]:
     """Rows of figures over *runs* (the first is the baseline) with differences and noise verdicts."""
     if len(runs) < 2:
         raise CompareError("compare needs at least two runs: the first is the baseline")
-    labels = [_label(r) for r in runs]
+    labels = run_labels(runs)
     rows = []
     raw_cache: dict[tuple[int, tuple[str, str]], Any] = {}
     for f in FIGURES:
@@ -452,6 +473,7 @@ table.settings td{{text-align:left}} .worse{{color:#b00;font-weight:bold}} .bett
 </head><body>
 <h1>Compare: {e(' vs '.join(labels))}</h1>
 <p>Baseline: <b>{e(labels[0])}</b>. Noise test: {e(result['method'])}.</p>
+<p>Runs: {'; '.join(f'<b>{e(lab)}</b> {e(str(r.path))}' for lab, r in zip(labels, runs))}.</p>
 <table>{head}{''.join(body)}</table>
 {'<h2>--fail-if</h2><ul>' + checks + '</ul>' if checks else ''}
 <h2>Workload, build and versions</h2>
