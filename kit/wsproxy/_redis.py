@@ -26,10 +26,15 @@ Ownership:
 - :meth:`PubSubPool.keep` (a task of the service) keeps at least one connection open, idle or
   not, and reopens it with a backoff when it is lost: whether one is up (:attr:`PubSubPool.up`)
   is the instance's Redis health, read by ``/health`` without a round trip, and an upgrade
-  answers 503 at once while none is.  Each connection's socket has TCP keepalive and a user
-  timeout of a few seconds (:data:`KEEPALIVE`), so a link that died silently (a partition, a host
-  gone) is noticed by the kernel within :data:`DEAD_LINK_S` and closed like a lost one, while a
-  Redis that is merely slow or paused (its kernel still ACKs) is not mistaken for a dead one.
+  answers 503 at once while none is.
+- Dead links are noticed two ways.  Each connection's socket has TCP keepalive and a user timeout of
+  a few seconds (:data:`KEEPALIVE`), so a link whose far end is gone (a partition, a host gone, its
+  packets dropped) is closed by the kernel within :data:`DEAD_LINK_S`.  And a connection that has
+  received nothing for :data:`PING_IDLE_S` sends a PING (RESP2 allows it in subscribed mode); if
+  nothing at all comes back within :data:`PING_TIMEOUT_S`, the link is dead even though the kernel
+  still ACKs (a Redis stopped or hung): it is aborted, its WebSockets get 1012 and reconnect, and
+  upgrades are answered 503 at once (``last_error`` names the silence) until a connection is up
+  again.  A link that carries messages is never pinged; one PING every two ticks on an idle one.
 
 Errors: :class:`RedisUnavailable` when a connection cannot be opened or
 authenticated, or a subscription is not confirmed in time.  Its message never
@@ -62,6 +67,8 @@ __all__ = [
     "encode_command",
     "KEEPALIVE",
     "DEAD_LINK_S",
+    "PING_IDLE_S",
+    "PING_TIMEOUT_S",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,9 +84,18 @@ KEEPALIVE = {"IDLE": 2, "INTVL": 2, "CNT": 3}
 #: seconds within which a silently dead pub/sub link is closed (its WebSockets get 1012); also the
 #: TCP user timeout, which bounds data left unacknowledged on a link that is not idle
 DEAD_LINK_S = KEEPALIVE["IDLE"] + KEEPALIVE["INTVL"] * KEEPALIVE["CNT"]
+#: a pub/sub connection that received nothing for this many seconds sends a PING ...
+PING_IDLE_S = 1.0
+#: ... and is dead when nothing at all arrived this many seconds after it.  Long enough for a Redis
+#: that is busy (a reply waits behind the commands before it, at most a few event-loop turns of Redis),
+#: short enough that a WebSocket on a dead link gets its 1012 within 2 x PING_IDLE_S + PING_TIMEOUT_S
+PING_TIMEOUT_S = 5.0
 #: seconds between :meth:`PubSubPool.keep`'s looks at the pool; its reconnect backoff (first, cap)
 KEEP_INTERVAL_S = 0.5
 KEEP_RETRY_S = (1.0, 30.0)
+
+
+_PING = b"*1\r\n$4\r\nPING\r\n"
 
 
 class RedisUnavailable(Exception):
@@ -229,6 +245,11 @@ class PubSubConnection:
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         #: open, authenticated and not lost: it can carry subscriptions now
         self.up = False
+        # liveness (see the module docstring): bytes came since the last tick; when the PING went out
+        self._heard = False
+        self._ping_sent: float | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._dead: str | None = None  # why the link was aborted as dead, for the loss's log line
 
     # -- lifecycle -----------------------------------------------------------------
     async def open(self) -> None:
@@ -260,11 +281,54 @@ class PubSubConnection:
             self._unsent.clear()
         self.up = True
         self.ready.set_result(None)
+        self._tick_handle = loop.call_later(PING_IDLE_S, self._tick)
 
     def close(self) -> None:
         self.closed = True
+        self._stop_ticking()
         if self.transport is not None:
             self.transport.close()
+
+    # -- liveness ------------------------------------------------------------------
+    def _tick(self) -> None:
+        """Every PING_IDLE_S while up: nothing heard since the last tick sends a PING; a PING left
+        without any byte back for PING_TIMEOUT_S has the link judged (:meth:`_judge`)."""
+        self._tick_handle = None
+        if self.closed or self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._heard:
+            self._heard = False
+            self._ping_sent = None
+        elif self._ping_sent is None:
+            self._ping_sent = loop.time()
+            self.transport.write(_PING)
+        elif loop.time() - self._ping_sent >= PING_TIMEOUT_S:
+            # judge after the loop has polled the socket once more: a timer that fired late (a busy
+            # loop) must not beat a reply that is already there (uvloop runs timers before I/O)
+            self._tick_handle = loop.call_later(0.001, self._judge)
+            return
+        self._tick_handle = loop.call_later(PING_IDLE_S, self._tick)
+
+    def _judge(self) -> None:
+        self._tick_handle = None
+        if self.closed or self.transport is None:
+            return
+        if self._heard:
+            self._tick()
+            return
+        where = f"{self.pool.address.host}:{self.pool.address.port}"
+        self._dead = f"no reply from Redis at {where} within {PING_TIMEOUT_S:g} s of a PING"
+        stats = self.pool.stats
+        stats["pubsub_ping_timeouts"] = stats.get("pubsub_ping_timeouts", 0) + 1
+        if not any(c.up for c in self.pool.connections if c is not self):
+            self.pool.last_error = f"pub/sub connection silent: {self._dead}"
+        self.transport.abort()  # connection_lost follows: _lost closes the link's WebSockets (1012)
+
+    def _stop_ticking(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
 
     # -- commands ------------------------------------------------------------------
     def subscribe(self, channel: bytes) -> asyncio.Future:
@@ -287,6 +351,7 @@ class PubSubConnection:
 
     # -- protocol callbacks ----------------------------------------------------------
     def _feed(self, data: bytes) -> None:
+        self._heard = True
         reader = self._reader
         reader.feed(data)
         channels = self.channels
@@ -311,6 +376,8 @@ class PubSubConnection:
             else:
                 self._auth_future.set_result(None)
             return
+        if reply == b"PONG" or (isinstance(reply, list) and reply and reply[0] == b"pong"):
+            return  # a liveness PING's answer (subscribed mode answers with a list); _feed heard it
         if isinstance(reply, list) and reply and reply[0] in (b"subscribe", b"unsubscribe"):
             if self._acks and self._acks[0][0] == reply[0] and self._acks[0][1] == reply[1]:
                 _, _, fut = self._acks.popleft()
@@ -324,12 +391,13 @@ class PubSubConnection:
         self._fail(RedisUnavailable("pub/sub connection lost"))
         if not was_closing:
             log.warning("pub/sub connection %d lost (%s); closing its %d sessions",
-                        self.index, exc or "closed by Redis", sum(len(s) for s in self.channels.values()))
+                        self.index, self._dead or exc or "closed by Redis", sum(len(s) for s in self.channels.values()))
         self.pool._connection_lost(self, count=not was_closing)
 
     def _fail(self, error: Exception) -> None:
         self.closed = True
         self.up = False
+        self._stop_ticking()
         if self._auth_future is not None and not self._auth_future.done():
             self._auth_future.set_exception(error)
         while self._acks:
