@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,18 @@ class LoadConfig:
         return self.clients
 
 
-def schedule(total: int, rate: float, process_index: int = 0, processes: int = 1) -> list[tuple[int, float]]:
-    """(global session index, seconds after t0) of this process's sessions; rate 0 = all at t0."""
-    return [(g, g / rate if rate > 0 else 0.0) for g in range(process_index, total, processes)]
+def schedule(total: int, rate: float, process_index: int = 0, processes: int = 1) -> Iterator[tuple[int, float]]:
+    """(global session index, seconds after t0) of this process's sessions; rate 0 = all at t0.
+
+    Lazy: one pair at a time as the sessions start, so the size of a run costs nothing before it
+    starts (the CLI bounds it too: ``kit.client.__main__.max_sessions``)."""
+    for g in range(process_index, total, processes):
+        yield g, (g / rate if rate > 0 else 0.0)
+
+
+def scheduled_sessions(total: int, process_index: int = 0, processes: int = 1) -> int:
+    """How many sessions :func:`schedule` gives this process, without walking it."""
+    return max(0, -(-(total - process_index) // processes))
 
 
 def overload_verdict(cpu_samples: list[float], loop_lag: Histogram, start_lag: Histogram) -> tuple[bool, str]:
@@ -216,7 +226,8 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
     state: dict = {}
     proc = psutil.Process()
     tls = client_ssl_context(cfg.ca_file)  # one per process, shared by HTTP and WebSocket
-    http = HttpPool(cfg.session.api_url, max_connections=min(cfg.http_connections, max(1, len(plan))),
+    mine = scheduled_sessions(cfg.total_sessions, cfg.process_index, cfg.processes)
+    http = HttpPool(cfg.session.api_url, max_connections=min(cfg.http_connections, max(1, mine)),
                     timeout=cfg.http_timeout, ssl_context=tls)
     reconnects = TokenBucket(cfg.reconnect_rate, RECONNECT_BURST)  # one per process, shared by its sessions
     try:
