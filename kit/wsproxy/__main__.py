@@ -1,4 +1,4 @@
-"""``python -m kit.wsproxy``: read WsproxySettings from the environment and serve.
+"""``python -m kit.wsproxy``: read its Settings from the environment and serve.
 
 Exit codes: 0 after SIGTERM/SIGINT (sockets closed), 2 on a configuration
 error (one line on stderr, no traceback), 1 when the address cannot be bound.
@@ -10,7 +10,9 @@ import asyncio
 import logging
 import sys
 
-from kit.config import WsproxySettings, run_service
+from kit.config import run_service
+
+from ._settings import Settings
 
 log = logging.getLogger("kit.wsproxy")
 
@@ -23,15 +25,15 @@ def _loop_factory():
     return uvloop.new_event_loop
 
 
-def _settings() -> WsproxySettings:
+def _settings() -> Settings:
     from ._redis import parse_redis_url
 
-    settings = WsproxySettings.from_env()
+    settings = Settings.from_env()
     parse_redis_url(settings.redis_url)
     return settings
 
 
-def _serve(settings: WsproxySettings, level: str) -> None:
+def _serve(settings: Settings, level: str) -> None:
     from ._server import serve
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -1,4 +1,5 @@
-"""What aiohttp does not check of a client's WebSocket frames: RFC 6455 5.1, every frame masked.
+"""What aiohttp does not check of a client's WebSocket frames: RFC 6455 5.1, every frame masked;
+and 7.4, the close codes a close frame may carry (:func:`close_code_allowed`).
 
 aiohttp's frame reader (the Cython one and the Python one alike) unmasks a masked
 frame and accepts an unmasked one.  RFC 6455 section 5.1: "The server MUST close
@@ -30,12 +31,26 @@ from aiohttp import WSCloseCode, web
 from aiohttp.http_websocket import WebSocketError
 from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["GuardedWebSocketResponse", "MaskedFramesOnly", "UNMASKED_FRAME_REASON"]
+__all__ = ["GuardedWebSocketResponse", "MaskedFramesOnly", "UNMASKED_FRAME_REASON", "close_code_allowed"]
 
 UNMASKED_FRAME_REASON = "client frame is not masked (RFC 6455 5.1)"
 
 _PRIVATE_NAMES_OK = (hasattr(web.WebSocketResponse, "_post_start")
                      and {"_message_tail", "_payload_parser"} <= set(getattr(RequestHandler, "__slots__", ())))
+
+
+#: close codes below 3000 a peer may send (RFC 6455 7.4.1 and IANA's registry: 1012-1014 were added
+#: after the RFC); 1004 is reserved, 1005, 1006 and 1015 are never sent, the rest is unassigned
+_WIRE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
+
+def close_code_allowed(code: int) -> bool:
+    """Whether a close frame may carry *code* (RFC 6455 7.4); 0 stands for a close frame without one.
+
+    aiohttp's reader lets 1006 through (it is in its ``WSCloseCode``) and anything from 3000 up,
+    5000 and 65535 included; RFC 6455 7.4.2 allows 3000-3999 (registered) and 4000-4999 (private).
+    """
+    return code == 0 or code in _WIRE_CLOSE_CODES or 3000 <= code <= 4999
 
 
 class MaskedFramesOnly:

@@ -15,13 +15,18 @@ connection (AUTH, PING): what ``fab status`` and the preflight ask.
 A WebSocket request is handled in this order, and nothing later happens when
 an earlier step refuses:
 
+0. before any handler runs (:mod:`._edge`): the request head is bounded in size (431) and in
+   time (closed), and connections per client address by an optional limit (429);
 1. authentication (``Authorization: Bearer <jwt>``, size-capped, via
    :mod:`kit.auth`): refused with 401 JSON before any upgrade or Redis work;
    only the reason code is counted and logged, never any part of the token;
-2. ``session:{id}:down`` is subscribed and Redis has confirmed it (so nothing
+2. the handshake as RFC 6455 4.1/4.2.2 has it, which aiohttp does not enforce: HTTP/1.0 gets 400,
+   a ``Sec-WebSocket-Version`` other than 13 gets 426 naming 13;
+3. ``session:{id}:down`` is subscribed and Redis has confirmed it (so nothing
    published after the client sees the 101 is missed): 503 if Redis fails, and at once while
-   no pub/sub connection is up;
-3. the upgrade; then frames queued during it are flushed.
+   no pub/sub connection is up and the last attempt failed or the last link went silent;
+4. the upgrade; then frames queued during it are flushed.  A client's close frame is answered
+   1000, or 1002 when its code may not travel on the wire (RFC 6455 7.4).
 
 Forward path (the hot one): the pub/sub connection's ``data_received`` calls
 :func:`_Forwarder.deliver`, which builds the frame once and hands the bytes to
@@ -52,18 +57,18 @@ from kit._prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from kit.auth import AuthError, bearer_token, verify_token
 from kit.config import WsproxySettings
 
-from ._guard import GuardedWebSocketResponse
+from ._edge import EdgeRunner, HeadLimits
+from ._guard import GuardedWebSocketResponse, close_code_allowed
 from ._redis import PubSubPool, RedisAddress, RedisUnavailable, parse_redis_url, redis_ping
+from ._settings import Settings
 from ._stats import Stats, metrics_text
 
-__all__ = ["create_app", "serve", "text_frame", "MAX_HEADER_FIELD_BYTES"]
+__all__ = ["create_app", "serve", "text_frame", "WEBSOCKET_VERSION"]
 
 log = logging.getLogger(__name__)
 
-#: aiohttp's own per-header limit (default 8190) is raised to this, so that an
-#: oversized Authorization header reaches our cap and gets a 401 with a reason
-#: rather than aiohttp's bare 400.  Larger headers still get aiohttp's 400.
-MAX_HEADER_FIELD_BYTES = 2 * 1024 * 1024
+#: the one WebSocket version served (RFC 6455 4.4: any other is answered 426 naming it)
+WEBSOCKET_VERSION = "13"
 #: largest frame a client may send us (we expect none but control frames)
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
 #: seconds handlers get to finish on shutdown before aiohttp closes them
@@ -264,9 +269,13 @@ class _Forwarder:
             return self._refuse(exc.reason)
         del token
 
-        # frames a client sends must be masked (RFC 6455 5.1): aiohttp does not check, the guard does
-        ws = GuardedWebSocketResponse(autoping=False, compress=False, max_msg_size=MAX_CLIENT_MESSAGE_BYTES,
-                                      timeout=2.0)
+        refused = _refuse_handshake(request)
+        if refused is not None:
+            return refused
+        # frames a client sends must be masked (RFC 6455 5.1): aiohttp does not check, the guard does.
+        # autoclose off: _receive_loop answers a client's close itself (aiohttp echoes 1000 to any code)
+        ws = GuardedWebSocketResponse(autoping=False, autoclose=False, compress=False,
+                                      max_msg_size=MAX_CLIENT_MESSAGE_BYTES, timeout=2.0)
         if not ws.can_prepare(request).ok:
             return web.json_response(
                 {"error": "not_websocket", "detail": "this path only accepts a WebSocket upgrade request"},
@@ -318,7 +327,17 @@ class _Forwarder:
             elif kind is WSMsgType.ERROR:  # a protocol error: aiohttp has sent the close frame (1002, 1009)
                 log.info("closed a WebSocket: %s", msg.data)  # the parser's reason, no client bytes
                 return
-            elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            elif kind is WSMsgType.CLOSE:
+                # RFC 6455 7.4: 1005, 1006, 1015 and codes outside 1000-4999 never travel in a close
+                # frame, nor unassigned ones below 3000: such a close is a protocol error (1002)
+                if close_code_allowed(msg.data):
+                    await ws.close(code=1000)
+                else:
+                    log.info("closed a WebSocket: its close frame carried code %s, not allowed on the wire",
+                             msg.data)
+                    await ws.close(code=1002, message=b"close code not allowed on the wire (RFC 6455 7.4)")
+                return
+            elif kind in (WSMsgType.CLOSING, WSMsgType.CLOSED):
                 return
             # text / binary from a client carry nothing in this protocol: ignored
 
@@ -386,6 +405,20 @@ def create_app(settings: WsproxySettings) -> web.Application:
     return app
 
 
+def _refuse_handshake(request: web.Request) -> web.Response | None:
+    """RFC 6455 4.1/4.2.2, which aiohttp does not enforce: an upgrade needs HTTP/1.1 or later (else
+    400) and ``Sec-WebSocket-Version: 13`` (another version: 426 naming 13); None when both hold."""
+    if request.version < (1, 1):
+        return web.json_response({"error": "not_websocket", "detail": "a WebSocket upgrade needs HTTP/1.1"},
+                                 status=400)
+    version = request.headers.getall("Sec-WebSocket-Version", [])
+    if version and version != [WEBSOCKET_VERSION]:
+        return web.json_response(
+            {"error": "unsupported_websocket_version", "detail": f"only Sec-WebSocket-Version: {WEBSOCKET_VERSION}"},
+            status=426, headers={"Sec-WebSocket-Version": WEBSOCKET_VERSION})
+    return None
+
+
 class _QuietBadRequests(logging.Filter):
     """aiohttp logs a malformed request with a traceback and up to 100 bytes of the offending
     header, which may be an Authorization header: keep one line naming the error class only."""
@@ -401,7 +434,7 @@ class _QuietBadRequests(logging.Filter):
         return True
 
 
-async def serve(settings: WsproxySettings) -> None:
+async def serve(settings: Settings) -> None:
     """Listen until SIGTERM or SIGINT, then close every socket and return."""
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _QuietBadRequests) for f in server_log.filters):
@@ -411,10 +444,11 @@ async def serve(settings: WsproxySettings) -> None:
     # response; when it fires while no complete request head has arrived, it closes the
     # connection, however many bytes trickled in.  That is the request-header timeout (a
     # slow-loris bound), and it also bounds idle keep-alive; a handler that is running (an
-    # upgraded WebSocket) is never touched by it.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
-                           max_field_size=MAX_HEADER_FIELD_BYTES,
-                           keepalive_timeout=settings.ws_request_header_timeout_secs)
+    # upgraded WebSocket) is never touched by it.  The head's size is bounded by _edge.
+    limits = HeadLimits.for_auth_bytes(settings.max_auth_header_bytes,
+                                       per_address=settings.max_connections_per_address)
+    runner = EdgeRunner(app, limits=limits, stats=app[_APP_STATE].stats, handle_signals=False, access_log=None,
+                        shutdown_timeout=SHUTDOWN_TIMEOUT, keepalive_timeout=settings.ws_request_header_timeout_secs)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)

@@ -29,6 +29,9 @@ METRICS = (
     ("redis_unavailable", "counter", "upgrades refused with 503 because Redis could not subscribe"),
     ("health_checks", "counter", "GET /health answered (the balancers' checks)"),
     ("pubsub_disconnects", "counter", "pub/sub connections lost"),
+    ("pubsub_ping_timeouts", "counter", "pub/sub connections closed because Redis left a PING unanswered"),
+    ("head_refusals", "counter", "requests refused with 431 or 414: a request head over its size bounds"),
+    ("address_refusals", "counter", "connections refused with 429: their address had its maximum open"),
     ("subscriptions", "gauge", "channels subscribed now"),
     ("pubsub_connections", "gauge", "pub/sub connections to Redis now"),
 )
@@ -60,8 +63,10 @@ class Stats:
         self.redis_lost_drops = 0  # sockets closed because their pub/sub connection died
         self.redis_unavailable = 0  # upgrades refused with 503: Redis could not subscribe
         self.health_checks = 0  # GET /health answered (the balancers' checks)
+        self.head_refusals = 0  # request heads refused for their size (431 / 414), by _edge
+        self.address_refusals = 0  # connections refused (429) for their address's count, by _edge
         # the pool increments this mapping directly
-        self.pool: dict[str, int] = {"pubsub_disconnects": 0}
+        self.pool: dict[str, int] = {"pubsub_disconnects": 0, "pubsub_ping_timeouts": 0}
 
     def auth_failure(self, reason: str) -> None:
         self.auth_failures += 1
@@ -83,6 +88,9 @@ class Stats:
             "redis_unavailable": self.redis_unavailable,
             "health_checks": self.health_checks,
             "pubsub_disconnects": self.pool["pubsub_disconnects"],
+            "pubsub_ping_timeouts": self.pool["pubsub_ping_timeouts"],
+            "head_refusals": self.head_refusals,
+            "address_refusals": self.address_refusals,
             "subscriptions": subscriptions,
             "pubsub_connections": pubsub_connections,
         }
