@@ -60,6 +60,11 @@ CLASS_KEYS: dict[str, tuple[str, bool, float, float | None, str]] = {
 WIRE_FIELDS = {"tokens": "max_tokens", "token_delay_ms": "token_delay_ms", "ttft_ms": "ttft_ms",
                "token_jitter_ms": "token_jitter_ms"}
 _TOP_KEYS = ("seed", "classes")
+#: the largest workload file read (a few classes take a few hundred bytes)
+MAX_FILE_BYTES = 1024 * 1024
+#: the largest value of a key without a bound of its own, and of a weight (a week of seconds is 6e5;
+#: 1e9 catches typos and keeps every value one a float holds exactly)
+_MAX_VALUE = 1e9
 
 
 class WorkloadError(ValueError):
@@ -79,12 +84,20 @@ def check_option(key: str, value: Any, where: str) -> str | None:
     if key in WIRE_FIELDS:
         lo, hi = _wire_bounds(key)
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or (whole and not float(value).is_integer()) or not math.isfinite(value):
-        return f"{where}: {value!r} is not {'a whole number' if whole else 'a number'} ({unit})"
-    if value < lo or (hi is not None and value > hi):
-        rng = f"from {lo:g} to {hi:g}" if hi is not None else f"at least {lo:g}"
-        return f"{where}: {value:g} is out of range: give {rng} ({unit})"
+    if not number or (isinstance(value, float) and (not math.isfinite(value) or whole and not value.is_integer())):
+        return f"{where}: {_shown(value)} is not {'a whole number' if whole else 'a number'} ({unit})"
+    if value < lo or (hi is not None and value > hi) or abs(value) > _MAX_VALUE:  # ints compare exactly
+        rng = f"from {lo:g} to {hi:g}" if hi is not None else f"from {lo:g} to {_MAX_VALUE:.0f}"
+        return f"{where}: {_shown(value)} is out of range: give {rng} ({unit})"
     return None
+
+
+def _shown(value: Any) -> str:
+    """*value* for a message: numbers as written (a huge whole number shortened), anything else repr'd."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+    return text if len(text) <= 24 else f"{text[:8]}...({len(text)} chars)"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -121,14 +134,16 @@ def parse_workload(data: Any, source: str = "workload") -> Workload:
             errors.append(f"{source}: unknown key {k!r}: use {', '.join(_TOP_KEYS)}")
     seed = data.get("seed")
     if seed is not None and (type(seed) is not int or seed < 0):
-        errors.append(f"{source}: seed {seed!r} is not a whole number >= 0")
+        errors.append(f"{source}: seed {_shown(seed)} is not a whole number >= 0")
+    elif seed is not None and seed >= 2**64:
+        errors.append(f"{source}: seed {_shown(seed)} is above 2**64-1: give a smaller one")
     raw = data.get("classes")
     classes: list[WorkloadClass] = []
     if not isinstance(raw, dict) or not raw:
         errors.append(f"{source}: 'classes' must map each class name to its settings (at least one class)")
         raw = {}
     for name, body in raw.items():
-        where = f"{source}: class {name!r}"
+        where = f"{source}: class {_shown(name)}"
         if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
             errors.append(f"{where}: a class name is letters, digits, '-' and '_'")
         if not isinstance(body, dict):
@@ -149,9 +164,12 @@ def parse_workload(data: Any, source: str = "workload") -> Workload:
         weight = body.get("weight")
         if weight is None:
             errors.append(f"{where}: weight is missing: give a number > 0 (classes are drawn in proportion)")
-        elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-                or weight <= 0:
-            errors.append(f"{where}: weight {weight!r} is not a number > 0")
+        elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 \
+                or isinstance(weight, float) and not math.isfinite(weight):
+            errors.append(f"{where}: weight {_shown(weight)} is not a number > 0")
+        elif weight > _MAX_VALUE:
+            errors.append(f"{where}: weight {_shown(weight)} is above {_MAX_VALUE:.0f}: weights are "
+                          "proportions, e.g. 80 and 20")
         else:
             classes.append(WorkloadClass(name=str(name), weight=float(weight), settings=settings))
     if errors:
@@ -159,21 +177,63 @@ def parse_workload(data: Any, source: str = "workload") -> Workload:
     return Workload(classes=tuple(classes), seed=seed, source=source)
 
 
+def _loader():
+    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: set = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": overriding it is the point
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        dup = key in seen
+                    except TypeError:  # an unhashable key: the base class says so
+                        break
+                    if dup:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {_shown(key)} is given twice (the first would be ignored): "
+                            "keep one", key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_workload(path: str | Path) -> Workload:
-    """Read and check a workload file (YAML); WorkloadError (one line per problem) when it is wrong."""
+    """Read and check a workload file (YAML, or JSON, which YAML reads too); WorkloadError (one line per
+    problem) when it is wrong: unreadable, not a regular file, over :data:`MAX_FILE_BYTES`, not UTF-8,
+    not YAML, a key given twice in one mapping, or any problem :func:`parse_workload` finds."""
     import yaml
 
     p = Path(path)
+    fix = "pass a YAML workload file (see kit/client/_workload.py)"
     try:
-        text = p.read_text()
+        if not p.is_file():
+            what = "it is a folder" if p.is_dir() else "not a regular file" if p.exists() else "no such file"
+            raise WorkloadError(f"--workload {p}: cannot read it ({what}): {fix}")
+        with open(p, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise WorkloadError(f"--workload {p}: cannot read it ({exc.strerror or exc})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise WorkloadError(f"--workload {p}: larger than {MAX_FILE_BYTES // 1024} KiB: {fix}")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkloadError(f"--workload {p}: not UTF-8 text (byte {exc.start}): {fix}") from None
+    try:
+        data = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise WorkloadError(f"{p}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise WorkloadError(f"{p}: not valid YAML{at}: {problem}") from None
+    except RecursionError:  # deeply nested brackets
+        raise WorkloadError(f"{p}: nested too deeply: {fix}") from None
     return parse_workload(data, str(p))
 
 
