@@ -4,11 +4,16 @@ Like the seed's ``analyze_results.py``, but it reads result folders (their
 ``queries.csv``) or CSV files, several at once.  Percentiles here are exact
 (computed from the raw per-query values), with the nearest-rank method.
 The seed's column name ``latency`` (seconds) is accepted besides ours.
+
+A CSV whose header is neither (:data:`QUERY_COLUMNS`, or the seed's ``latency``) is refused with the
+columns it lacks, and so is a value that is not a finite number: :class:`AnalyzeError`, one line naming
+the file (and the line).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -18,29 +23,80 @@ from typing import Any
 __all__ = ["analyze", "collect_rows", "exact_percentile", "text_histogram", "format_report", "AnalyzeError"]
 
 PERCENTILES = (10, 25, 50, 75, 90, 95, 99)
+#: the columns of the kit's queries.csv that analyze reads (kit.client._output.QUERY_FIELDS holds them all)
+QUERY_COLUMNS = ("session_id", "latency_ms", "ttft_ms", "tokens", "lost", "status", "error")
+#: the numeric ones, each checked on every row
+_NUMBERS = ("latency_ms", "latency", "ttft_ms", "tokens", "lost")
 
 
 class AnalyzeError(ValueError):
     """An input path is missing or not a result; the message names it."""
 
 
+def _check_header(f: Path, fields: Sequence[str]) -> None:
+    """AnalyzeError unless *fields* are those of a kit queries.csv (or the seed's CSV)."""
+    have = set(fields)
+    if "latency" in have and "latency_ms" not in have:  # the seed's CSV
+        return
+    missing = [c for c in QUERY_COLUMNS if c not in have]
+    if not missing:
+        return
+    shown = ",".join(fields)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    what = ("a sessions.csv (one row per session)" if {"session_index", "queries_ok"} <= have
+            else f"not a queries.csv of `python -m kit.client` (header: {shown})")
+    lacks = f" (it lacks {', '.join(missing)})" if len(missing) < len(QUERY_COLUMNS) else ""
+    raise AnalyzeError(f"{f}: {what}: expected the columns {', '.join(QUERY_COLUMNS)}{lacks}: "
+                       "pass a result folder or its queries.csv")
+
+
+def _check_row(f: Path, line: int, row: dict[str, str | None]) -> None:
+    """AnalyzeError unless each numeric value of *row* is empty or a finite number."""
+    if None in row or any(v is None for v in row.values()):  # more or fewer cells than the header
+        raise AnalyzeError(f"{f}: line {line} has more or fewer cells than the header: the file is damaged "
+                           "(a run that did not finish writing it?)")
+    for k in _NUMBERS:
+        v = row.get(k)
+        if v:
+            try:
+                ok = math.isfinite(float(v))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise AnalyzeError(f"{f}: line {line}: {k} {v[:40]!r} is not a finite number: the file is damaged")
+
+
 def collect_rows(paths: Iterable[Path]) -> list[dict[str, str]]:
+    """The rows of every queries.csv in *paths* (result folders or CSV files), each checked."""
     rows: list[dict[str, str]] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
             f = p / "queries.csv"
-            if not f.exists():
+            if not f.is_file():
                 raise AnalyzeError(f"{p} has no queries.csv: pass a folder written by `python -m kit.client`")
         elif p.is_file():
             f = p
         else:
-            raise AnalyzeError(f"{p} does not exist")
-        with open(f, newline="") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames:
-                raise AnalyzeError(f"{f} is empty")
-            rows.extend(reader)
+            raise AnalyzeError(f"{p} does not exist" if not p.exists() else
+                               f"{p} is not a regular file: pass a result folder or its queries.csv")
+        try:
+            with open(f, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                if not reader.fieldnames:
+                    raise AnalyzeError(f"{f} is empty: pass a result folder or its queries.csv")
+                _check_header(f, reader.fieldnames)
+                for row in reader:
+                    _check_row(f, reader.line_num, row)
+                    rows.append(row)
+        except UnicodeDecodeError as exc:
+            raise AnalyzeError(f"{f}: not UTF-8 text (byte {exc.start}): pass a result folder or its "
+                               "queries.csv") from None
+        except csv.Error as exc:
+            raise AnalyzeError(f"{f}: not a readable CSV ({exc}): pass a result folder or its queries.csv") \
+                from None
+        except OSError as exc:
+            raise AnalyzeError(f"{f}: cannot read it ({exc.strerror or exc})") from None
     return rows
 
 
