@@ -58,12 +58,14 @@ def _check_row(f: Path, line: int, row: dict[str, str | None]) -> None:
     for k in _NUMBERS:
         v = row.get(k)
         if v:
+            whole = k in ("tokens", "lost")
             try:
-                ok = math.isfinite(float(v))
+                ok = int(v) >= 0 if whole else math.isfinite(float(v))
             except ValueError:
                 ok = False
             if not ok:
-                raise AnalyzeError(f"{f}: line {line}: {k} {v[:40]!r} is not a finite number: the file is damaged")
+                raise AnalyzeError(f"{f}: line {line}: {k} {v[:40]!r} is not "
+                                   f"{'a whole number >= 0' if whole else 'a finite number'}: the file is damaged")
 
 
 def collect_rows(paths: Iterable[Path]) -> list[dict[str, str]]:
