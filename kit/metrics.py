@@ -204,19 +204,41 @@ class Histogram:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Histogram":
+        """The histogram *d* (:meth:`to_dict`) describes; ValueError saying what is wrong when *d* is not
+        one (a damaged or foreign file: wrong types, a bucket out of range, counts that do not add up)."""
+        damaged = "the file is damaged"
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a histogram is a JSON object, not {type(d).__name__}: {damaged}")
         if d.get("sub_bucket_bits", SUB_BUCKET_BITS) != SUB_BUCKET_BITS:
             raise ValueError(
-                f"histogram has sub_bucket_bits={d.get('sub_bucket_bits')}, this kit uses {SUB_BUCKET_BITS}: "
+                f"histogram has sub_bucket_bits={d.get('sub_bucket_bits')!r:.20}, this kit uses {SUB_BUCKET_BITS}: "
                 "merge results produced by the same kit version"
             )
-        h = cls(d.get("unit", "us"))
-        h.counts = {int(i): int(n) for i, n in d.get("counts", [])}
-        h.count = int(d.get("count", 0))
-        h.total = int(d.get("sum", 0))
+        unit = d.get("unit", "us")
+        if not isinstance(unit, str):
+            raise ValueError(f"histogram unit {unit!r:.20} is not a string: {damaged}")
+        h = cls(unit)
+        pairs = d.get("counts", [])
+        if not isinstance(pairs, list) or not all(isinstance(x, list) and len(x) == 2 and all(map(_is_int, x))
+                                                  for x in pairs):
+            raise ValueError(f"histogram counts are not a list of [bucket, count] whole-number pairs: {damaged}")
+        h.counts = {i: n for i, n in pairs}
+        if len(h.counts) != len(pairs) or any(n <= 0 or not -_MAX_INDEX <= i <= _MAX_INDEX for i, n in pairs):
+            raise ValueError(f"histogram counts repeat a bucket, or hold one out of range or a count <= 0: {damaged}")
+        for key in ("count", "sum"):
+            if not _is_int(d.get(key, 0)):
+                raise ValueError(f"histogram {key} {d.get(key)!r:.20} is not a whole number: {damaged}")
+        h.count = d.get("count", 0)
+        h.total = d.get("sum", 0)
         h.min = d.get("min")
         h.max = d.get("max")
         if sum(h.counts.values()) != h.count:
             raise ValueError("histogram counts do not add up to its count: the file is damaged")
+        if (h.min is None) != (h.count == 0) or (h.max is None) != (h.count == 0) or h.count and not (
+                _is_number(h.min) and _is_number(h.max) and -_MAX_VALUE <= h.min <= h.max <= _MAX_VALUE):
+            raise ValueError(f"histogram min/max do not fit its count: {damaged}")
+        if abs(h.total) > h.count * _MAX_VALUE:
+            raise ValueError(f"histogram sum is out of range for its count: {damaged}")
         return h
 
     def summary(self, ps: Iterable[float] = (50, 95, 99), scale: float = 1.0) -> dict[str, Any]:
@@ -235,6 +257,19 @@ class Histogram:
 
     def __repr__(self) -> str:
         return f"Histogram(unit={self.unit!r}, count={self.count}, min={self.min}, max={self.max})"
+
+
+#: the largest value (and bucket index) from_dict accepts: 2**64 (in microseconds, 584,000 years)
+_MAX_VALUE = 2**64
+_MAX_INDEX = bucket_index(_MAX_VALUE)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 def _pname(p: float) -> str:
@@ -291,10 +326,15 @@ class Timeline:
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> "Timeline":
+        """The timeline of *rows* (:meth:`to_rows`, or timeline.csv's rows); ValueError naming the row and
+        field when one is not a whole number."""
         t = cls()
-        for r in rows:
-            sec = int(r["second"])
-            row = t._row(sec)
+        for n, r in enumerate(rows, 1):
+            for k in ("second", *cls.FIELDS):
+                v = r.get(k) if isinstance(r, Mapping) else None
+                if (k == "second" or v not in (None, "")) and not _int_like(v):
+                    raise ValueError(f"timeline row {n}: {k} {v!r:.20} is not a whole number: the file is damaged")
+            row = t._row(int(r["second"]))
             for k in cls.FIELDS:
                 if k in r and r[k] not in (None, ""):
                     row[k] += int(r[k])
@@ -305,7 +345,23 @@ class Timeline:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Timeline":
-        return cls.from_rows(d.get("rows", []))
+        rows = d.get("rows", []) if isinstance(d, Mapping) else None
+        if not isinstance(rows, list):
+            raise ValueError("a timeline is a JSON object with a list of rows: the file is damaged")
+        return cls.from_rows(rows)
+
+
+def _int_like(v: Any) -> bool:
+    """A whole number, or a string of one (a CSV cell)."""
+    if _is_int(v):
+        return True
+    if isinstance(v, str) and len(v) <= 30:
+        try:
+            int(v)
+        except ValueError:
+            return False
+        return True
+    return False
 
 
 class SecondHistograms:
@@ -362,7 +418,15 @@ class SecondHistograms:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "SecondHistograms":
+        """What :meth:`to_dict` wrote (None: empty); ValueError saying what is wrong otherwise."""
         out = cls()
-        for sec, by_name in (d or {}).get("seconds", []):
-            out.hists[int(sec)] = {n: Histogram.from_dict(h) for n, h in by_name.items()}
+        seconds = (d or {}).get("seconds", []) if isinstance(d, Mapping) or d is None else None
+        if not isinstance(seconds, list):
+            raise ValueError("per-second histograms are a JSON object with a list of seconds: the file is damaged")
+        for entry in seconds:
+            if not (isinstance(entry, list) and len(entry) == 2 and _is_int(entry[0]) and isinstance(entry[1], Mapping)):
+                raise ValueError(f"per-second histograms: {entry!r:.40} is not [second, {{name: histogram}}]: "
+                                 "the file is damaged")
+            sec, by_name = entry
+            out.hists[sec] = {str(n): Histogram.from_dict(h) for n, h in by_name.items()}
         return out

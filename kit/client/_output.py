@@ -206,10 +206,17 @@ def _write_csv(path: Path, fields: list[str], rows: Iterable[Mapping[str, Any]])
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of *path* (none when it is missing); ValueError naming it when it is not a readable CSV."""
     if not path.exists():
         return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}): pass folders written by "
+                         "`python -m kit.client`") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV ({exc}): the file is damaged") from None
 
 
 def _ms(v: float | None) -> float | None:
@@ -362,16 +369,89 @@ def timeline_rows(timeline: Timeline, seconds: SecondHistograms) -> list[dict[st
 
 
 def load_state(in_dir: Path) -> dict[str, Any]:
+    """The mergeable state in *in_dir*'s ``histograms.json``, checked (:func:`check_state`).
+
+    FileNotFoundError when it is missing; ValueError naming the file and what is wrong otherwise."""
     path = Path(in_dir) / "histograms.json"
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist: pass a folder written by `python -m kit.client`") from None
-    except ValueError as exc:
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder: pass a folder written by `python -m kit.client`") from None
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}): the run did not finish writing it") from None
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: state version {state.get('version')} is not {STATE_VERSION}")
+    check_state(state, str(path))
     return state
+
+
+def _bad(where: str, what: str) -> ValueError:
+    return ValueError(f"{where}: {what}: pass a folder written by `python -m kit.client` (the file is damaged "
+                      "or from another program)")
+
+
+def check_state(state: Any, where: str) -> None:
+    """ValueError (one line starting with *where*) unless *state* has the shape :func:`merge_states` and
+    :func:`build_summary` read: an object of the current version whose histograms, per-second histograms,
+    counters, errors, runs and workload have the right types.  A histogram's own checks are
+    :meth:`kit.metrics.Histogram.from_dict`'s."""
+    def number(v: Any) -> bool:  # finite, and far from what a float cannot hold (no run counts 2**63 of anything)
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) <= 2**63
+
+    def flat_numbers(v: Any) -> bool:
+        return isinstance(v, dict) and all(isinstance(k, str) and number(n) for k, n in v.items())
+
+    if not isinstance(state, dict):
+        kind = {list: "list", str: "string"}.get(type(state), type(state).__name__)
+        raise _bad(where, f"a JSON {kind}, not the object a run writes")
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{where}: state version {state.get('version')!r:.20} is not {STATE_VERSION}: merge "
+                         "results written by this kit version")
+    for key in ("run_id", "model"):
+        if not isinstance(state.get(key, ""), str):
+            raise _bad(where, f"'{key}' is not a string")
+    hists = state.get("histograms")
+    if not isinstance(hists, dict):
+        raise _bad(where, "'histograms' is not an object")
+    try:
+        for name, h in hists.items():
+            Histogram.from_dict(h).merge(Histogram("us"))  # its unit too: every histogram is in us
+        SecondHistograms.from_dict(state.get("timeline_histograms"))
+    except ValueError as exc:
+        raise _bad(where, str(exc)) from None
+    if not flat_numbers(state.get("counters")):
+        raise _bad(where, "'counters' is not an object of numbers")
+    if not flat_numbers(state.get("errors", {})):
+        raise _bad(where, "'errors' is not an object of numbers")
+    runs = state.get("runs")
+    if not isinstance(runs, list):
+        raise _bad(where, "'runs' is not a list")
+    for i, r in enumerate(runs):
+        if not isinstance(r, dict):
+            raise _bad(where, f"runs[{i}] is not an object")
+        for key in ("start", "end", "cpu_percent_peak", "cpu_percent_mean"):
+            if not number(r.get(key)):
+                raise _bad(where, f"runs[{i}].{key} is not a number")
+        if not isinstance(r.get("host"), str) or not isinstance(r.get("pid"), int):
+            raise _bad(where, f"runs[{i}] lacks its host and pid")
+        if r.get("start_skew_s") is not None and not number(r["start_skew_s"]):
+            raise _bad(where, f"runs[{i}].start_skew_s is not a number")
+        if r.get("generator_overloaded") and "overload_reason" not in r:
+            raise _bad(where, f"runs[{i}] is overloaded without an overload_reason")
+        if r.get("interrupted") is not None and not isinstance(r["interrupted"], str):
+            raise _bad(where, f"runs[{i}].interrupted is not a signal name")
+        lim = r.get("reconnect_limit")
+        if lim and not (isinstance(lim, dict) and number(lim.get("rate")) and isinstance(lim.get("burst"), int)):
+            raise _bad(where, f"runs[{i}].reconnect_limit is not {{rate, burst}}")
+    wl = state.get("workload")
+    if wl is not None:
+        classes = wl.get("classes") if isinstance(wl, dict) else None
+        if not isinstance(classes, dict) or not all(
+                isinstance(c, dict) and (c.get("sessions") is None or isinstance(c["sessions"], int))
+                and (c.get("weight") is None or number(c["weight"]))
+                and all(c.get(k) is None or isinstance(c[k], dict) for k in ("requested", "echo", "overrides"))
+                for c in classes.values()):
+            raise _bad(where, "'workload' is not {source, seed, classes: {name: {weight, sessions, ...}}}")
 
 
 def merge_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -406,34 +486,42 @@ def merge_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
 def merge_outputs(in_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     """Merge result folders into *out_dir* (CSVs concatenated, timeline and histograms added).
 
+    Every input is read and checked before anything is written: a damaged or foreign one is a
+    ValueError (FileNotFoundError when missing) naming it, and *out_dir* is left as it was.
     Returns the merged summary (also written to ``out_dir/summary.json``).
     """
     in_dirs = [Path(d) for d in in_dirs]
     if not in_dirs:
         raise ValueError("merge needs at least one input folder")
+    for d in in_dirs:
+        if d.exists() and not d.is_dir():
+            raise ValueError(f"{d} is not a folder: pass folders written by `python -m kit.client`")
     states = [load_state(d) for d in in_dirs]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is not a folder: pass a folder to merge into (OUT_DIR comes first)")
     merged = merge_states(states)
-    for name, fields in (("queries.csv", QUERY_FIELDS), ("sessions.csv", SESSION_FIELDS)):
-        rows: list[dict[str, str]] = []
-        for d in in_dirs:
-            rows.extend(_read_csv(d / name))
-        _write_csv(out_dir / name, fields, rows)
+    tables = {name: [row for d in in_dirs for row in _read_csv(d / name)] for name in ("queries.csv", "sessions.csv")}
     timeline = Timeline()
     for d in in_dirs:
-        timeline.merge(Timeline.from_rows(_read_csv(d / "timeline.csv")))
-    _write_csv(out_dir / "timeline.csv", TIMELINE_FIELDS,
-               timeline_rows(timeline, SecondHistograms.from_dict(merged["timeline_histograms"])))
-    write_json_atomic(out_dir / "histograms.json", merged)
+        try:
+            timeline.merge(Timeline.from_rows(_read_csv(d / "timeline.csv")))
+        except ValueError as exc:
+            raise ValueError(f"{d / 'timeline.csv'}: {exc}") from None
     summary = build_summary(merged)
-    write_json_atomic(out_dir / "summary.json", summary)
     metas = []
     for d in in_dirs:
         try:
             metas.append(json.loads((d / "meta.json").read_text()))
         except (OSError, ValueError):
             metas.append({"missing": str(d / "meta.json")})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, fields in (("queries.csv", QUERY_FIELDS), ("sessions.csv", SESSION_FIELDS)):
+        _write_csv(out_dir / name, fields, tables[name])
+    _write_csv(out_dir / "timeline.csv", TIMELINE_FIELDS,
+               timeline_rows(timeline, SecondHistograms.from_dict(merged["timeline_histograms"])))
+    write_json_atomic(out_dir / "histograms.json", merged)
+    write_json_atomic(out_dir / "summary.json", summary)
     write_json_atomic(out_dir / "meta.json", {"merged_from": [str(d) for d in in_dirs], "inputs": metas,
                                               "workload": summary["workload"]})
     return summary
