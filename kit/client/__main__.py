@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -48,11 +49,35 @@ from urllib.parse import urlsplit
 from kit import _gc, contract
 from kit.config import ClientSettings, ConfigError, field_default, field_kind, field_limits, parse_number
 
-from ._http import DEFAULT_MAX_CONNECTIONS
+from ._http import DEFAULT_MAX_CONNECTIONS, mask_url
 
 log = logging.getLogger(__name__)
 
 PROG = "python -m kit.client"
+#: how far ahead --start-at may be: further is a mistake (epoch milliseconds for seconds), not a plan
+MAX_START_AHEAD_S = 86400.0
+
+
+def max_sessions() -> int:
+    """The most sessions one invocation starts (``--clients``, or ``--arrival-rate`` x ``--duration``).
+
+    The kit's ceiling on a process's open files (contract ``kit_bounds.kit_nofile``, 1,048,576): the
+    preflight allows (open files - reserve) / 2 sessions per generator process, and one invocation
+    reaches one ``--ws-url`` from one address, which 64k local ports already cap far below this.  Every
+    session's record stays in memory until the results are written, so the bound also bounds memory.
+    A larger load is split over generators (``fab run`` does it)."""
+    return contract.bounds("kit_nofile")[1]
+
+
+def max_processes() -> int:
+    """The most generator processes one invocation starts: 4 per core, at least 64."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
+def _shown(v: int | float) -> str:
+    """*v* for a message: a number too long to read (or to format as a float) shortened."""
+    text = f"{v:g}" if isinstance(v, float) else str(v)
+    return text if len(text) <= 24 else f"{text[:8]}...({len(text)} digits)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,18 +166,48 @@ def _settings_options(p: argparse.ArgumentParser, env: ClientSettings) -> None:
 
 
 def _check_url(value: str, schemes: tuple[str, ...], option: str, env: str) -> None:
-    u = urlsplit(value)
+    """ConfigError unless *value* is a URL of one of *schemes* with a host (and a valid port, if any).
+    The value is quoted with its credentials masked (:func:`~kit.client._http.mask_url`)."""
+    shown = mask_url(value)
+    example = (f"pass e.g. {option} {schemes[0]}://127.0.0.1:"
+               f"{contract.ports()['haproxy_http' if 'http' in schemes else 'haproxy_ws']}")
+    try:
+        u = urlsplit(value)
+    except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 bracket
+        raise ConfigError(f"{option} / {env} = {shown!r} is not a valid URL ({mask_url(str(exc))}): "
+                          f"{example}") from None
     if u.scheme not in schemes or not u.hostname:
-        raise ConfigError(f"{option} / {env} = {value!r} is not a {' or '.join(s + '://' for s in schemes)} URL: "
-                          f"pass e.g. {option} {schemes[0]}://127.0.0.1:"
-                          f"{contract.ports()['haproxy_http' if 'http' in schemes else 'haproxy_ws']}")
+        raise ConfigError(f"{option} / {env} = {shown!r} is not a {' or '.join(s + '://' for s in schemes)} URL: "
+                          f"{example}")
     try:
         u.port
-    except ValueError:
-        raise ConfigError(f"{option} / {env} = {value!r} has a bad port: fix the URL") from None
+    except ValueError:  # its message may quote what follows the host's colon: not repeated
+        raise ConfigError(f"{option} / {env} = {shown!r} has a bad port: give a number from 1 to 65535, "
+                          f"{example}") from None
+
+
+def _check_sessions(args: argparse.Namespace) -> None:
+    """The number of sessions this invocation would start is bounded (:func:`max_sessions`), and so is
+    the number of its processes: checked before anything else, since both size what the run builds."""
+    cap = max_sessions()
+    if args.arrival_rate is None and args.clients > cap:
+        raise ConfigError(f"--clients / CLIENTS = {_shown(args.clients)} is above {cap}, the sessions one "
+                          "generator invocation may start: lower it, or spread the load over generator hosts "
+                          "(fab run --clients N splits it)")
+    if args.arrival_rate is not None and args.duration is not None:
+        total = args.arrival_rate * args.duration
+        if not math.isfinite(total) or total > cap:
+            raise ConfigError(f"--arrival-rate {_shown(args.arrival_rate)} x --duration {_shown(args.duration)} "
+                              f"starts more than {cap} sessions, the most one generator invocation may start: "
+                              "lower one of them, or spread the load over generator hosts")
+    if args.processes is not None and args.processes > max_processes():
+        raise ConfigError(f"--processes {_shown(args.processes)} is above {max_processes()} (4 per core, at "
+                          "least 64): pass at most one per core, e.g. --processes "
+                          f"{os.cpu_count() or 1}")
 
 
 def validate(args: argparse.Namespace) -> None:
+    _check_sessions(args)
     _check_url(args.api_url, ("http", "https"), "--api-url", "FASTAPI_URL")
     _check_url(args.ws_url, ("ws", "wss"), "--ws-url", "WSPROXY_URL")
     if args.ca_file is not None and not os.access(args.ca_file, os.R_OK):
@@ -161,6 +216,9 @@ def validate(args: argparse.Namespace) -> None:
     if args.max_backoff < args.initial_backoff:
         raise ConfigError(f"--max-backoff / WS_MAX_BACKOFF_SECONDS = {args.max_backoff:g} is below "
                           f"--initial-backoff / WS_INITIAL_BACKOFF_SECONDS = {args.initial_backoff:g}: raise the cap")
+    if args.start_at is not None and args.start_at > time.time() + MAX_START_AHEAD_S:
+        raise ConfigError(f"--start-at {_shown(args.start_at)} is more than a day ahead: pass epoch seconds "
+                          f"(not milliseconds), e.g. --start-at {int(time.time()) + 10}")
     if args.jitter > 1:
         raise ConfigError(f"--jitter {args.jitter:g} is above 1: pass a fraction such as --jitter 0.5")
     from ._workload import check_option
@@ -168,7 +226,7 @@ def validate(args: argparse.Namespace) -> None:
     for key, opt in (("tokens", "--tokens"), ("token_delay_ms", "--token-delay"), ("ttft_ms", "--ttft"),
                      ("token_jitter_ms", "--token-jitter")):
         v = getattr(args, {"tokens": "max_tokens"}.get(key, key))
-        problem = None if v is None else check_option(key, v, f"{opt} {v:g}")
+        problem = None if v is None else check_option(key, v, f"{opt} {_shown(v)}")
         if problem:
             raise ConfigError(problem)
     if (args.arrival_rate is None) != (args.duration is None):
@@ -180,21 +238,27 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def preflight(args: argparse.Namespace) -> None:
-    """One request to the API's /health and one TCP connect to the WebSocket endpoint."""
+    """One request to the API's /health and one TCP connect to the WebSocket endpoint.
+
+    Credentials in ``--api-url`` go with the /health request (httpx sends them as Basic auth); every
+    message quotes the URLs with them masked."""
     import httpx
 
     url = args.api_url.rstrip("/") + contract.health_path()
+    api, ws = mask_url(args.api_url), mask_url(args.ws_url)
     try:
         r = httpx.get(url, timeout=5.0, verify=_ssl_context(args))
-    except httpx.HTTPError as exc:
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            raise ConfigError(f"--api-url / FASTAPI_URL {args.api_url}: the server's certificate was refused ({exc}): "
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        why = mask_url(str(exc) or type(exc).__name__)
+        if "CERTIFICATE_VERIFY_FAILED" in why:
+            raise ConfigError(f"--api-url / FASTAPI_URL {api}: the server's certificate was refused ({why}): "
                               "pass the CA that signed it with --ca-file / SSL_CA_FILE") from None
-        raise ConfigError(f"--api-url / FASTAPI_URL {args.api_url}: cannot reach it ({exc or type(exc).__name__}): "
+        raise ConfigError(f"--api-url / FASTAPI_URL {api}: cannot reach it ({why}): "
                           "start the simulator (or HAProxy) there or point --api-url at it") from None
     if r.status_code != 200:
-        raise ConfigError(f"--api-url / FASTAPI_URL {args.api_url}: GET /health answered {r.status_code} "
-                          f"({r.text[:120].strip()}): fix the service (is Redis up?) before loading it")
+        body = " ".join(mask_url(r.text[:120]).split())
+        raise ConfigError(f"--api-url / FASTAPI_URL {api}: GET /health answered {r.status_code} "
+                          f"({body}): fix the service (is Redis up?) before loading it")
     u = urlsplit(args.ws_url)
     port = u.port or (443 if u.scheme == "wss" else 80)
     try:
@@ -202,10 +266,10 @@ def preflight(args: argparse.Namespace) -> None:
             if u.scheme == "wss":  # the certificate too: a refused one is bad configuration, not a load result
                 _ssl_context(args).wrap_socket(sock, server_hostname=u.hostname).close()
     except ssl.SSLCertVerificationError as exc:
-        raise ConfigError(f"--ws-url / WSPROXY_URL {args.ws_url}: the server's certificate was refused "
+        raise ConfigError(f"--ws-url / WSPROXY_URL {ws}: the server's certificate was refused "
                           f"({exc.verify_message}): pass the CA that signed it with --ca-file / SSL_CA_FILE") from None
     except OSError as exc:
-        raise ConfigError(f"--ws-url / WSPROXY_URL {args.ws_url}: cannot reach it ({exc.strerror or exc}): "
+        raise ConfigError(f"--ws-url / WSPROXY_URL {ws}: cannot reach it ({mask_url(str(exc.strerror or exc))}): "
                           "start wsproxy (or HAProxy) there or point --ws-url at it") from None
 
 
@@ -246,15 +310,16 @@ def _workload(args: argparse.Namespace):
     else:
         try:
             workload = load_workload(args.workload)
-        except WorkloadError as exc:
-            raise ConfigError(str(exc)) from None
+        except WorkloadError as exc:  # one line per problem in the file: one line here
+            raise ConfigError("; ".join(str(exc).splitlines())) from None
     args.workload_seed = draw_seed(workload, args.workload_seed)
     return workload
 
 
 def _safe_argv(argv: list[str]) -> list[str]:
+    """*argv* for meta.json: the values of options named like a secret, and URLs' credentials, masked."""
     out, hide = [], False
-    for a in argv:
+    for a in map(mask_url, argv):
         if hide:
             out.append("***")
             hide = False
@@ -291,6 +356,9 @@ def run_load(argv: list[str]) -> int:
     check_output_dir(Path(args.output_dir))  # before any network check: a bad folder is bad usage
     if not child and not args.no_preflight:
         preflight(args)
+    # URLs' credentials served the preflight only (the load's requests never send them): from here on
+    # nothing (meta.json, the children's settings, error records) can write them
+    args.api_url, args.ws_url = mask_url(args.api_url), mask_url(args.ws_url)
     total = round(args.arrival_rate * args.duration) if args.arrival_rate else args.clients
     processes = args.process_count or min(args.processes or os.cpu_count() or 1, total)
     run_id = args.run_id or contract.run_id(total)
@@ -352,8 +420,12 @@ def _results_command(argv: list[str]) -> int:
             if len(argv) < 3:
                 raise ConfigError(f"usage: {PROG} merge OUT_DIR IN_DIR [IN_DIR ...]")
             print_summary(merge_outputs([Path(p) for p in argv[2:]], Path(argv[1])))
-    except (AnalyzeError, FileNotFoundError, ValueError, KeyError) as exc:  # bad inputs, not bugs in a run
+    except (AnalyzeError, ValueError) as exc:  # bad inputs, not bugs in a run: the message names the file
         raise ConfigError(str(exc)) from None
+    except OSError as exc:  # an unreadable input, an output folder that cannot be written
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise ConfigError(f"{where}{exc.strerror or exc}: pass result folders you can read and an output "
+                          "folder you can write") from None
     return 0
 
 
@@ -364,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in ("analyze", "merge"):
             return _results_command(argv)
         return run_load(argv)
-    except ConfigError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # one line, whatever the message held
+        print(f"{PROG}: error: {'; '.join(x.strip() for x in str(exc).splitlines() if x.strip())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import re
 import socket
 import ssl
 import time
@@ -52,6 +53,7 @@ __all__ = [
     "MAX_HEAD_BYTES",
     "MAX_BODY_BYTES",
     "DEFAULT_MAX_CONNECTIONS",
+    "mask_url",
 ]
 
 #: the longest response head accepted
@@ -63,6 +65,22 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 #: against a server answering in 100 ms queued 16 % of requests behind 64; waiting is recorded apart
 DEFAULT_MAX_CONNECTIONS = 256
 _RECV = 65536
+#: a URL's scheme and userinfo (up to the authority's last ``@``, as :func:`urllib.parse.urlsplit` reads it)
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]*)@")
+
+
+def mask_url(text: str) -> str:
+    """*text* (a URL, an argv element or a message quoting URLs) with every URL's credentials masked.
+
+    ``http://user:pw@host`` becomes ``http://user:***@host``; a userinfo without a password
+    (``https://TOKEN@host``, often a token) becomes ``***``.  Whatever prints or writes a URL a user gave
+    (meta.json, error messages, logs) passes it through this first: credentials are never written.
+    """
+    def hide(m: re.Match) -> str:
+        user, colon, _ = m["userinfo"].partition(":")
+        return f"{m['scheme']}{user}:***@" if colon else f"{m['scheme']}***@"
+
+    return _USERINFO.sub(hide, text)
 
 
 class HTTPError(Exception):
