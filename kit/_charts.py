@@ -25,8 +25,10 @@ when it would overflow, a row lower when it would overlap another).
 Every time chart of a page has the same x range (``xrange``: :func:`run_x_range`, from the agreed start
 to the end of the run) and one ``sync`` key, so their cursors move together (and a drag-zoom on one
 zooms them all; a double click resets them to the run's range).  For the tests the builder also marks
-each chart's ``<div>`` with ``data-x-range`` (the drawn x scale), ``data-series`` and, on charts with
-events, ``data-plot`` (the plot box) and ``data-labels`` (each label's drawn box), in canvas pixels.
+each chart's ``<div>`` with ``data-x-range`` (the drawn x scale), ``data-series``, ``data-ink`` (the
+series' painted pixels), on log axes ``data-x-ticks`` (the tick labels) and, on charts with events,
+``data-plot`` (the plot box) and ``data-labels`` (each label's line, drawn box and the text pixels
+found in that box), in canvas pixels.
 """
 
 from __future__ import annotations
@@ -598,6 +600,7 @@ _BUILDER = r"""
       ctx.beginPath(); ctx.rect(left, top, bb.width, bb.height); ctx.clip();
       ctx.font = `${Math.round(11 * d)}px sans-serif`;
       ctx.textBaseline = 'top';
+      ctx.textAlign = 'left';   // uPlot leaves the last axis' alignment (right, for a left y axis) on the context
       sorted.forEach(ev => {
         const x0 = u.valToPos(ev.at_s, 'x', true);
         const x1 = ev.for_s > 0 ? u.valToPos(ev.at_s + ev.for_s, 'x', true) : x0;
@@ -622,11 +625,15 @@ _BUILDER = r"""
         ctx.fillRect(x - 2 * d, y - d, w + 4 * d, lineH);
         ctx.fillStyle = '#D55E00';
         ctx.fillText(ev.label, x, y);
-        placed.push({text: ev.label, row: row, x: x, y: y, w: w, h: h});
+        // what landed in the label's box: its text's pixels (orange, not the pale band behind)
+        const px = ctx.getImageData(x, y, Math.max(1, w), Math.max(1, h)).data;
+        let ink = 0;
+        for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 128 && px[i] - px[i + 2] > 100) ink++;
+        placed.push({text: ev.label, row: row, line: x0, x: x, y: y, w: w, h: h, ink: ink});
       });
       ctx.restore();
       el.dataset.plot = JSON.stringify([left, top, bb.width, bb.height].map(r1));
-      el.dataset.labels = JSON.stringify(placed.map(p => ({text: p.text, x: r1(p.x), y: r1(p.y), w: r1(p.w), h: r1(p.h)})));
+      el.dataset.labels = JSON.stringify(placed.map(p => ({text: p.text, line: r1(p.line), x: r1(p.x), y: r1(p.y), w: r1(p.w), h: r1(p.h), ink: p.ink})));
     }]}};
   }
 
@@ -654,8 +661,11 @@ _BUILDER = r"""
     const yrange = (u, lo, hi) => [Math.min(0, lo ?? 0), (hi ?? 0) > 0 ? hi * 1.05 : 1];
     const scales = {x: xscale, y: s.ymin0 ? {range: yrange} : {}};
     const xaxis = {label: s.xlabel, labelSize: 20};
-    if (s.logx) Object.assign(xaxis, {splits: logSplits, filter: (u, splits) => splits,
-                                      values: (u, splits) => splits.map(tickLabel)});
+    if (s.logx) Object.assign(xaxis, {splits: logSplits, filter: (u, splits) => splits, values: (u, splits) => {
+      const labels = splits.map(tickLabel);
+      el.dataset.xTicks = labels.join(' ');
+      return labels;
+    }});
     const axes = [xaxis, {label: s.ylabel, labelSize: 20, size: 60}];
     if (s.y2label) { scales.y2 = s.ymin0 ? {range: yrange} : {}; axes.push({label: s.y2label, labelSize: 20, size: 60, scale: 'y2', side: 1, grid: {show: false}}); }
     // one sync key per page's time charts: hovering (or zooming) one shows the same second on all
