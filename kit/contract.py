@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CONTRACT_PATH", "contract", "ports", "groups", "bounds", "jwt_algorithms", "fd_reserve",
+__all__ = ["CONTRACT_PATH", "contract", "ports", "groups", "optional_groups", "bounds", "jwt_algorithms", "fd_reserve",
            "pubsub_channel", "session_key", "run_id", "sysctls", "secret_files", "health_path",
            "deep_health_path"]
 
@@ -37,12 +37,18 @@ def ports() -> dict[str, int]:
     c = contract()
     return {"redis": c["redis_port"], "sim": c["sim_port"], "wsproxy": c["wsproxy_base_port"],
             "haproxy_http": c["haproxy_http_port"], "haproxy_ws": c["haproxy_ws_port"],
-            "haproxy_stats": c["haproxy_stats_port"]}
+            "haproxy_stats": c["haproxy_stats_port"], "prometheus": c["prometheus_port"],
+            "node_exporter": c["node_exporter_port"], "redis_exporter": c["redis_exporter_port"]}
 
 
 def groups() -> tuple[str, ...]:
     """The inventory groups, one per role, in deployment order."""
     return tuple(contract()["kit_groups"])
+
+
+def optional_groups() -> tuple[str, ...]:
+    """Inventory groups a deployment may leave out (0 or 1 host): ``monitoring``."""
+    return tuple(contract()["kit_optional_groups"])
 
 
 def bounds(name: str) -> tuple[int, int]:

@@ -25,8 +25,10 @@ With ``--scrape FILE`` each line also carries ``services``: what the host's kit 
 themselves at that second.  FILE lists ``NAME URL [PREFIX ...]`` lines; each URL is fetched (GET,
 :data:`SCRAPE_TIMEOUT` s) and its body kept as numbers: a JSON object's numeric fields (the
 services' ``/stats``), or the samples of a Prometheus text page (HAProxy's exporter) whose names
-start with one of the PREFIXes, keyed ``name{labels}``.  A target that does not answer is
-``{"error": why}`` for that second; the sample is written all the same.
+start with one of the PREFIXes, keyed ``name{labels}``.  A ``redis://USER@ADDR:PORT PASSWORD_FILE``
+line asks Redis ``INFO`` over one kept connection (RESP, as the read-only monitor user, its password
+read from the 0600 file the redis role writes) and keeps :data:`REDIS_FIELDS`.  A target that does
+not answer is ``{"error": why}`` for that second; the sample is written all the same.
 
 The file is self-contained (standard library, psutil when importable, else
 Linux's /proc directly) so ``fab run`` can copy it to hosts that have no kit
@@ -40,6 +42,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -240,8 +243,89 @@ def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], 
     return rec, net
 
 
+#: the figures of Redis's INFO a monitor keeps each second (clients, memory, commands, pub/sub, network)
+REDIS_FIELDS = ("connected_clients", "blocked_clients", "used_memory", "used_memory_rss", "total_commands_processed",
+                "instantaneous_ops_per_sec", "total_net_input_bytes", "total_net_output_bytes", "pubsub_channels",
+                "pubsub_patterns", "rejected_connections", "total_connections_received", "expired_keys",
+                "evicted_keys", "used_cpu_sys", "used_cpu_user", "client_recent_max_output_buffer")
+
+
+def _resp(*words: str) -> bytes:
+    return f"*{len(words)}\r\n".encode() + b"".join(
+        b"$%d\r\n%s\r\n" % (len(w.encode()), w.encode()) for w in words)
+
+
+class _RedisInfo:
+    """One kept connection to Redis as the monitor user; :meth:`ask` returns INFO's kept numbers."""
+
+    def __init__(self, url: str, password_file: str) -> None:
+        import urllib.parse
+
+        u = urllib.parse.urlsplit(url)
+        self.addr = (u.hostname or "127.0.0.1", u.port)   # scrape_lines always writes the port
+        self.user, self.password_file = u.username or "default", password_file
+        self.sock: socket.socket | None = None
+        self.buf = b""
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed by Redis")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def _reply(self) -> bytes:
+        line = self._line()
+        if line[:1] == b"-":
+            raise ConnectionError(line[1:80].decode("utf-8", "replace"))
+        if line[:1] != b"$":
+            return line[1:]
+        n = int(line[1:])
+        while len(self.buf) < n + 2:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed by Redis")
+            self.buf += chunk
+        body, self.buf = self.buf[:n], self.buf[n + 2:]
+        return body
+
+    def ask(self) -> dict[str, float]:
+        try:
+            if self.sock is None:
+                password = Path(self.password_file).read_text().strip()
+                self.sock = socket.create_connection(self.addr, timeout=SCRAPE_TIMEOUT)
+                self.buf = b""
+                self.sock.sendall(_resp("AUTH", self.user, password))
+                self._reply()
+            self.sock.sendall(_resp("INFO"))
+            text = self._reply().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            self.close()
+            raise
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key in REDIS_FIELDS:
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    pass
+        return out
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+
+_REDIS: dict[tuple[str, str], _RedisInfo] = {}
+
+
 def read_scrape_file(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
-    """``(name, url, prefixes)`` per line of *path*; malformed lines are skipped."""
+    """``(name, url, prefixes)`` per line of *path* (for ``redis://`` the password file is the one
+    "prefix"); malformed lines are skipped."""
     out = []
     try:
         text = path.read_text()
@@ -249,7 +333,7 @@ def read_scrape_file(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
         return out
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[1].startswith("http://"):
+        if len(parts) >= 2 and parts[1].startswith("http://") or len(parts) == 3 and parts[1].startswith("redis://"):
             out.append((parts[0], parts[1], tuple(parts[2:])))
     return out
 
@@ -276,6 +360,13 @@ def scrape(targets: list[tuple[str, str, tuple[str, ...]]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for name, url, prefixes in targets:
+        if url.startswith("redis://"):
+            client = _REDIS.setdefault((url, prefixes[0]), _RedisInfo(url, prefixes[0]))
+            try:
+                out[name] = client.ask()
+            except (OSError, ValueError) as exc:
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"[:120]}
+            continue
         try:
             with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as resp:
                 body = resp.read().decode("utf-8", "replace")

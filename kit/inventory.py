@@ -136,7 +136,14 @@ class Inventory:
                 f"(see inventory/example-multihost.yml)")
 
     def roles_of(self, host: str) -> list[str]:
-        return [g for g in ROLE_GROUPS if host in self.groups.get(g, [])]
+        """The kit groups *host* is in (the optional ``monitoring`` included)."""
+        return [g for g in ROLE_GROUPS + contract.optional_groups() if host in self.groups.get(g, [])]
+
+    @property
+    def monitoring(self) -> Host | None:
+        """The monitoring host (Prometheus), when the inventory has one."""
+        hosts = self.group("monitoring")
+        return hosts[0] if hosts else None
 
     def describe(self) -> dict[str, Any]:
         """A secrets-free summary of hosts and groups for run records."""

@@ -33,7 +33,7 @@ import yaml
 
 from kit import contract
 
-from ._layout import GROUPS, assign_groups, default_layout
+from ._layout import assign_groups, default_layout
 from ._netns import (
     LabError, ip, kill_pid, link_exists, netns_exists, netns_pids, pid_matches, proc_start_time,
     route_covering, sh, wait_port,
@@ -264,7 +264,7 @@ def lab_up(n: int, layout: dict[str, int] | None = None, cfg: LabConfig | None =
         ip("link", "set", cfg.bridge, "up")
         for i in range(1, n + 1):
             name = cfg.host_name(i)
-            groups = [g for g in GROUPS if i in assignment[g]]
+            groups = [g for g, idx in assignment.items() if i in idx]
             _make_host(cfg, LabHost(index=i, name=name, address=cfg.address(i), veth=f"{name}-v", groups=groups), state)
         for h in state["hosts"]:
             wait_port(h["address"], 22, timeout=SSHD_READY_TIMEOUT)
@@ -287,6 +287,10 @@ def lab_up(n: int, layout: dict[str, int] | None = None, cfg: LabConfig | None =
     return state
 
 
+#: where `fab run` serves its live figures in a lab with a monitoring host (README 'Prometheus')
+CONTROLLER_METRICS_PORT = 9464
+
+
 def write_inventory(cfg: LabConfig, state: dict[str, Any]) -> Path:
     common = (f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes "
               "-o IdentitiesOnly=yes -o ConnectTimeout=10")
@@ -298,8 +302,12 @@ def write_inventory(cfg: LabConfig, state: dict[str, Any]) -> Path:
             "ansible_ssh_common_args": common,
             "ansible_python_interpreter": cfg.python_interpreter,
         },
-        "hosts": {h["name"]: {"ansible_host": h["address"], "lab_netns": h["name"]} for h in state["hosts"]},
-        "children": {g: {"hosts": {name: None for name in state["groups"][g]}} for g in GROUPS},
+        "hosts": {h["name"]: {"ansible_host": h["address"], "lab_netns": h["name"],
+                              # Prometheus scrapes `fab run`'s live figures on the bridge (the controller)
+                              **({"monitoring_controller_target": f"{cfg.address(0)}:{CONTROLLER_METRICS_PORT}"}
+                                 if h["name"] in state["groups"].get("monitoring", []) else {})}
+                  for h in state["hosts"]},
+        "children": {g: {"hosts": {name: None for name in names}} for g, names in state["groups"].items()},
     }}
     cfg.inventory_path.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# Lab inventory written by `fab lab-up` (kit.lab) for {len(state['hosts'])} network-namespace hosts\n"

@@ -5,20 +5,23 @@ line as ``"redis=1,haproxy=1,wsproxy=2,sim=1,generators=2"``.  Hosts are handed
 out one slot per host in :data:`SLOT_ORDER` (the simulator last, so a small lab
 doubles it up with Redis, the lightest neighbours, and generators keep hosts of
 their own); when there are fewer hosts than slots the assignment wraps around,
-so one host may hold several roles (never the same group twice).
+so one host may hold several roles (never the same group twice).  An optional group
+(:data:`OPTIONAL`: ``monitoring``) may be named with 0 or 1 host; it takes the last slot.
 """
 
 from __future__ import annotations
 
 from kit import contract
 
-__all__ = ["GROUPS", "LayoutError", "parse_layout", "default_layout", "assign_groups", "MAX_HOSTS"]
+__all__ = ["GROUPS", "OPTIONAL", "LayoutError", "parse_layout", "default_layout", "assign_groups", "MAX_HOSTS"]
 
 #: The inventory groups the playbooks know, in deployment order (the contract's kit_groups).
 GROUPS: tuple[str, ...] = contract.groups()
+#: Groups a layout may name with 0 or 1 host (the contract's kit_optional_groups).
+OPTIONAL: tuple[str, ...] = contract.optional_groups()
 
 #: Order in which hosts are handed out.
-SLOT_ORDER: tuple[str, ...] = ("redis", "haproxy", "wsproxy", "generators", "sim")
+SLOT_ORDER: tuple[str, ...] = ("redis", "haproxy", "wsproxy", "generators", "sim", *OPTIONAL)
 
 #: Addresses .11 .. .210 of the lab's /24.
 MAX_HOSTS = 200
@@ -44,21 +47,23 @@ def parse_layout(text: str) -> dict[str, int]:
         name = name.strip()
         if not sep:
             raise LayoutError(f"layout item {part!r} is not group=count: write e.g. 'wsproxy=2'")
-        if name not in GROUPS:
-            raise LayoutError(f"layout names unknown group {name!r}: use {', '.join(GROUPS)}")
+        if name not in GROUPS + OPTIONAL:
+            raise LayoutError(f"layout names unknown group {name!r}: use {', '.join(GROUPS + OPTIONAL)}")
         if name in layout:
             raise LayoutError(f"layout names group {name!r} twice: give it once")
         try:
             value = int(count.strip())
         except ValueError:
             raise LayoutError(f"layout count {count.strip()!r} for {name} is not a whole number") from None
-        if value < 1:
+        if name in OPTIONAL and value not in (0, 1):
+            raise LayoutError(f"layout gives {name}={value}: the {name} group has 0 or 1 host")
+        if value < 1 and name not in OPTIONAL:
             raise LayoutError(f"layout gives {name}={value}: every group needs at least 1 host")
         layout[name] = value
     missing = [g for g in GROUPS if g not in layout]
     if missing:
         raise LayoutError(f"layout misses group(s) {', '.join(missing)}: every group needs at least 1 host")
-    return {g: layout[g] for g in GROUPS}
+    return {g: layout[g] for g in GROUPS + OPTIONAL if layout.get(g)}
 
 
 def default_layout(n: int) -> dict[str, int]:
@@ -81,7 +86,7 @@ def assign_groups(n: int, layout: dict[str, int]) -> dict[str, list[int]]:
     groups: dict[str, list[int]] = {}
     slot = 0
     for group in SLOT_ORDER:
-        count = layout[group]
+        count = layout.get(group, 0)
         if count > n:
             raise LayoutError(f"layout gives {group}={count} but the lab has {n} host(s): raise --hosts or lower it")
         groups[group] = []
@@ -89,4 +94,4 @@ def assign_groups(n: int, layout: dict[str, int]) -> dict[str, list[int]]:
             groups[group].append(slot % n + 1)
             slot += 1
         groups[group].sort()
-    return {g: groups[g] for g in GROUPS}
+    return {g: groups[g] for g in GROUPS + OPTIONAL if groups[g]}

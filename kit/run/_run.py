@@ -60,6 +60,7 @@ from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, res
 from ._components import bottleneck, component_costs, host_cpu_peaks, load_host_samples
 from ._faults import ChaosRunner, Fault
 from ._exporter import LiveExporter, parse_listen
+from ._prometheus import export_window, prometheus_url
 from ._live import PlainView, View
 from ._pack import pack_run, stripped_inventory
 from ._plan import (PRESETS, GeneratorSlot, PlanError, Threshold, clock_offset, judged_thresholds, make_run_id,
@@ -413,6 +414,7 @@ class Run:
     missing_metrics: list[str] = dataclasses.field(default_factory=list)
     log_problems: list[str] = dataclasses.field(default_factory=list)
     stats_problems: list[str] = dataclasses.field(default_factory=list)
+    prometheus_problems: list[str] = dataclasses.field(default_factory=list)
     #: balancer host -> does its deployed haproxy.cfg close a server's sessions when marking it DOWN
     shutdown_sessions: dict[str, bool] = dataclasses.field(default_factory=dict)
     interrupted_by: int | None = None
@@ -451,6 +453,9 @@ def execute(opts: RunOptions, *, out: Callable[[str], None] = _say, view: View |
         raise RunError(str(exc)) from None
     inv = load_inventory(opts.inventory)
     _resolve_tls(opts, inv)
+    if opts.metrics_listen is None and inv.monitoring is not None:
+        # the monitoring role scrapes the controller there: serve it without being asked
+        opts.metrics_listen = inv.monitoring.vars.get("monitoring_controller_target") or None
     opts.results_dir.mkdir(parents=True, exist_ok=True)
     taken = [p.name for p in opts.results_dir.iterdir()]
     run_id = opts.run_id or make_run_id(opts.clients, taken=taken)
@@ -752,6 +757,7 @@ def _phase_collect(run: Run) -> None:
     """Generator outputs, host monitors, logs, server stats: whatever exists."""
     run.phase = "collecting"
     run.out("  collecting results")
+    ended = time.time()
     gen_hosts = sorted({g.slot.host for g in run.gens.values() if g.pid})
 
     def collect_gens(c: Any) -> None:
@@ -781,6 +787,9 @@ def _phase_collect(run: Run) -> None:
                   strict=False)
     run.shutdown_sessions = {run.host_of(c): v for c, v in policy.items() if isinstance(v, bool)}
     run.stats_problems = collect_server_stats(run.inv, run.run_dir / "server")
+    if run.inv.monitoring is not None and run.start_at is not None:
+        run.out(f"  exporting the run's window from Prometheus ({prometheus_url(run.inv)})")
+        run.prometheus_problems = export_window(run.inv, run.start_at, ended, run.run_dir / "prometheus")
 
 
 def _phase_merge(run: Run) -> dict[str, Any]:
@@ -858,6 +867,7 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         "aborted": run.aborted,
         "missing_host_metrics": run.missing_metrics, "log_problems": run.log_problems,
         "stats_problems": run.stats_problems, "stop_problems": run.stop_problems,
+        "prometheus_problems": run.prometheus_problems,
         "service_pids": {n: {p: v for p, v in pids.items() if not p.startswith("_")}
                          for n, pids in run.service_pids.items()},
         "monitor_pids": {n: pids.get("_monitor_pid") for n, pids in run.service_pids.items()},

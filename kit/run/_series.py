@@ -2,11 +2,11 @@
 
 Every host monitor (:mod:`kit.hostmon`, ``--scrape``) asks its host's kit services once a second what
 they say of themselves: each wsproxy instance's ``/stats``, the simulator's ``/stats/all`` (every
-worker summed) and HAProxy's Prometheus exporter (sessions per backend server, queues, server
-states).  :func:`scrape_lines` writes a host's list; :func:`kit._charts.server_series` draws the
+worker summed), HAProxy's Prometheus exporter (sessions per backend server, queues, server
+states) and Redis's ``INFO`` (clients, commands, pub/sub channels, memory).  :func:`scrape_lines` writes a host's list; :func:`kit._charts.server_series` draws the
 samples per second; :func:`server_totals` adds up what the services counted from the first sample of
 the run to the last (the counters' growth), which a run compares with what its clients received.
-Redis is read once, at the end, with the admin password the hosts do not have.
+Redis's ``INFO`` is asked as the read-only monitor user (its password file is on the Redis host, 0600).
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def scrape_lines(inv: Inventory, h: Host) -> str:
         lines += [f"wsproxy-{i} http://{addr}:{base + i}/stats" for i in range(int(h.vars["wsproxy_instances_per_host"]))]
     if "sim" in roles:
         lines.append(f"sim http://{addr}:{h.vars['sim_port']}/stats/all")
+    if "redis" in roles:
+        lines.append(f"redis redis://{h.vars['redis_monitor_user']}@{addr}:{h.vars['redis_port']} "
+                     f"{h.vars['redis_monitor_password_file']}")
     if "haproxy" in roles and haproxy_flag(h, "haproxy_prometheus_exporter"):
         lines.append(f"haproxy http://{addr}:{h.vars['haproxy_stats_port']}{haproxy_var(h, 'haproxy_prometheus_path')} "
                      + " ".join(HAPROXY_PREFIXES))

@@ -109,9 +109,9 @@ def _assert_refused_without_redis(proxy: _Proxy, status: int, headers: dict, bod
     ("Bearer", "malformed"),
     ("Bearer not-a-jwt", "malformed"),
     ("Bearer a.b.c", "malformed"),
-    ("Bearer " + "a" * (1024 * 1024), "too_large"),
+    ("Bearer " + "a" * 5000, "too_large"),
 ], ids=["no_header", "empty_header", "basic_scheme", "bearer_without_token", "not_a_jwt", "garbage_jwt",
-        "one_megabyte_header"])
+        "token_over_the_auth_bound"])
 def test_bad_authorization_header_gets_401_before_upgrade(clean: _Proxy, authorization, reason: str) -> None:
     status, headers, body = clean.upgrade(SESSION, authorization)
     _assert_refused_without_redis(clean, status, headers, body, reason)

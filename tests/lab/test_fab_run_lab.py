@@ -23,6 +23,7 @@ import yaml
 from devkit.ansible_log import failure_summary
 from kit.client._analyze import exact_percentile
 from kit.lab import LabConfig, lab_down, lab_up
+from kit.lab._layout import default_layout
 from kit.run._plan import parse_threshold
 from kit.run._run import RunOptions, execute
 
@@ -48,7 +49,8 @@ def deployed_lab(need_root, tmp_path_factory):
     cfg = LabConfig(root=tmp / "lab", prefix="lke", subnet="10.213.4.0/24", inventory_path=inv_dir / "lab.yml")
     deployed = False
     try:
-        state = lab_up(6, cfg=cfg)
+        # with a monitoring host (Prometheus on the balancer's host, exporters everywhere)
+        state = lab_up(6, {**default_layout(6), "monitoring": 1}, cfg=cfg)
         # this lab's secrets (stats password, JWT secret, the kit CA of the TLS test) stay in tmp
         inv = yaml.safe_load(cfg.inventory_path.read_text())
         inv["all"]["vars"]["kit_secrets_dir"] = str(tmp / "secrets")
@@ -157,6 +159,61 @@ def test_a_wsproxy_stalled_long_enough_to_be_marked_down_keeps_its_sessions_and_
     report = (run_dir / "report.txt").read_text()
     assert f"wsproxy/{stalled} DOWN (Layer7 timeout" in report
     assert "Balancer      HAProxy marked 1 of 4 wsproxy servers DOWN" in report and "were kept" in report
+    # the delivery p99 over time shows the stall: tokens held behind the stopped instance arrive on SIGCONT
+    with open(run_dir / "timeline.csv", newline="") as fh:
+        p99 = {int(r["second"]): float(r["delivery_p99_ms"]) for r in csv.DictReader(fh) if r["delivery_p99_ms"]}
+    start = summary["run"]["start_at"]
+    before = sorted(v for s, v in p99.items() if s < start + fault["at_s"])
+    during = max(v for s, v in p99.items() if start + fault["at_s"] <= s <= start + fault["at_s"] + fault["for_s"] + 3)
+    assert before and during > 10_000 and during > 20 * before[len(before) // 2], (before, during)
+    # recovery is judged on latency too: back to its baseline after the stall
+    rec = fault["recovery"]["delivery_p99"]
+    assert rec["baseline"] and rec["recovered_at"] is not None, fault["recovery"]
+    assert rec["recovered_at"] >= start + fault["at_s"] + fault["for_s"]
+    # the monitoring host's Prometheus scraped the run (fab run served its live figures there) and the run's
+    # window is in the tarball
+    index = json.loads((run_dir / "prometheus" / "index.json").read_text())
+    assert index["problems"] == [] and summary["run"]["prometheus_problems"] == []
+    assert all(index["queries"][q]["series"] > 0 for q in ("loadkit", "wsproxy", "sim", "haproxy", "redis", "node"))
+    up = json.loads((run_dir / "prometheus" / "up.json").read_text())["result"]
+    loadkit_up = [float(v) for r in up if r["metric"]["job"] == "loadkit" for _, v in r["values"]]
+    assert loadkit_up.count(1.0) >= 20, loadkit_up
+    tokens = json.loads((run_dir / "prometheus" / "loadkit.json").read_text())["result"]
+    final = max(float(r["values"][-1][1]) for r in tokens if r["metric"]["__name__"] == "loadkit_tokens_total")
+    assert final == pytest.approx(summary["total_tokens"], rel=0.02)
+
+
+def test_prometheus_on_the_monitoring_host_has_every_target_up_and_every_dashboard_series(deployed_lab):
+    """Debian's Prometheus, started by the monitoring role, scrapes every kit service and exporter each second;
+    every series the shipped Grafana dashboard draws has data (the controller's over the last run's window)."""
+    import httpx
+
+    from kit.inventory import load_inventory
+    from kit.run._prometheus import prometheus_url
+
+    tmp, cfg, state = deployed_lab
+    base = prometheus_url(load_inventory(cfg.inventory_path))
+    targets = httpx.get(f"{base}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    jobs = {}
+    for t in targets:
+        jobs.setdefault(t["labels"]["job"], []).append(t)
+    assert {j: len(v) for j, v in jobs.items()} == {"wsproxy": 4, "sim": 1, "haproxy": 1, "redis": 1, "node": 6,
+                                                    "loadkit": 1}
+    down = [(t["scrapeUrl"], t["lastError"]) for j, v in jobs.items() if j != "loadkit" for t in v
+            if t["health"] != "up"]
+    assert down == []   # the controller's endpoint is up only while a run lasts
+    runs = sorted((tmp / "results").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    last = json.loads(runs[-1].read_text())
+    at = last["run"]["start_at"] + 10
+    doc = json.loads((REPO / "dashboards" / "wsproxy-loadkit.json").read_text())
+    empty = []
+    for p in doc["panels"]:
+        for t in p.get("targets", []):
+            expr = t["expr"].replace("$run", ".*")
+            got = httpx.get(f"{base}/api/v1/query", params={"query": expr, "time": at}, timeout=10).json()
+            if got["status"] != "success" or not got["data"]["result"]:
+                empty.append(expr)
+    assert empty == []
 
 
 def test_a_killed_wsproxy_instance_has_its_sessions_reconnect_elsewhere_within_the_backoff(deployed_lab):

@@ -15,6 +15,7 @@ from kit import contract
 from kit.config import DEFAULT_PORTS, ClientSettings, ConfigError, SimSettings, WsproxySettings
 from kit.inventory import ROLE_GROUPS, load_inventory
 from kit.lab import GROUPS, LAB_SYSCTLS
+from kit.lab._layout import OPTIONAL
 from kit.run import _run, _services
 from kit.sim._schedule import channel_name
 
@@ -27,8 +28,11 @@ PROBE = """\
 {{ {'kit_address': kit_address, 'kit_root': kit_root, 'kit_venv_dir': kit_venv_dir,
     'kit_supervisord_conf': kit_supervisord_conf, 'kit_unit_prefix': kit_unit_prefix,
     'ports': {'redis': redis_port, 'sim': sim_port, 'wsproxy': wsproxy_base_port,
-              'haproxy_http': haproxy_http_port, 'haproxy_ws': haproxy_ws_port, 'haproxy_stats': haproxy_stats_port},
+              'haproxy_http': haproxy_http_port, 'haproxy_ws': haproxy_ws_port, 'haproxy_stats': haproxy_stats_port,
+              'prometheus': prometheus_port, 'node_exporter': node_exporter_port,
+              'redis_exporter': redis_exporter_port},
     'wsproxy_instances_per_host': wsproxy_instances_per_host, 'groups': kit_groups,
+    'optional_groups': kit_optional_groups,
     'fd_reserve': kit_fd_reserve, 'sysctl': kit_sysctl, 'jwt_algorithms': kit_jwt_algorithms,
     'bounds': kit_bounds, 'health_path': kit_health_path, 'stats_uri': haproxy_stats_uri,
     'users': [redis_admin_user, haproxy_stats_user], 'secrets': kit_secrets,
@@ -66,6 +70,7 @@ def test_python_reads_the_values_ansible_renders_from_an_inventory_outside_inven
     # the kit-wide facts, where the Python side uses them
     assert {**seen["ports"], "haproxy_ws": 8081} == DEFAULT_PORTS
     assert tuple(seen["groups"]) == ROLE_GROUPS == GROUPS == _run.SERVICES_REQUIRED
+    assert tuple(seen["optional_groups"]) == contract.optional_groups() == OPTIONAL
     assert seen["fd_reserve"] == _run.FD_RESERVE
     assert tuple(seen["jwt_algorithms"]) == contract.jwt_algorithms()
     assert seen["health_path"] == contract.health_path() and seen["stats_uri"] == host.vars["haproxy_stats_uri"]

@@ -63,7 +63,8 @@ def test_valid_inventory_passes_and_secrets_are_private(tmp_path):
     secrets = tmp_path / "secrets"
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
     names = sorted(p.name for p in secrets.iterdir())
-    assert names == ["haproxy_stats_password", "jwt_secret", "redis_admin_password", "redis_sim_password",
+    assert names == ["haproxy_stats_password", "jwt_secret", "redis_admin_password", "redis_monitor_password",
+                     "redis_sim_password",
                      "redis_wsproxy_password"]
     for p in secrets.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p.name

@@ -207,3 +207,35 @@ def test_hostmon_scrape_keeps_what_each_service_says_of_itself_every_sample(tmp_
     total = server_totals({"h": samples})["wsproxy_messages_forwarded"]
     last, first_fwd = samples[-1]["services"]["wsproxy-0"], samples[0]["services"]["wsproxy-0"]
     assert total == last["messages_forwarded"] - first_fwd["messages_forwarded"]
+
+
+def test_hostmon_asks_a_real_redis_for_info_over_one_kept_connection(tmp_path, redis_server):
+    """Redis's INFO every sample, as a user with a password file; one connection for the whole run."""
+    pw = tmp_path / "monitor.password"
+    pw.write_text(redis_server.password + "\n")
+    pw.chmod(0o600)
+    bad = tmp_path / "wrong.password"
+    bad.write_text("not-the-password\n")
+    url = f"redis://default@{redis_server.host}:{redis_server.port}"
+
+    def run(lines: str) -> list[dict]:
+        scrape, out = tmp_path / "scrape.txt", tmp_path / "host.jsonl"
+        scrape.write_text(lines)
+        out.unlink(missing_ok=True)
+        res = subprocess.run([sys.executable, "-m", "kit.hostmon", str(out), "--interval", "0.2", "--duration", "1",
+                              "--scrape", str(scrape)], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert redis_server.password not in out.read_text()
+        return [json.loads(x)["services"] for x in out.read_text().splitlines()]
+
+    got = [s["redis"] for s in run(f"redis {url} {pw}\n")]
+    assert len(got) == 5
+    assert all(g["connected_clients"] >= 1 and "pubsub_channels" in g for g in got), got[0]
+    # one INFO a sample over a single kept connection
+    assert got[-1]["total_commands_processed"] > got[0]["total_commands_processed"]
+    assert got[-1]["total_connections_received"] == got[0]["total_connections_received"]
+    # a wrong password or a missing file is that second's error, never a stop
+    samples = run(f"redis-wrong {url} {bad}\nredis-nofile {url} {tmp_path / 'absent'}\n")
+    assert len(samples) == 5
+    assert all("WRONGPASS" in s["redis-wrong"]["error"] for s in samples)
+    assert all(s["redis-nofile"]["error"].startswith("FileNotFoundError") for s in samples)

@@ -50,3 +50,16 @@ def test_a_layout_that_leaves_hosts_idle_or_needs_more_hosts_is_refused():
         assign_groups(2, parse_layout("redis=1,haproxy=1,wsproxy=3,sim=1,generators=1"))
     with pytest.raises(LayoutError, match="--hosts"):
         default_layout(0)
+
+
+def test_the_optional_monitoring_group_takes_0_or_1_host_and_the_last_slot():
+    from kit.lab._layout import LayoutError, assign_groups, parse_layout
+
+    base = "redis=1,haproxy=1,wsproxy=1,sim=1,generators=1"
+    assert "monitoring" not in parse_layout(base) and "monitoring" not in parse_layout(base + ",monitoring=0")
+    layout = parse_layout(base + ",monitoring=1")
+    assert layout["monitoring"] == 1
+    # 4 hosts: redis 1, haproxy 2, wsproxy 3, generators 4, sim wraps to 1, monitoring to 2
+    assert assign_groups(4, layout)["monitoring"] == [2]
+    with pytest.raises(LayoutError, match="monitoring group has 0 or 1 host"):
+        parse_layout(base + ",monitoring=2")
