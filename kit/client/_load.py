@@ -164,6 +164,7 @@ def status_snapshot(rec: Recorder, *, run_id: str, started: float, done: bool, c
         "elapsed_s": round(time.time() - started, 3), "done": done,
         "active_sessions": rec.active_sessions,
         "sessions_started": c["sessions_started"], "sessions_finished": c["sessions_finished"],
+        "sessions_failed": c["sessions_failed"],
         "queries_started": c["queries_started"], "queries_ok": c["queries_ok"],
         "queries_failed": c["queries_failed"], "tokens": c["tokens"], "lost_tokens": c["lost_tokens"],
         "errors": c["errors"], "reconnect_attempts": c["reconnect_attempts_live"],
@@ -172,8 +173,7 @@ def status_snapshot(rec: Recorder, *, run_id: str, started: float, done: bool, c
         "latency_p99_ms": None if lat.count == 0 else lat.percentile(99) / 1000,
         "cpu_percent": cpu, "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
         "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
-        "latency_histogram": lat.to_dict(),
-        "delivery_histogram": rec.hists["delivery"].to_dict(),
+        **{f"{name}_histogram": rec.hists[name].to_dict() for name in STATUS_HISTOGRAMS},
     }
 
 
@@ -335,19 +335,24 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
 
 #: the counters of a status snapshot (status.json): totals since the start, added up across processes
 #: (merge_status) and across generators (kit.run's live view)
-STATUS_COUNTERS = ("active_sessions", "sessions_started", "sessions_finished", "queries_started", "queries_ok",
+#: the cumulative histograms a status snapshot carries (fab run's live view and --abort-on-fail read their
+#: last interval and their whole; a host's processes are merged exactly)
+STATUS_HISTOGRAMS = ("latency", "delivery", "ttft")
+STATUS_COUNTERS = ("active_sessions", "sessions_started", "sessions_finished", "sessions_failed", "queries_started", "queries_ok",
                    "queries_failed", "tokens", "lost_tokens", "errors", "reconnect_attempts", "reconnects_ok",
                    "reconnect_bucket_waits")
 
 
 def merge_status(snaps: list[dict[str, Any]], *, run_id: str, expected: int) -> dict[str, Any]:
-    """One host's status snapshot from its processes' (same schema: counters added, latency histograms
-    merged, so the percentiles are exact)."""
+    """One host's status snapshot from its processes' (same schema: counters added, the histograms of
+    :data:`STATUS_HISTOGRAMS` merged, so the percentiles are exact)."""
     out: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in snaps) for k in STATUS_COUNTERS}
-    lat = Histogram("us")
+    hists = {name: Histogram("us") for name in STATUS_HISTOGRAMS}
     for s in snaps:
-        if s.get("latency_histogram"):
-            lat.merge(Histogram.from_dict(s["latency_histogram"]))
+        for name, h in hists.items():
+            if s.get(f"{name}_histogram"):
+                h.merge(Histogram.from_dict(s[f"{name}_histogram"]))
+    lat = hists["latency"]
     lags = [s["loop_lag_max_ms"] for s in snaps if s.get("loop_lag_max_ms") is not None]
     lag99 = [s["loop_lag_p99_ms"] for s in snaps if s.get("loop_lag_p99_ms") is not None]
     out.update({
@@ -361,7 +366,7 @@ def merge_status(snaps: list[dict[str, Any]], *, run_id: str, expected: int) -> 
         "cpu_percent": max((s.get("cpu_percent") or 0.0 for s in snaps), default=0.0),
         "loop_lag_p99_ms": max(lag99, default=None),  # worst process (a live hint, not a merged percentile)
         "loop_lag_max_ms": max(lags, default=None),
-        "latency_histogram": lat.to_dict(),
+        **{f"{name}_histogram": h.to_dict() for name, h in hists.items()},
     })
     return out
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kit.client._load import STATUS_COUNTERS
+from kit.client._load import STATUS_COUNTERS, STATUS_HISTOGRAMS
 from kit.metrics import Histogram
 
 from ._plan import Threshold
@@ -66,7 +66,7 @@ def evaluate_thresholds(summary: Mapping[str, Any], thresholds: Sequence[Thresho
 _SUM_KEYS = STATUS_COUNTERS
 #: the cumulative histograms of status.json whose last interval the live view shows (query latency, delivery,
 #: time to first token); a status without one (an older client) gives no figure for it, never a wrong one
-_LIVE_HISTOGRAMS = ("latency", "delivery", "ttft")
+_LIVE_HISTOGRAMS = STATUS_HISTOGRAMS
 #: counters whose change over the last interval the live view shows as a rate
 _RATE_KEYS = {"qps": "queries_ok", "tps": "tokens", "errors_per_s": "errors", "reconnects_per_s": "reconnect_attempts"}
 

@@ -135,3 +135,22 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_and_lines_scroll_above_it()
     assert later.index("chaos: kill:wsproxy@2s") < later.index("t=2s")
     assert out.rindex("t=1s") < out.index("t=2s")
     assert out.endswith("\x1b[?25h")   # closed: the cursor is back, the last table stays on screen
+
+
+def test_a_hosts_status_merges_every_live_histogram_of_its_processes_exactly():
+    """Two generator processes on one host: the host's status.json carries delivery and TTFT merged too
+    (the live delivery p99, --metrics-listen and --abort-on-fail read them), and failed sessions add up."""
+    from kit.client._load import merge_status
+
+    def proc(delivery_us, ttft_us, failed):
+        d, f = Histogram("us"), Histogram("us")
+        d.record_many(delivery_us)
+        f.record_many(ttft_us)
+        return {"sessions_failed": failed, "delivery_histogram": d.to_dict(), "ttft_histogram": f.to_dict(),
+                "latency_histogram": Histogram("us").to_dict(), "elapsed_s": 1.0, "done": False}
+
+    host = merge_status([proc([4_000] * 99, [10_000], 1), proc([800_000] * 3, [90_000], 2)], run_id="r", expected=2)
+    assert host["sessions_failed"] == 3
+    merged = Histogram.from_dict(host["delivery_histogram"])
+    assert merged.count == 102 and merged.percentile(99) == pytest.approx(800_000, rel=1e-3)
+    assert Histogram.from_dict(host["ttft_histogram"]).count == 2
