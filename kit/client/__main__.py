@@ -168,7 +168,7 @@ def _settings_options(p: argparse.ArgumentParser, env: ClientSettings) -> None:
 def _check_url(value: str, schemes: tuple[str, ...], option: str, env: str) -> None:
     """ConfigError unless *value* is a URL of one of *schemes* with a host (and a valid port, if any).
     The value is quoted with its credentials masked (:func:`~kit.client._http.mask_url`)."""
-    shown = mask_url(value)
+    shown = _refused_url(value)
     example = (f"pass e.g. {option} {schemes[0]}://127.0.0.1:"
                f"{contract.ports()['haproxy_http' if 'http' in schemes else 'haproxy_ws']}")
     try:
@@ -184,6 +184,17 @@ def _check_url(value: str, schemes: tuple[str, ...], option: str, env: str) -> N
     except ValueError:  # its message may quote what follows the host's colon: not repeated
         raise ConfigError(f"{option} / {env} = {shown!r} has a bad port: give a number from 1 to 65535, "
                           f"{example}") from None
+
+
+def _refused_url(value: str) -> str:
+    """A URL that failed validation, for its message: everything from ``://`` to the last ``@`` is taken
+    for credentials and masked (a password with an unencoded ``/`` escapes :func:`mask_url`'s reading)."""
+    head, sep, rest = value.partition("://")
+    if not sep or "@" not in rest:
+        return mask_url(value)
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{head}://{user}:***@{host}" if colon and "/" not in user else f"{head}://***@{host}"
 
 
 def _check_sessions(args: argparse.Namespace) -> None:
@@ -423,9 +434,10 @@ def _results_command(argv: list[str]) -> int:
     except (AnalyzeError, ValueError) as exc:  # bad inputs, not bugs in a run: the message names the file
         raise ConfigError(str(exc)) from None
     except OSError as exc:  # an unreadable input, an output folder that cannot be written
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise ConfigError(f"{where}{exc.strerror or exc}: pass result folders you can read and an output "
-                          "folder you can write") from None
+        if exc.filename is None:  # raised by the kit: its message names the file and the fix
+            raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{exc.filename}: {exc.strerror or exc}: pass result folders you can read and an "
+                          "output folder you can write") from None
     return 0
 
 

@@ -67,6 +67,7 @@ CASES = [
     ("ipv6-unclosed", ["--api-url", "http://[::1"], {}, "--api-url / FASTAPI_URL = 'http://[::1' is not a valid URL"),
     ("port-out-of-range", ["--api-url", "http://h:99999"], {}, "has a bad port"),
     ("port-not-a-number", ["--api-url", f"http://u:{PASSWORD}@h:x"], {}, "has a bad port"),
+    ("password-with-a-slash", ["--api-url", f"http://u:{PASSWORD}/x@h"], {}, "'http://u:***@h' has a bad port"),
     ("wrong-scheme", ["--ws-url", "http://127.0.0.1:1"], {}, "is not a ws:// or wss:// URL"),
     ("credentials-in-preflight-error", ["--api-url", f"http://user:{PASSWORD}@127.0.0.1:1"], {"preflight": True},
      "http://user:***@127.0.0.1:1: cannot reach it"),
@@ -96,7 +97,7 @@ CASES = [
     ("merge-state-is-a-list", ["merge", "{d}/out", "{d}/list-state"], {}, "list-state/histograms.json: a JSON list"),
     ("merge-state-binary", ["merge", "{d}/out", "{d}/binary-state"], {}, "is not valid JSON"),
     ("merge-state-null-histogram", ["merge", "{d}/out", "{d}/null-hist-state"], {}, "a histogram is a JSON object"),
-    ("merge-input-missing", ["merge", "{d}/out", "{d}/nope"], {}, "does not exist"),
+    ("merge-input-missing", ["merge", "{d}/out", "{d}/nope"], {}, "nope/histograms.json does not exist"),
     ("merge-input-a-file", ["merge", "{d}/out", "{d}/other.csv"], {}, "other.csv is not a folder"),
     ("merge-out-a-file", ["merge", "{d}/out-file", "{d}/list-state"], {}, "list-state/histograms.json"),
     ("analyze-unrelated-csv", ["analyze", "{d}/other.csv"], {}, "other.csv: not a queries.csv of `python -m "
@@ -116,6 +117,7 @@ def results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, fl
     for name, content in _files(d).items():
         (d / name).parent.mkdir(parents=True, exist_ok=True)
         (d / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert len({c[0] for c in CASES}) == len(CASES), "case ids must be unique"
     procs = {}
     for case, argv, env, _ in CASES:
         argv = [a.replace("{d}", str(d)) for a in argv]
@@ -153,6 +155,11 @@ def test_a_malformed_input_is_one_line_naming_it_and_exit_2(results, case, argv,
 def test_a_billion_clients_are_refused_at_once(results):
     r, took = results["clients-a-billion"]
     assert r.returncode == 2 and took < 30, (took, r.stderr)
+
+
+def test_a_missing_merge_input_is_said_once(results):
+    r, _ = results["merge-input-missing"]
+    assert r.stderr.strip().endswith("does not exist: pass a folder written by `python -m kit.client`"), r.stderr
 
 
 def test_credentials_in_urls_are_never_written(tmp_path):
