@@ -587,54 +587,74 @@ _BUILDER = r"""
   const tickLabel = v => v == null ? '' : (v >= 1e5 || v < 1e-3) ? v.toExponential(0) : String(clean(v));
 
   // chaos and balancer events: a dashed line (and a band over the fault's duration), the label inside the
-  // plot area; each label's drawn box and the plot box are kept on the chart's <div> (canvas pixels)
-  function eventsPlugin(el, events) {
-    const sorted = events.slice().sort((a, b) => a.at_s - b.at_s);
-    return {hooks: {draw: [u => {
-      const ctx = u.ctx, bb = u.bbox, d = devicePixelRatio || 1;
-      const left = bb.left, top = bb.top, right = bb.left + bb.width;
-      const pad = 4 * d, lineH = 15 * d, gap = 6 * d;
-      const rows = Math.max(1, Math.floor((bb.height - pad) / lineH));
-      const placed = [];
-      ctx.save();
-      ctx.beginPath(); ctx.rect(left, top, bb.width, bb.height); ctx.clip();
-      ctx.font = `${Math.round(11 * d)}px sans-serif`;
-      ctx.textBaseline = 'top';
-      ctx.textAlign = 'left';   // uPlot leaves the last axis' alignment (right, for a left y axis) on the context
-      sorted.forEach(ev => {
-        const x0 = u.valToPos(ev.at_s, 'x', true);
-        const x1 = ev.for_s > 0 ? u.valToPos(ev.at_s + ev.for_s, 'x', true) : x0;
-        if (x1 < left || x0 > right) return;   // outside a zoomed-in range
-        if (ev.for_s > 0) {
-          ctx.fillStyle = 'rgba(213,94,0,0.10)';
-          ctx.fillRect(x0, top, Math.max(1, x1 - x0), bb.height);
-        }
-        ctx.strokeStyle = '#D55E00'; ctx.lineWidth = 2 * d;
-        ctx.setLineDash([6 * d, 4 * d]);
-        ctx.beginPath(); ctx.moveTo(x0, top); ctx.lineTo(x0, top + bb.height); ctx.stroke();
-        ctx.setLineDash([]);
-        const w = ctx.measureText(ev.label).width, h = lineH - 2 * d;
-        const anchor = Math.min(Math.max(x0, left), right);
-        let x = anchor + pad;
-        if (x + w > right) x = anchor - pad - w;
-        x = Math.max(left, Math.min(x, right - w));
-        let row = 0;
-        while (row < rows - 1 && placed.some(p => p.row === row && x < p.x + p.w + gap && p.x < x + w + gap)) row++;
-        const y = top + pad + row * lineH;
-        ctx.fillStyle = 'rgba(255,255,255,0.85)';
-        ctx.fillRect(x - 2 * d, y - d, w + 4 * d, lineH);
-        ctx.fillStyle = '#D55E00';
-        ctx.fillText(ev.label, x, y);
-        // what landed in the label's box: its text's pixels (orange, not the pale band behind)
-        const px = ctx.getImageData(x, y, Math.max(1, w), Math.max(1, h)).data;
-        let ink = 0;
-        for (let i = 0; i < px.length; i += 4) if (px[i + 3] > 128 && px[i] - px[i + 2] > 100) ink++;
-        placed.push({text: ev.label, row: row, line: x0, x: x, y: y, w: w, h: h, ink: ink});
-      });
-      ctx.restore();
-      el.dataset.plot = JSON.stringify([left, top, bb.width, bb.height].map(r1));
-      el.dataset.labels = JSON.stringify(placed.map(p => ({text: p.text, line: r1(p.line), x: r1(p.x), y: r1(p.y), w: r1(p.w), h: r1(p.h), ink: p.ink})));
-    }]}};
+  // plot area: right of its line, left of it when it would overflow, a row lower when it would overlap
+  function drawEvents(u, events) {
+    const ctx = u.ctx, bb = u.bbox, d = devicePixelRatio || 1;
+    const left = bb.left, top = bb.top, right = bb.left + bb.width;
+    const pad = 4 * d, lineH = 15 * d, gap = 6 * d;
+    const rows = Math.max(1, Math.floor((bb.height - pad) / lineH));
+    const placed = [], lines = [];
+    ctx.save();
+    ctx.beginPath(); ctx.rect(left, top, bb.width, bb.height); ctx.clip();
+    ctx.font = `${Math.round(11 * d)}px sans-serif`;
+    ctx.textBaseline = 'top';
+    ctx.textAlign = 'left';   // uPlot leaves the last axis' alignment (right, for a left y axis) on the context
+    events.slice().sort((a, b) => a.at_s - b.at_s).forEach(ev => {
+      const x0 = u.valToPos(ev.at_s, 'x', true);
+      const x1 = ev.for_s > 0 ? u.valToPos(ev.at_s + ev.for_s, 'x', true) : x0;
+      if (x1 < left || x0 > right) return;   // outside a zoomed-in range
+      if (ev.for_s > 0) {
+        ctx.fillStyle = 'rgba(213,94,0,0.10)';
+        ctx.fillRect(x0, top, Math.max(1, x1 - x0), bb.height);
+      }
+      ctx.strokeStyle = '#D55E00'; ctx.lineWidth = 2 * d;
+      ctx.setLineDash([6 * d, 4 * d]);
+      ctx.beginPath(); ctx.moveTo(x0, top); ctx.lineTo(x0, top + bb.height); ctx.stroke();
+      ctx.setLineDash([]);
+      lines.push(x0);
+      const w = ctx.measureText(ev.label).width, h = lineH - 2 * d;
+      const anchor = Math.min(Math.max(x0, left), right);
+      let x = anchor + pad;
+      if (x + w > right) x = anchor - pad - w;
+      x = Math.max(left, Math.min(x, right - w));
+      let row = 0;
+      while (row < rows - 1 && placed.some(p => p.row === row && x < p.x + p.w + gap && p.x < x + w + gap)) row++;
+      const y = top + pad + row * lineH;
+      ctx.fillStyle = 'rgba(255,255,255,0.85)';
+      ctx.fillRect(x - 2 * d, y - d, w + 4 * d, lineH);
+      ctx.fillStyle = '#D55E00';
+      ctx.fillText(ev.label, x, y);
+      placed.push({text: ev.label, row: row, line: x0, x: x, y: y, w: w, h: h, ink: 0});
+    });
+    ctx.restore();
+    return {placed: placed, lines: lines};
+  }
+
+  // what was drawn, from one read of the canvas (Chrome warns about several): the series' ink (saturated
+  // pixels in the plot box and 2 px around it, where a series flat at the range's edge is drawn half
+  // outside; event lines and labels left out), and each label's text pixels (orange) inside its box
+  function measure(u, el, ev) {
+    const bb = u.bbox, d = devicePixelRatio || 1, m = 2 * d;
+    const x0 = Math.floor(bb.left - m), y0 = Math.floor(bb.top - m);
+    const W = Math.ceil(bb.width + 2 * m), H = Math.ceil(bb.height + 2 * m);
+    const img = u.ctx.getImageData(x0, y0, W, H).data;
+    const placed = ev ? ev.placed : [], lines = ev ? ev.lines : [];
+    const inLabel = (x, y) => placed.find(p => x >= p.x - 2 * d && x < p.x + p.w + 2 * d && y >= p.y - d && y < p.y + p.h + 2 * d);
+    let ink = 0;
+    for (let j = 0; j < H; j++) for (let i = 0; i < W; i++) {
+      const k = 4 * (j * W + i), r = img[k], g = img[k + 1], b = img[k + 2];
+      if (img[k + 3] <= 128) continue;
+      const x = x0 + i, y = y0 + j, lab = placed.length ? inLabel(x, y) : null;
+      if (lab) { if (r - b > 100) lab.ink++; continue; }
+      if (lines.some(l => Math.abs(x - l) <= 2 * d)) continue;
+      if (Math.max(r, g, b) - Math.min(r, g, b) > 60) ink++;
+    }
+    el.dataset.ink = String(ink);
+    if (ev) {
+      el.dataset.plot = JSON.stringify([bb.left, bb.top, bb.width, bb.height].map(r1));
+      el.dataset.labels = JSON.stringify(placed.map(p => ({text: p.text, line: r1(p.line), x: r1(p.x), y: r1(p.y),
+                                                           w: r1(p.w), h: r1(p.h), ink: p.ink})));
+    }
   }
 
   let rendered = 0;
@@ -671,25 +691,15 @@ _BUILDER = r"""
     // one sync key per page's time charts: hovering (or zooming) one shows the same second on all
     const cursor = {drag: {x: true, y: false}};
     if (s.sync) cursor.sync = {key: s.sync, scales: ['x', null]};
-    // what was drawn, for the tests: the x scale, and the series' ink (saturated pixels in the plot box,
-    // counted before the events are drawn over it)
+    // what was drawn, for the tests: the x scale, the series' ink and the event labels' boxes
     const hooks = {
       setScale: [(u, key) => { if (key === 'x') el.dataset.xRange = [u.scales.x.min, u.scales.x.max].map(clean).join(','); }],
-      draw: [u => {
-        // 2 px beyond the box: a series flat at the range's edge is drawn half outside it
-        const bb = u.bbox, m = 2 * (devicePixelRatio || 1);
-        const img = u.ctx.getImageData(bb.left - m, bb.top - m, Math.max(1, bb.width + 2 * m), Math.max(1, bb.height + 2 * m)).data;
-        let ink = 0;
-        for (let i = 0; i < img.length; i += 4) {
-          if (img[i + 3] > 128 && Math.max(img[i], img[i + 1], img[i + 2]) - Math.min(img[i], img[i + 1], img[i + 2]) > 60) ink++;
-        }
-        el.dataset.ink = String(ink);
-      }],
+      draw: [u => measure(u, el, evs.length ? drawEvents(u, evs) : null)],
     };
     const width = Math.max(320, el.clientWidth || 560);
     try {
       new uPlot({title: s.title, width: width, height: 250, scales: scales, axes: axes, series: series, hooks: hooks,
-                 plugins: evs.length ? [eventsPlugin(el, evs)] : [], cursor: cursor},
+                 cursor: cursor},
                 [xs, ...s.series.map(z => z.values)], el);
       let n = 0;
       s.series.forEach(z => z.values.forEach(v => { if (v !== null && v !== undefined) n++; }));
