@@ -10,11 +10,14 @@ fixture started) lets the run cost each component the way it does on a deployed 
 
 Each page is opened in headless Chromium (Debian's ``chromium``); any console message fails
 the test, and every chart must have drawn data (the page marks each chart's ``<div>`` with
-``data-rendered`` and ``data-points``).  Screenshots are kept under ``results/test-artifacts/``.
+``data-rendered``, ``data-points`` and ``data-ink``, the series' painted pixels).  The time charts of a
+page must share one x range (``data-x-range``) and the event labels lie inside the plot box
+(``data-labels`` and ``data-plot``, canvas pixels).  Screenshots are kept under ``results/test-artifacts/``.
 """
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import re
 import shutil
@@ -88,11 +91,42 @@ def chromium(page: Path, tmp: Path, screenshot: Path | None = None) -> tuple[str
 
 
 def chart_marks(dom: str) -> dict[str, dict[str, str]]:
-    """chart id -> its data-* attributes, from the dumped DOM."""
+    """chart id -> its data-* attributes (unescaped), from the dumped DOM."""
     out = {}
     for m in re.finditer(r'<div id="([^"]+)" class="chart-box"([^>]*)>', dom):
-        out[m[1]] = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', m[2]))
+        out[m[1]] = {k: html_lib.unescape(v) for k, v in re.findall(r'data-([a-z-]+)="([^"]*)"', m[2])}
     return out
+
+
+def page_specs(page: Path) -> list[dict]:
+    return json.loads(re.search(r'<script type="application/json" id="chart-specs">(.*?)</script>',
+                                page.read_text(), re.S)[1])
+
+
+def assert_every_chart_drawn(marks: dict[str, dict[str, str]]) -> None:
+    for cid, m in marks.items():
+        assert m.get("rendered") == "1" and int(m.get("points", 0)) > 0, (cid, m)
+        assert int(m.get("ink", 0)) > 0, f"{cid}: nothing painted in the plot area {m}"
+
+
+def assert_log_ticks(marks: dict[str, dict[str, str]], specs: list[dict]) -> None:
+    """Each log axis has at least 3 ticks, every one labelled with its value."""
+    logs = [s["id"] for s in specs if s["logx"]]
+    assert logs
+    for cid in logs:
+        ticks = marks[cid]["x-ticks"].split()
+        assert len(ticks) >= 3 and all(re.fullmatch(r"[0-9.e+-]+", t) for t in ticks), (cid, ticks)
+
+
+def assert_one_time_axis(marks: dict[str, dict[str, str]], specs: list[dict]) -> tuple[float, float]:
+    """Every time chart drew the page's one x range (the specs' ``xrange``) and syncs its cursor on one key."""
+    timed = [s for s in specs if not s["logx"]]
+    assert timed and len({json.dumps(s["xrange"]) for s in timed}) == 1 and {s["sync"] for s in timed} == {"run-time"}
+    lo, hi = timed[0]["xrange"]
+    for s in timed:
+        drawn = [float(v) for v in marks[s["id"]]["x-range"].split(",")]
+        assert drawn == pytest.approx([lo, hi], abs=1e-3), (s["id"], drawn, (lo, hi))
+    return lo, hi
 
 
 def keep(path: Path) -> Path:
@@ -115,11 +149,17 @@ def test_report_of_a_real_run_draws_every_chart_with_data_in_chromium(local_runs
     # (this local stack has no HAProxy, so no balancer charts)
     assert set(marks) == {"c-load", "c-tokens", "c-delivery-t", "c-ttft-t", "c-latency", "c-errors", "c-hostcpu",
                           "c-compcpu", "c-wsconn", "c-wsfwd", "c-wsdrop", "c-simpub", "c-dist-ttft", "c-dist-delivery"}
-    for cid, m in marks.items():
-        assert m.get("rendered") == "1", (cid, m)
-        assert int(m.get("points", 0)) > 0, (cid, m)
+    assert_every_chart_drawn(marks)
     assert re.search(r'<body[^>]*data-charts-rendered="14"', dom)
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert_log_ticks(marks, page_specs(run_dir / "report.html"))
+    # one time axis: from the agreed start (or the timeline second that holds it) to the run's end
+    lo, hi = assert_one_time_axis(marks, page_specs(run_dir / "report.html"))
+    assert -1.0 < lo <= 0.0 and hi == pytest.approx(summary["ended_at"] - summary["run"]["start_at"], abs=0.01)
+    # the page shows the cost table once and folds the raw run record away
+    page = (run_dir / "report.html").read_text()
+    assert page.count("<th>us/token</th>") == 1 and "  component  host" not in page
+    assert re.search(r'<details class="run-record"><summary>', page) and "<details open" not in page
     # what the wsproxy forwarded, from its own counters sampled every second, is what the clients received:
     # every token and every done message (within 2 %: the first sample may trail the first frames)
     frames = summary["total_tokens"] + summary["total_queries"]
@@ -154,17 +194,36 @@ def test_chaos_events_are_marked_on_every_time_chart(local_runs, tmp_path):
     shutil.copytree(results / "run-b", run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["events"] = [{"action": "kill", "target": "wsproxy-0", "host": "local", "at_s": 1.5, "for_s": 2.0}]
+    # the balancer's decision at the right edge of the run's range: its label must turn to the left
+    summary["server_events"] = [{"balancer": "lk-h2", "backend": "wsproxy", "server": "ws-1", "state": "DOWN",
+                                 "at_s": 3.5, "reason": "Layer7 timeout"}]
     (run_dir / "summary.json").write_text(json.dumps(summary))
     write_report(run_dir)
-    html = (run_dir / "report.html").read_text()
-    specs = json.loads(re.search(r'id="chart-specs">(.*?)</script>', html, re.S)[1])
+    specs = page_specs(run_dir / "report.html")
     timed = [s for s in specs if not s["logx"]]
     assert len(timed) == 12   # load, tokens, delivery, TTFT, latency, errors, host and component CPU; 4 server-side
-    assert all(s["events"] == [{"at_s": 1.5, "for_s": 2.0, "label": "kill wsproxy-0 @local"}] for s in timed)
+    events = [{"at_s": 1.5, "for_s": 2.0, "label": "kill wsproxy-0 @local"},
+              {"at_s": 3.5, "for_s": 0.0, "label": "ws-1 DOWN @lk-h2"}]
+    assert all(s["events"] == events for s in timed)
     dom, console = chromium(run_dir / "report.html", tmp_path, tmp_path / "report-with-events.png")
     keep(tmp_path / "report-with-events.png")
     assert console == [], "\n".join(console)
-    assert all(m.get("rendered") == "1" for m in chart_marks(dom).values())
+    marks = chart_marks(dom)
+    assert_every_chart_drawn(marks)
+    assert assert_one_time_axis(marks, specs)[1] == 3.5   # the range reaches the last event
+    for s in timed:
+        left, top, width, height = json.loads(marks[s["id"]]["plot"])
+        labels = json.loads(marks[s["id"]]["labels"])
+        assert [lab["text"] for lab in labels] == [e["label"] for e in events], (s["id"], labels)
+        for lab in labels:   # inside the plot area, whatever the chart's axes
+            assert left - 0.5 <= lab["x"] and lab["x"] + lab["w"] <= left + width + 0.5, (s["id"], lab)
+            assert top - 0.5 <= lab["y"] and lab["y"] + lab["h"] <= top + height + 0.5, (s["id"], lab)
+            # and the text really is in that box (the canvas' text alignment once moved it left of its line)
+            assert lab["ink"] > lab["w"], (s["id"], lab)
+        kill, down = labels
+        assert kill["x"] > kill["line"] and down["x"] + down["w"] < down["line"], (s["id"], labels)
+        assert (kill["x"] + kill["w"] <= down["x"] or down["x"] + down["w"] <= kill["x"]
+                or kill["y"] + kill["h"] <= down["y"] or down["y"] + down["h"] <= kill["y"]), ("overlap", s["id"], labels)
 
 
 FAB = REPO / ".venv" / "bin" / "fab"
@@ -195,8 +254,29 @@ def test_fab_compare_of_two_real_runs_tables_them_gates_on_rules_and_draws_overl
     keep(tmp_path / "compare-run-a-run-b.png")
     assert console == [], "\n".join(console)
     marks = chart_marks(dom)
-    assert len(marks) == 9 and all(m.get("rendered") == "1" and int(m["points"]) > 0 for m in marks.values()), marks
+    assert len(marks) == 9, marks
+    assert_every_chart_drawn(marks)
     assert 'class="differs"' in dom  # the clients setting differs and is highlighted
+    specs = page_specs(page)
+    assert_one_time_axis(marks, specs)
+    assert_log_ticks(marks, specs)
+
+
+def test_compare_of_a_run_with_itself_draws_two_series(local_runs, tmp_path):
+    results, _, _ = local_runs
+    page = tmp_path / "compare-self.html"
+    ok = subprocess.run([str(FAB), "compare", f"{results / 'run-a'},{results / 'run-a'}", "--html", str(page)],
+                        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert re.search(r"^figure\s+unit\s+run-a \(1\)\s+run-a \(2\)", ok.stdout, re.M), ok.stdout
+    specs = page_specs(page)
+    assert len(specs) == 9 and all([z["label"] for z in s["series"]] == ["run-a (1)", "run-a (2)"] for s in specs)
+    dom, console = chromium(page, tmp_path)
+    assert console == [], "\n".join(console)
+    marks = chart_marks(dom)
+    assert_every_chart_drawn(marks)
+    assert all(m["series"] == "2" for m in marks.values()), marks
+    assert_one_time_axis(marks, specs)
 
 
 def test_capacity_search_over_real_runs_brackets_the_knee_and_charts_it(local_runs, tmp_path):

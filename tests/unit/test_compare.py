@@ -192,3 +192,23 @@ def test_run_compare_exit_status_and_page(tmp_path):
         run_compare([str(a), str(b)], ["p99 > ten"], page, say=lines.append)
     with pytest.raises(CompareError, match="no run"):
         run_compare([str(a), str(tmp_path / "missing")], [], page, say=lines.append)
+
+
+def test_runs_sharing_a_run_id_are_labelled_apart_and_drawn_as_two_series(tmp_path):
+    """A run against a copy of itself (or one run id in two results directories) is two runs, not one."""
+    from kit._charts import compare_chart_specs
+    from kit.compare import run_labels, write_compare_html
+    a = _run("run-a", _latencies(200, 0, 1))
+    copy = _run("run-a", _latencies(200, 0, 1))
+    b = _run("run-b", _latencies(200, 0, 2))
+    assert run_labels([a, copy, b]) == ["run-a (1)", "run-a (2)", "run-b"]
+    assert run_labels([a, b]) == ["run-a", "run-b"]
+    res = compare_runs([a, copy])
+    assert res["labels"] == ["run-a (1)", "run-a (2)"]
+    assert "run-a (1)  run-a (2)" in format_table(res)
+    specs = compare_chart_specs(list(zip(res["labels"], [a, copy])))
+    assert specs and all([z["label"] for z in s["series"]] == ["run-a (1)", "run-a (2)"] for s in specs)
+    # even when a caller passes one label twice, each run keeps its own series
+    assert all(len(s["series"]) == 2 for s in compare_chart_specs([("x", a), ("x", copy)]))
+    page = write_compare_html(tmp_path / "cmp.html", res, [a, copy]).read_text()
+    assert "<th>run-a (1)</th>" in page and "<th>run-a (2)</th>" in page
