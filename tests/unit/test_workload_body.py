@@ -45,3 +45,22 @@ def test_out_of_range_or_mistyped_values_are_refused_naming_the_field_and_its_bo
     assert info.value.field == field
     assert info.value.detail.startswith(f"{field} must be") and f"from {lo:g} to {hi:g}" in info.value.detail
     assert "\n" not in info.value.detail
+
+
+def test_a_query_is_bounded_as_a_whole_not_only_field_by_field():
+    from kit.wire import MAX_QUERY_MS, query_duration_ms, query_duration_problem
+
+    hi = {name: WORKLOAD_BOUNDS[name][1] for name in WORKLOAD_BOUNDS}
+    # every field at its maximum: 100,000 tokens x 60 s + 600 s TTFT + 60 s jitter, a 69-day query
+    days = query_duration_ms(hi["max_tokens"], hi["token_delay_ms"], hi["ttft_ms"], hi["token_jitter_ms"]) / 86.4e6
+    assert 69 < days < 70
+    problem = query_duration_problem(hi["max_tokens"], hi["token_delay_ms"], hi["ttft_ms"], hi["token_jitter_ms"])
+    assert problem is not None and "69.5 days" in problem and "15 min" in problem and "\n" not in problem
+    # each field alone at its maximum is still a query within minutes
+    assert query_duration_problem(hi["max_tokens"], 0.0, 0.0) is None
+    assert query_duration_problem(1, hi["token_delay_ms"], hi["ttft_ms"], hi["token_jitter_ms"]) is None
+    # the bound is inclusive; a field left out counts as the least it can be
+    assert query_duration_problem(1001, 900.0, 0.0) is None and MAX_QUERY_MS == 900_000.0
+    assert query_duration_problem(1002, 900.0, 0.0) is not None
+    assert query_duration_problem(None, None, None, None) is None
+    assert query_duration_problem(20_000, None, None) is None
