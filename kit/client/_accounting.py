@@ -12,6 +12,11 @@ records.  Lost, duplicated and out-of-order tokens are exact: a gap in
 them is out of order, any other repeat is a duplicate; at the end
 ``lost = len(missing) + (expected - next_seq)`` where ``expected`` is
 ``done.tokens`` (or, if done never came, the count ``/run`` announced).
+
+A query the simulator cancelled (its session closed while it ran) ends with a ``done`` marked
+``cancelled`` (:mod:`kit.wire`) whose ``tokens`` is what was published: the query's status is
+``cancelled``, tokens published and not received are lost as ever, and the tokens ``/run`` announced
+beyond ``done.tokens`` were never sent: they count as ``cancelled_tokens``, not lost.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class QueryRecord:
 
     __slots__ = ("session_id", "index", "query_id", "intended_ns", "submit_ns", "expected", "received",
                  "next_seq", "missing", "duplicated", "out_of_order", "first_ns", "last_ns", "done_ns",
-                 "done_tokens", "status", "error", "event", "hists", "counters", "_gap", "_delivery")
+                 "done_tokens", "cancelled", "status", "error", "event", "hists", "counters", "_gap", "_delivery")
 
     def __init__(self, session_id: str, index: int, intended_ns: int, submit_ns: int, hists: dict,
                  counters: dict, event: Any = None) -> None:
@@ -75,6 +80,7 @@ class QueryRecord:
         self.last_ns = 0
         self.done_ns = 0
         self.done_tokens: int | None = None
+        self.cancelled = False  # the done said the simulator cancelled the query
         self.status = ""
         self.error = ""
         self.event = event
@@ -117,13 +123,22 @@ class QueryRecord:
         tail = max(0, expected - self.next_seq) if expected is not None else 0
         return (len(self.missing) if self.missing else 0) + tail
 
-    def done(self, tokens: int, mono_ns: int) -> None:
-        """The done message arrived (a repeat is counted as a duplicate and otherwise ignored)."""
+    @property
+    def cancelled_tokens(self) -> int:
+        """Tokens ``/run`` announced that the simulator never sent because it cancelled the query."""
+        if not self.cancelled or self.expected is None or self.done_tokens is None:
+            return 0
+        return max(0, self.expected - self.done_tokens)
+
+    def done(self, tokens: int, mono_ns: int, cancelled: bool = False) -> None:
+        """The done message arrived, *cancelled* if it said so (a repeat is counted as a duplicate and
+        otherwise ignored)."""
         if self.done_ns:
             self.duplicated += 1
             return
         self.done_ns = mono_ns
         self.done_tokens = tokens
+        self.cancelled = cancelled is True
         if self.event is not None:
             self.event.set()
 
@@ -133,7 +148,13 @@ class QueryRecord:
             return
         c = self.counters
         if status is None:
-            if self.done_ns:
+            if self.done_ns and self.cancelled:
+                status = "cancelled"
+                if not error:
+                    error = (f"cancelled by the simulator (session closed) after {self.done_tokens} of "
+                             f"{'?' if self.expected is None else self.expected} tokens"
+                             + (f", {self.lost} of them lost" if self.lost else ""))
+            elif self.done_ns:
                 status = "ok" if self.lost == 0 else "lost_tokens"
                 if status == "lost_tokens" and not error:
                     error = f"{self.lost} of {self.done_tokens} tokens lost"
@@ -145,6 +166,8 @@ class QueryRecord:
         c["lost_tokens"] += lost
         c["duplicated_tokens"] += dup
         c["out_of_order_tokens"] += ooo
+        if self.cancelled:
+            c["cancelled_tokens"] += self.cancelled_tokens
         if self.done_ns:
             h = self.hists
             h["latency"].record((self.done_ns - self.intended_ns) // 1000)

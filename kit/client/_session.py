@@ -443,6 +443,8 @@ class Session:
             q.finish()
             if q.status == "lost_tokens":
                 rec.error("lost_tokens")
+            elif q.status == "cancelled":
+                rec.error("query_cancelled_by_server")
         elif self._lost_on_reconnect is q:
             self._fail(q, "lost_tokens", f"lost_on_reconnect: no message within {resume_grace(q):g}s of reconnecting: "
                        f"its stream ended while the socket was down (received {q.received} of {q.expected} "
@@ -522,7 +524,7 @@ class Session:
                 if kind == "token":
                     q.token(m["seq"], m["ts"], m_ns, w_ns)
                 elif kind == "done":
-                    q.done(m["tokens"], m_ns)
+                    q.done(m["tokens"], m_ns, m.get("cancelled", False))  # kit.wire.DONE_CANCELLED
                 else:
                     self.rec.counters["unknown_messages"] += 1
             except (orjson.JSONDecodeError, KeyError, TypeError):

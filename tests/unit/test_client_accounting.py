@@ -117,3 +117,26 @@ def test_csv_row_has_the_documented_columns():
     row = q.row(rec.mono_to_wall_ns)
     assert list(row) == QUERY_FIELDS
     assert row["tokens"] == 3 and row["status"] == "ok" and float(row["latency_ms"]) == 10.0
+
+
+def test_a_done_marked_cancelled_counts_the_unsent_tokens_as_cancelled_not_lost():
+    rec = Recorder()
+    q = query(rec)
+    q.expected = 20  # /run announced 20; the session was closed after 6 were published
+    t = feed(q, [0, 1, 2, 4, 5])  # seq 3 was published and never came: lost
+    q.done(6, t, True)
+    q.finish()
+    assert (q.status, q.lost, q.cancelled_tokens) == ("cancelled", 1, 14)
+    assert "after 6 of 20 tokens" in q.error and "1 of them lost" in q.error
+    c = rec.counters
+    assert (c["lost_tokens"], c["cancelled_tokens"], c["query_status_cancelled"], c["queries_ok"]) == (1, 14, 1, 0)
+    assert rec.hists["latency"].count == 1  # it ended: its latency to the cancel is recorded
+
+
+def test_a_done_without_the_mark_is_read_as_before():
+    rec = Recorder()
+    q = query(rec)
+    q.expected = 3
+    q.done(3, feed(q, range(3)))
+    q.finish()
+    assert (q.status, q.lost, q.cancelled_tokens, rec.counters["cancelled_tokens"]) == ("ok", 0, 0, 0)
