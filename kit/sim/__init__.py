@@ -8,7 +8,10 @@ Module owners: ``_app`` (HTTP endpoints, Redis session records and pool), ``_pub
 (the per-process scheduler that PUBLISHes every token due within a PUBLISH_TICK_MS
 tick in one write), ``_schedule`` (pure timing and message encoding), ``_body``
 (request validation), ``_asgi`` (Quart's per-request ASGI path, leaner; the session routes
-without Quart's request context), ``_serve`` (the ASGI server).
+without Quart's request context; the body deadline), ``_limits`` (what a worker holds for a client:
+head and body deadlines, queries in flight), ``_closes`` (a close heard by every worker cancels the
+session's queries), ``_workers`` (every worker's counters summed), ``_serve`` (the ASGI server; dead
+workers respawned).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ._body import CreateRequest as CreateRequest
 from ._body import RunRequest as RunRequest
 from ._body import parse_create as parse_create
 from ._body import parse_run as parse_run
+from ._limits import SimLimits as SimLimits
 from ._publisher import Publisher as Publisher
 from ._schedule import due_offsets as due_offsets
 from ._schedule import split_tokens as split_tokens
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "create_app",
     "SimState",
+    "SimLimits",
     "Publisher",
     "BodyError",
     "CreateRequest",

@@ -37,6 +37,8 @@ import sys
 
 from kit.config import ConfigError, SimSettings, run_service
 
+from ._limits import SimLimits
+
 log = logging.getLogger("kit.sim")
 
 
@@ -61,7 +63,22 @@ def _check_bind(host: str, port: int) -> None:
 def _settings() -> SimSettings:
     settings = SimSettings.from_env()
     _check_redis_url(settings.redis_url)
+    SimLimits.from_env()  # every worker reads them: a bad value is one line here, not a failing worker
+    _check_default_query(settings)
     return settings
+
+
+def _check_default_query(settings: SimSettings) -> None:
+    """A /run that asks nothing gets the deployment's workload: it must end within kit.wire.MAX_QUERY_MS."""
+    from kit.wire import query_duration_problem
+
+    from ._schedule import split_tokens
+
+    problem = query_duration_problem(len(split_tokens(settings.llm_response_text)), settings.token_delay_ms,
+                                     settings.ttft_ms, settings.token_jitter_ms)
+    if problem is not None:
+        raise ConfigError(f"the deployed workload (LLM_RESPONSE_TEXT's words, TOKEN_DELAY_MS, TTFT_MS, "
+                          f"TOKEN_JITTER_MS) is too long: {problem}")
 
 
 def _serve(settings: SimSettings, level: str) -> None:

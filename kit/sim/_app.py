@@ -12,7 +12,10 @@ Endpoints (the wire contract in DESIGN.md):
   ``session:{id}:down`` on the schedule of :mod:`._schedule`, paced by the body's workload fields
   (:data:`._body.WORKLOAD_BOUNDS`) or, where it has none, the settings; ``workload`` echoes the
   effective ``token_delay_ms``, ``ttft_ms`` and ``token_jitter_ms``.
-* ``POST /session/{id}/close`` -> 200 ``{session_id, status: "closed"}``.
+  A query must end within :data:`kit.wire.MAX_QUERY_MS` (422 otherwise); beyond the worker's bounds on
+  queries in flight (:class:`._limits.SimLimits`: in all, per session, tokens) it is 429 ``too_many_queries``.
+* ``POST /session/{id}/close`` -> 200 ``{session_id, status: "closed"}``; the session's queries in flight,
+  on every worker (:mod:`._closes`), end at once with a ``done`` marked cancelled.
 * ``GET /health``: 200 when the publisher runs and the worker's watch on Redis (:mod:`._probe`,
   one PING a second whatever the number of checks) last heard it answer, else 503; no I/O, so a
   balancer's checks never wait on Redis.  ``GET /health/deep``: the same after a PING of its own.
@@ -24,7 +27,8 @@ as Quart routes and as :class:`._asgi.DirectRoutes`, which answer them without Q
 context (half a request's CPU); both ways share the views and one ``failure`` mapping, so they answer alike.
 
 Errors are JSON ``{"error": code, "detail": message}``: 404 unknown session (or
-route), 409 closed session, 422 malformed body, 503 ``redis_unavailable`` when Redis
+route), 408 a body not whole within SIM_REQUEST_BODY_TIMEOUT_SECS (:mod:`._asgi`), 409 closed session,
+422 malformed body, 429 too many queries in flight, 503 ``redis_unavailable`` when Redis
 does not answer, 503 ``redis_pool_exhausted`` when every pooled connection stayed
 busy for ``SIM_REDIS_POOL_TIMEOUT_MS``, 500 otherwise.
 Counters in ``/stats`` are per process (each worker has its own).
@@ -45,6 +49,7 @@ import os
 import random
 import time
 import uuid
+from array import array
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -59,9 +64,12 @@ from kit import _gc, contract
 from kit._prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from kit.auth import issue_token
 from kit.config import SimSettings
+from kit.wire import query_duration_problem
 
-from ._asgi import DIRECT_ROUTES, Answer, DirectRoutes, LeanHTTPConnection, View
+from ._asgi import BODY_DEADLINES, DIRECT_ROUTES, Answer, BodyDeadlines, DirectRoutes, LeanHTTPConnection, View
 from ._body import BodyError, parse_create, parse_run
+from ._closes import CloseListener, announce_close, listen_for_closes
+from ._limits import SimLimits
 from . import _workers
 from ._probe import RedisWatch, start_redis_watch
 from ._publisher import Publisher
@@ -135,11 +143,16 @@ class SimState:
 
     settings: SimSettings
     words: list[bytes]
+    limits: SimLimits = field(default_factory=SimLimits)
     pool: aioredis.BlockingConnectionPool | None = None
     redis: aioredis.Redis | None = None
     publisher: Publisher | None = None
     #: the background watch on Redis that /health reads
     redis_watch: RedisWatch = field(default_factory=RedisWatch)
+    #: requests still reading their body (408 past the deadline)
+    body_deadlines: BodyDeadlines | None = None
+    #: this worker's subscription to the closes of every worker
+    closes: CloseListener = field(default_factory=CloseListener)
     rng: random.Random = field(default_factory=random.Random)
     started: float = field(default_factory=time.time)
     sessions_created: int = 0
@@ -149,6 +162,8 @@ class SimState:
     errors: int = 0
     pool_exhausted: int = 0
     health_checks: int = 0
+    #: /run answered 429: a bound on queries in flight was reached
+    queries_refused: int = 0
 
     def statistics(self) -> dict[str, object]:
         stats: dict[str, object] = {
@@ -161,6 +176,9 @@ class SimState:
             "errors": self.errors,
             "redis_pool_exhausted": self.pool_exhausted,
             "health_checks": self.health_checks,
+            "queries_refused": self.queries_refused,
+            "request_body_timeouts": self.body_deadlines.timeouts if self.body_deadlines is not None else 0,
+            "closes_heard": self.closes.heard,
         }
         if self.publisher is not None:
             pub = self.publisher.statistics()
@@ -205,20 +223,26 @@ def _session_key(session_id: str) -> str:
     return contract.session_key(session_id)
 
 
-def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
-    """Build the simulator app for *settings*; no I/O happens until it is served.  With *tune_gc* (the served
-    app, ``kit.sim:app``) the worker applies the kit's collector settings once serving starts."""
+def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimits | None = None) -> Quart:
+    """Build the simulator app for *settings* and *limits* (default: ``SimLimits.from_env()``); no I/O happens
+    until it is served.  With *tune_gc* (the served app, ``kit.sim:app``) the worker applies the kit's
+    collector settings once serving starts."""
+    limits = SimLimits.from_env() if limits is None else limits
     app = Quart("kit.sim")
     app.asgi_http_class = LeanHTTPConnection  # see _asgi: one task and two sends per request
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Quart wraps reading each body and sending each response in asyncio.wait_for with these
     # (60 s by default), i.e. a task and a timer per request (py-spy: ~5% of a worker's CPU under
-    # load); None awaits directly.  Bodies are capped at 64 KiB and answers are small and buffered
-    # by Granian, so a slow client holds one idle coroutine, never CPU.
+    # load); None awaits directly.  Bodies are capped at 64 KiB and read whole by _asgi before any
+    # Quart code runs, within SIM_REQUEST_BODY_TIMEOUT_SECS (its BodyDeadlines: no timer per request);
+    # answers are small and buffered by Granian, so a slow reader holds one idle coroutine, never CPU.
     app.config["BODY_TIMEOUT"] = None
     app.config["RESPONSE_TIMEOUT"] = None
-    state = SimState(settings=settings, words=encode_tokens(split_tokens(settings.llm_response_text)))
+    state = SimState(settings=settings, words=encode_tokens(split_tokens(settings.llm_response_text)),
+                     limits=limits, body_deadlines=BodyDeadlines(limits.request_body_timeout_secs))
     app.extensions["kit.sim"] = state
+    app.extensions[BODY_DEADLINES] = state.body_deadlines
+    sweeper: list[asyncio.Task] = []
 
     @app.before_serving
     async def _open() -> None:
@@ -233,6 +257,10 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
                                     tick_s=settings.publish_tick_ms / 1000.0)
         state.publisher.start()
         start_redis_watch(app, settings.redis_url, state.redis_watch)  # a wrong REDIS_URL: one line at start
+        app.add_background_task(listen_for_closes, settings.redis_url, app.shutdown_event, _cancel_session,
+                                state.closes)
+        # not a Quart background task: those are awaited at shutdown, and this one never ends by itself
+        sweeper.append(asyncio.get_running_loop().create_task(state.body_deadlines.run(), name="kit.sim bodies"))
         app.add_background_task(_publish_stats, state, app.shutdown_event)  # for the workers' sums
         if tune_gc:
             _gc.tune()  # this worker's start-up is done: frozen, and collections rare (kit/_gc.py)
@@ -243,6 +271,8 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
 
     @app.after_serving
     async def _close() -> None:
+        for task in sweeper:
+            task.cancel()
         if state.publisher is not None:
             await state.publisher.aclose()
         if state.redis is not None:
@@ -292,6 +322,33 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
         state.client_errors += 1
         return _error(409, "session_closed", f"session {session_id!r} is closed: create a new session")
 
+    def _too_many(detail: str) -> Answer:
+        state.client_errors += 1
+        state.queries_refused += 1
+        return _error(429, "too_many_queries", detail)
+
+    def _over_bound(channel: bytes, session_id: str, n: int) -> Answer | None:
+        """429 if one more query of *n* tokens would pass a bound of this worker, else None."""
+        pub = state.publisher
+        if pub.queries_in_flight >= limits.max_queries_in_flight:
+            return _too_many(f"this simulator worker has {pub.queries_in_flight} queries in flight, its bound "
+                             f"(SIM_MAX_QUERIES_IN_FLIGHT={limits.max_queries_in_flight}): retry when some have ended")
+        held = pub.in_flight_on(channel)
+        if held >= limits.max_session_queries_in_flight:
+            return _too_many(f"session {session_id!r} has {held} queries in flight on this simulator worker, its "
+                             f"bound (SIM_MAX_SESSION_QUERIES_IN_FLIGHT={limits.max_session_queries_in_flight}): "
+                             "wait for one to end")
+        if pub.tokens_in_flight + n > limits.max_tokens_in_flight:
+            return _too_many(f"this simulator worker has {pub.tokens_in_flight} tokens of queries in flight and "
+                             f"this query would add {n}, past its bound (SIM_MAX_TOKENS_IN_FLIGHT="
+                             f"{limits.max_tokens_in_flight}): retry when some have ended, or ask for fewer tokens")
+        return None
+
+    def _cancel_session(session_id: str) -> None:
+        """A close of *session_id* was heard (this worker's or another's): end its queries here."""
+        if state.publisher is not None and len(session_id) <= _MAX_SESSION_ID:
+            state.publisher.cancel(channel_name(session_id))
+
     # the session routes' views: the body in, the answer out, no Quart request context (see _asgi's
     # direct routes); registered with Quart below too, so both paths run the same code
     async def session_create(raw: bytes) -> Answer:
@@ -317,6 +374,14 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
             body = parse_run(raw)
         except BodyError as exc:
             return _invalid(exc)
+        # the whole query's length, with the deployment's values where the body has none (kit.wire)
+        n_words = len(state.words) if body.max_tokens is None else body.max_tokens
+        too_long = query_duration_problem(
+            n_words, settings.token_delay_ms if body.token_delay_ms is None else body.token_delay_ms,
+            settings.ttft_ms if body.ttft_ms is None else body.ttft_ms,
+            settings.token_jitter_ms if body.token_jitter_ms is None else body.token_jitter_ms)
+        if too_long is not None:
+            return _invalid(BodyError("body", too_long))
         if len(session_id) > _MAX_SESSION_ID:
             return _not_found(session_id)
         status = await state.redis.hget(_session_key(session_id), "status")
@@ -330,6 +395,10 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
             words = (words[: body.max_tokens] if body.max_tokens <= len(words)
                      else [words[i % len(words)] for i in range(body.max_tokens)])
         n = len(words)
+        channel = channel_name(session_id)
+        refused = _over_bound(channel, session_id, n)
+        if refused is not None:
+            return refused
         # the run's workload (the body) over the deployment's (the simulator's settings)
         pace = {"token_delay_ms": settings.token_delay_ms if body.token_delay_ms is None else body.token_delay_ms,
                 "ttft_ms": settings.ttft_ms if body.ttft_ms is None else body.ttft_ms,
@@ -337,8 +406,8 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
         offsets = due_offsets(n, ttft_ms=pace["ttft_ms"], delay_ms=pace["token_delay_ms"],
                               jitter_ms=pace["token_jitter_ms"], rng=state.rng)
         query_id = uuid.uuid4().hex
-        state.publisher.submit(channel_name(session_id), query_id.encode(), words,
-                               [submitted + o for o in offsets])
+        # due times as doubles (8 bytes a token, not a float object's 32): what a query holds until its end
+        state.publisher.submit(channel, query_id.encode(), words, array("d", [submitted + o for o in offsets]))
         state.queries += 1
         # the effective workload, so a client records what ran (the deployed defaults included)
         return _answer({"query_id": query_id, "tokens": n, "workload": pace}, 202)
@@ -358,6 +427,8 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False) -> Quart:
         if not first:
             return _closed(session_id)
         state.sessions_closed += 1
+        _cancel_session(session_id)  # this worker's queries at once, every other worker's on the announce
+        await announce_close(state.redis, session_id, state.closes)
         return _answer({"session_id": session_id, "status": "closed"}, 200)
 
     @app.post("/session/create", endpoint="session_create")

@@ -31,6 +31,13 @@ building batches).  With tick 0 each due time is a bucket of its own.
 Order: within a query, messages leave in ``seq`` order (a query is in one bucket at a time, due
 times non-decreasing) on one connection, so Redis delivers them in order.
 
+Cancel: :meth:`Publisher.cancel` ends every query in flight on one channel (a closed session's): each
+is filed again in the current tick's bucket, marked, and its due times and texts let go; on that tick
+its stream ends with a ``done`` marked ``cancelled`` (:data:`kit.wire.DONE_CANCELLED`) whose ``tokens``
+is what was published before.  The entry left in its old bucket is skipped when that bucket comes due.
+The queries in flight are also indexed by channel (O(1) per submit and per end), which is what the
+per-session bound (:meth:`Publisher.in_flight_on`) and the cancel read.
+
 Errors: a failed write or read drops that batch's messages (they are counted in
 ``messages_dropped`` and ``publish_errors``), disconnects the connection, and is
 logged at most once per second with counts and the error class; message contents
@@ -65,15 +72,17 @@ _CANCEL_RETRY_S = 0.05
 
 
 class _Query:
-    __slots__ = ("prefix", "query_id", "texts", "due", "n", "i")
+    __slots__ = ("channel", "prefix", "query_id", "texts", "due", "n", "i", "cancelled")
 
-    def __init__(self, prefix: bytes, query_id: bytes, texts: Sequence[bytes], due: Sequence[float]) -> None:
-        self.prefix = prefix        # RESP "*3 PUBLISH <channel>" head, packed once
+    def __init__(self, channel: bytes, query_id: bytes, texts: Sequence[bytes], due: Sequence[float]) -> None:
+        self.channel = channel
+        self.prefix = _resp_head(channel)  # RESP "*3 PUBLISH <channel>" head, packed once
         self.query_id = query_id
         self.texts = texts
         self.due = due              # absolute time.monotonic() times, len(texts) + 1 (done last)
         self.n = len(texts)
-        self.i = 0                  # next seq to publish
+        self.i = 0                  # next seq to publish; n + 1 once the query has ended
+        self.cancelled = False      # cancel() marked it: its next message is a cancelled done
 
 
 def _resp_head(channel: bytes) -> bytes:
@@ -99,6 +108,8 @@ class Publisher:
         self._wakes: list[float] = []                  # heap of the buckets' wake-up instants
         self._buckets: dict[float, list[_Query]] = {}  # wake-up instant -> queries due by then
         self._in_flight = 0
+        self._tokens_in_flight = 0                     # tokens (due times held) of the queries in flight
+        self._by_channel: dict[bytes, dict[_Query, None]] = {}  # channel -> its queries in flight
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Future | None = None
         self._wake_at = float("inf")
@@ -113,6 +124,8 @@ class Publisher:
         self.batches = 0
         self.max_batch_seen = 0
         self.max_lag_s = 0.0            # worst lateness of a message vs. its due time
+        self.queries_cancelled = 0
+        self.tokens_cancelled = 0       # tokens of cancelled queries never published
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -138,14 +151,17 @@ class Publisher:
             while not task.done():
                 task.cancel()
                 await asyncio.wait([task], timeout=_CANCEL_RETRY_S)
-        pending = sum(q.n + 1 - q.i for bucket in self._buckets.values() for q in bucket)
+        pending = sum(1 if q.cancelled else q.n + 1 - q.i
+                      for queries in self._by_channel.values() for q in queries)
         if pending:
             log.info("publisher stopped with %d queries in flight; %d messages dropped",
                      self._in_flight, pending)
             self.messages_dropped += pending
         self._wakes.clear()
         self._buckets.clear()
+        self._by_channel.clear()
         self._in_flight = 0
+        self._tokens_in_flight = 0
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.disconnect()
@@ -158,11 +174,67 @@ class Publisher:
             raise ValueError("due must hold one time per token plus one for done")
         if self._task is None:
             raise RuntimeError("publisher is not running")
-        wake = self._wake_time(due[0])
-        self._file(_Query(_resp_head(channel), query_id, texts, due), wake)
+        q = _Query(channel, query_id, texts, due)
+        self._file(q, self._wake_time(due[0]))
         self._in_flight += 1
-        if self._wake is not None and wake < self._wake_at and not self._wake.done():
+        self._tokens_in_flight += q.n
+        queries = self._by_channel.get(channel)
+        if queries is None:
+            self._by_channel[channel] = {q: None}
+        else:
+            queries[q] = None
+        self._wake_by(due[0])
+
+    def cancel(self, channel: bytes) -> int:
+        """End every query in flight on *channel* on the next tick, each with a ``done`` marked cancelled
+        (see the module docstring); returns how many.  Never blocks."""
+        queries = self._by_channel.get(channel)
+        if not queries or self._task is None:
+            return 0
+        now = time.monotonic()
+        wake = self._wake_time(now)
+        count = 0
+        for q in queries:
+            if q.cancelled:
+                continue
+            q.cancelled = True
+            self.queries_cancelled += 1
+            self.tokens_cancelled += q.n - q.i
+            q.texts = q.due = ()  # the rest of its schedule is not needed: free it now
+            self._file(q, wake)
+            count += 1
+        if count:
+            self._wake_by(now)
+        return count
+
+    def in_flight_on(self, channel: bytes) -> int:
+        """Queries in flight on *channel* (one session's)."""
+        queries = self._by_channel.get(channel)
+        return len(queries) if queries else 0
+
+    @property
+    def queries_in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def tokens_in_flight(self) -> int:
+        """Tokens of the queries in flight (their schedules are held until each ends)."""
+        return self._tokens_in_flight
+
+    def _wake_by(self, due: float) -> None:
+        """Wake the task if it sleeps past the tick of *due*."""
+        if self._wake is not None and self._wake_time(due) < self._wake_at and not self._wake.done():
             self._wake.set_result(None)
+
+    def _end(self, q: _Query) -> None:
+        """*q* published its last message (done, cancelled or not)."""
+        q.i = q.n + 1
+        self._in_flight -= 1
+        self._tokens_in_flight -= q.n
+        queries = self._by_channel[q.channel]
+        del queries[q]
+        if not queries:
+            del self._by_channel[q.channel]
 
     def _file(self, q: _Query, wake: float) -> None:
         bucket = self._buckets.get(wake)
@@ -184,6 +256,9 @@ class Publisher:
             "publish_max_lag_ms": round(self.max_lag_s * 1000.0, 3),
             "publish_tick_ms": round(self._tick * 1000.0, 3),
             "queries_in_flight": self._in_flight,
+            "tokens_in_flight": self._tokens_in_flight,
+            "queries_cancelled": self.queries_cancelled,
+            "tokens_cancelled": self.tokens_cancelled,
         }
 
     # -- the task ----------------------------------------------------------
@@ -247,7 +322,20 @@ class Publisher:
             while bucket:
                 q = bucket.pop()
                 due, i, n = q.due, q.i, q.n
-                if room <= 0 or due[i] > now:
+                if i > n:  # ended (cancelled) while filed here too: nothing left of it
+                    continue
+                if room <= 0:
+                    held.append(q)
+                    continue
+                if q.cancelled:
+                    msg = done_message(q.query_id, i, time_ns(), cancelled=True)
+                    append(q.prefix)
+                    append(b"$%d\r\n%s\r\n" % (len(msg), msg))
+                    dones += 1
+                    room -= 1
+                    self._end(q)
+                    continue
+                if due[i] > now:
                     held.append(q)
                     continue
                 if now - due[i] > lag:
@@ -268,7 +356,7 @@ class Publisher:
                         break
                 q.i = i
                 if i > n:
-                    self._in_flight -= 1
+                    self._end(q)
                 elif due[i] <= now:  # max_batch reached: the rest goes in the next write
                     held.append(q)
                 else:

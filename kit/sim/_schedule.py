@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import orjson
 
 from kit import contract
+from kit.wire import DONE_CANCELLED
 
 __all__ = [
     "split_tokens",
@@ -33,6 +34,7 @@ __all__ = [
 
 _TOKEN_FMT = b'{"type":"token","query_id":"%s","seq":%d,"ts":%d,"text":%s}'
 _DONE_FMT = b'{"type":"done","query_id":"%s","seq":%d,"ts":%d,"tokens":%d}'
+_CANCELLED_FMT = b'{"type":"done","query_id":"%s","seq":%d,"ts":%d,"tokens":%d,"' + DONE_CANCELLED.encode() + b'":true}'
 
 
 def split_tokens(text: str, max_tokens: int | None = None) -> list[str]:
@@ -93,6 +95,7 @@ def token_message(query_id: bytes, seq: int, ts_ns: int, text_json: bytes) -> by
     return _TOKEN_FMT % (query_id, seq, ts_ns, text_json)
 
 
-def done_message(query_id: bytes, tokens: int, ts_ns: int) -> bytes:
-    """``{"type":"done",...}`` with ``seq`` = ``tokens`` = the number of tokens sent."""
-    return _DONE_FMT % (query_id, tokens, ts_ns, tokens)
+def done_message(query_id: bytes, tokens: int, ts_ns: int, *, cancelled: bool = False) -> bytes:
+    """``{"type":"done",...}`` with ``seq`` = ``tokens`` = the number of tokens sent; *cancelled* adds
+    ``"cancelled":true`` (the query was cancelled after *tokens* tokens: kit.wire)."""
+    return (_CANCELLED_FMT if cancelled else _DONE_FMT) % (query_id, tokens, ts_ns, tokens)

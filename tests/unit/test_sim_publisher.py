@@ -237,3 +237,63 @@ def test_aclose_stops_the_task_even_when_a_cancellation_is_swallowed():
         assert not pub.running
 
     uvloop.run(main())
+
+
+def test_cancel_ends_a_channels_queries_with_a_cancelled_done_counting_what_was_published():
+    uvloop.run(_cancel_ends_a_channels_queries_with_a_cancelled_done_counting_what_was_published())
+
+
+async def _cancel_ends_a_channels_queries_with_a_cancelled_done_counting_what_was_published():
+    tick = 0.005
+    conn = FakeConnection()
+    pub = Publisher(lambda: conn, tick_s=tick)
+    pub.start()
+    try:
+        now = time.monotonic()
+        # two queries of the closed session (3 tokens now, 7 an hour away) and one of another session
+        far = [now + 0.001 * k for k in range(3)] + [now + 3600 + k for k in range(7)]
+        for ch, qid in ((b"chA", b"qA1"), (b"chA", b"qA2"), (b"chB", b"qB")):
+            pub.submit(ch, qid, encode_tokens([f"w{k}" for k in range(10)]), [*far, far[-1]])
+        assert (pub.in_flight_on(b"chA"), pub.in_flight_on(b"chB"), pub.queries_in_flight) == (2, 1, 3)
+        assert pub.tokens_in_flight == 30
+        conn.expected = 9  # the first three tokens of each query
+        await asyncio.wait_for(conn.all_sent.wait(), 10)
+        conn.all_sent.clear()
+        conn.expected = 9 + 2
+        assert pub.cancel(b"chA") == 2
+        assert pub.cancel(b"chA") == 0  # already cancelled: nothing twice
+        await asyncio.wait_for(conn.all_sent.wait(), 10)
+        stats = pub.statistics()
+        left = (pub.in_flight_on(b"chA"), pub.in_flight_on(b"chB"), pub.queries_in_flight, pub.tokens_in_flight)
+    finally:
+        await pub.aclose()
+    dones = [(ch, m) for _, cmds in conn.writes for ch, m in cmds if m["type"] == "done"]
+    assert sorted(m["query_id"] for _, m in dones) == ["qA1", "qA2"]
+    for ch, m in dones:
+        assert ch == b"chA" and m["cancelled"] is True and m["tokens"] == m["seq"] == 3
+    assert left == (0, 1, 1, 10)
+    assert (stats["queries_cancelled"], stats["tokens_cancelled"], stats["queries_in_flight"]) == (2, 14, 1)
+    assert stats["done_published"] == 2 and stats["tokens_published"] == 9
+
+
+def test_a_cancelled_query_is_not_published_again_when_its_old_bucket_comes_due():
+    uvloop.run(_a_cancelled_query_is_not_published_again_when_its_old_bucket_comes_due())
+
+
+async def _a_cancelled_query_is_not_published_again_when_its_old_bucket_comes_due():
+    tick = 0.005
+    conn = FakeConnection()
+    pub = Publisher(lambda: conn, tick_s=tick)
+    pub.start()
+    try:
+        soon = time.monotonic() + 0.2
+        pub.submit(b"chA", b"qA", encode_tokens(["a", "b"]), [soon, soon, soon])
+        pub.submit(b"chB", b"qB", encode_tokens(["a", "b"]), [soon + 0.05] * 3)
+        assert pub.cancel(b"chA") == 1
+        conn.expected = 1 + 3  # qA's cancelled done, then qB whole (after qA's old bucket came due)
+        await asyncio.wait_for(conn.all_sent.wait(), 10)
+    finally:
+        await pub.aclose()
+    messages = [(ch, m["type"], m.get("cancelled")) for _, cmds in conn.writes for ch, m in cmds]
+    assert messages == [(b"chA", "done", True), (b"chB", "token", None), (b"chB", "token", None),
+                        (b"chB", "done", None)]
