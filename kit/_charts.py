@@ -290,6 +290,8 @@ WSPROXY_RATES = ("messages_forwarded", "slow_client_drops", "ping_timeouts", "re
                  "auth_failures")
 WSPROXY_GAUGES = ("connections_open", "subscriptions", "pubsub_connections")
 SIM_RATES = ("tokens_published", "done_published", "queries", "sessions_created", "errors", "redis_pool_exhausted")
+REDIS_RATES = ("total_commands_processed",)
+REDIS_GAUGES = ("pubsub_channels", "connected_clients", "used_memory")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -303,7 +305,8 @@ def server_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float) -
     Series: ``wsproxy_connections_open``, ``wsproxy_subscriptions``, ``wsproxy_pubsub_connections`` (label
     ``host:wsproxy-i``); ``wsproxy_<counter>_per_s`` for :data:`WSPROXY_RATES`; ``sim_<counter>_per_s``
     for :data:`SIM_RATES` (label the sim host); ``haproxy_server_sessions`` (``balancer:backend/server``),
-    ``haproxy_backend_queue`` (``balancer:backend``).
+    ``haproxy_backend_queue`` (``balancer:backend``); ``redis_<gauge>`` for :data:`REDIS_GAUGES` and
+    ``redis_<counter>_per_s`` for :data:`REDIS_RATES` (Redis's INFO, label ``host:redis``).
     """
     out: dict[str, dict[str, dict[float, float]]] = {}
 
@@ -329,6 +332,11 @@ def server_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float) -
                     rates = WSPROXY_RATES
                 elif name == "sim":
                     rates = SIM_RATES
+                elif name == "redis":
+                    for k in REDIS_GAUGES:
+                        if k in figures:
+                            put(f"redis_{k}", label, t, float(figures[k]))
+                    rates = REDIS_RATES
                 elif name == "haproxy":
                     for key, v in figures.items():
                         lab = _labels(key)
@@ -448,6 +456,8 @@ SERVER_CHARTS = (
     ("haproxy_server_sessions", "hasess", "HAProxy current sessions per backend server", "sessions"),
     ("haproxy_backend_queue", "haqueue", "HAProxy queue per backend", "requests"),
     ("sim_tokens_published_per_s", "simpub", "Tokens the simulator published per second (all workers)", "tokens/s"),
+    ("redis_total_commands_processed_per_s", "rediscmd", "Redis commands per second (its INFO)", "commands/s"),
+    ("redis_pubsub_channels", "redischan", "Redis pub/sub channels (one per connected session)", "channels"),
 )
 
 

@@ -327,6 +327,10 @@ def _workload(args: argparse.Namespace):
     return workload
 
 
+#: options whose names contain "token" but carry workload numbers (shown as given in meta.json)
+_WORKLOAD_FLAGS = ("--tokens", "--token-delay", "--token-jitter")
+
+
 def _safe_argv(argv: list[str]) -> list[str]:
     """*argv* for meta.json: the values of options named like a secret, and URLs' credentials, masked."""
     out, hide = [], False
@@ -335,8 +339,10 @@ def _safe_argv(argv: list[str]) -> list[str]:
             out.append("***")
             hide = False
             continue
-        low = a.lower()
-        if any(w in low for w in ("secret", "token", "password")) and a.startswith("--"):
+        name = a.split("=", 1)[0].lower()
+        # the workload's --tokens/--token-delay/--token-jitter are numbers, not credentials
+        if (a.startswith("--") and name not in _WORKLOAD_FLAGS
+                and any(w in name for w in ("secret", "token", "password", "auth"))):
             if "=" in a:
                 out.append(a.split("=", 1)[0] + "=***")
             else:

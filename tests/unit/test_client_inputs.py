@@ -265,3 +265,12 @@ def test_merge_refuses_any_damage_to_a_state_with_a_value_error_and_writes_nothi
             else:
                 shutil.rmtree(out)  # the damage was harmless (e.g. a float where an int is fine)
     assert tried > 500
+
+
+def test_meta_argv_hides_secrets_but_keeps_the_workload_numbers():
+    from kit.client.__main__ import _safe_argv
+
+    argv = ["--tokens", "40", "--token-delay=30", "--token-jitter", "5", "--jwt-secret", "s3cr3t",
+            "--auth-token=abc", "--api-url", "http://u:pw@h:1"]
+    assert _safe_argv(argv) == ["--tokens", "40", "--token-delay=30", "--token-jitter", "5", "--jwt-secret", "***",
+                                "--auth-token=***", "--api-url", "http://u:***@h:1"]
