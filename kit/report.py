@@ -226,7 +226,8 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
     lines = [
         "=" * 72,
         f"wsproxy-loadkit run {run.get('run_id', summary.get('run_id', '?'))}"
-        + ("   ** PARTIAL **" if summary.get("partial") else ""),
+        + ("   ** PARTIAL **" if summary.get("partial") else "")
+        + ("   ** ABORTED **" if run.get("aborted") else ""),
         "=" * 72,
         f"Sessions      {summary.get('total_sessions', 0)} total, {summary.get('successful_sessions', 0)} ok, "
         f"{summary.get('failed_sessions', 0)} failed   success rate {_f(summary.get('success_rate'))}%",
@@ -291,6 +292,10 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
         lines.append(f"Threshold     {name:<30} actual {format_actual(t):<12} {'PASS' if t['passed'] else 'FAIL'}")
     lines += event_lines(summary)
     lines += server_event_lines(summary)
+    if run.get("aborted"):
+        a = run["aborted"]
+        lines.append(f"Aborted       at {a['at_s']:g} s: threshold {a['threshold']} had failed for good "
+                     f"(--abort-on-fail, judged after {a.get('grace_s', 0):g} s)")
     for r in run.get("partial_reasons", []):
         lines.append(f"Partial       {r}")
     lines.append("=" * 72)
@@ -366,6 +371,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} pre{{background:
 </head><body>
 <h1>Run {e(str(run.get('run_id', '')))}</h1>
 {'<p class="partial">PARTIAL RUN: ' + e('; '.join(run.get('partial_reasons', []))) + '</p>' if summary.get('partial') else ''}
+{'<p class="partial">ABORTED at ' + e(f"{run['aborted']['at_s']:g}") + ' s: threshold ' + e(run['aborted']['threshold']) + ' had failed (--abort-on-fail)</p>' if run.get('aborted') else ''}
 <h2>Summary</h2><pre>{e(text)}</pre>
 <h2>Workload</h2>{workload}
 <h2>Latency histograms (ms)</h2>

@@ -128,6 +128,8 @@ def test_abort_on_fail_stops_a_doomed_run_within_two_seconds_and_records_why(inv
     aborted = doc["summary"]["run"]["aborted"]
     assert aborted["threshold"] == "p50<1ms" and 2 <= aborted["at_s"] <= 5, aborted
     assert "ABORTING at t=" in res.stderr and "ABORTED RUN" in res.stderr
+    report = (RESULTS / run_id / "report.txt").read_text()
+    assert "** ABORTED **" in report and f"Aborted       at {aborted['at_s']:g} s: threshold p50<1ms" in report
     summary = doc["summary"]
     assert summary["partial"] is False and 0 < summary["total_queries"] < 80
     # every query the generators recorded ended within 2 s of the abort (stopped, not run to its end)
