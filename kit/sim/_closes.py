@@ -76,10 +76,14 @@ async def listen_for_closes(redis_url: str, stop: asyncio.Event, on_close: Calla
     while not stop.is_set():
         client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=_CONNECT_TIMEOUT_S,
                                          socket_keepalive=True, socket_keepalive_options=keepalive)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()  # not ignoring subscribe messages: the first is the confirmation awaited
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT_S * 2):
                 await pubsub.subscribe(CLOSE_CHANNEL)
+                # the confirmation (a refusal, NOPERM, comes back as an error in its place)
+                while (confirmed := await pubsub.get_message(timeout=_CONNECT_TIMEOUT_S)) is None \
+                        or confirmed.get("type") != "subscribe":
+                    pass
             if warned:
                 log.info("listening for closes on Redis at %s again", where)
             listener.listening, warned, delay = True, False, retry[0]

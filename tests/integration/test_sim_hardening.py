@@ -18,8 +18,9 @@ import httpx
 import orjson
 import psutil
 import pytest
+import redis
 
-from devkit.localstack import RedisServer, start_sim
+from devkit.localstack import start_sim
 from test_sim import collect, subscribed
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,8 +58,8 @@ class Sim:
 
 
 @contextlib.contextmanager
-def simulator(tmp_path: Path, redis_server: RedisServer, **env) -> Iterator[Sim]:
-    proc, port = start_sim(tmp_path / f"sim{secrets.token_hex(3)}", redis_url=redis_server.url,
+def simulator(tmp_path: Path, redis_url: str, **env) -> Iterator[Sim]:
+    proc, port = start_sim(tmp_path / f"sim{secrets.token_hex(3)}", redis_url=redis_url,
                            jwt_secret=secrets.token_urlsafe(48), LLM_RESPONSE_TEXT=TEXT, **env)
     sim = Sim(proc, port)
     try:
@@ -98,7 +99,7 @@ def read_until_closed(s: socket.socket, timeout: float) -> tuple[bytes, float]:
 # -- request heads and bodies ---------------------------------------------------------------------
 
 def test_a_body_that_never_arrives_is_answered_408_and_closed_at_the_deadline(tmp_path, redis_server):
-    with simulator(tmp_path, redis_server, SIM_REQUEST_BODY_TIMEOUT_SECS=1) as sim:
+    with simulator(tmp_path, redis_server.url, SIM_REQUEST_BODY_TIMEOUT_SECS=1) as sim:
         sid = sim.create()
         for path in (f"/session/{sid}/run", "/no/such/route"):  # the direct path and Quart's
             with socket.create_connection(("127.0.0.1", sim.port)) as s:
@@ -112,7 +113,7 @@ def test_a_body_that_never_arrives_is_answered_408_and_closed_at_the_deadline(tm
 
 def test_a_body_trickled_a_byte_at_a_time_is_closed_at_the_deadline_not_when_it_ends(tmp_path, redis_server):
     # the probe's 125 s trickle: bytes keep coming, the deadline counts from the head
-    with simulator(tmp_path, redis_server, SIM_REQUEST_BODY_TIMEOUT_SECS=1) as sim:
+    with simulator(tmp_path, redis_server.url, SIM_REQUEST_BODY_TIMEOUT_SECS=1) as sim:
         with socket.create_connection(("127.0.0.1", sim.port)) as s:
             s.sendall(b"POST /session/x/run HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
             t = time.monotonic()
@@ -135,7 +136,7 @@ def test_a_body_trickled_a_byte_at_a_time_is_closed_at_the_deadline_not_when_it_
 
 
 def test_a_head_that_never_ends_and_an_idle_connection_are_closed_at_the_header_timeout(tmp_path, redis_server):
-    with simulator(tmp_path, redis_server, SIM_REQUEST_HEADER_TIMEOUT_SECS=1) as sim:
+    with simulator(tmp_path, redis_server.url, SIM_REQUEST_HEADER_TIMEOUT_SECS=1) as sim:
         for first in (b"POST /session/create HTTP/1.1\r\nHost: x\r\nX-Slow: ", b""):
             with socket.create_connection(("127.0.0.1", sim.port)) as s:
                 s.sendall(first)
@@ -144,7 +145,7 @@ def test_a_head_that_never_ends_and_an_idle_connection_are_closed_at_the_header_
 
 
 def test_a_head_over_the_bound_is_431(tmp_path, redis_server):
-    with simulator(tmp_path, redis_server, SIM_MAX_HEAD_BYTES=16384) as sim:
+    with simulator(tmp_path, redis_server.url, SIM_MAX_HEAD_BYTES=16384) as sim:
         with socket.create_connection(("127.0.0.1", sim.port)) as s:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 40000 + b"\r\n\r\n")
             data, _ = read_until_closed(s, 10)
@@ -154,7 +155,7 @@ def test_a_head_over_the_bound_is_431(tmp_path, redis_server):
 
 def test_hundreds_of_stalled_bodies_leave_health_answering_and_are_all_closed_at_the_deadline(
         tmp_path, redis_server):
-    with simulator(tmp_path, redis_server, SIM_REQUEST_BODY_TIMEOUT_SECS=2) as sim:
+    with simulator(tmp_path, redis_server.url, SIM_REQUEST_BODY_TIMEOUT_SECS=2) as sim:
         worker = sim.workers()[0]
         fds_before = worker.num_fds()
         stalled = []
@@ -176,8 +177,23 @@ def test_hundreds_of_stalled_bodies_leave_health_answering_and_are_all_closed_at
 
 # -- queries: bounded as a whole and in number; close cancels them ------------------------------------
 
+@pytest.mark.parametrize("env, needle", [
+    ({"TTFT_MS": "600000", "TOKEN_DELAY_MS": "20000"}, "the deployed workload"),
+    ({"SIM_MAX_QUERIES_IN_FLIGHT": "0"}, "SIM_MAX_QUERIES_IN_FLIGHT"),
+    ({"SIM_REQUEST_BODY_TIMEOUT_SECS": "soon"}, "SIM_REQUEST_BODY_TIMEOUT_SECS"),
+])
+def test_a_deployed_workload_past_the_bound_or_a_bad_limit_is_one_line_and_exit_2(env, needle):
+    import subprocess
+    import sys
+
+    run_env = {**os.environ, "JWT_SECRET": secrets.token_urlsafe(48), "FASTAPI_PORT": "1", **env}
+    res = subprocess.run([sys.executable, "-m", "kit.sim"], env=run_env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and res.stderr.startswith("kit.sim: ") and needle in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
 def test_twenty_69_day_queries_are_refused_and_hold_nothing(tmp_path, redis_server):
-    with simulator(tmp_path, redis_server) as sim:
+    with simulator(tmp_path, redis_server.url) as sim:
         sid = sim.create()
         rss = sim.workers()[0].memory_info().rss
         for _ in range(20):
@@ -192,7 +208,7 @@ def test_twenty_69_day_queries_are_refused_and_hold_nothing(tmp_path, redis_serv
 
 
 def test_queries_past_a_bound_in_flight_are_429_naming_the_bound(tmp_path, redis_server):
-    with simulator(tmp_path, redis_server, SIM_MAX_SESSION_QUERIES_IN_FLIGHT=2, SIM_MAX_QUERIES_IN_FLIGHT=5,
+    with simulator(tmp_path, redis_server.url, SIM_MAX_SESSION_QUERIES_IN_FLIGHT=2, SIM_MAX_QUERIES_IN_FLIGHT=5,
                    SIM_MAX_TOKENS_IN_FLIGHT=5000, TOKEN_DELAY_MS=1000) as sim:
         a = sim.create()
         assert [sim.run(a).status_code for _ in range(2)] == [202, 202]
@@ -212,7 +228,7 @@ def test_queries_past_a_bound_in_flight_are_429_naming_the_bound(tmp_path, redis
 
 def test_close_cancels_the_sessions_queries_on_every_worker_each_ending_with_a_cancelled_done(
         tmp_path, redis_server):
-    with simulator(tmp_path, redis_server, FASTAPI_WORKERS=2, TOKEN_DELAY_MS=500) as sim:
+    with simulator(tmp_path, redis_server.url, FASTAPI_WORKERS=2, TOKEN_DELAY_MS=500) as sim:
         sids = [sim.create() for _ in range(3)]
         with subscribed(redis_server, channels=[f"session:{sid}:down" for sid in sids]) as ps:
             qids = {}
@@ -251,11 +267,34 @@ def test_close_cancels_the_sessions_queries_on_every_worker_each_ending_with_a_c
         assert total["closes_heard"] >= 3 * 2  # each close heard by both workers
 
 
+def test_without_the_acl_for_closes_a_close_still_cancels_the_answering_workers_queries_and_says_why(
+        tmp_path, redis_server):
+    # the deployed ACL before redis_acl_sim_rules grants the close channel: the sim user's rules of today
+    admin = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+    user, password = f"sim{secrets.token_hex(4)}", secrets.token_urlsafe(24)
+    admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "resetchannels", "&session:*:down",
+                          "resetkeys", "~session:*", "-@all", "+publish", "+ping", "+hset", "+hget", "+hsetnx",
+                          "+expire", "+del", "+multi", "+exec", "+discard")
+    url = f"redis://{user}:{password}@{redis_server.host}:{redis_server.port}/0"
+    try:
+        with simulator(tmp_path, url, TOKEN_DELAY_MS=500) as sim:
+            sid = sim.create()
+            assert sim.run(sid).status_code == 202
+            assert sim.http.post(f"/session/{sid}/close").status_code == 200
+            wait_for(lambda: sim.total()["queries_in_flight"] == 0, "the answering worker's query cancelled")
+            log = wait_for(lambda: "redis_acl_sim_rules" in (t := sim.proc.log_path.read_text()) and t, "the warning")
+            assert "&kit:sim:close +subscribe +unsubscribe" in log and password not in log
+            assert "Traceback" not in log
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
+
+
 # -- workers that survive -----------------------------------------------------------------------------
 
 def test_a_killed_worker_is_replaced_and_the_other_workers_queries_all_finish(tmp_path, redis_server):
     tokens = 30
-    with simulator(tmp_path, redis_server, FASTAPI_WORKERS=2, TOKEN_DELAY_MS=100) as sim:
+    with simulator(tmp_path, redis_server.url, FASTAPI_WORKERS=2, TOKEN_DELAY_MS=100) as sim:
         workers = wait_for(lambda: len(sim.workers()) == 2 and sim.workers(), "two workers")
         sids = [sim.create() for _ in range(40)]
         with subscribed(redis_server, patterns=["session:*:down"]) as ps:
@@ -305,3 +344,40 @@ def test_a_killed_worker_is_replaced_and_the_other_workers_queries_all_finish(tm
         assert {victim.pid, survivor.pid, new[0].pid} <= set(total["pids"])
         assert st["queries"] + 4 <= total["queries"] <= 44 and total["queries_in_flight"] == 0
         assert "Traceback" not in sim.proc.log_path.read_text()
+
+
+# -- the client's side of a cancel ----------------------------------------------------------------------
+
+def test_the_client_counts_a_query_cancelled_by_close_as_cancelled_not_lost(stack_factory, tmp_path):
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    stack = stack_factory(sim_env={"TOKEN_DELAY_MS": 50})
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", stack.ws_url,
+            "--output-dir", str(out), "--quiet", "--clients", "1", "--queries", "1", "--max-tokens", "400",
+            "--no-preflight"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        r = redis.Redis(host=stack.redis.host, port=stack.redis.port, password=stack.redis.password)
+        # the client's session, once its query has been accepted (20 s of tokens at 50 ms)
+        key = wait_for(lambda: [k for k in r.scan_iter("session:*") if k.count(b":") == 1], "the client's session")[0]
+        sid = key.decode().split(":", 1)[1]
+        wait_for(lambda: httpx.get(f"{stack.api_url}/stats/all").json()["queries_in_flight"] == 1, "its query running")
+        assert httpx.post(f"{stack.api_url}/session/{sid}/close").status_code == 200
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["query_statuses"] == {"cancelled": 1}
+    assert summary["lost_tokens"] == 0
+    with open(out / "queries.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["status"] == "cancelled" and row["lost"] == "0" and int(row["tokens"]) < 400
+    assert "cancelled by the simulator (session closed)" in row["error"]
+    assert summary["errors"].get("query_cancelled_by_server") == 1
