@@ -24,6 +24,8 @@ __all__ = [
     "Histogram",
     "Timeline",
     "SecondHistograms",
+    "SECOND_BUCKET_BITS",
+    "coarse_bucket",
     "add_counts",
     "bucket_index",
     "bucket_value",
@@ -364,14 +366,33 @@ def _int_like(v: Any) -> bool:
     return False
 
 
+#: per-second histograms keep this many sub-bucket bits (relative error < 1/64, about 1.6 %): a second's
+#: percentiles show a trend; 16 times fewer buckets than the whole-run histograms keep each second cheap
+#: to cut, store and merge (bench/timeline_cost.py)
+SECOND_BUCKET_BITS = 7
+_COARSE = SUB_BUCKET_BITS - SECOND_BUCKET_BITS
+_COARSE_MASK = ~((1 << _COARSE) - 1)
+_COARSE_MID = 1 << (_COARSE - 1)
+
+
+def coarse_bucket(idx: int) -> int:
+    """The bucket standing for *idx*'s group of ``2**(SUB_BUCKET_BITS - SECOND_BUCKET_BITS)`` neighbours (the
+    group's middle bucket, in the same octave), so a coarse histogram is still a :class:`Histogram`."""
+    if idx < 0:
+        return -coarse_bucket(-idx - 1) - 1
+    # a group never straddles an octave: _SUB and _HALF are multiples of the group's width
+    return (idx & _COARSE_MASK) | _COARSE_MID
+
+
 class SecondHistograms:
     """Histograms per wall-clock second: ``hists[second][name]`` holds what was recorded in that second.
 
     Built without any per-value cost: once a second the recorder takes the difference between a
     cumulative histogram and its state a second earlier (:meth:`close_second`).  Merging adds the
     histograms of each (second, name) pair, so the percentiles of a second over many processes come
-    from their merged buckets, never from averaged percentiles.  Memory: a few non-empty buckets per
-    name and second.
+    from their merged buckets, never from averaged percentiles.  Each second's buckets are coarse
+    (:data:`SECOND_BUCKET_BITS`: percentiles within 1.6 %, min and max exact): at most a few hundred
+    non-empty buckets per name and second.
     """
 
     __slots__ = ("hists", "_snapshots")
@@ -388,6 +409,12 @@ class SecondHistograms:
                 continue
             interval = cur.copy() if before is None else cur.copy().subtract(before)
             self._snapshots[name] = cur.copy()
+            coarse: dict[int, int] = {}
+            get, mask, mid = coarse.get, _COARSE_MASK, _COARSE_MID
+            for idx, n in interval.counts.items():
+                c = (idx & mask) | mid if idx >= 0 else coarse_bucket(idx)
+                coarse[c] = get(c, 0) + n
+            interval.counts = coarse
             if interval.count:
                 self.hists.setdefault(second, {})[name] = interval
 
