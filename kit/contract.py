@@ -1,10 +1,20 @@
 """The facts the playbooks and the Python kit share, read from their one definition.
 
-They are written once, in ``playbooks/group_vars/all/contract.yml`` (Ansible loads it for every
-play; ``kit/contract.yml`` links to it, so the wheel installed on hosts carries it).  This module
-is its only reader on the Python side: a port, path, user, reserve, bound or name the kit needs is
-taken from here, never written again.  Values that are Ansible templates (``kit_root`` and the
-paths under it) are per host: :mod:`kit.inventory` renders them with the host's variables.
+Two files, each written once and loaded by Ansible and by this module alike:
+
+* the fixed facts in ``playbooks/group_vars/all/contract.yml`` (``kit/contract.yml`` links to it):
+  groups, paths under ``kit_root``, users, names, the wire contract, bounds.  Ansible loads it for
+  every play, above an inventory's ``all: vars:``: nothing in it is meant to be tuned.
+* the kit's tunable settings, the ``kit_common`` role's defaults
+  (``playbooks/roles/kit_common/defaults/main.yml``; ``kit/defaults.yml`` links to it): ``kit_root``,
+  the ports, ``wsproxy_instances_per_host``, ``kit_nofile``, ``kit_service_manager``,
+  ``kit_host_python``.  Role defaults are Ansible's lowest precedence, so an inventory overrides
+  each at any level; :mod:`kit.inventory` renders them under each host's inventory values the same way.
+
+The wheel installed on hosts carries both files (the links resolved).  This module is their only
+reader on the Python side: a port, path, user, reserve, bound or name the kit needs is taken from
+here, never written again.  Values that are Ansible templates (``kit_root`` and the paths under it)
+are per host: :mod:`kit.inventory` renders them with the host's variables.
 
 Reading is lazy (nothing happens on import) and done once per process.
 """
@@ -18,22 +28,39 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CONTRACT_PATH", "contract", "ports", "groups", "optional_groups", "bounds", "jwt_algorithms", "fd_reserve",
-           "pubsub_channel", "session_key", "run_id", "sysctls", "secret_files", "health_path",
-           "deep_health_path"]
+__all__ = ["CONTRACT_PATH", "DEFAULTS_PATH", "contract", "facts", "defaults", "ports", "groups", "optional_groups",
+           "bounds", "jwt_algorithms", "fd_reserve", "fds_per_session", "pubsub_channel", "session_key", "run_id",
+           "sysctls", "secret_files", "health_path", "deep_health_path", "wsproxy_program"]
 
 CONTRACT_PATH = Path(__file__).resolve().parent / "contract.yml"
+DEFAULTS_PATH = Path(__file__).resolve().parent / "defaults.yml"
+#: names of kit_common's defaults that only the roles use (secrets lookups, the templates folder, ...)
+_ROLE_INTERNAL = "kit_common_"
 
 
 @functools.cache
-def contract() -> dict[str, Any]:
-    """Every variable of the contract file, as YAML gives it (templates left as strings)."""
+def facts() -> dict[str, Any]:
+    """The fixed facts: every variable of the contract file, as YAML gives it (templates left as strings)."""
     with open(CONTRACT_PATH, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 
 
+@functools.cache
+def defaults() -> dict[str, Any]:
+    """The kit's tunable settings as the ``kit_common`` role defaults them (an inventory overrides each)."""
+    with open(DEFAULTS_PATH, encoding="utf-8") as fh:
+        return {k: v for k, v in yaml.safe_load(fh).items() if not k.startswith(_ROLE_INTERNAL)}
+
+
+@functools.cache
+def contract() -> dict[str, Any]:
+    """What every host has before its inventory speaks: the settings' defaults and the fixed facts."""
+    return {**defaults(), **facts()}
+
+
 def ports() -> dict[str, int]:
-    """The kit's listening ports by service: redis, sim, wsproxy (the first instance's), haproxy_*."""
+    """The kit's default listening ports by service: redis, sim, wsproxy (the first instance's), haproxy_*, ...
+    (an inventory may set others per host: a host's own are in :attr:`kit.inventory.Host.vars`)."""
     c = contract()
     return {"redis": c["redis_port"], "sim": c["sim_port"], "wsproxy": c["wsproxy_base_port"],
             "haproxy_http": c["haproxy_http_port"], "haproxy_ws": c["haproxy_ws_port"],
@@ -72,8 +99,18 @@ def jwt_algorithms() -> tuple[str, ...]:
 
 
 def fd_reserve() -> int:
-    """Descriptors a proxy or generator process keeps besides its sessions (2 each)."""
+    """Descriptors a proxy or generator process keeps besides its sessions."""
     return int(contract()["kit_fd_reserve"])
+
+
+def fds_per_session() -> int:
+    """Descriptors one session takes in a proxy or generator process."""
+    return int(contract()["kit_fds_per_session"])
+
+
+def wsproxy_program(i: int) -> str:
+    """The program (supervisor program, systemd unit suffix, HAProxy server suffix) of wsproxy instance *i*."""
+    return str(contract()["kit_wsproxy_program"]).replace("{i}", str(int(i)))
 
 
 @functools.cache

@@ -2,11 +2,14 @@
 
 :func:`load_inventory` runs ``ansible-inventory -i <inv> --playbook-dir playbooks --list``
 (Ansible's supported interface; its Python API is not), so it sees what the playbooks see: the
-inventory's variables and the kit's contract (``playbooks/group_vars/all/contract.yml``).  It
+inventory's variables and the kit's fixed facts (``playbooks/group_vars/all/contract.yml``).  The
+kit's tunable settings are the ``kit_common`` role's defaults, which ``ansible-inventory`` does not
+show: they are laid under each host's variables here, as Ansible lays role defaults under the
+inventory, so a value the inventory sets anywhere (``all: vars:`` included) wins on both sides.  It
 returns an :class:`Inventory`: hosts with their merged variables (host vars over group_vars), groups, and
 per host what Fabric needs to reach it (address, user, port, key, known-hosts
 file, or ``ansible_connection: local``).  Simple ``{{ var }}`` templates in
-variables (e.g. ``kit_root: /opt/wsproxy-loadkit/{{ inventory_hostname }}``)
+variables (e.g. the contract's paths under ``{{ kit_root }}``, and ``kit_root`` itself)
 are rendered with the host's own variables.
 
 Errors raise :class:`InventoryError` naming the file, the host or the group and
@@ -118,6 +121,31 @@ class Host:
         """The kit-owned supervisord's config on this host (used where the host has no systemd)."""
         return str(self.vars["kit_supervisord_conf"])
 
+    @property
+    def log_dir(self) -> str:
+        """Where this host's kit services log (``<program>.log``)."""
+        return str(self.vars["kit_log_dir"])
+
+    @property
+    def tuning_report(self) -> str:
+        """The tuning role's report of this host: what it allows, the sessions one process holds."""
+        return str(self.vars["kit_tuning_report"])
+
+    @property
+    def client_wrapper(self) -> str:
+        """The deployed ``kit-client`` wrapper of a generator host (the generators role installs it)."""
+        return str(self.vars["kit_client_wrapper"])
+
+    @property
+    def wsproxy_artifact_path(self) -> str:
+        """Where a user's wsproxy build is copied and run from on a wsproxy host (``wsproxy_artifact``)."""
+        return str(self.vars["kit_wsproxy_artifact_path"])
+
+    def wsproxy_programs(self) -> list[tuple[str, int]]:
+        """``(program, port)`` of each wsproxy instance this host runs when it is in the wsproxy group."""
+        base = int(self.vars["wsproxy_base_port"])
+        return [(contract.wsproxy_program(i), base + i) for i in range(int(self.vars["wsproxy_instances_per_host"]))]
+
 
 @dataclasses.dataclass(frozen=True)
 class Inventory:
@@ -176,8 +204,9 @@ def _render(value: Any, context: dict[str, Any], env: jinja2.Environment) -> Any
 
 
 def _with_contract(name: str, host_vars: dict[str, Any], groups: dict[str, list[str]]) -> dict[str, Any]:
-    """*host_vars* over the contract (as `--playbook-dir playbooks` merges them; JSON fed by tests
-    lacks it), simple templates rendered with the host's own variables."""
+    """*host_vars* over the contract: over the settings' defaults (kit_common's role defaults, which
+    `ansible-inventory` leaves out) and the fixed facts (which `--playbook-dir playbooks` merges in
+    already; JSON fed by tests lacks them); simple templates rendered with the host's own variables."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     raw = {**contract.contract(), **host_vars}
     ctx = {**raw, "inventory_hostname": name, "inventory_hostname_short": name.split(".")[0], "groups": groups}

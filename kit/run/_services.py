@@ -35,8 +35,6 @@ REPO = Path(__file__).resolve().parents[2]
 SECRETS_DIR = REPO / ".secrets"
 HTTP_TIMEOUT = 5.0
 
-#: secret -> its file in the secrets directory (a name of the contract's kit_secrets)
-_SECRET_FILES = {"redis_admin": "redis_admin_password", "haproxy_stats": "haproxy_stats_password"}
 
 
 def secrets_dir(inv: Inventory) -> Path:
@@ -47,7 +45,10 @@ def secrets_dir(inv: Inventory) -> Path:
 
 
 def read_secret(inv: Inventory, which: str) -> str | None:
-    p = secrets_dir(inv) / _SECRET_FILES[which]
+    """The secret *which* (its file's name, one of the contract's kit_secrets), None when it is missing."""
+    if which not in contract.secret_files():
+        raise KeyError(f"{which!r} is not one of the contract's kit_secrets")
+    p = secrets_dir(inv) / which
     return p.read_text().strip() if p.exists() else None
 
 
@@ -73,9 +74,8 @@ def service_targets(inv: Inventory) -> list[dict[str, Any]]:
         out.append({"host": h.name, "service": "haproxy", "address": h.service_address,
                     "port": int(h.vars["haproxy_stats_port"])})
     for h in inv.group("wsproxy"):
-        base = int(h.vars["wsproxy_base_port"])
-        for i in range(int(h.vars["wsproxy_instances_per_host"])):
-            out.append({"host": h.name, "service": f"wsproxy-{i}", "address": h.service_address, "port": base + i})
+        for program, port in h.wsproxy_programs():
+            out.append({"host": h.name, "service": program, "address": h.service_address, "port": port})
     for h in inv.group("sim"):
         out.append({"host": h.name, "service": "sim", "address": h.service_address,
                     "port": int(h.vars["sim_port"])})
@@ -87,14 +87,14 @@ def _stats_url(host: Host, t: dict[str, Any]) -> str:
 
 
 def _stats_auth(inv: Inventory, host: Host) -> tuple[str, str] | None:
-    pw = read_secret(inv, "haproxy_stats")
+    pw = read_secret(inv, "haproxy_stats_password")
     return None if pw is None else (str(host.vars["haproxy_stats_user"]), pw)
 
 
 def _redis_client(inv: Inventory, t: dict[str, Any]) -> redis.Redis:
     host = inv.hosts[t["host"]]
     return redis.Redis(host=t["address"], port=t["port"], username=str(host.vars["redis_admin_user"]),
-                       password=read_secret(inv, "redis_admin"), socket_timeout=HTTP_TIMEOUT,
+                       password=read_secret(inv, "redis_admin_password"), socket_timeout=HTTP_TIMEOUT,
                        socket_connect_timeout=HTTP_TIMEOUT)
 
 

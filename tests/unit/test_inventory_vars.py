@@ -26,6 +26,22 @@ def test_shipped_inventories_fill_every_role_group(name):
         assert data[group]["hosts"], f"{name}: group {group} has no hosts"
 
 
+def test_an_inventory_all_vars_setting_reaches_ansible_and_fabric(tmp_path):
+    # ansible-inventory shows the inventory's value (role defaults are not in its output: kit.inventory lays
+    # them under it), and the kit's Python sees the same value
+    from kit.inventory import load_inventory
+
+    inv = tmp_path / "fleet.yml"
+    inv.write_text((REPO / "inventory" / "example-multihost.yml").read_text().replace(
+        "    # kit_nofile: 20000", "    kit_nofile: 20000", 1))
+    res = subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(inv), "--playbook-dir", str(REPO / "playbooks"),
+                          "--host", "gen1"], capture_output=True, text=True, timeout=60, cwd=REPO, check=True)
+    assert json.loads(res.stdout)["kit_nofile"] == 20000
+    hosts = load_inventory(inv).hosts
+    assert hosts["gen1"].vars["kit_nofile"] == 20000 and hosts["ws2"].vars["wsproxy_instances_per_host"] == 8
+    assert hosts["ws1"].vars["wsproxy_base_port"] == 4040 == hosts["ws1"].wsproxy_programs()[0][1]
+
+
 def test_example_inventory_host_overrides_beat_group_vars():
     res = subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(REPO / "inventory/example-multihost.yml"), "--host", "ws2"],
                          capture_output=True, text=True, timeout=60, cwd=REPO, check=True)
@@ -96,6 +112,8 @@ def test_kit_wheel_is_byte_for_byte_reproducible(tmp_path):
         assert not any("localstack" in n or n.startswith("devkit/") for n in names)  # test scaffolding stays home
         # the contract travels as a file of its own (the link resolved), read by kit.contract on hosts
         assert zf.read("kit/contract.yml") == (REPO / "playbooks/group_vars/all/contract.yml").read_bytes()
+        # and so do the settings' defaults (kit_common's role defaults), read by kit.contract on hosts too
+        assert zf.read("kit/defaults.yml") == (REPO / "playbooks/roles/kit_common/defaults/main.yml").read_bytes()
         record = zf.read(next(n for n in names if n.endswith("dist-info/RECORD"))).decode()
         assert "kit/config.py,sha256=" in record
 
@@ -105,10 +123,13 @@ def test_kit_wheel_is_byte_for_byte_reproducible(tmp_path):
 def _render(name: str, **values) -> str:
     import jinja2
 
+    from kit.inventory import Host
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / "templates"), undefined=jinja2.StrictUndefined,
                              trim_blocks=True)
-    return env.get_template(name).render(ansible_managed="managed", inventory_hostname="h1",
-                                         kit_root="/opt/wsproxy-loadkit/h1", **values)
+    # host h1's variables: the contract's and the settings' defaults rendered for it (kit_root, kit_log_dir, ...)
+    return env.get_template(name).render(**{**Host("h1", {}).vars, "ansible_managed": "managed",
+                                            "inventory_hostname": "h1", **values})
 
 
 def test_systemd_unit_and_supervisor_program_run_the_same_command_with_the_same_limit():
