@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["host_facts", "open_file_limit", "clock_samples", "start_job", "job_state", "stop_job", "fetch_dir",
+__all__ = ["host_facts", "open_file_limit", "FROM_SSH_LIMIT", "clock_samples", "start_job", "job_state", "stop_job", "fetch_dir",
            "CLOCK_SAMPLES", "CMD_TIMEOUT", "FETCH_TIMEOUT", "JobSurvived"]
 
 log = logging.getLogger(__name__)
@@ -50,17 +50,19 @@ echo "hostname=$(hostname)"
 echo "netns=$(ip netns identify $$ 2>/dev/null)"
 echo "kernel=$(uname -r)"
 if [ -x {py} ]; then echo "kit_python=yes"; echo "kit_version=$({py} -c 'import kit,sys; print(kit.__version__, sys.version.split()[0])' 2>&1 | tr '\n' ' ')"; else echo "kit_python=no"; fi
-if [ -x {root}/bin/kit-client ]; then echo "kit_client={root}/bin/kit-client"; fi
+if [ -x {wrapper} ]; then echo "kit_client={wrapper}"; fi
 if command -v haproxy >/dev/null; then echo "haproxy_version=$(haproxy -v 2>&1 | head -1)"; fi
 if command -v redis-server >/dev/null; then echo "redis_version=$(redis-server --version 2>&1 | head -1)"; fi
-if [ -r {root}/state/tuning.json ]; then echo "tuning=$(tr -d '\n' < {root}/state/tuning.json)"; fi
+if [ -r {report} ]; then echo "tuning=$(tr -d '\n' < {report})"; fi
 """
 
 
-def host_facts(c: Any, kit_python: str, kit_root: str = "/nonexistent") -> dict[str, Any]:
-    """Cores, open-file limits, port range, versions, the deployed kit-client wrapper of one host."""
-    res = c.run(_FACTS.format(py=shlex.quote(kit_python), root=shlex.quote(kit_root)), hide=True, warn=True,
-                timeout=CMD_TIMEOUT)
+def host_facts(c: Any, kit_python: str, *, client_wrapper: str = "/nonexistent",
+               tuning_report: str = "/nonexistent") -> dict[str, Any]:
+    """Cores, open-file limits, port range, versions, the deployed kit-client wrapper (*client_wrapper*,
+    the host's ``kit_client_wrapper``) and the tuning role's report (*tuning_report*, ``kit_tuning_report``)."""
+    res = c.run(_FACTS.format(py=shlex.quote(kit_python), wrapper=shlex.quote(client_wrapper),
+                              report=shlex.quote(tuning_report)), hide=True, warn=True, timeout=CMD_TIMEOUT)
     facts: dict[str, Any] = {}
     for line in res.stdout.splitlines():
         key, sep, value = line.partition("=")
@@ -76,26 +78,34 @@ def host_facts(c: Any, kit_python: str, kit_root: str = "/nonexistent") -> dict[
     lo, _, hi = facts.get("port_range", "").partition(" ")
     facts["port_range"] = [int(lo), int(hi)] if lo.isdigit() and hi.strip().isdigit() else None
     facts["kit_python"] = facts.get("kit_python") == "yes"
-    try:  # what Ansible's tuning role found this host allows (kit_root/state/tuning.json), when deployed
+    try:  # what Ansible's tuning role found this host allows (kit_tuning_report), when deployed
         facts["tuning"] = json.loads(facts["tuning"]) if facts.get("tuning") else None
     except ValueError:
         facts["tuning"] = None
+    facts["tuning_report"] = tuning_report
     return facts
 
 
+#: where :func:`open_file_limit`'s figures came from without a tuning report
+FROM_SSH_LIMIT = "ulimit -Hn over SSH (no tuning report: run fab deploy)"
+
+
 def open_file_limit(facts: dict[str, Any]) -> tuple[int, int | None, str]:
-    """(open files a kit process gets, proxied sessions one proxy process holds or None, where it came from).
+    """(open files a kit process gets, sessions one kit process holds or None, where they came from).
 
     The tuning role's report is the authority where the host was deployed: it knows what the service
-    manager grants (systemd's LimitNOFILE may exceed an SSH login's hard limit) and the proxy reserve.
-    Without it, the SSH login's hard limit is the best guess.
+    manager grants (systemd's LimitNOFILE may exceed an SSH login's hard limit), and it carries the
+    sessions one proxy or generator process holds with that limit, computed there and only there
+    (the kit_service role: open files less the contract's kit_fd_reserve, over kit_fds_per_session).
+    Without a report, the SSH login's hard limit is the best guess for the open files and the
+    sessions are unknown (None).
     """
     nofile = ((facts.get("tuning") or {}).get("nofile") or {})
     if isinstance(nofile.get("effective"), int) and nofile["effective"] > 0:
-        sessions = nofile.get("proxy_sessions_max")
-        return nofile["effective"], sessions if isinstance(sessions, int) else None, \
-            "kit_root/state/tuning.json (Ansible's tuning role)"
-    return int(facts.get("nofile_hard") or 0), None, "ulimit -Hn over SSH (no tuning report: run fab deploy)"
+        sessions = nofile.get("sessions_max")
+        where = facts.get("tuning_report") or "the tuning report"
+        return nofile["effective"], sessions if isinstance(sessions, int) else None, f"{where} (Ansible's tuning role)"
+    return int(facts.get("nofile_hard") or 0), None, FROM_SSH_LIMIT
 
 
 _CLOCK_ECHO = "import sys, time\nfor _ in sys.stdin:\n    sys.stdout.write('%d\\n' % time.time_ns()); sys.stdout.flush()"

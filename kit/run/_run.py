@@ -78,10 +78,6 @@ REPO = Path(__file__).resolve().parents[2]
 HOSTMON_SRC = REPO / "kit" / "hostmon.py"
 #: clocks further apart than this make cross-host token delivery latency unreliable (flagged)
 CLOCK_BOUND_S = 0.005
-#: file descriptors one client session holds (WebSocket + its share of HTTP keep-alive)
-FDS_PER_SESSION = 2
-#: descriptors a proxy or generator process keeps for itself (the contract's kit_fd_reserve)
-FD_RESERVE = contract.fd_reserve()
 START_LEAD_S = 3.0
 GRACE_S = 30.0
 #: seconds between polls of the generators' status (the live view's refresh; they write it every second)
@@ -261,7 +257,8 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
     problems += [f"unhealthy: {x}" for x in unhealthy(health)]
     order = list(conns.values())
     facts = {c.inventory_host.name: v for c, v in _fan(order, lambda c: ops.host_facts(
-        c, c.inventory_host.kit_python, c.inventory_host.kit_root), "reading host facts").items()}
+        c, c.inventory_host.kit_python, client_wrapper=c.inventory_host.client_wrapper,
+        tuning_report=c.inventory_host.tuning_report), "reading host facts").items()}
     clocks = {}
     for c, samples in _fan(order, lambda c: ops.clock_samples(c, python=_system_python(c.inventory_host)),
                            "measuring clocks").items():
@@ -273,16 +270,16 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
         f = facts[name]
         if not f["kit_python"]:
             problems.append(f"{name}: {inv.hosts[name].kit_python} is missing: run `fab deploy` first")
+    # sessions one process holds: the tuning role's figure (computed there only; without a report unknown)
     lbs = inv.group("haproxy")
     for h in lbs:
-        nofile, reported, source = ops.open_file_limit(facts[h.name])
-        cap = reported if reported is not None else max(0, (nofile - FD_RESERVE) // 2)
+        nofile, cap, source = ops.open_file_limit(facts[h.name])
         share = None if plan_clients is None else -(-plan_clients // len(lbs))
         caps[h.name] = {"role": "haproxy", "nofile": nofile, "nofile_source": source, "max_sessions": cap,
                         "planned_sessions": share,
-                        "note": f"one HAProxy process holds at most ~{cap} proxied sessions (2 fds each) "
-                                f"with nofile {nofile}"}
-        if share is not None and share > cap:
+                        "note": f"one HAProxy process holds at most ~{cap} proxied sessions with nofile {nofile}"
+                        if cap is not None else f"sessions per process unknown: {source}"}
+        if share is not None and cap is not None and share > cap:
             problems.append(f"{h.name}: haproxy would carry {share} sessions but its open-file limit "
                             f"{nofile} caps it at ~{cap}: add haproxy hosts to the inventory")
     cores = {n: facts[n]["nproc"] for n in gens}
@@ -294,8 +291,7 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
             clients = sum(s.clients for s in mine)
             procs = max(1, sum(s.processes for s in mine))
             per_proc = -(-clients // procs)
-            nofile, _, source = ops.open_file_limit(f)
-            fd_cap = max(0, nofile - FD_RESERVE) // FDS_PER_SESSION
+            nofile, fd_cap, source = ops.open_file_limit(f)
             pr = f["port_range"] or [32768, 60999]
             per_lb: dict[str, int] = {}
             for s in mine:
@@ -304,9 +300,9 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
             caps[name] = {"role": "generator", "clients": clients, "processes": procs, "clients_per_process": per_proc,
                           "nofile": nofile, "nofile_source": source, "max_clients_per_process_by_nofile": fd_cap,
                           "local_ports": port_cap, "max_clients_per_balancer_by_ports": port_cap // 2}
-            if per_proc > fd_cap:
-                problems.append(f"{name}: {per_proc} clients per process need ~{per_proc * FDS_PER_SESSION} open "
-                                f"files but a process gets {nofile} ({source}): add generator hosts or cores")
+            if fd_cap is not None and per_proc > fd_cap:
+                problems.append(f"{name}: {per_proc} clients per process but a process holds ~{fd_cap} with its "
+                                f"{nofile} open files ({source}): add generator hosts or cores")
             for lb, n in per_lb.items():
                 if n * 2 > port_cap:
                     problems.append(f"{name}: {n} clients to {lb} need ~{n * 2} local ports but "

@@ -1,18 +1,82 @@
-"""fab run's preflight reads the open-file limit Ansible's tuning role reported, not a second guess."""
+"""fab run's preflight reads the open-file limit and the sessions one process holds from Ansible's tuning
+report: one formula, computed by the kit_service role and written by the tuning role, never a second guess."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+from kit import contract
+from kit.inventory import Host, Inventory
+from kit.run import _hostops, _run
 from kit.run._hostops import open_file_limit
+
+REPO = Path(__file__).resolve().parents[2]
+REPORT = "/opt/wsproxy-loadkit/h/state/tuning.json"
 
 
 def test_the_tuning_report_is_the_authority_where_the_host_was_deployed():
     # under systemd a service may get more than the SSH login's hard limit: the report knows
-    facts = {"nofile_hard": 20000,
-             "tuning": {"nofile": {"wanted": 65536, "cap": 1048576, "effective": 65536, "proxy_sessions_max": 32668}}}
-    assert open_file_limit(facts) == (65536, 32668, "kit_root/state/tuning.json (Ansible's tuning role)")
+    facts = {"nofile_hard": 20000, "tuning_report": REPORT,
+             "tuning": {"nofile": {"wanted": 65536, "cap": 1048576, "effective": 65536, "sessions_max": 32668}}}
+    assert open_file_limit(facts) == (65536, 32668, f"{REPORT} (Ansible's tuning role)")
 
 
-def test_without_a_report_the_ssh_hard_limit_is_used_and_says_so():
+def test_without_a_report_the_ssh_hard_limit_is_used_and_the_sessions_are_unknown():
     nofile, sessions, source = open_file_limit({"nofile_hard": 20000, "tuning": None})
     assert (nofile, sessions) == (20000, None) and "no tuning report" in source
     assert open_file_limit({"nofile_hard": 20000, "tuning": {"nofile": {"effective": "x"}}})[0] == 20000
+
+
+def test_the_capacity_formula_is_written_once_in_the_kit_service_role():
+    # Ansible computes it (kit_service facts) with the contract's reserve and descriptors per session ...
+    facts_yml = (REPO / "playbooks/roles/kit_service/tasks/facts.yml").read_text()
+    assert re.search(r"kit_service_sessions_max:.*\n.*kit_service_nofile_effective.*kit_fd_reserve.*"
+                     r"// \(kit_fds_per_session \| int\)", facts_yml)
+    tuning = (REPO / "playbooks/roles/tuning/tasks/main.yml").read_text()
+    assert "'sessions_max': kit_service_sessions_max | int" in tuning  # ... the tuning report carries it ...
+    assert "at most\n      ~{{ kit_service_sessions_max }} proxied sessions" in tuning  # ... and says it
+    # ... and no Python module (fab run's preflight included) computes it again from a reserve
+    for p in sorted((REPO / "kit").rglob("*.py")):
+        text = p.read_text()
+        assert not re.search(r"fd_reserve\(\)|FD_RESERVE\b|[\"']kit_fd_reserve[\"']\]", text) or p.name == "contract.py", p
+    assert contract.fd_reserve() > 0 and contract.fds_per_session() > 0
+
+
+class _Conn:
+    """What the preflight needs of a connection: its inventory host (hashable, as Fabric's are)."""
+
+    def __init__(self, host: Host) -> None:
+        self.inventory_host = host
+
+
+def _host(name: str) -> Host:
+    return Host(name, {"ansible_connection": "local"})
+
+
+def test_preflight_uses_the_reported_sessions_for_balancers_and_generators_alike(monkeypatch):
+    lb, gen = _host("lb"), _host("gen")
+    groups = {g: ["lb"] for g in ("redis", "haproxy", "wsproxy", "sim")} | {"generators": ["gen"]}
+    inv = Inventory(Path("inv.yml"), {"lb": lb, "gen": gen}, groups)
+    seen_paths = {}
+
+    def host_facts(c, kit_python, *, client_wrapper, tuning_report):
+        seen_paths[c.inventory_host.name] = (client_wrapper, tuning_report)
+        # 10,000 open files; a report whose figure no formula of the preflight would give
+        report = {"nofile": {"wanted": 65536, "cap": 10000, "effective": 10000, "sessions_max": 1234}}
+        return {"nproc": 1, "nofile_hard": 10000, "port_range": [10240, 65535], "kit_python": True,
+                "tuning": report, "tuning_report": tuning_report}
+
+    monkeypatch.setattr(_hostops, "host_facts", host_facts)
+    monkeypatch.setattr(_hostops, "clock_samples", lambda c, python="python3": [(0, 0, 0)])
+    conns = {n: _Conn(h) for n, h in inv.hosts.items()}
+    pre = _run.preflight(inv, conns, plan_clients=1000, skip_health=True)
+    assert pre["caps"]["lb"]["max_sessions"] == 1234
+    assert pre["caps"]["gen"]["max_clients_per_process_by_nofile"] == 1234
+    assert not pre["problems"]
+    assert seen_paths["gen"] == (gen.client_wrapper, gen.tuning_report)
+    assert gen.tuning_report.startswith(gen.kit_root + "/") and gen.client_wrapper.startswith(gen.kit_root + "/")
+    # more clients per process than the report allows: refused with the report's figure
+    pre = _run.preflight(inv, conns, plan_clients=1300, skip_health=True)
+    assert any("1300 clients per process but a process holds ~1234" in p for p in pre["problems"]), pre["problems"]
+    assert any("lb: haproxy would carry 1300 sessions" in p and "~1234" in p for p in pre["problems"])
