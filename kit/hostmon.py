@@ -219,6 +219,26 @@ def sample_procs(roots: list[tuple[str, int]]) -> list[dict[str, Any]]:
     return out
 
 
+def _sockstat() -> dict[str, int]:
+    """The kernel's TCP socket figures of this host's network namespace (/proc/net/sockstat): sockets in
+    use, orphaned, in TIME_WAIT, allocated, and the memory their buffers hold (bytes)."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/net/sockstat") as fh:
+            for line in fh:
+                if line.startswith("TCP:"):
+                    words = line.split()[1:]
+                    pairs = dict(zip(words[::2], words[1::2]))
+                    for k in ("inuse", "orphan", "tw", "alloc"):
+                        if k in pairs:
+                            out[f"tcp_{k}"] = int(pairs[k])
+                    if "mem" in pairs:
+                        out["tcp_mem_bytes"] = int(pairs["mem"]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        pass
+    return out
+
+
 def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """One sample; returns (record, network counters for the next call's rates)."""
     net = _net()
@@ -229,6 +249,7 @@ def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], 
         "cpu_percent_per_cpu": per_cpu,
         "load_avg": list(os.getloadavg()),
         "mem": _mem(),
+        "sockstat": _sockstat(),
         "net": {},
         "source": "psutil" if psutil is not None else "/proc",
     }

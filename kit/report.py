@@ -38,7 +38,8 @@ __all__ = ["kit_measured_itself", "write_report", "render_text", "render_html", 
 #: the cost table's columns: (heading, entry key, format)
 COMPONENT_COLUMNS = (("component", "component", "{}"), ("host", "host", "{}"), ("CPU-s", "cpu_s", "{:.2f}"),
                      ("share", "cpu_share", "{:.1%}"), ("us/token", "us_per_token", "{:.1f}"),
-                     ("peak cores", "peak_cores", "{:.2f}"), ("RSS peak MB", "rss_peak_mb", "{:.1f}"))
+                     ("peak cores", "peak_cores", "{:.2f}"), ("RSS peak MB", "rss_peak_mb", "{:.1f}"),
+                     ("sessions", "sessions_peak", "{:,}"), ("KB/session", "rss_per_session_kb", "{:.1f}"))
 SELF_MEASURED_NOTE = "the kit measured itself, not the system under test"
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,9 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
         f"{summary.get('failed_sessions', 0)} failed   success rate {_f(summary.get('success_rate'))}%",
         f"Queries       {summary.get('total_queries', 0)} total, {summary.get('successful_queries', 0)} ok, "
         f"{summary.get('failed_queries', 0)} failed",
-        f"Tokens        {summary.get('total_tokens', 0)}   lost {summary.get('lost_tokens', 0)}   duplicated "
+        f"Tokens        {summary.get('total_tokens', 0)}   lost {summary.get('lost_tokens', 0)}"
+        + (f"   cancelled {summary['cancelled_tokens']}" if summary.get("cancelled_tokens") else "")
+        + "   duplicated "
         f"{summary.get('duplicated_tokens', 0)}   out of order {summary.get('out_of_order_tokens', 0)}",
         f"Throughput    QPS {_f(summary.get('qps'))}   TPS {_f(summary.get('tps'))}   duration "
         f"{_f(summary.get('duration_s'))} s",
@@ -266,11 +269,15 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
                      f"{_f((clock.get('bound_s') or 0) * 1000, '{:.1f}')} ms){'' if clock.get('ok', True) else ' ** ' + clock.get('note', '') + ' **'}")
     if summary.get("errors"):
         lines.append("Errors        " + ", ".join(f"{k}: {v}" for k, v in list(summary["errors"].items())[:8]))
+    socks = summary.get("hosts_sockets") or {}
     if hosts:
         lines.append("Hosts         " + "; ".join(
             f"{h} cpu {_f(m['cpu_mean'], '{:.0f}')}/{_f(m['cpu_peak'], '{:.0f}')}% net {_f(m['net_peak_mbit_s'])} Mbit/s"
             + (" (loopback)" if m.get("net_interfaces") == "loopback" else "")
+            + (f" tcp {socks[h]['tcp_inuse']:,} sockets {socks[h]['tcp_mem_mb']:g} MB" if h in socks else "")
             for h, m in hosts.items()))
+    if summary.get("ramp_s") is not None:
+        lines.append(f"Ramp          {summary['ramp_s']:g} s to 99 % of the peak active sessions")
     rows = component_rows(summary)
     if rows and not cpu_table:
         lines.append("CPU per component: the table below")

@@ -314,7 +314,7 @@ def _apply_child_config(args: argparse.Namespace) -> None:
 def _workload(args: argparse.Namespace):
     """The run's workload classes (the options alone, or ``--workload FILE``); fixes the draw's seed
     (``--workload-seed``, else the file's, else a random one) so every child process draws alike."""
-    from ._workload import Workload, WorkloadError, draw_seed, load_workload
+    from ._workload import Workload, WorkloadError, draw_seed, duration_problems, load_workload
 
     if args.workload is None:
         workload = Workload()
@@ -324,6 +324,9 @@ def _workload(args: argparse.Namespace):
         except WorkloadError as exc:  # one line per problem in the file: one line here
             raise ConfigError("; ".join(str(exc).splitlines())) from None
     args.workload_seed = draw_seed(workload, args.workload_seed)
+    problems = duration_problems(workload, args.max_tokens, args.token_delay_ms, args.ttft_ms, args.token_jitter_ms)
+    if problems:
+        raise ConfigError(problems[0])
     return workload
 
 

@@ -196,6 +196,7 @@ class QueryRecord:
             "expected_tokens": "" if self.expected is None else self.expected,
             "tokens": self.received,
             "lost": self.lost,
+            "cancelled": self.cancelled_tokens,
             "duplicated": self.duplicated,
             "out_of_order": self.out_of_order,
             "status": self.status,

@@ -59,7 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 QUERY_FIELDS = ["session_id", "query_index", "query_id", "intended_at", "submit_at", "ttft_ms", "latency_ms",
-                "service_latency_ms", "expected_tokens", "tokens", "lost", "duplicated", "out_of_order",
+                "service_latency_ms", "expected_tokens", "tokens", "lost", "cancelled", "duplicated", "out_of_order",
                 "status", "error"]
 SESSION_FIELDS = ["session_index", "session_id", "intended_at", "started_at", "create_ms", "connect_ms",
                   "tcp_ms", "tls_ms", "upgrade_ms", "connect_attempts", "reconnect_attempts", "reconnects_ok", "queries_ok", "queries_failed",
@@ -297,6 +297,8 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
         "reconnect_limit": reconnect_limit(runs),
         # exact token accounting
         "lost_tokens": g("lost_tokens"),
+        # announced but never sent: the simulator cancelled the query (its session was closed)
+        "cancelled_tokens": g("cancelled_tokens"),
         "duplicated_tokens": g("duplicated_tokens"),
         "out_of_order_tokens": g("out_of_order_tokens"),
         "late_messages": g("late_messages"),

@@ -43,7 +43,7 @@ from typing import Any
 from ._session import SessionConfig
 
 __all__ = ["draw_seed", "CLASS_KEYS", "WIRE_FIELDS", "WorkloadError", "WorkloadClass", "Workload", "WorkloadRecord",
-           "parse_workload", "load_workload", "check_option", "draw", "merge_workload", "workload_summary"]
+           "parse_workload", "load_workload", "check_option", "duration_problems", "draw", "merge_workload", "workload_summary"]
 
 #: class key -> (SessionConfig field, whole number?, minimum, maximum or None, unit); the first four
 #: are sent in each /run body (their bounds are the simulator's), the last three the session applies
@@ -201,6 +201,23 @@ def _loader():
             return super().construct_mapping(node, deep=deep)
 
     return UniqueKeyLoader
+
+
+def duration_problems(workload: Workload, tokens: int | None, token_delay_ms: float | None, ttft_ms: float | None,
+                      token_jitter_ms: float | None) -> list[str]:
+    """Why a query of the run (the options) or of one of *workload*'s classes (its keys over the options)
+    would last longer than a query may (:func:`kit.wire.query_duration_problem`: the product, not each field)."""
+    from kit.wire import query_duration_problem
+
+    base = {"tokens": tokens, "token_delay_ms": token_delay_ms, "ttft_ms": ttft_ms, "token_jitter_ms": token_jitter_ms}
+    out = []
+    for c in workload.classes:
+        eff = {**base, **{k: v for k, v in c.settings.items() if k in base}}
+        problem = query_duration_problem(eff["tokens"], eff["token_delay_ms"], eff["ttft_ms"], eff["token_jitter_ms"])
+        if problem:
+            out.append(problem if c.name == "default" and workload.source is None
+                       else f"{workload.source}: class {c.name}: {problem}")
+    return out
 
 
 def load_workload(path: str | Path) -> Workload:

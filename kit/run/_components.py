@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["COMPONENTS", "SINGLE_THREADED", "SATURATED_RATIO", "host_cpu_peaks", "load_host_samples", "component_costs", "bottleneck",
+           "memory_per_session", "host_sockets",
            "service_programs"]
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[
 
     def entry(component: str) -> dict[str, Any]:
         return acc.setdefault(component, {"host": host, "component": component, "cpu_s": 0.0, "peak_cores": 0.0,
-                                          "rss_peak_mb": 0.0, "_pids": set(), "_own": {}})
+                                          "rss_peak_mb": 0.0, "rss_first_mb": None, "_pids": set(), "_own": {}})
 
     samples = [r for r in rows if isinstance(r.get("procs"), list)]
     prev: dict[int, Mapping[str, Any]] | None = None
@@ -100,6 +101,8 @@ def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[
             rss[p["component"]] = rss.get(p["component"], 0.0) + float(p.get("rss_mb") or 0.0)
         for component, mb in rss.items():
             acc[component]["rss_peak_mb"] = max(acc[component]["rss_peak_mb"], mb)
+            if acc[component]["rss_first_mb"] is None:   # the component as the run found it (or as it started)
+                acc[component]["rss_first_mb"] = mb
         if prev is None:  # the baseline: what ran before the first sample is not the run's
             for pid, p in cur.items():
                 entry(p["component"])["_own"][pid] = [float(p.get("cpu_s") or 0.0), float(p.get("cpu_s") or 0.0)]
@@ -162,7 +165,7 @@ def component_costs(samples: Mapping[str, Sequence[Mapping[str, Any]]], tokens: 
             entries.append({"host": host, "component": component, "processes": len(e["_pids"]),
                             "busy_processes": busy, "cpu_s": round(cpu_s, 2),
                             "peak_cores": round(e["peak_cores"], 3), "rss_peak_mb": round(e["rss_peak_mb"], 1),
-                            "usable_cores": usable})
+                            "rss_first_mb": round(e["rss_first_mb"] or 0.0, 1), "usable_cores": usable})
     total = sum(e["cpu_s"] for e in entries)
     for e in entries:
         e["cpu_share"] = round(e["cpu_s"] / total, 4) if total > 0 else None
@@ -215,3 +218,49 @@ def bottleneck(entries: Sequence[Mapping[str, Any]],
                 "resource": "host_cpu", "host_cpu_peak_percent": round(pct, 1),
                 "shared_by": [e["component"] for e in on_host]}
     return best
+
+
+def memory_per_session(entries: list[dict[str, Any]], sessions: Mapping[tuple[str, str], float]) -> None:
+    """Add ``sessions_peak`` and ``rss_per_session_kb`` (RSS growth from the first sample to the peak, over the
+    most sessions the component held on that host) to each entry of :func:`component_costs` that *sessions*
+    ((host, component) -> peak sessions held) knows; None where it held none."""
+    for e in entries:
+        n = sessions.get((e["host"], e["component"]))
+        e["sessions_peak"] = None if n is None else int(n)
+        grown = e["rss_peak_mb"] - e.get("rss_first_mb", 0.0)
+        e["rss_per_session_kb"] = round(grown * 1024 / n, 1) if n else None
+
+
+def host_sockets(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, float]]:
+    """host -> the peaks of its kernel's TCP sockets (hostmon's /proc/net/sockstat): ``tcp_inuse``,
+    ``tcp_tw`` and ``tcp_mem_mb`` (the memory their buffers held)."""
+    out: dict[str, dict[str, float]] = {}
+    for host, rows in samples.items():
+        stats = [r["sockstat"] for r in rows if isinstance(r.get("sockstat"), Mapping) and r["sockstat"]]
+        if stats:
+            out[host] = {"tcp_inuse": max(int(s.get("tcp_inuse", 0)) for s in stats),
+                         "tcp_tw": max(int(s.get("tcp_tw", 0)) for s in stats),
+                         "tcp_mem_mb": round(max(int(s.get("tcp_mem_bytes", 0)) for s in stats) / 2**20, 1)}
+    return out
+
+
+#: the per-second series (kit._charts.server_series) that count the sessions a service held, per component
+_HELD = {"wsproxy": "wsproxy_connections_open", "haproxy": "haproxy_server_sessions", "redis": "redis_pubsub_channels"}
+
+
+def sessions_held(series: Mapping[str, Mapping[str, Mapping[float, float]]],
+                  clients: Mapping[str, float]) -> dict[tuple[str, str], float]:
+    """(host, component) -> the most sessions it held at once: what the services said of themselves each
+    second (*series*: a host's wsproxy instances' open WebSockets added, its HAProxy's sessions over every
+    server, Redis's pub/sub channels), and for the client *clients* (host -> its peak active sessions)."""
+    out: dict[tuple[str, str], float] = {(h, "client"): n for h, n in clients.items() if n}
+    for component, name in _HELD.items():
+        per_host: dict[str, dict[float, float]] = {}
+        for label, points in (series.get(name) or {}).items():
+            at = per_host.setdefault(label.split(":", 1)[0], {})
+            for t, v in points.items():
+                at[t] = at.get(t, 0.0) + v
+        for host, at in per_host.items():
+            if at and max(at.values()) > 0:
+                out[(host, component)] = max(at.values())
+    return out

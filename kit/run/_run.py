@@ -49,6 +49,7 @@ from typing import Any, Callable
 
 import kit
 from kit import contract
+from kit._charts import server_series
 from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
@@ -57,7 +58,8 @@ from ._balancer import (backend_sizes, balancer_verdict, deployed_shutdown_sessi
 from ._series import scrape_lines, server_totals
 from ._build import record_build
 from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, resolve_targets
-from ._components import bottleneck, component_costs, host_cpu_peaks, load_host_samples
+from ._components import (bottleneck, component_costs, host_cpu_peaks, host_sockets, load_host_samples,
+                          memory_per_session, sessions_held)
 from ._faults import ChaosRunner, Fault
 from ._exporter import LiveExporter, parse_listen
 from ._prometheus import export_window, prometheus_url
@@ -193,7 +195,8 @@ class RunOptions:
                                f"--max-duration {self.max_duration:g}")
 
     def _resolve_workload(self) -> None:
-        from kit.client._workload import WorkloadError, check_option, draw_seed, load_workload
+        from kit.client._workload import (Workload, WorkloadError, check_option, draw_seed, duration_problems,
+                                          load_workload)
 
         for key, opt in (("tokens", "--tokens"), ("token_delay_ms", "--token-delay"), ("ttft_ms", "--ttft"),
                          ("token_jitter_ms", "--token-jitter")):
@@ -212,12 +215,16 @@ class RunOptions:
         if self.reconnect_rate is not None and not 0 <= self.reconnect_rate < float("inf"):
             raise RunError(f"--reconnect-rate {self.reconnect_rate:g}: give reconnect attempts a second per generator "
                            "process, 0 for no limit")
+        wl = Workload()
         if self.workload is not None:
             try:
                 wl = load_workload(self.workload)
             except WorkloadError as exc:
                 raise RunError(str(exc)) from None
             self.workload_seed = draw_seed(wl, self.workload_seed)
+        problems = duration_problems(wl, self.tokens, self.token_delay_ms, self.ttft_ms, self.token_jitter_ms)
+        if problems:
+            raise RunError(problems[0])
 
     def judged_by(self) -> list[Threshold]:
         """The thresholds the run is judged by: the user's, then each default on a metric they do not name."""
@@ -803,19 +810,38 @@ def _phase_merge(run: Run) -> dict[str, Any]:
     for lbl, p in outs.items():  # what each generator measured of itself at exit (getrusage)
         host = run.gens[lbl].slot.host
         client_cpu[host] = client_cpu.get(host, 0.0) + sum(float(r.get("cpu_s") or 0.0) for r in _runs_of([p]))
-    summary["components"] = component_costs(load_host_samples(run.run_dir), summary.get("total_tokens"),
+    samples = load_host_samples(run.run_dir)
+    summary["components"] = component_costs(samples, summary.get("total_tokens"),
                                             {n: f.get("nproc") for n, f in run.pre["facts"].items()}, client_cpu)
-    summary["bottleneck"] = bottleneck(summary["components"], host_cpu_peaks(load_host_samples(run.run_dir)))
+    summary["bottleneck"] = bottleneck(summary["components"], host_cpu_peaks(samples))
     if not summary["components"]:
         run.component_problems.append("no per-process CPU samples: no component costs for this run")
+    timeline = _read_csv(run.run_dir / "timeline.csv")
+    peak = max((int(float(r.get("active_sessions") or 0)) for r in timeline), default=0)
+    share = {h: sum(s.clients for s in run.slots if s.host == h) / max(1, run.opts.clients or 0) for h in
+             {s.host for s in run.slots}}
+    memory_per_session(summary["components"], sessions_held(
+        server_series(samples, run.start_at or 0.0), {h: peak * f for h, f in share.items()}))
+    summary["hosts_sockets"] = host_sockets(samples)
+    summary["ramp_s"] = ramp_seconds(timeline, run.start_at, peak)
     summary["events"] = _fault_events(run)
-    summary["server_totals"] = server_totals(load_host_samples(run.run_dir))
+    summary["server_totals"] = server_totals(samples)
     if run.start_at is not None:  # what the balancers decided meanwhile, from their own logs
         summary["server_events"] = server_events(run.run_dir / "logs", [h.name for h in run.inv.group("haproxy")],
                                                  run.start_at, time.time())
         summary["balancer_verdict"] = balancer_verdict(summary["server_events"], backend_sizes(run.inv),
                                                        shutdown_sessions_on_down(run.inv) | run.shutdown_sessions)
     return summary
+
+
+def ramp_seconds(timeline: list[dict[str, str]], start_at: float | None, peak: int) -> float | None:
+    """Seconds from the agreed start to the first second that held 99 % of the run's peak active sessions."""
+    if start_at is None or peak <= 0:
+        return None
+    for r in sorted(timeline, key=lambda r: int(r["second"])):
+        if int(float(r.get("active_sessions") or 0)) >= 0.99 * peak:
+            return round(max(0.0, int(r["second"]) + 1 - start_at), 1)
+    return None
 
 
 def _fault_events(run: Run) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ def _files(d: Path) -> dict[str, bytes | str]:
                       "expected_tokens,tokens,lost,duplicated,out_of_order,status,error\n")
     return {
         "huge-int.yml": "classes:\n  a: {weight: 1, tokens: 1" + "0" * 400 + "}\n",
+        "69-days.yml": "classes:\n  ok: {weight: 1}\n  long: {weight: 1, tokens: 100000, token_delay_ms: 60000}\n",
         "latin1.yml": "classes:\n  caf\xe9: {weight: 1}\n".encode("latin-1"),
         "binary.yml": bytes(range(256)) * 4,
         "empty.yml": "",
@@ -83,6 +84,9 @@ CASES = [
     ("start-at-milliseconds", ["--start-at", "1700000000000"], {}, "more than a day ahead"),
     ("unknown-option", ["--colour", "red"], {}, "unrecognized arguments: --colour red"),
     ("workload-huge-int", ["--workload", "{d}/huge-int.yml"], {}, "tokens: 10000000...(401 chars) is out of range"),
+    ("query-of-69-days", ["--tokens", "100000", "--token-delay", "60000", "--ttft", "600000"], {},
+     "the query would last 69.5 days"),
+    ("workload-class-of-69-days", ["--workload", "{d}/69-days.yml"], {}, "class long: the query would last"),
     ("workload-not-utf8", ["--workload", "{d}/latin1.yml"], {}, "not UTF-8 text"),
     ("workload-binary", ["--workload", "{d}/binary.yml"], {}, "not UTF-8 text"),
     ("workload-empty", ["--workload", "{d}/empty.yml"], {}, "must be a mapping with 'classes'"),

@@ -169,3 +169,29 @@ def test_among_saturated_hosts_the_biggest_consumer_is_named():
                        {"ts": 2.0, "cpu_percent": 97.0, "procs": [proc("sim", 1, 1, 0.6)]}]}
     neck = bottleneck(component_costs(samples, 100, {"gen": 2, "sim": 2}), host_cpu_peaks(samples))
     assert (neck["component"], neck["host"], neck["host_cpu_peak_percent"]) == ("sim", "sim", 97.0)
+
+
+def test_memory_per_session_is_rss_growth_over_the_most_sessions_held():
+    from kit.run._components import host_sockets, memory_per_session, sessions_held
+
+    series = {"wsproxy_connections_open": {"h3:wsproxy-0": {1.0: 100, 2.0: 2000}, "h3:wsproxy-1": {1.0: 50, 2.0: 2000}},
+              "haproxy_server_sessions": {"h2:wsproxy/h3-wsproxy-0": {2.0: 2000}, "h2:sim/h1-sim": {2.0: 10}},
+              "redis_pubsub_channels": {"h1:redis": {1.0: 0, 2.0: 0}}}
+    held = sessions_held(series, {"h4": 4000.0, "h5": 0.0})
+    assert held == {("h4", "client"): 4000.0, ("h3", "wsproxy"): 4000.0, ("h2", "haproxy"): 2010.0}
+    entries = [{"host": "h3", "component": "wsproxy", "rss_first_mb": 50.0, "rss_peak_mb": 90.0},
+               {"host": "h1", "component": "redis", "rss_first_mb": 10.0, "rss_peak_mb": 11.0}]
+    memory_per_session(entries, held)
+    assert entries[0]["rss_per_session_kb"] == round(40 * 1024 / 4000, 1) and entries[0]["sessions_peak"] == 4000
+    assert entries[1]["rss_per_session_kb"] is None   # held no session: no figure, never a division by zero
+    socks = host_sockets({"h1": [{"sockstat": {"tcp_inuse": 5, "tcp_mem_bytes": 4096}},
+                                 {"sockstat": {"tcp_inuse": 9, "tcp_tw": 2, "tcp_mem_bytes": 2 * 2**20}}, {}]})
+    assert socks == {"h1": {"tcp_inuse": 9, "tcp_tw": 2, "tcp_mem_mb": 2.0}}
+
+
+def test_the_ramp_ends_at_the_first_second_holding_99_percent_of_the_peak():
+    from kit.run._run import ramp_seconds
+
+    rows = [{"second": str(1000 + i), "active_sessions": str(n)} for i, n in enumerate([0, 300, 700, 995, 1000, 400])]
+    assert ramp_seconds(rows, 1000.2, 1000) == 3.8
+    assert ramp_seconds(rows, None, 1000) is None and ramp_seconds([], 1000.0, 0) is None

@@ -25,6 +25,7 @@ def test_hostmon_writes_one_sample_per_interval_and_stops_by_itself(tmp_path):
     first = lines[0]
     assert 0 <= first["cpu_percent"] <= 100
     assert first["mem"]["total"] > first["mem"]["available"] > 0
+    assert first["sockstat"]["tcp_inuse"] >= 0 and first["sockstat"]["tcp_mem_bytes"] >= 0
     assert "lo" in first["net"] and "rx_bytes_per_s" in first["net"]["lo"]
     assert [round(x["t"], 1) for x in lines] == [0.2, 0.4, 0.6, 0.8, 1.0]
 

@@ -83,3 +83,14 @@ def test_a_bad_workload_file_lists_every_problem(tmp_path):
                                             f"{wl}: class 'b': unknown key 'speed': use weight, tokens, "
                                             "token_delay_ms, ttft_ms, token_jitter_ms, think_time_s, "
                                             "query_timeout_s, queries"]
+
+
+def test_fab_run_refuses_a_query_longer_than_a_query_may_last_before_anything_starts(tmp_path):
+    """Each field within its bounds, the product (100,000 tokens x 60 s) is 69 days: one line, exit 2."""
+    with pytest.raises(RunError, match=r"the query would last 69.4 days .* more than the 15 min"):
+        RunOptions(clients=1, tokens=100_000, token_delay_ms=60_000).resolve()
+    wl = tmp_path / "w.yml"
+    wl.write_text("classes:\n  short: {weight: 1}\n  long: {weight: 1, tokens: 100000, token_delay_ms: 60000}\n")
+    with pytest.raises(RunError, match=r"w.yml: class long: the query would last"):
+        RunOptions(clients=1, workload=wl).resolve()
+    RunOptions(clients=1, tokens=100, token_delay_ms=50).resolve()   # a usual query is fine
