@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kit import contract
 from kit.metrics import Histogram
 
 __all__ = ["RunData", "load_run", "run_t0", "run_x_range", "timeline_series", "timeline_percentiles", "latency_per_second", "cdf", "host_cpu_series",
@@ -325,7 +326,7 @@ def server_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float) -
                 if not isinstance(figures, Mapping) or "error" in figures:
                     continue
                 label = f"{host}:{name}"
-                if name.startswith("wsproxy-"):
+                if contract.is_wsproxy_program(name):
                     for k in WSPROXY_GAUGES:
                         if k in figures:
                             put(f"wsproxy_{k}", label, t, float(figures[k]))

@@ -30,7 +30,8 @@ import yaml
 
 __all__ = ["CONTRACT_PATH", "DEFAULTS_PATH", "contract", "facts", "defaults", "ports", "groups", "optional_groups",
            "bounds", "jwt_algorithms", "fd_reserve", "fds_per_session", "pubsub_channel", "session_key", "run_id",
-           "sysctls", "secret_files", "health_path", "deep_health_path", "wsproxy_program"]
+           "sysctls", "secret_files", "health_path", "deep_health_path", "wsproxy_program", "is_wsproxy_program",
+           "sim_close_channel"]
 
 CONTRACT_PATH = Path(__file__).resolve().parent / "contract.yml"
 DEFAULTS_PATH = Path(__file__).resolve().parent / "defaults.yml"
@@ -108,6 +109,13 @@ def fds_per_session() -> int:
     return int(contract()["kit_fds_per_session"])
 
 
+def is_wsproxy_program(name: str) -> bool:
+    """Whether *name* is a wsproxy instance's program name (:func:`wsproxy_program` of some i)."""
+    head, _, tail = str(contract()["kit_wsproxy_program"]).partition("{i}")
+    middle = name[len(head):len(name) - len(tail)] if name.startswith(head) and name.endswith(tail) else ""
+    return middle.isdigit() and len(name) == len(head) + len(middle) + len(tail)
+
+
 def wsproxy_program(i: int) -> str:
     """The program (supervisor program, systemd unit suffix, HAProxy server suffix) of wsproxy instance *i*."""
     return str(contract()["kit_wsproxy_program"]).replace("{i}", str(int(i)))
@@ -116,6 +124,11 @@ def wsproxy_program(i: int) -> str:
 @functools.cache
 def _channel_format() -> bytes:
     return contract()["kit_pubsub_channel"].replace("{id}", "%s").encode()
+
+
+def sim_close_channel() -> bytes:
+    """Where the simulator's workers announce a closed session to each other."""
+    return str(contract()["kit_sim_close_channel"]).encode()
 
 
 def pubsub_channel(session_id: str) -> bytes:

@@ -2,7 +2,7 @@
 
 The wsproxy role runs the reference wsproxy, or the inventory's ``wsproxy_command`` (a command
 already on the host) or ``wsproxy_artifact`` (a file on the controller, copied to
-``<kit_root>/bin/wsproxy-artifact`` and run).  :func:`record_build` writes down, for the run
+the contract's ``kit_wsproxy_artifact_path`` and run).  :func:`record_build` writes down, for the run
 record (``summary["run"]["build"]``), what the inventory asked for and what each wsproxy host
 actually has: the SHA-256 of the controller's artifact and of the copy on each host (they differ
 when the build changed after the last deploy), the SHA-256 of the executable a command starts,
@@ -55,7 +55,7 @@ def _kind(h: Host) -> str:
 def _on_host(c: Any, h: Host, kind: str) -> dict[str, Any]:
     """Checksum of what the host would run, asked over its connection."""
     if kind == "artifact":
-        path = f"{h.kit_root}/bin/wsproxy-artifact"
+        path = h.wsproxy_artifact_path
     elif kind == "command":
         words = shlex.split(str(h.vars["wsproxy_command"]))
         path = f"$(command -v {shlex.quote(words[0])})" if words else ""
@@ -111,7 +111,7 @@ def record_build(inv: Inventory, conns: Mapping[str, Any] | None = None) -> dict
             art = art if art.is_absolute() else REPO / art
             rec["artifact"] = str(art)
             rec["artifact_sha256"] = file_sha256(art)
-            rec["command"] = f"{h.kit_root}/bin/wsproxy-artifact"
+            rec["command"] = h.wsproxy_artifact_path
         else:
             rec["command"] = f"{h.kit_python} -m kit.wsproxy"
         c = (conns or {}).get(h.name)
@@ -124,8 +124,7 @@ def record_build(inv: Inventory, conns: Mapping[str, Any] | None = None) -> dict
             if kind == "artifact" and deployed and rec.get("artifact_sha256") and deployed != rec["artifact_sha256"]:
                 rec["problem"] = ("the artifact on the host differs from the controller's: redeploy "
                                   "(`fab deploy --playbook wsproxy.yml`) to measure the current build")
-        base, n = int(h.vars["wsproxy_base_port"]), int(h.vars["wsproxy_instances_per_host"])
-        rec["instances"] = {f"wsproxy-{i}": _ask_version(h.service_address, base + i) for i in range(n)}
+        rec["instances"] = {program: _ask_version(h.service_address, port) for program, port in h.wsproxy_programs()}
         hosts[h.name] = rec
     versions = sorted({i.get("version") for r in hosts.values() for i in r["instances"].values() if i.get("version")})
     sums = sorted({r.get("artifact_sha256") or (r.get("on_host") or {}).get("sha256") or "" for r in hosts.values()}

@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kit import contract
+
 __all__ = ["COMPONENTS", "SINGLE_THREADED", "SATURATED_RATIO", "host_cpu_peaks", "load_host_samples", "component_costs", "bottleneck",
            "memory_per_session", "host_sockets",
            "service_programs"]
@@ -59,7 +61,7 @@ def service_programs(groups: Sequence[str], wsproxy_instances: int = 1) -> list[
         if component in groups:
             out.append((component, component))
     if "wsproxy" in groups:
-        out += [("wsproxy", f"wsproxy-{i}") for i in range(max(1, int(wsproxy_instances)))]
+        out += [("wsproxy", contract.wsproxy_program(i)) for i in range(max(1, int(wsproxy_instances)))]
     return out
 
 

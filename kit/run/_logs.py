@@ -26,7 +26,7 @@ MAX_LOG_BYTES = 20 * 1024 * 1024
 
 
 def log_dir(host: Host) -> str:
-    return f"{host.kit_root}/log"
+    return host.log_dir
 
 
 def _fetch(c: Any, dest: Path) -> list[str]:

@@ -32,8 +32,7 @@ def scrape_lines(inv: Inventory, h: Host) -> str:
     """The ``--scrape`` file of host *h*: ``NAME URL [PREFIX ...]`` per kit service it runs."""
     roles, addr, lines = inv.roles_of(h.name), h.service_address, []
     if "wsproxy" in roles:
-        base = int(h.vars["wsproxy_base_port"])
-        lines += [f"wsproxy-{i} http://{addr}:{base + i}/stats" for i in range(int(h.vars["wsproxy_instances_per_host"]))]
+        lines += [f"{program} http://{addr}:{port}/stats" for program, port in h.wsproxy_programs()]
     if "sim" in roles:
         lines.append(f"sim http://{addr}:{h.vars['sim_port']}/stats/all")
     if "redis" in roles:

@@ -11,7 +11,8 @@ number of sessions.
 Errors: a lost subscription is made again (1 s, doubling to 5 s) with one WARNING per outage and one
 INFO line when it is back; closes published meanwhile are not heard by this worker (its queries of those
 sessions run to their bounded end, as before).  A dead link is noticed by TCP keepalive within ~15 s.
-Redis ACL: the simulator's user needs ``+subscribe +unsubscribe`` and the channel ``&kit:sim:close``
+Redis ACL: the simulator's user needs ``+subscribe +unsubscribe`` and the channel (the contract's
+``kit_sim_close_channel``; the redis role grants both)
 (``redis_acl_sim_rules``); without them a close cancels only the answering worker's queries, and one
 WARNING per worker says so and how to fix it.  A ``/run`` whose session check raced a close on another
 worker (answered "open" just before the close, submitted just after its message arrived) runs to its
@@ -30,6 +31,8 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, RedisError
 
+from kit import contract
+
 from ._probe import redis_location
 
 __all__ = ["CLOSE_CHANNEL", "listen_for_closes", "announce_close", "CloseListener"]
@@ -37,7 +40,7 @@ __all__ = ["CLOSE_CHANNEL", "listen_for_closes", "announce_close", "CloseListene
 log = logging.getLogger(__name__)
 
 #: the Redis channel closes are announced on (payload: the session id)
-CLOSE_CHANNEL = b"kit:sim:close"
+CLOSE_CHANNEL = contract.sim_close_channel()
 #: seconds between tries to subscribe again: first, doubling up to the last
 RETRY_S = (1.0, 5.0)
 _CONNECT_TIMEOUT_S = 2.0

@@ -230,8 +230,16 @@ def test_redis_acl_confines_each_user(deployed):
         with pytest.raises(redis.exceptions.NoPermissionError):
             sim.publish("other:channel", "x")  # only session:*:down channels
         assert sim.publish("session:acltest:down", "{}") == 0
+        # the simulator's workers hear each other's closes on the contract's channel, and on no other
+        ps = sim.pubsub()
+        ps.subscribe(contract.sim_close_channel().decode())
+        assert ps.get_message(timeout=5)["type"] == "subscribe"
+        ps.close()
+        ps = sim.pubsub()
+        ps.subscribe("other:channel")
         with pytest.raises(redis.exceptions.NoPermissionError):
-            sim.execute_command("SUBSCRIBE", "session:acltest:down")  # the simulator never subscribes
+            ps.get_message(timeout=5)
+        ps.close()
         for script in (("EVAL", "while true do end", 0), ("SCRIPT", "LOAD", "return 1"),
                        ("EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", 0)):
             with pytest.raises(redis.exceptions.NoPermissionError):
