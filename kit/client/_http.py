@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import orjson
 import trio
 
-from ._ws import TLSError, _connect_socket, _send_all, open_tls
+from ._ws import TLSError, _connect_socket, _send_all, open_tcp, open_tls
 
 __all__ = [
     "HttpPool",
@@ -309,7 +309,7 @@ class HttpPool:
     async def _open(self) -> _Conn:
         try:
             if self.secure:
-                tcp = await trio.open_tcp_stream(self.host, self.port)
+                tcp = await open_tcp(self.host, self.port)
                 conn = _Conn(None, await open_tls(tcp, self.host, self._ssl))
             else:
                 conn = _Conn(await _connect_socket(self.host, self.port), None)

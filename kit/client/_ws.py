@@ -44,6 +44,9 @@ from ._frames import (
 )
 
 __all__ = [
+    "SOURCES",
+    "SourceAddresses",
+    "open_tcp",
     "WebSocket",
     "connect",
     "ConnectionClosed",
@@ -374,14 +377,61 @@ async def _send_all(sock: socket.socket | None, stream: trio.abc.Stream | None, 
         view = view[sent:]
 
 
+#: Linux's IP_BIND_ADDRESS_NO_PORT: a socket bound to a source address gets its port at connect(), so
+#: one address's ephemeral ports serve every destination (not once per bound socket)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+class SourceAddresses:
+    """The local addresses this process's connections leave from, round-robin (none: the kernel's choice).
+
+    Toward one balancer address:port a host has its ephemeral port range per source address, so
+    several addresses multiply the sessions one generator host holds (Tsung's answer to the same cap).
+    """
+
+    def __init__(self) -> None:
+        self.addresses: tuple[str, ...] = ()
+        self._next = 0
+
+    def set(self, addresses: list[str] | tuple[str, ...]) -> None:
+        self.addresses, self._next = tuple(addresses), 0
+
+    def take(self) -> str | None:
+        if not self.addresses:
+            return None
+        a = self.addresses[self._next % len(self.addresses)]
+        self._next += 1
+        return a
+
+
+#: the process's source addresses (``--source-addresses``)
+SOURCES = SourceAddresses()
+
+
+def _bind_source(sock: socket.socket, family: int, source: str | None) -> None:
+    if source is None:
+        return
+    if family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((source, 0))
+
+
+async def open_tcp(host: str, port: int) -> trio.SocketStream:
+    """trio's TCP stream (the TLS path) from the next source address."""
+    source = SOURCES.take()
+    return await trio.open_tcp_stream(host, port, local_address=source)
+
+
 async def _connect_socket(host: str, port: int) -> socket.socket:
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError | None = None
+    source = SOURCES.take()
     for family, type_, proto, _, addr in infos:
         sock = socket.socket(family, type_, proto)
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _bind_source(sock, family, source)
             err = sock.connect_ex(addr)
             if err not in (0, 115, 36):  # EINPROGRESS (Linux 115), EINPROGRESS (BSD 36)
                 raise OSError(err, os.strerror(err))
@@ -416,7 +466,7 @@ async def connect(url: str, path: str = "", headers: list[tuple[str, str]] | Non
     stream: trio.abc.Stream | None = None
     t0 = time.monotonic_ns()
     if t.secure:
-        tcp = await trio.open_tcp_stream(t.host, t.port)
+        tcp = await open_tcp(t.host, t.port)
         t1 = time.monotonic_ns()
         stream = await open_tls(tcp, t.host, ssl_context)
     else:

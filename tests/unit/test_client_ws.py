@@ -161,3 +161,42 @@ def test_handshake_wrong_accept_is_refused():
     data = _response("101 Switching Protocols", "other-key")
     with pytest.raises(ProtocolError, match="Accept"):
         parse_handshake(data, "my-key")
+
+
+def test_connections_leave_from_each_source_address_in_turn():
+    """Loopback answers on all of 127/8: a listener on 127.0.0.1 sees its peers come from 127.0.0.2 and .3
+    alternately, on the raw-socket path and on trio's (the TLS path), each with a kernel-chosen port."""
+    import socket as _socket
+
+    import trio
+
+    from kit.client._ws import SOURCES, _connect_socket, open_tcp
+
+    srv = _socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+
+    async def main():
+        peers, socks = [], []
+        for _ in range(4):
+            socks.append(await _connect_socket("127.0.0.1", port))
+            conn, peer = srv.accept()
+            peers.append(peer[0])
+            conn.close()
+        for _ in range(2):
+            stream = await open_tcp("127.0.0.1", port)
+            conn, peer = srv.accept()
+            peers.append(peer[0])
+            conn.close()
+            await stream.aclose()
+        for s in socks:
+            s.close()
+        return peers
+
+    SOURCES.set(["127.0.0.2", "127.0.0.3"])
+    try:
+        assert trio.run(main) == ["127.0.0.2", "127.0.0.3"] * 3
+    finally:
+        SOURCES.set([])
+        srv.close()
