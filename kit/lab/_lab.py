@@ -64,6 +64,9 @@ class LabConfig:
     subnet: str = "10.213.0.0/24"
     inventory_path: Path = REPO / "inventory" / "lab.yml"
     python_interpreter: str = "/usr/bin/python3"
+    #: addresses each generator host has (its own and extra ones from .211 up): the generators'
+    #: connections leave from each in turn (``generator_source_addresses``), each with its own ports
+    source_addresses: int = 1
 
     @property
     def state_path(self) -> Path:
@@ -85,6 +88,14 @@ class LabConfig:
         net = ipaddress.ip_network(self.subnet)
         return str(net.network_address + (1 if i == 0 else 10 + i))
 
+    def extra_address(self, k: int) -> str:
+        """The *k*-th extra address handed to generator hosts (``.211`` up); LabError past the subnet."""
+        net = ipaddress.ip_network(self.subnet)
+        if 211 + k >= net.num_addresses - 1:
+            raise LabError(f"--source-addresses: the lab's {self.subnet} has {net.num_addresses - 212} extra "
+                           "addresses for generator hosts: ask for fewer")
+        return str(net.network_address + 211 + k)
+
     def host_name(self, i: int) -> str:
         return f"{self.prefix}-h{i}"
 
@@ -96,6 +107,8 @@ class LabHost:
     address: str
     veth: str
     groups: list[str]
+    #: extra addresses on eth0 (generator hosts with several source addresses)
+    extra: list[str] = dataclasses.field(default_factory=list)
     sshd_pid: int | None = None
     sshd_start: int | None = None
 
@@ -206,6 +219,8 @@ def _make_host(cfg: LabConfig, host: LabHost, state: dict[str, Any]) -> None:
     prefixlen = ipaddress.ip_network(cfg.subnet).prefixlen
     ip("-n", ns, "link", "set", "lo", "up")
     ip("-n", ns, "addr", "add", f"{host.address}/{prefixlen}", "dev", "eth0")
+    for extra in host.extra:
+        ip("-n", ns, "addr", "add", f"{extra}/{prefixlen}", "dev", "eth0")
     ip("-n", ns, "link", "set", "eth0", "up")
     ip("-n", ns, "route", "add", "default", "via", cfg.address(0))
     sh(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *(f"{k}={v}" for k, v in LAB_SYSCTLS.items())])
@@ -231,7 +246,8 @@ def lab_up(n: int, layout: dict[str, int] | None = None, cfg: LabConfig | None =
     assignment = assign_groups(n, layout)
     existing = load_state(cfg)
     if existing is not None:
-        same = existing.get("complete") and len(existing["hosts"]) == n and existing.get("layout") == layout
+        same = (existing.get("complete") and len(existing["hosts"]) == n and existing.get("layout") == layout
+                and existing.get("source_addresses", 1) == cfg.source_addresses)
         problems = _healthy(cfg, existing) if same else []
         if same and not problems:
             log.info("lab: %d hosts already up; inventory rewritten to %s", n, cfg.inventory_path)
@@ -246,7 +262,7 @@ def lab_up(n: int, layout: dict[str, int] | None = None, cfg: LabConfig | None =
     cfg.root.chmod(0o700)
     state: dict[str, Any] = {
         "version": 1, "complete": False, "created_at": time.time(), "prefix": cfg.prefix,
-        "subnet": cfg.subnet, "layout": layout, "groups": {g: [cfg.host_name(i) for i in idx] for g, idx in assignment.items()},
+        "subnet": cfg.subnet, "layout": layout, "source_addresses": cfg.source_addresses, "groups": {g: [cfg.host_name(i) for i in idx] for g, idx in assignment.items()},
         "bridge": {"name": cfg.bridge, "address": cfg.address(0)}, "privsep_dir_created": False,
         "inventory": str(cfg.inventory_path), "hosts": [],
     }
@@ -262,10 +278,15 @@ def lab_up(n: int, layout: dict[str, int] | None = None, cfg: LabConfig | None =
         ip("link", "add", cfg.bridge, "type", "bridge")
         ip("addr", "add", f"{cfg.address(0)}/{ipaddress.ip_network(cfg.subnet).prefixlen}", "dev", cfg.bridge)
         ip("link", "set", cfg.bridge, "up")
+        extras = 0
         for i in range(1, n + 1):
             name = cfg.host_name(i)
             groups = [g for g, idx in assignment.items() if i in idx]
-            _make_host(cfg, LabHost(index=i, name=name, address=cfg.address(i), veth=f"{name}-v", groups=groups), state)
+            more = cfg.source_addresses - 1 if "generators" in groups else 0
+            extra = [cfg.extra_address(extras + k) for k in range(more)]
+            extras += more
+            _make_host(cfg, LabHost(index=i, name=name, address=cfg.address(i), veth=f"{name}-v", groups=groups,
+                                    extra=extra), state)
         for h in state["hosts"]:
             wait_port(h["address"], 22, timeout=SSHD_READY_TIMEOUT)
         lines = []
@@ -305,7 +326,8 @@ def write_inventory(cfg: LabConfig, state: dict[str, Any]) -> Path:
         "hosts": {h["name"]: {"ansible_host": h["address"], "lab_netns": h["name"],
                               # Prometheus scrapes `fab run`'s live figures on the bridge (the controller)
                               **({"monitoring_controller_target": f"{cfg.address(0)}:{CONTROLLER_METRICS_PORT}"}
-                                 if h["name"] in state["groups"].get("monitoring", []) else {})}
+                                 if h["name"] in state["groups"].get("monitoring", []) else {}),
+                              **({"generator_source_addresses": [h["address"], *h["extra"]]} if h.get("extra") else {})}
                   for h in state["hosts"]},
         "children": {g: {"hosts": {name: None for name in names}} for g, names in state["groups"].items()},
     }}
