@@ -16,6 +16,15 @@ Runs (``--runs``):
   5 % of the sessions streaming at any moment, ~10,000 tokens/s offered in steady state;
 - ``pace``: the same 10,000 at the default 50 ms pace without think time (200,000 tokens/s
   offered, far beyond 2 cores): it cannot pass here; the run must name the bottleneck.
+
+``--sessions N`` sizes the lab for N concurrent sessions instead (``kit.run._sizing``, what ``fab plan``
+computes: the sessions one process holds under this machine's open-file cap, generators one process per
+core, one HAProxy per ~9,900 sessions, 2 wsproxy instances per host) and a pace this machine carries:
+the think time that keeps the offered load near ``--tokens-per-s`` (8,000), 2 queries per session, a
+ramp of 250 sessions/s, and a ``chat`` run only:
+
+    .venv/bin/python bench/scale_run.py --sessions 25000
+    .venv/bin/python bench/scale_run.py --sessions 50000 --monitoring
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout  # noqa: E402
 from kit.report import host_metrics  # noqa: E402
 from kit.run import RunOptions, execute, parse_threshold  # noqa: E402
+from kit.run._sizing import HostFacts, offered_tokens_per_s, size_fleet  # noqa: E402
 
 SEED = {"clients": 5000, "success": "99.46%", "p50": "15.81 s", "p99": "26.82 s", "tps": "337",
         "lost": "not measured"}
@@ -45,6 +55,29 @@ def playbook(inv: Path, book: str, log: Path) -> int:
 
 
 RUNS = {"chat": {"think_time": 40.0}, "pace": {"think_time": 0.0}}
+#: the workload of a scale run's query: the simulator's default answer (43 tokens, 50 ms apart)
+TOKENS, DELAY_MS = 43, 50.0
+FD_RESERVE, FDS_PER_SESSION = 200, 2
+
+
+def scale_plan(sessions: int, tokens_per_s: float) -> tuple[int, str, float]:
+    """(hosts, layout, think time) of a lab on this machine for *sessions* (kit.run._sizing, as fab plan)."""
+    import os
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    cap = (min(hard, 65536) - FD_RESERVE) // FDS_PER_SESSION
+    cores = os.cpu_count() or 1
+    facts = HostFacts("lab", cores, cap, (10240, 65535), wsproxy_instances=2)
+    groups = {"generators": [facts], "haproxy": [facts], "wsproxy": [facts]}
+    need = {n.group: n.needed for n in size_fleet(sessions, groups)}
+    layout = {"redis": 1, "sim": 1, "haproxy": need["haproxy"], "wsproxy": need["wsproxy"],
+              "generators": need["generators"], "monitoring": 0}
+    hosts = sum(v for k, v in layout.items() if k not in ("sim", "monitoring"))  # both share hosts (slot order)
+    # steady state: sessions x tokens per (query time + think) = tokens_per_s
+    think = max(0.0, sessions * TOKENS / tokens_per_s - (TOKENS - 1) * DELAY_MS / 1000)
+    assert abs(offered_tokens_per_s(sessions, TOKENS, DELAY_MS, 0, think) - tokens_per_s) < 1
+    return hosts, ",".join(f"{k}={v}" for k, v in layout.items() if v), round(think, 1)
 
 
 def one_run(name: str, inv: Path, args: argparse.Namespace) -> int:
@@ -97,7 +130,20 @@ def main() -> int:
     ap.add_argument("--ramp", type=float, default=250.0, help="sessions started per second over all generators")
     ap.add_argument("--max-duration", type=float, default=600.0)
     ap.add_argument("--keep", action="store_true", help="leave the lab and the deployment up")
+    ap.add_argument("--sessions", type=int, help="size the lab and the pace for this many concurrent sessions")
+    ap.add_argument("--tokens-per-s", type=float, default=8000.0, help="offered load of a --sessions run")
+    ap.add_argument("--monitoring", action="store_true", help="add a monitoring host (Prometheus)")
     args = ap.parse_args()
+    if args.sessions:
+        args.hosts, args.layout, think = scale_plan(args.sessions, args.tokens_per_s)
+        if args.monitoring:
+            args.layout += ",monitoring=1"
+        args.clients, args.queries, args.runs = args.sessions, 2, ["chat"]
+        RUNS["chat"]["think_time"] = think
+        # the ramp, then each session's 2 queries and 1 think time, with room to spare
+        args.max_duration = max(args.max_duration, args.sessions / args.ramp + 2 * (TOKENS * DELAY_MS / 1000) + think + 120)
+        print(f"scale plan: {args.sessions} sessions on {args.hosts} hosts ({args.layout}), think {think:g} s "
+              f"for ~{args.tokens_per_s:,.0f} tokens/s, max duration {args.max_duration:.0f} s", flush=True)
     base = REPO / ".lab" / "bench"
     inv_dir = base / "inventory"
     inv_dir.mkdir(parents=True, exist_ok=True)
