@@ -61,6 +61,8 @@ from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, res
 from ._components import (bottleneck, component_costs, host_cpu_peaks, host_sockets, load_host_samples,
                           memory_per_session, sessions_held)
 from ._faults import ChaosRunner, Fault
+from ._fleet import groups_facts, source_addresses
+from ._sizing import size_fleet
 from ._exporter import LiveExporter, parse_listen
 from ._prometheus import export_window, prometheus_url
 from ._live import PlainView, View
@@ -286,9 +288,6 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
                         "planned_sessions": share,
                         "note": f"one HAProxy process holds at most ~{cap} proxied sessions with nofile {nofile}"
                         if cap is not None else f"sessions per process unknown: {source}"}
-        if share is not None and cap is not None and share > cap:
-            problems.append(f"{h.name}: haproxy would carry {share} sessions but its open-file limit "
-                            f"{nofile} caps it at ~{cap}: add haproxy hosts to the inventory")
     cores = {n: facts[n]["nproc"] for n in gens}
     if plan_clients is not None:
         slots = plan_generators(plan_clients, cores, [h.name for h in lbs])
@@ -303,17 +302,26 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
             per_lb: dict[str, int] = {}
             for s in mine:
                 per_lb[s.haproxy] = per_lb.get(s.haproxy, 0) + s.clients
-            port_cap = pr[1] - pr[0] + 1
+            addresses = max(1, len(source_addresses(inv.hosts[name])))
+            port_cap = (pr[1] - pr[0] + 1) * addresses   # each source address has the whole range
             caps[name] = {"role": "generator", "clients": clients, "processes": procs, "clients_per_process": per_proc,
                           "nofile": nofile, "nofile_source": source, "max_clients_per_process_by_nofile": fd_cap,
-                          "local_ports": port_cap, "max_clients_per_balancer_by_ports": port_cap // 2}
+                          "local_ports": port_cap, "source_addresses": addresses,
+                          "max_clients_per_balancer_by_ports": port_cap // 2}
             if fd_cap is not None and per_proc > fd_cap:
                 problems.append(f"{name}: {per_proc} clients per process but a process holds ~{fd_cap} with its "
                                 f"{nofile} open files ({source}): add generator hosts or cores")
             for lb, n in per_lb.items():
                 if n * 2 > port_cap:
                     problems.append(f"{name}: {n} clients to {lb} need ~{n * 2} local ports but "
-                                    f"ip_local_port_range gives {port_cap}: widen it (tuning role) or add hosts")
+                                    f"ip_local_port_range gives {pr[1] - pr[0] + 1} per source address and the host "
+                                    f"has {addresses}: widen the range (tuning role), add source addresses "
+                                    "(generator_source_addresses) or add generator hosts")
+    if plan_clients is not None:   # per group, what fab plan says: hosts the run needs against the inventory's
+        needs = size_fleet(plan_clients, groups_facts(inv, facts))
+        caps["plan"] = {n.group: {"needed": n.needed, "have": n.have, "limit": n.limit} for n in needs}
+        problems += [f"the inventory cannot hold {plan_clients} sessions: {n.line()} (fab plan)"
+                     for n in needs if not n.ok]
     return {"health": health, "facts": facts, "clocks": clocks, "clock_worst_s": worst,
             "clock_bound_s": CLOCK_BOUND_S, "clock_ok": worst <= CLOCK_BOUND_S, "caps": caps, "problems": problems}
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from kit import contract
 from kit.inventory import Host, Inventory
 from kit.run import _hostops, _run
@@ -79,4 +81,29 @@ def test_preflight_uses_the_reported_sessions_for_balancers_and_generators_alike
     # more clients per process than the report allows: refused with the report's figure
     pre = _run.preflight(inv, conns, plan_clients=1300, skip_health=True)
     assert any("1300 clients per process but a process holds ~1234" in p for p in pre["problems"]), pre["problems"]
-    assert any("lb: haproxy would carry 1300 sessions" in p and "~1234" in p for p in pre["problems"])
+    # and per group, as fab plan says it: the one balancer holds 1,234; the run needs 2
+    assert any("cannot hold 1300 sessions: haproxy: needs 2 host(s), has 1: add 1 host(s) to the haproxy group "
+               "(1,234 sessions per host" in p for p in pre["problems"]), pre["problems"]
+    assert pre["caps"]["plan"]["haproxy"] == {"needed": 2, "have": 1,
+                                              "limit": "1,234 sessions per host (one HAProxy process)"}
+
+
+@pytest.mark.parametrize("addresses, refused", [(None, True), (["10.0.0.5", "10.0.0.211", "10.0.0.212"], False)])
+def test_a_generator_hosts_source_addresses_multiply_its_ports_toward_one_balancer(monkeypatch, addresses, refused):
+    """200 local ports, 2 per session: one address holds 100 sessions toward one balancer, three hold 300."""
+    lb = _host("lb")
+    gen = Host("gen", {"ansible_connection": "local", **({"generator_source_addresses": addresses} if addresses else {})})
+    groups = {g: ["lb"] for g in ("redis", "haproxy", "wsproxy", "sim")} | {"generators": ["gen"]}
+    inv = Inventory(Path("inv.yml"), {"lb": lb, "gen": gen}, groups)
+    report = {"nofile": {"effective": 20000, "sessions_max": 9900}}
+    monkeypatch.setattr(_hostops, "host_facts", lambda c, kit_python, **kw: {
+        "nproc": 1, "port_range": [20000, 20199] if c.inventory_host.name == "gen" else [10240, 65535],
+        "kit_python": True, "tuning": report})
+    monkeypatch.setattr(_hostops, "clock_samples", lambda c, python="python3": [(0, 0, 0)])
+    pre = _run.preflight(inv, {n: _Conn(h) for n, h in inv.hosts.items()}, plan_clients=250, skip_health=True)
+    said = [p for p in pre["problems"] if p.startswith("gen: 250 clients to lb need ~500 local ports")]
+    if refused:
+        assert said and "per source address and the host has 1" in said[0]
+        assert any("generators: needs 3 host(s), has 1" in p for p in pre["problems"]), pre["problems"]
+    else:
+        assert not pre["problems"] and pre["caps"]["gen"]["source_addresses"] == 3

@@ -1,0 +1,94 @@
+"""``fab plan``: what a run of N sessions needs per group, read from the inventory's hosts, and the
+preflight's refusal of a run the inventory cannot hold (both through :func:`kit.run._sizing.size_fleet`).
+
+Facts come from each host over SSH (:func:`kit.run._hostops.host_facts`: cores, ``ip_local_port_range``
+and the tuning role's report of the sessions one kit process holds) and from the inventory
+(``wsproxy_instances_per_host``, ``generator_source_addresses``).  ``--from-run`` adds the CPU per
+token per component that a previous run measured, at the token rate the planned workload offers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kit.inventory import Host, Inventory
+
+from . import _hostops as ops
+from ._sizing import HostFacts, Need, format_plan, offered_tokens_per_s, size_fleet
+
+__all__ = ["host_facts_of", "groups_facts", "plan_needs", "source_addresses", "run_costs"]
+
+#: the simulator's default answer when the plan is given no workload (43 tokens, 50 ms apart)
+DEFAULT_TOKENS, DEFAULT_DELAY_MS = 43, 50.0
+
+
+def source_addresses(h: Host) -> list[str]:
+    """The addresses a generator host's connections leave from (``generator_source_addresses``; none:
+    the kernel's choice, one address)."""
+    raw = h.vars.get("generator_source_addresses") or []
+    return [str(a) for a in (raw if isinstance(raw, list) else str(raw).replace(",", " ").split())]
+
+
+def host_facts_of(h: Host, facts: Mapping[str, Any]) -> HostFacts:
+    """What :func:`size_fleet` needs of host *h*, from its SSH facts."""
+    _, sessions, _ = ops.open_file_limit(dict(facts))
+    pr = facts.get("port_range") or [32768, 60999]
+    return HostFacts(h.name, int(facts.get("nproc") or 1), sessions, (int(pr[0]), int(pr[1])),
+                     wsproxy_instances=int(h.vars.get("wsproxy_instances_per_host") or 1),
+                     source_addresses=max(1, len(source_addresses(h))))
+
+
+def groups_facts(inv: Inventory, facts: Mapping[str, Mapping[str, Any]]) -> dict[str, list[HostFacts]]:
+    """group -> its hosts' :class:`HostFacts` (hosts whose facts could not be read are left out)."""
+    return {g: [host_facts_of(h, facts[h.name]) for h in inv.group(g) if h.name in facts]
+            for g in ("generators", "haproxy", "wsproxy", "sim", "redis")}
+
+
+def run_costs(run_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """(component -> CPU us per token summed over its hosts, the run's workload settings) of a recorded run."""
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    costs: dict[str, float] = {}
+    for c in summary.get("components") or []:
+        if c.get("us_per_token"):
+            costs[c["component"]] = costs.get(c["component"], 0.0) + float(c["us_per_token"])
+    config = (summary.get("run") or {}).get("config") or {}
+    return costs, config
+
+
+def plan_needs(inv: Inventory, facts: Mapping[str, Mapping[str, Any]], clients: int, *,
+               costs: Mapping[str, float] | None = None, tokens: int | None = None,
+               token_delay_ms: float | None = None, ttft_ms: float | None = None,
+               think_time: float | None = None) -> tuple[list[Need], float | None]:
+    """The needs per group and the offered token rate (None without *costs*)."""
+    rate = None
+    if costs:
+        rate = offered_tokens_per_s(clients, tokens or DEFAULT_TOKENS, DEFAULT_DELAY_MS if token_delay_ms is None
+                                    else token_delay_ms, ttft_ms or 0.0, think_time or 0.0)
+    return size_fleet(clients, groups_facts(inv, facts), costs, rate), rate
+
+
+def plan(inv: Inventory, conns: Mapping[str, Any], clients: int, *, out: Callable[[str], None],
+         fan: Callable[..., dict[Any, Any]], from_run: Path | None = None, **workload: Any) -> int:
+    """``fab plan``: print the table; 0 when the inventory holds the run, 1 when it does not."""
+    got = fan(list(conns.values()), lambda c: ops.host_facts(c, c.inventory_host.kit_python,
+                                                            client_wrapper=c.inventory_host.client_wrapper,
+                                                            tuning_report=c.inventory_host.tuning_report),
+              "reading host facts")
+    facts = {c.inventory_host.name: v for c, v in got.items()}
+    costs = None
+    extra: dict[str, Any] = {}
+    if from_run is not None:
+        costs, config = run_costs(from_run)
+        for key, opt in (("tokens", "tokens"), ("token_delay_ms", "token_delay_ms"), ("ttft_ms", "ttft_ms"),
+                         ("think_time", "think_time")):
+            if workload.get(key) is None and config.get(opt) is not None:
+                workload[key] = config[opt]
+        extra["CPU per token from"] = str(from_run)
+    needs, rate = plan_needs(inv, facts, clients, costs=costs, **workload)
+    if rate is not None:
+        extra["offered"] = f"{rate:,.0f} tokens/s"
+    out(format_plan(clients, needs, extra))
+    return 0 if all(n.ok for n in needs) else 1
