@@ -41,6 +41,10 @@ def __getattr__(name: str) -> Any:
     # from the contract when first asked for (nothing is read on import)
     if name == "DEFAULT_PORTS":
         return contract.ports()
+    # ClientSettings: the load client's settings, every one a load option declared in kit.options
+    if name == "ClientSettings":
+        from kit.options import LoadOptions
+        return LoadOptions
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -109,10 +113,10 @@ def env_float(
 
 
 def parse_number(kind: type, option: str, raw: Any, *, minimum: float | None = None,
-                 example: str | None = None) -> Any:
-    """*raw* (a command-line value) as *kind* (int or float), finite and at least *minimum*; ConfigError
-    naming *option*, the value and an example otherwise.  The one parser of numeric options (the
-    client's argparse types and the fab tasks' options)."""
+                 maximum: float | None = None, example: str | None = None) -> Any:
+    """*raw* (a command-line value) as *kind* (int or float), finite and within *minimum*..*maximum*;
+    ConfigError naming *option*, the value and an example otherwise.  The one parser of numeric options
+    (the client's argparse types, the fab tasks' options and the settings file's values)."""
     hint = f": pass e.g. {option} {example}" if example else ""
     try:
         v = kind(raw)
@@ -120,8 +124,11 @@ def parse_number(kind: type, option: str, raw: Any, *, minimum: float | None = N
         raise ConfigError(f"{option} {raw!r} is not {'a whole number' if kind is int else 'a number'}{hint}") from None
     if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
         raise ConfigError(f"{option} {raw!r} is not finite{hint}")
+    shown = f"{raw:g}" if isinstance(raw, float) else raw  # a value, not a command-line string (a settings file's)
     if minimum is not None and v < minimum:
-        raise ConfigError(f"{option} {raw} is below {minimum:g}{hint}")
+        raise ConfigError(f"{option} {shown} is below {minimum:g}{hint}")
+    if maximum is not None and v > maximum:
+        raise ConfigError(f"{option} {shown} is above {maximum:g}{hint}")
     return v
 
 
@@ -216,12 +223,14 @@ def _jwt_algorithm(env: Mapping[str, str]) -> str:
 
 def setting(default: Any = dataclasses.MISSING, *, env: tuple[str, ...] = (), option: str | None = None,
             dest: str | None = None, minimum: float | None = None, maximum: float | None = None,
-            bounds: str | None = None, help: str = "", factory: Any = None, repr: bool = True) -> Any:
+            bounds: str | None = None, help: str = "", factory: Any = None, repr: bool = True,
+            **more: Any) -> Any:
     """A settings field: *default* (or *factory*), the environment variables that set it (first set wins),
     the client option that overrides it (*option*, parsed into *dest*), inclusive bounds (*bounds* names
-    the contract's kit_bounds entry; *minimum* / *maximum* override its ends) and the option's help."""
+    the contract's kit_bounds entry; *minimum* / *maximum* override its ends) and the option's help;
+    *more* is metadata its readers define (kit.options: ``fab``, ``at_most``, ``wire``, ``aliases``)."""
     md = {"env": env, "option": option, "dest": dest, "minimum": minimum, "maximum": maximum, "bounds": bounds,
-          "help": help}
+          "help": help, **more}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=md, repr=repr)
     return dataclasses.field(default=default, metadata=md, repr=repr)
@@ -263,13 +272,6 @@ def _from_env(cls: Any, env: Mapping[str, str], **given: Any) -> Any:
         else:
             values[f.name] = env_str(env, *names, default=default)
     return cls(**values)
-
-
-def _client_default(name: str) -> Any:
-    """A default the load client defines beside the code that uses it (read when a ClientSettings is made)."""
-    from kit.client import _limiter
-
-    return getattr(_limiter, name)
 
 
 def _local(service: str, scheme: str, path: str = "") -> Any:
@@ -346,47 +348,3 @@ class WsproxySettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "WsproxySettings":
         env = os.environ if env is None else env
         return _from_env(cls, env, jwt_secret=_jwt_secret(env), jwt_algorithm=_jwt_algorithm(env))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ClientSettings:
-    """The trio load client (``python -m kit.client``); its options (``option``) override these."""
-
-    api_url: str = setting(factory=_local("haproxy_http", "http"), env=("FASTAPI_URL", "API_URL"),
-                           option="--api-url", dest="api_url", help="simulator / HAProxy HTTP URL")
-    wsproxy_url: str = setting(factory=_local("haproxy_ws", "ws"), env=("WSPROXY_URL",), option="--ws-url",
-                               dest="ws_url", help="wsproxy / HAProxy WebSocket URL")
-    clients: int = setting(100, env=("CLIENTS",), option="--clients", dest="clients", minimum=1, help="sessions")
-    queries_per_client: int = setting(10, env=("QUERIES_PER_CLIENT",), option="--queries", dest="queries",
-                                      minimum=0, help="queries per session")
-    jwt_secret: str | None = dataclasses.field(default=None, repr=False)
-    output_dir: str = setting("loadtest_results", env=("OUTPUT_DIR",), option="--output-dir", dest="output_dir",
-                              help="result folder")
-    ws_max_reconnect_attempts: int = setting(5, env=("WS_MAX_RECONNECT_ATTEMPTS",), option="--max-reconnect-attempts",
-                                             dest="max_reconnect_attempts", minimum=0,
-                                             help="reconnects of a session's WebSocket before it fails")
-    ws_initial_backoff_seconds: float = setting(1.0, env=("WS_INITIAL_BACKOFF_SECONDS",), option="--initial-backoff",
-                                                dest="initial_backoff", minimum=0.0,
-                                                help="seconds before the first reconnect (doubling after)")
-    ws_max_backoff_seconds: float = setting(30.0, env=("WS_MAX_BACKOFF_SECONDS",), option="--max-backoff",
-                                            dest="max_backoff", minimum=0.0, help="cap of the reconnect backoff")
-    #: one generator process's bound on its sessions' reconnect attempts (kit.client._limiter says why the default)
-    ws_reconnect_rate: float = setting(factory=lambda: _client_default("RECONNECT_RATE"), env=("WS_RECONNECT_RATE",),
-                                       option="--reconnect-rate", dest="reconnect_rate", minimum=0.0,
-                                       help="reconnect attempts per second per generator process, over all its "
-                                            "sessions, after their backoff (0 = unlimited)")
-    #: PEM file of the CA the servers' TLS certificates are checked against (None: the system store)
-    ssl_ca_file: str | None = setting(None, env=("SSL_CA_FILE",), option="--ca-file", dest="ca_file",
-                                      help="PEM file of the CA that signs the servers' certificates, for https:// "
-                                           "and wss:// (default: the system store; certificates are always verified)")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ClientSettings":
-        env = os.environ if env is None else env
-        settings = _from_env(cls, env, jwt_secret=env_secret(env, "JWT_SECRET", required=False))
-        if settings.ws_max_backoff_seconds < settings.ws_initial_backoff_seconds:
-            raise ConfigError(
-                f"WS_MAX_BACKOFF_SECONDS={settings.ws_max_backoff_seconds} is below "
-                f"WS_INITIAL_BACKOFF_SECONDS={settings.ws_initial_backoff_seconds}: raise the cap"
-            )
-        return settings

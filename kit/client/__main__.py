@@ -1,8 +1,17 @@
 """``python -m kit.client``: run a load, or ``analyze`` / ``merge`` result folders.
 
-Defaults come from the seed's environment variables (``kit.config.ClientSettings``);
-options override them.  Bad configuration prints one line naming the option
-or variable and the fix, and exits 2.
+Every load option is declared once in :class:`kit.options.LoadOptions` (its default, bounds, help, flag
+and environment variable; ``kit.config.ClientSettings`` is the same class); this parser is generated from
+it.  Each option resolves as: its default < its environment variable < a settings file < its flag.
+
+The settings file (``--settings FILE``, named ``client-settings.json``) is a JSON object of option names
+(the declarations' field names: mostly the long flag with ``_``, but ``token_delay_ms`` for ``--token-delay``,
+``wsproxy_url`` for ``--ws-url``) and values, e.g.
+``{"clients": 250, "think_time": 0.5, "token_delay_ms": 20, "max_duration": 600}``; each value is checked
+as the flag's would be, and an unknown name is an error.  ``fab run`` writes one per generator (the
+options the run was given, checked once on the controller, and the generator's share of the load; its
+command line carries only the URLs, processes, start and paths), and a multi-process run writes one for
+its processes.  Bad configuration prints one line naming the option or variable and the fix, and exits 2.
 
 Results go to ``OUTPUT_DIR`` (``--output-dir``) and never overwrite an earlier run: when
 that folder already holds a run's files, this run writes into ``OUTPUT_DIR/<run-id>/``
@@ -35,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -44,12 +52,15 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from kit import _gc, contract
-from kit.config import ClientSettings, ConfigError, field_default, field_kind, field_limits, parse_number
+from kit.config import ConfigError, parse_number
+from kit.options import (SETTINGS_FILE, LoadOptions, check, declared, dest, option_help, parse_option,
+                         read_settings, write_settings)
 
-from ._http import DEFAULT_MAX_CONNECTIONS, mask_url
+from ._http import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +110,20 @@ def _num(kind: type, name: str, minimum: float | None = None, example: str = "1"
     return conv
 
 
-def build_parser(env: ClientSettings) -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Trio load client for wsproxy (see kit/client/__init__.py).")
+def build_parser(env: LoadOptions) -> argparse.ArgumentParser:
+    """The load's options, one per :class:`kit.options.LoadOptions` field (defaulting to *env*, the
+    environment's values), then the invocation's own (processes, start, run id, output)."""
+    p = _Parser(prog=PROG, description="Trio load client for wsproxy (see kit/client/__init__.py).",
+                epilog=f"Each load option resolves as: its default < its environment variable < --settings FILE < "
+                       f"its flag.  {SETTINGS_FILE} is a JSON object of option names (kit/options.py's, "
+                       "e.g. {\"clients\": 50, \"think_time\": 0.5, \"token_delay_ms\": 20}); fab run writes one "
+                       "per generator, a multi-process run one for its processes.")
     a = p.add_argument
-    _settings_options(p, env)
-    a("--ramp", type=_num(float, "--ramp", 0, "50"), default=0.0, help="sessions started per second; 0 = all at once")
-    a("--arrival-rate", type=_num(float, "--arrival-rate", 0, "20"), default=None,
-      help="open model: sessions arriving per second (with --duration)")
-    a("--duration", type=_num(float, "--duration", 0, "60"), default=None, help="open model: seconds of arrivals")
-    a("--think-time", type=_num(float, "--think-time", 0, "0.5"), default=0.0, help="seconds between queries")
+    a("--settings", default=None, help=f"settings file ({SETTINGS_FILE}) whose options override the environment's "
+                                       "(a flag overrides both); checked like the flags")
+    for f in declared():
+        flags = (f.metadata["option"], *f.metadata.get("aliases", ()))
+        a(*flags, dest=dest(f), type=_option_type(f), default=getattr(env, f.name), help=option_help(f))
     a("--processes", type=_num(int, "--processes", 1, "2"), default=None,
       help="trio processes on this host (default: one per core)")
     a("--start-at", type=_num(float, "--start-at", 0, str(int(time.time()) + 10)), default=None,
@@ -116,53 +132,34 @@ def build_parser(env: ClientSettings) -> argparse.ArgumentParser:
     a("--quiet", action="store_true", help="no live progress line")
     a("--status-interval", type=_num(float, "--status-interval", 0.1, "1"), default=None,
       help="write OUTPUT_DIR/status.json every this many seconds")
-    a("--max-duration", type=_num(float, "--max-duration", 0.001, "600"), default=None,
-      help="hard bound on the run in seconds; running sessions are cancelled")
-    a("--query-timeout", type=_num(float, "--query-timeout", 0.001, "60"), default=60.0,
-      help="a query whose done has not come after this many seconds fails")
-    # the run's workload, sent in each /run body (unset: the simulator's deployed value); bounds: kit.sim._body
-    a("--tokens", "--max-tokens", dest="max_tokens", type=_num(int, "--tokens", 1, "20"), default=None,
-      help="tokens in each answer (max_tokens of each /run; the response text repeats past its end)")
-    a("--token-delay", dest="token_delay_ms", type=_num(float, "--token-delay", 0, "50"), default=None,
-      help="ms between tokens (token_delay_ms of each /run; default the simulator's TOKEN_DELAY_MS)")
-    a("--ttft", dest="ttft_ms", type=_num(float, "--ttft", 0, "300"), default=None,
-      help="ms to the first token (ttft_ms of each /run; default the simulator's TTFT_MS)")
-    a("--token-jitter", dest="token_jitter_ms", type=_num(float, "--token-jitter", 0, "5"), default=None,
-      help="ms of uniform jitter per token (token_jitter_ms of each /run; default TOKEN_JITTER_MS)")
-    a("--workload", default=None, help="workload file (YAML): weighted classes of sessions overriding these options")
-    a("--workload-seed", type=_num(int, "--workload-seed", 0, "7"), default=None,
-      help="seed of each session's class draw (default the workload file's seed, else random)")
-    a("--agent-id", default="load-test-agent")
-    a("--query-text", default="Tell me about WebSocket proxies.")
-    a("--jitter", type=_num(float, "--jitter", 0, "0.5"), default=0.5,
-      help="fraction of each backoff that is random (0..1)")
-    a("--connect-timeout", type=_num(float, "--connect-timeout", 0.001, "10"), default=10.0)
-    a("--http-timeout", type=_num(float, "--http-timeout", 0.001, "30"), default=30.0)
-    a("--http-connections", type=_num(int, "--http-connections", 1, "64"), default=DEFAULT_MAX_CONNECTIONS,
-      help="keep-alive HTTP connections per process for create/run/close (a wait for one is recorded)")
-    a("--seed", type=_num(int, "--seed", 0, "1"), default=None, help="random seed (jitter)")
     a("--no-preflight", action="store_true", help="skip the reachability check of both URLs")
     a("--exit-zero-on-failure", action="store_true",
       help="exit 0 when the run finished but sessions failed (summary.json's status says so; for orchestrators)")
     a("--_process-index", dest="process_index", type=int, default=0, help=argparse.SUPPRESS)
     a("--_process-count", dest="process_count", type=int, default=None, help=argparse.SUPPRESS)
-    # a child process's settings, as its parent resolved them (see _child_config)
-    a("--_config", dest="child_config", default=None, help=argparse.SUPPRESS)
     return p
 
 
-def _settings_options(p: argparse.ArgumentParser, env: ClientSettings) -> None:
-    """One option per ClientSettings field that has one: default the field's value from the environment,
-    type, bounds and help from the field (kit.config.setting)."""
-    for f in dataclasses.fields(ClientSettings):
-        option = f.metadata.get("option")
-        if option is None:
-            continue
-        kind, (lo, _hi) = field_kind(f), field_limits(f)
-        default = field_default(f)
-        conv = None if kind is str else _num(kind, option, lo, f"{default:g}" if kind is float else str(default))
-        p.add_argument(option, dest=f.metadata["dest"], type=conv, default=getattr(env, f.name),
-                       help=f"{f.metadata['help']} ({', '.join(f.metadata['env'])})")
+def _option_type(f: dataclasses.Field):
+    """An argparse type for option *f*: its value parsed and bounded as declared, the message kept."""
+    def conv(raw: str):
+        try:
+            return parse_option(f, raw)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return conv
+
+
+def parse_args(argv: list[str], env: LoadOptions) -> argparse.Namespace:
+    """*argv* over *env*; a ``--settings`` file's options (read and bounded as declared) between the two."""
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    if args.settings:
+        values = read_settings(args.settings)
+        parser.set_defaults(**{dest(f): values[f.name] for f in declared() if f.name in values})
+        args = parser.parse_args(argv)
+    return args
 
 
 def _check_url(value: str, schemes: tuple[str, ...], option: str, env: str) -> None:
@@ -224,28 +221,15 @@ def validate(args: argparse.Namespace) -> None:
     if args.ca_file is not None and not os.access(args.ca_file, os.R_OK):
         raise ConfigError(f"--ca-file / SSL_CA_FILE {args.ca_file}: cannot read it: pass the kit CA's PEM "
                           "(fab run copies it from .secrets/)")
-    if args.max_backoff < args.initial_backoff:
-        raise ConfigError(f"--max-backoff / WS_MAX_BACKOFF_SECONDS = {args.max_backoff:g} is below "
-                          f"--initial-backoff / WS_INITIAL_BACKOFF_SECONDS = {args.initial_backoff:g}: raise the cap")
     if args.start_at is not None and args.start_at > time.time() + MAX_START_AHEAD_S:
         raise ConfigError(f"--start-at {_shown(args.start_at)} is more than a day ahead: pass epoch seconds "
                           f"(not milliseconds), e.g. --start-at {int(time.time()) + 10}")
-    if args.jitter > 1:
-        raise ConfigError(f"--jitter {args.jitter:g} is above 1: pass a fraction such as --jitter 0.5")
-    from ._workload import check_option
+    check(options_of(args))
 
-    for key, opt in (("tokens", "--tokens"), ("token_delay_ms", "--token-delay"), ("ttft_ms", "--ttft"),
-                     ("token_jitter_ms", "--token-jitter")):
-        v = getattr(args, {"tokens": "max_tokens"}.get(key, key))
-        problem = None if v is None else check_option(key, v, f"{opt} {_shown(v)}")
-        if problem:
-            raise ConfigError(problem)
-    if (args.arrival_rate is None) != (args.duration is None):
-        raise ConfigError("--arrival-rate and --duration go together (open model): pass both, e.g. "
-                          "--arrival-rate 20 --duration 60")
-    if args.arrival_rate is not None and args.arrival_rate * args.duration < 1:
-        raise ConfigError(f"--arrival-rate {args.arrival_rate:g} x --duration {args.duration:g} starts no "
-                          "session: raise one of them")
+
+def options_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The load options of parsed *args*, by option name."""
+    return {f.name: getattr(args, dest(f)) for f in declared()}
 
 
 def preflight(args: argparse.Namespace) -> None:
@@ -290,25 +274,12 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext:
     return client_ssl_context(args.ca_file)
 
 
-#: options the parent gives each child itself (run_parent); everything else comes from the parent's settings
-_PER_CHILD = ("output_dir", "start_at", "quiet", "status_interval", "processes", "process_index", "process_count",
-              "run_id", "child_config")
-
-
 def _child_config(args: argparse.Namespace, out: Path) -> list[str]:
-    """Write the parent's resolved settings (every option, as parsed and validated) for its children;
-    return the option that hands them the file.  A child reads it instead of rebuilding an argv."""
-    path = out / "client-settings.json"
-    settings = {k: v for k, v in vars(args).items() if k not in _PER_CHILD}
-    path.write_text(json.dumps({**settings, "no_preflight": True}, indent=1) + "\n")
-    return ["--_config", str(path)]
-
-
-def _apply_child_config(args: argparse.Namespace) -> None:
-    with open(args.child_config, encoding="utf-8") as fh:
-        for key, value in json.load(fh).items():
-            if key not in _PER_CHILD:
-                setattr(args, key, value)
+    """Write the parent's resolved options (every one, as parsed and checked) as its children's settings
+    file; return the option that hands it to them.  A child reads it instead of rebuilding an argv (its
+    own output folder comes on its command line)."""
+    values = {k: v for k, v in options_of(args).items() if k != "output_dir"}
+    return ["--settings", str(write_settings(out / SETTINGS_FILE, values))]
 
 
 def _workload(args: argparse.Namespace):
@@ -324,7 +295,7 @@ def _workload(args: argparse.Namespace):
         except WorkloadError as exc:  # one line per problem in the file: one line here
             raise ConfigError("; ".join(str(exc).splitlines())) from None
     args.workload_seed = draw_seed(workload, args.workload_seed)
-    problems = duration_problems(workload, args.max_tokens, args.token_delay_ms, args.ttft_ms, args.token_jitter_ms)
+    problems = duration_problems(workload, args.tokens, args.token_delay_ms, args.ttft_ms, args.token_jitter_ms)
     if problems:
         raise ConfigError(problems[0])
     return workload
@@ -366,10 +337,7 @@ def run_load(argv: list[str]) -> int:
     from ._output import check_output_dir, claim_output_dir
     from ._session import SessionConfig
 
-    settings = ClientSettings.from_env()
-    args = build_parser(settings).parse_args(argv)
-    if args.child_config:
-        _apply_child_config(args)
+    args = parse_args(argv, LoadOptions.from_env())
     validate(args)
     workload = _workload(args)
     child = args.process_count is not None
@@ -396,7 +364,7 @@ def run_load(argv: list[str]) -> int:
             print(f"{PROG}: {args.output_dir} holds an earlier run: this one goes to {output_dir}", file=sys.stderr)
     sess = SessionConfig(
         api_url=args.api_url.rstrip("/"), ws_url=args.ws_url.rstrip("/"), queries=args.queries,
-        think_time=args.think_time, query_timeout=args.query_timeout, max_tokens=args.max_tokens,
+        think_time=args.think_time, query_timeout=args.query_timeout, max_tokens=args.tokens,
         token_delay_ms=args.token_delay_ms, ttft_ms=args.ttft_ms, token_jitter_ms=args.token_jitter_ms,
         agent_id=args.agent_id, query_text=args.query_text, max_reconnect_attempts=args.max_reconnect_attempts,
         initial_backoff=args.initial_backoff, max_backoff=args.max_backoff, jitter=args.jitter,

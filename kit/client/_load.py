@@ -47,6 +47,7 @@ import psutil
 import trio
 
 from kit.metrics import Histogram
+from kit.options import default as option_default
 
 from . import _console
 from ._accounting import Recorder
@@ -85,22 +86,22 @@ CHILD_STOP_TIMEOUT = 20.0
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoadConfig:
-    """One process's share of a run (the parent builds one per child)."""
+    """One process's share of a run (the parent builds one per child; defaults: kit.options)."""
 
     session: SessionConfig
-    clients: int = 100
-    ramp: float = 0.0
+    clients: int = option_default("clients")
+    ramp: float = option_default("ramp")
     arrival_rate: float | None = None
     duration: float | None = None
     processes: int = 1
     process_index: int = 0
-    output_dir: Path = Path("loadtest_results")
+    output_dir: Path = Path(option_default("output_dir"))
     start_at: float | None = None
     run_id: str = ""
     quiet: bool = False
     status_interval: float | None = None
     max_duration: float | None = None
-    http_timeout: float = 30.0
+    http_timeout: float = option_default("http_timeout")
     #: keep-alive HTTP connections of this process (create/run/close of all its sessions)
     http_connections: int = DEFAULT_MAX_CONNECTIONS
     seed: int | None = None

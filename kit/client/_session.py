@@ -43,6 +43,8 @@ import time
 import orjson
 import trio
 
+from kit.options import default as option_default
+
 from ._accounting import QueryRecord, Recorder, SessionRecord
 from ._http import CertificateError, HTTPError, HttpPool, Response
 from ._hub import Hub
@@ -63,13 +65,13 @@ RESUME_GAPS = 5
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SessionConfig:
-    """What every session of a run does (built by the CLI from options and env)."""
+    """What every session of a run does (built by the CLI from options and env; defaults: kit.options)."""
 
     api_url: str
     ws_url: str
-    queries: int = 10
-    think_time: float = 0.0
-    query_timeout: float = 60.0
+    queries: int = option_default("queries")
+    think_time: float = option_default("think_time")
+    query_timeout: float = option_default("query_timeout")
     #: the workload sent with each /run (None: the simulator's deployed value); bounds: kit.sim._body
     max_tokens: int | None = None
     token_delay_ms: float | None = None
@@ -77,14 +79,14 @@ class SessionConfig:
     token_jitter_ms: float | None = None
     #: the workload class the session was drawn from (kit.client._workload)
     workload_class: str = "default"
-    agent_id: str = "load-test-agent"
-    query_text: str = "Tell me about WebSocket proxies."
-    max_reconnect_attempts: int = 5
-    initial_backoff: float = 1.0
-    max_backoff: float = 30.0
+    agent_id: str = option_default("agent_id")
+    query_text: str = option_default("query_text")
+    max_reconnect_attempts: int = option_default("max_reconnect_attempts")
+    initial_backoff: float = option_default("initial_backoff")
+    max_backoff: float = option_default("max_backoff")
     #: fraction of each backoff delay that is random: delay in [base*(1-jitter), base]
-    jitter: float = 0.5
-    connect_timeout: float = 10.0
+    jitter: float = option_default("jitter")
+    connect_timeout: float = option_default("connect_timeout")
     #: open model: a session's first query is timed from the session's intended start
     #: (create + connect + any stall before it count); closed model: from its submit
     time_from_intended: bool = False
