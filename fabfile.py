@@ -198,79 +198,75 @@ def analyze(c, run):
         raise Exit(code=rc)
 
 
-@task(name="run", auto_shortflags=False, iterable=["threshold", "chaos"], help={
-    "inventory": INV_HELP,
-    "clients": "total sessions over all generator hosts",
-    "queries": "queries per session (default 10, or the preset's)",
-    "ramp": "sessions started per second over all generators (default: all at once, or the preset's)",
-    "arrival_rate": "open model: sessions arriving per second (with --duration)",
-    "duration": "open model: seconds of arrivals",
-    "think_time": "seconds a session waits between its queries (default 0)",
-    "query_timeout": "seconds a query may take to its done message before it counts as failed (default 60)",
-    "tokens": "tokens in each answer, sent with each /run (default the simulator's whole response text)",
-    "token_delay": "ms between tokens, sent with each /run (default the simulator's TOKEN_DELAY_MS)",
-    "ttft": "ms to the first token, sent with each /run (default the simulator's TTFT_MS)",
-    "token_jitter": "ms of uniform jitter per token, sent with each /run (default TOKEN_JITTER_MS)",
-    "max_reconnect_attempts": "reconnects a session tries after its WebSocket is lost (client default 5)",
-    "initial_backoff": "seconds before the first reconnect, doubling per attempt (client default 1)",
-    "max_backoff": "cap of the reconnect backoff in seconds (client default 30)",
-    "reconnect_rate": "reconnect attempts per second per generator process, after the backoff; 0 = unlimited "
-                      "(client default 200, burst 50: kit/client/_limiter.py)",
-    "workload": "workload file (YAML): weighted classes of sessions overriding the workload options "
-                "(README 'Workload')",
-    "workload_seed": "seed of each session's class draw (default the file's seed, else random)",
-    "tls": "https:// and wss:// toward the balancers (deployed with haproxy_tls: true); generators verify "
-           "the certificates against the kit CA",
-    "ca_file": "with --tls: the CA certificate generators trust (default .secrets/kit_ca.crt)",
-    "metrics_listen": "ADDR:PORT where the run's live merged figures are served for Prometheus while it lasts "
-                      "(e.g. 0.0.0.0:9464; README 'Prometheus')",
-    "threshold": "pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', 'lost==0'; replaces the "
-                 "default on its metric",
-    "abort_on_fail": "stop the run as soon as a threshold has failed for good (judged every second on the live "
-                     "figures after --abort-grace); recorded as aborted, exit 1",
-    "abort_grace": "seconds after the start before --abort-on-fail judges (default 10)",
-    "no_default_thresholds": "judge the run by --threshold alone: without it, 'success>=99%' and 'lost==0' apply "
-                             "to every metric no --threshold names",
-    "preset": "smoke | standard | load | stress | soak (the seed's scenarios)",
-    "max_duration": "hard bound on the run in seconds (default 600); a generator past it + 30 s is stopped",
-    "run_id": "name of the run (default <date>-<time>-c<clients>)",
-    "quiet": "no live view",
-    "json": "print the final summary as JSON on stdout (exit status, outcome, paths, summary); "
-            "every other line goes to stderr",
-    "skip_health": "do not check service health before the run",
-    "chaos": "fault during the run, repeatable: ACTION:TARGET@AT[+FOR][=ARG], e.g. kill:wsproxy@20s, "
-             "restart:redis@30s, pause:wsproxy[1]@15s+5s, partition:wsproxy@40s+3s, delay:wsproxy@10s+20s=50ms, "
-             "kill:wsproxy[all]@20s",
-})
-@_cli
-def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, arrival_rate=None, duration=None,
-        threshold=None, preset=None, max_duration=None, run_id=None, quiet=False, skip_health=False,
-        think_time=None, query_timeout=None, chaos=None, json=False, tokens=None, token_delay=None, ttft=None,
-        token_jitter=None, max_reconnect_attempts=None, initial_backoff=None, max_backoff=None, reconnect_rate=None,
-        workload=None, workload_seed=None, tls=False, ca_file=None, no_default_thresholds=False,
-        metrics_listen=None, abort_on_fail=False, abort_grace=None):
+def _run_fields() -> dict[str, "dataclasses.Field"]:
+    """fab run's options, each a field of kit.run.RunOptions with a flag (its load options are declared in
+    kit/options.py, the run's own in RunOptions): task parameter name -> field."""
+    import dataclasses
+    from kit.run import RunOptions
+    return {f.metadata["option"][2:].replace("-", "_"): f for f in dataclasses.fields(RunOptions)
+            if f.metadata.get("option")}
+
+
+#: fab run's own options (how it prints), not the run's
+_RUN_OUTPUT_HELP = {"quiet": "no live view",
+                    "json": "print the final summary as JSON on stdout (exit status, outcome, paths, summary); "
+                            "every other line goes to stderr"}
+
+
+def _run_task(body):
+    """The ``run`` task of *body* (``body(c, quiet, json, **options)``): one option per declared field, its
+    help (with its default) and its kind (a flag for a bool, repeatable for a list, else a value parsed and
+    checked by :func:`_run_value`) from the declaration."""
+    import dataclasses
+    import inspect
+    from kit import options
+    fields = _run_fields()
+    load = {f.name for f in options.declared()}
+    helps, iterable = dict(_RUN_OUTPUT_HELP), []
+    params = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for name, f in [*fields.items(), ("quiet", None), ("json", None)]:
+        is_list = f is not None and f.default_factory is list
+        is_bool = f is None or f.default is False
+        iterable += [name] if is_list else []
+        params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                        default=False if is_bool else None))
+        if f is not None and f.name in load and f.default is None and not f.metadata.get("fab_required"):
+            helps[name] = options.option_help(f, default_value=options.default(f.name), generator=True)
+        elif f is not None:  # the run's own default (a path's is in its help)
+            shown = f.default if f.default is not dataclasses.MISSING and not isinstance(f.default, Path) else None
+            helps[name] = options.option_help(f, default_value=shown, generator=f.name in load)
+    body.__signature__ = inspect.Signature(params)
+    return task(name="run", auto_shortflags=False, iterable=iterable, help=helps)(_cli(body))
+
+
+def _run_value(f, raw):
+    """A fab run option's value as its RunOptions field wants it; a bad number is exit 2, one line."""
+    kind = str(f.type)
+    if kind.startswith("Path"):
+        return _inv(raw) if f.name == "inventory" else Path(raw)
+    if kind == "list[Threshold]":
+        from kit.run import parse_threshold
+        return [parse_threshold(t) for t in raw]
+    if kind.startswith(("int", "float")):
+        from kit.config import ConfigError
+        from kit.options import parse_option
+        try:
+            return parse_option(f, raw)
+        except ConfigError as exc:
+            raise Exit(str(exc), code=EXIT_USAGE) from None
+    return raw
+
+
+def run(c, quiet=False, json=False, **given):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     import contextlib
     import json as jsonlib
-    from kit.run import RunOptions, execute, live_view, parse_threshold
+    from kit.run import RunOptions, execute, live_view
     _logging(False)
-    opts = RunOptions(
-        inventory=_inv(inventory), clients=_num(int, "clients", clients, 1), queries=_num(int, "queries", queries, 0),
-        ramp=_num(float, "ramp", ramp), arrival_rate=_num(float, "arrival-rate", arrival_rate),
-        duration=_num(float, "duration", duration), preset=preset,
-        thresholds=[parse_threshold(t) for t in (threshold or [])], no_default_thresholds=no_default_thresholds,
-        max_duration=_num(float, "max-duration", max_duration, default=600.0), run_id=run_id or None,
-        live=not quiet, skip_health=skip_health, think_time=_num(float, "think-time", think_time),
-        query_timeout=_num(float, "query-timeout", query_timeout), chaos=list(chaos or []),
-        tokens=_num(int, "tokens", tokens), token_delay_ms=_num(float, "token-delay", token_delay),
-        ttft_ms=_num(float, "ttft", ttft), token_jitter_ms=_num(float, "token-jitter", token_jitter),
-        max_reconnect_attempts=_num(int, "max-reconnect-attempts", max_reconnect_attempts),
-        initial_backoff=_num(float, "initial-backoff", initial_backoff),
-        max_backoff=_num(float, "max-backoff", max_backoff),
-        reconnect_rate=_num(float, "reconnect-rate", reconnect_rate, 0),
-        workload=Path(workload) if workload else None, workload_seed=_num(int, "workload-seed", workload_seed, 0),
-        tls=tls, ca_file=Path(ca_file) if ca_file else None, metrics_listen=metrics_listen or None,
-        abort_on_fail=abort_on_fail, abort_grace=_num(float, "abort-grace", abort_grace, 0, default=10.0))
+    fields = _run_fields()
+    values = {fields[k].name: _run_value(fields[k], v) for k, v in given.items() if v not in (None, "", [], False)}
+    values.setdefault("inventory", _inv(DEFAULT_INVENTORY))
+    opts = RunOptions(live=not quiet, **values)
     # --json: stdout carries the one JSON document; every human line (and any stray print) goes to stderr
     stdout = sys.stdout
     view = live_view(sys.stderr if json else sys.stdout)
@@ -282,6 +278,9 @@ def run(c, inventory=DEFAULT_INVENTORY, clients=None, queries=None, ramp=None, a
         stdout.flush()
     if rc:
         raise Exit(code=rc)
+
+
+run = _run_task(run)
 
 
 @task(name="compare", auto_shortflags=False, iterable=["fail_if"], help={

@@ -245,7 +245,8 @@ def settings_text(values: Mapping[str, Any]) -> str:
 
 
 def write_settings(path: Path, values: Mapping[str, Any]) -> Path:
-    """*values* as the settings file at *path* (:func:`settings_text`)."""
+    """*values* as the settings file at *path* (:func:`settings_text`; its folder made if need be)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(settings_text(values))
     return path
 

@@ -48,8 +48,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import kit
-from kit import contract
+from kit import contract, options
 from kit._charts import server_series
+from kit.config import ConfigError, setting
 from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
@@ -101,60 +102,62 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+#: the load options fab run takes, declared once in kit.options (fab=True): None is not given (the generator's own)
+_GivenLoadOptions: Any = dataclasses.make_dataclass("GivenLoadOptions", options.given_fields(), kw_only=True)
+
+
 @dataclasses.dataclass(kw_only=True)
-class RunOptions:
-    inventory: Path = REPO / "inventory" / "local.yml"
-    clients: int | None = None
-    queries: int | None = None
-    ramp: float | None = None
-    arrival_rate: float | None = None
-    duration: float | None = None
-    preset: str | None = None
-    thresholds: list[Threshold] = dataclasses.field(default_factory=list)
+class RunOptions(_GivenLoadOptions):
+    """``fab run``'s options: the load options it takes (:class:`kit.options.LoadOptions`, ``fab=True``) and
+    the run's own, declared below the same way (``setting``: default, flag, bounds, help); fabfile.py builds
+    the task from these fields.  :meth:`resolve` checks them, once, before anything starts."""
+
+    inventory: Path = setting(REPO / "inventory" / "local.yml", option="--inventory",
+                              help="Ansible inventory to use (default inventory/local.yml)")
+    preset: str | None = setting(None, option="--preset", help=f"{' | '.join(PRESETS)} (the seed's scenarios)")
+    thresholds: list[Threshold] = setting(factory=list, option="--threshold",
+                                          help="pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', "
+                                               "'lost==0'; replaces the default on its metric")
     #: judge the run by ``thresholds`` alone, without the defaults (kit.run._plan.DEFAULT_THRESHOLDS)
-    no_default_thresholds: bool = False
+    no_default_thresholds: bool = setting(False, option="--no-default-thresholds",
+                                          help="judge the run by --threshold alone: without it, 'success>=99%' and "
+                                               "'lost==0' apply to every metric no --threshold names")
     #: stop the run as soon as the live merge shows a threshold failed for good (._summary.live_failures)
-    abort_on_fail: bool = False
+    abort_on_fail: bool = setting(False, option="--abort-on-fail",
+                                  help="stop the run as soon as a threshold has failed for good (judged every second "
+                                       "on the live figures after --abort-grace); recorded as aborted, exit 1")
     #: seconds after the agreed start before --abort-on-fail judges (early percentiles rest on few samples)
-    abort_grace: float = 10.0
-    max_duration: float = 600.0
+    abort_grace: float = setting(10.0, option="--abort-grace", minimum=0.0,
+                                 help="seconds after the start before --abort-on-fail judges")
     #: seconds past --max-duration before a generator counts as hung and is stopped
     grace: float = GRACE_S
     results_dir: Path = REPO / "results"
-    run_id: str | None = None
+    run_id: str | None = setting(None, option="--run-id", help="name of the run (default <date>-<time>-c<clients>)")
     live: bool = True
-    skip_health: bool = False
-    #: seconds a session waits between its queries (the client's default when None)
-    think_time: float | None = None
-    #: seconds a query may take to its done message before it fails (the client's default when None)
-    query_timeout: float | None = None
+    skip_health: bool = setting(False, option="--skip-health", help="do not check service health before the run")
     #: faults during the run (``ACTION:TARGET@AT[+FOR][=ARG]``, see :mod:`kit.run._chaos`)
-    chaos: list[str] = dataclasses.field(default_factory=list)
-    #: the workload each /run asks for (None: the simulator's deployed value; bounds: kit.sim._body)
-    tokens: int | None = None
-    token_delay_ms: float | None = None
-    ttft_ms: float | None = None
-    token_jitter_ms: float | None = None
-    #: the client's reconnects (None: its defaults, WS_MAX_RECONNECT_ATTEMPTS and the backoffs)
-    max_reconnect_attempts: int | None = None
-    initial_backoff: float | None = None
-    max_backoff: float | None = None
-    #: reconnect attempts a second per generator process, 0 = unlimited (None: the client's default,
-    #: kit.client._limiter.RECONNECT_RATE, or WS_RECONNECT_RATE where the generator sets it)
-    reconnect_rate: float | None = None
+    chaos: list[str] = setting(factory=list, option="--chaos",
+                               help="fault during the run, repeatable: ACTION:TARGET@AT[+FOR][=ARG], e.g. "
+                                    "kill:wsproxy@20s, restart:redis@30s, pause:wsproxy[1]@15s+5s, "
+                                    "partition:wsproxy@40s+3s, delay:wsproxy@10s+20s=50ms, kill:wsproxy[all]@20s")
     #: a workload file (weighted classes of sessions, kit.client._workload), copied to every generator
-    workload: Path | None = None
-    #: seed of the class draw (default the file's, else random); generator g draws with seed + crc32(g)
-    workload_seed: int | None = None
+    workload: Path | None = setting(None, option="--workload",
+                                    help="workload file (YAML): weighted classes of sessions overriding the workload "
+                                         "options, copied to every generator (README 'Workload')")
     #: https:// and wss:// toward the balancers (the haproxy role's haproxy_tls), verified against ca_file
-    tls: bool = False
+    tls: bool = setting(False, option="--tls", help="https:// and wss:// toward the balancers (deployed with "
+                                                    "haproxy_tls: true); generators verify the certificates against "
+                                                    "the kit CA")
     #: the CA certificate generators trust with tls, copied to each (default: the kit CA in .secrets/)
-    ca_file: Path | None = None
+    ca_file: Path | None = setting(None, option="--ca-file",
+                                   help="with --tls: the CA certificate generators trust (default .secrets/kit_ca.crt)")
     #: ADDR:PORT where the run's live merged figures are served for Prometheus while it lasts (._exporter)
-    metrics_listen: str | None = None
+    metrics_listen: str | None = setting(None, option="--metrics-listen",
+                                         help="ADDR:PORT where the run's live merged figures are served for "
+                                              "Prometheus while it lasts (e.g. 0.0.0.0:9464; README 'Prometheus')")
 
     def resolve(self) -> None:
-        """Apply the preset under explicit options and check the load shape."""
+        """Apply the preset under explicit options and check every option (kit.options.check), once."""
         if self.preset is not None:
             if self.preset not in PRESETS:
                 raise RunError(f"--preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
@@ -162,29 +165,21 @@ class RunOptions:
             self.clients = p.clients if self.clients is None else self.clients
             self.queries = p.queries if self.queries is None else self.queries
             self.ramp = p.ramp if self.ramp is None else self.ramp
-        if self.clients is None or self.clients < 1:
-            raise RunError(f"--clients {self.clients}: give a number of clients >= 1 (or --preset smoke)")
+        if self.clients is None:
+            raise RunError("--clients: give a number of clients >= 1 (or --preset smoke)")
         if self.queries is None:
-            self.queries = 10
-        if self.queries < 0:
-            raise RunError(f"--queries {self.queries}: give 0 or more")
-        if (self.arrival_rate is None) != (self.duration is None):
-            raise RunError("--arrival-rate and --duration go together (the open model): give both or neither")
-        if self.arrival_rate is not None and self.arrival_rate <= 0:
-            raise RunError(f"--arrival-rate {self.arrival_rate}: give sessions per second > 0")
-        if self.ramp is not None and self.ramp <= 0:
-            raise RunError(f"--ramp {self.ramp}: give sessions started per second > 0")
-        if self.max_duration <= 0:
-            raise RunError(f"--max-duration {self.max_duration}: give seconds > 0")
+            self.queries = options.default("queries")
+        declared = {f.name: f for f in dataclasses.fields(_GivenLoadOptions)}
+        try:
+            for name, f in declared.items():
+                options.parse_option(f, getattr(self, name))
+            # what was given over the declared defaults: a rule between two options sees both
+            options.check({name: options.default(name) for name in declared} | self.load_options())
+        except ConfigError as exc:
+            raise RunError(str(exc)) from None
         if not 0 <= self.abort_grace <= self.max_duration:
             raise RunError(f"--abort-grace {self.abort_grace:g}: give seconds from 0 to --max-duration "
                            f"({self.max_duration:g})")
-        if self.think_time is not None and not 0 <= self.think_time <= self.max_duration:
-            raise RunError(f"--think-time {self.think_time:g}: give seconds between a session's queries, "
-                           f"0 to --max-duration ({self.max_duration:g})")
-        if self.query_timeout is not None and not 0.001 <= self.query_timeout <= self.max_duration:
-            raise RunError(f"--query-timeout {self.query_timeout:g}: give seconds a query may take, "
-                           f"0.001 to --max-duration ({self.max_duration:g})")
         self._resolve_workload()
         if self.metrics_listen is not None:
             try:
@@ -196,27 +191,14 @@ class RunOptions:
                 raise RunError(f"--chaos {spec.text!r}: ends at {spec.at_s + spec.for_s:g} s, after "
                                f"--max-duration {self.max_duration:g}")
 
-    def _resolve_workload(self) -> None:
-        from kit.client._workload import (Workload, WorkloadError, check_option, draw_seed, duration_problems,
-                                          load_workload)
+    def load_options(self) -> dict[str, Any]:
+        """The load options given (kit.options names; those not given left out)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(_GivenLoadOptions)
+                if getattr(self, f.name) is not None}
 
-        for key, opt in (("tokens", "--tokens"), ("token_delay_ms", "--token-delay"), ("ttft_ms", "--ttft"),
-                         ("token_jitter_ms", "--token-jitter")):
-            v = getattr(self, key)
-            problem = None if v is None else check_option(key, v, f"{opt} {v:g}")
-            if problem:
-                raise RunError(problem)
-        if self.max_reconnect_attempts is not None and self.max_reconnect_attempts < 0:
-            raise RunError(f"--max-reconnect-attempts {self.max_reconnect_attempts}: give 0 or more")
-        for opt, v in (("--initial-backoff", self.initial_backoff), ("--max-backoff", self.max_backoff)):
-            if v is not None and not 0 <= v <= self.max_duration:
-                raise RunError(f"{opt} {v:g}: give seconds from 0 to --max-duration ({self.max_duration:g})")
-        if self.initial_backoff is not None and self.max_backoff is not None and self.max_backoff < self.initial_backoff:
-            raise RunError(f"--max-backoff {self.max_backoff:g} is below --initial-backoff {self.initial_backoff:g}: "
-                           "raise the cap")
-        if self.reconnect_rate is not None and not 0 <= self.reconnect_rate < float("inf"):
-            raise RunError(f"--reconnect-rate {self.reconnect_rate:g}: give reconnect attempts a second per generator "
-                           "process, 0 for no limit")
+    def _resolve_workload(self) -> None:
+        from kit.client._workload import Workload, WorkloadError, draw_seed, duration_problems, load_workload
+
         wl = Workload()
         if self.workload is not None:
             try:
@@ -328,38 +310,43 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
 
 def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, out_dir: str, start_at: float,
                  run_id: str, wrapper: str | None = None) -> list[str]:
-    """The load client's command line; through the deployed ``kit-client`` wrapper when there is one
-    (it adds the generator environment and open-file limit the Ansible role set up)."""
+    """The load client's command line: URLs, the slot's processes and start, and paths; the load itself is
+    in the generator's settings file (:func:`generator_settings`, written by ``_phase_launch``).  Through
+    the deployed ``kit-client`` wrapper when there is one (it adds the generator environment and open-file
+    limit the Ansible role set up)."""
     api, ws = haproxy_urls(lb, opts.tls)
     prog = [wrapper] if wrapper else [host.kit_python, "-m", "kit.client"]
-    argv = [*prog, "--api-url", api, "--ws-url", ws, "--clients", str(slot.clients),
-            "--queries", str(opts.queries), "--processes", str(slot.processes), "--output-dir", out_dir,
-            "--start-at", f"{start_at:.6f}", "--run-id", run_id, "--status-interval", "1",
-            "--max-duration", f"{opts.max_duration:g}", "--quiet",
+    argv = [*prog, "--api-url", api, "--ws-url", ws, "--settings", str(settings_path(out_dir)),
+            "--processes", str(slot.processes), "--output-dir", out_dir, "--start-at", f"{start_at:.6f}",
+            "--run-id", run_id, "--status-interval", "1", "--quiet",
             # sessions the server refused are a result (summary.json's status), not a crashed generator
             "--exit-zero-on-failure"]
     if opts.tls:  # the CA file is copied beside the generator's output (_phase_launch)
         argv += ["--ca-file", str(ca_path(out_dir))]
-    if opts.ramp is not None:
-        argv += ["--ramp", f"{opts.ramp * slot.clients / opts.clients:.6g}"]
-    if opts.think_time is not None:
-        argv += ["--think-time", f"{opts.think_time:g}"]
-    if opts.query_timeout is not None:
-        argv += ["--query-timeout", f"{opts.query_timeout:g}"]
-    if slot.arrival_rate is not None:
-        argv += ["--arrival-rate", f"{slot.arrival_rate:.6g}", "--duration", f"{opts.duration:g}"]
-    for flag, v in (("--tokens", opts.tokens), ("--token-delay", opts.token_delay_ms), ("--ttft", opts.ttft_ms),
-                    ("--token-jitter", opts.token_jitter_ms), ("--max-reconnect-attempts", opts.max_reconnect_attempts),
-                    ("--initial-backoff", opts.initial_backoff), ("--max-backoff", opts.max_backoff),
-                    ("--reconnect-rate", opts.reconnect_rate)):
-        if v is not None:
-            argv += [flag, f"{v:g}"]
-    if opts.workload is not None:
-        # the file is copied beside the generator's output (_phase_launch); each generator draws its own
-        # sessions' classes, so each gets its own seed (the same sessions would draw alike otherwise)
-        argv += ["--workload", str(workload_path(out_dir)),
-                 "--workload-seed", str(((opts.workload_seed or 0) + zlib.crc32(slot.label.encode())) % 2**31)]
+    if opts.workload is not None:  # the file is copied beside the generator's output (_phase_launch)
+        argv += ["--workload", str(workload_path(out_dir))]
     return argv
+
+
+def generator_settings(slot: GeneratorSlot, opts: RunOptions) -> dict[str, Any]:
+    """One generator's settings file (kit.options.SETTINGS_FILE): the load options the run was given
+    (checked by :meth:`RunOptions.resolve`; those not given are left to the generator), with its share of
+    the sessions, of the ramp and of the arrivals, and a draw seed of its own (each generator draws its own
+    sessions' classes: the same sessions would draw alike otherwise)."""
+    values = opts.load_options() | {"clients": slot.clients, "arrival_rate": slot.arrival_rate}
+    if opts.ramp is not None:
+        values["ramp"] = opts.ramp * slot.clients / opts.clients
+    if slot.arrival_rate is None:
+        values.pop("duration", None)
+    values.pop("workload_seed", None)
+    if opts.workload is not None:
+        values["workload_seed"] = ((opts.workload_seed or 0) + zlib.crc32(slot.label.encode())) % 2**31
+    return values
+
+
+def settings_path(out_dir: str) -> PurePosixPath:
+    """Where a generator's settings file goes: beside its output folder (collected with it)."""
+    return PurePosixPath(out_dir).parent / options.SETTINGS_FILE
 
 
 def ca_path(out_dir: str) -> PurePosixPath:
@@ -633,8 +620,10 @@ def _phase_launch(run: Run) -> None:
             g = run.gens[label]
             g.argv = _client_argv(c.inventory_host, g.slot, opts, inv.hosts[g.slot.haproxy], f"{g.dir}/out",
                                   g.start_at, run.run_id, run.pre["facts"][host].get("kit_client"))
-            if opts.workload is not None or opts.tls:
-                c.run(f"mkdir -p {shlex.quote(g.dir)}", timeout=ops.CMD_TIMEOUT)
+            c.run(f"mkdir -p {shlex.quote(g.dir)}", timeout=ops.CMD_TIMEOUT)
+            # its options, kept with the run's results (settings/<label>.json) and copied beside its output
+            local = options.write_settings(run.run_dir / "settings" / f"{label}.json", generator_settings(g.slot, opts))
+            c.put(str(local), str(settings_path(f"{g.dir}/out")))
             if opts.workload is not None:  # the generator reads the file the controller checked
                 c.put(str(opts.workload), str(workload_path(f"{g.dir}/out")))
             if opts.tls:  # a remote generator verifies the balancers' certificates against its own copy

@@ -50,8 +50,11 @@ def test_fab_run_sends_its_workload_options_and_mix_and_records_them(inventory, 
     out = RESULTS / run_id
     run = json.loads((out / "run.json").read_text())
     argv = [a for s in run["slots"] for a in s["argv"]]
-    assert argv[argv.index("--token-delay") + 1] == "2" and argv[argv.index("--max-reconnect-attempts") + 1] == "1"
-    assert "--workload" in argv and run["config"]["token_delay_ms"] == 2.0
+    assert "--workload" in argv and "--settings" in argv and run["config"]["token_delay_ms"] == 2.0
+    for s in run["slots"]:  # each generator's settings file, collected with its output
+        settings = json.loads((out / "generators" / s["label"] / "client-settings.json").read_text())
+        assert settings["token_delay_ms"] == 2.0 and settings["max_reconnect_attempts"] == 1
+        assert settings["clients"] == s["clients"] and "workload_seed" in settings
     s = json.loads((out / "summary.json").read_text())
     w = s["workload"]
     assert w["source"] == str(mix) and w["seed"] == 3 and w["sessions"] == 6

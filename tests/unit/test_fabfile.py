@@ -93,7 +93,8 @@ def test_every_task_goes_through_the_one_error_mapping(fabfile):
     (["run", "--max-duration", "soon"], "--max-duration 'soon' is not a number"),
     (["run", "--reconnect-rate", "-1"], "--reconnect-rate -1 is below 0"),
     (["capacity", "--start", "abc", "--slo", "p99<1s"], "--start 'abc' is not a whole number"),
-    (["run", "--clients", "4", "--think-time", "-1", "--inventory", "/nonexistent/inv.yml"], "run: "),
+    (["run", "--clients", "4", "--think-time", "-1", "--inventory", "/nonexistent/inv.yml"], "--think-time -1 is below 0"),
+    (["run", "--clients", "4", "--think-time", "700", "--inventory", "/nonexistent/inv.yml"], "run: --think-time 700 "),
 ])
 def test_a_bad_option_value_on_the_command_line_exits_2_with_one_line(argv, message, tmp_path):
     res = subprocess.run([str(FAB), *argv], cwd=REPO, capture_output=True, text=True, timeout=60)

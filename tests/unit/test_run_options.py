@@ -1,4 +1,5 @@
-"""fab run's workload options: validated once in RunOptions.resolve, carried to every generator."""
+"""fab run's workload options: validated once in RunOptions.resolve, carried to every generator in its settings
+file (the command line carries only URLs, the slot and paths)."""
 
 from __future__ import annotations
 
@@ -6,29 +7,29 @@ import pytest
 
 from kit.inventory import Host
 from kit.run._plan import GeneratorSlot
-from kit.run._run import RunError, RunOptions, _client_argv
+from kit.run._run import RunError, RunOptions, _client_argv, generator_settings
 
 
-def _argv(**opts):
+def _launch(**opts):
+    """(argv, settings) of one generator of a run with *opts*."""
     o = RunOptions(clients=10, queries=3, **opts)
     o.resolve()
     gen = Host("gen1", {"kit_root": "/opt/k"})
     lb = Host("lb1", {"ansible_host": "10.0.0.5", "haproxy_http_port": 8080, "haproxy_ws_port": 8081})
-    return _client_argv(gen, GeneratorSlot("gen1", "lb1", 2, 10, None, "gen1"), o, lb, "/tmp/out", 1.0, "r1")
+    slot = GeneratorSlot("gen1", "lb1", 2, 10, None, "gen1")
+    return _client_argv(gen, slot, o, lb, "/tmp/out", 1.0, "r1"), generator_settings(slot, o)
 
 
-def _value(argv, flag):
-    return argv[argv.index(flag) + 1]
-
-
-def test_generator_argv_carries_think_time_and_query_timeout():
-    argv = _argv(think_time=0.5, query_timeout=12.5)
-    assert _value(argv, "--think-time") == "0.5" and _value(argv, "--query-timeout") == "12.5"
-
-
-def test_generator_argv_leaves_the_clients_defaults_when_not_given():
-    argv = _argv()
+def test_generator_settings_carry_think_time_and_query_timeout_not_its_argv():
+    argv, settings = _launch(think_time=0.5, query_timeout=12.5)
+    assert settings["think_time"] == 0.5 and settings["query_timeout"] == 12.5
     assert "--think-time" not in argv and "--query-timeout" not in argv
+    assert argv[argv.index("--settings") + 1] == "/tmp/client-settings.json"
+
+
+def test_generator_settings_leave_the_clients_defaults_when_not_given():
+    _, settings = _launch()
+    assert "think_time" not in settings and "query_timeout" not in settings
 
 
 def test_the_default_thresholds_judge_a_run_unless_turned_off():

@@ -1,4 +1,4 @@
-"""fab run's workload and reconnect options: checked once in RunOptions.resolve, on every generator's argv."""
+"""fab run's workload and reconnect options: checked once in RunOptions.resolve, in every generator's settings file."""
 
 from __future__ import annotations
 
@@ -6,56 +6,64 @@ import pytest
 
 from kit.inventory import Host
 from kit.run._plan import GeneratorSlot
-from kit.run._run import RunError, RunOptions, _client_argv
+from kit.run._run import RunError, RunOptions, _client_argv, generator_settings
 
 
 def _argv(label: str = "gen1", **opts):
+    """(options, argv, settings) of one generator of a run with *opts*."""
     o = RunOptions(clients=10, queries=3, **opts)
     o.resolve()
     gen = Host("gen1", {"kit_root": "/opt/k"})
     lb = Host("lb1", {"ansible_host": "10.0.0.5", "haproxy_http_port": 8080, "haproxy_ws_port": 8081})
-    return o, _client_argv(gen, GeneratorSlot("gen1", "lb1", 2, 10, None, label), o, lb, "/r/gen-x/out", 1.0, "r1")
+    slot = GeneratorSlot("gen1", "lb1", 2, 10, None, label)
+    return o, _client_argv(gen, slot, o, lb, "/r/gen-x/out", 1.0, "r1"), generator_settings(slot, o)
 
 
 def _value(argv, flag):
     return argv[argv.index(flag) + 1]
 
 
-def test_the_workload_and_reconnect_options_reach_the_generators_argv():
-    _, argv = _argv(tokens=400, token_delay_ms=12.5, ttft_ms=300.0, token_jitter_ms=2.0, max_reconnect_attempts=0,
-                    initial_backoff=0.5, max_backoff=4.0)
-    assert [_value(argv, f) for f in ("--tokens", "--token-delay", "--ttft", "--token-jitter",
-                                      "--max-reconnect-attempts", "--initial-backoff", "--max-backoff")] == \
-        ["400", "12.5", "300", "2", "0", "0.5", "4"]
+def test_the_workload_and_reconnect_options_reach_the_generators_settings():
+    _, argv, settings = _argv(tokens=400, token_delay_ms=12.5, ttft_ms=300.0, token_jitter_ms=2.0,
+                              max_reconnect_attempts=0, initial_backoff=0.5, max_backoff=4.0)
+    assert settings == {"clients": 10, "queries": 3, "max_duration": 600.0, "tokens": 400, "token_delay_ms": 12.5,
+                        "ttft_ms": 300.0, "token_jitter_ms": 2.0, "max_reconnect_attempts": 0,
+                        "initial_backoff": 0.5, "max_backoff": 4.0, "arrival_rate": None}
+    assert not {"--tokens", "--token-delay", "--max-reconnect-attempts", "--clients"} & set(argv)
 
 
 def test_unset_options_leave_the_simulators_and_clients_defaults():
-    _, argv = _argv()
-    for flag in ("--tokens", "--token-delay", "--ttft", "--token-jitter", "--max-reconnect-attempts", "--workload",
-                 "--reconnect-rate"):
-        assert flag not in argv
+    _, argv, settings = _argv()
+    assert "--workload" not in argv
+    for name in ("tokens", "token_delay_ms", "ttft_ms", "token_jitter_ms", "max_reconnect_attempts",
+                 "reconnect_rate", "workload_seed"):
+        assert name not in settings
 
 
-@pytest.mark.parametrize("rate, passed", [(50.0, "50"), (0.0, "0"), (12.5, "12.5")])
-def test_the_reconnect_rate_reaches_the_generators_argv_and_the_client_reads_it(rate, passed):
-    from kit.client.__main__ import build_parser
+@pytest.mark.parametrize("rate", [50.0, 0.0, 12.5])
+def test_the_reconnect_rate_reaches_the_generators_settings_and_the_client_reads_them(rate, tmp_path):
+    from kit.client.__main__ import parse_args
     from kit.config import ClientSettings
+    from kit.options import settings_text
 
-    _, argv = _argv(reconnect_rate=rate)
-    assert _value(argv, "--reconnect-rate") == passed
-    args = build_parser(ClientSettings.from_env({})).parse_args(argv[argv.index("--api-url"):])
-    assert args.reconnect_rate == rate
+    _, argv, settings = _argv(reconnect_rate=rate)
+    (tmp_path / "client-settings.json").write_text(settings_text(settings))
+    argv = argv[argv.index("--api-url"):]
+    argv[argv.index("--settings") + 1] = str(tmp_path / "client-settings.json")
+    args = parse_args(argv, ClientSettings.from_env({"WS_RECONNECT_RATE": "7", "CLIENTS": "3"}))
+    assert (args.reconnect_rate, args.clients, args.queries, args.max_duration) == (rate, 10, 3, 600.0)
+    assert parse_args([*argv, "--reconnect-rate", "9"], ClientSettings.from_env({})).reconnect_rate == 9.0
 
 
 def test_a_workload_file_goes_beside_each_generators_output_with_a_seed_of_its_own(tmp_path):
     wl = tmp_path / "mix.yml"
     wl.write_text("seed: 5\nclasses:\n  a: {weight: 1, tokens: 3}\n  b: {weight: 1, tokens: 9}\n")
-    o, a = _argv("gen1", workload=wl)
-    _, b = _argv("gen2", workload=wl)
+    o, argv, a = _argv("gen1", workload=wl)
+    _, _, b = _argv("gen2", workload=wl)
     assert o.workload_seed == 5
-    assert _value(a, "--workload") == "/r/gen-x/workload.yml"
-    assert _value(a, "--workload-seed") != _value(b, "--workload-seed")
-    assert _argv("gen1", workload=wl)[1] == a  # the same seed draws alike
+    assert _value(argv, "--workload") == "/r/gen-x/workload.yml"
+    assert a["workload_seed"] != b["workload_seed"]
+    assert _argv("gen1", workload=wl)[2] == a  # the same seed draws alike
 
 
 @pytest.mark.parametrize("opts, says", [
@@ -63,10 +71,12 @@ def test_a_workload_file_goes_beside_each_generators_output_with_a_seed_of_its_o
     ({"ttft_ms": -1.0}, "--ttft -1: -1 is out of range"),
     ({"tokens": 0}, "--tokens 0: 0 is out of range: give from 1 to 100000"),
     ({"token_jitter_ms": 1e6}, "--token-jitter 1e+06: 1e+06 is out of range"),
-    ({"max_reconnect_attempts": -1}, "--max-reconnect-attempts -1: give 0 or more"),
-    ({"initial_backoff": 5.0, "max_backoff": 1.0}, "--max-backoff 1 is below --initial-backoff 5"),
-    ({"reconnect_rate": -1.0}, "--reconnect-rate -1: give reconnect attempts a second per generator process"),
-    ({"reconnect_rate": float("inf")}, "--reconnect-rate inf: give reconnect attempts"),
+    ({"max_reconnect_attempts": -1}, "--max-reconnect-attempts -1 is below 0"),
+    ({"initial_backoff": 5.0, "max_backoff": 1.0}, "--max-backoff / WS_MAX_BACKOFF_SECONDS = 1 is below "
+                                                   "--initial-backoff / WS_INITIAL_BACKOFF_SECONDS = 5"),
+    ({"max_backoff": 0.5}, "--max-backoff / WS_MAX_BACKOFF_SECONDS = 0.5 is below --initial-backoff"),
+    ({"reconnect_rate": -1.0}, "--reconnect-rate -1 is below 0"),
+    ({"reconnect_rate": float("inf")}, "--reconnect-rate inf is not finite"),
 ])
 def test_a_bad_workload_option_is_one_line_before_anything_runs(opts, says):
     with pytest.raises(RunError) as info:
