@@ -17,6 +17,7 @@ delivery latencies negative) are bucketed symmetrically.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import Any
 
 __all__ = [
@@ -221,11 +222,11 @@ class Histogram:
             raise ValueError(f"histogram unit {unit!r:.20} is not a string: {damaged}")
         h = cls(unit)
         pairs = d.get("counts", [])
-        if not isinstance(pairs, list) or not all(isinstance(x, list) and len(x) == 2 and all(map(_is_int, x))
-                                                  for x in pairs):
+        if not isinstance(pairs, list) or not _int_pairs(pairs):
             raise ValueError(f"histogram counts are not a list of [bucket, count] whole-number pairs: {damaged}")
-        h.counts = {i: n for i, n in pairs}
-        if len(h.counts) != len(pairs) or any(n <= 0 or not -_MAX_INDEX <= i <= _MAX_INDEX for i, n in pairs):
+        h.counts = dict(pairs)
+        if len(h.counts) != len(pairs) or h.counts and (
+                min(h.counts.values()) <= 0 or min(h.counts) < -_MAX_INDEX or max(h.counts) > _MAX_INDEX):
             raise ValueError(f"histogram counts repeat a bucket, or hold one out of range or a count <= 0: {damaged}")
         for key in ("count", "sum"):
             if not _is_int(d.get(key, 0)):
@@ -268,6 +269,16 @@ _MAX_INDEX = bucket_index(_MAX_VALUE)
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_pairs(pairs: list[Any]) -> bool:
+    """Every item of *pairs* is a ``[whole number, whole number]`` list.  A merge of a 100,000-session run
+    checks millions of pairs: the common case (lists of two plain ints, as JSON gives) is decided by type sets
+    built in C, anything else by the item-by-item check."""
+    if set(map(type, pairs)) <= {list} and set(map(len, pairs)) <= {2} \
+            and set(map(type, chain.from_iterable(pairs))) <= {int}:
+        return True
+    return all(isinstance(x, list) and len(x) == 2 and all(map(_is_int, x)) for x in pairs)
 
 
 def _is_number(v: Any) -> bool:
@@ -418,14 +429,16 @@ class SecondHistograms:
             if interval.count:
                 self.hists.setdefault(second, {})[name] = interval
 
-    def merge(self, other: "SecondHistograms") -> "SecondHistograms":
+    def merge(self, other: "SecondHistograms", *, take: bool = False) -> "SecondHistograms":
+        """Add *other*'s histograms (in place; returns self).  *take*: *other* is not used afterwards, so its
+        histograms may become this one's rather than copies (a merge of many processes' files)."""
         for sec, by_name in other.hists.items():
             mine = self.hists.setdefault(sec, {})
             for name, h in by_name.items():
                 if name in mine:
                     mine[name].merge(h)
                 else:
-                    mine[name] = h.copy()
+                    mine[name] = h if take else h.copy()
         return self
 
     def rows(self, names: Iterable[str], scale: float = 1000.0) -> dict[int, dict[str, float | None]]:
