@@ -39,7 +39,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from typing import Any
 from kit import contract
 from kit.metrics import Histogram
 
-__all__ = ["RunData", "load_run", "run_t0", "run_x_range", "timeline_series", "timeline_percentiles", "latency_per_second", "cdf", "host_cpu_series",
+__all__ = ["RunData", "CsvRows", "QUERY_COLUMNS", "load_run", "run_t0", "run_x_range", "timeline_series", "timeline_percentiles", "latency_per_second", "cdf", "host_cpu_series",
            "component_cpu_series", "server_series", "chaos_events", "run_chart_specs", "compare_chart_specs", "charts_html",
            "assets_html", "nearest_rank"]
 
@@ -71,7 +71,8 @@ class RunData:
     path: Path
     summary: dict[str, Any] = field(default_factory=dict)
     timeline: list[dict[str, str]] = field(default_factory=list)
-    queries: list[dict[str, str]] = field(default_factory=list)
+    #: queries.csv's rows (:func:`load_run`: a :class:`CsvRows` that reads them from disk at each pass)
+    queries: Iterable[Mapping[str, str | None]] = field(default_factory=list)
     histograms: dict[str, Any] = field(default_factory=dict)
     hosts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -85,6 +86,38 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+#: the columns of ``queries.csv`` the charts and ``fab compare`` read
+QUERY_COLUMNS = ("intended_at", "submit_at", "latency_ms", "ttft_ms", "status")
+
+
+class CsvRows:
+    """The rows of a CSV file as ``csv.DictReader`` gives them, limited to *columns*, read from disk again at
+    each iteration: a 100,000-session run's 300,000 queries cost one row of memory, not 450 MB of dicts.
+    A missing file has no rows."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.columns = tuple(columns)
+
+    def __iter__(self) -> Iterator[dict[str, str | None]]:
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                return
+            where = {name: i for i, name in enumerate(header)}  # a repeated column: the last one, as DictReader
+            pick = [(c, where[c]) for c in self.columns if c in where]
+            for row in reader:
+                if row:
+                    n = len(row)
+                    yield {c: row[i] if i < n else None for c, i in pick}
+
+    def __repr__(self) -> str:
+        return f"CsvRows({str(self.path)!r}, {self.columns!r})"
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -109,8 +142,8 @@ def load_run(run_dir: Path, summary: Mapping[str, Any] | None = None) -> RunData
     except (OSError, ValueError):
         hists = {}
     hosts = {f.parent.name: _jsonl(f) for f in sorted((run_dir / "hosts").glob("*/host.jsonl"))}
-    return RunData(run_dir, dict(summary), _csv(run_dir / "timeline.csv"), _csv(run_dir / "queries.csv"), hists,
-                   hosts)
+    queries = CsvRows(run_dir / "queries.csv", QUERY_COLUMNS)
+    return RunData(run_dir, dict(summary), _csv(run_dir / "timeline.csv"), queries, hists, hosts)
 
 
 def run_t0(summary: Mapping[str, Any], timeline: Sequence[Mapping[str, str]] = ()) -> float:
@@ -186,7 +219,7 @@ def nearest_rank(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(n - 1, max(0, math.ceil(p / 100.0 * n) - 1))]
 
 
-def latency_per_second(queries: Sequence[Mapping[str, str]], t0: float,
+def latency_per_second(queries: Iterable[Mapping[str, str | None]], t0: float,
                        ps: Sequence[float] = (50, 95, 99)) -> dict[str, list[Any]]:
     """Latency percentiles of the queries that finished in each second (not cumulative).
 
@@ -498,10 +531,10 @@ def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, A
             per[i] = {float(round(t)): v for t, v in zip(tl["t"], tl.get(field_, []))}
         xs, ys = _align(per)
         specs.append(_spec(f"cmp-{field_}", title, xs, series(ys), ylabel=unit))
+    lats = [latency_per_second(r.queries, r.t0) for _, r in runs]  # one pass over each run's queries
     for p in ("p50", "p99"):
         per = {}
-        for i, (_, r) in enumerate(runs):
-            lat = latency_per_second(r.queries, r.t0)
+        for i, lat in enumerate(lats):
             per[i] = {x: y for x, y in zip(lat["t"], lat[p]) if y is not None}
         xs, ys = _align(per)
         specs.append(_spec(f"cmp-lat-{p}", f"Query latency {p} per second", xs, series(ys), ylabel="latency (ms)",
