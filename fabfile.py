@@ -119,18 +119,47 @@ def _logging(verbose: bool) -> None:
 
 @task(name="lab-up", auto_shortflags=False,
       help={"hosts": "number of namespace hosts (default 6)",
-            "layout": "groups per host count, e.g. redis=1,haproxy=1,wsproxy=2,sim=1,generators=2"})
+            "layout": "groups per host count, e.g. redis=1,haproxy=1,wsproxy=2,sim=1,generators=2[,monitoring=1]",
+            "source_addresses": "addresses per generator host (default 1): its connections leave from each in turn"})
 @_cli
-def lab_up(c, hosts=None, layout=""):
+def lab_up(c, hosts=None, layout="", source_addresses=None):
     """Build the lab: network-namespace hosts with their own sshd; writes inventory/lab.yml."""
-    from kit.lab import default_layout, lab_up as up, parse_layout
+    from kit.lab import LabConfig, default_layout, lab_up as up, parse_layout
     _logging(False)
     hosts = _num(int, "hosts", hosts, 1, default=6)
     lay = parse_layout(layout) if layout else default_layout(hosts)
-    state = up(hosts, lay)
+    state = up(hosts, lay, LabConfig(source_addresses=_num(int, "source-addresses", source_addresses, 1, default=1)))
     for h in state["hosts"]:
         print(f"{h['name']:<8} {h['address']:<14} {', '.join(h['groups'])}")
     print(f"inventory: {state['inventory']}")
+
+
+@task(name="plan", auto_shortflags=False, help={
+    "inventory": INV_HELP,
+    "clients": "concurrent sessions to plan for",
+    "from_run": "a previous run (id under results/ or folder): its CPU per token per component sizes the CPU too",
+    "think_time": "seconds between a session's queries (with --from-run: the run's)",
+    "tokens": "tokens per answer (default the simulator's 43, or the run's)",
+    "token_delay": "ms between tokens (default 50, or the run's)",
+    "ttft": "ms to the first token (default 0, or the run's)",
+})
+@_cli
+def plan(c, clients, inventory=DEFAULT_INVENTORY, from_run="", think_time=None, tokens=None, token_delay=None,
+         ttft=None):
+    """How many hosts per group a run of N sessions needs, against what the inventory has (exit 1: too few)."""
+    from kit.run import plan as run_plan
+    _logging(False)
+    run_dir = None
+    if from_run:
+        run_dir = Path(from_run) if Path(from_run).is_dir() else REPO / "results" / from_run
+        if not (run_dir / "summary.json").is_file():
+            raise Exit(f"--from-run {from_run}: no summary.json there: give a run id under results/ or a run folder",
+                       code=EXIT_USAGE)
+    rc = run_plan(_inv(inventory), _num(int, "clients", clients, 1), out=print, from_run=run_dir,
+                  think_time=_num(float, "think-time", think_time, 0), tokens=_num(int, "tokens", tokens, 1),
+                  token_delay_ms=_num(float, "token-delay", token_delay, 0), ttft_ms=_num(float, "ttft", ttft, 0))
+    if rc:
+        raise Exit(code=rc)
 
 
 @task(name="lab-down", auto_shortflags=False)

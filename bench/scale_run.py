@@ -41,8 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout  # noqa: E402
 from kit.report import host_metrics  # noqa: E402
-from kit.run import RunOptions, execute, parse_threshold  # noqa: E402
-from kit.run._sizing import HostFacts, offered_tokens_per_s, size_fleet  # noqa: E402
+from kit.run import HostFacts, RunOptions, execute, offered_tokens_per_s, parse_threshold, size_fleet  # noqa: E402
 
 SEED = {"clients": 5000, "success": "99.46%", "p50": "15.81 s", "p99": "26.82 s", "tps": "337",
         "lost": "not measured"}

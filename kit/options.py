@@ -22,6 +22,7 @@ Adding an option: one field here, then its use (e.g. a ``SessionConfig`` field t
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -132,6 +133,11 @@ class LoadOptions:
                                     help="keep-alive HTTP connections per process for create/run/close (a wait for "
                                          "one is recorded)")
     seed: int | None = setting(None, option="--seed", minimum=0, help="random seed (jitter)")
+    #: several addresses lift the per-address cap of ephemeral ports toward one balancer (kit.client._ws.SOURCES)
+    source_addresses: str | None = setting(None, env=("WS_SOURCE_ADDRESSES",), option="--source-addresses",
+                                           help="local addresses (comma-separated) the connections leave from in "
+                                                "turn, each with its own ports (fab run: the inventory's "
+                                                "generator_source_addresses)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "LoadOptions":
@@ -202,6 +208,12 @@ def check(values: Mapping[str, Any]) -> None:
     if lo is not None and hi is not None and hi < lo:
         raise ConfigError(f"--max-backoff / WS_MAX_BACKOFF_SECONDS = {hi:g} is below --initial-backoff / "
                           f"WS_INITIAL_BACKOFF_SECONDS = {lo:g}: raise the cap")
+    for a in (values.get("source_addresses") or "").split(","):
+        try:
+            ipaddress.ip_address(a.strip()) if a.strip() else None
+        except ValueError:
+            raise ConfigError(f"--source-addresses / WS_SOURCE_ADDRESSES: {a.strip()!r:.60} is not an IP address: "
+                              "give this host's addresses, comma-separated") from None
     rate, duration = values.get("arrival_rate"), values.get("duration")
     if (rate is None) != (duration is None):
         raise ConfigError("--arrival-rate and --duration go together (open model): pass both, e.g. "

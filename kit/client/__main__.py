@@ -375,7 +375,8 @@ def run_load(argv: list[str]) -> int:
         start_at=args.start_at, run_id=run_id, quiet=args.quiet, status_interval=args.status_interval,
         max_duration=args.max_duration, http_timeout=args.http_timeout, http_connections=args.http_connections,
         seed=args.seed, workload=workload, workload_seed=args.workload_seed, ca_file=args.ca_file,
-        reconnect_rate=args.reconnect_rate)
+        reconnect_rate=args.reconnect_rate,
+        source_addresses=tuple(a.strip() for a in (args.source_addresses or "").split(",") if a.strip()))
     meta["gc"] = _gc.tune()  # start-up is done: freeze it, collect rarely (kit/_gc.py)
     if processes > 1 and not child:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ from kit.options import default as option_default
 from . import _console
 from ._accounting import Recorder
 from ._http import DEFAULT_MAX_CONNECTIONS, HttpPool
-from ._ws import client_ssl_context
+from ._ws import SOURCES, client_ssl_context
 from ._hub import Hub
 from ._limiter import RECONNECT_BURST, RECONNECT_RATE, TokenBucket
 from ._output import merge_outputs, write_json_atomic, write_outputs
@@ -114,6 +114,8 @@ class LoadConfig:
     #: reconnect attempts a second this process lets through, over all its sessions (0 = unlimited;
     #: kit.client._limiter says why the default)
     reconnect_rate: float = RECONNECT_RATE
+    #: local addresses this process's connections leave from, in turn (empty: the kernel's choice)
+    source_addresses: tuple[str, ...] = ()
 
     @property
     def model(self) -> str:
@@ -310,6 +312,7 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
     run: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "start_skew_s": None,
                            "process_index": cfg.process_index, "start": time.time(), "end": time.time()}
     workload = WorkloadRecord(cfg.workload, cfg.session, cfg.workload_seed)
+    SOURCES.set(cfg.source_addresses)
     trio.run(_load, cfg, rec, run, workload)
     over, reason = overload_verdict(rec.cpu_samples, rec.hists["loop_lag"], rec.hists["start_lag"])
     lag = rec.hists["loop_lag"]

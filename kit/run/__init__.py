@@ -26,6 +26,10 @@ from ._remote import fan_out as fan_out
 from ._live import live_view as live_view
 from ._plan import PlanError as PlanError
 from ._plan import parse_threshold as parse_threshold
+from ._fleet import plan as plan
+from ._sizing import HostFacts as HostFacts
+from ._sizing import offered_tokens_per_s as offered_tokens_per_s
+from ._sizing import size_fleet as size_fleet
 from ._run import Interrupted as Interrupted
 from ._run import RunError as RunError
 from ._run import RunOptions as RunOptions
@@ -36,6 +40,7 @@ from ._tasks import logs as logs
 from ._tasks import status as status
 
 __all__ = [
+    "HostFacts", "offered_tokens_per_s", "size_fleet", "plan",
     "CONNECT_TIMEOUT", "GroupException", "Interrupted", "LocalConnection", "PlanError", "RunError", "RunOptions",
     "analyze", "bottleneck", "close_all", "component_costs", "connect", "deploy", "describe_failures", "execute",
     "execute_capacity", "fan_out", "live_view", "load_host_samples", "logs", "parse_threshold", "status",

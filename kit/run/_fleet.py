@@ -19,7 +19,7 @@ from kit.inventory import Host, Inventory
 from . import _hostops as ops
 from ._sizing import HostFacts, Need, format_plan, offered_tokens_per_s, size_fleet
 
-__all__ = ["host_facts_of", "groups_facts", "plan_needs", "source_addresses", "run_costs"]
+__all__ = ["host_facts_of", "groups_facts", "plan_needs", "source_addresses", "run_costs", "plan"]
 
 #: the simulator's default answer when the plan is given no workload (43 tokens, 50 ms apart)
 DEFAULT_TOKENS, DEFAULT_DELAY_MS = 43, 50.0
@@ -70,25 +70,39 @@ def plan_needs(inv: Inventory, facts: Mapping[str, Mapping[str, Any]], clients: 
     return size_fleet(clients, groups_facts(inv, facts), costs, rate), rate
 
 
-def plan(inv: Inventory, conns: Mapping[str, Any], clients: int, *, out: Callable[[str], None],
-         fan: Callable[..., dict[Any, Any]], from_run: Path | None = None, **workload: Any) -> int:
-    """``fab plan``: print the table; 0 when the inventory holds the run, 1 when it does not."""
-    got = fan(list(conns.values()), lambda c: ops.host_facts(c, c.inventory_host.kit_python,
-                                                            client_wrapper=c.inventory_host.client_wrapper,
-                                                            tuning_report=c.inventory_host.tuning_report),
-              "reading host facts")
+def plan(inventory: Path, clients: int, *, out: Callable[[str], None], from_run: Path | None = None,
+         **workload: Any) -> int:
+    """``fab plan``: read every host's facts over SSH, print the table; 0 when the inventory holds the
+    run, 1 when it does not (the same exit as a failed threshold: a script can gate on it), 2 when a
+    host's limits are unknown (not deployed: no tuning report)."""
+    from kit.inventory import load_inventory
+
+    from ._remote import GroupException, close_all, connect, describe_failures, fan_out
+
+    inv = load_inventory(inventory)
+    conns = {n: connect(h) for n, h in inv.hosts.items()}
+    try:
+        try:
+            got = fan_out(conns.values(), lambda c: ops.host_facts(
+                c, c.inventory_host.kit_python, client_wrapper=c.inventory_host.client_wrapper,
+                tuning_report=c.inventory_host.tuning_report))
+        except GroupException as exc:
+            raise RuntimeError("reading host facts failed: " + "; ".join(describe_failures(exc))) from None
+    finally:
+        close_all(conns.values())
     facts = {c.inventory_host.name: v for c, v in got.items()}
     costs = None
     extra: dict[str, Any] = {}
     if from_run is not None:
         costs, config = run_costs(from_run)
-        for key, opt in (("tokens", "tokens"), ("token_delay_ms", "token_delay_ms"), ("ttft_ms", "ttft_ms"),
-                         ("think_time", "think_time")):
-            if workload.get(key) is None and config.get(opt) is not None:
-                workload[key] = config[opt]
+        for key in ("tokens", "token_delay_ms", "ttft_ms", "think_time"):
+            if workload.get(key) is None and config.get(key) is not None:
+                workload[key] = config[key]
         extra["CPU per token from"] = str(from_run)
     needs, rate = plan_needs(inv, facts, clients, costs=costs, **workload)
     if rate is not None:
         extra["offered"] = f"{rate:,.0f} tokens/s"
     out(format_plan(clients, needs, extra))
-    return 0 if all(n.ok for n in needs) else 1
+    if not all(n.ok for n in needs):
+        return 1
+    return 2 if any(n.needed is None for n in needs) else 0

@@ -289,13 +289,13 @@ def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = 
             caps[name] = {"role": "generator", "clients": clients, "processes": procs, "clients_per_process": per_proc,
                           "nofile": nofile, "nofile_source": source, "max_clients_per_process_by_nofile": fd_cap,
                           "local_ports": port_cap, "source_addresses": addresses,
-                          "max_clients_per_balancer_by_ports": port_cap // 2}
+                          "max_clients_per_balancer_by_ports": port_cap}
             if fd_cap is not None and per_proc > fd_cap:
                 problems.append(f"{name}: {per_proc} clients per process but a process holds ~{fd_cap} with its "
                                 f"{nofile} open files ({source}): add generator hosts or cores")
             for lb, n in per_lb.items():
-                if n * 2 > port_cap:
-                    problems.append(f"{name}: {n} clients to {lb} need ~{n * 2} local ports but "
+                if n > port_cap:   # one local port per WebSocket toward the balancer's WebSocket address:port
+                    problems.append(f"{name}: {n} clients to {lb} need {n} local ports toward its WebSocket port but "
                                     f"ip_local_port_range gives {pr[1] - pr[0] + 1} per source address and the host "
                                     f"has {addresses}: widen the range (tuning role), add source addresses "
                                     "(generator_source_addresses) or add generator hosts")
@@ -328,11 +328,12 @@ def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, ou
     return argv
 
 
-def generator_settings(slot: GeneratorSlot, opts: RunOptions) -> dict[str, Any]:
+def generator_settings(slot: GeneratorSlot, opts: RunOptions, sources: list[str] | None = None) -> dict[str, Any]:
     """One generator's settings file (kit.options.SETTINGS_FILE): the load options the run was given
     (checked by :meth:`RunOptions.resolve`; those not given are left to the generator), with its share of
     the sessions, of the ramp and of the arrivals, and a draw seed of its own (each generator draws its own
-    sessions' classes: the same sessions would draw alike otherwise)."""
+    sessions' classes: the same sessions would draw alike otherwise) and the source addresses its host's
+    connections leave from (*sources*: the inventory's ``generator_source_addresses``)."""
     values = opts.load_options() | {"clients": slot.clients, "arrival_rate": slot.arrival_rate}
     if opts.ramp is not None:
         values["ramp"] = opts.ramp * slot.clients / opts.clients
@@ -341,6 +342,8 @@ def generator_settings(slot: GeneratorSlot, opts: RunOptions) -> dict[str, Any]:
     values.pop("workload_seed", None)
     if opts.workload is not None:
         values["workload_seed"] = ((opts.workload_seed or 0) + zlib.crc32(slot.label.encode())) % 2**31
+    if sources:
+        values["source_addresses"] = ",".join(sources)
     return values
 
 
@@ -622,7 +625,8 @@ def _phase_launch(run: Run) -> None:
                                   g.start_at, run.run_id, run.pre["facts"][host].get("kit_client"))
             c.run(f"mkdir -p {shlex.quote(g.dir)}", timeout=ops.CMD_TIMEOUT)
             # its options, kept with the run's results (settings/<label>.json) and copied beside its output
-            local = options.write_settings(run.run_dir / "settings" / f"{label}.json", generator_settings(g.slot, opts))
+            local = options.write_settings(run.run_dir / "settings" / f"{label}.json", generator_settings(
+                g.slot, opts, source_addresses(run.inv.hosts[g.slot.host])))
             c.put(str(local), str(settings_path(f"{g.dir}/out")))
             if opts.workload is not None:  # the generator reads the file the controller checked
                 c.put(str(opts.workload), str(workload_path(f"{g.dir}/out")))

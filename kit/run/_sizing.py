@@ -3,9 +3,10 @@
 A run of *clients* concurrent sessions needs, per group (:func:`size_fleet`):
 
 * **generators**: one client process per core, each holding at most the sessions its open files allow
-  (the tuning report's ``sessions_max``); toward one balancer address:port a generator host has its
-  ephemeral ports (``ip_local_port_range``) per source address, two per session (the WebSocket and its
-  share of HTTP keep-alive);
+  (the tuning report's ``sessions_max``); toward one balancer's WebSocket address:port a generator host
+  has its ephemeral ports (``ip_local_port_range``) per source address, one per session (the kernel
+  reuses a local port toward another destination, so the HTTP keep-alive connections, toward the
+  balancer's other port and bounded per process, do not take from them);
 * **haproxy**: one HAProxy process per host, ``sessions_max`` proxied sessions each;
 * **wsproxy**: ``wsproxy_instances_per_host`` instances per host, ``sessions_max`` WebSockets each;
 * **CPU** (when a previous run's cost per token is known, ``--from-run``): each component's cores at the
@@ -27,8 +28,8 @@ __all__ = ["Need", "HostFacts", "size_fleet", "offered_tokens_per_s", "CPU_TARGE
 
 #: the share of a host's cores a plan lets the kit's and the system's processes use together
 CPU_TARGET = 0.7
-#: local ports one session holds toward its balancer (the WebSocket and its share of HTTP keep-alive)
-PORTS_PER_SESSION = 2
+#: local ports one session holds toward its balancer's WebSocket address:port
+PORTS_PER_SESSION = 1
 #: which group's hosts carry each component's CPU
 COMPONENT_GROUP = {"client": "generators", "sim": "sim", "wsproxy": "wsproxy", "haproxy": "haproxy", "redis": "redis"}
 
@@ -152,6 +153,11 @@ def format_plan(clients: int, needs: Sequence[Need], extra: Mapping[str, Any] | 
         verdict = "ok" if n.ok and n.needed is not None else ("UNKNOWN" if n.needed is None else "TOO FEW")
         lines.append(f"  {n.group:<{width}}  needs {need:>4}  has {n.have:>4}  {verdict:<8} {n.limit}")
     short = [n for n in needs if not n.ok]
-    lines.append("the inventory holds this run" if not short else
-                 "the inventory cannot hold this run: " + "; ".join(n.line() for n in short))
+    unknown = [n for n in needs if n.needed is None]
+    if short:
+        lines.append("the inventory cannot hold this run: " + "; ".join(n.line() for n in short))
+    elif unknown:
+        lines.append("cannot tell yet: " + "; ".join(n.line() for n in unknown))
+    else:
+        lines.append("the inventory holds this run")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -115,6 +116,26 @@ def test_fab_status_reports_every_service_healthy_and_fab_logs_fetches_each_host
     assert logs(cfg.inventory_path, tmp / "logs", out=lines.append) == 0
     for h in state["hosts"]:
         assert list((tmp / "logs" / h["name"]).rglob("*.log")), h["name"]
+
+
+def test_fab_plan_sizes_the_deployed_lab_and_the_preflight_refuses_a_run_it_cannot_hold(deployed_lab):
+    """The lab's one balancer holds ~9,900 sessions (the tuning report, under this machine's 20,000 open files):
+    fab plan says what 30,000 need and exits 1, and fab run refuses them before any load, naming the group."""
+    from kit.run._run import RunError
+
+    tmp, cfg, state = deployed_lab
+    fab = [str(REPO / ".venv" / "bin" / "fab"), "plan", "--inventory", str(cfg.inventory_path)]
+    small = subprocess.run([*fab, "--clients", "500", "--from-run", str(tmp / "results" / "e2e-c500")], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert small.returncode == 0, small.stdout + small.stderr
+    assert "the inventory holds this run" in small.stdout and "tokens/s" in small.stdout   # CPU from the 500 run
+    big = subprocess.run([*fab, "--clients", "30000"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert big.returncode == 1, big.stdout + big.stderr
+    assert re.search(r"haproxy\s+needs\s+\d+\s+has\s+1\s+TOO FEW", big.stdout), big.stdout
+    with pytest.raises(RunError, match=r"cannot hold 30000 sessions: haproxy: needs \d+ host\(s\), has 1: add"):
+        execute(RunOptions(inventory=cfg.inventory_path, clients=30000, queries=1, results_dir=tmp / "results",
+                           run_id="e2e-too-big", live=False), out=lambda line: None)
+    assert not (tmp / "results" / "e2e-too-big").exists()
 
 
 def _exact(run_dir: Path) -> list[dict[str, str]]:

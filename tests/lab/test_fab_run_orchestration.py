@@ -112,8 +112,9 @@ def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball
     assert run["start_skew_s"]["per_process"] and run["clock"]["offsets"]["lkr-h1"]["samples"] == 5
     assert all(t["passed"] for t in run["thresholds"])
     # the workload options reach every generator and the run's record
-    assert all(s["argv"][s["argv"].index("--think-time") + 1] == "0.05" and
-               s["argv"][s["argv"].index("--query-timeout") + 1] == "20" for s in run["slots"])
+    for s in run["slots"]:   # each generator's settings file (kit.options), written by fab run
+        settings = json.loads((run_dir / "settings" / f"{s['label']}.json").read_text())
+        assert settings["think_time"] == 0.05 and settings["query_timeout"] == 20.0
     assert run["config"]["think_time"] == 0.05 and run["config"]["query_timeout"] == 20.0
     # each generator host's client processes are costed (the stand-in services have no supervisor: reported)
     assert {(c["component"], c["host"]) for c in summary["components"]} >= {("client", "lkr-h1"),

@@ -84,6 +84,7 @@ CASES = [
     ("start-at-milliseconds", ["--start-at", "1700000000000"], {}, "more than a day ahead"),
     ("unknown-option", ["--colour", "red"], {}, "unrecognized arguments: --colour red"),
     ("workload-huge-int", ["--workload", "{d}/huge-int.yml"], {}, "tokens: 10000000...(401 chars) is out of range"),
+    ("source-address-not-ip", ["--source-addresses", "10.0.0.1,nope"], {}, "'nope' is not an IP address"),
     ("query-of-69-days", ["--tokens", "100000", "--token-delay", "60000", "--ttft", "600000"], {},
      "the query would last 69.5 days"),
     ("workload-class-of-69-days", ["--workload", "{d}/69-days.yml"], {}, "class long: the query would last"),

@@ -51,3 +51,18 @@ def test_bad_workload_options_are_one_clear_line(opts, says):
     with pytest.raises(RunError) as info:
         RunOptions(clients=10, **opts).resolve()
     assert str(info.value).startswith(says) and "\n" not in str(info.value)
+
+
+def test_a_generator_hosts_source_addresses_reach_its_settings_file_and_the_client_binds_them():
+    from kit.client._load import LoadConfig
+    from kit.client._session import SessionConfig
+    from kit import options
+
+    slot = GeneratorSlot("gen1", "lb1", 1, 10, None, "gen1")
+    o = RunOptions(clients=10)
+    o.resolve()
+    assert "source_addresses" not in generator_settings(slot, o)
+    values = generator_settings(slot, o, ["10.0.0.5", "10.0.0.211"])
+    assert values["source_addresses"] == "10.0.0.5,10.0.0.211"
+    options.check(values)   # what the generator checks again on reading the file
+    assert LoadConfig(session=SessionConfig(api_url="http://h:1", ws_url="ws://h:2")).source_addresses == ()

@@ -90,7 +90,7 @@ def test_preflight_uses_the_reported_sessions_for_balancers_and_generators_alike
 
 @pytest.mark.parametrize("addresses, refused", [(None, True), (["10.0.0.5", "10.0.0.211", "10.0.0.212"], False)])
 def test_a_generator_hosts_source_addresses_multiply_its_ports_toward_one_balancer(monkeypatch, addresses, refused):
-    """200 local ports, 2 per session: one address holds 100 sessions toward one balancer, three hold 300."""
+    """200 local ports, one per WebSocket: one address holds 200 sessions toward one balancer, three 600."""
     lb = _host("lb")
     gen = Host("gen", {"ansible_connection": "local", **({"generator_source_addresses": addresses} if addresses else {})})
     groups = {g: ["lb"] for g in ("redis", "haproxy", "wsproxy", "sim")} | {"generators": ["gen"]}
@@ -100,8 +100,8 @@ def test_a_generator_hosts_source_addresses_multiply_its_ports_toward_one_balanc
         "nproc": 1, "port_range": [20000, 20199] if c.inventory_host.name == "gen" else [10240, 65535],
         "kit_python": True, "tuning": report})
     monkeypatch.setattr(_hostops, "clock_samples", lambda c, python="python3": [(0, 0, 0)])
-    pre = _run.preflight(inv, {n: _Conn(h) for n, h in inv.hosts.items()}, plan_clients=250, skip_health=True)
-    said = [p for p in pre["problems"] if p.startswith("gen: 250 clients to lb need ~500 local ports")]
+    pre = _run.preflight(inv, {n: _Conn(h) for n, h in inv.hosts.items()}, plan_clients=500, skip_health=True)
+    said = [p for p in pre["problems"] if p.startswith("gen: 500 clients to lb need 500 local ports")]
     if refused:
         assert said and "per source address and the host has 1" in said[0]
         assert any("generators: needs 3 host(s), has 1" in p for p in pre["problems"]), pre["problems"]

@@ -25,11 +25,11 @@ def test_the_10000_session_lab_needs_two_balancers_and_says_so():
 
 
 def test_local_ports_limit_a_generator_host_per_balancer_and_source_addresses_lift_it():
-    # 200 ports: 100 sessions per balancer address and source address
+    # 200 ports: 200 sessions per balancer address and source address
     one = {n.group: n for n in size_fleet(500, _fleet(gens=1, ports=(20000, 20199)))}
-    assert one["generators"].needed == 5 and "by local ports (1 source address(es))" in one["generators"].limit
-    three = {n.group: n for n in size_fleet(500, _fleet(gens=2, ports=(20000, 20199), addresses=3))}
-    assert three["generators"].needed == 2 and three["generators"].ok
+    assert one["generators"].needed == 3 and "by local ports (1 source address(es))" in one["generators"].limit
+    three = {n.group: n for n in size_fleet(500, _fleet(gens=1, ports=(20000, 20199), addresses=3))}
+    assert three["generators"].needed == 1 and three["generators"].ok
 
 
 def test_cpu_from_a_previous_runs_cost_per_token():
