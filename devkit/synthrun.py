@@ -293,9 +293,9 @@ def compare_step(run_a: str, run_b: str, html_out: str) -> dict[str, Any]:
     result = compare.compare_runs(runs)
     done = time.perf_counter()
     compare.write_compare_html(Path(html_out), result, runs)
-    values = sum(1 for r in runs[0:1] for _ in compare._raw(r, ("queries", "latency_ms")) or ())
     return {"load_s": round(loaded - t, 3), "bootstrap_s": round(done - loaded, 3),
-            "html_s": round(time.perf_counter() - done, 3), "latency_values_per_run": values,
+            "html_s": round(time.perf_counter() - done, 3),
+            "latency_values_per_run": runs[0].summary.get("successful_queries"),  # the ok queries: one value each
             "compare_html_mb": round(Path(html_out).stat().st_size / 2**20, 2)}
 
 
@@ -331,7 +331,8 @@ def _measure_here(target: str, args: list[Any]) -> dict[str, Any]:
 def measure(target: str, *args: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``module:function(*args)`` (JSON arguments) in a fresh Python; return its ``wall_s`` and ``cpu_s`` and
     the process's resident memory before the call (``rss_before_mb``, after the imports) and at its peak during
-    the call (``rss_peak_mb``: VmHWM, reset just before the call).  RuntimeError with the child's stderr when it fails."""
+    the call (``rss_peak_mb``: VmHWM, reset just before the call), and whatever dict the function returns.
+    RuntimeError with the child's stderr when it fails."""
     import os
     import subprocess
     import sys
