@@ -213,7 +213,7 @@ async def _reporter(cfg: LoadConfig, rec: Recorder, state: dict, started: float)
         snap = None
         if interval and now - state.get("last_status", 0.0) >= interval - 1e-3:
             snap = status_snapshot(rec, run_id=cfg.run_id, started=started, done=False, cpu=state.get("cpu", 0.0))
-            write_json_atomic(cfg.output_dir / "status.json", snap)
+            write_json_atomic(cfg.output_dir / "status.json", snap, compact=True)   # every second: machine-read
             state["last_status"] = now
         if not cfg.quiet and (tty or now - last_line >= 10.0):
             snap = snap or status_snapshot(rec, run_id=cfg.run_id, started=started, done=False,
@@ -330,7 +330,7 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
     if cfg.status_interval:
         snap = status_snapshot(rec, run_id=cfg.run_id, started=run["start"], done=True,
                                cpu=run["cpu_percent_mean"])
-        write_json_atomic(cfg.output_dir / "status.json", snap)
+        write_json_atomic(cfg.output_dir / "status.json", snap, compact=True)
     return summary
 
 
@@ -418,7 +418,7 @@ def run_parent(cfg: LoadConfig, child_argv: list[str], meta: dict[str, Any]) -> 
                 continue
             agg = merge_status(snaps, run_id=cfg.run_id, expected=len(dirs))
             if cfg.status_interval:
-                write_json_atomic(out / "status.json", agg)
+                write_json_atomic(out / "status.json", agg, compact=True)
             if not cfg.quiet and (tty or time.time() - last_line >= 10.0):
                 _console.progress(agg, tty=tty)
                 last_line = time.time()
