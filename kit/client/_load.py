@@ -452,7 +452,7 @@ def run_parent(cfg: LoadConfig, child_argv: list[str], meta: dict[str, Any]) -> 
     write_json_atomic(out / "meta.json", meta)
     if cfg.status_interval:
         snaps = [s for s in (_read_status(d / "status.json") for d in dirs) if s]
-        write_json_atomic(out / "status.json", merge_status(snaps, run_id=cfg.run_id, expected=len(dirs)))
+        write_json_atomic(out / "status.json", merge_status(snaps, run_id=cfg.run_id, expected=len(dirs)), compact=True)
     return summary
 
 
