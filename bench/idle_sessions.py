@@ -42,7 +42,7 @@ collector's objects before the sessions and again while they idle, and prints wh
 (by kit/ frame, by line, by type); the run stops after the second snapshot.  ``--profile lag`` adds a trio
 Instrument and gc callbacks and prints what held the client's loop over 5 ms during the idle window.
 
-Measured on the 2-core dev VM, shared (loadavg 5-18, machine 86-93 % busy over the window), 2026 runs of
+Measured on the 2-core dev VM, shared (loadavg 5-18, machine 86-93 % busy over the window), runs of
 ``.venv/bin/python bench/idle_sessions.py`` (19,000 sessions, ramp 500/s, think time 83 s, 5 tokens):
 
     sessions  client KB/session  wsproxy KB/session  Redis B/channel (all | channel only)  client lag p99 idle
