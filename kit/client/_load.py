@@ -176,7 +176,8 @@ def status_snapshot(rec: Recorder, *, run_id: str, started: float, done: bool, c
         "latency_p99_ms": None if lat.count == 0 else lat.percentile(99) / 1000,
         "cpu_percent": cpu, "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
         "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
-        **{f"{name}_histogram": rec.hists[name].to_dict() for name in STATUS_HISTOGRAMS},
+        # coarse (1.6 %): written every second on the event loop, 16 times fewer buckets than the whole-run ones
+        **{f"{name}_histogram": rec.hists[name].coarse().to_dict() for name in STATUS_HISTOGRAMS},
     }
 
 

@@ -208,3 +208,19 @@ def test_per_second_histograms_hold_exactly_what_each_second_recorded_and_merge_
     assert all(set(r) == {"delivery_p50", "delivery_p99", "delivery_max"} for r in rows.values())
     again = SecondHistograms.from_dict(json.loads(json.dumps(merged.to_dict())))
     assert again.rows(["delivery"]) == rows
+
+
+def test_a_coarse_histogram_keeps_count_sum_min_max_and_later_states_still_subtract():
+    """status.json carries coarse cumulative histograms: the live view subtracts two of them (a second's)."""
+    rng = random.Random(3)
+    h = Histogram("us")
+    h.record_many(rng.randrange(1, 3_000_000) for _ in range(5000))
+    early = h.coarse()
+    h.record_many(rng.randrange(1, 3_000_000) for _ in range(800))
+    late = h.coarse()
+    assert (late.count, late.total, late.min, late.max) == (h.count, h.total, h.min, h.max)
+    assert len(late.counts) * 4 < len(h.counts)
+    exact = h.percentile(99)
+    assert abs(late.percentile(99) - exact) <= exact / 64
+    second = late.copy().subtract(early)
+    assert second.count == 800
