@@ -25,6 +25,8 @@ import httpx
 from kit import contract
 from kit.inventory import Host, Inventory
 
+from . import _hostops as ops
+
 __all__ = ["record_build", "build_label", "file_sha256"]
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,9 @@ def _on_host(c: Any, h: Host, kind: str) -> dict[str, Any]:
         path = f"$(command -v {shlex.quote(words[0])})" if words else ""
     else:
         return {}  # the reference wsproxy is the kit's: its version is the run's kit_version
-    res = c.run(f"p={path}; [ -n \"$p\" ] && sha256sum \"$p\" && echo \"path=$p\"", hide=True, warn=True)
+    # a checksum of a big artifact over a slow disk: bounded like copying a folder
+    res = ops.run(c, f"p={path}; [ -n \"$p\" ] && sha256sum \"$p\" && echo \"path=$p\"", warn=True,
+                  timeout=ops.FETCH_TIMEOUT)
     lines = res.stdout.split("\n")
     if res.exited != 0 or not lines or len(lines[0].split()) < 2:
         return {"problem": f"cannot checksum {path}: exit {res.exited} {res.stderr.strip()[-200:]}"}

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["host_facts", "open_file_limit", "FROM_SSH_LIMIT", "clock_samples", "start_job", "job_state", "stop_job", "fetch_dir",
-           "CLOCK_SAMPLES", "CMD_TIMEOUT", "FETCH_TIMEOUT", "JobSurvived"]
+__all__ = ["run", "host_facts", "open_file_limit", "FROM_SSH_LIMIT", "clock_samples", "start_job", "job_state", "stop_job",
+           "fetch_dir", "CLOCK_SAMPLES", "CMD_TIMEOUT", "FETCH_TIMEOUT", "JobSurvived"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,15 @@ FETCH_TIMEOUT = 600.0
 
 class JobSurvived(RuntimeError):
     """A background job (or a process of its session) is still alive after SIGKILL."""
+
+
+def run(c: Any, command: str, *, warn: bool = False, timeout: float = CMD_TIMEOUT) -> Any:
+    """*command* on *c*'s host, output captured, within *timeout* seconds (``invoke.CommandTimedOut`` past it).
+
+    The way for any module to send a one-off command without forgetting its bound; raises
+    ``invoke.UnexpectedExit`` on a non-zero exit unless *warn*.
+    """
+    return c.run(command, hide=True, warn=warn, timeout=timeout)
 
 _FACTS = r"""
 echo "nproc=$(nproc)"

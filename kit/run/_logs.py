@@ -34,15 +34,17 @@ def _fetch(c: Any, dest: Path) -> list[str]:
     src = shlex.quote(log_dir(h))
     tmp = f"/tmp/wsproxy-loadkit-logs-{h.name}"
     q = shlex.quote(tmp)
-    res = c.run(f"test -d {src}", hide=True, warn=True)
+    res = ops.run(c, f"test -d {src}", warn=True)
     if not res.ok:
         return []
-    c.run(f"rm -rf {q} && mkdir -p {q} && cd {src} && find . -type f -name '*log*' | while read -r f; do "
-          f"mkdir -p {q}/$(dirname \"$f\") && tail -c {MAX_LOG_BYTES} \"$f\" > {q}/\"$f\"; done", hide=True)
+    # copying the tails is bounded like packing a folder (ops.FETCH_TIMEOUT): many big logs take a while
+    ops.run(c, f"rm -rf {q} && mkdir -p {q} && cd {src} && find . -type f -name '*log*' | while read -r f; do "
+               f"mkdir -p {q}/$(dirname \"$f\") && tail -c {MAX_LOG_BYTES} \"$f\" > {q}/\"$f\"; done",
+            timeout=ops.FETCH_TIMEOUT)
     try:
         return ops.fetch_dir(c, tmp, dest / h.name)
     finally:
-        c.run(f"rm -rf {q}", hide=True, warn=True)
+        ops.run(c, f"rm -rf {q}", warn=True)
 
 
 def fetch_logs(inv: Inventory, conns: dict[str, Any], dest: Path) -> list[str]:

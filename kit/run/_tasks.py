@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from kit.inventory import Inventory, load_inventory
 
+from . import _hostops as ops
 from ._logs import fetch_logs
 from ._remote import GroupException, close_all, connect, describe_failures, fan_out
 from ._services import check_health
@@ -56,8 +57,8 @@ echo "no $f and no systemd: nothing deployed here"; exit 3
 
 def supervisor_status(c: Any) -> str:
     h = c.inventory_host
-    res = c.run(_SUPERVISOR.format(conf=shlex.quote(h.supervisord_conf),
-                                   units=shlex.quote(f"{h.vars['kit_unit_prefix']}*")), hide=True, warn=True)
+    res = ops.run(c, _SUPERVISOR.format(conf=shlex.quote(h.supervisord_conf),
+                                        units=shlex.quote(f"{h.vars['kit_unit_prefix']}*")), warn=True)
     if res.exited not in (0,):
         raise RuntimeError(f"process supervisor reports problems (exit {res.exited}):\n{res.stdout.strip()}")
     return res.stdout.strip()
