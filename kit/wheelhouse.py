@@ -6,7 +6,7 @@ directory, built on the controller and copied over as one tarball:
 * runtime wheels: the part of ``requirements.lock`` (hashed, uv-generated) that
   the services and generators need -- the closure of ``pyproject.toml``'s
   dependencies minus the controller-only ones (:data:`CONTROLLER_ONLY`: Ansible,
-  Fabric) and the dev extra, walked through the lock's ``# via`` annotations.
+  Fabric, rich) and the dev extra, walked through the lock's ``# via`` annotations.
   They are downloaded with ``pip download --require-hashes --only-binary``;
   hosts install them with ``--no-index --require-hashes``.
 * the kit's own wheel, written here byte-for-byte reproducibly from ``kit/``
@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / ".wheelhouse"
-#: dependencies of pyproject.toml that only the controller needs
-CONTROLLER_ONLY = frozenset({"fabric", "ansible-core"})
+#: dependencies of pyproject.toml that only the controller needs (rich: fab run's live view)
+CONTROLLER_ONLY = frozenset({"fabric", "ansible-core", "rich"})
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 _PIP_TIMEOUT = 900
 

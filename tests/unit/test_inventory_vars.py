@@ -100,6 +100,21 @@ def test_real_lock_gives_hosts_the_services_but_not_ansible_fabric_or_dev_tools(
     assert {"quart", "granian", "aiohttp", "redis", "hiredis", "trio", "httpx", "pyjwt", "pyyaml"} <= names
     assert "trio-websocket" not in names  # bench/ and tests only
     assert names.isdisjoint({"ansible-core", "fabric", "paramiko", "ansible-lint", "pytest", "cryptography"})
+    # fab run's live view is the controller's: rich and what only it needs stay off hosts
+    assert names.isdisjoint({"rich", "markdown-it-py", "mdurl", "pygments"})
+
+
+def test_what_runs_on_hosts_imports_without_the_controller_only_packages():
+    # the kit-import check of the kit_venv role and the generator's and monitor's entry points, with the
+    # controller-only packages made unimportable (a None in sys.modules): none of them needs one
+    modules = {"fabric": ["fabric", "invoke", "paramiko"], "ansible-core": ["ansible"], "rich": ["rich"]}
+    assert set(modules) == wheelhouse.CONTROLLER_ONLY
+    code = ("import sys\n"
+            f"for name in {sorted(m for ms in modules.values() for m in ms)!r}: sys.modules[name] = None\n"
+            "import kit, kit.config, kit.contract, kit.sim, kit.wsproxy, kit.client, kit.client.__main__, kit.hostmon\n"
+            "kit.sim.create_app\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_kit_wheel_is_byte_for_byte_reproducible(tmp_path):
