@@ -1,10 +1,11 @@
 """Reaching inventory hosts: Fabric connections over SSH, or this machine for local hosts.
 
 :func:`connect` turns an inventory :class:`~kit.inventory.Host` into a
-``fabric.Connection`` (address, user, port, key file and known-hosts file from
-the inventory; unknown host keys are refused when the inventory asks for
-``StrictHostKeyChecking=yes``) or, for ``ansible_connection: local``, a
-:class:`LocalConnection` with the same ``run``/``get``/``put``/``close``.
+:class:`HostConnection`, a ``fabric.Connection`` (address, user, port, key file and
+known-hosts file from the inventory; unknown host keys are refused when the inventory
+asks for ``StrictHostKeyChecking=yes``) or, for ``ansible_connection: local``, a
+:class:`LocalConnection` with the same ``run``/``get``/``put``/``close``.  Either
+(a :data:`Conn`) knows the inventory host it reaches: ``conn.inventory_host``.
 
 :func:`fan_out` runs one function per connection in threads, the way
 ``fabric.ThreadingGroup`` runs one method: it returns a ``GroupResult`` and
@@ -31,8 +32,8 @@ from fabric.group import GroupResult
 
 from kit.inventory import Host
 
-__all__ = ["connect", "LocalConnection", "fan_out", "close_all", "describe_failures", "GroupException",
-           "CONNECT_TIMEOUT"]
+__all__ = ["connect", "Conn", "HostConnection", "LocalConnection", "fan_out", "close_all", "describe_failures",
+           "GroupException", "GroupResult", "CONNECT_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,16 @@ CONNECT_TIMEOUT = 15
 RUN_DEFAULTS = {"run": {"in_stream": False, "hide": True}}
 
 
+class HostConnection(fabric.Connection):
+    """A Fabric connection to an inventory host, which it keeps as ``inventory_host``."""
+
+    inventory_host: Host
+
+    def __init__(self, host: Host, **kwargs: Any) -> None:
+        super().__init__(host.address, user=host.user, port=host.port, **kwargs)
+        self.inventory_host = host
+
+
 class LocalConnection:
     """This machine, for inventory hosts with ``ansible_connection: local``.
 
@@ -50,6 +61,8 @@ class LocalConnection:
     ``timeout``): it runs the command under bash and returns an ``invoke.Result``, raising
     ``invoke.UnexpectedExit`` on a non-zero exit unless ``warn``.  Output is always captured.
     """
+
+    inventory_host: Host
 
     def __init__(self, host: Host) -> None:
         self.host = host.name
@@ -101,7 +114,11 @@ class LocalConnection:
         return self is other
 
 
-def connect(host: Host) -> fabric.Connection | LocalConnection:
+#: a connection to one inventory host, either kind
+Conn = HostConnection | LocalConnection
+
+
+def connect(host: Host) -> Conn:
     """A connection to *host* as the inventory describes it (not yet opened; opening is lazy)."""
     if host.local:
         return LocalConnection(host)
@@ -110,13 +127,12 @@ def connect(host: Host) -> fabric.Connection | LocalConnection:
         kwargs["key_filename"] = [host.key_file]
         kwargs["look_for_keys"] = False
         kwargs["allow_agent"] = False
-    conn = fabric.Connection(host.address, user=host.user, port=host.port, connect_timeout=CONNECT_TIMEOUT,
-                             connect_kwargs=kwargs, config=fabric.Config(overrides=RUN_DEFAULTS))
+    conn = HostConnection(host, connect_timeout=CONNECT_TIMEOUT, connect_kwargs=kwargs,
+                          config=fabric.Config(overrides=RUN_DEFAULTS))
     if host.known_hosts:
         conn.client.load_host_keys(host.known_hosts)
     if host.strict_host_keys:
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    conn.inventory_host = host  # type: ignore[attr-defined]
     return conn
 
 
