@@ -6,7 +6,8 @@ Private modules, re-exported here: ``_remote`` (connections and fan-out),
 kit component and the bottleneck: pure), ``_svcmgr`` (the kit's services through
 the host's service manager), ``_chaos`` (``--chaos`` specs, targets, recovery:
 pure), ``_faults`` (executing and undoing faults; ``_nfqdelay.py`` is copied to
-hosts without netem), ``_run`` (one run end to end, as phases), ``_capacity`` (``fab capacity``),
+hosts without netem), ``_options`` (``fab run``'s options, checked once), ``_preflight`` (hosts' facts,
+limits and clocks as records), ``_run`` (one run end to end, as phases), ``_capacity`` (``fab capacity``),
 ``_live`` (the live view), ``_tasks`` (``fab deploy``/``status``/``logs``/``analyze``).  Callers
 (fabfile.py, bench/) import from here, never from a private module.
 """
@@ -30,9 +31,9 @@ from ._fleet import plan as plan
 from ._sizing import HostFacts as HostFacts
 from ._sizing import offered_tokens_per_s as offered_tokens_per_s
 from ._sizing import size_fleet as size_fleet
+from ._options import RunError as RunError
+from ._options import RunOptions as RunOptions
 from ._run import Interrupted as Interrupted
-from ._run import RunError as RunError
-from ._run import RunOptions as RunOptions
 from ._run import execute as execute
 from ._tasks import analyze as analyze
 from ._tasks import deploy as deploy

@@ -1,5 +1,8 @@
 """One ``fab run`` end to end, as phases: preflight, monitors, launch, chaos, watch, stop, collect, merge, record.
 
+The options are :mod:`._options` (:class:`RunOptions`, checked once before anything starts); the
+preflight's records are :mod:`._preflight`; this module runs the phases over them.
+
 :func:`execute` owns every connection; :func:`_execute` owns every remote job the run starts
 (host monitors, generators, chaos faults), each recorded in a :class:`Run` as it starts (and in
 ``results/<run-id>/jobs.json``, PIDs included) and stopped in its ONE ``finally`` whatever ended
@@ -43,14 +46,12 @@ import signal
 import sys
 import threading
 import time
-import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable
 
 import kit
-from kit import contract, options
+from kit import options
 from kit._charts import server_series
-from kit.config import ConfigError, setting
 from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
@@ -58,40 +59,33 @@ from ._balancer import (backend_sizes, balancer_verdict, deployed_shutdown_sessi
                         shutdown_sessions_on_down)
 from ._series import scrape_lines, server_totals
 from ._build import record_build
-from ._chaos import ChaosError, ChaosSpec, attribute, parse_chaos, recovery, resolve_targets
+from ._chaos import ChaosError, attribute, recovery, resolve_targets
 from ._components import (bottleneck, component_costs, host_cpu_peaks, host_sockets, load_host_samples,
                           memory_per_session, sessions_held)
 from ._faults import ChaosRunner, Fault
-from ._fleet import groups_facts, source_addresses
-from ._sizing import size_fleet
-from ._exporter import LiveExporter, parse_listen
+from ._fleet import source_addresses
+from ._exporter import LiveExporter
 from ._prometheus import export_window, prometheus_url
 from ._live import PlainView, View
 from ._pack import pack_run, stripped_inventory
-from ._plan import (PRESETS, GeneratorSlot, PlanError, Threshold, clock_offset, judged_thresholds, make_run_id,
-                    plan_generators)
-from ._remote import GroupException, close_all, connect, describe_failures, fan_out
-from ._services import check_health, collect_server_stats, haproxy_urls, tls_ca_file, unhealthy
+from ._options import REPO, RunError, RunOptions, ca_path, generator_settings, settings_path, workload_path
+from ._plan import GeneratorSlot, PlanError, make_run_id, plan_generators
+from ._preflight import CLOCK_BOUND_S, Preflight, fan, inspect_hosts, system_python
+from ._remote import Conn, GroupException, close_all, connect, describe_failures, fan_out
+from ._services import collect_server_stats, haproxy_urls, tls_ca_file
 from ._summary import aggregate_status, evaluate_thresholds, live_failures
 from ._svcmgr import host_programs, resolve_service_pids
 
-__all__ = ["RunOptions", "RunError", "Interrupted", "execute", "preflight", "resolve_service_pids", "CLOCK_BOUND_S"]
+__all__ = ["Interrupted", "Run", "execute", "ramp_seconds"]
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 HOSTMON_SRC = REPO / "kit" / "hostmon.py"
-#: clocks further apart than this make cross-host token delivery latency unreliable (flagged)
-CLOCK_BOUND_S = 0.005
 START_LEAD_S = 3.0
-GRACE_S = 30.0
 #: seconds between polls of the generators' status (the live view's refresh; they write it every second)
 POLL_S = 1.0
-SERVICES_REQUIRED = contract.groups()
 #: seconds a generator gets between SIGTERM and SIGKILL when the run stops it early
 STOP_GRACE_S = 5.0
-class RunError(RuntimeError):
-    """The run cannot start (bad options, unhealthy services, insufficient limits); exit 2."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -102,210 +96,8 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-#: the load options fab run takes, declared once in kit.options (fab=True): None is not given (the generator's own)
-_GivenLoadOptions: Any = dataclasses.make_dataclass("GivenLoadOptions", options.given_fields(), kw_only=True)
-
-
-@dataclasses.dataclass(kw_only=True)
-class RunOptions(_GivenLoadOptions):
-    """``fab run``'s options: the load options it takes (:class:`kit.options.LoadOptions`, ``fab=True``) and
-    the run's own, declared below the same way (``setting``: default, flag, bounds, help); fabfile.py builds
-    the task from these fields.  :meth:`resolve` checks them, once, before anything starts."""
-
-    inventory: Path = setting(REPO / "inventory" / "local.yml", option="--inventory",
-                              help="Ansible inventory to use (default inventory/local.yml)")
-    preset: str | None = setting(None, option="--preset", help=f"{' | '.join(PRESETS)} (the seed's scenarios)")
-    thresholds: list[Threshold] = setting(factory=list, option="--threshold",
-                                          help="pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', "
-                                               "'lost==0'; replaces the default on its metric")
-    #: judge the run by ``thresholds`` alone, without the defaults (kit.run._plan.DEFAULT_THRESHOLDS)
-    no_default_thresholds: bool = setting(False, option="--no-default-thresholds",
-                                          help="judge the run by --threshold alone: without it, 'success>=99%' and "
-                                               "'lost==0' apply to every metric no --threshold names")
-    #: stop the run as soon as the live merge shows a threshold failed for good (._summary.live_failures)
-    abort_on_fail: bool = setting(False, option="--abort-on-fail",
-                                  help="stop the run as soon as a threshold has failed for good (judged every second "
-                                       "on the live figures after --abort-grace); recorded as aborted, exit 1")
-    #: seconds after the agreed start before --abort-on-fail judges (early percentiles rest on few samples)
-    abort_grace: float = setting(10.0, option="--abort-grace", minimum=0.0,
-                                 help="seconds after the start before --abort-on-fail judges")
-    #: seconds past --max-duration before a generator counts as hung and is stopped
-    grace: float = GRACE_S
-    results_dir: Path = REPO / "results"
-    run_id: str | None = setting(None, option="--run-id", help="name of the run (default <date>-<time>-c<clients>)")
-    live: bool = True
-    skip_health: bool = setting(False, option="--skip-health", help="do not check service health before the run")
-    #: faults during the run (``ACTION:TARGET@AT[+FOR][=ARG]``, see :mod:`kit.run._chaos`)
-    chaos: list[str] = setting(factory=list, option="--chaos",
-                               help="fault during the run, repeatable: ACTION:TARGET@AT[+FOR][=ARG], e.g. "
-                                    "kill:wsproxy@20s, restart:redis@30s, pause:wsproxy[1]@15s+5s, "
-                                    "partition:wsproxy@40s+3s, delay:wsproxy@10s+20s=50ms, kill:wsproxy[all]@20s")
-    #: a workload file (weighted classes of sessions, kit.client._workload), copied to every generator
-    workload: Path | None = setting(None, option="--workload",
-                                    help="workload file (YAML): weighted classes of sessions overriding the workload "
-                                         "options, copied to every generator (README 'Workload')")
-    #: https:// and wss:// toward the balancers (the haproxy role's haproxy_tls), verified against ca_file
-    tls: bool = setting(False, option="--tls", help="https:// and wss:// toward the balancers (deployed with "
-                                                    "haproxy_tls: true); generators verify the certificates against "
-                                                    "the kit CA")
-    #: the CA certificate generators trust with tls, copied to each (default: the kit CA in .secrets/)
-    ca_file: Path | None = setting(None, option="--ca-file",
-                                   help="with --tls: the CA certificate generators trust (default .secrets/kit_ca.crt)")
-    #: ADDR:PORT where the run's live merged figures are served for Prometheus while it lasts (._exporter)
-    metrics_listen: str | None = setting(None, option="--metrics-listen",
-                                         help="ADDR:PORT where the run's live merged figures are served for "
-                                              "Prometheus while it lasts (e.g. 0.0.0.0:9464; README 'Prometheus')")
-
-    def resolve(self) -> None:
-        """Apply the preset under explicit options and check every option (kit.options.check), once."""
-        if self.preset is not None:
-            if self.preset not in PRESETS:
-                raise RunError(f"--preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
-            p = PRESETS[self.preset]
-            self.clients = p.clients if self.clients is None else self.clients
-            self.queries = p.queries if self.queries is None else self.queries
-            self.ramp = p.ramp if self.ramp is None else self.ramp
-        if self.clients is None:
-            raise RunError("--clients: give a number of clients >= 1 (or --preset smoke)")
-        if self.queries is None:
-            self.queries = options.default("queries")
-        declared = {f.name: f for f in dataclasses.fields(_GivenLoadOptions)}
-        try:
-            for name, f in declared.items():
-                options.parse_option(f, getattr(self, name))
-            # what was given over the declared defaults: a rule between two options sees both
-            options.check({name: options.default(name) for name in declared} | self.load_options())
-        except ConfigError as exc:
-            raise RunError(str(exc)) from None
-        if not 0 <= self.abort_grace <= self.max_duration:
-            raise RunError(f"--abort-grace {self.abort_grace:g}: give seconds from 0 to --max-duration "
-                           f"({self.max_duration:g})")
-        self._resolve_workload()
-        if self.metrics_listen is not None:
-            try:
-                parse_listen(self.metrics_listen)
-            except ValueError as exc:
-                raise RunError(str(exc)) from None
-        for spec in self.chaos_specs():
-            if spec.at_s + spec.for_s > self.max_duration:
-                raise RunError(f"--chaos {spec.text!r}: ends at {spec.at_s + spec.for_s:g} s, after "
-                               f"--max-duration {self.max_duration:g}")
-
-    def load_options(self) -> dict[str, Any]:
-        """The load options given (kit.options names; those not given left out)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(_GivenLoadOptions)
-                if getattr(self, f.name) is not None}
-
-    def _resolve_workload(self) -> None:
-        from kit.client._workload import Workload, WorkloadError, draw_seed, duration_problems, load_workload
-
-        wl = Workload()
-        if self.workload is not None:
-            try:
-                wl = load_workload(self.workload)
-            except WorkloadError as exc:
-                raise RunError(str(exc)) from None
-            self.workload_seed = draw_seed(wl, self.workload_seed)
-        problems = duration_problems(wl, self.tokens, self.token_delay_ms, self.ttft_ms, self.token_jitter_ms)
-        if problems:
-            raise RunError(problems[0])
-
-    def judged_by(self) -> list[Threshold]:
-        """The thresholds the run is judged by: the user's, then each default on a metric they do not name."""
-        return judged_thresholds(self.thresholds, defaults=not self.no_default_thresholds)
-
-    def chaos_specs(self) -> list[ChaosSpec]:
-        """The parsed ``--chaos`` specs; RunError (one line) for a bad one."""
-        try:
-            return [parse_chaos(t) for t in self.chaos]
-        except ChaosError as exc:
-            raise RunError(str(exc)) from None
-
-
 def _say(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _fan(conns: list[Any], fn: Callable[[Any], Any], what: str, *, strict: bool = True) -> dict[Any, Any]:
-    """fan_out; on failure either raise RunError naming each host, or return the partial results."""
-    try:
-        return dict(fan_out(conns, fn))
-    except GroupException as exc:
-        lines = describe_failures(exc)
-        if strict:
-            raise RunError(f"{what} failed on {len(lines)} host(s):\n  " + "\n  ".join(lines)) from None
-        for line in lines:
-            log.warning("%s: %s", what, line)
-        return dict(exc.result)
-
-
-def preflight(inv: Inventory, conns: dict[str, Any], plan_clients: int | None = None,
-              skip_health: bool = False) -> dict[str, Any]:
-    """Health, limits and clocks of every host; raises RunError on what would spoil the run."""
-    inv.require_groups(*SERVICES_REQUIRED)
-    problems: list[str] = []
-    health = [] if skip_health else check_health(inv)
-    problems += [f"unhealthy: {x}" for x in unhealthy(health)]
-    order = list(conns.values())
-    facts = {c.inventory_host.name: v for c, v in _fan(order, lambda c: ops.host_facts(
-        c, c.inventory_host.kit_python, client_wrapper=c.inventory_host.client_wrapper,
-        tuning_report=c.inventory_host.tuning_report), "reading host facts").items()}
-    clocks = {}
-    for c, samples in _fan(order, lambda c: ops.clock_samples(c, python=_system_python(c.inventory_host)),
-                           "measuring clocks").items():
-        clocks[c.inventory_host.name] = clock_offset(samples) | {"local": c.inventory_host.local}
-    worst = max((abs(v["offset_s"]) + v["uncertainty_s"] for v in clocks.values()), default=0.0)
-    caps: dict[str, Any] = {}
-    gens = inv.groups["generators"]
-    for name in gens:
-        f = facts[name]
-        if not f["kit_python"]:
-            problems.append(f"{name}: {inv.hosts[name].kit_python} is missing: run `fab deploy` first")
-    # sessions one process holds: the tuning role's figure (computed there only; without a report unknown)
-    lbs = inv.group("haproxy")
-    for h in lbs:
-        nofile, cap, source = ops.open_file_limit(facts[h.name])
-        share = None if plan_clients is None else -(-plan_clients // len(lbs))
-        caps[h.name] = {"role": "haproxy", "nofile": nofile, "nofile_source": source, "max_sessions": cap,
-                        "planned_sessions": share,
-                        "note": f"one HAProxy process holds at most ~{cap} proxied sessions with nofile {nofile}"
-                        if cap is not None else f"sessions per process unknown: {source}"}
-    cores = {n: facts[n]["nproc"] for n in gens}
-    if plan_clients is not None:
-        slots = plan_generators(plan_clients, cores, [h.name for h in lbs])
-        for name in gens:
-            f = facts[name]
-            mine = [s for s in slots if s.host == name]
-            clients = sum(s.clients for s in mine)
-            procs = max(1, sum(s.processes for s in mine))
-            per_proc = -(-clients // procs)
-            nofile, fd_cap, source = ops.open_file_limit(f)
-            pr = f["port_range"] or [32768, 60999]
-            per_lb: dict[str, int] = {}
-            for s in mine:
-                per_lb[s.haproxy] = per_lb.get(s.haproxy, 0) + s.clients
-            addresses = max(1, len(source_addresses(inv.hosts[name])))
-            port_cap = (pr[1] - pr[0] + 1) * addresses   # each source address has the whole range
-            caps[name] = {"role": "generator", "clients": clients, "processes": procs, "clients_per_process": per_proc,
-                          "nofile": nofile, "nofile_source": source, "max_clients_per_process_by_nofile": fd_cap,
-                          "local_ports": port_cap, "source_addresses": addresses,
-                          "max_clients_per_balancer_by_ports": port_cap}
-            if fd_cap is not None and per_proc > fd_cap:
-                problems.append(f"{name}: {per_proc} clients per process but a process holds ~{fd_cap} with its "
-                                f"{nofile} open files ({source}): add generator hosts or cores")
-            for lb, n in per_lb.items():
-                if n > port_cap:   # one local port per WebSocket toward the balancer's WebSocket address:port
-                    problems.append(f"{name}: {n} clients to {lb} need {n} local ports toward its WebSocket port but "
-                                    f"ip_local_port_range gives {pr[1] - pr[0] + 1} per source address and the host "
-                                    f"has {addresses}: widen the range (tuning role), add source addresses "
-                                    "(generator_source_addresses) or add generator hosts")
-    if plan_clients is not None:   # per group, what fab plan says: hosts the run needs against the inventory's
-        needs = size_fleet(plan_clients, groups_facts(inv, facts))
-        caps["plan"] = {n.group: {"needed": n.needed, "have": n.have, "limit": n.limit} for n in needs}
-        problems += [f"the inventory cannot hold {plan_clients} sessions: {n.line()} (fab plan)"
-                     for n in needs if not n.ok]
-    return {"health": health, "facts": facts, "clocks": clocks, "clock_worst_s": worst,
-            "clock_bound_s": CLOCK_BOUND_S, "clock_ok": worst <= CLOCK_BOUND_S, "caps": caps, "problems": problems}
 
 
 def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, out_dir: str, start_at: float,
@@ -326,41 +118,6 @@ def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, ou
     if opts.workload is not None:  # the file is copied beside the generator's output (_phase_launch)
         argv += ["--workload", str(workload_path(out_dir))]
     return argv
-
-
-def generator_settings(slot: GeneratorSlot, opts: RunOptions, sources: list[str] | None = None) -> dict[str, Any]:
-    """One generator's settings file (kit.options.SETTINGS_FILE): the load options the run was given
-    (checked by :meth:`RunOptions.resolve`; those not given are left to the generator), with its share of
-    the sessions, of the ramp and of the arrivals, and a draw seed of its own (each generator draws its own
-    sessions' classes: the same sessions would draw alike otherwise) and the source addresses its host's
-    connections leave from (*sources*: the inventory's ``generator_source_addresses``)."""
-    values = opts.load_options() | {"clients": slot.clients, "arrival_rate": slot.arrival_rate}
-    if opts.ramp is not None:
-        values["ramp"] = opts.ramp * slot.clients / opts.clients
-    if slot.arrival_rate is None:
-        values.pop("duration", None)
-    values.pop("workload_seed", None)
-    if opts.workload is not None:
-        values["workload_seed"] = ((opts.workload_seed or 0) + zlib.crc32(slot.label.encode())) % 2**31
-    if sources:
-        values["source_addresses"] = ",".join(sources)
-    return values
-
-
-def settings_path(out_dir: str) -> PurePosixPath:
-    """Where a generator's settings file goes: beside its output folder (collected with it)."""
-    return PurePosixPath(out_dir).parent / options.SETTINGS_FILE
-
-
-def ca_path(out_dir: str) -> PurePosixPath:
-    """Where a generator's copy of the CA certificate goes (``--tls``): beside its output folder."""
-    return PurePosixPath(out_dir).parent / "ca.crt"
-
-
-def workload_path(out_dir: str) -> PurePosixPath:
-    """Where a generator's copy of the workload file goes: beside its output folder."""
-    return PurePosixPath(out_dir).parent / "workload.yml"
-
 
 
 @dataclasses.dataclass
@@ -384,7 +141,7 @@ class Run:
 
     opts: RunOptions
     inv: Inventory
-    conns: dict[str, Any]
+    conns: dict[str, Conn]
     run_id: str
     run_dir: Path
     out: Callable[[str], None]
@@ -394,7 +151,7 @@ class Run:
     on_result: Callable[[dict[str, Any]], None] | None = None
     t_begin: float = dataclasses.field(default_factory=time.time)
     phase: str = "preflight"
-    pre: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pre: Preflight = dataclasses.field(default_factory=Preflight)
     slots: list[GeneratorSlot] = dataclasses.field(default_factory=list)
     faults: list[Fault] = dataclasses.field(default_factory=list)
     #: host -> remote folder of the run (``<kit_root>/runs/<run-id>``)
@@ -421,7 +178,7 @@ class Run:
     interrupted_by: int | None = None
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
-    def host_of(self, c: Any) -> str:
+    def host_of(self, c: Conn) -> str:
         return c.inventory_host.name
 
     def labels_on(self, host: str) -> list[str]:
@@ -535,14 +292,15 @@ def _phase_preflight(run: Run) -> None:
     opts, inv = run.opts, run.inv
     specs = opts.chaos_specs()
     run.out(f"run {run.run_id}: {opts.clients} clients x {opts.queries} queries over inventory {opts.inventory}")
-    pre = preflight(inv, run.conns, opts.clients, skip_health=opts.skip_health)
-    for name, cap in pre["caps"].items():
+    pre = inspect_hosts(inv, run.conns, opts.clients, skip_health=opts.skip_health)
+    record = pre.to_dict()
+    for name, cap in record["caps"].items():
         run.out(f"  caps {name}: " + ", ".join(f"{k}={v}" for k, v in cap.items() if k not in ("note",)))
-    if not pre["clock_ok"]:
-        run.out(f"  WARNING: host clocks differ by up to {pre['clock_worst_s'] * 1000:.2f} ms (bound "
+    if not pre.clock_ok:
+        run.out(f"  WARNING: host clocks differ by up to {pre.clock_worst_s * 1000:.2f} ms (bound "
                 f"{CLOCK_BOUND_S * 1000:.1f} ms): cross-host token delivery latency is unreliable")
-    if pre["problems"]:
-        raise RunError("preflight failed:\n  " + "\n  ".join(pre["problems"]))
+    if pre.problems:
+        raise RunError("preflight failed:\n  " + "\n  ".join(pre.problems))
     programs = {h: host_programs(inv, h) for h in inv.hosts}
     try:
         run.faults = [Fault(spec=s, target=t, index=i) for i, (s, t) in enumerate(
@@ -550,7 +308,7 @@ def _phase_preflight(run: Run) -> None:
     except ChaosError as exc:
         raise RunError(str(exc)) from None
     run.pre = pre
-    gens = {n: pre["facts"][n]["nproc"] for n in inv.groups["generators"]}
+    gens = {n: pre.facts[n].nproc for n in inv.groups["generators"]}
     run.slots = plan_generators(opts.clients, gens, inv.groups["haproxy"], opts.arrival_rate)
     run.remote_root = {n: f"{h.kit_root}/runs/{run.run_id}" for n, h in inv.hosts.items()}
     if opts.metrics_listen is not None:
@@ -561,7 +319,7 @@ def _phase_preflight(run: Run) -> None:
         host, port = run.exporter.address
         run.out(f"  live metrics for Prometheus at http://{host}:{port}/metrics while the run lasts")
     run.run_dir.mkdir(parents=True)
-    (run.run_dir / "preflight.json").write_text(json.dumps(pre, indent=2, default=str) + "\n")
+    (run.run_dir / "preflight.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def _procs_file(run: Run, host: str) -> str:
@@ -576,7 +334,7 @@ def _phase_monitors(run: Run) -> None:
     run.phase = "starting host monitors"
     bound = run.opts.max_duration + run.opts.grace
 
-    def start_monitor(c: Any) -> int:
+    def start_monitor(c: Conn) -> int:
         h = c.inventory_host
         d = f"{run.remote_root[h.name]}/hostmon"
         c.run(f"mkdir -p {shlex.quote(d)}", timeout=ops.CMD_TIMEOUT)
@@ -589,7 +347,7 @@ def _phase_monitors(run: Run) -> None:
         c.run(f"printf %s {shlex.quote(lines)} > {shlex.quote(_procs_file(run, h.name))}", timeout=ops.CMD_TIMEOUT)
         scrape = f"{d}/scrape.txt"   # what the host's services say of themselves, every second (kit/run/_series.py)
         c.run(f"printf %s {shlex.quote(scrape_lines(run.inv, h))} > {shlex.quote(scrape)}", timeout=ops.CMD_TIMEOUT)
-        py = h.kit_python if run.pre["facts"][h.name]["kit_python"] else _system_python(h)
+        py = h.kit_python if run.pre.facts[h.name].kit_python else system_python(h)
         with run._lock:
             run.monitors[h.name] = d   # owned from here on: stopped in the finally
         pid = ops.start_job(c, d, [py, f"{d}/hostmon.py", f"{d}/host.jsonl", "--interval", "1",
@@ -600,7 +358,7 @@ def _phase_monitors(run: Run) -> None:
         return pid
 
     try:
-        _fan(list(run.conns.values()), start_monitor, "starting host monitors")
+        fan(run.conns.values(), start_monitor, "starting host monitors")
     finally:
         run.write_jobs()
     for p in run.component_problems:
@@ -614,15 +372,15 @@ def _phase_launch(run: Run) -> None:
     run.start_at = start_at = time.time() + START_LEAD_S + 0.2 * len(run.slots)
     for s in run.slots:
         run.gens[s.label] = GenJob(slot=s, dir=f"{run.remote_root[s.host]}/gen-{s.label}",
-                                   start_at=start_at + run.pre["clocks"][s.host]["offset_s"])
+                                   start_at=start_at + run.pre.clocks[s.host].offset_s)
 
-    def launch(c: Any) -> list[int]:
+    def launch(c: Conn) -> list[int]:
         pids = []
         host = run.host_of(c)
         for label in run.labels_on(host):
             g = run.gens[label]
             g.argv = _client_argv(c.inventory_host, g.slot, opts, inv.hosts[g.slot.haproxy], f"{g.dir}/out",
-                                  g.start_at, run.run_id, run.pre["facts"][host].get("kit_client"))
+                                  g.start_at, run.run_id, run.pre.facts[host].kit_client)
             c.run(f"mkdir -p {shlex.quote(g.dir)}", timeout=ops.CMD_TIMEOUT)
             # its options, kept with the run's results (settings/<label>.json) and copied beside its output
             local = options.write_settings(run.run_dir / "settings" / f"{label}.json", generator_settings(
@@ -638,16 +396,15 @@ def _phase_launch(run: Run) -> None:
         return pids
 
     try:
-        launched = _fan([run.conns[h] for h in {g.slot.host for g in run.gens.values()}], launch,
-                        "starting generators", strict=False)
+        launched = fan([run.conns[h] for h in {g.slot.host for g in run.gens.values()}], launch,
+                       "starting generators", strict=False)
     finally:
         run.write_jobs()
-    for c, v in launched.items():
-        if isinstance(v, BaseException):
-            run.partial_reasons.append(f"{run.host_of(c)}: could not start: {v}")
-            for lbl in run.labels_on(run.host_of(c)):
-                run.gens[lbl].final = run.gens[lbl].final or {"rc": None, "alive": False, "status": None,
-                                                               "launch_failed": True}
+    for c, v in launched.failed.items():
+        run.partial_reasons.append(f"{run.host_of(c)}: could not start: {v}")
+        for lbl in run.labels_on(run.host_of(c)):
+            run.gens[lbl].final = run.gens[lbl].final or {"rc": None, "alive": False, "status": None,
+                                                           "launch_failed": True}
     run.out(f"  {len(run.slots)} generator invocation(s) start at "
             f"{time.strftime('%H:%M:%S', time.localtime(start_at))} "
             f"({', '.join(f'{s.label}:{s.clients}c/{s.processes}p->{s.haproxy}' for s in run.slots)})")
@@ -682,13 +439,11 @@ def _watch(run: Run) -> None:
         live = {lbl: g for lbl, g in run.gens.items() if g.final is None}
         if not live:
             return
-        polled = _fan([run.conns[h] for h in {g.slot.host for g in live.values()}],
-                      lambda c: {lbl: ops.job_state(c, run.gens[lbl].dir, "out/status.json")
-                                 for lbl in run.labels_on(run.host_of(c)) if lbl in live},
-                      "polling generators", strict=False)
-        for v in polled.values():
-            if isinstance(v, BaseException):
-                continue
+        polled = fan([run.conns[h] for h in {g.slot.host for g in live.values()}],
+                     lambda c: {lbl: ops.job_state(c, run.gens[lbl].dir, "out/status.json")
+                                for lbl in run.labels_on(run.host_of(c)) if lbl in live},
+                     "polling generators", strict=False)
+        for v in polled.succeeded.values():
             for lbl, st in v.items():
                 g = run.gens[lbl]
                 g.status = st["status"] or g.status
@@ -739,7 +494,7 @@ def _stop_everything(run: Run) -> None:
         if run.gens[lbl].final is None:
             run.gens[lbl].final = {"rc": None, "alive": True, "status": None, "stopped": True}
 
-    def stop_gens(c: Any) -> dict[str, list[int]]:
+    def stop_gens(c: Conn) -> dict[str, list[int]]:
         return {lbl: ops.stop_job(c, run.gens[lbl].dir, grace=STOP_GRACE_S)
                 for lbl in run.labels_on(run.host_of(c)) if lbl in alive}
 
@@ -764,15 +519,14 @@ def _phase_collect(run: Run) -> None:
     ended = time.time()
     gen_hosts = sorted({g.slot.host for g in run.gens.values() if g.pid})
 
-    def collect_gens(c: Any) -> None:
+    def collect_gens(c: Conn) -> None:
         for lbl in run.labels_on(run.host_of(c)):
             dest = run.run_dir / "generators" / lbl
             ops.fetch_dir(c, run.gens[lbl].dir, dest)
             run.gens[lbl].out = dest / "out"
 
-    got = _fan([run.conns[h] for h in gen_hosts], collect_gens, "collecting generator outputs", strict=False)
-    run.partial_reasons += [f"{run.host_of(c)}: collecting outputs failed: {v}" for c, v in got.items()
-                            if isinstance(v, BaseException)]
+    got = fan([run.conns[h] for h in gen_hosts], collect_gens, "collecting generator outputs", strict=False)
+    run.partial_reasons += [f"{run.host_of(c)}: collecting outputs failed: {v}" for c, v in got.failed.items()]
     for lbl, g in run.gens.items():
         st = g.final or {}
         if st.get("rc") not in (0, None) or (st.get("rc") is None and not st.get("alive")
@@ -780,16 +534,16 @@ def _phase_collect(run: Run) -> None:
             tail = _tail(run.run_dir / "generators" / lbl / "out.log")
             run.partial_reasons.append(f"{lbl}: generator exited with status {st.get('rc')}"
                                        + (f": {tail}" if tail else f" (see generators/{lbl}/out.log)"))
-    mons = _fan([run.conns[h] for h in run.monitors], lambda c: ops.fetch_dir(
+    mons = fan([run.conns[h] for h in run.monitors], lambda c: ops.fetch_dir(
         c, run.monitors[run.host_of(c)], run.run_dir / "hosts" / run.host_of(c)),
         "collecting host metrics", strict=False)
-    run.missing_metrics = [run.host_of(c) for c, v in mons.items() if isinstance(v, BaseException)]
+    run.missing_metrics = [run.host_of(c) for c in mons.failed]
     from ._logs import fetch_logs
     run.log_problems = fetch_logs(run.inv, run.conns, run.run_dir / "logs")
-    policy = _fan([run.conns[h.name] for h in run.inv.group("haproxy") if h.name in run.conns],
-                  lambda c: deployed_shutdown_sessions(c, c.inventory_host), "reading the balancers' check policy",
-                  strict=False)
-    run.shutdown_sessions = {run.host_of(c): v for c, v in policy.items() if isinstance(v, bool)}
+    policy = fan([run.conns[h.name] for h in run.inv.group("haproxy") if h.name in run.conns],
+                 lambda c: deployed_shutdown_sessions(c, c.inventory_host), "reading the balancers' check policy",
+                 strict=False)
+    run.shutdown_sessions = {run.host_of(c): v for c, v in policy.succeeded.items() if isinstance(v, bool)}
     run.stats_problems = collect_server_stats(run.inv, run.run_dir / "server")
     if run.inv.monitoring is not None and run.start_at is not None:
         run.out(f"  exporting the run's window from Prometheus ({prometheus_url(run.inv)})")
@@ -813,7 +567,7 @@ def _phase_merge(run: Run) -> dict[str, Any]:
         client_cpu[host] = client_cpu.get(host, 0.0) + sum(float(r.get("cpu_s") or 0.0) for r in _runs_of([p]))
     samples = load_host_samples(run.run_dir)
     summary["components"] = component_costs(samples, summary.get("total_tokens"),
-                                            {n: f.get("nproc") for n, f in run.pre["facts"].items()}, client_cpu)
+                                            {n: f.nproc for n, f in run.pre.facts.items()}, client_cpu)
     summary["bottleneck"] = bottleneck(summary["components"], host_cpu_peaks(samples))
     if not summary["components"]:
         run.component_problems.append("no per-process CPU samples: no component costs for this run")
@@ -878,9 +632,9 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         "started": run.t_begin, "ended": time.time(), "start_at": run.start_at,
         "start_skew_s": {"max": max(skews, default=None), "min": min(skews, default=None),
                          "spread": (max(skews) - min(skews)) if skews else None, "per_process": skews},
-        "clock": {"worst_s": pre["clock_worst_s"], "bound_s": CLOCK_BOUND_S, "ok": pre["clock_ok"],
-                  "offsets": pre["clocks"],
-                  "note": "" if pre["clock_ok"] else "cross-host delivery latency unreliable: clocks exceed the bound"},
+        "clock": {"worst_s": pre.clock_worst_s, "bound_s": CLOCK_BOUND_S, "ok": pre.clock_ok,
+                  "offsets": pre.offsets(),
+                  "note": "" if pre.clock_ok else "cross-host delivery latency unreliable: clocks exceed the bound"},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()
                    if k not in ("thresholds", "no_default_thresholds")}
         | {"thresholds": [t.text for t in opts.thresholds], "default_thresholds": not opts.no_default_thresholds},
@@ -896,7 +650,7 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         "monitor_pids": {n: pids.get("_monitor_pid") for n, pids in run.service_pids.items()},
         "generator_pids": {lbl: g.pid for lbl, g in run.gens.items()},
         "component_problems": run.component_problems,
-        "versions": _versions(pre["facts"]),
+        "versions": _versions(pre),
         "build": record_build(run.inv, run.conns),  # which wsproxy build was measured (fab compare shows it)
         "inventory": run.inv.describe(),
     }
@@ -958,11 +712,6 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return []
 
 
-def _system_python(h: Host) -> str:
-    interp = str(h.vars.get("ansible_python_interpreter") or "")
-    return interp if interp.startswith("/") else "python3"
-
-
 def _tail(path: Path) -> str:
     try:
         lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
@@ -991,8 +740,6 @@ def _kit_version() -> str:
         return getattr(kit, "__version__", "unknown")
 
 
-def _versions(facts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _versions(pre: Preflight) -> dict[str, Any]:
     return {"kit_controller": _kit_version(), "python_controller": platform.python_version(),
-            "hosts": {n: {k: f.get(k) for k in ("kit_version", "haproxy_version", "redis_version", "kernel")
-                          if f.get(k)} for n, f in facts.items()},
-            "argv": sys.argv}
+            "hosts": {n: f.versions() for n, f in pre.facts.items()}, "argv": sys.argv}

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from devkit.localstack import free_port, wait_http_ok, wait_tcp
-from kit.run._run import RunOptions, execute
+from kit.run import RunOptions, execute
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -169,7 +169,7 @@ def test_pause_of_redis_and_a_graceful_restart_are_events_that_undo_and_recover(
 
 
 def test_a_bad_chaos_spec_or_target_is_one_line_and_exit_2(supervised, tmp_path):
-    from kit.run._run import RunError
+    from kit.run import RunError
     root, ports = supervised
     for spec, says in (("kill:wsproxy", "not ACTION:TARGET@AT"), ("pause:redis@3s", "give +FOR"),
                        ("kill:nosuch@3s", "neither a group"), ("kill:wsproxy[3]@1s", "index 3"),

@@ -407,7 +407,7 @@ def _services_cpu_s() -> float:
 
 
 def test_sum_of_component_cpu_is_within_15_percent_of_kit_cpu_measured_from_proc(deployed, tmp_path):
-    from kit.run._run import RunOptions, execute
+    from kit.run import RunOptions, execute
     before = _services_cpu_s()
     rc = execute(RunOptions(inventory=INVENTORY, clients=200, queries=2, ramp=50.0, max_duration=120,
                             results_dir=tmp_path, run_id="cpu", live=False), out=lambda line: None)
@@ -434,7 +434,7 @@ def test_a_users_wsproxy_build_deploys_through_wsproxy_artifact_and_the_run_reco
     a run against it passes, and the run records which build it measured (kind, checksum)."""
     import hashlib
 
-    from kit.run._run import RunOptions, execute
+    from kit.run import RunOptions, execute
     artifact = tmp_path / "my-wsproxy"
     artifact.write_text("#!/bin/sh\n# a user's wsproxy build, 1.0 (here: the reference one behind a wrapper)\n"
                         f"exec {KIT_ROOT}/venv/bin/python -m kit.wsproxy \"$@\"\n")

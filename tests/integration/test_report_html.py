@@ -30,7 +30,7 @@ import yaml
 
 from localinv import write_local_inventory
 from devkit.localstack import Stack, local_stack
-from kit.run._run import RunOptions, execute
+from kit.run import RunOptions, execute
 
 pytestmark = pytest.mark.timeout(300)
 

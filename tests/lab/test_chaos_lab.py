@@ -22,7 +22,7 @@ import yaml
 
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout
 from devkit.localstack import free_port, spawn, wait_http_ok, wait_tcp
-from kit.run._run import RunOptions, execute
+from kit.run import RunOptions, execute
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 

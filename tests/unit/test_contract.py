@@ -19,7 +19,7 @@ from kit.config import DEFAULT_PORTS, ClientSettings, ConfigError, SimSettings, 
 from kit.inventory import ROLE_GROUPS, load_inventory
 from kit.lab import GROUPS, LAB_SYSCTLS
 from kit.lab._layout import OPTIONAL
-from kit.run import _hostops, _run, _services
+from kit.run import _hostops, _preflight, _services
 from kit.sim._schedule import channel_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def test_python_reads_the_values_ansible_renders_from_an_inventory_outside_inven
     assert _services.haproxy_urls(host)[1] == "ws://127.0.0.1:9081"
     # the kit-wide facts, where the Python side uses them
     assert {**seen["ports"], "haproxy_ws": 8081} == DEFAULT_PORTS
-    assert tuple(seen["groups"]) == ROLE_GROUPS == GROUPS == _run.SERVICES_REQUIRED
+    assert tuple(seen["groups"]) == ROLE_GROUPS == GROUPS == _preflight.SERVICES_REQUIRED
     assert tuple(seen["optional_groups"]) == contract.optional_groups() == OPTIONAL
     assert seen["fd_reserve"] == contract.fd_reserve()
     assert tuple(seen["jwt_algorithms"]) == contract.jwt_algorithms()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from kit.run._run import Interrupted, RunError
+from kit.run import Interrupted, RunError
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = REPO / ".venv" / "bin" / "fab"

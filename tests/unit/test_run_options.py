@@ -7,7 +7,8 @@ import pytest
 
 from kit.inventory import Host
 from kit.run._plan import GeneratorSlot
-from kit.run._run import RunError, RunOptions, _client_argv, generator_settings
+from kit.run._options import RunError, RunOptions, generator_settings
+from kit.run._run import _client_argv
 
 
 def _launch(**opts):

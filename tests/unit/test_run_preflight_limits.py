@@ -10,7 +10,7 @@ import pytest
 
 from kit import contract
 from kit.inventory import Host, Inventory
-from kit.run import _hostops, _run
+from kit.run import _hostops, _preflight
 from kit.run._hostops import open_file_limit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,14 +72,14 @@ def test_preflight_uses_the_reported_sessions_for_balancers_and_generators_alike
     monkeypatch.setattr(_hostops, "host_facts", host_facts)
     monkeypatch.setattr(_hostops, "clock_samples", lambda c, python="python3": [(0, 0, 0)])
     conns = {n: _Conn(h) for n, h in inv.hosts.items()}
-    pre = _run.preflight(inv, conns, plan_clients=1000, skip_health=True)
+    pre = _preflight.preflight(inv, conns, plan_clients=1000, skip_health=True)
     assert pre["caps"]["lb"]["max_sessions"] == 1234
     assert pre["caps"]["gen"]["max_clients_per_process_by_nofile"] == 1234
     assert not pre["problems"]
     assert seen_paths["gen"] == (gen.client_wrapper, gen.tuning_report)
     assert gen.tuning_report.startswith(gen.kit_root + "/") and gen.client_wrapper.startswith(gen.kit_root + "/")
     # more clients per process than the report allows: refused with the report's figure
-    pre = _run.preflight(inv, conns, plan_clients=1300, skip_health=True)
+    pre = _preflight.preflight(inv, conns, plan_clients=1300, skip_health=True)
     assert any("1300 clients per process but a process holds ~1234" in p for p in pre["problems"]), pre["problems"]
     # and per group, as fab plan says it: the one balancer holds 1,234; the run needs 2
     assert any("cannot hold 1300 sessions: haproxy: needs 2 host(s), has 1: add 1 host(s) to the haproxy group "
@@ -100,7 +100,7 @@ def test_a_generator_hosts_source_addresses_multiply_its_ports_toward_one_balanc
         "nproc": 1, "port_range": [20000, 20199] if c.inventory_host.name == "gen" else [10240, 65535],
         "kit_python": True, "tuning": report})
     monkeypatch.setattr(_hostops, "clock_samples", lambda c, python="python3": [(0, 0, 0)])
-    pre = _run.preflight(inv, {n: _Conn(h) for n, h in inv.hosts.items()}, plan_clients=500, skip_health=True)
+    pre = _preflight.preflight(inv, {n: _Conn(h) for n, h in inv.hosts.items()}, plan_clients=500, skip_health=True)
     said = [p for p in pre["problems"] if p.startswith("gen: 500 clients to lb need 500 local ports")]
     if refused:
         assert said and "per source address and the host has 1" in said[0]

@@ -81,8 +81,8 @@ def test_a_settings_file_is_checked_like_the_flags(tmp_path):
 
 ROOT = Path(__file__).resolve().parents[2]
 #: where a load option's default, bounds or help was written before it had one declaration
-USERS = ["fabfile.py", "kit/run/_run.py", "kit/client/__main__.py", "kit/client/_session.py", "kit/client/_load.py",
-         "kit/config.py"]
+USERS = ["fabfile.py", "kit/run/_run.py", "kit/run/_options.py", "kit/client/__main__.py", "kit/client/_session.py",
+         "kit/client/_load.py", "kit/config.py"]
 
 
 #: config fields that hold a resolved value, not the option's default: LoadConfig's draw seed (draw_seed's result)
