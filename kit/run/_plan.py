@@ -193,29 +193,37 @@ def plan_generators(total: int, cores: Mapping[str, int], haproxies: Sequence[st
     """Split clients over hosts by cores and over one process per core; give each process a balancer.
 
     Processes are numbered across all hosts and take the balancers round-robin; on one host the
-    processes of one balancer form one invocation (``--processes k``).  Hosts whose share is 0
-    clients get no slot.  The arrival rate (open model) is split in proportion to the clients.
+    processes of one balancer form one invocation (``--processes k``).  The clients are split evenly over
+    the balancers that got a process, then over each balancer's processes: every balancer carries its
+    even share even when the processes do not divide among them (4 processes over 3 balancers: 2 of
+    the processes share one balancer's share; a balancer given two shares would pass its ~9,900-session
+    cap first).  Hosts whose share is 0 clients get no slot.  The arrival rate (open model) is split in
+    proportion to the clients.
     """
     if not haproxies:
         raise PlanError("no haproxy hosts: add at least one host to the inventory's haproxy group")
     per_host = split_clients(total, cores)
-    slots: list[GeneratorSlot] = []
-    k = 0
+    procs: list[tuple[str, str]] = []           # (host, balancer) per process
     for host in sorted(cores):
-        n = per_host[host]
-        if n == 0:
-            continue
-        procs = min(cores[host], n)
-        by_lb: dict[str, int] = {}
-        for _ in range(procs):
-            lb = haproxies[k % len(haproxies)]
-            by_lb[lb] = by_lb.get(lb, 0) + 1
-            k += 1
-        shares = split_clients(n, by_lb)
-        for i, (lb, p) in enumerate(by_lb.items()):
-            rate = None if arrival_rate is None else arrival_rate * shares[lb] / total
-            label = host if len(by_lb) == 1 else f"{host}-{i + 1}"
-            slots.append(GeneratorSlot(host, lb, p, shares[lb], rate, label))
+        for _ in range(min(cores[host], per_host[host])):
+            procs.append((host, haproxies[len(procs) % len(haproxies)]))
+    used = {lb: sum(1 for _, b in procs if b == lb) for lb in haproxies if any(b == lb for _, b in procs)}
+    per_lb = split_clients(total, {lb: 1 for lb in used})
+    left = dict(per_lb)
+    by_slot: dict[tuple[str, str], list[int]] = {}
+    seen: dict[str, int] = {}
+    for host, lb in procs:                      # each balancer's share over its processes, in order
+        i = seen[lb] = seen.get(lb, 0) + 1
+        n = left[lb] if i == used[lb] else per_lb[lb] // used[lb] + (1 if i <= per_lb[lb] % used[lb] else 0)
+        left[lb] -= n
+        by_slot.setdefault((host, lb), []).append(n)
+    slots: list[GeneratorSlot] = []
+    for host in sorted(cores):
+        mine = [(lb, ns) for (h, lb), ns in by_slot.items() if h == host and sum(ns) > 0]
+        for i, (lb, ns) in enumerate(mine):
+            rate = None if arrival_rate is None else arrival_rate * sum(ns) / total
+            label = host if len(mine) == 1 else f"{host}-{i + 1}"
+            slots.append(GeneratorSlot(host, lb, len(ns), sum(ns), rate, label))
     return slots
 
 

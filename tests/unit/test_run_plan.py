@@ -139,3 +139,17 @@ def test_run_id_names_the_time_and_clients_and_avoids_taken_ids():
 def test_presets_are_the_seed_scenarios():
     assert {k: (p.clients, p.queries) for k, p in PRESETS.items()} == {
         "smoke": (10, 1), "standard": (20, 3), "load": (1000, 10), "stress": (5000, 20), "soak": (100, 100)}
+
+
+def test_every_balancer_carries_its_even_share_when_processes_do_not_divide_among_them():
+    """The 25,000-session lab run: 4 generator processes over 3 balancers gave one balancer 12,500 sessions,
+    past its ~9,900 cap (2,521 sessions never connected). Each balancer now carries a third."""
+    from kit.run._plan import plan_generators
+
+    slots = plan_generators(25_000, {"g7": 2, "g8": 2}, ["h2", "h3", "h4"])
+    per_lb: dict[str, int] = {}
+    for s in slots:
+        per_lb[s.haproxy] = per_lb.get(s.haproxy, 0) + s.clients
+    assert per_lb == {"h2": 8334, "h3": 8333, "h4": 8333}
+    assert sum(s.processes for s in slots) == 4 and sum(s.clients for s in slots) == 25_000
+    assert max(s.clients // s.processes for s in slots) <= 8334
