@@ -24,7 +24,7 @@ from pathlib import Path
 from invoke import Exit
 from fabric import task
 
-REPO = Path(__file__).resolve().parent
+from kit.paths import REPO
 DEFAULT_INVENTORY = "inventory/local.yml"
 INV_HELP = "Ansible inventory to use (default inventory/local.yml)"
 

@@ -31,6 +31,7 @@ from typing import Any
 import jinja2
 
 from kit import contract
+from kit.paths import PLAYBOOKS
 
 __all__ = ["Host", "Inventory", "InventoryError", "load_inventory", "parse_inventory_json", "ROLE_GROUPS"]
 
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 #: the inventory groups, one per role (the contract's kit_groups)
 ROLE_GROUPS: tuple[str, ...] = contract.groups()
 INVENTORY_TIMEOUT = 60.0
-#: the playbooks' directory: its group_vars/ (the contract) apply to every inventory
-PLAYBOOK_DIR = Path(__file__).resolve().parents[1] / "playbooks"
 
 
 class InventoryError(ValueError):
@@ -245,7 +244,7 @@ def load_inventory(path: str | Path) -> Inventory:
         raise InventoryError(f"inventory {path} does not exist: pass --inventory inventory/local.yml, "
                              "or build the lab with `fab lab-up` (it writes inventory/lab.yml)")
     try:
-        res = subprocess.run([_ansible_inventory_exe(), "-i", str(path), "--playbook-dir", str(PLAYBOOK_DIR), "--list"],
+        res = subprocess.run([_ansible_inventory_exe(), "-i", str(path), "--playbook-dir", str(PLAYBOOKS), "--list"],
                              capture_output=True,
                              text=True, timeout=INVENTORY_TIMEOUT, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:

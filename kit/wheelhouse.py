@@ -43,13 +43,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.paths import REPO, WHEELHOUSE
+
 __all__ = ["WheelhouseError", "LockEntry", "parse_lock", "host_requirements", "build", "main",
            "CONTROLLER_ONLY", "DEFAULT_OUT"]
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / ".wheelhouse"
+DEFAULT_OUT = WHEELHOUSE
 #: dependencies of pyproject.toml that only the controller needs (rich: fab run's live view)
 CONTROLLER_ONLY = frozenset({"fabric", "ansible-core", "rich"})
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)

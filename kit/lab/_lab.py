@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from kit import contract
+from kit.paths import INVENTORIES, LAB
 
 from ._layout import assign_groups, default_layout
 from ._netns import (
@@ -42,8 +43,6 @@ from ._netns import (
 __all__ = ["LabConfig", "LabHost", "lab_up", "lab_down", "load_state", "LAB_SYSCTLS"]
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[2]
 
 #: Kernel network settings set inside every lab namespace: the contract's per-namespace kit_sysctl
 #: (what the tuning role sets on real hosts), plus a shorter FIN timeout for the lab's churn.
@@ -59,10 +58,10 @@ SSHD_READY_TIMEOUT = 20.0
 class LabConfig:
     """Where the lab lives and which names and addresses it owns."""
 
-    root: Path = REPO / ".lab"
+    root: Path = LAB
     prefix: str = "lk"
     subnet: str = "10.213.0.0/24"
-    inventory_path: Path = REPO / "inventory" / "lab.yml"
+    inventory_path: Path = INVENTORIES / "lab.yml"
     python_interpreter: str = "/usr/bin/python3"
     #: addresses each generator host has (its own and extra ones from .211 up): the generators'
     #: connections leave from each in turn (``generator_source_addresses``), each with its own ports

@@ -29,12 +29,13 @@ from typing import Any
 
 import yaml
 
-from kit.inventory import PLAYBOOK_DIR, Inventory
+from kit.inventory import Inventory
+from kit.paths import role_defaults
 
 __all__ = ["parse_haproxy_log", "server_events", "balancer_verdict", "shutdown_sessions_on_down", "backend_sizes",
            "haproxy_var", "haproxy_flag", "haproxy_config_path", "deployed_shutdown_sessions"]
 
-HAPROXY_DEFAULTS = PLAYBOOK_DIR / "roles" / "haproxy" / "defaults" / "main.yml"
+HAPROXY_DEFAULTS = role_defaults("haproxy")
 
 _SERVER = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\dT[\d:.]+(?:[+-]\d\d:\d\d|Z)) Server (?P<backend>[^/\s]+)/(?P<server>\S+) is "

@@ -24,6 +24,7 @@ import httpx
 
 from kit import contract
 from kit.inventory import Host, Inventory
+from kit.paths import REPO
 
 from . import _hostops as ops
 
@@ -32,7 +33,6 @@ __all__ = ["record_build", "build_label", "file_sha256"]
 log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT = 3.0
-REPO = Path(__file__).resolve().parents[2]
 #: what a version answer may be at most (a build string, not a page)
 VERSION_MAX = 200
 

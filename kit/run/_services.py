@@ -24,6 +24,8 @@ import redis
 
 from kit import contract
 from kit.inventory import Host, Inventory
+from kit.paths import REPO
+from kit.paths import SECRETS as SECRETS_DIR
 
 __all__ = ["service_targets", "check_health", "collect_server_stats", "read_secret", "SECRETS_DIR",
            "secrets_dir", "tls_ca_file",
@@ -31,8 +33,6 @@ __all__ = ["service_targets", "check_health", "collect_server_stats", "read_secr
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-SECRETS_DIR = REPO / ".secrets"
 HTTP_TIMEOUT = 5.0
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import functools
 import logging
 import shlex
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kit.inventory import Host, Inventory
+from kit.paths import role_defaults
 
 from ._components import service_programs
 from ._hostops import CMD_TIMEOUT
@@ -27,9 +27,8 @@ __all__ = ["resolve_service_pids", "service_action", "host_programs", "KIT_SERVI
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 #: the kit_service role's knobs (supervisorctl path) live in its defaults
-KIT_SERVICE_DEFAULTS = REPO / "playbooks" / "roles" / "kit_service" / "defaults" / "main.yml"
+KIT_SERVICE_DEFAULTS = role_defaults("kit_service")
 #: seconds a graceful restart may take (the role's stopwaitsecs plus start-up)
 RESTART_TIMEOUT = 90.0
 
