@@ -287,7 +287,7 @@ _VOLATILE = ("run_id", "results_dir", "argv")
 
 def side_by_side(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     """Workload, build and versions of each run, one row per setting, ``differs`` where runs disagree."""
-    from kit.run._build import build_label
+    from kit.run import build_label
     per_run = []
     for r in runs:
         run = r.summary.get("run") or {}
@@ -503,11 +503,12 @@ table.settings td{{text-align:left}} .worse{{color:#b00;font-weight:bold}} .bett
 
 def load_runs(refs: Sequence[str], results: Path | None = None) -> list[RunData]:
     """Each reference (run id under *results*, a folder or a .tar.gz) as loaded run data."""
-    from kit.run._tasks import REPO, find_run
+    from kit.paths import RESULTS
+    from kit.run import find_run
     runs = []
     for ref in refs:
         try:
-            d = find_run(ref, results or REPO / "results")
+            d = find_run(ref, results or RESULTS)
         except FileNotFoundError as exc:
             raise CompareError(str(exc)) from None
         if not (d / "summary.json").exists():

@@ -44,13 +44,13 @@ DEFAULT_QUERY_TEXT = "Tell me about WebSocket proxies."
 
 def _reconnect_rate() -> float:
     """The default kit.client._limiter defines beside the code that uses it (and says why)."""
-    from kit.client._limiter import RECONNECT_RATE
+    from kit.client import RECONNECT_RATE
 
     return RECONNECT_RATE
 
 
 def _http_connections() -> int:
-    from kit.client._http import DEFAULT_MAX_CONNECTIONS
+    from kit.client import DEFAULT_MAX_CONNECTIONS
 
     return DEFAULT_MAX_CONNECTIONS
 
@@ -189,7 +189,7 @@ def check(values: Mapping[str, Any]) -> None:
     Each option within the bound another sets (``at_most``), each ``/run`` field within the wire
     contract, the backoff cap at least the first backoff, the open model's rate and duration together
     and starting a session."""
-    from kit.client._workload import check_option
+    from kit.client import check_option
 
     fields = {f.name: f for f in declared()}
     for name, f in fields.items():

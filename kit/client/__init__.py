@@ -17,9 +17,16 @@ Nothing happens on import.
 """
 
 from ._accounting import QueryRecord as QueryRecord, Recorder as Recorder, SessionRecord as SessionRecord
-from ._analyze import analyze as analyze
+from ._analyze import analyze as analyze, format_report as format_report
+from ._http import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
 from ._limiter import RECONNECT_BURST as RECONNECT_BURST, RECONNECT_RATE as RECONNECT_RATE, TokenBucket as TokenBucket
-from ._load import LoadConfig as LoadConfig, overload_verdict as overload_verdict, schedule as schedule
+from ._load import (
+    STATUS_COUNTERS as STATUS_COUNTERS,
+    STATUS_HISTOGRAMS as STATUS_HISTOGRAMS,
+    LoadConfig as LoadConfig,
+    overload_verdict as overload_verdict,
+    schedule as schedule,
+)
 from ._output import build_summary as build_summary, merge_outputs as merge_outputs
 from ._session import (
     Session as Session,
@@ -35,9 +42,18 @@ from ._ws import (
     WsProtocol as WsProtocol,
     connect as connect,
 )
+from ._workload import (
+    Workload as Workload,
+    WorkloadError as WorkloadError,
+    check_option as check_option,
+    draw_seed as draw_seed,
+    duration_problems as duration_problems,
+    load_workload as load_workload,
+)
 
 __all__ = [
     "ConnectionClosed",
+    "DEFAULT_MAX_CONNECTIONS",
     "HandshakeError",
     "LoadConfig",
     "ProtocolError",
@@ -45,17 +61,26 @@ __all__ = [
     "RECONNECT_BURST",
     "RECONNECT_RATE",
     "Recorder",
+    "STATUS_COUNTERS",
+    "STATUS_HISTOGRAMS",
     "Session",
     "SessionConfig",
     "SessionRecord",
     "TokenBucket",
     "WebSocket",
+    "Workload",
+    "WorkloadError",
     "WsProtocol",
     "analyze",
     "backoff_delay",
     "build_summary",
+    "check_option",
     "connect",
     "connect_with_retry",
+    "draw_seed",
+    "duration_problems",
+    "format_report",
+    "load_workload",
     "merge_outputs",
     "overload_verdict",
     "schedule",

@@ -12,6 +12,7 @@ limits and clocks as records), ``_run`` (one run end to end, as phases), ``_capa
 (fabfile.py, bench/) import from here, never from a private module.
 """
 
+from ._build import build_label as build_label
 from ._capacity import execute_capacity as execute_capacity
 
 from ._components import bottleneck as bottleneck
@@ -37,12 +38,14 @@ from ._run import Interrupted as Interrupted
 from ._run import execute as execute
 from ._tasks import analyze as analyze
 from ._tasks import deploy as deploy
+from ._tasks import find_run as find_run
 from ._tasks import logs as logs
 from ._tasks import status as status
 
 __all__ = [
     "HostFacts", "offered_tokens_per_s", "size_fleet", "plan",
     "CONNECT_TIMEOUT", "GroupException", "Interrupted", "LocalConnection", "PlanError", "RunError", "RunOptions",
-    "analyze", "bottleneck", "close_all", "component_costs", "connect", "deploy", "describe_failures", "execute",
-    "execute_capacity", "fan_out", "live_view", "load_host_samples", "logs", "parse_threshold", "status",
+    "analyze", "bottleneck", "build_label", "close_all", "component_costs", "connect", "deploy", "describe_failures",
+    "execute", "execute_capacity", "fan_out", "find_run", "live_view", "load_host_samples", "logs", "parse_threshold",
+    "status",
 ]

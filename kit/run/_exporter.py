@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kit._prom import CONTENT_TYPE, Metric, exposition
-from kit.client._load import STATUS_COUNTERS
+from kit.client import STATUS_COUNTERS
 
 __all__ = ["LiveExporter", "parse_listen", "live_metrics"]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from kit import options
 from kit.config import ConfigError, setting
+from kit.paths import REPO
 
 from ._chaos import ChaosError, ChaosSpec, parse_chaos
 from ._exporter import parse_listen
@@ -26,7 +27,6 @@ from ._plan import PRESETS, GeneratorSlot, Threshold, judged_thresholds
 
 __all__ = ["RunOptions", "RunError", "generator_settings", "settings_path", "ca_path", "workload_path"]
 
-REPO = Path(__file__).resolve().parents[2]
 #: seconds past --max-duration before a generator counts as hung and is stopped (RunOptions.grace)
 GRACE_S = 30.0
 
@@ -130,7 +130,7 @@ class RunOptions(_GivenLoadOptions):
                 if getattr(self, f.name) is not None}
 
     def _resolve_workload(self) -> None:
-        from kit.client._workload import Workload, WorkloadError, draw_seed, duration_problems, load_workload
+        from kit.client import Workload, WorkloadError, draw_seed, duration_problems, load_workload
 
         wl = Workload()
         if self.workload is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kit.client._load import STATUS_COUNTERS, STATUS_HISTOGRAMS
+from kit.client import STATUS_COUNTERS, STATUS_HISTOGRAMS
 from kit.metrics import Histogram
 
 from ._plan import Threshold

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kit.inventory import Inventory, load_inventory
+from kit.paths import PLAYBOOKS, REPO, RESULTS
 
 from . import _hostops as ops
 from ._logs import fetch_logs
@@ -26,8 +27,6 @@ __all__ = ["deploy", "status", "logs", "analyze", "supervisor_status", "find_run
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
@@ -36,7 +35,7 @@ def _say(msg: str) -> None:
 def deploy(inventory: Path, playbook: str = "site.yml", extra: list[str] | None = None) -> int:
     """``ansible-playbook -i <inventory> playbooks/<playbook>``; returns its exit status."""
     exe = Path(sys.executable).parent / "ansible-playbook"
-    book = REPO / "playbooks" / playbook
+    book = PLAYBOOKS / playbook
     if not book.exists():
         _say(f"{book} does not exist: the playbooks are not installed in this checkout")
         return 2
@@ -108,7 +107,7 @@ def logs(inventory: Path, dest: Path, out: Callable[[str], None] = _say) -> int:
     return 1 if problems else 0
 
 
-def find_run(name: str, results: Path = REPO / "results") -> Path:
+def find_run(name: str, results: Path = RESULTS) -> Path:
     """A run folder from an id, a folder, or a tarball (unpacked to a temporary folder)."""
     for cand in (Path(name), results / name, results / f"{name}.tar.gz"):
         if cand.is_dir():
@@ -126,7 +125,7 @@ def find_run(name: str, results: Path = REPO / "results") -> Path:
 def analyze(name: str, out: Callable[[str], None] = _say) -> int:
     """Reprint a run's report and the per-query analysis (percentiles, histogram, errors)."""
     from kit.client import analyze as client_analyze
-    from kit.client._analyze import format_report
+    from kit.client import format_report
     from kit.report import write_report
     run_dir = find_run(name)
     if (run_dir / "summary.json").exists():
