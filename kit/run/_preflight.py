@@ -192,11 +192,15 @@ def inspect_hosts(inv: Inventory, conns: Mapping[str, Conn], plan_clients: int |
             pre.problems.append(f"{name}: {inv.hosts[name].kit_python} is missing: run `fab deploy` first")
     # sessions one process holds: the tuning role's figure (computed there only; without a report unknown)
     lbs = inv.group("haproxy")
-    for h in lbs:
-        share = None if plan_clients is None else -(-plan_clients // len(lbs))
-        pre.caps[h.name] = _balancer_caps(pre.facts[h.name], share)
+    slots = [] if plan_clients is None else plan_generators(plan_clients, {n: pre.facts[n].nproc for n in gens},
+                                                            [h.name for h in lbs])
+    for h in lbs:   # each balancer against the sessions the plan sends it
+        share = None if plan_clients is None else sum(s.clients for s in slots if s.haproxy == h.name)
+        caps = pre.caps[h.name] = _balancer_caps(pre.facts[h.name], share)
+        if share is not None and caps.max_sessions is not None and share > caps.max_sessions:
+            pre.problems.append(f"{h.name}: the plan sends {share} sessions to this balancer but one HAProxy "
+                                f"process holds ~{caps.max_sessions} (nofile {caps.nofile}): add haproxy hosts")
     if plan_clients is not None:
-        slots = plan_generators(plan_clients, {n: pre.facts[n].nproc for n in gens}, [h.name for h in lbs])
         for name in gens:
             _generator_caps(pre, inv.hosts[name], [s for s in slots if s.host == name])
         # per group, what fab plan says: hosts the run needs against the inventory's

@@ -81,6 +81,8 @@ def test_preflight_uses_the_reported_sessions_for_balancers_and_generators_alike
     # more clients per process than the report allows: refused with the report's figure
     pre = _preflight.preflight(inv, conns, plan_clients=1300, skip_health=True)
     assert any("1300 clients per process but a process holds ~1234" in p for p in pre["problems"]), pre["problems"]
+    assert any("lb: the plan sends 1300 sessions to this balancer but one HAProxy process holds ~1234" in p
+               for p in pre["problems"]), pre["problems"]
     # and per group, as fab plan says it: the one balancer holds 1,234; the run needs 2
     assert any("cannot hold 1300 sessions: haproxy: needs 2 host(s), has 1: add 1 host(s) to the haproxy group "
                "(1,234 sessions per host" in p for p in pre["problems"]), pre["problems"]
