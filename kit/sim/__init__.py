@@ -4,7 +4,8 @@
 environment (``SimSettings.from_env()``), built on first access so that importing
 this package does nothing.  ``python -m kit.sim`` serves it (see ``__main__``).
 
-Module owners: ``_app`` (HTTP endpoints, Redis session records and pool), ``_publisher``
+Module owners: ``_app`` (the views, Redis session records and pool), ``_routes`` (every route once, for
+Quart and for the direct path), ``_publisher``
 (the per-process scheduler that PUBLISHes every token due within a PUBLISH_TICK_MS
 tick in one write), ``_schedule`` (pure timing and message encoding), ``_body``
 (request validation), ``_asgi`` (Quart's per-request ASGI path, leaner; the session routes

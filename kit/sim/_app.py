@@ -22,9 +22,11 @@ Endpoints (the wire contract in DESIGN.md):
   ``GET /stats`` (the answering worker's counters), ``GET /stats/all`` (every worker's, summed:
   :mod:`._workers`) and ``GET /metrics`` (the same sums in the Prometheus text format).
 
-The session routes are plain views (the body in, ``(status, JSON bytes)`` out) registered twice:
-as Quart routes and as :class:`._asgi.DirectRoutes`, which answer them without Quart's request
-context (half a request's CPU); both ways share the views and one ``failure`` mapping, so they answer alike.
+Every route is written once, in :data:`._routes.ROUTES`; its view is the :class:`SimViews` method of
+its endpoint's name (the rule's arguments and the body in, ``(status, bytes)`` out).  Quart serves
+every route; the session routes are also answered by :class:`._asgi.DirectRoutes` without Quart's
+request context (half a request's CPU), through the matcher :func:`._routes.direct_router` builds
+from the same table.  Both ways share the views and one ``failure`` mapping, so they answer alike.
 
 Errors are JSON ``{"error": code, "detail": message}``: 404 unknown session (or
 route), 408 a body not whole within SIM_REQUEST_BODY_TIMEOUT_SECS (:mod:`._asgi`), 409 closed session,
@@ -50,8 +52,8 @@ import random
 import time
 import uuid
 from array import array
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import orjson
 import redis.asyncio as aioredis
@@ -61,21 +63,21 @@ from redis.exceptions import MaxConnectionsError, RedisError
 from werkzeug.exceptions import HTTPException
 
 from kit import _gc, contract
-from kit._prom import CONTENT_TYPE as PROM_CONTENT_TYPE
 from kit.auth import issue_token
 from kit.config import SimSettings
 from kit.wire import query_duration_problem
 
-from ._asgi import BODY_DEADLINES, DIRECT_ROUTES, Answer, BodyDeadlines, DirectRoutes, LeanHTTPConnection, View
+from ._asgi import BODY_DEADLINES, DIRECT_ROUTES, Answer, BodyDeadlines, DirectRoutes, LeanHTTPConnection
 from ._body import BodyError, parse_create, parse_run
 from ._closes import CloseListener, announce_close, listen_for_closes
 from ._limits import SimLimits
 from . import _workers
 from ._probe import RedisWatch, start_redis_watch
 from ._publisher import Publisher
+from ._routes import ROUTES, Route, direct_router
 from ._schedule import channel_name, due_offsets, encode_tokens, split_tokens
 
-__all__ = ["create_app", "SimState", "PoolExhausted"]
+__all__ = ["create_app", "SimState", "SimViews", "PoolExhausted"]
 
 log = logging.getLogger(__name__)
 
@@ -223,29 +225,30 @@ def _session_key(session_id: str) -> str:
     return contract.session_key(session_id)
 
 
-def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimits | None = None) -> Quart:
-    """Build the simulator app for *settings* and *limits* (default: ``SimLimits.from_env()``); no I/O happens
-    until it is served.  With *tune_gc* (the served app, ``kit.sim:app``) the worker applies the kit's
-    collector settings once serving starts."""
-    limits = SimLimits.from_env() if limits is None else limits
-    app = Quart("kit.sim")
-    app.asgi_http_class = LeanHTTPConnection  # see _asgi: one task and two sends per request
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    # Quart wraps reading each body and sending each response in asyncio.wait_for with these
-    # (60 s by default), i.e. a task and a timer per request (py-spy: ~5% of a worker's CPU under
-    # load); None awaits directly.  Bodies are capped at 64 KiB and read whole by _asgi before any
-    # Quart code runs, within SIM_REQUEST_BODY_TIMEOUT_SECS (its BodyDeadlines: no timer per request);
-    # answers are small and buffered by Granian, so a slow reader holds one idle coroutine, never CPU.
-    app.config["BODY_TIMEOUT"] = None
-    app.config["RESPONSE_TIMEOUT"] = None
-    state = SimState(settings=settings, words=encode_tokens(split_tokens(settings.llm_response_text)),
-                     limits=limits, body_deadlines=BodyDeadlines(limits.request_body_timeout_secs))
-    app.extensions["kit.sim"] = state
-    app.extensions[BODY_DEADLINES] = state.body_deadlines
-    sweeper: list[asyncio.Task] = []
+class SimViews:
+    """The simulator's views and its serving hooks, over one app's :class:`SimState` (``create_app`` wires them).
 
-    @app.before_serving
-    async def _open() -> None:
+    Each view is named as its route's endpoint in :data:`._routes.ROUTES`, takes the rule's arguments and
+    then the request's body, and answers ``(status, body bytes)``: Quart calls it through :func:`_quart_view`,
+    the direct path (:class:`._asgi.DirectRoutes`) without Quart's request context.  An exception a view
+    raises is answered by :meth:`failure` either way, so both paths answer alike.
+
+    :meth:`open` (``before_serving``) creates the Redis pool, the publisher and the background tasks, kept on
+    the state; :meth:`close` (``after_serving``) cancels and closes them.
+    """
+
+    def __init__(self, app: Quart, state: SimState, *, tune_gc: bool = False) -> None:
+        self.app = app
+        self.state = state
+        self.settings = state.settings
+        self.limits = state.limits
+        self.tune_gc = tune_gc
+        self._sweeper: asyncio.Task | None = None
+
+    # -- serving ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        app, state, settings = self.app, self.state, self.settings
         pool = state.pool = _WaitingPool.from_url(
             settings.redis_url, max_connections=settings.redis_pool_size,
             timeout=settings.redis_pool_timeout_ms / 1000.0,
@@ -257,22 +260,22 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimit
                                     tick_s=settings.publish_tick_ms / 1000.0)
         state.publisher.start()
         start_redis_watch(app, settings.redis_url, state.redis_watch)  # a wrong REDIS_URL: one line at start
-        app.add_background_task(listen_for_closes, settings.redis_url, app.shutdown_event, _cancel_session,
+        app.add_background_task(listen_for_closes, settings.redis_url, app.shutdown_event, self.cancel_session,
                                 state.closes)
         # not a Quart background task: those are awaited at shutdown, and this one never ends by itself
-        sweeper.append(asyncio.get_running_loop().create_task(state.body_deadlines.run(), name="kit.sim bodies"))
+        self._sweeper = asyncio.get_running_loop().create_task(state.body_deadlines.run(), name="kit.sim bodies")
         app.add_background_task(_publish_stats, state, app.shutdown_event)  # for the workers' sums
-        if tune_gc:
+        if self.tune_gc:
             _gc.tune()  # this worker's start-up is done: frozen, and collections rare (kit/_gc.py)
         log.info("kit.sim serving (pid %d): %d words per answer, token delay %.3g ms, ttft %.3g ms, "
                  "jitter %.3g ms, publish tick %.3g ms, redis pool %d", os.getpid(), len(state.words),
                  settings.token_delay_ms, settings.ttft_ms, settings.token_jitter_ms, settings.publish_tick_ms,
                  settings.redis_pool_size)
 
-    @app.after_serving
-    async def _close() -> None:
-        for task in sweeper:
-            task.cancel()
+    async def close(self) -> None:
+        state = self.state
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if state.publisher is not None:
             await state.publisher.aclose()
         if state.redis is not None:
@@ -281,8 +284,17 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimit
             await state.pool.aclose()
         log.info("kit.sim stopped (pid %d): %s", os.getpid(), state.statistics())
 
-    def failure(exc: Exception, method: str, path: str) -> Answer:
+    def cancel_session(self, session_id: str) -> None:
+        """A close of *session_id* was heard (this worker's or another's): end its queries here."""
+        publisher = self.state.publisher
+        if publisher is not None and len(session_id) <= _MAX_SESSION_ID:
+            publisher.cancel(channel_name(session_id))
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def failure(self, exc: Exception, method: str, path: str) -> Answer:
         """The answer to an exception a view raised, whether Quart or the direct path ran the view."""
+        state = self.state
         if isinstance(exc, HTTPException):
             code = (exc.name or "error").lower().replace(" ", "_")
             state.client_errors += 1
@@ -301,61 +313,56 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimit
         log.error("unhandled error on %s %s", method, path, exc_info=exc)
         return _error(500, "internal_error", "the simulator failed on this request; see its log")
 
-    async def _quart_failure(exc: Exception) -> Response:
-        return _response(failure(exc, request.method, request.path))
+    async def quart_failure(self, exc: Exception) -> Response:
+        """:meth:`failure` as Quart's error handler."""
+        return _response(self.failure(exc, request.method, request.path))
 
-    # the most specific class registered wins in Quart: one function, so both paths answer alike
-    for cls in (HTTPException, RedisError, Exception):
-        app.register_error_handler(cls, _quart_failure)
-
-    def _invalid(exc: BodyError) -> Answer:
-        state.client_errors += 1
+    def _invalid(self, exc: BodyError) -> Answer:
+        self.state.client_errors += 1
         return _error(422, "invalid_body", exc.detail)
 
-    def _not_found(session_id: str) -> Answer:
-        state.client_errors += 1
+    def _not_found(self, session_id: str) -> Answer:
+        self.state.client_errors += 1
         return _error(404, "session_not_found",
                       f"no session {session_id[:_MAX_SESSION_ID]!r}: create one with POST /session/create "
                       "(sessions expire after SESSION_TTL_SECONDS)")
 
-    def _closed(session_id: str) -> Answer:
-        state.client_errors += 1
+    def _closed(self, session_id: str) -> Answer:
+        self.state.client_errors += 1
         return _error(409, "session_closed", f"session {session_id!r} is closed: create a new session")
 
-    def _too_many(detail: str) -> Answer:
-        state.client_errors += 1
-        state.queries_refused += 1
+    def _too_many(self, detail: str) -> Answer:
+        self.state.client_errors += 1
+        self.state.queries_refused += 1
         return _error(429, "too_many_queries", detail)
 
-    def _over_bound(channel: bytes, session_id: str, n: int) -> Answer | None:
+    def _over_bound(self, channel: bytes, session_id: str, n: int) -> Answer | None:
         """429 if one more query of *n* tokens would pass a bound of this worker, else None."""
-        pub = state.publisher
+        pub, limits = self.state.publisher, self.limits
         if pub.queries_in_flight >= limits.max_queries_in_flight:
-            return _too_many(f"this simulator worker has {pub.queries_in_flight} queries in flight, its bound "
-                             f"(SIM_MAX_QUERIES_IN_FLIGHT={limits.max_queries_in_flight}): retry when some have ended")
+            return self._too_many(f"this simulator worker has {pub.queries_in_flight} queries in flight, its bound "
+                                  f"(SIM_MAX_QUERIES_IN_FLIGHT={limits.max_queries_in_flight}): retry when some have "
+                                  "ended")
         held = pub.in_flight_on(channel)
         if held >= limits.max_session_queries_in_flight:
-            return _too_many(f"session {session_id!r} has {held} queries in flight on this simulator worker, its "
-                             f"bound (SIM_MAX_SESSION_QUERIES_IN_FLIGHT={limits.max_session_queries_in_flight}): "
-                             "wait for one to end")
+            return self._too_many(f"session {session_id!r} has {held} queries in flight on this simulator worker, "
+                                  f"its bound (SIM_MAX_SESSION_QUERIES_IN_FLIGHT="
+                                  f"{limits.max_session_queries_in_flight}): wait for one to end")
         if pub.tokens_in_flight + n > limits.max_tokens_in_flight:
-            return _too_many(f"this simulator worker has {pub.tokens_in_flight} tokens of queries in flight and "
-                             f"this query would add {n}, past its bound (SIM_MAX_TOKENS_IN_FLIGHT="
-                             f"{limits.max_tokens_in_flight}): retry when some have ended, or ask for fewer tokens")
+            return self._too_many(f"this simulator worker has {pub.tokens_in_flight} tokens of queries in flight "
+                                  f"and this query would add {n}, past its bound (SIM_MAX_TOKENS_IN_FLIGHT="
+                                  f"{limits.max_tokens_in_flight}): retry when some have ended, or ask for fewer "
+                                  "tokens")
         return None
 
-    def _cancel_session(session_id: str) -> None:
-        """A close of *session_id* was heard (this worker's or another's): end its queries here."""
-        if state.publisher is not None and len(session_id) <= _MAX_SESSION_ID:
-            state.publisher.cancel(channel_name(session_id))
+    # -- the session routes (direct too: one Redis round trip each) ------------------------------
 
-    # the session routes' views: the body in, the answer out, no Quart request context (see _asgi's
-    # direct routes); registered with Quart below too, so both paths run the same code
-    async def session_create(raw: bytes) -> Answer:
+    async def session_create(self, raw: bytes) -> Answer:
+        state, settings = self.state, self.settings
         try:
             body = parse_create(raw)
         except BodyError as exc:
-            return _invalid(exc)
+            return self._invalid(exc)
         session_id = uuid.uuid4().hex
         key = _session_key(session_id)
         async with state.redis.pipeline(transaction=True) as pipe:
@@ -368,27 +375,29 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimit
         return _answer({"session_id": session_id, "auth_token": token,
                         "ws_path": f"/{body.agent_id}/ws/{session_id}"}, 201)
 
-    async def session_run(session_id: str, raw: bytes) -> Answer:
+    async def session_run(self, session_id: str, raw: bytes) -> Answer:
         submitted = time.monotonic()  # the Publisher's clock
+        state, settings = self.state, self.settings
         try:
             body = parse_run(raw)
         except BodyError as exc:
-            return _invalid(exc)
-        # the whole query's length, with the deployment's values where the body has none (kit.wire)
+            return self._invalid(exc)
+        # the run's workload (the body) over the deployment's (the simulator's settings)
+        pace = {"token_delay_ms": settings.token_delay_ms if body.token_delay_ms is None else body.token_delay_ms,
+                "ttft_ms": settings.ttft_ms if body.ttft_ms is None else body.ttft_ms,
+                "token_jitter_ms": settings.token_jitter_ms if body.token_jitter_ms is None else body.token_jitter_ms}
+        # the whole query's length must be within the wire contract's bound (kit.wire)
         n_words = len(state.words) if body.max_tokens is None else body.max_tokens
-        too_long = query_duration_problem(
-            n_words, settings.token_delay_ms if body.token_delay_ms is None else body.token_delay_ms,
-            settings.ttft_ms if body.ttft_ms is None else body.ttft_ms,
-            settings.token_jitter_ms if body.token_jitter_ms is None else body.token_jitter_ms)
+        too_long = query_duration_problem(n_words, pace["token_delay_ms"], pace["ttft_ms"], pace["token_jitter_ms"])
         if too_long is not None:
-            return _invalid(BodyError("body", too_long))
+            return self._invalid(BodyError("body", too_long))
         if len(session_id) > _MAX_SESSION_ID:
-            return _not_found(session_id)
+            return self._not_found(session_id)
         status = await state.redis.hget(_session_key(session_id), "status")
         if status is None:
-            return _not_found(session_id)
+            return self._not_found(session_id)
         if status == b"closed":
-            return _closed(session_id)
+            return self._closed(session_id)
         words = state.words
         if body.max_tokens is not None and words:
             # the answer's length: the text's first max_tokens words, the text repeated past its end
@@ -396,13 +405,9 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimit
                      else [words[i % len(words)] for i in range(body.max_tokens)])
         n = len(words)
         channel = channel_name(session_id)
-        refused = _over_bound(channel, session_id, n)
+        refused = self._over_bound(channel, session_id, n)
         if refused is not None:
             return refused
-        # the run's workload (the body) over the deployment's (the simulator's settings)
-        pace = {"token_delay_ms": settings.token_delay_ms if body.token_delay_ms is None else body.token_delay_ms,
-                "ttft_ms": settings.ttft_ms if body.ttft_ms is None else body.ttft_ms,
-                "token_jitter_ms": settings.token_jitter_ms if body.token_jitter_ms is None else body.token_jitter_ms}
         offsets = due_offsets(n, ttft_ms=pace["ttft_ms"], delay_ms=pace["token_delay_ms"],
                               jitter_ms=pace["token_jitter_ms"], rng=state.rng)
         query_id = uuid.uuid4().hex
@@ -412,9 +417,10 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimit
         # the effective workload, so a client records what ran (the deployed defaults included)
         return _answer({"query_id": query_id, "tokens": n, "workload": pace}, 202)
 
-    async def session_close(session_id: str, raw: bytes) -> Answer:  # noqa: ARG001 - a view's signature
+    async def session_close(self, session_id: str, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
+        state = self.state
         if len(session_id) > _MAX_SESSION_ID:
-            return _not_found(session_id)
+            return self._not_found(session_id)
         key = _session_key(session_id)
         async with state.redis.pipeline(transaction=True) as pipe:
             pipe.hget(key, "status")
@@ -423,84 +429,95 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimit
             status, first, _ = await pipe.execute()
         if status is None:
             await state.redis.delete(key)  # there was no such session: drop the hash this made
-            return _not_found(session_id)
+            return self._not_found(session_id)
         if not first:
-            return _closed(session_id)
+            return self._closed(session_id)
         state.sessions_closed += 1
-        _cancel_session(session_id)  # this worker's queries at once, every other worker's on the announce
+        self.cancel_session(session_id)  # this worker's queries at once, every other worker's on the announce
         await announce_close(state.redis, session_id, state.closes)
         return _answer({"session_id": session_id, "status": "closed"}, 200)
 
-    @app.post("/session/create", endpoint="session_create")
-    async def quart_session_create() -> Response:
-        return _response(await session_create(await request.get_data()))
+    # -- health and counters (through Quart) ----------------------------------------------------
 
-    @app.post("/session/<session_id>/run", endpoint="session_run")
-    async def quart_session_run(session_id: str) -> Response:
-        return _response(await session_run(session_id, await request.get_data()))
-
-    @app.post("/session/<session_id>/close", endpoint="session_close")
-    async def quart_session_close(session_id: str) -> Response:
-        return _response(await session_close(session_id, b""))  # close reads no body
-
-    def direct_route(method: str, path: str) -> View | None:
-        # the rules above as werkzeug matches them: "/session/<session_id>/run" takes any one
-        # non-empty segment; anything else (extra or empty segments, other methods) goes to Quart
-        if method != "POST":
-            return None
-        if path == "/session/create":
-            return session_create
-        parts = path.split("/")
-        if len(parts) != 4 or parts[0] or parts[1] != "session" or not parts[2]:
-            return None
-        if parts[3] == "run":
-            return partial(session_run, parts[2])
-        if parts[3] == "close":
-            return partial(session_close, parts[2])
-        return None
-
-    app.extensions[DIRECT_ROUTES] = DirectRoutes(route=direct_route, failure=failure)
-
-    def shallow_health() -> Response:
+    def _shallow_health(self) -> Answer:
+        state = self.state
         if state.publisher is None or not state.publisher.running:
-            return _json({"status": "unavailable", "publisher": "stopped",
-                          "detail": "the token publisher is not running: see the simulator's log"}, 503)
+            return _answer({"status": "unavailable", "publisher": "stopped",
+                            "detail": "the token publisher is not running: see the simulator's log"}, 503)
         watch = state.redis_watch
         if not watch.ok:
-            return _json({"status": "unavailable", "redis": "down" if watch.ok is False else "unknown",
-                          "detail": f"{watch.detail}: check REDIS_URL and redis-server"}, 503)
-        return _json({"status": "ok"}, 200)
+            return _answer({"status": "unavailable", "redis": "down" if watch.ok is False else "unknown",
+                            "detail": f"{watch.detail}: check REDIS_URL and redis-server"}, 503)
+        return _answer({"status": "ok"}, 200)
 
-    @app.get(contract.health_path())
-    async def health() -> Response:
-        state.health_checks += 1
-        return shallow_health()
+    async def health(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
+        self.state.health_checks += 1
+        return self._shallow_health()
 
-    @app.get(contract.deep_health_path())
-    async def deep_health() -> Response:
+    async def deep_health(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
         try:
-            await asyncio.wait_for(state.redis.ping(), _HEALTH_TIMEOUT_S)
+            await asyncio.wait_for(self.state.redis.ping(), _HEALTH_TIMEOUT_S)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            return _json({"status": "unavailable", "redis": "down",
-                          "detail": f"redis PING failed ({type(exc).__name__}): check REDIS_URL and redis-server"},
-                         503)
-        return shallow_health()
+            return _answer({"status": "unavailable", "redis": "down",
+                            "detail": f"redis PING failed ({type(exc).__name__}): check REDIS_URL and redis-server"},
+                           503)
+        return self._shallow_health()
 
-    @app.get("/stats")
-    async def stats() -> Response:
-        return _json(state.statistics(), 200)
+    async def stats(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
+        return _answer(self.state.statistics(), 200)
 
-    def every_worker() -> dict:
-        own = state.statistics()
+    def _every_worker(self) -> dict:
+        own = self.state.statistics()
         _workers.publish(own)   # this worker's file fresh before the sum
         return _workers.gather(own)
 
-    @app.get("/stats/all")
-    async def stats_all() -> Response:
-        return _json(every_worker(), 200)
+    async def stats_all(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
+        return _answer(self._every_worker(), 200)
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(_workers.metrics_text(every_worker()), status=200, headers={"Content-Type": PROM_CONTENT_TYPE})
+    async def metrics(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
+        return 200, _workers.metrics_text(self._every_worker()).encode()
 
+
+def _quart_view(route: Route, view: Callable[..., Awaitable[Answer]]) -> Callable[..., Awaitable[Response]]:
+    """*view* as Quart calls it for *route*: the rule's arguments as keywords, the body read (when the route
+    takes one), the answer made a Response of the route's content type."""
+    names, reads, content_type = route.args, route.body, route.content_type
+
+    async def endpoint(**args: str) -> Response:
+        status, body = await view(*(args[n] for n in names), await request.get_data() if reads else b"")
+        return Response(body, status=status, content_type=content_type)
+
+    endpoint.__name__ = route.endpoint
+    return endpoint
+
+
+def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimits | None = None) -> Quart:
+    """Build the simulator app for *settings* and *limits* (default: ``SimLimits.from_env()``); no I/O happens
+    until it is served.  With *tune_gc* (the served app, ``kit.sim:app``) the worker applies the kit's
+    collector settings once serving starts."""
+    limits = SimLimits.from_env() if limits is None else limits
+    app = Quart("kit.sim")
+    app.asgi_http_class = LeanHTTPConnection  # see _asgi: one task and two sends per request
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Quart wraps reading each body and sending each response in asyncio.wait_for with these
+    # (60 s by default), i.e. a task and a timer per request (py-spy: ~5% of a worker's CPU under
+    # load); None awaits directly.  Bodies are capped at 64 KiB and read whole by _asgi before any
+    # Quart code runs, within SIM_REQUEST_BODY_TIMEOUT_SECS (its BodyDeadlines: no timer per request);
+    # answers are small and buffered by Granian, so a slow reader holds one idle coroutine, never CPU.
+    app.config["BODY_TIMEOUT"] = None
+    app.config["RESPONSE_TIMEOUT"] = None
+    state = SimState(settings=settings, words=encode_tokens(split_tokens(settings.llm_response_text)),
+                     limits=limits, body_deadlines=BodyDeadlines(limits.request_body_timeout_secs))
+    views = SimViews(app, state, tune_gc=tune_gc)
+    app.extensions["kit.sim"] = state
+    app.extensions[BODY_DEADLINES] = state.body_deadlines
+    app.before_serving(views.open)
+    app.after_serving(views.close)
+    # the most specific class registered wins in Quart: one function, so both paths answer alike
+    for cls in (HTTPException, RedisError, Exception):
+        app.register_error_handler(cls, views.quart_failure)
+    by_endpoint = {r.endpoint: getattr(views, r.endpoint) for r in ROUTES}
+    for r in ROUTES:
+        app.add_url_rule(r.rule, r.endpoint, _quart_view(r, by_endpoint[r.endpoint]), methods=[r.method])
+    app.extensions[DIRECT_ROUTES] = DirectRoutes(route=direct_router(ROUTES, by_endpoint), failure=views.failure)
     return app

@@ -127,3 +127,41 @@ def test_a_session_route_answers_alike_through_the_direct_path_and_through_quart
     assert direct[2]["error"] == error
     # each path counted its failure once
     assert counters["errors" if status == 503 else "client_errors"] == 2
+
+
+# -- one route table (kit.sim._routes.ROUTES) feeds Quart and the direct path --------------------
+
+def test_quart_serves_exactly_the_route_table_and_the_direct_path_its_session_routes():
+    from kit.sim._routes import ROUTES
+
+    app = _app()
+    served = {(rule.rule, rule.endpoint, method) for rule in app.url_map.iter_rules()
+              for method in rule.methods - {"HEAD", "OPTIONS"} if rule.endpoint != "static"}
+    assert served == {(r.rule, r.endpoint, r.method) for r in ROUTES}
+    assert {r.endpoint for r in ROUTES if r.direct} == {"session_create", "session_run", "session_close"}
+    route = app.extensions[DIRECT_ROUTES].route
+    assert route("POST", "/session/create").__name__ == "session_create"
+    assert route("GET", "/stats") is None and route("GET", "/health") is None  # Quart's, as before
+
+
+def test_the_direct_matcher_refuses_a_table_it_could_not_match_as_werkzeug_does():
+    from kit.sim._routes import Route, direct_router
+
+    async def view(*_):
+        return 200, b"{}"
+
+    def build(*routes):
+        return direct_router(routes, {r.endpoint: view for r in routes})
+
+    with pytest.raises(ValueError, match="may match the same"):
+        build(Route("POST", "/a/<x>/b", "one", direct=True), Route("POST", "/a/<y>/<z>", "two", direct=True))
+    with pytest.raises(ValueError, match="whole-segment"):
+        build(Route("POST", "/a/<int:x>", "one", direct=True))
+    with pytest.raises(ValueError, match="JSON only"):
+        build(Route("GET", "/m", "one", content_type="text/plain", direct=True))
+    # a fixed rule beside one with arguments: the fixed one wins, as in werkzeug; two arguments bind in order
+    route = build(Route("POST", "/a/b", "fixed", direct=True), Route("POST", "/a/<x>", "arg", direct=True),
+                  Route("POST", "/c/<x>/d/<y>", "two", direct=True))
+    assert route("POST", "/a/b") is view and route("POST", "/a/q").args == ("q",)
+    assert route("POST", "/c/1/d/2").args == ("1", "2") and route("POST", "/c//d/2") is None
+    assert route("GET", "/a/b") is None and "def route(method, path)" in route.source
