@@ -25,6 +25,7 @@ from invoke import Exit
 from fabric import task
 
 from kit.paths import REPO
+
 DEFAULT_INVENTORY = "inventory/local.yml"
 INV_HELP = "Ansible inventory to use (default inventory/local.yml)"
 
@@ -44,6 +45,7 @@ def _num(kind, name: str, raw, minimum=None, default=None):
     if raw is None or raw == "":
         return default
     from kit.config import ConfigError, parse_number
+
     try:
         return parse_number(kind, f"--{name}", raw, minimum=minimum)
     except ConfigError as exc:
@@ -57,6 +59,7 @@ def _errors():
     from kit.inventory import InventoryError
     from kit.lab import LabError, LayoutError
     from kit.run import PlanError, RunError
+
     return (CompareError, ConfigError, InventoryError, LabError, LayoutError, PlanError, RunError, FileNotFoundError)
 
 
@@ -64,13 +67,16 @@ def _internal_error(name: str, exc: BaseException) -> str:
     """The traceback of *exc* into a file; one line naming the error, where it was raised, and that file."""
     import tempfile
     import traceback
+
     with tempfile.NamedTemporaryFile("w", prefix=f"loadkit-{name}-error-", suffix=".log", delete=False) as fh:
         fh.write(f"fab {' '.join(sys.argv[1:])}\n")
         traceback.print_exception(exc, file=fh)
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
     first = (str(exc).splitlines() or [""])[0]
-    return f"{name}: internal error: {type(exc).__name__}{': ' + first if first else ''}{where} (traceback in {fh.name})"
+    return (
+        f"{name}: internal error: {type(exc).__name__}{': ' + first if first else ''}{where} (traceback in {fh.name})"
+    )
 
 
 def _cli(fn):
@@ -89,6 +95,7 @@ def _cli(fn):
             raise Exit(f"{name}: {exc}", code=EXIT_USAGE) from None
         except KeyboardInterrupt as exc:  # kit.run's Interrupted carries the signal
             import signal
+
             signum = getattr(exc, "signum", signal.SIGINT)
             raise Exit(f"{name}: interrupted by {signal.Signals(signum).name}", code=128 + signum) from None
         except Exception as exc:
@@ -117,14 +124,20 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-@task(name="lab-up", auto_shortflags=False,
-      help={"hosts": "number of namespace hosts (default 6)",
-            "layout": "groups per host count, e.g. redis=1,haproxy=1,wsproxy=2,sim=1,generators=2[,monitoring=1]",
-            "source_addresses": "addresses per generator host (default 1): its connections leave from each in turn"})
+@task(
+    name="lab-up",
+    auto_shortflags=False,
+    help={
+        "hosts": "number of namespace hosts (default 6)",
+        "layout": "groups per host count, e.g. redis=1,haproxy=1,wsproxy=2,sim=1,generators=2[,monitoring=1]",
+        "source_addresses": "addresses per generator host (default 1): its connections leave from each in turn",
+    },
+)
 @_cli
 def lab_up(c, hosts=None, layout="", source_addresses=None):
     """Build the lab: network-namespace hosts with their own sshd; writes inventory/lab.yml."""
     from kit.lab import LabConfig, default_layout, lab_up as up, parse_layout
+
     _logging(False)
     hosts = _num(int, "hosts", hosts, 1, default=6)
     lay = parse_layout(layout) if layout else default_layout(hosts)
@@ -134,30 +147,45 @@ def lab_up(c, hosts=None, layout="", source_addresses=None):
     print(f"inventory: {state['inventory']}")
 
 
-@task(name="plan", auto_shortflags=False, help={
-    "inventory": INV_HELP,
-    "clients": "concurrent sessions to plan for",
-    "from_run": "a previous run (id under results/ or folder): its CPU per token per component sizes the CPU too",
-    "think_time": "seconds between a session's queries (with --from-run: the run's)",
-    "tokens": "tokens per answer (default the simulator's 43, or the run's)",
-    "token_delay": "ms between tokens (default 50, or the run's)",
-    "ttft": "ms to the first token (default 0, or the run's)",
-})
+@task(
+    name="plan",
+    auto_shortflags=False,
+    help={
+        "inventory": INV_HELP,
+        "clients": "concurrent sessions to plan for",
+        "from_run": "a previous run (id under results/ or folder): its CPU per token per component sizes the CPU too",
+        "think_time": "seconds between a session's queries (with --from-run: the run's)",
+        "tokens": "tokens per answer (default the simulator's 43, or the run's)",
+        "token_delay": "ms between tokens (default 50, or the run's)",
+        "ttft": "ms to the first token (default 0, or the run's)",
+    },
+)
 @_cli
-def plan(c, clients, inventory=DEFAULT_INVENTORY, from_run="", think_time=None, tokens=None, token_delay=None,
-         ttft=None):
+def plan(
+    c, clients, inventory=DEFAULT_INVENTORY, from_run="", think_time=None, tokens=None, token_delay=None, ttft=None
+):
     """How many hosts per group a run of N sessions needs, against what the inventory has (exit 1: too few)."""
     from kit.run import plan as run_plan
+
     _logging(False)
     run_dir = None
     if from_run:
         run_dir = Path(from_run) if Path(from_run).is_dir() else REPO / "results" / from_run
         if not (run_dir / "summary.json").is_file():
-            raise Exit(f"--from-run {from_run}: no summary.json there: give a run id under results/ or a run folder",
-                       code=EXIT_USAGE)
-    rc = run_plan(_inv(inventory), _num(int, "clients", clients, 1), out=print, from_run=run_dir,
-                  think_time=_num(float, "think-time", think_time, 0), tokens=_num(int, "tokens", tokens, 1),
-                  token_delay_ms=_num(float, "token-delay", token_delay, 0), ttft_ms=_num(float, "ttft", ttft, 0))
+            raise Exit(
+                f"--from-run {from_run}: no summary.json there: give a run id under results/ or a run folder",
+                code=EXIT_USAGE,
+            )
+    rc = run_plan(
+        _inv(inventory),
+        _num(int, "clients", clients, 1),
+        out=print,
+        from_run=run_dir,
+        think_time=_num(float, "think-time", think_time, 0),
+        tokens=_num(int, "tokens", tokens, 1),
+        token_delay_ms=_num(float, "token-delay", token_delay, 0),
+        ttft_ms=_num(float, "ttft", ttft, 0),
+    )
     if rc:
         raise Exit(code=rc)
 
@@ -167,17 +195,25 @@ def plan(c, clients, inventory=DEFAULT_INVENTORY, from_run="", think_time=None, 
 def lab_down(c):
     """Remove every namespace, link and process the lab made (by the state it recorded)."""
     from kit.lab import lab_down as down
+
     _logging(False)
     removed = down()
     print(f"removed {len(removed)} item(s)" if removed else "no lab to remove")
 
 
-@task(auto_shortflags=False, help={"inventory": INV_HELP, "playbook": "playbook under playbooks/ (default site.yml)",
-                                   "check": "ansible-playbook --check --diff"})
+@task(
+    auto_shortflags=False,
+    help={
+        "inventory": INV_HELP,
+        "playbook": "playbook under playbooks/ (default site.yml)",
+        "check": "ansible-playbook --check --diff",
+    },
+)
 @_cli
 def deploy(c, inventory=DEFAULT_INVENTORY, playbook="site.yml", check=False):
     """Deploy the stack: ansible-playbook -i <inventory> playbooks/site.yml."""
     from kit.run import deploy as run_deploy
+
     rc = run_deploy(_inv(inventory), playbook, ["--check", "--diff"] if check else [])
     if rc:
         raise Exit(code=rc)
@@ -188,6 +224,7 @@ def deploy(c, inventory=DEFAULT_INVENTORY, playbook="site.yml", check=False):
 def down(c, inventory=DEFAULT_INVENTORY):
     """Tear the stack down: ansible-playbook -i <inventory> playbooks/teardown.yml."""
     from kit.run import deploy as run_deploy
+
     rc = run_deploy(_inv(inventory), "teardown.yml")
     if rc:
         raise Exit(code=rc)
@@ -198,6 +235,7 @@ def down(c, inventory=DEFAULT_INVENTORY):
 def status(c, inventory=DEFAULT_INVENTORY):
     """Health of every service on every host (redis PING, haproxy stats, /health, supervisor)."""
     from kit.run import status as run_status
+
     _logging(False)
     rc = run_status(_inv(inventory))
     if rc:
@@ -210,6 +248,7 @@ def logs(c, inventory=DEFAULT_INVENTORY, dest=""):
     """Fetch every host's service logs into one folder per host."""
     import time
     from kit.run import logs as run_logs
+
     _logging(False)
     target = Path(dest) if dest else REPO / "results" / f"logs-{time.strftime('%Y%m%d-%H%M%S')}"
     rc = run_logs(_inv(inventory), target)
@@ -222,6 +261,7 @@ def logs(c, inventory=DEFAULT_INVENTORY, dest=""):
 def analyze(c, run):
     """Print a run's report and per-query analysis (percentiles, histogram, errors)."""
     from kit.run import analyze as run_analyze
+
     rc = run_analyze(run)
     if rc:
         raise Exit(code=rc)
@@ -232,14 +272,20 @@ def _run_fields() -> dict[str, "dataclasses.Field"]:
     kit/options.py, the run's own in RunOptions): task parameter name -> field."""
     import dataclasses
     from kit.run import RunOptions
-    return {f.metadata["option"][2:].replace("-", "_"): f for f in dataclasses.fields(RunOptions)
-            if f.metadata.get("option")}
+
+    return {
+        f.metadata["option"][2:].replace("-", "_"): f
+        for f in dataclasses.fields(RunOptions)
+        if f.metadata.get("option")
+    }
 
 
 #: fab run's own options (how it prints), not the run's
-_RUN_OUTPUT_HELP = {"quiet": "no live view",
-                    "json": "print the final summary as JSON on stdout (exit status, outcome, paths, summary); "
-                            "every other line goes to stderr"}
+_RUN_OUTPUT_HELP = {
+    "quiet": "no live view",
+    "json": "print the final summary as JSON on stdout (exit status, outcome, paths, summary); "
+    "every other line goes to stderr",
+}
 
 
 def _run_task(body):
@@ -249,6 +295,7 @@ def _run_task(body):
     import dataclasses
     import inspect
     from kit import options
+
     fields = _run_fields()
     load = {f.name for f in options.declared()}
     helps, iterable = dict(_RUN_OUTPUT_HELP), []
@@ -257,8 +304,9 @@ def _run_task(body):
         is_list = f is not None and f.default_factory is list
         is_bool = f is None or f.default is False
         iterable += [name] if is_list else []
-        params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                        default=False if is_bool else None))
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False if is_bool else None)
+        )
         if f is not None and f.name in load and f.default is None and not f.metadata.get("fab_required"):
             helps[name] = options.option_help(f, default_value=options.default(f.name), generator=True)
         elif f is not None:  # the run's own default (a path's is in its help)
@@ -275,10 +323,12 @@ def _run_value(f, raw):
         return _inv(raw) if f.name == "inventory" else Path(raw)
     if kind == "list[Threshold]":
         from kit.run import parse_threshold
+
         return [parse_threshold(t) for t in raw]
     if kind.startswith(("int", "float")):
         from kit.config import ConfigError
         from kit.options import parse_option
+
         try:
             return parse_option(f, raw)
         except ConfigError as exc:
@@ -291,6 +341,7 @@ def run(c, quiet=False, json=False, **given):
     import contextlib
     import json as jsonlib
     from kit.run import RunOptions, execute, live_view
+
     _logging(False)
     fields = _run_fields()
     values = {fields[k].name: _run_value(fields[k], v) for k, v in given.items() if v not in (None, "", [], False)}
@@ -312,49 +363,85 @@ def run(c, quiet=False, json=False, **given):
 run = _run_task(run)
 
 
-@task(name="compare", auto_shortflags=False, iterable=["fail_if"], help={
-    "runs": "comma-separated run ids under results/, run folders or .tar.gz; the first is the baseline",
-    "fail_if": "regression rule, repeatable: 'p99>+10%' (change to the baseline), 'tps<-5%', 'lost>0'; exit 1",
-    "html": "where to write the comparison page (default results/compare-<a>-vs-<b>.html)",
-})
+@task(
+    name="compare",
+    auto_shortflags=False,
+    iterable=["fail_if"],
+    help={
+        "runs": "comma-separated run ids under results/, run folders or .tar.gz; the first is the baseline",
+        "fail_if": "regression rule, repeatable: 'p99>+10%' (change to the baseline), 'tps<-5%', 'lost>0'; exit 1",
+        "html": "where to write the comparison page (default results/compare-<a>-vs-<b>.html)",
+    },
+)
 @_cli
 def compare(c, runs, fail_if=None, html=""):
     """Key figures of runs side by side with the change to the first and a bootstrap noise test."""
     import re
     from kit.compare import run_compare
+
     refs = [r for r in re.split(r"[,\s]+", runs) if r]
     rc = run_compare(refs, fail_if or [], Path(html) if html else None, results=REPO / "results")
     if rc:
         raise Exit(code=rc)
 
 
-@task(name="capacity", auto_shortflags=False, iterable=["slo"], help={
-    "inventory": INV_HELP,
-    "slo": "service-level objective, repeatable: 'delivery_p99<50ms', 'success>=99.9%', 'p99<2s' (as --threshold)",
-    "start": "sessions of the first step (default 10)",
-    "step": "growth while every SLO holds: '50' adds 50 sessions, 'x2' doubles (default x2)",
-    "max": "most sessions to try (default 10000)",
-    "resolution": "stop bisecting when passing and failing loads are this close (default 1 session)",
-    "queries": "queries per session in each step (default 3)",
-    "ramp": "sessions started per second in each step (default: all within 5 s)",
-    "think_time": "seconds a session waits between its queries",
-    "max_duration": "bound on each step's run in seconds (default 300)",
-    "name": "name of the search: results/<name>.json, .html and <name>-s<i>-c<load> runs",
-    "skip_health": "do not check service health before each step",
-})
+@task(
+    name="capacity",
+    auto_shortflags=False,
+    iterable=["slo"],
+    help={
+        "inventory": INV_HELP,
+        "slo": "service-level objective, repeatable: 'delivery_p99<50ms', 'success>=99.9%', 'p99<2s' (as --threshold)",
+        "start": "sessions of the first step (default 10)",
+        "step": "growth while every SLO holds: '50' adds 50 sessions, 'x2' doubles (default x2)",
+        "max": "most sessions to try (default 10000)",
+        "resolution": "stop bisecting when passing and failing loads are this close (default 1 session)",
+        "queries": "queries per session in each step (default 3)",
+        "ramp": "sessions started per second in each step (default: all within 5 s)",
+        "think_time": "seconds a session waits between its queries",
+        "max_duration": "bound on each step's run in seconds (default 300)",
+        "name": "name of the search: results/<name>.json, .html and <name>-s<i>-c<load> runs",
+        "skip_health": "do not check service health before each step",
+    },
+)
 @_cli
-def capacity(c, inventory=DEFAULT_INVENTORY, slo=None, start=None, step="x2", max=None, resolution=None, queries=None,
-             ramp=None, think_time=None, max_duration=None, name=None, skip_health=False):
+def capacity(
+    c,
+    inventory=DEFAULT_INVENTORY,
+    slo=None,
+    start=None,
+    step="x2",
+    max=None,
+    resolution=None,
+    queries=None,
+    ramp=None,
+    think_time=None,
+    max_duration=None,
+    name=None,
+    skip_health=False,
+):
     """Find the highest load that meets every SLO: step up, then bisect; name the bottleneck."""
     from kit.run import RunOptions, execute_capacity
+
     _logging(False)
-    base = RunOptions(inventory=_inv(inventory), clients=1, queries=_num(int, "queries", queries, 0, default=3),
-                      think_time=_num(float, "think-time", think_time),
-                      max_duration=_num(float, "max-duration", max_duration, default=300.0), skip_health=skip_health,
-                      live=False)
-    rc, _ = execute_capacity(base, slo or [], start=_num(int, "start", start, 1, default=10), step=str(step),
-                             maximum=_num(int, "max", max, 1, default=10000),
-                             resolution=_num(int, "resolution", resolution, 1, default=1),
-                             ramp=_num(float, "ramp", ramp), name=name or None)
+    base = RunOptions(
+        inventory=_inv(inventory),
+        clients=1,
+        queries=_num(int, "queries", queries, 0, default=3),
+        think_time=_num(float, "think-time", think_time),
+        max_duration=_num(float, "max-duration", max_duration, default=300.0),
+        skip_health=skip_health,
+        live=False,
+    )
+    rc, _ = execute_capacity(
+        base,
+        slo or [],
+        start=_num(int, "start", start, 1, default=10),
+        step=str(step),
+        maximum=_num(int, "max", max, 1, default=10000),
+        resolution=_num(int, "resolution", resolution, 1, default=1),
+        ramp=_num(float, "ramp", ramp),
+        name=name or None,
+    )
     if rc:
         raise Exit(code=rc)

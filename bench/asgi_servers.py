@@ -59,27 +59,110 @@ end
 def candidates(host: str, port: int) -> dict[str, list[str]]:
     py = sys.executable
     return {
-        "granian loop=uvloop": [py, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--workers", "1",
-                                "--http", "1", "--no-ws", "--host", host, "--port", str(port), "kit.sim:app"],
-        "granian loop=asyncio": [py, "-m", "granian", "--interface", "asgi", "--loop", "asyncio", "--workers", "1",
-                                 "--http", "1", "--no-ws", "--host", host, "--port", str(port), "kit.sim:app"],
-        "granian uvloop task=rust": [py, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
-                                     "--task-impl", "rust", "--workers", "1", "--http", "1", "--no-ws",
-                                     "--host", host, "--port", str(port), "kit.sim:app"],
-        "hypercorn -k uvloop": [py, "-m", "hypercorn", "-k", "uvloop", "-w", "1", "--log-level", "warning",
-                                "-b", f"{host}:{port}", "kit.sim:app_from_env()"],
-        "hypercorn -k asyncio": [py, "-m", "hypercorn", "-k", "asyncio", "-w", "1", "--log-level", "warning",
-                                 "-b", f"{host}:{port}", "kit.sim:app_from_env()"],
+        "granian loop=uvloop": [
+            py,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--loop",
+            "uvloop",
+            "--workers",
+            "1",
+            "--http",
+            "1",
+            "--no-ws",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "kit.sim:app",
+        ],
+        "granian loop=asyncio": [
+            py,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--loop",
+            "asyncio",
+            "--workers",
+            "1",
+            "--http",
+            "1",
+            "--no-ws",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "kit.sim:app",
+        ],
+        "granian uvloop task=rust": [
+            py,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--loop",
+            "uvloop",
+            "--task-impl",
+            "rust",
+            "--workers",
+            "1",
+            "--http",
+            "1",
+            "--no-ws",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "kit.sim:app",
+        ],
+        "hypercorn -k uvloop": [
+            py,
+            "-m",
+            "hypercorn",
+            "-k",
+            "uvloop",
+            "-w",
+            "1",
+            "--log-level",
+            "warning",
+            "-b",
+            f"{host}:{port}",
+            "kit.sim:app_from_env()",
+        ],
+        "hypercorn -k asyncio": [
+            py,
+            "-m",
+            "hypercorn",
+            "-k",
+            "asyncio",
+            "-w",
+            "1",
+            "--log-level",
+            "warning",
+            "-b",
+            f"{host}:{port}",
+            "kit.sim:app_from_env()",
+        ],
     }
 
 
 def run_wrk(port: int, lua: Path, *, connections: int, threads: int, duration: int) -> dict:
-    argv = ["wrk", f"-c{connections}", f"-t{threads}", f"-d{duration}s", "-s", str(lua),
-            f"http://{LOOPBACK}:{port}/session/create"]
+    argv = [
+        "wrk",
+        f"-c{connections}",
+        f"-t{threads}",
+        f"-d{duration}s",
+        "-s",
+        str(lua),
+        f"http://{LOOPBACK}:{port}/session/create",
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
     for line in out.splitlines():
         if line.startswith("RESULT "):
-            res = json.loads(line[len("RESULT "):])
+            res = json.loads(line[len("RESULT ") :])
             res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
             return res
     raise RuntimeError(f"wrk printed no RESULT line:\n{out}")
@@ -91,8 +174,7 @@ def _cpu(procs: list[psutil.Process]) -> float:
 
 def one(name: str, argv_for, env: dict, workdir: Path, lua: Path, args) -> dict:
     port = free_port()
-    proc: Proc = spawn(f"{name.replace(' ', '_').replace('=', '-')}-{port}", argv_for(port), env=env,
-                       log_dir=workdir)
+    proc: Proc = spawn(f"{name.replace(' ', '_').replace('=', '-')}-{port}", argv_for(port), env=env, log_dir=workdir)
     try:
         wait_http_ok(LOOPBACK, port, proc=proc)
         # a short warm-up so imports, pools and JIT-less caches are settled alike
@@ -129,8 +211,13 @@ def main() -> int:
         lua.write_text(WRK_LUA)
         redis = start_redis(workdir / "redis")
         try:
-            env = dict(os.environ, REDIS_URL=redis.url, JWT_SECRET=secrets.token_urlsafe(48),
-                       PYTHONPATH=str(ROOT), LOG_LEVEL="WARNING")
+            env = dict(
+                os.environ,
+                REDIS_URL=redis.url,
+                JWT_SECRET=secrets.token_urlsafe(48),
+                PYTHONPATH=str(ROOT),
+                LOG_LEVEL="WARNING",
+            )
             names = list(candidates(LOOPBACK, 0))
             if args.only:
                 names = [n for n in names if any(o in n for o in args.only)]
@@ -139,16 +226,22 @@ def main() -> int:
                 for name in names:
                     res = one(name, lambda port, n=name: candidates(LOOPBACK, port)[n], env, workdir, lua, args)
                     results[name].append(res)
-                    print(f"round {r + 1}: {name:24s} {res['rps']:8.0f} req/s  p99 {res['p99_us'] / 1000:7.1f} ms  "
-                          f"{res['req_per_cpu_s']:6.0f} req/CPU-s",
-                          file=sys.stderr)
+                    print(
+                        f"round {r + 1}: {name:24s} {res['rps']:8.0f} req/s  p99 {res['p99_us'] / 1000:7.1f} ms  "
+                        f"{res['req_per_cpu_s']:6.0f} req/CPU-s",
+                        file=sys.stderr,
+                    )
         finally:
             redis.proc.stop()
 
-    print(f"\nPOST /session/create, wrk -c{args.connections} -t{args.threads} -d{args.duration}s, "
-          f"1 worker, {args.rounds} round(s), {os.cpu_count()} cores")
-    print(f"{'server':24s} {'best req/s':>10s} {'median req/s':>12s} {'p99 ms (best)':>13s} "
-          f"{'req/CPU-s (median)':>18s} {'sock err':>8s} {'non-201':>7s}")
+    print(
+        f"\nPOST /session/create, wrk -c{args.connections} -t{args.threads} -d{args.duration}s, "
+        f"1 worker, {args.rounds} round(s), {os.cpu_count()} cores"
+    )
+    print(
+        f"{'server':24s} {'best req/s':>10s} {'median req/s':>12s} {'p99 ms (best)':>13s} "
+        f"{'req/CPU-s (median)':>18s} {'sock err':>8s} {'non-201':>7s}"
+    )
     best_rps = {}
     eff = {name: statistics.median(x["req_per_cpu_s"] for x in rs) for name, rs in results.items()}
     for name, rs in results.items():
@@ -156,21 +249,27 @@ def main() -> int:
         best_rps[name] = best["rps"]
         sock = sum(x["socket_errors"] for x in rs)
         status = sum(x["status_errors"] for x in rs)
-        print(f"{name:24s} {best['rps']:10.0f} {statistics.median(x['rps'] for x in rs):12.0f} "
-              f"{best['p99_us'] / 1000:13.1f} {statistics.median(x['req_per_cpu_s'] for x in rs):18.0f} "
-              f"{sock:8d} {status:7d}")
+        print(
+            f"{name:24s} {best['rps']:10.0f} {statistics.median(x['rps'] for x in rs):12.0f} "
+            f"{best['p99_us'] / 1000:13.1f} {statistics.median(x['req_per_cpu_s'] for x in rs):18.0f} "
+            f"{sock:8d} {status:7d}"
+        )
     winner = max(best_rps, key=best_rps.get)
     others = sorted((v, k) for k, v in best_rps.items() if k != winner)
     if others:
         v, k = others[-1]
         print(f"\nwinner: {winner}, {best_rps[winner] / v:.2f}x the runner-up ({k})")
-    by_family = {fam: max((v for k, v in best_rps.items() if k.startswith(fam)), default=0.0)
-                 for fam in ("granian", "hypercorn")}
-    eff_family = {fam: max((v for k, v in eff.items() if k.startswith(fam)), default=0.0)
-                  for fam in ("granian", "hypercorn")}
+    by_family = {
+        fam: max((v for k, v in best_rps.items() if k.startswith(fam)), default=0.0) for fam in ("granian", "hypercorn")
+    }
+    eff_family = {
+        fam: max((v for k, v in eff.items() if k.startswith(fam)), default=0.0) for fam in ("granian", "hypercorn")
+    }
     if all(by_family.values()):
-        print(f"best granian / best hypercorn: {by_family['granian'] / by_family['hypercorn']:.2f}x req/s, "
-              f"{eff_family['granian'] / eff_family['hypercorn']:.2f}x req per CPU-second")
+        print(
+            f"best granian / best hypercorn: {by_family['granian'] / by_family['hypercorn']:.2f}x req/s, "
+            f"{eff_family['granian'] / eff_family['hypercorn']:.2f}x req per CPU-second"
+        )
     return 0
 
 

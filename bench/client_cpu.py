@@ -102,11 +102,16 @@ async def _serve(args: argparse.Namespace) -> None:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"sec-websocket-key:"))
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
         accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
         writers.append(writer)
         if len(writers) == args.sockets:
             all_in.set()
@@ -125,8 +130,17 @@ async def _serve(args: argparse.Namespace) -> None:
     qid = b"0123456789abcdef0123456789abcdef"
 
     def msg(seq: int) -> bytes:
-        return _frame(b'{"type":"token","query_id":"' + qid + b'","seq":' + str(seq).encode() + b',"ts":'
-                      + str(time.time_ns()).encode() + b',"text":"' + text + b'"}')
+        return _frame(
+            b'{"type":"token","query_id":"'
+            + qid
+            + b'","seq":'
+            + str(seq).encode()
+            + b',"ts":'
+            + str(time.time_ns()).encode()
+            + b',"text":"'
+            + text
+            + b'"}'
+        )
 
     sent = [0] * args.sockets
     loop = asyncio.get_running_loop()
@@ -272,10 +286,21 @@ def client(args: argparse.Namespace) -> None:
             sys_s = _sys() - state["first_sys"]
             wall_s = time.perf_counter() - state["first_t"]
             lost = rec.counters["lost_tokens"]
-            print(json.dumps({"client": args.client, "messages": state["got"], "cpu_s": cpu, "wall_s": wall_s,
-                              "us_per_msg": cpu / state["got"] * 1e6,
-                              "sys_us_per_msg": sys_s / state["got"] * 1e6, "reads": state["reads"],
-                              "lost": lost}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "client": args.client,
+                        "messages": state["got"],
+                        "cpu_s": cpu,
+                        "wall_s": wall_s,
+                        "us_per_msg": cpu / state["got"] * 1e6,
+                        "sys_us_per_msg": sys_s / state["got"] * 1e6,
+                        "reads": state["reads"],
+                        "lost": lost,
+                    }
+                ),
+                flush=True,
+            )
             n.cancel_scope.cancel()
 
     async def bounded() -> None:
@@ -292,13 +317,26 @@ def run_one(mode: str, client_name: str, args: argparse.Namespace) -> dict:
     me = [sys.executable, str(Path(__file__).resolve())]
     rate = mode.split("@")[1] if "@" in mode else str(args.burst_rate)
     mode = mode.split("@")[0]
-    common = ["--sockets", str(args.sockets), "--messages", str(args.messages), "--rate", rate,
-              "--burst", str(args.burst)]
+    common = [
+        "--sockets",
+        str(args.sockets),
+        "--messages",
+        str(args.messages),
+        "--rate",
+        rate,
+        "--burst",
+        str(args.burst),
+    ]
     server = subprocess.Popen([*me, "--serve", "--mode", mode, *common], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())
-        cli = subprocess.run([*me, "--client", client_name, "--port", str(port), *common],
-                             capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT)
+        cli = subprocess.run(
+            [*me, "--client", client_name, "--port", str(port), *common],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            cwd=ROOT,
+        )
         if cli.returncode != 0:
             raise RuntimeError(f"{client_name} failed:\n{cli.stderr[-2000:]}")
         result = json.loads(cli.stdout.strip().splitlines()[-1])
@@ -319,16 +357,22 @@ def main() -> None:
     ap.add_argument("--mode", default="realistic", help=argparse.SUPPRESS)
     ap.add_argument("--sockets", type=int, default=200)
     ap.add_argument("--messages", type=int, default=40000, help="frames per client run (all sockets)")
-    ap.add_argument("--rate", default="5000,10000,20000",
-                    help="realistic: frames/s over all sockets (a comma list runs each)")
+    ap.add_argument(
+        "--rate", default="5000,10000,20000", help="realistic: frames/s over all sockets (a comma list runs each)"
+    )
     ap.add_argument("--burst", type=int, default=50, help="burst: frames per write")
     ap.add_argument("--burst-rate", type=int, default=100000, help="burst: frames/s over all sockets")
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell (the minimum is reported)")
     ap.add_argument("--clients", default="kit,kit-noacct,kit-tasks,trio-websocket")
     ap.add_argument("--modes", default="realistic,burst")
-    ap.add_argument("--real-run", type=int, default=1000, metavar="SESSIONS",
-                    help="also the all-in figure of a real client run of this many sessions x 3 queries "
-                         "against the real simulator + wsproxy + Redis (0: skip)")
+    ap.add_argument(
+        "--real-run",
+        type=int,
+        default=1000,
+        metavar="SESSIONS",
+        help="also the all-in figure of a real client run of this many sessions x 3 queries "
+        "against the real simulator + wsproxy + Redis (0: skip)",
+    )
     args = ap.parse_args()
     if args.serve:
         return serve(args)
@@ -346,25 +390,33 @@ def main() -> None:
                 key = (mode, name)
                 if key not in results or r["us_per_msg"] < results[key]["us_per_msg"]:
                     results[key] = r
-    print(f"\nCPU per received token (us), {args.sockets} sockets, {args.messages} frames per run, "
-          f"realistic@<frames/s> one frame per write, burst {args.burst} frames per write at {args.burst_rate}/s; "
-          f"min of {args.repeat} run(s)")
-    print(f"{'condition':<16} {'client':<16} {'us/token':>9} {'(kernel)':>9} {'frames/read':>12} {'cpu s':>7} "
-          f"{'wall s':>7}")
+    print(
+        f"\nCPU per received token (us), {args.sockets} sockets, {args.messages} frames per run, "
+        f"realistic@<frames/s> one frame per write, burst {args.burst} frames per write at {args.burst_rate}/s; "
+        f"min of {args.repeat} run(s)"
+    )
+    print(
+        f"{'condition':<16} {'client':<16} {'us/token':>9} {'(kernel)':>9} {'frames/read':>12} {'cpu s':>7} "
+        f"{'wall s':>7}"
+    )
     for (mode, name), r in results.items():
         fpr = f"{r['messages'] / r['reads']:.2f}" if r.get("reads") else "-"
-        print(f"{mode:<16} {name:<16} {r['us_per_msg']:9.2f} {r['sys_us_per_msg']:9.2f} {fpr:>12} {r['cpu_s']:7.2f} "
-              f"{r['wall_s']:7.2f}")
+        print(
+            f"{mode:<16} {name:<16} {r['us_per_msg']:9.2f} {r['sys_us_per_msg']:9.2f} {fpr:>12} {r['cpu_s']:7.2f} "
+            f"{r['wall_s']:7.2f}"
+        )
     for mode in modes:
         if (mode, "kit") in results and (mode, "trio-websocket") in results:
             ratio = results[(mode, "trio-websocket")]["us_per_msg"] / results[(mode, "kit")]["us_per_msg"]
             print(f"{mode}: trio-websocket / kit = {ratio:.2f}x")
     if args.real_run:
         r = real_run(args.real_run)
-        print(f"\nreal run, all-in (HTTP create/run/close, WebSocket, accounting, output), {r['sessions']} sessions x 3 "
-              f"queries of 43 tokens 50 ms apart, one process: {r['us_per_token']:.1f} us/token "
-              f"({r['cpu_s']:.2f} CPU-s / {r['tokens']} tokens), {r['us_per_query']:.0f} us/query; "
-              f"generator overloaded: {r['overloaded']}")
+        print(
+            f"\nreal run, all-in (HTTP create/run/close, WebSocket, accounting, output), {r['sessions']} sessions x 3 "
+            f"queries of 43 tokens 50 ms apart, one process: {r['us_per_token']:.1f} us/token "
+            f"({r['cpu_s']:.2f} CPU-s / {r['tokens']} tokens), {r['us_per_query']:.0f} us/query; "
+            f"generator overloaded: {r['overloaded']}"
+        )
         print("  (the micro-benchmark above is the WebSocket path alone; the real run is what a run costs)")
 
 
@@ -381,17 +433,45 @@ def real_run(sessions: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="client-cpu-") as tmp, local_stack(Path(tmp) / "stack") as stack:
         out = Path(tmp) / "out"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", stack.ws_url,
-                        "--clients", str(sessions), "--queries", "3", "--ramp", "250", "--processes", "1",
-                        "--output-dir", str(out), "--quiet", "--no-preflight"],
-                       check=False, timeout=DEADLINE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kit.client",
+                "--api-url",
+                stack.api_url,
+                "--ws-url",
+                stack.ws_url,
+                "--clients",
+                str(sessions),
+                "--queries",
+                "3",
+                "--ramp",
+                "250",
+                "--processes",
+                "1",
+                "--output-dir",
+                str(out),
+                "--quiet",
+                "--no-preflight",
+            ],
+            check=False,
+            timeout=DEADLINE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         s = json.loads((out / "summary.json").read_text())
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     tokens = max(1, s["total_tokens"])
-    return {"sessions": sessions, "cpu_s": cpu, "tokens": s["total_tokens"], "us_per_token": cpu * 1e6 / tokens,
-            "us_per_query": cpu * 1e6 / max(1, s["total_queries"]),
-            "overloaded": s["generator"]["generator_overloaded"]}
+    return {
+        "sessions": sessions,
+        "cpu_s": cpu,
+        "tokens": s["total_tokens"],
+        "us_per_token": cpu * 1e6 / tokens,
+        "us_per_query": cpu * 1e6 / max(1, s["total_queries"]),
+        "overloaded": s["generator"]["generator_overloaded"],
+    }
 
 
 if __name__ == "__main__":

@@ -39,12 +39,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-BODY = json.dumps({"session_id": "0123456789abcdef0123456789abcdef", "auth_token": "x" * 180,
-                   "ws_path": "/load-test-agent/ws/0123456789abcdef0123456789abcdef",
-                   "query_id": "fedcba9876543210fedcba9876543210", "tokens": 43}).encode()
+BODY = json.dumps(
+    {
+        "session_id": "0123456789abcdef0123456789abcdef",
+        "auth_token": "x" * 180,
+        "ws_path": "/load-test-agent/ws/0123456789abcdef0123456789abcdef",
+        "query_id": "fedcba9876543210fedcba9876543210",
+        "tokens": 43,
+    }
+).encode()
 
 
 # ---------------------------------------------------------------- server (not measured)
+
 
 class _Http(asyncio.Protocol):
     def connection_made(self, transport):
@@ -61,17 +68,20 @@ class _Http(asyncio.Protocol):
             n = 0
             i = head.find(b"content-length:")
             if i >= 0:
-                n = int(head[i + 15:].split(b"\r\n", 1)[0])
+                n = int(head[i + 15 :].split(b"\r\n", 1)[0])
             if len(self.buf) < end + 4 + n:
                 return
-            self.buf = self.buf[end + 4 + n:]
-            self.t.write(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                         % (len(BODY), BODY))
+            self.buf = self.buf[end + 4 + n :]
+            self.t.write(
+                b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(BODY), BODY)
+            )
 
 
 def serve(port_file: str) -> None:
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass
@@ -86,6 +96,7 @@ def serve(port_file: str) -> None:
 
 # ---------------------------------------------------------------- client (measured)
 
+
 def client(impl: str, url: str, sessions: int, queries: int, ramp: float, stream_s: float) -> dict:
     import trio
 
@@ -94,13 +105,18 @@ def client(impl: str, url: str, sessions: int, queries: int, ramp: float, stream
     async def main():
         if impl == "lean":
             from kit.client._http import HttpPool
+
             http = HttpPool(url, max_connections=64, timeout=60)
             post = http.post
         else:
             import httpx
+
             n = max(10, min(sessions, 4096)) if impl == "httpx-auto" else 32
-            http = httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-                                     timeout=httpx.Timeout(60.0, pool=120.0))
+            http = httpx.AsyncClient(
+                base_url=url,
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                timeout=httpx.Timeout(60.0, pool=120.0),
+            )
             post = http.post
 
         async def one(i: int) -> None:
@@ -134,9 +150,15 @@ def client(impl: str, url: str, sessions: int, queries: int, ramp: float, stream
     trio.run(main)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return {"impl": impl, "sessions": sessions, "requests": counts["requests"], "errors": counts["errors"],
-            "cpu_s": round(cpu, 3), "wall_s": round(time.monotonic() - w0, 2),
-            "us_per_request": round(cpu * 1e6 / max(1, counts["requests"]), 1)}
+    return {
+        "impl": impl,
+        "sessions": sessions,
+        "requests": counts["requests"],
+        "errors": counts["errors"],
+        "cpu_s": round(cpu, 3),
+        "wall_s": round(time.monotonic() - w0, 2),
+        "us_per_request": round(cpu * 1e6 / max(1, counts["requests"]), 1),
+    }
 
 
 def main() -> int:
@@ -168,18 +190,37 @@ def main() -> int:
         rows = []
         for n in args.sessions:
             for impl in args.impls:  # side by side, interleaved per session count
-                out = subprocess.run([sys.executable, __file__, "--_client", impl, url, "--sessions", str(n),
-                                      "--queries", str(args.queries), "--ramp", str(args.ramp),
-                                      "--stream-s", str(args.stream_s)],
-                                     capture_output=True, text=True, timeout=900)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--_client",
+                        impl,
+                        url,
+                        "--sessions",
+                        str(n),
+                        "--queries",
+                        str(args.queries),
+                        "--ramp",
+                        str(args.ramp),
+                        "--stream-s",
+                        str(args.stream_s),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
                 if out.returncode != 0:
                     print(out.stderr[-2000:], file=sys.stderr)
                     continue
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 r = rows[-1]
-                print(f"{r['impl']:11s} sessions={r['sessions']:5d} requests={r['requests']:6d} "
-                      f"errors={r['errors']:3d} cpu={r['cpu_s']:7.2f}s wall={r['wall_s']:6.1f}s "
-                      f"us/request={r['us_per_request']:8.1f}", flush=True)
+                print(
+                    f"{r['impl']:11s} sessions={r['sessions']:5d} requests={r['requests']:6d} "
+                    f"errors={r['errors']:3d} cpu={r['cpu_s']:7.2f}s wall={r['wall_s']:6.1f}s "
+                    f"us/request={r['us_per_request']:8.1f}",
+                    flush=True,
+                )
     finally:
         server.terminate()
         server.wait(10)

@@ -103,20 +103,30 @@ def peak_tps(run_dir: Path, window: int = 5) -> float:
     if not path.exists():
         return 0.0
     import csv
+
     rows = list(csv.DictReader(open(path)))
     toks = [int(float(r.get("tokens") or 0)) for r in rows]
     if not toks:
         return 0.0
-    return max(sum(toks[i:i + window]) for i in range(max(1, len(toks) - window + 1))) / window
+    return max(sum(toks[i : i + window]) for i in range(max(1, len(toks) - window + 1))) / window
 
 
 def step(n: int, args: argparse.Namespace) -> dict:
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-c{n}-e2e"
     before = service_cpu()
-    rc = execute(RunOptions(inventory=INVENTORY, clients=n, queries=args.queries, ramp=args.ramp,
-                            max_duration=args.max_duration, run_id=run_id, live=False,
-                            thresholds=[parse_threshold("delivery_p99<50ms")]),
-                 out=lambda s: None)
+    rc = execute(
+        RunOptions(
+            inventory=INVENTORY,
+            clients=n,
+            queries=args.queries,
+            ramp=args.ramp,
+            max_duration=args.max_duration,
+            run_id=run_id,
+            live=False,
+            thresholds=[parse_threshold("delivery_p99<50ms")],
+        ),
+        out=lambda s: None,
+    )
     after = service_cpu()
     run_dir = REPO / "results" / run_id
     s = json.loads((run_dir / "summary.json").read_text())
@@ -128,15 +138,24 @@ def step(n: int, args: argparse.Namespace) -> dict:
     tokens = s["total_tokens"]
     total = sum(cpu.values())
     comps = s.get("components") or []
-    return {"clients": n, "rc": rc, "tokens": tokens, "tps": s["tps"], "peak_tps": peak_tps(run_dir),
-            "delivery_p50": (s["delivery_latency_ms"] or {}).get("p50"),
-            "delivery_p99": (s["delivery_latency_ms"] or {}).get("p99"),
-            "success": s["success_rate"], "lost": s["lost_tokens"],
-            "overloaded": s["generator"]["generator_overloaded"],
-            "us": {k: (v * 1e6 / tokens if tokens else None) for k, v in cpu.items()},
-            "cpu_s": cpu, "kit_share": (cpu["client"] + cpu["sim"]) / total if total else None,
-            "run_cpu_s": sum(c.get("cpu_s", 0.0) for c in comps) if comps else None,
-            "bottleneck": s.get("bottleneck"), "run_dir": str(run_dir)}
+    return {
+        "clients": n,
+        "rc": rc,
+        "tokens": tokens,
+        "tps": s["tps"],
+        "peak_tps": peak_tps(run_dir),
+        "delivery_p50": (s["delivery_latency_ms"] or {}).get("p50"),
+        "delivery_p99": (s["delivery_latency_ms"] or {}).get("p99"),
+        "success": s["success_rate"],
+        "lost": s["lost_tokens"],
+        "overloaded": s["generator"]["generator_overloaded"],
+        "us": {k: (v * 1e6 / tokens if tokens else None) for k, v in cpu.items()},
+        "cpu_s": cpu,
+        "kit_share": (cpu["client"] + cpu["sim"]) / total if total else None,
+        "run_cpu_s": sum(c.get("cpu_s", 0.0) for c in comps) if comps else None,
+        "bottleneck": s.get("bottleneck"),
+        "run_dir": str(run_dir),
+    }
 
 
 def main() -> int:
@@ -149,28 +168,41 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
     args = ap.parse_args()
     if args.deploy:
-        r = subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", str(INVENTORY),
-                            str(REPO / "playbooks/site.yml")], cwd=REPO, capture_output=True, text=True)
+        r = subprocess.run(
+            [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(INVENTORY), str(REPO / "playbooks/site.yml")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             print(r.stdout[-3000:])
             return 1
     rows = []
-    print(f"{'clients':>7} {'tok/s':>7} {'peak5s':>7} {'dlv p50':>8} {'dlv p99':>8} {'success':>8} {'lost':>5} "
-          f"{'overl':>5} " + " ".join(f"{c + ' us':>10}" for c in COMPONENTS) + f" {'kit %':>6} {'CPU-s':>6} {'run CPU-s':>9}")
+    print(
+        f"{'clients':>7} {'tok/s':>7} {'peak5s':>7} {'dlv p50':>8} {'dlv p99':>8} {'success':>8} {'lost':>5} "
+        f"{'overl':>5} "
+        + " ".join(f"{c + ' us':>10}" for c in COMPONENTS)
+        + f" {'kit %':>6} {'CPU-s':>6} {'run CPU-s':>9}"
+    )
     for n in args.steps:
         r = step(n, args)
         rows.append(r)
         us = " ".join(f"{(r['us'][c] or 0):10.1f}" for c in COMPONENTS)
-        print(f"{n:7d} {r['tps']:7.0f} {r['peak_tps']:7.0f} {r['delivery_p50'] or 0:8.2f} {r['delivery_p99'] or 0:8.2f} "
-              f"{r['success']:7.2f}% {r['lost']:5d} {str(r['overloaded'])[:5]:>5} {us} "
-              f"{100 * (r['kit_share'] or 0):5.1f}% {sum(r['cpu_s'].values()):6.1f} "
-              f"{r['run_cpu_s'] if r['run_cpu_s'] is not None else float('nan'):9.1f}", flush=True)
+        print(
+            f"{n:7d} {r['tps']:7.0f} {r['peak_tps']:7.0f} {r['delivery_p50'] or 0:8.2f} {r['delivery_p99'] or 0:8.2f} "
+            f"{r['success']:7.2f}% {r['lost']:5d} {str(r['overloaded'])[:5]:>5} {us} "
+            f"{100 * (r['kit_share'] or 0):5.1f}% {sum(r['cpu_s'].values()):6.1f} "
+            f"{r['run_cpu_s'] if r['run_cpu_s'] is not None else float('nan'):9.1f}",
+            flush=True,
+        )
     good = [r for r in rows if r["success"] == 100.0 and r["delivery_p99"] is not None and r["delivery_p99"] < 50]
     if good:
         best = max(good, key=lambda r: r["peak_tps"])
-        print(f"\nhighest step with 100% success and delivery p99 < 50 ms: {best['clients']} sessions, "
-              f"{best['peak_tps']:.0f} tokens/s (busiest 5 s), {best['tps']:.0f} over the run; "
-              f"kit's own share of CPU {100 * (best['kit_share'] or 0):.0f}%")
+        print(
+            f"\nhighest step with 100% success and delivery p99 < 50 ms: {best['clients']} sessions, "
+            f"{best['peak_tps']:.0f} tokens/s (busiest 5 s), {best['tps']:.0f} over the run; "
+            f"kit's own share of CPU {100 * (best['kit_share'] or 0):.0f}%"
+        )
     else:
         print("\nno step had 100% success with delivery p99 < 50 ms")
     if args.json:

@@ -53,10 +53,36 @@ def one_run(stack, tmp: Path, name: str, sessions: int, think: float) -> dict:
     env = dict(os.environ, GC_PAUSES_OUT=str(pauses_file), PYTHONPATH=str(ROOT))
     env["KIT_GC"] = "default" if name.startswith("python") else "kit"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-c", WRAPPER, "--api-url", stack.api_url, "--ws-url", stack.ws_url,
-                           "--clients", str(sessions), "--queries", "3", "--ramp", "250", "--processes", "1",
-                           "--think-time", str(think), "--output-dir", str(out), "--quiet", "--no-preflight"],
-                          env=env, timeout=DEADLINE_S, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            WRAPPER,
+            "--api-url",
+            stack.api_url,
+            "--ws-url",
+            stack.ws_url,
+            "--clients",
+            str(sessions),
+            "--queries",
+            "3",
+            "--ramp",
+            "250",
+            "--processes",
+            "1",
+            "--think-time",
+            str(think),
+            "--output-dir",
+            str(out),
+            "--quiet",
+            "--no-preflight",
+        ],
+        env=env,
+        timeout=DEADLINE_S,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in (0, 1):
         raise SystemExit(f"gc_pauses: the client exited {proc.returncode}: {proc.stderr.strip()[-400:]}")
@@ -64,10 +90,18 @@ def one_run(stack, tmp: Path, name: str, sessions: int, think: float) -> dict:
     pauses = json.loads(pauses_file.read_text())
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     d = s["delivery_latency_ms"]
-    return {"condition": name.split("-")[0], "success": s["success_rate"], "tokens": s["total_tokens"],
-            "gc": {g: (len(v), max(v)) for g, v in sorted(pauses.items())},
-            "p50": d["p50"], "p99": d["p99"], "p99_9": d["p99_9"], "max": d["max"],
-            "lag_p99": s["generator"]["loop_lag_p99_ms"], "us_per_token": cpu * 1e6 / max(1, s["total_tokens"])}
+    return {
+        "condition": name.split("-")[0],
+        "success": s["success_rate"],
+        "tokens": s["total_tokens"],
+        "gc": {g: (len(v), max(v)) for g, v in sorted(pauses.items())},
+        "p50": d["p50"],
+        "p99": d["p99"],
+        "p99_9": d["p99_9"],
+        "max": d["max"],
+        "lag_p99": s["generator"]["loop_lag_p99_ms"],
+        "us_per_token": cpu * 1e6 / max(1, s["total_tokens"]),
+    }
 
 
 def main() -> None:
@@ -86,9 +120,12 @@ def main() -> None:
                 rows.append(one_run(stack, Path(tmp), f"{name}-{i}", args.sessions, args.think_time))
                 r = rows[-1]
                 gcs = " ".join(f"gen{g}:{n}x<={mx:.1f}ms" for g, (n, mx) in r["gc"].items()) or "none"
-                print(f"{r['condition']:>6}  success {r['success']:.2f}%  delivery p50/p99/p99.9/max "
-                      f"{r['p50']:.2f}/{r['p99']:.2f}/{r['p99_9']:.2f}/{r['max']:.1f} ms  loop lag p99 "
-                      f"{r['lag_p99']:.2f} ms  {r['us_per_token']:.1f} us/token  collections: {gcs}", flush=True)
+                print(
+                    f"{r['condition']:>6}  success {r['success']:.2f}%  delivery p50/p99/p99.9/max "
+                    f"{r['p50']:.2f}/{r['p99']:.2f}/{r['p99_9']:.2f}/{r['max']:.1f} ms  loop lag p99 "
+                    f"{r['lag_p99']:.2f} ms  {r['us_per_token']:.1f} us/token  collections: {gcs}",
+                    flush=True,
+                )
     for cond in ("python", "kit"):
         mine = sorted(r["p99"] for r in rows if r["condition"] == cond)
         print(f"median delivery p99, {cond}: {mine[len(mine) // 2]:.2f} ms over {len(mine)} run(s)")

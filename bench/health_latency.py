@@ -69,8 +69,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _busy(seconds: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c",
-                             f"import time\nt = time.monotonic() + {seconds}\nwhile time.monotonic() < t: pass"])
+    return subprocess.Popen(
+        [sys.executable, "-c", f"import time\nt = time.monotonic() + {seconds}\nwhile time.monotonic() < t: pass"]
+    )
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
@@ -88,8 +89,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     try:
         ws, port = start_wsproxy(workdir, redis_url=server.url, jwt_secret=secret, LOG_LEVEL="WARNING")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        clients = subprocess.Popen([sys.executable, str(FORWARD), "--role", "clients"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        clients = subprocess.Popen(
+            [sys.executable, str(FORWARD), "--role", "clients"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         procs.append(clients)
         clients.stdin.write(json.dumps({"port": port, "sids": sids, "tokens": tokens}) + "\n")
         clients.stdin.flush()
@@ -98,9 +105,23 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         r = redis.Redis(host=server.host, port=server.port, password=server.password)
         conns0 = r.info("stats")["total_connections_received"]
         procs += [_busy(args.duration + 5) for _ in range(args.busy)]
-        pub = subprocess.Popen([sys.executable, str(FORWARD), "--role", "publisher", "--rate", str(args.rate),
-                                "--duration", str(args.duration)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True, env={**env, "BENCH_REDIS_URL": server.url}, cwd=ROOT)
+        pub = subprocess.Popen(
+            [
+                sys.executable,
+                str(FORWARD),
+                "--role",
+                "publisher",
+                "--rate",
+                str(args.rate),
+                "--duration",
+                str(args.duration),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**env, "BENCH_REDIS_URL": server.url},
+            cwd=ROOT,
+        )
         procs.append(pub)
         pub.stdin.write(json.dumps(sids) + "\n")
         pub.stdin.flush()
@@ -118,9 +139,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         pub.wait(DEADLINE)
         conns1 = r.info("stats")["total_connections_received"]
         r.close()
-        return {"sessions": args.sessions, "rate": args.rate, "busy": args.busy, "duration": args.duration,
-                "took": took, "failed": failed, "redis_connections": conns1 - conns0,
-                "deep_checks": len(took[PATHS[1]])}
+        return {
+            "sessions": args.sessions,
+            "rate": args.rate,
+            "busy": args.busy,
+            "duration": args.duration,
+            "took": took,
+            "failed": failed,
+            "redis_connections": conns1 - conns0,
+            "deep_checks": len(took[PATHS[1]]),
+        }
     finally:
         for p in procs:
             if p.poll() is None:
@@ -142,18 +170,26 @@ def main() -> int:
         parser.error("keep it bounded: --sessions 1..9000, --duration 1..120, --busy 0..8")
     with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp:
         res = run(args, Path(tmp))
-    print(f"{res['sessions']} sessions, {res['rate']} msgs/s published, {res['busy']} busy processes, "
-          f"{res['duration']:g} s; one check every {CHECK_EVERY_S * 1000:.0f} ms, paths alternating")
-    head = f"{'path':<14} {'checks':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'>2 s':>5} {'>5 s':>5} {'non-200':>7}"
+    print(
+        f"{res['sessions']} sessions, {res['rate']} msgs/s published, {res['busy']} busy processes, "
+        f"{res['duration']:g} s; one check every {CHECK_EVERY_S * 1000:.0f} ms, paths alternating"
+    )
+    head = (
+        f"{'path':<14} {'checks':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'>2 s':>5} {'>5 s':>5} {'non-200':>7}"
+    )
     print(head)
     print("-" * len(head))
     for path in PATHS:
         t = res["took"][path]
-        print(f"{path:<14} {len(t):>6} {_pct(t, 0.5) * 1e3:>8.1f} {_pct(t, 0.99) * 1e3:>8.1f} "
-              f"{max(t, default=float('nan')) * 1e3:>8.1f} {sum(x > 2 for x in t):>5} {sum(x > 5 for x in t):>5} "
-              f"{res['failed'][path]:>7}")
-    print(f"Redis connections opened during the checks: {res['redis_connections']} "
-          f"({res['deep_checks']} deep checks, one each; the pool may open one of its own)")
+        print(
+            f"{path:<14} {len(t):>6} {_pct(t, 0.5) * 1e3:>8.1f} {_pct(t, 0.99) * 1e3:>8.1f} "
+            f"{max(t, default=float('nan')) * 1e3:>8.1f} {sum(x > 2 for x in t):>5} {sum(x > 5 for x in t):>5} "
+            f"{res['failed'][path]:>7}"
+        )
+    print(
+        f"Redis connections opened during the checks: {res['redis_connections']} "
+        f"({res['deep_checks']} deep checks, one each; the pool may open one of its own)"
+    )
     return 0
 
 

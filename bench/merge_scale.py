@@ -58,8 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh or not stamp.exists() or json.loads(stamp.read_text()) != shape:
         shutil.rmtree(gens, ignore_errors=True)
         t = time.perf_counter()
-        write_generator_outputs(gens, generators=args.generators, sessions=args.sessions, queries=args.queries,
-                                tokens=args.tokens, jobs=args.jobs)
+        write_generator_outputs(
+            gens,
+            generators=args.generators,
+            sessions=args.sessions,
+            queries=args.queries,
+            tokens=args.tokens,
+            jobs=args.jobs,
+        )
         stamp.write_text(json.dumps(shape))
         print(f"synthetic run written in {time.perf_counter() - t:.1f} s: {gens}")
     dirs = [str(p) for p in sorted(gens.glob("gen*/out"), key=lambda p: int(p.parent.name[3:]))]
@@ -67,31 +73,39 @@ def main(argv: list[str] | None = None) -> int:
     for d in (run_a, run_b):
         shutil.rmtree(d, ignore_errors=True)
 
-    figures: dict[str, object] = {"shape": shape, "sessions": args.generators * args.sessions,
-                                  "inputs_mb": _mb(gens), "input_files_mb": {
-                                      name: round(sum(_mb(Path(d) / name) for d in dirs), 1)
-                                      for name in ("queries.csv", "sessions.csv", "timeline.csv", "histograms.json",
-                                                   "status.json")}}
+    figures: dict[str, object] = {
+        "shape": shape,
+        "sessions": args.generators * args.sessions,
+        "inputs_mb": _mb(gens),
+        "input_files_mb": {
+            name: round(sum(_mb(Path(d) / name) for d in dirs), 1)
+            for name in ("queries.csv", "sessions.csv", "timeline.csv", "histograms.json", "status.json")
+        },
+    }
     figures["merge"] = measure("devkit.synthrun:merge_step", dirs, str(run_a))
     figures["run_mb"] = _mb(run_a)
     figures["run_files_mb"] = {f.name: _mb(f) for f in sorted(run_a.iterdir()) if f.is_file()}
     shutil.copytree(run_a, run_b)
     figures["report"] = measure("devkit.synthrun:report_step", str(run_a))
-    figures["compare"] = measure("devkit.synthrun:compare_step", str(run_a), str(run_b),
-                                 str(args.root / "compare.html"))
+    figures["compare"] = measure(
+        "devkit.synthrun:compare_step", str(run_a), str(run_b), str(args.root / "compare.html")
+    )
     if not args.keep:
         for d in (run_a, run_b):
             shutil.rmtree(d, ignore_errors=True)
 
-    print(f"{figures['sessions']:,} sessions ({args.generators} x {args.sessions:,}, {args.queries} queries, "
-          f"{args.tokens} tokens each): inputs {figures['inputs_mb']} MB {figures['input_files_mb']}")
+    print(
+        f"{figures['sessions']:,} sessions ({args.generators} x {args.sessions:,}, {args.queries} queries, "
+        f"{args.tokens} tokens each): inputs {figures['inputs_mb']} MB {figures['input_files_mb']}"
+    )
     print(f"merged run: {figures['run_mb']} MB {figures['run_files_mb']}")
     for step in ("merge", "report", "compare"):
         m = dict(figures[step])  # type: ignore[arg-type]
-        extra = {k: v for k, v in m.items()
-                 if k not in ("target", "wall_s", "cpu_s", "rss_before_mb", "rss_peak_mb")}
-        print(f"{step:<8} wall {m['wall_s']:7.2f} s  cpu {m['cpu_s']:7.2f} s  RSS {m['rss_before_mb']:6.1f} -> "
-              f"peak {m['rss_peak_mb']:7.1f} MB  {extra if extra else ''}")
+        extra = {k: v for k, v in m.items() if k not in ("target", "wall_s", "cpu_s", "rss_before_mb", "rss_peak_mb")}
+        print(
+            f"{step:<8} wall {m['wall_s']:7.2f} s  cpu {m['cpu_s']:7.2f} s  RSS {m['rss_before_mb']:6.1f} -> "
+            f"peak {m['rss_peak_mb']:7.1f} MB  {extra if extra else ''}"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -43,14 +43,18 @@ from kit.lab import LabConfig, lab_down, lab_up, parse_layout  # noqa: E402
 from kit.report import host_metrics  # noqa: E402
 from kit.run import HostFacts, RunOptions, execute, offered_tokens_per_s, parse_threshold, size_fleet  # noqa: E402
 
-SEED = {"clients": 5000, "success": "99.46%", "p50": "15.81 s", "p99": "26.82 s", "tps": "337",
-        "lost": "not measured"}
+SEED = {"clients": 5000, "success": "99.46%", "p50": "15.81 s", "p99": "26.82 s", "tps": "337", "lost": "not measured"}
 
 
 def playbook(inv: Path, book: str, log: Path) -> int:
     with open(log, "w") as fh:
-        return subprocess.run([str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / book)],
-                              cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        return subprocess.run(
+            [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / book)],
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        ).returncode
 
 
 RUNS = {"chat": {"think_time": 40.0}, "pace": {"think_time": 0.0}}
@@ -70,8 +74,14 @@ def scale_plan(sessions: int, tokens_per_s: float) -> tuple[int, str, float]:
     facts = HostFacts("lab", cores, cap, (10240, 65535), wsproxy_instances=2)
     groups = {"generators": [facts], "haproxy": [facts], "wsproxy": [facts]}
     need = {n.group: n.needed for n in size_fleet(sessions, groups)}
-    layout = {"redis": 1, "sim": 1, "haproxy": need["haproxy"], "wsproxy": need["wsproxy"],
-              "generators": need["generators"], "monitoring": 0}
+    layout = {
+        "redis": 1,
+        "sim": 1,
+        "haproxy": need["haproxy"],
+        "wsproxy": need["wsproxy"],
+        "generators": need["generators"],
+        "monitoring": 0,
+    }
     hosts = sum(v for k, v in layout.items() if k not in ("sim", "monitoring"))  # both share hosts (slot order)
     # steady state: sessions x tokens per (query time + think) = tokens_per_s
     think = max(0.0, sessions * TOKENS / tokens_per_s - (TOKENS - 1) * DELAY_MS / 1000)
@@ -82,13 +92,28 @@ def scale_plan(sessions: int, tokens_per_s: float) -> tuple[int, str, float]:
 def one_run(name: str, inv: Path, args: argparse.Namespace) -> int:
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-c{args.clients}-{name}"
     think = RUNS[name]["think_time"]
-    print(f"\n== {name}: fab run --clients {args.clients} --queries {args.queries} --think-time {think:g} "
-          f"--ramp {args.ramp:g}", flush=True)
-    rc = execute(RunOptions(inventory=inv, clients=args.clients, queries=args.queries, ramp=args.ramp,
-                            think_time=think or None, max_duration=args.max_duration, run_id=run_id,
-                            thresholds=[parse_threshold("lost==0"), parse_threshold("success>=100%"),
-                                        parse_threshold("delivery_p99<50ms")]),
-                 out=lambda line: None)
+    print(
+        f"\n== {name}: fab run --clients {args.clients} --queries {args.queries} --think-time {think:g} "
+        f"--ramp {args.ramp:g}",
+        flush=True,
+    )
+    rc = execute(
+        RunOptions(
+            inventory=inv,
+            clients=args.clients,
+            queries=args.queries,
+            ramp=args.ramp,
+            think_time=think or None,
+            max_duration=args.max_duration,
+            run_id=run_id,
+            thresholds=[
+                parse_threshold("lost==0"),
+                parse_threshold("success>=100%"),
+                parse_threshold("delivery_p99<50ms"),
+            ],
+        ),
+        out=lambda line: None,
+    )
     run_dir = REPO / "results" / run_id
     s = json.loads((run_dir / "summary.json").read_text())
     hosts = host_metrics(run_dir)
@@ -113,8 +138,10 @@ def one_run(name: str, inv: Path, args: argparse.Namespace) -> int:
         print(f"{metric:<32} {ours:<48} {seed}")
     print(f"{'component':<10} {'host':<14} {'CPU-s':>8} {'share':>7} {'us/token':>9} {'peak cores':>10}")
     for c in s.get("components") or []:
-        print(f"{c['component']:<10} {c['host']:<14} {c['cpu_s']:8.1f} {100 * (c['cpu_share'] or 0):6.1f}% "
-              f"{c['us_per_token'] or 0:9.1f} {c['peak_cores']:10.2f}")
+        print(
+            f"{c['component']:<10} {c['host']:<14} {c['cpu_s']:8.1f} {100 * (c['cpu_share'] or 0):6.1f}% "
+            f"{c['us_per_token'] or 0:9.1f} {c['peak_cores']:10.2f}"
+        )
     print(f"results: {run_dir}.tar.gz  (exit {rc})", flush=True)
     return rc
 
@@ -140,9 +167,14 @@ def main() -> int:
         args.clients, args.queries, args.runs = args.sessions, 2, ["chat"]
         RUNS["chat"]["think_time"] = think
         # the ramp, then each session's 2 queries and 1 think time, with room to spare
-        args.max_duration = max(args.max_duration, args.sessions / args.ramp + 2 * (TOKENS * DELAY_MS / 1000) + think + 120)
-        print(f"scale plan: {args.sessions} sessions on {args.hosts} hosts ({args.layout}), think {think:g} s "
-              f"for ~{args.tokens_per_s:,.0f} tokens/s, max duration {args.max_duration:.0f} s", flush=True)
+        args.max_duration = max(
+            args.max_duration, args.sessions / args.ramp + 2 * (TOKENS * DELAY_MS / 1000) + think + 120
+        )
+        print(
+            f"scale plan: {args.sessions} sessions on {args.hosts} hosts ({args.layout}), think {think:g} s "
+            f"for ~{args.tokens_per_s:,.0f} tokens/s, max duration {args.max_duration:.0f} s",
+            flush=True,
+        )
     base = REPO / ".lab" / "bench"
     inv_dir = base / "inventory"
     inv_dir.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,7 @@ POLL_S = 0.02
 
 # -- the subscriber: a raw hiredis reader counting pmessages ------------------------------------
 
+
 class Counter(threading.Thread):
     def __init__(self, server: RedisServer) -> None:
         super().__init__(daemon=True)
@@ -142,6 +143,7 @@ class Counter(threading.Thread):
 
 # -- the real simulator ------------------------------------------------------------------------
 
+
 def cpu_seconds(procs: list[psutil.Process]) -> float:
     total = 0.0
     for p in procs:
@@ -153,9 +155,16 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
 def bench_sim(server: RedisServer, workdir: Path, args, tick_ms: float) -> dict:
     words = " ".join(f"tok{i}" for i in range(args.tokens))
     secret = secrets.token_urlsafe(48)
-    proc, port = start_sim(workdir, redis_url=server.url, jwt_secret=secret, TOKEN_DELAY_MS=args.delay_ms,
-                           TTFT_MS=args.ttft_ms, LLM_RESPONSE_TEXT=words, PUBLISH_TICK_MS=tick_ms,
-                           LOG_LEVEL="WARNING")
+    proc, port = start_sim(
+        workdir,
+        redis_url=server.url,
+        jwt_secret=secret,
+        TOKEN_DELAY_MS=args.delay_ms,
+        TTFT_MS=args.ttft_ms,
+        LLM_RESPONSE_TEXT=words,
+        PUBLISH_TICK_MS=tick_ms,
+        LOG_LEVEL="WARNING",
+    )
     counter = Counter(server)
     counter.start()
     try:
@@ -170,19 +179,20 @@ def bench_sim(server: RedisServer, workdir: Path, args, tick_ms: float) -> dict:
             return local.c
 
         with ThreadPoolExecutor(16) as pool:
-            sids = list(pool.map(lambda _: client().post("/session/create").json()["session_id"],
-                                 range(args.sessions)))
+            sids = list(pool.map(lambda _: client().post("/session/create").json()["session_id"], range(args.sessions)))
             first_submit = time.monotonic()
-            codes = list(pool.map(lambda s: client().post(f"/session/{s}/run", json={"query": "q"}).status_code,
-                                  sids))
+            codes = list(pool.map(lambda s: client().post(f"/session/{s}/run", json={"query": "q"}).status_code, sids))
         accepted = time.monotonic()
         assert codes == [202] * len(sids), f"runs refused: {set(codes)}"
         http = httpx.Client(base_url=base, timeout=30)
         stats0 = http.get("/stats").json()
         cpu0, rcpu0 = cpu_seconds(sim_procs), cpu_seconds([redis_proc])
         if stats0["tokens_published"]:
-            print(f"warning: publishing began before all runs were accepted ({accepted - first_submit:.2f}s); "
-                  "raise --ttft-ms", file=sys.stderr)
+            print(
+                f"warning: publishing began before all runs were accepted ({accepted - first_submit:.2f}s); "
+                "raise --ttft-ms",
+                file=sys.stderr,
+            )
         expected = args.sessions * (args.tokens + 1)
         deadline = time.monotonic() + args.ttft_ms / 1000 + 120
         started = None
@@ -201,17 +211,25 @@ def bench_sim(server: RedisServer, workdir: Path, args, tick_ms: float) -> dict:
         while counter.count < expected and time.monotonic() < deadline:
             time.sleep(POLL_S)
         tokens = s["tokens_published"] - stats0["tokens_published"]
-        return {"name": f"kit.sim (batched) tick {tick_ms:g} ms", "tokens": tokens, "messages": done,
-                "received": counter.count,
-                "wall": finished - (started or finished), "cpu": cpu1 - cpu0, "redis_cpu": rcpu1 - rcpu0,
-                "max_batch": s["publish_max_batch"], "batches": s["publish_batches"] - stats0["publish_batches"],
-                "dropped": s["messages_dropped"]}
+        return {
+            "name": f"kit.sim (batched) tick {tick_ms:g} ms",
+            "tokens": tokens,
+            "messages": done,
+            "received": counter.count,
+            "wall": finished - (started or finished),
+            "cpu": cpu1 - cpu0,
+            "redis_cpu": rcpu1 - rcpu0,
+            "max_batch": s["publish_max_batch"],
+            "batches": s["publish_batches"] - stats0["publish_batches"],
+            "dropped": s["messages_dropped"],
+        }
     finally:
         counter.close()
         proc.stop()
 
 
 # -- the realistic run: HTTP per query, tokens 50 ms apart, CPU per published token all-in -------
+
 
 def proc_cpu_seconds(pids: list[int]) -> float:
     """utime + stime of *pids* from /proc/<pid>/stat (fields 14 and 15, in clock ticks)."""
@@ -250,8 +268,10 @@ class _Http:
         self.reader, self.writer = reader, writer
 
     async def post(self, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        self.writer.write(b"POST %s HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        self.writer.write(
+            b"POST %s HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+        )
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
@@ -309,8 +329,15 @@ async def _drive(port: int, sessions: int, queries: int, ramp_s: float, delay_ms
 
 def bench_realistic(server: RedisServer, workdir: Path, args, sessions: int, tick_ms: float) -> dict:
     secret = secrets.token_urlsafe(48)
-    proc, port = start_sim(workdir, redis_url=server.url, jwt_secret=secret, TOKEN_DELAY_MS=args.real_delay_ms,
-                           PUBLISH_TICK_MS=tick_ms, FASTAPI_WORKERS=args.workers, LOG_LEVEL="WARNING")
+    proc, port = start_sim(
+        workdir,
+        redis_url=server.url,
+        jwt_secret=secret,
+        TOKEN_DELAY_MS=args.real_delay_ms,
+        PUBLISH_TICK_MS=tick_ms,
+        FASTAPI_WORKERS=args.workers,
+        LOG_LEVEL="WARNING",
+    )
     counter = Counter(server)
     counter.start()
     spy = None
@@ -319,12 +346,25 @@ def bench_realistic(server: RedisServer, workdir: Path, args, sessions: int, tic
         pids = [proc.pid, *workers]
         before = stats_per_worker("127.0.0.1", port, workers)
         if args.py_spy:
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
-                                    "--nonblocking", "-r", "200", "-o", f"{args.py_spy}-tick{tick_ms:g}-{sessions}.txt",
-                                    "--pid", str(min(workers))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "-r",
+                    "200",
+                    "-o",
+                    f"{args.py_spy}-tick{tick_ms:g}-{sessions}.txt",
+                    "--pid",
+                    str(min(workers)),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         cpu0, rcpu0, wall0 = proc_cpu_seconds(pids), proc_cpu_seconds([server.proc.pid]), time.monotonic()
-        statuses = asyncio.run(_drive(port, sessions, args.real_queries, args.ramp_s, args.real_delay_ms,
-                                     args.conns))
+        statuses = asyncio.run(_drive(port, sessions, args.real_queries, args.ramp_s, args.real_delay_ms, args.conns))
         # the last close can precede its query's last token by the scheduler's lag: wait for the counters
         deadline = time.monotonic() + 10
         while True:
@@ -342,11 +382,19 @@ def bench_realistic(server: RedisServer, workdir: Path, args, sessions: int, tic
 
         tokens = total("tokens_published", after) - total("tokens_published", before)
         batches = total("publish_batches", after) - total("publish_batches", before)
-        return {"name": f"realistic {sessions} sessions", "tick": tick_ms, "tokens": int(tokens),
-                "received": counter.count, "wall": wall1 - wall0, "cpu": cpu1 - cpu0, "redis_cpu": rcpu1 - rcpu0,
-                "batches": int(batches), "statuses": statuses,
-                "max_lag_ms": max(s["publish_max_lag_ms"] for s in after.values()),
-                "dropped": int(total("messages_dropped", after))}
+        return {
+            "name": f"realistic {sessions} sessions",
+            "tick": tick_ms,
+            "tokens": int(tokens),
+            "received": counter.count,
+            "wall": wall1 - wall0,
+            "cpu": cpu1 - cpu0,
+            "redis_cpu": rcpu1 - rcpu0,
+            "batches": int(batches),
+            "statuses": statuses,
+            "max_lag_ms": max(s["publish_max_lag_ms"] for s in after.values()),
+            "dropped": int(total("messages_dropped", after)),
+        }
     finally:
         if spy is not None and spy.poll() is None:
             spy.kill()
@@ -356,6 +404,7 @@ def bench_realistic(server: RedisServer, workdir: Path, args, sessions: int, tic
 
 
 # -- naive baselines, each in its own process --------------------------------------------------
+
 
 async def _naive(mode: str, url: str, total: int, sessions: int, delay_ms: float) -> dict:
     import redis.asyncio as aioredis
@@ -372,9 +421,11 @@ async def _naive(mode: str, url: str, total: int, sessions: int, delay_ms: float
     t0, w0 = time.process_time(), time.monotonic()
     if mode == "loop":
         for i in range(per_query * sessions):
-            await r.publish(channels[i % sessions], token_message(qid, i // sessions, time.time_ns(),
-                                                                  texts[i // sessions]))
+            await r.publish(
+                channels[i % sessions], token_message(qid, i // sessions, time.time_ns(), texts[i // sessions])
+            )
     else:
+
         async def one(ch: bytes) -> None:
             for seq in range(per_query):
                 await asyncio.sleep(delay_ms / 1000)
@@ -390,8 +441,18 @@ async def _naive(mode: str, url: str, total: int, sessions: int, delay_ms: float
 def bench_naive(mode: str, server: RedisServer, args) -> dict:
     sessions = min(args.sessions, args.baseline_tokens)
     env = dict(os.environ, PYTHONPATH=str(ROOT), BENCH_REDIS_URL=server.url)
-    argv = [sys.executable, __file__, "--naive-worker", mode, "--baseline-tokens", str(args.baseline_tokens),
-            "--sessions", str(sessions), "--delay-ms", str(args.delay_ms)]
+    argv = [
+        sys.executable,
+        __file__,
+        "--naive-worker",
+        mode,
+        "--baseline-tokens",
+        str(args.baseline_tokens),
+        "--sessions",
+        str(sessions),
+        "--delay-ms",
+        str(args.delay_ms),
+    ]
     counter = Counter(server)
     counter.start()
     redis_proc = psutil.Process(server.proc.pid)
@@ -405,9 +466,18 @@ def bench_naive(mode: str, server: RedisServer, args) -> dict:
     finally:
         counter.close()
     label = {"loop": "naive loop (1 PUBLISH/await)", "tasks": "naive tasks (sleep+PUBLISH)"}[mode]
-    return {"name": label, "tokens": res["tokens"], "messages": res["tokens"], "received": counter.count,
-            "wall": res["wall"], "cpu": res["cpu"], "redis_cpu": cpu_seconds([redis_proc]) - rcpu0,
-            "max_batch": 1, "batches": res["tokens"], "dropped": 0}
+    return {
+        "name": label,
+        "tokens": res["tokens"],
+        "messages": res["tokens"],
+        "received": counter.count,
+        "wall": res["wall"],
+        "cpu": res["cpu"],
+        "redis_cpu": cpu_seconds([redis_proc]) - rcpu0,
+        "max_batch": 1,
+        "batches": res["tokens"],
+        "dropped": 0,
+    }
 
 
 def _floats(text: str) -> list[float]:
@@ -426,8 +496,12 @@ def main() -> int:
     ap.add_argument("--real-delay-ms", type=float, default=50.0, help="realistic: TOKEN_DELAY_MS")
     ap.add_argument("--ramp-s", type=float, default=3.0, help="realistic: sessions start evenly over this")
     ap.add_argument("--workers", type=int, default=1, help="realistic: FASTAPI_WORKERS")
-    ap.add_argument("--conns", type=int, default=64,
-                    help="realistic: keep-alive connections the sessions share (0: one per session)")
+    ap.add_argument(
+        "--conns",
+        type=int,
+        default=64,
+        help="realistic: keep-alive connections the sessions share (0: one per session)",
+    )
     ap.add_argument("--py-spy", metavar="PREFIX", help="realistic: py-spy raw profile of a worker to PREFIX-*.txt")
     ap.add_argument("--no-micro", action="store_true")
     ap.add_argument("--baseline-tokens", type=int, default=30000)
@@ -437,8 +511,9 @@ def main() -> int:
     if args.naive_worker:
         import uvloop
 
-        res = uvloop.run(_naive(args.naive_worker, os.environ["BENCH_REDIS_URL"], args.baseline_tokens,
-                                args.sessions, args.delay_ms))
+        res = uvloop.run(
+            _naive(args.naive_worker, os.environ["BENCH_REDIS_URL"], args.baseline_tokens, args.sessions, args.delay_ms)
+        )
         print(json.dumps(res))
         return 0
     if not (1 <= args.sessions <= 20000 and 1 <= args.tokens <= 10000 and 1 <= args.baseline_tokens <= 10**6):
@@ -463,31 +538,43 @@ def main() -> int:
             server.proc.stop()
 
     if rows:
-        print(f"\nmicro: {args.sessions} sessions x {args.tokens} tokens all due at once "
-              f"(TOKEN_DELAY_MS={args.delay_ms:g}); naive baselines: {args.baseline_tokens} tokens; "
-              f"{os.cpu_count()} cores")
-        print(f"{'publisher':30s} {'tokens':>8s} {'recv':>8s} {'wall s':>7s} {'CPU s':>7s} {'tokens/s/core':>13s} "
-              f"{'us/token':>8s} {'tokens/s':>9s} {'redis CPU s':>11s} {'max batch':>9s}")
+        print(
+            f"\nmicro: {args.sessions} sessions x {args.tokens} tokens all due at once "
+            f"(TOKEN_DELAY_MS={args.delay_ms:g}); naive baselines: {args.baseline_tokens} tokens; "
+            f"{os.cpu_count()} cores"
+        )
+        print(
+            f"{'publisher':30s} {'tokens':>8s} {'recv':>8s} {'wall s':>7s} {'CPU s':>7s} {'tokens/s/core':>13s} "
+            f"{'us/token':>8s} {'tokens/s':>9s} {'redis CPU s':>11s} {'max batch':>9s}"
+        )
         for r in rows:
             per_core = r["tokens"] / r["cpu"] if r["cpu"] > 0 else float("nan")
             wall_rate = r["tokens"] / r["wall"] if r["wall"] > 0 else float("nan")
-            print(f"{r['name']:30s} {r['tokens']:8d} {r['received']:8d} {r['wall']:7.2f} {r['cpu']:7.2f} "
-                  f"{per_core:13,.0f} {1e6 / per_core:8.1f} {wall_rate:9,.0f} {r['redis_cpu']:11.2f} "
-                  f"{r['max_batch']:9d}")
+            print(
+                f"{r['name']:30s} {r['tokens']:8d} {r['received']:8d} {r['wall']:7.2f} {r['cpu']:7.2f} "
+                f"{per_core:13,.0f} {1e6 / per_core:8.1f} {wall_rate:9,.0f} {r['redis_cpu']:11.2f} "
+                f"{r['max_batch']:9d}"
+            )
             if r["name"].startswith("kit.sim") and (r["dropped"] or r["received"] < r["messages"]):
                 print(f"  note: dropped {r['dropped']}, subscriber saw {r['received']} of {r['messages']}")
     if real:
-        print(f"\nrealistic: sessions started over {args.ramp_s:g} s, each create + {args.real_queries} x run "
-              f"(43 tokens, TOKEN_DELAY_MS={args.real_delay_ms:g}, next run after the last token) + close, "
-              f"{args.workers} worker(s), {args.conns or 'one per session'} keep-alive connections; "
-              "CPU = Granian main + workers from /proc, all-in (HTTP + publishing)")
-        print(f"{'run':24s} {'tick ms':>7s} {'tokens':>8s} {'recv':>8s} {'wall s':>7s} {'sim CPU s':>9s} "
-              f"{'us/token all-in':>15s} {'batches/s':>9s} {'max lag ms':>10s} {'redis CPU s':>11s}  statuses")
+        print(
+            f"\nrealistic: sessions started over {args.ramp_s:g} s, each create + {args.real_queries} x run "
+            f"(43 tokens, TOKEN_DELAY_MS={args.real_delay_ms:g}, next run after the last token) + close, "
+            f"{args.workers} worker(s), {args.conns or 'one per session'} keep-alive connections; "
+            "CPU = Granian main + workers from /proc, all-in (HTTP + publishing)"
+        )
+        print(
+            f"{'run':24s} {'tick ms':>7s} {'tokens':>8s} {'recv':>8s} {'wall s':>7s} {'sim CPU s':>9s} "
+            f"{'us/token all-in':>15s} {'batches/s':>9s} {'max lag ms':>10s} {'redis CPU s':>11s}  statuses"
+        )
         for r in real:
             us = r["cpu"] / r["tokens"] * 1e6 if r["tokens"] else float("nan")
-            print(f"{r['name']:24s} {r['tick']:7g} {r['tokens']:8d} {r['received']:8d} {r['wall']:7.2f} "
-                  f"{r['cpu']:9.2f} {us:15.1f} {r['batches'] / r['wall']:9.0f} {r['max_lag_ms']:10.1f} "
-                  f"{r['redis_cpu']:11.2f}  {r['statuses']}")
+            print(
+                f"{r['name']:24s} {r['tick']:7g} {r['tokens']:8d} {r['received']:8d} {r['wall']:7.2f} "
+                f"{r['cpu']:9.2f} {us:15.1f} {r['batches'] / r['wall']:9.0f} {r['max_lag_ms']:10.1f} "
+                f"{r['redis_cpu']:11.2f}  {r['statuses']}"
+            )
     return 0
 
 

@@ -52,11 +52,15 @@ def main() -> None:
     size = len(json.dumps(second.to_dict()))
     final = time.process_time() - t0
     tokens = args.seconds * args.tokens_per_s
-    print(f"{args.seconds} s at {args.tokens_per_s} tokens/s: per-second cut {close / args.seconds * 1e3:.2f} ms/s, "
-          f"status histograms {status / args.seconds * 1e3:.2f} ms/s, histograms.json {final * 1e3:.0f} ms "
-          f"({size / 1e6:.1f} MB)")
-    print(f"per token: cut {close / tokens * 1e6:.3f} us + status {status / tokens * 1e6:.3f} us + end "
-          f"{final / tokens * 1e6:.3f} us = {(close + status + final) / tokens * 1e6:.2f} us")
+    print(
+        f"{args.seconds} s at {args.tokens_per_s} tokens/s: per-second cut {close / args.seconds * 1e3:.2f} ms/s, "
+        f"status histograms {status / args.seconds * 1e3:.2f} ms/s, histograms.json {final * 1e3:.0f} ms "
+        f"({size / 1e6:.1f} MB)"
+    )
+    print(
+        f"per token: cut {close / tokens * 1e6:.3f} us + status {status / tokens * 1e6:.3f} us + end "
+        f"{final / tokens * 1e6:.3f} us = {(close + status + final) / tokens * 1e6:.2f} us"
+    )
 
 
 if __name__ == "__main__":

@@ -84,12 +84,12 @@ class _Client(asyncio.Protocol):
             if n == 126:
                 if size - off < 4:
                     break
-                n = int.from_bytes(buf[off + 2: off + 4], "big")
+                n = int.from_bytes(buf[off + 2 : off + 4], "big")
                 head = 4
             elif n == 127:
                 if size - off < 10:
                     break
-                n = int.from_bytes(buf[off + 2: off + 10], "big")
+                n = int.from_bytes(buf[off + 2 : off + 10], "big")
                 head = 10
             if size - off < head + n:
                 break
@@ -119,9 +119,13 @@ async def _clients_main(port: int, sids: list[str], tokens: list[str]) -> None:
             connected = loop.create_future()
             transport, _ = await loop.create_connection(lambda: _Client(state, connected), "127.0.0.1", port)
             key = base64.b64encode(os.urandom(16)).decode()
-            transport.write((f"GET /bench/ws/{sid} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                             f"Authorization: Bearer {token}\r\n\r\n").encode())
+            transport.write(
+                (
+                    f"GET /bench/ws/{sid} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                    f"Authorization: Bearer {token}\r\n\r\n"
+                ).encode()
+            )
             await asyncio.wait_for(connected, 30)
 
     await asyncio.wait_for(asyncio.gather(*(connect(s, t) for s, t in zip(sids, tokens))), DEADLINE)
@@ -139,6 +143,7 @@ def run_clients(args: argparse.Namespace) -> None:
     spec = json.loads(sys.stdin.readline())
     try:
         import uvloop
+
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
         runner = asyncio.Runner()
@@ -188,7 +193,10 @@ def run_publisher(args: argparse.Namespace) -> None:
             out = []
             for i in range(sent, sent + due):
                 payload = b'{"type":"token","query_id":"q%d","seq":%d,"ts":%d,"text":"token "}' % (
-                    i % nch, i // nch, ts)
+                    i % nch,
+                    i // nch,
+                    ts,
+                )
                 out.append(prefixes[i % nch] + b"$%d\r\n%s\r\n" % (len(payload), payload))
             data = memoryview(b"".join(out))
             while data:
@@ -240,11 +248,18 @@ def measure_pool(args: argparse.Namespace, pool_size: int, workdir: Path) -> lis
     rows = []
     server = start_redis(workdir / f"redis-{pool_size}")
     try:
-        ws, port = start_wsproxy(workdir, redis_url=server.url, jwt_secret=secret, PUBSUB_POOL_SIZE=pool_size,
-                                 LOG_LEVEL="WARNING")
+        ws, port = start_wsproxy(
+            workdir, redis_url=server.url, jwt_secret=secret, PUBSUB_POOL_SIZE=pool_size, LOG_LEVEL="WARNING"
+        )
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        clients = subprocess.Popen([sys.executable, __file__, "--role", "clients"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        clients = subprocess.Popen(
+            [sys.executable, __file__, "--role", "clients"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         try:
             clients.stdin.write(json.dumps({"port": port, "sids": sids, "tokens": tokens}) + "\n")
             clients.stdin.flush()
@@ -256,10 +271,24 @@ def measure_pool(args: argparse.Namespace, pool_size: int, workdir: Path) -> lis
             for rate in args.rates:
                 s0, c0, k0, t0 = _stats(port), _cpu(ws.pid), _ask(clients), time.monotonic()
                 pub = subprocess.run(
-                    [sys.executable, __file__, "--role", "publisher", "--rate", str(rate),
-                     "--duration", str(args.duration)],
-                    input=json.dumps(sids) + "\n", capture_output=True, text=True, timeout=DEADLINE,
-                    env={**env, "BENCH_REDIS_URL": server.url}, cwd=ROOT, check=True)
+                    [
+                        sys.executable,
+                        __file__,
+                        "--role",
+                        "publisher",
+                        "--rate",
+                        str(rate),
+                        "--duration",
+                        str(args.duration),
+                    ],
+                    input=json.dumps(sids) + "\n",
+                    capture_output=True,
+                    text=True,
+                    timeout=DEADLINE,
+                    env={**env, "BENCH_REDIS_URL": server.url},
+                    cwd=ROOT,
+                    check=True,
+                )
                 published = json.loads(pub.stdout)["published"]
                 deadline = time.monotonic() + DEADLINE
                 while True:  # bounded: until every published message was counted by the clients
@@ -270,14 +299,22 @@ def measure_pool(args: argparse.Namespace, pool_size: int, workdir: Path) -> lis
                 t1, c1, s1 = time.monotonic(), _cpu(ws.pid), _stats(port)
                 forwarded = s1["messages_forwarded"] - s0["messages_forwarded"]
                 cpu = c1 - c0
-                rows.append({
-                    "pool": pool_size, "pubsub_conns": s1["pubsub_connections"], "sessions": args.sessions,
-                    "offered_per_s": rate, "published": published, "forwarded": forwarded,
-                    "delivered": k1["frames"] - k0["frames"], "wall_s": t1 - t0, "cpu_s": cpu,
-                    "us_per_msg": cpu / forwarded * 1e6 if forwarded else float("nan"),
-                    "per_core": forwarded / cpu if cpu else float("nan"),
-                    "drops": s1["slow_client_drops"] + s1["ping_timeouts"] + s1["redis_lost_drops"],
-                })
+                rows.append(
+                    {
+                        "pool": pool_size,
+                        "pubsub_conns": s1["pubsub_connections"],
+                        "sessions": args.sessions,
+                        "offered_per_s": rate,
+                        "published": published,
+                        "forwarded": forwarded,
+                        "delivered": k1["frames"] - k0["frames"],
+                        "wall_s": t1 - t0,
+                        "cpu_s": cpu,
+                        "us_per_msg": cpu / forwarded * 1e6 if forwarded else float("nan"),
+                        "per_core": forwarded / cpu if cpu else float("nan"),
+                        "drops": s1["slow_client_drops"] + s1["ping_timeouts"] + s1["redis_lost_drops"],
+                    }
+                )
         finally:
             try:
                 clients.stdin.write("STOP\n")
@@ -300,18 +337,24 @@ def run_driver(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-wsproxy-") as tmp:
         for pool in args.pool_sizes:
             rows += measure_pool(args, pool, Path(tmp))
-    head = (f"{'pool':>5} {'conns':>5} {'sessions':>8} {'offered/s':>9} {'published':>9} {'forwarded':>9} "
-            f"{'delivered':>9} {'wall s':>7} {'CPU s':>7} {'us/msg':>7} {'msgs/s/core':>11} {'drops':>5}")
+    head = (
+        f"{'pool':>5} {'conns':>5} {'sessions':>8} {'offered/s':>9} {'published':>9} {'forwarded':>9} "
+        f"{'delivered':>9} {'wall s':>7} {'CPU s':>7} {'us/msg':>7} {'msgs/s/core':>11} {'drops':>5}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['pool']:>5} {r['pubsub_conns']:>5} {r['sessions']:>8} {r['offered_per_s']:>9} "
-              f"{r['published']:>9} {r['forwarded']:>9} {r['delivered']:>9} {r['wall_s']:>7.2f} "
-              f"{r['cpu_s']:>7.2f} {r['us_per_msg']:>7.2f} {r['per_core']:>11,.0f} {r['drops']:>5}")
+        print(
+            f"{r['pool']:>5} {r['pubsub_conns']:>5} {r['sessions']:>8} {r['offered_per_s']:>9} "
+            f"{r['published']:>9} {r['forwarded']:>9} {r['delivered']:>9} {r['wall_s']:>7.2f} "
+            f"{r['cpu_s']:>7.2f} {r['us_per_msg']:>7.2f} {r['per_core']:>11,.0f} {r['drops']:>5}"
+        )
     worst = min(r["per_core"] for r in rows)
-    print(f"\nwsproxy CPU only (psutil, user+system over the whole phase incl. drain); target >= "
-          f"{TARGET_PER_CORE:,} msgs/s/core: {'met' if worst >= TARGET_PER_CORE else 'NOT met'} "
-          f"(worst row {worst:,.0f})")
+    print(
+        f"\nwsproxy CPU only (psutil, user+system over the whole phase incl. drain); target >= "
+        f"{TARGET_PER_CORE:,} msgs/s/core: {'met' if worst >= TARGET_PER_CORE else 'NOT met'} "
+        f"(worst row {worst:,.0f})"
+    )
     lossless = all(r["delivered"] == r["published"] == r["forwarded"] for r in rows)
     if not lossless:
         print("WARNING: some rows lost messages (published != forwarded != delivered)")
@@ -322,12 +365,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--role", choices=["driver", "clients", "publisher"], default="driver")
     parser.add_argument("--sessions", type=int, default=1000)
-    parser.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[10000, 25000, 50000],
-                        help="offered total PUBLISH rates, messages/s (comma-separated)")
+    parser.add_argument(
+        "--rates",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[10000, 25000, 50000],
+        help="offered total PUBLISH rates, messages/s (comma-separated)",
+    )
     parser.add_argument("--rate", type=int, default=10000, help=argparse.SUPPRESS)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds each rate is offered")
-    parser.add_argument("--pool-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[512, 1],
-                        help="PUBSUB_POOL_SIZE values to compare (comma-separated)")
+    parser.add_argument(
+        "--pool-sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[512, 1],
+        help="PUBSUB_POOL_SIZE values to compare (comma-separated)",
+    )
     args = parser.parse_args()
     if args.role == "clients":
         run_clients(args)

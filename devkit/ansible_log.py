@@ -22,7 +22,7 @@ def failure_summary(log: str, tail: int = 2500) -> str:
         elif _FAILED.match(line):
             out.append(task)
             block = [line]
-            for nxt in lines[i + 1:i + 40]:
+            for nxt in lines[i + 1 : i + 40]:
                 if not nxt.startswith((" ", "\t")) or nxt.startswith(("TASK [", "PLAY")):
                     break
                 block.append(nxt)

@@ -84,8 +84,9 @@ def wait_tcp(host: str, port: int, *, timeout: float = READY_TIMEOUT, proc: "Pro
     _poll(check, f"tcp {host}:{port}", time.monotonic() + timeout, proc)
 
 
-def wait_http_ok(host: str, port: int, path: str | None = None, *, timeout: float = READY_TIMEOUT,
-                 proc: "Proc | None" = None) -> None:
+def wait_http_ok(
+    host: str, port: int, path: str | None = None, *, timeout: float = READY_TIMEOUT, proc: "Proc | None" = None
+) -> None:
     path = path or contract.health_path()
 
     def check() -> bool:
@@ -144,8 +145,12 @@ def spawn(name: str, argv: Sequence[str], *, env: Mapping[str, str] | None, log_
     fh = open(log_path, "ab")
     try:
         popen = subprocess.Popen(
-            list(argv), env=dict(env) if env is not None else None, stdout=fh, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            list(argv),
+            env=dict(env) if env is not None else None,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     finally:
         fh.close()
@@ -164,8 +169,14 @@ class RedisServer:
         return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
 
-def start_redis(workdir: Path, *, host: str = LOOPBACK, port: int | None = None,
-                password: str | None = None, extra: Sequence[str] = ()) -> RedisServer:
+def start_redis(
+    workdir: Path,
+    *,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    password: str | None = None,
+    extra: Sequence[str] = (),
+) -> RedisServer:
     """Start a kit-owned redis-server (no persistence) and wait for PING."""
     exe = shutil.which("redis-server")
     if exe is None:
@@ -178,7 +189,7 @@ def start_redis(workdir: Path, *, host: str = LOOPBACK, port: int | None = None,
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(
-            f"bind {host}\nport {port}\nrequirepass {password}\nsave \"\"\nappendonly no\n"
+            f'bind {host}\nport {port}\nrequirepass {password}\nsave ""\nappendonly no\n'
             f"dir {workdir}\ndaemonize no\nprotected-mode yes\nmaxclients 10000\n"
             "client-output-buffer-limit pubsub 64mb 16mb 60\n" + "".join(f"{x}\n" for x in extra)
         )
@@ -219,19 +230,34 @@ def _start_service(module: str, log_dir: Path, port: int, check_host: str, env: 
     return proc, port
 
 
-def start_sim(log_dir: Path, *, redis_url: str, jwt_secret: str, host: str = LOOPBACK,
-              port: int | None = None, env: Mapping[str, str] | None = None,
-              **settings: object) -> tuple[Proc, int]:
+def start_sim(
+    log_dir: Path,
+    *,
+    redis_url: str,
+    jwt_secret: str,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    **settings: object,
+) -> tuple[Proc, int]:
     """Start ``python -m kit.sim``; *settings* are extra environment variables (TOKEN_DELAY_MS=...)."""
     port = port or free_port(host)
-    penv = _service_env(env, REDIS_URL=redis_url, JWT_SECRET=jwt_secret, FASTAPI_HOST=host,
-                        FASTAPI_PORT=port, **settings)
+    penv = _service_env(
+        env, REDIS_URL=redis_url, JWT_SECRET=jwt_secret, FASTAPI_HOST=host, FASTAPI_PORT=port, **settings
+    )
     return _start_service("kit.sim", log_dir, port, host, penv)
 
 
-def start_wsproxy(log_dir: Path, *, redis_url: str, jwt_secret: str, host: str = LOOPBACK,
-                  port: int | None = None, env: Mapping[str, str] | None = None,
-                  **settings: object) -> tuple[Proc, int]:
+def start_wsproxy(
+    log_dir: Path,
+    *,
+    redis_url: str,
+    jwt_secret: str,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    **settings: object,
+) -> tuple[Proc, int]:
     """Start ``python -m kit.wsproxy``; *settings* are extra environment variables."""
     port = port or free_port(host)
     penv = _service_env(env, REDIS_URL=redis_url, JWT_SECRET=jwt_secret, HOST=host, PORT=port, **settings)
@@ -260,8 +286,12 @@ class Stack:
 
 
 @contextlib.contextmanager
-def local_stack(workdir: Path | None = None, *, sim_env: Mapping[str, object] | None = None,
-                wsproxy_env: Mapping[str, object] | None = None) -> Iterator[Stack]:
+def local_stack(
+    workdir: Path | None = None,
+    *,
+    sim_env: Mapping[str, object] | None = None,
+    wsproxy_env: Mapping[str, object] | None = None,
+) -> Iterator[Stack]:
     """Start Redis, the simulator and the wsproxy; stop all three on exit."""
     tmp = None
     if workdir is None:

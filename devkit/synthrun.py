@@ -58,9 +58,18 @@ def _ms_us(rng: random.Random, median_ms: float, sigma: float = 0.5) -> int:
     return max(1, int(rng.lognormvariate(0.0, sigma) * median_ms * 1000))
 
 
-def _session_events(rng: random.Random, g: int, start_ns: int, *, queries: int, tokens: int,
-                    token_delay_ms: float, ttft_ms: float, think_s: float, loss: Iterator[bool]
-                    ) -> Iterator[tuple[int, int, str, Any]]:
+def _session_events(
+    rng: random.Random,
+    g: int,
+    start_ns: int,
+    *,
+    queries: int,
+    tokens: int,
+    token_delay_ms: float,
+    ttft_ms: float,
+    think_s: float,
+    loss: Iterator[bool],
+) -> Iterator[tuple[int, int, str, Any]]:
     """The events of session *g*, in time order: ``(wall_ns, g, kind, payload)``."""
     lag_us = _ms_us(rng, 0.3, 1.0)
     t = start_ns + lag_us * 1000
@@ -89,10 +98,21 @@ def _session_events(rng: random.Random, g: int, start_ns: int, *, queries: int, 
     yield t + _ms_us(rng, 1.0) * 1000, g, "end", None
 
 
-def write_generator_output(out_dir: Path, *, index: int = 0, generators: int = 1, sessions: int = 10_000,
-                           queries: int = 3, tokens: int = 20, token_delay_ms: float = 50.0, ttft_ms: float = 200.0,
-                           think_s: float = 40.0, ramp: float = 400.0, run_id: str = "synthetic-run",
-                           seed: int = 18) -> dict[str, Any]:
+def write_generator_output(
+    out_dir: Path,
+    *,
+    index: int = 0,
+    generators: int = 1,
+    sessions: int = 10_000,
+    queries: int = 3,
+    tokens: int = 20,
+    token_delay_ms: float = 50.0,
+    ttft_ms: float = 200.0,
+    think_s: float = 40.0,
+    ramp: float = 400.0,
+    run_id: str = "synthetic-run",
+    seed: int = 18,
+) -> dict[str, Any]:
     """Write generator *index*'s (of *generators*) folder of *sessions* sessions; return its summary.
 
     Sessions ``index, index + generators, ...`` of the run start on a ramp of *ramp* sessions a second over
@@ -107,10 +127,20 @@ def write_generator_output(out_dir: Path, *, index: int = 0, generators: int = 1
     rec.mono_to_wall_ns = t0_ns - _MONO0
     off = rec.mono_to_wall_ns
     loss = itertools.cycle([False] * (LOSS_EVERY // 2) + [True] + [False] * (LOSS_EVERY - LOSS_EVERY // 2 - 1))
-    streams = (_session_events(random.Random(rng.random()), g, t0_ns + int(g / ramp * _NS), queries=queries,
-                               tokens=tokens, token_delay_ms=token_delay_ms, ttft_ms=ttft_ms, think_s=think_s,
-                               loss=loss)
-               for g in range(index, sessions * generators, generators))
+    streams = (
+        _session_events(
+            random.Random(rng.random()),
+            g,
+            t0_ns + int(g / ramp * _NS),
+            queries=queries,
+            tokens=tokens,
+            token_delay_ms=token_delay_ms,
+            ttft_ms=ttft_ms,
+            think_s=think_s,
+            loss=loss,
+        )
+        for g in range(index, sessions * generators, generators)
+    )
     # sessions start in order, so merging their event streams lazily keeps the working set to the live ones
     events = _merge_started(streams)
     live: dict[int, tuple[SessionRecord, QueryRecord | None]] = {}
@@ -182,25 +212,60 @@ def write_generator_output(out_dir: Path, *, index: int = 0, generators: int = 1
     for k, v in (("http_requests", n_http), ("http_connections_opened", 64), ("http_connections_reused", n_http - 64)):
         rec.counters[k] += v
     run: dict[str, Any] = {
-        "host": f"gen{index + 1}", "pid": 10_000 + index, "start_skew_s": round(cpu_rng.uniform(0, 0.004), 6),
-        "process_index": 0, "start": T0, "end": last_ns / _NS,
+        "host": f"gen{index + 1}",
+        "pid": 10_000 + index,
+        "start_skew_s": round(cpu_rng.uniform(0, 0.004), 6),
+        "process_index": 0,
+        "start": T0,
+        "end": last_ns / _NS,
         "reconnect_limit": {"rate": 200.0, "burst": 50, "admitted": 0, "waited": 0, "wait_s": 0.0},
         "cpu_percent_peak": max(rec.cpu_samples, default=0.0),
         "cpu_percent_mean": round(sum(rec.cpu_samples) / len(rec.cpu_samples), 1) if rec.cpu_samples else 0.0,
-        "loop_lag_p99_ms": lag.percentile(99) / 1000, "loop_lag_max_ms": lag.max / 1000,
-        "generator_overloaded": False, "overload_reason": "", "cpu_s": round(len(rec.cpu_samples) * 0.4, 3),
+        "loop_lag_p99_ms": lag.percentile(99) / 1000,
+        "loop_lag_max_ms": lag.max / 1000,
+        "generator_overloaded": False,
+        "overload_reason": "",
+        "cpu_s": round(len(rec.cpu_samples) * 0.4, 3),
     }
-    config = {"clients": sessions * generators, "queries": queries, "tokens": tokens, "token_delay_ms": token_delay_ms,
-              "ttft_ms": ttft_ms, "think_time": think_s, "ramp": ramp, "run_id": run_id, "output_dir": str(out_dir)}
-    meta = {"run_id": run_id, "argv": ["python -m kit.client", "(synthetic: devkit.synthrun)"], "versions": versions(),
-            "host": run["host"], "pid": run["pid"], "model": "closed", "config": config,
-            "total_sessions": sessions * generators, "processes": 1}
-    requested = {"tokens": tokens, "token_delay_ms": token_delay_ms, "ttft_ms": ttft_ms, "token_jitter_ms": None,
-                 "think_time_s": think_s, "query_timeout_s": 120.0, "queries": queries}
+    config = {
+        "clients": sessions * generators,
+        "queries": queries,
+        "tokens": tokens,
+        "token_delay_ms": token_delay_ms,
+        "ttft_ms": ttft_ms,
+        "think_time": think_s,
+        "ramp": ramp,
+        "run_id": run_id,
+        "output_dir": str(out_dir),
+    }
+    meta = {
+        "run_id": run_id,
+        "argv": ["python -m kit.client", "(synthetic: devkit.synthrun)"],
+        "versions": versions(),
+        "host": run["host"],
+        "pid": run["pid"],
+        "model": "closed",
+        "config": config,
+        "total_sessions": sessions * generators,
+        "processes": 1,
+    }
+    requested = {
+        "tokens": tokens,
+        "token_delay_ms": token_delay_ms,
+        "ttft_ms": ttft_ms,
+        "token_jitter_ms": None,
+        "think_time_s": think_s,
+        "query_timeout_s": 120.0,
+        "queries": queries,
+    }
     echo = {"tokens": tokens, "token_delay_ms": token_delay_ms, "ttft_ms": ttft_ms, "token_jitter_ms": 0.0}
-    workload = {"source": None, "seed": seed,
-                "classes": {"default": {"weight": 1.0, "overrides": {}, "requested": requested, "sessions": sessions,
-                                        "echo": echo}}}
+    workload = {
+        "source": None,
+        "seed": seed,
+        "classes": {
+            "default": {"weight": 1.0, "overrides": {}, "requested": requested, "sessions": sessions, "echo": echo}
+        },
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = write_outputs(out_dir, rec, run, meta, run_id=run_id, model="closed", workload=workload)
     snap = status_snapshot(rec, run_id=run_id, started=T0, done=True, cpu=run["cpu_percent_mean"])
@@ -230,8 +295,9 @@ def _merge_started(streams: Iterator[Iterator[tuple[int, int, str, Any]]]) -> It
             heapq.heappush(heap, (nxt, it))
 
 
-def write_generator_outputs(root: Path, *, generators: int = 10, sessions: int = 10_000, jobs: int = 1,
-                            **kw: Any) -> list[Path]:
+def write_generator_outputs(
+    root: Path, *, generators: int = 10, sessions: int = 10_000, jobs: int = 1, **kw: Any
+) -> list[Path]:
     """*generators* folders ``root/gen<i>/out`` of *sessions* sessions each (keywords: :func:`write_generator_output`),
     written by *jobs* processes at once (each folder is independent: the files do not depend on *jobs*)."""
     dirs = [Path(root) / f"gen{i + 1}" / "out" for i in range(generators)]
@@ -240,8 +306,10 @@ def write_generator_outputs(root: Path, *, generators: int = 10, sessions: int =
             write_generator_output(d, index=i, generators=generators, sessions=sessions, **kw)
         return dirs
     with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
-        for f in [pool.submit(write_generator_output, d, index=i, generators=generators, sessions=sessions, **kw)
-                  for i, d in enumerate(dirs)]:
+        for f in [
+            pool.submit(write_generator_output, d, index=i, generators=generators, sessions=sessions, **kw)
+            for i, d in enumerate(dirs)
+        ]:
             f.result()
     return dirs
 
@@ -252,8 +320,13 @@ def add_run_record(run_dir: Path, *, run_id: str = "synthetic-run") -> dict[str,
     Returns the summary written."""
     path = Path(run_dir) / "summary.json"
     summary = json.loads(path.read_text())
-    summary["run"] = {"run_id": run_id, "start_at": T0, "config": {"clients": summary.get("total_sessions")},
-                      "thresholds": [], "partial_reasons": []}
+    summary["run"] = {
+        "run_id": run_id,
+        "start_at": T0,
+        "config": {"clients": summary.get("total_sessions")},
+        "thresholds": [],
+        "partial_reasons": [],
+    }
     summary.setdefault("components", [])
     summary.setdefault("bottleneck", None)
     write_json_atomic(path, summary)
@@ -261,6 +334,7 @@ def add_run_record(run_dir: Path, *, run_id: str = "synthetic-run") -> dict[str,
 
 
 # -- the controller's steps, as functions of JSON arguments (for measure) -----------------------------------
+
 
 def merge_step(in_dirs: list[str], out_dir: str) -> dict[str, Any]:
     """``fab run``'s merge of the generators' folders, then what it adds for the report (:func:`add_run_record`)."""
@@ -276,8 +350,9 @@ def report_step(run_dir: str) -> dict[str, Any]:
     from kit.report import write_report
 
     write_report(Path(run_dir))
-    return {f"{name}_mb": round((Path(run_dir) / name).stat().st_size / 2**20, 2)
-            for name in ("report.html", "report.txt")}
+    return {
+        f"{name}_mb": round((Path(run_dir) / name).stat().st_size / 2**20, 2) for name in ("report.html", "report.txt")
+    }
 
 
 def compare_step(run_a: str, run_b: str, html_out: str) -> dict[str, Any]:
@@ -293,13 +368,17 @@ def compare_step(run_a: str, run_b: str, html_out: str) -> dict[str, Any]:
     result = compare.compare_runs(runs)
     done = time.perf_counter()
     compare.write_compare_html(Path(html_out), result, runs)
-    return {"load_s": round(loaded - t, 3), "bootstrap_s": round(done - loaded, 3),
-            "html_s": round(time.perf_counter() - done, 3),
-            "latency_values_per_run": runs[0].summary.get("successful_queries"),  # the ok queries: one value each
-            "compare_html_mb": round(Path(html_out).stat().st_size / 2**20, 2)}
+    return {
+        "load_s": round(loaded - t, 3),
+        "bootstrap_s": round(done - loaded, 3),
+        "html_s": round(time.perf_counter() - done, 3),
+        "latency_values_per_run": runs[0].summary.get("successful_queries"),  # the ok queries: one value each
+        "compare_html_mb": round(Path(html_out).stat().st_size / 2**20, 2),
+    }
 
 
 # -- measuring one step in a fresh process -------------------------------------------------------------------
+
 
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -323,9 +402,14 @@ def _measure_here(target: str, args: list[Any]) -> dict[str, Any]:
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     extra = fn(*args)
     r1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    return {**(extra if isinstance(extra, dict) else {}), "target": target, "wall_s": round(w1 - w0, 3),
-            "cpu_s": round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 3),
-            "rss_before_mb": round(base_kb / 1024, 1), "rss_peak_mb": round(_status_kb("VmHWM") / 1024, 1)}
+    return {
+        **(extra if isinstance(extra, dict) else {}),
+        "target": target,
+        "wall_s": round(w1 - w0, 3),
+        "cpu_s": round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 3),
+        "rss_before_mb": round(base_kb / 1024, 1),
+        "rss_peak_mb": round(_status_kb("VmHWM") / 1024, 1),
+    }
 
 
 def measure(target: str, *args: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -338,9 +422,13 @@ def measure(target: str, *args: Any, env: dict[str, str] | None = None) -> dict[
     import sys
 
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-m", "devkit.synthrun", "--measure", target, json.dumps(list(args))],
-                          cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(root), **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "devkit.synthrun", "--measure", target, json.dumps(list(args))],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
+    )
     if proc.returncode:
         raise RuntimeError(f"measuring {target} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -47,9 +47,27 @@ from typing import Any
 from kit import contract
 from kit.metrics import Histogram
 
-__all__ = ["RunData", "CsvRows", "QUERY_COLUMNS", "load_run", "run_t0", "run_x_range", "timeline_series", "timeline_percentiles", "latency_per_second", "cdf", "host_cpu_series",
-           "component_cpu_series", "server_series", "chaos_events", "run_chart_specs", "compare_chart_specs", "charts_html",
-           "assets_html", "nearest_rank"]
+__all__ = [
+    "RunData",
+    "CsvRows",
+    "QUERY_COLUMNS",
+    "load_run",
+    "run_t0",
+    "run_x_range",
+    "timeline_series",
+    "timeline_percentiles",
+    "latency_per_second",
+    "cdf",
+    "host_cpu_series",
+    "component_cpu_series",
+    "server_series",
+    "chaos_events",
+    "run_chart_specs",
+    "compare_chart_specs",
+    "charts_html",
+    "assets_html",
+    "nearest_rank",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +75,12 @@ ASSETS = Path(__file__).resolve().parent / "_assets"
 #: series colours (Okabe-Ito, readable for colour-blind readers), in order
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 #: the histograms drawn as distributions: (histograms.json key, title)
-DISTRIBUTIONS = (("ttft", "Time to first token"), ("delivery", "Token delivery latency (publish to receive)"),
-                 ("latency", "Query latency (intended start to done)"), ("inter_token", "Inter-token gap"))
+DISTRIBUTIONS = (
+    ("ttft", "Time to first token"),
+    ("delivery", "Token delivery latency (publish to receive)"),
+    ("latency", "Query latency (intended start to done)"),
+    ("inter_token", "Inter-token gap"),
+)
 TIME_X = "time since start (s)"
 #: the cursor-sync key of a page's time charts (uPlot ``cursor.sync.key``)
 TIME_SYNC = "run-time"
@@ -193,11 +215,12 @@ def _num(v: Any) -> float | None:
 
 # -- series (pure) ---------------------------------------------------------------------------------
 
+
 def timeline_series(timeline: Sequence[Mapping[str, str]], t0: float) -> dict[str, list[float]]:
     """``{"t": [...], field: [...]}`` per second of ``timeline.csv`` (counts per second; gauges as sampled)."""
     rows = sorted((r for r in timeline if _num(r.get("second")) is not None), key=lambda r: float(r["second"]))
     out: dict[str, list[float]] = {"t": [float(r["second"]) - t0 for r in rows]}
-    for k in (rows[0].keys() if rows else ()):
+    for k in rows[0].keys() if rows else ():
         if k != "second":
             out[k] = [_num(r.get(k)) or 0.0 for r in rows]
     return out
@@ -219,8 +242,9 @@ def nearest_rank(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(n - 1, max(0, math.ceil(p / 100.0 * n) - 1))]
 
 
-def latency_per_second(queries: Iterable[Mapping[str, str | None]], t0: float,
-                       ps: Sequence[float] = (50, 95, 99)) -> dict[str, list[Any]]:
+def latency_per_second(
+    queries: Iterable[Mapping[str, str | None]], t0: float, ps: Sequence[float] = (50, 95, 99)
+) -> dict[str, list[Any]]:
     """Latency percentiles of the queries that finished in each second (not cumulative).
 
     A query finished at its intended start plus its latency (``latency_ms`` is timed from the
@@ -270,11 +294,18 @@ def _proc_total(p: Mapping[str, Any]) -> float:
     return float(p.get("cpu_s") or 0.0) + float(p.get("cpu_children_s") or 0.0)
 
 
-def host_cpu_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float) -> dict[str, list[tuple[float, float]]]:
+def host_cpu_series(
+    hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float
+) -> dict[str, list[tuple[float, float]]]:
     """host -> [(second since start, CPU % of the whole host)] from the host monitors."""
-    return {h: [(float(r["ts"]) - t0, float(r["cpu_percent"])) for r in rows
-                if _num(r.get("ts")) is not None and _num(r.get("cpu_percent")) is not None]
-            for h, rows in hosts.items()}
+    return {
+        h: [
+            (float(r["ts"]) - t0, float(r["cpu_percent"]))
+            for r in rows
+            if _num(r.get("ts")) is not None and _num(r.get("cpu_percent")) is not None
+        ]
+        for h, rows in hosts.items()
+    }
 
 
 def component_cpu_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float) -> dict[str, dict[int, float]]:
@@ -320,8 +351,14 @@ def component_cpu_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: f
 
 
 #: wsproxy /stats counters drawn as rates, and the gauges drawn as sampled (server_series)
-WSPROXY_RATES = ("messages_forwarded", "slow_client_drops", "ping_timeouts", "redis_lost_drops", "redis_unavailable",
-                 "auth_failures")
+WSPROXY_RATES = (
+    "messages_forwarded",
+    "slow_client_drops",
+    "ping_timeouts",
+    "redis_lost_drops",
+    "redis_unavailable",
+    "auth_failures",
+)
 WSPROXY_GAUGES = ("connections_open", "subscriptions", "pubsub_connections")
 SIM_RATES = ("tokens_published", "done_published", "queries", "sessions_created", "errors", "redis_pool_exhausted")
 REDIS_RATES = ("total_commands_processed",)
@@ -333,7 +370,9 @@ def _labels(key: str) -> dict[str, str]:
     return dict(_LABEL.findall(key))
 
 
-def server_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float) -> dict[str, dict[str, dict[float, float]]]:
+def server_series(
+    hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: float
+) -> dict[str, dict[str, dict[float, float]]]:
     """``{series: {label: {t: value}}}`` from every host's samples (``ts`` epoch seconds; *t0* the run's zero).
 
     Series: ``wsproxy_connections_open``, ``wsproxy_subscriptions``, ``wsproxy_pubsub_connections`` (label
@@ -414,22 +453,50 @@ def chaos_events(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 # -- specs -----------------------------------------------------------------------------------------
 
+
 def _align(series: Mapping[str, Mapping[float, float | None]]) -> tuple[list[float], dict[str, list[float | None]]]:
     """Union of x values of several {x: y} maps; each series gets None where it has no value."""
     xs = sorted({x for m in series.values() for x in m})
     return xs, {k: [m.get(x) for x in xs] for k, m in series.items()}
 
 
-def _spec(cid: str, title: str, xs: Sequence[float], series: Sequence[dict[str, Any]], *, ylabel: str,
-          xlabel: str = TIME_X, y2label: str | None = None, logx: bool = False, step: bool = False,
-          events: Sequence[Mapping[str, Any]] = (), note: str = "", ymin0: bool = True,
-          points: bool = False, xrange: Sequence[float] | None = None, sync: str | None = None) -> dict[str, Any]:
+def _spec(
+    cid: str,
+    title: str,
+    xs: Sequence[float],
+    series: Sequence[dict[str, Any]],
+    *,
+    ylabel: str,
+    xlabel: str = TIME_X,
+    y2label: str | None = None,
+    logx: bool = False,
+    step: bool = False,
+    events: Sequence[Mapping[str, Any]] = (),
+    note: str = "",
+    ymin0: bool = True,
+    points: bool = False,
+    xrange: Sequence[float] | None = None,
+    sync: str | None = None,
+) -> dict[str, Any]:
     """One chart; *xrange* fixes its x range (else the data's and its events'), *sync* links its cursor with
     every chart of the page that has the same key."""
-    return {"id": cid, "title": title, "x": list(xs), "xlabel": xlabel, "ylabel": ylabel, "y2label": y2label,
-            "logx": logx, "step": step, "events": list(events), "note": note, "ymin0": ymin0, "points": points,
-            "xrange": list(xrange) if xrange is not None else None, "sync": sync,
-            "series": [dict(s) for s in series]}
+    return {
+        "id": cid,
+        "title": title,
+        "x": list(xs),
+        "xlabel": xlabel,
+        "ylabel": ylabel,
+        "y2label": y2label,
+        "logx": logx,
+        "step": step,
+        "events": list(events),
+        "note": note,
+        "ymin0": ymin0,
+        "points": points,
+        "xrange": list(xrange) if xrange is not None else None,
+        "sync": sync,
+        "series": [dict(s) for s in series],
+    }
 
 
 def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
@@ -439,45 +506,118 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
     tl = timeline_series(run.timeline, t0)
     t = tl["t"]
     specs = [
-        _spec(f"{prefix}-load", "Active sessions and queries per second", t,
-              [{"label": "active sessions", "values": tl.get("active_sessions", [])},
-               {"label": "queries done /s", "values": tl.get("queries_done", []), "axis": 2}],
-              ylabel="sessions", y2label="queries/s", events=ev),
-        _spec(f"{prefix}-tokens", "Tokens received per second", t,
-              [{"label": "tokens/s", "values": tl.get("tokens", [])}], ylabel="tokens/s", events=ev),
+        _spec(
+            f"{prefix}-load",
+            "Active sessions and queries per second",
+            t,
+            [
+                {"label": "active sessions", "values": tl.get("active_sessions", [])},
+                {"label": "queries done /s", "values": tl.get("queries_done", []), "axis": 2},
+            ],
+            ylabel="sessions",
+            y2label="queries/s",
+            events=ev,
+        ),
+        _spec(
+            f"{prefix}-tokens",
+            "Tokens received per second",
+            t,
+            [{"label": "tokens/s", "values": tl.get("tokens", [])}],
+            ylabel="tokens/s",
+            events=ev,
+        ),
     ]
     for name, title in (("delivery", "Token delivery latency"), ("ttft", "Time to first token")):
         pct = timeline_percentiles(run.timeline, t0, name)
-        specs.append(_spec(f"{prefix}-{name}-t", f"{title} per second (p50, p99, max)", pct["t"],
-                           [{"label": s, "values": pct[s]} for s in ("p50", "p99", "max")], ylabel="ms",
-                           events=ev, ymin0=False,
-                           note="per-second histograms merged over every generator process (never averaged)"))
+        specs.append(
+            _spec(
+                f"{prefix}-{name}-t",
+                f"{title} per second (p50, p99, max)",
+                pct["t"],
+                [{"label": s, "values": pct[s]} for s in ("p50", "p99", "max")],
+                ylabel="ms",
+                events=ev,
+                ymin0=False,
+                note="per-second histograms merged over every generator process (never averaged)",
+            )
+        )
     lat = latency_per_second(run.queries, t0)
-    specs.append(_spec(f"{prefix}-latency", "Query latency per second (queries finished in that second)", lat["t"],
-                       [{"label": k, "values": lat[k]} for k in ("p50", "p95", "p99")], ylabel="latency (ms)",
-                       events=ev, ymin0=False, note="from queries.csv; latency timed from each query's intended start"))
-    specs.append(_spec(f"{prefix}-errors", "Errors and reconnects per second", t,
-                       [{"label": label, "values": tl.get(k, [])} for k, label in
-                        (("errors", "errors"), ("queries_failed", "queries failed"),
-                         ("reconnect_attempts", "reconnect attempts"), ("reconnects_ok", "reconnects ok"))],
-                       ylabel="per second", events=ev))
-    hx, hy = _align({h: dict(pts) for h, pts in
-                     ((h, [(round(x), y) for x, y in pts]) for h, pts in host_cpu_series(run.hosts, t0).items())})
-    specs.append(_spec(f"{prefix}-hostcpu", "Host CPU", hx, [{"label": h, "values": v} for h, v in hy.items()],
-                       ylabel="CPU % of the host", events=ev))
+    specs.append(
+        _spec(
+            f"{prefix}-latency",
+            "Query latency per second (queries finished in that second)",
+            lat["t"],
+            [{"label": k, "values": lat[k]} for k in ("p50", "p95", "p99")],
+            ylabel="latency (ms)",
+            events=ev,
+            ymin0=False,
+            note="from queries.csv; latency timed from each query's intended start",
+        )
+    )
+    specs.append(
+        _spec(
+            f"{prefix}-errors",
+            "Errors and reconnects per second",
+            t,
+            [
+                {"label": label, "values": tl.get(k, [])}
+                for k, label in (
+                    ("errors", "errors"),
+                    ("queries_failed", "queries failed"),
+                    ("reconnect_attempts", "reconnect attempts"),
+                    ("reconnects_ok", "reconnects ok"),
+                )
+            ],
+            ylabel="per second",
+            events=ev,
+        )
+    )
+    hx, hy = _align(
+        {
+            h: dict(pts)
+            for h, pts in ((h, [(round(x), y) for x, y in pts]) for h, pts in host_cpu_series(run.hosts, t0).items())
+        }
+    )
+    specs.append(
+        _spec(
+            f"{prefix}-hostcpu",
+            "Host CPU",
+            hx,
+            [{"label": h, "values": v} for h, v in hy.items()],
+            ylabel="CPU % of the host",
+            events=ev,
+        )
+    )
     comp = component_cpu_series(run.hosts, t0)
     order = ("client", "sim", "wsproxy", "haproxy", "redis")
     cx, cy = _align({c: comp[c] for c in sorted(comp, key=lambda c: (order.index(c) if c in order else 99, c))})
-    specs.append(_spec(f"{prefix}-compcpu", "CPU per kit component (all hosts)", cx,
-                       [{"label": c, "values": v} for c, v in cy.items()], ylabel="cores", events=ev,
-                       note="" if comp else "no per-process samples in host.jsonl"))
+    specs.append(
+        _spec(
+            f"{prefix}-compcpu",
+            "CPU per kit component (all hosts)",
+            cx,
+            [{"label": c, "values": v} for c, v in cy.items()],
+            ylabel="cores",
+            events=ev,
+            note="" if comp else "no per-process samples in host.jsonl",
+        )
+    )
     specs += server_chart_specs(run, ev, prefix)
     for key, title in DISTRIBUTIONS[:2]:
         xs, ys, left = cdf(run.histograms.get(key))
-        specs.append(_spec(f"{prefix}-dist-{key}", f"{title}: distribution", xs,
-                           [{"label": f"% of {key} values <= x", "values": ys}], xlabel="ms (log)",
-                           ylabel="cumulative %", logx=True, step=True,
-                           note=f"{left} value(s) <= 0 ms not shown (clock skew)" if left else ""))
+        specs.append(
+            _spec(
+                f"{prefix}-dist-{key}",
+                f"{title}: distribution",
+                xs,
+                [{"label": f"% of {key} values <= x", "values": ys}],
+                xlabel="ms (log)",
+                ylabel="cumulative %",
+                logx=True,
+                step=True,
+                note=f"{left} value(s) <= 0 ms not shown (clock skew)" if left else "",
+            )
+        )
     _share_time_axis(specs, run_x_range(run))
     return specs
 
@@ -504,8 +644,16 @@ def server_chart_specs(run: RunData, events: Sequence[Mapping[str, Any]], prefix
         if not per:
             continue
         xs, ys = _align({k: dict(v) for k, v in sorted(per.items())})
-        specs.append(_spec(f"{prefix}-{cid}", title, xs, [{"label": k, "values": v} for k, v in ys.items()],
-                           ylabel=unit, events=events))
+        specs.append(
+            _spec(
+                f"{prefix}-{cid}",
+                title,
+                xs,
+                [{"label": k, "values": v} for k, v in ys.items()],
+                ylabel=unit,
+                events=events,
+            )
+        )
     return specs
 
 
@@ -521,9 +669,11 @@ def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, A
         return [{"label": labels[i], "values": ys[i]} for i in range(len(runs))]
 
     specs = []
-    for field_, title, unit in (("tokens", "Tokens received per second", "tokens/s"),
-                                ("active_sessions", "Active sessions", "sessions"),
-                                ("errors", "Errors per second", "per second")):
+    for field_, title, unit in (
+        ("tokens", "Tokens received per second", "tokens/s"),
+        ("active_sessions", "Active sessions", "sessions"),
+        ("errors", "Errors per second", "per second"),
+    ):
         per: dict[int, dict[float, float]] = {}
         for i, (_, r) in enumerate(runs):
             tl = timeline_series(r.timeline, r.t0)
@@ -537,13 +687,15 @@ def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, A
         for i, lat in enumerate(lats):
             per[i] = {x: y for x, y in zip(lat["t"], lat[p]) if y is not None}
         xs, ys = _align(per)
-        specs.append(_spec(f"cmp-lat-{p}", f"Query latency {p} per second", xs, series(ys), ylabel="latency (ms)",
-                           ymin0=False))
+        specs.append(
+            _spec(f"cmp-lat-{p}", f"Query latency {p} per second", xs, series(ys), ylabel="latency (ms)", ymin0=False)
+        )
     ranges = [run_x_range(r) for _, r in runs]
     firsts = [s["x"][0] for s in specs if s["x"]]
     lasts = [s["x"][-1] for s in specs if s["x"]]
-    _share_time_axis(specs, (min([0.0, *firsts, *(lo for lo, _ in ranges)]),
-                             max([1.0, *lasts, *(hi for _, hi in ranges)])))
+    _share_time_axis(
+        specs, (min([0.0, *firsts, *(lo for lo, _ in ranges)]), max([1.0, *lasts, *(hi for _, hi in ranges)]))
+    )
     for key, title in DISTRIBUTIONS:
         curves: dict[int, dict[float, float]] = {}
         for i, (_, r) in enumerate(runs):
@@ -558,12 +710,23 @@ def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, A
                     vals[j] = last if xs[j] <= max(curves[k], default=0) else 100.0
                 else:
                     last = v
-        specs.append(_spec(f"cmp-dist-{key}", f"{title}: distribution", xs, series(ys), xlabel="ms (log)",
-                           ylabel="cumulative %", logx=True, step=True))
+        specs.append(
+            _spec(
+                f"cmp-dist-{key}",
+                f"{title}: distribution",
+                xs,
+                series(ys),
+                xlabel="ms (log)",
+                ylabel="cumulative %",
+                logx=True,
+                step=True,
+            )
+        )
     return specs
 
 
 # -- HTML ------------------------------------------------------------------------------------------
+
 
 def assets_html() -> str:
     """uPlot's CSS and JS, inlined (for ``<head>``)."""
@@ -768,11 +931,16 @@ def charts_html(specs: Sequence[Mapping[str, Any]]) -> str:
     cells = []
     for s in specs:
         note = f'<p class="chart-note">{e(s["note"])}</p>' if s.get("note") else ""
-        cells.append(f'<figure class="chart"><div id="{e(s["id"])}" class="chart-box" data-rendered="0"></div>'
-                     f"{note}</figure>")
+        cells.append(
+            f'<figure class="chart"><div id="{e(s["id"])}" class="chart-box" data-rendered="0"></div>{note}</figure>'
+        )
     data = json.dumps(list(specs), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     builder = _BUILDER.replace("PALETTE", json.dumps(list(PALETTE)))
-    style = ("<style>.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:1em 2em}"
-             ".chart{margin:0}.chart-note{margin:0;color:#555;font-size:85%}.u-title{font-size:15px}</style>")
-    return (f'{style}<div class="charts">{"".join(cells)}</div>\n'
-            f'<script type="application/json" id="chart-specs">{data}</script>\n<script>{builder}</script>\n')
+    style = (
+        "<style>.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:1em 2em}"
+        ".chart{margin:0}.chart-note{margin:0;color:#555;font-size:85%}.u-title{font-size:15px}</style>"
+    )
+    return (
+        f'{style}<div class="charts">{"".join(cells)}</div>\n'
+        f'<script type="application/json" id="chart-specs">{data}</script>\n<script>{builder}</script>\n'
+    )

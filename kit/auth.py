@@ -35,7 +35,11 @@ class AuthError(Exception):
 
 
 def issue_token(
-    secret: str, session_id: str, *, algorithm: str = "HS256", ttl_seconds: int | None = None,
+    secret: str,
+    session_id: str,
+    *,
+    algorithm: str = "HS256",
+    ttl_seconds: int | None = None,
     now: float | None = None,
 ) -> str:
     iat = int(time.time() if now is None else now)
@@ -60,7 +64,12 @@ def bearer_token(header_value: str | None, *, max_bytes: int) -> str:
 
 
 def verify_token(
-    token: str, *, secret: str, session_id: str, algorithm: str = "HS256", now: float | None = None,
+    token: str,
+    *,
+    secret: str,
+    session_id: str,
+    algorithm: str = "HS256",
+    now: float | None = None,
 ) -> dict:
     """Return the claims of *token* if it grants access to *session_id*, else raise AuthError."""
     if not token.isascii():

@@ -41,9 +41,24 @@ from typing import Any
 from kit._charts import RunData, assets_html, charts_html, compare_chart_specs, load_run
 from kit.metrics import Histogram, bucket_value
 
-__all__ = ["CompareError", "Figure", "FIGURES", "FailRule", "parse_fail_if", "bootstrap_diff_ci", "compare_runs",
-           "format_table", "evaluate_fail_if", "write_compare_html", "load_runs", "RESAMPLES", "SEED", "CONFIDENCE",
-           "side_by_side", "run_labels"]
+__all__ = [
+    "CompareError",
+    "Figure",
+    "FIGURES",
+    "FailRule",
+    "parse_fail_if",
+    "bootstrap_diff_ci",
+    "compare_runs",
+    "format_table",
+    "evaluate_fail_if",
+    "write_compare_html",
+    "load_runs",
+    "RESAMPLES",
+    "SEED",
+    "CONFIDENCE",
+    "side_by_side",
+    "run_labels",
+]
 
 #: bootstrap resamples per run and figure (bounded: the cost is O(RESAMPLES) per figure after one sort)
 RESAMPLES = 2000
@@ -58,16 +73,17 @@ class CompareError(ValueError):
 
 # -- figures -----------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Figure:
     """One row of the table: *get* reads it from a summary; *raw* names what the bootstrap resamples."""
 
     key: str
     label: str
-    unit: str                    # ms | % | /s | count | us/token
+    unit: str  # ms | % | /s | count | us/token
     get: Callable[[Mapping[str, Any]], float | None]
-    better: str = "lower"        # lower | higher
-    raw: tuple[str, str] | None = None   # ("queries", column) or ("histogram", name), with the percentile in key
+    better: str = "lower"  # lower | higher
+    raw: tuple[str, str] | None = None  # ("queries", column) or ("histogram", name), with the percentile in key
     percentile: float | None = None
 
 
@@ -77,6 +93,7 @@ def _path(*keys: str) -> Callable[[Mapping[str, Any]], float | None]:
         for k in keys:
             v = v.get(k) if isinstance(v, Mapping) else None
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
     return get
 
 
@@ -85,6 +102,7 @@ def _cpu(component: str) -> Callable[[Mapping[str, Any]], float | None]:
         vals = [e.get("us_per_token") for e in s.get("components") or [] if e.get("component") == component]
         vals = [v for v in vals if isinstance(v, (int, float))]
         return round(sum(vals), 2) if vals else None
+
     return get
 
 
@@ -119,8 +137,10 @@ _TIME = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 # -- the bootstrap -------------------------------------------------------------------------------------
 
-def _quantile_sampler(values: Sequence[float] | None = None, hist: Histogram | None = None
-                      ) -> tuple[int, Callable[[float], float]] | None:
+
+def _quantile_sampler(
+    values: Sequence[float] | None = None, hist: Histogram | None = None
+) -> tuple[int, Callable[[float], float]] | None:
     """(n, u -> the value at empirical quantile u) of raw values (sorted here) or of a histogram (in ms)."""
     if values is not None:
         xs = sorted(values)
@@ -148,18 +168,21 @@ def _quantile_sampler(values: Sequence[float] | None = None, hist: Histogram | N
             else:
                 lo = mid + 1
         return vals[lo]
+
     return n, at
 
 
-def _resampled_percentiles(n: int, at: Callable[[float], float], p: float, rng: random.Random,
-                           resamples: int) -> list[float]:
+def _resampled_percentiles(
+    n: int, at: Callable[[float], float], p: float, rng: random.Random, resamples: int
+) -> list[float]:
     """The p-th percentile of *resamples* bootstrap resamples (nearest rank), via Beta(k, n-k+1)."""
     k = min(n, max(1, math.ceil(p / 100.0 * n)))
     return [at(rng.betavariate(k, n - k + 1)) for _ in range(resamples)]
 
 
-def bootstrap_diff_ci(a: Any, b: Any, p: float, *, resamples: int = RESAMPLES, seed: int = SEED,
-                      confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+def bootstrap_diff_ci(
+    a: Any, b: Any, p: float, *, resamples: int = RESAMPLES, seed: int = SEED, confidence: float = CONFIDENCE
+) -> tuple[float, float] | None:
     """CI of (percentile p of *b*) - (percentile p of *a*); each is a list of raw values or a Histogram (us).
 
     None when either side has no values.
@@ -203,6 +226,7 @@ def _raw_queries(run: RunData, names: Sequence[str]) -> dict[str, list[float] | 
 
 
 # -- the comparison ------------------------------------------------------------------------------------
+
 
 def _label(run: RunData) -> str:
     return str((run.summary.get("run") or {}).get("run_id") or run.summary.get("run_id") or run.path.name)
@@ -252,8 +276,9 @@ def compare_runs(runs: Sequence[RunData], *, resamples: int = RESAMPLES, seed: i
                         raw_cache.update({(j, ("queries", k)): v for k, v in _raw_queries(runs[j], QUERY_RAW).items()})
                     else:
                         raw_cache[(j, f.raw)] = _raw(runs[j], f.raw)
-                ci = bootstrap_diff_ci(raw_cache[(0, f.raw)], raw_cache[(i, f.raw)], f.percentile,
-                                       resamples=resamples, seed=seed)
+                ci = bootstrap_diff_ci(
+                    raw_cache[(0, f.raw)], raw_cache[(i, f.raw)], f.percentile, resamples=resamples, seed=seed
+                )
                 cell["ci"] = ci
                 if ci is None:
                     cell["verdict"] = "no data"
@@ -263,12 +288,19 @@ def compare_runs(runs: Sequence[RunData], *, resamples: int = RESAMPLES, seed: i
                 else:
                     cell["verdict"] = "noise"
             cells.append(cell)
-        rows.append({"key": f.key, "label": f.label, "unit": f.unit, "base": base, "runs": cells,
-                     "testable": f.raw is not None})
-    return {"labels": labels, "rows": rows, "side_by_side": side_by_side(runs),
-            "method": (f"percentile bootstrap, {resamples} resamples per run, seed {seed}, "
-                       f"{CONFIDENCE:.0%} CI of the difference; latency and TTFT from queries.csv, delivery "
-                       "from the histogram; counts and rates: one value per run, not testable")}
+        rows.append(
+            {"key": f.key, "label": f.label, "unit": f.unit, "base": base, "runs": cells, "testable": f.raw is not None}
+        )
+    return {
+        "labels": labels,
+        "rows": rows,
+        "side_by_side": side_by_side(runs),
+        "method": (
+            f"percentile bootstrap, {resamples} resamples per run, seed {seed}, "
+            f"{CONFIDENCE:.0%} CI of the difference; latency and TTFT from queries.csv, delivery "
+            "from the histogram; counts and rates: one value per run, not testable"
+        ),
+    }
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -288,6 +320,7 @@ _VOLATILE = ("run_id", "results_dir", "argv")
 def side_by_side(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     """Workload, build and versions of each run, one row per setting, ``differs`` where runs disagree."""
     from kit.run import build_label
+
     per_run = []
     for r in runs:
         run = r.summary.get("run") or {}
@@ -305,23 +338,27 @@ def side_by_side(runs: Sequence[RunData]) -> list[dict[str, Any]]:
         flat["inventory.hosts"] = ", ".join(sorted(((run.get("inventory") or {}).get("hosts") or {})))
         per_run.append(flat)
     keys = sorted({k for f in per_run for k in f if not any(k.endswith(v) for v in _VOLATILE)})
+
     def same(v: Any) -> str:  # unset, empty and null are one "nothing"
         return json.dumps(None if v in (None, "", "[]", "{}", [], {}) else v, sort_keys=True, default=str)
 
-    return [{"key": k, "values": [f.get(k) for f in per_run], "differs": len({same(f.get(k)) for f in per_run}) > 1}
-            for k in keys]
+    return [
+        {"key": k, "values": [f.get(k) for f in per_run], "differs": len({same(f.get(k)) for f in per_run}) > 1}
+        for k in keys
+    ]
 
 
 # -- fail-if rules ------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class FailRule:
     text: str
     key: str
     op: str
-    value: float            # in the figure's unit (ms for times); a fraction for a relative change
-    change: bool            # compare the change to the first run (signed value) or the run's value
-    relative: bool          # a change in % of the first run's value
+    value: float  # in the figure's unit (ms for times); a fraction for a relative change
+    change: bool  # compare the change to the first run (signed value) or the run's value
+    relative: bool  # a change in % of the first run's value
 
     def check(self, base: float | None, value: float | None) -> tuple[bool | None, float | None]:
         """(failed, the compared quantity); failed is None when a value is missing."""
@@ -340,10 +377,17 @@ class FailRule:
 
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
-_RULE = re.compile(r"^\s*(?P<key>[a-z][a-z0-9_]*)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<sign>[+-])?"
-                   r"(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>%|us|ms|s)?\s*$")
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+_RULE = re.compile(
+    r"^\s*(?P<key>[a-z][a-z0-9_]*)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<sign>[+-])?"
+    r"(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>%|us|ms|s)?\s*$"
+)
 _RULE_HELP = "write e.g. 'p99>+10%' (change to the first run), 'tps<-5%', 'p99>+20ms', 'lost>0', 'success<99.9%'"
 
 
@@ -361,8 +405,9 @@ def parse_fail_if(text: str) -> FailRule:
         if change:
             return FailRule(text, key, op, num / 100.0, True, True)
         if f.unit != "%":
-            raise CompareError(f"--fail-if {text!r}: {key} is not a percentage; a change in % needs a sign: "
-                               f"'{key}{op}+{m['num']}%'")
+            raise CompareError(
+                f"--fail-if {text!r}: {key} is not a percentage; a change in % needs a sign: '{key}{op}+{m['num']}%'"
+            )
         return FailRule(text, key, op, num, False, False)
     if unit in _TIME:
         if f.unit != "ms":
@@ -383,12 +428,21 @@ def evaluate_fail_if(result: Mapping[str, Any], rules: Sequence[FailRule]) -> li
         row = by_key[rule.key]
         for label, cell in zip(result["labels"][1:], row["runs"]):
             failed, q = rule.check(row["base"], cell["value"])
-            out.append({"rule": rule.text, "run": label, "failed": failed, "compared": q, "relative": rule.relative,
-                        "verdict": cell["verdict"]})
+            out.append(
+                {
+                    "rule": rule.text,
+                    "run": label,
+                    "failed": failed,
+                    "compared": q,
+                    "relative": rule.relative,
+                    "verdict": cell["verdict"],
+                }
+            )
     return out
 
 
 # -- output -------------------------------------------------------------------------------------------
+
 
 def _fmt(v: float | None, unit: str = "") -> str:
     if v is None:
@@ -453,13 +507,18 @@ def _short(v: Any, n: int = 60) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-def write_compare_html(path: Path, result: Mapping[str, Any], runs: Sequence[RunData],
-                       fail_checks: Sequence[Mapping[str, Any]] = ()) -> Path:
+def write_compare_html(
+    path: Path, result: Mapping[str, Any], runs: Sequence[RunData], fail_checks: Sequence[Mapping[str, Any]] = ()
+) -> Path:
     """One offline page: the table, fail-if verdicts, settings side by side (differences marked), charts."""
     e = html.escape
     labels = result["labels"]
-    head = "<tr><th>figure</th><th>unit</th>" + f"<th>{e(labels[0])}</th>" + "".join(
-        f"<th>{e(lab)}</th><th>change</th><th>beyond noise? (95% CI)</th>" for lab in labels[1:]) + "</tr>"
+    head = (
+        "<tr><th>figure</th><th>unit</th>"
+        + f"<th>{e(labels[0])}</th>"
+        + "".join(f"<th>{e(lab)}</th><th>change</th><th>beyond noise? (95% CI)</th>" for lab in labels[1:])
+        + "</tr>"
+    )
     body = []
     for row in result["rows"]:
         if row["base"] is None and all(c["value"] is None for c in row["runs"]):
@@ -467,32 +526,38 @@ def write_compare_html(path: Path, result: Mapping[str, Any], runs: Sequence[Run
         cells = f"<th>{e(row['label'])}</th><td>{e(row['unit'])}</td><td>{e(_fmt(row['base'], row['unit']))}</td>"
         for cell in row["runs"]:
             cls = {"worse": "worse", "better": "better"}.get(cell["verdict"], "")
-            cells += (f"<td>{e(_fmt(cell['value'], row['unit']))}</td><td>{e(_diff_cell(row, cell))}</td>"
-                      f'<td class="{cls}">{e(_verdict_cell(cell))}</td>')
+            cells += (
+                f"<td>{e(_fmt(cell['value'], row['unit']))}</td><td>{e(_diff_cell(row, cell))}</td>"
+                f'<td class="{cls}">{e(_verdict_cell(cell))}</td>'
+            )
         body.append(f"<tr>{cells}</tr>")
     settings = "".join(
         f'<tr class="{"differs" if r["differs"] else ""}"><th>{e(r["key"])}</th>'
-        + "".join(f"<td>{e(_short(v, 120))}</td>" for v in r["values"]) + "</tr>" for r in result["side_by_side"])
+        + "".join(f"<td>{e(_short(v, 120))}</td>" for v in r["values"])
+        + "</tr>"
+        for r in result["side_by_side"]
+    )
     checks = "".join(
         f'<li class="{"" if c["failed"] is False else "worse"}">{e(c["rule"])} on {e(c["run"])}: '
-        f'{"FAIL" if c["failed"] else ("no value: counts as failed" if c["failed"] is None else "pass")}</li>'
-        for c in fail_checks)
+        f"{'FAIL' if c['failed'] else ('no value: counts as failed' if c['failed'] is None else 'pass')}</li>"
+        for c in fail_checks
+    )
     specs = compare_chart_specs([(lab, r) for lab, r in zip(labels, runs)])
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>wsproxy-loadkit compare {e(' vs '.join(labels))}</title>
+<html><head><meta charset="utf-8"><title>wsproxy-loadkit compare {e(" vs ".join(labels))}</title>
 {assets_html()}
 <style>body{{font-family:sans-serif;margin:2em;max-width:80em}} table{{border-collapse:collapse;margin-bottom:1em}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} th{{text-align:left}}
 table.settings td{{text-align:left}} .worse{{color:#b00;font-weight:bold}} .better{{color:#070;font-weight:bold}} tr.differs{{background:#fff3c4}}</style>
 </head><body>
-<h1>Compare: {e(' vs '.join(labels))}</h1>
-<p>Baseline: <b>{e(labels[0])}</b>. Noise test: {e(result['method'])}.</p>
-<p>Runs: {'; '.join(f'<b>{e(lab)}</b> {e(str(r.path))}' for lab, r in zip(labels, runs))}.</p>
-<table>{head}{''.join(body)}</table>
-{'<h2>--fail-if</h2><ul>' + checks + '</ul>' if checks else ''}
+<h1>Compare: {e(" vs ".join(labels))}</h1>
+<p>Baseline: <b>{e(labels[0])}</b>. Noise test: {e(result["method"])}.</p>
+<p>Runs: {"; ".join(f"<b>{e(lab)}</b> {e(str(r.path))}" for lab, r in zip(labels, runs))}.</p>
+<table>{head}{"".join(body)}</table>
+{"<h2>--fail-if</h2><ul>" + checks + "</ul>" if checks else ""}
 <h2>Workload, build and versions</h2>
 <p>Rows that differ between the runs are highlighted.</p>
-<table class="settings"><tr><th>setting</th>{''.join(f'<th>{e(lab)}</th>' for lab in labels)}</tr>{settings}</table>
+<table class="settings"><tr><th>setting</th>{"".join(f"<th>{e(lab)}</th>" for lab in labels)}</tr>{settings}</table>
 <h2>Charts (run-relative time; one series per run)</h2>
 {charts_html(specs)}
 </body></html>
@@ -505,6 +570,7 @@ def load_runs(refs: Sequence[str], results: Path | None = None) -> list[RunData]
     """Each reference (run id under *results*, a folder or a .tar.gz) as loaded run data."""
     from kit.paths import RESULTS
     from kit.run import find_run
+
     runs = []
     for ref in refs:
         try:
@@ -517,8 +583,14 @@ def load_runs(refs: Sequence[str], results: Path | None = None) -> list[RunData]
     return runs
 
 
-def run_compare(refs: Sequence[str], fail_if: Sequence[str] = (), html_out: Path | None = None, *,
-                results: Path | None = None, say: Callable[[str], None] = print) -> int:
+def run_compare(
+    refs: Sequence[str],
+    fail_if: Sequence[str] = (),
+    html_out: Path | None = None,
+    *,
+    results: Path | None = None,
+    say: Callable[[str], None] = print,
+) -> int:
     """``fab compare``: print the table, write the HTML page, check the rules.
 
     Returns 0, or 1 when a ``--fail-if`` rule failed (a figure a rule needs that a run lacks counts
@@ -531,9 +603,10 @@ def run_compare(refs: Sequence[str], fail_if: Sequence[str] = (), html_out: Path
     say(format_table(result))
     checks = evaluate_fail_if(result, rules)
     if html_out is None:
-        base = (results or runs[0].path.parent)
-        html_out = base / ("compare-" + "-vs-".join(re.sub(r"[^A-Za-z0-9_.-]", "_", x) for x in result["labels"])
-                           + ".html")
+        base = results or runs[0].path.parent
+        html_out = base / (
+            "compare-" + "-vs-".join(re.sub(r"[^A-Za-z0-9_.-]", "_", x) for x in result["labels"]) + ".html"
+        )
     write_compare_html(html_out, result, runs, checks)
     failed = 0
     for c in checks:

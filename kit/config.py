@@ -44,6 +44,7 @@ def __getattr__(name: str) -> Any:
     # ClientSettings: the load client's settings, every one a load option declared in kit.options
     if name == "ClientSettings":
         from kit.options import LoadOptions
+
         return LoadOptions
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -81,7 +82,10 @@ def env_str(env: Mapping[str, str], *names: str, default: str | None = None) -> 
 
 
 def env_int(
-    env: Mapping[str, str], *names: str, default: int, minimum: int | None = None,
+    env: Mapping[str, str],
+    *names: str,
+    default: int,
+    minimum: int | None = None,
     maximum: int | None = None,
 ) -> int:
     name, raw = _get(env, *names)
@@ -96,7 +100,10 @@ def env_int(
 
 
 def env_float(
-    env: Mapping[str, str], *names: str, default: float, minimum: float | None = None,
+    env: Mapping[str, str],
+    *names: str,
+    default: float,
+    minimum: float | None = None,
     maximum: float | None = None,
 ) -> float:
     name, raw = _get(env, *names)
@@ -112,8 +119,15 @@ def env_float(
     return value
 
 
-def parse_number(kind: type, option: str, raw: Any, *, minimum: float | None = None,
-                 maximum: float | None = None, example: str | None = None) -> Any:
+def parse_number(
+    kind: type,
+    option: str,
+    raw: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    example: str | None = None,
+) -> Any:
     """*raw* (a command-line value) as *kind* (int or float), finite and within *minimum*..*maximum*;
     ConfigError naming *option*, the value and an example otherwise.  The one parser of numeric options
     (the client's argparse types, the fab tasks' options and the settings file's values)."""
@@ -150,14 +164,14 @@ def env_secret(env: Mapping[str, str], name: str, *, required: bool = True) -> s
             with open(path, encoding="utf-8") as fh:
                 value = fh.read().strip()
         except OSError as exc:
-            raise ConfigError(f"{name}_FILE={path}: cannot read it ({exc.strerror}); point it at the secret file") from None
+            raise ConfigError(
+                f"{name}_FILE={path}: cannot read it ({exc.strerror}); point it at the secret file"
+            ) from None
     else:
         value = env.get(name, "")
     if not value:
         if required:
-            raise ConfigError(
-                f"{name} is not set: export {name}=<secret> or {name}_FILE=<path to a 0600 file>"
-            )
+            raise ConfigError(f"{name} is not set: export {name}=<secret> or {name}_FILE=<path to a 0600 file>")
         return None
     return value
 
@@ -177,8 +191,9 @@ def configure_logging(env: Mapping[str, str] | None = None) -> str:
     return level
 
 
-def run_service(name: str, read_settings: Callable[[], Any], serve: Callable[[Any, str], None], *,
-                port_env: str) -> int:
+def run_service(
+    name: str, read_settings: Callable[[], Any], serve: Callable[[Any, str], None], *, port_env: str
+) -> int:
     """The ``main()`` of a kit service (``python -m kit.sim`` / ``kit.wsproxy``): logging and settings
     from the environment (a ConfigError is one line on stderr, exit 2), then *serve(settings, level)*
     until SIGTERM/SIGINT (exit 0); an address that cannot be bound is one line and exit 1."""
@@ -191,8 +206,11 @@ def run_service(name: str, read_settings: Callable[[], Any], serve: Callable[[An
     try:
         serve(settings, level)
     except OSError as exc:
-        print(f"{name}: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}: free the port "
-              f"or set {port_env}", file=sys.stderr)
+        print(
+            f"{name}: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}: free the port "
+            f"or set {port_env}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         pass
@@ -221,16 +239,35 @@ def _jwt_algorithm(env: Mapping[str, str]) -> str:
 # -- settings: a dataclass field is the default; its metadata says how the environment (and, for the
 # client, the command line) sets it, so from_env and argparse derive from the field ------------------
 
-def setting(default: Any = dataclasses.MISSING, *, env: tuple[str, ...] = (), option: str | None = None,
-            dest: str | None = None, minimum: float | None = None, maximum: float | None = None,
-            bounds: str | None = None, help: str = "", factory: Any = None, repr: bool = True,
-            **more: Any) -> Any:
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    env: tuple[str, ...] = (),
+    option: str | None = None,
+    dest: str | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    bounds: str | None = None,
+    help: str = "",
+    factory: Any = None,
+    repr: bool = True,
+    **more: Any,
+) -> Any:
     """A settings field: *default* (or *factory*), the environment variables that set it (first set wins),
     the client option that overrides it (*option*, parsed into *dest*), inclusive bounds (*bounds* names
     the contract's kit_bounds entry; *minimum* / *maximum* override its ends) and the option's help;
     *more* is metadata its readers define (kit.options: ``fab``, ``at_most``, ``wire``, ``aliases``)."""
-    md = {"env": env, "option": option, "dest": dest, "minimum": minimum, "maximum": maximum, "bounds": bounds,
-          "help": help, **more}
+    md = {
+        "env": env,
+        "option": option,
+        "dest": dest,
+        "minimum": minimum,
+        "maximum": maximum,
+        "bounds": bounds,
+        "help": help,
+        **more,
+    }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=md, repr=repr)
     return dataclasses.field(default=default, metadata=md, repr=repr)
@@ -283,8 +320,9 @@ class SimSettings:
     """The backend simulator (``python -m kit.sim``)."""
 
     host: str = setting("127.0.0.1", env=("FASTAPI_HOST", "SIM_HOST"))
-    port: int = setting(factory=lambda: contract.ports()["sim"], env=("FASTAPI_PORT", "SIM_PORT"), bounds="port",
-                        minimum=0)
+    port: int = setting(
+        factory=lambda: contract.ports()["sim"], env=("FASTAPI_PORT", "SIM_PORT"), bounds="port", minimum=0
+    )
     workers: int = setting(1, env=("FASTAPI_WORKERS", "SIM_WORKERS"), bounds="sim_workers")
     redis_url: str = setting(factory=_local("redis", "redis", "/0"), env=("REDIS_URL",))
     jwt_secret: str = dataclasses.field(repr=False)
@@ -318,8 +356,9 @@ class SimSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "SimSettings":
         env = os.environ if env is None else env
         ttl = env_int(env, "JWT_TTL_SECONDS", default=0, minimum=0)
-        return _from_env(cls, env, jwt_secret=_jwt_secret(env), jwt_algorithm=_jwt_algorithm(env),
-                         jwt_ttl_seconds=ttl or None)
+        return _from_env(
+            cls, env, jwt_secret=_jwt_secret(env), jwt_algorithm=_jwt_algorithm(env), jwt_ttl_seconds=ttl or None
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -341,8 +380,9 @@ class WsproxySettings:
     #: seconds a connection has to deliver a complete request head, counted from its accept (or
     #: from its previous response); later it is closed, so a peer trickling an upgrade request a
     #: byte at a time holds no socket for long.  It also closes keep-alive connections idle that long
-    ws_request_header_timeout_secs: float = setting(10.0, env=("WS_REQUEST_HEADER_TIMEOUT_SECS",), minimum=0.1,
-                                                    maximum=3600.0)
+    ws_request_header_timeout_secs: float = setting(
+        10.0, env=("WS_REQUEST_HEADER_TIMEOUT_SECS",), minimum=0.1, maximum=3600.0
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "WsproxySettings":

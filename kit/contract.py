@@ -28,10 +28,30 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CONTRACT_PATH", "DEFAULTS_PATH", "contract", "facts", "defaults", "ports", "groups", "optional_groups",
-           "bounds", "jwt_algorithms", "fd_reserve", "fds_per_session", "pubsub_channel", "session_key", "run_id",
-           "sysctls", "secret_files", "health_path", "deep_health_path", "wsproxy_program", "is_wsproxy_program",
-           "sim_close_channel"]
+__all__ = [
+    "CONTRACT_PATH",
+    "DEFAULTS_PATH",
+    "contract",
+    "facts",
+    "defaults",
+    "ports",
+    "groups",
+    "optional_groups",
+    "bounds",
+    "jwt_algorithms",
+    "fd_reserve",
+    "fds_per_session",
+    "pubsub_channel",
+    "session_key",
+    "run_id",
+    "sysctls",
+    "secret_files",
+    "health_path",
+    "deep_health_path",
+    "wsproxy_program",
+    "is_wsproxy_program",
+    "sim_close_channel",
+]
 
 CONTRACT_PATH = Path(__file__).resolve().parent / "contract.yml"
 DEFAULTS_PATH = Path(__file__).resolve().parent / "defaults.yml"
@@ -63,10 +83,17 @@ def ports() -> dict[str, int]:
     """The kit's default listening ports by service: redis, sim, wsproxy (the first instance's), haproxy_*, ...
     (an inventory may set others per host: a host's own are in :attr:`kit.inventory.Host.vars`)."""
     c = contract()
-    return {"redis": c["redis_port"], "sim": c["sim_port"], "wsproxy": c["wsproxy_base_port"],
-            "haproxy_http": c["haproxy_http_port"], "haproxy_ws": c["haproxy_ws_port"],
-            "haproxy_stats": c["haproxy_stats_port"], "prometheus": c["prometheus_port"],
-            "node_exporter": c["node_exporter_port"], "redis_exporter": c["redis_exporter_port"]}
+    return {
+        "redis": c["redis_port"],
+        "sim": c["sim_port"],
+        "wsproxy": c["wsproxy_base_port"],
+        "haproxy_http": c["haproxy_http_port"],
+        "haproxy_ws": c["haproxy_ws_port"],
+        "haproxy_stats": c["haproxy_stats_port"],
+        "prometheus": c["prometheus_port"],
+        "node_exporter": c["node_exporter_port"],
+        "redis_exporter": c["redis_exporter_port"],
+    }
 
 
 def groups() -> tuple[str, ...]:
@@ -112,7 +139,7 @@ def fds_per_session() -> int:
 def is_wsproxy_program(name: str) -> bool:
     """Whether *name* is a wsproxy instance's program name (:func:`wsproxy_program` of some i)."""
     head, _, tail = str(contract()["kit_wsproxy_program"]).partition("{i}")
-    middle = name[len(head):len(name) - len(tail)] if name.startswith(head) and name.endswith(tail) else ""
+    middle = name[len(head) : len(name) - len(tail)] if name.startswith(head) and name.endswith(tail) else ""
     return middle.isdigit() and len(name) == len(head) + len(middle) + len(tail)
 
 

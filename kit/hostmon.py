@@ -53,8 +53,18 @@ try:
 except ImportError:  # a host without the kit's venv runs this file with the system python3
     psutil = None
 
-__all__ = ["sample", "sample_procs", "read_procs_file", "read_scrape_file", "scrape", "parse_prometheus", "monitor",
-           "main", "COMPONENTS", "SCRAPE_TIMEOUT"]
+__all__ = [
+    "sample",
+    "sample_procs",
+    "read_procs_file",
+    "read_scrape_file",
+    "scrape",
+    "parse_prometheus",
+    "monitor",
+    "main",
+    "COMPONENTS",
+    "SCRAPE_TIMEOUT",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +75,20 @@ SCRAPE_TIMEOUT = 0.5
 COMPONENTS = ("client", "sim", "wsproxy", "haproxy", "redis")
 
 
-_NET_FIELDS = ("bytes_recv", "packets_recv", "errin", "dropin", None, None, None, None,
-               "bytes_sent", "packets_sent", "errout", "dropout")
+_NET_FIELDS = (
+    "bytes_recv",
+    "packets_recv",
+    "errin",
+    "dropin",
+    None,
+    None,
+    None,
+    None,
+    "bytes_sent",
+    "packets_sent",
+    "errout",
+    "dropout",
+)
 
 
 def _net() -> dict[str, Any]:
@@ -119,8 +141,12 @@ def _mem() -> dict[str, Any]:
             k, _, v = line.partition(":")
             info[k] = int(v.split()[0]) * 1024
     total, avail = info["MemTotal"], info.get("MemAvailable", info["MemFree"])
-    return {"total": total, "available": avail, "used": total - avail,
-            "percent": round(100.0 * (total - avail) / total, 1)}
+    return {
+        "total": total,
+        "available": avail,
+        "used": total - avail,
+        "percent": round(100.0 * (total - avail) / total, 1),
+    }
 
 
 _cpu: _ProcCpu | None = None
@@ -165,7 +191,7 @@ def _stat(pid: int) -> list[str] | None:
             raw = fh.read().decode(errors="replace")
     except OSError:
         return None
-    return raw[raw.rfind(")") + 2:].split()  # the name may hold spaces and parentheses
+    return raw[raw.rfind(")") + 2 :].split()  # the name may hold spaces and parentheses
 
 
 def _all_stats() -> dict[int, list[str]]:
@@ -212,10 +238,19 @@ def sample_procs(roots: list[tuple[str, int]]) -> list[dict[str, Any]]:
             seen.add(pid)
             todo += children.get(pid, [])
             st = stats[pid]
-            out.append({"component": component, "pid": pid, "root": root, "ppid": int(st[1]),
-                        "cpu_s": round((int(st[11]) + int(st[12])) / _CLK_TCK, 2),
-                        "cpu_children_s": round((int(st[13]) + int(st[14])) / _CLK_TCK, 2),
-                        "rss_mb": _rss_mb(pid), "fds": _fds(pid), "threads": int(st[17])})
+            out.append(
+                {
+                    "component": component,
+                    "pid": pid,
+                    "root": root,
+                    "ppid": int(st[1]),
+                    "cpu_s": round((int(st[11]) + int(st[12])) / _CLK_TCK, 2),
+                    "cpu_children_s": round((int(st[13]) + int(st[14])) / _CLK_TCK, 2),
+                    "rss_mb": _rss_mb(pid),
+                    "fds": _fds(pid),
+                    "threads": int(st[17]),
+                }
+            )
     return out
 
 
@@ -254,8 +289,19 @@ def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], 
         "source": "psutil" if psutil is not None else "/proc",
     }
     for nic, c in net.items():
-        entry = {k: c.get(k, 0) for k in ("bytes_sent", "bytes_recv", "packets_sent", "packets_recv", "errin",
-                                          "errout", "dropin", "dropout")}
+        entry = {
+            k: c.get(k, 0)
+            for k in (
+                "bytes_sent",
+                "bytes_recv",
+                "packets_sent",
+                "packets_recv",
+                "errin",
+                "errout",
+                "dropin",
+                "dropout",
+            )
+        }
         if prev_net and nic in prev_net and dt > 0:
             p = prev_net[nic]
             entry["tx_bytes_per_s"] = round((c["bytes_sent"] - p["bytes_sent"]) / dt, 1)
@@ -265,15 +311,29 @@ def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], 
 
 
 #: the figures of Redis's INFO a monitor keeps each second (clients, memory, commands, pub/sub, network)
-REDIS_FIELDS = ("connected_clients", "blocked_clients", "used_memory", "used_memory_rss", "total_commands_processed",
-                "instantaneous_ops_per_sec", "total_net_input_bytes", "total_net_output_bytes", "pubsub_channels",
-                "pubsub_patterns", "rejected_connections", "total_connections_received", "expired_keys",
-                "evicted_keys", "used_cpu_sys", "used_cpu_user", "client_recent_max_output_buffer")
+REDIS_FIELDS = (
+    "connected_clients",
+    "blocked_clients",
+    "used_memory",
+    "used_memory_rss",
+    "total_commands_processed",
+    "instantaneous_ops_per_sec",
+    "total_net_input_bytes",
+    "total_net_output_bytes",
+    "pubsub_channels",
+    "pubsub_patterns",
+    "rejected_connections",
+    "total_connections_received",
+    "expired_keys",
+    "evicted_keys",
+    "used_cpu_sys",
+    "used_cpu_user",
+    "client_recent_max_output_buffer",
+)
 
 
 def _resp(*words: str) -> bytes:
-    return f"*{len(words)}\r\n".encode() + b"".join(
-        b"$%d\r\n%s\r\n" % (len(w.encode()), w.encode()) for w in words)
+    return f"*{len(words)}\r\n".encode() + b"".join(b"$%d\r\n%s\r\n" % (len(w.encode()), w.encode()) for w in words)
 
 
 class _RedisInfo:
@@ -283,7 +343,7 @@ class _RedisInfo:
         import urllib.parse
 
         u = urllib.parse.urlsplit(url)
-        self.addr = (u.hostname or "127.0.0.1", u.port)   # scrape_lines always writes the port
+        self.addr = (u.hostname or "127.0.0.1", u.port)  # scrape_lines always writes the port
         self.user, self.password_file = u.username or "default", password_file
         self.sock: socket.socket | None = None
         self.buf = b""
@@ -309,7 +369,7 @@ class _RedisInfo:
             if not chunk:
                 raise ConnectionError("closed by Redis")
             self.buf += chunk
-        body, self.buf = self.buf[:n], self.buf[n + 2:]
+        body, self.buf = self.buf[:n], self.buf[n + 2 :]
         return body
 
     def ask(self) -> dict[str, float]:
@@ -406,8 +466,9 @@ def scrape(targets: list[tuple[str, str, tuple[str, ...]]]) -> dict[str, Any]:
     return out
 
 
-def monitor(out: Path, *, interval: float, duration: float, procs: Path | None = None,
-            scrape_file: Path | None = None) -> int:
+def monitor(
+    out: Path, *, interval: float, duration: float, procs: Path | None = None, scrape_file: Path | None = None
+) -> int:
     """Write samples to *out* every *interval* s for *duration* s; return the number written.
 
     With *procs*, each sample also holds the process trees of the roots that file lists then.
@@ -453,21 +514,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="JSON-lines file to append samples to")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
     ap.add_argument("--duration", type=float, required=True, help="stop after this many seconds")
-    ap.add_argument("--procs", type=Path, default=None,
-                    help="file of 'COMPONENT PID' lines (re-read every sample): sample those process trees too")
-    ap.add_argument("--scrape", type=Path, default=None,
-                    help="file of 'NAME URL [PREFIX ...]' lines: what each service says of itself, every sample")
+    ap.add_argument(
+        "--procs",
+        type=Path,
+        default=None,
+        help="file of 'COMPONENT PID' lines (re-read every sample): sample those process trees too",
+    )
+    ap.add_argument(
+        "--scrape",
+        type=Path,
+        default=None,
+        help="file of 'NAME URL [PREFIX ...]' lines: what each service says of itself, every sample",
+    )
     args = ap.parse_args(argv)
     if not (0.05 <= args.interval <= 3600):
         print(f"hostmon: --interval {args.interval}: give 0.05 to 3600 seconds", file=sys.stderr)
         return 2
     if not (0 < args.duration <= MAX_DURATION):
-        print(f"hostmon: --duration {args.duration}: give more than 0 and at most {MAX_DURATION:.0f} seconds",
-              file=sys.stderr)
+        print(
+            f"hostmon: --duration {args.duration}: give more than 0 and at most {MAX_DURATION:.0f} seconds",
+            file=sys.stderr,
+        )
         return 2
     try:
-        n = monitor(args.out, interval=args.interval, duration=args.duration, procs=args.procs,
-                    scrape_file=args.scrape)
+        n = monitor(args.out, interval=args.interval, duration=args.duration, procs=args.procs, scrape_file=args.scrape)
     except OSError as exc:
         print(f"hostmon: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 2

@@ -160,7 +160,8 @@ class Inventory:
         if missing:
             raise InventoryError(
                 f"{self.path}: group(s) {', '.join(missing)} have no hosts: add at least one host to each "
-                f"(see inventory/example-multihost.yml)")
+                f"(see inventory/example-multihost.yml)"
+            )
 
     def roles_of(self, host: str) -> list[str]:
         """The kit groups *host* is in (the optional ``monitoring`` included)."""
@@ -174,9 +175,13 @@ class Inventory:
 
     def describe(self) -> dict[str, Any]:
         """A secrets-free summary of hosts and groups for run records."""
-        return {"path": str(self.path), "groups": {g: list(h) for g, h in self.groups.items()},
-                "hosts": {n: {"address": h.address, "local": h.local, "roles": self.roles_of(n)}
-                          for n, h in self.hosts.items()}}
+        return {
+            "path": str(self.path),
+            "groups": {g: list(h) for g, h in self.groups.items()},
+            "hosts": {
+                n: {"address": h.address, "local": h.local, "roles": self.roles_of(n)} for n, h in self.hosts.items()
+            },
+        }
 
 
 def _ansible_inventory_exe() -> str:
@@ -241,12 +246,18 @@ def load_inventory(path: str | Path) -> Inventory:
     """Read *path* through ``ansible-inventory --list``.  Raises InventoryError."""
     path = Path(path)
     if not path.exists():
-        raise InventoryError(f"inventory {path} does not exist: pass --inventory inventory/local.yml, "
-                             "or build the lab with `fab lab-up` (it writes inventory/lab.yml)")
+        raise InventoryError(
+            f"inventory {path} does not exist: pass --inventory inventory/local.yml, "
+            "or build the lab with `fab lab-up` (it writes inventory/lab.yml)"
+        )
     try:
-        res = subprocess.run([_ansible_inventory_exe(), "-i", str(path), "--playbook-dir", str(PLAYBOOKS), "--list"],
-                             capture_output=True,
-                             text=True, timeout=INVENTORY_TIMEOUT, stdin=subprocess.DEVNULL)
+        res = subprocess.run(
+            [_ansible_inventory_exe(), "-i", str(path), "--playbook-dir", str(PLAYBOOKS), "--list"],
+            capture_output=True,
+            text=True,
+            timeout=INVENTORY_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         raise InventoryError(f"ansible-inventory -i {path} did not answer in {INVENTORY_TIMEOUT:.0f} s") from None
     if res.returncode != 0:

@@ -161,8 +161,10 @@ class Histogram:
         for idx, n in earlier.counts.items():
             left = counts.get(idx, 0) - n
             if left < 0:
-                raise ValueError("the histogram to subtract is not an earlier state of this one "
-                                 f"(bucket {idx} holds {n}, this one {counts.get(idx, 0)})")
+                raise ValueError(
+                    "the histogram to subtract is not an earlier state of this one "
+                    f"(bucket {idx} holds {n}, this one {counts.get(idx, 0)})"
+                )
             if left:
                 counts[idx] = left
             else:
@@ -238,8 +240,11 @@ class Histogram:
         if not isinstance(pairs, list) or not _int_pairs(pairs):
             raise ValueError(f"histogram counts are not a list of [bucket, count] whole-number pairs: {damaged}")
         h.counts = dict(pairs)
-        if len(h.counts) != len(pairs) or h.counts and (
-                min(h.counts.values()) <= 0 or min(h.counts) < -_MAX_INDEX or max(h.counts) > _MAX_INDEX):
+        if (
+            len(h.counts) != len(pairs)
+            or h.counts
+            and (min(h.counts.values()) <= 0 or min(h.counts) < -_MAX_INDEX or max(h.counts) > _MAX_INDEX)
+        ):
             raise ValueError(f"histogram counts repeat a bucket, or hold one out of range or a count <= 0: {damaged}")
         for key in ("count", "sum"):
             if not _is_int(d.get(key, 0)):
@@ -250,8 +255,12 @@ class Histogram:
         h.max = d.get("max")
         if sum(h.counts.values()) != h.count:
             raise ValueError("histogram counts do not add up to its count: the file is damaged")
-        if (h.min is None) != (h.count == 0) or (h.max is None) != (h.count == 0) or h.count and not (
-                _is_number(h.min) and _is_number(h.max) and -_MAX_VALUE <= h.min <= h.max <= _MAX_VALUE):
+        if (
+            (h.min is None) != (h.count == 0)
+            or (h.max is None) != (h.count == 0)
+            or h.count
+            and not (_is_number(h.min) and _is_number(h.max) and -_MAX_VALUE <= h.min <= h.max <= _MAX_VALUE)
+        ):
             raise ValueError(f"histogram min/max do not fit its count: {damaged}")
         if abs(h.total) > h.count * _MAX_VALUE:
             raise ValueError(f"histogram sum is out of range for its count: {damaged}")
@@ -288,8 +297,11 @@ def _int_pairs(pairs: list[Any]) -> bool:
     """Every item of *pairs* is a ``[whole number, whole number]`` list.  A merge of a 100,000-session run
     checks millions of pairs: the common case (lists of two plain ints, as JSON gives) is decided by type sets
     built in C, anything else by the item-by-item check."""
-    if set(map(type, pairs)) <= {list} and set(map(len, pairs)) <= {2} \
-            and set(map(type, chain.from_iterable(pairs))) <= {int}:
+    if (
+        set(map(type, pairs)) <= {list}
+        and set(map(len, pairs)) <= {2}
+        and set(map(type, chain.from_iterable(pairs))) <= {int}
+    ):
         return True
     return all(isinstance(x, list) and len(x) == 2 and all(map(_is_int, x)) for x in pairs)
 
@@ -322,8 +334,17 @@ class Timeline:
 
     __slots__ = ("rows", "fields")
 
-    FIELDS = ("active_sessions", "sessions_started", "queries_started", "queries_done", "queries_failed",
-              "tokens", "errors", "reconnect_attempts", "reconnects_ok")
+    FIELDS = (
+        "active_sessions",
+        "sessions_started",
+        "queries_started",
+        "queries_done",
+        "queries_failed",
+        "tokens",
+        "errors",
+        "reconnect_attempts",
+        "reconnects_ok",
+    )
 
     def __init__(self) -> None:
         self.rows: dict[int, dict[str, int]] = {}
@@ -471,9 +492,12 @@ class SecondHistograms:
         if not isinstance(seconds, list):
             raise ValueError("per-second histograms are a JSON object with a list of seconds: the file is damaged")
         for entry in seconds:
-            if not (isinstance(entry, list) and len(entry) == 2 and _is_int(entry[0]) and isinstance(entry[1], Mapping)):
-                raise ValueError(f"per-second histograms: {entry!r:.40} is not [second, {{name: histogram}}]: "
-                                 "the file is damaged")
+            if not (
+                isinstance(entry, list) and len(entry) == 2 and _is_int(entry[0]) and isinstance(entry[1], Mapping)
+            ):
+                raise ValueError(
+                    f"per-second histograms: {entry!r:.40} is not [second, {{name: histogram}}]: the file is damaged"
+                )
             sec, by_name = entry
             out.hists[sec] = {str(n): Histogram.from_dict(h) for n, h in by_name.items()}
         return out

@@ -32,8 +32,21 @@ from typing import Any
 
 from kit.config import ConfigError, _from_env, _local, field_default, field_kind, field_limits, parse_number, setting
 
-__all__ = ["LoadOptions", "SETTINGS_FILE", "check", "default", "declared", "dest", "given_fields", "option_help",
-           "read_settings", "settings_text", "write_settings", "parse_option", "shown"]
+__all__ = [
+    "LoadOptions",
+    "SETTINGS_FILE",
+    "check",
+    "default",
+    "declared",
+    "dest",
+    "given_fields",
+    "option_help",
+    "read_settings",
+    "settings_text",
+    "write_settings",
+    "parse_option",
+    "shown",
+]
 
 #: the settings file's name: a JSON object of option names (:class:`LoadOptions` fields) and values
 SETTINGS_FILE = "client-settings.json"
@@ -64,80 +77,188 @@ class LoadOptions:
     ``at_most``: another option bounds it (when that one is set); ``fab_default``: ``fab run``'s own default;
     ``fab_required``: ``fab run`` has no default (the generators' would be wrong)."""
 
-    api_url: str = setting(factory=_local("haproxy_http", "http"), env=("FASTAPI_URL", "API_URL"), option="--api-url",
-                           dest="api_url", help="simulator / HAProxy HTTP URL")
-    wsproxy_url: str = setting(factory=_local("haproxy_ws", "ws"), env=("WSPROXY_URL",), option="--ws-url",
-                               dest="ws_url", help="wsproxy / HAProxy WebSocket URL")
-    clients: int = setting(100, env=("CLIENTS",), option="--clients", minimum=1, fab=True, fab_required=True,
-                           help="sessions (fab run: in all, split over the generator hosts; required unless --preset)")
-    queries: int = setting(10, env=("QUERIES_PER_CLIENT",), option="--queries", minimum=0, fab=True,
-                           help="queries per session (fab run: or the preset's)")
+    api_url: str = setting(
+        factory=_local("haproxy_http", "http"),
+        env=("FASTAPI_URL", "API_URL"),
+        option="--api-url",
+        dest="api_url",
+        help="simulator / HAProxy HTTP URL",
+    )
+    wsproxy_url: str = setting(
+        factory=_local("haproxy_ws", "ws"),
+        env=("WSPROXY_URL",),
+        option="--ws-url",
+        dest="ws_url",
+        help="wsproxy / HAProxy WebSocket URL",
+    )
+    clients: int = setting(
+        100,
+        env=("CLIENTS",),
+        option="--clients",
+        minimum=1,
+        fab=True,
+        fab_required=True,
+        help="sessions (fab run: in all, split over the generator hosts; required unless --preset)",
+    )
+    queries: int = setting(
+        10,
+        env=("QUERIES_PER_CLIENT",),
+        option="--queries",
+        minimum=0,
+        fab=True,
+        help="queries per session (fab run: or the preset's)",
+    )
     output_dir: str = setting("loadtest_results", env=("OUTPUT_DIR",), option="--output-dir", help="result folder")
-    ramp: float = setting(0.0, option="--ramp", minimum=0.0, fab=True,
-                          help="sessions started per second (fab run: over all generators, or the preset's); "
-                               "0 = all at once")
-    arrival_rate: float | None = setting(None, option="--arrival-rate", minimum=0.0, fab=True,
-                                         help="open model: sessions arriving per second (with --duration)")
-    duration: float | None = setting(None, option="--duration", minimum=0.0, fab=True,
-                                     help="open model: seconds of arrivals")
-    max_duration: float | None = setting(None, option="--max-duration", minimum=0.001, fab=True, fab_default=600.0,
-                                         help="hard bound on the run in seconds: running sessions are cancelled "
-                                              "(fab run: a generator past it + 30 s is stopped)")
-    think_time: float = setting(0.0, option="--think-time", minimum=0.0, at_most="max_duration", fab=True,
-                                help="seconds a session waits between its queries")
-    query_timeout: float = setting(60.0, option="--query-timeout", minimum=0.001, at_most="max_duration", fab=True,
-                                   help="seconds a query may take to its done message before it counts as failed")
+    ramp: float = setting(
+        0.0,
+        option="--ramp",
+        minimum=0.0,
+        fab=True,
+        help="sessions started per second (fab run: over all generators, or the preset's); 0 = all at once",
+    )
+    arrival_rate: float | None = setting(
+        None,
+        option="--arrival-rate",
+        minimum=0.0,
+        fab=True,
+        help="open model: sessions arriving per second (with --duration)",
+    )
+    duration: float | None = setting(
+        None, option="--duration", minimum=0.0, fab=True, help="open model: seconds of arrivals"
+    )
+    max_duration: float | None = setting(
+        None,
+        option="--max-duration",
+        minimum=0.001,
+        fab=True,
+        fab_default=600.0,
+        help="hard bound on the run in seconds: running sessions are cancelled "
+        "(fab run: a generator past it + 30 s is stopped)",
+    )
+    think_time: float = setting(
+        0.0,
+        option="--think-time",
+        minimum=0.0,
+        at_most="max_duration",
+        fab=True,
+        help="seconds a session waits between its queries",
+    )
+    query_timeout: float = setting(
+        60.0,
+        option="--query-timeout",
+        minimum=0.001,
+        at_most="max_duration",
+        fab=True,
+        help="seconds a query may take to its done message before it counts as failed",
+    )
     # the run's workload, sent in each /run body (unset: the simulator's deployed value)
-    tokens: int | None = setting(None, option="--tokens", aliases=("--max-tokens",), wire=True, fab=True,
-                                 help="tokens in each answer (the response text repeats past its end; default the "
-                                      "simulator's whole response text)")
-    token_delay_ms: float | None = setting(None, option="--token-delay", wire=True, fab=True,
-                                           help="ms between tokens (default the simulator's TOKEN_DELAY_MS)")
-    ttft_ms: float | None = setting(None, option="--ttft", wire=True, fab=True,
-                                    help="ms to the first token (default the simulator's TTFT_MS)")
-    token_jitter_ms: float | None = setting(None, option="--token-jitter", wire=True, fab=True,
-                                            help="ms of uniform jitter per token (default the simulator's "
-                                                 "TOKEN_JITTER_MS)")
-    workload: str | None = setting(None, option="--workload",
-                                   help="workload file (YAML): weighted classes of sessions overriding these options "
-                                        "(README 'Workload')")
-    workload_seed: int | None = setting(None, option="--workload-seed", minimum=0, fab=True,
-                                        help="seed of each session's class draw (default the workload file's seed, "
-                                             "else random)")
-    max_reconnect_attempts: int = setting(5, env=("WS_MAX_RECONNECT_ATTEMPTS",), option="--max-reconnect-attempts",
-                                          minimum=0, fab=True,
-                                          help="reconnects of a session's WebSocket before it fails")
-    initial_backoff: float = setting(1.0, env=("WS_INITIAL_BACKOFF_SECONDS",), option="--initial-backoff",
-                                     minimum=0.0, at_most="max_duration", fab=True,
-                                     help="seconds before the first reconnect (doubling after)")
-    max_backoff: float = setting(30.0, env=("WS_MAX_BACKOFF_SECONDS",), option="--max-backoff", minimum=0.0,
-                                 at_most="max_duration", fab=True, help="cap of the reconnect backoff in seconds")
+    tokens: int | None = setting(
+        None,
+        option="--tokens",
+        aliases=("--max-tokens",),
+        wire=True,
+        fab=True,
+        help="tokens in each answer (the response text repeats past its end; default the "
+        "simulator's whole response text)",
+    )
+    token_delay_ms: float | None = setting(
+        None,
+        option="--token-delay",
+        wire=True,
+        fab=True,
+        help="ms between tokens (default the simulator's TOKEN_DELAY_MS)",
+    )
+    ttft_ms: float | None = setting(
+        None, option="--ttft", wire=True, fab=True, help="ms to the first token (default the simulator's TTFT_MS)"
+    )
+    token_jitter_ms: float | None = setting(
+        None,
+        option="--token-jitter",
+        wire=True,
+        fab=True,
+        help="ms of uniform jitter per token (default the simulator's TOKEN_JITTER_MS)",
+    )
+    workload: str | None = setting(
+        None,
+        option="--workload",
+        help="workload file (YAML): weighted classes of sessions overriding these options (README 'Workload')",
+    )
+    workload_seed: int | None = setting(
+        None,
+        option="--workload-seed",
+        minimum=0,
+        fab=True,
+        help="seed of each session's class draw (default the workload file's seed, else random)",
+    )
+    max_reconnect_attempts: int = setting(
+        5,
+        env=("WS_MAX_RECONNECT_ATTEMPTS",),
+        option="--max-reconnect-attempts",
+        minimum=0,
+        fab=True,
+        help="reconnects of a session's WebSocket before it fails",
+    )
+    initial_backoff: float = setting(
+        1.0,
+        env=("WS_INITIAL_BACKOFF_SECONDS",),
+        option="--initial-backoff",
+        minimum=0.0,
+        at_most="max_duration",
+        fab=True,
+        help="seconds before the first reconnect (doubling after)",
+    )
+    max_backoff: float = setting(
+        30.0,
+        env=("WS_MAX_BACKOFF_SECONDS",),
+        option="--max-backoff",
+        minimum=0.0,
+        at_most="max_duration",
+        fab=True,
+        help="cap of the reconnect backoff in seconds",
+    )
     #: one generator process's bound on its sessions' reconnect attempts (kit.client._limiter says why the default)
-    reconnect_rate: float = setting(factory=_reconnect_rate, env=("WS_RECONNECT_RATE",), option="--reconnect-rate",
-                                    minimum=0.0, fab=True,
-                                    help="reconnect attempts per second per generator process, over all its "
-                                         "sessions, after their backoff (0 = unlimited; burst 50)")
+    reconnect_rate: float = setting(
+        factory=_reconnect_rate,
+        env=("WS_RECONNECT_RATE",),
+        option="--reconnect-rate",
+        minimum=0.0,
+        fab=True,
+        help="reconnect attempts per second per generator process, over all its "
+        "sessions, after their backoff (0 = unlimited; burst 50)",
+    )
     #: PEM file of the CA the servers' TLS certificates are checked against (None: the system store)
-    ca_file: str | None = setting(None, env=("SSL_CA_FILE",), option="--ca-file",
-                                  help="PEM file of the CA that signs the servers' certificates, for https:// "
-                                       "and wss:// (default: the system store; certificates are always verified)")
+    ca_file: str | None = setting(
+        None,
+        env=("SSL_CA_FILE",),
+        option="--ca-file",
+        help="PEM file of the CA that signs the servers' certificates, for https:// "
+        "and wss:// (default: the system store; certificates are always verified)",
+    )
     agent_id: str = setting("load-test-agent", option="--agent-id", help="agent id of each session's WebSocket path")
     query_text: str = setting(DEFAULT_QUERY_TEXT, option="--query-text", help="text of each query")
-    jitter: float = setting(0.5, option="--jitter", minimum=0.0, maximum=1.0,
-                            help="fraction of each backoff that is random (0..1)")
-    connect_timeout: float = setting(10.0, option="--connect-timeout", minimum=0.001,
-                                     help="seconds a WebSocket connect may take")
-    http_timeout: float = setting(30.0, option="--http-timeout", minimum=0.001,
-                                  help="seconds an HTTP request may take")
-    http_connections: int = setting(factory=_http_connections, option="--http-connections", minimum=1,
-                                    help="keep-alive HTTP connections per process for create/run/close (a wait for "
-                                         "one is recorded)")
+    jitter: float = setting(
+        0.5, option="--jitter", minimum=0.0, maximum=1.0, help="fraction of each backoff that is random (0..1)"
+    )
+    connect_timeout: float = setting(
+        10.0, option="--connect-timeout", minimum=0.001, help="seconds a WebSocket connect may take"
+    )
+    http_timeout: float = setting(30.0, option="--http-timeout", minimum=0.001, help="seconds an HTTP request may take")
+    http_connections: int = setting(
+        factory=_http_connections,
+        option="--http-connections",
+        minimum=1,
+        help="keep-alive HTTP connections per process for create/run/close (a wait for one is recorded)",
+    )
     seed: int | None = setting(None, option="--seed", minimum=0, help="random seed (jitter)")
     #: several addresses lift the per-address cap of ephemeral ports toward one balancer (kit.client._ws.SOURCES)
-    source_addresses: str | None = setting(None, env=("WS_SOURCE_ADDRESSES",), option="--source-addresses",
-                                           help="local addresses (comma-separated) the connections leave from in "
-                                                "turn, each with its own ports (fab run: the inventory's "
-                                                "generator_source_addresses)")
+    source_addresses: str | None = setting(
+        None,
+        env=("WS_SOURCE_ADDRESSES",),
+        option="--source-addresses",
+        help="local addresses (comma-separated) the connections leave from in "
+        "turn, each with its own ports (fab run: the inventory's "
+        "generator_source_addresses)",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "LoadOptions":
@@ -198,26 +319,33 @@ def check(values: Mapping[str, Any]) -> None:
             continue
         # a default is never refused: the bound is on what was given (a run shorter than the default timeout)
         if bound and values.get(bound) is not None and v > values[bound] and v != field_default(f):
-            raise ConfigError(f"{f.metadata['option']} {shown(v)} is above {fields[bound].metadata['option']} "
-                              f"{shown(values[bound])}: give at most that")
+            raise ConfigError(
+                f"{f.metadata['option']} {shown(v)} is above {fields[bound].metadata['option']} "
+                f"{shown(values[bound])}: give at most that"
+            )
         if f.metadata.get("wire"):
             problem = check_option(name, v, f"{f.metadata['option']} {shown(v)}")
             if problem:
                 raise ConfigError(problem)
     lo, hi = values.get("initial_backoff"), values.get("max_backoff")
     if lo is not None and hi is not None and hi < lo:
-        raise ConfigError(f"--max-backoff / WS_MAX_BACKOFF_SECONDS = {hi:g} is below --initial-backoff / "
-                          f"WS_INITIAL_BACKOFF_SECONDS = {lo:g}: raise the cap")
+        raise ConfigError(
+            f"--max-backoff / WS_MAX_BACKOFF_SECONDS = {hi:g} is below --initial-backoff / "
+            f"WS_INITIAL_BACKOFF_SECONDS = {lo:g}: raise the cap"
+        )
     for a in (values.get("source_addresses") or "").split(","):
         try:
             ipaddress.ip_address(a.strip()) if a.strip() else None
         except ValueError:
-            raise ConfigError(f"--source-addresses / WS_SOURCE_ADDRESSES: {a.strip()!r:.60} is not an IP address: "
-                              "give this host's addresses, comma-separated") from None
+            raise ConfigError(
+                f"--source-addresses / WS_SOURCE_ADDRESSES: {a.strip()!r:.60} is not an IP address: "
+                "give this host's addresses, comma-separated"
+            ) from None
     rate, duration = values.get("arrival_rate"), values.get("duration")
     if (rate is None) != (duration is None):
-        raise ConfigError("--arrival-rate and --duration go together (open model): pass both, e.g. "
-                          "--arrival-rate 20 --duration 60")
+        raise ConfigError(
+            "--arrival-rate and --duration go together (open model): pass both, e.g. --arrival-rate 20 --duration 60"
+        )
     if rate is not None and math.isfinite(rate * duration) and rate * duration < 1:
         raise ConfigError(f"--arrival-rate {rate:g} x --duration {duration:g} starts no session: raise one of them")
 
@@ -230,8 +358,7 @@ def given_fields() -> list[tuple[str, Any, dataclasses.Field]]:
     for f in declared():
         if f.metadata.get("fab"):
             fab_default = f.metadata.get("fab_default")
-            out.append((f.name, field_kind(f) | None,
-                        dataclasses.field(default=fab_default, metadata=f.metadata)))
+            out.append((f.name, field_kind(f) | None, dataclasses.field(default=fab_default, metadata=f.metadata)))
     return out
 
 
@@ -270,8 +397,10 @@ def read_settings(path: str | Path) -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except OSError as exc:
-        raise ConfigError(f"--settings {path}: cannot read it ({exc.strerror or exc}): pass a settings file "
-                          f"({SETTINGS_FILE}, as fab run writes)") from None
+        raise ConfigError(
+            f"--settings {path}: cannot read it ({exc.strerror or exc}): pass a settings file "
+            f"({SETTINGS_FILE}, as fab run writes)"
+        ) from None
     except ValueError as exc:
         raise ConfigError(f"--settings {path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):

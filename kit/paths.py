@@ -12,8 +12,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["REPO", "PLAYBOOKS", "ROLES", "INVENTORIES", "TEMPLATES", "RESULTS", "SECRETS", "LAB", "WHEELHOUSE",
-           "role_defaults"]
+__all__ = [
+    "REPO",
+    "PLAYBOOKS",
+    "ROLES",
+    "INVENTORIES",
+    "TEMPLATES",
+    "RESULTS",
+    "SECRETS",
+    "LAB",
+    "WHEELHOUSE",
+    "role_defaults",
+]
 
 #: the checkout's root (pyproject.toml, fabfile.py, kit/)
 REPO = Path(__file__).resolve().parents[1]

@@ -31,15 +31,34 @@ from typing import Any
 
 from kit._charts import assets_html, charts_html, load_run, run_chart_specs
 
-__all__ = ["kit_measured_itself", "write_report", "render_text", "render_html", "host_metrics", "component_rows",
-           "bottleneck_line", "event_lines", "server_event_lines", "workload_lines", "format_actual", "failed_threshold_lines",
-           "reconnect_waits"]
+__all__ = [
+    "kit_measured_itself",
+    "write_report",
+    "render_text",
+    "render_html",
+    "host_metrics",
+    "component_rows",
+    "bottleneck_line",
+    "event_lines",
+    "server_event_lines",
+    "workload_lines",
+    "format_actual",
+    "failed_threshold_lines",
+    "reconnect_waits",
+]
 
 #: the cost table's columns: (heading, entry key, format)
-COMPONENT_COLUMNS = (("component", "component", "{}"), ("host", "host", "{}"), ("CPU-s", "cpu_s", "{:.2f}"),
-                     ("share", "cpu_share", "{:.1%}"), ("us/token", "us_per_token", "{:.1f}"),
-                     ("peak cores", "peak_cores", "{:.2f}"), ("RSS peak MB", "rss_peak_mb", "{:.1f}"),
-                     ("sessions", "sessions_peak", "{:,}"), ("KB/session", "rss_per_session_kb", "{:.1f}"))
+COMPONENT_COLUMNS = (
+    ("component", "component", "{}"),
+    ("host", "host", "{}"),
+    ("CPU-s", "cpu_s", "{:.2f}"),
+    ("share", "cpu_share", "{:.1%}"),
+    ("us/token", "us_per_token", "{:.1f}"),
+    ("peak cores", "peak_cores", "{:.2f}"),
+    ("RSS peak MB", "rss_peak_mb", "{:.1f}"),
+    ("sessions", "sessions_peak", "{:,}"),
+    ("KB/session", "rss_per_session_kb", "{:.1f}"),
+)
 SELF_MEASURED_NOTE = "the kit measured itself, not the system under test"
 
 log = logging.getLogger(__name__)
@@ -63,9 +82,13 @@ def host_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
             except ValueError:
                 continue
         cpu = [r["cpu_percent"] for r in rows]
+
         def rate(r: dict, loopback: bool) -> float:
-            return sum(n.get("rx_bytes_per_s", 0) + n.get("tx_bytes_per_s", 0)
-                       for k, n in r["net"].items() if (k == "lo") == loopback)
+            return sum(
+                n.get("rx_bytes_per_s", 0) + n.get("tx_bytes_per_s", 0)
+                for k, n in r["net"].items()
+                if (k == "lo") == loopback
+            )
 
         net = [rate(r, False) for r in rows]
         # a single-host deployment talks over loopback only: report that rather than a misleading 0
@@ -118,11 +141,15 @@ def bottleneck_line(summary: dict[str, Any]) -> str | None:
     if not b:
         return None
     if b.get("resource") == "host_cpu":
-        return (f"the CPU of {b['host']}: its busiest second {_f(b.get('host_cpu_peak_percent'), '{:.0f}')}% busy, "
-                f"shared by {', '.join(b.get('shared_by') or [])}; the biggest consumer is {b['component']}")
-    return (f"{b['component']} on {b['host']}: busiest second {_f(b.get('peak_cores'))} of "
-            f"{_f(b.get('usable_cores'), '{}')} usable cores ({_f(b.get('ratio'), '{:.0%}')})"
-            + ("" if b.get("saturated", True) else ": not saturated, the run had headroom"))
+        return (
+            f"the CPU of {b['host']}: its busiest second {_f(b.get('host_cpu_peak_percent'), '{:.0f}')}% busy, "
+            f"shared by {', '.join(b.get('shared_by') or [])}; the biggest consumer is {b['component']}"
+        )
+    return (
+        f"{b['component']} on {b['host']}: busiest second {_f(b.get('peak_cores'))} of "
+        f"{_f(b.get('usable_cores'), '{}')} usable cores ({_f(b.get('ratio'), '{:.0%}')})"
+        + ("" if b.get("saturated", True) else ": not saturated, the run had headroom")
+    )
 
 
 def event_lines(summary: dict[str, Any]) -> list[str]:
@@ -130,18 +157,27 @@ def event_lines(summary: dict[str, Any]) -> list[str]:
     out = []
     for ev in summary.get("events") or []:
         where = ev.get("host", "?") + (f":{ev['program']}" if ev.get("program") else "")
-        head = (f"Event         {ev.get('action')} {where} at {_f(ev.get('at_s'), '{:.1f}')} s"
-                + (f" for {_f(ev.get('for_s'), '{:.1f}')} s" if ev.get("for_s") else ""))
+        head = f"Event         {ev.get('action')} {where} at {_f(ev.get('at_s'), '{:.1f}')} s" + (
+            f" for {_f(ev.get('for_s'), '{:.1f}')} s" if ev.get("for_s") else ""
+        )
         if not ev.get("ok"):
             out.append(f"{head}  FAILED: {ev.get('detail', '')}")
             continue
         rec = ev.get("recovery") or {}
-        parts = [f"{name} {_f((rec.get(key) or {}).get('recovery_s'), '{:.0f}')} s"
-                 for key, name in (("tokens", "tokens/s"), ("delivery_p99", "delivery p99")) if key in rec]
-        recovered = (f"recovered in {_f(ev.get('recovery_s'), '{:.0f}')} s" + (f" ({', '.join(parts)})" if parts else "")
-                     if ev.get("recovery_s") is not None else f"recovery unknown ({rec.get('note', 'no timeline')})")
-        out.append(f"{head}  {recovered}; lost {ev.get('tokens_lost', 0)} tokens, "
-                   f"{ev.get('reconnect_attempts', 0)} reconnect attempts, {ev.get('queries_failed', 0)} failed queries")
+        parts = [
+            f"{name} {_f((rec.get(key) or {}).get('recovery_s'), '{:.0f}')} s"
+            for key, name in (("tokens", "tokens/s"), ("delivery_p99", "delivery p99"))
+            if key in rec
+        ]
+        recovered = (
+            f"recovered in {_f(ev.get('recovery_s'), '{:.0f}')} s" + (f" ({', '.join(parts)})" if parts else "")
+            if ev.get("recovery_s") is not None
+            else f"recovery unknown ({rec.get('note', 'no timeline')})"
+        )
+        out.append(
+            f"{head}  {recovered}; lost {ev.get('tokens_lost', 0)} tokens, "
+            f"{ev.get('reconnect_attempts', 0)} reconnect attempts, {ev.get('queries_failed', 0)} failed queries"
+        )
     return out
 
 
@@ -154,11 +190,22 @@ def server_event_lines(summary: dict[str, Any]) -> list[str]:
     evs = summary.get("server_events") or []
     out = []
     for ev in evs[:MAX_SERVER_EVENT_LINES]:
-        what = f"{ev['backend']}/{ev['server']} {ev['state']}" if ev.get("server") else f"{ev['backend']}: no server left"
-        detail = ", ".join(x for x in (ev.get("reason"), f"check {ev['check_ms']} ms" if ev.get("check_ms") is not None
-                                       else "", f"{ev['sessions']:,} sessions" if ev.get("sessions") else "") if x)
-        out.append(f"Server event  {_f(ev.get('at_s'), '{:.1f}')} s {ev.get('balancer')}: {what}"
-                   + (f" ({detail})" if detail else ""))
+        what = (
+            f"{ev['backend']}/{ev['server']} {ev['state']}" if ev.get("server") else f"{ev['backend']}: no server left"
+        )
+        detail = ", ".join(
+            x
+            for x in (
+                ev.get("reason"),
+                f"check {ev['check_ms']} ms" if ev.get("check_ms") is not None else "",
+                f"{ev['sessions']:,} sessions" if ev.get("sessions") else "",
+            )
+            if x
+        )
+        out.append(
+            f"Server event  {_f(ev.get('at_s'), '{:.1f}')} s {ev.get('balancer')}: {what}"
+            + (f" ({detail})" if detail else "")
+        )
     if len(evs) > MAX_SERVER_EVENT_LINES:
         out.append(f"Server event  ... {len(evs) - MAX_SERVER_EVENT_LINES} more in summary.json (server_events)")
     return out
@@ -170,11 +217,18 @@ def reconnect_waits(summary: dict[str, Any]) -> str:
     if not lim:
         return ""
     rate = lim.get("rate_per_process")
-    limit = ("no rate limit" if not rate else f"{rate:g}/s per process, burst {lim.get('burst')}"
-             if isinstance(rate, (int, float)) else f"{rate}/s per process")
-    return (f"; waited {_f(summary.get('reconnect_backoff_wait_s'), '{:.1f}')} s in backoff, "
-            f"{summary.get('reconnect_bucket_waits', 0)} attempts {_f(summary.get('reconnect_bucket_wait_s'), '{:.1f}')} s "
-            f"for the rate limit ({limit})")
+    limit = (
+        "no rate limit"
+        if not rate
+        else f"{rate:g}/s per process, burst {lim.get('burst')}"
+        if isinstance(rate, (int, float))
+        else f"{rate}/s per process"
+    )
+    return (
+        f"; waited {_f(summary.get('reconnect_backoff_wait_s'), '{:.1f}')} s in backoff, "
+        f"{summary.get('reconnect_bucket_waits', 0)} attempts {_f(summary.get('reconnect_bucket_wait_s'), '{:.1f}')} s "
+        f"for the rate limit ({limit})"
+    )
 
 
 def format_actual(check: dict[str, Any]) -> str:
@@ -192,15 +246,23 @@ def format_actual(check: dict[str, Any]) -> str:
 
 def failed_threshold_lines(checks: list[dict[str, Any]]) -> list[str]:
     """One line per failed check: ``FAILED threshold success>=99% (default): actual 0.03%``."""
-    return [f"FAILED threshold {c['threshold']}{' (default)' if c.get('default') else ''}: actual {format_actual(c)}"
-            for c in checks if not c["passed"]]
+    return [
+        f"FAILED threshold {c['threshold']}{' (default)' if c.get('default') else ''}: actual {format_actual(c)}"
+        for c in checks
+        if not c["passed"]
+    ]
 
 
 #: the workload's columns (report.html): (heading, effective key, format)
-WORKLOAD_COLUMNS = (("tokens", "tokens", "{}"), ("token delay ms", "token_delay_ms", "{:g}"),
-                    ("TTFT ms", "ttft_ms", "{:g}"), ("jitter ms", "token_jitter_ms", "{:g}"),
-                    ("think s", "think_time_s", "{:g}"), ("query timeout s", "query_timeout_s", "{:g}"),
-                    ("queries", "queries", "{}"))
+WORKLOAD_COLUMNS = (
+    ("tokens", "tokens", "{}"),
+    ("token delay ms", "token_delay_ms", "{:g}"),
+    ("TTFT ms", "ttft_ms", "{:g}"),
+    ("jitter ms", "token_jitter_ms", "{:g}"),
+    ("think s", "think_time_s", "{:g}"),
+    ("query timeout s", "query_timeout_s", "{:g}"),
+    ("queries", "queries", "{}"),
+)
 
 
 def workload_lines(summary: dict[str, Any]) -> list[str]:
@@ -210,11 +272,13 @@ def workload_lines(summary: dict[str, Any]) -> list[str]:
     for name, c in (w.get("classes") or {}).items():
         e = c.get("effective") or {}
         share = f" ({_f(c.get('share'), '{:.0%}')} by weight)" if len(w["classes"]) > 1 else ""
-        out.append(f"Workload      {name}{share}: {c.get('sessions', 0)} sessions, {_f(e.get('tokens'), '{}')} tokens "
-                   f"every {_f(e.get('token_delay_ms'), '{:g}')} ms after a TTFT of {_f(e.get('ttft_ms'), '{:g}')} ms "
-                   f"(jitter {_f(e.get('token_jitter_ms'), '{:g}')} ms), {_f(e.get('queries'), '{}')} queries, think "
-                   f"{_f(e.get('think_time_s'), '{:g}')} s" + ("" if c.get("simulator_answered", True)
-                                                              else "  (no /run answered: the simulator's values unknown)"))
+        out.append(
+            f"Workload      {name}{share}: {c.get('sessions', 0)} sessions, {_f(e.get('tokens'), '{}')} tokens "
+            f"every {_f(e.get('token_delay_ms'), '{:g}')} ms after a TTFT of {_f(e.get('ttft_ms'), '{:g}')} ms "
+            f"(jitter {_f(e.get('token_jitter_ms'), '{:g}')} ms), {_f(e.get('queries'), '{}')} queries, think "
+            f"{_f(e.get('think_time_s'), '{:g}')} s"
+            + ("" if c.get("simulator_answered", True) else "  (no /run answered: the simulator's values unknown)")
+        )
     if w.get("source"):
         out.append(f"Workload file {w['source']} (seed {w.get('seed')})")
     return out
@@ -257,25 +321,33 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
     lines += workload_lines(summary)
     gen = summary.get("generator", {})
     if gen:
-        lines.append(f"Generators    {gen.get('processes', 0)} processes on {', '.join(gen.get('hosts', []))}; "
-                     f"CPU peak {_f(gen.get('cpu_percent_peak'), '{:.0f}')}%, loop lag p99 "
-                     f"{_f(gen.get('loop_lag_p99_ms'))} ms" + ("  ** OVERLOADED: " + gen.get("reason", "") + " **"
-                                                              if gen.get("generator_overloaded") else ""))
+        lines.append(
+            f"Generators    {gen.get('processes', 0)} processes on {', '.join(gen.get('hosts', []))}; "
+            f"CPU peak {_f(gen.get('cpu_percent_peak'), '{:.0f}')}%, loop lag p99 "
+            f"{_f(gen.get('loop_lag_p99_ms'))} ms"
+            + ("  ** OVERLOADED: " + gen.get("reason", "") + " **" if gen.get("generator_overloaded") else "")
+        )
     if run:
         skew = run.get("start_skew_s", {})
         clock = run.get("clock", {})
-        lines.append(f"Start skew    spread {_f(skew.get('spread'), '{:.4f}')} s   clocks worst offset "
-                     f"{_f((clock.get('worst_s') or 0) * 1000, '{:.2f}')} ms (bound "
-                     f"{_f((clock.get('bound_s') or 0) * 1000, '{:.1f}')} ms){'' if clock.get('ok', True) else ' ** ' + clock.get('note', '') + ' **'}")
+        lines.append(
+            f"Start skew    spread {_f(skew.get('spread'), '{:.4f}')} s   clocks worst offset "
+            f"{_f((clock.get('worst_s') or 0) * 1000, '{:.2f}')} ms (bound "
+            f"{_f((clock.get('bound_s') or 0) * 1000, '{:.1f}')} ms){'' if clock.get('ok', True) else ' ** ' + clock.get('note', '') + ' **'}"
+        )
     if summary.get("errors"):
         lines.append("Errors        " + ", ".join(f"{k}: {v}" for k, v in list(summary["errors"].items())[:8]))
     socks = summary.get("hosts_sockets") or {}
     if hosts:
-        lines.append("Hosts         " + "; ".join(
-            f"{h} cpu {_f(m['cpu_mean'], '{:.0f}')}/{_f(m['cpu_peak'], '{:.0f}')}% net {_f(m['net_peak_mbit_s'])} Mbit/s"
-            + (" (loopback)" if m.get("net_interfaces") == "loopback" else "")
-            + (f" tcp {socks[h]['tcp_inuse']:,} sockets {socks[h]['tcp_mem_mb']:g} MB" if h in socks else "")
-            for h, m in hosts.items()))
+        lines.append(
+            "Hosts         "
+            + "; ".join(
+                f"{h} cpu {_f(m['cpu_mean'], '{:.0f}')}/{_f(m['cpu_peak'], '{:.0f}')}% net {_f(m['net_peak_mbit_s'])} Mbit/s"
+                + (" (loopback)" if m.get("net_interfaces") == "loopback" else "")
+                + (f" tcp {socks[h]['tcp_inuse']:,} sockets {socks[h]['tcp_mem_mb']:g} MB" if h in socks else "")
+                for h, m in hosts.items()
+            )
+        )
     if summary.get("ramp_s") is not None:
         lines.append(f"Ramp          {summary['ramp_s']:g} s to 99 % of the peak active sessions")
     rows = component_rows(summary)
@@ -301,8 +373,10 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
     lines += server_event_lines(summary)
     if run.get("aborted"):
         a = run["aborted"]
-        lines.append(f"Aborted       at {a['at_s']:g} s: threshold {a['threshold']} had failed for good "
-                     f"(--abort-on-fail, judged after {a.get('grace_s', 0):g} s)")
+        lines.append(
+            f"Aborted       at {a['at_s']:g} s: threshold {a['threshold']} had failed for good "
+            f"(--abort-on-fail, judged after {a.get('grace_s', 0):g} s)"
+        )
     for r in run.get("partial_reasons", []):
         lines.append(f"Partial       {r}")
     lines.append("=" * 72)
@@ -315,8 +389,10 @@ def _svg_series(values: list[float], width: int = 480, height: int = 60) -> str:
     top = max(max(values), 1e-9)
     step = width / max(len(values) - 1, 1)
     pts = " ".join(f"{i * step:.1f},{height - v / top * (height - 4) - 2:.1f}" for i, v in enumerate(values))
-    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-            f'<polyline fill="none" stroke="#2a6" stroke-width="1.5" points="{pts}"/></svg> max {top:.0f}')
+    return (
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+        f'<polyline fill="none" stroke="#2a6" stroke-width="1.5" points="{pts}"/></svg> max {top:.0f}'
+    )
 
 
 def _run_record_html(run: dict[str, Any]) -> str:
@@ -325,24 +401,50 @@ def _run_record_html(run: dict[str, Any]) -> str:
     if not record:
         return ""
     keys = ", ".join(list(record)[:8]) + (", ..." if len(record) > 8 else "")
-    return (f'<details class="run-record"><summary><b>Run record</b> (run.json, {len(record)} fields: '
-            f"{html.escape(keys)})</summary><pre>{html.escape(json.dumps(record, indent=2, default=str))}</pre></details>")
+    return (
+        f'<details class="run-record"><summary><b>Run record</b> (run.json, {len(record)} fields: '
+        f"{html.escape(keys)})</summary><pre>{html.escape(json.dumps(record, indent=2, default=str))}</pre></details>"
+    )
 
 
-def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timeline: list[dict[str, str]],
-                text: str, chart_html: str = "") -> str:
+def render_html(
+    summary: dict[str, Any],
+    hosts: dict[str, dict[str, Any]],
+    timeline: list[dict[str, str]],
+    text: str,
+    chart_html: str = "",
+) -> str:
     """The page; *chart_html* (``kit._charts``: assets and charts) replaces the sparkline timeline when given."""
     e = html.escape
     rows = []
-    for name in ("latency_ms", "service_latency_ms", "ttft_ms", "inter_token_ms", "delivery_latency_ms", "create_ms",
-                 "connect_ms", "connect_tcp_ms", "connect_tls_ms", "connect_upgrade_ms"):
+    for name in (
+        "latency_ms",
+        "service_latency_ms",
+        "ttft_ms",
+        "inter_token_ms",
+        "delivery_latency_ms",
+        "create_ms",
+        "connect_ms",
+        "connect_tcp_ms",
+        "connect_tls_ms",
+        "connect_upgrade_ms",
+    ):
         h = summary.get(name) or {}
-        rows.append("<tr><th>" + e(name) + "</th>" + "".join(
-            f"<td>{_f(h.get(k))}</td>" for k in ("count", "p50", "p90", "p95", "p99", "p99_9", "min", "max", "avg")) + "</tr>")
+        rows.append(
+            "<tr><th>"
+            + e(name)
+            + "</th>"
+            + "".join(
+                f"<td>{_f(h.get(k))}</td>" for k in ("count", "p50", "p90", "p95", "p99", "p99_9", "min", "max", "avg")
+            )
+            + "</tr>"
+        )
     host_rows = "".join(
         f"<tr><th>{e(h)}</th><td>{m['samples']}</td><td>{_f(m['cpu_mean'], '{:.0f}')}</td>"
         f"<td>{_f(m['cpu_peak'], '{:.0f}')}</td><td>{_f(m['mem_used_peak_mb'])}</td><td>{_f(m['net_peak_mbit_s'])}</td>"
-        f"<td>{_svg_series(m['cpu_series'], 240, 30)}</td></tr>" for h, m in hosts.items())
+        f"<td>{_svg_series(m['cpu_series'], 240, 30)}</td></tr>"
+        for h, m in hosts.items()
+    )
 
     def series(field: str) -> list[float]:
         out = []
@@ -353,38 +455,60 @@ def render_html(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], timel
                 out.append(0.0)
         return out
 
-    charts = "".join(f"<h3>{e(f)}</h3>{_svg_series(series(f))}" for f in
-                     ("active_sessions", "queries_done", "tokens", "errors", "reconnect_attempts") if timeline and f in timeline[0])
+    charts = "".join(
+        f"<h3>{e(f)}</h3>{_svg_series(series(f))}"
+        for f in ("active_sessions", "queries_done", "tokens", "errors", "reconnect_attempts")
+        if timeline and f in timeline[0]
+    )
     run = summary.get("run", {})
     wl = (summary.get("workload") or {}).get("classes") or {}
-    workload = ("<table><tr><th>class</th><th>weight</th><th>sessions</th>" + "".join(
-        f"<th>{e(h)}</th>" for h, _, _ in WORKLOAD_COLUMNS) + "</tr>" + "".join(
-        f"<tr><th>{e(n)}</th><td>{_f(c.get('weight'), '{:g}')}</td><td>{_f(c.get('sessions'), '{}')}</td>" + "".join(
-            f"<td>{e(_f((c.get('effective') or {}).get(k), fmt))}</td>" for _, k, fmt in WORKLOAD_COLUMNS) + "</tr>"
-        for n, c in wl.items()) + "</table>") if wl else "<em>not recorded</em>"
+    workload = (
+        (
+            "<table><tr><th>class</th><th>weight</th><th>sessions</th>"
+            + "".join(f"<th>{e(h)}</th>" for h, _, _ in WORKLOAD_COLUMNS)
+            + "</tr>"
+            + "".join(
+                f"<tr><th>{e(n)}</th><td>{_f(c.get('weight'), '{:g}')}</td><td>{_f(c.get('sessions'), '{}')}</td>"
+                + "".join(f"<td>{e(_f((c.get('effective') or {}).get(k), fmt))}</td>" for _, k, fmt in WORKLOAD_COLUMNS)
+                + "</tr>"
+                for n, c in wl.items()
+            )
+            + "</table>"
+        )
+        if wl
+        else "<em>not recorded</em>"
+    )
     comp_rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in component_rows(summary))
     neck = bottleneck_line(summary)
-    components = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h, _, _ in COMPONENT_COLUMNS) + f"</tr>{comp_rows}"
-                  "</table>" if comp_rows else "<em>no per-process CPU samples</em>") + (
-        f"<p>Bottleneck: {e(neck)}</p>" if neck else "") + (
-        f'<p class="partial">WARNING: the kit\'s {e(_limit_of(summary))} limited this run: {e(SELF_MEASURED_NOTE)}</p>'
-        if kit_measured_itself(summary) else "")
+    components = (
+        (
+            "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h, _, _ in COMPONENT_COLUMNS) + f"</tr>{comp_rows}</table>"
+            if comp_rows
+            else "<em>no per-process CPU samples</em>"
+        )
+        + (f"<p>Bottleneck: {e(neck)}</p>" if neck else "")
+        + (
+            f'<p class="partial">WARNING: the kit\'s {e(_limit_of(summary))} limited this run: {e(SELF_MEASURED_NOTE)}</p>'
+            if kit_measured_itself(summary)
+            else ""
+        )
+    )
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>wsproxy-loadkit {e(str(run.get('run_id', '')))}</title>
-{assets_html() if chart_html else ''}
+<html><head><meta charset="utf-8"><title>wsproxy-loadkit {e(str(run.get("run_id", "")))}</title>
+{assets_html() if chart_html else ""}
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} pre{{background:#f6f6f6;padding:1em}}
 .partial{{color:#b00;font-weight:bold}} details.run-record summary{{cursor:pointer;font-size:110%;margin:1em 0}}</style>
 </head><body>
-<h1>Run {e(str(run.get('run_id', '')))}</h1>
-{'<p class="partial">PARTIAL RUN: ' + e('; '.join(run.get('partial_reasons', []))) + '</p>' if summary.get('partial') else ''}
-{'<p class="partial">ABORTED at ' + e(f"{run['aborted']['at_s']:g}") + ' s: threshold ' + e(run['aborted']['threshold']) + ' had failed (--abort-on-fail)</p>' if run.get('aborted') else ''}
+<h1>Run {e(str(run.get("run_id", "")))}</h1>
+{'<p class="partial">PARTIAL RUN: ' + e("; ".join(run.get("partial_reasons", []))) + "</p>" if summary.get("partial") else ""}
+{'<p class="partial">ABORTED at ' + e(f"{run['aborted']['at_s']:g}") + " s: threshold " + e(run["aborted"]["threshold"]) + " had failed (--abort-on-fail)</p>" if run.get("aborted") else ""}
 <h2>Summary</h2><pre>{e(text)}</pre>
 <h2>Workload</h2>{workload}
 <h2>Latency histograms (ms)</h2>
 <table><tr><th></th><th>count</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>p99.9</th><th>min</th>
-<th>max</th><th>avg</th></tr>{''.join(rows)}</table>
-<h2>{'Charts' if chart_html else 'Timeline (per second)'}</h2>{chart_html or charts or '<em>no timeline</em>'}
+<th>max</th><th>avg</th></tr>{"".join(rows)}</table>
+<h2>{"Charts" if chart_html else "Timeline (per second)"}</h2>{chart_html or charts or "<em>no timeline</em>"}
 <h2>CPU per component</h2>{components}
 <h2>Hosts</h2><table><tr><th>host</th><th>samples</th><th>CPU mean %</th><th>CPU peak %</th><th>mem peak MB</th>
 <th>net peak Mbit/s</th><th>CPU</th></tr>{host_rows}</table>

@@ -45,8 +45,16 @@ from pathlib import Path
 
 from kit.paths import REPO, WHEELHOUSE
 
-__all__ = ["WheelhouseError", "LockEntry", "parse_lock", "host_requirements", "build", "main",
-           "CONTROLLER_ONLY", "DEFAULT_OUT"]
+__all__ = [
+    "WheelhouseError",
+    "LockEntry",
+    "parse_lock",
+    "host_requirements",
+    "build",
+    "main",
+    "CONTROLLER_ONLY",
+    "DEFAULT_OUT",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,8 @@ class WheelhouseError(RuntimeError):
 
 @dataclass(frozen=True)
 class LockEntry:
-    name: str       # normalised (PEP 503)
-    text: str       # the requirement block, hashes included, without comments
+    name: str  # normalised (PEP 503)
+    text: str  # the requirement block, hashes included, without comments
     via: frozenset[str]  # normalised names of dependents; "" for the project itself
 
 
@@ -88,7 +96,7 @@ def parse_lock(text: str) -> dict[str, LockEntry]:
         for line in block:
             s = line.strip()
             if s.startswith("# via"):
-                rest = s[len("# via"):].strip()
+                rest = s[len("# via") :].strip()
                 in_via = True
                 if rest:
                     via.add(_via_name(rest))
@@ -111,8 +119,9 @@ def project_dependencies(pyproject: Path) -> list[str]:
     return [normalise(re.split(r"[=<>!~\[; ]", d, maxsplit=1)[0]) for d in data["project"]["dependencies"]]
 
 
-def host_requirements(lock: dict[str, LockEntry], roots: list[str],
-                      exclude: frozenset[str] = CONTROLLER_ONLY) -> list[LockEntry]:
+def host_requirements(
+    lock: dict[str, LockEntry], roots: list[str], exclude: frozenset[str] = CONTROLLER_ONLY
+) -> list[LockEntry]:
     """The lock entries hosts need: *roots* minus *exclude*, and everything they depend on."""
     wanted = {r for r in roots if r not in exclude}
     missing = sorted(r for r in wanted if r not in lock)
@@ -130,9 +139,13 @@ def host_requirements(lock: dict[str, LockEntry], roots: list[str],
 
 # -- the kit's own wheel ----------------------------------------------------------------------
 
+
 def _kit_files(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "kit").rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"))
+    return sorted(
+        p
+        for p in (root / "kit").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    )
 
 
 def source_digest(root: Path = REPO) -> str:
@@ -153,12 +166,18 @@ def build_kit_wheel(root: Path, dest_dir: Path, requires: list[str]) -> Path:
     version = project["version"]
     info = f"{dist}-{version}.dist-info"
     files: list[tuple[str, bytes]] = [(p.relative_to(root).as_posix(), p.read_bytes()) for p in _kit_files(root)]
-    meta = [f"Metadata-Version: 2.1", f"Name: {project['name']}", f"Version: {version}",
-            f"Summary: {project.get('description', '')}", f"Requires-Python: {project.get('requires-python', '')}"]
+    meta = [
+        f"Metadata-Version: 2.1",
+        f"Name: {project['name']}",
+        f"Version: {version}",
+        f"Summary: {project.get('description', '')}",
+        f"Requires-Python: {project.get('requires-python', '')}",
+    ]
     meta += [f"Requires-Dist: {r}" for r in requires]
     files.append((f"{info}/METADATA", ("\n".join(meta) + "\n").encode()))
-    files.append((f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: kit.wheelhouse\nRoot-Is-Purelib: true\n"
-                                   b"Tag: py3-none-any\n"))
+    files.append(
+        (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: kit.wheelhouse\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    )
     scripts = project.get("scripts", {})
     if scripts:
         eps = "[console_scripts]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(scripts.items()))
@@ -181,6 +200,7 @@ def build_kit_wheel(root: Path, dest_dir: Path, requires: list[str]) -> Path:
 
 # -- build --------------------------------------------------------------------------------------
 
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -202,8 +222,9 @@ def _pack(out: Path, members: list[Path]) -> Path:
     return tar_path
 
 
-def build(out: Path = DEFAULT_OUT, *, root: Path = REPO, lock_path: Path | None = None,
-          python: str = sys.executable) -> dict:
+def build(
+    out: Path = DEFAULT_OUT, *, root: Path = REPO, lock_path: Path | None = None, python: str = sys.executable
+) -> dict:
     """Build (or find up to date) the wheelhouse in *out*; return its manifest plus ``changed``."""
     lock_path = lock_path or root / "requirements.lock"
     if not lock_path.exists():
@@ -223,16 +244,31 @@ def build(out: Path = DEFAULT_OUT, *, root: Path = REPO, lock_path: Path | None 
     wheels.mkdir(parents=True, exist_ok=True)
     req_path = out / "requirements-hosts.txt"
     req_path.write_text(req_text)
-    cmd = [python, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--require-hashes",
-           "--no-deps", "--only-binary", ":all:", "-d", str(wheels), "-r", str(req_path)]
+    cmd = [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--require-hashes",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "-d",
+        str(wheels),
+        "-r",
+        str(req_path),
+    ]
     log.info("downloading %d runtime wheels into %s", len(entries), wheels)
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise WheelhouseError(f"pip download did not finish in {_PIP_TIMEOUT} s: check the network to PyPI") from None
     if res.returncode != 0:
-        raise WheelhouseError(f"pip download failed (needs network to PyPI on the controller): "
-                              f"{res.stderr.strip()[-1500:]}")
+        raise WheelhouseError(
+            f"pip download failed (needs network to PyPI on the controller): {res.stderr.strip()[-1500:]}"
+        )
     wanted = {e.name for e in entries}
     for whl in wheels.glob("*.whl"):  # drop wheels of an older lock
         if normalise(whl.name.split("-")[0]) not in wanted and not whl.name.startswith("wsproxy_loadkit-"):
@@ -241,7 +277,10 @@ def build(out: Path = DEFAULT_OUT, *, root: Path = REPO, lock_path: Path | None 
     kit_wheel = build_kit_wheel(root, wheels, requires)
     members = sorted(wheels.glob("*.whl")) + [req_path]
     manifest = {
-        "stamp": stamp, "python": tag, "platform": sys.platform, "kit_wheel": kit_wheel.name,
+        "stamp": stamp,
+        "python": tag,
+        "platform": sys.platform,
+        "kit_wheel": kit_wheel.name,
         "requirements": req_path.name,
         "files": {p.relative_to(out).as_posix(): _sha256(p) for p in members},
     }
@@ -259,8 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build or refresh the wheelhouse; prints JSON with 'changed'")
     b.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default .wheelhouse)")
-    b.add_argument("--root", type=Path, default=REPO,
-                   help="source tree holding kit/, pyproject.toml and requirements.lock (default: this repo)")
+    b.add_argument(
+        "--root",
+        type=Path,
+        default=REPO,
+        help="source tree holding kit/, pyproject.toml and requirements.lock (default: this repo)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     try:

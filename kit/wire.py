@@ -22,8 +22,14 @@ tokens ``/run`` announced and never published as cancelled, not lost, and the qu
 
 from __future__ import annotations
 
-__all__ = ["WORKLOAD_BOUNDS", "PACE_FIELDS", "MAX_QUERY_MS", "DONE_CANCELLED", "query_duration_ms",
-           "query_duration_problem"]
+__all__ = [
+    "WORKLOAD_BOUNDS",
+    "PACE_FIELDS",
+    "MAX_QUERY_MS",
+    "DONE_CANCELLED",
+    "query_duration_ms",
+    "query_duration_problem",
+]
 
 #: ``/run`` workload field -> (minimum, maximum, what it is), inclusive.  max_tokens is the answer's
 #: length in tokens (the response text's words, repeated when it asks for more than the text has);
@@ -52,8 +58,9 @@ def query_duration_ms(max_tokens: int, token_delay_ms: float, ttft_ms: float, to
     return ttft_ms + max(0, max_tokens - 1) * token_delay_ms + token_jitter_ms
 
 
-def query_duration_problem(max_tokens: int | None, token_delay_ms: float | None, ttft_ms: float | None,
-                           token_jitter_ms: float | None = None) -> str | None:
+def query_duration_problem(
+    max_tokens: int | None, token_delay_ms: float | None, ttft_ms: float | None, token_jitter_ms: float | None = None
+) -> str | None:
     """One line saying why a query of this workload would last longer than :data:`MAX_QUERY_MS`, or None.
 
     A field that is None (left to the simulator's deployed value) counts as the least it can be (1 token,
@@ -67,9 +74,11 @@ def query_duration_problem(max_tokens: int | None, token_delay_ms: float | None,
     total = query_duration_ms(n, delay, ttft, jitter)
     if total <= MAX_QUERY_MS:
         return None
-    return (f"the query would last {_duration(total)} (ttft_ms {ttft:g} + ({n} tokens - 1) x token_delay_ms "
-            f"{delay:g} + token_jitter_ms {jitter:g}), more than the {_duration(MAX_QUERY_MS)} a query may "
-            "last: ask for fewer tokens or a shorter delay")
+    return (
+        f"the query would last {_duration(total)} (ttft_ms {ttft:g} + ({n} tokens - 1) x token_delay_ms "
+        f"{delay:g} + token_jitter_ms {jitter:g}), more than the {_duration(MAX_QUERY_MS)} a query may "
+        "last: ask for fewer tokens or a shorter delay"
+    )
 
 
 def _duration(ms: float) -> str:

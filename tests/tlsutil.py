@@ -24,23 +24,69 @@ def make_ca(workdir: Path, name: str = "kit-test-ca") -> tuple[Path, Path]:
     """A self-signed CA: (certificate PEM, key PEM)."""
     workdir.mkdir(parents=True, exist_ok=True)
     crt, key = workdir / f"{name}.crt", workdir / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(crt),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
     return crt, key
 
 
-def make_server_pem(workdir: Path, ca: tuple[Path, Path], addresses: list[str], names: list[str],
-                    name: str = "server") -> Path:
+def make_server_pem(
+    workdir: Path, ca: tuple[Path, Path], addresses: list[str], names: list[str], name: str = "server"
+) -> Path:
     """A server certificate signed by *ca* for *addresses* (IP SANs) and *names* (DNS SANs), written
     with its key into one PEM (HAProxy's ``crt`` format)."""
     key, csr, crt, ext = (workdir / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
-             "-out", str(csr), "-subj", f"/CN={(names or addresses)[0]}")
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        f"/CN={(names or addresses)[0]}",
+    )
     san = ",".join([f"IP:{a}" for a in addresses] + [f"DNS:{n}" for n in names])
     ext.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
-             "-out", str(crt), "-days", "2", "-extfile", str(ext))
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-CAcreateserial",
+        "-out",
+        str(crt),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
     pem = workdir / f"{name}.pem"
     pem.write_text(crt.read_text() + key.read_text())
     pem.chmod(0o600)
@@ -63,8 +109,16 @@ class TlsBalancer:
         return f"wss://{self.host}:{self.wss_port}"
 
 
-def start_tls_haproxy(workdir: Path, pem: Path, *, host: str, sim: tuple[str, int], wsproxy: tuple[str, int],
-                      https_port: int | None = None, wss_port: int | None = None) -> TlsBalancer:
+def start_tls_haproxy(
+    workdir: Path,
+    pem: Path,
+    *,
+    host: str,
+    sim: tuple[str, int],
+    wsproxy: tuple[str, int],
+    https_port: int | None = None,
+    wss_port: int | None = None,
+) -> TlsBalancer:
     """HAProxy with ``ssl crt <pem>`` on both frontends (HTTP to *sim*, WebSocket to *wsproxy*)."""
     https_port = https_port or free_port(host)
     wss_port = wss_port or free_port(host)

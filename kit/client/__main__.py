@@ -57,8 +57,17 @@ from urllib.parse import urlsplit
 
 from kit import _gc, contract
 from kit.config import ConfigError, parse_number
-from kit.options import (SETTINGS_FILE, LoadOptions, check, declared, dest, option_help, parse_option,
-                         read_settings, write_settings)
+from kit.options import (
+    SETTINGS_FILE,
+    LoadOptions,
+    check,
+    declared,
+    dest,
+    option_help,
+    parse_option,
+    read_settings,
+    write_settings,
+)
 
 from ._http import mask_url
 
@@ -101,6 +110,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _num(kind: type, name: str, minimum: float | None = None, example: str = "1"):
     """An argparse type: kit.config.parse_number, its message kept as argparse's."""
+
     def conv(raw: str):
         try:
             return parse_number(kind, name, raw, minimum=minimum, example=example)
@@ -113,28 +123,50 @@ def _num(kind: type, name: str, minimum: float | None = None, example: str = "1"
 def build_parser(env: LoadOptions) -> argparse.ArgumentParser:
     """The load's options, one per :class:`kit.options.LoadOptions` field (defaulting to *env*, the
     environment's values), then the invocation's own (processes, start, run id, output)."""
-    p = _Parser(prog=PROG, description="Trio load client for wsproxy (see kit/client/__init__.py).",
-                epilog=f"Each load option resolves as: its default < its environment variable < --settings FILE < "
-                       f"its flag.  {SETTINGS_FILE} is a JSON object of option names (kit/options.py's, "
-                       "e.g. {\"clients\": 50, \"think_time\": 0.5, \"token_delay_ms\": 20}); fab run writes one "
-                       "per generator, a multi-process run one for its processes.")
+    p = _Parser(
+        prog=PROG,
+        description="Trio load client for wsproxy (see kit/client/__init__.py).",
+        epilog=f"Each load option resolves as: its default < its environment variable < --settings FILE < "
+        f"its flag.  {SETTINGS_FILE} is a JSON object of option names (kit/options.py's, "
+        'e.g. {"clients": 50, "think_time": 0.5, "token_delay_ms": 20}); fab run writes one '
+        "per generator, a multi-process run one for its processes.",
+    )
     a = p.add_argument
-    a("--settings", default=None, help=f"settings file ({SETTINGS_FILE}) whose options override the environment's "
-                                       "(a flag overrides both); checked like the flags")
+    a(
+        "--settings",
+        default=None,
+        help=f"settings file ({SETTINGS_FILE}) whose options override the environment's "
+        "(a flag overrides both); checked like the flags",
+    )
     for f in declared():
         flags = (f.metadata["option"], *f.metadata.get("aliases", ()))
         a(*flags, dest=dest(f), type=_option_type(f), default=getattr(env, f.name), help=option_help(f))
-    a("--processes", type=_num(int, "--processes", 1, "2"), default=None,
-      help="trio processes on this host (default: one per core)")
-    a("--start-at", type=_num(float, "--start-at", 0, str(int(time.time()) + 10)), default=None,
-      help="wall-clock epoch seconds at which to start (all generators agree on it)")
+    a(
+        "--processes",
+        type=_num(int, "--processes", 1, "2"),
+        default=None,
+        help="trio processes on this host (default: one per core)",
+    )
+    a(
+        "--start-at",
+        type=_num(float, "--start-at", 0, str(int(time.time()) + 10)),
+        default=None,
+        help="wall-clock epoch seconds at which to start (all generators agree on it)",
+    )
     a("--run-id", default=None, help="name of the run (default: time and client count)")
     a("--quiet", action="store_true", help="no live progress line")
-    a("--status-interval", type=_num(float, "--status-interval", 0.1, "1"), default=None,
-      help="write OUTPUT_DIR/status.json every this many seconds")
+    a(
+        "--status-interval",
+        type=_num(float, "--status-interval", 0.1, "1"),
+        default=None,
+        help="write OUTPUT_DIR/status.json every this many seconds",
+    )
     a("--no-preflight", action="store_true", help="skip the reachability check of both URLs")
-    a("--exit-zero-on-failure", action="store_true",
-      help="exit 0 when the run finished but sessions failed (summary.json's status says so; for orchestrators)")
+    a(
+        "--exit-zero-on-failure",
+        action="store_true",
+        help="exit 0 when the run finished but sessions failed (summary.json's status says so; for orchestrators)",
+    )
     a("--_process-index", dest="process_index", type=int, default=0, help=argparse.SUPPRESS)
     a("--_process-count", dest="process_count", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -142,6 +174,7 @@ def build_parser(env: LoadOptions) -> argparse.ArgumentParser:
 
 def _option_type(f: dataclasses.Field):
     """An argparse type for option *f*: its value parsed and bounded as declared, the message kept."""
+
     def conv(raw: str):
         try:
             return parse_option(f, raw)
@@ -166,21 +199,26 @@ def _check_url(value: str, schemes: tuple[str, ...], option: str, env: str) -> N
     """ConfigError unless *value* is a URL of one of *schemes* with a host (and a valid port, if any).
     The value is quoted with its credentials masked (:func:`~kit.client._http.mask_url`)."""
     shown = _refused_url(value)
-    example = (f"pass e.g. {option} {schemes[0]}://127.0.0.1:"
-               f"{contract.ports()['haproxy_http' if 'http' in schemes else 'haproxy_ws']}")
+    example = (
+        f"pass e.g. {option} {schemes[0]}://127.0.0.1:"
+        f"{contract.ports()['haproxy_http' if 'http' in schemes else 'haproxy_ws']}"
+    )
     try:
         u = urlsplit(value)
     except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 bracket
-        raise ConfigError(f"{option} / {env} = {shown!r} is not a valid URL ({mask_url(str(exc))}): "
-                          f"{example}") from None
+        raise ConfigError(
+            f"{option} / {env} = {shown!r} is not a valid URL ({mask_url(str(exc))}): {example}"
+        ) from None
     if u.scheme not in schemes or not u.hostname:
-        raise ConfigError(f"{option} / {env} = {shown!r} is not a {' or '.join(s + '://' for s in schemes)} URL: "
-                          f"{example}")
+        raise ConfigError(
+            f"{option} / {env} = {shown!r} is not a {' or '.join(s + '://' for s in schemes)} URL: {example}"
+        )
     try:
         u.port
     except ValueError:  # its message may quote what follows the host's colon: not repeated
-        raise ConfigError(f"{option} / {env} = {shown!r} has a bad port: give a number from 1 to 65535, "
-                          f"{example}") from None
+        raise ConfigError(
+            f"{option} / {env} = {shown!r} has a bad port: give a number from 1 to 65535, {example}"
+        ) from None
 
 
 def _refused_url(value: str) -> str:
@@ -199,19 +237,25 @@ def _check_sessions(args: argparse.Namespace) -> None:
     the number of its processes: checked before anything else, since both size what the run builds."""
     cap = max_sessions()
     if args.arrival_rate is None and args.clients > cap:
-        raise ConfigError(f"--clients / CLIENTS = {_shown(args.clients)} is above {cap}, the sessions one "
-                          "generator invocation may start: lower it, or spread the load over generator hosts "
-                          "(fab run --clients N splits it)")
+        raise ConfigError(
+            f"--clients / CLIENTS = {_shown(args.clients)} is above {cap}, the sessions one "
+            "generator invocation may start: lower it, or spread the load over generator hosts "
+            "(fab run --clients N splits it)"
+        )
     if args.arrival_rate is not None and args.duration is not None:
         total = args.arrival_rate * args.duration
         if not math.isfinite(total) or total > cap:
-            raise ConfigError(f"--arrival-rate {_shown(args.arrival_rate)} x --duration {_shown(args.duration)} "
-                              f"starts more than {cap} sessions, the most one generator invocation may start: "
-                              "lower one of them, or spread the load over generator hosts")
+            raise ConfigError(
+                f"--arrival-rate {_shown(args.arrival_rate)} x --duration {_shown(args.duration)} "
+                f"starts more than {cap} sessions, the most one generator invocation may start: "
+                "lower one of them, or spread the load over generator hosts"
+            )
     if args.processes is not None and args.processes > max_processes():
-        raise ConfigError(f"--processes {_shown(args.processes)} is above {max_processes()} (4 per core, at "
-                          "least 64): pass at most one per core, e.g. --processes "
-                          f"{os.cpu_count() or 1}")
+        raise ConfigError(
+            f"--processes {_shown(args.processes)} is above {max_processes()} (4 per core, at "
+            "least 64): pass at most one per core, e.g. --processes "
+            f"{os.cpu_count() or 1}"
+        )
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -219,11 +263,15 @@ def validate(args: argparse.Namespace) -> None:
     _check_url(args.api_url, ("http", "https"), "--api-url", "FASTAPI_URL")
     _check_url(args.ws_url, ("ws", "wss"), "--ws-url", "WSPROXY_URL")
     if args.ca_file is not None and not os.access(args.ca_file, os.R_OK):
-        raise ConfigError(f"--ca-file / SSL_CA_FILE {args.ca_file}: cannot read it: pass the kit CA's PEM "
-                          "(fab run copies it from .secrets/)")
+        raise ConfigError(
+            f"--ca-file / SSL_CA_FILE {args.ca_file}: cannot read it: pass the kit CA's PEM "
+            "(fab run copies it from .secrets/)"
+        )
     if args.start_at is not None and args.start_at > time.time() + MAX_START_AHEAD_S:
-        raise ConfigError(f"--start-at {_shown(args.start_at)} is more than a day ahead: pass epoch seconds "
-                          f"(not milliseconds), e.g. --start-at {int(time.time()) + 10}")
+        raise ConfigError(
+            f"--start-at {_shown(args.start_at)} is more than a day ahead: pass epoch seconds "
+            f"(not milliseconds), e.g. --start-at {int(time.time()) + 10}"
+        )
     check(options_of(args))
 
 
@@ -246,14 +294,20 @@ def preflight(args: argparse.Namespace) -> None:
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         why = mask_url(str(exc) or type(exc).__name__)
         if "CERTIFICATE_VERIFY_FAILED" in why:
-            raise ConfigError(f"--api-url / FASTAPI_URL {api}: the server's certificate was refused ({why}): "
-                              "pass the CA that signed it with --ca-file / SSL_CA_FILE") from None
-        raise ConfigError(f"--api-url / FASTAPI_URL {api}: cannot reach it ({why}): "
-                          "start the simulator (or HAProxy) there or point --api-url at it") from None
+            raise ConfigError(
+                f"--api-url / FASTAPI_URL {api}: the server's certificate was refused ({why}): "
+                "pass the CA that signed it with --ca-file / SSL_CA_FILE"
+            ) from None
+        raise ConfigError(
+            f"--api-url / FASTAPI_URL {api}: cannot reach it ({why}): "
+            "start the simulator (or HAProxy) there or point --api-url at it"
+        ) from None
     if r.status_code != 200:
         body = " ".join(mask_url(r.text[:120]).split())
-        raise ConfigError(f"--api-url / FASTAPI_URL {api}: GET /health answered {r.status_code} "
-                          f"({body}): fix the service (is Redis up?) before loading it")
+        raise ConfigError(
+            f"--api-url / FASTAPI_URL {api}: GET /health answered {r.status_code} "
+            f"({body}): fix the service (is Redis up?) before loading it"
+        )
     u = urlsplit(args.ws_url)
     port = u.port or (443 if u.scheme == "wss" else 80)
     try:
@@ -261,11 +315,15 @@ def preflight(args: argparse.Namespace) -> None:
             if u.scheme == "wss":  # the certificate too: a refused one is bad configuration, not a load result
                 _ssl_context(args).wrap_socket(sock, server_hostname=u.hostname).close()
     except ssl.SSLCertVerificationError as exc:
-        raise ConfigError(f"--ws-url / WSPROXY_URL {ws}: the server's certificate was refused "
-                          f"({exc.verify_message}): pass the CA that signed it with --ca-file / SSL_CA_FILE") from None
+        raise ConfigError(
+            f"--ws-url / WSPROXY_URL {ws}: the server's certificate was refused "
+            f"({exc.verify_message}): pass the CA that signed it with --ca-file / SSL_CA_FILE"
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"--ws-url / WSPROXY_URL {ws}: cannot reach it ({mask_url(str(exc.strerror or exc))}): "
-                          "start wsproxy (or HAProxy) there or point --ws-url at it") from None
+        raise ConfigError(
+            f"--ws-url / WSPROXY_URL {ws}: cannot reach it ({mask_url(str(exc.strerror or exc))}): "
+            "start wsproxy (or HAProxy) there or point --ws-url at it"
+        ) from None
 
 
 def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext:
@@ -315,8 +373,11 @@ def _safe_argv(argv: list[str]) -> list[str]:
             continue
         name = a.split("=", 1)[0].lower()
         # the workload's --tokens/--token-delay/--token-jitter are numbers, not credentials
-        if (a.startswith("--") and name not in _WORKLOAD_FLAGS
-                and any(w in name for w in ("secret", "token", "password", "auth"))):
+        if (
+            a.startswith("--")
+            and name not in _WORKLOAD_FLAGS
+            and any(w in name for w in ("secret", "token", "password", "auth"))
+        ):
             if "=" in a:
                 out.append(a.split("=", 1)[0] + "=***")
             else:
@@ -351,10 +412,15 @@ def run_load(argv: list[str]) -> int:
     processes = args.process_count or min(args.processes or os.cpu_count() or 1, total)
     run_id = args.run_id or contract.run_id(total)
     meta = {
-        "run_id": run_id, "argv": _safe_argv([PROG, *argv]), "versions": versions(), "host": socket.gethostname(),
-        "pid": os.getpid(), "model": "open" if args.arrival_rate else "closed",
+        "run_id": run_id,
+        "argv": _safe_argv([PROG, *argv]),
+        "versions": versions(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "model": "open" if args.arrival_rate else "closed",
         "config": {k: v for k, v in vars(args).items() if k not in ("process_count",)},
-        "total_sessions": total, "processes": processes,
+        "total_sessions": total,
+        "processes": processes,
     }
     output_dir = Path(args.output_dir)
     if not child:  # a child's folder is a fresh one its parent chose
@@ -363,20 +429,47 @@ def run_load(argv: list[str]) -> int:
         if output_dir != Path(args.output_dir):
             print(f"{PROG}: {args.output_dir} holds an earlier run: this one goes to {output_dir}", file=sys.stderr)
     sess = SessionConfig(
-        api_url=args.api_url.rstrip("/"), ws_url=args.ws_url.rstrip("/"), queries=args.queries,
-        think_time=args.think_time, query_timeout=args.query_timeout, max_tokens=args.tokens,
-        token_delay_ms=args.token_delay_ms, ttft_ms=args.ttft_ms, token_jitter_ms=args.token_jitter_ms,
-        agent_id=args.agent_id, query_text=args.query_text, max_reconnect_attempts=args.max_reconnect_attempts,
-        initial_backoff=args.initial_backoff, max_backoff=args.max_backoff, jitter=args.jitter,
-        connect_timeout=args.connect_timeout, time_from_intended=args.arrival_rate is not None)
+        api_url=args.api_url.rstrip("/"),
+        ws_url=args.ws_url.rstrip("/"),
+        queries=args.queries,
+        think_time=args.think_time,
+        query_timeout=args.query_timeout,
+        max_tokens=args.tokens,
+        token_delay_ms=args.token_delay_ms,
+        ttft_ms=args.ttft_ms,
+        token_jitter_ms=args.token_jitter_ms,
+        agent_id=args.agent_id,
+        query_text=args.query_text,
+        max_reconnect_attempts=args.max_reconnect_attempts,
+        initial_backoff=args.initial_backoff,
+        max_backoff=args.max_backoff,
+        jitter=args.jitter,
+        connect_timeout=args.connect_timeout,
+        time_from_intended=args.arrival_rate is not None,
+    )
     cfg = LoadConfig(
-        session=sess, clients=args.clients, ramp=args.ramp, arrival_rate=args.arrival_rate, duration=args.duration,
-        processes=processes, process_index=args.process_index, output_dir=output_dir,
-        start_at=args.start_at, run_id=run_id, quiet=args.quiet, status_interval=args.status_interval,
-        max_duration=args.max_duration, http_timeout=args.http_timeout, http_connections=args.http_connections,
-        seed=args.seed, workload=workload, workload_seed=args.workload_seed, ca_file=args.ca_file,
+        session=sess,
+        clients=args.clients,
+        ramp=args.ramp,
+        arrival_rate=args.arrival_rate,
+        duration=args.duration,
+        processes=processes,
+        process_index=args.process_index,
+        output_dir=output_dir,
+        start_at=args.start_at,
+        run_id=run_id,
+        quiet=args.quiet,
+        status_interval=args.status_interval,
+        max_duration=args.max_duration,
+        http_timeout=args.http_timeout,
+        http_connections=args.http_connections,
+        seed=args.seed,
+        workload=workload,
+        workload_seed=args.workload_seed,
+        ca_file=args.ca_file,
         reconnect_rate=args.reconnect_rate,
-        source_addresses=tuple(a.strip() for a in (args.source_addresses or "").split(",") if a.strip()))
+        source_addresses=tuple(a.strip() for a in (args.source_addresses or "").split(",") if a.strip()),
+    )
     meta["gc"] = _gc.tune()  # start-up is done: freeze it, collect rarely (kit/_gc.py)
     if processes > 1 and not child:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
@@ -414,8 +507,10 @@ def _results_command(argv: list[str]) -> int:
     except OSError as exc:  # an unreadable input, an output folder that cannot be written
         if exc.filename is None:  # raised by the kit: its message names the file and the fix
             raise ConfigError(str(exc)) from None
-        raise ConfigError(f"{exc.filename}: {exc.strerror or exc}: pass result folders you can read and an "
-                          "output folder you can write") from None
+        raise ConfigError(
+            f"{exc.filename}: {exc.strerror or exc}: pass result folders you can read and an "
+            "output folder you can write"
+        ) from None
     return 0
 
 

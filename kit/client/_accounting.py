@@ -59,12 +59,42 @@ TIMELINE_HISTOGRAMS = ("delivery", "ttft", "inter_token", "latency", "create", "
 class QueryRecord:
     """One query of one session.  Times are ``time.monotonic_ns`` except ``*_wall`` (epoch ns)."""
 
-    __slots__ = ("session_id", "index", "query_id", "intended_ns", "submit_ns", "expected", "received",
-                 "next_seq", "missing", "duplicated", "out_of_order", "first_ns", "last_ns", "done_ns",
-                 "done_tokens", "cancelled", "status", "error", "event", "hists", "counters", "_gap", "_delivery")
+    __slots__ = (
+        "session_id",
+        "index",
+        "query_id",
+        "intended_ns",
+        "submit_ns",
+        "expected",
+        "received",
+        "next_seq",
+        "missing",
+        "duplicated",
+        "out_of_order",
+        "first_ns",
+        "last_ns",
+        "done_ns",
+        "done_tokens",
+        "cancelled",
+        "status",
+        "error",
+        "event",
+        "hists",
+        "counters",
+        "_gap",
+        "_delivery",
+    )
 
-    def __init__(self, session_id: str, index: int, intended_ns: int, submit_ns: int, hists: dict,
-                 counters: dict, event: Any = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        index: int,
+        intended_ns: int,
+        submit_ns: int,
+        hists: dict,
+        counters: dict,
+        event: Any = None,
+    ) -> None:
         self.session_id = session_id
         self.index = index
         self.query_id: str | None = None
@@ -151,9 +181,11 @@ class QueryRecord:
             if self.done_ns and self.cancelled:
                 status = "cancelled"
                 if not error:
-                    error = (f"cancelled by the simulator (session closed) after {self.done_tokens} of "
-                             f"{'?' if self.expected is None else self.expected} tokens"
-                             + (f", {self.lost} of them lost" if self.lost else ""))
+                    error = (
+                        f"cancelled by the simulator (session closed) after {self.done_tokens} of "
+                        f"{'?' if self.expected is None else self.expected} tokens"
+                        + (f", {self.lost} of them lost" if self.lost else "")
+                    )
             elif self.done_ns:
                 status = "ok" if self.lost == 0 else "lost_tokens"
                 if status == "lost_tokens" and not error:
@@ -207,9 +239,27 @@ class QueryRecord:
 class SessionRecord:
     """One session's life: create, connect, reconnects, queries, close."""
 
-    __slots__ = ("session_id", "index", "intended_ns", "start_ns", "create_us", "connect_us",
-                 "tcp_us", "tls_us", "upgrade_us", "connect_attempts", "reconnect_attempts", "reconnects_ok", "queries_ok", "queries_failed",
-                 "queries_skipped", "tokens", "errors", "status", "end_ns")
+    __slots__ = (
+        "session_id",
+        "index",
+        "intended_ns",
+        "start_ns",
+        "create_us",
+        "connect_us",
+        "tcp_us",
+        "tls_us",
+        "upgrade_us",
+        "connect_attempts",
+        "reconnect_attempts",
+        "reconnects_ok",
+        "queries_ok",
+        "queries_failed",
+        "queries_skipped",
+        "tokens",
+        "errors",
+        "status",
+        "end_ns",
+    )
 
     def __init__(self, index: int, intended_ns: int, start_ns: int) -> None:
         self.session_id = ""

@@ -43,18 +43,24 @@ def _check_header(f: Path, fields: Sequence[str]) -> None:
         return
     shown = ",".join(fields)
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    what = ("a sessions.csv (one row per session)" if {"session_index", "queries_ok"} <= have
-            else f"not a queries.csv of `python -m kit.client` (header: {shown})")
+    what = (
+        "a sessions.csv (one row per session)"
+        if {"session_index", "queries_ok"} <= have
+        else f"not a queries.csv of `python -m kit.client` (header: {shown})"
+    )
     lacks = f" (it lacks {', '.join(missing)})" if len(missing) < len(QUERY_COLUMNS) else ""
-    raise AnalyzeError(f"{f}: {what}: expected the columns {', '.join(QUERY_COLUMNS)}{lacks}: "
-                       "pass a result folder or its queries.csv")
+    raise AnalyzeError(
+        f"{f}: {what}: expected the columns {', '.join(QUERY_COLUMNS)}{lacks}: pass a result folder or its queries.csv"
+    )
 
 
 def _check_row(f: Path, line: int, row: dict[str, str | None]) -> None:
     """AnalyzeError unless each numeric value of *row* is empty or a finite number."""
     if None in row or any(v is None for v in row.values()):  # more or fewer cells than the header
-        raise AnalyzeError(f"{f}: line {line} has more or fewer cells than the header: the file is damaged "
-                           "(a run that did not finish writing it?)")
+        raise AnalyzeError(
+            f"{f}: line {line} has more or fewer cells than the header: the file is damaged "
+            "(a run that did not finish writing it?)"
+        )
     for k in _NUMBERS:
         v = row.get(k)
         if v:
@@ -64,8 +70,10 @@ def _check_row(f: Path, line: int, row: dict[str, str | None]) -> None:
             except ValueError:
                 ok = False
             if not ok:
-                raise AnalyzeError(f"{f}: line {line}: {k} {v[:40]!r} is not "
-                                   f"{'a whole number >= 0' if whole else 'a finite number'}: the file is damaged")
+                raise AnalyzeError(
+                    f"{f}: line {line}: {k} {v[:40]!r} is not "
+                    f"{'a whole number >= 0' if whole else 'a finite number'}: the file is damaged"
+                )
 
 
 def collect_rows(paths: Iterable[Path]) -> list[dict[str, str]]:
@@ -80,8 +88,11 @@ def collect_rows(paths: Iterable[Path]) -> list[dict[str, str]]:
         elif p.is_file():
             f = p
         else:
-            raise AnalyzeError(f"{p} does not exist" if not p.exists() else
-                               f"{p} is not a regular file: pass a result folder or its queries.csv")
+            raise AnalyzeError(
+                f"{p} does not exist"
+                if not p.exists()
+                else f"{p} is not a regular file: pass a result folder or its queries.csv"
+            )
         try:
             with open(f, newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
@@ -92,11 +103,11 @@ def collect_rows(paths: Iterable[Path]) -> list[dict[str, str]]:
                     _check_row(f, reader.line_num, row)
                     rows.append(row)
         except UnicodeDecodeError as exc:
-            raise AnalyzeError(f"{f}: not UTF-8 text (byte {exc.start}): pass a result folder or its "
-                               "queries.csv") from None
+            raise AnalyzeError(
+                f"{f}: not UTF-8 text (byte {exc.start}): pass a result folder or its queries.csv"
+            ) from None
         except csv.Error as exc:
-            raise AnalyzeError(f"{f}: not a readable CSV ({exc}): pass a result folder or its queries.csv") \
-                from None
+            raise AnalyzeError(f"{f}: not a readable CSV ({exc}): pass a result folder or its queries.csv") from None
         except OSError as exc:
             raise AnalyzeError(f"{f}: cannot read it ({exc.strerror or exc})") from None
     return rows
@@ -129,8 +140,10 @@ def text_histogram(values: Sequence[float], bins: int = 20, width: int = 50) -> 
     for v in values:
         counts[min(bins - 1, int((v - lo) / step))] += 1
     top = max(counts)
-    return [f"{lo + i * step:10.1f} - {lo + (i + 1) * step:10.1f} ms | {'#' * round(width * n / top):<{width}} {n}"
-            for i, n in enumerate(counts)]
+    return [
+        f"{lo + i * step:10.1f} - {lo + (i + 1) * step:10.1f} ms | {'#' * round(width * n / top):<{width}} {n}"
+        for i, n in enumerate(counts)
+    ]
 
 
 def _error_key(error: str) -> str:
@@ -161,14 +174,18 @@ def analyze(paths: Iterable[Path]) -> dict[str, Any]:
 
 
 def format_report(a: dict[str, Any]) -> str:
-    lines = [f"Sessions: {a['sessions']}   Queries: {a['queries']}   Tokens: {a['tokens']}   "
-             f"Lost tokens: {a['lost_tokens']}",
-             "Statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(a["statuses"].items()))]
+    lines = [
+        f"Sessions: {a['sessions']}   Queries: {a['queries']}   Tokens: {a['tokens']}   "
+        f"Lost tokens: {a['lost_tokens']}",
+        "Statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(a["statuses"].items())),
+    ]
     for name in ("latency_ms", "ttft_ms"):
         d = a[name]
         if d:
-            lines.append(f"{name.replace('_ms', '')} percentiles (ms): "
-                         + "  ".join(f"p{p} {d[f'p{p}']:.1f}" for p in PERCENTILES))
+            lines.append(
+                f"{name.replace('_ms', '')} percentiles (ms): "
+                + "  ".join(f"p{p} {d[f'p{p}']:.1f}" for p in PERCENTILES)
+            )
     if a["latency_ms"]:
         d = a["latency_ms"]
         lines.append(f"latency min {d['min']:.1f}  max {d['max']:.1f}  avg {d['avg']:.1f} ms")

@@ -70,19 +70,24 @@ def summary_table(s: Mapping[str, Any]) -> str:
         f"TPS:                    {s.get('tps', 0):.2f}",
         "",
         "Query latency (ms):     p50 {}  p95 {}  p99 {}".format(
-            _f(lat.get("p50"), "{:.1f}"), _f(lat.get("p95"), "{:.1f}"), _f(lat.get("p99"), "{:.1f}")),
+            _f(lat.get("p50"), "{:.1f}"), _f(lat.get("p95"), "{:.1f}"), _f(lat.get("p99"), "{:.1f}")
+        ),
         "                        min {}  max {}  avg {}".format(
-            _f(lat.get("min"), "{:.1f}"), _f(lat.get("max"), "{:.1f}"), _f(lat.get("avg"), "{:.1f}")),
+            _f(lat.get("min"), "{:.1f}"), _f(lat.get("max"), "{:.1f}"), _f(lat.get("avg"), "{:.1f}")
+        ),
         "Time to first token:    p50 {}  p99 {} ms".format(_f(ttft.get("p50")), _f(ttft.get("p99"))),
         "Inter-token gap:        p50 {}  p99 {} ms".format(
-            _f(s.get("inter_token_ms", {}).get("p50"), "{:.2f}"), _f(s.get("inter_token_ms", {}).get("p99"), "{:.2f}")),
+            _f(s.get("inter_token_ms", {}).get("p50"), "{:.2f}"), _f(s.get("inter_token_ms", {}).get("p99"), "{:.2f}")
+        ),
         "Token delivery:         p50 {}  p99 {} ms".format(
             _f(s.get("delivery_latency_ms", {}).get("p50"), "{:.2f}"),
-            _f(s.get("delivery_latency_ms", {}).get("p99"), "{:.2f}")),
+            _f(s.get("delivery_latency_ms", {}).get("p99"), "{:.2f}"),
+        ),
         f"Avg create time:        {_f(s.get('avg_create_ms'), '{:.2f}')} ms",
         f"Avg connect time:       {_f(s.get('avg_connect_ms'), '{:.2f}')} ms",
         "  split p50:            TCP {}  TLS {}  upgrade {} ms".format(
-            *(_f((s.get(f"connect_{k}_ms") or {}).get("p50"), "{:.2f}") for k in ("tcp", "tls", "upgrade"))),
+            *(_f((s.get(f"connect_{k}_ms") or {}).get("p50"), "{:.2f}") for k in ("tcp", "tls", "upgrade"))
+        ),
         "",
         f"Reconnect attempts:     {s.get('total_reconnect_attempts', 0)}",
         f"Successful reconnects:  {s.get('total_successful_reconnects', 0)}",

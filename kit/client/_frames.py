@@ -27,7 +27,12 @@ __all__ = [
     "encode_frame",
     "MAX_MESSAGE_BYTES",
     "MAX_HANDSHAKE_BYTES",
-    "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
+    "OP_CONT",
+    "OP_TEXT",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_PING",
+    "OP_PONG",
 ]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -78,8 +83,9 @@ def _mask(payload: bytes, key: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ k).to_bytes(n, "big")
 
 
-def encode_frame(opcode: int, payload: bytes = b"", *, mask: bool = True, fin: bool = True,
-                 key: bytes | None = None) -> bytes:
+def encode_frame(
+    opcode: int, payload: bytes = b"", *, mask: bool = True, fin: bool = True, key: bytes | None = None
+) -> bytes:
     """One frame; clients mask (RFC 6455 5.3), servers (tests, benches) pass ``mask=False``."""
     n = len(payload)
     head = bytearray([(0x80 if fin else 0) | opcode])
@@ -101,8 +107,19 @@ def encode_frame(opcode: int, payload: bytes = b"", *, mask: bool = True, fin: b
 class WsProtocol:
     """Client-side frame parser and control-frame state machine (no I/O)."""
 
-    __slots__ = ("_buf", "_frag", "_frag_len", "_frag_op", "outgoing", "closed", "close_sent",
-                 "close_code", "close_reason", "pings", "max_message")
+    __slots__ = (
+        "_buf",
+        "_frag",
+        "_frag_len",
+        "_frag_op",
+        "outgoing",
+        "closed",
+        "close_sent",
+        "close_code",
+        "close_reason",
+        "pings",
+        "max_message",
+    )
 
     def __init__(self, max_message: int = MAX_MESSAGE_BYTES) -> None:
         self._buf = b""
@@ -131,7 +148,7 @@ class WsProtocol:
                 end = pos + 2 + b1
                 if end > n:
                     break
-                out.append(buf[pos + 2:end])
+                out.append(buf[pos + 2 : end])
                 pos = end
                 continue
             nxt = self._slow(buf, pos, n, out)
@@ -176,7 +193,7 @@ class WsProtocol:
         end = pos + hdr + length
         if end > n:
             return -1
-        payload = buf[pos + hdr:end]
+        payload = buf[pos + hdr : end]
         if op == OP_TEXT or op == OP_BINARY:
             if self._frag is not None:
                 raise ProtocolError("new data frame while a fragmented message is open")
@@ -229,12 +246,19 @@ class WsProtocol:
 # ---------------------------------------------------------------- handshake
 
 
-def handshake_request(host: str, path: str, headers: list[tuple[str, str]] | None = None,
-                      key: str | None = None) -> tuple[bytes, str]:
+def handshake_request(
+    host: str, path: str, headers: list[tuple[str, str]] | None = None, key: str | None = None
+) -> tuple[bytes, str]:
     """The upgrade request and its ``Sec-WebSocket-Key``."""
     key = key or base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
-             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
     for name, value in headers or ():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name!r} contains a line break")
@@ -267,7 +291,7 @@ def parse_handshake(buf: bytes, key: str) -> int | None:
         name, _, value = line.partition(":")
         hdrs[name.strip().lower()] = value.strip()
     if status != 101:
-        raise HandshakeError(status, reason, buf[end + 4:])
+        raise HandshakeError(status, reason, buf[end + 4 :])
     if hdrs.get("upgrade", "").lower() != "websocket" or "upgrade" not in hdrs.get("connection", "").lower():
         raise ProtocolError("101 response without Upgrade: websocket / Connection: Upgrade")
     if hdrs.get("sec-websocket-accept") != accept_value(key):

@@ -76,6 +76,7 @@ def mask_url(text: str) -> str:
     (``https://TOKEN@host``, often a token) becomes ``***``.  Whatever prints or writes a URL a user gave
     (meta.json, error messages, logs) passes it through this first: credentials are never written.
     """
+
     def hide(m: re.Match) -> str:
         user, colon, _ = m["userinfo"].partition(":")
         return f"{m['scheme']}{user}:***@" if colon else f"{m['scheme']}***@"
@@ -183,8 +184,14 @@ class _Conn:
 class HttpPool:
     """Keep-alive connections to one origin (``http://host:port`` or ``https://...``)."""
 
-    def __init__(self, base_url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS, timeout: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         u = urlsplit(base_url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"{base_url!r} is not an http:// or https:// URL")
@@ -213,11 +220,17 @@ class HttpPool:
         self.wait_ns_total = 0
 
     def statistics(self) -> dict[str, int]:
-        return {"requests": self.requests, "connections_opened": self.connections_opened,
-                "connections_reused": self.connections_reused, "idle": len(self._idle),
-                "in_use": self.max_connections - self._slots.value, "stale_discarded": self.stale_discarded,
-                "retries": self.retries, "requests_waited": self.waited,
-                "pool_wait_ms_total": self.wait_ns_total // 1_000_000}
+        return {
+            "requests": self.requests,
+            "connections_opened": self.connections_opened,
+            "connections_reused": self.connections_reused,
+            "idle": len(self._idle),
+            "in_use": self.max_connections - self._slots.value,
+            "stale_discarded": self.stale_discarded,
+            "retries": self.retries,
+            "requests_waited": self.waited,
+            "pool_wait_ms_total": self.wait_ns_total // 1_000_000,
+        }
 
     async def post(self, path: str, json: object | None = None) -> Response:
         body = b"" if json is None else orjson.dumps(json)
@@ -234,7 +247,11 @@ class HttpPool:
         if self._closed:
             raise RuntimeError("the pool is closed")
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n" % (
-            method, (self.base_path + path).encode(), self._host_header, len(body))
+            method,
+            (self.base_path + path).encode(),
+            self._host_header,
+            len(body),
+        )
         if content_type:
             head += b"Content-Type: %s\r\n" % content_type
         data = head + b"\r\n" + body
@@ -347,7 +364,7 @@ class HttpPool:
             if not sep:
                 raise RemoteProtocolError(f"malformed header line: {line[:80]!r}")
             headers[name.strip().lower()] = value.strip()
-        rest = buf[end + 4:]
+        rest = buf[end + 4 :]
         if head_only or status in (204, 304) or 100 <= status < 200:
             conn.buf = rest
             return Response(status, headers, b"", 0)
@@ -428,7 +445,7 @@ async def _read_chunked(conn: _Conn, buf: bytes) -> tuple[bytes, bytes]:
                 raise RemoteProtocolError("connection closed in a chunk")
             buf += chunk
         parts.append(buf[:n])
-        buf = buf[n + 2:]
+        buf = buf[n + 2 :]
 
 
 def _describe(exc: BaseException) -> str:

@@ -107,5 +107,11 @@ class TokenBucket:
     def statistics(self) -> dict[str, Any]:
         """``rate`` and ``burst`` as configured; ``admitted`` callers so far, how many of them ``waited``
         and for how long in all (``wait_s``); callers ``waiting`` now."""
-        return {"rate": self.rate, "burst": self.burst, "admitted": self._admitted, "waited": self._waited,
-                "wait_s": round(self._wait_s, 6), "waiting": self._waiting}
+        return {
+            "rate": self.rate,
+            "burst": self.burst,
+            "admitted": self._admitted,
+            "waited": self._waited,
+            "wait_s": round(self._wait_s, 6),
+            "waiting": self._waiting,
+        }

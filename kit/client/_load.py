@@ -163,18 +163,29 @@ def status_snapshot(rec: Recorder, *, run_id: str, started: float, done: bool, c
     lat = rec.hists["latency"]
     lag = rec.hists["loop_lag"]
     return {
-        "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
-        "elapsed_s": round(time.time() - started, 3), "done": done,
+        "run_id": run_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "time": time.time(),
+        "elapsed_s": round(time.time() - started, 3),
+        "done": done,
         "active_sessions": rec.active_sessions,
-        "sessions_started": c["sessions_started"], "sessions_finished": c["sessions_finished"],
+        "sessions_started": c["sessions_started"],
+        "sessions_finished": c["sessions_finished"],
         "sessions_failed": c["sessions_failed"],
-        "queries_started": c["queries_started"], "queries_ok": c["queries_ok"],
-        "queries_failed": c["queries_failed"], "tokens": c["tokens"], "lost_tokens": c["lost_tokens"],
-        "errors": c["errors"], "reconnect_attempts": c["reconnect_attempts_live"],
-        "reconnects_ok": c["reconnects_ok_live"], "reconnect_bucket_waits": c["reconnect_bucket_waits"],
+        "queries_started": c["queries_started"],
+        "queries_ok": c["queries_ok"],
+        "queries_failed": c["queries_failed"],
+        "tokens": c["tokens"],
+        "lost_tokens": c["lost_tokens"],
+        "errors": c["errors"],
+        "reconnect_attempts": c["reconnect_attempts_live"],
+        "reconnects_ok": c["reconnects_ok_live"],
+        "reconnect_bucket_waits": c["reconnect_bucket_waits"],
         "latency_p50_ms": None if lat.count == 0 else lat.percentile(50) / 1000,
         "latency_p99_ms": None if lat.count == 0 else lat.percentile(99) / 1000,
-        "cpu_percent": cpu, "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
+        "cpu_percent": cpu,
+        "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
         "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
         # coarse (1.6 %): written every second on the event loop, 16 times fewer buckets than the whole-run ones
         **{f"{name}_histogram": rec.hists[name].coarse().to_dict() for name in STATUS_HISTOGRAMS},
@@ -214,11 +225,12 @@ async def _reporter(cfg: LoadConfig, rec: Recorder, state: dict, started: float)
         snap = None
         if interval and now - state.get("last_status", 0.0) >= interval - 1e-3:
             snap = status_snapshot(rec, run_id=cfg.run_id, started=started, done=False, cpu=state.get("cpu", 0.0))
-            write_json_atomic(cfg.output_dir / "status.json", snap, compact=True)   # every second: machine-read
+            write_json_atomic(cfg.output_dir / "status.json", snap, compact=True)  # every second: machine-read
             state["last_status"] = now
         if not cfg.quiet and (tty or now - last_line >= 10.0):
-            snap = snap or status_snapshot(rec, run_id=cfg.run_id, started=started, done=False,
-                                           cpu=state.get("cpu", 0.0))
+            snap = snap or status_snapshot(
+                rec, run_id=cfg.run_id, started=started, done=False, cpu=state.get("cpu", 0.0)
+            )
             _console.progress(snap, tty=tty)
             last_line = now
 
@@ -231,8 +243,12 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
     proc = psutil.Process()
     tls = client_ssl_context(cfg.ca_file)  # one per process, shared by HTTP and WebSocket
     mine = scheduled_sessions(cfg.total_sessions, cfg.process_index, cfg.processes)
-    http = HttpPool(cfg.session.api_url, max_connections=min(cfg.http_connections, max(1, mine)),
-                    timeout=cfg.http_timeout, ssl_context=tls)
+    http = HttpPool(
+        cfg.session.api_url,
+        max_connections=min(cfg.http_connections, max(1, mine)),
+        timeout=cfg.http_timeout,
+        ssl_context=tls,
+    )
     reconnects = TokenBucket(cfg.reconnect_rate, RECONNECT_BURST)  # one per process, shared by its sessions
     try:
         async with trio.open_nursery() as bg:
@@ -255,11 +271,21 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
             bg.start_soon(_stop_on_signal, stop, run)
             with stop, trio.move_on_after(cfg.max_duration if cfg.max_duration else math.inf) as scope:
                 async with trio.open_nursery() as sessions:
+
                     def start(g: int, offset: float) -> None:
                         intended_ns = t0_ns + int(offset * 1e9)
-                        sess = Session(workload.config_for(g), http, rec, g, intended_ns,
-                                       random.Random(rng.random()), hub, workload, ssl_context=tls,
-                                       limiter=reconnects)
+                        sess = Session(
+                            workload.config_for(g),
+                            http,
+                            rec,
+                            g,
+                            intended_ns,
+                            random.Random(rng.random()),
+                            hub,
+                            workload,
+                            ssl_context=tls,
+                            limiter=reconnects,
+                        )
                         sessions.start_soon(sess.run)
 
                     await start_on_schedule(plan, t0_trio, start)
@@ -310,27 +336,35 @@ async def start_on_schedule(plan, t0: float, start) -> None:
 def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
     """Run this process's share of the load to the end; write its outputs; return its summary."""
     rec = Recorder()
-    run: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "start_skew_s": None,
-                           "process_index": cfg.process_index, "start": time.time(), "end": time.time()}
+    run: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "start_skew_s": None,
+        "process_index": cfg.process_index,
+        "start": time.time(),
+        "end": time.time(),
+    }
     workload = WorkloadRecord(cfg.workload, cfg.session, cfg.workload_seed)
     SOURCES.set(cfg.source_addresses)
     trio.run(_load, cfg, rec, run, workload)
     over, reason = overload_verdict(rec.cpu_samples, rec.hists["loop_lag"], rec.hists["start_lag"])
     lag = rec.hists["loop_lag"]
-    run.update({
-        "cpu_percent_peak": max(rec.cpu_samples, default=0.0),
-        "cpu_percent_mean": round(sum(rec.cpu_samples) / len(rec.cpu_samples), 1) if rec.cpu_samples else 0.0,
-        "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
-        "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
-        "generator_overloaded": over,
-        "overload_reason": reason,
-        "cpu_s": round(sum(os.times()[:2]), 3),  # user+system of this process (getrusage RUSAGE_SELF)
-    })
-    summary = write_outputs(cfg.output_dir, rec, run, meta, run_id=cfg.run_id, model=cfg.model,
-                            workload=workload.state())
+    run.update(
+        {
+            "cpu_percent_peak": max(rec.cpu_samples, default=0.0),
+            "cpu_percent_mean": round(sum(rec.cpu_samples) / len(rec.cpu_samples), 1) if rec.cpu_samples else 0.0,
+            "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
+            "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
+            "generator_overloaded": over,
+            "overload_reason": reason,
+            "cpu_s": round(sum(os.times()[:2]), 3),  # user+system of this process (getrusage RUSAGE_SELF)
+        }
+    )
+    summary = write_outputs(
+        cfg.output_dir, rec, run, meta, run_id=cfg.run_id, model=cfg.model, workload=workload.state()
+    )
     if cfg.status_interval:
-        snap = status_snapshot(rec, run_id=cfg.run_id, started=run["start"], done=True,
-                               cpu=run["cpu_percent_mean"])
+        snap = status_snapshot(rec, run_id=cfg.run_id, started=run["start"], done=True, cpu=run["cpu_percent_mean"])
         write_json_atomic(cfg.output_dir / "status.json", snap, compact=True)
     return summary
 
@@ -343,9 +377,21 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
 #: the cumulative histograms a status snapshot carries (fab run's live view and --abort-on-fail read their
 #: last interval and their whole; a host's processes are merged exactly)
 STATUS_HISTOGRAMS = ("latency", "delivery", "ttft")
-STATUS_COUNTERS = ("active_sessions", "sessions_started", "sessions_finished", "sessions_failed", "queries_started", "queries_ok",
-                   "queries_failed", "tokens", "lost_tokens", "errors", "reconnect_attempts", "reconnects_ok",
-                   "reconnect_bucket_waits")
+STATUS_COUNTERS = (
+    "active_sessions",
+    "sessions_started",
+    "sessions_finished",
+    "sessions_failed",
+    "queries_started",
+    "queries_ok",
+    "queries_failed",
+    "tokens",
+    "lost_tokens",
+    "errors",
+    "reconnect_attempts",
+    "reconnects_ok",
+    "reconnect_bucket_waits",
+)
 
 
 def merge_status(snaps: list[dict[str, Any]], *, run_id: str, expected: int) -> dict[str, Any]:
@@ -360,19 +406,31 @@ def merge_status(snaps: list[dict[str, Any]], *, run_id: str, expected: int) -> 
     lat = hists["latency"]
     lags = [s["loop_lag_max_ms"] for s in snaps if s.get("loop_lag_max_ms") is not None]
     lag99 = [s["loop_lag_p99_ms"] for s in snaps if s.get("loop_lag_p99_ms") is not None]
-    out.update({
-        "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
-        "elapsed_s": max((s.get("elapsed_s", 0.0) for s in snaps), default=0.0),
-        "processes": [{"pid": s.get("pid"), "cpu_percent": s.get("cpu_percent"),
-                       "loop_lag_p99_ms": s.get("loop_lag_p99_ms"), "done": s.get("done")} for s in snaps],
-        "done": len(snaps) == expected and all(s.get("done") for s in snaps),
-        "latency_p50_ms": None if lat.count == 0 else lat.percentile(50) / 1000,
-        "latency_p99_ms": None if lat.count == 0 else lat.percentile(99) / 1000,
-        "cpu_percent": max((s.get("cpu_percent") or 0.0 for s in snaps), default=0.0),
-        "loop_lag_p99_ms": max(lag99, default=None),  # worst process (a live hint, not a merged percentile)
-        "loop_lag_max_ms": max(lags, default=None),
-        **{f"{name}_histogram": h.to_dict() for name, h in hists.items()},
-    })
+    out.update(
+        {
+            "run_id": run_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "time": time.time(),
+            "elapsed_s": max((s.get("elapsed_s", 0.0) for s in snaps), default=0.0),
+            "processes": [
+                {
+                    "pid": s.get("pid"),
+                    "cpu_percent": s.get("cpu_percent"),
+                    "loop_lag_p99_ms": s.get("loop_lag_p99_ms"),
+                    "done": s.get("done"),
+                }
+                for s in snaps
+            ],
+            "done": len(snaps) == expected and all(s.get("done") for s in snaps),
+            "latency_p50_ms": None if lat.count == 0 else lat.percentile(50) / 1000,
+            "latency_p99_ms": None if lat.count == 0 else lat.percentile(99) / 1000,
+            "cpu_percent": max((s.get("cpu_percent") or 0.0 for s in snaps), default=0.0),
+            "loop_lag_p99_ms": max(lag99, default=None),  # worst process (a live hint, not a merged percentile)
+            "loop_lag_max_ms": max(lags, default=None),
+            **{f"{name}_histogram": h.to_dict() for name, h in hists.items()},
+        }
+    )
     return out
 
 
@@ -392,14 +450,32 @@ def run_parent(cfg: LoadConfig, child_argv: list[str], meta: dict[str, Any]) -> 
     children: list[subprocess.Popen] = []
     dirs = [out / f"proc-{i}" for i in range(cfg.processes)]
     got: list[int] = []  # SIGINT/SIGTERM received: children stop and write, then we merge what they wrote
-    previous = {sig: signal.signal(sig, lambda signum, frame: got.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: got.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         for i, d in enumerate(dirs):
-            argv = [sys.executable, "-m", "kit.client", *child_argv, "--output-dir", str(d),
-                    "--start-at", repr(start_at), "--quiet", "--status-interval", str(interval),
-                    "--processes", "1", "--_process-index", str(i), "--_process-count", str(cfg.processes),
-                    "--run-id", cfg.run_id]
+            argv = [
+                sys.executable,
+                "-m",
+                "kit.client",
+                *child_argv,
+                "--output-dir",
+                str(d),
+                "--start-at",
+                repr(start_at),
+                "--quiet",
+                "--status-interval",
+                str(interval),
+                "--processes",
+                "1",
+                "--_process-index",
+                str(i),
+                "--_process-count",
+                str(cfg.processes),
+                "--run-id",
+                cfg.run_id,
+            ]
             children.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL))
         tty = sys.stderr.isatty()
         last_line = 0.0

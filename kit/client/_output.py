@@ -58,21 +58,63 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-QUERY_FIELDS = ["session_id", "query_index", "query_id", "intended_at", "submit_at", "ttft_ms", "latency_ms",
-                "service_latency_ms", "expected_tokens", "tokens", "lost", "cancelled", "duplicated", "out_of_order",
-                "status", "error"]
-SESSION_FIELDS = ["session_index", "session_id", "intended_at", "started_at", "create_ms", "connect_ms",
-                  "tcp_ms", "tls_ms", "upgrade_ms", "connect_attempts", "reconnect_attempts", "reconnects_ok", "queries_ok", "queries_failed",
-                  "queries_skipped", "tokens", "status", "errors"]
-TIMELINE_FIELDS = ["second", *Timeline.FIELDS,
-                   *(f"{n}_{s}_ms" for n in TIMELINE_HISTOGRAMS for s in ("p50", "p99", "max"))]
+QUERY_FIELDS = [
+    "session_id",
+    "query_index",
+    "query_id",
+    "intended_at",
+    "submit_at",
+    "ttft_ms",
+    "latency_ms",
+    "service_latency_ms",
+    "expected_tokens",
+    "tokens",
+    "lost",
+    "cancelled",
+    "duplicated",
+    "out_of_order",
+    "status",
+    "error",
+]
+SESSION_FIELDS = [
+    "session_index",
+    "session_id",
+    "intended_at",
+    "started_at",
+    "create_ms",
+    "connect_ms",
+    "tcp_ms",
+    "tls_ms",
+    "upgrade_ms",
+    "connect_attempts",
+    "reconnect_attempts",
+    "reconnects_ok",
+    "queries_ok",
+    "queries_failed",
+    "queries_skipped",
+    "tokens",
+    "status",
+    "errors",
+]
+TIMELINE_FIELDS = [
+    "second",
+    *Timeline.FIELDS,
+    *(f"{n}_{s}_ms" for n in TIMELINE_HISTOGRAMS for s in ("p50", "p99", "max")),
+]
 PERCENTILES = (10, 25, 50, 75, 90, 95, 99, 99.9)
 STATE_VERSION = 1
 #: a run's verdict, in summary.json's ``status`` (see :func:`run_status`)
 RUN_STATUSES = ("passed", "partial", "failed")
 #: files whose presence means a folder already holds a run (finished, running or crashed)
-RESULT_FILES = ("summary.json", "histograms.json", "meta.json", "status.json", "queries.csv", "sessions.csv",
-                "timeline.csv")
+RESULT_FILES = (
+    "summary.json",
+    "histograms.json",
+    "meta.json",
+    "status.json",
+    "queries.csv",
+    "sessions.csv",
+    "timeline.csv",
+)
 
 
 def run_status(summary: Mapping[str, Any], runs: Iterable[Mapping[str, Any]] = ()) -> tuple[str, str]:
@@ -119,9 +161,12 @@ def reconnect_limit(runs: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
         return None
     rates = sorted({float(x["rate"]) for x in limits})
     bursts = sorted({int(x["burst"]) for x in limits})
-    return {"rate_per_process": rates[0] if len(rates) == 1 else rates,
-            "burst": bursts[0] if len(bursts) == 1 else bursts, "processes": len(limits),
-            "rate_total": None if rates[0] == 0 else round(sum(float(x["rate"]) for x in limits), 3)}
+    return {
+        "rate_per_process": rates[0] if len(rates) == 1 else rates,
+        "burst": bursts[0] if len(bursts) == 1 else bursts,
+        "processes": len(limits),
+        "rate_total": None if rates[0] == 0 else round(sum(float(x["rate"]) for x in limits), 3),
+    }
 
 
 def check_output_dir(path: Path) -> None:
@@ -132,15 +177,17 @@ def check_output_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"--output-dir / OUTPUT_DIR {path}: cannot create it ({exc.strerror or exc}): {fix}") \
-            from None
+        raise ConfigError(
+            f"--output-dir / OUTPUT_DIR {path}: cannot create it ({exc.strerror or exc}): {fix}"
+        ) from None
     probe = path / f".write-test.{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"--output-dir / OUTPUT_DIR {path}: cannot write into it ({exc.strerror or exc}): {fix}") \
-            from None
+        raise ConfigError(
+            f"--output-dir / OUTPUT_DIR {path}: cannot write into it ({exc.strerror or exc}): {fix}"
+        ) from None
 
 
 def _holds_a_run(path: Path) -> bool:
@@ -169,8 +216,10 @@ def claim_output_dir(path: Path, run_id: str, meta: Mapping[str, Any], *, run_id
         except FileExistsError:
             return False
         except OSError as exc:
-            raise ConfigError(f"--output-dir / OUTPUT_DIR {folder}: cannot write into it "
-                              f"({exc.strerror or exc}): pass a folder you can write to") from None
+            raise ConfigError(
+                f"--output-dir / OUTPUT_DIR {folder}: cannot write into it "
+                f"({exc.strerror or exc}): pass a folder you can write to"
+            ) from None
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps({**meta, "run_id": rid}, indent=2) + "\n")
         return True
@@ -182,8 +231,10 @@ def claim_output_dir(path: Path, run_id: str, meta: Mapping[str, Any], *, run_id
         if take(path / rid, rid):
             return path / rid, rid
         if run_id_given:
-            raise ConfigError(f"--output-dir / OUTPUT_DIR {path} already holds a run and {path / rid} is taken: "
-                              "pass another --run-id or --output-dir")
+            raise ConfigError(
+                f"--output-dir / OUTPUT_DIR {path} already holds a run and {path / rid} is taken: "
+                "pass another --run-id or --output-dir"
+            )
         n += 1
         rid = f"{run_id}-{n}"
 
@@ -219,8 +270,9 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         with open(path, newline="", encoding="utf-8") as fh:
             return list(csv.DictReader(fh))
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}): pass folders written by "
-                         "`python -m kit.client`") from None
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {exc.start}): pass folders written by `python -m kit.client`"
+        ) from None
     except csv.Error as exc:
         raise ValueError(f"{path}: not a readable CSV ({exc}): the file is damaged") from None
 
@@ -254,8 +306,9 @@ def _csv_rows(path: Path, fields: list[str]) -> Iterator[list[str]]:
                     n = len(row)
                     yield [row[i] if 0 <= i < n else "" for i in pick]
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}): pass folders written by "
-                         "`python -m kit.client`") from None
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {exc.start}): pass folders written by `python -m kit.client`"
+        ) from None
     except csv.Error as exc:
         raise ValueError(f"{path}: not a readable CSV ({exc}): the file is damaged") from None
 
@@ -330,12 +383,23 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
         "create_ms": _hist_ms(hists["create"]),
         "connect_ms": _hist_ms(hists["connect"]),
         # the connect split: TCP, TLS handshake (0 for ws://), HTTP upgrade (older results: empty)
-        **{f"{name}_ms": _hist_ms(hists.get(name) or Histogram("us"))
-           for name in ("connect_tcp", "connect_tls", "connect_upgrade")},
+        **{
+            f"{name}_ms": _hist_ms(hists.get(name) or Histogram("us"))
+            for name in ("connect_tcp", "connect_tls", "connect_upgrade")
+        },
         # the client's own HTTP queue, kept out of create/TTFT (all connections of the pool busy)
         "http_pool_wait_ms": _hist_ms(hists.get("http_pool_wait") or Histogram("us")),
-        "http": {k: g(k) for k in ("http_requests", "http_requests_waited", "http_connections_opened",
-                                   "http_connections_reused", "http_stale_discarded", "http_retries")},
+        "http": {
+            k: g(k)
+            for k in (
+                "http_requests",
+                "http_requests_waited",
+                "http_connections_opened",
+                "http_connections_reused",
+                "http_stale_discarded",
+                "http_retries",
+            )
+        },
         # seed: reconnections
         "total_reconnect_attempts": g("reconnect_attempts"),
         "total_successful_reconnects": g("reconnects_ok"),
@@ -356,9 +420,8 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
         "stray_messages": g("stray_messages"),
         "total_errors": g("errors"),
         "errors": dict(sorted(state.get("errors", {}).items(), key=lambda kv: (-kv[1], kv[0]))),
-        "query_statuses": {k[len("query_status_"):]: v for k, v in sorted(c.items()) if k.startswith("query_status_")},
-        "start_skew_s": {"max_abs": round(max((abs(x) for x in skews), default=0.0), 6),
-                         "per_process": skews},
+        "query_statuses": {k[len("query_status_") :]: v for k, v in sorted(c.items()) if k.startswith("query_status_")},
+        "start_skew_s": {"max_abs": round(max((abs(x) for x in skews), default=0.0), 6), "per_process": skews},
         "generator": {
             "processes": len(runs),
             "hosts": sorted({r["host"] for r in runs}),
@@ -370,9 +433,22 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
             "start_lag_p99_ms": _ms(hists["start_lag"].percentile(99)),
             "generator_overloaded": bool(overloaded),
             "reason": "; ".join(f"{r['host']}:{r['pid']}: {r['overload_reason']}" for r in overloaded),
-            "per_process": [{k: r.get(k) for k in ("host", "pid", "cpu_percent_peak", "cpu_percent_mean",
-                                                   "loop_lag_p99_ms", "loop_lag_max_ms", "generator_overloaded",
-                                                   "overload_reason")} for r in runs],
+            "per_process": [
+                {
+                    k: r.get(k)
+                    for k in (
+                        "host",
+                        "pid",
+                        "cpu_percent_peak",
+                        "cpu_percent_mean",
+                        "loop_lag_p99_ms",
+                        "loop_lag_max_ms",
+                        "generator_overloaded",
+                        "overload_reason",
+                    )
+                }
+                for r in runs
+            ],
         },
     }
     summary["status"], summary["status_reason"] = run_status(summary, runs)
@@ -381,8 +457,9 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _state(rec: Any, run: Mapping[str, Any], *, run_id: str, model: str,
-           workload: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _state(
+    rec: Any, run: Mapping[str, Any], *, run_id: str, model: str, workload: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "run_id": run_id,
@@ -396,8 +473,16 @@ def _state(rec: Any, run: Mapping[str, Any], *, run_id: str, model: str,
     }
 
 
-def write_outputs(out_dir: Path, rec: Any, run: Mapping[str, Any], meta: Mapping[str, Any], *,
-                  run_id: str, model: str, workload: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def write_outputs(
+    out_dir: Path,
+    rec: Any,
+    run: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    *,
+    run_id: str,
+    model: str,
+    workload: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write every result file of one process's *rec*; return the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     off = rec.mono_to_wall_ns
@@ -443,8 +528,10 @@ def _load_checked(in_dir: Path) -> tuple[dict[str, Any], dict[str, Histogram], S
 
 
 def _bad(where: str, what: str) -> ValueError:
-    return ValueError(f"{where}: {what}: pass a folder written by `python -m kit.client` (the file is damaged "
-                      "or from another program)")
+    return ValueError(
+        f"{where}: {what}: pass a folder written by `python -m kit.client` (the file is damaged "
+        "or from another program)"
+    )
 
 
 def check_state(state: Any, where: str) -> None:
@@ -458,6 +545,7 @@ def check_state(state: Any, where: str) -> None:
 def _check_state(state: Any, where: str) -> tuple[dict[str, Histogram], SecondHistograms]:
     """:func:`check_state`; returns the histograms and per-second histograms it built on the way (a merge adds
     those rather than building them again)."""
+
     def number(v: Any) -> bool:  # finite, and far from what a float cannot hold (no run counts 2**63 of anything)
         return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) <= 2**63
 
@@ -468,8 +556,10 @@ def _check_state(state: Any, where: str) -> tuple[dict[str, Histogram], SecondHi
         kind = {list: "list", str: "string"}.get(type(state), type(state).__name__)
         raise _bad(where, f"a JSON {kind}, not the object a run writes")
     if state.get("version") != STATE_VERSION:
-        raise ValueError(f"{where}: state version {state.get('version')!r:.20} is not {STATE_VERSION}: merge "
-                         "results written by this kit version")
+        raise ValueError(
+            f"{where}: state version {state.get('version')!r:.20} is not {STATE_VERSION}: merge "
+            "results written by this kit version"
+        )
     for key in ("run_id", "model"):
         if not isinstance(state.get(key, ""), str):
             raise _bad(where, f"'{key}' is not a string")
@@ -511,10 +601,12 @@ def _check_state(state: Any, where: str) -> tuple[dict[str, Histogram], SecondHi
     if wl is not None:
         classes = wl.get("classes") if isinstance(wl, dict) else None
         if not isinstance(classes, dict) or not all(
-                isinstance(c, dict) and (c.get("sessions") is None or isinstance(c["sessions"], int))
-                and (c.get("weight") is None or number(c["weight"]))
-                and all(c.get(k) is None or isinstance(c[k], dict) for k in ("requested", "echo", "overrides"))
-                for c in classes.values()):
+            isinstance(c, dict)
+            and (c.get("sessions") is None or isinstance(c["sessions"], int))
+            and (c.get("weight") is None or number(c["weight"]))
+            and all(c.get(k) is None or isinstance(c[k], dict) for k in ("requested", "echo", "overrides"))
+            for c in classes.values()
+        ):
             raise _bad(where, "'workload' is not {source, seed, classes: {name: {weight, sessions, ...}}}")
     return built, seconds
 
@@ -532,8 +624,12 @@ class _StateSum:
         self.models: list[str] = []
         self.workloads: list[Any] = []
 
-    def add(self, st: Mapping[str, Any], hists: Mapping[str, Histogram] | None = None,
-            seconds: SecondHistograms | None = None) -> None:
+    def add(
+        self,
+        st: Mapping[str, Any],
+        hists: Mapping[str, Histogram] | None = None,
+        seconds: SecondHistograms | None = None,
+    ) -> None:
         """Add state *st*; *hists* and *seconds*: its histograms already built (:func:`_check_state`), which
         the sum may take over."""
         for name, d in st["histograms"].items():
@@ -626,6 +722,8 @@ def merge_outputs(in_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
         os.replace(t, out_dir / name)
     write_json_atomic(out_dir / "histograms.json", merged, compact=True)
     write_json_atomic(out_dir / "summary.json", summary)
-    write_json_atomic(out_dir / "meta.json", {"merged_from": [str(d) for d in in_dirs], "inputs": metas,
-                                              "workload": summary["workload"]})
+    write_json_atomic(
+        out_dir / "meta.json",
+        {"merged_from": [str(d) for d in in_dirs], "inputs": metas, "workload": summary["workload"]},
+    )
     return summary

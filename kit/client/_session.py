@@ -51,8 +51,15 @@ from ._hub import Hub
 from ._limiter import TokenBucket
 from ._ws import ConnectionClosed, HandshakeError, ProtocolError, TLSError, WebSocket, connect
 
-__all__ = ["SessionConfig", "Session", "backoff_delay", "connect_with_retry", "GaveUp", "resume_grace",
-           "RESUME_GRACE_S"]
+__all__ = [
+    "SessionConfig",
+    "Session",
+    "backoff_delay",
+    "connect_with_retry",
+    "GaveUp",
+    "resume_grace",
+    "RESUME_GRACE_S",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +147,19 @@ def _describe(exc: BaseException) -> str:
 _RETRYABLE = (OSError, ProtocolError, ConnectionClosed, trio.TooSlowError)
 
 
-async def connect_with_retry(open_fn, *, attempts: int, initial: float, cap: float, jitter: float,
-                             rng: random.Random, first_immediately: bool, on_attempt=None,
-                             limiter: TokenBucket | None = None, on_wait=None) -> object:
+async def connect_with_retry(
+    open_fn,
+    *,
+    attempts: int,
+    initial: float,
+    cap: float,
+    jitter: float,
+    rng: random.Random,
+    first_immediately: bool,
+    on_attempt=None,
+    limiter: TokenBucket | None = None,
+    on_wait=None,
+) -> object:
     """Call ``await open_fn()`` until it succeeds, at most *attempts* times after the first try
     (if *first_immediately*) with :func:`backoff_delay` sleeps in between.
 
@@ -191,9 +208,19 @@ async def connect_with_retry(open_fn, *, attempts: int, initial: float, cap: flo
 class Session:
     """One session of the load; ``await run()`` does everything and records the outcome."""
 
-    def __init__(self, cfg: SessionConfig, http: HttpPool, rec: Recorder, index: int,
-                 intended_ns: int, rng: random.Random, hub: Hub | None = None, workload: object = None,
-                 ssl_context: ssl.SSLContext | None = None, limiter: TokenBucket | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SessionConfig,
+        http: HttpPool,
+        rec: Recorder,
+        index: int,
+        intended_ns: int,
+        rng: random.Random,
+        hub: Hub | None = None,
+        workload: object = None,
+        ssl_context: ssl.SSLContext | None = None,
+        limiter: TokenBucket | None = None,
+    ) -> None:
         self.cfg = cfg
         #: the process's bucket every attempt after the first try waits for (None: no limit)
         self.limiter = limiter
@@ -285,7 +312,9 @@ class Session:
             resp = await self._post("/session/create", {"agent_id": self.cfg.agent_id})
         except HTTPError as exc:
             s.errors.append(f"create: {type(exc).__name__}: {exc}")
-            rec.error(_error_kind("create", exc) if isinstance(exc, CertificateError) else f"create_{type(exc).__name__}")
+            rec.error(
+                _error_kind("create", exc) if isinstance(exc, CertificateError) else f"create_{type(exc).__name__}"
+            )
             return False
         if resp.status_code != 201:
             s.errors.append(f"create: HTTP {resp.status_code}: {resp.text[:200]}")
@@ -306,8 +335,12 @@ class Session:
 
     async def _open(self) -> WebSocket:
         with trio.fail_after(self.cfg.connect_timeout):
-            return await connect(self.cfg.ws_url, self._ws_path, [("Authorization", f"Bearer {self._token}")],
-                                 ssl_context=self.ssl_context)
+            return await connect(
+                self.cfg.ws_url,
+                self._ws_path,
+                [("Authorization", f"Bearer {self._token}")],
+                ssl_context=self.ssl_context,
+            )
 
     def _count_attempt(self, reconnecting: bool, n: int, exc: BaseException | None) -> None:
         """Account one connect attempt: the first connect's retries count as reconnects too."""
@@ -338,10 +371,17 @@ class Session:
         cfg = self.cfg
         try:
             self.ws = await connect_with_retry(
-                self._open, attempts=cfg.max_reconnect_attempts, initial=cfg.initial_backoff,
-                cap=cfg.max_backoff, jitter=cfg.jitter, rng=self.rng, first_immediately=not reconnecting,
-                on_attempt=functools.partial(self._count_attempt, reconnecting), limiter=self.limiter,
-                on_wait=self._count_wait)
+                self._open,
+                attempts=cfg.max_reconnect_attempts,
+                initial=cfg.initial_backoff,
+                cap=cfg.max_backoff,
+                jitter=cfg.jitter,
+                rng=self.rng,
+                first_immediately=not reconnecting,
+                on_attempt=functools.partial(self._count_attempt, reconnecting),
+                limiter=self.limiter,
+                on_wait=self._count_wait,
+            )
         except GaveUp as exc:
             return str(exc)
         return None
@@ -422,8 +462,9 @@ class Session:
                 if resp.status_code == 404:  # the session is gone: every further /run would be 404 too
                     self.broken = self._gone = f"session gone: /run answered 404 ({resp.text[:200]})"
                     s.errors.append(self._gone)
-                self._fail(q, "error", f"run: HTTP {resp.status_code}: {resp.text[:200]}",
-                           f"run_http_{resp.status_code}")
+                self._fail(
+                    q, "error", f"run: HTTP {resp.status_code}: {resp.text[:200]}", f"run_http_{resp.status_code}"
+                )
                 return
             try:
                 data = resp.json()
@@ -448,16 +489,32 @@ class Session:
             elif q.status == "cancelled":
                 rec.error("query_cancelled_by_server")
         elif self._lost_on_reconnect is q:
-            self._fail(q, "lost_tokens", f"lost_on_reconnect: no message within {resume_grace(q):g}s of reconnecting: "
-                       f"its stream ended while the socket was down (received {q.received} of {q.expected} "
-                       "tokens)", "query_lost_on_reconnect", record=False)
+            self._fail(
+                q,
+                "lost_tokens",
+                f"lost_on_reconnect: no message within {resume_grace(q):g}s of reconnecting: "
+                f"its stream ended while the socket was down (received {q.received} of {q.expected} "
+                "tokens)",
+                "query_lost_on_reconnect",
+                record=False,
+            )
         elif self.broken:
-            self._fail(q, "error", f"{self.broken} (received {q.received} of {q.expected} tokens)",
-                       "query_connection_lost", record=False)
+            self._fail(
+                q,
+                "error",
+                f"{self.broken} (received {q.received} of {q.expected} tokens)",
+                "query_connection_lost",
+                record=False,
+            )
         else:
             assert scope.cancelled_caught
-            self._fail(q, "timeout", f"no done message within {cfg.query_timeout:g}s "
-                       f"(received {q.received} of {q.expected} tokens)", "query_timeout", record=False)
+            self._fail(
+                q,
+                "timeout",
+                f"no done message within {cfg.query_timeout:g}s (received {q.received} of {q.expected} tokens)",
+                "query_timeout",
+                record=False,
+            )
         self._count(q)
 
     def _fail(self, q: QueryRecord, status: str, error: str, kind: str, record: bool = True) -> None:
@@ -495,7 +552,13 @@ class Session:
                         self.current.event.set()
                     return
                 q = self.current
-                if q is not None and q.expected is not None and not q.status and not q.done_ns and self._nursery is not None:
+                if (
+                    q is not None
+                    and q.expected is not None
+                    and not q.status
+                    and not q.done_ns
+                    and self._nursery is not None
+                ):
                     self._nursery.start_soon(self._expect_resumed, q, time.monotonic_ns())
 
     async def _expect_resumed(self, q: QueryRecord, resumed_ns: int) -> None:

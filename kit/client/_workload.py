@@ -42,8 +42,22 @@ from typing import Any
 
 from ._session import SessionConfig
 
-__all__ = ["draw_seed", "CLASS_KEYS", "WIRE_FIELDS", "WorkloadError", "WorkloadClass", "Workload", "WorkloadRecord",
-           "parse_workload", "load_workload", "check_option", "duration_problems", "draw", "merge_workload", "workload_summary"]
+__all__ = [
+    "draw_seed",
+    "CLASS_KEYS",
+    "WIRE_FIELDS",
+    "WorkloadError",
+    "WorkloadClass",
+    "Workload",
+    "WorkloadRecord",
+    "parse_workload",
+    "load_workload",
+    "check_option",
+    "duration_problems",
+    "draw",
+    "merge_workload",
+    "workload_summary",
+]
 
 #: class key -> (SessionConfig field, whole number?, minimum, maximum or None, unit); the first four
 #: are sent in each /run body (their bounds are the simulator's), the last three the session applies
@@ -57,8 +71,12 @@ CLASS_KEYS: dict[str, tuple[str, bool, float, float | None, str]] = {
     "queries": ("queries", True, 0, None, "queries per session"),
 }
 #: class key -> /run body field, for the keys the simulator applies
-WIRE_FIELDS = {"tokens": "max_tokens", "token_delay_ms": "token_delay_ms", "ttft_ms": "ttft_ms",
-               "token_jitter_ms": "token_jitter_ms"}
+WIRE_FIELDS = {
+    "tokens": "max_tokens",
+    "token_delay_ms": "token_delay_ms",
+    "ttft_ms": "ttft_ms",
+    "token_jitter_ms": "token_jitter_ms",
+}
 _TOP_KEYS = ("seed", "classes")
 #: the largest workload file read (a few classes take a few hundred bytes)
 MAX_FILE_BYTES = 1024 * 1024
@@ -164,12 +182,18 @@ def parse_workload(data: Any, source: str = "workload") -> Workload:
         weight = body.get("weight")
         if weight is None:
             errors.append(f"{where}: weight is missing: give a number > 0 (classes are drawn in proportion)")
-        elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 \
-                or isinstance(weight, float) and not math.isfinite(weight):
+        elif (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not weight > 0
+            or isinstance(weight, float)
+            and not math.isfinite(weight)
+        ):
             errors.append(f"{where}: weight {_shown(weight)} is not a number > 0")
         elif weight > _MAX_VALUE:
-            errors.append(f"{where}: weight {_shown(weight)} is above {_MAX_VALUE:.0f}: weights are "
-                          "proportions, e.g. 80 and 20")
+            errors.append(
+                f"{where}: weight {_shown(weight)} is above {_MAX_VALUE:.0f}: weights are proportions, e.g. 80 and 20"
+            )
         else:
             classes.append(WorkloadClass(name=str(name), weight=float(weight), settings=settings))
     if errors:
@@ -195,16 +219,24 @@ def _loader():
                         break
                     if dup:
                         raise yaml.constructor.ConstructorError(
-                            None, None, f"key {_shown(key)} is given twice (the first would be ignored): "
-                            "keep one", key_node.start_mark)
+                            None,
+                            None,
+                            f"key {_shown(key)} is given twice (the first would be ignored): keep one",
+                            key_node.start_mark,
+                        )
                     seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
     return UniqueKeyLoader
 
 
-def duration_problems(workload: Workload, tokens: int | None, token_delay_ms: float | None, ttft_ms: float | None,
-                      token_jitter_ms: float | None) -> list[str]:
+def duration_problems(
+    workload: Workload,
+    tokens: int | None,
+    token_delay_ms: float | None,
+    ttft_ms: float | None,
+    token_jitter_ms: float | None,
+) -> list[str]:
     """Why a query of the run (the options) or of one of *workload*'s classes (its keys over the options)
     would last longer than a query may (:func:`kit.wire.query_duration_problem`: the product, not each field)."""
     from kit.wire import query_duration_problem
@@ -215,8 +247,11 @@ def duration_problems(workload: Workload, tokens: int | None, token_delay_ms: fl
         eff = {**base, **{k: v for k, v in c.settings.items() if k in base}}
         problem = query_duration_problem(eff["tokens"], eff["token_delay_ms"], eff["ttft_ms"], eff["token_jitter_ms"])
         if problem:
-            out.append(problem if c.name == "default" and workload.source is None
-                       else f"{workload.source}: class {c.name}: {problem}")
+            out.append(
+                problem
+                if c.name == "default" and workload.source is None
+                else f"{workload.source}: class {c.name}: {problem}"
+            )
     return out
 
 
@@ -296,16 +331,23 @@ class WorkloadRecord:
     def observe(self, cls: str, tokens: int, echo: Any) -> None:
         """Keep the first effective workload the simulator answered for class *cls*."""
         if cls not in self.echo and isinstance(echo, dict):
-            self.echo[cls] = {"tokens": tokens, **{k: echo.get(k) for k in ("token_delay_ms", "ttft_ms",
-                                                                           "token_jitter_ms")}}
+            self.echo[cls] = {
+                "tokens": tokens,
+                **{k: echo.get(k) for k in ("token_delay_ms", "ttft_ms", "token_jitter_ms")},
+            }
 
     def state(self) -> dict[str, Any]:
         """This process's part of ``histograms.json`` (merged by :func:`merge_workload`)."""
         classes = {}
         for c, cfg in zip(self.workload.classes, self.configs):
             requested = {k: getattr(cfg, CLASS_KEYS[k][0]) for k in CLASS_KEYS}
-            classes[c.name] = {"weight": c.weight, "overrides": dict(c.settings), "requested": requested,
-                               "sessions": self.sessions[c.name], "echo": self.echo.get(c.name)}
+            classes[c.name] = {
+                "weight": c.weight,
+                "overrides": dict(c.settings),
+                "requested": requested,
+                "sessions": self.sessions[c.name],
+                "echo": self.echo.get(c.name),
+            }
         return {"source": self.workload.source, "seed": self.seed, "classes": classes}
 
 
@@ -348,11 +390,16 @@ def workload_summary(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
         effective = {k: req.get(k) for k in ("think_time_s", "query_timeout_s", "queries")}
         for k in WIRE_FIELDS:
             effective[k] = echo.get(k) if echo else req.get(k)
-        classes[name] = {"weight": c.get("weight"), "share": round(float(c.get("weight") or 0) / weights, 4),
-                         "sessions": int(c.get("sessions") or 0),
-                         "sessions_share": round(int(c.get("sessions") or 0) / total, 4) if total else None,
-                         "overrides": c.get("overrides") or {}, "requested": req, "effective": effective,
-                         "simulator_answered": bool(echo)}
+        classes[name] = {
+            "weight": c.get("weight"),
+            "share": round(float(c.get("weight") or 0) / weights, 4),
+            "sessions": int(c.get("sessions") or 0),
+            "sessions_share": round(int(c.get("sessions") or 0) / total, 4) if total else None,
+            "overrides": c.get("overrides") or {},
+            "requested": req,
+            "effective": effective,
+            "simulator_answered": bool(echo),
+        }
         if c.get("echo_differs"):
             classes[name]["echo_differs"] = True
     out = {"source": state.get("source"), "seed": state.get("seed"), "sessions": total, "classes": classes}

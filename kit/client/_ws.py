@@ -93,8 +93,9 @@ async def open_tls(sock_stream: trio.SocketStream, host: str, ssl_context: ssl.S
         with trio.CancelScope(shield=True):
             await sock_stream.aclose()
         if isinstance(cause, ssl.SSLCertVerificationError):
-            raise TLSError(f"TLS: the server's certificate was refused: {cause.verify_message or cause}",
-                           certificate=True) from None
+            raise TLSError(
+                f"TLS: the server's certificate was refused: {cause.verify_message or cause}", certificate=True
+            ) from None
         raise TLSError(f"TLS handshake failed: {cause or exc or type(exc).__name__}", certificate=False) from None
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -135,8 +136,7 @@ class WebSocket:
     from another task (it then interrupts the reader with ConnectionClosed).
     """
 
-    def __init__(self, sock: socket.socket | None, stream: trio.abc.Stream | None,
-                 proto: WsProtocol) -> None:
+    def __init__(self, sock: socket.socket | None, stream: trio.abc.Stream | None, proto: WsProtocol) -> None:
         self._sock = sock
         self._stream = stream
         self.proto = proto
@@ -184,7 +184,9 @@ class WebSocket:
         finally:
             self._reading = False
             hub.unregister(self)
-        raise self._end_exc or ConnectionClosed(self.proto.close_code or 1006, self.proto.close_reason or "closed locally")
+        raise self._end_exc or ConnectionClosed(
+            self.proto.close_code or 1006, self.proto.close_reason or "closed locally"
+        )
 
     def _hub_readable(self) -> None:
         """The hub saw the socket readable: one read, parse, deliver (synchronously)."""
@@ -449,9 +451,14 @@ async def _connect_socket(host: str, port: int) -> socket.socket:
     raise last or OSError(f"no address for {host}")
 
 
-async def connect(url: str, path: str = "", headers: list[tuple[str, str]] | None = None, *,
-                  ssl_context: ssl.SSLContext | None = None,
-                  max_message: int = MAX_MESSAGE_BYTES) -> WebSocket:
+async def connect(
+    url: str,
+    path: str = "",
+    headers: list[tuple[str, str]] | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    max_message: int = MAX_MESSAGE_BYTES,
+) -> WebSocket:
     """Open a TCP (or TLS) connection to *url* + *path* and perform the upgrade.
 
     Raises OSError (connect; :class:`TLSError` for the TLS handshake), HandshakeError (non-101),
@@ -494,7 +501,7 @@ async def connect(url: str, path: str = "", headers: list[tuple[str, str]] | Non
             try:
                 consumed = parse_handshake(buf, key)
             except HandshakeError as exc:
-                exc.body = buf[buf.find(b"\r\n\r\n") + 4:]
+                exc.body = buf[buf.find(b"\r\n\r\n") + 4 :]
                 raise
             if consumed is not None:
                 break

@@ -18,6 +18,17 @@ from ._layout import parse_layout as parse_layout
 from ._netns import LabError as LabError
 
 __all__ = [
-    "LAB_SYSCTLS", "LabConfig", "LabHost", "lab_down", "lab_up", "load_state", "write_inventory",
-    "GROUPS", "LayoutError", "assign_groups", "default_layout", "parse_layout", "LabError",
+    "LAB_SYSCTLS",
+    "LabConfig",
+    "LabHost",
+    "lab_down",
+    "lab_up",
+    "load_state",
+    "write_inventory",
+    "GROUPS",
+    "LayoutError",
+    "assign_groups",
+    "default_layout",
+    "parse_layout",
+    "LabError",
 ]

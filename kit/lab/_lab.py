@@ -36,8 +36,17 @@ from kit.paths import INVENTORIES, LAB
 
 from ._layout import assign_groups, default_layout
 from ._netns import (
-    LabError, ip, kill_pid, link_exists, netns_exists, netns_pids, pid_matches, proc_start_time,
-    route_covering, sh, wait_port,
+    LabError,
+    ip,
+    kill_pid,
+    link_exists,
+    netns_exists,
+    netns_pids,
+    pid_matches,
+    proc_start_time,
+    route_covering,
+    sh,
+    wait_port,
 )
 
 __all__ = ["LabConfig", "LabHost", "lab_up", "lab_down", "load_state", "LAB_SYSCTLS"]
@@ -91,8 +100,10 @@ class LabConfig:
         """The *k*-th extra address handed to generator hosts (``.211`` up); LabError past the subnet."""
         net = ipaddress.ip_network(self.subnet)
         if 211 + k >= net.num_addresses - 1:
-            raise LabError(f"--source-addresses: the lab's {self.subnet} has {net.num_addresses - 212} extra "
-                           "addresses for generator hosts: ask for fewer")
+            raise LabError(
+                f"--source-addresses: the lab's {self.subnet} has {net.num_addresses - 212} extra "
+                "addresses for generator hosts: ask for fewer"
+            )
         return str(net.network_address + 211 + k)
 
     def host_name(self, i: int) -> str:
@@ -114,6 +125,7 @@ class LabHost:
 
 # -- state -------------------------------------------------------------------------------------
 
+
 def load_state(cfg: LabConfig) -> dict[str, Any] | None:
     try:
         return json.loads(cfg.state_path.read_text())
@@ -131,6 +143,7 @@ def _save_state(cfg: LabConfig, state: dict[str, Any]) -> None:
 
 # -- up ------------------------------------------------------------------------------------------
 
+
 def _preflight(cfg: LabConfig, n: int) -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, links, sshd): run as root")
@@ -140,8 +153,10 @@ def _preflight(cfg: LabConfig, n: int) -> None:
     taken = [name for name in [cfg.bridge] + [f"{cfg.host_name(i)}-v" for i in range(1, n + 1)] if link_exists(name)]
     taken += [cfg.host_name(i) for i in range(1, n + 1) if netns_exists(cfg.host_name(i))]
     if taken:
-        raise LabError(f"{', '.join(taken)} already exist but no lab state records them: "
-                       "remove them by hand (ip link del / ip netns del) or choose another lab prefix")
+        raise LabError(
+            f"{', '.join(taken)} already exist but no lab state records them: "
+            "remove them by hand (ip link del / ip netns del) or choose another lab prefix"
+        )
     clash = route_covering(cfg.subnet)
     if clash:
         raise LabError(f"the lab subnet {cfg.subnet} clashes with existing route(s) {clash}: choose another subnet")
@@ -183,8 +198,25 @@ def _start_sshd(cfg: LabConfig, host: LabHost, state: dict[str, Any]) -> None:
     # `ip netns exec` enters the namespace and execs sshd, which daemonizes (so it is not our
     # child) and writes its PID file; we wait for that file, then record PID and start time.
     # inside its own UTS namespace too, so `hostname` on the lab host answers its name
-    sh(["ip", "netns", "exec", host.name, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
-        host.name, SSHD, "-f", str(conf), "-E", str(log_path)])
+    sh(
+        [
+            "ip",
+            "netns",
+            "exec",
+            host.name,
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            host.name,
+            SSHD,
+            "-f",
+            str(conf),
+            "-E",
+            str(log_path),
+        ]
+    )
     deadline = time.monotonic() + SSHD_READY_TIMEOUT
     delay = 0.005
     while not pidfile.exists() or not pidfile.read_text().strip():
@@ -210,7 +242,7 @@ def _record_host(state: dict[str, Any], host: LabHost) -> None:
 
 def _make_host(cfg: LabConfig, host: LabHost, state: dict[str, Any]) -> None:
     _record_host(state, host)
-    _save_state(cfg, state)   # recorded before it exists: lab-down removes a half-made host too
+    _save_state(cfg, state)  # recorded before it exists: lab-down removes a half-made host too
     ns = host.name
     ip("netns", "add", ns)
     ip("link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -245,25 +277,42 @@ def lab_up(n: int, layout: dict[str, int] | None = None, cfg: LabConfig | None =
     assignment = assign_groups(n, layout)
     existing = load_state(cfg)
     if existing is not None:
-        same = (existing.get("complete") and len(existing["hosts"]) == n and existing.get("layout") == layout
-                and existing.get("source_addresses", 1) == cfg.source_addresses)
+        same = (
+            existing.get("complete")
+            and len(existing["hosts"]) == n
+            and existing.get("layout") == layout
+            and existing.get("source_addresses", 1) == cfg.source_addresses
+        )
         problems = _healthy(cfg, existing) if same else []
         if same and not problems:
             log.info("lab: %d hosts already up; inventory rewritten to %s", n, cfg.inventory_path)
             write_inventory(cfg, existing)
             return existing
-        why = "; ".join(problems) if problems else (
-            f"it has {len(existing['hosts'])} host(s), layout {existing.get('layout')}"
-            + ("" if existing.get("complete") else ", and its lab-up did not finish"))
+        why = (
+            "; ".join(problems)
+            if problems
+            else (
+                f"it has {len(existing['hosts'])} host(s), layout {existing.get('layout')}"
+                + ("" if existing.get("complete") else ", and its lab-up did not finish")
+            )
+        )
         raise LabError(f"a lab already exists ({cfg.state_path}: {why}): run `fab lab-down` first")
     _preflight(cfg, n)
     cfg.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     cfg.root.chmod(0o700)
     state: dict[str, Any] = {
-        "version": 1, "complete": False, "created_at": time.time(), "prefix": cfg.prefix,
-        "subnet": cfg.subnet, "layout": layout, "source_addresses": cfg.source_addresses, "groups": {g: [cfg.host_name(i) for i in idx] for g, idx in assignment.items()},
-        "bridge": {"name": cfg.bridge, "address": cfg.address(0)}, "privsep_dir_created": False,
-        "inventory": str(cfg.inventory_path), "hosts": [],
+        "version": 1,
+        "complete": False,
+        "created_at": time.time(),
+        "prefix": cfg.prefix,
+        "subnet": cfg.subnet,
+        "layout": layout,
+        "source_addresses": cfg.source_addresses,
+        "groups": {g: [cfg.host_name(i) for i in idx] for g, idx in assignment.items()},
+        "bridge": {"name": cfg.bridge, "address": cfg.address(0)},
+        "privsep_dir_created": False,
+        "inventory": str(cfg.inventory_path),
+        "hosts": [],
     }
     _save_state(cfg, state)
     try:
@@ -284,8 +333,11 @@ def lab_up(n: int, layout: dict[str, int] | None = None, cfg: LabConfig | None =
             more = cfg.source_addresses - 1 if "generators" in groups else 0
             extra = [cfg.extra_address(extras + k) for k in range(more)]
             extras += more
-            _make_host(cfg, LabHost(index=i, name=name, address=cfg.address(i), veth=f"{name}-v", groups=groups,
-                                    extra=extra), state)
+            _make_host(
+                cfg,
+                LabHost(index=i, name=name, address=cfg.address(i), veth=f"{name}-v", groups=groups, extra=extra),
+                state,
+            )
         for h in state["hosts"]:
             wait_port(h["address"], 22, timeout=SSHD_READY_TIMEOUT)
         lines = []
@@ -312,32 +364,47 @@ CONTROLLER_METRICS_PORT = 9464
 
 
 def write_inventory(cfg: LabConfig, state: dict[str, Any]) -> Path:
-    common = (f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes "
-              "-o IdentitiesOnly=yes -o ConnectTimeout=10")
-    inv = {"all": {
-        "vars": {
-            "ansible_user": "root",
-            "ansible_port": 22,
-            "ansible_ssh_private_key_file": str(cfg.key_path),
-            "ansible_ssh_common_args": common,
-            "ansible_python_interpreter": cfg.python_interpreter,
-        },
-        "hosts": {h["name"]: {"ansible_host": h["address"], "lab_netns": h["name"],
-                              # Prometheus scrapes `fab run`'s live figures on the bridge (the controller)
-                              **({"monitoring_controller_target": f"{cfg.address(0)}:{CONTROLLER_METRICS_PORT}"}
-                                 if h["name"] in state["groups"].get("monitoring", []) else {}),
-                              **({"generator_source_addresses": [h["address"], *h["extra"]]} if h.get("extra") else {})}
-                  for h in state["hosts"]},
-        "children": {g: {"hosts": {name: None for name in names}} for g, names in state["groups"].items()},
-    }}
+    common = (
+        f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes "
+        "-o IdentitiesOnly=yes -o ConnectTimeout=10"
+    )
+    inv = {
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_port": 22,
+                "ansible_ssh_private_key_file": str(cfg.key_path),
+                "ansible_ssh_common_args": common,
+                "ansible_python_interpreter": cfg.python_interpreter,
+            },
+            "hosts": {
+                h["name"]: {
+                    "ansible_host": h["address"],
+                    "lab_netns": h["name"],
+                    # Prometheus scrapes `fab run`'s live figures on the bridge (the controller)
+                    **(
+                        {"monitoring_controller_target": f"{cfg.address(0)}:{CONTROLLER_METRICS_PORT}"}
+                        if h["name"] in state["groups"].get("monitoring", [])
+                        else {}
+                    ),
+                    **({"generator_source_addresses": [h["address"], *h["extra"]]} if h.get("extra") else {}),
+                }
+                for h in state["hosts"]
+            },
+            "children": {g: {"hosts": {name: None for name in names}} for g, names in state["groups"].items()},
+        }
+    }
     cfg.inventory_path.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# Lab inventory written by `fab lab-up` (kit.lab) for {len(state['hosts'])} network-namespace hosts\n"
-              f"# on {state['subnet']}; git-ignored, rewritten by every lab-up.  Layout: {state['layout']}\n")
+    header = (
+        f"# Lab inventory written by `fab lab-up` (kit.lab) for {len(state['hosts'])} network-namespace hosts\n"
+        f"# on {state['subnet']}; git-ignored, rewritten by every lab-up.  Layout: {state['layout']}\n"
+    )
     cfg.inventory_path.write_text(header + yaml.safe_dump(inv, sort_keys=False, default_flow_style=False))
     return cfg.inventory_path
 
 
 # -- down ----------------------------------------------------------------------------------------
+
 
 def lab_down(cfg: LabConfig | None = None) -> list[str]:
     """Remove every process, namespace and link the lab state records; return what was removed.
@@ -369,16 +436,19 @@ def lab_down(cfg: LabConfig | None = None) -> list[str]:
         if link_exists(h["veth"]):
             res = ip("link", "del", h["veth"], check=False)
             (removed if res.returncode == 0 else failures).append(
-                f"link {h['veth']}" + ("" if res.returncode == 0 else f": {res.stderr.strip()}"))
+                f"link {h['veth']}" + ("" if res.returncode == 0 else f": {res.stderr.strip()}")
+            )
         if netns_exists(h["name"]):
             res = ip("netns", "del", h["name"], check=False)
             (removed if res.returncode == 0 else failures).append(
-                f"netns {h['name']}" + ("" if res.returncode == 0 else f": {res.stderr.strip()}"))
+                f"netns {h['name']}" + ("" if res.returncode == 0 else f": {res.stderr.strip()}")
+            )
     bridge = state["bridge"]["name"]
     if link_exists(bridge):
         res = ip("link", "del", bridge, check=False)
         (removed if res.returncode == 0 else failures).append(
-            f"bridge {bridge}" + ("" if res.returncode == 0 else f": {res.stderr.strip()}"))
+            f"bridge {bridge}" + ("" if res.returncode == 0 else f": {res.stderr.strip()}")
+        )
     if state.get("privsep_dir_created"):
         try:
             PRIVSEP_DIR.rmdir()

@@ -20,8 +20,16 @@ from collections.abc import Sequence
 
 __all__ = [
     "wait_port",
-    "LabError", "sh", "ip", "netns_exists", "link_exists", "route_covering", "proc_start_time",
-    "pid_matches", "kill_pid", "netns_pids",
+    "LabError",
+    "sh",
+    "ip",
+    "netns_exists",
+    "link_exists",
+    "route_covering",
+    "proc_start_time",
+    "pid_matches",
+    "kill_pid",
+    "netns_pids",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,7 +83,7 @@ def proc_start_time(pid: int) -> int | None:
             data = fh.read()
     except OSError:
         return None
-    fields = data[data.rfind(")") + 2:].split()
+    fields = data[data.rfind(")") + 2 :].split()
     # fields[0] is field 3 (state); start time is field 22
     if fields and fields[0] == "Z":
         return None

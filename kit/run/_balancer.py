@@ -32,8 +32,17 @@ import yaml
 from kit.inventory import Inventory
 from kit.paths import role_defaults
 
-__all__ = ["parse_haproxy_log", "server_events", "balancer_verdict", "shutdown_sessions_on_down", "backend_sizes",
-           "haproxy_var", "haproxy_flag", "haproxy_config_path", "deployed_shutdown_sessions"]
+__all__ = [
+    "parse_haproxy_log",
+    "server_events",
+    "balancer_verdict",
+    "shutdown_sessions_on_down",
+    "backend_sizes",
+    "haproxy_var",
+    "haproxy_flag",
+    "haproxy_config_path",
+    "deployed_shutdown_sessions",
+]
 
 HAPROXY_DEFAULTS = role_defaults("haproxy")
 
@@ -43,9 +52,12 @@ _SERVER = re.compile(
     r"(?:, reason: (?P<reason>[^,]+(?:, info: \"[^\"]*\")?))?"
     r"(?:, check duration: (?P<check_ms>\d+)ms)?"
     r"(?:.*?(?P<left>\d+) active and \d+ backup servers (?:left|online))?"
-    r"(?:.*?(?P<sessions>\d+) sessions active)?")
-_NO_SERVER = re.compile(r"^(?P<ts>\d{4}-\d\d-\d\dT[\d:.]+(?:[+-]\d\d:\d\d|Z)) backend (?P<backend>\S+) has no server "
-                        r"available!")
+    r"(?:.*?(?P<sessions>\d+) sessions active)?"
+)
+_NO_SERVER = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\dT[\d:.]+(?:[+-]\d\d:\d\d|Z)) backend (?P<backend>\S+) has no server "
+    r"available!"
+)
 
 
 def _epoch(ts: str) -> float | None:
@@ -72,15 +84,33 @@ def parse_haproxy_log(lines: Iterable[str]) -> list[dict[str, Any]]:
             at = _epoch(m["ts"])
             if at is None:
                 continue
-            out.append({"at": at, "backend": m["backend"], "server": m["server"], "state": _state(m["what"]),
-                        "reason": (m["reason"] or "").strip(), "check_ms": int(m["check_ms"]) if m["check_ms"] else None,
-                        "servers_left": int(m["left"]) if m["left"] else None,
-                        "sessions": int(m["sessions"]) if m["sessions"] else None})
+            out.append(
+                {
+                    "at": at,
+                    "backend": m["backend"],
+                    "server": m["server"],
+                    "state": _state(m["what"]),
+                    "reason": (m["reason"] or "").strip(),
+                    "check_ms": int(m["check_ms"]) if m["check_ms"] else None,
+                    "servers_left": int(m["left"]) if m["left"] else None,
+                    "sessions": int(m["sessions"]) if m["sessions"] else None,
+                }
+            )
             continue
         m = _NO_SERVER.match(line)
         if m and (at := _epoch(m["ts"])) is not None:
-            out.append({"at": at, "backend": m["backend"], "server": None, "state": "NO_SERVER", "reason": "",
-                        "check_ms": None, "servers_left": 0, "sessions": None})
+            out.append(
+                {
+                    "at": at,
+                    "backend": m["backend"],
+                    "server": None,
+                    "state": "NO_SERVER",
+                    "reason": "",
+                    "check_ms": None,
+                    "servers_left": 0,
+                    "sessions": None,
+                }
+            )
     return out
 
 
@@ -122,6 +152,7 @@ def haproxy_flag(h: Any, name: str) -> bool:
 def haproxy_config_path(h: Any) -> str:
     """Where the haproxy role rendered HAProxy's configuration on host *h* (``haproxy_config``)."""
     import jinja2
+
     return jinja2.Template(str(haproxy_var(h, "haproxy_config"))).render(**h.vars)
 
 
@@ -130,8 +161,13 @@ def deployed_shutdown_sessions(c: Any, h: Any) -> bool | None:
     DOWN?  None when it cannot be read.  The deployed file is the fact: extra vars given to
     ansible-playbook by hand are in it, not in the inventory."""
     import shlex
-    res = c.run(f"grep -c -- 'on-marked-down shutdown-sessions' {shlex.quote(haproxy_config_path(h))}", hide=True,
-                warn=True, timeout=30)
+
+    res = c.run(
+        f"grep -c -- 'on-marked-down shutdown-sessions' {shlex.quote(haproxy_config_path(h))}",
+        hide=True,
+        warn=True,
+        timeout=30,
+    )
     return int(res.stdout.strip()) > 0 if res.return_code in (0, 1) and res.stdout.strip().isdigit() else None
 
 
@@ -142,8 +178,10 @@ def shutdown_sessions_on_down(inv: Inventory) -> dict[str, bool]:
 
 def backend_sizes(inv: Inventory) -> dict[str, int]:
     """Servers per HAProxy backend as the template renders them: every wsproxy instance, every simulator host."""
-    return {"wsproxy": sum(int(h.vars.get("wsproxy_instances_per_host") or 1) for h in inv.group("wsproxy")),
-            "sim": len(inv.group("sim"))}
+    return {
+        "wsproxy": sum(int(h.vars.get("wsproxy_instances_per_host") or 1) for h in inv.group("wsproxy")),
+        "sim": len(inv.group("sim")),
+    }
 
 
 def _span(ts: Sequence[float]) -> str:
@@ -151,8 +189,9 @@ def _span(ts: Sequence[float]) -> str:
     return f"{lo:.0f} s" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f} s"
 
 
-def balancer_verdict(events: Sequence[Mapping[str, Any]], sizes: Mapping[str, int],
-                     shutdown: Mapping[str, bool]) -> list[str]:
+def balancer_verdict(
+    events: Sequence[Mapping[str, Any]], sizes: Mapping[str, int], shutdown: Mapping[str, bool]
+) -> list[str]:
     """One line per backend whose servers were marked DOWN during the run (none: nothing to say)."""
     lines = []
     for backend in sorted({e["backend"] for e in events if e["state"] == "DOWN"}):
@@ -162,9 +201,11 @@ def balancer_verdict(events: Sequence[Mapping[str, Any]], sizes: Mapping[str, in
         held = sum(e["sessions"] or 0 for e in downs)
         closed = sum(e["sessions"] or 0 for e in downs if shutdown.get(e["balancer"]))
         size = sizes.get(backend)
-        line = (f"HAProxy marked {len(servers)}{f' of {size}' if size else ''} {backend} server"
-                f"{'' if len(servers) == 1 and not size else 's'} DOWN {len(downs)} time{'s' if len(downs) != 1 else ''} "
-                f"at {_span([e['at_s'] for e in downs])} ({', '.join(reasons)})")
+        line = (
+            f"HAProxy marked {len(servers)}{f' of {size}' if size else ''} {backend} server"
+            f"{'' if len(servers) == 1 and not size else 's'} DOWN {len(downs)} time{'s' if len(downs) != 1 else ''} "
+            f"at {_span([e['at_s'] for e in downs])} ({', '.join(reasons)})"
+        )
         if closed:
             line += f" and closed {closed:,} sessions (haproxy_shutdown_sessions_on_down)"
         elif held:

@@ -64,8 +64,7 @@ def _on_host(c: Any, h: Host, kind: str) -> dict[str, Any]:
     else:
         return {}  # the reference wsproxy is the kit's: its version is the run's kit_version
     # a checksum of a big artifact over a slow disk: bounded like copying a folder
-    res = ops.run(c, f"p={path}; [ -n \"$p\" ] && sha256sum \"$p\" && echo \"path=$p\"", warn=True,
-                  timeout=ops.FETCH_TIMEOUT)
+    res = ops.run(c, f'p={path}; [ -n "$p" ] && sha256sum "$p" && echo "path=$p"', warn=True, timeout=ops.FETCH_TIMEOUT)
     lines = res.stdout.split("\n")
     if res.exited != 0 or not lines or len(lines[0].split()) < 2:
         return {"problem": f"cannot checksum {path}: exit {res.exited} {res.stderr.strip()[-200:]}"}
@@ -126,19 +125,29 @@ def record_build(inv: Inventory, conns: Mapping[str, Any] | None = None) -> dict
                 rec["on_host"] = {"problem": f"{type(exc).__name__}: {exc}"}
             deployed = rec["on_host"].get("sha256")
             if kind == "artifact" and deployed and rec.get("artifact_sha256") and deployed != rec["artifact_sha256"]:
-                rec["problem"] = ("the artifact on the host differs from the controller's: redeploy "
-                                  "(`fab deploy --playbook wsproxy.yml`) to measure the current build")
+                rec["problem"] = (
+                    "the artifact on the host differs from the controller's: redeploy "
+                    "(`fab deploy --playbook wsproxy.yml`) to measure the current build"
+                )
         rec["instances"] = {program: _ask_version(h.service_address, port) for program, port in h.wsproxy_programs()}
         hosts[h.name] = rec
     versions = sorted({i.get("version") for r in hosts.values() for i in r["instances"].values() if i.get("version")})
-    sums = sorted({r.get("artifact_sha256") or (r.get("on_host") or {}).get("sha256") or "" for r in hosts.values()}
-                  - {""})
+    sums = sorted(
+        {r.get("artifact_sha256") or (r.get("on_host") or {}).get("sha256") or "" for r in hosts.values()} - {""}
+    )
     kinds = sorted({r["kind"] for r in hosts.values()})
-    return {"wsproxy": {"kind": ",".join(kinds), "commands": sorted({r["command"] for r in hosts.values()}),
-                        "sha256": sums, "versions": versions,
-                        "servers": sorted({i.get("server") for r in hosts.values() for i in r["instances"].values()
-                                           if i.get("server")}),
-                        "hosts": hosts}}
+    return {
+        "wsproxy": {
+            "kind": ",".join(kinds),
+            "commands": sorted({r["command"] for r in hosts.values()}),
+            "sha256": sums,
+            "versions": versions,
+            "servers": sorted(
+                {i.get("server") for r in hosts.values() for i in r["instances"].values() if i.get("server")}
+            ),
+            "hosts": hosts,
+        }
+    }
 
 
 def build_label(run_record: Mapping[str, Any]) -> str:

@@ -33,8 +33,18 @@ from typing import Any
 from ._plan import PlanError, Threshold, parse_threshold
 from ._summary import evaluate_thresholds, metric_value
 
-__all__ = ["Step", "StepRule", "parse_step", "next_load", "search", "CapacityResult", "format_result",
-           "write_capacity_html", "execute_capacity", "DEFAULT_RAMP_S"]
+__all__ = [
+    "Step",
+    "StepRule",
+    "parse_step",
+    "next_load",
+    "search",
+    "CapacityResult",
+    "format_result",
+    "write_capacity_html",
+    "execute_capacity",
+    "DEFAULT_RAMP_S",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +84,8 @@ class Step:
 
     load: int
     rc: int
-    passed: bool                 # every SLO held
-    overloaded: bool             # the generator fell behind: not a verdict on the system under test
+    passed: bool  # every SLO held
+    overloaded: bool  # the generator fell behind: not a verdict on the system under test
     partial: bool
     slos: list[dict[str, Any]]
     summary: Mapping[str, Any] = dataclasses.field(repr=False, default_factory=dict)
@@ -86,15 +96,18 @@ class Step:
         return [s["threshold"] for s in self.slos if not s["passed"]]
 
 
-def next_load(steps: Sequence[Step], *, start: int, rule: StepRule, maximum: int,
-              resolution: int) -> tuple[int | None, str]:
+def next_load(
+    steps: Sequence[Step], *, start: int, rule: StepRule, maximum: int, resolution: int
+) -> tuple[int | None, str]:
     """The next load to run, or None and why the search is over (pure)."""
     if not steps:
         return start, "start"
     last = steps[-1]
     if last.overloaded:
-        return None, (f"the generator was overloaded at {last.load} sessions: that step measured the kit, not the "
-                      "system under test; add generator hosts or processes and search again")
+        return None, (
+            f"the generator was overloaded at {last.load} sessions: that step measured the kit, not the "
+            "system under test; add generator hosts or processes and search again"
+        )
     if last.partial:
         return None, f"the run at {last.load} sessions was partial (a generator failed): see its report"
     passing = [s.load for s in steps if s.passed]
@@ -120,7 +133,7 @@ def next_load(steps: Sequence[Step], *, start: int, rule: StepRule, maximum: int
 class CapacityResult:
     steps: list[Step]
     reason: str
-    knee: Step | None                   # the highest passing step below the lowest failing one
+    knee: Step | None  # the highest passing step below the lowest failing one
     first_failing: Step | None
     slos: list[Threshold]
 
@@ -128,24 +141,48 @@ class CapacityResult:
         def step(s: Step | None) -> dict[str, Any] | None:
             if s is None:
                 return None
-            return {"load": s.load, "rc": s.rc, "passed": s.passed, "overloaded": s.overloaded, "partial": s.partial,
-                    "run_id": s.run_id, "slos": s.slos, "bottleneck": s.summary.get("bottleneck"),
-                    "tps": s.summary.get("tps"), "qps": s.summary.get("qps")}
-        return {"reason": self.reason, "slos": [t.text for t in self.slos], "knee": step(self.knee),
-                "first_failing": step(self.first_failing), "steps": [step(s) for s in self.steps]}
+            return {
+                "load": s.load,
+                "rc": s.rc,
+                "passed": s.passed,
+                "overloaded": s.overloaded,
+                "partial": s.partial,
+                "run_id": s.run_id,
+                "slos": s.slos,
+                "bottleneck": s.summary.get("bottleneck"),
+                "tps": s.summary.get("tps"),
+                "qps": s.summary.get("qps"),
+            }
+
+        return {
+            "reason": self.reason,
+            "slos": [t.text for t in self.slos],
+            "knee": step(self.knee),
+            "first_failing": step(self.first_failing),
+            "steps": [step(s) for s in self.steps],
+        }
 
 
 def judge(load: int, rc: int, summary: Mapping[str, Any], slos: Sequence[Threshold], run_id: str | None = None) -> Step:
     checks = evaluate_thresholds(summary, slos)
     overloaded = bool((summary.get("generator") or {}).get("generator_overloaded"))
     partial = rc == 3 or bool(summary.get("partial"))
-    return Step(load, rc, all(c["passed"] for c in checks) and not partial, overloaded, partial, checks, summary,
-                run_id)
+    return Step(
+        load, rc, all(c["passed"] for c in checks) and not partial, overloaded, partial, checks, summary, run_id
+    )
 
 
-def search(runner: Callable[[int, int], tuple[int, Mapping[str, Any], str | None]], slos: Sequence[Threshold], *,
-           start: int, rule: StepRule, maximum: int, resolution: int = 1,
-           say: Callable[[str], None] = print, max_steps: int = 30) -> CapacityResult:
+def search(
+    runner: Callable[[int, int], tuple[int, Mapping[str, Any], str | None]],
+    slos: Sequence[Threshold],
+    *,
+    start: int,
+    rule: StepRule,
+    maximum: int,
+    resolution: int = 1,
+    say: Callable[[str], None] = print,
+    max_steps: int = 30,
+) -> CapacityResult:
     """Run steps chosen by :func:`next_load` until it stops (or *max_steps*); *runner(load, index)* returns
     (exit status, summary, run id) of one run at *load* sessions."""
     if start < 1 or maximum < start:
@@ -171,8 +208,9 @@ def search(runner: Callable[[int, int], tuple[int, Mapping[str, Any], str | None
         say("  " + _step_line(s))
     failing = [s for s in steps if not s.passed and not s.overloaded and not s.partial]
     first_failing = min(failing, key=lambda s: s.load) if failing else None
-    passing = [s for s in steps if s.passed and not s.overloaded
-               and (first_failing is None or s.load < first_failing.load)]
+    passing = [
+        s for s in steps if s.passed and not s.overloaded and (first_failing is None or s.load < first_failing.load)
+    ]
     knee = max(passing, key=lambda s: s.load) if passing else None
     return CapacityResult(steps, reason, knee, first_failing, list(slos))
 
@@ -195,25 +233,40 @@ def _step_line(s: Step) -> str:
     b = s.summary.get("bottleneck") or {}
     neck = f"; bottleneck {b.get('component')} on {b.get('host')} ({b.get('ratio', 0):.0%})" if b else ""
     tps = s.summary.get("tps")
-    return (f"{s.load} sessions: {state}; tokens/s {'-' if tps is None else f'{tps:.0f}'}; "
-            + ", ".join(_fmt_slo(c) for c in s.slos) + neck + (f"  [{s.run_id}]" if s.run_id else ""))
+    return (
+        f"{s.load} sessions: {state}; tokens/s {'-' if tps is None else f'{tps:.0f}'}; "
+        + ", ".join(_fmt_slo(c) for c in s.slos)
+        + neck
+        + (f"  [{s.run_id}]" if s.run_id else "")
+    )
 
 
 def format_result(res: CapacityResult) -> str:
     lines = ["capacity steps (by load):"]
     lines += ["  " + _step_line(s) for s in sorted(res.steps, key=lambda s: s.load)]
     if res.knee is not None:
-        lines.append(f"knee: {res.knee.load} sessions met every SLO ({', '.join(t.text for t in res.slos)}); "
-                     f"tokens/s {res.knee.summary.get('tps') or 0:.0f}")
+        lines.append(
+            f"knee: {res.knee.load} sessions met every SLO ({', '.join(t.text for t in res.slos)}); "
+            f"tokens/s {res.knee.summary.get('tps') or 0:.0f}"
+        )
     else:
         lines.append("knee: none: no load met every SLO")
     if res.first_failing is not None:
         b = res.first_failing.summary.get("bottleneck") or {}
-        lines.append(f"first failing: {res.first_failing.load} sessions broke {', '.join(res.first_failing.broken)}"
-                     + (f"; bottleneck {b.get('component')} on {b.get('host')}: busiest second "
-                        f"{b.get('peak_cores')} of {b.get('usable_cores')} usable cores"
-                        + ("" if b.get("saturated", True) else " (not saturated: the SLO broke before any component "
-                           "ran out of cores)") if b else "; no CPU samples"))
+        lines.append(
+            f"first failing: {res.first_failing.load} sessions broke {', '.join(res.first_failing.broken)}"
+            + (
+                f"; bottleneck {b.get('component')} on {b.get('host')}: busiest second "
+                f"{b.get('peak_cores')} of {b.get('usable_cores')} usable cores"
+                + (
+                    ""
+                    if b.get("saturated", True)
+                    else " (not saturated: the SLO broke before any component ran out of cores)"
+                )
+                if b
+                else "; no CPU samples"
+            )
+        )
     lines.append(f"search ended: {res.reason}")
     return "\n".join(lines) + "\n"
 
@@ -228,6 +281,7 @@ def write_capacity_html(path: Path, res: CapacityResult) -> Path:
     """The steps as charts (each SLO's metric and tokens/s against the offered load) and a table."""
     import html as _html
     from kit._charts import _spec, assets_html, charts_html
+
     e = _html.escape
     steps = sorted(res.steps, key=lambda s: s.load)
     xs = [float(s.load) for s in steps]
@@ -236,17 +290,38 @@ def write_capacity_html(path: Path, res: CapacityResult) -> Path:
         unit = {"time": "ms", "percent": "%", "count": "", "rate": "/s"}[t.kind]
         vals = [_slo_display(t, metric_value(s.summary, t)) for s in steps]
         limit = _slo_display(t, t.value)
-        specs.append(_spec(f"cap-slo-{i}", f"SLO {t.text} against offered load", xs,
-                           [{"label": t.metric, "values": vals}, {"label": f"limit {t.text}", "values": [limit] * len(xs)}],
-                           xlabel="offered load (sessions)", ylabel=f"{t.metric} ({unit})" if unit else t.metric,
-                           ymin0=t.kind != "time", note=_knee_note(res), points=True))
-    specs.append(_spec("cap-tps", "Tokens per second against offered load", xs,
-                       [{"label": "tokens/s", "values": [s.summary.get("tps") for s in steps]}],
-                       xlabel="offered load (sessions)", ylabel="tokens/s", note=_knee_note(res), points=True))
-    rows = "".join(f"<tr><td>{s.load}</td><td>{'overloaded generator' if s.overloaded else ('pass' if s.passed else 'FAIL')}"
-                   f"</td><td>{e(str(s.summary.get('tps')))}</td><td>{e(', '.join(_fmt_slo(c) for c in s.slos))}</td>"
-                   f"<td>{e(str((s.summary.get('bottleneck') or {}).get('component', '-')))}</td>"
-                   f"<td>{e(s.run_id or '')}</td></tr>" for s in steps)
+        specs.append(
+            _spec(
+                f"cap-slo-{i}",
+                f"SLO {t.text} against offered load",
+                xs,
+                [{"label": t.metric, "values": vals}, {"label": f"limit {t.text}", "values": [limit] * len(xs)}],
+                xlabel="offered load (sessions)",
+                ylabel=f"{t.metric} ({unit})" if unit else t.metric,
+                ymin0=t.kind != "time",
+                note=_knee_note(res),
+                points=True,
+            )
+        )
+    specs.append(
+        _spec(
+            "cap-tps",
+            "Tokens per second against offered load",
+            xs,
+            [{"label": "tokens/s", "values": [s.summary.get("tps") for s in steps]}],
+            xlabel="offered load (sessions)",
+            ylabel="tokens/s",
+            note=_knee_note(res),
+            points=True,
+        )
+    )
+    rows = "".join(
+        f"<tr><td>{s.load}</td><td>{'overloaded generator' if s.overloaded else ('pass' if s.passed else 'FAIL')}"
+        f"</td><td>{e(str(s.summary.get('tps')))}</td><td>{e(', '.join(_fmt_slo(c) for c in s.slos))}</td>"
+        f"<td>{e(str((s.summary.get('bottleneck') or {}).get('component', '-')))}</td>"
+        f"<td>{e(s.run_id or '')}</td></tr>"
+        for s in steps
+    )
     text = format_result(res)
     path.write_text(f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>wsproxy-loadkit capacity</title>
@@ -265,12 +340,23 @@ td,th{{border:1px solid #ccc;padding:2px 8px}} pre{{background:#f6f6f6;padding:1
 def _knee_note(res: CapacityResult) -> str:
     if res.knee is None:
         return "no load met every SLO"
-    return f"knee: {res.knee.load} sessions" + (f"; first failing {res.first_failing.load}" if res.first_failing else "")
+    return f"knee: {res.knee.load} sessions" + (
+        f"; first failing {res.first_failing.load}" if res.first_failing else ""
+    )
 
 
-def execute_capacity(base: Any, slos: Sequence[str], *, start: int, step: str, maximum: int, resolution: int = 1,
-                     ramp: float | None = None, name: str | None = None,
-                     say: Callable[[str], None] = print) -> tuple[int, CapacityResult]:
+def execute_capacity(
+    base: Any,
+    slos: Sequence[str],
+    *,
+    start: int,
+    step: str,
+    maximum: int,
+    resolution: int = 1,
+    ramp: float | None = None,
+    name: str | None = None,
+    say: Callable[[str], None] = print,
+) -> tuple[int, CapacityResult]:
     """``fab capacity``: one ``execute`` per step with *base* (a ``RunOptions``) for everything but the load.
 
     Returns (exit status, result): 0 when a knee was found, 1 when no load met the SLOs, 3 when
@@ -279,16 +365,24 @@ def execute_capacity(base: Any, slos: Sequence[str], *, start: int, step: str, m
     """
     import time
     from ._run import execute
+
     thresholds = [parse_threshold(s) for s in slos]
     rule = parse_step(step)
     name = name or time.strftime("capacity-%Y%m%d-%H%M%S")
 
     def runner(load: int, index: int) -> tuple[int, Mapping[str, Any], str | None]:
         run_id = f"{name}-s{index + 1}-c{load}"
-        opts = dataclasses.replace(base, clients=load, run_id=run_id, thresholds=list(thresholds),
-                                   no_default_thresholds=True,  # the SLOs alone judge a step, not fab run's defaults
-                                   ramp=ramp if ramp is not None else max(1.0, load / DEFAULT_RAMP_S),
-                                   arrival_rate=None, duration=None, live=False)
+        opts = dataclasses.replace(
+            base,
+            clients=load,
+            run_id=run_id,
+            thresholds=list(thresholds),
+            no_default_thresholds=True,  # the SLOs alone judge a step, not fab run's defaults
+            ramp=ramp if ramp is not None else max(1.0, load / DEFAULT_RAMP_S),
+            arrival_rate=None,
+            duration=None,
+            live=False,
+        )
         rc = execute(opts, out=lambda line: log.debug("%s", line))  # each step's own report is in its folder
         try:
             summary = json.loads((base.results_dir / run_id / "summary.json").read_text())

@@ -38,9 +38,23 @@ from typing import Any
 
 from kit.inventory import Inventory
 
-__all__ = ["ACTIONS", "PROCESS_ACTIONS", "NETWORK_ACTIONS", "ChaosError", "ChaosSpec", "FaultTarget",
-           "parse_chaos", "resolve_targets", "recovery", "attribute", "BASELINE_S", "RECOVERED_SHARE",
-           "P99_RECOVERED_FACTOR", "P99_RECOVERED_SLACK_MS", "RECOVERY_HOLD_S"]
+__all__ = [
+    "ACTIONS",
+    "PROCESS_ACTIONS",
+    "NETWORK_ACTIONS",
+    "ChaosError",
+    "ChaosSpec",
+    "FaultTarget",
+    "parse_chaos",
+    "resolve_targets",
+    "recovery",
+    "attribute",
+    "BASELINE_S",
+    "RECOVERED_SHARE",
+    "P99_RECOVERED_FACTOR",
+    "P99_RECOVERED_SLACK_MS",
+    "RECOVERY_HOLD_S",
+]
 
 PROCESS_ACTIONS = ("kill", "restart", "pause")
 NETWORK_ACTIONS = ("partition", "delay")
@@ -60,8 +74,10 @@ RECOVERY_HOLD_S = 3
 #: the largest delay the kit injects (ms)
 MAX_DELAY_MS = 10_000.0
 
-_SPEC = re.compile(r"^(?P<action>[a-z]+):(?P<name>[A-Za-z0-9_.-]+)(?:\[(?P<sel>[A-Za-z0-9_.-]+)\])?"
-                   r"@(?P<at>[0-9.]+[a-z]*)(?:\+(?P<for>[0-9.]+[a-z]*))?(?:=(?P<arg>[0-9.]+[a-z]*))?$")
+_SPEC = re.compile(
+    r"^(?P<action>[a-z]+):(?P<name>[A-Za-z0-9_.-]+)(?:\[(?P<sel>[A-Za-z0-9_.-]+)\])?"
+    r"@(?P<at>[0-9.]+[a-z]*)(?:\+(?P<for>[0-9.]+[a-z]*))?(?:=(?P<arg>[0-9.]+[a-z]*))?$"
+)
 _TIME = re.compile(r"^(?P<n>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m)?$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 FORMAT = "ACTION:TARGET@AT[+FOR][=ARG], e.g. kill:wsproxy@20s, pause:redis@15s+5s, delay:wsproxy@10s+20s=50ms"
@@ -137,8 +153,9 @@ def parse_chaos(text: str) -> ChaosSpec:
     return ChaosSpec(text=raw, action=action, name=m["name"], select=select, at_s=at, for_s=dur, arg_ms=arg_ms)
 
 
-def resolve_targets(spec: ChaosSpec, inv: Inventory, programs: Mapping[str, Sequence[tuple[str, str]]]
-                    ) -> list[FaultTarget]:
+def resolve_targets(
+    spec: ChaosSpec, inv: Inventory, programs: Mapping[str, Sequence[tuple[str, str]]]
+) -> list[FaultTarget]:
     """The units *spec* hits in *inv*; *programs* maps each host to its ``(component, program)`` list.
 
     Raises ChaosError naming the groups/hosts there are when the target does not exist.
@@ -152,8 +169,10 @@ def resolve_targets(spec: ChaosSpec, inv: Inventory, programs: Mapping[str, Sequ
         else:
             units = [FaultTarget(h, p) for h in hosts for comp, p in programs.get(h, ()) if comp == name]
             if not units:
-                raise ChaosError(f"--chaos {spec.text!r}: group {name!r} runs no kit service to {spec.action} "
-                                 "(kill/restart/pause hit redis, haproxy, sim or wsproxy)")
+                raise ChaosError(
+                    f"--chaos {spec.text!r}: group {name!r} runs no kit service to {spec.action} "
+                    "(kill/restart/pause hit redis, haproxy, sim or wsproxy)"
+                )
     elif name in inv.hosts:
         if isinstance(spec.select, str) and spec.select != "all":
             raise ChaosError(f"--chaos {spec.text!r}: [{spec.select}] selects a host of a group; {name} is a host")
@@ -161,14 +180,18 @@ def resolve_targets(spec: ChaosSpec, inv: Inventory, programs: Mapping[str, Sequ
         if not units:
             raise ChaosError(f"--chaos {spec.text!r}: host {name} runs no kit service to {spec.action}")
     else:
-        raise ChaosError(f"--chaos {spec.text!r}: {name!r} is neither a group ({', '.join(sorted(inv.groups))}) "
-                         f"nor a host of the inventory")
+        raise ChaosError(
+            f"--chaos {spec.text!r}: {name!r} is neither a group ({', '.join(sorted(inv.groups))}) "
+            f"nor a host of the inventory"
+        )
     units = _select(spec, units, network)
     if network:
         for u in units:
             if inv.hosts[u.host].local:
-                raise ChaosError(f"--chaos {spec.text!r}: {spec.action} needs hosts with their own network "
-                                 f"(a lab or real hosts): {u.host} is this machine (ansible_connection: local)")
+                raise ChaosError(
+                    f"--chaos {spec.text!r}: {spec.action} needs hosts with their own network "
+                    f"(a lab or real hosts): {u.host} is this machine (ansible_connection: local)"
+                )
     return units
 
 
@@ -180,13 +203,17 @@ def _select(spec: ChaosSpec, units: list[FaultTarget], network: bool) -> list[Fa
         return units
     if isinstance(sel, int):
         if sel >= len(units):
-            raise ChaosError(f"--chaos {spec.text!r}: index {sel} but {name} has {len(units)} "
-                             f"{'host' if network else 'instance'}(s) (0..{len(units) - 1})")
+            raise ChaosError(
+                f"--chaos {spec.text!r}: index {sel} but {name} has {len(units)} "
+                f"{'host' if network else 'instance'}(s) (0..{len(units) - 1})"
+            )
         return [units[sel]]
     mine = [u for u in units if u.host == sel]
     if not mine:
-        raise ChaosError(f"--chaos {spec.text!r}: {sel!r} is not a host of group {name} "
-                         f"({', '.join(sorted({u.host for u in units}))})")
+        raise ChaosError(
+            f"--chaos {spec.text!r}: {sel!r} is not a host of group {name} "
+            f"({', '.join(sorted({u.host for u in units}))})"
+        )
     return mine[:1]
 
 
@@ -213,26 +240,43 @@ def _held(series: Mapping[int, float | None], first: int, ok: Any) -> tuple[int,
     return (last - run + 1, run) if run else None
 
 
-def _measure(series: Mapping[int, float | None], start: float, end: float, what: str,
-             baseline_of: Any, ok_for: Any) -> dict[str, Any]:
+def _measure(
+    series: Mapping[int, float | None], start: float, end: float, what: str, baseline_of: Any, ok_for: Any
+) -> dict[str, Any]:
     s0 = int(start)
     known = [s for s, v in series.items() if v is not None]
-    window = [series[s] for s in range(max(min(known, default=s0), s0 - BASELINE_S), s0)
-              if series.get(s) is not None]
+    window = [series[s] for s in range(max(min(known, default=s0), s0 - BASELINE_S), s0) if series.get(s) is not None]
     if not window:
-        return {"baseline": None, "recovered_at": None, "recovery_s": None,
-                "note": f"no {what} in the {BASELINE_S} s before the fault: no baseline"}
+        return {
+            "baseline": None,
+            "recovered_at": None,
+            "recovery_s": None,
+            "note": f"no {what} in the {BASELINE_S} s before the fault: no baseline",
+        }
     base = baseline_of(window)
     if not base:
-        return {"baseline": 0.0, "recovered_at": None, "recovery_s": None,
-                "note": f"{what} was 0 in the {BASELINE_S} s before the fault: no baseline"}
+        return {
+            "baseline": 0.0,
+            "recovered_at": None,
+            "recovery_s": None,
+            "note": f"{what} was 0 in the {BASELINE_S} s before the fault: no baseline",
+        }
     found = _held(series, math.ceil(end), ok_for(base))
     if found is None:
-        return {"baseline": round(base, 3), "recovered_at": None, "recovery_s": None,
-                "note": f"{what} was not back before the load ended"}
+        return {
+            "baseline": round(base, 3),
+            "recovered_at": None,
+            "recovery_s": None,
+            "note": f"{what} was not back before the load ended",
+        }
     s, held = found
-    return {"baseline": round(base, 3), "recovered_at": float(max(s, end)), "recovery_s": round(max(0.0, s - end), 3),
-            "held_s": held, "note": "" if held >= RECOVERY_HOLD_S else f"{what} back for the {held} s the load lasted"}
+    return {
+        "baseline": round(base, 3),
+        "recovered_at": float(max(s, end)),
+        "recovery_s": round(max(0.0, s - end), 3),
+        "held_s": held,
+        "note": "" if held >= RECOVERY_HOLD_S else f"{what} back for the {held} s the load lasted",
+    }
 
 
 def _median(values: Sequence[float]) -> float:
@@ -249,25 +293,41 @@ def recovery(rows: Sequence[Mapping[str, Any]], start: float, end: float) -> dic
     """
     tokens, active = _per_second(rows, "tokens"), _per_second(rows, "active_sessions")
     per_session = {s: (n or 0.0) / active[s] if active.get(s) else None for s, n in tokens.items()}
-    tps = _measure(per_session, start, end, "tokens/s per active session",
-                   _median, lambda base: lambda v: v >= RECOVERED_SHARE * base)
-    p99 = _measure(_per_second(rows, "delivery_p99_ms"), start, end, "delivery p99",
-                   _median, lambda base: lambda v: v <= max(P99_RECOVERED_FACTOR * base, base + P99_RECOVERED_SLACK_MS))
+    tps = _measure(
+        per_session,
+        start,
+        end,
+        "tokens/s per active session",
+        _median,
+        lambda base: lambda v: v >= RECOVERED_SHARE * base,
+    )
+    p99 = _measure(
+        _per_second(rows, "delivery_p99_ms"),
+        start,
+        end,
+        "delivery p99",
+        _median,
+        lambda base: lambda v: v <= max(P99_RECOVERED_FACTOR * base, base + P99_RECOVERED_SLACK_MS),
+    )
     s0 = int(start)
     before = [n for s, n in tokens.items() if s0 - BASELINE_S <= s < s0 and n is not None]
     both = (tps, p99)
     notes = [m["note"] for m in both if m["note"] and m["recovered_at"] is None]
     done = all(m["recovered_at"] is not None for m in both)
-    return {"tokens": tps, "delivery_p99": p99,
-            "baseline_tps": round(sum(before) / len(before), 2) if before else None,
-            "baseline_delivery_p99_ms": p99["baseline"],
-            "recovered_at": max(m["recovered_at"] for m in both) if done else None,
-            "recovery_s": max(m["recovery_s"] for m in both) if done else None,
-            "note": "; ".join(notes)}
+    return {
+        "tokens": tps,
+        "delivery_p99": p99,
+        "baseline_tps": round(sum(before) / len(before), 2) if before else None,
+        "baseline_delivery_p99_ms": p99["baseline"],
+        "recovered_at": max(m["recovered_at"] for m in both) if done else None,
+        "recovery_s": max(m["recovery_s"] for m in both) if done else None,
+        "note": "; ".join(notes),
+    }
 
 
-def attribute(rows: Sequence[Mapping[str, Any]], queries: Iterable[Mapping[str, Any]], start: float,
-              until: float) -> dict[str, Any]:
+def attribute(
+    rows: Sequence[Mapping[str, Any]], queries: Iterable[Mapping[str, Any]], start: float, until: float
+) -> dict[str, Any]:
     """What happened from a fault's *start* to *until* (its recovery, or the end of the timeline).
 
     Reconnect attempts and successes and failed queries come from the per-second timeline (the
@@ -290,6 +350,11 @@ def attribute(rows: Sequence[Mapping[str, Any]], queries: Iterable[Mapping[str, 
         t1 = t0 + float(lat) / 1000.0 if lat not in (None, "") else float("inf")
         if t0 <= until and t1 >= start:
             lost += n
-    return {"window_s": [round(start, 3), round(until, 3)], "tokens_lost": lost,
-            "reconnect_attempts": total("reconnect_attempts"), "reconnects_ok": total("reconnects_ok"),
-            "queries_failed": total("queries_failed"), "errors": total("errors")}
+    return {
+        "window_s": [round(start, 3), round(until, 3)],
+        "tokens_lost": lost,
+        "reconnect_attempts": total("reconnect_attempts"),
+        "reconnects_ok": total("reconnects_ok"),
+        "queries_failed": total("queries_failed"),
+        "errors": total("errors"),
+    }

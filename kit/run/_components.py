@@ -33,9 +33,18 @@ from typing import Any
 
 from kit import contract
 
-__all__ = ["COMPONENTS", "SINGLE_THREADED", "SATURATED_RATIO", "host_cpu_peaks", "load_host_samples", "component_costs", "bottleneck",
-           "memory_per_session", "host_sockets",
-           "service_programs"]
+__all__ = [
+    "COMPONENTS",
+    "SINGLE_THREADED",
+    "SATURATED_RATIO",
+    "host_cpu_peaks",
+    "load_host_samples",
+    "component_costs",
+    "bottleneck",
+    "memory_per_session",
+    "host_sockets",
+    "service_programs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +97,19 @@ def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[
     acc: dict[str, dict[str, Any]] = {}
 
     def entry(component: str) -> dict[str, Any]:
-        return acc.setdefault(component, {"host": host, "component": component, "cpu_s": 0.0, "peak_cores": 0.0,
-                                          "rss_peak_mb": 0.0, "rss_first_mb": None, "_pids": set(), "_own": {}})
+        return acc.setdefault(
+            component,
+            {
+                "host": host,
+                "component": component,
+                "cpu_s": 0.0,
+                "peak_cores": 0.0,
+                "rss_peak_mb": 0.0,
+                "rss_first_mb": None,
+                "_pids": set(),
+                "_own": {},
+            },
+        )
 
     samples = [r for r in rows if isinstance(r.get("procs"), list)]
     prev: dict[int, Mapping[str, Any]] | None = None
@@ -103,7 +123,7 @@ def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[
             rss[p["component"]] = rss.get(p["component"], 0.0) + float(p.get("rss_mb") or 0.0)
         for component, mb in rss.items():
             acc[component]["rss_peak_mb"] = max(acc[component]["rss_peak_mb"], mb)
-            if acc[component]["rss_first_mb"] is None:   # the component as the run found it (or as it started)
+            if acc[component]["rss_first_mb"] is None:  # the component as the run found it (or as it started)
                 acc[component]["rss_first_mb"] = mb
         if prev is None:  # the baseline: what ran before the first sample is not the run's
             for pid, p in cur.items():
@@ -139,9 +159,12 @@ def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[
     return acc
 
 
-def component_costs(samples: Mapping[str, Sequence[Mapping[str, Any]]], tokens: int | None,
-                    cores: Mapping[str, int | None],
-                    client_reported: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+def component_costs(
+    samples: Mapping[str, Sequence[Mapping[str, Any]]],
+    tokens: int | None,
+    cores: Mapping[str, int | None],
+    client_reported: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
     """One entry per (component, host) seen in the host monitors' *samples* (host -> rows).
 
     ``{host, component, processes, busy_processes, cpu_s, cpu_share, us_per_token, peak_cores,
@@ -164,10 +187,19 @@ def component_costs(samples: Mapping[str, Sequence[Mapping[str, Any]]], tokens: 
             cpu_s = e["cpu_s"]
             if component == "client" and client_reported and client_reported.get(host, 0.0) > cpu_s:
                 cpu_s = client_reported[host]
-            entries.append({"host": host, "component": component, "processes": len(e["_pids"]),
-                            "busy_processes": busy, "cpu_s": round(cpu_s, 2),
-                            "peak_cores": round(e["peak_cores"], 3), "rss_peak_mb": round(e["rss_peak_mb"], 1),
-                            "rss_first_mb": round(e["rss_first_mb"] or 0.0, 1), "usable_cores": usable})
+            entries.append(
+                {
+                    "host": host,
+                    "component": component,
+                    "processes": len(e["_pids"]),
+                    "busy_processes": busy,
+                    "cpu_s": round(cpu_s, 2),
+                    "peak_cores": round(e["peak_cores"], 3),
+                    "rss_peak_mb": round(e["rss_peak_mb"], 1),
+                    "rss_first_mb": round(e["rss_first_mb"] or 0.0, 1),
+                    "usable_cores": usable,
+                }
+            )
     total = sum(e["cpu_s"] for e in entries)
     for e in entries:
         e["cpu_share"] = round(e["cpu_s"] / total, 4) if total > 0 else None
@@ -188,8 +220,9 @@ def host_cpu_peaks(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[s
     return out
 
 
-def bottleneck(entries: Sequence[Mapping[str, Any]],
-               host_peaks: Mapping[str, float] | None = None) -> dict[str, Any] | None:
+def bottleneck(
+    entries: Sequence[Mapping[str, Any]], host_peaks: Mapping[str, float] | None = None
+) -> dict[str, Any] | None:
     """The entry whose busiest interval came closest to its usable cores (None without CPU data).
 
     A host whose busiest second used at least SATURATED_RATIO of all its cores is the limit even when no
@@ -204,9 +237,15 @@ def bottleneck(entries: Sequence[Mapping[str, Any]],
             continue
         ratio = e["peak_cores"] / usable
         if best is None or ratio > best["ratio"]:
-            best = {"component": e["component"], "host": e["host"], "peak_cores": e["peak_cores"],
-                    "usable_cores": usable, "ratio": round(ratio, 3), "saturated": ratio >= SATURATED_RATIO,
-                    "resource": "component_cores"}
+            best = {
+                "component": e["component"],
+                "host": e["host"],
+                "peak_cores": e["peak_cores"],
+                "usable_cores": usable,
+                "ratio": round(ratio, 3),
+                "saturated": ratio >= SATURATED_RATIO,
+                "resource": "component_cores",
+            }
     if best is not None and best["saturated"]:
         return best
     full = {h: pct for h, pct in (host_peaks or {}).items() if pct / 100.0 >= SATURATED_RATIO}
@@ -215,10 +254,17 @@ def bottleneck(entries: Sequence[Mapping[str, Any]],
         top = max(on_full, key=lambda e: e["cpu_s"])
         host, pct = top["host"], full[top["host"]]
         on_host = sorted((e for e in on_full if e["host"] == host), key=lambda e: -e["cpu_s"])
-        return {"component": top["component"], "host": host, "peak_cores": top["peak_cores"],
-                "usable_cores": top.get("usable_cores"), "ratio": round(pct / 100.0, 3), "saturated": True,
-                "resource": "host_cpu", "host_cpu_peak_percent": round(pct, 1),
-                "shared_by": [e["component"] for e in on_host]}
+        return {
+            "component": top["component"],
+            "host": host,
+            "peak_cores": top["peak_cores"],
+            "usable_cores": top.get("usable_cores"),
+            "ratio": round(pct / 100.0, 3),
+            "saturated": True,
+            "resource": "host_cpu",
+            "host_cpu_peak_percent": round(pct, 1),
+            "shared_by": [e["component"] for e in on_host],
+        }
     return best
 
 
@@ -240,9 +286,11 @@ def host_sockets(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str
     for host, rows in samples.items():
         stats = [r["sockstat"] for r in rows if isinstance(r.get("sockstat"), Mapping) and r["sockstat"]]
         if stats:
-            out[host] = {"tcp_inuse": max(int(s.get("tcp_inuse", 0)) for s in stats),
-                         "tcp_tw": max(int(s.get("tcp_tw", 0)) for s in stats),
-                         "tcp_mem_mb": round(max(int(s.get("tcp_mem_bytes", 0)) for s in stats) / 2**20, 1)}
+            out[host] = {
+                "tcp_inuse": max(int(s.get("tcp_inuse", 0)) for s in stats),
+                "tcp_tw": max(int(s.get("tcp_tw", 0)) for s in stats),
+                "tcp_mem_mb": round(max(int(s.get("tcp_mem_bytes", 0)) for s in stats) / 2**20, 1),
+            }
     return out
 
 
@@ -250,8 +298,9 @@ def host_sockets(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str
 _HELD = {"wsproxy": "wsproxy_connections_open", "haproxy": "haproxy_server_sessions", "redis": "redis_pubsub_channels"}
 
 
-def sessions_held(series: Mapping[str, Mapping[str, Mapping[float, float]]],
-                  clients: Mapping[str, float]) -> dict[tuple[str, str], float]:
+def sessions_held(
+    series: Mapping[str, Mapping[str, Mapping[float, float]]], clients: Mapping[str, float]
+) -> dict[tuple[str, str], float]:
     """(host, component) -> the most sessions it held at once: what the services said of themselves each
     second (*series*: a host's wsproxy instances' open WebSockets added, its HAProxy's sessions over every
     server, Redis's pub/sub channels), and for the client *clients* (host -> its peak active sessions)."""

@@ -35,17 +35,24 @@ __all__ = ["LiveExporter", "parse_listen", "live_metrics"]
 #: the counters of status.json that are not counters (served as gauges)
 _GAUGES = ("active_sessions",)
 #: last-interval rate of the aggregate -> metric name
-_RATES = {"tps": "tokens_per_second", "qps": "queries_per_second", "errors_per_s": "errors_per_second",
-          "reconnects_per_s": "reconnects_per_second"}
+_RATES = {
+    "tps": "tokens_per_second",
+    "qps": "queries_per_second",
+    "errors_per_s": "errors_per_second",
+    "reconnects_per_s": "reconnects_per_second",
+}
 #: aggregate key prefix -> (metric name, help)
-_QUANTILES = {"delivery": ("delivery_latency_seconds", "token delivery latency (published -> received) of the "
-                                                         "last interval"),
-              "ttft": ("ttft_seconds", "time to first token of the last interval"),
-              "": ("query_latency_seconds", "query latency (POST /run -> done) of the last interval")}
-_PER_GEN = {"active_sessions": ("generator_active_sessions", "sessions connected, per generator"),
-            "tps": ("generator_tokens_per_second", "tokens received per second over the last interval, per generator"),
-            "cpu_percent": ("generator_cpu_percent", "CPU of the generator's busiest process, % of one core"),
-            "loop_lag_ms": ("generator_loop_lag_seconds", "event-loop lag p99 of the generator's worst process")}
+_QUANTILES = {
+    "delivery": ("delivery_latency_seconds", "token delivery latency (published -> received) of the last interval"),
+    "ttft": ("ttft_seconds", "time to first token of the last interval"),
+    "": ("query_latency_seconds", "query latency (POST /run -> done) of the last interval"),
+}
+_PER_GEN = {
+    "active_sessions": ("generator_active_sessions", "sessions connected, per generator"),
+    "tps": ("generator_tokens_per_second", "tokens received per second over the last interval, per generator"),
+    "cpu_percent": ("generator_cpu_percent", "CPU of the generator's busiest process, % of one core"),
+    "loop_lag_ms": ("generator_loop_lag_seconds", "event-loop lag p99 of the generator's worst process"),
+}
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -53,7 +60,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     with the fix for anything else."""
     host, sep, port = (text or "").rpartition(":")
     problem = f"--metrics-listen {text!r}: give ADDR:PORT, e.g. 127.0.0.1:9464 or [::1]:9464 or :9464"
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:   # 0: a free port, said at the start
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: a free port, said at the start
         raise ValueError(problem)
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if host:
@@ -71,35 +78,70 @@ def _seconds(ms: Any) -> float | None:
 def live_metrics(agg: Mapping[str, Any] | None, elapsed: float | None, run_id: str, inventory: str) -> list[Metric]:
     """The metric families of one merged live status (None before the first poll: only the run's info)."""
     run = (("run_id", run_id),)
-    out = [Metric("loadkit_run_info", "gauge", "the run this controller is running (always 1)",
-                  samples={(("inventory", inventory), ("run_id", run_id)): 1})]
+    out = [
+        Metric(
+            "loadkit_run_info",
+            "gauge",
+            "the run this controller is running (always 1)",
+            samples={(("inventory", inventory), ("run_id", run_id)): 1},
+        )
+    ]
     if agg is None:
         return out
     if elapsed is not None:
-        out.append(Metric("loadkit_run_elapsed_seconds", "gauge", "seconds since the agreed start",
-                          samples={run: round(elapsed, 3)}))
-    out.append(Metric("loadkit_generators_reporting", "gauge", "generators whose status was read",
-                      samples={run: agg.get("reporting", 0)}))
+        out.append(
+            Metric(
+                "loadkit_run_elapsed_seconds",
+                "gauge",
+                "seconds since the agreed start",
+                samples={run: round(elapsed, 3)},
+            )
+        )
+    out.append(
+        Metric(
+            "loadkit_generators_reporting",
+            "gauge",
+            "generators whose status was read",
+            samples={run: agg.get("reporting", 0)},
+        )
+    )
     for key in STATUS_COUNTERS:
         kind = "gauge" if key in _GAUGES else "counter"
-        out.append(Metric(f"loadkit_{key}", kind, f"{key.replace('_', ' ')} over every generator (status.json)",
-                          samples={run: agg.get(key) or 0}))
+        out.append(
+            Metric(
+                f"loadkit_{key}",
+                kind,
+                f"{key.replace('_', ' ')} over every generator (status.json)",
+                samples={run: agg.get(key) or 0},
+            )
+        )
     for key, name in _RATES.items():
         if agg.get(key) is not None:
-            out.append(Metric(f"loadkit_{name}", "gauge", f"{name.replace('_', ' ')} over the last interval",
-                              samples={run: agg[key]}))
+            out.append(
+                Metric(
+                    f"loadkit_{name}",
+                    "gauge",
+                    f"{name.replace('_', ' ')} over the last interval",
+                    samples={run: agg[key]},
+                )
+            )
     for prefix, (name, help_) in _QUANTILES.items():
         pre = f"{prefix}_" if prefix else ""
-        samples = {(*run, ("quantile", q)): v for q, v in (("0.5", _seconds(agg.get(f"{pre}p50_ms"))),
-                                                           ("0.99", _seconds(agg.get(f"{pre}p99_ms"))))
-                   if v is not None}
+        samples = {
+            (*run, ("quantile", q)): v
+            for q, v in (("0.5", _seconds(agg.get(f"{pre}p50_ms"))), ("0.99", _seconds(agg.get(f"{pre}p99_ms"))))
+            if v is not None
+        }
         if samples:
             out.append(Metric(f"loadkit_{name}", "gauge", help_, samples=samples))
     gens: Mapping[str, Any] = agg.get("per_generator") or {}
     for key, (name, help_) in _PER_GEN.items():
         scale = 1000.0 if name.endswith("_seconds") else 1.0
-        samples = {(*run, ("generator", label)): float(g[key]) / scale
-                   for label, g in gens.items() if g and g.get(key) is not None}
+        samples = {
+            (*run, ("generator", label)): float(g[key]) / scale
+            for label, g in gens.items()
+            if g and g.get(key) is not None
+        }
         if samples:
             out.append(Metric(f"loadkit_{name}", "gauge", help_, samples=samples))
     return out
@@ -131,16 +173,21 @@ class LiveExporter:
             def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
                 pass
 
-        server_class = type("Server", (http.server.ThreadingHTTPServer,),
-                            {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
-                             "daemon_threads": True})
+        server_class = type(
+            "Server",
+            (http.server.ThreadingHTTPServer,),
+            {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET, "daemon_threads": True},
+        )
         try:
             self._server = server_class((host, port), Handler)
         except OSError as exc:
-            raise ValueError(f"--metrics-listen {listen}: cannot listen there ({exc.strerror or exc}): choose a "
-                             "free port on an address of this machine") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="metrics-listen", daemon=True)
+            raise ValueError(
+                f"--metrics-listen {listen}: cannot listen there ({exc.strerror or exc}): choose a "
+                "free port on an address of this machine"
+            ) from None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-listen", daemon=True
+        )
         self._thread.start()
 
     @property

@@ -70,14 +70,26 @@ class Fault:
 
     def event(self, start_at: float) -> dict[str, Any]:
         at = None if self.started_at is None else round(self.started_at - start_at, 3)
-        dur = (round(self.ended_at - self.started_at, 3)
-               if self.started_at is not None and self.ended_at is not None else None)
-        return {"action": self.spec.action, "target": self.spec.text.split(":", 1)[1].split("@", 1)[0],
-                "host": self.target.host, "program": self.target.program, "spec": self.spec.text,
-                "planned_at_s": self.spec.at_s, "planned_for_s": self.spec.for_s, "at_s": at, "for_s": dur,
-                "started_at": self.started_at, "ended_at": self.ended_at,
-                "ok": bool(self.ok) and not self.undo_problem,
-                "detail": "; ".join(x for x in (self.detail, self.undo_problem) if x)}
+        dur = (
+            round(self.ended_at - self.started_at, 3)
+            if self.started_at is not None and self.ended_at is not None
+            else None
+        )
+        return {
+            "action": self.spec.action,
+            "target": self.spec.text.split(":", 1)[1].split("@", 1)[0],
+            "host": self.target.host,
+            "program": self.target.program,
+            "spec": self.spec.text,
+            "planned_at_s": self.spec.at_s,
+            "planned_for_s": self.spec.for_s,
+            "at_s": at,
+            "for_s": dur,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "ok": bool(self.ok) and not self.undo_problem,
+            "detail": "; ".join(x for x in (self.detail, self.undo_problem) if x),
+        }
 
 
 def _sh(c: Any, cmd: str, timeout: float = ops.CMD_TIMEOUT) -> str:
@@ -95,6 +107,7 @@ def _safety(c: Any, after_s: float, cmd: str) -> None:
 
 def _addresses(inv: Inventory, host: str) -> list[str]:
     """IPv4 addresses of every other inventory host (resolved here), without the target's own."""
+
     def resolve(name: str) -> str:
         return socket.gethostbyname(inv.hosts[name].address)
 
@@ -105,8 +118,14 @@ def _addresses(inv: Inventory, host: str) -> list[str]:
 class ChaosRunner:
     """The run's faults; ``start()`` before the watch, ``stop()`` in the run's ``finally``."""
 
-    def __init__(self, faults: list[Fault], inv: Inventory, start_at: float, remote_root: dict[str, str],
-                 say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        faults: list[Fault],
+        inv: Inventory,
+        start_at: float,
+        remote_root: dict[str, str],
+        say: Callable[[str], None],
+    ) -> None:
         self.faults = faults
         self.inv = inv
         self.start_at = start_at
@@ -219,6 +238,7 @@ class ChaosRunner:
         def cont() -> str:
             _sh(c, f"$S kill -CONT {pid}")
             return f"SIGCONT pid {pid}"
+
         return f"SIGSTOP {program} pid {pid}", cont
 
     def _partition(self, c: Any, f: Fault) -> tuple[str, Callable[[], str] | None]:
@@ -228,20 +248,26 @@ class ChaosRunner:
         port = self.inv.hosts[f.target.host].port
         table = f"wsproxy_loadkit_chaos{f.index}"
         addrs = ", ".join(others)
-        ruleset = (f"table inet {table} {{\n"
-                   f"  chain input {{ type filter hook input priority -10; policy accept;\n"
-                   f"    tcp dport {port} accept\n    ip saddr {{ {addrs} }} drop\n  }}\n"
-                   f"  chain output {{ type filter hook output priority -10; policy accept;\n"
-                   f"    tcp sport {port} accept\n    ip daddr {{ {addrs} }} drop\n  }}\n}}\n")
-        _sh(c, "command -v nft >/dev/null || { echo 'nft not found: deploy the tuning role "
-               "(installs nftables) or apt-get install nftables' >&2; exit 127; }; "
-               f"printf %s {shlex.quote(ruleset)} | $S nft -f -")
+        ruleset = (
+            f"table inet {table} {{\n"
+            f"  chain input {{ type filter hook input priority -10; policy accept;\n"
+            f"    tcp dport {port} accept\n    ip saddr {{ {addrs} }} drop\n  }}\n"
+            f"  chain output {{ type filter hook output priority -10; policy accept;\n"
+            f"    tcp sport {port} accept\n    ip daddr {{ {addrs} }} drop\n  }}\n}}\n"
+        )
+        _sh(
+            c,
+            "command -v nft >/dev/null || { echo 'nft not found: deploy the tuning role "
+            "(installs nftables) or apt-get install nftables' >&2; exit 127; }; "
+            f"printf %s {shlex.quote(ruleset)} | $S nft -f -",
+        )
         drop = f"nft delete table inet {table}"
         _safety(c, f.spec.for_s + SAFETY_S, drop + " 2>/dev/null")
 
         def heal() -> str:
             _sh(c, f"$S {drop}")
             return f"table {table} deleted"
+
         return f"nftables table {table} drops traffic to/from {addrs}", heal
 
     def _delay(self, c: Any, f: Fault) -> tuple[str, Callable[[], str] | None]:
@@ -250,12 +276,25 @@ class ChaosRunner:
         if not others:
             raise RuntimeError("no other host address to delay traffic to")
         ms = f.spec.arg_ms or 0.0
-        devs = sorted({d for d in _sh(c, "for a in " + " ".join(others) + "; do ip -o route get $a | "
-                                      "sed -n 's/.* dev \\([^ ]*\\).*/\\1/p'; done").split() if d != "lo"})
+        devs = sorted(
+            {
+                d
+                for d in _sh(
+                    c,
+                    "for a in " + " ".join(others) + "; do ip -o route get $a | "
+                    "sed -n 's/.* dev \\([^ ]*\\).*/\\1/p'; done",
+                ).split()
+                if d != "lo"
+            }
+        )
         if not devs:
             raise RuntimeError(f"no route from {h.name} to {', '.join(others)}")
-        probe = c.run(_ROOT + f"$S tc qdisc replace dev {devs[0]} root netem delay {ms:g}ms 2>&1",
-                      hide=True, warn=True, timeout=ops.CMD_TIMEOUT)
+        probe = c.run(
+            _ROOT + f"$S tc qdisc replace dev {devs[0]} root netem delay {ms:g}ms 2>&1",
+            hide=True,
+            warn=True,
+            timeout=ops.CMD_TIMEOUT,
+        )
         if probe.exited == 0:
             for d in devs[1:]:
                 _sh(c, f"$S tc qdisc replace dev {d} root netem delay {ms:g}ms")
@@ -265,27 +304,43 @@ class ChaosRunner:
             def no_netem() -> str:
                 _sh(c, "$S sh -c " + shlex.quote(dels))
                 return f"netem removed from {', '.join(devs)}"
+
             return f"netem delay {ms:g}ms on {', '.join(devs)}", no_netem
         why = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else f"exit {probe.exited}"
         return self._nfq_delay(c, f, others, ms, f"netem unavailable ({why})")
 
-    def _nfq_delay(self, c: Any, f: Fault, others: list[str], ms: float,
-                   why: str) -> tuple[str, Callable[[], str] | None]:
+    def _nfq_delay(
+        self, c: Any, f: Fault, others: list[str], ms: float, why: str
+    ) -> tuple[str, Callable[[], str] | None]:
         h = self.inv.hosts[f.target.host]
         d = f"{self.remote_root[h.name]}/chaos-{f.index}"
         c.run(f"mkdir -p {shlex.quote(d)}", hide=True, timeout=ops.CMD_TIMEOUT)
         c.put(str(NFQDELAY_SRC), f"{d}/nfqdelay.py")
         py = str(h.vars.get("ansible_python_interpreter") or "")
         py = py if py.startswith("/") else "python3"
-        argv = ["sh", "-c", _ROOT + 'exec $S "$@"', "nfqdelay", py, f"{d}/nfqdelay.py", "--delay-ms", f"{ms:g}",
-                "--duration", f"{f.spec.for_s + SAFETY_S:g}", "--queue", str(QUEUE_BASE + f.index),
-                "--dest", ",".join(others)]
+        argv = [
+            "sh",
+            "-c",
+            _ROOT + 'exec $S "$@"',
+            "nfqdelay",
+            py,
+            f"{d}/nfqdelay.py",
+            "--delay-ms",
+            f"{ms:g}",
+            "--duration",
+            f"{f.spec.for_s + SAFETY_S:g}",
+            "--queue",
+            str(QUEUE_BASE + f.index),
+            "--dest",
+            ",".join(others),
+        ]
         ops.start_job(c, d, argv)
         deadline = time.monotonic() + 15
         while True:
             st = ops.job_state(c, d)
-            text = c.run(f"cat {shlex.quote(d)}/out.log 2>/dev/null", hide=True, warn=True,
-                         timeout=ops.CMD_TIMEOUT).stdout
+            text = c.run(
+                f"cat {shlex.quote(d)}/out.log 2>/dev/null", hide=True, warn=True, timeout=ops.CMD_TIMEOUT
+            ).stdout
             if '"ready": true' in text:
                 break
             if st["rc"] is not None or not st["alive"] or time.monotonic() > deadline:
@@ -303,4 +358,5 @@ class ChaosRunner:
             if not stats.get("rule_removed", False):
                 raise RuntimeError(f"NFQUEUE rule not removed: {stats.get('rule_error', stats)}")
             return f"NFQUEUE delay stopped after {stats.get('packets', 0)} packets"
+
         return f"{why}: NFQUEUE delay {ms:g}ms on packets to {', '.join(others)}", release

@@ -36,15 +36,22 @@ def host_facts_of(h: Host, facts: Mapping[str, Any]) -> HostFacts:
     """What :func:`size_fleet` needs of host *h*, from its SSH facts."""
     _, sessions, _ = ops.open_file_limit(dict(facts))
     pr = facts.get("port_range") or [32768, 60999]
-    return HostFacts(h.name, int(facts.get("nproc") or 1), sessions, (int(pr[0]), int(pr[1])),
-                     wsproxy_instances=int(h.vars.get("wsproxy_instances_per_host") or 1),
-                     source_addresses=max(1, len(source_addresses(h))))
+    return HostFacts(
+        h.name,
+        int(facts.get("nproc") or 1),
+        sessions,
+        (int(pr[0]), int(pr[1])),
+        wsproxy_instances=int(h.vars.get("wsproxy_instances_per_host") or 1),
+        source_addresses=max(1, len(source_addresses(h))),
+    )
 
 
 def groups_facts(inv: Inventory, facts: Mapping[str, Mapping[str, Any]]) -> dict[str, list[HostFacts]]:
     """group -> its hosts' :class:`HostFacts` (hosts whose facts could not be read are left out)."""
-    return {g: [host_facts_of(h, facts[h.name]) for h in inv.group(g) if h.name in facts]
-            for g in ("generators", "haproxy", "wsproxy", "sim", "redis")}
+    return {
+        g: [host_facts_of(h, facts[h.name]) for h in inv.group(g) if h.name in facts]
+        for g in ("generators", "haproxy", "wsproxy", "sim", "redis")
+    }
 
 
 def run_costs(run_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
@@ -58,20 +65,33 @@ def run_costs(run_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
     return costs, config
 
 
-def plan_needs(inv: Inventory, facts: Mapping[str, Mapping[str, Any]], clients: int, *,
-               costs: Mapping[str, float] | None = None, tokens: int | None = None,
-               token_delay_ms: float | None = None, ttft_ms: float | None = None,
-               think_time: float | None = None) -> tuple[list[Need], float | None]:
+def plan_needs(
+    inv: Inventory,
+    facts: Mapping[str, Mapping[str, Any]],
+    clients: int,
+    *,
+    costs: Mapping[str, float] | None = None,
+    tokens: int | None = None,
+    token_delay_ms: float | None = None,
+    ttft_ms: float | None = None,
+    think_time: float | None = None,
+) -> tuple[list[Need], float | None]:
     """The needs per group and the offered token rate (None without *costs*)."""
     rate = None
     if costs:
-        rate = offered_tokens_per_s(clients, tokens or DEFAULT_TOKENS, DEFAULT_DELAY_MS if token_delay_ms is None
-                                    else token_delay_ms, ttft_ms or 0.0, think_time or 0.0)
+        rate = offered_tokens_per_s(
+            clients,
+            tokens or DEFAULT_TOKENS,
+            DEFAULT_DELAY_MS if token_delay_ms is None else token_delay_ms,
+            ttft_ms or 0.0,
+            think_time or 0.0,
+        )
     return size_fleet(clients, groups_facts(inv, facts), costs, rate), rate
 
 
-def plan(inventory: Path, clients: int, *, out: Callable[[str], None], from_run: Path | None = None,
-         **workload: Any) -> int:
+def plan(
+    inventory: Path, clients: int, *, out: Callable[[str], None], from_run: Path | None = None, **workload: Any
+) -> int:
     """``fab plan``: read every host's facts over SSH, print the table; 0 when the inventory holds the
     run, 1 when it does not (the same exit as a failed threshold: a script can gate on it), 2 when a
     host's limits are unknown (not deployed: no tuning report)."""
@@ -83,9 +103,15 @@ def plan(inventory: Path, clients: int, *, out: Callable[[str], None], from_run:
     conns = {n: connect(h) for n, h in inv.hosts.items()}
     try:
         try:
-            got = fan_out(conns.values(), lambda c: ops.host_facts(
-                c, c.inventory_host.kit_python, client_wrapper=c.inventory_host.client_wrapper,
-                tuning_report=c.inventory_host.tuning_report))
+            got = fan_out(
+                conns.values(),
+                lambda c: ops.host_facts(
+                    c,
+                    c.inventory_host.kit_python,
+                    client_wrapper=c.inventory_host.client_wrapper,
+                    tuning_report=c.inventory_host.tuning_report,
+                ),
+            )
         except GroupException as exc:
             raise RuntimeError("reading host facts failed: " + "; ".join(describe_failures(exc))) from None
     finally:

@@ -24,8 +24,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run", "host_facts", "open_file_limit", "FROM_SSH_LIMIT", "clock_samples", "start_job", "job_state", "stop_job",
-           "fetch_dir", "CLOCK_SAMPLES", "CMD_TIMEOUT", "FETCH_TIMEOUT", "JobSurvived"]
+__all__ = [
+    "run",
+    "host_facts",
+    "open_file_limit",
+    "FROM_SSH_LIMIT",
+    "clock_samples",
+    "start_job",
+    "job_state",
+    "stop_job",
+    "fetch_dir",
+    "CLOCK_SAMPLES",
+    "CMD_TIMEOUT",
+    "FETCH_TIMEOUT",
+    "JobSurvived",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +61,7 @@ def run(c: Any, command: str, *, warn: bool = False, timeout: float = CMD_TIMEOU
     """
     return c.run(command, hide=True, warn=warn, timeout=timeout)
 
+
 _FACTS = r"""
 echo "nproc=$(nproc)"
 echo "nofile_hard=$(ulimit -Hn)"
@@ -66,12 +80,19 @@ if [ -r {report} ]; then echo "tuning=$(tr -d '\n' < {report})"; fi
 """
 
 
-def host_facts(c: Any, kit_python: str, *, client_wrapper: str = "/nonexistent",
-               tuning_report: str = "/nonexistent") -> dict[str, Any]:
+def host_facts(
+    c: Any, kit_python: str, *, client_wrapper: str = "/nonexistent", tuning_report: str = "/nonexistent"
+) -> dict[str, Any]:
     """Cores, open-file limits, port range, versions, the deployed kit-client wrapper (*client_wrapper*,
     the host's ``kit_client_wrapper``) and the tuning role's report (*tuning_report*, ``kit_tuning_report``)."""
-    res = c.run(_FACTS.format(py=shlex.quote(kit_python), wrapper=shlex.quote(client_wrapper),
-                              report=shlex.quote(tuning_report)), hide=True, warn=True, timeout=CMD_TIMEOUT)
+    res = c.run(
+        _FACTS.format(
+            py=shlex.quote(kit_python), wrapper=shlex.quote(client_wrapper), report=shlex.quote(tuning_report)
+        ),
+        hide=True,
+        warn=True,
+        timeout=CMD_TIMEOUT,
+    )
     facts: dict[str, Any] = {}
     for line in res.stdout.splitlines():
         key, sep, value = line.partition("=")
@@ -109,7 +130,7 @@ def open_file_limit(facts: dict[str, Any]) -> tuple[int, int | None, str]:
     Without a report, the SSH login's hard limit is the best guess for the open files and the
     sessions are unknown (None).
     """
-    nofile = ((facts.get("tuning") or {}).get("nofile") or {})
+    nofile = (facts.get("tuning") or {}).get("nofile") or {}
     if isinstance(nofile.get("effective"), int) and nofile["effective"] > 0:
         sessions = nofile.get("sessions_max")
         where = facts.get("tuning_report") or "the tuning report"
@@ -117,7 +138,9 @@ def open_file_limit(facts: dict[str, Any]) -> tuple[int, int | None, str]:
     return int(facts.get("nofile_hard") or 0), None, FROM_SSH_LIMIT
 
 
-_CLOCK_ECHO = "import sys, time\nfor _ in sys.stdin:\n    sys.stdout.write('%d\\n' % time.time_ns()); sys.stdout.flush()"
+_CLOCK_ECHO = (
+    "import sys, time\nfor _ in sys.stdin:\n    sys.stdout.write('%d\\n' % time.time_ns()); sys.stdout.flush()"
+)
 
 
 def clock_samples(c: Any, n: int = CLOCK_SAMPLES, python: str = "python3") -> list[tuple[int, int, int]]:
@@ -155,11 +178,16 @@ def clock_samples(c: Any, n: int = CLOCK_SAMPLES, python: str = "python3") -> li
 def start_job(c: Any, job_dir: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
     """Start *argv* in the background in *job_dir* (its own session); return its PID (= process group)."""
     envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
-    inner = (f"echo $$ > pid; ulimit -n $(ulimit -Hn) 2>/dev/null; {envs} {' '.join(shlex.quote(a) for a in argv)}"
-             " > out.log 2>&1; echo $? > rc")
+    inner = (
+        f"echo $$ > pid; ulimit -n $(ulimit -Hn) 2>/dev/null; {envs} {' '.join(shlex.quote(a) for a in argv)}"
+        " > out.log 2>&1; echo $? > rc"
+    )
     d = shlex.quote(job_dir)
-    c.run(f"mkdir -p {d} && cd {d} && rm -f pid rc && "
-          f"(setsid sh -c {shlex.quote(inner)} < /dev/null > /dev/null 2>&1 &)", hide=True, timeout=CMD_TIMEOUT)
+    c.run(
+        f"mkdir -p {d} && cd {d} && rm -f pid rc && (setsid sh -c {shlex.quote(inner)} < /dev/null > /dev/null 2>&1 &)",
+        hide=True,
+        timeout=CMD_TIMEOUT,
+    )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         res = c.run(f"cat {d}/pid 2>/dev/null", hide=True, warn=True, timeout=CMD_TIMEOUT)
@@ -180,9 +208,13 @@ def job_state(c: Any, job_dir: str, status_file: str | None = None) -> dict[str,
     # liveness first, then rc: the job's shell writes rc and only then exits, so a job seen dead has its rc
     # on disk.  Read the other way round, a job ending between the two reads looked dead without an rc
     # (a 10,000-session lab run was marked partial: "generator exited with status None" after it passed).
-    res = c.run(f"cd {d} && if {_ALIVE.format(pid='$(cat pid)')}; then echo alive=1; else echo alive=0; fi; "
-                f"echo \"rc=$(cat rc 2>/dev/null)\"; echo ---; {status} true",
-                hide=True, warn=True, timeout=CMD_TIMEOUT)
+    res = c.run(
+        f"cd {d} && if {_ALIVE.format(pid='$(cat pid)')}; then echo alive=1; else echo alive=0; fi; "
+        f'echo "rc=$(cat rc 2>/dev/null)"; echo ---; {status} true',
+        hide=True,
+        warn=True,
+        timeout=CMD_TIMEOUT,
+    )
     head, _, body = res.stdout.partition("---\n")
     kv = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
     st = None
@@ -208,16 +240,21 @@ def stop_job(c: Any, job_dir: str, *, grace: float = 5.0) -> list[int]:
     """
     d = shlex.quote(job_dir)
     left = _SESSION_LEFT.format(sid="$p")
-    res = c.run(f"cd {d} 2>/dev/null || exit 0; p=$(cat pid 2>/dev/null); [ -n \"$p\" ] || exit 0; "
-                f"kill -TERM -- -$p 2>/dev/null; "
-                f"i=0; while [ -n \"$({left})\" ] && [ $i -lt {int(grace * 10)} ]; do sleep 0.1; i=$((i+1)); done; "
-                f"k=$({left}); echo \"killed=$k\"; if [ -n \"$k\" ]; then kill -KILL -- -$p 2>/dev/null; "
-                f"kill -KILL $k 2>/dev/null; sleep 0.2; fi; echo \"left=$({left})\"",
-                hide=True, warn=True, timeout=grace + CMD_TIMEOUT)
+    res = c.run(
+        f'cd {d} 2>/dev/null || exit 0; p=$(cat pid 2>/dev/null); [ -n "$p" ] || exit 0; '
+        f"kill -TERM -- -$p 2>/dev/null; "
+        f'i=0; while [ -n "$({left})" ] && [ $i -lt {int(grace * 10)} ]; do sleep 0.1; i=$((i+1)); done; '
+        f'k=$({left}); echo "killed=$k"; if [ -n "$k" ]; then kill -KILL -- -$p 2>/dev/null; '
+        f'kill -KILL $k 2>/dev/null; sleep 0.2; fi; echo "left=$({left})"',
+        hide=True,
+        warn=True,
+        timeout=grace + CMD_TIMEOUT,
+    )
     kv = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
     if res.exited != 0:
-        raise JobSurvived(f"stopping the job in {job_dir} failed (exit {res.exited}): "
-                          f"{(res.stderr or res.stdout).strip()[-300:]}")
+        raise JobSurvived(
+            f"stopping the job in {job_dir} failed (exit {res.exited}): {(res.stderr or res.stdout).strip()[-300:]}"
+        )
     left_pids = [int(x) for x in kv.get("left", "").split() if x.isdigit()]
     if left_pids:
         raise JobSurvived(f"job in {job_dir}: process(es) {' '.join(map(str, left_pids))} still alive after SIGKILL")

@@ -49,6 +49,7 @@ class RichView:
 
     def __init__(self, stream: TextIO) -> None:
         from rich.console import Console
+
         self.console = Console(file=stream, highlight=False)
         self._live: Any = None
 
@@ -59,8 +60,15 @@ class RichView:
         table = render_live(agg, elapsed)
         if self._live is None:
             from rich.live import Live
-            self._live = Live(table, console=self.console, auto_refresh=False, transient=False,
-                              redirect_stdout=True, redirect_stderr=True)
+
+            self._live = Live(
+                table,
+                console=self.console,
+                auto_refresh=False,
+                transient=False,
+                redirect_stdout=True,
+                redirect_stderr=True,
+            )
             self._live.start(refresh=True)
         else:
             self._live.update(table, refresh=True)
@@ -88,19 +96,32 @@ def render_live(agg: Mapping[str, Any], elapsed: float) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    head = Table(title=f"t={elapsed:.0f}s  generators reporting {agg['reporting']}/{agg['generators']}",
-                 title_justify="left", expand=False)
+    head = Table(
+        title=f"t={elapsed:.0f}s  generators reporting {agg['reporting']}/{agg['generators']}",
+        title_justify="left",
+        expand=False,
+    )
     for col in ("tokens/s", "queries/s", "p50 ms", "p99 ms", "delivery p99 ms", "active", "errors", "reconnects"):
         head.add_column(col, justify="right")
-    err = Text(f"{agg['errors']:,}" + (f" (+{agg['errors_per_s']:.1f}/s)" if agg.get("errors_per_s") else ""),
-               style="bold red" if agg.get("errors_per_s") else "")
-    head.add_row(_f(agg.get("tps")), _f(agg.get("qps"), "{:,.1f}"), _f(agg.get("p50_ms"), "{:,.1f}"),
-                 _f(agg.get("p99_ms"), "{:,.1f}"), _f(agg.get("delivery_p99_ms"), "{:,.1f}"),
-                 f"{agg['active_sessions']:,}", err,
-                 f"{agg['reconnect_attempts']:,}" + (f" (+{agg['reconnects_per_s']:.1f}/s)"
-                                                     if agg.get("reconnects_per_s") else ""))
-    head.caption = (f"rates, query p50/p99 and token delivery p99 of the last interval ({agg.get('interval_queries', 0):,} queries); "
-                    "errors and reconnects since the start")
+    err = Text(
+        f"{agg['errors']:,}" + (f" (+{agg['errors_per_s']:.1f}/s)" if agg.get("errors_per_s") else ""),
+        style="bold red" if agg.get("errors_per_s") else "",
+    )
+    head.add_row(
+        _f(agg.get("tps")),
+        _f(agg.get("qps"), "{:,.1f}"),
+        _f(agg.get("p50_ms"), "{:,.1f}"),
+        _f(agg.get("p99_ms"), "{:,.1f}"),
+        _f(agg.get("delivery_p99_ms"), "{:,.1f}"),
+        f"{agg['active_sessions']:,}",
+        err,
+        f"{agg['reconnect_attempts']:,}"
+        + (f" (+{agg['reconnects_per_s']:.1f}/s)" if agg.get("reconnects_per_s") else ""),
+    )
+    head.caption = (
+        f"rates, query p50/p99 and token delivery p99 of the last interval ({agg.get('interval_queries', 0):,} queries); "
+        "errors and reconnects since the start"
+    )
     head.caption_justify = "left"
     gens = Table(expand=False)
     for col in ("generator", "active", "tokens/s", "queries/s", "CPU %", "loop lag p99 ms", "state"):
@@ -109,7 +130,13 @@ def render_live(agg: Mapping[str, Any], elapsed: float) -> Any:
         if not g:
             gens.add_row(label, "-", "-", "-", "-", "-", "no status yet")
             continue
-        gens.add_row(label, _f(g.get("active_sessions")), _f(g.get("tps")), _f(g.get("qps"), "{:,.1f}"),
-                     _f(g.get("cpu_percent")), _f(g.get("loop_lag_ms"), "{:,.1f}"),
-                     "done" if g.get("done") else "running")
+        gens.add_row(
+            label,
+            _f(g.get("active_sessions")),
+            _f(g.get("tps")),
+            _f(g.get("qps"), "{:,.1f}"),
+            _f(g.get("cpu_percent")),
+            _f(g.get("loop_lag_ms"), "{:,.1f}"),
+            "done" if g.get("done") else "running",
+        )
     return Group(head, gens)

@@ -38,9 +38,12 @@ def _fetch(c: Any, dest: Path) -> list[str]:
     if not res.ok:
         return []
     # copying the tails is bounded like packing a folder (ops.FETCH_TIMEOUT): many big logs take a while
-    ops.run(c, f"rm -rf {q} && mkdir -p {q} && cd {src} && find . -type f -name '*log*' | while read -r f; do "
-               f"mkdir -p {q}/$(dirname \"$f\") && tail -c {MAX_LOG_BYTES} \"$f\" > {q}/\"$f\"; done",
-            timeout=ops.FETCH_TIMEOUT)
+    ops.run(
+        c,
+        f"rm -rf {q} && mkdir -p {q} && cd {src} && find . -type f -name '*log*' | while read -r f; do "
+        f'mkdir -p {q}/$(dirname "$f") && tail -c {MAX_LOG_BYTES} "$f" > {q}/"$f"; done',
+        timeout=ops.FETCH_TIMEOUT,
+    )
     try:
         return ops.fetch_dir(c, tmp, dest / h.name)
     finally:

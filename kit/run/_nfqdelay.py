@@ -67,10 +67,12 @@ class Queue:
         self.seq = 0
         self.enobufs = 0
         self._config(_attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0)))
-        self._config(_attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
-                     + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", QUEUE_MAXLEN))
-                     + _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN))
-                     + _attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN)))
+        self._config(
+            _attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
+            + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", QUEUE_MAXLEN))
+            + _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN))
+            + _attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN))
+        )
 
     def _config(self, attrs: bytes) -> None:
         self.seq += 1
@@ -110,8 +112,9 @@ class Queue:
         return ids
 
     def accept_upto(self, packet_id: int) -> None:
-        self.sock.send(_msg(NFQNL_MSG_VERDICT_BATCH, self.num,
-                            _attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, packet_id))))
+        self.sock.send(
+            _msg(NFQNL_MSG_VERDICT_BATCH, self.num, _attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, packet_id)))
+        )
 
     def close(self) -> None:
         try:
@@ -130,8 +133,13 @@ def _iptables() -> str:
 
 
 def _rule(ipt: str, op: str, dest: str, queue: int) -> subprocess.CompletedProcess:
-    return subprocess.run([ipt, "-w", "5", op, "OUTPUT", "-d", dest, "-j", "NFQUEUE", "--queue-num", str(queue),
-                           "--queue-bypass"], capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [ipt, "-w", "5", op, "OUTPUT", "-d", dest, "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 class _Stop(Exception):
@@ -162,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         if res.returncode != 0:
             raise SystemExit(f"nfqdelay: {ipt} -I OUTPUT ... NFQUEUE failed: {res.stderr.strip()}")
         inserted = True
-        print(json.dumps({"ready": True, "pid": os.getpid(), "queue": a.queue, "delay_ms": a.delay_ms,
-                          "iptables": ipt}), flush=True)
+        print(
+            json.dumps({"ready": True, "pid": os.getpid(), "queue": a.queue, "delay_ms": a.delay_ms, "iptables": ipt}),
+            flush=True,
+        )
         end = time.monotonic() + a.duration
         while True:
             now = time.monotonic()

@@ -45,23 +45,36 @@ class RunOptions(_GivenLoadOptions):
     the run's own, declared below the same way (``setting``: default, flag, bounds, help); fabfile.py builds
     the task from these fields.  :meth:`resolve` checks them, once, before anything starts."""
 
-    inventory: Path = setting(REPO / "inventory" / "local.yml", option="--inventory",
-                              help="Ansible inventory to use (default inventory/local.yml)")
+    inventory: Path = setting(
+        REPO / "inventory" / "local.yml",
+        option="--inventory",
+        help="Ansible inventory to use (default inventory/local.yml)",
+    )
     preset: str | None = setting(None, option="--preset", help=f"{' | '.join(PRESETS)} (the seed's scenarios)")
-    thresholds: list[Threshold] = setting(factory=list, option="--threshold",
-                                          help="pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', "
-                                               "'lost==0'; replaces the default on its metric")
+    thresholds: list[Threshold] = setting(
+        factory=list,
+        option="--threshold",
+        help="pass/fail rule, repeatable: 'p99<2s', 'p50<=500ms', 'success>=99.9%', "
+        "'lost==0'; replaces the default on its metric",
+    )
     #: judge the run by ``thresholds`` alone, without the defaults (kit.run._plan.DEFAULT_THRESHOLDS)
-    no_default_thresholds: bool = setting(False, option="--no-default-thresholds",
-                                          help="judge the run by --threshold alone: without it, 'success>=99%' and "
-                                               "'lost==0' apply to every metric no --threshold names")
+    no_default_thresholds: bool = setting(
+        False,
+        option="--no-default-thresholds",
+        help="judge the run by --threshold alone: without it, 'success>=99%' and "
+        "'lost==0' apply to every metric no --threshold names",
+    )
     #: stop the run as soon as the live merge shows a threshold failed for good (._summary.live_failures)
-    abort_on_fail: bool = setting(False, option="--abort-on-fail",
-                                  help="stop the run as soon as a threshold has failed for good (judged every second "
-                                       "on the live figures after --abort-grace); recorded as aborted, exit 1")
+    abort_on_fail: bool = setting(
+        False,
+        option="--abort-on-fail",
+        help="stop the run as soon as a threshold has failed for good (judged every second "
+        "on the live figures after --abort-grace); recorded as aborted, exit 1",
+    )
     #: seconds after the agreed start before --abort-on-fail judges (early percentiles rest on few samples)
-    abort_grace: float = setting(10.0, option="--abort-grace", minimum=0.0,
-                                 help="seconds after the start before --abort-on-fail judges")
+    abort_grace: float = setting(
+        10.0, option="--abort-grace", minimum=0.0, help="seconds after the start before --abort-on-fail judges"
+    )
     #: seconds past --max-duration before a generator counts as hung and is stopped
     grace: float = GRACE_S
     results_dir: Path = REPO / "results"
@@ -69,25 +82,39 @@ class RunOptions(_GivenLoadOptions):
     live: bool = True
     skip_health: bool = setting(False, option="--skip-health", help="do not check service health before the run")
     #: faults during the run (``ACTION:TARGET@AT[+FOR][=ARG]``, see :mod:`kit.run._chaos`)
-    chaos: list[str] = setting(factory=list, option="--chaos",
-                               help="fault during the run, repeatable: ACTION:TARGET@AT[+FOR][=ARG], e.g. "
-                                    "kill:wsproxy@20s, restart:redis@30s, pause:wsproxy[1]@15s+5s, "
-                                    "partition:wsproxy@40s+3s, delay:wsproxy@10s+20s=50ms, kill:wsproxy[all]@20s")
+    chaos: list[str] = setting(
+        factory=list,
+        option="--chaos",
+        help="fault during the run, repeatable: ACTION:TARGET@AT[+FOR][=ARG], e.g. "
+        "kill:wsproxy@20s, restart:redis@30s, pause:wsproxy[1]@15s+5s, "
+        "partition:wsproxy@40s+3s, delay:wsproxy@10s+20s=50ms, kill:wsproxy[all]@20s",
+    )
     #: a workload file (weighted classes of sessions, kit.client._workload), copied to every generator
-    workload: Path | None = setting(None, option="--workload",
-                                    help="workload file (YAML): weighted classes of sessions overriding the workload "
-                                         "options, copied to every generator (README 'Workload')")
+    workload: Path | None = setting(
+        None,
+        option="--workload",
+        help="workload file (YAML): weighted classes of sessions overriding the workload "
+        "options, copied to every generator (README 'Workload')",
+    )
     #: https:// and wss:// toward the balancers (the haproxy role's haproxy_tls), verified against ca_file
-    tls: bool = setting(False, option="--tls", help="https:// and wss:// toward the balancers (deployed with "
-                                                    "haproxy_tls: true); generators verify the certificates against "
-                                                    "the kit CA")
+    tls: bool = setting(
+        False,
+        option="--tls",
+        help="https:// and wss:// toward the balancers (deployed with "
+        "haproxy_tls: true); generators verify the certificates against "
+        "the kit CA",
+    )
     #: the CA certificate generators trust with tls, copied to each (default: the kit CA in .secrets/)
-    ca_file: Path | None = setting(None, option="--ca-file",
-                                   help="with --tls: the CA certificate generators trust (default .secrets/kit_ca.crt)")
+    ca_file: Path | None = setting(
+        None, option="--ca-file", help="with --tls: the CA certificate generators trust (default .secrets/kit_ca.crt)"
+    )
     #: ADDR:PORT where the run's live merged figures are served for Prometheus while it lasts (._exporter)
-    metrics_listen: str | None = setting(None, option="--metrics-listen",
-                                         help="ADDR:PORT where the run's live merged figures are served for "
-                                              "Prometheus while it lasts (e.g. 0.0.0.0:9464; README 'Prometheus')")
+    metrics_listen: str | None = setting(
+        None,
+        option="--metrics-listen",
+        help="ADDR:PORT where the run's live merged figures are served for "
+        "Prometheus while it lasts (e.g. 0.0.0.0:9464; README 'Prometheus')",
+    )
 
     def resolve(self) -> None:
         """Apply the preset under explicit options and check every option (kit.options.check), once."""
@@ -111,8 +138,9 @@ class RunOptions(_GivenLoadOptions):
         except ConfigError as exc:
             raise RunError(str(exc)) from None
         if not 0 <= self.abort_grace <= self.max_duration:
-            raise RunError(f"--abort-grace {self.abort_grace:g}: give seconds from 0 to --max-duration "
-                           f"({self.max_duration:g})")
+            raise RunError(
+                f"--abort-grace {self.abort_grace:g}: give seconds from 0 to --max-duration ({self.max_duration:g})"
+            )
         self._resolve_workload()
         if self.metrics_listen is not None:
             try:
@@ -121,13 +149,18 @@ class RunOptions(_GivenLoadOptions):
                 raise RunError(str(exc)) from None
         for spec in self.chaos_specs():
             if spec.at_s + spec.for_s > self.max_duration:
-                raise RunError(f"--chaos {spec.text!r}: ends at {spec.at_s + spec.for_s:g} s, after "
-                               f"--max-duration {self.max_duration:g}")
+                raise RunError(
+                    f"--chaos {spec.text!r}: ends at {spec.at_s + spec.for_s:g} s, after "
+                    f"--max-duration {self.max_duration:g}"
+                )
 
     def load_options(self) -> dict[str, Any]:
         """The load options given (kit.options names; those not given left out)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(_GivenLoadOptions)
-                if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(_GivenLoadOptions)
+            if getattr(self, f.name) is not None
+        }
 
     def _resolve_workload(self) -> None:
         from kit.client import Workload, WorkloadError, draw_seed, duration_problems, load_workload

@@ -17,8 +17,11 @@ __all__ = ["strip_secrets", "stripped_inventory", "pack_run", "SECRET_KEY"]
 #: or ``-``) is a secret's (``jwt_secret``, ``redis_admin_password``, ``auth_token``, ``api_key``, and the
 #: same with ``_hash``).  A word inside the name is not enough: ``sim_token_delay_ms`` is a setting and
 #: ``kit_jwt_secret_file`` a path, both worth keeping in the record.
-SECRET_KEY = re.compile(r"(?:^|[_-])(?:pass|passwd|password|passphrase|secret|token|credentials?|api_?key|"
-                        r"private_key|access_key|secret_key)(?:[_-]hash)?$", re.I)
+SECRET_KEY = re.compile(
+    r"(?:^|[_-])(?:pass|passwd|password|passphrase|secret|token|credentials?|api_?key|"
+    r"private_key|access_key|secret_key)(?:[_-]hash)?$",
+    re.I,
+)
 
 
 def strip_secrets(value: Any, key: str = "") -> Any:
@@ -33,10 +36,14 @@ def strip_secrets(value: Any, key: str = "") -> Any:
 
 def stripped_inventory(inv: Inventory) -> str:
     """The inventory as Ansible resolved it (groups, host variables), secrets replaced by ``<stripped>``."""
-    data = {"source": str(inv.path), "groups": {g: list(h) for g, h in inv.groups.items()},
-            "hostvars": {n: strip_secrets(dict(h.vars)) for n, h in inv.hosts.items()}}
-    return ("# Inventory used by this run, as ansible-inventory resolved it; secret values stripped.\n"
-            + yaml.safe_dump(data, sort_keys=True, default_flow_style=False))
+    data = {
+        "source": str(inv.path),
+        "groups": {g: list(h) for g, h in inv.groups.items()},
+        "hostvars": {n: strip_secrets(dict(h.vars)) for n, h in inv.hosts.items()},
+    }
+    return "# Inventory used by this run, as ansible-inventory resolved it; secret values stripped.\n" + yaml.safe_dump(
+        data, sort_keys=True, default_flow_style=False
+    )
 
 
 def pack_run(run_dir: Path) -> Path:

@@ -29,9 +29,23 @@ from typing import Any
 from kit import contract
 
 __all__ = [
-    "PlanError", "PRESETS", "Preset", "Threshold", "parse_threshold", "split_clients", "plan_generators",
-    "GeneratorSlot", "clock_offset", "make_run_id", "TIME_HISTOGRAMS", "TIME_STATS", "COUNT_METRICS",
-    "RATE_METRICS", "FLAG_METRICS", "DEFAULT_THRESHOLDS", "judged_thresholds",
+    "PlanError",
+    "PRESETS",
+    "Preset",
+    "Threshold",
+    "parse_threshold",
+    "split_clients",
+    "plan_generators",
+    "GeneratorSlot",
+    "clock_offset",
+    "make_run_id",
+    "TIME_HISTOGRAMS",
+    "TIME_STATS",
+    "COUNT_METRICS",
+    "RATE_METRICS",
+    "FLAG_METRICS",
+    "DEFAULT_THRESHOLDS",
+    "judged_thresholds",
 ]
 
 
@@ -40,6 +54,7 @@ class PlanError(ValueError):
 
 
 # -- presets -------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
@@ -65,18 +80,27 @@ PRESETS: dict[str, Preset] = {
 TIME_HISTOGRAMS = ("latency", "service_latency", "ttft", "inter_token", "delivery", "create", "connect")
 TIME_STATS = ("p50", "p90", "p95", "p99", "p99_9", "p999", "min", "max", "avg")
 PERCENT_METRICS = ("success", "query_success")
-COUNT_METRICS = ("lost", "duplicated", "out_of_order", "errors", "failed_sessions", "failed_queries",
-                 "reconnect_attempts", "reconnects")
+COUNT_METRICS = (
+    "lost",
+    "duplicated",
+    "out_of_order",
+    "errors",
+    "failed_sessions",
+    "failed_queries",
+    "reconnect_attempts",
+    "reconnects",
+)
 RATE_METRICS = ("qps", "tps")
 #: yes/no figures, written bare: ``generator_ok`` passes when no generator process was overloaded (its
 #: CPU or event-loop lag: the run then measured the kit, not the system under test)
 FLAG_METRICS = ("generator_ok",)
 
-_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
-        "!=": operator.ne}
+_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-_RE = re.compile(r"^\s*(?P<metric>[a-z][a-z0-9_]*)\s*(?P<op><=|>=|==|!=|<|>)\s*"
-                 r"(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>us|ms|s|m|%)?\s*$")
+_RE = re.compile(
+    r"^\s*(?P<metric>[a-z][a-z0-9_]*)\s*(?P<op><=|>=|==|!=|<|>)\s*"
+    r"(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>us|ms|s|m|%)?\s*$"
+)
 _HELP = "write e.g. 'p99<2s', 'p50<=500ms', 'success>=99.9%', 'lost==0', 'tps>=300'"
 
 
@@ -86,7 +110,7 @@ class Threshold:
 
     text: str
     metric: str
-    kind: str        # time | percent | count | rate
+    kind: str  # time | percent | count | rate
     op: str
     value: float
     histogram: str | None = None
@@ -133,8 +157,9 @@ def parse_threshold(text: str) -> Threshold:
         return Threshold(text, metric, "time", op, value * _TIME_UNITS[unit], hist, stat)
     if metric in FLAG_METRICS:
         raise PlanError(f"threshold {text!r}: {metric} is yes/no, write it bare: '{metric}'")
-    known = ", ".join([*TIME_STATS[:6], "ttft_p99", "delivery_p99", *PERCENT_METRICS, *COUNT_METRICS, *RATE_METRICS,
-                       *FLAG_METRICS])
+    known = ", ".join(
+        [*TIME_STATS[:6], "ttft_p99", "delivery_p99", *PERCENT_METRICS, *COUNT_METRICS, *RATE_METRICS, *FLAG_METRICS]
+    )
     raise PlanError(f"threshold {text!r} names unknown metric {metric!r}: use one of {known}")
 
 
@@ -151,12 +176,16 @@ def judged_thresholds(given: Sequence[Threshold], *, defaults: bool = True) -> l
     named = {t.metric for t in given}
     out = list(given)
     if defaults:
-        out += [dataclasses.replace(d, default=True) for d in map(parse_threshold, DEFAULT_THRESHOLDS)
-                if d.metric not in named]
+        out += [
+            dataclasses.replace(d, default=True)
+            for d in map(parse_threshold, DEFAULT_THRESHOLDS)
+            if d.metric not in named
+        ]
     return out
 
 
 # -- the client split ------------------------------------------------------------------------------
+
 
 def split_clients(total: int, weights: Mapping[str, int]) -> dict[str, int]:
     """Split *total* over hosts in proportion to *weights* (cores); exact, deterministic (largest remainder)."""
@@ -185,11 +214,12 @@ class GeneratorSlot:
     processes: int
     clients: int
     arrival_rate: float | None
-    label: str           # unique per run: "<host>" or "<host>-<i>"
+    label: str  # unique per run: "<host>" or "<host>-<i>"
 
 
-def plan_generators(total: int, cores: Mapping[str, int], haproxies: Sequence[str],
-                    arrival_rate: float | None = None) -> list[GeneratorSlot]:
+def plan_generators(
+    total: int, cores: Mapping[str, int], haproxies: Sequence[str], arrival_rate: float | None = None
+) -> list[GeneratorSlot]:
     """Split clients over hosts by cores and over one process per core; give each process a balancer.
 
     Processes are numbered across all hosts and take the balancers round-robin; on one host the
@@ -203,7 +233,7 @@ def plan_generators(total: int, cores: Mapping[str, int], haproxies: Sequence[st
     if not haproxies:
         raise PlanError("no haproxy hosts: add at least one host to the inventory's haproxy group")
     per_host = split_clients(total, cores)
-    procs: list[tuple[str, str]] = []           # (host, balancer) per process
+    procs: list[tuple[str, str]] = []  # (host, balancer) per process
     for host in sorted(cores):
         for _ in range(min(cores[host], per_host[host])):
             procs.append((host, haproxies[len(procs) % len(haproxies)]))
@@ -212,7 +242,7 @@ def plan_generators(total: int, cores: Mapping[str, int], haproxies: Sequence[st
     left = dict(per_lb)
     by_slot: dict[tuple[str, str], list[int]] = {}
     seen: dict[str, int] = {}
-    for host, lb in procs:                      # each balancer's share over its processes, in order
+    for host, lb in procs:  # each balancer's share over its processes, in order
         i = seen[lb] = seen.get(lb, 0) + 1
         n = left[lb] if i == used[lb] else per_lb[lb] // used[lb] + (1 if i <= per_lb[lb] % used[lb] else 0)
         left[lb] -= n
@@ -229,6 +259,7 @@ def plan_generators(total: int, cores: Mapping[str, int], haproxies: Sequence[st
 
 # -- clocks ---------------------------------------------------------------------------------------
 
+
 def clock_offset(samples: Sequence[tuple[int, int, int]]) -> dict[str, float]:
     """Offset of a remote clock from (local send ns, remote clock ns, local receive ns) samples.
 
@@ -242,8 +273,12 @@ def clock_offset(samples: Sequence[tuple[int, int, int]]) -> dict[str, float]:
     if t1 < t0:
         raise PlanError("clock sample with negative round trip: local clock went backwards")
     rtt = t1 - t0
-    return {"offset_s": (remote - (t0 + t1) / 2) / 1e9, "uncertainty_s": rtt / 2 / 1e9, "rtt_s": rtt / 1e9,
-            "samples": len(samples)}
+    return {
+        "offset_s": (remote - (t0 + t1) / 2) / 1e9,
+        "uncertainty_s": rtt / 2 / 1e9,
+        "rtt_s": rtt / 1e9,
+        "samples": len(samples),
+    }
 
 
 def make_run_id(clients: int, now: float | None = None, taken: Sequence[str] = ()) -> str:
@@ -254,4 +289,3 @@ def make_run_id(clients: int, now: float | None = None, taken: Sequence[str] = (
         n += 1
         run_id = f"{base}-{n}"
     return run_id
-

@@ -31,8 +31,19 @@ from ._remote import Conn, GroupException, GroupResult, describe_failures, fan_o
 from ._services import check_health, unhealthy
 from ._sizing import size_fleet
 
-__all__ = ["Preflight", "Facts", "Clock", "BalancerCaps", "GeneratorCaps", "inspect_hosts", "preflight", "fan",
-           "system_python", "CLOCK_BOUND_S", "SERVICES_REQUIRED"]
+__all__ = [
+    "Preflight",
+    "Facts",
+    "Clock",
+    "BalancerCaps",
+    "GeneratorCaps",
+    "inspect_hosts",
+    "preflight",
+    "fan",
+    "system_python",
+    "CLOCK_BOUND_S",
+    "SERVICES_REQUIRED",
+]
 
 log = logging.getLogger(__name__)
 
@@ -174,53 +185,79 @@ class Preflight:
     def to_dict(self) -> dict[str, Any]:
         """``preflight.json``."""
         caps = {n: c.to_dict() for n, c in self.caps.items()} | ({} if self.plan is None else {"plan": self.plan})
-        return {"health": self.health, "facts": {n: f.raw for n, f in self.facts.items()}, "clocks": self.offsets(),
-                "clock_worst_s": self.clock_worst_s, "clock_bound_s": self.clock_bound_s, "clock_ok": self.clock_ok,
-                "caps": caps, "problems": self.problems}
+        return {
+            "health": self.health,
+            "facts": {n: f.raw for n, f in self.facts.items()},
+            "clocks": self.offsets(),
+            "clock_worst_s": self.clock_worst_s,
+            "clock_bound_s": self.clock_bound_s,
+            "clock_ok": self.clock_ok,
+            "caps": caps,
+            "problems": self.problems,
+        }
 
 
-def inspect_hosts(inv: Inventory, conns: Mapping[str, Conn], plan_clients: int | None = None,
-                  skip_health: bool = False) -> Preflight:
+def inspect_hosts(
+    inv: Inventory, conns: Mapping[str, Conn], plan_clients: int | None = None, skip_health: bool = False
+) -> Preflight:
     """Health, limits and clocks of every host; RunError when a host cannot be read."""
     inv.require_groups(*SERVICES_REQUIRED)
     health = [] if skip_health else check_health(inv)
-    pre = Preflight(health=health, facts=_read_facts(list(conns.values())), clocks=_read_clocks(list(conns.values())),
-                    problems=[f"unhealthy: {x}" for x in unhealthy(health)])
+    pre = Preflight(
+        health=health,
+        facts=_read_facts(list(conns.values())),
+        clocks=_read_clocks(list(conns.values())),
+        problems=[f"unhealthy: {x}" for x in unhealthy(health)],
+    )
     gens = inv.groups["generators"]
     for name in gens:
         if not pre.facts[name].kit_python:
             pre.problems.append(f"{name}: {inv.hosts[name].kit_python} is missing: run `fab deploy` first")
     # sessions one process holds: the tuning role's figure (computed there only; without a report unknown)
     lbs = inv.group("haproxy")
-    slots = [] if plan_clients is None else plan_generators(plan_clients, {n: pre.facts[n].nproc for n in gens},
-                                                            [h.name for h in lbs])
-    for h in lbs:   # each balancer against the sessions the plan sends it
+    slots = (
+        []
+        if plan_clients is None
+        else plan_generators(plan_clients, {n: pre.facts[n].nproc for n in gens}, [h.name for h in lbs])
+    )
+    for h in lbs:  # each balancer against the sessions the plan sends it
         share = None if plan_clients is None else sum(s.clients for s in slots if s.haproxy == h.name)
         caps = pre.caps[h.name] = _balancer_caps(pre.facts[h.name], share)
         if share is not None and caps.max_sessions is not None and share > caps.max_sessions:
-            pre.problems.append(f"{h.name}: the plan sends {share} sessions to this balancer but one HAProxy "
-                                f"process holds ~{caps.max_sessions} (nofile {caps.nofile}): add haproxy hosts")
+            pre.problems.append(
+                f"{h.name}: the plan sends {share} sessions to this balancer but one HAProxy "
+                f"process holds ~{caps.max_sessions} (nofile {caps.nofile}): add haproxy hosts"
+            )
     if plan_clients is not None:
         for name in gens:
             _generator_caps(pre, inv.hosts[name], [s for s in slots if s.host == name])
         # per group, what fab plan says: hosts the run needs against the inventory's
         needs = size_fleet(plan_clients, groups_facts(inv, {n: f.raw for n, f in pre.facts.items()}))
         pre.plan = {n.group: {"needed": n.needed, "have": n.have, "limit": n.limit} for n in needs}
-        pre.problems += [f"the inventory cannot hold {plan_clients} sessions: {n.line()} (fab plan)"
-                         for n in needs if not n.ok]
+        pre.problems += [
+            f"the inventory cannot hold {plan_clients} sessions: {n.line()} (fab plan)" for n in needs if not n.ok
+        ]
     return pre
 
 
-def preflight(inv: Inventory, conns: Mapping[str, Conn], plan_clients: int | None = None,
-              skip_health: bool = False) -> dict[str, Any]:
+def preflight(
+    inv: Inventory, conns: Mapping[str, Conn], plan_clients: int | None = None, skip_health: bool = False
+) -> dict[str, Any]:
     """:func:`inspect_hosts` as ``preflight.json`` holds it."""
     return inspect_hosts(inv, conns, plan_clients, skip_health).to_dict()
 
 
 def _read_facts(conns: list[Conn]) -> dict[str, Facts]:
-    got = fan(conns, lambda c: ops.host_facts(c, c.inventory_host.kit_python,
-                                              client_wrapper=c.inventory_host.client_wrapper,
-                                              tuning_report=c.inventory_host.tuning_report), "reading host facts")
+    got = fan(
+        conns,
+        lambda c: ops.host_facts(
+            c,
+            c.inventory_host.kit_python,
+            client_wrapper=c.inventory_host.client_wrapper,
+            tuning_report=c.inventory_host.tuning_report,
+        ),
+        "reading host facts",
+    )
     return {c.inventory_host.name: Facts(v) for c, v in got.items()}
 
 
@@ -229,16 +266,27 @@ def _read_clocks(conns: list[Conn]) -> dict[str, Clock]:
     clocks = {}
     for c, samples in got.items():
         o = clock_offset(samples)
-        clocks[c.inventory_host.name] = Clock(offset_s=o["offset_s"], uncertainty_s=o["uncertainty_s"],
-                                              rtt_s=o["rtt_s"], samples=int(o["samples"]), local=c.inventory_host.local)
+        clocks[c.inventory_host.name] = Clock(
+            offset_s=o["offset_s"],
+            uncertainty_s=o["uncertainty_s"],
+            rtt_s=o["rtt_s"],
+            samples=int(o["samples"]),
+            local=c.inventory_host.local,
+        )
     return clocks
 
 
 def _balancer_caps(f: Facts, share: int | None) -> BalancerCaps:
     nofile, cap, source = f.open_file_limit()
-    return BalancerCaps(nofile=nofile, nofile_source=source, max_sessions=cap, planned_sessions=share,
-                        note=f"one HAProxy process holds at most ~{cap} proxied sessions with nofile {nofile}"
-                        if cap is not None else f"sessions per process unknown: {source}")
+    return BalancerCaps(
+        nofile=nofile,
+        nofile_source=source,
+        max_sessions=cap,
+        planned_sessions=share,
+        note=f"one HAProxy process holds at most ~{cap} proxied sessions with nofile {nofile}"
+        if cap is not None
+        else f"sessions per process unknown: {source}",
+    )
 
 
 def _generator_caps(pre: Preflight, h: Host, mine: list[Any]) -> None:
@@ -252,17 +300,28 @@ def _generator_caps(pre: Preflight, h: Host, mine: list[Any]) -> None:
     for s in mine:
         per_lb[s.haproxy] = per_lb.get(s.haproxy, 0) + s.clients
     addresses = max(1, len(source_addresses(h)))
-    port_cap = (hi - lo + 1) * addresses   # each source address has the whole range
-    pre.caps[h.name] = GeneratorCaps(clients=clients, processes=procs, clients_per_process=per_proc, nofile=nofile,
-                                     nofile_source=source, max_clients_per_process_by_nofile=fd_cap,
-                                     local_ports=port_cap, source_addresses=addresses,
-                                     max_clients_per_balancer_by_ports=port_cap)
+    port_cap = (hi - lo + 1) * addresses  # each source address has the whole range
+    pre.caps[h.name] = GeneratorCaps(
+        clients=clients,
+        processes=procs,
+        clients_per_process=per_proc,
+        nofile=nofile,
+        nofile_source=source,
+        max_clients_per_process_by_nofile=fd_cap,
+        local_ports=port_cap,
+        source_addresses=addresses,
+        max_clients_per_balancer_by_ports=port_cap,
+    )
     if fd_cap is not None and per_proc > fd_cap:
-        pre.problems.append(f"{h.name}: {per_proc} clients per process but a process holds ~{fd_cap} with its "
-                            f"{nofile} open files ({source}): add generator hosts or cores")
+        pre.problems.append(
+            f"{h.name}: {per_proc} clients per process but a process holds ~{fd_cap} with its "
+            f"{nofile} open files ({source}): add generator hosts or cores"
+        )
     for lb, n in per_lb.items():
-        if n > port_cap:   # one local port per WebSocket toward the balancer's WebSocket address:port
-            pre.problems.append(f"{h.name}: {n} clients to {lb} need {n} local ports toward its WebSocket port but "
-                                f"ip_local_port_range gives {hi - lo + 1} per source address and the host "
-                                f"has {addresses}: widen the range (tuning role), add source addresses "
-                                "(generator_source_addresses) or add generator hosts")
+        if n > port_cap:  # one local port per WebSocket toward the balancer's WebSocket address:port
+            pre.problems.append(
+                f"{h.name}: {n} clients to {lb} need {n} local ports toward its WebSocket port but "
+                f"ip_local_port_range gives {hi - lo + 1} per source address and the host "
+                f"has {addresses}: widen the range (tuning role), add source addresses "
+                "(generator_source_addresses) or add generator hosts"
+            )

@@ -31,11 +31,11 @@ EXPORT_QUERIES: Mapping[str, str] = {
     "wsproxy": '{job="wsproxy", __name__=~"wsproxy_.*"}',
     "sim": '{job="sim", __name__=~"sim_.*"}',
     "haproxy": '{job="haproxy", __name__=~"haproxy_(server|backend)_(current_sessions|current_queue|status|'
-               'sessions_total|connection_errors_total|check_failures_total)"}',
+    'sessions_total|connection_errors_total|check_failures_total)"}',
     "redis": '{job="redis", __name__=~"redis_(up|connected_clients|commands_processed_total|pubsub_channels|'
-             'memory_used_bytes|net_(input|output)_bytes_total|cpu_(sys|user)_seconds_total|rejected_connections_total)"}',
+    'memory_used_bytes|net_(input|output)_bytes_total|cpu_(sys|user)_seconds_total|rejected_connections_total)"}',
     "node": '{job="node", __name__=~"node_(cpu_seconds_total|memory_MemAvailable_bytes|memory_MemTotal_bytes|load1|'
-            'network_(receive|transmit)_bytes_total|sockstat_TCP_(inuse|mem_bytes|tw)|filefd_allocated)"}',
+    'network_(receive|transmit)_bytes_total|sockstat_TCP_(inuse|mem_bytes|tw)|filefd_allocated)"}',
 }
 #: seconds of context before the agreed start and after the end
 MARGIN_S = 5.0

@@ -32,8 +32,18 @@ from fabric.group import GroupResult
 
 from kit.inventory import Host
 
-__all__ = ["connect", "Conn", "HostConnection", "LocalConnection", "fan_out", "close_all", "describe_failures",
-           "GroupException", "GroupResult", "CONNECT_TIMEOUT"]
+__all__ = [
+    "connect",
+    "Conn",
+    "HostConnection",
+    "LocalConnection",
+    "fan_out",
+    "close_all",
+    "describe_failures",
+    "GroupException",
+    "GroupResult",
+    "CONNECT_TIMEOUT",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +79,25 @@ class LocalConnection:
         self.inventory_host = host
         self.original_host = host.name
 
-    def run(self, command: str, *, hide: Any = True, warn: bool = False, timeout: float | None = None,
-            **_: Any) -> invoke.Result:
+    def run(
+        self, command: str, *, hide: Any = True, warn: bool = False, timeout: float | None = None, **_: Any
+    ) -> invoke.Result:
         try:
-            proc = subprocess.run(["/bin/bash", "-c", command], capture_output=True, text=True,
-                                  stdin=subprocess.DEVNULL, timeout=timeout)
+            proc = subprocess.run(
+                ["/bin/bash", "-c", command], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
-            raise invoke.CommandTimedOut(invoke.Result(command=command, exited=-1, hide=("stdout", "stderr")),
-                                         timeout) from None
-        result = invoke.Result(stdout=proc.stdout, stderr=proc.stderr, exited=proc.returncode, command=command,
-                               shell="/bin/bash", hide=("stdout", "stderr"))
+            raise invoke.CommandTimedOut(
+                invoke.Result(command=command, exited=-1, hide=("stdout", "stderr")), timeout
+            ) from None
+        result = invoke.Result(
+            stdout=proc.stdout,
+            stderr=proc.stderr,
+            exited=proc.returncode,
+            command=command,
+            shell="/bin/bash",
+            hide=("stdout", "stderr"),
+        )
         if proc.returncode != 0 and not warn:
             raise invoke.UnexpectedExit(result)
         return result
@@ -127,8 +146,9 @@ def connect(host: Host) -> Conn:
         kwargs["key_filename"] = [host.key_file]
         kwargs["look_for_keys"] = False
         kwargs["allow_agent"] = False
-    conn = HostConnection(host, connect_timeout=CONNECT_TIMEOUT, connect_kwargs=kwargs,
-                          config=fabric.Config(overrides=RUN_DEFAULTS))
+    conn = HostConnection(
+        host, connect_timeout=CONNECT_TIMEOUT, connect_kwargs=kwargs, config=fabric.Config(overrides=RUN_DEFAULTS)
+    )
     if host.known_hosts:
         conn.client.load_host_keys(host.known_hosts)
     if host.strict_host_keys:
@@ -155,8 +175,9 @@ def fan_out(conns: Iterable[Any], fn: Callable[[Any], Any]) -> GroupResult:
             with lock:
                 results[c] = value
 
-    threads = [threading.Thread(target=work, args=(c,), name=f"fan-out-{getattr(c, 'host', c)}", daemon=True)
-               for c in conns]
+    threads = [
+        threading.Thread(target=work, args=(c,), name=f"fan-out-{getattr(c, 'host', c)}", daemon=True) for c in conns
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -176,7 +197,8 @@ def describe_failures(exc: GroupException) -> list[str]:
             detail = text[-1] if text else type(value).__name__
             if isinstance(value, invoke.UnexpectedExit):
                 detail = f"`{value.result.command}` exited {value.result.exited}: " + (
-                    value.result.stderr.strip()[-300:] or value.result.stdout.strip()[-300:])
+                    value.result.stderr.strip()[-300:] or value.result.stdout.strip()[-300:]
+                )
             lines.append(f"{name}: {type(value).__name__}: {detail}")
     return lines
 

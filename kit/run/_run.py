@@ -55,13 +55,25 @@ from kit._charts import server_series
 from kit.inventory import Host, Inventory, load_inventory
 
 from . import _hostops as ops
-from ._balancer import (backend_sizes, balancer_verdict, deployed_shutdown_sessions, server_events,
-                        shutdown_sessions_on_down)
+from ._balancer import (
+    backend_sizes,
+    balancer_verdict,
+    deployed_shutdown_sessions,
+    server_events,
+    shutdown_sessions_on_down,
+)
 from ._series import scrape_lines, server_totals
 from ._build import record_build
 from ._chaos import ChaosError, attribute, recovery, resolve_targets
-from ._components import (bottleneck, component_costs, host_cpu_peaks, host_sockets, load_host_samples,
-                          memory_per_session, sessions_held)
+from ._components import (
+    bottleneck,
+    component_costs,
+    host_cpu_peaks,
+    host_sockets,
+    load_host_samples,
+    memory_per_session,
+    sessions_held,
+)
 from ._faults import ChaosRunner, Fault
 from ._fleet import source_addresses
 from ._exporter import LiveExporter
@@ -100,19 +112,44 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _client_argv(host: Host, slot: GeneratorSlot, opts: RunOptions, lb: Host, out_dir: str, start_at: float,
-                 run_id: str, wrapper: str | None = None) -> list[str]:
+def _client_argv(
+    host: Host,
+    slot: GeneratorSlot,
+    opts: RunOptions,
+    lb: Host,
+    out_dir: str,
+    start_at: float,
+    run_id: str,
+    wrapper: str | None = None,
+) -> list[str]:
     """The load client's command line: URLs, the slot's processes and start, and paths; the load itself is
     in the generator's settings file (:func:`generator_settings`, written by ``_phase_launch``).  Through
     the deployed ``kit-client`` wrapper when there is one (it adds the generator environment and open-file
     limit the Ansible role set up)."""
     api, ws = haproxy_urls(lb, opts.tls)
     prog = [wrapper] if wrapper else [host.kit_python, "-m", "kit.client"]
-    argv = [*prog, "--api-url", api, "--ws-url", ws, "--settings", str(settings_path(out_dir)),
-            "--processes", str(slot.processes), "--output-dir", out_dir, "--start-at", f"{start_at:.6f}",
-            "--run-id", run_id, "--status-interval", "1", "--quiet",
-            # sessions the server refused are a result (summary.json's status), not a crashed generator
-            "--exit-zero-on-failure"]
+    argv = [
+        *prog,
+        "--api-url",
+        api,
+        "--ws-url",
+        ws,
+        "--settings",
+        str(settings_path(out_dir)),
+        "--processes",
+        str(slot.processes),
+        "--output-dir",
+        out_dir,
+        "--start-at",
+        f"{start_at:.6f}",
+        "--run-id",
+        run_id,
+        "--status-interval",
+        "1",
+        "--quiet",
+        # sessions the server refused are a result (summary.json's status), not a crashed generator
+        "--exit-zero-on-failure",
+    ]
     if opts.tls:  # the CA file is copied beside the generator's output (_phase_launch)
         argv += ["--ca-file", str(ca_path(out_dir))]
     if opts.workload is not None:  # the file is copied beside the generator's output (_phase_launch)
@@ -187,17 +224,26 @@ class Run:
     def write_jobs(self) -> None:
         """``jobs.json``: every remote job of the run with its host, folder and PID (what to clean up by hand)."""
         with self._lock:
-            data = {"monitors": {h: {"dir": d, "pid": self.service_pids.get(h, {}).get("_monitor_pid")}
-                                 for h, d in self.monitors.items()},
-                    "generators": {lbl: {"host": g.slot.host, "dir": g.dir, "pid": g.pid}
-                                   for lbl, g in self.gens.items()},
-                    "faults": [{"spec": f.spec.text, "host": f.target.host, "program": f.target.program}
-                               for f in self.faults]}
+            data = {
+                "monitors": {
+                    h: {"dir": d, "pid": self.service_pids.get(h, {}).get("_monitor_pid")}
+                    for h, d in self.monitors.items()
+                },
+                "generators": {lbl: {"host": g.slot.host, "dir": g.dir, "pid": g.pid} for lbl, g in self.gens.items()},
+                "faults": [
+                    {"spec": f.spec.text, "host": f.target.host, "program": f.target.program} for f in self.faults
+                ],
+            }
             (self.run_dir / "jobs.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
-def execute(opts: RunOptions, *, out: Callable[[str], None] = _say, view: View | None = None,
-            on_result: Callable[[dict[str, Any]], None] | None = None) -> int:
+def execute(
+    opts: RunOptions,
+    *,
+    out: Callable[[str], None] = _say,
+    view: View | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
     """Run the benchmark described by *opts*; return the exit status (see the module docstring).
 
     Every human line goes through *out*; the live view (``opts.live``) through *view* (default: plain
@@ -223,8 +269,18 @@ def execute(opts: RunOptions, *, out: Callable[[str], None] = _say, view: View |
     conns = {name: connect(h) for name, h in inv.hosts.items()}
     restore = _trap_signals()
     try:
-        return _execute(Run(opts=opts, inv=inv, conns=conns, run_id=run_id, run_dir=run_dir, out=out,
-                            view=view or PlainView(out), on_result=on_result))
+        return _execute(
+            Run(
+                opts=opts,
+                inv=inv,
+                conns=conns,
+                run_id=run_id,
+                run_dir=run_dir,
+                out=out,
+                view=view or PlainView(out),
+                on_result=on_result,
+            )
+        )
     finally:
         close_all(conns.values())
         restore()
@@ -238,8 +294,10 @@ def _resolve_tls(opts: RunOptions, inv: Inventory) -> None:
         return
     opts.ca_file = opts.ca_file or tls_ca_file(inv)
     if not opts.ca_file.is_file():
-        raise RunError(f"--tls: no CA certificate at {opts.ca_file}: deploy with haproxy_tls: true (the haproxy "
-                       "role makes the kit CA there) or pass --ca-file")
+        raise RunError(
+            f"--tls: no CA certificate at {opts.ca_file}: deploy with haproxy_tls: true (the haproxy "
+            "role makes the kit CA there) or pass --ca-file"
+        )
 
 
 def _trap_signals() -> Callable[[], None]:
@@ -251,8 +309,12 @@ def _trap_signals() -> Callable[[], None]:
 
     def handler(signum: int, frame: Any) -> None:
         if seen:
-            print(f"  ({signal.Signals(signum).name} again: still stopping the run's remote jobs; "
-                  "every command is bounded)", file=sys.stderr, flush=True)
+            print(
+                f"  ({signal.Signals(signum).name} again: still stopping the run's remote jobs; "
+                "every command is bounded)",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         seen.append(signum)
         raise Interrupted(signum)
@@ -263,7 +325,7 @@ def _trap_signals() -> Callable[[], None]:
 
 def _execute(run: Run) -> int:
     """The phases; the one try/finally owns every remote job the run starts."""
-    _phase_preflight(run)   # starts nothing remote: a RunError here is exit 2
+    _phase_preflight(run)  # starts nothing remote: a RunError here is exit 2
     try:
         _phase_monitors(run)
         _phase_launch(run)
@@ -271,8 +333,10 @@ def _execute(run: Run) -> int:
         _phase_watch(run)
     except Interrupted as exc:
         run.interrupted_by = exc.signum
-        run.partial_reasons.append(f"interrupted by {signal.Signals(exc.signum).name} during {run.phase}: "
-                                   "every job was stopped and what existed was collected")
+        run.partial_reasons.append(
+            f"interrupted by {signal.Signals(exc.signum).name} during {run.phase}: "
+            "every job was stopped and what existed was collected"
+        )
         run.out(f"  {signal.Signals(exc.signum).name}: stopping every remote job of the run")
     except RunError:
         raise
@@ -297,14 +361,18 @@ def _phase_preflight(run: Run) -> None:
     for name, cap in record["caps"].items():
         run.out(f"  caps {name}: " + ", ".join(f"{k}={v}" for k, v in cap.items() if k not in ("note",)))
     if not pre.clock_ok:
-        run.out(f"  WARNING: host clocks differ by up to {pre.clock_worst_s * 1000:.2f} ms (bound "
-                f"{CLOCK_BOUND_S * 1000:.1f} ms): cross-host token delivery latency is unreliable")
+        run.out(
+            f"  WARNING: host clocks differ by up to {pre.clock_worst_s * 1000:.2f} ms (bound "
+            f"{CLOCK_BOUND_S * 1000:.1f} ms): cross-host token delivery latency is unreliable"
+        )
     if pre.problems:
         raise RunError("preflight failed:\n  " + "\n  ".join(pre.problems))
     programs = {h: host_programs(inv, h) for h in inv.hosts}
     try:
-        run.faults = [Fault(spec=s, target=t, index=i) for i, (s, t) in enumerate(
-            (s, t) for s in specs for t in resolve_targets(s, inv, programs))]
+        run.faults = [
+            Fault(spec=s, target=t, index=i)
+            for i, (s, t) in enumerate((s, t) for s in specs for t in resolve_targets(s, inv, programs))
+        ]
     except ChaosError as exc:
         raise RunError(str(exc)) from None
     run.pre = pre
@@ -345,14 +413,28 @@ def _phase_monitors(run: Run) -> None:
             run.component_problems.extend(f"{p}; its CPU is not counted" for p in problems)
         lines = "".join(f"{component} {pid}\n" for component, pid in pids.values() if pid)
         c.run(f"printf %s {shlex.quote(lines)} > {shlex.quote(_procs_file(run, h.name))}", timeout=ops.CMD_TIMEOUT)
-        scrape = f"{d}/scrape.txt"   # what the host's services say of themselves, every second (kit/run/_series.py)
+        scrape = f"{d}/scrape.txt"  # what the host's services say of themselves, every second (kit/run/_series.py)
         c.run(f"printf %s {shlex.quote(scrape_lines(run.inv, h))} > {shlex.quote(scrape)}", timeout=ops.CMD_TIMEOUT)
         py = h.kit_python if run.pre.facts[h.name].kit_python else system_python(h)
         with run._lock:
-            run.monitors[h.name] = d   # owned from here on: stopped in the finally
-        pid = ops.start_job(c, d, [py, f"{d}/hostmon.py", f"{d}/host.jsonl", "--interval", "1",
-                                   "--duration", f"{bound + 60:g}", "--procs", _procs_file(run, h.name),
-                                   "--scrape", scrape])
+            run.monitors[h.name] = d  # owned from here on: stopped in the finally
+        pid = ops.start_job(
+            c,
+            d,
+            [
+                py,
+                f"{d}/hostmon.py",
+                f"{d}/host.jsonl",
+                "--interval",
+                "1",
+                "--duration",
+                f"{bound + 60:g}",
+                "--procs",
+                _procs_file(run, h.name),
+                "--scrape",
+                scrape,
+            ],
+        )
         with run._lock:
             run.service_pids[h.name]["_monitor_pid"] = pid
         return pid
@@ -371,20 +453,31 @@ def _phase_launch(run: Run) -> None:
     opts, inv = run.opts, run.inv
     run.start_at = start_at = time.time() + START_LEAD_S + 0.2 * len(run.slots)
     for s in run.slots:
-        run.gens[s.label] = GenJob(slot=s, dir=f"{run.remote_root[s.host]}/gen-{s.label}",
-                                   start_at=start_at + run.pre.clocks[s.host].offset_s)
+        run.gens[s.label] = GenJob(
+            slot=s, dir=f"{run.remote_root[s.host]}/gen-{s.label}", start_at=start_at + run.pre.clocks[s.host].offset_s
+        )
 
     def launch(c: Conn) -> list[int]:
         pids = []
         host = run.host_of(c)
         for label in run.labels_on(host):
             g = run.gens[label]
-            g.argv = _client_argv(c.inventory_host, g.slot, opts, inv.hosts[g.slot.haproxy], f"{g.dir}/out",
-                                  g.start_at, run.run_id, run.pre.facts[host].kit_client)
+            g.argv = _client_argv(
+                c.inventory_host,
+                g.slot,
+                opts,
+                inv.hosts[g.slot.haproxy],
+                f"{g.dir}/out",
+                g.start_at,
+                run.run_id,
+                run.pre.facts[host].kit_client,
+            )
             c.run(f"mkdir -p {shlex.quote(g.dir)}", timeout=ops.CMD_TIMEOUT)
             # its options, kept with the run's results (settings/<label>.json) and copied beside its output
-            local = options.write_settings(run.run_dir / "settings" / f"{label}.json", generator_settings(
-                g.slot, opts, source_addresses(run.inv.hosts[g.slot.host])))
+            local = options.write_settings(
+                run.run_dir / "settings" / f"{label}.json",
+                generator_settings(g.slot, opts, source_addresses(run.inv.hosts[g.slot.host])),
+            )
             c.put(str(local), str(settings_path(f"{g.dir}/out")))
             if opts.workload is not None:  # the generator reads the file the controller checked
                 c.put(str(opts.workload), str(workload_path(f"{g.dir}/out")))
@@ -396,18 +489,28 @@ def _phase_launch(run: Run) -> None:
         return pids
 
     try:
-        launched = fan([run.conns[h] for h in {g.slot.host for g in run.gens.values()}], launch,
-                       "starting generators", strict=False)
+        launched = fan(
+            [run.conns[h] for h in {g.slot.host for g in run.gens.values()}],
+            launch,
+            "starting generators",
+            strict=False,
+        )
     finally:
         run.write_jobs()
     for c, v in launched.failed.items():
         run.partial_reasons.append(f"{run.host_of(c)}: could not start: {v}")
         for lbl in run.labels_on(run.host_of(c)):
-            run.gens[lbl].final = run.gens[lbl].final or {"rc": None, "alive": False, "status": None,
-                                                           "launch_failed": True}
-    run.out(f"  {len(run.slots)} generator invocation(s) start at "
-            f"{time.strftime('%H:%M:%S', time.localtime(start_at))} "
-            f"({', '.join(f'{s.label}:{s.clients}c/{s.processes}p->{s.haproxy}' for s in run.slots)})")
+            run.gens[lbl].final = run.gens[lbl].final or {
+                "rc": None,
+                "alive": False,
+                "status": None,
+                "launch_failed": True,
+            }
+    run.out(
+        f"  {len(run.slots)} generator invocation(s) start at "
+        f"{time.strftime('%H:%M:%S', time.localtime(start_at))} "
+        f"({', '.join(f'{s.label}:{s.clients}c/{s.processes}p->{s.haproxy}' for s in run.slots)})"
+    )
 
 
 def _phase_chaos(run: Run) -> None:
@@ -439,10 +542,16 @@ def _watch(run: Run) -> None:
         live = {lbl: g for lbl, g in run.gens.items() if g.final is None}
         if not live:
             return
-        polled = fan([run.conns[h] for h in {g.slot.host for g in live.values()}],
-                     lambda c: {lbl: ops.job_state(c, run.gens[lbl].dir, "out/status.json")
-                                for lbl in run.labels_on(run.host_of(c)) if lbl in live},
-                     "polling generators", strict=False)
+        polled = fan(
+            [run.conns[h] for h in {g.slot.host for g in live.values()}],
+            lambda c: {
+                lbl: ops.job_state(c, run.gens[lbl].dir, "out/status.json")
+                for lbl in run.labels_on(run.host_of(c))
+                if lbl in live
+            },
+            "polling generators",
+            strict=False,
+        )
         for v in polled.succeeded.values():
             for lbl, st in v.items():
                 g = run.gens[lbl]
@@ -461,8 +570,10 @@ def _watch(run: Run) -> None:
         if now > deadline:
             for lbl, g in live.items():
                 if g.final is None:
-                    run.partial_reasons.append(f"{lbl}: still running after --max-duration {opts.max_duration:g} s "
-                                               f"+ {opts.grace:g} s grace; stopped")
+                    run.partial_reasons.append(
+                        f"{lbl}: still running after --max-duration {opts.max_duration:g} s "
+                        f"+ {opts.grace:g} s grace; stopped"
+                    )
                     g.final = {"rc": None, "alive": True, "status": None, "hung": True}
             return
         time.sleep(POLL_S)  # the live view's refresh period
@@ -471,16 +582,26 @@ def _watch(run: Run) -> None:
 def _abort_if_failed(run: Run, agg: dict[str, Any], now: float) -> bool:
     """--abort-on-fail: True (and the run marked aborted) when the live merge shows a threshold failed."""
     opts = run.opts
-    failed = live_failures(agg, opts.judged_by(), sessions=opts.clients,
-                           queries=None if opts.workload is not None else (opts.clients or 0) * (opts.queries or 0))
+    failed = live_failures(
+        agg,
+        opts.judged_by(),
+        sessions=opts.clients,
+        queries=None if opts.workload is not None else (opts.clients or 0) * (opts.queries or 0),
+    )
     if not failed:
         return False
     assert run.start_at is not None
-    run.aborted = {"at_s": round(now - run.start_at, 3), "threshold": failed[0]["threshold"], "failed": failed,
-                   "grace_s": opts.abort_grace}
-    run.out(f"  ABORTING at t={now - run.start_at:.0f}s: threshold {failed[0]['threshold']} has failed "
-            f"(live value {failed[0]['actual']:g}{' ' + failed[0]['unit'] if failed[0]['unit'] else ''}): "
-            "stopping every generator (--abort-on-fail)")
+    run.aborted = {
+        "at_s": round(now - run.start_at, 3),
+        "threshold": failed[0]["threshold"],
+        "failed": failed,
+        "grace_s": opts.abort_grace,
+    }
+    run.out(
+        f"  ABORTING at t={now - run.start_at:.0f}s: threshold {failed[0]['threshold']} has failed "
+        f"(live value {failed[0]['actual']:g}{' ' + failed[0]['unit'] if failed[0]['unit'] else ''}): "
+        "stopping every generator (--abort-on-fail)"
+    )
     return True
 
 
@@ -495,13 +616,20 @@ def _stop_everything(run: Run) -> None:
             run.gens[lbl].final = {"rc": None, "alive": True, "status": None, "stopped": True}
 
     def stop_gens(c: Conn) -> dict[str, list[int]]:
-        return {lbl: ops.stop_job(c, run.gens[lbl].dir, grace=STOP_GRACE_S)
-                for lbl in run.labels_on(run.host_of(c)) if lbl in alive}
+        return {
+            lbl: ops.stop_job(c, run.gens[lbl].dir, grace=STOP_GRACE_S)
+            for lbl in run.labels_on(run.host_of(c))
+            if lbl in alive
+        }
 
     for what, conns, fn in (
-            ("stopping generators", [run.conns[h] for h in {run.gens[lbl].slot.host for lbl in alive}], stop_gens),
-            ("stopping host monitors", [run.conns[h] for h in run.monitors],
-             lambda c: ops.stop_job(c, run.monitors[run.host_of(c)], grace=3))):
+        ("stopping generators", [run.conns[h] for h in {run.gens[lbl].slot.host for lbl in alive}], stop_gens),
+        (
+            "stopping host monitors",
+            [run.conns[h] for h in run.monitors],
+            lambda c: ops.stop_job(c, run.monitors[run.host_of(c)], grace=3),
+        ),
+    ):
         if not conns:
             continue
         try:
@@ -529,20 +657,30 @@ def _phase_collect(run: Run) -> None:
     run.partial_reasons += [f"{run.host_of(c)}: collecting outputs failed: {v}" for c, v in got.failed.items()]
     for lbl, g in run.gens.items():
         st = g.final or {}
-        if st.get("rc") not in (0, None) or (st.get("rc") is None and not st.get("alive")
-                                             and not st.get("launch_failed")):
+        if st.get("rc") not in (0, None) or (
+            st.get("rc") is None and not st.get("alive") and not st.get("launch_failed")
+        ):
             tail = _tail(run.run_dir / "generators" / lbl / "out.log")
-            run.partial_reasons.append(f"{lbl}: generator exited with status {st.get('rc')}"
-                                       + (f": {tail}" if tail else f" (see generators/{lbl}/out.log)"))
-    mons = fan([run.conns[h] for h in run.monitors], lambda c: ops.fetch_dir(
-        c, run.monitors[run.host_of(c)], run.run_dir / "hosts" / run.host_of(c)),
-        "collecting host metrics", strict=False)
+            run.partial_reasons.append(
+                f"{lbl}: generator exited with status {st.get('rc')}"
+                + (f": {tail}" if tail else f" (see generators/{lbl}/out.log)")
+            )
+    mons = fan(
+        [run.conns[h] for h in run.monitors],
+        lambda c: ops.fetch_dir(c, run.monitors[run.host_of(c)], run.run_dir / "hosts" / run.host_of(c)),
+        "collecting host metrics",
+        strict=False,
+    )
     run.missing_metrics = [run.host_of(c) for c in mons.failed]
     from ._logs import fetch_logs
+
     run.log_problems = fetch_logs(run.inv, run.conns, run.run_dir / "logs")
-    policy = fan([run.conns[h.name] for h in run.inv.group("haproxy") if h.name in run.conns],
-                 lambda c: deployed_shutdown_sessions(c, c.inventory_host), "reading the balancers' check policy",
-                 strict=False)
+    policy = fan(
+        [run.conns[h.name] for h in run.inv.group("haproxy") if h.name in run.conns],
+        lambda c: deployed_shutdown_sessions(c, c.inventory_host),
+        "reading the balancers' check policy",
+        strict=False,
+    )
     run.shutdown_sessions = {run.host_of(c): v for c, v in policy.succeeded.items() if isinstance(v, bool)}
     run.stats_problems = collect_server_stats(run.inv, run.run_dir / "server")
     if run.inv.monitoring is not None and run.start_at is not None:
@@ -554,6 +692,7 @@ def _phase_merge(run: Run) -> dict[str, Any]:
     """Merge what every generator left; cost every component; evaluate each fault's recovery."""
     run.phase = "merging"
     from kit.client import merge_outputs
+
     outs = {lbl: g.out for lbl, g in run.gens.items() if g.out is not None}
     usable = [p for _, p in sorted(outs.items()) if (p / "histograms.json").exists()]
     for lbl in run.gens:
@@ -566,26 +705,33 @@ def _phase_merge(run: Run) -> dict[str, Any]:
         host = run.gens[lbl].slot.host
         client_cpu[host] = client_cpu.get(host, 0.0) + sum(float(r.get("cpu_s") or 0.0) for r in _runs_of([p]))
     samples = load_host_samples(run.run_dir)
-    summary["components"] = component_costs(samples, summary.get("total_tokens"),
-                                            {n: f.nproc for n, f in run.pre.facts.items()}, client_cpu)
+    summary["components"] = component_costs(
+        samples, summary.get("total_tokens"), {n: f.nproc for n, f in run.pre.facts.items()}, client_cpu
+    )
     summary["bottleneck"] = bottleneck(summary["components"], host_cpu_peaks(samples))
     if not summary["components"]:
         run.component_problems.append("no per-process CPU samples: no component costs for this run")
     timeline = _read_csv(run.run_dir / "timeline.csv")
     peak = max((int(float(r.get("active_sessions") or 0)) for r in timeline), default=0)
-    share = {h: sum(s.clients for s in run.slots if s.host == h) / max(1, run.opts.clients or 0) for h in
-             {s.host for s in run.slots}}
-    memory_per_session(summary["components"], sessions_held(
-        server_series(samples, run.start_at or 0.0), {h: peak * f for h, f in share.items()}))
+    share = {
+        h: sum(s.clients for s in run.slots if s.host == h) / max(1, run.opts.clients or 0)
+        for h in {s.host for s in run.slots}
+    }
+    memory_per_session(
+        summary["components"],
+        sessions_held(server_series(samples, run.start_at or 0.0), {h: peak * f for h, f in share.items()}),
+    )
     summary["hosts_sockets"] = host_sockets(samples)
     summary["ramp_s"] = ramp_seconds(timeline, run.start_at, peak)
     summary["events"] = _fault_events(run)
     summary["server_totals"] = server_totals(samples)
     if run.start_at is not None:  # what the balancers decided meanwhile, from their own logs
-        summary["server_events"] = server_events(run.run_dir / "logs", [h.name for h in run.inv.group("haproxy")],
-                                                 run.start_at, time.time())
-        summary["balancer_verdict"] = balancer_verdict(summary["server_events"], backend_sizes(run.inv),
-                                                       shutdown_sessions_on_down(run.inv) | run.shutdown_sessions)
+        summary["server_events"] = server_events(
+            run.run_dir / "logs", [h.name for h in run.inv.group("haproxy")], run.start_at, time.time()
+        )
+        summary["balancer_verdict"] = balancer_verdict(
+            summary["server_events"], backend_sizes(run.inv), shutdown_sessions_on_down(run.inv) | run.shutdown_sessions
+        )
     return summary
 
 
@@ -627,26 +773,47 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
     checks = evaluate_thresholds(summary, opts.judged_by())
     skews = [r.get("start_skew_s") for r in _runs_of(usable) if r.get("start_skew_s") is not None]
     run_rec = {
-        "run_id": run.run_id, "partial": bool(run.partial_reasons), "partial_reasons": run.partial_reasons,
+        "run_id": run.run_id,
+        "partial": bool(run.partial_reasons),
+        "partial_reasons": run.partial_reasons,
         "interrupted": signal.Signals(run.interrupted_by).name if run.interrupted_by else None,
-        "started": run.t_begin, "ended": time.time(), "start_at": run.start_at,
-        "start_skew_s": {"max": max(skews, default=None), "min": min(skews, default=None),
-                         "spread": (max(skews) - min(skews)) if skews else None, "per_process": skews},
-        "clock": {"worst_s": pre.clock_worst_s, "bound_s": CLOCK_BOUND_S, "ok": pre.clock_ok,
-                  "offsets": pre.offsets(),
-                  "note": "" if pre.clock_ok else "cross-host delivery latency unreliable: clocks exceed the bound"},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()
-                   if k not in ("thresholds", "no_default_thresholds")}
+        "started": run.t_begin,
+        "ended": time.time(),
+        "start_at": run.start_at,
+        "start_skew_s": {
+            "max": max(skews, default=None),
+            "min": min(skews, default=None),
+            "spread": (max(skews) - min(skews)) if skews else None,
+            "per_process": skews,
+        },
+        "clock": {
+            "worst_s": pre.clock_worst_s,
+            "bound_s": CLOCK_BOUND_S,
+            "ok": pre.clock_ok,
+            "offsets": pre.offsets(),
+            "note": "" if pre.clock_ok else "cross-host delivery latency unreliable: clocks exceed the bound",
+        },
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in dataclasses.asdict(opts).items()
+            if k not in ("thresholds", "no_default_thresholds")
+        }
         | {"thresholds": [t.text for t in opts.thresholds], "default_thresholds": not opts.no_default_thresholds},
-        "slots": [dataclasses.asdict(s) | {"argv": run.gens[s.label].argv, "host_start_at": run.gens[s.label].start_at}
-                  for s in run.slots],
-        "thresholds": checks, "thresholds_passed": all(c["passed"] for c in checks),
+        "slots": [
+            dataclasses.asdict(s) | {"argv": run.gens[s.label].argv, "host_start_at": run.gens[s.label].start_at}
+            for s in run.slots
+        ],
+        "thresholds": checks,
+        "thresholds_passed": all(c["passed"] for c in checks),
         "aborted": run.aborted,
-        "missing_host_metrics": run.missing_metrics, "log_problems": run.log_problems,
-        "stats_problems": run.stats_problems, "stop_problems": run.stop_problems,
+        "missing_host_metrics": run.missing_metrics,
+        "log_problems": run.log_problems,
+        "stats_problems": run.stats_problems,
+        "stop_problems": run.stop_problems,
         "prometheus_problems": run.prometheus_problems,
-        "service_pids": {n: {p: v for p, v in pids.items() if not p.startswith("_")}
-                         for n, pids in run.service_pids.items()},
+        "service_pids": {
+            n: {p: v for p, v in pids.items() if not p.startswith("_")} for n, pids in run.service_pids.items()
+        },
         "monitor_pids": {n: pids.get("_monitor_pid") for n, pids in run.service_pids.items()},
         "generator_pids": {lbl: g.pid for lbl, g in run.gens.items()},
         "component_problems": run.component_problems,
@@ -661,6 +828,7 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
     (run.run_dir / "run.json").write_text(json.dumps(run_rec, indent=2, default=str) + "\n")
     (run.run_dir / "inventory.yml").write_text(stripped_inventory(run.inv))
     from kit.report import failed_threshold_lines, write_report
+
     text = write_report(run.run_dir)
     tarball = pack_run(run.run_dir)
     run.out(text)
@@ -672,19 +840,33 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         run.out("INTERRUPTED RUN: " + "; ".join(run.partial_reasons))
         rc, outcome = 128 + run.interrupted_by, "interrupted"
     elif run.aborted is not None:
-        run.out(f"ABORTED RUN at t={run.aborted['at_s']:g}s: threshold {run.aborted['threshold']} failed while the run "
-                "went (--abort-on-fail); what the generators had done is recorded")
+        run.out(
+            f"ABORTED RUN at t={run.aborted['at_s']:g}s: threshold {run.aborted['threshold']} failed while the run "
+            "went (--abort-on-fail); what the generators had done is recorded"
+        )
         rc, outcome = 1, "aborted"
     elif run.partial_reasons:
-        run.out("PARTIAL RUN: " + "; ".join(run.partial_reasons)
-                + (f" (and {len(failed)} threshold(s) failed: {', '.join(failed)})" if failed else ""))
+        run.out(
+            "PARTIAL RUN: "
+            + "; ".join(run.partial_reasons)
+            + (f" (and {len(failed)} threshold(s) failed: {', '.join(failed)})" if failed else "")
+        )
         rc, outcome = 3, "partial"
     else:
         rc, outcome = (0, "pass") if run_rec["thresholds_passed"] else (1, "threshold_failed")
     if run.on_result is not None:
-        run.on_result({"exit_status": rc, "outcome": outcome, "failed_thresholds": failed, "aborted": run.aborted,
-                       "run_id": run.run_id, "results_dir": str(run.run_dir),
-                       "tarball": str(tarball), "summary": summary})
+        run.on_result(
+            {
+                "exit_status": rc,
+                "outcome": outcome,
+                "failed_thresholds": failed,
+                "aborted": run.aborted,
+                "run_id": run.run_id,
+                "results_dir": str(run.run_dir),
+                "tarball": str(tarball),
+                "summary": summary,
+            }
+        )
     return rc
 
 
@@ -734,6 +916,7 @@ def _kit_version() -> str:
     # importlib.metadata, not kit.__version__: an editable install made before kit/__init__.py
     # existed resolves ``kit`` as a namespace package (no attributes) outside the repository root
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("wsproxy-loadkit")
     except PackageNotFoundError:
@@ -741,5 +924,9 @@ def _kit_version() -> str:
 
 
 def _versions(pre: Preflight) -> dict[str, Any]:
-    return {"kit_controller": _kit_version(), "python_controller": platform.python_version(),
-            "hosts": {n: f.versions() for n, f in pre.facts.items()}, "argv": sys.argv}
+    return {
+        "kit_controller": _kit_version(),
+        "python_controller": platform.python_version(),
+        "hosts": {n: f.versions() for n, f in pre.facts.items()},
+        "argv": sys.argv,
+    }

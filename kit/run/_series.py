@@ -21,11 +21,21 @@ from ._balancer import haproxy_flag, haproxy_var
 __all__ = ["scrape_lines", "server_totals", "HAPROXY_PREFIXES"]
 
 #: the families of HAProxy's exporter a monitor keeps (the rest stay on the balancer)
-HAPROXY_PREFIXES = ("haproxy_server_current_sessions", "haproxy_backend_current_queue", "haproxy_server_status",
-                    "haproxy_backend_current_sessions")
+HAPROXY_PREFIXES = (
+    "haproxy_server_current_sessions",
+    "haproxy_backend_current_queue",
+    "haproxy_server_status",
+    "haproxy_backend_current_sessions",
+)
 #: the counters server_totals adds up: (service kind, /stats key)
-TOTALS = (("wsproxy", "messages_forwarded"), ("wsproxy", "slow_client_drops"), ("wsproxy", "redis_lost_drops"),
-          ("sim", "tokens_published"), ("sim", "done_published"), ("sim", "messages_dropped"))
+TOTALS = (
+    ("wsproxy", "messages_forwarded"),
+    ("wsproxy", "slow_client_drops"),
+    ("wsproxy", "redis_lost_drops"),
+    ("sim", "tokens_published"),
+    ("sim", "done_published"),
+    ("sim", "messages_dropped"),
+)
 
 
 def scrape_lines(inv: Inventory, h: Host) -> str:
@@ -36,11 +46,15 @@ def scrape_lines(inv: Inventory, h: Host) -> str:
     if "sim" in roles:
         lines.append(f"sim http://{addr}:{h.vars['sim_port']}/stats/all")
     if "redis" in roles:
-        lines.append(f"redis redis://{h.vars['redis_monitor_user']}@{addr}:{h.vars['redis_port']} "
-                     f"{h.vars['redis_monitor_password_file']}")
+        lines.append(
+            f"redis redis://{h.vars['redis_monitor_user']}@{addr}:{h.vars['redis_port']} "
+            f"{h.vars['redis_monitor_password_file']}"
+        )
     if "haproxy" in roles and haproxy_flag(h, "haproxy_prometheus_exporter"):
-        lines.append(f"haproxy http://{addr}:{h.vars['haproxy_stats_port']}{haproxy_var(h, 'haproxy_prometheus_path')} "
-                     + " ".join(HAPROXY_PREFIXES))
+        lines.append(
+            f"haproxy http://{addr}:{h.vars['haproxy_stats_port']}{haproxy_var(h, 'haproxy_prometheus_path')} "
+            + " ".join(HAPROXY_PREFIXES)
+        )
     return "".join(line + "\n" for line in lines)
 
 

@@ -27,14 +27,20 @@ from kit.inventory import Host, Inventory
 from kit.paths import REPO
 from kit.paths import SECRETS as SECRETS_DIR
 
-__all__ = ["service_targets", "check_health", "collect_server_stats", "read_secret", "SECRETS_DIR",
-           "secrets_dir", "tls_ca_file",
-           "haproxy_urls"]
+__all__ = [
+    "service_targets",
+    "check_health",
+    "collect_server_stats",
+    "read_secret",
+    "SECRETS_DIR",
+    "secrets_dir",
+    "tls_ca_file",
+    "haproxy_urls",
+]
 
 log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT = 5.0
-
 
 
 def secrets_dir(inv: Inventory) -> Path:
@@ -68,17 +74,23 @@ def service_targets(inv: Inventory) -> list[dict[str, Any]]:
     """Every service instance the inventory deploys: host, service, address, port."""
     out: list[dict[str, Any]] = []
     for h in inv.group("redis"):
-        out.append({"host": h.name, "service": "redis", "address": h.service_address,
-                    "port": int(h.vars["redis_port"])})
+        out.append(
+            {"host": h.name, "service": "redis", "address": h.service_address, "port": int(h.vars["redis_port"])}
+        )
     for h in inv.group("haproxy"):
-        out.append({"host": h.name, "service": "haproxy", "address": h.service_address,
-                    "port": int(h.vars["haproxy_stats_port"])})
+        out.append(
+            {
+                "host": h.name,
+                "service": "haproxy",
+                "address": h.service_address,
+                "port": int(h.vars["haproxy_stats_port"]),
+            }
+        )
     for h in inv.group("wsproxy"):
         for program, port in h.wsproxy_programs():
             out.append({"host": h.name, "service": program, "address": h.service_address, "port": port})
     for h in inv.group("sim"):
-        out.append({"host": h.name, "service": "sim", "address": h.service_address,
-                    "port": int(h.vars["sim_port"])})
+        out.append({"host": h.name, "service": "sim", "address": h.service_address, "port": int(h.vars["sim_port"])})
     return out
 
 
@@ -93,9 +105,14 @@ def _stats_auth(inv: Inventory, host: Host) -> tuple[str, str] | None:
 
 def _redis_client(inv: Inventory, t: dict[str, Any]) -> redis.Redis:
     host = inv.hosts[t["host"]]
-    return redis.Redis(host=t["address"], port=t["port"], username=str(host.vars["redis_admin_user"]),
-                       password=read_secret(inv, "redis_admin_password"), socket_timeout=HTTP_TIMEOUT,
-                       socket_connect_timeout=HTTP_TIMEOUT)
+    return redis.Redis(
+        host=t["address"],
+        port=t["port"],
+        username=str(host.vars["redis_admin_user"]),
+        password=read_secret(inv, "redis_admin_password"),
+        socket_timeout=HTTP_TIMEOUT,
+        socket_connect_timeout=HTTP_TIMEOUT,
+    )
 
 
 def _check(inv: Inventory, t: dict[str, Any], client: httpx.Client) -> dict[str, Any]:
@@ -114,13 +131,17 @@ def _check(inv: Inventory, t: dict[str, Any], client: httpx.Client) -> dict[str,
             rec["ok"] = resp.status_code == 200
             if rec["ok"]:
                 rows = list(csv.DictReader(io.StringIO(resp.text.lstrip("# "))))
-                down = [f"{r['pxname']}/{r['svname']}" for r in rows
-                        if r.get("svname") not in ("FRONTEND", "BACKEND") and r.get("status", "").startswith("DOWN")]
+                down = [
+                    f"{r['pxname']}/{r['svname']}"
+                    for r in rows
+                    if r.get("svname") not in ("FRONTEND", "BACKEND") and r.get("status", "").startswith("DOWN")
+                ]
                 rec["detail"] = f"{len(rows)} stats rows" + (f"; servers DOWN: {', '.join(down)}" if down else "")
                 rec["ok"] = not down
             else:
                 rec["detail"] = f"stats page answered HTTP {resp.status_code}" + (
-                    "" if auth else " (no stats password found in .secrets/)")
+                    "" if auth else " (no stats password found in .secrets/)"
+                )
         else:
             resp = client.get(f"http://{t['address']}:{t['port']}{inv.hosts[t['host']].vars['kit_deep_health_path']}")
             rec["ok"] = resp.status_code == 200
@@ -168,6 +189,7 @@ def collect_server_stats(inv: Inventory, out_dir: Path) -> list[str]:
 
 def _json(data: Any) -> str:
     import json
+
     return json.dumps(data, indent=2, default=str) + "\n"
 
 

@@ -66,12 +66,15 @@ class Need:
     def line(self) -> str:
         if self.needed is None:
             return f"{self.group}: unknown ({self.limit})"
-        verdict = "enough" if self.ok else (self.fix or f"add {self.needed - self.have} host(s) to the {self.group} group")
+        verdict = (
+            "enough" if self.ok else (self.fix or f"add {self.needed - self.have} host(s) to the {self.group} group")
+        )
         return f"{self.group}: needs {self.needed} host(s), has {self.have}: {verdict} ({self.limit})"
 
 
-def offered_tokens_per_s(clients: int, tokens: int, token_delay_ms: float, ttft_ms: float = 0.0,
-                         think_time_s: float = 0.0) -> float:
+def offered_tokens_per_s(
+    clients: int, tokens: int, token_delay_ms: float, ttft_ms: float = 0.0, think_time_s: float = 0.0
+) -> float:
     """Tokens per second *clients* sessions ask for in a steady state: each asks a query of *tokens*
     tokens, waits for it (TTFT + tokens x delay), thinks, and asks again."""
     cycle = (ttft_ms + max(0, tokens - 1) * token_delay_ms) / 1000.0 + think_time_s
@@ -82,8 +85,12 @@ def _ceil(a: float, b: float) -> int:
     return max(1, math.ceil(a / b))
 
 
-def size_fleet(clients: int, groups: Mapping[str, Sequence[HostFacts]],
-               us_per_token: Mapping[str, float] | None = None, tokens_per_s: float | None = None) -> list[Need]:
+def size_fleet(
+    clients: int,
+    groups: Mapping[str, Sequence[HostFacts]],
+    us_per_token: Mapping[str, float] | None = None,
+    tokens_per_s: float | None = None,
+) -> list[Need]:
     """Per group, the hosts a run of *clients* sessions needs against the inventory's (see the module
     docstring).  *us_per_token* (component -> CPU microseconds per delivered token, summed over its
     hosts) and *tokens_per_s* add the CPU needs."""
@@ -98,12 +105,19 @@ def size_fleet(clients: int, groups: Mapping[str, Sequence[HostFacts]],
             ports = (g.port_range[1] - g.port_range[0] + 1) * g.source_addresses // PORTS_PER_SESSION
             by_fd, by_ports = g.cores * g.sessions_max, ports * balancers
             per_host = min(by_fd, by_ports)
-            why = (f"{g.cores} processes x {g.sessions_max:,} sessions by open files" if by_fd <= by_ports else
-                   f"{ports:,} sessions per balancer by local ports ({g.source_addresses} source address(es)) x "
-                   f"{balancers} balancer(s)")
-            out.append(Need("generators", _ceil(clients, per_host), len(gens), f"{per_host:,} sessions per host: {why}"))
-    for group, per in (("haproxy", lambda h: h.sessions_max),
-                       ("wsproxy", lambda h: None if h.sessions_max is None else h.sessions_max * h.wsproxy_instances)):
+            why = (
+                f"{g.cores} processes x {g.sessions_max:,} sessions by open files"
+                if by_fd <= by_ports
+                else f"{ports:,} sessions per balancer by local ports ({g.source_addresses} source address(es)) x "
+                f"{balancers} balancer(s)"
+            )
+            out.append(
+                Need("generators", _ceil(clients, per_host), len(gens), f"{per_host:,} sessions per host: {why}")
+            )
+    for group, per in (
+        ("haproxy", lambda h: h.sessions_max),
+        ("wsproxy", lambda h: None if h.sessions_max is None else h.sessions_max * h.wsproxy_instances),
+    ):
         hosts = list(groups.get(group) or [])
         if not hosts:
             continue
@@ -122,15 +136,28 @@ def size_fleet(clients: int, groups: Mapping[str, Sequence[HostFacts]],
             cores = us * tokens_per_s / 1e6
             per_host = hosts[0].cores * CPU_TARGET
             limit = f"{component} {us:g} us/token x {tokens_per_s:,.0f} tokens/s = {cores:.2f} cores"
-            if component == "redis":   # the kit's one Redis process uses one core, whatever the host has
+            if component == "redis":  # the kit's one Redis process uses one core, whatever the host has
                 over = cores > CPU_TARGET
-                out.append(Need("redis", 2 if over else 1, 1, limit + f", one core usable ({CPU_TARGET:.0%})",
-                                fix="one Redis process uses one core: lower the token rate" if over else None))
+                out.append(
+                    Need(
+                        "redis",
+                        2 if over else 1,
+                        1,
+                        limit + f", one core usable ({CPU_TARGET:.0%})",
+                        fix="one Redis process uses one core: lower the token rate" if over else None,
+                    )
+                )
                 continue
             if component == "wsproxy":  # each instance is single-threaded
                 per_host = min(per_host, hosts[0].wsproxy_instances * CPU_TARGET)
-            out.append(Need(group or component, _ceil(cores, per_host), len(hosts),
-                            limit + f", {per_host:.2f} usable per host (CPU)"))
+            out.append(
+                Need(
+                    group or component,
+                    _ceil(cores, per_host),
+                    len(hosts),
+                    limit + f", {per_host:.2f} usable per host (CPU)",
+                )
+            )
     return _worst_per_group(out)
 
 

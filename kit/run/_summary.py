@@ -20,12 +20,25 @@ from ._plan import Threshold
 
 __all__ = ["metric_value", "evaluate_thresholds", "aggregate_status", "format_live_line", "live_failures"]
 
-_HIST_KEYS = {"latency": "latency_ms", "service_latency": "service_latency_ms", "ttft": "ttft_ms",
-              "inter_token": "inter_token_ms", "delivery": "delivery_latency_ms", "create": "create_ms",
-              "connect": "connect_ms"}
-_COUNT_KEYS = {"lost": "lost_tokens", "duplicated": "duplicated_tokens", "out_of_order": "out_of_order_tokens",
-               "errors": "total_errors", "failed_sessions": "failed_sessions", "failed_queries": "failed_queries",
-               "reconnect_attempts": "total_reconnect_attempts", "reconnects": "total_successful_reconnects"}
+_HIST_KEYS = {
+    "latency": "latency_ms",
+    "service_latency": "service_latency_ms",
+    "ttft": "ttft_ms",
+    "inter_token": "inter_token_ms",
+    "delivery": "delivery_latency_ms",
+    "create": "create_ms",
+    "connect": "connect_ms",
+}
+_COUNT_KEYS = {
+    "lost": "lost_tokens",
+    "duplicated": "duplicated_tokens",
+    "out_of_order": "out_of_order_tokens",
+    "errors": "total_errors",
+    "failed_sessions": "failed_sessions",
+    "failed_queries": "failed_queries",
+    "reconnect_attempts": "total_reconnect_attempts",
+    "reconnects": "total_successful_reconnects",
+}
 
 
 def metric_value(summary: Mapping[str, Any], t: Threshold) -> float | None:
@@ -45,7 +58,7 @@ def metric_value(summary: Mapping[str, Any], t: Threshold) -> float | None:
     if t.kind == "count":
         v = summary.get(_COUNT_KEYS[t.metric])
         return None if v is None else float(v)
-    if t.kind == "flag":   # generator_ok
+    if t.kind == "flag":  # generator_ok
         gen = summary.get("generator")
         return None if not isinstance(gen, Mapping) else (0.0 if gen.get("generator_overloaded") else 1.0)
     v = summary.get(t.metric)
@@ -56,9 +69,16 @@ def evaluate_thresholds(summary: Mapping[str, Any], thresholds: Sequence[Thresho
     out = []
     for t in thresholds:
         actual = metric_value(summary, t)
-        out.append({"threshold": t.text, "metric": t.metric, "actual": actual, "passed": t.check(actual),
-                    "unit": {"time": "s", "percent": "fraction", "count": "", "rate": "/s", "flag": ""}[t.kind],
-                    "default": t.default})
+        out.append(
+            {
+                "threshold": t.text,
+                "metric": t.metric,
+                "actual": actual,
+                "passed": t.check(actual),
+                "unit": {"time": "s", "percent": "fraction", "count": "", "rate": "/s", "flag": ""}[t.kind],
+                "default": t.default,
+            }
+        )
     return out
 
 
@@ -75,16 +95,19 @@ def _num(v: Any) -> float:
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
 
 
-def _interval(st: Mapping[str, Any], t: float | None,
-              before: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _interval(
+    st: Mapping[str, Any], t: float | None, before: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """One generator's last interval (rates and its latency histogram) and the snapshot to keep.
 
     *before* is its previous snapshot; without one the interval runs from its start (``elapsed_s``
     before *t*; no rates when that is unknown).  A histogram that is not a later state of the previous
     one (a process of the generator restarted) gives no latency for this interval, never a wrong one.
     """
-    hists = {name: Histogram.from_dict(st[f"{name}_histogram"]) if st.get(f"{name}_histogram") else Histogram("us")
-             for name in _LIVE_HISTOGRAMS}
+    hists = {
+        name: Histogram.from_dict(st[f"{name}_histogram"]) if st.get(f"{name}_histogram") else Histogram("us")
+        for name in _LIVE_HISTOGRAMS
+    }
     out: dict[str, Any] = {}
     if before is None:
         t0 = t - st["elapsed_s"] if t is not None and _num(st.get("elapsed_s")) > 0 else None
@@ -104,8 +127,9 @@ def _interval(st: Mapping[str, Any], t: float | None,
     return out, {"time": t, "hists": hists, **{k: _num(st.get(k)) for k in _RATE_KEYS.values()}}
 
 
-def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Mapping[str, Any] | None = None,
-                     now: float | None = None) -> dict[str, Any]:
+def aggregate_status(
+    statuses: Mapping[str, Mapping[str, Any] | None], prev: Mapping[str, Any] | None = None, now: float | None = None
+) -> dict[str, Any]:
     """Add up the live ``status.json`` of every generator (label -> status, None when not readable yet).
 
     Counters add (totals since the start).  The rates (``qps``, ``tps``, ``errors_per_s``,
@@ -130,7 +154,7 @@ def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Map
             agg[k] += _num(st.get(k))
         t = st.get("time") if isinstance(st.get("time"), (int, float)) else now
         mine = prev_gens.get(label)
-        if mine is not None and mine["snap"]["time"] == t:   # not rewritten since the last poll
+        if mine is not None and mine["snap"]["time"] == t:  # not rewritten since the last poll
             iv, snap = mine["interval"], mine["snap"]
         else:
             iv, snap = _interval(st, t, None if mine is None else mine["snap"])
@@ -141,9 +165,14 @@ def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Map
         for r in rates:
             if iv[r] is not None:
                 rates[r] = (rates[r] or 0.0) + iv[r]
-        agg["per_generator"][label] = {"cpu_percent": st.get("cpu_percent"), "loop_lag_ms": st.get("loop_lag_p99_ms"),
-                                       "active_sessions": st.get("active_sessions"), "done": st.get("done"),
-                                       "qps": iv["qps"], "tps": iv["tps"]}
+        agg["per_generator"][label] = {
+            "cpu_percent": st.get("cpu_percent"),
+            "loop_lag_ms": st.get("loop_lag_p99_ms"),
+            "active_sessions": st.get("active_sessions"),
+            "done": st.get("done"),
+            "qps": iv["qps"],
+            "tps": iv["tps"],
+        }
     agg.update(rates)
     # since the start, merged over generators (what --abort-on-fail judges a latency threshold on)
     agg["_cumulative"] = {name: Histogram("us") for name in _LIVE_HISTOGRAMS}
@@ -160,28 +189,38 @@ def aggregate_status(statuses: Mapping[str, Mapping[str, Any] | None], prev: Map
 
 def format_live_line(agg: Mapping[str, Any], elapsed: float) -> str:
     """The plain live line (stdout not a terminal): rates and p50/p99 of the last interval, totals."""
+
     def f(v: float | None, fmt: str = "{:.0f}") -> str:
         return "-" if v is None else fmt.format(v)
 
     gens = " ".join(
         f"{label}[cpu {f(g['cpu_percent'])}% lag {f(g['loop_lag_ms'], '{:.1f}')}ms]" if g else f"{label}[-]"
-        for label, g in agg["per_generator"].items())
-    return (f"t={elapsed:4.0f}s active={agg['active_sessions']} qps={f(agg['qps'], '{:.1f}')} "
-            f"tok/s={f(agg['tps'])} p50={f(agg['p50_ms'])}ms p99={f(agg['p99_ms'])}ms "
-            f"delivery_p99={f(agg.get('delivery_p99_ms'), '{:.1f}')}ms "
-            f"errors={agg['errors']} reconnects={agg['reconnect_attempts']} "
-            f"gens {agg['reporting']}/{agg['generators']}: {gens}")
+        for label, g in agg["per_generator"].items()
+    )
+    return (
+        f"t={elapsed:4.0f}s active={agg['active_sessions']} qps={f(agg['qps'], '{:.1f}')} "
+        f"tok/s={f(agg['tps'])} p50={f(agg['p50_ms'])}ms p99={f(agg['p99_ms'])}ms "
+        f"delivery_p99={f(agg.get('delivery_p99_ms'), '{:.1f}')}ms "
+        f"errors={agg['errors']} reconnects={agg['reconnect_attempts']} "
+        f"gens {agg['reporting']}/{agg['generators']}: {gens}"
+    )
 
 
 #: the live counters (status.json) a count threshold reads while the run goes
-_LIVE_COUNTS = {"lost": "lost_tokens", "errors": "errors", "failed_queries": "queries_failed",
-                "failed_sessions": "sessions_failed", "reconnect_attempts": "reconnect_attempts",
-                "reconnects": "reconnects_ok"}
+_LIVE_COUNTS = {
+    "lost": "lost_tokens",
+    "errors": "errors",
+    "failed_queries": "queries_failed",
+    "failed_sessions": "sessions_failed",
+    "reconnect_attempts": "reconnect_attempts",
+    "reconnects": "reconnects_ok",
+}
 _LIVE_TIME_STATS = (50, 90, 95, 99, 99.9)
 
 
-def live_failures(agg: Mapping[str, Any], thresholds: Sequence[Threshold], *, sessions: int | None = None,
-                  queries: int | None = None) -> list[dict[str, Any]]:
+def live_failures(
+    agg: Mapping[str, Any], thresholds: Sequence[Threshold], *, sessions: int | None = None, queries: int | None = None
+) -> list[dict[str, Any]]:
     """The thresholds the run so far has failed for good, judged on the live merge (``--abort-on-fail``).
 
     * a count only grows: once past an upper bound (``lost==0``, ``errors<10``) it has failed;
@@ -200,15 +239,23 @@ def live_failures(agg: Mapping[str, Any], thresholds: Sequence[Threshold], *, se
         if t.kind == "count" and t.op in ("<", "<=", "==") and _LIVE_COUNTS.get(t.metric) in agg:
             actual = float(_num(agg.get(_LIVE_COUNTS[t.metric])))
         elif t.kind == "percent" and t.op in (">", ">="):
-            planned, failed = ((sessions, agg.get("sessions_failed")) if t.metric == "success"
-                               else (queries, agg.get("queries_failed")))
+            planned, failed = (
+                (sessions, agg.get("sessions_failed"))
+                if t.metric == "success"
+                else (queries, agg.get("queries_failed"))
+            )
             if planned and failed is not None:
-                actual = max(0.0, (planned - _num(failed)) / planned)   # the best the run can still end with
+                actual = max(0.0, (planned - _num(failed)) / planned)  # the best the run can still end with
         elif t.kind == "time" and t.op in ("<", "<=") and t.stat != "min":
             h = cumulative.get(t.histogram or "latency")
             if h is not None and h.count:
                 actual = metric_value({_HIST_KEYS[t.histogram or "latency"]: h.summary(_LIVE_TIME_STATS, 1000.0)}, t)
         if actual is not None and not t.check(actual):
-            out.append({"threshold": t.text, "actual": actual,
-                        "unit": {"time": "s", "percent": "fraction", "count": ""}[t.kind]})
+            out.append(
+                {
+                    "threshold": t.text,
+                    "actual": actual,
+                    "unit": {"time": "s", "percent": "fraction", "count": ""}[t.kind],
+                }
+            )
     return out

@@ -77,17 +77,26 @@ _COMMANDS = {
 def _ask(c: Any, programs: list[str], what: str, timeout: float) -> tuple[str, dict[str, str], Any]:
     h = c.inventory_host
     sv_cmd, sd_cmd = _COMMANDS[what]
-    res = c.run(_MANAGER.format(
-        conf=shlex.quote(h.supervisord_conf), programs=" ".join(shlex.quote(p) for p in programs),
-        ctl=shlex.quote(_service_var(h, "kit_service_supervisorctl_bin", "/usr/bin/supervisorctl")),
-        prefix=shlex.quote(str(h.vars["kit_unit_prefix"])),
-        sv_cmd=sv_cmd, sd_cmd=sd_cmd), hide=True, warn=True, timeout=timeout)
+    res = c.run(
+        _MANAGER.format(
+            conf=shlex.quote(h.supervisord_conf),
+            programs=" ".join(shlex.quote(p) for p in programs),
+            ctl=shlex.quote(_service_var(h, "kit_service_supervisorctl_bin", "/usr/bin/supervisorctl")),
+            prefix=shlex.quote(str(h.vars["kit_unit_prefix"])),
+            sv_cmd=sv_cmd,
+            sd_cmd=sd_cmd,
+        ),
+        hide=True,
+        warn=True,
+        timeout=timeout,
+    )
     said = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
     return said.get("manager", "").strip(), said, res
 
 
-def resolve_service_pids(c: Any, inv: Inventory,
-                         only: list[str] | None = None) -> tuple[dict[str, tuple[str, int | None]], list[str]]:
+def resolve_service_pids(
+    c: Any, inv: Inventory, only: list[str] | None = None
+) -> tuple[dict[str, tuple[str, int | None]], list[str]]:
     """program -> (component, main PID or None) of the kit services on *c*'s host (or just the
     programs *only*), and one problem line per program without a PID."""
     h = c.inventory_host
@@ -102,8 +111,11 @@ def resolve_service_pids(c: Any, inv: Inventory,
         pid = int(raw) if raw.isdigit() and int(raw) > 0 else None
         pids[program] = (component, pid)
         if pid is None:
-            why = (f"{manager} says {raw!r}" if manager in ("supervisor", "systemd")
-                   else f"no kit supervisord.conf and no systemd (exit {res.exited})")
+            why = (
+                f"{manager} says {raw!r}"
+                if manager in ("supervisor", "systemd")
+                else f"no kit supervisord.conf and no systemd (exit {res.exited})"
+            )
             problems.append(f"{h.name}: no PID for {program}: {why}")
     return pids, problems
 
@@ -120,6 +132,7 @@ def service_action(c: Any, program: str, action: str = "restart") -> str:
     if manager == "systemd" and text:
         raise RuntimeError(f"systemctl {action} {program}: {text}")
     if manager not in ("supervisor", "systemd"):
-        raise RuntimeError(f"no kit supervisord.conf and no systemd on {c.inventory_host.name}: "
-                           f"cannot {action} {program}")
+        raise RuntimeError(
+            f"no kit supervisord.conf and no systemd on {c.inventory_host.name}: cannot {action} {program}"
+        )
     return f"{manager}: {text or 'ok'}"

@@ -54,10 +54,14 @@ fi
 echo "no $f and no systemd: nothing deployed here"; exit 3
 """
 
+
 def supervisor_status(c: Any) -> str:
     h = c.inventory_host
-    res = ops.run(c, _SUPERVISOR.format(conf=shlex.quote(h.supervisord_conf),
-                                        units=shlex.quote(f"{h.vars['kit_unit_prefix']}*")), warn=True)
+    res = ops.run(
+        c,
+        _SUPERVISOR.format(conf=shlex.quote(h.supervisord_conf), units=shlex.quote(f"{h.vars['kit_unit_prefix']}*")),
+        warn=True,
+    )
     if res.exited not in (0,):
         raise RuntimeError(f"process supervisor reports problems (exit {res.exited}):\n{res.stdout.strip()}")
     return res.stdout.strip()
@@ -127,6 +131,7 @@ def analyze(name: str, out: Callable[[str], None] = _say) -> int:
     from kit.client import analyze as client_analyze
     from kit.client import format_report
     from kit.report import write_report
+
     run_dir = find_run(name)
     if (run_dir / "summary.json").exists():
         out(write_report(run_dir))

@@ -48,8 +48,7 @@ def _check_redis_url(url: str) -> None:
     try:
         parse_url(url)
     except ValueError as exc:
-        raise ConfigError(f"REDIS_URL is not a valid Redis URL ({exc}): use redis://[:password@]host:port/db") \
-            from None
+        raise ConfigError(f"REDIS_URL is not a valid Redis URL ({exc}): use redis://[:password@]host:port/db") from None
 
 
 def _check_bind(host: str, port: int) -> None:
@@ -74,11 +73,17 @@ def _check_default_query(settings: SimSettings) -> None:
 
     from ._schedule import split_tokens
 
-    problem = query_duration_problem(len(split_tokens(settings.llm_response_text)), settings.token_delay_ms,
-                                     settings.ttft_ms, settings.token_jitter_ms)
+    problem = query_duration_problem(
+        len(split_tokens(settings.llm_response_text)),
+        settings.token_delay_ms,
+        settings.ttft_ms,
+        settings.token_jitter_ms,
+    )
     if problem is not None:
-        raise ConfigError(f"the deployed workload (LLM_RESPONSE_TEXT's words, TOKEN_DELAY_MS, TTFT_MS, "
-                          f"TOKEN_JITTER_MS) is too long: {problem}")
+        raise ConfigError(
+            f"the deployed workload (LLM_RESPONSE_TEXT's words, TOKEN_DELAY_MS, TTFT_MS, "
+            f"TOKEN_JITTER_MS) is too long: {problem}"
+        )
 
 
 def _serve(settings: SimSettings, level: str) -> None:

@@ -250,27 +250,38 @@ class SimViews:
     async def open(self) -> None:
         app, state, settings = self.app, self.state, self.settings
         pool = state.pool = _WaitingPool.from_url(
-            settings.redis_url, max_connections=settings.redis_pool_size,
+            settings.redis_url,
+            max_connections=settings.redis_pool_size,
             timeout=settings.redis_pool_timeout_ms / 1000.0,
-            socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_TIMEOUT_S,
+            socket_timeout=_REDIS_TIMEOUT_S,
+            socket_connect_timeout=_REDIS_TIMEOUT_S,
         )
         state.redis = aioredis.Redis(connection_pool=pool)
         # the publisher's own connection, same address and credentials, outside the pool's count
-        state.publisher = Publisher(lambda: pool.connection_class(**pool.connection_kwargs),
-                                    tick_s=settings.publish_tick_ms / 1000.0)
+        state.publisher = Publisher(
+            lambda: pool.connection_class(**pool.connection_kwargs), tick_s=settings.publish_tick_ms / 1000.0
+        )
         state.publisher.start()
         start_redis_watch(app, settings.redis_url, state.redis_watch)  # a wrong REDIS_URL: one line at start
-        app.add_background_task(listen_for_closes, settings.redis_url, app.shutdown_event, self.cancel_session,
-                                state.closes)
+        app.add_background_task(
+            listen_for_closes, settings.redis_url, app.shutdown_event, self.cancel_session, state.closes
+        )
         # not a Quart background task: those are awaited at shutdown, and this one never ends by itself
         self._sweeper = asyncio.get_running_loop().create_task(state.body_deadlines.run(), name="kit.sim bodies")
         app.add_background_task(_publish_stats, state, app.shutdown_event)  # for the workers' sums
         if self.tune_gc:
             _gc.tune()  # this worker's start-up is done: frozen, and collections rare (kit/_gc.py)
-        log.info("kit.sim serving (pid %d): %d words per answer, token delay %.3g ms, ttft %.3g ms, "
-                 "jitter %.3g ms, publish tick %.3g ms, redis pool %d", os.getpid(), len(state.words),
-                 settings.token_delay_ms, settings.ttft_ms, settings.token_jitter_ms, settings.publish_tick_ms,
-                 settings.redis_pool_size)
+        log.info(
+            "kit.sim serving (pid %d): %d words per answer, token delay %.3g ms, ttft %.3g ms, "
+            "jitter %.3g ms, publish tick %.3g ms, redis pool %d",
+            os.getpid(),
+            len(state.words),
+            settings.token_delay_ms,
+            settings.ttft_ms,
+            settings.token_jitter_ms,
+            settings.publish_tick_ms,
+            settings.redis_pool_size,
+        )
 
     async def close(self) -> None:
         state = self.state
@@ -302,14 +313,20 @@ class SimViews:
         state.errors += 1
         if isinstance(exc, PoolExhausted):
             state.pool_exhausted += 1
-            return _error(503, "redis_pool_exhausted",
-                          f"the simulator's Redis connection pool was exhausted: {exc} (more concurrent requests "
-                          "than SIM_REDIS_POOL_SIZE while Redis was slow); retry, or raise SIM_REDIS_POOL_SIZE "
-                          "or SIM_REDIS_POOL_TIMEOUT_MS")
+            return _error(
+                503,
+                "redis_pool_exhausted",
+                f"the simulator's Redis connection pool was exhausted: {exc} (more concurrent requests "
+                "than SIM_REDIS_POOL_SIZE while Redis was slow); retry, or raise SIM_REDIS_POOL_SIZE "
+                "or SIM_REDIS_POOL_TIMEOUT_MS",
+            )
         if isinstance(exc, RedisError):
             log.warning("redis error on %s %s: %s: %s", method, path, type(exc).__name__, exc)
-            return _error(503, "redis_unavailable", "the simulator could not reach Redis: check REDIS_URL and "
-                                                    "that redis-server is running")
+            return _error(
+                503,
+                "redis_unavailable",
+                "the simulator could not reach Redis: check REDIS_URL and that redis-server is running",
+            )
         log.error("unhandled error on %s %s", method, path, exc_info=exc)
         return _error(500, "internal_error", "the simulator failed on this request; see its log")
 
@@ -323,9 +340,12 @@ class SimViews:
 
     def _not_found(self, session_id: str) -> Answer:
         self.state.client_errors += 1
-        return _error(404, "session_not_found",
-                      f"no session {session_id[:_MAX_SESSION_ID]!r}: create one with POST /session/create "
-                      "(sessions expire after SESSION_TTL_SECONDS)")
+        return _error(
+            404,
+            "session_not_found",
+            f"no session {session_id[:_MAX_SESSION_ID]!r}: create one with POST /session/create "
+            "(sessions expire after SESSION_TTL_SECONDS)",
+        )
 
     def _closed(self, session_id: str) -> Answer:
         self.state.client_errors += 1
@@ -340,19 +360,25 @@ class SimViews:
         """429 if one more query of *n* tokens would pass a bound of this worker, else None."""
         pub, limits = self.state.publisher, self.limits
         if pub.queries_in_flight >= limits.max_queries_in_flight:
-            return self._too_many(f"this simulator worker has {pub.queries_in_flight} queries in flight, its bound "
-                                  f"(SIM_MAX_QUERIES_IN_FLIGHT={limits.max_queries_in_flight}): retry when some have "
-                                  "ended")
+            return self._too_many(
+                f"this simulator worker has {pub.queries_in_flight} queries in flight, its bound "
+                f"(SIM_MAX_QUERIES_IN_FLIGHT={limits.max_queries_in_flight}): retry when some have "
+                "ended"
+            )
         held = pub.in_flight_on(channel)
         if held >= limits.max_session_queries_in_flight:
-            return self._too_many(f"session {session_id!r} has {held} queries in flight on this simulator worker, "
-                                  f"its bound (SIM_MAX_SESSION_QUERIES_IN_FLIGHT="
-                                  f"{limits.max_session_queries_in_flight}): wait for one to end")
+            return self._too_many(
+                f"session {session_id!r} has {held} queries in flight on this simulator worker, "
+                f"its bound (SIM_MAX_SESSION_QUERIES_IN_FLIGHT="
+                f"{limits.max_session_queries_in_flight}): wait for one to end"
+            )
         if pub.tokens_in_flight + n > limits.max_tokens_in_flight:
-            return self._too_many(f"this simulator worker has {pub.tokens_in_flight} tokens of queries in flight "
-                                  f"and this query would add {n}, past its bound (SIM_MAX_TOKENS_IN_FLIGHT="
-                                  f"{limits.max_tokens_in_flight}): retry when some have ended, or ask for fewer "
-                                  "tokens")
+            return self._too_many(
+                f"this simulator worker has {pub.tokens_in_flight} tokens of queries in flight "
+                f"and this query would add {n}, past its bound (SIM_MAX_TOKENS_IN_FLIGHT="
+                f"{limits.max_tokens_in_flight}): retry when some have ended, or ask for fewer "
+                "tokens"
+            )
         return None
 
     # -- the session routes (direct too: one Redis round trip each) ------------------------------
@@ -369,11 +395,13 @@ class SimViews:
             pipe.hset(key, mapping={"status": "open", "agent_id": body.agent_id, "created": f"{time.time():.6f}"})
             pipe.expire(key, settings.session_ttl_seconds)
             await pipe.execute()
-        token = issue_token(settings.jwt_secret, session_id, algorithm=settings.jwt_algorithm,
-                            ttl_seconds=settings.jwt_ttl_seconds)
+        token = issue_token(
+            settings.jwt_secret, session_id, algorithm=settings.jwt_algorithm, ttl_seconds=settings.jwt_ttl_seconds
+        )
         state.sessions_created += 1
-        return _answer({"session_id": session_id, "auth_token": token,
-                        "ws_path": f"/{body.agent_id}/ws/{session_id}"}, 201)
+        return _answer(
+            {"session_id": session_id, "auth_token": token, "ws_path": f"/{body.agent_id}/ws/{session_id}"}, 201
+        )
 
     async def session_run(self, session_id: str, raw: bytes) -> Answer:
         submitted = time.monotonic()  # the Publisher's clock
@@ -383,9 +411,11 @@ class SimViews:
         except BodyError as exc:
             return self._invalid(exc)
         # the run's workload (the body) over the deployment's (the simulator's settings)
-        pace = {"token_delay_ms": settings.token_delay_ms if body.token_delay_ms is None else body.token_delay_ms,
-                "ttft_ms": settings.ttft_ms if body.ttft_ms is None else body.ttft_ms,
-                "token_jitter_ms": settings.token_jitter_ms if body.token_jitter_ms is None else body.token_jitter_ms}
+        pace = {
+            "token_delay_ms": settings.token_delay_ms if body.token_delay_ms is None else body.token_delay_ms,
+            "ttft_ms": settings.ttft_ms if body.ttft_ms is None else body.ttft_ms,
+            "token_jitter_ms": settings.token_jitter_ms if body.token_jitter_ms is None else body.token_jitter_ms,
+        }
         # the whole query's length must be within the wire contract's bound (kit.wire)
         n_words = len(state.words) if body.max_tokens is None else body.max_tokens
         too_long = query_duration_problem(n_words, pace["token_delay_ms"], pace["ttft_ms"], pace["token_jitter_ms"])
@@ -401,15 +431,23 @@ class SimViews:
         words = state.words
         if body.max_tokens is not None and words:
             # the answer's length: the text's first max_tokens words, the text repeated past its end
-            words = (words[: body.max_tokens] if body.max_tokens <= len(words)
-                     else [words[i % len(words)] for i in range(body.max_tokens)])
+            words = (
+                words[: body.max_tokens]
+                if body.max_tokens <= len(words)
+                else [words[i % len(words)] for i in range(body.max_tokens)]
+            )
         n = len(words)
         channel = channel_name(session_id)
         refused = self._over_bound(channel, session_id, n)
         if refused is not None:
             return refused
-        offsets = due_offsets(n, ttft_ms=pace["ttft_ms"], delay_ms=pace["token_delay_ms"],
-                              jitter_ms=pace["token_jitter_ms"], rng=state.rng)
+        offsets = due_offsets(
+            n,
+            ttft_ms=pace["ttft_ms"],
+            delay_ms=pace["token_delay_ms"],
+            jitter_ms=pace["token_jitter_ms"],
+            rng=state.rng,
+        )
         query_id = uuid.uuid4().hex
         # due times as doubles (8 bytes a token, not a float object's 32): what a query holds until its end
         state.publisher.submit(channel, query_id.encode(), words, array("d", [submitted + o for o in offsets]))
@@ -442,12 +480,24 @@ class SimViews:
     def _shallow_health(self) -> Answer:
         state = self.state
         if state.publisher is None or not state.publisher.running:
-            return _answer({"status": "unavailable", "publisher": "stopped",
-                            "detail": "the token publisher is not running: see the simulator's log"}, 503)
+            return _answer(
+                {
+                    "status": "unavailable",
+                    "publisher": "stopped",
+                    "detail": "the token publisher is not running: see the simulator's log",
+                },
+                503,
+            )
         watch = state.redis_watch
         if not watch.ok:
-            return _answer({"status": "unavailable", "redis": "down" if watch.ok is False else "unknown",
-                            "detail": f"{watch.detail}: check REDIS_URL and redis-server"}, 503)
+            return _answer(
+                {
+                    "status": "unavailable",
+                    "redis": "down" if watch.ok is False else "unknown",
+                    "detail": f"{watch.detail}: check REDIS_URL and redis-server",
+                },
+                503,
+            )
         return _answer({"status": "ok"}, 200)
 
     async def health(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
@@ -458,9 +508,14 @@ class SimViews:
         try:
             await asyncio.wait_for(self.state.redis.ping(), _HEALTH_TIMEOUT_S)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            return _answer({"status": "unavailable", "redis": "down",
-                            "detail": f"redis PING failed ({type(exc).__name__}): check REDIS_URL and redis-server"},
-                           503)
+            return _answer(
+                {
+                    "status": "unavailable",
+                    "redis": "down",
+                    "detail": f"redis PING failed ({type(exc).__name__}): check REDIS_URL and redis-server",
+                },
+                503,
+            )
         return self._shallow_health()
 
     async def stats(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
@@ -468,7 +523,7 @@ class SimViews:
 
     def _every_worker(self) -> dict:
         own = self.state.statistics()
-        _workers.publish(own)   # this worker's file fresh before the sum
+        _workers.publish(own)  # this worker's file fresh before the sum
         return _workers.gather(own)
 
     async def stats_all(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
@@ -506,8 +561,12 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimit
     # answers are small and buffered by Granian, so a slow reader holds one idle coroutine, never CPU.
     app.config["BODY_TIMEOUT"] = None
     app.config["RESPONSE_TIMEOUT"] = None
-    state = SimState(settings=settings, words=encode_tokens(split_tokens(settings.llm_response_text)),
-                     limits=limits, body_deadlines=BodyDeadlines(limits.request_body_timeout_secs))
+    state = SimState(
+        settings=settings,
+        words=encode_tokens(split_tokens(settings.llm_response_text)),
+        limits=limits,
+        body_deadlines=BodyDeadlines(limits.request_body_timeout_secs),
+    )
     views = SimViews(app, state, tune_gc=tune_gc)
     app.extensions["kit.sim"] = state
     app.extensions[BODY_DEADLINES] = state.body_deadlines

@@ -53,8 +53,7 @@ from quart.asgi import ASGIHTTPConnection
 from quart.utils import encode_headers
 from quart.wrappers.response import DataBody, Response
 
-__all__ = ["LeanHTTPConnection", "DirectRoutes", "DIRECT_ROUTES", "BodyDeadlines", "BODY_DEADLINES", "Answer",
-           "View"]
+__all__ = ["LeanHTTPConnection", "DirectRoutes", "DIRECT_ROUTES", "BodyDeadlines", "BODY_DEADLINES", "Answer", "View"]
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +143,10 @@ class BodyDeadlines:
 
 
 def _timeout_detail(timeout_s: float) -> bytes:
-    return (b'{"error":"request_timeout","detail":"the request body did not arrive whole within %g s of its head '
-            b'(SIM_REQUEST_BODY_TIMEOUT_SECS): send the whole body at once"}' % timeout_s)
+    return (
+        b'{"error":"request_timeout","detail":"the request body did not arrive whole within %g s of its head '
+        b'(SIM_REQUEST_BODY_TIMEOUT_SECS): send the whole body at once"}' % timeout_s
+    )
 
 
 class LeanHTTPConnection(ASGIHTTPConnection):
@@ -173,8 +174,13 @@ class LeanHTTPConnection(ASGIHTTPConnection):
                 raise
             task.uncancel()
             body = _timeout_detail(deadlines.timeout_s)
-            await send({"type": "http.response.start", "status": 408,
-                        "headers": [_CONTENT_TYPE, (b"content-length", b"%d" % len(body)), (b"connection", b"close")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 408,
+                    "headers": [_CONTENT_TYPE, (b"content-length", b"%d" % len(body)), (b"connection", b"close")],
+                }
+            )
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         finally:
@@ -190,8 +196,13 @@ class LeanHTTPConnection(ASGIHTTPConnection):
                     status, body = await view(chunks[0] if len(chunks) == 1 else b"".join(chunks))
                 except Exception as exc:  # noqa: BLE001 - answered as the app's error handlers answer it
                     status, body = direct.failure(exc, method, path)
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [_CONTENT_TYPE, (b"content-length", b"%d" % len(body))],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
         request = self._create_request_from_scope(send)
@@ -205,6 +216,7 @@ class LeanHTTPConnection(ASGIHTTPConnection):
         if not isinstance(body, DataBody) or body.begin != 0 or body.end != len(body.data):
             await super()._send_response(send, response)
             return
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": encode_headers(response.headers)})
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": encode_headers(response.headers)}
+        )
         await send({"type": "http.response.body", "body": body.data, "more_body": False})

@@ -22,8 +22,17 @@ import orjson
 
 from kit.wire import PACE_FIELDS, WORKLOAD_BOUNDS
 
-__all__ = ["BodyError", "CreateRequest", "RunRequest", "DEFAULT_AGENT_ID", "WORKLOAD_BOUNDS", "PACE_FIELDS",
-           "check_workload_value", "parse_create", "parse_run"]
+__all__ = [
+    "BodyError",
+    "CreateRequest",
+    "RunRequest",
+    "DEFAULT_AGENT_ID",
+    "WORKLOAD_BOUNDS",
+    "PACE_FIELDS",
+    "check_workload_value",
+    "parse_create",
+    "parse_run",
+]
 
 DEFAULT_AGENT_ID = "load-test-agent"
 #: an agent id becomes a path segment of ws_path: keep it to URL-safe characters
@@ -79,11 +88,16 @@ def parse_create(raw: bytes) -> CreateRequest:
         return CreateRequest()
     agent_id = obj["agent_id"]
     if not isinstance(agent_id, str):
-        raise BodyError("agent_id", f"agent_id must be a string, got {_kind(agent_id)}: "
-                                    'send e.g. {"agent_id": "load-test-agent"} or omit it')
+        raise BodyError(
+            "agent_id",
+            f'agent_id must be a string, got {_kind(agent_id)}: send e.g. {{"agent_id": "load-test-agent"}} or omit it',
+        )
     if not _AGENT_ID_RE.fullmatch(agent_id):
-        raise BodyError("agent_id", "agent_id must be 1-128 characters of letters, digits, '.', '_', '~' "
-                                    "or '-' starting with a letter or digit (it becomes a URL path segment)")
+        raise BodyError(
+            "agent_id",
+            "agent_id must be 1-128 characters of letters, digits, '.', '_', '~' "
+            "or '-' starting with a letter or digit (it becomes a URL path segment)",
+        )
     return CreateRequest(agent_id=agent_id)
 
 
@@ -112,8 +126,11 @@ def check_workload_value(name: str, value: Any) -> Any:
     ok_type = type(value) is int or (not whole and type(value) is float)
     if not ok_type or not lo <= value <= hi:
         kind = "a whole number" if whole else "a number"
-        raise BodyError(name, f"{name} must be {kind} from {lo:g} to {hi:g} ({what}), got {_kind(value)}: "
-                              "send a value in range or omit it for the simulator's default")
+        raise BodyError(
+            name,
+            f"{name} must be {kind} from {lo:g} to {hi:g} ({what}), got {_kind(value)}: "
+            "send a value in range or omit it for the simulator's default",
+        )
     return value
 
 

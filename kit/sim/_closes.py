@@ -48,13 +48,16 @@ _CONNECT_TIMEOUT_S = 2.0
 _POLL_S = 1.0
 #: seconds between WARNINGs about announcing closes failing
 _LOG_EVERY_S = 60.0
-_KEEPALIVE = {opt: value for opt, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 3), ("TCP_KEEPCNT", 3))
-              if hasattr(socket, opt)}
+_KEEPALIVE = {
+    opt: value for opt, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 3), ("TCP_KEEPCNT", 3)) if hasattr(socket, opt)
+}
 
 
 def _acl_hint() -> str:
-    return ("the simulator's Redis user may not SUBSCRIBE to or PUBLISH on %s: add '&%s +subscribe +unsubscribe' "
-            "to redis_acl_sim_rules" % (CLOSE_CHANNEL.decode(), CLOSE_CHANNEL.decode()))
+    return (
+        "the simulator's Redis user may not SUBSCRIBE to or PUBLISH on %s: add '&%s +subscribe +unsubscribe' "
+        "to redis_acl_sim_rules" % (CLOSE_CHANNEL.decode(), CLOSE_CHANNEL.decode())
+    )
 
 
 class CloseListener:
@@ -67,8 +70,14 @@ class CloseListener:
         self._last_announce_log = -_LOG_EVERY_S
 
 
-async def listen_for_closes(redis_url: str, stop: asyncio.Event, on_close: Callable[[str], object],
-                            listener: CloseListener, *, retry: tuple[float, float] = RETRY_S) -> None:
+async def listen_for_closes(
+    redis_url: str,
+    stop: asyncio.Event,
+    on_close: Callable[[str], object],
+    listener: CloseListener,
+    *,
+    retry: tuple[float, float] = RETRY_S,
+) -> None:
     """Call *on_close(session_id)* for every close announced, until *stop* is set; errors are logged, never
     raised (see the module docstring)."""
     where = redis_location(redis_url)
@@ -77,15 +86,20 @@ async def listen_for_closes(redis_url: str, stop: asyncio.Event, on_close: Calla
     warned = False
     keepalive = {getattr(socket, opt): value for opt, value in _KEEPALIVE.items()}
     while not stop.is_set():
-        client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=_CONNECT_TIMEOUT_S,
-                                         socket_keepalive=True, socket_keepalive_options=keepalive)
+        client = aioredis.Redis.from_url(
+            redis_url,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            socket_keepalive=True,
+            socket_keepalive_options=keepalive,
+        )
         pubsub = client.pubsub()  # not ignoring subscribe messages: the first is the confirmation awaited
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT_S * 2):
                 await pubsub.subscribe(CLOSE_CHANNEL)
                 # the confirmation (a refusal, NOPERM, comes back as an error in its place)
-                while (confirmed := await pubsub.get_message(timeout=_CONNECT_TIMEOUT_S)) is None \
-                        or confirmed.get("type") != "subscribe":
+                while (confirmed := await pubsub.get_message(timeout=_CONNECT_TIMEOUT_S)) is None or confirmed.get(
+                    "type"
+                ) != "subscribe":
                     pass
             if warned:
                 log.info("listening for closes on Redis at %s again", where)
@@ -103,8 +117,11 @@ async def listen_for_closes(redis_url: str, stop: asyncio.Event, on_close: Calla
                 if secret:
                     reason = reason.replace(urllib.parse.unquote(secret), "***")
                 what = _acl_hint() if isinstance(exc, NoPermissionError) else f"Redis at {where}: {reason}"
-                log.warning("not listening for closes (%s): a close cancels only the queries of the worker that "
-                            "answers it until this is fixed; retrying in the background", what)
+                log.warning(
+                    "not listening for closes (%s): a close cancels only the queries of the worker that "
+                    "answers it until this is fixed; retrying in the background",
+                    what,
+                )
                 warned = True
             try:
                 await asyncio.wait_for(stop.wait(), delay)
@@ -131,5 +148,9 @@ async def announce_close(redis: aioredis.Redis, session_id: str, listener: Close
         if now - listener._last_announce_log >= _LOG_EVERY_S:
             listener._last_announce_log = now
             what = _acl_hint() if isinstance(exc, NoPermissionError) else f"{type(exc).__name__}"
-            log.warning("could not announce a close to the other workers (%s); %d failed so far: their queries "
-                        "of closed sessions run to their end", what, listener.announce_failures)
+            log.warning(
+                "could not announce a close to the other workers (%s); %d failed so far: their queries "
+                "of closed sessions run to their end",
+                what,
+                listener.announce_failures,
+            )

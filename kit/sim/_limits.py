@@ -37,21 +37,23 @@ class SimLimits:
     """Bounds of one simulator worker (see the module docstring)."""
 
     #: seconds a connection has to send a whole request head (from its accept or its previous answer)
-    request_header_timeout_secs: float = setting(10.0, env=("SIM_REQUEST_HEADER_TIMEOUT_SECS",), minimum=1.0,
-                                                 maximum=3600.0)
+    request_header_timeout_secs: float = setting(
+        10.0, env=("SIM_REQUEST_HEADER_TIMEOUT_SECS",), minimum=1.0, maximum=3600.0
+    )
     #: seconds a request's body has to arrive whole after its head; then 408 and the connection closed
-    request_body_timeout_secs: float = setting(10.0, env=("SIM_REQUEST_BODY_TIMEOUT_SECS",), minimum=0.1,
-                                               maximum=3600.0)
+    request_body_timeout_secs: float = setting(
+        10.0, env=("SIM_REQUEST_BODY_TIMEOUT_SECS",), minimum=0.1, maximum=3600.0
+    )
     #: the largest request head (request line and headers) read; Granian answers 431 beyond it
     max_head_bytes: int = setting(65536, env=("SIM_MAX_HEAD_BYTES",), minimum=8192, maximum=16 * 1024 * 1024)
     #: queries whose tokens are still being published, per worker
     max_queries_in_flight: int = setting(20000, env=("SIM_MAX_QUERIES_IN_FLIGHT",), minimum=1, maximum=10_000_000)
     #: of which one session's, per worker (a client runs one at a time)
-    max_session_queries_in_flight: int = setting(8, env=("SIM_MAX_SESSION_QUERIES_IN_FLIGHT",), minimum=1,
-                                                 maximum=100_000)
+    max_session_queries_in_flight: int = setting(
+        8, env=("SIM_MAX_SESSION_QUERIES_IN_FLIGHT",), minimum=1, maximum=100_000
+    )
     #: tokens of the queries in flight, per worker (their due times are held until each query ends)
-    max_tokens_in_flight: int = setting(5_000_000, env=("SIM_MAX_TOKENS_IN_FLIGHT",), minimum=1,
-                                        maximum=1_000_000_000)
+    max_tokens_in_flight: int = setting(5_000_000, env=("SIM_MAX_TOKENS_IN_FLIGHT",), minimum=1, maximum=1_000_000_000)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "SimLimits":

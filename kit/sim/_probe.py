@@ -25,8 +25,15 @@ import redis.asyncio as aioredis
 from quart import Quart
 from redis.exceptions import RedisError
 
-__all__ = ["RedisWatch", "start_redis_watch", "watch_redis", "redis_location", "RETRY_S", "PROBE_TIMEOUT_S",
-           "WATCH_INTERVAL_S"]
+__all__ = [
+    "RedisWatch",
+    "start_redis_watch",
+    "watch_redis",
+    "redis_location",
+    "RETRY_S",
+    "PROBE_TIMEOUT_S",
+    "WATCH_INTERVAL_S",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +80,14 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-async def watch_redis(redis_url: str, stop: asyncio.Event, watch: RedisWatch, *,
-                      interval: float = WATCH_INTERVAL_S, retry: tuple[float, float] = RETRY_S) -> None:
+async def watch_redis(
+    redis_url: str,
+    stop: asyncio.Event,
+    watch: RedisWatch,
+    *,
+    interval: float = WATCH_INTERVAL_S,
+    retry: tuple[float, float] = RETRY_S,
+) -> None:
     """PING Redis every *interval* until *stop* is set, recording each outcome in *watch*.
 
     Logs once when Redis stops answering (or never did), once when it answers again.  Errors are
@@ -83,8 +96,9 @@ async def watch_redis(redis_url: str, stop: asyncio.Event, watch: RedisWatch, *,
     where = redis_location(redis_url)
     secret = urllib.parse.urlsplit(redis_url).password
     secret = urllib.parse.unquote(secret) if secret else None
-    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=PROBE_TIMEOUT_S,
-                                     socket_timeout=PROBE_TIMEOUT_S, single_connection_client=True)
+    client = aioredis.Redis.from_url(
+        redis_url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S, single_connection_client=True
+    )
     delay, cap = retry
     ever_answered = False
     try:
@@ -96,9 +110,15 @@ async def watch_redis(redis_url: str, stop: asyncio.Event, watch: RedisWatch, *,
                 reason = _reason(exc, secret)
                 if watch.ok is not False:
                     when = "any more" if ever_answered else "at start-up"
-                    log.warning("REDIS_URL is not usable %s: Redis at %s: %s. /health and the session endpoints "
-                                "answer 503 until it is: fix REDIS_URL (host, port, password) or start "
-                                "redis-server at %s; retrying in the background", when, where, reason, where)
+                    log.warning(
+                        "REDIS_URL is not usable %s: Redis at %s: %s. /health and the session endpoints "
+                        "answer 503 until it is: fix REDIS_URL (host, port, password) or start "
+                        "redis-server at %s; retrying in the background",
+                        when,
+                        where,
+                        reason,
+                        where,
+                    )
                 watch.ok, watch.detail = False, f"Redis at {where}: {reason}"
                 if client.connection is not None:  # a fresh connection for the next PING
                     await client.connection.disconnect()

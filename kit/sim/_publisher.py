@@ -79,10 +79,10 @@ class _Query:
         self.prefix = _resp_head(channel)  # RESP "*3 PUBLISH <channel>" head, packed once
         self.query_id = query_id
         self.texts = texts
-        self.due = due              # absolute time.monotonic() times, len(texts) + 1 (done last)
+        self.due = due  # absolute time.monotonic() times, len(texts) + 1 (done last)
         self.n = len(texts)
-        self.i = 0                  # next seq to publish; n + 1 once the query has ended
-        self.cancelled = False      # cancel() marked it: its next message is a cancelled done
+        self.i = 0  # next seq to publish; n + 1 once the query has ended
+        self.cancelled = False  # cancel() marked it: its next message is a cancelled done
 
 
 def _resp_head(channel: bytes) -> bytes:
@@ -97,18 +97,19 @@ class Publisher:
     at every due time.
     """
 
-    def __init__(self, connect: Callable[[], object], *, tick_s: float = DEFAULT_TICK_S,
-                 max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, connect: Callable[[], object], *, tick_s: float = DEFAULT_TICK_S, max_batch: int = MAX_BATCH
+    ) -> None:
         if tick_s < 0:
             raise ValueError(f"tick_s must be >= 0, got {tick_s}")
         self._connect = connect
         self._conn = None
         self._tick = tick_s
         self._max_batch = max_batch
-        self._wakes: list[float] = []                  # heap of the buckets' wake-up instants
+        self._wakes: list[float] = []  # heap of the buckets' wake-up instants
         self._buckets: dict[float, list[_Query]] = {}  # wake-up instant -> queries due by then
         self._in_flight = 0
-        self._tokens_in_flight = 0                     # tokens (due times held) of the queries in flight
+        self._tokens_in_flight = 0  # tokens (due times held) of the queries in flight
         self._by_channel: dict[bytes, dict[_Query, None]] = {}  # channel -> its queries in flight
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Future | None = None
@@ -118,14 +119,14 @@ class Publisher:
         # counters (per process), see statistics()
         self.tokens_published = 0
         self.done_published = 0
-        self.messages_unheard = 0       # PUBLISH replied 0 receivers
+        self.messages_unheard = 0  # PUBLISH replied 0 receivers
         self.messages_dropped = 0
         self.publish_errors = 0
         self.batches = 0
         self.max_batch_seen = 0
-        self.max_lag_s = 0.0            # worst lateness of a message vs. its due time
+        self.max_lag_s = 0.0  # worst lateness of a message vs. its due time
         self.queries_cancelled = 0
-        self.tokens_cancelled = 0       # tokens of cancelled queries never published
+        self.tokens_cancelled = 0  # tokens of cancelled queries never published
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -151,11 +152,9 @@ class Publisher:
             while not task.done():
                 task.cancel()
                 await asyncio.wait([task], timeout=_CANCEL_RETRY_S)
-        pending = sum(1 if q.cancelled else q.n + 1 - q.i
-                      for queries in self._by_channel.values() for q in queries)
+        pending = sum(1 if q.cancelled else q.n + 1 - q.i for queries in self._by_channel.values() for q in queries)
         if pending:
-            log.info("publisher stopped with %d queries in flight; %d messages dropped",
-                     self._in_flight, pending)
+            log.info("publisher stopped with %d queries in flight; %d messages dropped", self._in_flight, pending)
             self.messages_dropped += pending
         self._wakes.clear()
         self._buckets.clear()
@@ -404,17 +403,24 @@ class Publisher:
         self._errors_since_log += 1
         now = time.monotonic()
         if now - self._last_error_log >= _LOG_EVERY_S:
-            log.warning("publishing failed (%s: %s); dropped %d messages of this batch; "
-                        "%d failed batches since the last report, %d dropped in total",
-                        type(exc).__name__, exc, count, self._errors_since_log, self.messages_dropped)
+            log.warning(
+                "publishing failed (%s: %s); dropped %d messages of this batch; "
+                "%d failed batches since the last report, %d dropped in total",
+                type(exc).__name__,
+                exc,
+                count,
+                self._errors_since_log,
+                self.messages_dropped,
+            )
             self._last_error_log = now
             self._errors_since_log = 0
 
 
 def _report_death(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("the publisher task died; no more tokens will be published by this process",
-                  exc_info=task.exception())
+        log.error(
+            "the publisher task died; no more tokens will be published by this process", exc_info=task.exception()
+        )
 
 
 def _wake_up(fut: asyncio.Future) -> None:

@@ -85,7 +85,7 @@ def _check_unambiguous(routes: list[Route]) -> None:
     and no segment fixed in both with different text): the order werkzeug would choose is not copied."""
     for i, a in enumerate(routes):
         sa = _segments(a.rule)
-        for b in routes[i + 1:]:
+        for b in routes[i + 1 :]:
             sb = _segments(b.rule)
             if a.method != b.method or len(sa) != len(sb):
                 continue

@@ -53,7 +53,11 @@ def encode_tokens(words: Sequence[str]) -> list[bytes]:
 
 
 def due_offsets(
-    n: int, *, ttft_ms: float, delay_ms: float, jitter_ms: float = 0.0,
+    n: int,
+    *,
+    ttft_ms: float,
+    delay_ms: float,
+    jitter_ms: float = 0.0,
     rng: random.Random | None = None,
 ) -> list[float]:
     """Due offsets in seconds of tokens ``0..n-1`` followed by the ``done`` message (n+1 values).

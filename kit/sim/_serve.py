@@ -42,15 +42,18 @@ def _log_config(level: str) -> dict:
     from granian.log import LOGGING_CONFIG
 
     cfg = copy.deepcopy(LOGGING_CONFIG)
-    cfg["formatters"]["kit"] = {"()": "logging.Formatter",
-                                "fmt": "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"}
+    cfg["formatters"]["kit"] = {
+        "()": "logging.Formatter",
+        "fmt": "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    }
     cfg["handlers"]["kit"] = {"formatter": "kit", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
     cfg["loggers"]["kit"] = {"handlers": ["kit"], "level": level, "propagate": False}
     return cfg
 
 
-def serve(settings: SimSettings, *, log_level: str = "INFO", loop: str = GRANIAN_LOOP,
-          limits: SimLimits | None = None) -> None:
+def serve(
+    settings: SimSettings, *, log_level: str = "INFO", loop: str = GRANIAN_LOOP, limits: SimLimits | None = None
+) -> None:
     """Run Granian in this process until SIGTERM/SIGINT; blocks.  Raises OSError if it cannot bind.
     *limits* default to ``SimLimits.from_env()`` (the workers read the same environment)."""
     from granian.constants import HTTPModes, Interfaces, Loops
@@ -60,6 +63,7 @@ def serve(settings: SimSettings, *, log_level: str = "INFO", loop: str = GRANIAN
 
     # the workers' counters meet here for the summed /stats/all and /metrics (kit/sim/_workers.py)
     from ._workers import STATS_DIR_ENV
+
     limits = SimLimits.from_env() if limits is None else limits
     stats_dir = tempfile.mkdtemp(prefix="kit-sim-stats-")
     os.environ[STATS_DIR_ENV] = stats_dir
@@ -67,18 +71,19 @@ def serve(settings: SimSettings, *, log_level: str = "INFO", loop: str = GRANIAN
         APP_TARGET,
         address=settings.host,
         port=settings.port,
-        interface=Interfaces.ASGI,          # ASGI with lifespan: before_serving/after_serving run
+        interface=Interfaces.ASGI,  # ASGI with lifespan: before_serving/after_serving run
         workers=settings.workers,
         loop=Loops(loop),
         http=HTTPModes.http1,
-        http1_settings=HTTP1Settings(header_read_timeout=int(limits.request_header_timeout_secs * 1000),
-                                     max_buffer_size=limits.max_head_bytes),
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(limits.request_header_timeout_secs * 1000), max_buffer_size=limits.max_head_bytes
+        ),
         websockets=False,
         log_level=LogLevels(log_level.lower()),
         log_dictconfig=_log_config(log_level.upper()),
         log_access=False,
         workers_kill_timeout=10,
-        respawn_failed_workers=True,        # one dead worker is replaced; the others never stop
+        respawn_failed_workers=True,  # one dead worker is replaced; the others never stop
     )
     try:
         server.serve()

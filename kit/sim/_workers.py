@@ -110,7 +110,7 @@ def gather(own: Mapping[str, Any]) -> dict[str, Any]:
                 if not isinstance(st, dict):
                     continue
             except (OSError, ValueError):
-                continue   # a file being replaced: the next read has it
+                continue  # a file being replaced: the next read has it
             per_worker[p.stem] = (pid, fresh and _alive(pid), st)
     per_worker[f"{own['pid']}-{_STARTED_NS}"] = (int(own["pid"]), True, own)
     pids = sorted({pid for pid, _, _ in per_worker.values()})

@@ -47,8 +47,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["EdgeRunner", "HeadLimits", "HeadTooLarge", "FIELD_FACTOR", "HEAD_FACTOR", "MAX_HEADERS",
-           "MAX_LINE_BYTES"]
+__all__ = ["EdgeRunner", "HeadLimits", "HeadTooLarge", "FIELD_FACTOR", "HEAD_FACTOR", "MAX_HEADERS", "MAX_LINE_BYTES"]
 
 #: one header field (name + value) may be this many times WS_MAX_AUTH_HEADER_BYTES
 FIELD_FACTOR = 4
@@ -75,12 +74,17 @@ class HeadLimits:
 
     @classmethod
     def for_auth_bytes(cls, max_auth_header_bytes: int, *, per_address: int = 0) -> "HeadLimits":
-        return cls(field_bytes=FIELD_FACTOR * max_auth_header_bytes, head_bytes=HEAD_FACTOR * max_auth_header_bytes,
-                   per_address=per_address)
+        return cls(
+            field_bytes=FIELD_FACTOR * max_auth_header_bytes,
+            head_bytes=HEAD_FACTOR * max_auth_header_bytes,
+            per_address=per_address,
+        )
 
     def describe(self) -> str:
-        return (f"a request head may have at most {self.head_bytes} bytes, {self.max_headers} header fields "
-                f"and {self.field_bytes} bytes per field")
+        return (
+            f"a request head may have at most {self.head_bytes} bytes, {self.max_headers} header fields "
+            f"and {self.field_bytes} bytes per field"
+        )
 
 
 class HeadTooLarge(BadHttpMessage):
@@ -159,8 +163,10 @@ def refusal_status(exc: BaseException, *, line_too_long: bool) -> int | None:
 
 def _plain_response(status: int, reason: str, body: dict) -> bytes:
     payload = json.dumps(body).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-            "Connection: close\r\n\r\n").encode() + payload
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + payload
 
 
 class _EdgeHandler(RequestHandler):
@@ -199,8 +205,9 @@ class _EdgeHandler(RequestHandler):
             return
         super().connection_lost(exc)
 
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         if exc is not None:
             bounded = refusal_status(exc, line_too_long=self._head.line_bytes > self._edge.limits.line_bytes)
             if bounded is not None:
@@ -219,9 +226,14 @@ class _Edge:
         self.limits = limits
         self.stats = stats
         self.open_by_address: collections.Counter[str] = collections.Counter()
-        self._refusal = _plain_response(429, "Too Many Requests", {
-            "error": "too_many_connections",
-            "detail": f"at most {limits.per_address} connections per client address (WS_MAX_CONNECTIONS_PER_ADDRESS)"})
+        self._refusal = _plain_response(
+            429,
+            "Too Many Requests",
+            {
+                "error": "too_many_connections",
+                "detail": f"at most {limits.per_address} connections per client address (WS_MAX_CONNECTIONS_PER_ADDRESS)",
+            },
+        )
 
     def refuse_address(self, address: str, transport: asyncio.Transport) -> None:
         self.stats.address_refusals += 1
@@ -248,10 +260,14 @@ class _EdgeServer(web.Server):
 
 
 def _check_aiohttp() -> None:
-    missing = [name for name, ok in (
-        ("RequestHandler._parser", any("_parser" in getattr(c, "__slots__", ()) for c in RequestHandler.__mro__)),
-        ("AppRunner._make_server", hasattr(web.AppRunner, "_make_server")),
-    ) if not ok]
+    missing = [
+        name
+        for name, ok in (
+            ("RequestHandler._parser", any("_parser" in getattr(c, "__slots__", ()) for c in RequestHandler.__mro__)),
+            ("AppRunner._make_server", hasattr(web.AppRunner, "_make_server")),
+        )
+        if not ok
+    ]
     if missing:
         raise RuntimeError(f"this aiohttp has no {', '.join(missing)}: update kit/wsproxy/_edge.py for it")
 
@@ -266,8 +282,13 @@ class EdgeRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, *, limits: HeadLimits, stats: Any, **kwargs: Any) -> None:
         _check_aiohttp()
-        super().__init__(app, max_line_size=limits.line_bytes, max_field_size=limits.field_bytes,
-                         max_headers=limits.max_headers, **kwargs)
+        super().__init__(
+            app,
+            max_line_size=limits.line_bytes,
+            max_field_size=limits.field_bytes,
+            max_headers=limits.max_headers,
+            **kwargs,
+        )
         self._edge = _Edge(limits, stats)
 
     async def _make_server(self) -> web.Server:
@@ -275,6 +296,11 @@ class EdgeRunner(web.AppRunner):
         kwargs = getattr(server, "_kwargs", None)
         if kwargs is None:
             raise RuntimeError("this aiohttp's web.Server has no _kwargs: update kit/wsproxy/_edge.py for it")
-        return _EdgeServer(self._edge, server.request_handler, request_factory=server.request_factory,
-                           handler_cancellation=server.handler_cancellation, loop=asyncio.get_running_loop(),
-                           **kwargs)
+        return _EdgeServer(
+            self._edge,
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **kwargs,
+        )

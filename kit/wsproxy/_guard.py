@@ -35,8 +35,9 @@ __all__ = ["GuardedWebSocketResponse", "MaskedFramesOnly", "UNMASKED_FRAME_REASO
 
 UNMASKED_FRAME_REASON = "client frame is not masked (RFC 6455 5.1)"
 
-_PRIVATE_NAMES_OK = (hasattr(web.WebSocketResponse, "_post_start")
-                     and {"_message_tail", "_payload_parser"} <= set(getattr(RequestHandler, "__slots__", ())))
+_PRIVATE_NAMES_OK = hasattr(web.WebSocketResponse, "_post_start") and {"_message_tail", "_payload_parser"} <= set(
+    getattr(RequestHandler, "__slots__", ())
+)
 
 
 #: close codes below 3000 a peer may send (RFC 6455 7.4.1 and IANA's registry: 1012-1014 were added
@@ -80,7 +81,7 @@ class MaskedFramesOnly:
                 i += step
                 continue
             old = len(self._head)
-            head = self._head + data[i:i + 14 - old]
+            head = self._head + data[i : i + 14 - old]
             if len(head) < 2:
                 self._head = head
                 return -1
@@ -124,8 +125,10 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if not _PRIVATE_NAMES_OK:  # an aiohttp release renamed what the guard hooks into
-            raise RuntimeError("this aiohttp has no WebSocketResponse._post_start or RequestHandler."
-                               "_message_tail/_payload_parser: update kit/wsproxy/_guard.py for it")
+            raise RuntimeError(
+                "this aiohttp has no WebSocketResponse._post_start or RequestHandler."
+                "_message_tail/_payload_parser: update kit/wsproxy/_guard.py for it"
+            )
         super().__init__(*args, **kwargs)
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:

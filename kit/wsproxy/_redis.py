@@ -124,9 +124,7 @@ def parse_redis_url(url: str) -> RedisAddress:
     except ValueError:
         raise ConfigError("REDIS_URL is not a valid URL: use redis://[user]:password@host:port/db") from None
     if parts.scheme != "redis":
-        raise ConfigError(
-            f"REDIS_URL scheme {parts.scheme!r} is not supported by the reference wsproxy: use redis://"
-        )
+        raise ConfigError(f"REDIS_URL scheme {parts.scheme!r} is not supported by the reference wsproxy: use redis://")
     if not parts.hostname:
         raise ConfigError("REDIS_URL has no host: use redis://[user]:password@host:port/db")
     user = urllib.parse.unquote(parts.username) if parts.username else None
@@ -390,8 +388,12 @@ class PubSubConnection:
         was_closing = self.closed
         self._fail(RedisUnavailable("pub/sub connection lost"))
         if not was_closing:
-            log.warning("pub/sub connection %d lost (%s); closing its %d sessions",
-                        self.index, self._dead or exc or "closed by Redis", sum(len(s) for s in self.channels.values()))
+            log.warning(
+                "pub/sub connection %d lost (%s); closing its %d sessions",
+                self.index,
+                self._dead or exc or "closed by Redis",
+                sum(len(s) for s in self.channels.values()),
+            )
         self.pool._connection_lost(self, count=not was_closing)
 
     def _fail(self, error: Exception) -> None:
@@ -417,8 +419,13 @@ class PubSubPool:
     mapping the pool increments (``pubsub_disconnects``, ``redis_messages``).
     """
 
-    def __init__(self, address: RedisAddress, max_connections: int,
-                 deliver: Callable[[set[Subscriber], bytes], None], stats: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        address: RedisAddress,
+        max_connections: int,
+        deliver: Callable[[set[Subscriber], bytes], None],
+        stats: dict[str, Any],
+    ) -> None:
         self.address = address
         self.max_connections = max_connections
         self.deliver = deliver
@@ -457,9 +464,14 @@ class PubSubPool:
                 except RedisUnavailable as exc:
                     if self.last_error is None:
                         reason = str(exc) if where in str(exc) else f"Redis at {where}: {exc}"
-                        log.warning("REDIS_URL is not usable %s: %s. /health and WebSocket upgrades answer 503 "
-                                    "until it is: fix REDIS_URL (host, port, user, password) or start redis-server "
-                                    "at %s; retrying in the background", when, reason, where)
+                        log.warning(
+                            "REDIS_URL is not usable %s: %s. /health and WebSocket upgrades answer 503 "
+                            "until it is: fix REDIS_URL (host, port, user, password) or start redis-server "
+                            "at %s; retrying in the background",
+                            when,
+                            reason,
+                            where,
+                        )
                     self.last_error = str(exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, retry[1])
@@ -474,8 +486,9 @@ class PubSubPool:
 
     def _pick(self) -> PubSubConnection:
         best = min(self.connections, key=lambda c: len(c.channels), default=None)
-        if best is not None and (len(best.channels) < CHANNELS_PER_CONNECTION
-                                 or len(self.connections) >= self.max_connections):
+        if best is not None and (
+            len(best.channels) < CHANNELS_PER_CONNECTION or len(self.connections) >= self.max_connections
+        ):
             return best
         return self._new_connection()
 

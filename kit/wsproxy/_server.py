@@ -101,8 +101,17 @@ def _close_frame(code: int, reason: bytes) -> bytes:
 class _Client:
     """One upgraded (or upgrading) WebSocket: its transport, buffer accounting and ping timers."""
 
-    __slots__ = ("fwd", "ws", "transport", "pending", "backlog", "closed", "_ping_handle",
-                 "_deadline_handle", "_unanswered_since")
+    __slots__ = (
+        "fwd",
+        "ws",
+        "transport",
+        "pending",
+        "backlog",
+        "closed",
+        "_ping_handle",
+        "_deadline_handle",
+        "_unanswered_since",
+    )
 
     def __init__(self, fwd: "_Forwarder") -> None:
         self.fwd = fwd
@@ -263,8 +272,7 @@ class _Forwarder:
             if len(headers) > 1:
                 raise AuthError("malformed")
             token = bearer_token(headers[0] if headers else None, max_bytes=settings.max_auth_header_bytes)
-            verify_token(token, secret=settings.jwt_secret, session_id=session_id,
-                         algorithm=settings.jwt_algorithm)
+            verify_token(token, secret=settings.jwt_secret, session_id=session_id, algorithm=settings.jwt_algorithm)
         except AuthError as exc:
             return self._refuse(exc.reason)
         del token
@@ -274,18 +282,18 @@ class _Forwarder:
             return refused
         # frames a client sends must be masked (RFC 6455 5.1): aiohttp does not check, the guard does.
         # autoclose off: _receive_loop answers a client's close itself (aiohttp echoes 1000 to any code)
-        ws = GuardedWebSocketResponse(autoping=False, autoclose=False, compress=False,
-                                      max_msg_size=MAX_CLIENT_MESSAGE_BYTES, timeout=2.0)
+        ws = GuardedWebSocketResponse(
+            autoping=False, autoclose=False, compress=False, max_msg_size=MAX_CLIENT_MESSAGE_BYTES, timeout=2.0
+        )
         if not ws.can_prepare(request).ok:
             return web.json_response(
-                {"error": "not_websocket", "detail": "this path only accepts a WebSocket upgrade request"},
-                status=400)
+                {"error": "not_websocket", "detail": "this path only accepts a WebSocket upgrade request"}, status=400
+            )
 
         assert self.pool is not None
         if not self.pool.up and self.pool.last_error is not None:  # fail fast: Redis is known to be away
             self.stats.redis_unavailable += 1
-            return web.json_response({"error": "unavailable", "detail": f"Redis: {self.pool.last_error}"},
-                                     status=503)
+            return web.json_response({"error": "unavailable", "detail": f"Redis: {self.pool.last_error}"}, status=503)
         channel = contract.pubsub_channel(session_id)
         client = _Client(self)
         try:
@@ -333,8 +341,7 @@ class _Forwarder:
                 if close_code_allowed(msg.data):
                     await ws.close(code=1000)
                 else:
-                    log.info("closed a WebSocket: its close frame carried code %s, not allowed on the wire",
-                             msg.data)
+                    log.info("closed a WebSocket: its close frame carried code %s, not allowed on the wire", msg.data)
                     await ws.close(code=1002, message=b"close code not allowed on the wire (RFC 6455 7.4)")
                 return
             elif kind in (WSMsgType.CLOSING, WSMsgType.CLOSED):
@@ -344,9 +351,12 @@ class _Forwarder:
     def _health(self) -> tuple[int, dict]:
         """The shallow check: state held, no I/O (see the module's docstring)."""
         pool = self.pool
-        body = {"status": "ok", "connections_open": self.stats.connections_open,
-                "subscriptions": pool.subscription_count if pool else 0,
-                "pubsub_connections_up": sum(c.up for c in pool.connections) if pool else 0}
+        body = {
+            "status": "ok",
+            "connections_open": self.stats.connections_open,
+            "subscriptions": pool.subscription_count if pool else 0,
+            "pubsub_connections_up": sum(c.up for c in pool.connections) if pool else 0,
+        }
         if pool is None or not pool.up:
             why = pool.last_error if pool is not None and pool.last_error else "no pub/sub connection to Redis yet"
             return 503, body | {"status": "unavailable", "detail": f"Redis: {why}"}
@@ -367,8 +377,10 @@ class _Forwarder:
 
     def _stats(self) -> dict:
         pool = self.pool
-        return self.stats.to_dict(subscriptions=pool.subscription_count if pool else 0,
-                                  pubsub_connections=len(pool.connections) if pool else 0)
+        return self.stats.to_dict(
+            subscriptions=pool.subscription_count if pool else 0,
+            pubsub_connections=len(pool.connections) if pool else 0,
+        )
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self._stats())
@@ -409,13 +421,14 @@ def _refuse_handshake(request: web.Request) -> web.Response | None:
     """RFC 6455 4.1/4.2.2, which aiohttp does not enforce: an upgrade needs HTTP/1.1 or later (else
     400) and ``Sec-WebSocket-Version: 13`` (another version: 426 naming 13); None when both hold."""
     if request.version < (1, 1):
-        return web.json_response({"error": "not_websocket", "detail": "a WebSocket upgrade needs HTTP/1.1"},
-                                 status=400)
+        return web.json_response({"error": "not_websocket", "detail": "a WebSocket upgrade needs HTTP/1.1"}, status=400)
     version = request.headers.getall("Sec-WebSocket-Version", [])
     if version and version != [WEBSOCKET_VERSION]:
         return web.json_response(
             {"error": "unsupported_websocket_version", "detail": f"only Sec-WebSocket-Version: {WEBSOCKET_VERSION}"},
-            status=426, headers={"Sec-WebSocket-Version": WEBSOCKET_VERSION})
+            status=426,
+            headers={"Sec-WebSocket-Version": WEBSOCKET_VERSION},
+        )
     return None
 
 
@@ -445,17 +458,27 @@ async def serve(settings: Settings) -> None:
     # connection, however many bytes trickled in.  That is the request-header timeout (a
     # slow-loris bound), and it also bounds idle keep-alive; a handler that is running (an
     # upgraded WebSocket) is never touched by it.  The head's size is bounded by _edge.
-    limits = HeadLimits.for_auth_bytes(settings.max_auth_header_bytes,
-                                       per_address=settings.max_connections_per_address)
-    runner = EdgeRunner(app, limits=limits, stats=app[_APP_STATE].stats, handle_signals=False, access_log=None,
-                        shutdown_timeout=SHUTDOWN_TIMEOUT, keepalive_timeout=settings.ws_request_header_timeout_secs)
+    limits = HeadLimits.for_auth_bytes(settings.max_auth_header_bytes, per_address=settings.max_connections_per_address)
+    runner = EdgeRunner(
+        app,
+        limits=limits,
+        stats=app[_APP_STATE].stats,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        keepalive_timeout=settings.ws_request_header_timeout_secs,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
         await site.start()
         _gc.tune()  # start-up done: frozen, and collections rare (kit/_gc.py)
-        log.info("wsproxy listening on %s:%d (pub/sub pool of at most %d connections)",
-                 settings.host, settings.port, settings.pubsub_pool_size)
+        log.info(
+            "wsproxy listening on %s:%d (pub/sub pool of at most %d connections)",
+            settings.host,
+            settings.port,
+            settings.pubsub_pool_size,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

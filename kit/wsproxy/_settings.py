@@ -25,5 +25,6 @@ class Settings(WsproxySettings):
     #: every connection of a run comes from HAProxy's one address (and a generator host from one or a
     #: few); any limit would have to exceed the sessions of a whole run.  Set it when a wsproxy is
     #: exposed to clients directly.
-    max_connections_per_address: int = setting(0, env=("WS_MAX_CONNECTIONS_PER_ADDRESS",), minimum=0,
-                                               maximum=MAX_CONNECTIONS_PER_ADDRESS)
+    max_connections_per_address: int = setting(
+        0, env=("WS_MAX_CONNECTIONS_PER_ADDRESS",), minimum=0, maximum=MAX_CONNECTIONS_PER_ADDRESS
+    )

@@ -41,8 +41,14 @@ def metrics_text(stats: Mapping[str, object]) -> str:
     """/metrics of one wsproxy process from its /stats dict (failures by reason as a labelled family)."""
     families = [Metric(f"wsproxy_{key}", kind, help_, value=stats[key]) for key, kind, help_ in METRICS]  # type: ignore[arg-type]
     by_reason = stats.get("auth_failures_by_reason") or {}
-    families.append(Metric("wsproxy_auth_failures_by_reason", "counter", "upgrades refused with 401, by reason",
-                           samples={(("reason", r),): n for r, n in by_reason.items()}))  # type: ignore[union-attr]
+    families.append(
+        Metric(
+            "wsproxy_auth_failures_by_reason",
+            "counter",
+            "upgrades refused with 401, by reason",
+            samples={(("reason", r),): n for r, n in by_reason.items()},
+        )
+    )  # type: ignore[union-attr]
     return exposition(families)
 
 

@@ -20,11 +20,20 @@ GROUPS = ("redis", "haproxy", "wsproxy", "sim", "generators")
 def write_local_inventory(path: Path, stack: Stack, kit_root: Path, **extra: Any) -> Path:
     """Write the inventory to *path* (host ``local`` in every group, *extra* host variables); return it."""
     venv = REPO / ".venv"
-    host = {"ansible_connection": "local", "kit_root": str(kit_root), "kit_venv_dir": str(venv),
-            "ansible_python_interpreter": str(venv / "bin" / "python"),
-            "haproxy_http_port": stack.sim_port, "haproxy_ws_port": stack.wsproxy_port,
-            "haproxy_stats_port": free_port(), "redis_port": stack.redis.port, "sim_port": stack.sim_port,
-            "wsproxy_base_port": stack.wsproxy_port, **extra}
-    path.write_text(yaml.safe_dump({"all": {"hosts": {"local": host},
-                                            "children": {g: {"hosts": {"local": None}} for g in GROUPS}}}))
+    host = {
+        "ansible_connection": "local",
+        "kit_root": str(kit_root),
+        "kit_venv_dir": str(venv),
+        "ansible_python_interpreter": str(venv / "bin" / "python"),
+        "haproxy_http_port": stack.sim_port,
+        "haproxy_ws_port": stack.wsproxy_port,
+        "haproxy_stats_port": free_port(),
+        "redis_port": stack.redis.port,
+        "sim_port": stack.sim_port,
+        "wsproxy_base_port": stack.wsproxy_port,
+        **extra,
+    }
+    path.write_text(
+        yaml.safe_dump({"all": {"hosts": {"local": host}, "children": {g: {"hosts": {"local": None}} for g in GROUPS}}})
+    )
     return path

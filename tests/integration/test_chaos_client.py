@@ -54,37 +54,51 @@ async def _session(stack: Stack, cfg: SessionConfig, during=None) -> tuple[Sessi
 
 async def test_a_session_whose_run_answers_404_ends_at_once_with_its_remaining_queries_skipped(stack_factory):
     stack = stack_factory(sim_env={"TOKEN_DELAY_MS": 5})
-    cfg = SessionConfig(api_url=stack.api_url, ws_url=stack.ws_url, queries=6, think_time=0.3, max_tokens=5,
-                        query_timeout=20)
+    cfg = SessionConfig(
+        api_url=stack.api_url, ws_url=stack.ws_url, queries=6, think_time=0.3, max_tokens=5, query_timeout=20
+    )
 
     async def flush_after_first_query(sess: Session) -> None:
         while sess.s.queries_ok < 1:
             await trio.sleep(0.01)  # polling the session's own counters, bounded by the test timeout
-        assert b"+OK" in _redis(stack, "FLUSHALL")   # what a Redis restart without persistence does
+        assert b"+OK" in _redis(stack, "FLUSHALL")  # what a Redis restart without persistence does
 
     with trio.fail_after(60):
         sess, rec, _ = await _session(stack, cfg, flush_after_first_query)
     s = sess.s
     assert s.queries_ok == 1
-    assert s.queries_failed == 1 and rec.errors.get("run_http_404") == 1   # one 404, not five
+    assert s.queries_failed == 1 and rec.errors.get("run_http_404") == 1  # one 404, not five
     assert s.queries_skipped == 4
     assert s.status == "failed" and any("session gone" in e for e in s.errors)
 
 
 async def test_a_query_whose_done_was_published_while_disconnected_fails_soon_after_the_reconnect(stack_factory):
     stack = stack_factory(sim_env={"TOKEN_DELAY_MS": 20})
-    cfg = SessionConfig(api_url=stack.api_url, ws_url=stack.ws_url, queries=1, max_tokens=40, query_timeout=60,
-                        initial_backoff=0.2, max_backoff=0.5, max_reconnect_attempts=40)
+    cfg = SessionConfig(
+        api_url=stack.api_url,
+        ws_url=stack.ws_url,
+        queries=1,
+        max_tokens=40,
+        query_timeout=60,
+        initial_backoff=0.2,
+        max_backoff=0.5,
+        max_reconnect_attempts=40,
+    )
     restarted = []
 
     async def crash_mid_stream_and_come_back_after_it_ended(sess: Session) -> None:
         while sess.current is None or sess.current.received < 5:
             await trio.sleep(0.005)  # polling the session's own counters, bounded by the test timeout
-        stack.wsproxy.kill()   # as a crash would: the rest of the stream, done included, is published meanwhile
+        stack.wsproxy.kill()  # as a crash would: the rest of the stream, done included, is published meanwhile
         await trio.sleep(40 * 0.020 + 0.5)
-        proc, _ = await trio.to_thread.run_sync(lambda: start_wsproxy(
-            stack.workdir / "restarted", redis_url=stack.redis.url, jwt_secret=stack.jwt_secret,
-            port=stack.wsproxy_port))
+        proc, _ = await trio.to_thread.run_sync(
+            lambda: start_wsproxy(
+                stack.workdir / "restarted",
+                redis_url=stack.redis.url,
+                jwt_secret=stack.jwt_secret,
+                port=stack.wsproxy_port,
+            )
+        )
         restarted.append(proc)
 
     try:

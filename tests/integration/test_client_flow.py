@@ -20,12 +20,24 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def client_argv(stack: Stack, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", stack.ws_url,
-            "--output-dir", str(out), "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "kit.client",
+        "--api-url",
+        stack.api_url,
+        "--ws-url",
+        stack.ws_url,
+        "--output-dir",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
-def run_client(stack: Stack, out: Path, *extra: str, timeout: float = 120,
-               rc: int = 0) -> tuple[subprocess.CompletedProcess, dict]:
+def run_client(
+    stack: Stack, out: Path, *extra: str, timeout: float = 120, rc: int = 0
+) -> tuple[subprocess.CompletedProcess, dict]:
     r = subprocess.run(client_argv(stack, out, *extra), capture_output=True, text=True, timeout=timeout)
     assert r.returncode == rc, r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
@@ -59,8 +71,9 @@ def wait_for_status(out: Path, pred, proc: subprocess.Popen, timeout: float = 30
 def test_full_flow_counts_are_exact(stack: Stack, tmp_path: Path):
     out = tmp_path / "run"
     before = sim_stats(stack)
-    r, s = run_client(stack, out, "--clients", "12", "--queries", "3", "--ramp", "40", "--processes", "2",
-                      "--max-tokens", "15")
+    r, s = run_client(
+        stack, out, "--clients", "12", "--queries", "3", "--ramp", "40", "--processes", "2", "--max-tokens", "15"
+    )
     after = sim_stats(stack)
     assert s["total_sessions"] == 12 and s["successful_sessions"] == 12 and s["success_rate"] == 100.0
     assert s["total_queries"] == 36 and s["successful_queries"] == 36
@@ -97,16 +110,39 @@ def test_reconnects_after_wsproxy_is_killed_and_lost_tokens_are_exact(stack_fact
     out = tmp_path / "run"
     before = sim_stats(stack)
     proc = subprocess.Popen(
-        client_argv(stack, out, "--clients", "6", "--queries", "3", "--max-tokens", "40", "--processes", "1",
-                    "--initial-backoff", "0.1", "--max-backoff", "0.5", "--max-reconnect-attempts", "30",
-                    "--query-timeout", "4", "--status-interval", "0.1"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client_argv(
+            stack,
+            out,
+            "--clients",
+            "6",
+            "--queries",
+            "3",
+            "--max-tokens",
+            "40",
+            "--processes",
+            "1",
+            "--initial-backoff",
+            "0.1",
+            "--max-backoff",
+            "0.5",
+            "--max-reconnect-attempts",
+            "30",
+            "--query-timeout",
+            "4",
+            "--status-interval",
+            "0.1",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     restarted = None
     try:
         wait_for_status(out, lambda st: st["tokens"] >= 60 and st["active_sessions"] == 6, proc)
         stack.wsproxy.kill()  # as a crash would
-        restarted, _ = start_wsproxy(stack.workdir / "restarted", redis_url=stack.redis.url,
-                                     jwt_secret=stack.jwt_secret, port=stack.wsproxy_port)
+        restarted, _ = start_wsproxy(
+            stack.workdir / "restarted", redis_url=stack.redis.url, jwt_secret=stack.jwt_secret, port=stack.wsproxy_port
+        )
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -146,9 +182,26 @@ def test_server_stall_shows_in_open_model_percentiles(stack: Stack, tmp_path: Pa
     out = tmp_path / "run"
     stall = 1.0
     proc = subprocess.Popen(
-        client_argv(stack, out, "--arrival-rate", "20", "--duration", "3", "--queries", "1", "--max-tokens", "5",
-                    "--processes", "1", "--status-interval", "0.1"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client_argv(
+            stack,
+            out,
+            "--arrival-rate",
+            "20",
+            "--duration",
+            "3",
+            "--queries",
+            "1",
+            "--max-tokens",
+            "5",
+            "--processes",
+            "1",
+            "--status-interval",
+            "0.1",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_status(out, lambda st: st["queries_ok"] >= 10, proc)
         os.killpg(stack.sim.pid, signal.SIGSTOP)  # our own simulator (its own process group)
@@ -177,8 +230,9 @@ def test_max_duration_cancels_running_sessions_and_counts_them(stack_factory, tm
     stack = stack_factory(sim_env={"TOKEN_DELAY_MS": 100})
     out = tmp_path / "run"
     t = time.monotonic()
-    r, s = run_client(stack, out, "--clients", "4", "--queries", "5", "--processes", "1", "--max-duration", "1",
-                      rc=1)  # no session succeeded: failed
+    r, s = run_client(
+        stack, out, "--clients", "4", "--queries", "5", "--processes", "1", "--max-duration", "1", rc=1
+    )  # no session succeeded: failed
     assert time.monotonic() - t < 30
     assert s["cancelled_sessions"] == 4 and s["successful_sessions"] == 0 and s["status"] == "failed"
     assert s["query_statuses"].get("cancelled") == 4
@@ -190,9 +244,29 @@ def test_bad_token_is_refused_without_retry_and_reported(stack: Stack, tmp_path:
     ws2, port2 = start_wsproxy(tmp_path / "ws2", redis_url=stack.redis.url, jwt_secret="x" * 48)
     try:
         out = tmp_path / "run"
-        r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url",
-                            f"ws://127.0.0.1:{port2}", "--clients", "2", "--queries", "1", "--processes", "1",
-                            "--output-dir", str(out), "--quiet"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kit.client",
+                "--api-url",
+                stack.api_url,
+                "--ws-url",
+                f"ws://127.0.0.1:{port2}",
+                "--clients",
+                "2",
+                "--queries",
+                "1",
+                "--processes",
+                "1",
+                "--output-dir",
+                str(out),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         ws2.stop()
     assert r.returncode == 1, r.stderr  # every session failed: the run failed
@@ -202,22 +276,34 @@ def test_bad_token_is_refused_without_retry_and_reported(stack: Stack, tmp_path:
     assert "HTTP 401" in rows(out / "sessions.csv")[0]["errors"]
 
 
-@pytest.mark.parametrize("args, env, needle", [
-    (["--clients", "abc"], {}, "--clients 'abc' is not a whole number"),
-    (["--ramp", "-1"], {}, "--ramp -1 is below 0"),
-    ([], {"CLIENTS": "many"}, "CLIENTS='many' is not a whole number"),
-    ([], {"WS_INITIAL_BACKOFF_SECONDS": "5", "WS_MAX_BACKOFF_SECONDS": "1"}, "raise the cap"),
-    (["--initial-backoff", "3", "--max-backoff", "2"], {}, "--max-backoff / WS_MAX_BACKOFF_SECONDS = 2 is below"),
-    (["--arrival-rate", "5"], {}, "--arrival-rate and --duration go together"),
-    (["--api-url", "localhost:8000"], {}, "--api-url / FASTAPI_URL = 'localhost:8000' is not a http:// or https:// URL"),
-    (["--api-url", "http://127.0.0.1:{port}"], {}, "cannot reach it"),
-])
+@pytest.mark.parametrize(
+    "args, env, needle",
+    [
+        (["--clients", "abc"], {}, "--clients 'abc' is not a whole number"),
+        (["--ramp", "-1"], {}, "--ramp -1 is below 0"),
+        ([], {"CLIENTS": "many"}, "CLIENTS='many' is not a whole number"),
+        ([], {"WS_INITIAL_BACKOFF_SECONDS": "5", "WS_MAX_BACKOFF_SECONDS": "1"}, "raise the cap"),
+        (["--initial-backoff", "3", "--max-backoff", "2"], {}, "--max-backoff / WS_MAX_BACKOFF_SECONDS = 2 is below"),
+        (["--arrival-rate", "5"], {}, "--arrival-rate and --duration go together"),
+        (
+            ["--api-url", "localhost:8000"],
+            {},
+            "--api-url / FASTAPI_URL = 'localhost:8000' is not a http:// or https:// URL",
+        ),
+        (["--api-url", "http://127.0.0.1:{port}"], {}, "cannot reach it"),
+    ],
+)
 def test_bad_configuration_is_one_clear_line_and_exit_2(args, env, needle, tmp_path: Path):
     args = [a.replace("{port}", str(free_port())) for a in args]
     full_env = {k: v for k, v in os.environ.items() if k not in ("CLIENTS", "FASTAPI_URL", "API_URL", "WSPROXY_URL")}
     full_env.update(env)
-    r = subprocess.run([sys.executable, "-m", "kit.client", "--output-dir", str(tmp_path / "o"), *args],
-                       capture_output=True, text=True, timeout=60, env=full_env)
+    r = subprocess.run(
+        [sys.executable, "-m", "kit.client", "--output-dir", str(tmp_path / "o"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+    )
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert needle in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -225,9 +311,22 @@ def test_bad_configuration_is_one_clear_line_and_exit_2(args, env, needle, tmp_p
 
 def test_unreachable_ws_url_is_refused_before_the_load(stack: Stack, tmp_path: Path):
     before = sim_stats(stack)["sessions_created"]
-    r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url,
-                        "--ws-url", f"ws://127.0.0.1:{free_port()}", "--output-dir", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kit.client",
+            "--api-url",
+            stack.api_url,
+            "--ws-url",
+            f"ws://127.0.0.1:{free_port()}",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "--ws-url / WSPROXY_URL" in r.stderr and "cannot reach it" in r.stderr
     assert "Traceback" not in r.stderr
     assert sim_stats(stack)["sessions_created"] == before  # nothing was started
@@ -237,25 +336,51 @@ def test_analyze_and_merge_commands(stack: Stack, tmp_path: Path):
     a, b = tmp_path / "a", tmp_path / "b"
     run_client(stack, a, "--clients", "3", "--queries", "2", "--processes", "1", "--max-tokens", "5")
     run_client(stack, b, "--clients", "2", "--queries", "2", "--processes", "1", "--max-tokens", "5")
-    m = subprocess.run([sys.executable, "-m", "kit.client", "merge", str(tmp_path / "m"), str(a), str(b)],
-                       capture_output=True, text=True, timeout=60)
+    m = subprocess.run(
+        [sys.executable, "-m", "kit.client", "merge", str(tmp_path / "m"), str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert m.returncode == 0, m.stderr
     merged = json.loads((tmp_path / "m" / "summary.json").read_text())
     assert merged["total_sessions"] == 5 and merged["total_queries"] == 10 and merged["total_tokens"] == 50
-    an = subprocess.run([sys.executable, "-m", "kit.client", "analyze", str(a), str(b / "queries.csv")],
-                        capture_output=True, text=True, timeout=60)
+    an = subprocess.run(
+        [sys.executable, "-m", "kit.client", "analyze", str(a), str(b / "queries.csv")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert an.returncode == 0, an.stderr
     assert "Queries: 10" in an.stdout and "p99" in an.stdout and "Latency histogram" in an.stdout
-    bad = subprocess.run([sys.executable, "-m", "kit.client", "analyze", str(tmp_path / "nope")],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "kit.client", "analyze", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_start_at_waits_for_the_agreed_instant_and_records_the_skew(stack: Stack, tmp_path: Path):
     out = tmp_path / "run"
     start_at = time.time() + 2.0
-    r, s = run_client(stack, out, "--clients", "2", "--queries", "1", "--processes", "2", "--max-tokens", "3",
-                      "--start-at", repr(start_at), "--status-interval", "0.2")
+    r, s = run_client(
+        stack,
+        out,
+        "--clients",
+        "2",
+        "--queries",
+        "1",
+        "--processes",
+        "2",
+        "--max-tokens",
+        "3",
+        "--start-at",
+        repr(start_at),
+        "--status-interval",
+        "0.2",
+    )
     assert s["started_at"] >= start_at
     assert len(s["start_skew_s"]["per_process"]) == 2
     assert 0 <= s["start_skew_s"]["max_abs"] < 0.5
@@ -268,8 +393,23 @@ def test_thousands_of_sessions_share_a_few_http_connections_and_the_wait_is_reco
     the connections reused, and the time requests queued for a connection recorded apart."""
     out = tmp_path / "many"
     before = sim_stats(stack)
-    _, s = run_client(stack, out, "--clients", "2000", "--queries", "1", "--ramp", "1000", "--processes", "1",
-                      "--max-tokens", "2", "--http-connections", "4", timeout=170)
+    _, s = run_client(
+        stack,
+        out,
+        "--clients",
+        "2000",
+        "--queries",
+        "1",
+        "--ramp",
+        "1000",
+        "--processes",
+        "1",
+        "--max-tokens",
+        "2",
+        "--http-connections",
+        "4",
+        timeout=170,
+    )
     after = sim_stats(stack)
     assert s["total_sessions"] == 2000 and s["success_rate"] == 100.0 and s["lost_tokens"] == 0
     http = s["http"]
@@ -295,12 +435,33 @@ def refusing_ws(stack: Stack, tmp_path: Path):
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])
-def test_run_in_which_every_session_failed_exits_1_with_status_failed(stack: Stack, refusing_ws: str,
-                                                                       tmp_path: Path, processes: str):
+def test_run_in_which_every_session_failed_exits_1_with_status_failed(
+    stack: Stack, refusing_ws: str, tmp_path: Path, processes: str
+):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", refusing_ws,
-                        "--clients", "2", "--queries", "1", "--processes", processes, "--output-dir", str(out),
-                        "--quiet"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kit.client",
+            "--api-url",
+            stack.api_url,
+            "--ws-url",
+            refusing_ws,
+            "--clients",
+            "2",
+            "--queries",
+            "1",
+            "--processes",
+            processes,
+            "--output-dir",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     s = json.loads((out / "summary.json").read_text())
@@ -311,9 +472,30 @@ def test_run_in_which_every_session_failed_exits_1_with_status_failed(stack: Sta
 
 def test_exit_zero_on_failure_keeps_the_verdict_in_summary_json(stack: Stack, refusing_ws: str, tmp_path: Path):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", refusing_ws,
-                        "--clients", "2", "--queries", "1", "--processes", "2", "--output-dir", str(out),
-                        "--quiet", "--exit-zero-on-failure"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kit.client",
+            "--api-url",
+            stack.api_url,
+            "--ws-url",
+            refusing_ws,
+            "--clients",
+            "2",
+            "--queries",
+            "1",
+            "--processes",
+            "2",
+            "--output-dir",
+            str(out),
+            "--quiet",
+            "--exit-zero-on-failure",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
 
@@ -321,16 +503,32 @@ def test_exit_zero_on_failure_keeps_the_verdict_in_summary_json(stack: Stack, re
 def test_run_cut_short_by_max_duration_exits_3_with_status_partial(stack: Stack, tmp_path: Path):
     """Sessions start one a second; the first ones finish in milliseconds, the last never start."""
     out = tmp_path / "run"
-    r, s = run_client(stack, out, "--clients", "6", "--queries", "1", "--ramp", "1", "--processes", "1",
-                      "--max-tokens", "3", "--max-duration", "3", rc=3)
+    r, s = run_client(
+        stack,
+        out,
+        "--clients",
+        "6",
+        "--queries",
+        "1",
+        "--ramp",
+        "1",
+        "--processes",
+        "1",
+        "--max-tokens",
+        "3",
+        "--max-duration",
+        "3",
+        rc=3,
+    )
     assert s["status"] == "partial" and s["successful_sessions"] >= 2
     assert "--max-duration reached" in s["status_reason"]
     assert "run partial" in r.stderr
 
 
 def test_run_in_which_every_session_succeeded_has_status_passed(stack: Stack, tmp_path: Path):
-    r, s = run_client(stack, tmp_path / "run", "--clients", "2", "--queries", "1", "--processes", "1",
-                      "--max-tokens", "3")
+    r, s = run_client(
+        stack, tmp_path / "run", "--clients", "2", "--queries", "1", "--processes", "1", "--max-tokens", "3"
+    )
     assert s["status"] == "passed" and s["status_reason"] == "all 2 sessions succeeded"
     assert "run passed" not in r.stderr and "Status:                 PASSED" in r.stdout
 
@@ -343,9 +541,26 @@ def test_output_dir_that_cannot_be_created_is_one_line_and_exit_2(stack: Stack, 
     else:
         bad = Path("/dev/null/results")
     before = sim_stats(stack)["sessions_created"]
-    r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", stack.ws_url,
-                        "--clients", "1", "--queries", "1", "--output-dir", str(bad)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kit.client",
+            "--api-url",
+            stack.api_url,
+            "--ws-url",
+            stack.ws_url,
+            "--clients",
+            "1",
+            "--queries",
+            "1",
+            "--output-dir",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert str(bad) in r.stderr and "cannot create it" in r.stderr and "--output-dir" in r.stderr
@@ -358,8 +573,10 @@ def test_two_runs_into_one_output_dir_keep_both(stack: Stack, tmp_path: Path):
     first = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     r2, _ = run_client(stack, out, "--clients", "3", "--queries", "1", "--processes", "2", "--max-tokens", "3")
     r3, _ = run_client(stack, out, "--clients", "1", "--queries", "1", "--processes", "1", "--max-tokens", "3")
-    s2, s3 = (json.loads((Path(r.stderr.split("results: ")[1].splitlines()[0]) / "summary.json").read_text())
-              for r in (r2, r3))
+    s2, s3 = (
+        json.loads((Path(r.stderr.split("results: ")[1].splitlines()[0]) / "summary.json").read_text())
+        for r in (r2, r3)
+    )
     # the first run's files are untouched; each later one has its own run-id folder, named in stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == first
     assert s1["total_sessions"] == 2
@@ -374,17 +591,37 @@ def test_two_runs_into_one_output_dir_keep_both(stack: Stack, tmp_path: Path):
     assert json.loads((out / s3["run_id"] / "meta.json").read_text())["run_id"] == s3["run_id"]
 
 
-@pytest.mark.parametrize("how, sig, code", [("one process, Ctrl-C", signal.SIGINT, 130),
-                                            ("two processes, fab's stop of the group", signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    "how, sig, code",
+    [("one process, Ctrl-C", signal.SIGINT, 130), ("two processes, fab's stop of the group", signal.SIGTERM, 143)],
+)
 def test_an_interrupted_run_still_writes_what_it_measured(stack: Stack, tmp_path: Path, how, sig, code):
     """SIGINT/SIGTERM cancel the running sessions; the results are written (partial, interrupted) and
     the exit status says how the run ended, so `fab run` collects something after Ctrl-C."""
     out = tmp_path / "run"
     procs = "2" if "two" in how else "1"
     proc = subprocess.Popen(
-        client_argv(stack, out, "--clients", "8", "--queries", "50", "--max-tokens", "5", "--processes", procs,
-                    "--think-time", "0.2", "--status-interval", "0.1"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        client_argv(
+            stack,
+            out,
+            "--clients",
+            "8",
+            "--queries",
+            "50",
+            "--max-tokens",
+            "5",
+            "--processes",
+            procs,
+            "--think-time",
+            "0.2",
+            "--status-interval",
+            "0.1",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for_status(out, lambda st: st.get("queries_ok", 0) >= 8 and st["active_sessions"] == 8, proc)
         if procs == "2":
@@ -467,15 +704,39 @@ class _RefuseFirst:
 
 
 def test_a_session_whose_first_connect_needed_retries_still_succeeds_and_the_tries_are_counted(
-        stack: Stack, tmp_path: Path):
+    stack: Stack, tmp_path: Path
+):
     # three refusals: the client's reachability probe before the load may take one of them
     relay = _RefuseFirst(int(stack.ws_url.rsplit(":", 1)[1]), refuse=3)
     try:
         out = tmp_path / "run"
-        r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url,
-                            "--ws-url", f"ws://127.0.0.1:{relay.port}", "--clients", "1", "--queries", "1",
-                            "--processes", "1", "--max-tokens", "3", "--initial-backoff", "0.1",
-                            "--output-dir", str(out), "--quiet"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kit.client",
+                "--api-url",
+                stack.api_url,
+                "--ws-url",
+                f"ws://127.0.0.1:{relay.port}",
+                "--clients",
+                "1",
+                "--queries",
+                "1",
+                "--processes",
+                "1",
+                "--max-tokens",
+                "3",
+                "--initial-backoff",
+                "0.1",
+                "--output-dir",
+                str(out),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         relay.stop()
     assert r.returncode == 0, r.stderr
@@ -484,5 +745,5 @@ def test_a_session_whose_first_connect_needed_retries_still_succeeds_and_the_tri
     (row,) = rows(out / "sessions.csv")
     tries = int(row["connect_attempts"])
     assert row["status"] == "ok" and row["errors"] == "" and tries >= 3
-    assert s["total_reconnect_attempts"] == tries - 1   # the failed tries stay counted, as kinds too
+    assert s["total_reconnect_attempts"] == tries - 1  # the failed tries stay counted, as kinds too
     assert sum(n for k, n in s["errors"].items() if k.startswith("connect_")) == tries - 1, s["errors"]

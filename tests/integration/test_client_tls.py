@@ -29,8 +29,9 @@ def tls(tmp_path_factory):
     other_ca = make_ca(tmp / "other", "some-other-ca")
     pem = make_server_pem(tmp / "ca", ca, [LOOPBACK], ["localhost"])
     with local_stack(tmp / "stack", sim_env={"TOKEN_DELAY_MS": 2}) as stack:
-        lb = start_tls_haproxy(tmp, pem, host=LOOPBACK, sim=(LOOPBACK, stack.sim_port),
-                               wsproxy=(LOOPBACK, stack.wsproxy_port))
+        lb = start_tls_haproxy(
+            tmp, pem, host=LOOPBACK, sim=(LOOPBACK, stack.sim_port), wsproxy=(LOOPBACK, stack.wsproxy_port)
+        )
         try:
             yield stack, lb, ca[0], other_ca[0]
         finally:
@@ -38,9 +39,25 @@ def tls(tmp_path_factory):
 
 
 def _client(api: str, ws: str, out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kit.client", "--api-url", api, "--ws-url", ws,
-                           "--output-dir", str(out), "--quiet", *extra],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kit.client",
+            "--api-url",
+            api,
+            "--ws-url",
+            ws,
+            "--output-dir",
+            str(out),
+            "--quiet",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def _sessions(out: Path) -> list[dict[str, str]]:
@@ -51,8 +68,21 @@ def _sessions(out: Path) -> list[dict[str, str]]:
 def test_client_verifies_the_ca_over_https_and_wss_and_splits_connect_into_tcp_tls_upgrade(tls, tmp_path):
     stack, lb, ca, _ = tls
     out = tmp_path / "run"
-    r = _client(lb.api_url, lb.ws_url, out, "--clients", "10", "--queries", "2", "--tokens", "5",
-                "--ca-file", str(ca), "--processes", "2")
+    r = _client(
+        lb.api_url,
+        lb.ws_url,
+        out,
+        "--clients",
+        "10",
+        "--queries",
+        "2",
+        "--tokens",
+        "5",
+        "--ca-file",
+        str(ca),
+        "--processes",
+        "2",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["success_rate"] == 100.0 and summary["lost_tokens"] == 0
@@ -83,8 +113,18 @@ def test_the_ca_file_also_comes_from_ssl_ca_file(tls, tmp_path):
 
     _, lb, ca, _ = tls
     out = tmp_path / "run"
-    r = _client(lb.api_url, lb.ws_url, out, "--clients", "2", "--queries", "1", "--tokens", "3",
-                env={**os.environ, "SSL_CA_FILE": str(ca)})
+    r = _client(
+        lb.api_url,
+        lb.ws_url,
+        out,
+        "--clients",
+        "2",
+        "--queries",
+        "1",
+        "--tokens",
+        "3",
+        env={**os.environ, "SSL_CA_FILE": str(ca)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -121,9 +161,16 @@ async def test_wss_connect_with_the_wrong_ca_gives_up_at_once_with_a_certificate
 
     with trio.fail_after(30):
         with pytest.raises(GaveUp, match="certificate"):
-            await connect_with_retry(open_ws, attempts=3, initial=5.0, cap=5.0, jitter=0.0,
-                                     rng=__import__("random").Random(1), first_immediately=True,
-                                     on_attempt=lambda n, exc: attempts.append(exc))
+            await connect_with_retry(
+                open_ws,
+                attempts=3,
+                initial=5.0,
+                cap=5.0,
+                jitter=0.0,
+                rng=__import__("random").Random(1),
+                first_immediately=True,
+                on_attempt=lambda n, exc: attempts.append(exc),
+            )
     assert len(attempts) == 1 and isinstance(attempts[0], TLSError) and attempts[0].certificate
     # the right CA gets through TLS to the wsproxy (which refuses the unknown session: a 4xx, not TLS)
     with trio.fail_after(10):

@@ -6,7 +6,15 @@ import pytest
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
-    AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, RejectConnection, RejectData, Request, TextMessage,
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
 )
 
 from kit.client._ws import ConnectionClosed, HandshakeError, connect
@@ -58,8 +66,11 @@ async def test_messages_of_every_size_ping_and_server_close():
         await stream.send_all(frames)
         await stream.send_all(ws.send(TextMessage("small")) + ws.send(TextMessage("m" * 300)))
         await stream.send_all(ws.send(TextMessage("h" * 70000)))
-        await stream.send_all(ws.send(TextMessage("fr", message_finished=False)) + ws.send(Ping(b"hb"))
-                              + ws.send(TextMessage("ag", message_finished=True)))
+        await stream.send_all(
+            ws.send(TextMessage("fr", message_finished=False))
+            + ws.send(Ping(b"hb"))
+            + ws.send(TextMessage("ag", message_finished=True))
+        )
         await stream.send_all(ws.send(BytesMessage(b"\x00\xff")))
         await pump(stream, ws, log, lambda ev: isinstance(ev, Pong))
         await stream.send_all(ws.send(CloseConnection(code=1001, reason="bye")))
@@ -123,8 +134,10 @@ async def test_aclose_from_another_task_ends_the_reader():
 
 async def test_http_401_is_a_handshake_error_with_the_body():
     async def script(stream, ws, request, log):
-        await stream.send_all(ws.send(RejectConnection(status_code=401, headers=[(b"content-length", b"17")],
-                                                       has_body=True)) + ws.send(RejectData(b'{"error":"token"}')))
+        await stream.send_all(
+            ws.send(RejectConnection(status_code=401, headers=[(b"content-length", b"17")], has_body=True))
+            + ws.send(RejectData(b'{"error":"token"}'))
+        )
 
     with trio.fail_after(10):
         async with trio.open_nursery() as n:

@@ -35,8 +35,15 @@ INVENTORY = REPO / "inventory" / "local.yml"
 KIT_ROOT = Path("/opt/wsproxy-loadkit/localhost")
 SECRETS = REPO / ".secrets"
 ADDR = "127.0.0.1"
-PORTS = {"redis": 6379, "sim": 8000, "wsproxy-0": 4040, "wsproxy-1": 4041,
-         "haproxy_http": 8080, "haproxy_ws": 8081, "haproxy_stats": 8404}
+PORTS = {
+    "redis": 6379,
+    "sim": 8000,
+    "wsproxy-0": 4040,
+    "wsproxy-1": 4041,
+    "haproxy_http": 8080,
+    "haproxy_ws": 8081,
+    "haproxy_stats": 8404,
+}
 SUPERVISORCTL = ["/usr/bin/supervisorctl", "-c", str(KIT_ROOT / "supervisor" / "supervisord.conf")]
 PLAYBOOK_TIMEOUT = 420
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
@@ -63,17 +70,34 @@ class Ansible:
 
     def __init__(self, extra_vars: dict[str, str]):
         self.extra_vars = extra_vars
-        self.env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-                    "ANSIBLE_FORCE_COLOR": "0"}
+        self.env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+        }
 
-    def run(self, playbook: str, *args: str,
-            inventory: Path = INVENTORY) -> tuple[subprocess.CompletedProcess, float, dict[str, int]]:
+    def run(
+        self, playbook: str, *args: str, inventory: Path = INVENTORY
+    ) -> tuple[subprocess.CompletedProcess, float, dict[str, int]]:
         t0 = time.monotonic()
         res = subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / playbook),
-             "-e", json.dumps(self.extra_vars), *args],
-            capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, cwd=REPO, env=self.env,
-            stdin=subprocess.DEVNULL)
+            [
+                str(BIN / "ansible-playbook"),
+                "-i",
+                str(inventory),
+                str(REPO / "playbooks" / playbook),
+                "-e",
+                json.dumps(self.extra_vars),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=PLAYBOOK_TIMEOUT,
+            cwd=REPO,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
         elapsed = time.monotonic() - t0
         recap = {}
         for m in RECAP.finditer(res.stdout):
@@ -128,8 +152,9 @@ def deployed(tmp_path_factory):
     assert res.returncode == 0, failure_summary(res.stdout)
     busy = {name: port for name, port in PORTS.items() if _listening(port)}
     if busy:
-        pytest.fail(f"the kit's fixed ports are in use by something else: {busy}; stop it (only this test "
-                    "may use them)")
+        pytest.fail(
+            f"the kit's fixed ports are in use by something else: {busy}; stop it (only this test may use them)"
+        )
     sysctl_before = _read_sysctls()
 
     state = {"ansible": ansible, "sysctl_before": sysctl_before, "torn_down": False, "src": src}
@@ -158,8 +183,9 @@ def test_site_yml_deploys_the_stack(deployed):
 
 
 def test_every_service_answers_its_health_check(deployed):
-    r = redis.Redis(host=ADDR, port=PORTS["redis"], username="admin", password=_secret("redis_admin_password"),
-                    socket_timeout=5)
+    r = redis.Redis(
+        host=ADDR, port=PORTS["redis"], username="admin", password=_secret("redis_admin_password"), socket_timeout=5
+    )
     try:
         assert r.ping() is True
         assert r.info("server")["redis_version"]
@@ -198,7 +224,7 @@ def test_rendered_haproxy_cfg_passes_haproxy_check(deployed):
     # sessions, checks may take 5 s, every server DOWN sends new sessions to all of them anyway
     assert "shutdown-sessions" not in text and "timeout check 5s" in text
     assert "use_backend wsproxy_open if { nbsrv(wsproxy) eq 0 }" in text and "backend wsproxy_open" in text
-    assert "log stdout format iso" in text   # times on every line: fab run reads the balancer's decisions
+    assert "log stdout format iso" in text  # times on every line: fab run reads the balancer's decisions
     # HAProxy's Prometheus exporter answers on the stats port without the stats password
     resp = httpx.get(f"http://{ADDR}:{PORTS['haproxy_stats']}/metrics", timeout=10)
     assert resp.status_code == 200 and 'haproxy_server_status{proxy="wsproxy"' in resp.text
@@ -221,8 +247,11 @@ def test_redis_acl_confines_each_user(deployed):
     def client(user: str, secret: str) -> redis.Redis:
         return redis.Redis(host=ADDR, port=PORTS["redis"], username=user, password=_secret(secret), socket_timeout=5)
 
-    sim, wsp, admin = client("sim", "redis_sim_password"), client("wsproxy", "redis_wsproxy_password"), \
-        client("admin", "redis_admin_password")
+    sim, wsp, admin = (
+        client("sim", "redis_sim_password"),
+        client("wsproxy", "redis_wsproxy_password"),
+        client("admin", "redis_admin_password"),
+    )
     try:
         assert sim.hset("session:acltest", "status", "open") == 1 and sim.expire("session:acltest", 60)
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -240,8 +269,11 @@ def test_redis_acl_confines_each_user(deployed):
         with pytest.raises(redis.exceptions.NoPermissionError):
             ps.get_message(timeout=5)
         ps.close()
-        for script in (("EVAL", "while true do end", 0), ("SCRIPT", "LOAD", "return 1"),
-                       ("EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", 0)):
+        for script in (
+            ("EVAL", "while true do end", 0),
+            ("SCRIPT", "LOAD", "return 1"),
+            ("EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", 0),
+        ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 sim.execute_command(*script)  # no scripts: an endless one would wedge Redis for good
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -272,7 +304,9 @@ def test_redis_acl_confines_each_user(deployed):
 
 def _connections_total() -> list[int]:
     with httpx.Client(timeout=10) as http:
-        return [http.get(f"http://{ADDR}:{PORTS[n]}/stats").json()["connections_total"] for n in ("wsproxy-0", "wsproxy-1")]
+        return [
+            http.get(f"http://{ADDR}:{PORTS[n]}/stats").json()["connections_total"] for n in ("wsproxy-0", "wsproxy-1")
+        ]
 
 
 async def test_websocket_through_haproxy_streams_tokens_end_to_end(deployed):
@@ -303,8 +337,10 @@ async def test_websocket_through_haproxy_streams_tokens_end_to_end(deployed):
 
 def test_websocket_without_token_is_refused_through_haproxy(deployed):
     with socket.create_connection((ADDR, PORTS["haproxy_ws"]), timeout=10) as s:
-        s.sendall(b"GET /a/ws/nosuchsession HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        s.sendall(
+            b"GET /a/ws/nosuchsession HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
         assert s.recv(100).startswith(b"HTTP/1.1 401")
 
 
@@ -317,8 +353,9 @@ def test_second_run_from_an_inventory_outside_inventory_dir_changes_nothing(depl
     res, elapsed, recap = deployed["ansible"].run("site.yml", inventory=mine)
     print(f"\nsite.yml second run ({mine}): {elapsed:.1f} s, {recap}")
     assert res.returncode == 0, failure_summary(res.stdout)
-    assert recap["changed"] == 0, [line for line in res.stdout.splitlines() if line.startswith("changed:")] or \
-        failure_summary(res.stdout)
+    assert recap["changed"] == 0, [
+        line for line in res.stdout.splitlines() if line.startswith("changed:")
+    ] or failure_summary(res.stdout)
 
 
 def test_check_diff_run_reports_no_change(deployed):
@@ -394,7 +431,7 @@ def _services_cpu_s() -> float:
                 raw = (entry / "stat").read_text()
             except OSError:
                 continue
-            stats[int(entry.name)] = raw[raw.rfind(")") + 2:].split()
+            stats[int(entry.name)] = raw[raw.rfind(")") + 2 :].split()
     status = subprocess.run(SUPERVISORCTL + ["status"], capture_output=True, text=True, timeout=30).stdout
     todo = [int(pid) for pid in re.findall(r"RUNNING\s+pid (\d+)", status)]
     seen: set[int] = set()
@@ -408,16 +445,31 @@ def _services_cpu_s() -> float:
 
 def test_sum_of_component_cpu_is_within_15_percent_of_kit_cpu_measured_from_proc(deployed, tmp_path):
     from kit.run import RunOptions, execute
+
     before = _services_cpu_s()
-    rc = execute(RunOptions(inventory=INVENTORY, clients=200, queries=2, ramp=50.0, max_duration=120,
-                            results_dir=tmp_path, run_id="cpu", live=False), out=lambda line: None)
+    rc = execute(
+        RunOptions(
+            inventory=INVENTORY,
+            clients=200,
+            queries=2,
+            ramp=50.0,
+            max_duration=120,
+            results_dir=tmp_path,
+            run_id="cpu",
+            live=False,
+        ),
+        out=lambda line: None,
+    )
     services = _services_cpu_s() - before
     assert rc == 0
     summary = json.loads((tmp_path / "cpu" / "summary.json").read_text())
     assert summary["run"]["component_problems"] == []
     # each generator process reports its own CPU (getrusage of itself at its end)
-    runs = [r for f in (tmp_path / "cpu" / "generators").glob("*/out/histograms.json")
-            for r in json.loads(f.read_text())["runs"]]
+    runs = [
+        r
+        for f in (tmp_path / "cpu" / "generators").glob("*/out/histograms.json")
+        for r in json.loads(f.read_text())["runs"]
+    ]
     assert runs and all(r.get("cpu_s") is not None for r in runs)
     independent = services + sum(r["cpu_s"] for r in runs)
     components = {c["component"]: c for c in summary["components"]}
@@ -435,28 +487,57 @@ def test_a_users_wsproxy_build_deploys_through_wsproxy_artifact_and_the_run_reco
     import hashlib
 
     from kit.run import RunOptions, execute
+
     artifact = tmp_path / "my-wsproxy"
-    artifact.write_text("#!/bin/sh\n# a user's wsproxy build, 1.0 (here: the reference one behind a wrapper)\n"
-                        f"exec {KIT_ROOT}/venv/bin/python -m kit.wsproxy \"$@\"\n")
+    artifact.write_text(
+        "#!/bin/sh\n# a user's wsproxy build, 1.0 (here: the reference one behind a wrapper)\n"
+        f'exec {KIT_ROOT}/venv/bin/python -m kit.wsproxy "$@"\n'
+    )
     artifact.chmod(0o755)
     digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
     # an inventory beside local.yml (same group_vars) whose wsproxy host names the artifact
     inv = REPO / "inventory" / f".artifact-test-{os.getpid()}.yml"
-    text = INVENTORY.read_text().replace("      ansible_python_interpreter: /usr/bin/python3\n",
-                                         "      ansible_python_interpreter: /usr/bin/python3\n"
-                                         f"      wsproxy_artifact: {artifact}\n", 1)
+    text = INVENTORY.read_text().replace(
+        "      ansible_python_interpreter: /usr/bin/python3\n",
+        f"      ansible_python_interpreter: /usr/bin/python3\n      wsproxy_artifact: {artifact}\n",
+        1,
+    )
     assert str(artifact) in text
     inv.write_text(text)
     ansible = deployed["ansible"]
     try:
-        res = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / "wsproxy.yml"),
-                              "-e", json.dumps(ansible.extra_vars)], capture_output=True, text=True,
-                             timeout=PLAYBOOK_TIMEOUT, cwd=REPO, env=ansible.env, stdin=subprocess.DEVNULL)
+        res = subprocess.run(
+            [
+                str(BIN / "ansible-playbook"),
+                "-i",
+                str(inv),
+                str(REPO / "playbooks" / "wsproxy.yml"),
+                "-e",
+                json.dumps(ansible.extra_vars),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=PLAYBOOK_TIMEOUT,
+            cwd=REPO,
+            env=ansible.env,
+            stdin=subprocess.DEVNULL,
+        )
         assert res.returncode == 0, failure_summary(res.stdout)
         conf = (KIT_ROOT / "supervisor" / "conf.d" / "wsproxy-0.conf").read_text()
         assert f"{KIT_ROOT}/bin/wsproxy-artifact" in conf
-        rc = execute(RunOptions(inventory=inv, clients=20, queries=1, ramp=20.0, max_duration=120,
-                                results_dir=tmp_path, run_id="artifact", live=False), out=lambda line: None)
+        rc = execute(
+            RunOptions(
+                inventory=inv,
+                clients=20,
+                queries=1,
+                ramp=20.0,
+                max_duration=120,
+                results_dir=tmp_path,
+                run_id="artifact",
+                live=False,
+            ),
+            out=lambda line: None,
+        )
         summary = json.loads((tmp_path / "artifact" / "summary.json").read_text())
         assert rc == 0 and summary["success_rate"] == 100.0, summary.get("run", {}).get("partial_reasons")
         build = json.dumps(summary["run"]["build"])
@@ -508,7 +589,13 @@ def test_teardown_leaves_no_process_port_or_kit_root(deployed):
 
 
 def test_playbooks_pass_ansible_lint_production_profile():
-    res = subprocess.run([str(BIN / "ansible-lint"), "--nocolor", "--format=pep8", "playbooks/"], capture_output=True,
-                         text=True, timeout=600, cwd=REPO, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [str(BIN / "ansible-lint"), "--nocolor", "--format=pep8", "playbooks/"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
     assert res.returncode == 0, failure_summary(res.stdout) + res.stderr[-3000:]
     assert "Profile 'production' was required, and it passed" in res.stderr + res.stdout

@@ -46,17 +46,39 @@ def run_id(request):
 
 
 def _fab_run(inventory: Path, run_id: str, *extra: str, queries: int = 2) -> list[str]:
-    return [str(FAB), "run", "--inventory", str(inventory), "--clients", "4", "--queries", str(queries), "--think-time",
-            "0.5", "--skip-health", "--max-duration", "60", "--run-id", run_id, *extra]
+    return [
+        str(FAB),
+        "run",
+        "--inventory",
+        str(inventory),
+        "--clients",
+        "4",
+        "--queries",
+        str(queries),
+        "--think-time",
+        "0.5",
+        "--skip-health",
+        "--max-duration",
+        "60",
+        "--run-id",
+        run_id,
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("threshold, rc, outcome", [("success>=100%", 0, "pass"), ("p50<1us", 1, "threshold_failed")])
-def test_fab_run_json_prints_only_the_summary_as_json_on_stdout_and_exits_by_it(inventory, run_id, threshold, rc,
-                                                                               outcome):
-    res = subprocess.run([*_fab_run(inventory, run_id, "--threshold", threshold, "--json")], cwd=REPO,
-                         capture_output=True, text=True, timeout=180)
+def test_fab_run_json_prints_only_the_summary_as_json_on_stdout_and_exits_by_it(
+    inventory, run_id, threshold, rc, outcome
+):
+    res = subprocess.run(
+        [*_fab_run(inventory, run_id, "--threshold", threshold, "--json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == rc, res.stderr[-3000:]
-    doc = json.loads(res.stdout)   # the whole of stdout is one JSON document
+    doc = json.loads(res.stdout)  # the whole of stdout is one JSON document
     assert doc["exit_status"] == rc and doc["outcome"] == outcome and doc["run_id"] == run_id
     assert Path(doc["results_dir"]) == RESULTS / run_id and Path(doc["tarball"]).is_file()
     summary = doc["summary"]
@@ -64,8 +86,11 @@ def test_fab_run_json_prints_only_the_summary_as_json_on_stdout_and_exits_by_it(
     assert summary["run"]["thresholds"][0]["threshold"] == threshold
     # the defaults judge the run too, each on a metric the user's threshold does not name, and say so
     judged = [(t["threshold"], t["default"]) for t in summary["run"]["thresholds"]]
-    assert judged == [(threshold, False), *([("success>=99%", True)] if threshold.startswith("p50") else []),
-                      ("lost==0", True)]
+    assert judged == [
+        (threshold, False),
+        *([("success>=99%", True)] if threshold.startswith("p50") else []),
+        ("lost==0", True),
+    ]
     assert summary["run"]["config"]["default_thresholds"] is True
     assert (f"FAILED threshold {threshold}: actual " in res.stderr) is (rc == 1)
     assert summary["reconnect_limit"]["rate_per_process"] == 200.0  # the generators' reconnect bucket, as used
@@ -81,8 +106,9 @@ def test_on_a_terminal_fab_run_redraws_its_live_table_in_place(inventory, run_id
     os.set_blocking(master, False)
     env = {**os.environ, "COLUMNS": "140", "LINES": "50", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(_fab_run(inventory, run_id, queries=6), cwd=REPO, stdin=subprocess.DEVNULL,
-                            stdout=slave, stderr=slave, env=env)
+    proc = subprocess.Popen(
+        _fab_run(inventory, run_id, queries=6), cwd=REPO, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
+    )
     os.close(slave)
     chunks: list[bytes] = []
     deadline = time.monotonic() + 180
@@ -92,7 +118,7 @@ def test_on_a_terminal_fab_run_redraws_its_live_table_in_place(inventory, run_id
             if ready:
                 try:
                     data = os.read(master, 65536)
-                except OSError:   # EIO: every writer of the terminal has closed it
+                except OSError:  # EIO: every writer of the terminal has closed it
                     break
                 if not data:
                     break
@@ -119,8 +145,25 @@ def test_on_a_terminal_fab_run_redraws_its_live_table_in_place(inventory, run_id
 def test_abort_on_fail_stops_a_doomed_run_within_two_seconds_and_records_why(inventory, run_id):
     """20 queries a session would take about 20 s; p50<1ms fails with the first answers, judged after a 2 s grace."""
     t0 = time.time()
-    res = subprocess.run([*_fab_run(inventory, run_id, "--threshold", "p50<1ms", "--abort-on-fail", "--abort-grace",
-                                    "2", "--json", queries=20)], cwd=REPO, capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [
+            *_fab_run(
+                inventory,
+                run_id,
+                "--threshold",
+                "p50<1ms",
+                "--abort-on-fail",
+                "--abort-grace",
+                "2",
+                "--json",
+                queries=20,
+            )
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     wall = time.time() - t0
     assert res.returncode == 1, res.stderr[-3000:]
     doc = json.loads(res.stdout)
@@ -136,6 +179,7 @@ def test_abort_on_fail_stops_a_doomed_run_within_two_seconds_and_records_why(inv
     abort_wall = summary["run"]["start_at"] + aborted["at_s"]
     with (RESULTS / run_id / "queries.csv").open() as f:
         import csv
+
         ends = [float(r["submit_at"]) + float(r["latency_ms"]) / 1000 for r in csv.DictReader(f) if r["latency_ms"]]
-    assert ends and max(ends) <= abort_wall + 2.0, (max(ends) - abort_wall)
+    assert ends and max(ends) <= abort_wall + 2.0, max(ends) - abort_wall
     assert wall < 60

@@ -26,11 +26,15 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def _inventory(hosts: dict[str, dict], groups: dict[str, list[str]]) -> dict:
-    return {"all": {
-        "hosts": {h: {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3", **v}
-                  for h, v in hosts.items()},
-        "children": {g: {"hosts": {h: None for h in members}} for g, members in groups.items()},
-    }}
+    return {
+        "all": {
+            "hosts": {
+                h: {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3", **v}
+                for h, v in hosts.items()
+            },
+            "children": {g: {"hosts": {h: None for h in members}} for g, members in groups.items()},
+        }
+    }
 
 
 def _run_preflight(tmp_path: Path, inventory: dict, *, group_vars: bool = True) -> subprocess.CompletedProcess:
@@ -40,12 +44,28 @@ def _run_preflight(tmp_path: Path, inventory: dict, *, group_vars: bool = True) 
     else:
         inv_dir.mkdir()
     (inv_dir / "test.yml").write_text(yaml.safe_dump(inventory))
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp")}
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+    }
     return subprocess.run(
-        [str(PLAYBOOK), "-i", str(inv_dir / "test.yml"), str(REPO / "playbooks" / "preflight.yml"),
-         "-e", f"kit_secrets_dir={tmp_path / 'secrets'}"],
-        capture_output=True, text=True, timeout=150, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+        [
+            str(PLAYBOOK),
+            "-i",
+            str(inv_dir / "test.yml"),
+            str(REPO / "playbooks" / "preflight.yml"),
+            "-e",
+            f"kit_secrets_dir={tmp_path / 'secrets'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _said(res: subprocess.CompletedProcess) -> str:
@@ -63,9 +83,14 @@ def test_valid_inventory_passes_and_secrets_are_private(tmp_path):
     secrets = tmp_path / "secrets"
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
     names = sorted(p.name for p in secrets.iterdir())
-    assert names == ["haproxy_stats_password", "jwt_secret", "redis_admin_password", "redis_monitor_password",
-                     "redis_sim_password",
-                     "redis_wsproxy_password"]
+    assert names == [
+        "haproxy_stats_password",
+        "jwt_secret",
+        "redis_admin_password",
+        "redis_monitor_password",
+        "redis_sim_password",
+        "redis_wsproxy_password",
+    ]
     for p in secrets.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p.name
         assert len(p.read_text().strip()) >= 24
@@ -129,8 +154,10 @@ def test_colliding_ports_on_one_host_fail_naming_both_variables(tmp_path):
 
 
 def test_two_hosts_sharing_a_kit_root_fail(tmp_path):
-    inv = _inventory({"a1": {"kit_root": "/opt/wsproxy-loadkit/same"}, "a2": {"kit_root": "/opt/wsproxy-loadkit/same"}},
-                     {g: ["a1", "a2"] if g == "generators" else ["a1"] for g in GROUPS})
+    inv = _inventory(
+        {"a1": {"kit_root": "/opt/wsproxy-loadkit/same"}, "a2": {"kit_root": "/opt/wsproxy-loadkit/same"}},
+        {g: ["a1", "a2"] if g == "generators" else ["a1"] for g in GROUPS},
+    )
     res = _run_preflight(tmp_path, inv)
     assert res.returncode != 0
     assert "kit_root /opt/wsproxy-loadkit/same is used by more than one host (a1, a2)" in _said(res)

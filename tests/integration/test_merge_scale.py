@@ -39,8 +39,9 @@ BOOTSTRAP_S, COMPARE_S, COMPARE_MB = 10.0, 20.0, 350.0
 def merged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """The synthetic run merged into ``run/`` and what the merge cost."""
     root = tmp_path_factory.mktemp("merge-scale")
-    dirs = write_generator_outputs(root / "generators", generators=GENERATORS, sessions=SESSIONS, queries=QUERIES,
-                                   tokens=5, jobs=2)
+    dirs = write_generator_outputs(
+        root / "generators", generators=GENERATORS, sessions=SESSIONS, queries=QUERIES, tokens=5, jobs=2
+    )
     figures = measure("devkit.synthrun:merge_step", [str(d) for d in dirs], str(root / "run"))
     return root / "run", figures
 
@@ -65,7 +66,8 @@ def test_report_of_100000_sessions_stays_within_its_time_and_memory(merged: tupl
 
 
 def test_compare_bootstrap_of_two_300000_query_runs_takes_under_10_s(
-        merged: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    merged: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     run, _ = merged
     other = tmp_path / "run-b"
     shutil.copytree(run, other)

@@ -41,8 +41,9 @@ def _wait(predicate: Callable[[], object], what: str, proc: Proc, timeout: float
     deadline = time.monotonic() + timeout
     delay = 0.01
     while not predicate():
-        assert proc.alive(), f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}:\n" \
-                             f"{proc.log_tail()}"
+        assert proc.alive(), (
+            f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}:\n{proc.log_tail()}"
+        )
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}:\n{proc.log_tail()}")
         time.sleep(delay)  # poll interval, bounded by the deadline
@@ -76,8 +77,12 @@ def test_unreachable_redis_is_one_log_line_at_start_then_health_recovers(service
 
         redis_server = start_redis(tmp_path / "redis", port=dead, password=password)
         _wait(lambda: _health(port) == 200, "/health 200 once Redis is up", proc, timeout=60)
-        _wait(lambda: f"Redis at 127.0.0.1:{dead} answers now" in proc.log_path.read_text(errors="replace"),
-              "the recovery line", proc, timeout=60)
+        _wait(
+            lambda: f"Redis at 127.0.0.1:{dead} answers now" in proc.log_path.read_text(errors="replace"),
+            "the recovery line",
+            proc,
+            timeout=60,
+        )
         log = proc.log_path.read_text(errors="replace")
         assert log.count(LINE) == 1, "the start-up line was repeated"
         assert password not in log
@@ -92,8 +97,9 @@ def test_unreachable_redis_is_one_log_line_at_start_then_health_recovers(service
 
 
 @pytest.mark.parametrize("service", ["wsproxy", "sim"])
-def test_wrong_redis_password_is_named_at_start_without_the_password(service: str, tmp_path: Path,
-                                                                     redis_server) -> None:
+def test_wrong_redis_password_is_named_at_start_without_the_password(
+    service: str, tmp_path: Path, redis_server
+) -> None:
     wrong = "wrong-" + secrets.token_hex(12)
     proc, port = _start(service, tmp_path, f"redis://:{wrong}@{redis_server.host}:{redis_server.port}/0")
     try:

@@ -37,9 +37,17 @@ pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "results" / "test-artifacts"
 CHROMIUM = shutil.which("chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 def local_inventory(tmp: Path, stack: Stack) -> Path:
@@ -49,9 +57,11 @@ def local_inventory(tmp: Path, stack: Stack) -> Path:
     (root / "supervisor" / "supervisord.conf").write_text("; stand-in: the services are devkit.localstack's\n")
     pids = {"redis": stack.redis.proc.pid, "sim": stack.sim.pid, "wsproxy-0": stack.wsproxy.pid}
     ctl = tmp / "supervisorctl"
-    ctl.write_text('#!/bin/sh\n# stand-in for: supervisorctl -c CONF pid PROGRAM\ncase "$4" in\n'
-                   + "".join(f"  {k}) echo {v} ;;\n" for k, v in pids.items())
-                   + "  *) echo 'ERROR (no such process)'; exit 1 ;;\nesac\n")
+    ctl.write_text(
+        '#!/bin/sh\n# stand-in for: supervisorctl -c CONF pid PROGRAM\ncase "$4" in\n'
+        + "".join(f"  {k}) echo {v} ;;\n" for k, v in pids.items())
+        + "  *) echo 'ERROR (no such process)'; exit 1 ;;\nesac\n"
+    )
     ctl.chmod(0o755)
     return write_local_inventory(tmp / "inventory.yml", stack, root, kit_service_supervisorctl_bin=str(ctl))
 
@@ -65,9 +75,21 @@ def local_runs(tmp_path_factory):
         results = tmp / "results"
         for run_id, clients in (("run-a", 30), ("run-b", 60)):
             lines: list[str] = []
-            rc = execute(RunOptions(inventory=inv, clients=clients, queries=3, ramp=30.0, think_time=0.3,
-                                    skip_health=True, results_dir=results, run_id=run_id, max_duration=60,
-                                    live=False), out=lines.append)
+            rc = execute(
+                RunOptions(
+                    inventory=inv,
+                    clients=clients,
+                    queries=3,
+                    ramp=30.0,
+                    think_time=0.3,
+                    skip_health=True,
+                    results_dir=results,
+                    run_id=run_id,
+                    max_duration=60,
+                    live=False,
+                ),
+                out=lines.append,
+            )
             assert rc == 0, "\n".join(lines)
         yield results, inv, stack
 
@@ -83,8 +105,12 @@ def chromium(page: Path, tmp: Path, screenshot: Path | None = None) -> tuple[str
     assert dom.returncode == 0, dom.stderr[-2000:]
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     if screenshot is not None:
-        shot = subprocess.run([*base, "--window-size=1200,2300", f"--screenshot={screenshot}", page.as_uri()],
-                              capture_output=True, text=True, timeout=90)
+        shot = subprocess.run(
+            [*base, "--window-size=1200,2300", f"--screenshot={screenshot}", page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
         console += [line for line in shot.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     return dom.stdout, console
@@ -99,8 +125,9 @@ def chart_marks(dom: str) -> dict[str, dict[str, str]]:
 
 
 def page_specs(page: Path) -> list[dict]:
-    return json.loads(re.search(r'<script type="application/json" id="chart-specs">(.*?)</script>',
-                                page.read_text(), re.S)[1])
+    return json.loads(
+        re.search(r'<script type="application/json" id="chart-specs">(.*?)</script>', page.read_text(), re.S)[1]
+    )
 
 
 def assert_every_chart_drawn(marks: dict[str, dict[str, str]]) -> None:
@@ -143,12 +170,26 @@ def test_report_of_a_real_run_draws_every_chart_with_data_in_chromium(local_runs
     dom, console = chromium(run_dir / "report.html", tmp_path, tmp_path / "report-run-a.png")
     keep(tmp_path / "report-run-a.png")
     assert console == [], "\n".join(console)
-    assert 'data-chart-error' not in dom
+    assert "data-chart-error" not in dom
     marks = chart_marks(dom)
     # the server side over time: what the wsproxy and the simulator said of themselves every second
     # (this local stack has no HAProxy, so no balancer charts)
-    assert set(marks) == {"c-load", "c-tokens", "c-delivery-t", "c-ttft-t", "c-latency", "c-errors", "c-hostcpu",
-                          "c-compcpu", "c-wsconn", "c-wsfwd", "c-wsdrop", "c-simpub", "c-dist-ttft", "c-dist-delivery"}
+    assert set(marks) == {
+        "c-load",
+        "c-tokens",
+        "c-delivery-t",
+        "c-ttft-t",
+        "c-latency",
+        "c-errors",
+        "c-hostcpu",
+        "c-compcpu",
+        "c-wsconn",
+        "c-wsfwd",
+        "c-wsdrop",
+        "c-simpub",
+        "c-dist-ttft",
+        "c-dist-delivery",
+    }
     assert_every_chart_drawn(marks)
     assert re.search(r'<body[^>]*data-charts-rendered="14"', dom)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -189,41 +230,56 @@ def test_report_counts_print_as_integers(local_runs):
 
 def test_chaos_events_are_marked_on_every_time_chart(local_runs, tmp_path):
     from kit.report import write_report
+
     results, _, _ = local_runs
     run_dir = tmp_path / "with-events"
     shutil.copytree(results / "run-b", run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["events"] = [{"action": "kill", "target": "wsproxy-0", "host": "local", "at_s": 1.5, "for_s": 2.0}]
     # the balancer's decision at the right edge of the run's range: its label must turn to the left
-    summary["server_events"] = [{"balancer": "lk-h2", "backend": "wsproxy", "server": "ws-1", "state": "DOWN",
-                                 "at_s": 3.5, "reason": "Layer7 timeout"}]
+    summary["server_events"] = [
+        {
+            "balancer": "lk-h2",
+            "backend": "wsproxy",
+            "server": "ws-1",
+            "state": "DOWN",
+            "at_s": 3.5,
+            "reason": "Layer7 timeout",
+        }
+    ]
     (run_dir / "summary.json").write_text(json.dumps(summary))
     write_report(run_dir)
     specs = page_specs(run_dir / "report.html")
     timed = [s for s in specs if not s["logx"]]
-    assert len(timed) == 12   # load, tokens, delivery, TTFT, latency, errors, host and component CPU; 4 server-side
-    events = [{"at_s": 1.5, "for_s": 2.0, "label": "kill wsproxy-0 @local"},
-              {"at_s": 3.5, "for_s": 0.0, "label": "ws-1 DOWN @lk-h2"}]
+    assert len(timed) == 12  # load, tokens, delivery, TTFT, latency, errors, host and component CPU; 4 server-side
+    events = [
+        {"at_s": 1.5, "for_s": 2.0, "label": "kill wsproxy-0 @local"},
+        {"at_s": 3.5, "for_s": 0.0, "label": "ws-1 DOWN @lk-h2"},
+    ]
     assert all(s["events"] == events for s in timed)
     dom, console = chromium(run_dir / "report.html", tmp_path, tmp_path / "report-with-events.png")
     keep(tmp_path / "report-with-events.png")
     assert console == [], "\n".join(console)
     marks = chart_marks(dom)
     assert_every_chart_drawn(marks)
-    assert assert_one_time_axis(marks, specs)[1] == 3.5   # the range reaches the last event
+    assert assert_one_time_axis(marks, specs)[1] == 3.5  # the range reaches the last event
     for s in timed:
         left, top, width, height = json.loads(marks[s["id"]]["plot"])
         labels = json.loads(marks[s["id"]]["labels"])
         assert [lab["text"] for lab in labels] == [e["label"] for e in events], (s["id"], labels)
-        for lab in labels:   # inside the plot area, whatever the chart's axes
+        for lab in labels:  # inside the plot area, whatever the chart's axes
             assert left - 0.5 <= lab["x"] and lab["x"] + lab["w"] <= left + width + 0.5, (s["id"], lab)
             assert top - 0.5 <= lab["y"] and lab["y"] + lab["h"] <= top + height + 0.5, (s["id"], lab)
             # and the text really is in that box (the canvas' text alignment once moved it left of its line)
             assert lab["ink"] > lab["w"], (s["id"], lab)
         kill, down = labels
         assert kill["x"] > kill["line"] and down["x"] + down["w"] < down["line"], (s["id"], labels)
-        assert (kill["x"] + kill["w"] <= down["x"] or down["x"] + down["w"] <= kill["x"]
-                or kill["y"] + kill["h"] <= down["y"] or down["y"] + down["h"] <= kill["y"]), ("overlap", s["id"], labels)
+        assert (
+            kill["x"] + kill["w"] <= down["x"]
+            or down["x"] + down["w"] <= kill["x"]
+            or kill["y"] + kill["h"] <= down["y"]
+            or down["y"] + down["h"] <= kill["y"]
+        ), ("overlap", s["id"], labels)
 
 
 FAB = REPO / ".venv" / "bin" / "fab"
@@ -232,23 +288,63 @@ FAB = REPO / ".venv" / "bin" / "fab"
 def test_fab_compare_of_two_real_runs_tables_them_gates_on_rules_and_draws_overlays(local_runs, tmp_path):
     results, _, _ = local_runs
     page = tmp_path / "compare.html"
-    ok = subprocess.run([str(FAB), "compare", f"{results / 'run-a'},{results / 'run-b.tar.gz'}", "--html", str(page),
-                         "--fail-if", "lost>0", "--fail-if", "p99>+1000%"], capture_output=True, text=True,
-                        timeout=120, cwd=REPO)
+    ok = subprocess.run(
+        [
+            str(FAB),
+            "compare",
+            f"{results / 'run-a'},{results / 'run-b.tar.gz'}",
+            "--html",
+            str(page),
+            "--fail-if",
+            "lost>0",
+            "--fail-if",
+            "p99>+1000%",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     table = ok.stdout
-    for row in ("session success", "tokens/s", "latency p99", "TTFT p99", "delivery p99", "lost tokens",
-                "CPU wsproxy", "Noise test: percentile bootstrap"):
+    for row in (
+        "session success",
+        "tokens/s",
+        "latency p99",
+        "TTFT p99",
+        "delivery p99",
+        "lost tokens",
+        "CPU wsproxy",
+        "Noise test: percentile bootstrap",
+    ):
         assert row in table, row
     assert re.search(r"latency p99\s+ms\s+[\d.]+\s+[\d.]+\s+[+-]", table)
     assert "config.clients: run-a=30 | run-b=60" in table
     # run-b carried twice the clients: tokens doubled, which a rule turns into exit status 1
-    gate = subprocess.run([str(FAB), "compare", f"{results / 'run-a'},{results / 'run-b'}", "--html", str(page),
-                           "--fail-if", "tokens>+50%"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    gate = subprocess.run(
+        [
+            str(FAB),
+            "compare",
+            f"{results / 'run-a'},{results / 'run-b'}",
+            "--html",
+            str(page),
+            "--fail-if",
+            "tokens>+50%",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert gate.returncode == 1, gate.stdout + gate.stderr
     assert re.search(r"^FAIL\s+--fail-if tokens>\+50%\s+run-b: \+100\.0%", gate.stdout, re.M)
-    bad = subprocess.run([str(FAB), "compare", f"{results / 'run-a'},{results / 'run-b'}", "--fail-if", "p99 > x"],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    bad = subprocess.run(
+        [str(FAB), "compare", f"{results / 'run-a'},{results / 'run-b'}", "--fail-if", "p99 > x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--fail-if" in bad.stderr
     dom, console = chromium(page, tmp_path, tmp_path / "compare-run-a-run-b.png")
     keep(tmp_path / "compare-run-a-run-b.png")
@@ -265,8 +361,13 @@ def test_fab_compare_of_two_real_runs_tables_them_gates_on_rules_and_draws_overl
 def test_compare_of_a_run_with_itself_draws_two_series(local_runs, tmp_path):
     results, _, _ = local_runs
     page = tmp_path / "compare-self.html"
-    ok = subprocess.run([str(FAB), "compare", f"{results / 'run-a'},{results / 'run-a'}", "--html", str(page)],
-                        capture_output=True, text=True, timeout=120, cwd=REPO)
+    ok = subprocess.run(
+        [str(FAB), "compare", f"{results / 'run-a'},{results / 'run-a'}", "--html", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert re.search(r"^figure\s+unit\s+run-a \(1\)\s+run-a \(2\)", ok.stdout, re.M), ok.stdout
     specs = page_specs(page)
@@ -284,12 +385,22 @@ def test_capacity_search_over_real_runs_brackets_the_knee_and_charts_it(local_ru
     breaks at a load this test can predict); a latency SLO's knee on a 2-core test machine is
     not reproducible enough to assert."""
     from kit.run._capacity import execute_capacity
+
     results, inv, _ = local_runs
-    base = RunOptions(inventory=inv, clients=1, queries=1, skip_health=True, results_dir=tmp_path / "cap",
-                      max_duration=60, live=False)
+    base = RunOptions(
+        inventory=inv, clients=1, queries=1, skip_health=True, results_dir=tmp_path / "cap", max_duration=60, live=False
+    )
     lines: list[str] = []
-    rc, res = execute_capacity(base, ["tps<=400", "success>=100%"], start=10, step="x3", maximum=90, resolution=20,
-                               name="cap", say=lines.append)
+    rc, res = execute_capacity(
+        base,
+        ["tps<=400", "success>=100%"],
+        start=10,
+        step="x3",
+        maximum=90,
+        resolution=20,
+        name="cap",
+        say=lines.append,
+    )
     assert rc == 0, "\n".join(lines)
     loads = [s.load for s in res.steps]
     assert loads[:2] == [10, 30] and all(s.passed for s in res.steps if s.load <= 30)
@@ -319,12 +430,13 @@ def test_the_run_build_record_names_the_reference_wsproxy_and_checks_an_artifact
     from kit.inventory import load_inventory
     from kit.run._build import build_label, file_sha256, record_build
     from kit.run._remote import connect
+
     _, inv_path, _ = local_runs
     inv = load_inventory(inv_path)
     conns = {n: connect(h) for n, h in inv.hosts.items()}
     rec = record_build(inv, conns)["wsproxy"]
     assert rec["kind"] == "reference" and rec["commands"] == [f"{REPO / '.venv'}/bin/python -m kit.wsproxy"]
-    assert rec["servers"] and "aiohttp" in rec["servers"][0]          # what the running instance says
+    assert rec["servers"] and "aiohttp" in rec["servers"][0]  # what the running instance says
     assert build_label({"build": {"wsproxy": rec}}).startswith("reference server Python/")
     # a user's build: the checksum of the controller's file, and of the copy the host runs
     art = tmp_path / "my-wsproxy"

@@ -51,8 +51,9 @@ def sim_factory(tmp_path_factory, redis_server):
     def make(redis_srv: RedisServer | None = None, **env) -> Sim:
         srv = redis_srv or redis_server
         secret = secrets.token_urlsafe(48)
-        proc, port = start_sim(tmp_path_factory.mktemp("sim"), redis_url=srv.url, jwt_secret=secret,
-                               LLM_RESPONSE_TEXT=TEXT, **env)
+        proc, port = start_sim(
+            tmp_path_factory.mktemp("sim"), redis_url=srv.url, jwt_secret=secret, LLM_RESPONSE_TEXT=TEXT, **env
+        )
         sim = Sim(proc, port, secret, srv)
         started.append(sim)
         return sim
@@ -117,6 +118,7 @@ def assert_error(resp: httpx.Response, status: int, code: str, *mentions: str) -
 
 # -- sessions --------------------------------------------------------------------------------
 
+
 def test_create_returns_201_with_a_token_for_that_session_and_its_ws_path(sim):
     body = sim.create()
     assert set(body) == {"session_id", "auth_token", "ws_path"}
@@ -160,6 +162,7 @@ def test_close_marks_the_session_closed(sim):
 
 # -- errors ----------------------------------------------------------------------------------
 
+
 def test_unknown_session_is_404_for_run_and_close(sim):
     assert_error(sim.http.post("/session/0123abc/run", json={"query": "q"}), 404, "session_not_found", "0123abc")
     assert_error(sim.http.post("/session/0123abc/close"), 404, "session_not_found")
@@ -189,8 +192,9 @@ def test_malformed_run_body_is_422_naming_the_field(sim, content, field):
     assert_error(resp, 422, "invalid_body", field)
 
 
-@pytest.mark.parametrize(("content", "field"), [(b'{"agent_id": 3}', "agent_id"), (b"oops", "JSON"),
-                                                 (b'{"agent_id": "a/b"}', "agent_id")])
+@pytest.mark.parametrize(
+    ("content", "field"), [(b'{"agent_id": 3}', "agent_id"), (b"oops", "JSON"), (b'{"agent_id": "a/b"}', "agent_id")]
+)
 def test_malformed_create_body_is_422_naming_the_field(sim, content, field):
     assert_error(sim.http.post("/session/create", content=content), 422, "invalid_body", field)
 
@@ -217,6 +221,7 @@ def test_unknown_route_and_wrong_method_are_json_errors(sim):
 
 
 # -- token streams ---------------------------------------------------------------------------
+
 
 def test_run_publishes_every_word_in_order_then_done_with_the_count(sim):
     sid = sim.create()["session_id"]
@@ -329,6 +334,7 @@ def test_stats_count_sessions_queries_and_tokens(sim_factory):
 
 # -- health ----------------------------------------------------------------------------------
 
+
 def _health_settles(sim: Sim, status: int, path: str = "/health", timeout: float = 5.0) -> httpx.Response:
     """Poll *path* until five answers in a row (every worker, whichever answers) are *status*."""
     deadline = time.monotonic() + timeout
@@ -377,8 +383,10 @@ def test_health_is_200_with_redis_and_503_json_once_its_redis_is_stopped(sim_fac
 
 # -- the Redis connection pool ---------------------------------------------------------------
 
+
 def _burst_creates(sim: Sim, n: int) -> list[httpx.Response]:
     """*n* concurrent POST /session/create, each on its own connection."""
+
     def one(_: int) -> httpx.Response:
         return httpx.post(f"http://127.0.0.1:{sim.port}/session/create", timeout=20)
 
@@ -396,13 +404,11 @@ def _wait_published(sim: Sim, messages: int, timeout: float = 20.0) -> dict:
         time.sleep(0.05)  # poll interval of a progress check, bounded by the deadline
 
 
-def test_a_burst_beyond_the_pool_while_redis_stalls_is_503_pool_exhausted_and_publishing_goes_on(
-        sim_factory, tmp_path):
+def test_a_burst_beyond_the_pool_while_redis_stalls_is_503_pool_exhausted_and_publishing_goes_on(sim_factory, tmp_path):
     own = start_redis(tmp_path / "redis")
     admin = _redis(own)
     try:
-        small = sim_factory(own, SIM_REDIS_POOL_SIZE=2, SIM_REDIS_POOL_TIMEOUT_MS=300, TTFT_MS=200,
-                            TOKEN_DELAY_MS=20)
+        small = sim_factory(own, SIM_REDIS_POOL_SIZE=2, SIM_REDIS_POOL_TIMEOUT_MS=300, TTFT_MS=200, TOKEN_DELAY_MS=20)
         sid = small.create()["session_id"]
         # accepted now, due while Redis is paused: the publisher must not wait for the busy pool
         assert small.http.post(f"/session/{sid}/run", json={"query": "q", "max_tokens": 10}).status_code == 202
@@ -442,11 +448,18 @@ def test_a_burst_beyond_the_pool_waits_for_a_connection_within_the_timeout(sim_f
 
 # -- the process -----------------------------------------------------------------------------
 
+
 def _run_module(env_updates: dict[str, str]) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "JWT_SECRET_FILE")}
     env.update(env_updates)
-    return subprocess.run([sys.executable, "-m", "kit.sim"], env=env, capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[2])
+    return subprocess.run(
+        [sys.executable, "-m", "kit.sim"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
 
 
 def test_short_jwt_secret_exits_2_naming_jwt_secret_without_a_traceback():
@@ -479,7 +492,7 @@ def test_stats_all_and_metrics_sum_every_worker_and_metrics_parse_as_prometheus_
         with httpx.Client(base_url=f"http://127.0.0.1:{multi.port}", timeout=10.0) as one:
             assert one.post("/session/create").status_code == 201
     deadline = time.monotonic() + 10
-    while True:   # each worker writes its counters once a second: wait (bounded) until both did
+    while True:  # each worker writes its counters once a second: wait (bounded) until both did
         total = multi.http.get("/stats/all").json()
         if total["sessions_created"] == 40 or time.monotonic() > deadline:
             break

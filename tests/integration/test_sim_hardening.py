@@ -59,8 +59,13 @@ class Sim:
 
 @contextlib.contextmanager
 def simulator(tmp_path: Path, redis_url: str, **env) -> Iterator[Sim]:
-    proc, port = start_sim(tmp_path / f"sim{secrets.token_hex(3)}", redis_url=redis_url,
-                           jwt_secret=secrets.token_urlsafe(48), LLM_RESPONSE_TEXT=TEXT, **env)
+    proc, port = start_sim(
+        tmp_path / f"sim{secrets.token_hex(3)}",
+        redis_url=redis_url,
+        jwt_secret=secrets.token_urlsafe(48),
+        LLM_RESPONSE_TEXT=TEXT,
+        **env,
+    )
     sim = Sim(proc, port)
     try:
         yield sim
@@ -98,12 +103,13 @@ def read_until_closed(s: socket.socket, timeout: float) -> tuple[bytes, float]:
 
 # -- request heads and bodies ---------------------------------------------------------------------
 
+
 def test_a_body_that_never_arrives_is_answered_408_and_closed_at_the_deadline(tmp_path, redis_server):
     with simulator(tmp_path, redis_server.url, SIM_REQUEST_BODY_TIMEOUT_SECS=1) as sim:
         sid = sim.create()
         for path in (f"/session/{sid}/run", "/no/such/route"):  # the direct path and Quart's
             with socket.create_connection(("127.0.0.1", sim.port)) as s:
-                s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"qu".encode())
+                s.sendall(f'POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{"qu'.encode())
                 data, took = read_until_closed(s, 10)
             assert data.startswith(b"HTTP/1.1 408 "), data[:200]
             assert b"SIM_REQUEST_BODY_TIMEOUT_SECS" in data
@@ -153,8 +159,7 @@ def test_a_head_over_the_bound_is_431(tmp_path, redis_server):
         assert sim.http.get("/health").status_code == 200
 
 
-def test_hundreds_of_stalled_bodies_leave_health_answering_and_are_all_closed_at_the_deadline(
-        tmp_path, redis_server):
+def test_hundreds_of_stalled_bodies_leave_health_answering_and_are_all_closed_at_the_deadline(tmp_path, redis_server):
     with simulator(tmp_path, redis_server.url, SIM_REQUEST_BODY_TIMEOUT_SECS=2) as sim:
         worker = sim.workers()[0]
         fds_before = worker.num_fds()
@@ -177,11 +182,15 @@ def test_hundreds_of_stalled_bodies_leave_health_answering_and_are_all_closed_at
 
 # -- queries: bounded as a whole and in number; close cancels them ------------------------------------
 
-@pytest.mark.parametrize("env, needle", [
-    ({"TTFT_MS": "600000", "TOKEN_DELAY_MS": "20000"}, "the deployed workload"),
-    ({"SIM_MAX_QUERIES_IN_FLIGHT": "0"}, "SIM_MAX_QUERIES_IN_FLIGHT"),
-    ({"SIM_REQUEST_BODY_TIMEOUT_SECS": "soon"}, "SIM_REQUEST_BODY_TIMEOUT_SECS"),
-])
+
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        ({"TTFT_MS": "600000", "TOKEN_DELAY_MS": "20000"}, "the deployed workload"),
+        ({"SIM_MAX_QUERIES_IN_FLIGHT": "0"}, "SIM_MAX_QUERIES_IN_FLIGHT"),
+        ({"SIM_REQUEST_BODY_TIMEOUT_SECS": "soon"}, "SIM_REQUEST_BODY_TIMEOUT_SECS"),
+    ],
+)
 def test_a_deployed_workload_past_the_bound_or_a_bad_limit_is_one_line_and_exit_2(env, needle):
     import subprocess
     import sys
@@ -208,8 +217,14 @@ def test_twenty_69_day_queries_are_refused_and_hold_nothing(tmp_path, redis_serv
 
 
 def test_queries_past_a_bound_in_flight_are_429_naming_the_bound(tmp_path, redis_server):
-    with simulator(tmp_path, redis_server.url, SIM_MAX_SESSION_QUERIES_IN_FLIGHT=2, SIM_MAX_QUERIES_IN_FLIGHT=5,
-                   SIM_MAX_TOKENS_IN_FLIGHT=5000, TOKEN_DELAY_MS=1000) as sim:
+    with simulator(
+        tmp_path,
+        redis_server.url,
+        SIM_MAX_SESSION_QUERIES_IN_FLIGHT=2,
+        SIM_MAX_QUERIES_IN_FLIGHT=5,
+        SIM_MAX_TOKENS_IN_FLIGHT=5000,
+        TOKEN_DELAY_MS=1000,
+    ) as sim:
         a = sim.create()
         assert [sim.run(a).status_code for _ in range(2)] == [202, 202]
         r = sim.run(a)
@@ -226,8 +241,7 @@ def test_queries_past_a_bound_in_flight_are_429_naming_the_bound(tmp_path, redis
         assert total["queries_refused"] == 3 and total["queries_in_flight"] == 3
 
 
-def test_close_cancels_the_sessions_queries_on_every_worker_each_ending_with_a_cancelled_done(
-        tmp_path, redis_server):
+def test_close_cancels_the_sessions_queries_on_every_worker_each_ending_with_a_cancelled_done(tmp_path, redis_server):
     with simulator(tmp_path, redis_server.url, FASTAPI_WORKERS=2, TOKEN_DELAY_MS=500) as sim:
         sids = [sim.create() for _ in range(3)]
         with subscribed(redis_server, channels=[f"session:{sid}:down" for sid in sids]) as ps:
@@ -268,13 +282,33 @@ def test_close_cancels_the_sessions_queries_on_every_worker_each_ending_with_a_c
 
 
 def test_without_the_acl_for_closes_a_close_still_cancels_the_answering_workers_queries_and_says_why(
-        tmp_path, redis_server):
+    tmp_path, redis_server
+):
     # the deployed ACL before redis_acl_sim_rules grants the close channel: the sim user's rules of today
     admin = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
     user, password = f"sim{secrets.token_hex(4)}", secrets.token_urlsafe(24)
-    admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "resetchannels", "&session:*:down",
-                          "resetkeys", "~session:*", "-@all", "+publish", "+ping", "+hset", "+hget", "+hsetnx",
-                          "+expire", "+del", "+multi", "+exec", "+discard")
+    admin.execute_command(
+        "ACL",
+        "SETUSER",
+        user,
+        "on",
+        f">{password}",
+        "resetchannels",
+        "&session:*:down",
+        "resetkeys",
+        "~session:*",
+        "-@all",
+        "+publish",
+        "+ping",
+        "+hset",
+        "+hget",
+        "+hsetnx",
+        "+expire",
+        "+del",
+        "+multi",
+        "+exec",
+        "+discard",
+    )
     url = f"redis://{user}:{password}@{redis_server.host}:{redis_server.port}/0"
     try:
         with simulator(tmp_path, url, TOKEN_DELAY_MS=500) as sim:
@@ -291,6 +325,7 @@ def test_without_the_acl_for_closes_a_close_still_cancels_the_answering_workers_
 
 
 # -- workers that survive -----------------------------------------------------------------------------
+
 
 def test_a_killed_worker_is_replaced_and_the_other_workers_queries_all_finish(tmp_path, redis_server):
     tokens = 30
@@ -321,15 +356,20 @@ def test_a_killed_worker_is_replaced_and_the_other_workers_queries_all_finish(tm
                 if msg["type"] == "pmessage":
                     m = orjson.loads(msg["data"])
                     streams.setdefault(m["query_id"], []).append(m)
-        complete = {qid for qid, msgs in streams.items()
-                    if [m["seq"] for m in msgs] == list(range(tokens + 1)) and msgs[-1]["type"] == "done"}
+        complete = {
+            qid
+            for qid, msgs in streams.items()
+            if [m["seq"] for m in msgs] == list(range(tokens + 1)) and msgs[-1]["type"] == "done"
+        }
         assert complete <= qids
         # every query the survivor accepted finished whole; only the killed worker's did not
         assert st["queries"] >= 1 and len(complete) == st["queries"], (len(complete), st)
         assert len(complete) < 40
         # a replacement worker serves, and a new /run streams whole
-        new = wait_for(lambda: [w for w in sim.workers() if w.pid not in {victim.pid, survivor.pid}],
-                       "a new worker in the killed one's place")
+        new = wait_for(
+            lambda: [w for w in sim.workers() if w.pid not in {victim.pid, survivor.pid}],
+            "a new worker in the killed one's place",
+        )
         assert len(sim.workers()) == 2 and sim.proc.alive()
         sid = sim.create()
         with subscribed(redis_server, channels=[f"session:{sid}:down"]) as ps:
@@ -348,6 +388,7 @@ def test_a_killed_worker_is_replaced_and_the_other_workers_queries_all_finish(tm
 
 # -- the client's side of a cancel ----------------------------------------------------------------------
 
+
 def test_the_client_counts_a_query_cancelled_by_close_as_cancelled_not_lost(stack_factory, tmp_path):
     import csv
     import json
@@ -356,9 +397,25 @@ def test_the_client_counts_a_query_cancelled_by_close_as_cancelled_not_lost(stac
 
     stack = stack_factory(sim_env={"TOKEN_DELAY_MS": 50})
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", stack.ws_url,
-            "--output-dir", str(out), "--quiet", "--clients", "1", "--queries", "1", "--max-tokens", "400",
-            "--no-preflight"]
+    argv = [
+        sys.executable,
+        "-m",
+        "kit.client",
+        "--api-url",
+        stack.api_url,
+        "--ws-url",
+        stack.ws_url,
+        "--output-dir",
+        str(out),
+        "--quiet",
+        "--clients",
+        "1",
+        "--queries",
+        "1",
+        "--max-tokens",
+        "400",
+        "--no-preflight",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         r = redis.Redis(host=stack.redis.host, port=stack.redis.port, password=stack.redis.password)

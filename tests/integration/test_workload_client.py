@@ -19,8 +19,24 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def _client(stack: Stack, out: Path, *extra: str, rc: int = 0) -> tuple[subprocess.CompletedProcess, dict]:
-    r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", stack.api_url, "--ws-url", stack.ws_url,
-                        "--output-dir", str(out), "--quiet", *extra], capture_output=True, text=True, timeout=150)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kit.client",
+            "--api-url",
+            stack.api_url,
+            "--ws-url",
+            stack.ws_url,
+            "--output-dir",
+            str(out),
+            "--quiet",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert r.returncode == rc, r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     return r, (json.loads((out / "summary.json").read_text()) if rc == 0 else {})
@@ -66,8 +82,10 @@ def test_a_run_that_sets_nothing_records_the_simulators_deployed_defaults(one_si
 
 def test_a_mix_run_draws_classes_by_weight_and_records_per_class_counts(one_sim, tmp_path):
     wl = tmp_path / "mix.yml"
-    wl.write_text("seed: 11\nclasses:\n  short: {weight: 3, tokens: 3, token_delay_ms: 1}\n"
-                  "  long: {weight: 1, tokens: 50, token_delay_ms: 2, ttft_ms: 20}\n")
+    wl.write_text(
+        "seed: 11\nclasses:\n  short: {weight: 3, tokens: 3, token_delay_ms: 1}\n"
+        "  long: {weight: 1, tokens: 50, token_delay_ms: 2, ttft_ms: 20}\n"
+    )
     out = tmp_path / "run"
     _, s = _client(one_sim, out, "--clients", "40", "--queries", "1", "--processes", "2", "--workload", str(wl))
     w = s["workload"]
@@ -79,8 +97,9 @@ def test_a_mix_run_draws_classes_by_weight_and_records_per_class_counts(one_sim,
     assert w["classes"]["long"]["effective"]["ttft_ms"] == 20 and w["classes"]["short"]["share"] == 0.75
     assert s["successful_sessions"] == 40
     # the same seed draws the same classes
-    _, again = _client(one_sim, tmp_path / "again", "--clients", "40", "--queries", "1", "--processes", "1",
-                       "--workload", str(wl))
+    _, again = _client(
+        one_sim, tmp_path / "again", "--clients", "40", "--queries", "1", "--processes", "1", "--workload", str(wl)
+    )
     assert {n: c["sessions"] for n, c in again["workload"]["classes"].items()} == counts
 
 
@@ -96,8 +115,11 @@ def test_the_simulator_refuses_an_out_of_range_workload_naming_field_and_bounds(
 
 def test_the_client_refuses_an_out_of_range_option_or_a_bad_file_before_any_load(one_sim, tmp_path):
     r, _ = _client(one_sim, tmp_path / "a", "--token-delay", "70000", rc=2)
-    assert r.stderr.strip().splitlines()[-1].endswith("--token-delay 70000: 70000 is out of range: give from 0 to "
-                                                      "60000 (ms between tokens)")
+    assert (
+        r.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--token-delay 70000: 70000 is out of range: give from 0 to 60000 (ms between tokens)")
+    )
     bad = tmp_path / "bad.yml"
     bad.write_text("classes:\n  a: {weight: 0, tokens: 5}\n  b: {weight: 1, pace: 3}\n")
     r, _ = _client(one_sim, tmp_path / "b", "--workload", str(bad), rc=2)

@@ -42,10 +42,33 @@ def run_id(request):
 def test_fab_run_sends_its_workload_options_and_mix_and_records_them(inventory, run_id, tmp_path):
     mix = tmp_path / "mix.yml"
     mix.write_text("seed: 3\nclasses:\n  short: {weight: 1, tokens: 4}\n  long: {weight: 1, tokens: 45, ttft_ms: 10}\n")
-    res = subprocess.run([str(FAB), "run", "--inventory", str(inventory), "--clients", "6", "--queries", "1",
-                          "--skip-health", "--max-duration", "60", "--run-id", run_id, "--token-delay", "2",
-                          "--max-reconnect-attempts", "1", "--workload", str(mix)],
-                         cwd=REPO, capture_output=True, text=True, timeout=200)
+    res = subprocess.run(
+        [
+            str(FAB),
+            "run",
+            "--inventory",
+            str(inventory),
+            "--clients",
+            "6",
+            "--queries",
+            "1",
+            "--skip-health",
+            "--max-duration",
+            "60",
+            "--run-id",
+            run_id,
+            "--token-delay",
+            "2",
+            "--max-reconnect-attempts",
+            "1",
+            "--workload",
+            str(mix),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     out = RESULTS / run_id
     run = json.loads((out / "run.json").read_text())

@@ -102,8 +102,9 @@ def _sid(tag: str) -> str:
 
 
 def _message(sid: str, seq: int, text: str = "tok") -> bytes:
-    return json.dumps({"type": "token", "query_id": sid, "seq": seq, "ts": time.time_ns(), "text": text},
-                      separators=(",", ":")).encode()
+    return json.dumps(
+        {"type": "token", "query_id": sid, "seq": seq, "ts": time.time_ns(), "text": text}, separators=(",", ":")
+    ).encode()
 
 
 # -- forwarding ------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def _message(sid: str, seq: int, text: str = "tok") -> bytes:
 
 def test_published_messages_arrive_verbatim_in_order_one_text_frame_each(proxy: Proxy) -> None:
     sid = _sid("order")
-    sent = [_message(sid, i, text=f"t{i} \u00e9\u6f22 \"q\"") for i in range(200)]
+    sent = [_message(sid, i, text=f't{i} \u00e9\u6f22 "q"') for i in range(200)]
 
     async def main() -> list[aiohttp.WSMessage]:
         async with aiohttp.ClientSession() as session:
@@ -149,8 +150,7 @@ def test_every_socket_of_one_session_gets_every_message(proxy: Proxy) -> None:
 
 
 @pytest.mark.parametrize(("pool_size", "connections"), [(1, 1), (512, 2)], ids=["pool_1", "pool_512"])
-def test_three_hundred_sessions_share_few_pubsub_connections(proxy_factory, pool_size: int,
-                                                             connections: int) -> None:
+def test_three_hundred_sessions_share_few_pubsub_connections(proxy_factory, pool_size: int, connections: int) -> None:
     """PUBSUB_POOL_SIZE caps the connections; below the cap a connection carries 256 channels first."""
     proxy = proxy_factory(PUBSUB_POOL_SIZE=pool_size)
     sids = [_sid(f"s{i}") for i in range(300)]
@@ -159,8 +159,7 @@ def test_three_hundred_sessions_share_few_pubsub_connections(proxy_factory, pool
     async def main() -> dict[str, list[str]]:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            sockets = await asyncio.gather(*(session.ws_connect(proxy.url(s), headers=proxy.headers(s))
-                                             for s in sids))
+            sockets = await asyncio.gather(*(session.ws_connect(proxy.url(s), headers=proxy.headers(s)) for s in sids))
             stats = proxy.stats()
             assert stats["pubsub_connections"] == connections
             assert stats["subscriptions"] == 300
@@ -218,10 +217,16 @@ def test_redis_url_with_acl_user_and_password_is_honoured(proxy_factory, tmp_pat
     server = start_redis(tmp_path / "acl-redis")
     try:
         admin = redis.Redis(host=server.host, port=server.port, password=server.password)
-        admin.acl_setuser("wsproxy", enabled=True, passwords=["+user-pass:w0rd"], channels=["*"],
-                          commands=["+subscribe", "+unsubscribe", "+ping", "+auth"])
-        proxy = proxy_factory(server=server,
-                              redis_url=f"redis://wsproxy:user-pass%3Aw0rd@{server.host}:{server.port}/0")
+        admin.acl_setuser(
+            "wsproxy",
+            enabled=True,
+            passwords=["+user-pass:w0rd"],
+            channels=["*"],
+            commands=["+subscribe", "+unsubscribe", "+ping", "+auth"],
+        )
+        proxy = proxy_factory(
+            server=server, redis_url=f"redis://wsproxy:user-pass%3Aw0rd@{server.host}:{server.port}/0"
+        )
         sid = _sid("acl")
 
         async def main() -> str:
@@ -249,9 +254,13 @@ def _raw_upgrade(port: int, sid: str, *, rcvbuf: int | None = None) -> tuple[soc
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     token = issue_token(SECRET, sid)
-    sock.sendall((f"GET /agent/ws/{sid} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                  f"Authorization: Bearer {token}\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET /agent/ws/{sid} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        ).encode()
+    )
     return sock, read_101(sock)
 
 
@@ -270,8 +279,10 @@ def test_stalled_client_is_dropped_while_another_session_keeps_up(proxy_factory)
                     with proxy.redis.pipeline(transaction=False) as pipe:
                         for i in range(batch):
                             pipe.publish(f"session:{stalled_sid}:down", big)
-                            pipe.publish(f"session:{healthy_sid}:down",
-                                         json.dumps({"seq": r * batch + i, "ts": time.monotonic()}))
+                            pipe.publish(
+                                f"session:{healthy_sid}:down",
+                                json.dumps({"seq": r * batch + i, "ts": time.monotonic()}),
+                            )
                         pipe.execute()
                     for _ in range(batch):
                         msg = json.loads((await ws.receive(timeout=5)).data)
@@ -354,13 +365,16 @@ def test_lost_pubsub_connection_closes_its_sockets_and_recovers(proxy_factory, t
 
 
 def test_health_reads_the_pools_state_deep_health_asks_redis_and_both_fail_fast_without_it(
-        proxy_factory, tmp_path: Path) -> None:
+    proxy_factory, tmp_path: Path
+) -> None:
     server = start_redis(tmp_path / "own-redis")
     try:
         proxy = proxy_factory(server=server)
         # the pool keeps one pub/sub connection open with no session at all: that is the health
-        assert proxy.get("/health") == (200, {"status": "ok", "connections_open": 0, "subscriptions": 0,
-                                              "pubsub_connections_up": 1})
+        assert proxy.get("/health") == (
+            200,
+            {"status": "ok", "connections_open": 0, "subscriptions": 0, "pubsub_connections_up": 1},
+        )
         assert proxy.get("/health/deep")[0] == 200
     finally:
         server.proc.stop()
@@ -371,9 +385,17 @@ def test_health_reads_the_pools_state_deep_health_asks_redis_and_both_fail_fast_
     sid = _sid("noredis")
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=20)
     t0 = time.monotonic()
-    conn.request("GET", f"/a/ws/{sid}", headers={**proxy.headers(sid), "Upgrade": "websocket",
-                 "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                 "Sec-WebSocket-Version": "13"})
+    conn.request(
+        "GET",
+        f"/a/ws/{sid}",
+        headers={
+            **proxy.headers(sid),
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+        },
+    )
     assert conn.getresponse().status == 503
     assert time.monotonic() - t0 < 2.0, "an upgrade waited for a Redis the pool knows is away"
     conn.close()
@@ -381,12 +403,14 @@ def test_health_reads_the_pools_state_deep_health_asks_redis_and_both_fail_fast_
 
 def _busy_core(seconds: float) -> subprocess.Popen:
     """Another process that keeps one core busy for at most *seconds* (ended by PID by the caller)."""
-    return subprocess.Popen([sys.executable, "-c",
-                             f"import time\nt = time.monotonic() + {seconds}\nwhile time.monotonic() < t: pass"])
+    return subprocess.Popen(
+        [sys.executable, "-c", f"import time\nt = time.monotonic() + {seconds}\nwhile time.monotonic() < t: pass"]
+    )
 
 
 def test_a_hundred_balancer_checks_open_no_redis_connection_and_answer_within_50ms_beside_a_busy_core(
-        proxy: Proxy) -> None:
+    proxy: Proxy,
+) -> None:
     sid = _sid("checked")
     checks_before = proxy.stats()["health_checks"]
 
@@ -437,16 +461,21 @@ def test_sigterm_closes_sockets_and_exits_zero(proxy: Proxy) -> None:
 def _run_module(env_updates: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "WS_", "PUBSUB_"))}
     env.update({"HOST": "127.0.0.1", "PORT": "0", **env_updates})
-    return subprocess.run([sys.executable, "-m", "kit.wsproxy"], env=env, capture_output=True, text=True,
-                          timeout=30, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "kit.wsproxy"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
 
 
-@pytest.mark.parametrize(("env", "names"), [
-    ({"JWT_SECRET": "tiny-s3cret"}, "JWT_SECRET"),
-    ({}, "JWT_SECRET"),
-    ({"JWT_SECRET": "s" * 40, "PUBSUB_POOL_SIZE": "many"}, "PUBSUB_POOL_SIZE"),
-    ({"JWT_SECRET": "s" * 40, "REDIS_URL": "http://127.0.0.1:1/"}, "REDIS_URL"),
-], ids=["short_secret", "no_secret", "bad_pool_size", "bad_redis_url"])
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"JWT_SECRET": "tiny-s3cret"}, "JWT_SECRET"),
+        ({}, "JWT_SECRET"),
+        ({"JWT_SECRET": "s" * 40, "PUBSUB_POOL_SIZE": "many"}, "PUBSUB_POOL_SIZE"),
+        ({"JWT_SECRET": "s" * 40, "REDIS_URL": "http://127.0.0.1:1/"}, "REDIS_URL"),
+    ],
+    ids=["short_secret", "no_secret", "bad_pool_size", "bad_redis_url"],
+)
 def test_bad_configuration_exits_2_with_one_line_naming_the_variable(env, names, tmp_path: Path) -> None:
     result = _run_module({"REDIS_URL": "redis://127.0.0.1:1/0", **env}, tmp_path)
     assert result.returncode == 2
@@ -470,8 +499,9 @@ def test_metrics_parse_as_prometheus_text_and_equal_stats(proxy: Proxy) -> None:
                     proxy.redis.publish(f"session:{sid}:down", _message(sid, i))
                 for _ in range(5):
                     await ws.receive(timeout=10)
-            async with session.get(proxy.url(sid).replace("/load-test-agent/ws/", "/x/ws/"),
-                                   headers={"Authorization": "Bearer nope"}) as resp:
+            async with session.get(
+                proxy.url(sid).replace("/load-test-agent/ws/", "/x/ws/"), headers={"Authorization": "Bearer nope"}
+            ) as resp:
                 assert resp.status == 401
 
     asyncio.run(main())

@@ -42,8 +42,12 @@ class _Proxy:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             conn.putrequest("GET", f"/load-test-agent/ws/{session_id}")
-            for name, value in (("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")):
+            for name, value in (
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("Sec-WebSocket-Version", "13"),
+            ):
                 conn.putheader(name, value)
             values = [authorization] if isinstance(authorization, str) else (authorization or [])
             for value in values:
@@ -98,20 +102,31 @@ def _assert_refused_without_redis(proxy: _Proxy, status: int, headers: dict, bod
     assert proxy.redis.pubsub_numsub(f"session:{SESSION}:down") == [(f"session:{SESSION}:down".encode(), 0)]
     stats = proxy.stats()
     assert stats["subscriptions"] == 0
-    assert stats["pubsub_connections"] == 1   # the one the pool keeps open for its health: no more
+    assert stats["pubsub_connections"] == 1  # the one the pool keeps open for its health: no more
     assert stats["connections_open"] == 0
 
 
-@pytest.mark.parametrize(("authorization", "reason"), [
-    (None, "missing"),
-    ("", "missing"),
-    ("Basic dXNlcjpwYXNzd29yZA==", "malformed"),
-    ("Bearer", "malformed"),
-    ("Bearer not-a-jwt", "malformed"),
-    ("Bearer a.b.c", "malformed"),
-    ("Bearer " + "a" * 5000, "too_large"),
-], ids=["no_header", "empty_header", "basic_scheme", "bearer_without_token", "not_a_jwt", "garbage_jwt",
-        "token_over_the_auth_bound"])
+@pytest.mark.parametrize(
+    ("authorization", "reason"),
+    [
+        (None, "missing"),
+        ("", "missing"),
+        ("Basic dXNlcjpwYXNzd29yZA==", "malformed"),
+        ("Bearer", "malformed"),
+        ("Bearer not-a-jwt", "malformed"),
+        ("Bearer a.b.c", "malformed"),
+        ("Bearer " + "a" * 5000, "too_large"),
+    ],
+    ids=[
+        "no_header",
+        "empty_header",
+        "basic_scheme",
+        "bearer_without_token",
+        "not_a_jwt",
+        "garbage_jwt",
+        "token_over_the_auth_bound",
+    ],
+)
 def test_bad_authorization_header_gets_401_before_upgrade(clean: _Proxy, authorization, reason: str) -> None:
     status, headers, body = clean.upgrade(SESSION, authorization)
     _assert_refused_without_redis(clean, status, headers, body, reason)
@@ -177,27 +192,39 @@ def _raw_upgrade(port: int, session_id: str, authorization: bytes) -> tuple[int,
     """An upgrade request written byte for byte (http.client cannot send bytes that are not UTF-8)."""
     import socket
 
-    request = (f"GET /load-test-agent/ws/{session_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-               "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-               "Sec-WebSocket-Version: 13\r\n").encode() + b"Authorization: " + authorization + b"\r\n\r\n"
+    request = (
+        (
+            f"GET /load-test-agent/ws/{session_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+        ).encode()
+        + b"Authorization: "
+        + authorization
+        + b"\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
         data = b""
         while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        length = int(next((line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), b"0"))
+        length = int(
+            next(
+                (line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+                b"0",
+            )
+        )
         while len(body) < length and (chunk := sock.recv(65536)):
             body += chunk
     return int(head.split(b" ", 2)[1]), body
 
 
-@pytest.mark.parametrize("raw", [b"Bearer \xff\xfe.a." + b"b" * 43, b"Bearer \xff\xfe.a.bbbb",
-                                 b"Bearer " + "\u00e9.\u00e9.".encode() + b"b" * 43],
-                         ids=["not_utf8", "not_utf8_short", "utf8_not_ascii"])
-def test_authorization_bytes_that_are_not_ascii_get_401_malformed_and_are_counted(clean: _Proxy,
-                                                                                   raw: bytes) -> None:
+@pytest.mark.parametrize(
+    "raw",
+    [b"Bearer \xff\xfe.a." + b"b" * 43, b"Bearer \xff\xfe.a.bbbb", b"Bearer " + "\u00e9.\u00e9.".encode() + b"b" * 43],
+    ids=["not_utf8", "not_utf8_short", "utf8_not_ascii"],
+)
+def test_authorization_bytes_that_are_not_ascii_get_401_malformed_and_are_counted(clean: _Proxy, raw: bytes) -> None:
     before = clean.stats()["auth_failures_by_reason"].get("malformed", 0)
     status, body = _raw_upgrade(clean.port, SESSION, raw)
     assert status == 401, body

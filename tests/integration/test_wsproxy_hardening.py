@@ -52,8 +52,7 @@ class _Proxy:
         self.proc = proc
         self.port = port
         self.server = server
-        self.redis = redis.Redis(host=server.host, port=server.port, password=server.password,
-                                 socket_timeout=10)
+        self.redis = redis.Redis(host=server.host, port=server.port, password=server.password, socket_timeout=10)
 
     def get(self, path: str) -> tuple[int, dict]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -79,8 +78,14 @@ class _Proxy:
 
 
 def _start(workdir: Path, server: RedisServer, **env: object) -> _Proxy:
-    proc, port = start_wsproxy(workdir, redis_url=server.url, jwt_secret=SECRET,
-                               WS_REQUEST_HEADER_TIMEOUT_SECS=HEADER_TIMEOUT, WS_PING_INTERVAL_SECS=60, **env)
+    proc, port = start_wsproxy(
+        workdir,
+        redis_url=server.url,
+        jwt_secret=SECRET,
+        WS_REQUEST_HEADER_TIMEOUT_SECS=HEADER_TIMEOUT,
+        WS_PING_INTERVAL_SECS=60,
+        **env,
+    )
     return _Proxy(proc, port, server)
 
 
@@ -104,12 +109,19 @@ def _connect(port: int) -> socket.socket:
     return sock
 
 
-def _upgrade_head(port: int, sid: str, *, version: str = "HTTP/1.1", ws_version: str = "13",
-                  extra: bytes = b"") -> bytes:
+def _upgrade_head(
+    port: int, sid: str, *, version: str = "HTTP/1.1", ws_version: str = "13", extra: bytes = b""
+) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET /agent/ws/{sid} {version}\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+    return (
+        (
+            f"GET /agent/ws/{sid} {version}\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {ws_version}\r\n"
-            f"Authorization: Bearer {issue_token(SECRET, sid)}\r\n").encode() + extra + b"\r\n"
+            f"Authorization: Bearer {issue_token(SECRET, sid)}\r\n"
+        ).encode()
+        + extra
+        + b"\r\n"
+    )
 
 
 def _read_answer(sock: socket.socket, seconds: float = 10.0) -> tuple[int, dict[str, str], bytes]:
@@ -144,8 +156,9 @@ def _masked(opcode: int, payload: bytes) -> bytes:
     return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + body
 
 
-def _read_frames(sock: socket.socket, buf: bytes, seconds: float,
-                 until: Callable[[list], bool] = lambda frames: False) -> tuple[list[tuple[int, bytes]], bool]:
+def _read_frames(
+    sock: socket.socket, buf: bytes, seconds: float, until: Callable[[list], bool] = lambda frames: False
+) -> tuple[list[tuple[int, bytes]], bool]:
     """Server frames (opcode, payload) until a close frame, EOF, ``until(frames)`` or the deadline; and
     whether EOF came."""
     frames: list[tuple[int, bytes]] = []
@@ -160,8 +173,8 @@ def _read_frames(sock: socket.socket, buf: bytes, seconds: float,
                 n, off = struct.unpack("!H", buf[2:4])[0], 4
             if len(buf) < off + n:
                 break
-            frames.append((buf[0] & 0x0F, buf[off:off + n]))
-            buf = buf[off + n:]
+            frames.append((buf[0] & 0x0F, buf[off : off + n]))
+            buf = buf[off + n :]
         if eof or (frames and frames[-1][0] == 0x8) or until(frames):
             return frames, eof
         remaining = deadline - time.monotonic()
@@ -229,8 +242,9 @@ def _send_head_and_read(port: int, parts: Iterator[bytes]) -> tuple[int, dict[st
 
 
 @pytest.mark.parametrize("connections", [1, 4])
-def test_128_header_fields_of_1_9_mb_are_answered_431_and_leave_rss_within_10_percent(proxy: _Proxy,
-                                                                                    connections: int) -> None:
+def test_128_header_fields_of_1_9_mb_are_answered_431_and_leave_rss_within_10_percent(
+    proxy: _Proxy, connections: int
+) -> None:
     """The probe: one (or four) unauthenticated connections sending 128 fields of 1.9 MB each took the
     wsproxy from 49 MB to 520 MB (four: 1,997 MB).  Now each is answered 431 at once."""
     assert proxy.get("/stats")[0] == 200  # warm: the first request's imports are not the attack's
@@ -244,8 +258,10 @@ def test_128_header_fields_of_1_9_mb_are_answered_431_and_leave_rss_within_10_pe
             yield b"X-Fill-%d: " % i + field + b"\r\n"
 
     answers: list[tuple[int, dict, bytes]] = []
-    threads = [threading.Thread(target=lambda: answers.append(_send_head_and_read(proxy.port, parts(_sid("big"))))
-                                ) for _ in range(connections)]
+    threads = [
+        threading.Thread(target=lambda: answers.append(_send_head_and_read(proxy.port, parts(_sid("big")))))
+        for _ in range(connections)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -261,8 +277,9 @@ def test_128_header_fields_of_1_9_mb_are_answered_431_and_leave_rss_within_10_pe
 
 def test_many_fields_each_under_the_field_bound_get_431_past_the_total(proxy: _Proxy) -> None:
     fields = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(HEAD_BYTES // 1000 + 8))
-    status, headers, body = _send_head_and_read(proxy.port, iter([_upgrade_head(proxy.port, _sid("total"))[:-2],
-                                                                  fields, b"\r\n"]))
+    status, headers, body = _send_head_and_read(
+        proxy.port, iter([_upgrade_head(proxy.port, _sid("total"))[:-2], fields, b"\r\n"])
+    )
     assert status == 431 and headers.get("connection", "close").lower() == "close"
     assert str(HEAD_BYTES).encode() in body
     assert "refused a malformed HTTP request: HeadTooLarge (HTTP 431)" in proxy.proc.log_tail(20)
@@ -286,9 +303,11 @@ def test_head_within_the_bounds_is_upgraded_and_an_oversized_token_still_gets_it
         sock.sendall(_upgrade_head(proxy.port, sid, extra=fields))
         assert _read_answer(sock)[0] == 101
     with _connect(proxy.port) as sock:  # over WS_MAX_AUTH_HEADER_BYTES, under the field bound: the reason
-        sock.sendall(f"GET /agent/ws/{sid} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                     f"Authorization: Bearer {'a' * (AUTH_BYTES + 100)}\r\n\r\n".encode())
+        sock.sendall(
+            f"GET /agent/ws/{sid} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {'a' * (AUTH_BYTES + 100)}\r\n\r\n".encode()
+        )
         status, _, body = _read_answer(sock)
     assert (status, json.loads(body)) == (401, {"error": "unauthorized", "detail": "too_large"})
 
@@ -322,7 +341,8 @@ def test_connections_per_address_are_not_limited_by_default(proxy: _Proxy) -> No
 
 
 def test_connections_past_the_per_address_limit_get_429_and_a_freed_slot_is_reused(
-        tmp_path: Path, redis_server: RedisServer) -> None:
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
     p = _start(tmp_path, redis_server, WS_MAX_CONNECTIONS_PER_ADDRESS=3)
     held: list[socket.socket] = []
 
@@ -379,12 +399,28 @@ def test_bad_connections_per_address_setting_exits_2_with_one_line_naming_it(val
 # -- item 7: RFC 6455 ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("sent", "answered"), [
-    (1006, 1002), (5000, 1002), (1005, 1002), (1004, 1002), (1015, 1002), (999, 1002), (2999, 1002), (65535, 1002),
-    (1000, 1000), (1001, 1000), (1012, 1000), (3000, 1000), (4999, 1000), (None, 1000),
-])
-def test_client_close_code_not_allowed_on_the_wire_is_answered_1002(proxy: _Proxy, sent: int | None,
-                                                                    answered: int) -> None:
+@pytest.mark.parametrize(
+    ("sent", "answered"),
+    [
+        (1006, 1002),
+        (5000, 1002),
+        (1005, 1002),
+        (1004, 1002),
+        (1015, 1002),
+        (999, 1002),
+        (2999, 1002),
+        (65535, 1002),
+        (1000, 1000),
+        (1001, 1000),
+        (1012, 1000),
+        (3000, 1000),
+        (4999, 1000),
+        (None, 1000),
+    ],
+)
+def test_client_close_code_not_allowed_on_the_wire_is_answered_1002(
+    proxy: _Proxy, sent: int | None, answered: int
+) -> None:
     sock, rest = _upgraded(proxy.port, _sid("close"))
     with sock:
         sock.sendall(_masked(0x8, b"" if sent is None else struct.pack("!H", sent)))

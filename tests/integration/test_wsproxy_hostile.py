@@ -44,8 +44,13 @@ class _Proxy:
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[_Proxy]:
     workdir = tmp_path_factory.mktemp("wsproxy-hostile")
-    proc, port = start_wsproxy(workdir, redis_url=redis_server.url, jwt_secret=SECRET,
-                               WS_REQUEST_HEADER_TIMEOUT_SECS=HEADER_TIMEOUT, WS_PING_INTERVAL_SECS=60)
+    proc, port = start_wsproxy(
+        workdir,
+        redis_url=redis_server.url,
+        jwt_secret=SECRET,
+        WS_REQUEST_HEADER_TIMEOUT_SECS=HEADER_TIMEOUT,
+        WS_PING_INTERVAL_SECS=60,
+    )
     try:
         yield _Proxy(proc, port, redis_server)
         assert "Traceback" not in proc.log_tail(500), proc.log_tail(500)
@@ -59,9 +64,11 @@ def _sid(tag: str) -> str:
 
 def _upgrade_request(port: int, sid: str) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET /agent/ws/{sid} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {issue_token(SECRET, sid)}\r\n\r\n").encode()
+    return (
+        f"GET /agent/ws/{sid} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {issue_token(SECRET, sid)}\r\n\r\n"
+    ).encode()
 
 
 def _connect(port: int) -> socket.socket:
@@ -97,7 +104,7 @@ def _closed_within(sock: socket.socket, seconds: float, *, trickle: bytes = b"",
                 return time.monotonic() - start
         elif pos < len(trickle):
             try:
-                sock.send(trickle[pos:pos + 1])
+                sock.send(trickle[pos : pos + 1])
             except (BrokenPipeError, ConnectionResetError):
                 return time.monotonic() - start
             pos += 1
@@ -116,8 +123,9 @@ def _unmasked(opcode: int, payload: bytes) -> bytes:
     return bytes((0x80 | opcode, len(payload))) + payload
 
 
-def _read_frames(sock: socket.socket, buf: bytes, seconds: float,
-                 until=lambda frames: False) -> tuple[list[tuple[int, bytes]], bool]:
+def _read_frames(
+    sock: socket.socket, buf: bytes, seconds: float, until=lambda frames: False
+) -> tuple[list[tuple[int, bytes]], bool]:
     """Server frames (opcode, payload) until a close frame, EOF, ``until(frames)`` or the deadline;
     and whether EOF came."""
     frames: list[tuple[int, bytes]] = []
@@ -136,8 +144,8 @@ def _read_frames(sock: socket.socket, buf: bytes, seconds: float,
                 n, off = struct.unpack("!Q", buf[2:10])[0], 10
             if len(buf) < off + n:
                 break
-            frames.append((buf[0] & 0x0F, buf[off:off + n]))
-            buf = buf[off + n:]
+            frames.append((buf[0] & 0x0F, buf[off : off + n]))
+            buf = buf[off + n :]
         if eof or (frames and frames[-1][0] == 0x8) or until(frames):
             break
         remaining = deadline - time.monotonic()
@@ -182,7 +190,7 @@ def test_request_head_completed_in_time_is_served(proxy: _Proxy) -> None:
     request = b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     with _connect(proxy.port) as sock:
         for i in range(0, len(request), 10):
-            sock.sendall(request[i:i + 10])
+            sock.sendall(request[i : i + 10])
             time.sleep(HEADER_TIMEOUT / 2 / (len(request) / 10))  # the pace of the trickle, not a readiness wait
         data = b""
         while chunk := sock.recv(65536):
@@ -214,10 +222,14 @@ def test_bad_header_timeout_setting_exits_2_naming_it(tmp_path: Path) -> None:
 # -- F6: unmasked client frames ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("opcode", "payload"), [(0x1, b"hello"), (0x9, b"ping?"), (0x2, b""), (0xA, b"")],
-                         ids=["text", "ping", "binary_empty", "pong"])
-def test_unmasked_client_frame_gets_close_1002_and_the_connection_closes(proxy: _Proxy, opcode: int,
-                                                                       payload: bytes) -> None:
+@pytest.mark.parametrize(
+    ("opcode", "payload"),
+    [(0x1, b"hello"), (0x9, b"ping?"), (0x2, b""), (0xA, b"")],
+    ids=["text", "ping", "binary_empty", "pong"],
+)
+def test_unmasked_client_frame_gets_close_1002_and_the_connection_closes(
+    proxy: _Proxy, opcode: int, payload: bytes
+) -> None:
     sock, rest = _upgrade(proxy.port, _sid("unmasked"))
     with sock:
         sock.sendall(_unmasked(opcode, payload))

@@ -41,18 +41,35 @@ def chaos_lab(need_root, tmp_path_factory):
         ns, addr = cfg.host_name(1), cfg.address(1)
         ports = {"redis": free_port(), "sim": free_port(), "wsproxy": free_port(), "stats": free_port()}
         password, secret = "p" * 24, "s" * 48
-        (tmp / "redis.conf").write_text(f"bind {addr}\nport {ports['redis']}\nrequirepass {password}\nsave \"\"\n"
-                                        f"appendonly no\ndir {tmp}\nmaxclients 10000\nprotected-mode no\n")
+        (tmp / "redis.conf").write_text(
+            f'bind {addr}\nport {ports["redis"]}\nrequirepass {password}\nsave ""\n'
+            f"appendonly no\ndir {tmp}\nmaxclients 10000\nprotected-mode no\n"
+        )
         inns = ["ip", "netns", "exec", ns]
-        procs.append(spawn("redis", [*inns, shutil.which("redis-server"), str(tmp / "redis.conf")], env=None,
-                           log_dir=tmp / "logs"))
+        procs.append(
+            spawn(
+                "redis", [*inns, shutil.which("redis-server"), str(tmp / "redis.conf")], env=None, log_dir=tmp / "logs"
+            )
+        )
         wait_tcp(addr, ports["redis"])
         url = f"redis://:{password}@{addr}:{ports['redis']}/0"
         env = dict(os.environ, REDIS_URL=url, JWT_SECRET=secret)
-        procs.append(spawn("sim", [*inns, sys.executable, "-m", "kit.sim"], log_dir=tmp / "logs",
-                           env=env | {"FASTAPI_HOST": addr, "FASTAPI_PORT": str(ports["sim"]), "TOKEN_DELAY_MS": "20"}))
-        procs.append(spawn("wsproxy", [*inns, sys.executable, "-m", "kit.wsproxy"], log_dir=tmp / "logs",
-                           env=env | {"HOST": addr, "PORT": str(ports["wsproxy"])}))
+        procs.append(
+            spawn(
+                "sim",
+                [*inns, sys.executable, "-m", "kit.sim"],
+                log_dir=tmp / "logs",
+                env=env | {"FASTAPI_HOST": addr, "FASTAPI_PORT": str(ports["sim"]), "TOKEN_DELAY_MS": "20"},
+            )
+        )
+        procs.append(
+            spawn(
+                "wsproxy",
+                [*inns, sys.executable, "-m", "kit.wsproxy"],
+                log_dir=tmp / "logs",
+                env=env | {"HOST": addr, "PORT": str(ports["wsproxy"])},
+            )
+        )
         wait_http_ok(addr, ports["sim"], proc=procs[1])
         wait_http_ok(addr, ports["wsproxy"], proc=procs[2])
         yield tmp, cfg, ports
@@ -66,12 +83,22 @@ def _inventory(tmp: Path, cfg: LabConfig, ports: dict) -> Path:
     lab = yaml.safe_load(cfg.inventory_path.read_text())["all"]
     h1, h2 = cfg.host_name(1), cfg.host_name(2)
     hosts = {n: {**hv, "kit_root": str(tmp / "roots" / n), "kit_venv_dir": str(VENV)} for n, hv in lab["hosts"].items()}
-    hosts[h1] |= {"haproxy_http_port": ports["sim"], "haproxy_ws_port": ports["wsproxy"],
-                  "haproxy_stats_port": ports["stats"], "redis_port": ports["redis"], "sim_port": ports["sim"],
-                  "wsproxy_base_port": ports["wsproxy"]}
+    hosts[h1] |= {
+        "haproxy_http_port": ports["sim"],
+        "haproxy_ws_port": ports["wsproxy"],
+        "haproxy_stats_port": ports["stats"],
+        "redis_port": ports["redis"],
+        "sim_port": ports["sim"],
+        "wsproxy_base_port": ports["wsproxy"],
+    }
     one = {"hosts": {h1: None}}
-    inv = {"all": {"vars": lab["vars"], "hosts": hosts, "children": {
-        "redis": one, "haproxy": one, "wsproxy": one, "sim": one, "generators": {"hosts": {h2: None}}}}}
+    inv = {
+        "all": {
+            "vars": lab["vars"],
+            "hosts": hosts,
+            "children": {"redis": one, "haproxy": one, "wsproxy": one, "sim": one, "generators": {"hosts": {h2: None}}},
+        }
+    }
     path = tmp / "inv.yml"
     path.write_text(yaml.safe_dump(inv))
     return path
@@ -79,19 +106,32 @@ def _inventory(tmp: Path, cfg: LabConfig, ports: dict) -> Path:
 
 def _run(tmp, cfg, ports, run_id, chaos, **kw):
     lines: list[str] = []
-    rc = execute(RunOptions(inventory=_inventory(tmp, cfg, ports), skip_health=True, results_dir=tmp / "results",
-                            run_id=run_id, live=False, chaos=chaos, max_duration=120, **kw), out=lines.append)
+    rc = execute(
+        RunOptions(
+            inventory=_inventory(tmp, cfg, ports),
+            skip_health=True,
+            results_dir=tmp / "results",
+            run_id=run_id,
+            live=False,
+            chaos=chaos,
+            max_duration=120,
+            **kw,
+        ),
+        out=lines.append,
+    )
     return rc, json.loads((tmp / "results" / run_id / "summary.json").read_text()), lines
 
 
 def _nft_tables(ns: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"], capture_output=True, text=True,
-                          timeout=30).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "list", "tables"], capture_output=True, text=True, timeout=30
+    ).stdout
 
 
 def _iptables(ns: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "iptables", "-S", "OUTPUT"], capture_output=True, text=True,
-                          timeout=30).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "iptables", "-S", "OUTPUT"], capture_output=True, text=True, timeout=30
+    ).stdout
 
 
 def test_delay_of_20_ms_on_the_wsproxy_host_moves_delivery_latency_p50_by_20_ms(chaos_lab):
@@ -104,20 +144,31 @@ def test_delay_of_20_ms_on_the_wsproxy_host_moves_delivery_latency_p50_by_20_ms(
     (ev,) = delayed["events"]
     assert ev["ok"], ev
     assert "NFQUEUE delay 20ms" in ev["detail"] or "netem delay 20ms" in ev["detail"]
-    assert ev["for_s"] < 60   # undone when the load ended, not left for the whole FOR
+    assert ev["for_s"] < 60  # undone when the load ended, not left for the whole FOR
     moved = delayed["delivery_latency_ms"]["p50"] - base["delivery_latency_ms"]["p50"]
-    print(f"delivery p50 {base['delivery_latency_ms']['p50']:.2f} -> {delayed['delivery_latency_ms']['p50']:.2f} ms:"
-          f" moved {moved:.2f} ms for {DELAY_MS:g} ms injected ({ev['detail']})")
+    print(
+        f"delivery p50 {base['delivery_latency_ms']['p50']:.2f} -> {delayed['delivery_latency_ms']['p50']:.2f} ms:"
+        f" moved {moved:.2f} ms for {DELAY_MS:g} ms injected ({ev['detail']})"
+    )
     assert abs(moved - DELAY_MS) <= 3.0, (base["delivery_latency_ms"], delayed["delivery_latency_ms"])
     assert delayed["lost_tokens"] == 0 and delayed["success_rate"] == 100.0
-    assert "NFQUEUE" not in _iptables(cfg.host_name(1))   # the rule went with the delay
+    assert "NFQUEUE" not in _iptables(cfg.host_name(1))  # the rule went with the delay
 
 
 def test_partition_of_the_wsproxy_host_stops_traffic_for_its_duration_then_heals(chaos_lab):
     tmp, cfg, ports = chaos_lab
-    rc, summary, lines = _run(tmp, cfg, ports, "partition", ["partition:wsproxy@3s+3s"], clients=30, queries=6,
-                              think_time=0.2, query_timeout=30.0,
-                              no_default_thresholds=True)  # the point is the traffic, not what the partition cost
+    rc, summary, lines = _run(
+        tmp,
+        cfg,
+        ports,
+        "partition",
+        ["partition:wsproxy@3s+3s"],
+        clients=30,
+        queries=6,
+        think_time=0.2,
+        query_timeout=30.0,
+        no_default_thresholds=True,
+    )  # the point is the traffic, not what the partition cost
     assert rc == 0, "\n".join(lines[-30:])
     (ev,) = summary["events"]
     assert ev["ok"] and "nftables table" in ev["detail"] and "deleted" in ev["detail"], ev
@@ -125,15 +176,24 @@ def test_partition_of_the_wsproxy_host_stops_traffic_for_its_duration_then_heals
     with open(tmp / "results" / "partition" / "timeline.csv", newline="") as fh:
         rows = {int(r["second"]): int(r["tokens"]) for r in csv.DictReader(fh)}
     inside = [s for s in rows if ev["started_at"] + 0.5 <= s and s + 1 <= ev["ended_at"] - 0.2]
-    assert inside and all(rows[s] == 0 for s in inside), (inside, rows)   # nothing crossed the partition
+    assert inside and all(rows[s] == 0 for s in inside), (inside, rows)  # nothing crossed the partition
     assert ev["recovery_s"] is not None and ev["recovery_s"] < 15, ev
     assert "wsproxy_loadkit" not in _nft_tables(cfg.host_name(1))
 
 
 def test_a_partition_still_in_place_when_the_load_ends_is_undone_by_the_run(chaos_lab):
     tmp, cfg, ports = chaos_lab
-    rc, summary, lines = _run(tmp, cfg, ports, "partition-long", ["partition:wsproxy@2s+100s"], clients=10,
-                              queries=2, think_time=0.1, query_timeout=4.0)
+    rc, summary, lines = _run(
+        tmp,
+        cfg,
+        ports,
+        "partition-long",
+        ["partition:wsproxy@2s+100s"],
+        clients=10,
+        queries=2,
+        think_time=0.1,
+        query_timeout=4.0,
+    )
     (ev,) = summary["events"]
     assert ev["ok"] and ev["for_s"] < 60, ev
     assert "wsproxy_loadkit" not in _nft_tables(cfg.host_name(1))

@@ -36,8 +36,14 @@ ANSIBLE = REPO / ".venv" / "bin" / "ansible-playbook"
 
 def _playbook(inv: Path, book: str, log: Path, *extra: str) -> subprocess.CompletedProcess:
     with open(log, "w") as fh:
-        return subprocess.run([str(ANSIBLE), "-i", str(inv), str(REPO / "playbooks" / book), *extra], cwd=REPO,
-                              stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=2400)
+        return subprocess.run(
+            [str(ANSIBLE), "-i", str(inv), str(REPO / "playbooks" / book), *extra],
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=2400,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +75,19 @@ def deployed_lab(need_root, tmp_path_factory):
 def test_fab_run_500_clients_on_a_deployed_six_host_lab_packs_an_exact_complete_tarball(deployed_lab):
     tmp, cfg, state = deployed_lab
     lines: list[str] = []
-    rc = execute(RunOptions(inventory=cfg.inventory_path, clients=500, queries=3, ramp=100.0,
-                            results_dir=tmp / "results", run_id="e2e-c500", max_duration=600,
-                            thresholds=[parse_threshold("success>=100%"), parse_threshold("lost==0")]),
-                 out=lines.append)
+    rc = execute(
+        RunOptions(
+            inventory=cfg.inventory_path,
+            clients=500,
+            queries=3,
+            ramp=100.0,
+            results_dir=tmp / "results",
+            run_id="e2e-c500",
+            max_duration=600,
+            thresholds=[parse_threshold("success>=100%"), parse_threshold("lost==0")],
+        ),
+        out=lines.append,
+    )
     assert rc == 0, "\n".join(lines[-60:])
     out = tmp / "unpacked"
     with tarfile.open(tmp / "results" / "e2e-c500.tar.gz") as tf:
@@ -125,16 +140,30 @@ def test_fab_plan_sizes_the_deployed_lab_and_the_preflight_refuses_a_run_it_cann
 
     tmp, cfg, state = deployed_lab
     fab = [str(REPO / ".venv" / "bin" / "fab"), "plan", "--inventory", str(cfg.inventory_path)]
-    small = subprocess.run([*fab, "--clients", "500", "--from-run", str(tmp / "results" / "e2e-c500")], cwd=REPO,
-                           capture_output=True, text=True, timeout=120)
+    small = subprocess.run(
+        [*fab, "--clients", "500", "--from-run", str(tmp / "results" / "e2e-c500")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert small.returncode == 0, small.stdout + small.stderr
-    assert "the inventory holds this run" in small.stdout and "tokens/s" in small.stdout   # CPU from the 500 run
+    assert "the inventory holds this run" in small.stdout and "tokens/s" in small.stdout  # CPU from the 500 run
     big = subprocess.run([*fab, "--clients", "30000"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert big.returncode == 1, big.stdout + big.stderr
     assert re.search(r"haproxy\s+needs\s+\d+\s+has\s+1\s+TOO FEW", big.stdout), big.stdout
     with pytest.raises(RunError, match=r"cannot hold 30000 sessions: haproxy: needs \d+ host\(s\), has 1: add"):
-        execute(RunOptions(inventory=cfg.inventory_path, clients=30000, queries=1, results_dir=tmp / "results",
-                           run_id="e2e-too-big", live=False), out=lambda line: None)
+        execute(
+            RunOptions(
+                inventory=cfg.inventory_path,
+                clients=30000,
+                queries=1,
+                results_dir=tmp / "results",
+                run_id="e2e-too-big",
+                live=False,
+            ),
+            out=lambda line: None,
+        )
     assert not (tmp / "results" / "e2e-too-big").exists()
 
 
@@ -152,9 +181,21 @@ def _chaos_run(deployed_lab, run_id: str, chaos: str, queries: int) -> tuple[int
     """120 sessions of *queries* queries through the deployed lab with one --chaos fault; (rc, summary, dir, lines)."""
     tmp, cfg, _ = deployed_lab
     lines: list[str] = []
-    rc = execute(RunOptions(inventory=cfg.inventory_path, clients=120, queries=queries, ramp=60.0, think_time=0.2,
-                            results_dir=tmp / "results", run_id=run_id, max_duration=300, live=False, chaos=[chaos]),
-                 out=lines.append)
+    rc = execute(
+        RunOptions(
+            inventory=cfg.inventory_path,
+            clients=120,
+            queries=queries,
+            ramp=60.0,
+            think_time=0.2,
+            results_dir=tmp / "results",
+            run_id=run_id,
+            max_duration=300,
+            live=False,
+            chaos=[chaos],
+        ),
+        out=lines.append,
+    )
     run_dir = tmp / "results" / run_id
     return rc, json.loads((run_dir / "summary.json").read_text()), run_dir, lines
 
@@ -164,7 +205,7 @@ def test_a_wsproxy_stalled_long_enough_to_be_marked_down_keeps_its_sessions_and_
     only stops new sessions going there; its established WebSockets stay, and their tokens wait in Redis and flow on
     SIGCONT. With the old policy (on-marked-down shutdown-sessions) every one of them was closed."""
     rc, summary, run_dir, lines = _chaos_run(deployed_lab, "e2e-stall", "pause:wsproxy[0]@4s+26s", queries=18)
-    assert rc == 0, "\n".join(lines[-60:])   # the default thresholds: success>=99%, lost==0
+    assert rc == 0, "\n".join(lines[-60:])  # the default thresholds: success>=99%, lost==0
     assert summary["success_rate"] == 100.0 and summary["lost_tokens"] == 0, summary["errors"]
     assert summary["total_reconnect_attempts"] == 0
     _exact(run_dir)
@@ -218,11 +259,18 @@ def test_prometheus_on_the_monitoring_host_has_every_target_up_and_every_dashboa
     jobs = {}
     for t in targets:
         jobs.setdefault(t["labels"]["job"], []).append(t)
-    assert {j: len(v) for j, v in jobs.items()} == {"wsproxy": 4, "sim": 1, "haproxy": 1, "redis": 1, "node": 6,
-                                                    "loadkit": 1}
-    down = [(t["scrapeUrl"], t["lastError"]) for j, v in jobs.items() if j != "loadkit" for t in v
-            if t["health"] != "up"]
-    assert down == []   # the controller's endpoint is up only while a run lasts
+    assert {j: len(v) for j, v in jobs.items()} == {
+        "wsproxy": 4,
+        "sim": 1,
+        "haproxy": 1,
+        "redis": 1,
+        "node": 6,
+        "loadkit": 1,
+    }
+    down = [
+        (t["scrapeUrl"], t["lastError"]) for j, v in jobs.items() if j != "loadkit" for t in v if t["health"] != "up"
+    ]
+    assert down == []  # the controller's endpoint is up only while a run lasts
     runs = sorted((tmp / "results").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
     last = json.loads(runs[-1].read_text())
     at = last["run"]["start_at"] + 10
@@ -242,9 +290,9 @@ def test_a_killed_wsproxy_instance_has_its_sessions_reconnect_elsewhere_within_t
     reconnect after their first backoff (about 1 s), HAProxy retries a refused connect on another server, and every
     token is accounted for (received or counted lost)."""
     rc, summary, run_dir, lines = _chaos_run(deployed_lab, "e2e-kill", "kill:wsproxy[1]@5s", queries=8)
-    assert rc in (0, 1), "\n".join(lines[-60:])   # not partial: every generator reported
+    assert rc in (0, 1), "\n".join(lines[-60:])  # not partial: every generator reported
     rows = _exact(run_dir)
-    assert len(rows) == 120 * 8   # every session ran all its queries, reconnected or not
+    assert len(rows) == 120 * 8  # every session ran all its queries, reconnected or not
     hit = summary["sessions_with_reconnects"]
     assert hit > 0, "the kill hit no session"
     errors = summary["errors"]
@@ -252,7 +300,7 @@ def test_a_killed_wsproxy_instance_has_its_sessions_reconnect_elsewhere_within_t
     # each hit session was back on its first or second try (backoff 1 s, then 2 s)
     assert summary["total_successful_reconnects"] == hit
     assert summary["total_reconnect_attempts"] <= 2 * hit, summary["total_reconnect_attempts"]
-    assert summary["successful_sessions"] >= 120 - hit   # only the sessions the kill hit may have failed
+    assert summary["successful_sessions"] >= 120 - hit  # only the sessions the kill hit may have failed
 
 
 def test_haproxy_tls_deployed_by_its_playbook_carries_a_fab_run_tls(deployed_lab):
@@ -265,10 +313,21 @@ def test_haproxy_tls_deployed_by_its_playbook_carries_a_fab_run_tls(deployed_lab
     ca = tmp / "secrets" / "kit_ca.crt"
     assert ca.is_file() and (tmp / "secrets" / "kit_ca.key").stat().st_mode & 0o077 == 0
     lines: list[str] = []
-    rc = execute(RunOptions(inventory=cfg.inventory_path, clients=40, queries=1, ramp=40.0, tls=True,
-                            results_dir=tmp / "results", run_id="e2e-tls", max_duration=300, live=False,
-                            thresholds=[parse_threshold("success>=100%"), parse_threshold("lost==0")]),
-                 out=lines.append)
+    rc = execute(
+        RunOptions(
+            inventory=cfg.inventory_path,
+            clients=40,
+            queries=1,
+            ramp=40.0,
+            tls=True,
+            results_dir=tmp / "results",
+            run_id="e2e-tls",
+            max_duration=300,
+            live=False,
+            thresholds=[parse_threshold("success>=100%"), parse_threshold("lost==0")],
+        ),
+        out=lines.append,
+    )
     assert rc == 0, "\n".join(lines[-60:])
     run_dir = tmp / "results" / "e2e-tls"
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -34,6 +34,7 @@ VENV = REPO / ".venv"
 def lab_stack(need_root, tmp_path_factory):
     """A 2-host lab plus Redis/sim/wsproxy on the bridge address: (tmp, bridge address, ports)."""
     from kit.lab import LabConfig
+
     tmp = tmp_path_factory.mktemp("orch")
     cfg = LabConfig(root=tmp / "lab", prefix="lkr", subnet="10.213.6.0/24", inventory_path=tmp / "lab.yml")
     procs = []
@@ -59,15 +60,33 @@ def _inventory(tmp: Path, cfg, addr: str, ports: dict, venvs: dict[str, Path]) -
     hosts = {}
     for name, hv in lab["hosts"].items():
         hosts[name] = {**hv, "kit_root": str(tmp / "roots" / name), "kit_venv_dir": str(venvs.get(name, VENV))}
-    hosts["controller"] = {"ansible_connection": "local", "ansible_host": addr, "kit_root": str(tmp / "roots" / "ctl"),
-                           "kit_venv_dir": str(VENV), "ansible_python_interpreter": str(VENV / "bin" / "python"),
-                           "haproxy_http_port": ports["sim"], "haproxy_ws_port": ports["wsproxy"],
-                           "haproxy_stats_port": free_port(addr), "redis_port": ports["redis"],
-                           "sim_port": ports["sim"], "wsproxy_base_port": ports["wsproxy"]}
+    hosts["controller"] = {
+        "ansible_connection": "local",
+        "ansible_host": addr,
+        "kit_root": str(tmp / "roots" / "ctl"),
+        "kit_venv_dir": str(VENV),
+        "ansible_python_interpreter": str(VENV / "bin" / "python"),
+        "haproxy_http_port": ports["sim"],
+        "haproxy_ws_port": ports["wsproxy"],
+        "haproxy_stats_port": free_port(addr),
+        "redis_port": ports["redis"],
+        "sim_port": ports["sim"],
+        "wsproxy_base_port": ports["wsproxy"],
+    }
     ctl = {"hosts": {"controller": None}}
-    inv = {"all": {"vars": lab["vars"], "hosts": hosts, "children": {
-        "redis": ctl, "haproxy": ctl, "wsproxy": ctl, "sim": ctl,
-        "generators": {"hosts": {n: None for n in lab["hosts"]}}}}}
+    inv = {
+        "all": {
+            "vars": lab["vars"],
+            "hosts": hosts,
+            "children": {
+                "redis": ctl,
+                "haproxy": ctl,
+                "wsproxy": ctl,
+                "sim": ctl,
+                "generators": {"hosts": {n: None for n in lab["hosts"]}},
+            },
+        }
+    }
     path = tmp / f"inv-{len(list(tmp.glob('inv-*')))}.yml"
     path.write_text(yaml.safe_dump(inv))
     return path
@@ -82,10 +101,19 @@ def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball
     tmp, cfg, addr, ports = lab_stack
     inv = _inventory(tmp, cfg, addr, ports, {})
     lines: list[str] = []
-    opts = RunOptions(inventory=inv, clients=40, queries=2, ramp=200.0, skip_health=True, results_dir=tmp / "results",
-                      max_duration=90, run_id="orch-ok", think_time=0.05, query_timeout=20.0,
-                      thresholds=[parse_threshold("lost==0"), parse_threshold("success>=100%"),
-                                  parse_threshold("p99<30s")])
+    opts = RunOptions(
+        inventory=inv,
+        clients=40,
+        queries=2,
+        ramp=200.0,
+        skip_health=True,
+        results_dir=tmp / "results",
+        max_duration=90,
+        run_id="orch-ok",
+        think_time=0.05,
+        query_timeout=20.0,
+        thresholds=[parse_threshold("lost==0"), parse_threshold("success>=100%"), parse_threshold("p99<30s")],
+    )
     rc = execute(opts, out=lines.append)
     run_dir = tmp / "results" / "orch-ok"
     assert rc == 0, "\n".join(lines)
@@ -96,7 +124,9 @@ def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball
     assert summary["total_queries"] == 80 and summary["lost_tokens"] == 0
     # the split: 2 generator hosts x 2 cores, one process per core
     assert sorted((s["host"], s["clients"], s["processes"]) for s in run["slots"]) == [
-        ("lkr-h1", 20, 2), ("lkr-h2", 20, 2)]
+        ("lkr-h1", 20, 2),
+        ("lkr-h2", 20, 2),
+    ]
     # merged counts equal the sum over generators; merged p99 equals the p99 of all raw values
     per_gen = [json.loads(p.read_text()) for p in sorted((run_dir / "generators").glob("*/out/summary.json"))]
     assert len(per_gen) == 2
@@ -105,6 +135,7 @@ def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball
     raw = _raw_latencies(run_dir / "queries.csv")
     assert len(raw) == 80
     from kit.client._analyze import exact_percentile
+
     assert summary["latency_ms"]["p99"] == pytest.approx(exact_percentile(raw, 99), rel=2e-3, abs=0.01)
     # every host's metrics, the start skew, clocks, thresholds, report and tarball
     for host in ("lkr-h1", "lkr-h2", "controller"):
@@ -112,21 +143,28 @@ def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball
     assert run["start_skew_s"]["per_process"] and run["clock"]["offsets"]["lkr-h1"]["samples"] == 5
     assert all(t["passed"] for t in run["thresholds"])
     # the workload options reach every generator and the run's record
-    for s in run["slots"]:   # each generator's settings file (kit.options), written by fab run
+    for s in run["slots"]:  # each generator's settings file (kit.options), written by fab run
         settings = json.loads((run_dir / "settings" / f"{s['label']}.json").read_text())
         assert settings["think_time"] == 0.05 and settings["query_timeout"] == 20.0
     assert run["config"]["think_time"] == 0.05 and run["config"]["query_timeout"] == 20.0
     # each generator host's client processes are costed (the stand-in services have no supervisor: reported)
-    assert {(c["component"], c["host"]) for c in summary["components"]} >= {("client", "lkr-h1"),
-                                                                             ("client", "lkr-h2")}
+    assert {(c["component"], c["host"]) for c in summary["components"]} >= {("client", "lkr-h1"), ("client", "lkr-h2")}
     assert any("controller: no PID for wsproxy-0" in p for p in run["component_problems"])
     assert any(line.lstrip().startswith("t=") for line in lines), "no live view line"
     assert "success rate 100.00%" in (run_dir / "report.txt").read_text()
     assert "<svg" in (run_dir / "report.html").read_text()
     with tarfile.open(tmp / "results" / "orch-ok.tar.gz") as tf:
         names = set(tf.getnames())
-    for member in ("summary.json", "run.json", "preflight.json", "inventory.yml", "report.html", "queries.csv",
-                   "hosts/lkr-h1/host.jsonl", "server/controller-sim-stats.json"):
+    for member in (
+        "summary.json",
+        "run.json",
+        "preflight.json",
+        "inventory.yml",
+        "report.html",
+        "queries.csv",
+        "hosts/lkr-h1/host.jsonl",
+        "server/controller-sim-stats.json",
+    ):
         assert f"orch-ok/{member}" in names, member
 
 
@@ -134,14 +172,27 @@ def test_a_failing_threshold_exits_1_and_is_reported(lab_stack):
     tmp, cfg, addr, ports = lab_stack
     inv = _inventory(tmp, cfg, addr, ports, {})
     lines: list[str] = []
-    rc = execute(RunOptions(inventory=inv, clients=4, queries=1, skip_health=True, results_dir=tmp / "results",
-                            run_id="orch-threshold", live=False, thresholds=[parse_threshold("p50<1us")]),
-                 out=lines.append)
+    rc = execute(
+        RunOptions(
+            inventory=inv,
+            clients=4,
+            queries=1,
+            skip_health=True,
+            results_dir=tmp / "results",
+            run_id="orch-threshold",
+            live=False,
+            thresholds=[parse_threshold("p50<1us")],
+        ),
+        out=lines.append,
+    )
     assert rc == 1
     run = json.loads((tmp / "results" / "orch-threshold" / "run.json").read_text())
     assert run["thresholds"][0]["passed"] is False and run["thresholds"][0]["actual"] > 1e-6
     assert [(t["threshold"], t["default"]) for t in run["thresholds"]] == [
-        ("p50<1us", False), ("success>=99%", True), ("lost==0", True)]
+        ("p50<1us", False),
+        ("success>=99%", True),
+        ("lost==0", True),
+    ]
     assert any(line.startswith("FAILED threshold p50<1us: actual ") for line in lines), "\n".join(lines)
     assert "FAIL" in (tmp / "results" / "orch-threshold" / "report.txt").read_text()
 
@@ -152,13 +203,24 @@ def test_a_generator_that_dies_gives_a_partial_run_with_the_others_results(lab_s
     (broken / "bin").mkdir(parents=True, exist_ok=True)
     py = broken / "bin" / "python"
     # the host monitor runs, the load client dies at once: a generator crash
-    py.write_text(f'#!/bin/sh\n[ "$2" = kit.client ] && {{ echo "simulated crash" >&2; exit 7; }}\n'
-                  f'exec {VENV}/bin/python "$@"\n')
+    py.write_text(
+        f'#!/bin/sh\n[ "$2" = kit.client ] && {{ echo "simulated crash" >&2; exit 7; }}\nexec {VENV}/bin/python "$@"\n'
+    )
     py.chmod(0o755)
     inv = _inventory(tmp, cfg, addr, ports, {"lkr-h2": broken})
     lines: list[str] = []
-    rc = execute(RunOptions(inventory=inv, clients=10, queries=1, skip_health=True, results_dir=tmp / "results",
-                            run_id="orch-partial", live=False), out=lines.append)
+    rc = execute(
+        RunOptions(
+            inventory=inv,
+            clients=10,
+            queries=1,
+            skip_health=True,
+            results_dir=tmp / "results",
+            run_id="orch-partial",
+            live=False,
+        ),
+        out=lines.append,
+    )
     assert rc == 3, "\n".join(lines)
     summary = json.loads((tmp / "results" / "orch-partial" / "summary.json").read_text())
     assert summary["partial"] is True
@@ -177,8 +239,20 @@ def test_a_generator_that_hangs_is_stopped_after_the_bound_and_the_run_is_partia
     py.chmod(0o755)
     inv = _inventory(tmp, cfg, addr, ports, {"lkr-h1": hung})
     t0 = __import__("time").monotonic()
-    rc = execute(RunOptions(inventory=inv, clients=6, queries=1, skip_health=True, results_dir=tmp / "results",
-                            run_id="orch-hung", live=False, max_duration=4, grace=2), out=lambda s: None)
+    rc = execute(
+        RunOptions(
+            inventory=inv,
+            clients=6,
+            queries=1,
+            skip_health=True,
+            results_dir=tmp / "results",
+            run_id="orch-hung",
+            live=False,
+            max_duration=4,
+            grace=2,
+        ),
+        out=lambda s: None,
+    )
     elapsed = __import__("time").monotonic() - t0
     assert rc == 3
     run = json.loads((tmp / "results" / "orch-hung" / "run.json").read_text())
@@ -199,7 +273,7 @@ def _alive_in_session(sid: int) -> list[int]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[3]) == sid and fields[0] != "Z":   # fields: state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields: state ppid pgrp session ...
             left.append(int(stat.parent.name))
     return left
 
@@ -215,13 +289,32 @@ def test_ctrl_c_on_fab_run_stops_every_generator_and_monitor_and_packs_a_partial
     inv = _inventory(tmp, cfg, addr, ports, {})
     run_id = f"orch-sigint-{os.getpid()}"
     results = REPO / "results"
-    proc = subprocess.Popen([str(VENV / "bin" / "fab"), "run", "--inventory", str(inv), "--clients", "20",
-                             "--queries", "1000", "--think-time", "0.2", "--skip-health", "--run-id", run_id,
-                             "--max-duration", "240"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            str(VENV / "bin" / "fab"),
+            "run",
+            "--inventory",
+            str(inv),
+            "--clients",
+            "20",
+            "--queries",
+            "1000",
+            "--think-time",
+            "0.2",
+            "--skip-health",
+            "--run-id",
+            run_id,
+            "--max-duration",
+            "240",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen: list[str] = []
     try:
-        for line in proc.stdout:   # the live view starts once every generator was launched and polled
+        for line in proc.stdout:  # the live view starts once every generator was launched and polled
             seen.append(line)
             if line.lstrip().startswith("t=") and "active" in line:
                 break

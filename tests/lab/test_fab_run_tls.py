@@ -52,8 +52,7 @@ def tls_lab(need_root, tmp_path_factory):
         procs.append(ws)
         lb = start_tls_haproxy(tmp, pem, host=addr, sim=(addr, sim_port), wsproxy=(addr, ws_port))
         procs.append(lb.proc)
-        ports = {"redis": redis.port, "sim": sim_port, "wsproxy": ws_port, "https": lb.https_port,
-                 "wss": lb.wss_port}
+        ports = {"redis": redis.port, "sim": sim_port, "wsproxy": ws_port, "https": lb.https_port, "wss": lb.wss_port}
         yield tmp, cfg, addr, ports, ca[0], other[0]
     finally:
         for p in reversed(procs):
@@ -63,19 +62,40 @@ def tls_lab(need_root, tmp_path_factory):
 
 def _inventory(tmp: Path, cfg: LabConfig, addr: str, ports: dict) -> Path:
     lab = yaml.safe_load(cfg.inventory_path.read_text())["all"]
-    hosts = {name: {**hv, "kit_root": str(tmp / "roots" / name), "kit_venv_dir": str(VENV)}
-             for name, hv in lab["hosts"].items()}
+    hosts = {
+        name: {**hv, "kit_root": str(tmp / "roots" / name), "kit_venv_dir": str(VENV)}
+        for name, hv in lab["hosts"].items()
+    }
     # the balancer's ports are HAProxy's TLS frontends; the services behind it keep their own
-    hosts["controller"] = {"ansible_connection": "local", "ansible_host": addr, "kit_root": str(tmp / "roots" / "ctl"),
-                           "kit_venv_dir": str(VENV), "ansible_python_interpreter": str(VENV / "bin" / "python"),
-                           "haproxy_http_port": ports["https"], "haproxy_ws_port": ports["wss"],
-                           "haproxy_stats_port": free_port(addr), "redis_port": ports["redis"],
-                           "sim_port": ports["sim"], "wsproxy_base_port": ports["wsproxy"],
-                           "wsproxy_instances_per_host": 1, "kit_secrets_dir": str(tmp / "secrets")}
+    hosts["controller"] = {
+        "ansible_connection": "local",
+        "ansible_host": addr,
+        "kit_root": str(tmp / "roots" / "ctl"),
+        "kit_venv_dir": str(VENV),
+        "ansible_python_interpreter": str(VENV / "bin" / "python"),
+        "haproxy_http_port": ports["https"],
+        "haproxy_ws_port": ports["wss"],
+        "haproxy_stats_port": free_port(addr),
+        "redis_port": ports["redis"],
+        "sim_port": ports["sim"],
+        "wsproxy_base_port": ports["wsproxy"],
+        "wsproxy_instances_per_host": 1,
+        "kit_secrets_dir": str(tmp / "secrets"),
+    }
     ctl = {"hosts": {"controller": None}}
-    inv = {"all": {"vars": lab["vars"], "hosts": hosts, "children": {
-        "redis": ctl, "haproxy": ctl, "wsproxy": ctl, "sim": ctl,
-        "generators": {"hosts": {n: None for n in lab["hosts"]}}}}}
+    inv = {
+        "all": {
+            "vars": lab["vars"],
+            "hosts": hosts,
+            "children": {
+                "redis": ctl,
+                "haproxy": ctl,
+                "wsproxy": ctl,
+                "sim": ctl,
+                "generators": {"hosts": {n: None for n in lab["hosts"]}},
+            },
+        }
+    }
     path = tmp / "inv.yml"
     path.write_text(yaml.safe_dump(inv))
     return path
@@ -84,9 +104,20 @@ def _inventory(tmp: Path, cfg: LabConfig, addr: str, ports: dict) -> Path:
 def test_fab_run_tls_gives_generators_the_ca_and_records_the_tls_handshake(tls_lab):
     tmp, cfg, addr, ports, ca, _ = tls_lab
     lines: list[str] = []
-    opts = RunOptions(inventory=_inventory(tmp, cfg, addr, ports), clients=20, queries=2, ramp=100.0,
-                      skip_health=True, results_dir=tmp / "results", run_id="tls-ok", max_duration=90, live=False,
-                      tls=True, ca_file=ca, thresholds=[parse_threshold("success>=100%"), parse_threshold("lost==0")])
+    opts = RunOptions(
+        inventory=_inventory(tmp, cfg, addr, ports),
+        clients=20,
+        queries=2,
+        ramp=100.0,
+        skip_health=True,
+        results_dir=tmp / "results",
+        run_id="tls-ok",
+        max_duration=90,
+        live=False,
+        tls=True,
+        ca_file=ca,
+        thresholds=[parse_threshold("success>=100%"), parse_threshold("lost==0")],
+    )
     rc = execute(opts, out=lines.append)
     run_dir = tmp / "results" / "tls-ok"
     assert rc == 0, "\n".join(lines)
@@ -103,15 +134,29 @@ def test_fab_run_tls_gives_generators_the_ca_and_records_the_tls_handshake(tls_l
         rows = list(csv.DictReader(fh))
     assert len(rows) == 20 and all(float(r["tls_ms"]) > 0 for r in rows)
     assert summary["connect_tls_ms"]["count"] == 20 and summary["connect_tls_ms"]["p50"] > 0
-    assert any(ln.startswith("Connect (ms)") and "TLS" in ln for ln in (run_dir / "report.txt").read_text().splitlines())
+    assert any(
+        ln.startswith("Connect (ms)") and "TLS" in ln for ln in (run_dir / "report.txt").read_text().splitlines()
+    )
     assert "connect_tls_ms" in (run_dir / "report.html").read_text()
 
 
 def test_fab_run_tls_with_another_ca_is_refused_with_one_certificate_error(tls_lab):
     tmp, cfg, addr, ports, _, other = tls_lab
-    rc = execute(RunOptions(inventory=_inventory(tmp, cfg, addr, ports), clients=4, queries=1, skip_health=True,
-                            results_dir=tmp / "results", run_id="tls-other-ca", max_duration=60, live=False,
-                            tls=True, ca_file=other), out=lambda s: None)
+    rc = execute(
+        RunOptions(
+            inventory=_inventory(tmp, cfg, addr, ports),
+            clients=4,
+            queries=1,
+            skip_health=True,
+            results_dir=tmp / "results",
+            run_id="tls-other-ca",
+            max_duration=60,
+            live=False,
+            tls=True,
+            ca_file=other,
+        ),
+        out=lambda s: None,
+    )
     run_dir = tmp / "results" / "tls-other-ca"
     summary = json.loads((run_dir / "summary.json").read_text())
     # each generator's own preflight refuses the certificate: one line each, the run partial, no load sent
@@ -125,9 +170,28 @@ def test_fab_run_tls_with_another_ca_is_refused_with_one_certificate_error(tls_l
 def test_a_client_without_the_ca_fails_with_a_certificate_error_not_a_traceback(tls_lab):
     tmp, cfg, addr, ports, _, _ = tls_lab
     out = tmp / "no-ca"
-    r = subprocess.run([str(VENV / "bin" / "python"), "-m", "kit.client", "--api-url", f"https://{addr}:{ports['https']}",
-                        "--ws-url", f"wss://{addr}:{ports['wss']}", "--clients", "3", "--queries", "1", "--quiet",
-                        "--no-preflight", "--output-dir", str(out)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            str(VENV / "bin" / "python"),
+            "-m",
+            "kit.client",
+            "--api-url",
+            f"https://{addr}:{ports['https']}",
+            "--ws-url",
+            f"wss://{addr}:{ports['wss']}",
+            "--clients",
+            "3",
+            "--queries",
+            "1",
+            "--quiet",
+            "--no-preflight",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["errors"] == {"create_tls_certificate": 3}
@@ -136,6 +200,16 @@ def test_a_client_without_the_ca_fails_with_a_certificate_error_not_a_traceback(
 def test_fab_run_tls_without_a_ca_file_is_a_usage_error_naming_the_missing_file(tls_lab):
     tmp, cfg, addr, ports, _, _ = tls_lab
     with pytest.raises(RunError, match=r"--tls: no CA certificate at .*kit_ca\.crt.*haproxy_tls"):
-        execute(RunOptions(inventory=_inventory(tmp, cfg, addr, ports), clients=2, queries=1, skip_health=True,
-                           results_dir=tmp / "results", run_id="tls-no-ca", live=False, tls=True),
-                out=lambda s: None)
+        execute(
+            RunOptions(
+                inventory=_inventory(tmp, cfg, addr, ports),
+                clients=2,
+                queries=1,
+                skip_health=True,
+                results_dir=tmp / "results",
+                run_id="tls-no-ca",
+                live=False,
+                tls=True,
+            ),
+            out=lambda s: None,
+        )

@@ -55,9 +55,11 @@ def test_lab_hosts_have_distinct_addresses_and_reach_each_other_over_the_bridge(
     addresses = [h["address"] for h in state["hosts"]]
     assert len(set(addresses)) == 6
     inv = load_inventory(cfg.inventory_path)
-    probe = ("python3 -c \"import socket,sys\nfor a in sys.argv[1:]:\n"
-             "    socket.create_connection((a, 22), timeout=3).close()\nprint('ok', len(sys.argv) - 1)\" "
-             + " ".join(addresses))
+    probe = (
+        'python3 -c "import socket,sys\nfor a in sys.argv[1:]:\n'
+        "    socket.create_connection((a, 22), timeout=3).close()\nprint('ok', len(sys.argv) - 1)\" "
+        + " ".join(addresses)
+    )
     conns = [connect(h) for h in inv.hosts.values()]
     try:
         out = fan_out(conns, lambda c: c.run(probe, hide=True).stdout.strip())
@@ -99,12 +101,22 @@ def test_lab_inventory_has_the_default_six_host_layout_and_a_strict_known_hosts_
     cfg, state = lab6
     inv = load_inventory(cfg.inventory_path)
     assert {g: len(inv.groups[g]) for g in ("redis", "haproxy", "wsproxy", "sim", "generators")} == {
-        "redis": 1, "haproxy": 1, "wsproxy": 2, "sim": 1, "generators": 2}
+        "redis": 1,
+        "haproxy": 1,
+        "wsproxy": 2,
+        "sim": 1,
+        "generators": 2,
+    }
     gens = set(inv.groups["generators"])
     assert not gens & (set(inv.groups["haproxy"]) | set(inv.groups["wsproxy"]) | set(inv.groups["redis"]))
     h = inv.hosts["lkt-h1"]
     assert (h.user, h.port, h.key_file, h.known_hosts, h.strict_host_keys) == (
-        "root", 22, str(cfg.key_path), str(cfg.known_hosts), True)
+        "root",
+        22,
+        str(cfg.key_path),
+        str(cfg.known_hosts),
+        True,
+    )
     assert h.vars["ansible_python_interpreter"] == "/usr/bin/python3"
 
 
@@ -116,7 +128,9 @@ def test_lab_up_again_keeps_the_lab_and_a_different_shape_is_refused(lab6):
         lab_up(3, cfg=cfg)
 
 
-def test_lab_down_removes_every_namespace_link_and_sshd_even_after_a_partial_lab_up(need_root, make_lab_config, tmp_path, monkeypatch):
+def test_lab_down_removes_every_namespace_link_and_sshd_even_after_a_partial_lab_up(
+    need_root, make_lab_config, tmp_path, monkeypatch
+):
     cfg = make_lab_config(tmp_path, "lku", "10.213.8.0/24")
     real_start = _lab._start_sshd
     calls = []

@@ -31,16 +31,25 @@ PORTS = "20000 20199"
 @pytest.fixture(scope="module")
 def sources_lab(need_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sources")
-    cfg = LabConfig(root=tmp / "lab", prefix="lka", subnet="10.213.11.0/24", inventory_path=tmp / "lab.yml",
-                    source_addresses=3)
+    cfg = LabConfig(
+        root=tmp / "lab", prefix="lka", subnet="10.213.11.0/24", inventory_path=tmp / "lab.yml", source_addresses=3
+    )
     procs = []
     try:
         lab_up(1, parse_layout("redis=1,haproxy=1,wsproxy=1,sim=1,generators=1"), cfg=cfg)
         gen = cfg.host_name(1)
-        subprocess.run(["ip", "netns", "exec", gen, "sysctl", "-q", "-w", f"net.ipv4.ip_local_port_range={PORTS}"],
-                       check=True, timeout=30)
-        got = subprocess.run(["ip", "netns", "exec", gen, "sysctl", "-n", "net.ipv4.ip_local_port_range"],
-                             capture_output=True, text=True, check=True, timeout=30).stdout.split()
+        subprocess.run(
+            ["ip", "netns", "exec", gen, "sysctl", "-q", "-w", f"net.ipv4.ip_local_port_range={PORTS}"],
+            check=True,
+            timeout=30,
+        )
+        got = subprocess.run(
+            ["ip", "netns", "exec", gen, "sysctl", "-n", "net.ipv4.ip_local_port_range"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.split()
         assert got == PORTS.split()
         addr = cfg.address(0)
         redis = start_redis(tmp / "redis", host=addr)
@@ -61,28 +70,60 @@ def _inventory(tmp: Path, cfg: LabConfig, addr: str, ports: dict, *, sources: bo
     lab = yaml.safe_load(cfg.inventory_path.read_text())["all"]
     gen = cfg.host_name(1)
     hv = dict(lab["hosts"][gen])
-    assert len(hv["generator_source_addresses"]) == 3   # what lab-up wrote: its own and two extra addresses
+    assert len(hv["generator_source_addresses"]) == 3  # what lab-up wrote: its own and two extra addresses
     if not sources:
         hv.pop("generator_source_addresses")
-    hosts = {gen: {**hv, "kit_root": str(tmp / "roots" / gen), "kit_venv_dir": str(VENV)},
-             "controller": {"ansible_connection": "local", "ansible_host": addr, "kit_root": str(tmp / "roots" / "ctl"),
-                            "kit_venv_dir": str(VENV), "ansible_python_interpreter": str(VENV / "bin" / "python"),
-                            "haproxy_http_port": ports["sim"], "haproxy_ws_port": ports["wsproxy"],
-                            "haproxy_stats_port": free_port(addr), "redis_port": ports["redis"],
-                            "sim_port": ports["sim"], "wsproxy_base_port": ports["wsproxy"],
-                            "wsproxy_instances_per_host": 1}}
+    hosts = {
+        gen: {**hv, "kit_root": str(tmp / "roots" / gen), "kit_venv_dir": str(VENV)},
+        "controller": {
+            "ansible_connection": "local",
+            "ansible_host": addr,
+            "kit_root": str(tmp / "roots" / "ctl"),
+            "kit_venv_dir": str(VENV),
+            "ansible_python_interpreter": str(VENV / "bin" / "python"),
+            "haproxy_http_port": ports["sim"],
+            "haproxy_ws_port": ports["wsproxy"],
+            "haproxy_stats_port": free_port(addr),
+            "redis_port": ports["redis"],
+            "sim_port": ports["sim"],
+            "wsproxy_base_port": ports["wsproxy"],
+            "wsproxy_instances_per_host": 1,
+        },
+    }
     ctl = {"hosts": {"controller": None}}
-    inv = {"all": {"vars": lab["vars"], "hosts": hosts, "children": {
-        "redis": ctl, "haproxy": ctl, "wsproxy": ctl, "sim": ctl, "generators": {"hosts": {gen: None}}}}}
+    inv = {
+        "all": {
+            "vars": lab["vars"],
+            "hosts": hosts,
+            "children": {
+                "redis": ctl,
+                "haproxy": ctl,
+                "wsproxy": ctl,
+                "sim": ctl,
+                "generators": {"hosts": {gen: None}},
+            },
+        }
+    }
     path = tmp / f"inv-{'sources' if sources else 'one'}.yml"
     path.write_text(yaml.safe_dump(inv))
     return path
 
 
 def _opts(inv: Path, tmp: Path, run_id: str) -> RunOptions:
-    return RunOptions(inventory=inv, clients=500, queries=2, think_time=3.0, ramp=250.0, tokens=5, skip_health=True,
-                      results_dir=tmp / "results", run_id=run_id, max_duration=120, live=False,
-                      thresholds=[parse_threshold("success>=100%"), parse_threshold("lost==0")])
+    return RunOptions(
+        inventory=inv,
+        clients=500,
+        queries=2,
+        think_time=3.0,
+        ramp=250.0,
+        tokens=5,
+        skip_health=True,
+        results_dir=tmp / "results",
+        run_id=run_id,
+        max_duration=120,
+        live=False,
+        thresholds=[parse_threshold("success>=100%"), parse_threshold("lost==0")],
+    )
 
 
 def test_three_source_addresses_carry_500_sessions_through_200_ports(sources_lab):
@@ -100,12 +141,16 @@ def test_three_source_addresses_carry_500_sessions_through_200_ports(sources_lab
     assert summary["errors"] == {} and summary["total_reconnect_attempts"] == 0
     with open(tmp / "results" / "src-3" / "timeline.csv") as fh:
         import csv
+
         assert max(int(r["active_sessions"] or 0) for r in csv.DictReader(fh)) == 500
 
 
 def test_one_address_is_refused_before_any_load_saying_why(sources_lab):
     tmp, cfg, addr, ports = sources_lab
-    with pytest.raises(RunError, match=r"500 clients to controller need 500 local ports toward its WebSocket port "
-                                       r"but ip_local_port_range gives 200 per source address and the host has 1"):
+    with pytest.raises(
+        RunError,
+        match=r"500 clients to controller need 500 local ports toward its WebSocket port "
+        r"but ip_local_port_range gives 200 per source address and the host has 1",
+    ):
         execute(_opts(_inventory(tmp, cfg, addr, ports, sources=False), tmp, "src-1"), out=lambda line: None)
-    assert not (tmp / "results" / "src-1").exists()   # refused in the preflight: nothing started
+    assert not (tmp / "results" / "src-1").exists()  # refused in the preflight: nothing started

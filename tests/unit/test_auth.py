@@ -26,8 +26,14 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def forge(claims: object, *, header: dict | None = None, secret: str = SECRET, alg: str = "HS256",
-          signature: str | None = None) -> str:
+def forge(
+    claims: object,
+    *,
+    header: dict | None = None,
+    secret: str = SECRET,
+    alg: str = "HS256",
+    signature: str | None = None,
+) -> str:
     """Build a JWT by hand, so that nothing a library refuses to produce is out of reach."""
     head = {"alg": alg, "typ": "JWT"} if header is None else header
     signing_input = f"{_b64(json.dumps(head).encode())}.{_b64(json.dumps(claims).encode())}"
@@ -50,8 +56,10 @@ def hostile_tokens(session_id: str = SESSION, secret: str = SECRET) -> dict[str,
         "alg_none_signed": (forge(good, header={"alg": "none"}), "bad_algorithm"),
         "alg_missing": (forge(good, header={"typ": "JWT"}), "bad_algorithm"),
         "hs512_header": (forge(good, alg="HS512", secret=secret), "bad_algorithm"),
-        "rs256_header": (forge(good, header={"alg": "RS256", "typ": "JWT"}, signature=_b64(b"x" * 256)),
-                         "bad_algorithm"),
+        "rs256_header": (
+            forge(good, header={"alg": "RS256", "typ": "JWT"}, signature=_b64(b"x" * 256)),
+            "bad_algorithm",
+        ),
         "empty_signature": (forge(good, signature=""), "bad_signature"),
         "wrong_secret": (forge(good, secret="w" * 48), "bad_signature"),
         "truncated_signature": (forge(good)[:-4], "bad_signature"),
@@ -133,9 +141,11 @@ def _as_aiohttp_decodes(raw: bytes) -> str:
 class TestNonAsciiToken:
     """Header bytes that are not ASCII are refused as malformed, never an exception of PyJWT's."""
 
-    @pytest.mark.parametrize("raw", [b"\xff\xfe.a." + b"b" * 43, b"\xff\xfe.a.bbbb", b"a.b." + b"\xc3" * 43,
-                                     ("\u00e9.a." + "b" * 42).encode()],
-                             ids=["not_utf8_hs256_length", "not_utf8_short", "lone_lead_bytes", "utf8_e_acute"])
+    @pytest.mark.parametrize(
+        "raw",
+        [b"\xff\xfe.a." + b"b" * 43, b"\xff\xfe.a.bbbb", b"a.b." + b"\xc3" * 43, ("\u00e9.a." + "b" * 42).encode()],
+        ids=["not_utf8_hs256_length", "not_utf8_short", "lone_lead_bytes", "utf8_e_acute"],
+    )
     def test_token_that_is_not_ascii_is_malformed(self, raw: bytes) -> None:
         token = bearer_token(_as_aiohttp_decodes(b"Bearer " + raw), max_bytes=4096)
         with pytest.raises(AuthError) as info:
@@ -163,8 +173,9 @@ class TestBearerToken:
             bearer_token(value, max_bytes=4096)
         assert info.value.reason == "missing"
 
-    @pytest.mark.parametrize("value", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer    ", "Token a.b.c", "a.b.c",
-                                       "Bearer\ta.b.c"])
+    @pytest.mark.parametrize(
+        "value", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer    ", "Token a.b.c", "a.b.c", "Bearer\ta.b.c"]
+    )
     def test_non_bearer_or_empty_value_is_malformed(self, value: str) -> None:
         with pytest.raises(AuthError) as info:
             bearer_token(value, max_bytes=4096)

@@ -21,11 +21,21 @@ class FakeSystem:
         self.calls.append(load)
         p99 = 50.0 * load / (self.knee + 0.5)
         success = 99.0 if self.fail_success_at is not None and load >= self.fail_success_at else 100.0
-        summary = {"total_sessions": load, "success_rate": success, "tps": 10.0 * load,
-                   "delivery_latency_ms": {"count": 100, "p99": p99},
-                   "generator": {"generator_overloaded": self.overload is not None and load >= self.overload},
-                   "bottleneck": {"component": "wsproxy", "host": "h1", "peak_cores": 0.97, "usable_cores": 1,
-                                  "ratio": 0.97, "saturated": True}}
+        summary = {
+            "total_sessions": load,
+            "success_rate": success,
+            "tps": 10.0 * load,
+            "delivery_latency_ms": {"count": 100, "p99": p99},
+            "generator": {"generator_overloaded": self.overload is not None and load >= self.overload},
+            "bottleneck": {
+                "component": "wsproxy",
+                "host": "h1",
+                "peak_cores": 0.97,
+                "usable_cores": 1,
+                "ratio": 0.97,
+                "saturated": True,
+            },
+        }
         return (1 if p99 >= 50 or success < 99.9 else 0), summary, f"cap-s{index + 1}-c{load}"
 
 
@@ -37,11 +47,11 @@ def run(system, **kw):
 def test_steps_up_then_bisects_to_the_exact_knee():
     system = FakeSystem(knee=137)
     res = run(system)
-    assert system.calls[:5] == [10, 20, 40, 80, 160]          # doubling until 160 breaks the SLO
-    assert all(80 < c < 160 for c in system.calls[5:])         # then only inside the bracket
+    assert system.calls[:5] == [10, 20, 40, 80, 160]  # doubling until 160 breaks the SLO
+    assert all(80 < c < 160 for c in system.calls[5:])  # then only inside the bracket
     assert res.knee.load == 137 and res.first_failing.load == 138
     assert res.first_failing.broken == ["delivery_p99<50ms"]
-    assert len(system.calls) <= 5 + 7                          # log2(80) bisection steps
+    assert len(system.calls) <= 5 + 7  # log2(80) bisection steps
     text = format_result(res)
     assert "knee: 137 sessions met every SLO" in text
     assert "first failing: 138 sessions broke delivery_p99<50ms; bottleneck wsproxy on h1" in text
@@ -84,8 +94,10 @@ def test_next_load_is_pure_over_the_history():
     assert next_load([], start=7, rule=StepRule(add=5), maximum=100, resolution=1) == (7, "start")
 
 
-@pytest.mark.parametrize("text, rule", [("x2", StepRule(factor=2.0)), ("*1.5", StepRule(factor=1.5)),
-                                        ("50", StepRule(add=50)), ("+25", StepRule(add=25))])
+@pytest.mark.parametrize(
+    "text, rule",
+    [("x2", StepRule(factor=2.0)), ("*1.5", StepRule(factor=1.5)), ("50", StepRule(add=50)), ("+25", StepRule(add=25))],
+)
 def test_parse_step(text, rule):
     assert parse_step(text) == rule
 

@@ -10,14 +10,28 @@ T0 = 1000.0
 
 
 def _run(events=(), server_events=(), ended_at=T0 + 9.4) -> RunData:
-    timeline = [{"second": str(int(T0) + i), "active_sessions": "5", "queries_done": "2", "tokens": "100",
-                 "errors": "0", "delivery_p50_ms": "1.0", "delivery_p99_ms": "3.0", "delivery_max_ms": "4.0"}
-                for i in range(10)]
+    timeline = [
+        {
+            "second": str(int(T0) + i),
+            "active_sessions": "5",
+            "queries_done": "2",
+            "tokens": "100",
+            "errors": "0",
+            "delivery_p50_ms": "1.0",
+            "delivery_p99_ms": "3.0",
+            "delivery_max_ms": "4.0",
+        }
+        for i in range(10)
+    ]
     queries = [{"intended_at": f"{T0 + i * 0.5:.3f}", "latency_ms": "200.0", "status": "ok"} for i in range(16)]
     # the host monitor samples before and after the run: its chart still shows the run's range only
     hosts = {"h1": [{"ts": T0 + t, "cpu_percent": 10.0} for t in range(-5, 15)]}
-    summary = {"run": {"run_id": "r", "start_at": T0}, "ended_at": ended_at, "events": list(events),
-               "server_events": list(server_events)}
+    summary = {
+        "run": {"run_id": "r", "start_at": T0},
+        "ended_at": ended_at,
+        "events": list(events),
+        "server_events": list(server_events),
+    }
     return RunData(Path("r"), summary, timeline, queries, {}, hosts)
 
 
@@ -30,10 +44,12 @@ def test_every_time_chart_of_a_report_has_the_runs_range_and_one_cursor_key():
 
 
 def test_the_run_range_reaches_every_event_and_starts_with_the_bucket_holding_the_start():
-    run = _run(events=[{"action": "pause", "target": "wsproxy-0", "host": "h1", "at_s": 8.0, "for_s": 4.5}],
-               server_events=[{"balancer": "h2", "backend": "wsproxy", "server": "ws-0", "state": "DOWN", "at_s": 13.0}])
+    run = _run(
+        events=[{"action": "pause", "target": "wsproxy-0", "host": "h1", "at_s": 8.0, "for_s": 4.5}],
+        server_events=[{"balancer": "h2", "backend": "wsproxy", "server": "ws-0", "state": "DOWN", "at_s": 13.0}],
+    )
     assert run_x_range(run) == (0.0, 13.0)
-    run.summary["run"]["start_at"] = T0 + 0.4    # the first timeline second began before the agreed start
+    run.summary["run"]["start_at"] = T0 + 0.4  # the first timeline second began before the agreed start
     assert run_x_range(run)[0] == -0.4
 
 

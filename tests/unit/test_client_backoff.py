@@ -38,12 +38,24 @@ async def test_retry_sleeps_the_backoff_schedule_and_counts_attempts(autojump_cl
     def on_attempt(n, exc):
         attempts.append((n, trio.current_time() - start, exc is None))
 
-    result = await connect_with_retry(flaky, attempts=5, initial=1.0, cap=30.0, jitter=0.0,
-                                      rng=random.Random(1), first_immediately=True, on_attempt=on_attempt)
+    result = await connect_with_retry(
+        flaky,
+        attempts=5,
+        initial=1.0,
+        cap=30.0,
+        jitter=0.0,
+        rng=random.Random(1),
+        first_immediately=True,
+        on_attempt=on_attempt,
+    )
     assert result == "connected"
     # first try at once, then 1 s, 2 s, 4 s later
     assert [(n, round(t, 6), ok) for n, t, ok in attempts] == [
-        (1, 0.0, False), (2, 1.0, False), (3, 3.0, False), (4, 7.0, True)]
+        (1, 0.0, False),
+        (2, 1.0, False),
+        (3, 3.0, False),
+        (4, 7.0, True),
+    ]
 
 
 async def test_retry_with_jitter_waits_between_the_bounds(autojump_clock):
@@ -54,8 +66,9 @@ async def test_retry_with_jitter_waits_between_the_bounds(autojump_clock):
             raise OSError(111, "refused")
 
         with pytest.raises(GaveUp, match="gave up after 3 attempt"):
-            await connect_with_retry(never, attempts=3, initial=1.0, cap=2.0, jitter=0.5,
-                                     rng=random.Random(seed), first_immediately=False)
+            await connect_with_retry(
+                never, attempts=3, initial=1.0, cap=2.0, jitter=0.5, rng=random.Random(seed), first_immediately=False
+            )
         waited = trio.current_time() - start
         # delays 1, 2, 2 (capped), each shortened by up to half
         assert 0.5 + 1.0 + 1.0 <= waited <= 1.0 + 2.0 + 2.0
@@ -70,8 +83,9 @@ async def test_a_401_is_not_retried(autojump_clock):
         raise HandshakeError(401, "Unauthorized", b'{"error":"invalid_token"}')
 
     with pytest.raises(GaveUp, match="401"):
-        await connect_with_retry(refused, attempts=5, initial=1.0, cap=30.0, jitter=0.5,
-                                 rng=random.Random(0), first_immediately=True)
+        await connect_with_retry(
+            refused, attempts=5, initial=1.0, cap=30.0, jitter=0.5, rng=random.Random(0), first_immediately=True
+        )
     assert calls == 1
 
 
@@ -80,5 +94,6 @@ async def test_zero_attempts_means_no_reconnect(autojump_clock):
         raise OSError(111, "refused")
 
     with pytest.raises(GaveUp):
-        await connect_with_retry(never, attempts=0, initial=1.0, cap=1.0, jitter=0.0,
-                                 rng=random.Random(0), first_immediately=False)
+        await connect_with_retry(
+            never, attempts=0, initial=1.0, cap=1.0, jitter=0.0, rng=random.Random(0), first_immediately=False
+        )

@@ -61,7 +61,11 @@ class Server:
 
 def ok(body: bytes = b'{"ok":1}', status: bytes = b"200 OK", extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
-        status, len(body), extra, body)
+        status,
+        len(body),
+        extra,
+        body,
+    )
 
 
 async def start(nursery, reply) -> Server:
@@ -142,8 +146,7 @@ async def test_a_kept_alive_connection_closed_as_the_request_went_out_is_retried
 async def test_chunked_and_read_to_close_bodies(nursery):
     async def reply(n, req):
         if n == 1:
-            return (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-                    b"4\r\n{\"a\"\r\n5;x=y\r\n:12}\n\r\n0\r\n\r\n")
+            return b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{"a"\r\n5;x=y\r\n:12}\n\r\n0\r\n\r\n'
         return b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nto the end"
 
     srv = await start(nursery, reply)

@@ -36,11 +36,15 @@ PASSWORD = "s3cr3tPW"
 
 def _files(d: Path) -> dict[str, bytes | str]:
     """The input files the cases refer to (by name; bytes are written as they are)."""
-    sessions_header = ("session_index,session_id,intended_at,started_at,create_ms,connect_ms,tcp_ms,tls_ms,upgrade_ms,"
-                       "connect_attempts,reconnect_attempts,reconnects_ok,queries_ok,queries_failed,queries_skipped,"
-                       "tokens,status,errors\n")
-    queries_header = ("session_id,query_index,query_id,intended_at,submit_at,ttft_ms,latency_ms,service_latency_ms,"
-                      "expected_tokens,tokens,lost,duplicated,out_of_order,status,error\n")
+    sessions_header = (
+        "session_index,session_id,intended_at,started_at,create_ms,connect_ms,tcp_ms,tls_ms,upgrade_ms,"
+        "connect_attempts,reconnect_attempts,reconnects_ok,queries_ok,queries_failed,queries_skipped,"
+        "tokens,status,errors\n"
+    )
+    queries_header = (
+        "session_id,query_index,query_id,intended_at,submit_at,ttft_ms,latency_ms,service_latency_ms,"
+        "expected_tokens,tokens,lost,duplicated,out_of_order,status,error\n"
+    )
     return {
         "huge-int.yml": "classes:\n  a: {weight: 1, tokens: 1" + "0" * 400 + "}\n",
         "69-days.yml": "classes:\n  ok: {weight: 1}\n  long: {weight: 1, tokens: 100000, token_delay_ms: 60000}\n",
@@ -52,8 +56,9 @@ def _files(d: Path) -> dict[str, bytes | str]:
         "nan-inf.yml": "classes:\n  a: {weight: .nan, ttft_ms: .inf, think_time_s: -1}\n",
         "list-state/histograms.json": "[]",
         "binary-state/histograms.json": bytes(range(256)),
-        "null-hist-state/histograms.json": json.dumps({"version": 1, "histograms": {"latency": None},
-                                                       "counters": {}, "runs": []}),
+        "null-hist-state/histograms.json": json.dumps(
+            {"version": 1, "histograms": {"latency": None}, "counters": {}, "runs": []}
+        ),
         "out-file": "not a folder",
         "other.csv": "a,b\n1,2\n",
         "sessions.csv": sessions_header + "0,s0,1,1,1,1,1,0,1,1,0,0,1,0,0,5,ok,\n",
@@ -70,9 +75,18 @@ CASES = [
     ("port-not-a-number", ["--api-url", f"http://u:{PASSWORD}@h:x"], {}, "has a bad port"),
     ("password-with-a-slash", ["--api-url", f"http://u:{PASSWORD}/x@h"], {}, "'http://u:***@h' has a bad port"),
     ("wrong-scheme", ["--ws-url", "http://127.0.0.1:1"], {}, "is not a ws:// or wss:// URL"),
-    ("credentials-in-preflight-error", ["--api-url", f"http://user:{PASSWORD}@127.0.0.1:1"], {"preflight": True},
-     "http://user:***@127.0.0.1:1: cannot reach it"),
-    ("clients-a-billion", ["--clients", "1000000000"], {}, f"--clients / CLIENTS = 1000000000 is above {max_sessions()}"),
+    (
+        "credentials-in-preflight-error",
+        ["--api-url", f"http://user:{PASSWORD}@127.0.0.1:1"],
+        {"preflight": True},
+        "http://user:***@127.0.0.1:1: cannot reach it",
+    ),
+    (
+        "clients-a-billion",
+        ["--clients", "1000000000"],
+        {},
+        f"--clients / CLIENTS = 1000000000 is above {max_sessions()}",
+    ),
     ("clients-400-digits", ["--clients", "1" + "0" * 400], {}, "is above"),
     ("clients-from-env", [], {"CLIENTS": "5000000"}, "--clients / CLIENTS = 5000000 is above"),
     ("clients-negative", ["--clients", "-5"], {}, "--clients -5 is below 1"),
@@ -85,28 +99,49 @@ CASES = [
     ("unknown-option", ["--colour", "red"], {}, "unrecognized arguments: --colour red"),
     ("workload-huge-int", ["--workload", "{d}/huge-int.yml"], {}, "tokens: 10000000...(401 chars) is out of range"),
     ("source-address-not-ip", ["--source-addresses", "10.0.0.1,nope"], {}, "'nope' is not an IP address"),
-    ("query-of-69-days", ["--tokens", "100000", "--token-delay", "60000", "--ttft", "600000"], {},
-     "the query would last 69.5 days"),
+    (
+        "query-of-69-days",
+        ["--tokens", "100000", "--token-delay", "60000", "--ttft", "600000"],
+        {},
+        "the query would last 69.5 days",
+    ),
     ("workload-class-of-69-days", ["--workload", "{d}/69-days.yml"], {}, "class long: the query would last"),
     ("workload-not-utf8", ["--workload", "{d}/latin1.yml"], {}, "not UTF-8 text"),
     ("workload-binary", ["--workload", "{d}/binary.yml"], {}, "not UTF-8 text"),
     ("workload-empty", ["--workload", "{d}/empty.yml"], {}, "must be a mapping with 'classes'"),
     ("workload-folder", ["--workload", "{d}"], {}, "cannot read it (it is a folder)"),
     ("workload-device", ["--workload", "/dev/zero"], {}, "cannot read it (not a regular file)"),
-    ("workload-duplicate-class-yaml", ["--workload", "{d}/dup-class.yml"], {}, "dup-class.yml: not valid YAML at "
-     "line 3: key 'short' is given twice"),
-    ("workload-duplicate-class-json", ["--workload", "{d}/dup-class.json"], {}, "dup-class.json: not valid YAML at "
-     "line 1: key 'short' is given twice"),
-    ("workload-nan-inf-negative", ["--workload", "{d}/nan-inf.yml"], {},
-     "ttft_ms: inf is not a number (ms to the first token); "),
+    (
+        "workload-duplicate-class-yaml",
+        ["--workload", "{d}/dup-class.yml"],
+        {},
+        "dup-class.yml: not valid YAML at line 3: key 'short' is given twice",
+    ),
+    (
+        "workload-duplicate-class-json",
+        ["--workload", "{d}/dup-class.json"],
+        {},
+        "dup-class.json: not valid YAML at line 1: key 'short' is given twice",
+    ),
+    (
+        "workload-nan-inf-negative",
+        ["--workload", "{d}/nan-inf.yml"],
+        {},
+        "ttft_ms: inf is not a number (ms to the first token); ",
+    ),
     ("merge-state-is-a-list", ["merge", "{d}/out", "{d}/list-state"], {}, "list-state/histograms.json: a JSON list"),
     ("merge-state-binary", ["merge", "{d}/out", "{d}/binary-state"], {}, "is not valid JSON"),
     ("merge-state-null-histogram", ["merge", "{d}/out", "{d}/null-hist-state"], {}, "a histogram is a JSON object"),
     ("merge-input-missing", ["merge", "{d}/out", "{d}/nope"], {}, "nope/histograms.json does not exist"),
     ("merge-input-a-file", ["merge", "{d}/out", "{d}/other.csv"], {}, "other.csv is not a folder"),
     ("merge-out-a-file", ["merge", "{d}/out-file", "{d}/list-state"], {}, "list-state/histograms.json"),
-    ("analyze-unrelated-csv", ["analyze", "{d}/other.csv"], {}, "other.csv: not a queries.csv of `python -m "
-     "kit.client` (header: a,b): expected the columns session_id, latency_ms"),
+    (
+        "analyze-unrelated-csv",
+        ["analyze", "{d}/other.csv"],
+        {},
+        "other.csv: not a queries.csv of `python -m "
+        "kit.client` (header: a,b): expected the columns session_id, latency_ms",
+    ),
     ("analyze-sessions-csv", ["analyze", "{d}/sessions.csv"], {}, "a sessions.csv (one row per session)"),
     ("analyze-nan-value", ["analyze", "{d}/nan.csv"], {}, "nan.csv: line 2: ttft_ms 'nan' is not a finite number"),
     ("analyze-short-row", ["analyze", "{d}/short-row.csv"], {}, "line 2 has more or fewer cells than the header"),
@@ -128,12 +163,33 @@ def results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, fl
         argv = [a.replace("{d}", str(d)) for a in argv]
         if argv[:1] not in (["merge"], ["analyze"]):
             out = d / "runs" / case
-            argv = ["--api-url", DEAD_API, "--ws-url", DEAD_WS, "--output-dir", str(out), "--quiet",
-                    "--max-duration", "5", *([] if env.get("preflight") else ["--no-preflight"]), *argv]
+            argv = [
+                "--api-url",
+                DEAD_API,
+                "--ws-url",
+                DEAD_WS,
+                "--output-dir",
+                str(out),
+                "--quiet",
+                "--max-duration",
+                "5",
+                *([] if env.get("preflight") else ["--no-preflight"]),
+                *argv,
+            ]
         full_env = {**os.environ, **{k: v for k, v in env.items() if k.isupper()}}
-        procs[case] = (subprocess.Popen([sys.executable, "-m", "kit.client", *argv], cwd=ROOT, env=full_env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, errors="replace"), time.monotonic())
+        procs[case] = (
+            subprocess.Popen(
+                [sys.executable, "-m", "kit.client", *argv],
+                cwd=ROOT,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            ),
+            time.monotonic(),
+        )
     done = {}
     for case, (p, t0) in procs.items():
         try:
@@ -171,11 +227,31 @@ def test_credentials_in_urls_are_never_written(tmp_path):
     """A run (two processes: the children's settings file too) with credentials in both URLs: no file of
     its results holds the password; meta.json shows the URLs masked."""
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "kit.client", "--api-url", f"http://user:{PASSWORD}@127.0.0.1:1",
-                        f"--ws-url=ws://{PASSWORD}@127.0.0.1:1",
-                        "--no-preflight", "--clients", "2", "--processes", "2", "--output-dir", str(out), "--quiet",
-                        "--max-duration", "20", "--exit-zero-on-failure"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=90)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kit.client",
+            "--api-url",
+            f"http://user:{PASSWORD}@127.0.0.1:1",
+            f"--ws-url=ws://{PASSWORD}@127.0.0.1:1",
+            "--no-preflight",
+            "--clients",
+            "2",
+            "--processes",
+            "2",
+            "--output-dir",
+            str(out),
+            "--quiet",
+            "--max-duration",
+            "20",
+            "--exit-zero-on-failure",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert PASSWORD not in r.stderr + r.stdout
     written = [p for p in out.rglob("*") if p.is_file()]
@@ -187,15 +263,18 @@ def test_credentials_in_urls_are_never_written(tmp_path):
     assert "http://user:***@127.0.0.1:1" in meta["argv"] and "--ws-url=ws://***@127.0.0.1:1" in meta["argv"]
 
 
-@pytest.mark.parametrize("text, masked", [
-    ("http://user:pw@host", "http://user:***@host"),
-    ("https://user:p@ss@host:8443/x?y=a@b", "https://user:***@host:8443/x?y=a@b"),  # the authority's last @
-    ("wss://TOKEN@host/ws", "wss://***@host/ws"),  # a bare userinfo is often a token
-    ("http://host/path@x", "http://host/path@x"),  # an @ in the path is not a userinfo
-    ("--api-url=http://u:pw@h", "--api-url=http://u:***@h"),
-    ("cannot reach http://a:b@c or ws://d:e@f/", "cannot reach http://a:***@c or ws://d:***@f/"),
-    ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
-])
+@pytest.mark.parametrize(
+    "text, masked",
+    [
+        ("http://user:pw@host", "http://user:***@host"),
+        ("https://user:p@ss@host:8443/x?y=a@b", "https://user:***@host:8443/x?y=a@b"),  # the authority's last @
+        ("wss://TOKEN@host/ws", "wss://***@host/ws"),  # a bare userinfo is often a token
+        ("http://host/path@x", "http://host/path@x"),  # an @ in the path is not a userinfo
+        ("--api-url=http://u:pw@h", "--api-url=http://u:***@h"),
+        ("cannot reach http://a:b@c or ws://d:e@f/", "cannot reach http://a:***@c or ws://d:***@f/"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ],
+)
 def test_mask_url_hides_every_urls_credentials(text, masked):
     assert mask_url(text) == masked
 
@@ -228,11 +307,25 @@ def test_merge_refuses_any_damage_to_a_state_with_a_value_error_and_writes_nothi
     rec.counters["sessions_finished"] += 1
     rec.errors["query_timeout"] += 1
     rec.sample_timeline(1000)
-    run = {"host": "h", "pid": 1, "start": 100.0, "end": 160.0, "start_skew_s": 0.001, "cpu_percent_peak": 10.0,
-           "cpu_percent_mean": 10.0, "generator_overloaded": False, "overload_reason": "",
-           "reconnect_limit": {"rate": 50.0, "burst": 10}}
-    workload = {"source": None, "seed": 1, "classes": {"default": {"weight": 1.0, "overrides": {}, "sessions": 4,
-                                                                   "requested": {"tokens": 1}, "echo": None}}}
+    run = {
+        "host": "h",
+        "pid": 1,
+        "start": 100.0,
+        "end": 160.0,
+        "start_skew_s": 0.001,
+        "cpu_percent_peak": 10.0,
+        "cpu_percent_mean": 10.0,
+        "generator_overloaded": False,
+        "overload_reason": "",
+        "reconnect_limit": {"rate": 50.0, "burst": 10},
+    }
+    workload = {
+        "source": None,
+        "seed": 1,
+        "classes": {
+            "default": {"weight": 1.0, "overrides": {}, "sessions": 4, "requested": {"tokens": 1}, "echo": None}
+        },
+    }
     write_outputs(tmp_path / "good", rec, run, {}, run_id="r", model="closed", workload=workload)
     good = json.loads((tmp_path / "good" / "histograms.json").read_text())
     assert merge_outputs([tmp_path / "good"], tmp_path / "good-merged")["total_sessions"] == 1
@@ -275,7 +368,27 @@ def test_merge_refuses_any_damage_to_a_state_with_a_value_error_and_writes_nothi
 def test_meta_argv_hides_secrets_but_keeps_the_workload_numbers():
     from kit.client.__main__ import _safe_argv
 
-    argv = ["--tokens", "40", "--token-delay=30", "--token-jitter", "5", "--jwt-secret", "s3cr3t",
-            "--auth-token=abc", "--api-url", "http://u:pw@h:1"]
-    assert _safe_argv(argv) == ["--tokens", "40", "--token-delay=30", "--token-jitter", "5", "--jwt-secret", "***",
-                                "--auth-token=***", "--api-url", "http://u:***@h:1"]
+    argv = [
+        "--tokens",
+        "40",
+        "--token-delay=30",
+        "--token-jitter",
+        "5",
+        "--jwt-secret",
+        "s3cr3t",
+        "--auth-token=abc",
+        "--api-url",
+        "http://u:pw@h:1",
+    ]
+    assert _safe_argv(argv) == [
+        "--tokens",
+        "40",
+        "--token-delay=30",
+        "--token-jitter",
+        "5",
+        "--jwt-secret",
+        "***",
+        "--auth-token=***",
+        "--api-url",
+        "http://u:***@h:1",
+    ]

@@ -127,12 +127,14 @@ class _DroppedSession(Session):
 
 
 async def _drop_all(n: int, limiter: TokenBucket | None) -> tuple[Recorder, list[float], list[Session]]:
-    cfg = SessionConfig(api_url="http://127.0.0.1:1", ws_url="ws://127.0.0.1:1", initial_backoff=1.0,
-                        max_backoff=30.0, jitter=0.5)
+    cfg = SessionConfig(
+        api_url="http://127.0.0.1:1", ws_url="ws://127.0.0.1:1", initial_backoff=1.0, max_backoff=30.0, jitter=0.5
+    )
     rec = Recorder()
     connected: list[float] = []
-    sessions = [_DroppedSession(cfg, None, rec, i, 0, random.Random(i), limiter=limiter, connected=connected)
-                for i in range(n)]
+    sessions = [
+        _DroppedSession(cfg, None, rec, i, 0, random.Random(i), limiter=limiter, connected=connected) for i in range(n)
+    ]
     async with trio.open_nursery() as nursery:
         for s in sessions:  # every socket of the process drops at the same instant
             nursery.start_soon(s._reconnect, ConnectionClosed(1006, "balancer closed the session"))

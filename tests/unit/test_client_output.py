@@ -49,8 +49,11 @@ def simulate(recs: list[Recorder], sessions: int, seed: int) -> list[float]:
                 rec.error("query_timeout")
             if q.status == "lost_tokens":
                 rec.error("lost_tokens")
-            (s.__setattr__("queries_ok", s.queries_ok + 1) if q.status == "ok"
-             else s.__setattr__("queries_failed", s.queries_failed + 1))
+            (
+                s.__setattr__("queries_ok", s.queries_ok + 1)
+                if q.status == "ok"
+                else s.__setattr__("queries_failed", s.queries_failed + 1)
+            )
             rec.query_finished(q)
         s.status = "ok" if not s.queries_failed else "failed"
         rec.session_finished(s)
@@ -62,9 +65,19 @@ def simulate(recs: list[Recorder], sessions: int, seed: int) -> list[float]:
 
 
 def run_info(pid: int, start: float = 100.0, end: float = 160.0) -> dict:
-    return {"host": "h", "pid": pid, "start": start, "end": end, "start_skew_s": 0.001, "cpu_percent_peak": 10.0,
-            "cpu_percent_mean": 10.0, "loop_lag_p99_ms": 0.1, "loop_lag_max_ms": 0.1,
-            "generator_overloaded": False, "overload_reason": ""}
+    return {
+        "host": "h",
+        "pid": pid,
+        "start": start,
+        "end": end,
+        "start_skew_s": 0.001,
+        "cpu_percent_peak": 10.0,
+        "cpu_percent_mean": 10.0,
+        "loop_lag_p99_ms": 0.1,
+        "loop_lag_max_ms": 0.1,
+        "generator_overloaded": False,
+        "overload_reason": "",
+    }
 
 
 def comparable(summary: dict) -> dict:
@@ -116,16 +129,23 @@ def test_reconnect_waits_add_up_apart_and_the_buckets_rate_is_recorded(tmp_path:
         rec = Recorder()
         simulate([rec], 10, seed=j)
         c = rec.counters
-        c["reconnect_bucket_waits"], c["reconnect_bucket_wait_us"], c["reconnect_backoff_wait_us"] = \
-            waits, bucket_us, backoff_us
+        c["reconnect_bucket_waits"], c["reconnect_bucket_wait_us"], c["reconnect_backoff_wait_us"] = (
+            waits,
+            bucket_us,
+            backoff_us,
+        )
         limit = {"rate": 200.0, "burst": 50, "admitted": 60, "waited": waits, "wait_s": bucket_us / 1e6}
-        one = write_outputs(tmp_path / f"proc-{j}", rec, run_info(j) | {"reconnect_limit": limit}, {}, run_id="r",
-                            model="closed")
+        one = write_outputs(
+            tmp_path / f"proc-{j}", rec, run_info(j) | {"reconnect_limit": limit}, {}, run_id="r", model="closed"
+        )
         assert one["reconnect_limit"] == {"rate_per_process": 200.0, "burst": 50, "processes": 1, "rate_total": 200.0}
         dirs.append(tmp_path / f"proc-{j}")
     merged = merge_outputs(dirs, tmp_path / "merged")
-    assert (merged["reconnect_bucket_waits"], merged["reconnect_bucket_wait_s"], merged["reconnect_backoff_wait_s"]) \
-        == (42, 3.5, 16.0)
+    assert (
+        merged["reconnect_bucket_waits"],
+        merged["reconnect_bucket_wait_s"],
+        merged["reconnect_backoff_wait_s"],
+    ) == (42, 3.5, 16.0)
     assert merged["reconnect_limit"] == {"rate_per_process": 200.0, "burst": 50, "processes": 2, "rate_total": 400.0}
     # unlimited (--reconnect-rate 0): no total rate; results from before the bucket: not recorded
     assert reconnect_limit([{"reconnect_limit": {"rate": 0.0, "burst": 50}}])["rate_total"] is None
@@ -141,10 +161,28 @@ def test_summary_has_every_seed_aggregate(tmp_path: Path):
     rec = Recorder()
     simulate([rec], 20, seed=1)
     s = write_outputs(tmp_path, rec, run_info(1), {"argv": []}, run_id="r", model="closed")
-    for key in ("total_sessions", "successful_sessions", "failed_sessions", "success_rate", "total_queries",
-                "total_tokens", "qps", "tps", "avg_create_ms", "avg_connect_ms", "total_reconnect_attempts",
-                "total_successful_reconnects", "sessions_with_reconnects", "lost_tokens", "ttft_ms",
-                "inter_token_ms", "delivery_latency_ms", "start_skew_s", "started_at", "ended_at"):
+    for key in (
+        "total_sessions",
+        "successful_sessions",
+        "failed_sessions",
+        "success_rate",
+        "total_queries",
+        "total_tokens",
+        "qps",
+        "tps",
+        "avg_create_ms",
+        "avg_connect_ms",
+        "total_reconnect_attempts",
+        "total_successful_reconnects",
+        "sessions_with_reconnects",
+        "lost_tokens",
+        "ttft_ms",
+        "inter_token_ms",
+        "delivery_latency_ms",
+        "start_skew_s",
+        "started_at",
+        "ended_at",
+    ):
         assert key in s, key
     for p in ("p50", "p95", "p99", "min", "max", "avg"):
         assert s["latency_ms"][p] is not None

@@ -10,27 +10,50 @@ import pytest
 
 from kit.client.__main__ import EXIT_BY_STATUS, build_parser
 from kit.client._accounting import Recorder
-from kit.client._output import RESULT_FILES, build_summary, check_output_dir, claim_output_dir, merge_states, \
-    run_status, write_outputs
+from kit.client._output import (
+    RESULT_FILES,
+    build_summary,
+    check_output_dir,
+    claim_output_dir,
+    merge_states,
+    run_status,
+    write_outputs,
+)
 from kit.config import ClientSettings, ConfigError
 
 
 def _summary(ok: int, failed: int = 0, cancelled: int = 0) -> dict:
-    return {"total_sessions": ok + failed, "successful_sessions": ok, "failed_sessions": failed,
-            "cancelled_sessions": cancelled}
+    return {
+        "total_sessions": ok + failed,
+        "successful_sessions": ok,
+        "failed_sessions": failed,
+        "cancelled_sessions": cancelled,
+    }
 
 
-@pytest.mark.parametrize(("summary", "runs", "status"), [
-    (_summary(5), [{}], "passed"),
-    (_summary(4, 1), [{}], "partial"),
-    (_summary(4, 1, cancelled=1), [{}], "partial"),
-    (_summary(5), [{}, {"max_duration_hit": True}], "partial"),
-    (_summary(0, 5), [{}], "failed"),
-    (_summary(0, 4, cancelled=4), [{"max_duration_hit": True}], "failed"),
-    (_summary(0), [{}], "failed"),
-    (_summary(0), [], "failed"),
-], ids=["all_ok", "one_failed", "one_cancelled", "max_duration_hit", "all_failed", "all_cancelled",
-        "no_session", "no_process"])
+@pytest.mark.parametrize(
+    ("summary", "runs", "status"),
+    [
+        (_summary(5), [{}], "passed"),
+        (_summary(4, 1), [{}], "partial"),
+        (_summary(4, 1, cancelled=1), [{}], "partial"),
+        (_summary(5), [{}, {"max_duration_hit": True}], "partial"),
+        (_summary(0, 5), [{}], "failed"),
+        (_summary(0, 4, cancelled=4), [{"max_duration_hit": True}], "failed"),
+        (_summary(0), [{}], "failed"),
+        (_summary(0), [], "failed"),
+    ],
+    ids=[
+        "all_ok",
+        "one_failed",
+        "one_cancelled",
+        "max_duration_hit",
+        "all_failed",
+        "all_cancelled",
+        "no_session",
+        "no_process",
+    ],
+)
 def test_run_status(summary: dict, runs: list, status: str) -> None:
     got, reason = run_status(summary, runs)
     assert got == status and reason
@@ -38,7 +61,9 @@ def test_run_status(summary: dict, runs: list, status: str) -> None:
 
 def test_reason_names_the_counts() -> None:
     assert run_status(_summary(3, 2, cancelled=1), [{"max_duration_hit": True}]) == (
-        "partial", "1 of 5 sessions failed, 1 cancelled, --max-duration reached")
+        "partial",
+        "1 of 5 sessions failed, 1 cancelled, --max-duration reached",
+    )
     assert run_status(_summary(0, 2), [{}]) == ("failed", "no session succeeded: 2 of 2 sessions failed")
 
 
@@ -49,8 +74,16 @@ def test_exit_codes_by_status() -> None:
 def _state(tmp_path: Path, *, ok: int, failed: int, hit: bool = False) -> dict:
     rec = Recorder()
     rec.counters.update(sessions_finished=ok + failed, sessions_ok=ok, sessions_failed=failed)
-    run = {"host": "h", "pid": 1, "start": 0.0, "end": 1.0, "start_skew_s": None, "cpu_percent_peak": 0.0,
-           "cpu_percent_mean": 0.0, "max_duration_hit": hit}
+    run = {
+        "host": "h",
+        "pid": 1,
+        "start": 0.0,
+        "end": 1.0,
+        "start_skew_s": None,
+        "cpu_percent_peak": 0.0,
+        "cpu_percent_mean": 0.0,
+        "max_duration_hit": hit,
+    }
     out = tmp_path / f"p{ok}-{failed}-{hit}"
     summary = write_outputs(out, rec, run, {}, run_id="r", model="closed")
     return json.loads((out / "histograms.json").read_text()) | {"_summary": summary}
@@ -131,5 +164,5 @@ def test_fab_run_generators_exit_zero_on_failure_and_the_client_accepts_their_ar
     lb = Host("lb1", {"ansible_host": "10.0.0.5", "haproxy_http_port": 8080, "haproxy_ws_port": 8081})
     argv = _client_argv(gen, GeneratorSlot("gen1", "lb1", 2, 10, None, "gen1"), opts, lb, "/tmp/out", 1.0, "r1")
     assert "--exit-zero-on-failure" in argv
-    args = build_parser(ClientSettings.from_env(dict(os.environ))).parse_args(argv[argv.index("--api-url"):])
+    args = build_parser(ClientSettings.from_env(dict(os.environ))).parse_args(argv[argv.index("--api-url") :])
     assert args.exit_zero_on_failure and args.output_dir == "/tmp/out"

@@ -7,8 +7,19 @@ import struct
 import pytest
 
 from kit.client._frames import (
-    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, HandshakeError, ProtocolError, WsProtocol,
-    accept_value, encode_frame, handshake_request, parse_handshake,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    HandshakeError,
+    ProtocolError,
+    WsProtocol,
+    accept_value,
+    encode_frame,
+    handshake_request,
+    parse_handshake,
 )
 
 
@@ -20,7 +31,7 @@ def unmask(frame: bytes) -> tuple[int, bytes]:
     """Decode one masked client frame: (opcode, payload)."""
     assert frame[1] & 0x80, "client frames must be masked"
     n = frame[1] & 0x7F
-    key, data = frame[2:6], frame[6:6 + n]
+    key, data = frame[2:6], frame[6 : 6 + n]
     return frame[0] & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(data))
 
 
@@ -39,7 +50,7 @@ def test_frame_split_at_every_byte_boundary_is_reassembled():
     p = WsProtocol()
     out = []
     for i in range(len(data)):  # one byte per read
-        out += p.feed(data[i:i + 1])
+        out += p.feed(data[i : i + 1])
     assert out == [b"hello", b"x" * 300, b"y" * 70000]
 
 
@@ -59,7 +70,9 @@ def test_64_bit_length_frame():
 
 def test_fragmented_message_with_ping_in_between():
     p = WsProtocol()
-    data = srv(OP_TEXT, b"hel", fin=False) + srv(OP_PING, b"p1") + srv(OP_CONT, b"lo ", fin=False) + srv(OP_CONT, b"world")
+    data = (
+        srv(OP_TEXT, b"hel", fin=False) + srv(OP_PING, b"p1") + srv(OP_CONT, b"lo ", fin=False) + srv(OP_CONT, b"world")
+    )
     assert p.feed(data) == [b"hello world"]
     op, payload = unmask(p.take_outgoing())
     assert (op, payload) == (OP_PONG, b"p1")
@@ -104,16 +117,19 @@ def test_our_close_is_masked_and_sent_once():
     assert p.take_outgoing() == b""  # no second close
 
 
-@pytest.mark.parametrize("bad, why", [
-    (bytes([0x81, 0x80 | 1]) + b"\x00\x00\x00\x00x", "masked"),
-    (bytes([0xC1, 1]) + b"x", "reserved"),
-    (bytes([0x09, 0]), "fragmented"),
-    (bytes([0x89, 126, 0, 200]) + b"p" * 200, "125"),
-    (srv(OP_CONT, b"x"), "continuation"),
-    (bytes([0x83, 0]), "opcode"),
-    (srv(OP_CLOSE, b"\x03"), "1-byte"),
-    (srv(OP_TEXT, b"a", fin=False) + srv(OP_TEXT, b"b"), "fragmented message is open"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (bytes([0x81, 0x80 | 1]) + b"\x00\x00\x00\x00x", "masked"),
+        (bytes([0xC1, 1]) + b"x", "reserved"),
+        (bytes([0x09, 0]), "fragmented"),
+        (bytes([0x89, 126, 0, 200]) + b"p" * 200, "125"),
+        (srv(OP_CONT, b"x"), "continuation"),
+        (bytes([0x83, 0]), "opcode"),
+        (srv(OP_CLOSE, b"\x03"), "1-byte"),
+        (srv(OP_TEXT, b"a", fin=False) + srv(OP_TEXT, b"b"), "fragmented message is open"),
+    ],
+)
 def test_protocol_violations_are_refused(bad, why):
     with pytest.raises(ProtocolError, match=why):
         WsProtocol().feed(bad)

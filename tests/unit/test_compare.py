@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from kit._charts import RunData
-from kit.compare import (CompareError, bootstrap_diff_ci, compare_runs, evaluate_fail_if, format_table,
-                         parse_fail_if, run_compare, side_by_side)
+from kit.compare import (
+    CompareError,
+    bootstrap_diff_ci,
+    compare_runs,
+    evaluate_fail_if,
+    format_table,
+    parse_fail_if,
+    run_compare,
+    side_by_side,
+)
 from kit.metrics import Histogram
 
 
@@ -20,34 +28,55 @@ def _latencies(n: int, shift: float, seed: int) -> list[float]:
     return [round(100.0 + shift + rng.expovariate(1 / 20.0), 3) for _ in range(n)]
 
 
-def _summary(run_id: str, lat: list[float], *, tokens: int = 1000, lost: int = 0, clients: int = 10,
-             build: dict | None = None) -> dict:
+def _summary(
+    run_id: str, lat: list[float], *, tokens: int = 1000, lost: int = 0, clients: int = 10, build: dict | None = None
+) -> dict:
     s = sorted(lat)
 
     def pct(p: float) -> float:
         return s[max(0, -(-len(s) * p // 100) - 1)]
-    run = {"run_id": run_id, "start_at": 1000.0, "config": {"clients": clients, "queries": 3, "chaos": None},
-           "versions": {"kit_controller": "0.1.0", "argv": ["fab", run_id]}}
+
+    run = {
+        "run_id": run_id,
+        "start_at": 1000.0,
+        "config": {"clients": clients, "queries": 3, "chaos": None},
+        "versions": {"kit_controller": "0.1.0", "argv": ["fab", run_id]},
+    }
     if build:
         run["build"] = build
-    return {"run_id": run_id, "started_at": 1000.0, "success_rate": 100.0, "total_queries": len(lat),
-            "total_tokens": tokens, "tps": tokens / 10, "qps": len(lat) / 10, "lost_tokens": lost, "total_errors": 0,
-            "total_reconnect_attempts": 0,
-            "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99)},
-            "ttft_ms": {"p50": 5.0, "p99": 9.0}, "delivery_latency_ms": {"p50": 1.0, "p99": 3.0},
-            "components": [{"component": "wsproxy", "host": "h1", "us_per_token": 20.0},
-                           {"component": "wsproxy", "host": "h2", "us_per_token": 5.0}],
-            "run": run}
+    return {
+        "run_id": run_id,
+        "started_at": 1000.0,
+        "success_rate": 100.0,
+        "total_queries": len(lat),
+        "total_tokens": tokens,
+        "tps": tokens / 10,
+        "qps": len(lat) / 10,
+        "lost_tokens": lost,
+        "total_errors": 0,
+        "total_reconnect_attempts": 0,
+        "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99)},
+        "ttft_ms": {"p50": 5.0, "p99": 9.0},
+        "delivery_latency_ms": {"p50": 1.0, "p99": 3.0},
+        "components": [
+            {"component": "wsproxy", "host": "h1", "us_per_token": 20.0},
+            {"component": "wsproxy", "host": "h2", "us_per_token": 5.0},
+        ],
+        "run": run,
+    }
 
 
 def _run(run_id: str, lat: list[float], **kw) -> RunData:
-    queries = [{"intended_at": f"{1000 + i * 0.01:.3f}", "latency_ms": str(v), "ttft_ms": "5.0", "status": "ok"}
-               for i, v in enumerate(lat)]
+    queries = [
+        {"intended_at": f"{1000 + i * 0.01:.3f}", "latency_ms": str(v), "ttft_ms": "5.0", "status": "ok"}
+        for i, v in enumerate(lat)
+    ]
     queries.append({"intended_at": "1000", "latency_ms": "", "ttft_ms": "", "status": "timeout"})
     return RunData(Path(run_id), _summary(run_id, lat, **kw), [], queries, {}, {})
 
 
 # -- the bootstrap --------------------------------------------------------------------------------------
+
 
 def test_bootstrap_interval_contains_zero_for_two_samples_of_one_distribution():
     lo, hi = bootstrap_diff_ci(_latencies(2000, 0, 1), _latencies(2000, 0, 2), 99)
@@ -93,6 +122,7 @@ def test_bootstrap_without_values_is_none():
 
 # -- the comparison ------------------------------------------------------------------------------------
 
+
 def test_compare_marks_a_real_latency_regression_worse_and_counts_as_not_testable():
     base = _run("a", _latencies(1500, 0, 1))
     slow = _run("b", _latencies(1500, 40, 2), tokens=1200)
@@ -118,10 +148,14 @@ def test_compare_needs_two_runs():
 
 
 def test_side_by_side_highlights_only_real_differences():
-    a = _run("a", [1.0], clients=10, build={"wsproxy": {"kind": "artifact", "sha256": ["ab" * 32],
-                                                         "versions": ["1.2"], "commands": ["/x"]}})
+    a = _run(
+        "a",
+        [1.0],
+        clients=10,
+        build={"wsproxy": {"kind": "artifact", "sha256": ["ab" * 32], "versions": ["1.2"], "commands": ["/x"]}},
+    )
     b = _run("b", [1.0], clients=20)
-    b.summary["run"]["config"]["chaos"] = []          # unset vs empty: the same
+    b.summary["run"]["config"]["chaos"] = []  # unset vs empty: the same
     rows = {r["key"]: r for r in side_by_side([a, b])}
     assert rows["config.clients"]["differs"] and rows["config.clients"]["values"] == [10, 20]
     assert not rows["config.chaos"]["differs"]
@@ -133,30 +167,37 @@ def test_side_by_side_highlights_only_real_differences():
 
 # -- --fail-if -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, base, value, failed", [
-    ("p99>+10%", 100.0, 111.0, True),
-    ("p99>+10%", 100.0, 109.0, False),
-    ("tps<-5%", 1000.0, 940.0, True),
-    ("tps<-5%", 1000.0, 960.0, False),
-    ("lost>0", 0.0, 3.0, True),
-    ("lost>0", 5.0, 0.0, False),
-    ("p99>+20ms", 100.0, 121.0, True),
-    ("p99>2s", 100.0, 1999.0, False),
-    ("success<99.9%", 100.0, 99.5, True),
-    ("errors>+0%", 0.0, 1.0, True),
-])
+
+@pytest.mark.parametrize(
+    "text, base, value, failed",
+    [
+        ("p99>+10%", 100.0, 111.0, True),
+        ("p99>+10%", 100.0, 109.0, False),
+        ("tps<-5%", 1000.0, 940.0, True),
+        ("tps<-5%", 1000.0, 960.0, False),
+        ("lost>0", 0.0, 3.0, True),
+        ("lost>0", 5.0, 0.0, False),
+        ("p99>+20ms", 100.0, 121.0, True),
+        ("p99>2s", 100.0, 1999.0, False),
+        ("success<99.9%", 100.0, 99.5, True),
+        ("errors>+0%", 0.0, 1.0, True),
+    ],
+)
 def test_fail_if_rules(text, base, value, failed):
     assert parse_fail_if(text).check(base, value)[0] is failed
 
 
-@pytest.mark.parametrize("text, says", [
-    ("p99 bigger 3", "is not <figure><op><value>"),
-    ("p42>+10%", "unknown figure 'p42'"),
-    ("p99>10", "is a time, give a unit"),
-    ("lost>3ms", "not a time"),
-    ("tps<5%", "not a percentage"),
-    ("success<99", "is a percentage"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("p99 bigger 3", "is not <figure><op><value>"),
+        ("p42>+10%", "unknown figure 'p42'"),
+        ("p99>10", "is a time, give a unit"),
+        ("lost>3ms", "not a time"),
+        ("tps<5%", "not a percentage"),
+        ("success<99", "is a percentage"),
+    ],
+)
 def test_bad_fail_if_rules_say_how_to_write_them(text, says):
     with pytest.raises(CompareError, match=says.replace("(", r"\(")):
         parse_fail_if(text)
@@ -198,6 +239,7 @@ def test_runs_sharing_a_run_id_are_labelled_apart_and_drawn_as_two_series(tmp_pa
     """A run against a copy of itself (or one run id in two results directories) is two runs, not one."""
     from kit._charts import compare_chart_specs
     from kit.compare import run_labels, write_compare_html
+
     a = _run("run-a", _latencies(200, 0, 1))
     copy = _run("run-a", _latencies(200, 0, 1))
     b = _run("run-b", _latencies(200, 0, 2))

@@ -61,15 +61,46 @@ def _ansible_renders(tmp_path: Path, inventory: Path) -> dict:
         (book / name).symlink_to(REPO / "playbooks" / name)
     src, out = tmp_path / "probe.j2", tmp_path / "probe.json"
     src.write_text(PROBE)
-    (book / "probe.yml").write_text(yaml.safe_dump([
-        {"name": "Preflight", "hosts": "all", "gather_facts": True, "gather_subset": ["min"],
-         "roles": [{"role": "preflight"}]},
-        {"name": "Probe", "hosts": "all", "gather_facts": False, "roles": [{"role": "kit_common"}],
-         "tasks": [{"name": "Render the probe", "ansible.builtin.template": {"src": str(src), "dest": str(out),
-                                                                                "mode": "0600"}}]}]))
-    res = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(book / "probe.yml"),
-                          "-e", f"kit_secrets_dir={tmp_path / 'secrets'}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    (book / "probe.yml").write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Preflight",
+                    "hosts": "all",
+                    "gather_facts": True,
+                    "gather_subset": ["min"],
+                    "roles": [{"role": "preflight"}],
+                },
+                {
+                    "name": "Probe",
+                    "hosts": "all",
+                    "gather_facts": False,
+                    "roles": [{"role": "kit_common"}],
+                    "tasks": [
+                        {
+                            "name": "Render the probe",
+                            "ansible.builtin.template": {"src": str(src), "dest": str(out), "mode": "0600"},
+                        }
+                    ],
+                },
+            ]
+        )
+    )
+    res = subprocess.run(
+        [
+            str(ANSIBLE_PLAYBOOK),
+            "-i",
+            str(inventory),
+            str(book / "probe.yml"),
+            "-e",
+            f"kit_secrets_dir={tmp_path / 'secrets'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     return json.loads(out.read_text())
 
@@ -77,27 +108,41 @@ def _ansible_renders(tmp_path: Path, inventory: Path) -> dict:
 def test_python_reads_the_values_ansible_renders_from_an_inventory_outside_inventory_dir(tmp_path):
     # an inventory file of its own directory (no inventory/group_vars beside it), overriding one port per host
     inv = tmp_path / "mine.yml"
-    inv.write_text((REPO / "inventory" / "local.yml").read_text().replace(
-        "ansible_connection: local", "ansible_connection: local\n      haproxy_ws_port: 9081", 1))
+    inv.write_text(
+        (REPO / "inventory" / "local.yml")
+        .read_text()
+        .replace("ansible_connection: local", "ansible_connection: local\n      haproxy_ws_port: 9081", 1)
+    )
     seen = _ansible_renders(tmp_path, inv)
     host = load_inventory(inv).hosts["localhost"]
     assert seen["ports"]["haproxy_ws"] == 9081 == host.vars["haproxy_ws_port"]
     assert seen["published_ws_port"] == 9081  # what other hosts' templates read through hostvars
     assert seen["kit_address"] == host.service_address == "127.0.0.1"
     assert seen["kit_root"] == host.kit_root and f"{seen['kit_venv_dir']}/bin/python" == host.kit_python
-    assert seen["kit_supervisord_conf"] == host.supervisord_conf and seen["kit_unit_prefix"] == host.vars["kit_unit_prefix"]
-    assert seen["paths"] == {"log": host.log_dir, "tuning": host.tuning_report, "client": host.client_wrapper,
-                             "artifact": host.wsproxy_artifact_path}
+    assert (
+        seen["kit_supervisord_conf"] == host.supervisord_conf
+        and seen["kit_unit_prefix"] == host.vars["kit_unit_prefix"]
+    )
+    assert seen["paths"] == {
+        "log": host.log_dir,
+        "tuning": host.tuning_report,
+        "client": host.client_wrapper,
+        "artifact": host.wsproxy_artifact_path,
+    }
     assert all(p.startswith(host.kit_root + "/") for p in seen["paths"].values())
     assert seen["wsproxy_program_3"] == contract.wsproxy_program(3)
     assert seen["fds_per_session"] == contract.fds_per_session()
     for name in ("kit_nofile", "kit_service_manager", "kit_host_python"):
         assert seen[name] == host.vars[name] == contract.defaults()[name], name
     targets = {t["service"]: t["port"] for t in _services.service_targets(load_inventory(inv))}
-    assert targets == {"redis": seen["ports"]["redis"], "haproxy": seen["ports"]["haproxy_stats"],
-                       "sim": seen["ports"]["sim"],
-                       **{contract.wsproxy_program(i): seen["ports"]["wsproxy"] + i
-                          for i in range(seen["wsproxy_instances_per_host"])}}
+    assert targets == {
+        "redis": seen["ports"]["redis"],
+        "haproxy": seen["ports"]["haproxy_stats"],
+        "sim": seen["ports"]["sim"],
+        **{
+            contract.wsproxy_program(i): seen["ports"]["wsproxy"] + i for i in range(seen["wsproxy_instances_per_host"])
+        },
+    }
     assert _services.haproxy_urls(host)[1] == "ws://127.0.0.1:9081"
     # the kit-wide facts, where the Python side uses them
     assert {**seen["ports"], "haproxy_ws": 8081} == DEFAULT_PORTS
@@ -122,9 +167,16 @@ def test_python_reads_the_values_ansible_renders_from_an_inventory_outside_inven
 def test_an_all_vars_override_of_a_setting_takes_effect_on_both_sides_and_a_fixed_fact_stays(tmp_path):
     # the inventory's lowest level, `all: vars:`, sets settings (kit_common's defaults) and tries a fixed fact
     inv = tmp_path / "mine.yml"
-    inv.write_text((REPO / "inventory" / "local.yml").read_text().replace(
-        "  children:\n", "  vars:\n    kit_nofile: 20000\n    sim_port: 9000\n    kit_service_manager: supervisor\n"
-        f"    kit_root: {tmp_path}/root/{{{{ inventory_hostname }}}}\n    kit_fd_reserve: 999\n  children:\n", 1))
+    inv.write_text(
+        (REPO / "inventory" / "local.yml")
+        .read_text()
+        .replace(
+            "  children:\n",
+            "  vars:\n    kit_nofile: 20000\n    sim_port: 9000\n    kit_service_manager: supervisor\n"
+            f"    kit_root: {tmp_path}/root/{{{{ inventory_hostname }}}}\n    kit_fd_reserve: 999\n  children:\n",
+            1,
+        )
+    )
     seen = _ansible_renders(tmp_path, inv)
     host = load_inventory(inv).hosts["localhost"]
     assert seen["kit_nofile"] == 20000 == host.vars["kit_nofile"]
@@ -138,9 +190,22 @@ def test_an_all_vars_override_of_a_setting_takes_effect_on_both_sides_and_a_fixe
 def test_settings_are_role_defaults_and_fixed_facts_stay_in_the_contract():
     settings = yaml.safe_load(DEFAULTS.read_text())
     fixed = yaml.safe_load(CONTRACT.read_text())
-    tunable = {"kit_root", "kit_nofile", "kit_service_manager", "kit_host_python", "wsproxy_instances_per_host",
-               "redis_port", "sim_port", "wsproxy_base_port", "haproxy_http_port", "haproxy_ws_port",
-               "haproxy_stats_port", "prometheus_port", "node_exporter_port", "redis_exporter_port"}
+    tunable = {
+        "kit_root",
+        "kit_nofile",
+        "kit_service_manager",
+        "kit_host_python",
+        "wsproxy_instances_per_host",
+        "redis_port",
+        "sim_port",
+        "wsproxy_base_port",
+        "haproxy_http_port",
+        "haproxy_ws_port",
+        "haproxy_stats_port",
+        "prometheus_port",
+        "node_exporter_port",
+        "redis_exporter_port",
+    }
     assert set(contract.defaults()) == tunable <= set(settings) and not tunable & set(fixed)
     assert not set(settings) & set(fixed)  # each fact in one file
     assert contract.DEFAULTS_PATH.resolve() == DEFAULTS.resolve()
@@ -190,23 +255,34 @@ COPIES = [
     ("the venv path", r"kit_root[^\n]{0,8}/venv|\}/venv/bin"),
     ("the JWT algorithm list", r"HS256.{0,10}HS384.{0,10}HS512"),
     ("the fd reserve", r"(?i)fd_reserve\w*\s*[:=]\s*\d|- 100\b"),
-    ("the role groups", r"redis[\"']?, *[\"']?haproxy[\"']?, *[\"']?wsproxy[\"']?, *[\"']?sim[\"']?, *[\"']?generators"),
+    (
+        "the role groups",
+        r"redis[\"']?, *[\"']?haproxy[\"']?, *[\"']?wsproxy[\"']?, *[\"']?sim[\"']?, *[\"']?generators",
+    ),
     ("the health path", r"[\"']/health[\"']"),
     ("the deep health path", r"[\"']/health/deep[\"']"),
     ("a secret file name", r"[\"'](redis_password|stats_password|redis-admin-password)[\"']"),
     ("a path under kit_root", r"state/tuning\.json|bin/kit-client\b|bin/wsproxy-artifact|(kit_root|\}\}|\})/log\b"),
     ("the wsproxy program name", r"wsproxy-\{|[\"']wsproxy-[\"']|wsproxy-\[0-9\]"),
-    ("a shared secret under a role's name",
-     r"\b(sim_jwt_secret|wsproxy_jwt_secret|sim_redis_password|wsproxy_redis_password)\b|\{\{ *redis_(sim|wsproxy|monitor)_password\b"),
-    ("the sessions one process holds, computed again", r"(?i)fd_reserve\w*\s*\)\s*//|nofile\s*-\s*\w*reserve\w*\s*\)?\s*//"),
+    (
+        "a shared secret under a role's name",
+        r"\b(sim_jwt_secret|wsproxy_jwt_secret|sim_redis_password|wsproxy_redis_password)\b|\{\{ *redis_(sim|wsproxy|monitor)_password\b",
+    ),
+    (
+        "the sessions one process holds, computed again",
+        r"(?i)fd_reserve\w*\s*\)\s*//|nofile\s*-\s*\w*reserve\w*\s*\)?\s*//",
+    ),
 ]
 
 
 def _retyped_defaults() -> list[tuple[str, str]]:
     """(what, regex) for a default written a second time: a setting's (kit_common's role default) and a
     service's (kit/config.py) that a role passes on (role variable -> settings field)."""
-    out = [(f"the default of {name}", rf"\b{name}\s*[:=]\s*[\"']?{re.escape(str(value))}\b")
-           for name, value in contract.defaults().items() if name != "kit_root"]
+    out = [
+        (f"the default of {name}", rf"\b{name}\s*[:=]\s*[\"']?{re.escape(str(value))}\b")
+        for name, value in contract.defaults().items()
+        if name != "kit_root"
+    ]
     out.append(("the default kit_root", r"\bkit_root\s*[:=]\s*[\"']?/opt/"))
     fields = {f.name: f for cls in (SimSettings, WsproxySettings) for f in dataclasses.fields(cls)}
     for var, field in SERVICE_SETTINGS.items():
@@ -217,10 +293,14 @@ def _retyped_defaults() -> list[tuple[str, str]]:
 
 
 #: role variable -> the service setting (kit/config.py) it sets; the roles pass it only when an inventory sets it
-SERVICE_SETTINGS = {"sim_token_delay_ms": "token_delay_ms", "sim_ttft_ms": "ttft_ms",
-                    "sim_session_ttl_seconds": "session_ttl_seconds", "wsproxy_pubsub_pool_size": "pubsub_pool_size",
-                    "wsproxy_ping_interval_secs": "ws_ping_interval_secs",
-                    "wsproxy_ping_timeout_secs": "ws_ping_timeout_secs"}
+SERVICE_SETTINGS = {
+    "sim_token_delay_ms": "token_delay_ms",
+    "sim_ttft_ms": "ttft_ms",
+    "sim_session_ttl_seconds": "session_ttl_seconds",
+    "wsproxy_pubsub_pool_size": "pubsub_pool_size",
+    "wsproxy_ping_interval_secs": "ws_ping_interval_secs",
+    "wsproxy_ping_timeout_secs": "ws_ping_timeout_secs",
+}
 
 #: (file, what) a copy is left in because the file is outside this change (issue 17, item 2's follow-up):
 #: the check below fails when one is gone, so the list only shrinks
@@ -236,9 +316,13 @@ ALLOWED = [
 def _shipped_files():
     for base in ("kit", "playbooks", "templates", "inventory"):
         for p in sorted((REPO / base).rglob("*")):
-            if p.is_file() and not p.is_symlink() and p.suffix in (".py", ".yml", ".j2", ".cfg") \
-                    and p not in (CONTRACT, DEFAULTS) \
-                    and "__pycache__" not in p.parts:
+            if (
+                p.is_file()
+                and not p.is_symlink()
+                and p.suffix in (".py", ".yml", ".j2", ".cfg")
+                and p not in (CONTRACT, DEFAULTS)
+                and "__pycache__" not in p.parts
+            ):
                 yield p
     yield REPO / "fabfile.py"
 
@@ -257,8 +341,9 @@ def test_no_fact_of_the_contract_is_written_a_second_time():
                     else:
                         found.append(f"{rel}:{n}: {what}: {line.strip()}")
     assert pending == PENDING, f"fixed, drop from PENDING: {PENDING - pending}"
-    assert not found, "copies of contract facts (read them from kit.contract / the contract's variables):\n" + \
-        "\n".join(found)
+    assert not found, (
+        "copies of contract facts (read them from kit.contract / the contract's variables):\n" + "\n".join(found)
+    )
 
 
 def test_the_copy_check_catches_a_drifted_copy(tmp_path):
@@ -277,7 +362,7 @@ def test_the_copy_check_catches_a_drifted_copy(tmp_path):
         "the health path": '@app.get("/health")',
         "the deep health path": 'DEEP_HEALTH = "/health/deep"',
         "a secret file name": '"redis_admin": ("redis_admin_password", "redis_password", "redis-admin-password"),',
-        "a path under kit_root": 'if [ -r {root}/state/tuning.json ]; then',
+        "a path under kit_root": "if [ -r {root}/state/tuning.json ]; then",
         "the wsproxy program name": 'out.append({"service": f"wsproxy-{i}", "port": base + i})',
         "a shared secret under a role's name": "'JWT_SECRET': sim_jwt_secret, 'JWT_ALGORITHM': kit_jwt_algorithm,",
         "the sessions one process holds, computed again": "cap = max(0, (nofile - FD_RESERVE) // 2)",
@@ -285,10 +370,12 @@ def test_the_copy_check_catches_a_drifted_copy(tmp_path):
     for what, rx in COPIES:
         assert re.search(rx, old[what]), what
     retyped = dict(_retyped_defaults())
-    for what, line in (("the default of kit_nofile", "kit_nofile: 65536"), ("the default of sim_port", "sim_port: 8000"),
-                       ("the default kit_root", 'kit_root: "/opt/wsproxy-loadkit/{{ inventory_hostname }}"'),
-                       ("the service default of sim_token_delay_ms (token_delay_ms)", "sim_token_delay_ms: 50"),
-                       ("the service default of wsproxy_ping_timeout_secs (ws_ping_timeout_secs)",
-                        "# wsproxy_ping_timeout_secs: 30")):
+    for what, line in (
+        ("the default of kit_nofile", "kit_nofile: 65536"),
+        ("the default of sim_port", "sim_port: 8000"),
+        ("the default kit_root", 'kit_root: "/opt/wsproxy-loadkit/{{ inventory_hostname }}"'),
+        ("the service default of sim_token_delay_ms (token_delay_ms)", "sim_token_delay_ms: 50"),
+        ("the service default of wsproxy_ping_timeout_secs (ws_ping_timeout_secs)", "# wsproxy_ping_timeout_secs: 30"),
+    ):
         assert re.search(retyped[what], line), what
     assert not re.search(retyped["the default of kit_nofile"], "# kit_nofile: 20000")  # an example override

@@ -25,10 +25,32 @@ def _build():
 
 
 def _served() -> set[str]:
-    agg = aggregate_status({"g": {"time": 1.0, "elapsed_s": 1.0, "tokens": 1, "cpu_percent": 1.0, "loop_lag_p99_ms": 1.0,
-                                  "active_sessions": 1}}, None, 1.0)
-    agg |= {"tps": 1.0, "qps": 1.0, "errors_per_s": 0.0, "reconnects_per_s": 0.0, "delivery_p50_ms": 1.0,
-            "delivery_p99_ms": 1.0, "ttft_p50_ms": 1.0, "ttft_p99_ms": 1.0, "p50_ms": 1.0, "p99_ms": 1.0}
+    agg = aggregate_status(
+        {
+            "g": {
+                "time": 1.0,
+                "elapsed_s": 1.0,
+                "tokens": 1,
+                "cpu_percent": 1.0,
+                "loop_lag_p99_ms": 1.0,
+                "active_sessions": 1,
+            }
+        },
+        None,
+        1.0,
+    )
+    agg |= {
+        "tps": 1.0,
+        "qps": 1.0,
+        "errors_per_s": 0.0,
+        "reconnects_per_s": 0.0,
+        "delivery_p50_ms": 1.0,
+        "delivery_p99_ms": 1.0,
+        "ttft_p50_ms": 1.0,
+        "ttft_p99_ms": 1.0,
+        "p50_ms": 1.0,
+        "p99_ms": 1.0,
+    }
     text = exposition(live_metrics(agg, 1.0, "r", "i"))
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     for prefix, table in (("wsproxy_", WSPROXY_METRICS), ("sim_", SIM_METRICS)):
@@ -38,8 +60,9 @@ def _served() -> set[str]:
 
 def test_the_dashboard_file_is_what_build_py_writes():
     mod = _build()
-    assert (REPO / "dashboards" / "wsproxy-loadkit.json").read_text() == mod.render(), \
+    assert (REPO / "dashboards" / "wsproxy-loadkit.json").read_text() == mod.render(), (
         "run .venv/bin/python dashboards/build.py"
+    )
 
 
 def test_every_kit_series_the_dashboard_draws_is_served():

@@ -64,11 +64,14 @@ def test_an_unexpected_exception_is_exit_4_one_line_and_the_traceback_in_a_file(
         log.unlink()
 
 
-@pytest.mark.parametrize("exc, code, name", [
-    (KeyboardInterrupt(), 130, "SIGINT"),
-    (Interrupted(signal.SIGINT), 130, "SIGINT"),
-    (Interrupted(signal.SIGTERM), 143, "SIGTERM"),
-])
+@pytest.mark.parametrize(
+    "exc, code, name",
+    [
+        (KeyboardInterrupt(), 130, "SIGINT"),
+        (Interrupted(signal.SIGINT), 130, "SIGINT"),
+        (Interrupted(signal.SIGTERM), 143, "SIGTERM"),
+    ],
+)
 def test_an_interrupt_is_128_plus_the_signal(fabfile, exc, code, name):
     e = _exit_of(fabfile, exc)
     assert e.code == code and e.message == f"some-task: interrupted by {name}"
@@ -82,20 +85,30 @@ def test_exit_passes_through_untouched_and_a_normal_return_is_kept(fabfile):
 
 def test_every_task_goes_through_the_one_error_mapping(fabfile):
     from invoke import Task
+
     tasks = {n: t for n, t in vars(fabfile).items() if isinstance(t, Task)}
     assert len(tasks) >= 10
     for name, t in tasks.items():
         assert getattr(t.body, "__wrapped__", None) is not None, f"{name} is not decorated with _cli"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--clients", "abc"], "--clients 'abc' is not a whole number"),
-    (["run", "--max-duration", "soon"], "--max-duration 'soon' is not a number"),
-    (["run", "--reconnect-rate", "-1"], "--reconnect-rate -1 is below 0"),
-    (["capacity", "--start", "abc", "--slo", "p99<1s"], "--start 'abc' is not a whole number"),
-    (["run", "--clients", "4", "--think-time", "-1", "--inventory", "/nonexistent/inv.yml"], "--think-time -1 is below 0"),
-    (["run", "--clients", "4", "--think-time", "700", "--inventory", "/nonexistent/inv.yml"], "run: --think-time 700 "),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--clients", "abc"], "--clients 'abc' is not a whole number"),
+        (["run", "--max-duration", "soon"], "--max-duration 'soon' is not a number"),
+        (["run", "--reconnect-rate", "-1"], "--reconnect-rate -1 is below 0"),
+        (["capacity", "--start", "abc", "--slo", "p99<1s"], "--start 'abc' is not a whole number"),
+        (
+            ["run", "--clients", "4", "--think-time", "-1", "--inventory", "/nonexistent/inv.yml"],
+            "--think-time -1 is below 0",
+        ),
+        (
+            ["run", "--clients", "4", "--think-time", "700", "--inventory", "/nonexistent/inv.yml"],
+            "run: --think-time 700 ",
+        ),
+    ],
+)
 def test_a_bad_option_value_on_the_command_line_exits_2_with_one_line(argv, message, tmp_path):
     res = subprocess.run([str(FAB), *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stderr

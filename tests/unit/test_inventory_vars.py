@@ -19,8 +19,14 @@ ANSIBLE_INVENTORY = Path(sys.executable).parent / "ansible-inventory"
 
 @pytest.mark.parametrize("name", ["local.yml", "example-multihost.yml"])
 def test_shipped_inventories_fill_every_role_group(name):
-    res = subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(REPO / "inventory" / name), "--list"],
-                         capture_output=True, text=True, timeout=60, cwd=REPO, check=True)
+    res = subprocess.run(
+        [str(ANSIBLE_INVENTORY), "-i", str(REPO / "inventory" / name), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=True,
+    )
     data = json.loads(res.stdout)
     for group in ("redis", "haproxy", "wsproxy", "sim", "generators"):
         assert data[group]["hosts"], f"{name}: group {group} has no hosts"
@@ -32,10 +38,19 @@ def test_an_inventory_all_vars_setting_reaches_ansible_and_fabric(tmp_path):
     from kit.inventory import load_inventory
 
     inv = tmp_path / "fleet.yml"
-    inv.write_text((REPO / "inventory" / "example-multihost.yml").read_text().replace(
-        "    # kit_nofile: 20000", "    kit_nofile: 20000", 1))
-    res = subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(inv), "--playbook-dir", str(REPO / "playbooks"),
-                          "--host", "gen1"], capture_output=True, text=True, timeout=60, cwd=REPO, check=True)
+    inv.write_text(
+        (REPO / "inventory" / "example-multihost.yml")
+        .read_text()
+        .replace("    # kit_nofile: 20000", "    kit_nofile: 20000", 1)
+    )
+    res = subprocess.run(
+        [str(ANSIBLE_INVENTORY), "-i", str(inv), "--playbook-dir", str(REPO / "playbooks"), "--host", "gen1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=True,
+    )
     assert json.loads(res.stdout)["kit_nofile"] == 20000
     hosts = load_inventory(inv).hosts
     assert hosts["gen1"].vars["kit_nofile"] == 20000 and hosts["ws2"].vars["wsproxy_instances_per_host"] == 8
@@ -43,8 +58,14 @@ def test_an_inventory_all_vars_setting_reaches_ansible_and_fabric(tmp_path):
 
 
 def test_example_inventory_host_overrides_beat_group_vars():
-    res = subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(REPO / "inventory/example-multihost.yml"), "--host", "ws2"],
-                         capture_output=True, text=True, timeout=60, cwd=REPO, check=True)
+    res = subprocess.run(
+        [str(ANSIBLE_INVENTORY), "-i", str(REPO / "inventory/example-multihost.yml"), "--host", "ws2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=True,
+    )
     assert json.loads(res.stdout)["wsproxy_instances_per_host"] == 8
 
 
@@ -96,7 +117,9 @@ def test_host_requirements_name_a_root_missing_from_the_lock():
 
 def test_real_lock_gives_hosts_the_services_but_not_ansible_fabric_or_dev_tools():
     lock = wheelhouse.parse_lock((REPO / "requirements.lock").read_text())
-    names = {e.name for e in wheelhouse.host_requirements(lock, wheelhouse.project_dependencies(REPO / "pyproject.toml"))}
+    names = {
+        e.name for e in wheelhouse.host_requirements(lock, wheelhouse.project_dependencies(REPO / "pyproject.toml"))
+    }
     assert {"quart", "granian", "aiohttp", "redis", "hiredis", "trio", "httpx", "pyjwt", "pyyaml"} <= names
     assert "trio-websocket" not in names  # bench/ and tests only
     assert names.isdisjoint({"ansible-core", "fabric", "paramiko", "ansible-lint", "pytest", "cryptography"})
@@ -109,10 +132,12 @@ def test_what_runs_on_hosts_imports_without_the_controller_only_packages():
     # controller-only packages made unimportable (a None in sys.modules): none of them needs one
     modules = {"fabric": ["fabric", "invoke", "paramiko"], "ansible-core": ["ansible"], "rich": ["rich"]}
     assert set(modules) == wheelhouse.CONTROLLER_ONLY
-    code = ("import sys\n"
-            f"for name in {sorted(m for ms in modules.values() for m in ms)!r}: sys.modules[name] = None\n"
-            "import kit, kit.config, kit.contract, kit.sim, kit.wsproxy, kit.client, kit.client.__main__, kit.hostmon\n"
-            "kit.sim.create_app\n")
+    code = (
+        "import sys\n"
+        f"for name in {sorted(m for ms in modules.values() for m in ms)!r}: sys.modules[name] = None\n"
+        "import kit, kit.config, kit.contract, kit.sim, kit.wsproxy, kit.client, kit.client.__main__, kit.hostmon\n"
+        "kit.sim.create_app\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert res.returncode == 0, res.stderr[-2000:]
 
@@ -135,33 +160,51 @@ def test_kit_wheel_is_byte_for_byte_reproducible(tmp_path):
 
 # -- service templates (the systemd path cannot run on this machine: no systemd as PID 1) ------
 
+
 def _render(name: str, **values) -> str:
     import jinja2
 
     from kit.inventory import Host
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / "templates"), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(REPO / "templates"), undefined=jinja2.StrictUndefined, trim_blocks=True
+    )
     # host h1's variables: the contract's and the settings' defaults rendered for it (kit_root, kit_log_dir, ...)
-    return env.get_template(name).render(**{**Host("h1", {}).vars, "ansible_managed": "managed",
-                                            "inventory_hostname": "h1", **values})
+    return env.get_template(name).render(
+        **{**Host("h1", {}).vars, "ansible_managed": "managed", "inventory_hostname": "h1", **values}
+    )
 
 
 def test_systemd_unit_and_supervisor_program_run_the_same_command_with_the_same_limit():
-    values = dict(kit_service_name="wsproxy-0", kit_service_nofile=20000, kit_service_reload_signal="",
-                  kit_service_stopsignal="TERM", kit_service_stopwaitsecs=15, kit_service_startsecs=1,
-                  kit_service_startretries=10, kit_service_log_maxbytes="50MB", kit_service_log_backups=3,
-                  kit_service_command="/opt/wsproxy-loadkit/h1/venv/bin/python -m kit.wsproxy", kit_service_build="")
+    values = dict(
+        kit_service_name="wsproxy-0",
+        kit_service_nofile=20000,
+        kit_service_reload_signal="",
+        kit_service_stopsignal="TERM",
+        kit_service_stopwaitsecs=15,
+        kit_service_startsecs=1,
+        kit_service_startretries=10,
+        kit_service_log_maxbytes="50MB",
+        kit_service_log_backups=3,
+        kit_service_command="/opt/wsproxy-loadkit/h1/venv/bin/python -m kit.wsproxy",
+        kit_service_build="",
+    )
     unit = _render("kit.service.j2", **values)
     program = _render("supervisor-program.conf.j2", **values)
-    run = ("/opt/wsproxy-loadkit/h1/bin/kit-exec /opt/wsproxy-loadkit/h1/etc/wsproxy-0.env 20000 "
-           "/opt/wsproxy-loadkit/h1/venv/bin/python -m kit.wsproxy")
+    run = (
+        "/opt/wsproxy-loadkit/h1/bin/kit-exec /opt/wsproxy-loadkit/h1/etc/wsproxy-0.env 20000 "
+        "/opt/wsproxy-loadkit/h1/venv/bin/python -m kit.wsproxy"
+    )
     assert f"ExecStart={run}\n" in unit and f"command={run}\n" in program
     assert "LimitNOFILE=20000\n" in unit and "Restart=always\n" in unit and "ExecReload" not in unit
     assert "autorestart=true\n" in program and "stdout_logfile=/opt/wsproxy-loadkit/h1/log/wsproxy-0.log" in program
-    haproxy = _render("kit.service.j2", **{**values, "kit_service_name": "haproxy", "kit_service_reload_signal": "USR2"})
+    haproxy = _render(
+        "kit.service.j2", **{**values, "kit_service_name": "haproxy", "kit_service_reload_signal": "USR2"}
+    )
     assert "ExecReload=/bin/kill -USR2 $MAINPID\n" in haproxy
     # a new build is a changed definition (so the program restarts), written where both managers see it
     built = {**values, "kit_service_build": "stamp-2"}
-    assert "stamp-2" in _render("kit.service.j2", **built) and "stamp-2" in _render("supervisor-program.conf.j2", **built)
+    assert "stamp-2" in _render("kit.service.j2", **built) and "stamp-2" in _render(
+        "supervisor-program.conf.j2", **built
+    )
     assert "stamp" not in unit and "stamp" not in program

@@ -34,16 +34,19 @@ def _streamed(paths: list[Path], fields: list[str]) -> str:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("text", [
-    "a,b,c\r\n1,2,3\r\n4,5,6\r\n",                      # the kit's own layout
-    "c,a,b\r\n3,1,2\r\n",                                # another column order
-    "a,x,c\r\n1,9,3\r\n",                                # a column the merge drops, one it lacks
-    "a,b,c\r\n1,2\r\n1,2,3,4\r\n\r\n7,8,9\r\n",          # short and long rows, a blank line
-    'a,b,c\r\n"x, ""y""","multi\r\nline",z\r\n',          # quoting survives
-    "a,a,c\r\n1,2,3\r\n",                                # a repeated column: the last one wins, as in a dict
-    "\r\n1,2,3\r\n",                                     # a blank header line
-    "",                                                  # an empty file
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a,b,c\r\n1,2,3\r\n4,5,6\r\n",  # the kit's own layout
+        "c,a,b\r\n3,1,2\r\n",  # another column order
+        "a,x,c\r\n1,9,3\r\n",  # a column the merge drops, one it lacks
+        "a,b,c\r\n1,2\r\n1,2,3,4\r\n\r\n7,8,9\r\n",  # short and long rows, a blank line
+        'a,b,c\r\n"x, ""y""","multi\r\nline",z\r\n',  # quoting survives
+        "a,a,c\r\n1,2,3\r\n",  # a repeated column: the last one wins, as in a dict
+        "\r\n1,2,3\r\n",  # a blank header line
+        "",  # an empty file
+    ],
+)
 def test_streamed_rows_are_what_dict_reader_and_writer_wrote(tmp_path: Path, text: str) -> None:
     f = tmp_path / "x.csv"
     f.write_text(text, newline="")

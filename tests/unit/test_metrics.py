@@ -31,7 +31,7 @@ def test_bucket_relative_error_is_below_one_in_a_thousand():
 
 
 def test_bucket_index_is_monotonic():
-    prev = bucket_index(-10**9)
+    prev = bucket_index(-(10**9))
     for v in list(range(-5000, 5000)) + [10**k for k in range(4, 15)]:
         idx = bucket_index(v)
         assert idx >= prev or v < 0
@@ -123,7 +123,9 @@ def test_timeline_merge_adds_events_and_gauges():
 
 def test_add_counts_is_recursive():
     assert add_counts({"a": 1, "n": {"x": 1}}, {"a": 2, "n": {"x": 2, "y": 1}, "s": "text"}) == {
-        "a": 3, "n": {"x": 3, "y": 1}}
+        "a": 3,
+        "n": {"x": 3, "y": 1},
+    }
 
 
 def test_subtracting_an_earlier_snapshot_leaves_exactly_the_interval_recorded_since():
@@ -191,7 +193,7 @@ def test_per_second_histograms_hold_exactly_what_each_second_recorded_and_merge_
         values = a.get(second, []) + b.get(second, [])
         h = merged.hists.get(second, {}).get("delivery")
         if not values:
-            assert h is None   # nothing recorded: no histogram, a gap in timeline.csv
+            assert h is None  # nothing recorded: no histogram, a gap in timeline.csv
             continue
         one = Histogram("us")
         one.record_many(values)

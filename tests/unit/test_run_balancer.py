@@ -26,8 +26,12 @@ LOG = """\
 def test_state_changes_are_parsed_with_their_reason_check_time_and_sessions():
     evs = parse_haproxy_log(LOG.splitlines())
     assert [(e["server"], e["state"]) for e in evs] == [
-        ("lk-h5-wsproxy-0", "DOWN"), ("lk-h6-wsproxy-1", "DOWN"), ("lk-h5-wsproxy-0", "DOWN"),
-        ("lk-h6-wsproxy-1", "UP"), (None, "NO_SERVER")]   # stderr copies and traffic lines skipped
+        ("lk-h5-wsproxy-0", "DOWN"),
+        ("lk-h6-wsproxy-1", "DOWN"),
+        ("lk-h5-wsproxy-0", "DOWN"),
+        ("lk-h6-wsproxy-1", "UP"),
+        (None, "NO_SERVER"),
+    ]  # stderr copies and traffic lines skipped
     down = evs[1]
     assert down["backend"] == "wsproxy" and down["reason"] == "Layer7 timeout" and down["check_ms"] == 5002
     assert down["servers_left"] == 3 and down["sessions"] == 1889
@@ -39,7 +43,7 @@ def test_only_the_runs_window_counts_and_times_are_relative_to_the_agreed_start(
     (tmp_path / "lb1").mkdir()
     (tmp_path / "lb1" / "haproxy.log").write_text(LOG)
     evs = server_events(tmp_path, ["lb1", "lb-without-log"], START, START + 50)
-    assert [e["at_s"] for e in evs] == [41.25, 44.5, 49.0]   # before the start and after the end: left out
+    assert [e["at_s"] for e in evs] == [41.25, 44.5, 49.0]  # before the start and after the end: left out
     assert {e["balancer"] for e in evs} == {"lb1"}
 
 
@@ -48,11 +52,16 @@ def test_the_verdict_names_the_servers_times_reasons_and_whether_their_sessions_
     (tmp_path / "lb1" / "haproxy.log").write_text(LOG)
     evs = server_events(tmp_path, ["lb1"], START, START + 60)
     kept = balancer_verdict(evs, {"wsproxy": 4, "sim": 1}, {"lb1": False})
-    assert kept == ["HAProxy marked 2 of 4 wsproxy servers DOWN 2 times at 41-44 s (Layer4 connection problem, "
-                    "Layer7 timeout); the 3,985 sessions they held were kept; no server was left 1 time"]
+    assert kept == [
+        "HAProxy marked 2 of 4 wsproxy servers DOWN 2 times at 41-44 s (Layer4 connection problem, "
+        "Layer7 timeout); the 3,985 sessions they held were kept; no server was left 1 time"
+    ]
     closed = balancer_verdict(evs, {"wsproxy": 4}, {"lb1": True})
     assert "and closed 3,985 sessions (haproxy_shutdown_sessions_on_down)" in closed[0]
     assert balancer_verdict([e for e in evs if e["state"] == "UP"], {"wsproxy": 4}, {}) == []
     lines = server_event_lines({"server_events": evs})
-    assert lines[0] == "Server event  41.2 s lb1: wsproxy/lk-h6-wsproxy-1 DOWN (Layer7 timeout, check 5002 ms, 1,889 sessions)"
+    assert (
+        lines[0]
+        == "Server event  41.2 s lb1: wsproxy/lk-h6-wsproxy-1 DOWN (Layer7 timeout, check 5002 ms, 1,889 sessions)"
+    )
     assert lines[-1] == "Server event  52.0 s lb1: wsproxy: no server left"

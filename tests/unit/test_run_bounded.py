@@ -32,8 +32,11 @@ class RecordingConnection(LocalConnection):
 
 
 def _host(**hostvars):
-    data = {"_meta": {"hostvars": {"h1": {"ansible_connection": "local", **hostvars}}},
-            "all": {"children": ["wsproxy"]}, "wsproxy": {"hosts": ["h1"]}}
+    data = {
+        "_meta": {"hostvars": {"h1": {"ansible_connection": "local", **hostvars}}},
+        "all": {"children": ["wsproxy"]},
+        "wsproxy": {"hosts": ["h1"]},
+    }
     return parse_inventory_json(data, Path("x.yml"))
 
 
@@ -77,9 +80,13 @@ def _unbounded_runs(path: Path) -> list[str]:
     """``<conn>.run(...)`` calls without ``timeout=`` (``ops.run`` has one; ``subprocess.run`` is local)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "run"
-                and ast.unparse(node.func.value) not in ("ops", "subprocess", "_hostops")
-                and "timeout" not in {k.arg for k in node.keywords}):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "run"
+            and ast.unparse(node.func.value) not in ("ops", "subprocess", "_hostops")
+            and "timeout" not in {k.arg for k in node.keywords}
+        ):
             found.append(f"{path.name}:{node.lineno}: {ast.unparse(node.func)}(...)")
     return found
 

@@ -11,8 +11,17 @@ from kit.run._components import host_cpu_peaks, service_programs
 
 
 def proc(component, pid, root, cpu, children=0.0, ppid=1, rss=10.0):
-    return {"component": component, "pid": pid, "root": root, "ppid": ppid, "cpu_s": cpu,
-            "cpu_children_s": children, "rss_mb": rss, "fds": 5, "threads": 1}
+    return {
+        "component": component,
+        "pid": pid,
+        "root": root,
+        "ppid": ppid,
+        "cpu_s": cpu,
+        "cpu_children_s": children,
+        "rss_mb": rss,
+        "fds": 5,
+        "threads": 1,
+    }
 
 
 def rows(*samples, t0=1000.0):
@@ -25,8 +34,9 @@ def by(entries, component, host="h1"):
 
 
 def test_a_process_present_in_the_first_sample_counts_from_that_sample():
-    samples = {"h1": rows([proc("redis", 10, 10, 100.0)], [proc("redis", 10, 10, 100.5)],
-                          [proc("redis", 10, 10, 101.5)])}
+    samples = {
+        "h1": rows([proc("redis", 10, 10, 100.0)], [proc("redis", 10, 10, 100.5)], [proc("redis", 10, 10, 101.5)])
+    }
     [e] = component_costs(samples, tokens=1000, cores={"h1": 4})
     assert e["cpu_s"] == pytest.approx(1.5)
     assert e["peak_cores"] == pytest.approx(1.0)
@@ -35,9 +45,13 @@ def test_a_process_present_in_the_first_sample_counts_from_that_sample():
 
 
 def test_a_process_that_appears_later_counts_from_zero():
-    samples = {"h1": rows([proc("sim", 20, 20, 50.0)],
-                          [proc("sim", 20, 20, 50.0), proc("client", 30, 30, 0.8)],
-                          [proc("sim", 20, 20, 51.0), proc("client", 30, 30, 2.0)])}
+    samples = {
+        "h1": rows(
+            [proc("sim", 20, 20, 50.0)],
+            [proc("sim", 20, 20, 50.0), proc("client", 30, 30, 0.8)],
+            [proc("sim", 20, 20, 51.0), proc("client", 30, 30, 2.0)],
+        )
+    }
     entries = component_costs(samples, tokens=None, cores={"h1": 2})
     assert by(entries, "client")["cpu_s"] == pytest.approx(2.0)
     assert by(entries, "sim")["cpu_s"] == pytest.approx(1.0)
@@ -67,9 +81,13 @@ def test_a_worker_reaped_outside_the_tree_keeps_what_was_measured():
 
 
 def test_peak_cores_is_the_busiest_interval_and_rss_peak_the_busiest_sample():
-    samples = {"h1": rows([proc("wsproxy", 1, 1, 0.0, rss=30), proc("wsproxy", 2, 2, 0.0, rss=30)],
-                          [proc("wsproxy", 1, 1, 0.9, rss=40), proc("wsproxy", 2, 2, 0.8, rss=45)],
-                          [proc("wsproxy", 1, 1, 1.0, rss=35), proc("wsproxy", 2, 2, 0.9, rss=35)])}
+    samples = {
+        "h1": rows(
+            [proc("wsproxy", 1, 1, 0.0, rss=30), proc("wsproxy", 2, 2, 0.0, rss=30)],
+            [proc("wsproxy", 1, 1, 0.9, rss=40), proc("wsproxy", 2, 2, 0.8, rss=45)],
+            [proc("wsproxy", 1, 1, 1.0, rss=35), proc("wsproxy", 2, 2, 0.9, rss=35)],
+        )
+    }
     e = by(component_costs(samples, 100, {"h1": 8}), "wsproxy")
     assert e["peak_cores"] == pytest.approx(1.7)
     assert e["rss_peak_mb"] == pytest.approx(85.0)
@@ -77,8 +95,10 @@ def test_peak_cores_is_the_busiest_interval_and_rss_peak_the_busiest_sample():
 
 
 def test_entries_are_per_component_and_host_and_shares_add_up():
-    samples = {"h1": rows([proc("redis", 1, 1, 0.0)], [proc("redis", 1, 1, 1.0)]),
-               "h2": rows([proc("wsproxy", 1, 1, 0.0)], [proc("wsproxy", 1, 1, 3.0)])}
+    samples = {
+        "h1": rows([proc("redis", 1, 1, 0.0)], [proc("redis", 1, 1, 1.0)]),
+        "h2": rows([proc("wsproxy", 1, 1, 0.0)], [proc("wsproxy", 1, 1, 3.0)]),
+    }
     entries = component_costs(samples, 1_000_000, {"h1": 1, "h2": 4})
     assert [(e["component"], e["host"]) for e in entries] == [("wsproxy", "h2"), ("redis", "h1")]
     assert sum(e["cpu_share"] for e in entries) == pytest.approx(1.0)
@@ -87,20 +107,32 @@ def test_entries_are_per_component_and_host_and_shares_add_up():
 
 def test_bottleneck_compares_peak_with_the_cores_a_component_can_use():
     # haproxy may use every core of its host; one busy redis main thread may use one
-    samples = {"lb": rows([proc("haproxy", 1, 1, 0.0)], [proc("haproxy", 1, 1, 3.0)]),
-               "db": rows([proc("redis", 1, 1, 0.0)], [proc("redis", 1, 1, 0.9)])}
+    samples = {
+        "lb": rows([proc("haproxy", 1, 1, 0.0)], [proc("haproxy", 1, 1, 3.0)]),
+        "db": rows([proc("redis", 1, 1, 0.0)], [proc("redis", 1, 1, 0.9)]),
+    }
     entries = component_costs(samples, 100, {"lb": 8, "db": 8})
     assert by(entries, "haproxy", "lb")["usable_cores"] == 8
     assert by(entries, "redis", "db")["usable_cores"] == 1
-    assert bottleneck(entries) == {"component": "redis", "host": "db", "peak_cores": 0.9, "usable_cores": 1,
-                                   "ratio": 0.9, "saturated": True, "resource": "component_cores"}
+    assert bottleneck(entries) == {
+        "component": "redis",
+        "host": "db",
+        "peak_cores": 0.9,
+        "usable_cores": 1,
+        "ratio": 0.9,
+        "saturated": True,
+        "resource": "component_cores",
+    }
 
 
 def test_a_bottleneck_far_from_its_cores_is_not_saturated_and_no_self_measurement_warning():
     from kit.report import kit_measured_itself
 
-    samples = {"h": rows([proc("sim", 1, 1, 0.0), proc("wsproxy", 2, 2, 0.0)],
-                         [proc("sim", 1, 1, 0.3), proc("wsproxy", 2, 2, 0.1)])}
+    samples = {
+        "h": rows(
+            [proc("sim", 1, 1, 0.0), proc("wsproxy", 2, 2, 0.0)], [proc("sim", 1, 1, 0.3), proc("wsproxy", 2, 2, 0.1)]
+        )
+    }
     neck = bottleneck(component_costs(samples, 100, {"h": 2}))
     assert neck["component"] == "sim" and neck["saturated"] is False
     assert not kit_measured_itself({"bottleneck": neck, "generator": {"generator_overloaded": False}})
@@ -110,8 +142,12 @@ def test_a_bottleneck_far_from_its_cores_is_not_saturated_and_no_self_measuremen
 
 def test_idle_processes_do_not_widen_a_components_usable_cores():
     # a sim master that only supervises its one busy worker: the worker's single core is the limit
-    samples = {"h1": rows([proc("sim", 1, 1, 0.0), proc("sim", 2, 1, 0.0, ppid=1)],
-                          [proc("sim", 1, 1, 0.0), proc("sim", 2, 1, 0.95, ppid=1)])}
+    samples = {
+        "h1": rows(
+            [proc("sim", 1, 1, 0.0), proc("sim", 2, 1, 0.0, ppid=1)],
+            [proc("sim", 1, 1, 0.0), proc("sim", 2, 1, 0.95, ppid=1)],
+        )
+    }
     entries = component_costs(samples, 100, {"h1": 4})
     assert by(entries, "sim")["usable_cores"] == 1
     assert bottleneck(entries)["component"] == "sim"
@@ -130,12 +166,24 @@ def test_load_host_samples_reads_every_hosts_jsonl_skipping_broken_lines(tmp_pat
     assert load_host_samples(tmp_path) == {"h1": [{"ts": 1.0, "procs": []}]}
 
 
-@pytest.mark.parametrize("groups, n, programs", [
-    (["redis", "haproxy", "wsproxy", "sim", "generators"], 2,
-     [("redis", "redis"), ("haproxy", "haproxy"), ("sim", "sim"), ("wsproxy", "wsproxy-0"), ("wsproxy", "wsproxy-1")]),
-    (["generators"], 1, []),
-    (["wsproxy"], 1, [("wsproxy", "wsproxy-0")]),
-])
+@pytest.mark.parametrize(
+    "groups, n, programs",
+    [
+        (
+            ["redis", "haproxy", "wsproxy", "sim", "generators"],
+            2,
+            [
+                ("redis", "redis"),
+                ("haproxy", "haproxy"),
+                ("sim", "sim"),
+                ("wsproxy", "wsproxy-0"),
+                ("wsproxy", "wsproxy-1"),
+            ],
+        ),
+        (["generators"], 1, []),
+        (["wsproxy"], 1, [("wsproxy", "wsproxy-0")]),
+    ],
+)
 def test_service_programs_are_the_kit_service_roles_names(groups, n, programs):
     assert service_programs(groups, n) == programs
 
@@ -148,9 +196,13 @@ def test_a_generators_own_cpu_figure_covers_what_the_monitor_missed_after_its_la
 
 def test_a_saturated_host_whose_components_each_had_headroom_is_the_bottleneck():
     # one 2-core box: sim and client each under a core, together with the rest the host was full
-    samples = {"box": [{"ts": 1.0, "cpu_percent": 99.0, "procs": [proc("sim", 1, 1, 0.0), proc("client", 2, 2, 0.0)]},
-                       {"ts": 2.0, "cpu_percent": 96.0, "procs": [proc("sim", 1, 1, 0.7), proc("client", 2, 2, 0.6)]},
-                       {"ts": 3.0, "cpu_percent": 60.0, "procs": [proc("sim", 1, 1, 1.2), proc("client", 2, 2, 1.3)]}]}
+    samples = {
+        "box": [
+            {"ts": 1.0, "cpu_percent": 99.0, "procs": [proc("sim", 1, 1, 0.0), proc("client", 2, 2, 0.0)]},
+            {"ts": 2.0, "cpu_percent": 96.0, "procs": [proc("sim", 1, 1, 0.7), proc("client", 2, 2, 0.6)]},
+            {"ts": 3.0, "cpu_percent": 60.0, "procs": [proc("sim", 1, 1, 1.2), proc("client", 2, 2, 1.3)]},
+        ]
+    }
     entries = component_costs(samples, 100, {"box": 2})
     assert host_cpu_peaks(samples) == {"box": 96.0}  # the first sample only starts the interval
     assert bottleneck(entries)["saturated"] is False
@@ -163,10 +215,16 @@ def test_a_saturated_host_whose_components_each_had_headroom_is_the_bottleneck()
 
 def test_among_saturated_hosts_the_biggest_consumer_is_named():
     # lab hosts share one machine: every host reads the machine's CPU; the sim used the most of it
-    samples = {"gen": [{"ts": 1.0, "cpu_percent": 99.0, "procs": [proc("client", 1, 1, 0.0)]},
-                       {"ts": 2.0, "cpu_percent": 99.0, "procs": [proc("client", 1, 1, 0.4)]}],
-               "sim": [{"ts": 1.0, "cpu_percent": 97.0, "procs": [proc("sim", 1, 1, 0.0)]},
-                       {"ts": 2.0, "cpu_percent": 97.0, "procs": [proc("sim", 1, 1, 0.6)]}]}
+    samples = {
+        "gen": [
+            {"ts": 1.0, "cpu_percent": 99.0, "procs": [proc("client", 1, 1, 0.0)]},
+            {"ts": 2.0, "cpu_percent": 99.0, "procs": [proc("client", 1, 1, 0.4)]},
+        ],
+        "sim": [
+            {"ts": 1.0, "cpu_percent": 97.0, "procs": [proc("sim", 1, 1, 0.0)]},
+            {"ts": 2.0, "cpu_percent": 97.0, "procs": [proc("sim", 1, 1, 0.6)]},
+        ],
+    }
     neck = bottleneck(component_costs(samples, 100, {"gen": 2, "sim": 2}), host_cpu_peaks(samples))
     assert (neck["component"], neck["host"], neck["host_cpu_peak_percent"]) == ("sim", "sim", 97.0)
 
@@ -174,18 +232,29 @@ def test_among_saturated_hosts_the_biggest_consumer_is_named():
 def test_memory_per_session_is_rss_growth_over_the_most_sessions_held():
     from kit.run._components import host_sockets, memory_per_session, sessions_held
 
-    series = {"wsproxy_connections_open": {"h3:wsproxy-0": {1.0: 100, 2.0: 2000}, "h3:wsproxy-1": {1.0: 50, 2.0: 2000}},
-              "haproxy_server_sessions": {"h2:wsproxy/h3-wsproxy-0": {2.0: 2000}, "h2:sim/h1-sim": {2.0: 10}},
-              "redis_pubsub_channels": {"h1:redis": {1.0: 0, 2.0: 0}}}
+    series = {
+        "wsproxy_connections_open": {"h3:wsproxy-0": {1.0: 100, 2.0: 2000}, "h3:wsproxy-1": {1.0: 50, 2.0: 2000}},
+        "haproxy_server_sessions": {"h2:wsproxy/h3-wsproxy-0": {2.0: 2000}, "h2:sim/h1-sim": {2.0: 10}},
+        "redis_pubsub_channels": {"h1:redis": {1.0: 0, 2.0: 0}},
+    }
     held = sessions_held(series, {"h4": 4000.0, "h5": 0.0})
     assert held == {("h4", "client"): 4000.0, ("h3", "wsproxy"): 4000.0, ("h2", "haproxy"): 2010.0}
-    entries = [{"host": "h3", "component": "wsproxy", "rss_first_mb": 50.0, "rss_peak_mb": 90.0},
-               {"host": "h1", "component": "redis", "rss_first_mb": 10.0, "rss_peak_mb": 11.0}]
+    entries = [
+        {"host": "h3", "component": "wsproxy", "rss_first_mb": 50.0, "rss_peak_mb": 90.0},
+        {"host": "h1", "component": "redis", "rss_first_mb": 10.0, "rss_peak_mb": 11.0},
+    ]
     memory_per_session(entries, held)
     assert entries[0]["rss_per_session_kb"] == round(40 * 1024 / 4000, 1) and entries[0]["sessions_peak"] == 4000
-    assert entries[1]["rss_per_session_kb"] is None   # held no session: no figure, never a division by zero
-    socks = host_sockets({"h1": [{"sockstat": {"tcp_inuse": 5, "tcp_mem_bytes": 4096}},
-                                 {"sockstat": {"tcp_inuse": 9, "tcp_tw": 2, "tcp_mem_bytes": 2 * 2**20}}, {}]})
+    assert entries[1]["rss_per_session_kb"] is None  # held no session: no figure, never a division by zero
+    socks = host_sockets(
+        {
+            "h1": [
+                {"sockstat": {"tcp_inuse": 5, "tcp_mem_bytes": 4096}},
+                {"sockstat": {"tcp_inuse": 9, "tcp_tw": 2, "tcp_mem_bytes": 2 * 2**20}},
+                {},
+            ]
+        }
+    )
     assert socks == {"h1": {"tcp_inuse": 9, "tcp_tw": 2, "tcp_mem_mb": 2.0}}
 
 

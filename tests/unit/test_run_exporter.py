@@ -16,10 +16,22 @@ def _status(t: float, *, tokens: int, active: int, delivery_us: list[int], ttft_
     d, f = Histogram("us"), Histogram("us")
     d.record_many(delivery_us)
     f.record_many(ttft_us)
-    return {"time": t, "elapsed_s": 10.0, "active_sessions": active, "queries_ok": 3, "tokens": tokens, "errors": 1,
-            "lost_tokens": 0, "reconnect_attempts": 2, "cpu_percent": 40.0, "loop_lag_p99_ms": 2.5, "done": False,
-            "latency_histogram": Histogram("us").to_dict(), "delivery_histogram": d.to_dict(),
-            "ttft_histogram": f.to_dict()}
+    return {
+        "time": t,
+        "elapsed_s": 10.0,
+        "active_sessions": active,
+        "queries_ok": 3,
+        "tokens": tokens,
+        "errors": 1,
+        "lost_tokens": 0,
+        "reconnect_attempts": 2,
+        "cpu_percent": 40.0,
+        "loop_lag_p99_ms": 2.5,
+        "done": False,
+        "latency_histogram": Histogram("us").to_dict(),
+        "delivery_histogram": d.to_dict(),
+        "ttft_histogram": f.to_dict(),
+    }
 
 
 def _scrape(ex: LiveExporter) -> dict[str, dict[tuple, float]]:
@@ -38,10 +50,17 @@ def test_the_live_merge_is_served_per_generator_and_in_total():
     try:
         before = _scrape(ex)
         assert before["loadkit_run_info"] == {(("inventory", "inventory/lab.yml"), ("run_id", "run-x")): 1.0}
-        assert "loadkit_tokens_total" not in before         # nothing merged yet: nothing claimed
-        agg = aggregate_status({
-            "gen1-0": _status(100.0, tokens=1000, active=60, delivery_us=[4_000] * 99 + [300_000], ttft_us=[50_000]),
-            "gen2-0": _status(100.0, tokens=500, active=40, delivery_us=[4_000] * 100, ttft_us=[70_000])}, None, 100.0)
+        assert "loadkit_tokens_total" not in before  # nothing merged yet: nothing claimed
+        agg = aggregate_status(
+            {
+                "gen1-0": _status(
+                    100.0, tokens=1000, active=60, delivery_us=[4_000] * 99 + [300_000], ttft_us=[50_000]
+                ),
+                "gen2-0": _status(100.0, tokens=500, active=40, delivery_us=[4_000] * 100, ttft_us=[70_000]),
+            },
+            None,
+            100.0,
+        )
         ex.update(agg, 12.5)
         got = _scrape(ex)
     finally:

@@ -11,8 +11,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_kit_run_exports_what_the_fabfile_and_bench_use():
-    assert set(kit.run.__all__) >= {"RunOptions", "RunError", "PlanError", "Interrupted", "execute", "execute_capacity",
-                                    "parse_threshold", "live_view", "deploy", "status", "logs", "analyze"}
+    assert set(kit.run.__all__) >= {
+        "RunOptions",
+        "RunError",
+        "PlanError",
+        "Interrupted",
+        "execute",
+        "execute_capacity",
+        "parse_threshold",
+        "live_view",
+        "deploy",
+        "status",
+        "logs",
+        "analyze",
+    }
     for name in kit.run.__all__:
         assert hasattr(kit.run, name), name
 
@@ -47,8 +59,16 @@ def test_no_kit_module_imports_another_packages_private_module():
 def test_kit_client_exports_what_the_controller_uses():
     import kit.client
 
-    assert set(kit.client.__all__) >= {"STATUS_COUNTERS", "STATUS_HISTOGRAMS", "format_report", "analyze",
-                                       "merge_outputs", "check_option", "load_workload", "DEFAULT_MAX_CONNECTIONS"}
+    assert set(kit.client.__all__) >= {
+        "STATUS_COUNTERS",
+        "STATUS_HISTOGRAMS",
+        "format_report",
+        "analyze",
+        "merge_outputs",
+        "check_option",
+        "load_workload",
+        "DEFAULT_MAX_CONNECTIONS",
+    }
     for name in kit.client.__all__:
         assert hasattr(kit.client, name), name
     assert {"build_label", "find_run"} <= set(kit.run.__all__)
@@ -60,6 +80,9 @@ def test_the_repository_root_is_derived_once_in_kit_paths():
     assert (kit.paths.REPO / "pyproject.toml").is_file() and kit.paths.PLAYBOOKS.is_dir()
     assert kit.paths.role_defaults("haproxy").is_file() and kit.paths.role_defaults("kit_service").is_file()
     derived = re.compile(r"parents\[\d\]|^\s*REPO\s*=", re.M)
-    again = [str(p.relative_to(REPO)) for p in sorted(KIT.rglob("*.py"))
-             if p.name != "paths.py" and derived.search(p.read_text())]
+    again = [
+        str(p.relative_to(REPO))
+        for p in sorted(KIT.rglob("*.py"))
+        if p.name != "paths.py" and derived.search(p.read_text())
+    ]
     assert again == [], "import it from kit.paths"

@@ -15,8 +15,12 @@ import pytest
 def test_hostmon_writes_one_sample_per_interval_and_stops_by_itself(tmp_path):
     out = tmp_path / "host.jsonl"
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "kit.hostmon", str(out), "--interval", "0.2", "--duration", "1"],
-                         capture_output=True, text=True, timeout=20)
+    res = subprocess.run(
+        [sys.executable, "-m", "kit.hostmon", str(out), "--interval", "0.2", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     elapsed = time.monotonic() - t0
     assert res.returncode == 0, res.stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
@@ -47,10 +51,13 @@ def test_hostmon_stops_early_on_sigterm_keeping_what_it_measured(tmp_path):
     assert len(out.read_text().splitlines()) >= 2
 
 
-@pytest.mark.parametrize("args, says", [(["--duration", "0"], "--duration"), (["--duration", "5", "--interval", "0"], "--interval")])
+@pytest.mark.parametrize(
+    "args, says", [(["--duration", "0"], "--duration"), (["--duration", "5", "--interval", "0"], "--interval")]
+)
 def test_hostmon_bad_options_exit_2_with_one_line(tmp_path, args, says):
-    res = subprocess.run([sys.executable, "-m", "kit.hostmon", str(tmp_path / "x"), *args], capture_output=True,
-                         text=True, timeout=20)
+    res = subprocess.run(
+        [sys.executable, "-m", "kit.hostmon", str(tmp_path / "x"), *args], capture_output=True, text=True, timeout=20
+    )
     assert res.returncode == 2
     assert says in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
@@ -62,17 +69,29 @@ def test_hostmon_runs_as_a_lone_file_under_a_python_without_psutil_reading_proc(
     lone = tmp_path / "hostmon.py"
     lone.write_text(src.read_text())
     out = tmp_path / "host.jsonl"
-    res = subprocess.run([sys.executable, "-S", "-c",
-                          "import sys; sys.modules['psutil'] = None; sys.argv = sys.argv[1:]; "
-                          "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')",
-                          str(lone), str(out), "--interval", "0.2", "--duration", "0.6"],
-                         capture_output=True, text=True, timeout=20)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "import sys; sys.modules['psutil'] = None; sys.argv = sys.argv[1:]; "
+            "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')",
+            str(lone),
+            str(out),
+            "--interval",
+            "0.2",
+            "--duration",
+            "0.6",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert res.returncode == 0, res.stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 3 and {x["source"] for x in lines} == {"/proc"}
     assert 0 <= lines[-1]["cpu_percent"] <= 100 and len(lines[-1]["cpu_percent_per_cpu"]) >= 1
     assert lines[-1]["mem"]["total"] > 0 and "lo" in lines[-1]["net"]
-
 
 
 #: a parent that starts a child; each burns CPU until it has used BURN_S of its own, then reports
@@ -99,8 +118,12 @@ child.wait()
 """
 HOSTMON = Path(__file__).resolve().parents[2] / "kit" / "hostmon.py"
 #: runs the lone hostmon.py under a python that has no psutil, as on a host without the kit
-NO_PSUTIL = ["-S", "-c", "import sys; sys.modules['psutil'] = None; sys.argv = sys.argv[1:]; "
-             "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')"]
+NO_PSUTIL = [
+    "-S",
+    "-c",
+    "import sys; sys.modules['psutil'] = None; sys.argv = sys.argv[1:]; "
+    "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')",
+]
 
 
 def _samples(out: Path) -> list[dict]:
@@ -116,10 +139,25 @@ def test_hostmon_procs_samples_cpu_of_each_listed_tree_and_rereads_the_file(tmp_
     lone.write_text(HOSTMON.read_text())
     procs, out = tmp_path / "procs.txt", tmp_path / "host.jsonl"
     procs.write_text("redis 999999999\nnot a line\n")  # a vanished PID is simply absent
-    with subprocess.Popen([sys.executable, str(script), "0.3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True) as burner, \
-         subprocess.Popen([sys.executable, *(NO_PSUTIL if without_psutil else []), str(lone), str(out),
-                           "--interval", "0.1", "--duration", "30", "--procs", str(procs)]) as mon:
+    with (
+        subprocess.Popen(
+            [sys.executable, str(script), "0.3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        ) as burner,
+        subprocess.Popen(
+            [
+                sys.executable,
+                *(NO_PSUTIL if without_psutil else []),
+                str(lone),
+                str(out),
+                "--interval",
+                "0.1",
+                "--duration",
+                "30",
+                "--procs",
+                str(procs),
+            ]
+        ) as mon,
+    ):
         try:
             child = int(burner.stdout.readline())  # parent and child have each burnt 0.3 s of CPU
             deadline = time.monotonic() + 20
@@ -163,12 +201,20 @@ def test_hostmon_scrape_keeps_what_each_service_says_of_itself_every_sample(tmp_
         def do_GET(self):  # noqa: N802 - the server's naming
             calls["n"] += 1
             if self.path == "/stats":
-                body = json.dumps({"connections_open": 7, "messages_forwarded": 100 * calls["n"], "pid": 1,
-                                   "auth_failures_by_reason": {"missing": 1}}).encode()
+                body = json.dumps(
+                    {
+                        "connections_open": 7,
+                        "messages_forwarded": 100 * calls["n"],
+                        "pid": 1,
+                        "auth_failures_by_reason": {"missing": 1},
+                    }
+                ).encode()
             else:
-                body = ('# HELP haproxy_server_current_sessions x\n# TYPE haproxy_server_current_sessions gauge\n'
-                        'haproxy_server_current_sessions{proxy="wsproxy",server="h-wsproxy-0"} 7\n'
-                        'haproxy_process_nbthread 2\n').encode()
+                body = (
+                    "# HELP haproxy_server_current_sessions x\n# TYPE haproxy_server_current_sessions gauge\n"
+                    'haproxy_server_current_sessions{proxy="wsproxy",server="h-wsproxy-0"} 7\n'
+                    "haproxy_process_nbthread 2\n"
+                ).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -183,12 +229,29 @@ def test_hostmon_scrape_keeps_what_each_service_says_of_itself_every_sample(tmp_
     try:
         port = server.server_address[1]
         scrape = tmp_path / "scrape.txt"
-        scrape.write_text(f"wsproxy-0 http://127.0.0.1:{port}/stats\n"
-                          f"haproxy http://127.0.0.1:{port}/metrics haproxy_server_current_sessions\n"
-                          f"gone http://127.0.0.1:1/stats\n")
+        scrape.write_text(
+            f"wsproxy-0 http://127.0.0.1:{port}/stats\n"
+            f"haproxy http://127.0.0.1:{port}/metrics haproxy_server_current_sessions\n"
+            f"gone http://127.0.0.1:1/stats\n"
+        )
         out = tmp_path / "host.jsonl"
-        res = subprocess.run([sys.executable, "-m", "kit.hostmon", str(out), "--interval", "0.2", "--duration", "1",
-                              "--scrape", str(scrape)], capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kit.hostmon",
+                str(out),
+                "--interval",
+                "0.2",
+                "--duration",
+                "1",
+                "--scrape",
+                str(scrape),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     finally:
         server.shutdown()
         thread.join(10)
@@ -199,12 +262,12 @@ def test_hostmon_scrape_keeps_what_each_service_says_of_itself_every_sample(tmp_
     first = samples[0]["services"]
     assert first["wsproxy-0"]["connections_open"] == 7 and "auth_failures_by_reason" not in first["wsproxy-0"]
     assert first["haproxy"] == {'haproxy_server_current_sessions{proxy="wsproxy",server="h-wsproxy-0"}': 7.0}
-    assert first["gone"] == {"error": "URLError"}   # a service that does not answer: noted, the sample written
+    assert first["gone"] == {"error": "URLError"}  # a service that does not answer: noted, the sample written
     series = server_series({"h": samples}, samples[0]["ts"])
     assert set(series["wsproxy_connections_open"]) == {"h:wsproxy-0"}
     assert list(series["haproxy_server_sessions"]) == ["h:wsproxy/h-wsproxy-0"]
     rates = list(series["wsproxy_messages_forwarded_per_s"]["h:wsproxy-0"].values())
-    assert len(rates) == 4 and all(r > 0 for r in rates)   # 200 per call, 2 calls per sample, every 0.2 s
+    assert len(rates) == 4 and all(r > 0 for r in rates)  # 200 per call, 2 calls per sample, every 0.2 s
     total = server_totals({"h": samples})["wsproxy_messages_forwarded"]
     last, first_fwd = samples[-1]["services"]["wsproxy-0"], samples[0]["services"]["wsproxy-0"]
     assert total == last["messages_forwarded"] - first_fwd["messages_forwarded"]
@@ -223,8 +286,23 @@ def test_hostmon_asks_a_real_redis_for_info_over_one_kept_connection(tmp_path, r
         scrape, out = tmp_path / "scrape.txt", tmp_path / "host.jsonl"
         scrape.write_text(lines)
         out.unlink(missing_ok=True)
-        res = subprocess.run([sys.executable, "-m", "kit.hostmon", str(out), "--interval", "0.2", "--duration", "1",
-                              "--scrape", str(scrape)], capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kit.hostmon",
+                str(out),
+                "--interval",
+                "0.2",
+                "--duration",
+                "1",
+                "--scrape",
+                str(scrape),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert res.returncode == 0, res.stderr
         assert redis_server.password not in out.read_text()
         return [json.loads(x)["services"] for x in out.read_text().splitlines()]

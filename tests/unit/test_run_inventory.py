@@ -13,12 +13,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _lab_inventory(tmp_path: Path) -> tuple[LabConfig, Path]:
-    cfg = LabConfig(root=tmp_path / "lab", prefix="lkq", subnet="10.213.5.0/24", inventory_path=tmp_path / "inv" / "lab.yml")
+    cfg = LabConfig(
+        root=tmp_path / "lab", prefix="lkq", subnet="10.213.5.0/24", inventory_path=tmp_path / "inv" / "lab.yml"
+    )
     state = {
-        "subnet": cfg.subnet, "layout": {"redis": 1, "haproxy": 1, "wsproxy": 2, "sim": 1, "generators": 2},
+        "subnet": cfg.subnet,
+        "layout": {"redis": 1, "haproxy": 1, "wsproxy": 2, "sim": 1, "generators": 2},
         "hosts": [{"name": f"lkq-h{i}", "address": cfg.address(i)} for i in range(1, 7)],
-        "groups": {"redis": ["lkq-h1"], "haproxy": ["lkq-h2"], "wsproxy": ["lkq-h3", "lkq-h4"],
-                   "sim": ["lkq-h1"], "generators": ["lkq-h5", "lkq-h6"]},
+        "groups": {
+            "redis": ["lkq-h1"],
+            "haproxy": ["lkq-h2"],
+            "wsproxy": ["lkq-h3", "lkq-h4"],
+            "sim": ["lkq-h1"],
+            "generators": ["lkq-h5", "lkq-h6"],
+        },
     }
     return cfg, write_inventory(cfg, state)
 
@@ -52,10 +60,12 @@ def test_the_local_inventory_puts_every_group_on_this_machine():
 
 def test_templated_variables_are_rendered_per_host():
     data = {
-        "_meta": {"hostvars": {
-            "a": {"kit_root": "/srv/kit/{{ inventory_hostname }}", "kit_venv_dir": "{{ kit_root }}/venv"},
-            "b": {"ansible_connection": "local"},
-        }},
+        "_meta": {
+            "hostvars": {
+                "a": {"kit_root": "/srv/kit/{{ inventory_hostname }}", "kit_venv_dir": "{{ kit_root }}/venv"},
+                "b": {"ansible_connection": "local"},
+            }
+        },
         "all": {"children": ["ungrouped", "generators"]},
         "generators": {"hosts": ["a", "b"]},
         "ungrouped": {"hosts": []},
@@ -68,8 +78,12 @@ def test_templated_variables_are_rendered_per_host():
 
 
 def test_nested_groups_contribute_their_hosts():
-    data = {"_meta": {"hostvars": {"x": {}, "y": {}}}, "all": {"children": ["edge"]},
-            "edge": {"children": ["haproxy"], "hosts": ["y"]}, "haproxy": {"hosts": ["x"]}}
+    data = {
+        "_meta": {"hostvars": {"x": {}, "y": {}}},
+        "all": {"children": ["edge"]},
+        "edge": {"children": ["haproxy"], "hosts": ["y"]},
+        "haproxy": {"hosts": ["x"]},
+    }
     inv = parse_inventory_json(data, Path("x.yml"))
     assert inv.groups["edge"] == ["y", "x"]
 

@@ -29,14 +29,17 @@ def test_an_explicit_layout_is_parsed_and_assigned_in_slot_order():
     assert groups["haproxy"] == [2, 3] and groups["generators"] == [7, 8, 9] and groups["sim"] == [10, 11]
 
 
-@pytest.mark.parametrize("text, says", [
-    ("redis=1,haproxy=1,wsproxy=2,sim=1", "misses group"),
-    ("redis=1,haproxy=1,wsproxy=2,sim=1,generators=2,db=1", "unknown group 'db'"),
-    ("redis=1,redis=2,haproxy=1,wsproxy=1,sim=1,generators=1", "twice"),
-    ("redis,haproxy=1", "not group=count"),
-    ("redis=x,haproxy=1", "not a whole number"),
-    ("redis=0,haproxy=1,wsproxy=1,sim=1,generators=1", "at least 1"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("redis=1,haproxy=1,wsproxy=2,sim=1", "misses group"),
+        ("redis=1,haproxy=1,wsproxy=2,sim=1,generators=2,db=1", "unknown group 'db'"),
+        ("redis=1,redis=2,haproxy=1,wsproxy=1,sim=1,generators=1", "twice"),
+        ("redis,haproxy=1", "not group=count"),
+        ("redis=x,haproxy=1", "not a whole number"),
+        ("redis=0,haproxy=1,wsproxy=1,sim=1,generators=1", "at least 1"),
+    ],
+)
 def test_a_bad_layout_names_the_problem(text, says):
     with pytest.raises(LayoutError, match=says):
         parse_layout(text)

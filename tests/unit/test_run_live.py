@@ -13,29 +13,61 @@ from kit.run._live import PlainView, RichView, live_view, render_live
 from kit.run._summary import aggregate_status, format_live_line
 
 
-def _status(t: float, values_us: list[int], *, q: int, tokens: int, errors: int = 0, active: int = 5,
-            elapsed: float | None = None, delivery_us: list[int] = ()) -> dict:
+def _status(
+    t: float,
+    values_us: list[int],
+    *,
+    q: int,
+    tokens: int,
+    errors: int = 0,
+    active: int = 5,
+    elapsed: float | None = None,
+    delivery_us: list[int] = (),
+) -> dict:
     h, d = Histogram("us"), Histogram("us")
     h.record_many(values_us)
     d.record_many(delivery_us)
-    return {"time": t, "elapsed_s": elapsed, "active_sessions": active, "queries_ok": q, "tokens": tokens,
-            "errors": errors, "reconnect_attempts": 0, "cpu_percent": 42.0, "loop_lag_p99_ms": 3.25,
-            "done": False, "latency_histogram": h.to_dict(), "delivery_histogram": d.to_dict()}
+    return {
+        "time": t,
+        "elapsed_s": elapsed,
+        "active_sessions": active,
+        "queries_ok": q,
+        "tokens": tokens,
+        "errors": errors,
+        "reconnect_attempts": 0,
+        "cpu_percent": 42.0,
+        "loop_lag_p99_ms": 3.25,
+        "done": False,
+        "latency_histogram": h.to_dict(),
+        "delivery_histogram": d.to_dict(),
+    }
 
 
 def test_delivery_p99_is_of_the_last_interval_merged_over_generators():
-    fast, slow = [5_000] * 1000, [900_000] * 30      # 5 ms tokens, then a stall: 900 ms tokens
-    first = aggregate_status({"a": _status(10.0, [], q=0, tokens=1000, elapsed=10.0, delivery_us=fast),
-                              "b": _status(10.0, [], q=0, tokens=1000, elapsed=10.0, delivery_us=fast)}, None, 10.0)
+    fast, slow = [5_000] * 1000, [900_000] * 30  # 5 ms tokens, then a stall: 900 ms tokens
+    first = aggregate_status(
+        {
+            "a": _status(10.0, [], q=0, tokens=1000, elapsed=10.0, delivery_us=fast),
+            "b": _status(10.0, [], q=0, tokens=1000, elapsed=10.0, delivery_us=fast),
+        },
+        None,
+        10.0,
+    )
     assert first["delivery_p99_ms"] == pytest.approx(5.0)
-    now = aggregate_status({"a": _status(11.0, [], q=0, tokens=1100, delivery_us=fast + [5_000] * 70 + slow),
-                            "b": _status(11.0, [], q=0, tokens=1100, delivery_us=fast + [5_000] * 100)}, first, 11.0)
+    now = aggregate_status(
+        {
+            "a": _status(11.0, [], q=0, tokens=1100, delivery_us=fast + [5_000] * 70 + slow),
+            "b": _status(11.0, [], q=0, tokens=1100, delivery_us=fast + [5_000] * 100),
+        },
+        first,
+        11.0,
+    )
     # the last second: 170 fast and 30 slow tokens over both generators; p99 is the stall's 900 ms
     assert now["delivery_p99_ms"] == pytest.approx(900, rel=1e-3)
 
 
 def test_percentiles_and_rates_are_of_the_last_interval_not_since_the_start():
-    slow = [2_000_000] * 100                      # the first 10 s: 100 queries of 2 s
+    slow = [2_000_000] * 100  # the first 10 s: 100 queries of 2 s
     a1 = _status(110.0, slow, q=100, tokens=1000, elapsed=10.0)
     first = aggregate_status({"a": a1}, None, 110.2)
     # the first sighting's interval runs from the generator's start
@@ -47,15 +79,15 @@ def test_percentiles_and_rates_are_of_the_last_interval_not_since_the_start():
     assert now["interval_queries"] == 20
     assert now["qps"] == pytest.approx(10.0) and now["tps"] == pytest.approx(200.0)
     assert now["errors_per_s"] == pytest.approx(1.5)
-    assert now["errors"] == 3 and now["queries_ok"] == 120          # totals stay totals
+    assert now["errors"] == 3 and now["queries_ok"] == 120  # totals stay totals
 
 
 def test_rates_add_over_generators_each_timed_by_its_own_snapshots():
     a1, b1 = _status(100.0, [1000], q=10, tokens=100), _status(100.5, [1000], q=10, tokens=100)
     prev = aggregate_status({"a": a1, "b": b1}, None, 101.0)
     assert prev["qps"] is None  # no elapsed_s, no previous snapshot: no rate yet
-    a2 = _status(101.0, [1000] * 3, q=12, tokens=140)      # +2 q, +40 tok in 1 s
-    b2 = _status(102.5, [1000] * 5, q=18, tokens=300)      # +8 q, +200 tok in 2 s
+    a2 = _status(101.0, [1000] * 3, q=12, tokens=140)  # +2 q, +40 tok in 1 s
+    b2 = _status(102.5, [1000] * 5, q=18, tokens=300)  # +8 q, +200 tok in 2 s
     now = aggregate_status({"a": a2, "b": b2}, prev, 103.0)
     assert now["qps"] == pytest.approx(2 + 4) and now["tps"] == pytest.approx(40 + 100)
     assert now["per_generator"]["b"]["tps"] == pytest.approx(100)
@@ -66,7 +98,7 @@ def test_a_status_not_rewritten_since_the_last_poll_keeps_its_last_interval():
     a1 = _status(100.0, [1000] * 10, q=10, tokens=100)
     a2 = _status(101.0, [1000] * 10 + [50_000] * 10, q=20, tokens=300)
     agg = aggregate_status({"a": a2}, aggregate_status({"a": a1}, None, 100.1), 101.1)
-    again = aggregate_status({"a": dict(a2)}, agg, 102.1)   # the poll read the same file again
+    again = aggregate_status({"a": dict(a2)}, agg, 102.1)  # the poll read the same file again
     assert again["tps"] == pytest.approx(200) and again["p50_ms"] == pytest.approx(50, rel=1e-3)
 
 
@@ -87,6 +119,7 @@ def _fake_agg() -> dict:
 
 def _plain(renderable) -> str:
     from rich.console import Console
+
     buf = io.StringIO()
     Console(file=buf, width=140, color_system=None).print(renderable)
     return buf.getvalue()
@@ -95,10 +128,19 @@ def _plain(renderable) -> str:
 def test_the_live_table_shows_interval_figures_and_one_row_per_generator():
     text = _plain(render_live(_fake_agg(), 12.4))
     assert "t=12s" in text and "generators reporting 1/2" in text
-    for col in ("tokens/s", "queries/s", "p50 ms", "p99 ms", "active", "errors", "reconnects",
-                "CPU %", "loop lag p99 ms"):
+    for col in (
+        "tokens/s",
+        "queries/s",
+        "p50 ms",
+        "p99 ms",
+        "active",
+        "errors",
+        "reconnects",
+        "CPU %",
+        "loop lag p99 ms",
+    ):
         assert col in text, col
-    row = next(line for line in text.splitlines() if "2,245" in line)   # tokens/s of the last second
+    row = next(line for line in text.splitlines() if "2,245" in line)  # tokens/s of the last second
     assert re.search(r"51\.0\b", row) and "12.5" in row and "480.0" in row and "17" in row and "(+2.0/s)" in row
     gen = next(line for line in text.splitlines() if "g1-0" in line)
     assert "42" in gen and "3.2" in gen and "running" in gen
@@ -134,7 +176,7 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_and_lines_scroll_above_it()
     assert "\x1b[1A" in later and "\x1b[2K" in later
     assert later.index("chaos: kill:wsproxy@2s") < later.index("t=2s")
     assert out.rindex("t=1s") < out.index("t=2s")
-    assert out.endswith("\x1b[?25h")   # closed: the cursor is back, the last table stays on screen
+    assert out.endswith("\x1b[?25h")  # closed: the cursor is back, the last table stays on screen
 
 
 def test_a_hosts_status_merges_every_live_histogram_of_its_processes_exactly():
@@ -146,8 +188,14 @@ def test_a_hosts_status_merges_every_live_histogram_of_its_processes_exactly():
         d, f = Histogram("us"), Histogram("us")
         d.record_many(delivery_us)
         f.record_many(ttft_us)
-        return {"sessions_failed": failed, "delivery_histogram": d.to_dict(), "ttft_histogram": f.to_dict(),
-                "latency_histogram": Histogram("us").to_dict(), "elapsed_s": 1.0, "done": False}
+        return {
+            "sessions_failed": failed,
+            "delivery_histogram": d.to_dict(),
+            "ttft_histogram": f.to_dict(),
+            "latency_histogram": Histogram("us").to_dict(),
+            "elapsed_s": 1.0,
+            "done": False,
+        }
 
     host = merge_status([proc([4_000] * 99, [10_000], 1), proc([800_000] * 3, [90_000], 2)], run_id="r", expected=2)
     assert host["sessions_failed"] == 3

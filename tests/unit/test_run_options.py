@@ -37,17 +37,22 @@ def test_the_default_thresholds_judge_a_run_unless_turned_off():
     from kit.run._plan import parse_threshold
 
     given = [parse_threshold("success>=95%")]
-    assert [(t.text, t.default) for t in RunOptions(clients=1, thresholds=given).judged_by()] == \
-        [("success>=95%", False), ("lost==0", True)]
+    assert [(t.text, t.default) for t in RunOptions(clients=1, thresholds=given).judged_by()] == [
+        ("success>=95%", False),
+        ("lost==0", True),
+    ]
     assert RunOptions(clients=1, thresholds=given, no_default_thresholds=True).judged_by() == given
 
 
-@pytest.mark.parametrize("opts, says", [
-    ({"think_time": -1.0}, "--think-time -1"),
-    ({"think_time": 700.0}, "--think-time 700"),
-    ({"query_timeout": 0.0}, "--query-timeout 0"),
-    ({"query_timeout": 1e6, "max_duration": 60.0}, "--query-timeout 1e+06"),
-])
+@pytest.mark.parametrize(
+    "opts, says",
+    [
+        ({"think_time": -1.0}, "--think-time -1"),
+        ({"think_time": 700.0}, "--think-time 700"),
+        ({"query_timeout": 0.0}, "--query-timeout 0"),
+        ({"query_timeout": 1e6, "max_duration": 60.0}, "--query-timeout 1e+06"),
+    ],
+)
 def test_bad_workload_options_are_one_clear_line(opts, says):
     with pytest.raises(RunError) as info:
         RunOptions(clients=10, **opts).resolve()
@@ -65,5 +70,5 @@ def test_a_generator_hosts_source_addresses_reach_its_settings_file_and_the_clie
     assert "source_addresses" not in generator_settings(slot, o)
     values = generator_settings(slot, o, ["10.0.0.5", "10.0.0.211"])
     assert values["source_addresses"] == "10.0.0.5,10.0.0.211"
-    options.check(values)   # what the generator checks again on reading the file
+    options.check(values)  # what the generator checks again on reading the file
     assert LoadConfig(session=SessionConfig(api_url="http://h:1", ws_url="ws://h:2")).source_addresses == ()

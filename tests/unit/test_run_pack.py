@@ -26,8 +26,16 @@ def test_secret_values_are_stripped(key):
     assert strip_secrets(HOSTVARS)[key] == "<stripped>"
 
 
-@pytest.mark.parametrize("key", ["sim_token_delay_ms", "kit_jwt_secret_file", "kit_secrets_dir", "tokens_per_query",
-                                 "ansible_ssh_private_key_file"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sim_token_delay_ms",
+        "kit_jwt_secret_file",
+        "kit_secrets_dir",
+        "tokens_per_query",
+        "ansible_ssh_private_key_file",
+    ],
+)
 def test_settings_and_paths_that_only_mention_a_secret_are_kept(key):
     assert strip_secrets(HOSTVARS)[key] == HOSTVARS[key]
 

@@ -5,22 +5,32 @@ from __future__ import annotations
 import pytest
 
 from kit.run._plan import (
-    DEFAULT_THRESHOLDS, PRESETS, PlanError, clock_offset, judged_thresholds, make_run_id, parse_threshold,
-    plan_generators, split_clients,
+    DEFAULT_THRESHOLDS,
+    PRESETS,
+    PlanError,
+    clock_offset,
+    judged_thresholds,
+    make_run_id,
+    parse_threshold,
+    plan_generators,
+    split_clients,
 )
 
 
-@pytest.mark.parametrize("text, metric, kind, op, value", [
-    ("p99<2s", "p99", "time", "<", 2.0),
-    ("p50<=500ms", "p50", "time", "<=", 0.5),
-    ("  p95 < 1.5 s ", "p95", "time", "<", 1.5),
-    ("ttft_p99<300ms", "ttft_p99", "time", "<", 0.3),
-    ("delivery_p99_9<20ms", "delivery_p99_9", "time", "<", 0.02),
-    ("max<2m", "max", "time", "<", 120.0),
-    ("success>=99.9%", "success", "percent", ">=", 0.999),
-    ("lost==0", "lost", "count", "==", 0.0),
-    ("tps>=300", "tps", "rate", ">=", 300.0),
-])
+@pytest.mark.parametrize(
+    "text, metric, kind, op, value",
+    [
+        ("p99<2s", "p99", "time", "<", 2.0),
+        ("p50<=500ms", "p50", "time", "<=", 0.5),
+        ("  p95 < 1.5 s ", "p95", "time", "<", 1.5),
+        ("ttft_p99<300ms", "ttft_p99", "time", "<", 0.3),
+        ("delivery_p99_9<20ms", "delivery_p99_9", "time", "<", 0.02),
+        ("max<2m", "max", "time", "<", 120.0),
+        ("success>=99.9%", "success", "percent", ">=", 0.999),
+        ("lost==0", "lost", "count", "==", 0.0),
+        ("tps>=300", "tps", "rate", ">=", 300.0),
+    ],
+)
 def test_thresholds_parse_to_base_units(text, metric, kind, op, value):
     t = parse_threshold(text)
     assert (t.metric, t.kind, t.op) == (metric, kind, op)
@@ -38,8 +48,11 @@ def test_a_threshold_on_a_defaults_metric_replaces_that_default_only():
     judged = judged_thresholds([parse_threshold("success>=95%"), parse_threshold("p99<2s")])
     assert [(t.text, t.default) for t in judged] == [("success>=95%", False), ("p99<2s", False), ("lost==0", True)]
     # query_success is another metric: it leaves the sessions' success default in place
-    assert [t.text for t in judged_thresholds([parse_threshold("query_success>=90%")])] == \
-        ["query_success>=90%", "success>=99%", "lost==0"]
+    assert [t.text for t in judged_thresholds([parse_threshold("query_success>=90%")])] == [
+        "query_success>=90%",
+        "success>=99%",
+        "lost==0",
+    ]
 
 
 def test_without_the_defaults_only_the_given_thresholds_judge():
@@ -53,16 +66,19 @@ def test_a_time_threshold_knows_its_histogram_and_statistic():
     assert parse_threshold("p99<2s").histogram == "latency"
 
 
-@pytest.mark.parametrize("text, says", [
-    ("p99<2", "give a unit"),
-    ("success>=99.9", "percentage"),
-    ("success>=120%", "cannot exceed"),
-    ("lost==0ms", "plain number"),
-    ("latency<2s", "unknown metric"),
-    ("p99 2s", "<metric><op><value>"),
-    ("p99=<2s", "<metric><op><value>"),
-    ("", "<metric><op><value>"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("p99<2", "give a unit"),
+        ("success>=99.9", "percentage"),
+        ("success>=120%", "cannot exceed"),
+        ("lost==0ms", "plain number"),
+        ("latency<2s", "unknown metric"),
+        ("p99 2s", "<metric><op><value>"),
+        ("p99=<2s", "<metric><op><value>"),
+        ("", "<metric><op><value>"),
+    ],
+)
 def test_a_bad_threshold_is_refused_with_how_to_write_it(text, says):
     with pytest.raises(PlanError, match=says):
         parse_threshold(text)
@@ -115,8 +131,11 @@ def test_arrival_rate_is_split_with_the_clients():
 
 def test_clock_offset_uses_the_fastest_round_trip_and_halves_it():
     # remote clock is 5 ms ahead; the second sample had a 2 ms round trip, the others were slow
-    samples = [(0, 30_000_000, 50_000_000), (100_000_000, 106_000_000, 102_000_000),
-               (200_000_000, 240_000_000, 260_000_000)]
+    samples = [
+        (0, 30_000_000, 50_000_000),
+        (100_000_000, 106_000_000, 102_000_000),
+        (200_000_000, 240_000_000, 260_000_000),
+    ]
     off = clock_offset(samples)
     assert off["offset_s"] == pytest.approx(0.005)
     assert off["uncertainty_s"] == pytest.approx(0.001)
@@ -138,7 +157,12 @@ def test_run_id_names_the_time_and_clients_and_avoids_taken_ids():
 
 def test_presets_are_the_seed_scenarios():
     assert {k: (p.clients, p.queries) for k, p in PRESETS.items()} == {
-        "smoke": (10, 1), "standard": (20, 3), "load": (1000, 10), "stress": (5000, 20), "soak": (100, 100)}
+        "smoke": (10, 1),
+        "standard": (20, 3),
+        "load": (1000, 10),
+        "stress": (5000, 20),
+        "soak": (100, 100),
+    }
 
 
 def test_every_balancer_carries_its_even_share_when_processes_do_not_divide_among_them():

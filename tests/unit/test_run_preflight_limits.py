@@ -19,8 +19,11 @@ REPORT = "/opt/wsproxy-loadkit/h/state/tuning.json"
 
 def test_the_tuning_report_is_the_authority_where_the_host_was_deployed():
     # under systemd a service may get more than the SSH login's hard limit: the report knows
-    facts = {"nofile_hard": 20000, "tuning_report": REPORT,
-             "tuning": {"nofile": {"wanted": 65536, "cap": 1048576, "effective": 65536, "sessions_max": 32668}}}
+    facts = {
+        "nofile_hard": 20000,
+        "tuning_report": REPORT,
+        "tuning": {"nofile": {"wanted": 65536, "cap": 1048576, "effective": 65536, "sessions_max": 32668}},
+    }
     assert open_file_limit(facts) == (65536, 32668, f"{REPORT} (Ansible's tuning role)")
 
 
@@ -33,15 +36,20 @@ def test_without_a_report_the_ssh_hard_limit_is_used_and_the_sessions_are_unknow
 def test_the_capacity_formula_is_written_once_in_the_kit_service_role():
     # Ansible computes it (kit_service facts) with the contract's reserve and descriptors per session ...
     facts_yml = (REPO / "playbooks/roles/kit_service/tasks/facts.yml").read_text()
-    assert re.search(r"kit_service_sessions_max:.*\n.*kit_service_nofile_effective.*kit_fd_reserve.*"
-                     r"// \(kit_fds_per_session \| int\)", facts_yml)
+    assert re.search(
+        r"kit_service_sessions_max:.*\n.*kit_service_nofile_effective.*kit_fd_reserve.*"
+        r"// \(kit_fds_per_session \| int\)",
+        facts_yml,
+    )
     tuning = (REPO / "playbooks/roles/tuning/tasks/main.yml").read_text()
     assert "'sessions_max': kit_service_sessions_max | int" in tuning  # ... the tuning report carries it ...
     assert "at most\n      ~{{ kit_service_sessions_max }} proxied sessions" in tuning  # ... and says it
     # ... and no Python module (fab run's preflight included) computes it again from a reserve
     for p in sorted((REPO / "kit").rglob("*.py")):
         text = p.read_text()
-        assert not re.search(r"fd_reserve\(\)|FD_RESERVE\b|[\"']kit_fd_reserve[\"']\]", text) or p.name == "contract.py", p
+        assert (
+            not re.search(r"fd_reserve\(\)|FD_RESERVE\b|[\"']kit_fd_reserve[\"']\]", text) or p.name == "contract.py"
+        ), p
     assert contract.fd_reserve() > 0 and contract.fds_per_session() > 0
 
 
@@ -66,8 +74,14 @@ def test_preflight_uses_the_reported_sessions_for_balancers_and_generators_alike
         seen_paths[c.inventory_host.name] = (client_wrapper, tuning_report)
         # 10,000 open files; a report whose figure no formula of the preflight would give
         report = {"nofile": {"wanted": 65536, "cap": 10000, "effective": 10000, "sessions_max": 1234}}
-        return {"nproc": 1, "nofile_hard": 10000, "port_range": [10240, 65535], "kit_python": True,
-                "tuning": report, "tuning_report": tuning_report}
+        return {
+            "nproc": 1,
+            "nofile_hard": 10000,
+            "port_range": [10240, 65535],
+            "kit_python": True,
+            "tuning": report,
+            "tuning_report": tuning_report,
+        }
 
     monkeypatch.setattr(_hostops, "host_facts", host_facts)
     monkeypatch.setattr(_hostops, "clock_samples", lambda c, python="python3": [(0, 0, 0)])
@@ -81,26 +95,43 @@ def test_preflight_uses_the_reported_sessions_for_balancers_and_generators_alike
     # more clients per process than the report allows: refused with the report's figure
     pre = _preflight.preflight(inv, conns, plan_clients=1300, skip_health=True)
     assert any("1300 clients per process but a process holds ~1234" in p for p in pre["problems"]), pre["problems"]
-    assert any("lb: the plan sends 1300 sessions to this balancer but one HAProxy process holds ~1234" in p
-               for p in pre["problems"]), pre["problems"]
+    assert any(
+        "lb: the plan sends 1300 sessions to this balancer but one HAProxy process holds ~1234" in p
+        for p in pre["problems"]
+    ), pre["problems"]
     # and per group, as fab plan says it: the one balancer holds 1,234; the run needs 2
-    assert any("cannot hold 1300 sessions: haproxy: needs 2 host(s), has 1: add 1 host(s) to the haproxy group "
-               "(1,234 sessions per host" in p for p in pre["problems"]), pre["problems"]
-    assert pre["caps"]["plan"]["haproxy"] == {"needed": 2, "have": 1,
-                                              "limit": "1,234 sessions per host (one HAProxy process)"}
+    assert any(
+        "cannot hold 1300 sessions: haproxy: needs 2 host(s), has 1: add 1 host(s) to the haproxy group "
+        "(1,234 sessions per host" in p
+        for p in pre["problems"]
+    ), pre["problems"]
+    assert pre["caps"]["plan"]["haproxy"] == {
+        "needed": 2,
+        "have": 1,
+        "limit": "1,234 sessions per host (one HAProxy process)",
+    }
 
 
 @pytest.mark.parametrize("addresses, refused", [(None, True), (["10.0.0.5", "10.0.0.211", "10.0.0.212"], False)])
 def test_a_generator_hosts_source_addresses_multiply_its_ports_toward_one_balancer(monkeypatch, addresses, refused):
     """200 local ports, one per WebSocket: one address holds 200 sessions toward one balancer, three 600."""
     lb = _host("lb")
-    gen = Host("gen", {"ansible_connection": "local", **({"generator_source_addresses": addresses} if addresses else {})})
+    gen = Host(
+        "gen", {"ansible_connection": "local", **({"generator_source_addresses": addresses} if addresses else {})}
+    )
     groups = {g: ["lb"] for g in ("redis", "haproxy", "wsproxy", "sim")} | {"generators": ["gen"]}
     inv = Inventory(Path("inv.yml"), {"lb": lb, "gen": gen}, groups)
     report = {"nofile": {"effective": 20000, "sessions_max": 9900}}
-    monkeypatch.setattr(_hostops, "host_facts", lambda c, kit_python, **kw: {
-        "nproc": 1, "port_range": [20000, 20199] if c.inventory_host.name == "gen" else [10240, 65535],
-        "kit_python": True, "tuning": report})
+    monkeypatch.setattr(
+        _hostops,
+        "host_facts",
+        lambda c, kit_python, **kw: {
+            "nproc": 1,
+            "port_range": [20000, 20199] if c.inventory_host.name == "gen" else [10240, 65535],
+            "kit_python": True,
+            "tuning": report,
+        },
+    )
     monkeypatch.setattr(_hostops, "clock_samples", lambda c, python="python3": [(0, 0, 0)])
     pre = _preflight.preflight(inv, {n: _Conn(h) for n, h in inv.hosts.items()}, plan_clients=500, skip_health=True)
     said = [p for p in pre["problems"] if p.startswith("gen: 500 clients to lb need 500 local ports")]

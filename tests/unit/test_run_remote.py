@@ -12,8 +12,11 @@ from kit.run import _hostops as ops
 
 
 def _local_hosts(*names: str):
-    data = {"_meta": {"hostvars": {n: {"ansible_connection": "local"} for n in names}},
-            "all": {"children": ["generators"]}, "generators": {"hosts": list(names)}}
+    data = {
+        "_meta": {"hostvars": {n: {"ansible_connection": "local"} for n in names}},
+        "all": {"children": ["generators"]},
+        "generators": {"hosts": list(names)},
+    }
     return parse_inventory_json(data, Path("x.yml")).hosts
 
 
@@ -52,7 +55,9 @@ def test_a_background_job_reports_its_exit_status_and_is_stopped_by_process_grou
     ops.stop_job(c, d2, grace=2)
     st = ops.job_state(c, d2)
     assert not st["alive"]
-    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    assert (
+        not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    )
 
 
 def test_fetch_dir_copies_a_folder_tree(tmp_path):
@@ -72,9 +77,11 @@ def test_stop_job_reports_what_needed_sigkill_and_a_job_that_already_ended_needs
     # a job whose process ignores SIGTERM: it is SIGKILLed after the grace and named
     ops.start_job(c, d, ["sh", "-c", "trap '' TERM; sleep 300 & wait; sleep 300"])
     killed = ops.stop_job(c, d, grace=0.5)
-    assert len(killed) == 2   # the stubborn shell and its sleep; the job's wrapper ended on SIGTERM
-    assert not any(Path(f"/proc/{p}").exists() and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                   != "Z" for p in killed)
+    assert len(killed) == 2  # the stubborn shell and its sleep; the job's wrapper ended on SIGTERM
+    assert not any(
+        Path(f"/proc/{p}").exists() and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        for p in killed
+    )
     d2 = str(tmp_path / "done")
     ops.start_job(c, d2, ["true"])
     for _ in range(100):

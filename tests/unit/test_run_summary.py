@@ -16,26 +16,37 @@ from kit.run._plan import judged_thresholds, parse_threshold
 from kit.run._summary import aggregate_status, evaluate_thresholds, format_live_line
 
 SUMMARY = {
-    "total_sessions": 500, "successful_sessions": 499, "failed_sessions": 1, "success_rate": 99.8,
-    "total_queries": 1500, "query_success_rate": 99.9, "lost_tokens": 0, "total_errors": 1, "qps": 40.0,
-    "tps": 2000.0, "failed_queries": 1,
+    "total_sessions": 500,
+    "successful_sessions": 499,
+    "failed_sessions": 1,
+    "success_rate": 99.8,
+    "total_queries": 1500,
+    "query_success_rate": 99.9,
+    "lost_tokens": 0,
+    "total_errors": 1,
+    "qps": 40.0,
+    "tps": 2000.0,
+    "failed_queries": 1,
     "latency_ms": {"count": 1500, "p50": 900.0, "p99": 1900.0, "p99_9": 2500.0, "max": 3000.0},
     "ttft_ms": {"count": 1500, "p99": 120.0},
     "delivery_latency_ms": {"count": 0, "p99": None},
 }
 
 
-@pytest.mark.parametrize("text, passed, actual", [
-    ("p99<2s", True, 1.9),
-    ("p50<=500ms", False, 0.9),
-    ("p999<2s", False, 2.5),
-    ("success>=99.9%", False, 0.998),
-    ("query_success>=99.9%", True, 0.999),
-    ("lost==0", True, 0),
-    ("errors<=0", False, 1),
-    ("tps>=300", True, 2000.0),
-    ("ttft_p99<100ms", False, 0.12),
-])
+@pytest.mark.parametrize(
+    "text, passed, actual",
+    [
+        ("p99<2s", True, 1.9),
+        ("p50<=500ms", False, 0.9),
+        ("p999<2s", False, 2.5),
+        ("success>=99.9%", False, 0.998),
+        ("query_success>=99.9%", True, 0.999),
+        ("lost==0", True, 0),
+        ("errors<=0", False, 1),
+        ("tps>=300", True, 2000.0),
+        ("ttft_p99<100ms", False, 0.12),
+    ],
+)
 def test_thresholds_are_checked_against_the_merged_summary(text, passed, actual):
     [res] = evaluate_thresholds(SUMMARY, [parse_threshold(text)])
     assert res["passed"] is passed
@@ -53,11 +64,15 @@ def test_each_check_says_whether_it_was_a_default_and_a_failed_one_is_named_in_o
     collapsed = dict(SUMMARY, total_sessions=20000, successful_sessions=6, success_rate=0.03, lost_tokens=382304)
     checks = evaluate_thresholds(collapsed, judged_thresholds([parse_threshold("p99<1s")]))
     assert [(c["threshold"], c["default"], c["passed"]) for c in checks] == [
-        ("p99<1s", False, False), ("success>=99%", True, False), ("lost==0", True, False)]
+        ("p99<1s", False, False),
+        ("success>=99%", True, False),
+        ("lost==0", True, False),
+    ]
     assert failed_threshold_lines(checks) == [
         "FAILED threshold p99<1s: actual 1900 ms",
         "FAILED threshold success>=99% (default): actual 0.03%",
-        "FAILED threshold lost==0 (default): actual 382304"]
+        "FAILED threshold lost==0 (default): actual 382304",
+    ]
     assert failed_threshold_lines(evaluate_thresholds(SUMMARY, judged_thresholds([]))) == []  # 99.8 %, none lost
     empty = evaluate_thresholds({"total_sessions": 0}, [parse_threshold("success>=1%")])
     assert failed_threshold_lines(empty) == ["FAILED threshold success>=1%: actual no value (the run measured none)"]
@@ -72,13 +87,21 @@ def test_the_report_marks_the_default_thresholds():
 
 
 def test_the_report_shows_the_reconnect_waits_for_backoff_and_for_the_rate_limit_apart():
-    summary = dict(SUMMARY, total_reconnect_attempts=1000, total_successful_reconnects=1000,
-                   sessions_with_reconnects=1000, reconnect_backoff_wait_s=750.2, reconnect_bucket_waits=925,
-                   reconnect_bucket_wait_s=2190.4,
-                   reconnect_limit={"rate_per_process": 200.0, "burst": 50, "processes": 4, "rate_total": 800.0})
+    summary = dict(
+        SUMMARY,
+        total_reconnect_attempts=1000,
+        total_successful_reconnects=1000,
+        sessions_with_reconnects=1000,
+        reconnect_backoff_wait_s=750.2,
+        reconnect_bucket_waits=925,
+        reconnect_bucket_wait_s=2190.4,
+        reconnect_limit={"rate_per_process": 200.0, "burst": 50, "processes": 4, "rate_total": 800.0},
+    )
     [line] = [ln for ln in render_text(summary, {}).splitlines() if ln.startswith("Reconnects")]
-    assert line.endswith("1000 attempts, 1000 ok, 1000 sessions; waited 750.2 s in backoff, 925 attempts 2190.4 s "
-                         "for the rate limit (200/s per process, burst 50)")
+    assert line.endswith(
+        "1000 attempts, 1000 ok, 1000 sessions; waited 750.2 s in backoff, 925 attempts 2190.4 s "
+        "for the rate limit (200/s per process, burst 50)"
+    )
     [old] = [ln for ln in render_text(SUMMARY, {}).splitlines() if ln.startswith("Reconnects")]
     assert "rate limit" not in old  # results from before the limit: nothing invented
 
@@ -86,9 +109,16 @@ def test_the_report_shows_the_reconnect_waits_for_backoff_and_for_the_rate_limit
 def _status(values_us: list[int], **kw) -> dict:
     h = Histogram("us")
     h.record_many(values_us)
-    return {"active_sessions": kw.get("active", 0), "queries_ok": kw.get("q", 0), "tokens": kw.get("t", 0),
-            "errors": 0, "reconnect_attempts": 0, "cpu_percent": 50.0, "loop_lag_p99_ms": 1.5,
-            "latency_histogram": h.to_dict()}
+    return {
+        "active_sessions": kw.get("active", 0),
+        "queries_ok": kw.get("q", 0),
+        "tokens": kw.get("t", 0),
+        "errors": 0,
+        "reconnect_attempts": 0,
+        "cpu_percent": 50.0,
+        "loop_lag_p99_ms": 1.5,
+        "latency_histogram": h.to_dict(),
+    }
 
 
 def test_live_aggregate_adds_counters_merges_histograms_and_derives_rates():
@@ -107,10 +137,21 @@ def test_live_aggregate_adds_counters_merges_histograms_and_derives_rates():
 
 
 def test_the_run_record_inventory_strips_secret_values():
-    data = {"_meta": {"hostvars": {"h": {"redis_password": "hunter2", "haproxy_stats_password": "xsecret",
-                                         "jwt_secret": "ysecret", "ansible_ssh_private_key_file": "/k",
-                                         "nested": {"api_token": "zsecret", "port": 1}}}},
-            "all": {"children": ["redis"]}, "redis": {"hosts": ["h"]}}
+    data = {
+        "_meta": {
+            "hostvars": {
+                "h": {
+                    "redis_password": "hunter2",
+                    "haproxy_stats_password": "xsecret",
+                    "jwt_secret": "ysecret",
+                    "ansible_ssh_private_key_file": "/k",
+                    "nested": {"api_token": "zsecret", "port": 1},
+                }
+            }
+        },
+        "all": {"children": ["redis"]},
+        "redis": {"hosts": ["h"]},
+    }
     text = stripped_inventory(parse_inventory_json(data, Path("i.yml")))
     for secret in ("hunter2", "xsecret", "ysecret", "zsecret"):
         assert secret not in text
@@ -120,16 +161,27 @@ def test_the_run_record_inventory_strips_secret_values():
 
 
 def test_report_text_shows_the_seed_table_thresholds_and_partial_reasons(tmp_path):
-    summary = dict(SUMMARY, partial=True, run={"run_id": "r1", "partial_reasons": ["g2: exited 7"],
-                                                 "thresholds": evaluate_thresholds(SUMMARY, [parse_threshold("p99<1s")])})
+    summary = dict(
+        SUMMARY,
+        partial=True,
+        run={
+            "run_id": "r1",
+            "partial_reasons": ["g2: exited 7"],
+            "thresholds": evaluate_thresholds(SUMMARY, [parse_threshold("p99<1s")]),
+        },
+    )
     text = render_text(summary, {})
     assert "PARTIAL" in text and "g2: exited 7" in text
     assert "success rate 99.80%" in text and "p99 1900.00" in text and "FAIL" in text
     run_dir = tmp_path / "r1"
     (run_dir / "hosts" / "h1").mkdir(parents=True)
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    (run_dir / "hosts" / "h1" / "host.jsonl").write_text(json.dumps(
-        {"cpu_percent": 40.0, "mem": {"used": 2**20}, "net": {"eth0": {"rx_bytes_per_s": 1e6, "tx_bytes_per_s": 0}}}) + "\n")
+    (run_dir / "hosts" / "h1" / "host.jsonl").write_text(
+        json.dumps(
+            {"cpu_percent": 40.0, "mem": {"used": 2**20}, "net": {"eth0": {"rx_bytes_per_s": 1e6, "tx_bytes_per_s": 0}}}
+        )
+        + "\n"
+    )
     write_report(run_dir)
     assert "h1 cpu 40/40% net 8.00 Mbit/s" in (run_dir / "report.txt").read_text()
     assert "PARTIAL RUN" in (run_dir / "report.html").read_text()
@@ -141,9 +193,16 @@ def test_host_network_falls_back_to_loopback_only_when_no_other_interface_moved(
     from kit.report import host_metrics
 
     def sample(eth: float, lo: float) -> str:
-        return json.dumps({"cpu_percent": 10.0, "mem": {"used": 2**20},
-                           "net": {"eth0": {"rx_bytes_per_s": eth, "tx_bytes_per_s": 0},
-                                   "lo": {"rx_bytes_per_s": lo, "tx_bytes_per_s": lo}}})
+        return json.dumps(
+            {
+                "cpu_percent": 10.0,
+                "mem": {"used": 2**20},
+                "net": {
+                    "eth0": {"rx_bytes_per_s": eth, "tx_bytes_per_s": 0},
+                    "lo": {"rx_bytes_per_s": lo, "tx_bytes_per_s": lo},
+                },
+            }
+        )
 
     for name, rows in {"single": [sample(0, 1e6), sample(0, 2e6)], "fleet": [sample(5e5, 9e6)]}.items():
         (tmp_path / "hosts" / name).mkdir(parents=True)

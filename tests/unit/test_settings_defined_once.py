@@ -56,22 +56,41 @@ def test_client_options_default_to_the_environment_and_name_it_in_their_help():
 
 def test_a_child_gets_its_parents_settings_not_a_rebuilt_argv(tmp_path):
     parent = build_parser(ClientSettings()).parse_args(
-        ["--clients", "40", "--queries", "3", "--max-backoff", "12.5", "--tokens", "9", "--agent-id", "a b",
-         "--query-text", "--odd text", "--seed", "5"])
+        [
+            "--clients",
+            "40",
+            "--queries",
+            "3",
+            "--max-backoff",
+            "12.5",
+            "--tokens",
+            "9",
+            "--agent-id",
+            "a b",
+            "--query-text",
+            "--odd text",
+            "--seed",
+            "5",
+        ]
+    )
     opt = _child_config(parent, tmp_path)
     assert opt == ["--settings", str(tmp_path / options.SETTINGS_FILE)]
-    child = parse_args([*opt, "--output-dir", str(tmp_path / "p0"), "--_process-index", "0", "--_process-count", "2"],
-                       ClientSettings.from_env({"CLIENTS": "7", "WS_MAX_BACKOFF_SECONDS": "9"}))
+    child = parse_args(
+        [*opt, "--output-dir", str(tmp_path / "p0"), "--_process-index", "0", "--_process-count", "2"],
+        ClientSettings.from_env({"CLIENTS": "7", "WS_MAX_BACKOFF_SECONDS": "9"}),
+    )
     assert options_of(child) == options_of(parent) | {"output_dir": str(tmp_path / "p0")}
     assert child.process_count == 2
 
 
 def test_a_settings_file_is_checked_like_the_flags(tmp_path):
     path = tmp_path / options.SETTINGS_FILE
-    for content, says in [('{"think_time": -1}', "--think-time -1 is below 0"),
-                          ('{"clients": 2.5}', "--clients 2.5 is not a whole number"),
-                          ('{"thinktime": 1}', "unknown option(s) thinktime"),
-                          ('[1]', "a JSON object")]:
+    for content, says in [
+        ('{"think_time": -1}', "--think-time -1 is below 0"),
+        ('{"clients": 2.5}', "--clients 2.5 is not a whole number"),
+        ('{"thinktime": 1}', "unknown option(s) thinktime"),
+        ("[1]", "a JSON object"),
+    ]:
         path.write_text(content)
         with pytest.raises(ConfigError, match=f"--settings {re.escape(str(path))}: .*{re.escape(says)}"):
             parse_args(["--settings", str(path)], ClientSettings())
@@ -81,8 +100,15 @@ def test_a_settings_file_is_checked_like_the_flags(tmp_path):
 
 ROOT = Path(__file__).resolve().parents[2]
 #: where a load option's default, bounds or help was written before it had one declaration
-USERS = ["fabfile.py", "kit/run/_run.py", "kit/run/_options.py", "kit/client/__main__.py", "kit/client/_session.py",
-         "kit/client/_load.py", "kit/config.py"]
+USERS = [
+    "fabfile.py",
+    "kit/run/_run.py",
+    "kit/run/_options.py",
+    "kit/client/__main__.py",
+    "kit/client/_session.py",
+    "kit/client/_load.py",
+    "kit/config.py",
+]
 
 
 #: config fields that hold a resolved value, not the option's default: LoadConfig's draw seed (draw_seed's result)
@@ -124,8 +150,9 @@ def test_fab_run_and_run_options_take_each_load_option_from_its_declaration():
         assert run_fields[f.name].default == f.metadata.get("fab_default"), f.name
         name = f.metadata["option"][2:].replace("-", "_")
         assert task.help[name].startswith(f.metadata["help"]), name
-    assert set(task.help) == {f.metadata["option"][2:].replace("-", "_") for f in run_fields.values()
-                              if f.metadata.get("option")} | {"quiet", "json"}
+    assert set(task.help) == {
+        f.metadata["option"][2:].replace("-", "_") for f in run_fields.values() if f.metadata.get("option")
+    } | {"quiet", "json"}
 
 
 def test_the_clients_config_objects_default_to_the_declarations():
@@ -151,20 +178,26 @@ def test_no_load_options_default_bounds_or_help_is_written_a_second_time():
     for rel in USERS:
         text = (ROOT / rel).read_text()
         if rel == "fabfile.py":  # fab capacity's steps have defaults of their own (3 queries, 300 s): not fab run's
-            text = text[:text.index('@task(name="capacity"')] + text[text.index("def capacity("):]
+            text = text[: text.index('@task(name="capacity"')] + text[text.index("def capacity(") :]
         for h in helps:
             assert h not in text, f"{rel} repeats the help {h!r}"
         for node in ast.walk(ast.parse(text)):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id in names
-                    and (rel, node.target.id) not in RESOLVED):
-                assert not isinstance(node.value, ast.Constant) or node.value.value is None, \
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and node.target.id in names
+                and (rel, node.target.id) not in RESOLVED
+            ):
+                assert not isinstance(node.value, ast.Constant) or node.value.value is None, (
                     f"{rel}:{node.lineno}: {node.target.id} has a default of its own"
+                )
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                args = node.args.args[len(node.args.args) - len(node.args.defaults):] + node.args.kwonlyargs
+                args = node.args.args[len(node.args.args) - len(node.args.defaults) :] + node.args.kwonlyargs
                 defaults = node.args.defaults + [d for d in node.args.kw_defaults]
                 for arg, d in zip(args, defaults):
                     if arg.arg in names and isinstance(d, ast.Constant):
                         assert d.value in (None, False), f"{rel}:{node.lineno}: {arg.arg}={d.value!r}"
             if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
-                assert node.args[0].value not in flags or getattr(node.func, "attr", getattr(node.func, "id", "")) \
-                    not in ("add_argument", "a"), f"{rel}:{node.lineno}: {node.args[0].value} added by hand"
+                assert node.args[0].value not in flags or getattr(
+                    node.func, "attr", getattr(node.func, "id", "")
+                ) not in ("add_argument", "a"), f"{rel}:{node.lineno}: {node.args[0].value} added by hand"

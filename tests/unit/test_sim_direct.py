@@ -23,6 +23,7 @@ from kit.sim._asgi import DIRECT_ROUTES
 
 pytestmark = pytest.mark.timeout(30)
 
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,25 +52,33 @@ def _direct_route(app, method: str, path: str) -> tuple[str, dict] | None:
     return view.__name__, {}
 
 
-USUAL = [("POST", "/session/create"), ("POST", "/session/0123abcd/run"), ("POST", "/session/0123abcd/close"),
-         ("POST", "/session/create/run"), ("POST", "/session/a.b~c-d/close")]  # "create" is an id there, too
+USUAL = [
+    ("POST", "/session/create"),
+    ("POST", "/session/0123abcd/run"),
+    ("POST", "/session/0123abcd/close"),
+    ("POST", "/session/create/run"),
+    ("POST", "/session/a.b~c-d/close"),
+]  # "create" is an id there, too
 
 
-@pytest.mark.parametrize("method, path", [
-    *USUAL,
-    ("POST", "/session//run"),              # empty id
-    ("POST", "//session/abc/run"),          # doubled slashes: left to Quart
-    ("POST", "/session/abc/run/"),          # trailing slash
-    ("POST", "/session/abc/def/run"),
-    ("POST", "/session/abc/stop"),
-    ("POST", "/session/create/"),
-    ("POST", "/session"),
-    ("POST", "/health"),
-    ("POST", "/stats"),
-    ("GET", "/session/create"),
-    ("GET", "/session/abc/run"),
-    ("PUT", "/session/abc/close"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        *USUAL,
+        ("POST", "/session//run"),  # empty id
+        ("POST", "//session/abc/run"),  # doubled slashes: left to Quart
+        ("POST", "/session/abc/run/"),  # trailing slash
+        ("POST", "/session/abc/def/run"),
+        ("POST", "/session/abc/stop"),
+        ("POST", "/session/create/"),
+        ("POST", "/session"),
+        ("POST", "/health"),
+        ("POST", "/stats"),
+        ("GET", "/session/create"),
+        ("GET", "/session/abc/run"),
+        ("PUT", "/session/abc/close"),
+    ],
+)
 def test_direct_routes_take_a_request_only_where_quart_routes_it_to_the_same_view(method, path):
     app = _app()
     direct = _direct_route(app, method, path)
@@ -89,22 +98,35 @@ async def _post(app, path: str, body: bytes) -> tuple[int, dict[bytes, bytes], d
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"localhost"), (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     await app(scope, receive, send)
     headers = dict(sent[0]["headers"])
     return sent[0]["status"], headers, orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
 
 
-@pytest.mark.parametrize("path, body, status, error", [
-    ("/session/create", b"", 503, "redis_unavailable"),
-    ("/session/abc/run", b'{"query": "hi"}', 503, "redis_unavailable"),
-    ("/session/abc/close", b"", 503, "redis_unavailable"),
-    ("/session/abc/run", b'{"query": 1}', 422, "invalid_body"),                  # before any Redis call
-    ("/session/" + "x" * 65 + "/run", b'{"query": "hi"}', 404, "session_not_found"),  # too long an id
-])
+@pytest.mark.parametrize(
+    "path, body, status, error",
+    [
+        ("/session/create", b"", 503, "redis_unavailable"),
+        ("/session/abc/run", b'{"query": "hi"}', 503, "redis_unavailable"),
+        ("/session/abc/close", b"", 503, "redis_unavailable"),
+        ("/session/abc/run", b'{"query": 1}', 422, "invalid_body"),  # before any Redis call
+        ("/session/" + "x" * 65 + "/run", b'{"query": "hi"}', 404, "session_not_found"),  # too long an id
+    ],
+)
 def test_a_session_route_answers_alike_through_the_direct_path_and_through_quart(path, body, status, error):
     async def main():
         app = _app()
@@ -131,12 +153,17 @@ def test_a_session_route_answers_alike_through_the_direct_path_and_through_quart
 
 # -- one route table (kit.sim._routes.ROUTES) feeds Quart and the direct path --------------------
 
+
 def test_quart_serves_exactly_the_route_table_and_the_direct_path_its_session_routes():
     from kit.sim._routes import ROUTES
 
     app = _app()
-    served = {(rule.rule, rule.endpoint, method) for rule in app.url_map.iter_rules()
-              for method in rule.methods - {"HEAD", "OPTIONS"} if rule.endpoint != "static"}
+    served = {
+        (rule.rule, rule.endpoint, method)
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+        if rule.endpoint != "static"
+    }
     assert served == {(r.rule, r.endpoint, r.method) for r in ROUTES}
     assert {r.endpoint for r in ROUTES if r.direct} == {"session_create", "session_run", "session_close"}
     route = app.extensions[DIRECT_ROUTES].route
@@ -160,8 +187,11 @@ def test_the_direct_matcher_refuses_a_table_it_could_not_match_as_werkzeug_does(
     with pytest.raises(ValueError, match="JSON only"):
         build(Route("GET", "/m", "one", content_type="text/plain", direct=True))
     # a fixed rule beside one with arguments: the fixed one wins, as in werkzeug; two arguments bind in order
-    route = build(Route("POST", "/a/b", "fixed", direct=True), Route("POST", "/a/<x>", "arg", direct=True),
-                  Route("POST", "/c/<x>/d/<y>", "two", direct=True))
+    route = build(
+        Route("POST", "/a/b", "fixed", direct=True),
+        Route("POST", "/a/<x>", "arg", direct=True),
+        Route("POST", "/c/<x>/d/<y>", "two", direct=True),
+    )
     assert route("POST", "/a/b") is view and route("POST", "/a/q").args == ("q",)
     assert route("POST", "/c/1/d/2").args == ("1", "2") and route("POST", "/c//d/2") is None
     assert route("GET", "/a/b") is None and "def route(method, path)" in route.source

@@ -32,8 +32,10 @@ def _closed_port() -> int:
 
 
 def _app():
-    return create_app(SimSettings(jwt_secret="x" * 48, redis_url=f"redis://127.0.0.1:{_closed_port()}/0"),
-                      limits=SimLimits(request_body_timeout_secs=DEADLINE_S))
+    return create_app(
+        SimSettings(jwt_secret="x" * 48, redis_url=f"redis://127.0.0.1:{_closed_port()}/0"),
+        limits=SimLimits(request_body_timeout_secs=DEADLINE_S),
+    )
 
 
 async def _request(app, path: str, chunks: list[bytes], *, then_wait: bool) -> tuple[float, list[dict]]:
@@ -53,10 +55,20 @@ async def _request(app, path: str, chunks: list[bytes], *, then_wait: bool) -> t
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"localhost"), (b"content-length", b"100")],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"content-length", b"100")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     t = time.monotonic()
     await asyncio.wait_for(app(scope, receive, send), 10)
     return time.monotonic() - t, sent
@@ -91,7 +103,7 @@ def test_a_body_in_chunks_within_the_deadline_is_read_and_leaves_nothing_behind(
         app = _app()
         await app.startup()
         try:
-            _, sent = await _request(app, "/session/abc/run", [b'{"query": ', b'1}'], then_wait=False)
+            _, sent = await _request(app, "/session/abc/run", [b'{"query": ', b"1}"], then_wait=False)
             return sent, app.extensions["kit.sim"].statistics(), len(app.extensions[BODY_DEADLINES]._reading)
         finally:
             await app.shutdown()
@@ -137,8 +149,11 @@ def test_limits_have_documented_defaults_and_a_bad_value_is_one_line_naming_the_
     assert SimLimits.from_env({}) == SimLimits()
     lim = SimLimits.from_env({"SIM_MAX_SESSION_QUERIES_IN_FLIGHT": "3", "SIM_REQUEST_BODY_TIMEOUT_SECS": "2.5"})
     assert (lim.max_session_queries_in_flight, lim.request_body_timeout_secs) == (3, 2.5)
-    for name, raw in (("SIM_MAX_QUERIES_IN_FLIGHT", "0"), ("SIM_REQUEST_HEADER_TIMEOUT_SECS", "soon"),
-                      ("SIM_MAX_HEAD_BYTES", "100")):
+    for name, raw in (
+        ("SIM_MAX_QUERIES_IN_FLIGHT", "0"),
+        ("SIM_REQUEST_HEADER_TIMEOUT_SECS", "soon"),
+        ("SIM_MAX_HEAD_BYTES", "100"),
+    ):
         with pytest.raises(ConfigError, match=name) as info:
             SimLimits.from_env({name: raw})
         assert "\n" not in str(info.value)

@@ -89,4 +89,3 @@ def test_requests_arriving_while_others_wait_queue_behind_them():
         assert order == ["a", "b"]
 
     uvloop.run(main())
-

@@ -112,8 +112,7 @@ def test_nothing_is_published_before_its_due_time():
 async def _nothing_is_published_before_its_due_time():
     tick = 0.02
     start = _next_tick(tick)
-    queries = {b"ch%d" % q: [start + 0.003 * (q + k) for k in range(6)] + [start + 0.003 * (q + 5)]
-               for q in range(10)}
+    queries = {b"ch%d" % q: [start + 0.003 * (q + k) for k in range(6)] + [start + 0.003 * (q + 5)] for q in range(10)}
     conn, _ = await _publish(tick, queries)
     due_of = {(ch, m["seq"]): queries[ch][m["seq"]] for _, cmds in conn.writes for ch, m in cmds}
     for sent, cmds in conn.writes:
@@ -130,8 +129,10 @@ def test_each_querys_messages_keep_their_order_across_ticks():
 async def _each_querys_messages_keep_their_order_across_ticks():
     tick = 0.01
     start = _next_tick(tick)
-    queries = {b"ch%d" % q: [start + 0.004 * k + 0.0007 * q for k in range(12)] + [start + 0.004 * 11 + 0.0007 * q]
-               for q in range(8)}
+    queries = {
+        b"ch%d" % q: [start + 0.004 * k + 0.0007 * q for k in range(12)] + [start + 0.004 * 11 + 0.0007 * q]
+        for q in range(8)
+    }
     conn, _ = await _publish(tick, queries)
     streams: dict[bytes, list[dict]] = {}
     for _, cmds in conn.writes:
@@ -295,5 +296,9 @@ async def _a_cancelled_query_is_not_published_again_when_its_old_bucket_comes_du
     finally:
         await pub.aclose()
     messages = [(ch, m["type"], m.get("cancelled")) for _, cmds in conn.writes for ch, m in cmds]
-    assert messages == [(b"chA", "done", True), (b"chB", "token", None), (b"chB", "token", None),
-                        (b"chB", "done", None)]
+    assert messages == [
+        (b"chA", "done", True),
+        (b"chB", "token", None),
+        (b"chB", "token", None),
+        (b"chB", "done", None),
+    ]

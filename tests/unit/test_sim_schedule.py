@@ -69,11 +69,15 @@ def test_token_and_done_messages_are_the_wire_contracts_compact_json():
     for seq, text in enumerate(texts):
         raw = token_message(b"q1", seq, 1700000000123456789, text)
         assert b" " not in raw.replace(text, b"")  # compact: no spaces outside the text itself
-        assert orjson.loads(raw) == {"type": "token", "query_id": "q1", "seq": seq,
-                                     "ts": 1700000000123456789, "text": orjson.loads(text)}
+        assert orjson.loads(raw) == {
+            "type": "token",
+            "query_id": "q1",
+            "seq": seq,
+            "ts": 1700000000123456789,
+            "text": orjson.loads(text),
+        }
     assert orjson.loads(texts[0]) == 'he said "hi"'
-    assert orjson.loads(done_message(b"q1", 3, 5)) == {"type": "done", "query_id": "q1", "seq": 3,
-                                                       "ts": 5, "tokens": 3}
+    assert orjson.loads(done_message(b"q1", 3, 5)) == {"type": "done", "query_id": "q1", "seq": 3, "ts": 5, "tokens": 3}
 
 
 def test_channel_name_is_session_down():

@@ -15,8 +15,7 @@ def test_a_body_with_only_query_and_max_tokens_parses_as_before():
 
 
 def test_the_workload_fields_are_read_from_the_body():
-    r = parse_run(b'{"query": "q", "max_tokens": 400, "token_delay_ms": 12.5, "ttft_ms": 300, '
-                  b'"token_jitter_ms": 0}')
+    r = parse_run(b'{"query": "q", "max_tokens": 400, "token_delay_ms": 12.5, "ttft_ms": 300, "token_jitter_ms": 0}')
     assert (r.max_tokens, r.token_delay_ms, r.ttft_ms, r.token_jitter_ms) == (400, 12.5, 300, 0)
 
 
@@ -33,11 +32,23 @@ def test_each_bound_is_inclusive(field):
         assert getattr(parse_run(raw), field) == v
 
 
-@pytest.mark.parametrize("field, value", [
-    ("token_delay_ms", "-1"), ("token_delay_ms", "60000.5"), ("token_delay_ms", '"50"'), ("token_delay_ms", "true"),
-    ("ttft_ms", "-0.1"), ("ttft_ms", "600001"), ("token_jitter_ms", "1e9"), ("token_jitter_ms", "[1]"),
-    ("max_tokens", "0"), ("max_tokens", "100001"), ("max_tokens", "2.5"), ("max_tokens", "true"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("token_delay_ms", "-1"),
+        ("token_delay_ms", "60000.5"),
+        ("token_delay_ms", '"50"'),
+        ("token_delay_ms", "true"),
+        ("ttft_ms", "-0.1"),
+        ("ttft_ms", "600001"),
+        ("token_jitter_ms", "1e9"),
+        ("token_jitter_ms", "[1]"),
+        ("max_tokens", "0"),
+        ("max_tokens", "100001"),
+        ("max_tokens", "2.5"),
+        ("max_tokens", "true"),
+    ],
+)
 def test_out_of_range_or_mistyped_values_are_refused_naming_the_field_and_its_bounds(field, value):
     with pytest.raises(BodyError) as info:
         parse_run(b'{"query": "q", "%s": %s}' % (field.encode(), value.encode()))

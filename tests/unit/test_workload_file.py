@@ -10,7 +10,14 @@ import yaml
 
 from kit.client._session import SessionConfig
 from kit.client._workload import (
-    Workload, WorkloadError, WorkloadRecord, draw, load_workload, merge_workload, parse_workload, workload_summary,
+    Workload,
+    WorkloadError,
+    WorkloadRecord,
+    draw,
+    load_workload,
+    merge_workload,
+    parse_workload,
+    workload_summary,
 )
 
 MIX = """
@@ -28,16 +35,28 @@ def test_a_mix_file_gives_its_classes_in_order_with_their_overrides():
     base = SessionConfig(api_url="http://a", ws_url="ws://b", think_time=1.0, token_delay_ms=5.0, queries=10)
     short, long = (c.apply(base) for c in w.classes)
     assert (short.max_tokens, short.think_time, short.token_delay_ms, short.queries) == (20, 10.0, 5.0, 10)
-    assert (long.max_tokens, long.think_time, long.token_delay_ms, long.ttft_ms, long.queries) == (400, 1.0, 30.0,
-                                                                                                   250.0, 2)
+    assert (long.max_tokens, long.think_time, long.token_delay_ms, long.ttft_ms, long.queries) == (
+        400,
+        1.0,
+        30.0,
+        250.0,
+        2,
+    )
     assert (short.workload_class, long.workload_class) == ("short", "long")
 
 
 def test_every_problem_of_a_file_is_one_line():
-    bad = {"classes": {"a": {"weight": 0, "tokens": 5}, "b": {"weight": -1}, "c": {"pace": 3, "weight": 1},
-                       "d": {"weight": 1, "token_delay_ms": 70000, "tokens": 2.5, "think_time_s": "x"},
-                       "e": {"tokens": 3}},
-           "colour": "red", "seed": -2}
+    bad = {
+        "classes": {
+            "a": {"weight": 0, "tokens": 5},
+            "b": {"weight": -1},
+            "c": {"pace": 3, "weight": 1},
+            "d": {"weight": 1, "token_delay_ms": 70000, "tokens": 2.5, "think_time_s": "x"},
+            "e": {"tokens": 3},
+        },
+        "colour": "red",
+        "seed": -2,
+    }
     with pytest.raises(WorkloadError) as info:
         parse_workload(bad, "w.yml")
     lines = str(info.value).splitlines()
@@ -55,11 +74,14 @@ def test_every_problem_of_a_file_is_one_line():
     ]
 
 
-@pytest.mark.parametrize("doc, says", [
-    ("- a\n- b\n", "must be a mapping"),
-    ("classes: {}\n", "at least one class"),
-    ("classes:\n  a: 3\n", "class 'a': give its settings as a mapping"),
-])
+@pytest.mark.parametrize(
+    "doc, says",
+    [
+        ("- a\n- b\n", "must be a mapping"),
+        ("classes: {}\n", "at least one class"),
+        ("classes:\n  a: 3\n", "class 'a': give its settings as a mapping"),
+    ],
+)
 def test_a_file_of_the_wrong_shape_says_what_to_write(tmp_path, doc, says):
     p = tmp_path / "w.yml"
     p.write_text(doc)
@@ -100,14 +122,22 @@ def test_a_session_draws_the_same_class_whichever_process_runs_it():
 
 
 def test_the_summary_has_the_complete_effective_workload():
-    base = SessionConfig(api_url="http://a", ws_url="ws://b", think_time=0.5, query_timeout=30.0, queries=3,
-                         ttft_ms=100.0)
+    base = SessionConfig(
+        api_url="http://a", ws_url="ws://b", think_time=0.5, query_timeout=30.0, queries=3, ttft_ms=100.0
+    )
     rec = WorkloadRecord(Workload(), base, 1)
     rec.config_for(0)
     rec.observe("default", 42, {"token_delay_ms": 50.0, "ttft_ms": 100.0, "token_jitter_ms": 0.0})
     rec.observe("default", 7, {"token_delay_ms": 1.0, "ttft_ms": 1.0, "token_jitter_ms": 1.0})  # first one kept
     c = workload_summary(merge_workload([rec.state(), None]))["classes"]["default"]
-    assert c["effective"] == {"think_time_s": 0.5, "query_timeout_s": 30.0, "queries": 3, "tokens": 42,
-                              "token_delay_ms": 50.0, "ttft_ms": 100.0, "token_jitter_ms": 0.0}
+    assert c["effective"] == {
+        "think_time_s": 0.5,
+        "query_timeout_s": 30.0,
+        "queries": 3,
+        "tokens": 42,
+        "token_delay_ms": 50.0,
+        "ttft_ms": 100.0,
+        "token_jitter_ms": 0.0,
+    }
     assert c["requested"]["token_delay_ms"] is None and c["requested"]["ttft_ms"] == 100.0
     assert c["simulator_answered"] is True and c["sessions"] == 1

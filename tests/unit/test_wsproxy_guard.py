@@ -52,16 +52,21 @@ def _frame(payload: bytes, *, opcode: int = 0x1, masked: bool = True) -> bytes:
     if not masked:
         return bytes((0x80 | opcode,)) + length + payload
     mask = os.urandom(4)
-    return bytes((0x80 | opcode, length[0] | 0x80)) + length[1:] + mask + bytes(
-        b ^ mask[i % 4] for i, b in enumerate(payload))
+    return (
+        bytes((0x80 | opcode, length[0] | 0x80))
+        + length[1:]
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
 
 
 def _splits(data: bytes, size: int) -> list[bytes]:
-    return [data[i:i + size] for i in range(0, len(data), size)]
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-MASKED = _frame(b"") + _frame(b"a" * 125) + _frame(b"b" * 126, opcode=0x2) + _frame(b"c" * 70000) + _frame(
-    b"p", opcode=0x9)
+MASKED = (
+    _frame(b"") + _frame(b"a" * 125) + _frame(b"b" * 126, opcode=0x2) + _frame(b"c" * 70000) + _frame(b"p", opcode=0x9)
+)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 14, 1000, len(MASKED)])
@@ -75,8 +80,11 @@ def test_masked_frames_pass_unchanged_however_they_are_split(size: int) -> None:
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 13, 1000, 200000])
-@pytest.mark.parametrize("bad", [_frame(b"x", masked=False), _frame(b"", opcode=0x9, masked=False),
-                                 _frame(b"y" * 300, masked=False)], ids=["text", "ping", "text_16bit_length"])
+@pytest.mark.parametrize(
+    "bad",
+    [_frame(b"x", masked=False), _frame(b"", opcode=0x9, masked=False), _frame(b"y" * 300, masked=False)],
+    ids=["text", "ping", "text_16bit_length"],
+)
 def test_first_unmasked_frame_stops_the_bytes_and_raises_1002(size: int, bad: bytes) -> None:
     reader, queue = _Reader(), _Queue()
     guard = MaskedFramesOnly(reader, queue)
@@ -100,8 +108,9 @@ def test_eof_is_passed_on() -> None:
 # -- close codes a client may send (RFC 6455 7.4): anything else is answered 1002 ---------------------
 
 
-@pytest.mark.parametrize("code", [0, 1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
-                                  3000, 3999, 4000, 4999])
+@pytest.mark.parametrize(
+    "code", [0, 1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999]
+)
 def test_close_codes_allowed_on_the_wire(code: int) -> None:
     assert close_code_allowed(code)
 
@@ -190,8 +199,9 @@ def test_edge_runner_serves_with_the_bounded_handler_of_the_installed_aiohttp() 
     from kit.wsproxy._stats import Stats
 
     async def main() -> None:
-        runner = EdgeRunner(web.Application(), limits=HeadLimits.for_auth_bytes(4096), stats=Stats(),
-                            keepalive_timeout=3.0)
+        runner = EdgeRunner(
+            web.Application(), limits=HeadLimits.for_auth_bytes(4096), stats=Stats(), keepalive_timeout=3.0
+        )
         await runner.setup()
         try:
             handler = runner.server()

@@ -35,7 +35,8 @@ def test_connections_per_address_are_unlimited_by_default_and_the_rest_is_wsprox
     assert settings.max_connections_per_address == 0
     assert isinstance(settings, WsproxySettings)
     assert WsproxySettings.from_env(BASE) == WsproxySettings(
-        **{f: getattr(settings, f) for f in WsproxySettings.__dataclass_fields__})
+        **{f: getattr(settings, f) for f in WsproxySettings.__dataclass_fields__}
+    )
 
 
 def test_connections_per_address_is_read_from_the_environment() -> None:

@@ -16,6 +16,7 @@ Hosts that share one kernel (the netns lab: per-namespace ``net.*`` keys but glo
 filesystem) take a lock around read-modify-write, so one host's write is never recorded as another's
 original value.  Owned by the tuning role; stdlib only besides Ansible's module_utils.
 """
+
 import fcntl
 import json
 import os
@@ -49,8 +50,7 @@ def read(key):
 
 def write(key, value):
     """sysctl -w; returns an error string or None."""
-    res = subprocess.run(["sysctl", "-q", "-w", "%s=%s" % (key, value)], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run(["sysctl", "-q", "-w", "%s=%s" % (key, value)], capture_output=True, text=True, check=False)
     if res.returncode != 0:
         return (res.stderr.strip() or "sysctl exited with %d" % res.returncode).splitlines()[-1]
     return None
@@ -168,8 +168,11 @@ def main():
     except (OSError, RuntimeError) as exc:
         module.fail_json(msg="kit_sysctl %s: %s: %s" % (p["state"], type(exc).__name__, exc))
     if p["state"] == "restore" and result["failed"]:
-        module.fail_json(msg="kit_sysctl restore could not put back %s" % ", ".join(
-            "%s=%s (%s)" % (f["key"], f["value"], f["error"]) for f in result["failed"]), **result)
+        module.fail_json(
+            msg="kit_sysctl restore could not put back %s"
+            % ", ".join("%s=%s (%s)" % (f["key"], f["value"], f["error"]) for f in result["failed"]),
+            **result,
+        )
     key = "set" if p["state"] == "apply" else "restored"
     module.exit_json(changed=bool(result[key]), **result)
 
