@@ -9,26 +9,6 @@ import pytest
 from devkit.localstack import RedisServer, Stack, local_stack, start_redis
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With pytest-xdist (``-n 2 --dist loadgroup``, pyproject's addopts): every lab test in one group, run
-    one after another on one worker (each builds network namespaces and loads both cores), first, since
-    it is the longest; each integration module its own group (its module fixtures start services once);
-    unit tests anywhere.  Without xdist the marks do nothing."""
-    def group(item: pytest.Item) -> str | None:
-        path = str(item.fspath)
-        if "/tests/lab/" in path:
-            return "lab"
-        if "/tests/integration/" in path:
-            return item.module.__name__
-        return None
-
-    for item in items:
-        name = group(item)
-        if name:
-            item.add_marker(pytest.mark.xdist_group(name))
-    items.sort(key=lambda item: group(item) != "lab")   # stable: the lab group starts first
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> RedisServer:
     """A kit-owned redis-server with a password, on a free loopback port, for the whole session."""
@@ -54,3 +34,4 @@ def stack_factory(tmp_path: Path):
 def stack(stack_factory) -> Stack:
     """Redis + simulator + wsproxy with a fast token pace (5 ms)."""
     return stack_factory(sim_env={"TOKEN_DELAY_MS": 5})
+
