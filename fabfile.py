@@ -16,13 +16,14 @@ the run started.  Options are parsed here, not typed by their defaults, so a bad
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
 from pathlib import Path
 
-from invoke import Exit
 from fabric import task
+from invoke import Exit
 
 from kit.paths import REPO
 
@@ -136,7 +137,8 @@ def _logging(verbose: bool) -> None:
 @_cli
 def lab_up(c, hosts=None, layout="", source_addresses=None):
     """Build the lab: network-namespace hosts with their own sshd; writes inventory/lab.yml."""
-    from kit.lab import LabConfig, default_layout, lab_up as up, parse_layout
+    from kit.lab import LabConfig, default_layout, parse_layout
+    from kit.lab import lab_up as up
 
     _logging(False)
     hosts = _num(int, "hosts", hosts, 1, default=6)
@@ -247,6 +249,7 @@ def status(c, inventory=DEFAULT_INVENTORY):
 def logs(c, inventory=DEFAULT_INVENTORY, dest=""):
     """Fetch every host's service logs into one folder per host."""
     import time
+
     from kit.run import logs as run_logs
 
     _logging(False)
@@ -267,10 +270,10 @@ def analyze(c, run):
         raise Exit(code=rc)
 
 
-def _run_fields() -> dict[str, "dataclasses.Field"]:
+def _run_fields() -> dict[str, dataclasses.Field]:
     """fab run's options, each a field of kit.run.RunOptions with a flag (its load options are declared in
     kit/options.py, the run's own in RunOptions): task parameter name -> field."""
-    import dataclasses
+
     from kit.run import RunOptions
 
     return {
@@ -292,8 +295,8 @@ def _run_task(body):
     """The ``run`` task of *body* (``body(c, quiet, json, **options)``): one option per declared field, its
     help (with its default) and its kind (a flag for a bool, repeatable for a list, else a value parsed and
     checked by :func:`_run_value`) from the declaration."""
-    import dataclasses
     import inspect
+
     from kit import options
 
     fields = _run_fields()
@@ -340,6 +343,7 @@ def run(c, quiet=False, json=False, **given):
     """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
     import contextlib
     import json as jsonlib
+
     from kit.run import RunOptions, execute, live_view
 
     _logging(False)
@@ -377,6 +381,7 @@ run = _run_task(run)
 def compare(c, runs, fail_if=None, html=""):
     """Key figures of runs side by side with the change to the first and a bootstrap noise test."""
     import re
+
     from kit.compare import run_compare
 
     refs = [r for r in re.split(r"[,\s]+", runs) if r]

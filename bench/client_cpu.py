@@ -64,7 +64,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import resource
 import subprocess
 import sys

@@ -77,8 +77,8 @@ def _busy(seconds: float) -> subprocess.Popen:
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     import redis
 
-    from kit.auth import issue_token
     from devkit.localstack import start_redis, start_wsproxy
+    from kit.auth import issue_token
 
     secret = secrets.token_urlsafe(48)
     sids = [os.urandom(16).hex() for _ in range(args.sessions)]

@@ -239,8 +239,8 @@ def _cpu(pid: int) -> float:
 
 
 def measure_pool(args: argparse.Namespace, pool_size: int, workdir: Path) -> list[dict]:
-    from kit.auth import issue_token
     from devkit.localstack import start_redis, start_wsproxy
+    from kit.auth import issue_token
 
     secret = secrets.token_urlsafe(48)
     sids = [os.urandom(16).hex() for _ in range(args.sessions)]

@@ -58,7 +58,7 @@ def free_port(host: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
-def _poll(check, what: str, deadline: float, proc: "Proc | None" = None) -> None:
+def _poll(check, what: str, deadline: float, proc: Proc | None = None) -> None:
     delay = 0.005
     last: Exception | None = None
     while True:
@@ -76,7 +76,7 @@ def _poll(check, what: str, deadline: float, proc: "Proc | None" = None) -> None
         delay = min(delay * 2, 0.2)
 
 
-def wait_tcp(host: str, port: int, *, timeout: float = READY_TIMEOUT, proc: "Proc | None" = None) -> None:
+def wait_tcp(host: str, port: int, *, timeout: float = READY_TIMEOUT, proc: Proc | None = None) -> None:
     def check() -> bool:
         with socket.create_connection((host, port), timeout=1.0):
             return True
@@ -85,7 +85,7 @@ def wait_tcp(host: str, port: int, *, timeout: float = READY_TIMEOUT, proc: "Pro
 
 
 def wait_http_ok(
-    host: str, port: int, path: str | None = None, *, timeout: float = READY_TIMEOUT, proc: "Proc | None" = None
+    host: str, port: int, path: str | None = None, *, timeout: float = READY_TIMEOUT, proc: Proc | None = None
 ) -> None:
     path = path or contract.health_path()
 

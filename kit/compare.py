@@ -335,7 +335,7 @@ def side_by_side(runs: Sequence[RunData]) -> list[dict[str, Any]]:
             flat["build.wsproxy.commands"] = " | ".join(wsproxy["commands"])
         versions = run.get("versions") or {}
         flat.update(_flat({k: v for k, v in versions.items() if k != "argv"}, "versions."))
-        flat["inventory.hosts"] = ", ".join(sorted(((run.get("inventory") or {}).get("hosts") or {})))
+        flat["inventory.hosts"] = ", ".join(sorted((run.get("inventory") or {}).get("hosts") or {}))
         per_run.append(flat)
     keys = sorted({k for f in per_run for k in f if not any(k.endswith(v) for v in _VOLATILE)})
 

@@ -111,7 +111,7 @@ class Histogram:
         for v in values:
             self.record(int(v))
 
-    def merge(self, other: "Histogram") -> "Histogram":
+    def merge(self, other: Histogram) -> Histogram:
         """Add *other*'s values into this histogram (in place); returns self."""
         if other.unit != self.unit:
             raise ValueError(f"cannot merge a histogram in {other.unit!r} into one in {self.unit!r}")
@@ -126,14 +126,14 @@ class Histogram:
             self.max = other.max
         return self
 
-    def copy(self) -> "Histogram":
+    def copy(self) -> Histogram:
         """An independent histogram with the same values."""
         h = Histogram(self.unit)
         h.counts = dict(self.counts)
         h.count, h.total, h.min, h.max = self.count, self.total, self.min, self.max
         return h
 
-    def coarse(self) -> "Histogram":
+    def coarse(self) -> Histogram:
         """A copy with :data:`SECOND_BUCKET_BITS` buckets (percentiles within 1.6 %, count, sum, min and max
         exact): what a second of the timeline and the live status keep, 16 times fewer buckets."""
         h = Histogram(self.unit)
@@ -146,7 +146,7 @@ class Histogram:
         h.count, h.total, h.min, h.max = self.count, self.total, self.min, self.max
         return h
 
-    def subtract(self, earlier: "Histogram") -> "Histogram":
+    def subtract(self, earlier: Histogram) -> Histogram:
         """Remove *earlier*'s values (in place; returns self): what was recorded since *earlier*.
 
         *earlier* must be an earlier state of this same cumulative histogram (each bucket's count at
@@ -221,7 +221,7 @@ class Histogram:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Histogram":
+    def from_dict(cls, d: Mapping[str, Any]) -> Histogram:
         """The histogram *d* (:meth:`to_dict`) describes; ValueError saying what is wrong when *d* is not
         one (a damaged or foreign file: wrong types, a bucket out of range, counts that do not add up)."""
         damaged = "the file is damaged"
@@ -361,7 +361,7 @@ class Timeline:
     def gauge(self, second: int, field: str, value: int) -> None:
         self._row(second)[field] = value
 
-    def merge(self, other: "Timeline") -> "Timeline":
+    def merge(self, other: Timeline) -> Timeline:
         for sec, row in other.rows.items():
             mine = self._row(sec)
             for k, v in row.items():
@@ -372,7 +372,7 @@ class Timeline:
         return [{"second": s, **self.rows[s]} for s in sorted(self.rows)]
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> "Timeline":
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Timeline:
         """The timeline of *rows* (:meth:`to_rows`, or timeline.csv's rows); ValueError naming the row and
         field when one is not a whole number."""
         t = cls()
@@ -391,7 +391,7 @@ class Timeline:
         return {"rows": self.to_rows()}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Timeline":
+    def from_dict(cls, d: Mapping[str, Any]) -> Timeline:
         rows = d.get("rows", []) if isinstance(d, Mapping) else None
         if not isinstance(rows, list):
             raise ValueError("a timeline is a JSON object with a list of rows: the file is damaged")
@@ -457,7 +457,7 @@ class SecondHistograms:
             if interval.count:
                 self.hists.setdefault(second, {})[name] = interval
 
-    def merge(self, other: "SecondHistograms", *, take: bool = False) -> "SecondHistograms":
+    def merge(self, other: SecondHistograms, *, take: bool = False) -> SecondHistograms:
         """Add *other*'s histograms (in place; returns self).  *take*: *other* is not used afterwards, so its
         histograms may become this one's rather than copies (a merge of many processes' files)."""
         for sec, by_name in other.hists.items():
@@ -485,7 +485,7 @@ class SecondHistograms:
         return {"seconds": [[sec, {n: h.to_dict() for n, h in self.hists[sec].items()}] for sec in sorted(self.hists)]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "SecondHistograms":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> SecondHistograms:
         """What :meth:`to_dict` wrote (None: empty); ValueError saying what is wrong otherwise."""
         out = cls()
         seconds = (d or {}).get("seconds", []) if isinstance(d, Mapping) or d is None else None

@@ -261,7 +261,7 @@ class LoadOptions:
     )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "LoadOptions":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LoadOptions:
         """Each field from its environment variables (first set wins), else its default; bounds checked."""
         return _from_env(cls, os.environ if env is None else env)
 

@@ -167,7 +167,7 @@ def build_kit_wheel(root: Path, dest_dir: Path, requires: list[str]) -> Path:
     info = f"{dist}-{version}.dist-info"
     files: list[tuple[str, bytes]] = [(p.relative_to(root).as_posix(), p.read_bytes()) for p in _kit_files(root)]
     meta = [
-        f"Metadata-Version: 2.1",
+        "Metadata-Version: 2.1",
         f"Name: {project['name']}",
         f"Version: {version}",
         f"Summary: {project.get('description', '')}",

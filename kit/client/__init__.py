@@ -16,39 +16,79 @@ Run it as ``python -m kit.client`` (see ``__main__``).  Modules, by concern:
 Nothing happens on import.
 """
 
-from ._accounting import QueryRecord as QueryRecord, Recorder as Recorder, SessionRecord as SessionRecord
-from ._analyze import analyze as analyze, format_report as format_report
+from ._accounting import QueryRecord as QueryRecord
+from ._accounting import Recorder as Recorder
+from ._accounting import SessionRecord as SessionRecord
+from ._analyze import analyze as analyze
+from ._analyze import format_report as format_report
 from ._http import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
-from ._limiter import RECONNECT_BURST as RECONNECT_BURST, RECONNECT_RATE as RECONNECT_RATE, TokenBucket as TokenBucket
+from ._limiter import RECONNECT_BURST as RECONNECT_BURST
+from ._limiter import RECONNECT_RATE as RECONNECT_RATE
+from ._limiter import TokenBucket as TokenBucket
 from ._load import (
     STATUS_COUNTERS as STATUS_COUNTERS,
+)
+from ._load import (
     STATUS_HISTOGRAMS as STATUS_HISTOGRAMS,
+)
+from ._load import (
     LoadConfig as LoadConfig,
+)
+from ._load import (
     overload_verdict as overload_verdict,
+)
+from ._load import (
     schedule as schedule,
 )
-from ._output import build_summary as build_summary, merge_outputs as merge_outputs
+from ._output import build_summary as build_summary
+from ._output import merge_outputs as merge_outputs
 from ._session import (
     Session as Session,
-    SessionConfig as SessionConfig,
-    backoff_delay as backoff_delay,
-    connect_with_retry as connect_with_retry,
 )
-from ._ws import (
-    ConnectionClosed as ConnectionClosed,
-    HandshakeError as HandshakeError,
-    ProtocolError as ProtocolError,
-    WebSocket as WebSocket,
-    WsProtocol as WsProtocol,
-    connect as connect,
+from ._session import (
+    SessionConfig as SessionConfig,
+)
+from ._session import (
+    backoff_delay as backoff_delay,
+)
+from ._session import (
+    connect_with_retry as connect_with_retry,
 )
 from ._workload import (
     Workload as Workload,
+)
+from ._workload import (
     WorkloadError as WorkloadError,
+)
+from ._workload import (
     check_option as check_option,
+)
+from ._workload import (
     draw_seed as draw_seed,
+)
+from ._workload import (
     duration_problems as duration_problems,
+)
+from ._workload import (
     load_workload as load_workload,
+)
+from ._ws import (
+    ConnectionClosed as ConnectionClosed,
+)
+from ._ws import (
+    HandshakeError as HandshakeError,
+)
+from ._ws import (
+    ProtocolError as ProtocolError,
+)
+from ._ws import (
+    WebSocket as WebSocket,
+)
+from ._ws import (
+    WsProtocol as WsProtocol,
+)
+from ._ws import (
+    connect as connect,
 )
 
 __all__ = [

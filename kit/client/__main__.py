@@ -214,7 +214,7 @@ def _check_url(value: str, schemes: tuple[str, ...], option: str, env: str) -> N
             f"{option} / {env} = {shown!r} is not a {' or '.join(s + '://' for s in schemes)} URL: {example}"
         )
     try:
-        u.port
+        _ = u.port  # raises ValueError for a port out of range or not a number
     except ValueError:  # its message may quote what follows the host's colon: not repeated
         raise ConfigError(
             f"{option} / {env} = {shown!r} has a bad port: give a number from 1 to 65535, {example}"

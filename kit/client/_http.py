@@ -150,7 +150,7 @@ class _Conn:
         if sock is None:
             return True  # TLS: a stale stream shows as an EOF before any byte, and is retried
         try:
-            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True
         except OSError:

@@ -47,12 +47,12 @@ class Hub:
     def available() -> bool:
         return hasattr(select, "epoll")
 
-    def register(self, ws: "WebSocket") -> None:
+    def register(self, ws: WebSocket) -> None:
         fd = ws.fileno()
         self._conns[fd] = ws
         self._ep.register(fd, select.EPOLLIN)
 
-    def unregister(self, ws: "WebSocket") -> None:
+    def unregister(self, ws: WebSocket) -> None:
         fd = ws.fileno()
         if self._conns.get(fd) is ws:
             del self._conns[fd]

@@ -52,12 +52,12 @@ from kit.options import default as option_default
 from . import _console
 from ._accounting import Recorder
 from ._http import DEFAULT_MAX_CONNECTIONS, HttpPool
-from ._ws import SOURCES, client_ssl_context
 from ._hub import Hub
 from ._limiter import RECONNECT_BURST, RECONNECT_RATE, TokenBucket
 from ._output import merge_outputs, write_json_atomic, write_outputs
 from ._session import Session, SessionConfig
 from ._workload import Workload, WorkloadRecord
+from ._ws import SOURCES, client_ssl_context
 
 __all__ = [
     "LoadConfig",

@@ -31,16 +31,26 @@ import trio
 
 from ._frames import (
     MAX_MESSAGE_BYTES,
-    OP_CLOSE as OP_CLOSE,
     OP_PING,
     OP_TEXT,
-    ConnectionClosed as ConnectionClosed,
-    HandshakeError as HandshakeError,
-    ProtocolError as ProtocolError,
-    WsProtocol as WsProtocol,
     encode_frame,
     handshake_request,
     parse_handshake,
+)
+from ._frames import (
+    OP_CLOSE as OP_CLOSE,
+)
+from ._frames import (
+    ConnectionClosed as ConnectionClosed,
+)
+from ._frames import (
+    HandshakeError as HandshakeError,
+)
+from ._frames import (
+    ProtocolError as ProtocolError,
+)
+from ._frames import (
+    WsProtocol as WsProtocol,
 )
 
 __all__ = [

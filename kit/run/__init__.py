@@ -14,10 +14,15 @@ limits and clocks as records), ``_run`` (one run end to end, as phases), ``_capa
 
 from ._build import build_label as build_label
 from ._capacity import execute_capacity as execute_capacity
-
 from ._components import bottleneck as bottleneck
 from ._components import component_costs as component_costs
 from ._components import load_host_samples as load_host_samples
+from ._fleet import plan as plan
+from ._live import live_view as live_view
+from ._options import RunError as RunError
+from ._options import RunOptions as RunOptions
+from ._plan import PlanError as PlanError
+from ._plan import parse_threshold as parse_threshold
 from ._remote import CONNECT_TIMEOUT as CONNECT_TIMEOUT
 from ._remote import GroupException as GroupException
 from ._remote import LocalConnection as LocalConnection
@@ -25,17 +30,11 @@ from ._remote import close_all as close_all
 from ._remote import connect as connect
 from ._remote import describe_failures as describe_failures
 from ._remote import fan_out as fan_out
-from ._live import live_view as live_view
-from ._plan import PlanError as PlanError
-from ._plan import parse_threshold as parse_threshold
-from ._fleet import plan as plan
+from ._run import Interrupted as Interrupted
+from ._run import execute as execute
 from ._sizing import HostFacts as HostFacts
 from ._sizing import offered_tokens_per_s as offered_tokens_per_s
 from ._sizing import size_fleet as size_fleet
-from ._options import RunError as RunError
-from ._options import RunOptions as RunOptions
-from ._run import Interrupted as Interrupted
-from ._run import execute as execute
 from ._tasks import analyze as analyze
 from ._tasks import deploy as deploy
 from ._tasks import find_run as find_run

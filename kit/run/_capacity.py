@@ -280,6 +280,7 @@ def _slo_display(t: Threshold, actual: float | None) -> float | None:
 def write_capacity_html(path: Path, res: CapacityResult) -> Path:
     """The steps as charts (each SLO's metric and tokens/s against the offered load) and a table."""
     import html as _html
+
     from kit._charts import _spec, assets_html, charts_html
 
     e = _html.escape
@@ -364,6 +365,7 @@ def execute_capacity(
     ``results/<name>.json`` and ``results/<name>.html``.
     """
     import time
+
     from ._run import execute
 
     thresholds = [parse_threshold(s) for s in slos]

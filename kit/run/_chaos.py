@@ -19,7 +19,8 @@ hits one unit, the first.  Times take ``ms``, ``s`` or ``m`` (bare numbers are s
 :func:`recovery` reads the merged per-second timeline on two measures, each against the 10 s before
 the fault: the tokens each active session received per second back to 90 % of their median there
 (per session, so that a ramp before or sessions ending after the fault are not mistaken for the
-fault), and the token delivery p99 back within 1.5x (or 10 ms) of their median there; each must hold for :data:`RECOVERY_HOLD_S` whole seconds in a row (or, when the
+fault), and the token delivery p99 back within 1.5x (or 10 ms) of their median there; each must hold for
+:data:`RECOVERY_HOLD_S` whole seconds in a row (or, when the
 load ends sooner, for every second it lasted: ``held_s`` says how long), counted from the second after
 the one holding the fault's end (that second mixes before and after).  The run has
 recovered when both have (1 s resolution); a measure that cannot be judged (no load before the fault,

@@ -140,7 +140,7 @@ def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[
                 own[pid] = [0.0, 0.0]
             own[pid][1] = float(p.get("cpu_s") or 0.0)
         gone = {pid: p for pid, p in prev.items() if pid not in cur}
-        for pid, p in gone.items():
+        for p in gone.values():
             reaper = int(p.get("ppid") or 0)
             while reaper in gone:
                 reaper = int(gone[reaper].get("ppid") or 0)

@@ -30,8 +30,9 @@ import shlex
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kit.inventory import Inventory
 

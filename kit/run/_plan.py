@@ -24,7 +24,6 @@ import math
 import operator
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from kit import contract
 

@@ -46,8 +46,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import kit
 from kit import options
@@ -62,7 +63,6 @@ from ._balancer import (
     server_events,
     shutdown_sessions_on_down,
 )
-from ._series import scrape_lines, server_totals
 from ._build import record_build
 from ._chaos import ChaosError, attribute, recovery, resolve_targets
 from ._components import (
@@ -74,16 +74,17 @@ from ._components import (
     memory_per_session,
     sessions_held,
 )
+from ._exporter import LiveExporter
 from ._faults import ChaosRunner, Fault
 from ._fleet import source_addresses
-from ._exporter import LiveExporter
-from ._prometheus import export_window, prometheus_url
 from ._live import PlainView, View
-from ._pack import pack_run, stripped_inventory
 from ._options import REPO, RunError, RunOptions, ca_path, generator_settings, settings_path, workload_path
+from ._pack import pack_run, stripped_inventory
 from ._plan import GeneratorSlot, PlanError, make_run_id, plan_generators
 from ._preflight import CLOCK_BOUND_S, Preflight, fan, inspect_hosts, system_python
+from ._prometheus import export_window, prometheus_url
 from ._remote import Conn, GroupException, close_all, connect, describe_failures, fan_out
+from ._series import scrape_lines, server_totals
 from ._services import collect_server_stats, haproxy_urls, tls_ca_file
 from ._summary import aggregate_status, evaluate_thresholds, live_failures
 from ._svcmgr import host_programs, resolve_service_pids
@@ -547,7 +548,7 @@ def _watch(run: Run) -> None:
             lambda c: {
                 lbl: ops.job_state(c, run.gens[lbl].dir, "out/status.json")
                 for lbl in run.labels_on(run.host_of(c))
-                if lbl in live
+                if lbl in live  # noqa: B023 (fan calls it before the loop moves on)
             },
             "polling generators",
             strict=False,

@@ -3,7 +3,8 @@
 Every host monitor (:mod:`kit.hostmon`, ``--scrape``) asks its host's kit services once a second what
 they say of themselves: each wsproxy instance's ``/stats``, the simulator's ``/stats/all`` (every
 worker summed), HAProxy's Prometheus exporter (sessions per backend server, queues, server
-states) and Redis's ``INFO`` (clients, commands, pub/sub channels, memory).  :func:`scrape_lines` writes a host's list; :func:`kit._charts.server_series` draws the
+states) and Redis's ``INFO`` (clients, commands, pub/sub channels, memory).  :func:`scrape_lines` writes a host's list;
+:func:`kit._charts.server_series` draws the
 samples per second; :func:`server_totals` adds up what the services counted from the first sample of
 the run to the last (the counters' growth), which a run compares with what its clients received.
 Redis's ``INFO`` is asked as the read-only monitor user (its password file is on the Redis host, 0600).
@@ -81,6 +82,6 @@ def server_totals(hosts: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str,
                             grown[k] = grown.get(k, 0.0) + (d if d >= 0 else figures[counter])
                 last[key] = figures
     out: dict[str, float] = {f"{kind}_{counter}": 0.0 for kind, counter in TOTALS}
-    for (host, name, counter), v in grown.items():
+    for (_host, name, counter), v in grown.items():
         out[f"{name.split('-')[0]}_{counter}"] += v
     return out

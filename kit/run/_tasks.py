@@ -12,8 +12,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kit.inventory import Inventory, load_inventory
 from kit.paths import PLAYBOOKS, REPO, RESULTS

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 
-def app_from_env() -> "Quart":
+def app_from_env() -> Quart:
     """The app for this process's environment (``SimSettings.from_env()``), built once.
 
     Also a factory target for servers that evaluate the target in the module's

@@ -67,11 +67,11 @@ from kit.auth import issue_token
 from kit.config import SimSettings
 from kit.wire import query_duration_problem
 
+from . import _workers
 from ._asgi import BODY_DEADLINES, DIRECT_ROUTES, Answer, BodyDeadlines, DirectRoutes, LeanHTTPConnection
 from ._body import BodyError, parse_create, parse_run
 from ._closes import CloseListener, announce_close, listen_for_closes
 from ._limits import SimLimits
-from . import _workers
 from ._probe import RedisWatch, start_redis_watch
 from ._publisher import Publisher
 from ._routes import ROUTES, Route, direct_router
@@ -507,7 +507,7 @@ class SimViews:
     async def deep_health(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
         try:
             await asyncio.wait_for(self.state.redis.ping(), _HEALTH_TIMEOUT_S)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             return _answer(
                 {
                     "status": "unavailable",

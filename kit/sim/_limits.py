@@ -56,6 +56,6 @@ class SimLimits:
     max_tokens_in_flight: int = setting(5_000_000, env=("SIM_MAX_TOKENS_IN_FLIGHT",), minimum=1, maximum=1_000_000_000)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "SimLimits":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SimLimits:
         """The limits for *env* (default: this process's environment); ConfigError names a bad variable."""
         return _from_env(cls, os.environ if env is None else env)

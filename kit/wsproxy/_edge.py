@@ -73,7 +73,7 @@ class HeadLimits:
     per_address: int = 0
 
     @classmethod
-    def for_auth_bytes(cls, max_auth_header_bytes: int, *, per_address: int = 0) -> "HeadLimits":
+    def for_auth_bytes(cls, max_auth_header_bytes: int, *, per_address: int = 0) -> HeadLimits:
         return cls(
             field_bytes=FIELD_FACTOR * max_auth_header_bytes,
             head_bytes=HEAD_FACTOR * max_auth_header_bytes,
@@ -175,7 +175,7 @@ class _EdgeHandler(RequestHandler):
 
     __slots__ = ("_edge", "_head", "_address", "_refused_at_accept")
 
-    def __init__(self, manager: "_EdgeServer", **kwargs: Any) -> None:
+    def __init__(self, manager: _EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._edge = manager.edge
         self._head = _BoundedHead(self._parser, self._edge.limits.head_bytes)

@@ -230,7 +230,7 @@ class PubSubConnection:
     answers (Redis answers one reply per channel, in order).
     """
 
-    def __init__(self, pool: "PubSubPool", index: int) -> None:
+    def __init__(self, pool: PubSubPool, index: int) -> None:
         self.pool = pool
         self.index = index
         self.channels: dict[bytes, set[Subscriber]] = {}

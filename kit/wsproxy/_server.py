@@ -113,7 +113,7 @@ class _Client:
         "_unanswered_since",
     )
 
-    def __init__(self, fwd: "_Forwarder") -> None:
+    def __init__(self, fwd: _Forwarder) -> None:
         self.fwd = fwd
         self.ws: web.WebSocketResponse | None = None
         self.transport: asyncio.Transport | None = None

@@ -11,15 +11,14 @@ from __future__ import annotations
 import random
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import trio
 
+from devkit.localstack import Stack, start_wsproxy
 from kit.client._accounting import Recorder
 from kit.client._http import HttpPool
 from kit.client._session import RESUME_GRACE_S, Session, SessionConfig
-from devkit.localstack import Stack, start_wsproxy
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from tlsutil import make_ca, make_server_pem, start_tls_haproxy
 
+from devkit.localstack import LOOPBACK, local_stack
 from kit.client._session import GaveUp, connect_with_retry
 from kit.client._ws import TLSError, client_ssl_context, connect
-from devkit.localstack import LOOPBACK, local_stack
-from tlsutil import make_ca, make_server_pem, start_tls_haproxy
 
 pytestmark = pytest.mark.timeout(180)
 

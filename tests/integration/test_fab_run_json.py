@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from localinv import write_local_inventory
+
 from devkit.localstack import local_stack
 
 pytestmark = pytest.mark.timeout(240)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from localinv import write_local_inventory
+
 from devkit.localstack import Stack, local_stack
 from kit.run import RunOptions, execute
 

@@ -18,8 +18,8 @@ import psutil
 import pytest
 import redis
 
-from kit.auth import verify_token
 from devkit.localstack import RedisServer, start_redis, start_sim
+from kit.auth import verify_token
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from localinv import write_local_inventory
+
 from devkit.localstack import local_stack
 
 pytestmark = pytest.mark.timeout(240)

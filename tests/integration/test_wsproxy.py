@@ -17,16 +17,15 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import redis
-
-from kit.auth import issue_token
-from devkit.localstack import Proc, RedisServer, start_redis, start_wsproxy
 from wsraw import read_101
+
+from devkit.localstack import Proc, RedisServer, start_redis, start_wsproxy
+from kit.auth import issue_token
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from kit.auth import issue_token
 from devkit.localstack import Proc, RedisServer, start_redis, start_wsproxy
+from kit.auth import issue_token
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from kit.auth import issue_token
-from devkit.localstack import Proc, RedisServer, start_wsproxy
 from wsraw import read_101
+
+from devkit.localstack import Proc, RedisServer, start_wsproxy
+from kit.auth import issue_token
 
 pytestmark = pytest.mark.timeout(60)
 

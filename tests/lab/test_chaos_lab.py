@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit.lab import LabConfig, lab_down, lab_up, parse_layout
 from devkit.localstack import free_port, spawn, wait_http_ok, wait_tcp
+from kit.lab import LabConfig, lab_down, lab_up, parse_layout
 from kit.run import RunOptions, execute
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]

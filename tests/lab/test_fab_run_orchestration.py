@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit.lab import lab_up, lab_down, parse_layout
 from devkit.localstack import free_port, start_redis, start_sim, start_wsproxy
+from kit.lab import lab_down, lab_up, parse_layout
 from kit.run._plan import parse_threshold
 from kit.run._run import RunOptions, execute
 

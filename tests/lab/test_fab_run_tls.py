@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tlsutil import make_ca, make_server_pem, start_tls_haproxy
 
-from kit.lab import LabConfig, lab_down, lab_up, parse_layout
 from devkit.localstack import free_port, start_redis, start_sim, start_wsproxy
+from kit.lab import LabConfig, lab_down, lab_up, parse_layout
 from kit.run._plan import parse_threshold
 from kit.run._run import RunError, RunOptions, execute
-from tlsutil import make_ca, make_server_pem, start_tls_haproxy
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 

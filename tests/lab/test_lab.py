@@ -10,8 +10,7 @@ import pytest
 
 from kit import lab as lab_mod
 from kit.inventory import load_inventory
-from kit.lab import LabError, lab_down, lab_up
-from kit.lab import _lab
+from kit.lab import LabError, _lab, lab_down, lab_up
 from kit.run import close_all, connect, fan_out
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]

@@ -18,8 +18,8 @@ import yaml
 
 from devkit.localstack import free_port, start_redis, start_sim, start_wsproxy
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout
-from kit.run._plan import parse_threshold
 from kit.run import RunError, RunOptions, execute
+from kit.run._plan import parse_threshold
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(400)]
 

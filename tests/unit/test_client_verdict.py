@@ -154,8 +154,8 @@ def test_nothing_of_an_earlier_run_is_touched(tmp_path: Path) -> None:
 
 def test_fab_run_generators_exit_zero_on_failure_and_the_client_accepts_their_argv() -> None:
     from kit.inventory import Host
-    from kit.run._plan import GeneratorSlot
     from kit.run import RunOptions
+    from kit.run._plan import GeneratorSlot
     from kit.run._run import _client_argv
 
     opts = RunOptions(clients=10, queries=3)

@@ -19,7 +19,7 @@ from kit.config import DEFAULT_PORTS, ClientSettings, ConfigError, SimSettings, 
 from kit.inventory import ROLE_GROUPS, load_inventory
 from kit.lab import GROUPS, LAB_SYSCTLS
 from kit.lab._layout import OPTIONAL
-from kit.run import _hostops, _preflight, _services
+from kit.run import _preflight, _services
 from kit.sim._schedule import channel_name
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 from kit.report import server_event_lines
 from kit.run._balancer import balancer_verdict, parse_haproxy_log, server_events
 
-START = datetime.datetime(2026, 12, 4, 7, 0, 0, tzinfo=datetime.timezone.utc).timestamp()
+START = datetime.datetime(2026, 12, 4, 7, 0, 0, tzinfo=datetime.UTC).timestamp()
 
 # message bodies as HAProxy 2.6 wrote them in the lab runs (haproxy -db, log stdout format iso)
 LOG = """\

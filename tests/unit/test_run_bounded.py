@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from kit.inventory import parse_inventory_json
-from kit.run import LocalConnection
-from kit.run import _build, _hostops, _logs, _tasks
+from kit.run import LocalConnection, _build, _hostops, _logs, _tasks
 
 KIT_RUN = Path(_hostops.__file__).parent
 

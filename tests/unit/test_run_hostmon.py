@@ -211,10 +211,10 @@ def test_hostmon_scrape_keeps_what_each_service_says_of_itself_every_sample(tmp_
                 ).encode()
             else:
                 body = (
-                    "# HELP haproxy_server_current_sessions x\n# TYPE haproxy_server_current_sessions gauge\n"
-                    'haproxy_server_current_sessions{proxy="wsproxy",server="h-wsproxy-0"} 7\n'
-                    "haproxy_process_nbthread 2\n"
-                ).encode()
+                    b"# HELP haproxy_server_current_sessions x\n# TYPE haproxy_server_current_sessions gauge\n"
+                    b'haproxy_server_current_sessions{proxy="wsproxy",server="h-wsproxy-0"} 7\n'
+                    b"haproxy_process_nbthread 2\n"
+                )
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from kit.inventory import Host
-from kit.run._plan import GeneratorSlot
 from kit.run._options import RunError, RunOptions, generator_settings
+from kit.run._plan import GeneratorSlot
 from kit.run._run import _client_argv
 
 
@@ -60,9 +60,9 @@ def test_bad_workload_options_are_one_clear_line(opts, says):
 
 
 def test_a_generator_hosts_source_addresses_reach_its_settings_file_and_the_client_binds_them():
+    from kit import options
     from kit.client._load import LoadConfig
     from kit.client._session import SessionConfig
-    from kit import options
 
     slot = GeneratorSlot("gen1", "lb1", 1, 10, None, "gen1")
     o = RunOptions(clients=10)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kit.inventory import Host
-from kit.run._plan import GeneratorSlot
 from kit.run._options import RunError, RunOptions, generator_settings
+from kit.run._plan import GeneratorSlot
 from kit.run._run import _client_argv
 
 

@@ -12,9 +12,8 @@ import os
 import struct
 
 import pytest
-from aiohttp.http_websocket import WebSocketError
-
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_websocket import WebSocketError
 
 from kit.wsproxy._edge import EdgeRunner, HeadLimits, HeadTooLarge, _BoundedHead, refusal_status
 from kit.wsproxy._guard import UNMASKED_FRAME_REASON, MaskedFramesOnly, close_code_allowed

@@ -94,7 +94,7 @@ class Locked:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     os.close(self.fd)
-                    raise RuntimeError("another kit_sysctl held %s for %d s" % (path, LOCK_TIMEOUT_S))
+                    raise RuntimeError("another kit_sysctl held %s for %d s" % (path, LOCK_TIMEOUT_S)) from None
                 time.sleep(0.05)
 
     def __exit__(self, *exc):
