@@ -42,7 +42,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kit import contract
 from kit.metrics import Histogram
@@ -331,7 +331,9 @@ def component_cpu_series(hosts: Mapping[str, Sequence[Mapping[str, Any]]], t0: f
                     old = prev.get(pid)
                     same = old is not None and old.get("root") == p.get("root") and _proc_total(p) >= _proc_total(old)
                     c = str(p.get("component"))
-                    delta[c] = delta.get(c, 0.0) + (_proc_total(p) - _proc_total(old) if same else _proc_total(p))
+                    delta[c] = delta.get(c, 0.0) + (
+                        _proc_total(p) - _proc_total(old) if same and old is not None else _proc_total(p)
+                    )
                 gone = {pid: p for pid, p in prev.items() if pid not in cur}
                 for p in gone.values():
                     reaper = int(p.get("ppid") or 0)
@@ -398,6 +400,7 @@ def server_series(
                 if not isinstance(figures, Mapping) or "error" in figures:
                     continue
                 label = f"{host}:{name}"
+                rates: tuple[str, ...]
                 if contract.is_wsproxy_program(name):
                     for k in WSPROXY_GAUGES:
                         if k in figures:
@@ -454,7 +457,12 @@ def chaos_events(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 # -- specs -----------------------------------------------------------------------------------------
 
 
-def _align(series: Mapping[str, Mapping[float, float | None]]) -> tuple[list[float], dict[str, list[float | None]]]:
+_K = TypeVar("_K")  # a series' key (a label, a run's position)
+_X = TypeVar("_X", bound=float)  # an x value (seconds, whole seconds, ms)
+_Y = TypeVar("_Y")  # a y value
+
+
+def _align(series: Mapping[_K, Mapping[_X, _Y]]) -> tuple[list[_X], dict[_K, list[_Y | None]]]:
     """Union of x values of several {x: y} maps; each series gets None where it has no value."""
     xs = sorted({x for m in series.values() for x in m})
     return xs, {k: [m.get(x) for x in xs] for k, m in series.items()}
@@ -699,8 +707,8 @@ def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, A
     for key, title in DISTRIBUTIONS:
         curves: dict[int, dict[float, float]] = {}
         for i, (_, r) in enumerate(runs):
-            xs, ys, _ = cdf(r.histograms.get(key))
-            curves[i] = dict(zip(xs, ys))
+            cdf_x, cdf_y, _ = cdf(r.histograms.get(key))
+            curves[i] = dict(zip(cdf_x, cdf_y))
         xs, ys = _align(curves)
         # a CDF is defined between its points: carry each run's value forward over the other runs' x values
         for k, vals in ys.items():

@@ -327,8 +327,9 @@ def side_by_side(runs: Sequence[RunData]) -> list[dict[str, Any]]:
         flat: dict[str, Any] = {}
         flat.update(_flat(run.get("config") or {}, "config."))
         for key in ("workload",):  # the run's workload when the run records one (summary or run record)
-            if r.summary.get(key) or run.get(key):
-                flat.update(_flat(r.summary.get(key) or run.get(key), f"{key}."))
+            recorded = r.summary.get(key) or run.get(key)
+            if recorded:
+                flat.update(_flat(recorded, f"{key}."))
         flat["build.wsproxy"] = build_label(run)
         wsproxy = (run.get("build") or {}).get("wsproxy") or {}
         if wsproxy.get("commands"):
@@ -362,10 +363,12 @@ class FailRule:
 
     def check(self, base: float | None, value: float | None) -> tuple[bool | None, float | None]:
         """(failed, the compared quantity); failed is None when a value is missing."""
-        if value is None or (self.change and base is None):
+        if value is None:
             return None, None
         if not self.change:
             q = value
+        elif base is None:
+            return None, None
         elif self.relative:
             if base == 0:
                 q = 0.0 if value == 0 else math.copysign(math.inf, value)

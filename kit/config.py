@@ -15,7 +15,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Self
 
 from kit import contract
 
@@ -353,7 +353,7 @@ class SimSettings:
     redis_pool_timeout_ms: float = setting(10000.0, env=("SIM_REDIS_POOL_TIMEOUT_MS",), minimum=0.0, maximum=60000.0)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SimSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
         ttl = env_int(env, "JWT_TTL_SECONDS", default=0, minimum=0)
         return _from_env(
@@ -385,6 +385,6 @@ class WsproxySettings:
     )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> WsproxySettings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
         return _from_env(cls, env, jwt_secret=_jwt_secret(env), jwt_algorithm=_jwt_algorithm(env))

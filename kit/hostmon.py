@@ -348,24 +348,24 @@ class _RedisInfo:
         self.sock: socket.socket | None = None
         self.buf = b""
 
-    def _line(self) -> bytes:
+    def _line(self, sock: socket.socket) -> bytes:
         while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
+            chunk = sock.recv(65536)
             if not chunk:
                 raise ConnectionError("closed by Redis")
             self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\r\n")
         return line
 
-    def _reply(self) -> bytes:
-        line = self._line()
+    def _reply(self, sock: socket.socket) -> bytes:
+        line = self._line(sock)
         if line[:1] == b"-":
             raise ConnectionError(line[1:80].decode("utf-8", "replace"))
         if line[:1] != b"$":
             return line[1:]
         n = int(line[1:])
         while len(self.buf) < n + 2:
-            chunk = self.sock.recv(65536)
+            chunk = sock.recv(65536)
             if not chunk:
                 raise ConnectionError("closed by Redis")
             self.buf += chunk
@@ -374,14 +374,15 @@ class _RedisInfo:
 
     def ask(self) -> dict[str, float]:
         try:
-            if self.sock is None:
+            sock = self.sock
+            if sock is None:
                 password = Path(self.password_file).read_text().strip()
-                self.sock = socket.create_connection(self.addr, timeout=SCRAPE_TIMEOUT)
+                sock = self.sock = socket.create_connection(self.addr, timeout=SCRAPE_TIMEOUT)
                 self.buf = b""
-                self.sock.sendall(_resp("AUTH", self.user, password))
-                self._reply()
-            self.sock.sendall(_resp("INFO"))
-            text = self._reply().decode("utf-8", "replace")
+                sock.sendall(_resp("AUTH", self.user, password))
+                self._reply(sock)
+            sock.sendall(_resp("INFO"))
+            text = self._reply(sock).decode("utf-8", "replace")
         except (OSError, ValueError):
             self.close()
             raise
@@ -407,7 +408,7 @@ _REDIS: dict[tuple[str, str], _RedisInfo] = {}
 def read_scrape_file(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
     """``(name, url, prefixes)`` per line of *path* (for ``redis://`` the password file is the one
     "prefix"); malformed lines are skipped."""
-    out = []
+    out: list[tuple[str, str, tuple[str, ...]]] = []
     try:
         text = path.read_text()
     except OSError:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from itertools import chain
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
     "SUB_BUCKET_BITS",
@@ -104,7 +104,7 @@ class Histogram:
             self.min = self.max = v
         elif v > self.max:
             self.max = v
-        elif v < self.min:
+        elif self.min is not None and v < self.min:  # min and max are set together
             self.min = v
 
     def record_many(self, values: Iterable[int]) -> None:
@@ -306,7 +306,7 @@ def _int_pairs(pairs: list[Any]) -> bool:
     return all(isinstance(x, list) and len(x) == 2 and all(map(_is_int, x)) for x in pairs)
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 

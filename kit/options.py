@@ -28,7 +28,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kit.config import ConfigError, _from_env, _local, field_default, field_kind, field_limits, parse_number, setting
 
@@ -354,11 +354,13 @@ def given_fields() -> list[tuple[str, Any, dataclasses.Field]]:
     """The options ``fab run`` takes, as fields of ``RunOptions`` (``dataclasses.make_dataclass``): the
     same name and metadata, ``T | None`` defaulting to None (not given: the generator's own value) unless
     the option declares ``fab_default``."""
-    out = []
+    out: list[tuple[str, Any, dataclasses.Field]] = []
     for f in declared():
         if f.metadata.get("fab"):
             fab_default = f.metadata.get("fab_default")
-            out.append((f.name, field_kind(f) | None, dataclasses.field(default=fab_default, metadata=f.metadata)))
+            # field() is typed as its default's type, for class bodies; it returns the Field
+            new = cast(dataclasses.Field, dataclasses.field(default=fab_default, metadata=f.metadata))
+            out.append((f.name, field_kind(f) | None, new))
     return out
 
 

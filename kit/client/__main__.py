@@ -52,7 +52,7 @@ import ssl
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from kit import _gc, contract
@@ -101,7 +101,7 @@ def _shown(v: int | float) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
         head, sep, rest = message.partition(": ")
         if head.startswith("argument ") and rest.startswith("--"):
             raise ConfigError(rest)  # our converters' messages name the option and the fix

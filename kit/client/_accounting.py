@@ -344,12 +344,14 @@ class Recorder:
 
     def session_created(self, s: SessionRecord) -> None:
         """*s*'s create round trip is known (``create_us``): record it now, in the second it ended."""
-        self.hists["create"].record(s.create_us)
+        if s.create_us is not None:
+            self.hists["create"].record(s.create_us)
 
     def session_connected(self, s: SessionRecord) -> None:
         """*s*'s first connect succeeded (``connect_us`` and its steps): record them now."""
-        self.hists["connect"].record(s.connect_us)
-        if s.tcp_us is not None:
+        if s.connect_us is not None:
+            self.hists["connect"].record(s.connect_us)
+        if s.tcp_us is not None and s.tls_us is not None and s.upgrade_us is not None:  # set together
             self.hists["connect_tcp"].record(s.tcp_us)
             self.hists["connect_tls"].record(s.tls_us)
             self.hists["connect_upgrade"].record(s.upgrade_us)

@@ -136,7 +136,7 @@ class _Conn:
 
     __slots__ = ("sock", "stream", "buf", "requests")
 
-    def __init__(self, sock: socket.socket | None, stream: trio.abc.Stream | None) -> None:
+    def __init__(self, sock: socket.socket | None, stream: trio.SSLStream[trio.SocketStream] | None) -> None:
         self.sock = sock
         self.stream = stream
         self.buf = b""
@@ -157,9 +157,10 @@ class _Conn:
             return False
         return False  # b"" = EOF, or bytes nobody asked for
 
-    async def recv(self) -> bytes:
+    async def recv(self) -> bytes | bytearray:
         sock = self.sock
         if sock is None:
+            assert self.stream is not None  # a connection holds a socket or a TLS stream
             return await self.stream.receive_some(_RECV)
         while True:
             try:
@@ -384,7 +385,7 @@ class HttpPool:
                 rest += chunk
             body, rest = rest[:n], rest[n:]
         else:  # read to close
-            parts = [rest]
+            parts: list[bytes | bytearray] = [rest]
             size = len(rest)
             while True:
                 chunk = await conn.recv()
@@ -412,7 +413,7 @@ class _EarlyEof(Exception):
 
 
 async def _read_chunked(conn: _Conn, buf: bytes) -> tuple[bytes, bytes]:
-    parts = []
+    parts: list[bytes] = []
     size = 0
     while True:
         while b"\r\n" not in buf:

@@ -142,6 +142,12 @@ def scheduled_sessions(total: int, process_index: int = 0, processes: int = 1) -
     return max(0, -(-(total - process_index) // processes))
 
 
+def _p_ms(h: Histogram, p: float) -> float | None:
+    """*h*'s (microseconds) *p*-th percentile in milliseconds; None when it is empty."""
+    v = h.percentile(p)
+    return None if v is None else v / 1000
+
+
 def overload_verdict(cpu_samples: list[float], loop_lag: Histogram, start_lag: Histogram) -> tuple[bool, str]:
     """Did this generator fall behind?  Returns (overloaded, reason)."""
     reasons = []
@@ -182,10 +188,10 @@ def status_snapshot(rec: Recorder, *, run_id: str, started: float, done: bool, c
         "reconnect_attempts": c["reconnect_attempts_live"],
         "reconnects_ok": c["reconnects_ok_live"],
         "reconnect_bucket_waits": c["reconnect_bucket_waits"],
-        "latency_p50_ms": None if lat.count == 0 else lat.percentile(50) / 1000,
-        "latency_p99_ms": None if lat.count == 0 else lat.percentile(99) / 1000,
+        "latency_p50_ms": _p_ms(lat, 50),
+        "latency_p99_ms": _p_ms(lat, 99),
         "cpu_percent": cpu,
-        "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
+        "loop_lag_p99_ms": _p_ms(lag, 99),
         "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
         # coarse (1.6 %): written every second on the event loop, 16 times fewer buckets than the whole-run ones
         **{f"{name}_histogram": rec.hists[name].coarse().to_dict() for name in STATUS_HISTOGRAMS},
@@ -353,7 +359,7 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
         {
             "cpu_percent_peak": max(rec.cpu_samples, default=0.0),
             "cpu_percent_mean": round(sum(rec.cpu_samples) / len(rec.cpu_samples), 1) if rec.cpu_samples else 0.0,
-            "loop_lag_p99_ms": None if lag.count == 0 else lag.percentile(99) / 1000,
+            "loop_lag_p99_ms": _p_ms(lag, 99),
             "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
             "generator_overloaded": over,
             "overload_reason": reason,
@@ -423,8 +429,8 @@ def merge_status(snaps: list[dict[str, Any]], *, run_id: str, expected: int) -> 
                 for s in snaps
             ],
             "done": len(snaps) == expected and all(s.get("done") for s in snaps),
-            "latency_p50_ms": None if lat.count == 0 else lat.percentile(50) / 1000,
-            "latency_p99_ms": None if lat.count == 0 else lat.percentile(99) / 1000,
+            "latency_p50_ms": _p_ms(lat, 50),
+            "latency_p99_ms": _p_ms(lat, 99),
             "cpu_percent": max((s.get("cpu_percent") or 0.0 for s in snaps), default=0.0),
             "loop_lag_p99_ms": max(lag99, default=None),  # worst process (a live hint, not a merged percentile)
             "loop_lag_max_ms": max(lags, default=None),

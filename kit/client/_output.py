@@ -500,7 +500,7 @@ def write_outputs(
 def timeline_rows(timeline: Timeline, seconds: SecondHistograms) -> list[dict[str, Any]]:
     """timeline.csv's rows: the counters of each second beside its latency percentiles (ms)."""
     pct = {sec: {f"{k}_ms": v for k, v in row.items()} for sec, row in seconds.rows(TIMELINE_HISTOGRAMS).items()}
-    rows = {r["second"]: dict(r) for r in timeline.to_rows()}
+    rows: dict[int, dict[str, Any]] = {r["second"]: dict(r) for r in timeline.to_rows()}
     for sec, p in pct.items():
         rows.setdefault(sec, {"second": sec, **dict.fromkeys(Timeline.FIELDS, 0)}).update(p)
     return [rows[s] for s in sorted(rows)]
@@ -553,7 +553,8 @@ def _check_state(state: Any, where: str) -> tuple[dict[str, Histogram], SecondHi
         return isinstance(v, dict) and all(isinstance(k, str) and number(n) for k, n in v.items())
 
     if not isinstance(state, dict):
-        kind = {list: "list", str: "string"}.get(type(state), type(state).__name__)
+        names: dict[type, str] = {list: "list", str: "string"}
+        kind = names.get(type(state), type(state).__name__)
         raise _bad(where, f"a JSON {kind}, not the object a run writes")
     if state.get("version") != STATE_VERSION:
         raise ValueError(

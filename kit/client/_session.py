@@ -39,6 +39,8 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 import trio
@@ -50,6 +52,11 @@ from ._http import CertificateError, HTTPError, HttpPool, Response
 from ._hub import Hub
 from ._limiter import TokenBucket
 from ._ws import ConnectionClosed, HandshakeError, ProtocolError, TLSError, WebSocket, connect
+
+if TYPE_CHECKING:
+    from ._workload import WorkloadRecord
+
+_T = TypeVar("_T")
 
 __all__ = [
     "SessionConfig",
@@ -148,7 +155,7 @@ _RETRYABLE = (OSError, ProtocolError, ConnectionClosed, trio.TooSlowError)
 
 
 async def connect_with_retry(
-    open_fn,
+    open_fn: Callable[[], Awaitable[_T]],
     *,
     attempts: int,
     initial: float,
@@ -159,7 +166,7 @@ async def connect_with_retry(
     on_attempt=None,
     limiter: TokenBucket | None = None,
     on_wait=None,
-) -> object:
+) -> _T:
     """Call ``await open_fn()`` until it succeeds, at most *attempts* times after the first try
     (if *first_immediately*) with :func:`backoff_delay` sleeps in between.
 
@@ -217,7 +224,7 @@ class Session:
         intended_ns: int,
         rng: random.Random,
         hub: Hub | None = None,
-        workload: object = None,
+        workload: WorkloadRecord | None = None,
         ssl_context: ssl.SSLContext | None = None,
         limiter: TokenBucket | None = None,
     ) -> None:
@@ -400,6 +407,7 @@ class Session:
         del s.errors[tries_failed_from:]
         s.connect_us = (time.monotonic_ns() - t) // 1000
         ws = self.ws  # the attempt that succeeded, split into its steps
+        assert ws is not None  # _open_with_retry returned None: it is open
         s.tcp_us, s.tls_us, s.upgrade_us = ws.tcp_ns // 1000, ws.tls_ns // 1000, ws.upgrade_ns // 1000
         self.rec.session_connected(s)
         return True

@@ -128,7 +128,9 @@ class WorkloadClass:
 
     def apply(self, base: SessionConfig) -> SessionConfig:
         """*base* with this class's settings and name."""
-        over = {CLASS_KEYS[k][0]: (int(v) if CLASS_KEYS[k][1] else float(v)) for k, v in self.settings.items()}
+        over: dict[str, Any] = {
+            CLASS_KEYS[k][0]: (int(v) if CLASS_KEYS[k][1] else float(v)) for k, v in self.settings.items()
+        }
         return dataclasses.replace(base, workload_class=self.name, **over)
 
 
@@ -206,7 +208,7 @@ def _loader():
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             if isinstance(node, yaml.MappingNode):
                 seen: set = set()
                 for key_node, _ in node.value:
@@ -244,7 +246,7 @@ def duration_problems(
     base = {"tokens": tokens, "token_delay_ms": token_delay_ms, "ttft_ms": ttft_ms, "token_jitter_ms": token_jitter_ms}
     out = []
     for c in workload.classes:
-        eff = {**base, **{k: v for k, v in c.settings.items() if k in base}}
+        eff: dict[str, Any] = {**base, **{k: v for k, v in c.settings.items() if k in base}}
         problem = query_duration_problem(eff["tokens"], eff["token_delay_ms"], eff["ttft_ms"], eff["token_jitter_ms"])
         if problem:
             out.append(
@@ -351,10 +353,10 @@ class WorkloadRecord:
         return {"source": self.workload.source, "seed": self.seed, "classes": classes}
 
 
-def merge_workload(states: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+def merge_workload(given: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
     """Processes' workload states as one: session counts add; the first echo of each class is kept,
     and a class whose processes saw different effective workloads says so (``echo_differs``)."""
-    states = [s for s in states if s]
+    states = [s for s in given if s]
     if not states:
         return None
     out: dict[str, Any] = {"source": states[0].get("source"), "seed": states[0].get("seed"), "classes": {}}

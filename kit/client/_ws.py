@@ -24,6 +24,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -157,7 +158,7 @@ class WebSocket:
         self._ended = trio.Event()  # set when the socket is closed
         self._pending: list[bytes] = []
         self._hub = None
-        self._on_batch = None
+        self._on_batch: Callable[[list[bytes], int, int], None] | None = None
         self._end_exc: ConnectionClosed | None = None
         self.bytes_received = 0
         self.reads = 0
@@ -200,7 +201,8 @@ class WebSocket:
 
     def _hub_readable(self) -> None:
         """The hub saw the socket readable: one read, parse, deliver (synchronously)."""
-        sock = self._sock
+        sock, on_batch = self._sock, self._on_batch
+        assert sock is not None and on_batch is not None  # run_receiver hands the hub plain sockets only
         proto = self.proto
         try:
             data = sock.recv(RECV_BUFSIZE)
@@ -225,7 +227,7 @@ class WebSocket:
             self._send_nowait()
         if msgs:
             try:
-                self._on_batch(msgs, time.monotonic_ns(), time.time_ns())
+                on_batch(msgs, time.monotonic_ns(), time.time_ns())
             except Exception:
                 log.exception("message handler failed; closing the connection")
                 self._hub_end(ConnectionClosed(1011, "message handler failed"))
@@ -236,6 +238,7 @@ class WebSocket:
     def _send_nowait(self) -> None:
         """Send queued control frames without blocking; what does not fit waits for the next flush."""
         data = self.proto.take_outgoing()
+        assert self._sock is not None  # the hub's path: a plain socket
         try:
             sent = self._sock.send(data)
         except BlockingIOError:
@@ -282,7 +285,7 @@ class WebSocket:
                         await trio.lowlevel.checkpoint()
                 else:
                     assert self._stream is not None
-                    data = await self._stream.receive_some(RECV_BUFSIZE)
+                    data = await self._stream.receive_some(RECV_BUFSIZE)  # type: ignore[assignment]  # trio types every stream's read bytes | bytearray; SSLStream's is ssl's bytes
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 await self._abort()
                 raise ConnectionClosed(1006, f"read failed: {exc}") from None
@@ -504,7 +507,7 @@ async def connect(
                     continue
             else:
                 assert stream is not None
-                chunk = await stream.receive_some(RECV_BUFSIZE)
+                chunk = await stream.receive_some(RECV_BUFSIZE)  # type: ignore[assignment]  # trio types every stream's read bytes | bytearray; SSLStream's is ssl's bytes
             if not chunk:
                 raise ConnectionClosed(1006, "connection closed during the handshake")
             buf += chunk

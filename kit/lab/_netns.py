@@ -91,7 +91,7 @@ def proc_start_time(pid: int) -> int | None:
 
 
 def pid_matches(pid: int | None, start: int | None) -> bool:
-    return bool(pid) and start is not None and proc_start_time(pid) == start
+    return pid is not None and pid != 0 and start is not None and proc_start_time(pid) == start
 
 
 def _reap(pid: int) -> None:

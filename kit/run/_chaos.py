@@ -293,7 +293,7 @@ def recovery(rows: Sequence[Mapping[str, Any]], start: float, end: float) -> dic
     (with the reason in ``note``) when either could not be judged.
     """
     tokens, active = _per_second(rows, "tokens"), _per_second(rows, "active_sessions")
-    per_session = {s: (n or 0.0) / active[s] if active.get(s) else None for s, n in tokens.items()}
+    per_session = {s: (n or 0.0) / a if (a := active.get(s)) else None for s, n in tokens.items()}
     tps = _measure(
         per_session,
         start,

@@ -134,7 +134,9 @@ def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[
         for pid, p in cur.items():
             old = prev.get(pid)
             same = old is not None and old.get("root") == p.get("root") and _total(p) >= _total(old)
-            delta[p["component"]] = delta.get(p["component"], 0.0) + (_total(p) - _total(old) if same else _total(p))
+            delta[p["component"]] = delta.get(p["component"], 0.0) + (
+                _total(p) - _total(old) if same and old is not None else _total(p)
+            )
             own = entry(p["component"])["_own"]
             if not same or pid not in own:
                 own[pid] = [0.0, 0.0]
@@ -180,6 +182,7 @@ def component_costs(
             busy_floor = max(0.01, BUSY_SHARE * sum(work.values()))
             busy = sum(1 for w in work.values() if w >= busy_floor)
             nproc = cores.get(host)
+            usable: int | None
             if component in SINGLE_THREADED:
                 usable = max(1, busy) if not nproc else min(int(nproc), max(1, busy))
             else:

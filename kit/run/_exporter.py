@@ -127,7 +127,7 @@ def live_metrics(agg: Mapping[str, Any] | None, elapsed: float | None, run_id: s
             )
     for prefix, (name, help_) in _QUANTILES.items():
         pre = f"{prefix}_" if prefix else ""
-        samples = {
+        samples: dict[tuple[tuple[str, str], ...], float] = {
             (*run, ("quantile", q)): v
             for q, v in (("0.5", _seconds(agg.get(f"{pre}p50_ms"))), ("0.99", _seconds(agg.get(f"{pre}p99_ms"))))
             if v is not None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kit import options
 from kit.config import ConfigError, setting
@@ -44,6 +44,13 @@ class RunOptions(_GivenLoadOptions):
     """``fab run``'s options: the load options it takes (:class:`kit.options.LoadOptions`, ``fab=True``) and
     the run's own, declared below the same way (``setting``: default, flag, bounds, help); fabfile.py builds
     the task from these fields.  :meth:`resolve` checks them, once, before anything starts."""
+
+    if TYPE_CHECKING:  # load options of the generated base class (Any to mypy) that resolve assigns
+        # None until resolve() fills them in (from the preset, or queries' default) or refuses the run
+        clients: int
+        queries: int
+        ramp: float | None = None
+        workload_seed: int | None = None
 
     inventory: Path = setting(
         REPO / "inventory" / "local.yml",

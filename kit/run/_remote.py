@@ -88,7 +88,8 @@ class LocalConnection:
             )
         except subprocess.TimeoutExpired:
             raise invoke.CommandTimedOut(
-                invoke.Result(command=command, exited=-1, hide=("stdout", "stderr")), timeout
+                invoke.Result(command=command, exited=-1, hide=("stdout", "stderr")),
+                timeout,  # type: ignore[arg-type]  # invoke annotates int; its own runner passes float seconds too
             ) from None
         result = invoke.Result(
             stdout=proc.stdout,

@@ -321,7 +321,12 @@ def _trap_signals() -> Callable[[], None]:
         raise Interrupted(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(s, h) for s, h in old.items()] and None
+
+    def restore() -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    return restore
 
 
 def _execute(run: Run) -> int:
@@ -772,7 +777,7 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         run.partial_reasons += [f"left behind: {p}" for p in run.stop_problems]
     usable = [g.out for g in run.gens.values() if g.out is not None and (g.out / "histograms.json").exists()]
     checks = evaluate_thresholds(summary, opts.judged_by())
-    skews = [r.get("start_skew_s") for r in _runs_of(usable) if r.get("start_skew_s") is not None]
+    skews: list[float] = [sk for r in _runs_of(usable) if (sk := r.get("start_skew_s")) is not None]
     run_rec = {
         "run_id": run.run_id,
         "partial": bool(run.partial_reasons),

@@ -129,12 +129,12 @@ def size_fleet(
             out.append(Need(group, _ceil(clients, cap), len(hosts), f"{cap:,} sessions per host ({what})"))
     if us_per_token and tokens_per_s:
         for component, us in us_per_token.items():
-            group = COMPONENT_GROUP.get(component)
-            hosts = list(groups.get(group or "") or [])
+            comp_group = COMPONENT_GROUP.get(component)
+            hosts = list(groups.get(comp_group or "") or [])
             if not hosts or not us:
                 continue
             cores = us * tokens_per_s / 1e6
-            per_host = hosts[0].cores * CPU_TARGET
+            cpu_per_host = hosts[0].cores * CPU_TARGET
             limit = f"{component} {us:g} us/token x {tokens_per_s:,.0f} tokens/s = {cores:.2f} cores"
             if component == "redis":  # the kit's one Redis process uses one core, whatever the host has
                 over = cores > CPU_TARGET
@@ -149,13 +149,13 @@ def size_fleet(
                 )
                 continue
             if component == "wsproxy":  # each instance is single-threaded
-                per_host = min(per_host, hosts[0].wsproxy_instances * CPU_TARGET)
+                cpu_per_host = min(cpu_per_host, hosts[0].wsproxy_instances * CPU_TARGET)
             out.append(
                 Need(
-                    group or component,
-                    _ceil(cores, per_host),
+                    comp_group or component,
+                    _ceil(cores, cpu_per_host),
                     len(hosts),
-                    limit + f", {per_host:.2f} usable per host (CPU)",
+                    limit + f", {cpu_per_host:.2f} usable per host (CPU)",
                 )
             )
     return _worst_per_group(out)

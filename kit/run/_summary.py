@@ -91,6 +91,12 @@ _LIVE_HISTOGRAMS = STATUS_HISTOGRAMS
 _RATE_KEYS = {"qps": "queries_ok", "tps": "tokens", "errors_per_s": "errors", "reconnects_per_s": "reconnect_attempts"}
 
 
+def _p_ms(h: Histogram, p: float) -> float | None:
+    """*h*'s (microseconds) *p*-th percentile in milliseconds; None when it is empty."""
+    v = h.percentile(p)
+    return None if v is None else v / 1000
+
+
 def _num(v: Any) -> float:
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
 
@@ -111,7 +117,7 @@ def _interval(
     out: dict[str, Any] = {}
     if before is None:
         t0 = t - st["elapsed_s"] if t is not None and _num(st.get("elapsed_s")) > 0 else None
-        base = dict.fromkeys(_RATE_KEYS.values(), 0)
+        base: Mapping[str, Any] = dict.fromkeys(_RATE_KEYS.values(), 0)
         out.update(hists)
     else:
         t0, base = before["time"], before
@@ -183,7 +189,7 @@ def aggregate_status(
     for name, h in merged.items():
         pre = "" if name == "latency" else f"{name}_"
         for p in (50, 99):
-            agg[f"{pre}p{p}_ms"] = None if h.count == 0 else h.percentile(p) / 1000
+            agg[f"{pre}p{p}_ms"] = _p_ms(h, p)
     return agg
 
 

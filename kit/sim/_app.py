@@ -245,6 +245,22 @@ class SimViews:
         self.tune_gc = tune_gc
         self._sweeper: asyncio.Task | None = None
 
+    @property
+    def _redis(self) -> aioredis.Redis:
+        """The Redis client :meth:`open` made (the views run after it)."""
+        redis = self.state.redis
+        if redis is None:
+            raise RuntimeError("kit.sim: a view ran before open()")
+        return redis
+
+    @property
+    def _publisher(self) -> Publisher:
+        """The publisher :meth:`open` started (the views run after it)."""
+        publisher = self.state.publisher
+        if publisher is None:
+            raise RuntimeError("kit.sim: a view ran before open()")
+        return publisher
+
     # -- serving ------------------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -267,7 +283,8 @@ class SimViews:
             listen_for_closes, settings.redis_url, app.shutdown_event, self.cancel_session, state.closes
         )
         # not a Quart background task: those are awaited at shutdown, and this one never ends by itself
-        self._sweeper = asyncio.get_running_loop().create_task(state.body_deadlines.run(), name="kit.sim bodies")
+        if state.body_deadlines is not None:  # create_app gives every state its deadlines
+            self._sweeper = asyncio.get_running_loop().create_task(state.body_deadlines.run(), name="kit.sim bodies")
         app.add_background_task(_publish_stats, state, app.shutdown_event)  # for the workers' sums
         if self.tune_gc:
             _gc.tune()  # this worker's start-up is done: frozen, and collections rare (kit/_gc.py)
@@ -358,7 +375,7 @@ class SimViews:
 
     def _over_bound(self, channel: bytes, session_id: str, n: int) -> Answer | None:
         """429 if one more query of *n* tokens would pass a bound of this worker, else None."""
-        pub, limits = self.state.publisher, self.limits
+        pub, limits = self._publisher, self.limits
         if pub.queries_in_flight >= limits.max_queries_in_flight:
             return self._too_many(
                 f"this simulator worker has {pub.queries_in_flight} queries in flight, its bound "
@@ -391,7 +408,7 @@ class SimViews:
             return self._invalid(exc)
         session_id = uuid.uuid4().hex
         key = _session_key(session_id)
-        async with state.redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"status": "open", "agent_id": body.agent_id, "created": f"{time.time():.6f}"})
             pipe.expire(key, settings.session_ttl_seconds)
             await pipe.execute()
@@ -423,7 +440,7 @@ class SimViews:
             return self._invalid(BodyError("body", too_long))
         if len(session_id) > _MAX_SESSION_ID:
             return self._not_found(session_id)
-        status = await state.redis.hget(_session_key(session_id), "status")
+        status = await self._redis.hget(_session_key(session_id), "status")
         if status is None:
             return self._not_found(session_id)
         if status == b"closed":
@@ -450,7 +467,7 @@ class SimViews:
         )
         query_id = uuid.uuid4().hex
         # due times as doubles (8 bytes a token, not a float object's 32): what a query holds until its end
-        state.publisher.submit(channel, query_id.encode(), words, array("d", [submitted + o for o in offsets]))
+        self._publisher.submit(channel, query_id.encode(), words, array("d", [submitted + o for o in offsets]))
         state.queries += 1
         # the effective workload, so a client records what ran (the deployed defaults included)
         return _answer({"query_id": query_id, "tokens": n, "workload": pace}, 202)
@@ -460,19 +477,19 @@ class SimViews:
         if len(session_id) > _MAX_SESSION_ID:
             return self._not_found(session_id)
         key = _session_key(session_id)
-        async with state.redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hget(key, "status")
             pipe.hsetnx(key, "closed", f"{time.time():.6f}")
             pipe.hset(key, "status", "closed")
             status, first, _ = await pipe.execute()
         if status is None:
-            await state.redis.delete(key)  # there was no such session: drop the hash this made
+            await self._redis.delete(key)  # there was no such session: drop the hash this made
             return self._not_found(session_id)
         if not first:
             return self._closed(session_id)
         state.sessions_closed += 1
         self.cancel_session(session_id)  # this worker's queries at once, every other worker's on the announce
-        await announce_close(state.redis, session_id, state.closes)
+        await announce_close(self._redis, session_id, state.closes)
         return _answer({"session_id": session_id, "status": "closed"}, 200)
 
     # -- health and counters (through Quart) ----------------------------------------------------
@@ -506,7 +523,7 @@ class SimViews:
 
     async def deep_health(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
         try:
-            await asyncio.wait_for(self.state.redis.ping(), _HEALTH_TIMEOUT_S)
+            await asyncio.wait_for(self._redis.ping(), _HEALTH_TIMEOUT_S)
         except (TimeoutError, RedisError, OSError) as exc:
             return _answer(
                 {

@@ -170,7 +170,7 @@ class LeanHTTPConnection(ASGIHTTPConnection):
                 elif message["type"] == "http.disconnect":
                     return
         except asyncio.CancelledError:
-            if task is None or not deadlines.expired(task):
+            if task is None or deadlines is None or not deadlines.expired(task):  # a task comes from deadlines
                 raise
             task.uncancel()
             body = _timeout_detail(deadlines.timeout_s)
@@ -184,7 +184,7 @@ class LeanHTTPConnection(ASGIHTTPConnection):
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         finally:
-            if task is not None:
+            if task is not None and deadlines is not None:
                 deadlines.end(task)
         scope = self.scope
         direct = self.app.extensions.get(DIRECT_ROUTES)

@@ -53,8 +53,12 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ._schedule import done_message, token_message
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection
 
 __all__ = ["Publisher", "MAX_BATCH", "DEFAULT_TICK_S"]
 
@@ -98,12 +102,12 @@ class Publisher:
     """
 
     def __init__(
-        self, connect: Callable[[], object], *, tick_s: float = DEFAULT_TICK_S, max_batch: int = MAX_BATCH
+        self, connect: Callable[[], AbstractConnection], *, tick_s: float = DEFAULT_TICK_S, max_batch: int = MAX_BATCH
     ) -> None:
         if tick_s < 0:
             raise ValueError(f"tick_s must be >= 0, got {tick_s}")
         self._connect = connect
-        self._conn = None
+        self._conn: AbstractConnection | None = None
         self._tick = tick_s
         self._max_batch = max_batch
         self._wakes: list[float] = []  # heap of the buckets' wake-up instants

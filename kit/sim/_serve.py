@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+from typing import Any
 
 from kit.config import SimSettings
 
@@ -41,7 +42,7 @@ APP_TARGET = "kit.sim:app"
 def _log_config(level: str) -> dict:
     from granian.log import LOGGING_CONFIG
 
-    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     cfg["formatters"]["kit"] = {
         "()": "logging.Formatter",
         "fmt": "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",

@@ -179,7 +179,9 @@ class _EdgeHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._edge = manager.edge
         self._head = _BoundedHead(self._parser, self._edge.limits.head_bytes)
-        self._parser = self._head
+        # a stand-in with the parser's interface (feed_data; the rest through __getattr__), where aiohttp's
+        # annotation names its own parser class
+        self._parser = self._head  # type: ignore[assignment]
         self._address: str | None = None  # counted in edge.open_by_address while this is set
         self._refused_at_accept = False
 

@@ -257,7 +257,7 @@ class PubSubConnection:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 transport, _ = await loop.create_connection(lambda: _ReplyProtocol(self), address.host, address.port)
-                self.transport = transport  # type: ignore[assignment]
+                self.transport = transport
                 _keepalive(transport)
                 auth = _auth_command(address)
                 if auth is not None:
@@ -508,6 +508,7 @@ class PubSubPool:
         if self._closing:
             raise RedisUnavailable("shutting down")
         conn = self.owner.get(channel)
+        ack: asyncio.Future | None
         if conn is None:
             conn = self._pick()
             self.owner[channel] = conn

@@ -59,7 +59,7 @@ from kit.config import WsproxySettings
 
 from ._edge import EdgeRunner, HeadLimits
 from ._guard import GuardedWebSocketResponse, close_code_allowed
-from ._redis import PubSubPool, RedisAddress, RedisUnavailable, parse_redis_url, redis_ping
+from ._redis import PubSubPool, RedisAddress, RedisUnavailable, Subscriber, parse_redis_url, redis_ping
 from ._settings import Settings
 from ._stats import Stats, metrics_text
 
@@ -78,8 +78,6 @@ _PING_FRAME = b"\x89\x00"
 _SMALL_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
 _U16 = struct.Struct("!BBH")
 _U64 = struct.Struct("!BBQ")
-
-_APP_STATE = web.AppKey("wsproxy", object)
 
 
 def text_frame(payload: bytes, opcode: int = 0x1) -> bytes:
@@ -239,7 +237,7 @@ class _Forwarder:
         self.pool: PubSubPool | None = None  # made on startup, inside the loop
         self._keeper: asyncio.Task | None = None  # PubSubPool.keep, from startup to shutdown
 
-    def deliver(self, subs: set[_Client], payload: bytes) -> None:
+    def deliver(self, subs: set[Subscriber], payload: bytes) -> None:
         """Forward one pub/sub payload to every subscriber of its channel (hot path)."""
         self.stats.redis_messages += 1
         if payload.isascii():
@@ -309,7 +307,7 @@ class _Forwarder:
             transport = request.transport
             if transport is None or transport.is_closing():
                 return ws
-            client.attach(ws, transport)  # type: ignore[arg-type]
+            client.attach(ws, transport)
             self.clients.add(client)
             self.stats.connections_open += 1
             self.stats.connections_total += 1
@@ -430,6 +428,9 @@ def _refuse_handshake(request: web.Request) -> web.Response | None:
             headers={"Sec-WebSocket-Version": WEBSOCKET_VERSION},
         )
     return None
+
+
+_APP_STATE = web.AppKey("wsproxy", _Forwarder)
 
 
 class _QuietBadRequests(logging.Filter):

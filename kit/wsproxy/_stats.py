@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from kit._prom import Metric, exposition
 
@@ -37,9 +38,9 @@ METRICS = (
 )
 
 
-def metrics_text(stats: Mapping[str, object]) -> str:
+def metrics_text(stats: Mapping[str, Any]) -> str:
     """/metrics of one wsproxy process from its /stats dict (failures by reason as a labelled family)."""
-    families = [Metric(f"wsproxy_{key}", kind, help_, value=stats[key]) for key, kind, help_ in METRICS]  # type: ignore[arg-type]
+    families = [Metric(f"wsproxy_{key}", kind, help_, value=stats[key]) for key, kind, help_ in METRICS]
     by_reason = stats.get("auth_failures_by_reason") or {}
     families.append(
         Metric(
@@ -48,7 +49,7 @@ def metrics_text(stats: Mapping[str, object]) -> str:
             "upgrades refused with 401, by reason",
             samples={(("reason", r),): n for r, n in by_reason.items()},
         )
-    )  # type: ignore[union-attr]
+    )
     return exposition(families)
 
 
