@@ -23,6 +23,7 @@ def stack_factory(tmp_path: Path):
     import contextlib
 
     with contextlib.ExitStack() as es:
+
         def make(*, sim_env=None, wsproxy_env=None) -> Stack:
             workdir = tmp_path / f"stack{len(es._exit_callbacks)}"
             return es.enter_context(local_stack(workdir, sim_env=sim_env, wsproxy_env=wsproxy_env))
@@ -34,4 +35,3 @@ def stack_factory(tmp_path: Path):
 def stack(stack_factory) -> Stack:
     """Redis + simulator + wsproxy with a fast token pace (5 ms)."""
     return stack_factory(sim_env={"TOKEN_DELAY_MS": 5})
-
