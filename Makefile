@@ -4,5 +4,4 @@ setup: ; ./loadkit setup
 run: ; ./loadkit run
 test: ; ./loadkit test
 lock: ; ./loadkit lock
-lint: setup
-	.venv/bin/ansible-lint playbooks/
+lint: ; ./loadkit lint
