@@ -144,7 +144,7 @@ class RunOptions(_GivenLoadOptions):
             options.check({name: options.default(name) for name in declared} | self.load_options())
         except ConfigError as exc:
             raise RunError(str(exc)) from None
-        if not 0 <= self.abort_grace <= self.max_duration:
+        if self.abort_on_fail and not 0 <= self.abort_grace <= self.max_duration:
             raise RunError(
                 f"--abort-grace {self.abort_grace:g}: give seconds from 0 to --max-duration ({self.max_duration:g})"
             )

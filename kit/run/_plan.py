@@ -238,13 +238,15 @@ def plan_generators(
             procs.append((host, haproxies[len(procs) % len(haproxies)]))
     used = {lb: sum(1 for _, b in procs if b == lb) for lb in haproxies if any(b == lb for _, b in procs)}
     per_lb = split_clients(total, {lb: 1 for lb in used})
-    left = dict(per_lb)
     by_slot: dict[tuple[str, str], list[int]] = {}
     seen: dict[str, int] = {}
-    for host, lb in procs:  # each balancer's share over its processes, in order
-        i = seen[lb] = seen.get(lb, 0) + 1
-        n = left[lb] if i == used[lb] else per_lb[lb] // used[lb] + (1 if i <= per_lb[lb] % used[lb] else 0)
-        left[lb] -= n
+    # each balancer's share over its processes; the remainder goes one per process taking the hosts in
+    # turn (first process of each host, then the second ...), so hosts keep shares as even as their cores
+    rank = [sum(1 for h, _ in procs[:i] if h == procs[i][0]) for i in range(len(procs))]
+    for i in sorted(range(len(procs)), key=lambda i: (rank[i], procs[i][0])):
+        host, lb = procs[i]
+        k = seen[lb] = seen.get(lb, 0) + 1
+        n = per_lb[lb] // used[lb] + (1 if k <= per_lb[lb] % used[lb] else 0)
         by_slot.setdefault((host, lb), []).append(n)
     slots: list[GeneratorSlot] = []
     for host in sorted(cores):

@@ -184,8 +184,10 @@ class Preflight:
 
     def to_dict(self) -> dict[str, Any]:
         """``preflight.json``."""
-        caps = {n: c.to_dict() for n, c in self.caps.items()} | ({} if self.plan is None else {"plan": self.plan})
+        caps = {n: c.to_dict() for n, c in self.caps.items()}
         return {
+            # per group, what fab plan says (hosts needed and had); beside the per-host caps, not among them
+            **({} if self.plan is None else {"plan": self.plan}),
             "health": self.health,
             "facts": {n: f.raw for n, f in self.facts.items()},
             "clocks": self.offsets(),

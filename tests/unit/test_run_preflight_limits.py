@@ -105,7 +105,7 @@ def test_preflight_uses_the_reported_sessions_for_balancers_and_generators_alike
         "(1,234 sessions per host" in p
         for p in pre["problems"]
     ), pre["problems"]
-    assert pre["caps"]["plan"]["haproxy"] == {
+    assert pre["plan"]["haproxy"] == {
         "needed": 2,
         "have": 1,
         "limit": "1,234 sessions per host (one HAProxy process)",
