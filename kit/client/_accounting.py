@@ -259,6 +259,7 @@ class SessionRecord:
         "errors",
         "status",
         "end_ns",
+        "left_early",
     )
 
     def __init__(self, index: int, intended_ns: int, start_ns: int) -> None:
@@ -282,6 +283,9 @@ class SessionRecord:
         self.errors: list[str] = []
         self.status = ""
         self.end_ns = 0
+        #: its stage slot retired before it ran all its queries, and it left cleanly (kit.client._session): ok,
+        #: the queries it did not get to are neither failed nor skipped
+        self.left_early = False
 
     def row(self, mono_to_wall_ns: int) -> dict[str, Any]:
         return {
@@ -300,6 +304,7 @@ class SessionRecord:
             "queries_ok": self.queries_ok,
             "queries_failed": self.queries_failed,
             "queries_skipped": self.queries_skipped,
+            "left_early": int(self.left_early),
             "tokens": self.tokens,
             "status": self.status,
             "errors": " | ".join(self.errors),
@@ -371,6 +376,8 @@ class Recorder:
         if s.reconnect_attempts:
             c["sessions_with_reconnects"] += 1
         c["queries_skipped"] += s.queries_skipped
+        if s.left_early:
+            c["sessions_left_early"] += 1
         self.sessions.append(s)
 
     _TIMELINE_SOURCES = {

@@ -26,6 +26,11 @@ inter-token gaps if longer) fails at once (status ``lost_tokens``, error ``lost_
 kind ``query_lost_on_reconnect``) with what it received counted and the rest (``/run``'s
 ``tokens`` minus those) lost, instead of waiting for the whole ``query_timeout``.
 
+A session of a stage slot (``--stages``, closed model) gets the slot's ``retire`` event: once it is set,
+the session leaves cleanly: it starts no new query (the one in flight finishes; a think-time wait is cut
+short), closes its WebSocket and its HTTP session, and counts as ok with ``left_early`` set; the queries it
+did not get to are neither failed nor skipped.
+
 Errors never escape ``run``: they are recorded (session row, query rows,
 the recorder's error breakdown).  Cancellation (``--max-duration``) marks
 the session and its query in flight ``cancelled`` and closes the socket.
@@ -227,8 +232,11 @@ class Session:
         workload: WorkloadRecord | None = None,
         ssl_context: ssl.SSLContext | None = None,
         limiter: TokenBucket | None = None,
+        retire: trio.Event | None = None,
     ) -> None:
         self.cfg = cfg
+        #: its stage slot's retirement (kit.client._load): once set, the session leaves cleanly
+        self.retire = retire
         #: the process's bucket every attempt after the first try waits for (None: no limit)
         self.limiter = limiter
         #: the process's TLS context for wss:// (None: the system store)
@@ -302,15 +310,26 @@ class Session:
                 if self.broken:
                     s.queries_skipped = cfg.queries - k
                     break
+                if self.retire is not None and self.retire.is_set():
+                    s.left_early = True
+                    break
                 now = time.monotonic_ns()
                 await self._query(k, intended if k == 0 and cfg.time_from_intended else now, now)
                 if cfg.think_time and k + 1 < cfg.queries:
-                    await trio.sleep(cfg.think_time)
+                    await self._think(cfg.think_time)
             self.closing = True
             if self.ws is not None and not self.ws.closed:
                 await self.ws.aclose()
             nursery.cancel_scope.cancel()
         await self._close_http()
+
+    async def _think(self, seconds: float) -> None:
+        """Wait *seconds* between queries; a retirement cuts the wait short (the session is leaving)."""
+        if self.retire is None:
+            await trio.sleep(seconds)
+            return
+        with trio.move_on_after(seconds):
+            await self.retire.wait()
 
     async def _create(self) -> bool:
         s, rec = self.s, self.rec
