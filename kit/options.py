@@ -33,6 +33,7 @@ from typing import Any, cast
 from kit.config import ConfigError, _from_env, _local, field_default, field_kind, field_limits, parse_number, setting
 
 __all__ = [
+    "ARRIVALS",
     "LoadOptions",
     "SETTINGS_FILE",
     "check",
@@ -51,6 +52,9 @@ __all__ = [
 #: the settings file's name: a JSON object of option names (:class:`LoadOptions` fields) and values
 SETTINGS_FILE = "client-settings.json"
 
+#: how sessions arrive (``--arrivals``; kit.client._stages draws them), the default first
+ARRIVALS = ("even", "poisson")
+
 #: the query the seed's client sends (README "Configuration")
 DEFAULT_QUERY_TEXT = "Tell me about WebSocket proxies."
 
@@ -60,6 +64,13 @@ def _reconnect_rate() -> float:
     from kit.client import RECONNECT_RATE
 
     return RECONNECT_RATE
+
+
+def _check_stages(text: str) -> None:
+    """A ``--stages`` value parses (kit.client._stages); ConfigError naming the item otherwise."""
+    from kit.client import parse_stages
+
+    parse_stages(text)
 
 
 def _http_connections() -> int:
@@ -75,7 +86,8 @@ class LoadOptions:
     ``wire=True``: the field is part of each ``/run`` body, bounded by the wire contract (kit.wire, checked
     by :func:`check`);
     ``at_most``: another option bounds it (when that one is set); ``fab_default``: ``fab run``'s own default;
-    ``fab_required``: ``fab run`` has no default (the generators' would be wrong)."""
+    ``fab_required``: ``fab run`` has no default (the generators' would be wrong); ``choices``: the values a
+    text option takes; ``validate``: a function that raises ConfigError for a text option's bad value."""
 
     api_url: str = setting(
         factory=_local("haproxy_http", "http"),
@@ -125,6 +137,25 @@ class LoadOptions:
     )
     duration: float | None = setting(
         None, option="--duration", minimum=0.0, fab=True, help="open model: seconds of arrivals"
+    )
+    #: k6's stages (kit.client._stages says how each model reads them)
+    stages: str | None = setting(
+        None,
+        option="--stages",
+        fab=True,
+        validate=_check_stages,
+        help="DURATION:TARGET[:ARRIVALS],... e.g. 30:100,60:100,30:0: each stage moves its target linearly over "
+        "DURATION seconds (30, 30s, 2m) from the previous one's; closed model: concurrent sessions, from 0 (the "
+        "peak replaces --clients and --ramp); with --arrival-rate: sessions started per second, from that rate "
+        "(the stages replace --duration); ARRIVALS even|poisson overrides --arrivals for the stage",
+    )
+    arrivals: str = setting(
+        "even",
+        option="--arrivals",
+        fab=True,
+        choices=ARRIVALS,
+        help="even | poisson: how sessions arrive in the open model (--arrival-rate) and how a --stages ramp "
+        "starts its sessions (poisson: random instants drawn from --seed, the same mean)",
     )
     max_duration: float | None = setting(
         None,
@@ -249,7 +280,14 @@ class LoadOptions:
         minimum=1,
         help="keep-alive HTTP connections per process for create/run/close (a wait for one is recorded)",
     )
-    seed: int | None = setting(None, option="--seed", minimum=0, help="random seed (jitter)")
+    seed: int | None = setting(
+        None,
+        option="--seed",
+        minimum=0,
+        fab=True,
+        help="random seed of the arrival schedule (--arrivals poisson) and of the reconnect jitter; the same seed "
+        "gives the same schedule (default random: the seed drawn is recorded in summary.json)",
+    )
     #: several addresses lift the per-address cap of ephemeral ports toward one balancer (kit.client._ws.SOURCES)
     source_addresses: str | None = setting(
         None,
@@ -296,6 +334,7 @@ def parse_option(f: dataclasses.Field, raw: Any, flag: str | None = None) -> Any
     if kind is str:
         if not isinstance(raw, str):
             raise ConfigError(f"{flag} {raw!r} is not text")
+        _check_text(f, raw, flag)
         return raw
     if isinstance(raw, bool) or (kind is int and isinstance(raw, float)):
         raise ConfigError(f"{flag} {raw!r} is not {'a whole number' if kind is int else 'a number'}")
@@ -304,12 +343,23 @@ def parse_option(f: dataclasses.Field, raw: Any, flag: str | None = None) -> Any
     return parse_number(kind, flag, raw, minimum=lo, maximum=hi, example=example)
 
 
+def _check_text(f: dataclasses.Field, raw: str, flag: str) -> None:
+    """A text option's own rules: one of its ``choices``, and its ``validate`` (e.g. ``--stages``' syntax)."""
+    choices = f.metadata.get("choices")
+    if choices and raw not in choices:
+        raise ConfigError(f"{flag} {raw!r:.40} is not {' or '.join(choices)}: pass e.g. {flag} {choices[-1]}")
+    if f.metadata.get("validate"):
+        f.metadata["validate"](raw)
+
+
 def check(values: Mapping[str, Any]) -> None:
     """The rules that span options, over *values* (field name -> value; None: not set): ConfigError, one line.
 
     Each option within the bound another sets (``at_most``), each ``/run`` field within the wire
-    contract, the backoff cap at least the first backoff, the open model's rate and duration together
-    and starting a session."""
+    contract, the backoff cap at least the first backoff, a text option within its choices and rules,
+    the open model's rate and duration together and starting a session, Poisson arrivals only where there
+    are arrivals to draw; with ``--stages``: no ``--duration``, at least one session, within
+    ``--max-duration``."""
     from kit.client import check_option
 
     fields = {f.name: f for f in declared()}
@@ -341,6 +391,12 @@ def check(values: Mapping[str, Any]) -> None:
                 f"--source-addresses / WS_SOURCE_ADDRESSES: {a.strip()!r:.60} is not an IP address: "
                 "give this host's addresses, comma-separated"
             ) from None
+    for name, f in fields.items():
+        if values.get(name) is not None and field_kind(f) is str:
+            _check_text(f, values[name], f.metadata["option"])
+    if values.get("stages"):
+        _check_staged(values)
+        return
     rate, duration = values.get("arrival_rate"), values.get("duration")
     if (rate is None) != (duration is None):
         raise ConfigError(
@@ -348,6 +404,38 @@ def check(values: Mapping[str, Any]) -> None:
         )
     if rate is not None and math.isfinite(rate * duration) and rate * duration < 1:
         raise ConfigError(f"--arrival-rate {rate:g} x --duration {duration:g} starts no session: raise one of them")
+    if rate is None and values.get("arrivals") == "poisson":
+        raise ConfigError(
+            "--arrivals poisson applies to the open model or to --stages: add --arrival-rate R --duration S, "
+            "or --stages (a closed model's --ramp is even)"
+        )
+
+
+def _check_staged(values: Mapping[str, Any]) -> None:
+    """The rules of a run with ``--stages``: the stages give its length (no --duration), start at least one
+    session, and end within --max-duration."""
+    from kit.client import parse_stages, peak_target, rate_integral, stages_length
+
+    text, rate = values["stages"], values.get("arrival_rate")
+    stages = parse_stages(text)
+    if values.get("duration") is not None:
+        raise ConfigError(
+            f"--duration {values['duration']:g} with --stages: the stages give the run's length "
+            f"({stages_length(stages):g} s): drop --duration"
+        )
+    if rate is None and peak_target(stages) <= 0:
+        raise ConfigError(f"--stages {text:.40} never sets a target above 0 sessions: give a stage a TARGET > 0")
+    if rate is not None and rate_integral(stages, rate) < 1:
+        raise ConfigError(
+            f"--stages {text:.40} from --arrival-rate {rate:g} starts no session (the rate's integral is "
+            f"{rate_integral(stages, rate):.3g}): raise a stage's TARGET or --arrival-rate"
+        )
+    limit = values.get("max_duration")
+    if limit is not None and stages_length(stages) > limit:
+        raise ConfigError(
+            f"--stages last {stages_length(stages):g} s, above --max-duration {limit:g}: raise --max-duration "
+            "or shorten the stages"
+        )
 
 
 def given_fields() -> list[tuple[str, Any, dataclasses.Field]]:

@@ -8,7 +8,8 @@ Run it as ``python -m kit.client`` (see ``__main__``).  Modules, by concern:
   (exponential backoff + jitter) and stream resumption.
 - ``_limiter``: the per-process token bucket that bounds the rate of reconnect attempts.
 - ``_accounting``: per-query/per-session records and the per-process ``Recorder``.
-- ``_load``: load shapes (closed with ramp, open with intended start times), the
+- ``_stages``: stages (k6's) and Poisson arrivals: the schedules of a staged or Poisson run (pure).
+- ``_load``: load shapes (closed with ramp or stages, open with intended start times), the
   per-process runner with its CPU/loop-lag watcher, and the multi-process parent.
 - ``_output``: result files and ``merge_outputs``.
 - ``_analyze``, ``_console``: the ``analyze`` command, progress line, summary table.
@@ -54,6 +55,18 @@ from ._session import (
 from ._session import (
     connect_with_retry as connect_with_retry,
 )
+from ._stages import ARRIVALS as ARRIVALS
+from ._stages import Stage as Stage
+from ._stages import closed_slots as closed_slots
+from ._stages import format_stages as format_stages
+from ._stages import open_arrivals as open_arrivals
+from ._stages import parse_stages as parse_stages
+from ._stages import peak_target as peak_target
+from ._stages import rate_integral as rate_integral
+from ._stages import scale_stages as scale_stages
+from ._stages import slot_count as slot_count
+from ._stages import stage_records as stage_records
+from ._stages import stages_length as stages_length
 from ._workload import (
     Workload as Workload,
 )
@@ -92,6 +105,7 @@ from ._ws import (
 )
 
 __all__ = [
+    "ARRIVALS",
     "ConnectionClosed",
     "DEFAULT_MAX_CONNECTIONS",
     "HandshakeError",
@@ -106,6 +120,7 @@ __all__ = [
     "Session",
     "SessionConfig",
     "SessionRecord",
+    "Stage",
     "TokenBucket",
     "WebSocket",
     "Workload",
@@ -115,13 +130,23 @@ __all__ = [
     "backoff_delay",
     "build_summary",
     "check_option",
+    "closed_slots",
     "connect",
     "connect_with_retry",
     "draw_seed",
     "duration_problems",
     "format_report",
+    "format_stages",
     "load_workload",
     "merge_outputs",
+    "open_arrivals",
     "overload_verdict",
+    "parse_stages",
+    "peak_target",
+    "rate_integral",
+    "scale_stages",
     "schedule",
+    "slot_count",
+    "stage_records",
+    "stages_length",
 ]

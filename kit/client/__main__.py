@@ -47,6 +47,7 @@ import dataclasses
 import logging
 import math
 import os
+import random
 import socket
 import ssl
 import sys
@@ -79,7 +80,8 @@ MAX_START_AHEAD_S = 86400.0
 
 
 def max_sessions() -> int:
-    """The most sessions one invocation starts (``--clients``, or ``--arrival-rate`` x ``--duration``).
+    """The most sessions one invocation starts (``--clients``, or ``--arrival-rate`` x ``--duration``; with
+    ``--stages``, the closed model's peak or the open model's arrivals due: :func:`total_sessions`).
 
     The kit's ceiling on a process's open files (contract ``kit_bounds.kit_nofile``, 1,048,576): the
     preflight allows (open files - reserve) / 2 sessions per generator process, and one invocation
@@ -236,13 +238,15 @@ def _check_sessions(args: argparse.Namespace) -> None:
     """The number of sessions this invocation would start is bounded (:func:`max_sessions`), and so is
     the number of its processes: checked before anything else, since both size what the run builds."""
     cap = max_sessions()
-    if args.arrival_rate is None and args.clients > cap:
+    if args.stages:
+        _check_staged_sessions(args, cap)
+    elif args.arrival_rate is None and args.clients > cap:
         raise ConfigError(
             f"--clients / CLIENTS = {_shown(args.clients)} is above {cap}, the sessions one "
             "generator invocation may start: lower it, or spread the load over generator hosts "
             "(fab run --clients N splits it)"
         )
-    if args.arrival_rate is not None and args.duration is not None:
+    if args.arrival_rate is not None and args.duration is not None and not args.stages:
         total = args.arrival_rate * args.duration
         if not math.isfinite(total) or total > cap:
             raise ConfigError(
@@ -256,6 +260,39 @@ def _check_sessions(args: argparse.Namespace) -> None:
             "least 64): pass at most one per core, e.g. --processes "
             f"{os.cpu_count() or 1}"
         )
+
+
+def _check_staged_sessions(args: argparse.Namespace, cap: int) -> None:
+    """With --stages: the closed model's slots (its peak target), or the open model's arrivals due, within
+    *cap*."""
+    from ._stages import parse_stages, rate_integral, slot_count
+
+    stages = parse_stages(args.stages)
+    if args.arrival_rate is None and slot_count(stages) > cap:
+        raise ConfigError(
+            f"--stages {args.stages:.40} peaks at {slot_count(stages)} sessions, above {cap}, the sessions one "
+            "generator invocation may hold: lower the targets, or spread the load over generator hosts"
+        )
+    due = rate_integral(stages, args.arrival_rate) if args.arrival_rate is not None else 0.0
+    if not math.isfinite(due) or due > cap:
+        raise ConfigError(
+            f"--stages {args.stages:.40} from --arrival-rate {_shown(args.arrival_rate)} starts about "
+            f"{_shown(due)} sessions, more than {cap}, the most one generator invocation may start: lower the "
+            "rates, or spread the load over generator hosts"
+        )
+
+
+def total_sessions(args: argparse.Namespace) -> int:
+    """The sessions a run is sized and named for: --clients; open, --arrival-rate x --duration; with
+    --stages, the closed model's peak slots or the open model's arrivals due (kit.client._stages)."""
+    from ._stages import parse_stages, rate_integral, slot_count
+
+    if args.stages:
+        stages = parse_stages(args.stages)
+        if args.arrival_rate is None:
+            return slot_count(stages)
+        return max(1, round(rate_integral(stages, args.arrival_rate)))
+    return round(args.arrival_rate * args.duration) if args.arrival_rate else args.clients
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -397,6 +434,7 @@ def run_load(argv: list[str]) -> int:
     from ._load import LoadConfig, run_parent, run_process, versions
     from ._output import check_output_dir, claim_output_dir
     from ._session import SessionConfig
+    from ._stages import parse_stages
 
     args = parse_args(argv, LoadOptions.from_env())
     validate(args)
@@ -408,7 +446,9 @@ def run_load(argv: list[str]) -> int:
     # URLs' credentials served the preflight only (the load's requests never send them): from here on
     # nothing (meta.json, the children's settings, error records) can write them
     args.api_url, args.ws_url = mask_url(args.api_url), mask_url(args.ws_url)
-    total = round(args.arrival_rate * args.duration) if args.arrival_rate else args.clients
+    if args.seed is None:  # drawn once here, so that every process of the run draws the same schedule
+        args.seed = random.SystemRandom().randrange(2**32)
+    total = total_sessions(args)
     processes = args.process_count or min(args.processes or os.cpu_count() or 1, total)
     run_id = args.run_id or contract.run_id(total)
     meta = {
@@ -417,7 +457,7 @@ def run_load(argv: list[str]) -> int:
         "versions": versions(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "model": "open" if args.arrival_rate else "closed",
+        "model": "open" if args.arrival_rate is not None else "closed",
         "config": {k: v for k, v in vars(args).items() if k not in ("process_count",)},
         "total_sessions": total,
         "processes": processes,
@@ -453,6 +493,8 @@ def run_load(argv: list[str]) -> int:
         ramp=args.ramp,
         arrival_rate=args.arrival_rate,
         duration=args.duration,
+        stages=parse_stages(args.stages) if args.stages else (),
+        arrivals=args.arrivals,
         processes=processes,
         process_index=args.process_index,
         output_dir=output_dir,

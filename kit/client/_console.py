@@ -57,10 +57,17 @@ def summary_table(s: Mapping[str, Any]) -> str:
         "=" * 64,
         f"Status:                 {str(s.get('status') or '-').upper()}"
         + (f"  ({s['status_reason']})" if s.get("status_reason") else ""),
-        f"Duration:               {s.get('duration_s', 0):.2f} s",
+        f"Duration:               {s.get('duration_s', 0):.2f} s"
+        + (
+            f"  ({len(s['stages'])} stages to {s['stages'][-1]['end_s']:g} s, arrivals {s.get('arrivals')}, "
+            f"seed {s.get('seed')})"
+            if s.get("stages")
+            else ""
+        ),
         f"Total sessions:         {s.get('total_sessions', 0)}",
         f"Successful / failed:    {s.get('successful_sessions', 0)} / {s.get('failed_sessions', 0)}"
-        + (f"  (cancelled {s['cancelled_sessions']})" if s.get("cancelled_sessions") else ""),
+        + (f"  (cancelled {s['cancelled_sessions']})" if s.get("cancelled_sessions") else "")
+        + (f"  (left early, ok: {s['left_early_sessions']})" if s.get("left_early_sessions") else ""),
         f"Success rate:           {s.get('success_rate', 0):.2f} %",
         f"Total queries:          {s.get('total_queries', 0)}  (ok {s.get('successful_queries', 0)}, "
         f"failed {s.get('failed_queries', 0)}, skipped {s.get('skipped_queries', 0)})",

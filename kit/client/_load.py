@@ -9,6 +9,15 @@ server shows in the percentiles instead of slowing the generator down
 (no coordinated omission).  Session *g* of the run is intended at
 ``t0 + g / rate``; process *i* of *P* runs sessions ``g = i, i+P, ...``.
 
+With ``--stages`` or ``--arrivals poisson`` the schedules are kit.client._stages': the open model's
+arrivals follow the stages' rate curve (:func:`~kit.client._stages.open_arrivals`); the closed model
+runs one task per stage slot (:func:`run_slot`), active while the target is above the slot's number,
+running sessions back to back like a k6 VU's iterations and retiring them cleanly when the target falls
+(the run ends with the last stage, plus the queries in flight).  Both are drawn from the run's seed
+(``--seed``, else a random one, recorded in the run's entry with ``arrivals`` and ``stages``), and
+process *i* takes the arrivals and slots ``g % P == i`` of the one global schedule.  Each session's
+jitter generator comes from the seed and its global index (:func:`session_rng`).
+
 :func:`run_process` runs one trio process: the sessions (sharing one
 :class:`~kit.client._limiter.TokenBucket` that bounds their reconnect attempts to
 ``reconnect_rate`` a second; the rate and what it held back go into the process's
@@ -39,7 +48,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +65,7 @@ from ._hub import Hub
 from ._limiter import RECONNECT_BURST, RECONNECT_RATE, TokenBucket
 from ._output import merge_outputs, write_json_atomic, write_outputs
 from ._session import Session, SessionConfig
+from ._stages import Stage, closed_slots, open_arrivals, rate_integral, slot_count, stage_records
 from ._workload import Workload, WorkloadRecord
 from ._ws import SOURCES, client_ssl_context
 
@@ -93,6 +103,10 @@ class LoadConfig:
     ramp: float = option_default("ramp")
     arrival_rate: float | None = None
     duration: float | None = None
+    #: the stages (kit.client._stages; empty: none): closed, concurrent sessions; open, the arrival rate
+    stages: tuple[Stage, ...] = ()
+    #: even | poisson (kit.client._stages); a stage's own overrides it
+    arrivals: str = option_default("arrivals")
     processes: int = 1
     process_index: int = 0
     output_dir: Path = Path(option_default("output_dir"))
@@ -119,13 +133,22 @@ class LoadConfig:
 
     @property
     def model(self) -> str:
-        return "open" if self.arrival_rate else "closed"
+        return "open" if self.arrival_rate is not None and (self.arrival_rate or self.stages) else "closed"
+
+    @property
+    def open_stages(self) -> tuple[Stage, ...]:
+        """The open model's rate curve as stages: --stages, or --duration at --arrival-rate."""
+        return self.stages or (Stage(self.duration or 0.0, self.arrival_rate or 0.0),)
 
     @property
     def total_sessions(self) -> int:
-        if self.arrival_rate:
-            return max(1, round(self.arrival_rate * (self.duration or 0)))
-        return self.clients
+        """The sessions the run is sized for (HTTP pool, processes): closed, --clients or the stages' slots
+        (each runs sessions back to back, one at a time); open, the arrivals due (Poisson: their mean)."""
+        if self.model == "open":
+            if self.stages:
+                return max(1, round(rate_integral(self.stages, self.arrival_rate or 0.0)))
+            return max(1, round((self.arrival_rate or 0.0) * (self.duration or 0)))
+        return slot_count(self.stages) if self.stages else self.clients
 
 
 def schedule(total: int, rate: float, process_index: int = 0, processes: int = 1) -> Iterator[tuple[int, float]]:
@@ -241,17 +264,85 @@ async def _reporter(cfg: LoadConfig, rec: Recorder, state: dict, started: float)
             last_line = now
 
 
-async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRecord) -> None:
-    rng = random.Random(cfg.seed if cfg.seed is not None else os.getpid() ^ time.time_ns())
+def _plan(cfg: LoadConfig, seed: int) -> Iterator[tuple[int, float]]:
+    """(global session index, seconds after t0) of this process's open-model arrivals or closed-model
+    ramp: today's even schedule, or the stages' / Poisson arrivals (kit.client._stages)."""
+    if cfg.model == "open" and (cfg.stages or cfg.arrivals == "poisson"):
+        return open_arrivals(
+            cfg.open_stages,
+            cfg.arrival_rate or 0.0,
+            arrivals=cfg.arrivals,
+            seed=seed,
+            process_index=cfg.process_index,
+            processes=cfg.processes,
+        )
     rate = cfg.arrival_rate or cfg.ramp
-    plan = schedule(cfg.total_sessions, rate, cfg.process_index, cfg.processes)
+    return schedule(cfg.total_sessions, rate, cfg.process_index, cfg.processes)
+
+
+def _my_sessions(cfg: LoadConfig) -> int:
+    """About how many sessions this process holds at most, to size its HTTP pool."""
+    if cfg.stages and cfg.model == "closed":
+        return scheduled_sessions(slot_count(cfg.stages), cfg.process_index, cfg.processes)
+    return scheduled_sessions(cfg.total_sessions, cfg.process_index, cfg.processes)
+
+
+def _record_shape(cfg: LoadConfig, run: dict, seed: int) -> None:
+    """The run record's load shape: the seed its schedule and jitter were drawn from, ``arrivals`` and each
+    stage (kit.client._stages.stage_records: times in seconds from ``run["start"]``; none without stages)."""
+    run["seed"] = seed
+    run["arrivals"] = cfg.arrivals
+    start = (cfg.arrival_rate or 0.0) if cfg.model == "open" else 0.0
+    run["stages"] = stage_records(cfg.stages, start, cfg.arrivals) if cfg.stages else []
+
+
+def session_rng(seed: int, index: int) -> random.Random:
+    """Session *index*'s own generator (its reconnect jitter): from the run's seed and the session's global
+    index, so sessions differ from each other and a seed gives the same draws whichever process runs them."""
+    return random.Random(f"{seed}:session:{index}")
+
+
+async def run_slot(
+    intervals: tuple[tuple[float, float], ...],
+    t0: float,
+    run_one: Callable[[int, float | None, trio.Event], Awaitable[float]],
+) -> None:
+    """One closed-model stage slot: in each of its active *intervals* (seconds after trio time *t0*) run
+    sessions back to back like a k6 VU's iterations: ``await run_one(n, intended, retire)`` runs the slot's
+    *n*-th session (*intended*: the interval's start for its first session, else None: now) and returns the
+    think time before the next.  At the interval's end *retire* is set: the session in progress leaves
+    cleanly (kit.client._session) and the slot starts no other until its next interval."""
+    n = 0
+    for start, end in intervals:
+        if t0 + start > trio.current_time():
+            await trio.sleep_until(t0 + start)
+        retire = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_set_at, retire, t0 + end)
+            intended: float | None = start
+            while not retire.is_set() and trio.current_time() < t0 + end:
+                think = await run_one(n, intended, retire)
+                n, intended = n + 1, None
+                if think and not retire.is_set():
+                    with trio.move_on_after(think):
+                        await retire.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def _set_at(event: trio.Event, deadline: float) -> None:
+    await trio.sleep_until(deadline)
+    event.set()
+
+
+async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRecord) -> None:
+    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**32)
+    _record_shape(cfg, run, seed)
     state: dict = {}
     proc = psutil.Process()
     tls = client_ssl_context(cfg.ca_file)  # one per process, shared by HTTP and WebSocket
-    mine = scheduled_sessions(cfg.total_sessions, cfg.process_index, cfg.processes)
     http = HttpPool(
         cfg.session.api_url,
-        max_connections=min(cfg.http_connections, max(1, mine)),
+        max_connections=min(cfg.http_connections, max(1, _my_sessions(cfg))),
         timeout=cfg.http_timeout,
         ssl_context=tls,
     )
@@ -278,23 +369,29 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
             with stop, trio.move_on_after(cfg.max_duration if cfg.max_duration else math.inf) as scope:
                 async with trio.open_nursery() as sessions:
 
-                    def start(g: int, offset: float) -> None:
-                        intended_ns = t0_ns + int(offset * 1e9)
-                        sess = Session(
+                    def session(g: int, intended_ns: int, retire: trio.Event | None = None) -> Session:
+                        return Session(
                             workload.config_for(g),
                             http,
                             rec,
                             g,
                             intended_ns,
-                            random.Random(rng.random()),
+                            session_rng(seed, g),
                             hub,
                             workload,
                             ssl_context=tls,
                             limiter=reconnects,
+                            retire=retire,
                         )
-                        sessions.start_soon(sess.run)
 
-                    await start_on_schedule(plan, t0_trio, start)
+                    if cfg.stages and cfg.model == "closed":
+                        await _start_slots(cfg, seed, t0_trio, t0_ns, sessions, session)
+                    else:
+                        await start_on_schedule(
+                            _plan(cfg, seed),
+                            t0_trio,
+                            lambda g, offset: sessions.start_soon(session(g, t0_ns + int(offset * 1e9)).run),
+                        )
             if scope.cancelled_caught:
                 run["max_duration_hit"] = True
                 log.warning("--max-duration %ss reached: running sessions were cancelled", cfg.max_duration)
@@ -311,6 +408,35 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
     rec.sample_timeline(int(time.time()))
     if not rec.cpu_samples:  # a run shorter than a second: one sample of the whole run
         rec.cpu_samples.append(proc.cpu_percent(None))
+
+
+async def _start_slots(
+    cfg: LoadConfig,
+    seed: int,
+    t0: float,
+    t0_ns: int,
+    nursery: trio.Nursery,
+    session: Callable[[int, int, trio.Event], Session],
+) -> None:
+    """Start this process's stage slots (kit.client._stages.closed_slots), each at its first start; slot k's
+    n-th session is session ``n * slots + k`` of the run (an index no other slot or process uses)."""
+    slots = slot_count(cfg.stages)
+    mine = closed_slots(
+        cfg.stages, arrivals=cfg.arrivals, seed=seed, process_index=cfg.process_index, processes=cfg.processes
+    )
+    mine.sort(key=lambda slot: slot[1][0][0])
+    intervals = dict(mine)
+
+    def start(k: int, offset: float) -> None:
+        async def one(n: int, intended: float | None, retire: trio.Event) -> float:
+            ns = t0_ns + int(intended * 1e9) if intended is not None else time.monotonic_ns()
+            sess = session(n * slots + k, ns, retire)
+            await sess.run()
+            return sess.cfg.think_time
+
+        nursery.start_soon(run_slot, intervals[k], t0, one)
+
+    await start_on_schedule(((k, iv[0][0]) for k, iv in mine), t0, start)
 
 
 async def _stop_on_signal(stop: trio.CancelScope, run: dict) -> None:

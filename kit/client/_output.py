@@ -9,7 +9,9 @@ One process writes into its ``OUTPUT_DIR``:
 - ``histograms.json``: the mergeable state: histograms (microseconds), counters,
   error breakdown, and one entry per generator process under ``runs``;
 - ``summary.json``: :func:`build_summary` of that state, with the run's verdict ``status``
-  (:func:`run_status`) and its complete ``workload`` (:func:`kit.client._workload.workload_summary`);
+  (:func:`run_status`), its complete ``workload`` (:func:`kit.client._workload.workload_summary`) and its
+  load shape: ``seed``, ``arrivals`` and ``stages`` (:func:`load_shape`; each process's own are in its
+  ``runs`` entry);
 - ``meta.json``: config (no secrets), versions, argv (written when the folder is claimed,
   rewritten at the end), and the run's ``workload``.
 
@@ -50,6 +52,7 @@ __all__ = [
     "write_json_atomic",
     "run_status",
     "reconnect_limit",
+    "load_shape",
     "RUN_STATUSES",
     "RESULT_FILES",
     "check_output_dir",
@@ -92,6 +95,7 @@ SESSION_FIELDS = [
     "queries_ok",
     "queries_failed",
     "queries_skipped",
+    "left_early",
     "tokens",
     "status",
     "errors",
@@ -166,6 +170,41 @@ def reconnect_limit(runs: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
         "burst": bursts[0] if len(bursts) == 1 else bursts,
         "processes": len(limits),
         "rate_total": None if rates[0] == 0 else round(sum(float(x["rate"]) for x in limits), 3),
+    }
+
+
+def _one_or_all(values: Iterable[Any]) -> Any:
+    """The value every run shares, else all of them (sorted), else None."""
+    seen = sorted(set(values))
+    return seen[0] if len(seen) == 1 else (seen or None)
+
+
+def load_shape(runs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """summary.json's load shape from the runs' entries: the ``seed`` the schedules and jitter were drawn
+    from and the ``arrivals`` (one value when every run shares it, else the list: a controller gives each
+    generator a seed of its own), and ``stages``: each stage (kit.client._stages.stage_records) with its times
+    from the earliest run's start and its targets added up over the generators (each generator's processes
+    share one schedule: its first process's entry counts)."""
+    runs = list(runs)
+    staged = [r for r in runs if r.get("stages")]
+    stages: list[dict[str, Any]] = []
+    if staged:
+        firsts = [r for r in staged if r.get("process_index", 0) == 0] or staged[:1]
+        base = firsts[0]
+        shift = base["start"] - min(r["start"] for r in runs)
+        same = all(len(r["stages"]) == len(base["stages"]) for r in firsts)
+        for i, st in enumerate(base["stages"]):
+            entry = dict(st)
+            entry["start_s"] = round(st["start_s"] + shift, 3)
+            entry["end_s"] = round(st["end_s"] + shift, 3)
+            if same:
+                for k in ("target_from", "target_to"):
+                    entry[k] = round(sum(r["stages"][i][k] for r in firsts), 9)
+            stages.append(entry)
+    return {
+        "seed": _one_or_all(r["seed"] for r in runs if r.get("seed") is not None),
+        "arrivals": _one_or_all(r["arrivals"] for r in runs if r.get("arrivals")),
+        "stages": stages,
     }
 
 
@@ -361,6 +400,8 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
         "successful_sessions": ok,
         "failed_sessions": g("sessions_failed"),
         "cancelled_sessions": g("sessions_cancelled"),
+        # stage slots' sessions that left cleanly when their slot retired (ok; counted in successful_sessions)
+        "left_early_sessions": g("sessions_left_early"),
         "success_rate": round(100.0 * ok / sessions, 3) if sessions else 0.0,
         # seed: total queries / total tokens, QPS, TPS
         "total_queries": queries,
@@ -451,6 +492,7 @@ def build_summary(state: Mapping[str, Any]) -> dict[str, Any]:
             ],
         },
     }
+    summary.update(load_shape(runs))
     summary["status"], summary["status_reason"] = run_status(summary, runs)
     summary["interrupted"] = sorted({r["interrupted"] for r in runs if r.get("interrupted")}) or None
     summary["workload"] = workload_summary(state.get("workload"))
@@ -595,6 +637,19 @@ def _check_state(state: Any, where: str) -> tuple[dict[str, Histogram], SecondHi
             raise _bad(where, f"runs[{i}] is overloaded without an overload_reason")
         if r.get("interrupted") is not None and not isinstance(r["interrupted"], str):
             raise _bad(where, f"runs[{i}].interrupted is not a signal name")
+        if r.get("seed") is not None and not isinstance(r["seed"], int):
+            raise _bad(where, f"runs[{i}].seed is not a whole number")
+        if r.get("arrivals") is not None and not isinstance(r["arrivals"], str):
+            raise _bad(where, f"runs[{i}].arrivals is not text")
+        st = r.get("stages")
+        if st is not None and not (
+            isinstance(st, list)
+            and all(
+                isinstance(x, dict) and all(number(x.get(k)) for k in ("start_s", "end_s", "target_from", "target_to"))
+                for x in st
+            )
+        ):
+            raise _bad(where, f"runs[{i}].stages is not a list of {{start_s, end_s, target_from, target_to}}")
         lim = r.get("reconnect_limit")
         if lim and not (isinstance(lim, dict) and number(lim.get("rate")) and isinstance(lim.get("burst"), int)):
             raise _bad(where, f"runs[{i}].reconnect_limit is not {{rate, burst}}")
