@@ -24,6 +24,13 @@ run's own figure (``lost>0``, ``success<99.9%``, ``p99>2s``).  A malformed rule 
 :class:`CompareError` (exit 2).  :func:`compare_runs` is pure over loaded runs;
 :func:`write_compare_html` writes the page with overlaid charts (``kit._charts``), one series per
 run: runs that share a run id are labelled apart (:func:`run_labels`: ``run-a (1)``, ``run-a (2)``).
+
+Runs carry tags (summary.json's ``tags``, key -> value, given by ``fab run --tag``): ``--tag key=value``
+(:func:`parse_tag_filter`) selects the runs carrying every one given (:func:`select_runs`: those under
+``results/`` when no run is named, oldest first so the oldest is the baseline; ``fab analyze --tag`` takes
+the newest), and ``--label KEY`` names each run's column by its value of that tag.  Each run's tags are shown
+with the table, as ``tags.<key>`` rows of the settings side by side, and in :func:`compare_document`, the
+one JSON document of ``fab compare --json``.
 """
 
 from __future__ import annotations
@@ -58,6 +65,12 @@ __all__ = [
     "CONFIDENCE",
     "side_by_side",
     "run_labels",
+    "parse_tag_filter",
+    "run_tags",
+    "tags_text",
+    "select_runs",
+    "compare_document",
+    "run_compare",
 ]
 
 #: bootstrap resamples per run and figure (bounded: the cost is O(RESAMPLES) per figure after one sort)
@@ -225,6 +238,65 @@ def _raw_queries(run: RunData, names: Sequence[str]) -> dict[str, list[float] | 
     return {name: sorted(values) or None for name, values in out.items()}
 
 
+# -- tags ----------------------------------------------------------------------------------------------
+
+
+def parse_tag_filter(items: Sequence[str]) -> dict[str, str]:
+    """``--tag key=value`` words of ``fab compare`` / ``fab analyze`` as a mapping: a run is selected when it
+    carries every one.  CompareError, one line, for a word without ``key=``: a bare key would select runs
+    whatever their value of it, rarely what was meant, so it is refused rather than guessed."""
+    tags: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CompareError(f"--tag {item!r}: write key=value (e.g. --tag build=1.4.2)")
+        tags[key.strip()] = value.strip()
+    return tags
+
+
+def run_tags(summary: Mapping[str, Any]) -> dict[str, str]:
+    """A run's tags: summary.json's ``tags`` (else its run record's, as run.json holds them); {} for a run
+    recorded before runs had tags."""
+    tags = summary.get("tags")
+    if not isinstance(tags, Mapping):
+        tags = (summary.get("run") or {}).get("tags")
+    return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, Mapping) else {}
+
+
+def tags_text(tags: Mapping[str, str]) -> str:
+    """``build=abc, env=lab`` (``-`` for none): how a run's tags are shown."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(tags.items())) or "-"
+
+
+def _has_tags(summary: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
+    return wanted.items() <= run_tags(summary).items()
+
+
+def _started(summary: Mapping[str, Any], folder: Path) -> float:
+    """When a run started (epoch seconds): its ``started_at``, else its run record's agreed start, else when its
+    folder was last written (a run without either is not a run the kit wrote whole)."""
+    for v in (summary.get("started_at"), (summary.get("run") or {}).get("start_at")):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return folder.stat().st_mtime
+
+
+def select_runs(wanted: Mapping[str, str], results: Path) -> list[Path]:
+    """The run folders directly under *results* carrying every tag of *wanted*, oldest first (by when each
+    started): the first is a comparison's baseline, the last the newest.  A folder without a readable
+    summary.json is not a run and is passed over; a tarball whose folder was removed is not unpacked to read
+    its tags (that would cost a minute on a full results/): name it instead."""
+    found = []
+    for d in sorted(results.iterdir()) if results.is_dir() else ():
+        try:
+            summary = json.loads((d / "summary.json").read_text()) if d.is_dir() else None
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict) and _has_tags(summary, wanted):
+            found.append((_started(summary, d), d.name, d))
+    return [d for _, _, d in sorted(found)]
+
+
 # -- the comparison ------------------------------------------------------------------------------------
 
 
@@ -232,10 +304,11 @@ def _label(run: RunData) -> str:
     return str((run.summary.get("run") or {}).get("run_id") or run.summary.get("run_id") or run.path.name)
 
 
-def run_labels(runs: Sequence[RunData]) -> list[str]:
-    """One distinct label per run: its run id, numbered ``id (1)``, ``id (2)`` ... where several runs share one
-    (a run against a copy of itself, or one run id in two results directories)."""
-    ids = [_label(r) for r in runs]
+def run_labels(runs: Sequence[RunData], label_tag: str | None = None) -> list[str]:
+    """One distinct label per run: its value of the tag *label_tag* when given and it has one, else its run id;
+    numbered ``id (1)``, ``id (2)`` ... where several runs share one (a run against a copy of itself, one run
+    id in two results directories, two runs of one build)."""
+    ids = [(run_tags(r.summary).get(label_tag) if label_tag else None) or _label(r) for r in runs]
     seen: dict[str, int] = {}
     out = []
     for rid in ids:
@@ -252,11 +325,14 @@ def run_labels(runs: Sequence[RunData]) -> list[str]:
     return out
 
 
-def compare_runs(runs: Sequence[RunData], *, resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, Any]:
-    """Rows of figures over *runs* (the first is the baseline) with differences and noise verdicts."""
+def compare_runs(
+    runs: Sequence[RunData], *, resamples: int = RESAMPLES, seed: int = SEED, label_tag: str | None = None
+) -> dict[str, Any]:
+    """Rows of figures over *runs* (the first is the baseline) with differences and noise verdicts; columns
+    named by :func:`run_labels` (*label_tag*)."""
     if len(runs) < 2:
         raise CompareError("compare needs at least two runs: the first is the baseline")
-    labels = run_labels(runs)
+    labels = run_labels(runs, label_tag)
     rows = []
     raw_cache: dict[tuple[int, tuple[str, str]], Any] = {}
     for f in FIGURES:
@@ -293,6 +369,7 @@ def compare_runs(runs: Sequence[RunData], *, resamples: int = RESAMPLES, seed: i
         )
     return {
         "labels": labels,
+        "tags": [run_tags(r.summary) for r in runs],
         "rows": rows,
         "side_by_side": side_by_side(runs),
         "method": (
@@ -318,7 +395,7 @@ _VOLATILE = ("run_id", "results_dir", "argv")
 
 
 def side_by_side(runs: Sequence[RunData]) -> list[dict[str, Any]]:
-    """Workload, build and versions of each run, one row per setting, ``differs`` where runs disagree."""
+    """Workload, build, versions and tags of each run, one row per setting, ``differs`` where runs disagree."""
     from kit.run import build_label
 
     per_run = []
@@ -337,6 +414,7 @@ def side_by_side(runs: Sequence[RunData]) -> list[dict[str, Any]]:
         versions = run.get("versions") or {}
         flat.update(_flat({k: v for k, v in versions.items() if k != "argv"}, "versions."))
         flat["inventory.hosts"] = ", ".join(sorted((run.get("inventory") or {}).get("hosts") or {}))
+        flat.update({f"tags.{k}": v for k, v in run_tags(r.summary).items()})
         per_run.append(flat)
     keys = sorted({k for f in per_run for k in f if not any(k.endswith(v) for v in _VOLATILE)})
 
@@ -494,6 +572,10 @@ def format_table(result: Mapping[str, Any]) -> str:
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
+    if any(result.get("tags") or ()):
+        text.append("")
+        text.append("Tags:")
+        text += [f"  {lab}: {tags_text(tags)}" for lab, tags in zip(labels, result["tags"])]
     diffs = [r for r in result["side_by_side"] if r["differs"]]
     if diffs:
         text.append("")
@@ -555,10 +637,10 @@ table.settings td{{text-align:left}} .worse{{color:#b00;font-weight:bold}} .bett
 </head><body>
 <h1>Compare: {e(" vs ".join(labels))}</h1>
 <p>Baseline: <b>{e(labels[0])}</b>. Noise test: {e(result["method"])}.</p>
-<p>Runs: {"; ".join(f"<b>{e(lab)}</b> {e(str(r.path))}" for lab, r in zip(labels, runs))}.</p>
+<p>Runs: {"; ".join(f"<b>{e(lab)}</b> {e(str(r.path))} (tags: {e(tags_text(run_tags(r.summary)))})" for lab, r in zip(labels, runs))}.</p>
 <table>{head}{"".join(body)}</table>
 {"<h2>--fail-if</h2><ul>" + checks + "</ul>" if checks else ""}
-<h2>Workload, build and versions</h2>
+<h2>Workload, build, versions and tags</h2>
 <p>Rows that differ between the runs are highlighted.</p>
 <table class="settings"><tr><th>setting</th>{"".join(f"<th>{e(lab)}</th>" for lab in labels)}</tr>{settings}</table>
 <h2>Charts (run-relative time; one series per run)</h2>
@@ -586,6 +668,80 @@ def load_runs(refs: Sequence[str], results: Path | None = None) -> list[RunData]
     return runs
 
 
+def _selected_runs(refs: Sequence[str], wanted: Mapping[str, str], results: Path | None) -> list[RunData]:
+    """The runs to compare: those named (*refs*, in order), kept when they carry every tag of *wanted*; with
+    none named, the runs under *results* carrying them (:func:`select_runs`, oldest first).  CompareError when
+    fewer than two are left, naming the tags and what carried them."""
+    from kit.paths import RESULTS
+
+    where = results or RESULTS
+    if not refs and not wanted:
+        raise CompareError("give the runs to compare (A,B: run ids, folders or tarballs) or --tag key=value")
+    runs = load_runs(refs, results) if refs else [load_run(d) for d in select_runs(wanted, where)]
+    if wanted:
+        runs = [r for r in runs if _has_tags(r.summary, wanted)]
+        if len(runs) < 2:
+            carried = ", ".join(_label(r) for r in runs) or "none"
+            among = "of the runs named" if refs else f"under {where}/"
+            raise CompareError(
+                f"--tag {tags_text(wanted)}: {len(runs)} run(s) {among} carry it ({carried}): compare needs two; "
+                "tag another run (fab run --tag) or name the runs"
+            )
+    return runs
+
+
+def _check_label(label_tag: str | None, runs: Sequence[RunData]) -> None:
+    """CompareError when no run carries the tag *label_tag*: every column would be named by its run id."""
+    if label_tag and not any(label_tag in run_tags(r.summary) for r in runs):
+        keys = sorted({k for r in runs for k in run_tags(r.summary)})
+        raise CompareError(
+            f"--label {label_tag}: no run carries the tag {label_tag!r}; give one of their tags' keys "
+            f"({', '.join(keys) or 'the runs have none'})"
+        )
+
+
+def compare_document(
+    result: Mapping[str, Any],
+    runs: Sequence[RunData],
+    checks: Sequence[Mapping[str, Any]],
+    html_out: Path,
+    exit_status: int,
+) -> dict[str, Any]:
+    """``fab compare --json``'s one document: the exit status and outcome first (what a script branches on),
+    the runs with their tags, every figure with each run's value, change and noise verdict, the --fail-if
+    checks, the settings side by side and the page written."""
+    labels = result["labels"]
+    failed = [c for c in checks if c["failed"] is not False]
+    return {
+        "exit_status": exit_status,
+        "outcome": "regression" if failed else "pass",
+        "failed_rules": [f"{c['rule']} on {c['run']}" for c in failed],
+        "baseline": labels[0],
+        "runs": [
+            {
+                "label": lab,
+                "run_id": _label(r),
+                "path": str(r.path),
+                "tags": run_tags(r.summary),
+                "started_at": r.summary.get("started_at"),
+                "baseline": i == 0,
+            }
+            for i, (lab, r) in enumerate(zip(labels, runs))
+        ],
+        "figures": [
+            {
+                **{k: v for k, v in row.items() if k != "runs"},
+                "runs": [{"run": lab, **c} for lab, c in zip(labels[1:], row["runs"])],
+            }
+            for row in result["rows"]
+        ],
+        "fail_if": list(checks),
+        "settings": result["side_by_side"],
+        "method": result["method"],
+        "html_file": str(html_out),
+    }
+
+
 def run_compare(
     refs: Sequence[str],
     fail_if: Sequence[str] = (),
@@ -593,16 +749,23 @@ def run_compare(
     *,
     results: Path | None = None,
     say: Callable[[str], None] = print,
+    tags: Sequence[str] = (),
+    label: str | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
     """``fab compare``: print the table, write the HTML page, check the rules.
 
+    The runs are *refs* (run ids under *results*, folders or tarballs) or, with none, those under *results*
+    carrying every ``key=value`` of *tags* (:func:`_selected_runs`); *label* names the columns by a tag.
     Returns 0, or 1 when a ``--fail-if`` rule failed (a figure a rule needs that a run lacks counts
     as failed: a CI gate must not pass on missing data).  Raises :class:`CompareError` (exit 2) on
-    a malformed rule or an unreadable run, before any work.
+    a malformed rule or tag, an unreadable run or fewer than two runs, before any work.  *on_result* gets
+    :func:`compare_document`.
     """
     rules = [parse_fail_if(r) for r in fail_if]
-    runs = load_runs(refs, results)
-    result = compare_runs(runs)
+    runs = _selected_runs(refs, parse_tag_filter(tags), results)
+    _check_label(label, runs)
+    result = compare_runs(runs, label_tag=label)
     say(format_table(result))
     checks = evaluate_fail_if(result, rules)
     if html_out is None:
@@ -622,4 +785,7 @@ def run_compare(
         shown = "-" if q is None else (f"{q:+.1%}" if c["relative"] else _fmt(q))
         say(f"{state:<16} --fail-if {c['rule']:<16} {c['run']}: {shown} ({c['verdict']})")
     say(f"compare.html: {html_out}")
-    return 1 if failed else 0
+    rc = 1 if failed else 0
+    if on_result is not None:
+        on_result(compare_document(result, runs, checks, html_out, rc))
+    return rc

@@ -254,3 +254,145 @@ def test_runs_sharing_a_run_id_are_labelled_apart_and_drawn_as_two_series(tmp_pa
     assert all(len(s["series"]) == 2 for s in compare_chart_specs([("x", a), ("x", copy)]))
     page = write_compare_html(tmp_path / "cmp.html", res, [a, copy]).read_text()
     assert "<th>run-a (1)</th>" in page and "<th>run-a (2)</th>" in page
+
+
+# -- tags: select and label runs ------------------------------------------------------------------------
+
+
+def _tagged(run_id: str, tags: dict | None, started: float, shift: float = 0.0, *, in_record: bool = False) -> RunData:
+    """A run started at *started* carrying *tags* at summary.json's top level (or only in its run record)."""
+    run = _run(run_id, _latencies(300, shift, int(started)))
+    run.summary["started_at"] = started
+    if tags is not None:
+        run.summary["run"]["tags"] = dict(tags)
+        if not in_record:
+            run.summary["tags"] = dict(tags)
+    return run
+
+
+def test_a_tag_filter_is_key_value_and_anything_else_is_refused_in_one_line():
+    from kit.compare import parse_tag_filter
+
+    assert parse_tag_filter(["build=abc", " env = lab ", "note=a=b", "empty="]) == {
+        "build": "abc",
+        "env": "lab",
+        "note": "a=b",
+        "empty": "",
+    }
+    assert parse_tag_filter([]) == {}
+    for bad in ("build", "=abc", " =x"):
+        with pytest.raises(CompareError) as info:
+            parse_tag_filter(["env=lab", bad])
+        assert str(info.value) == f"--tag {bad!r}: write key=value (e.g. --tag build=1.4.2)"
+
+
+def test_a_runs_tags_come_from_its_summary_else_its_run_record():
+    from kit.compare import run_tags
+
+    assert run_tags(_tagged("a", {"build": "1"}, 1.0).summary) == {"build": "1"}
+    assert run_tags(_tagged("a", {"build": 2}, 1.0, in_record=True).summary) == {"build": "2"}
+    assert run_tags(_tagged("a", None, 1.0).summary) == {}
+    assert run_tags({"tags": ["not", "a", "mapping"]}) == {}
+
+
+def test_select_runs_keeps_those_carrying_every_tag_oldest_first(tmp_path):
+    from kit.compare import select_runs
+
+    results = tmp_path / "results"
+    _write_run(results / "newest", _tagged("newest", {"build": "abc", "env": "lab"}, 3000.0))
+    _write_run(results / "oldest", _tagged("oldest", {"build": "abc"}, 1000.0))
+    _write_run(results / "other-build", _tagged("other-build", {"build": "def"}, 500.0))
+    _write_run(results / "untagged", _tagged("untagged", None, 100.0))
+    _write_run(results / "record-only", _tagged("record-only", {"build": "abc"}, 2000.0, in_record=True))
+    (results / "logs-20260101").mkdir()  # no summary.json: not a run
+    (results / "damaged").mkdir()
+    (results / "damaged" / "summary.json").write_text("{not json")
+    (results / "newest.tar.gz").write_bytes(b"")  # a tarball is not read
+    (results / "cap.json").write_text(json.dumps({"tags": {"build": "abc"}}))
+    assert [p.name for p in select_runs({"build": "abc"}, results)] == ["oldest", "record-only", "newest"]
+    assert [p.name for p in select_runs({"build": "abc", "env": "lab"}, results)] == ["newest"]
+    assert select_runs({"build": "zzz"}, results) == []
+    assert select_runs({"build": "abc"}, tmp_path / "no-such-folder") == []
+    # no tags wanted: every run, oldest first
+    assert [p.name for p in select_runs({}, results)][:2] == ["untagged", "other-build"]
+
+
+def test_label_names_each_column_by_a_tag_and_falls_back_to_the_run_id():
+    from kit.compare import run_labels
+
+    a = _tagged("run-a", {"build": "abc"}, 1.0)
+    b = _tagged("run-b", {"build": "def"}, 2.0)
+    c = _tagged("run-c", {"build": "abc"}, 3.0)
+    d = _tagged("run-d", None, 4.0)
+    assert run_labels([a, b, c, d], "build") == ["abc (1)", "def", "abc (2)", "run-d"]
+    assert run_labels([a, b, c, d]) == ["run-a", "run-b", "run-c", "run-d"]
+    res = compare_runs([a, b], label_tag="build")
+    assert res["labels"] == ["abc", "def"] and res["tags"] == [{"build": "abc"}, {"build": "def"}]
+    text = format_table(res)
+    assert "Tags:\n  abc: build=abc\n  def: build=def\n" in text
+    assert "tags.build: abc=abc | def=def" in text  # a tag that differs is a setting that differs
+    untagged = format_table(compare_runs([_tagged("x", None, 1.0), _tagged("y", None, 2.0)]))
+    assert "Tags:" not in untagged
+
+
+def test_run_compare_selects_runs_by_tag_oldest_as_baseline_and_documents_them(tmp_path):
+    results = tmp_path / "results"
+    _write_run(results / "late", _tagged("late", {"build": "b2", "suite": "s"}, 2000.0, shift=40))
+    _write_run(results / "early", _tagged("early", {"build": "b1", "suite": "s"}, 1000.0))
+    _write_run(results / "stranger", _tagged("stranger", {"build": "b3"}, 1500.0))
+    docs: list[dict] = []
+    lines: list[str] = []
+    rc = run_compare(
+        [],
+        ["p50>+10%"],
+        None,
+        results=results,
+        say=lines.append,
+        tags=["suite=s"],
+        label="build",
+        on_result=docs.append,
+    )
+    assert rc == 1 and len(docs) == 1
+    doc = json.loads(json.dumps(docs[0]))  # what --json prints: plain JSON
+    assert list(doc) == [
+        "exit_status",
+        "outcome",
+        "failed_rules",
+        "baseline",
+        "runs",
+        "figures",
+        "fail_if",
+        "settings",
+        "method",
+        "html_file",
+    ]
+    assert doc["exit_status"] == 1 and doc["outcome"] == "regression" and doc["failed_rules"] == ["p50>+10% on b2"]
+    assert doc["baseline"] == "b1"
+    assert [(r["run_id"], r["label"], r["baseline"], r["tags"]) for r in doc["runs"]] == [
+        ("early", "b1", True, {"build": "b1", "suite": "s"}),
+        ("late", "b2", False, {"build": "b2", "suite": "s"}),
+    ]
+    p50 = next(f for f in doc["figures"] if f["key"] == "p50")
+    assert p50["runs"][0]["run"] == "b2" and p50["runs"][0]["verdict"] == "worse" and p50["runs"][0]["diff"] > 30
+    assert (results / "compare-b1-vs-b2.html").is_file() and doc["html_file"] == str(results / "compare-b1-vs-b2.html")
+    assert "tags: build=b1, suite=s" in (results / "compare-b1-vs-b2.html").read_text()
+    assert any(line.startswith("FAIL") and "p50>+10%" in line for line in lines)
+
+
+def test_run_compare_refuses_too_few_tagged_runs_an_unknown_label_and_nothing_to_compare(tmp_path):
+    results = tmp_path / "results"
+    a = _write_run(results / "a", _tagged("a", {"build": "b1"}, 1000.0))
+    b = _write_run(results / "b", _tagged("b", {"build": "b2"}, 2000.0))
+    quiet = {"results": results, "say": lambda _line: None}
+    with pytest.raises(CompareError) as info:
+        run_compare([], [], None, tags=["build=b1"], **quiet)
+    assert str(info.value).startswith(f"--tag build=b1: 1 run(s) under {results}/ carry it (a): compare needs two")
+    with pytest.raises(CompareError, match=r"1 run\(s\) of the runs named carry it \(b\)"):
+        run_compare([str(a), str(b)], [], None, tags=["build=b2"], **quiet)  # named runs are filtered too
+    with pytest.raises(CompareError, match=r"--label env: no run carries the tag 'env'.*\(build\)"):
+        run_compare([str(a), str(b)], [], None, label="env", **quiet)
+    with pytest.raises(CompareError, match="give the runs to compare"):
+        run_compare([], [], None, **quiet)
+    with pytest.raises(CompareError, match="--tag 'b1': write key=value"):
+        run_compare([], [], None, tags=["b1"], **quiet)
+    assert not list(results.glob("compare-*.html"))  # refused before any work
