@@ -16,8 +16,16 @@ The search (:func:`next_load`, pure):
 
 A step whose generator was overloaded (``summary["generator"]["generator_overloaded"]``) measured
 the kit, not the system under test: it is not counted as a failure, and the search stops and
-says so.  A partial run (exit 3) stops the search too.  :func:`search` drives a *runner* (any
-callable ``(load, index) -> (exit status, summary)``), so the policy is tested with a fake one.
+says so.  A partial run (exit 3) stops the search too, and so does an interrupted one (Ctrl-C or SIGTERM
+during a step: the search ends with that step's exit status, 130 or 143, and what it found so far is
+written).  :func:`search` drives a *runner* (any callable ``(load, index) -> (exit status, summary)``), so
+the policy is tested with a fake one.
+
+Each step takes every option of the *base* run (``fab capacity`` takes ``fab run``'s options but those the
+search sets itself: :func:`step_changes`), so a step runs the workload, TLS, tags or plan file given.  The exit
+status of a search means what ``fab run``'s does: 0 a knee was found, 1 no load met the SLOs, 3 the search
+stopped on an overloaded generator or a partial run, 130/143 interrupted (2 and 4 as every task's);
+:func:`capacity_document` is the one JSON document of ``fab capacity --json``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ __all__ = [
     "format_result",
     "write_capacity_html",
     "execute_capacity",
+    "capacity_document",
+    "step_changes",
     "DEFAULT_RAMP_S",
 ]
 
@@ -95,6 +105,11 @@ class Step:
     def broken(self) -> list[str]:
         return [s["threshold"] for s in self.slos if not s["passed"]]
 
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C or SIGTERM ended the step's run (exit 128 + the signal): no verdict on the load."""
+        return self.rc > 128
+
 
 def next_load(
     steps: Sequence[Step], *, start: int, rule: StepRule, maximum: int, resolution: int
@@ -103,6 +118,8 @@ def next_load(
     if not steps:
         return start, "start"
     last = steps[-1]
+    if last.interrupted:
+        return None, f"interrupted during the run at {last.load} sessions"
     if last.overloaded:
         return None, (
             f"the generator was overloaded at {last.load} sessions: that step measured the kit, not the "
@@ -147,6 +164,7 @@ class CapacityResult:
                 "passed": s.passed,
                 "overloaded": s.overloaded,
                 "partial": s.partial,
+                "interrupted": s.interrupted,
                 "run_id": s.run_id,
                 "slos": s.slos,
                 "bottleneck": s.summary.get("bottleneck"),
@@ -206,7 +224,7 @@ def search(
         s = judge(load, rc, summary, slos, run_id)
         steps.append(s)
         say("  " + _step_line(s))
-    failing = [s for s in steps if not s.passed and not s.overloaded and not s.partial]
+    failing = [s for s in steps if not s.passed and not s.overloaded and not s.partial and not s.interrupted]
     first_failing = min(failing, key=lambda s: s.load) if failing else None
     passing = [
         s for s in steps if s.passed and not s.overloaded and (first_failing is None or s.load < first_failing.load)
@@ -228,8 +246,14 @@ def _fmt_slo(c: Mapping[str, Any]) -> str:
     return f"{c['threshold']} ({shown} {'ok' if c['passed'] else 'BROKEN'})"
 
 
+def _state(s: Step) -> str:
+    if s.interrupted:
+        return "interrupted"
+    return "overloaded generator" if s.overloaded else ("partial" if s.partial else ("pass" if s.passed else "FAIL"))
+
+
 def _step_line(s: Step) -> str:
-    state = "overloaded generator" if s.overloaded else ("partial" if s.partial else ("pass" if s.passed else "FAIL"))
+    state = _state(s)
     b = s.summary.get("bottleneck") or {}
     neck = f"; bottleneck {b.get('component')} on {b.get('host')} ({b.get('ratio', 0):.0%})" if b else ""
     tps = s.summary.get("tps")
@@ -317,7 +341,7 @@ def write_capacity_html(path: Path, res: CapacityResult) -> Path:
         )
     )
     rows = "".join(
-        f"<tr><td>{s.load}</td><td>{'overloaded generator' if s.overloaded else ('pass' if s.passed else 'FAIL')}"
+        f"<tr><td>{s.load}</td><td>{_state(s)}"
         f"</td><td>{e(str(s.summary.get('tps')))}</td><td>{e(', '.join(_fmt_slo(c) for c in s.slos))}</td>"
         f"<td>{e(str((s.summary.get('bottleneck') or {}).get('component', '-')))}</td>"
         f"<td>{e(s.run_id or '')}</td></tr>"
@@ -346,6 +370,54 @@ def _knee_note(res: CapacityResult) -> str:
     )
 
 
+def step_changes(base: Any, load: int, run_id: str, thresholds: Sequence[Threshold], ramp: float | None) -> dict:
+    """What a step sets on *base* (a ``RunOptions``) whatever it was given: *load* closed-model sessions started
+    at *ramp* per second (default all within :data:`DEFAULT_RAMP_S`), its run id, the SLOs as its only
+    thresholds, no live view.  When *base* records the options given (a plan file yields to those), these
+    are marked given too, so a plan's clients or arrival rate cannot replace the step's."""
+    changes: dict[str, Any] = {
+        "clients": load,
+        "run_id": run_id,
+        "thresholds": list(thresholds),
+        "no_default_thresholds": True,  # the SLOs alone judge a step, not fab run's defaults
+        "ramp": ramp if ramp is not None else max(1.0, load / DEFAULT_RAMP_S),
+        "arrival_rate": None,
+        "duration": None,
+        "live": False,
+    }
+    if getattr(base, "given", None) is not None:
+        changes["given"] = frozenset(base.given) | changes.keys()
+    return changes
+
+
+_OUTCOMES = {0: "knee_found", 1: "no_load_met_slos", 3: "stopped"}
+
+
+def capacity_document(rc: int, res: CapacityResult, name: str, json_file: Path, html_file: Path) -> dict[str, Any]:
+    """``fab capacity --json``'s one document: the exit status and outcome (``knee_found``,
+    ``no_load_met_slos``, ``stopped``, ``interrupted``), the search's name, then its result
+    (:meth:`CapacityResult.to_dict`: reason, SLOs, knee, first failing step, every step) and the files written."""
+    return {
+        "exit_status": rc,
+        "outcome": _OUTCOMES.get(rc, "interrupted"),
+        "name": name,
+        **res.to_dict(),
+        "json_file": str(json_file),
+        "html_file": str(html_file),
+    }
+
+
+def _exit_status(res: CapacityResult) -> int:
+    """0 a knee, 1 no load met the SLOs, 3 stopped on an overloaded generator or a partial run, the step's own
+    status when it was interrupted."""
+    last = res.steps[-1] if res.steps else None
+    if last is not None and last.interrupted:
+        return last.rc
+    if last is not None and (last.overloaded or last.partial):
+        return 3
+    return 0 if res.knee is not None else 1
+
+
 def execute_capacity(
     base: Any,
     slos: Sequence[str],
@@ -357,12 +429,14 @@ def execute_capacity(
     ramp: float | None = None,
     name: str | None = None,
     say: Callable[[str], None] = print,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[int, CapacityResult]:
-    """``fab capacity``: one ``execute`` per step with *base* (a ``RunOptions``) for everything but the load.
+    """``fab capacity``: one ``execute`` per step with *base* (a ``RunOptions``) for everything but what
+    :func:`step_changes` sets; *ramp* (default *base*'s ``ramp``) paces each step's sessions.
 
     Returns (exit status, result): 0 when a knee was found, 1 when no load met the SLOs, 3 when
-    the search stopped on an overloaded generator or a partial run.  Writes
-    ``results/<name>.json`` and ``results/<name>.html``.
+    the search stopped on an overloaded generator or a partial run, 130/143 when a step was interrupted.
+    Writes ``results/<name>.json`` and ``results/<name>.html``; *on_result* gets :func:`capacity_document`.
     """
     import time
 
@@ -371,20 +445,11 @@ def execute_capacity(
     thresholds = [parse_threshold(s) for s in slos]
     rule = parse_step(step)
     name = name or time.strftime("capacity-%Y%m%d-%H%M%S")
+    pace = ramp if ramp is not None else getattr(base, "ramp", None)
 
     def runner(load: int, index: int) -> tuple[int, Mapping[str, Any], str | None]:
         run_id = f"{name}-s{index + 1}-c{load}"
-        opts = dataclasses.replace(
-            base,
-            clients=load,
-            run_id=run_id,
-            thresholds=list(thresholds),
-            no_default_thresholds=True,  # the SLOs alone judge a step, not fab run's defaults
-            ramp=ramp if ramp is not None else max(1.0, load / DEFAULT_RAMP_S),
-            arrival_rate=None,
-            duration=None,
-            live=False,
-        )
+        opts = dataclasses.replace(base, **step_changes(base, load, run_id, thresholds, pace))
         rc = execute(opts, out=lambda line: log.debug("%s", line))  # each step's own report is in its folder
         try:
             summary = json.loads((base.results_dir / run_id / "summary.json").read_text())
@@ -394,8 +459,11 @@ def execute_capacity(
 
     res = search(runner, thresholds, start=start, rule=rule, maximum=maximum, resolution=resolution, say=say)
     base.results_dir.mkdir(parents=True, exist_ok=True)
-    (base.results_dir / f"{name}.json").write_text(json.dumps(res.to_dict(), indent=2, default=str) + "\n")
+    json_file = base.results_dir / f"{name}.json"
+    json_file.write_text(json.dumps(res.to_dict(), indent=2, default=str) + "\n")
     page = write_capacity_html(base.results_dir / f"{name}.html", res)
     say(format_result(res) + f"capacity.html: {page}")
-    stopped = res.steps and (res.steps[-1].overloaded or res.steps[-1].partial)
-    return (3 if stopped else (0 if res.knee is not None else 1)), res
+    rc = _exit_status(res)
+    if on_result is not None:
+        on_result(capacity_document(rc, res, name, json_file, page))
+    return rc, res

@@ -120,3 +120,107 @@ def test_capacity_page_charts_every_slo_and_tokens(tmp_path):
     page = write_capacity_html(tmp_path / "cap.html", res)
     html = page.read_text()
     assert html.count('class="chart-box"') == 3 and "knee: 37 sessions" in html
+
+
+# -- execute_capacity: each step a run of the base options, the exit status, the --json document ----------
+
+
+class FakeExecute:
+    """kit.run.execute's stand-in: records each step's options and writes the summary *system* gives its load;
+    *interrupt_at*: the run at that load ends by Ctrl-C (exit 130)."""
+
+    def __init__(self, system: FakeSystem, interrupt_at: int | None = None) -> None:
+        self.system, self.interrupt_at, self.opts = system, interrupt_at, []
+
+    def __call__(self, opts, *, out=print, **_kw) -> int:
+        import json
+
+        self.opts.append(opts)
+        rc, summary, _ = self.system(opts.clients, len(self.opts) - 1)
+        if opts.clients == self.interrupt_at:
+            rc, summary = 130, summary | {"interrupted": ["SIGINT"], "partial": True}
+        (opts.results_dir / opts.run_id).mkdir(parents=True)
+        (opts.results_dir / opts.run_id / "summary.json").write_text(json.dumps(summary))
+        return rc
+
+
+def _capacity(tmp_path, monkeypatch, fake, **kw):
+    import kit.run._run
+    from kit.run import RunOptions, execute_capacity
+
+    monkeypatch.setattr(kit.run._run, "execute", fake)
+    base = RunOptions(inventory=tmp_path / "inv.yml", clients=1, tokens=7, results_dir=tmp_path / "res", live=False)
+    docs: list[dict] = []
+    rc, res = execute_capacity(
+        base,
+        ["delivery_p99<50ms", "success>=99.9%"],
+        start=10,
+        step="x2",
+        maximum=10_000,
+        name="cap",
+        say=lambda _line: None,
+        on_result=docs.append,
+        **kw,
+    )
+    return rc, res, docs
+
+
+def test_every_step_runs_the_base_options_with_the_search_load_and_the_slos_alone(tmp_path, monkeypatch):
+    fake = FakeExecute(FakeSystem(knee=37))
+    rc, res, docs = _capacity(tmp_path, monkeypatch, fake)
+    assert rc == 0 and res.knee.load == 37
+    for opts in fake.opts:
+        assert opts.tokens == 7  # a fab run option given to fab capacity reaches every step
+        assert [t.text for t in opts.thresholds] == ["delivery_p99<50ms", "success>=99.9%"]
+        assert opts.no_default_thresholds and opts.arrival_rate is None and opts.duration is None
+        assert opts.ramp == max(1.0, opts.clients / 5) and opts.run_id.startswith("cap-s")
+    assert [o.clients for o in fake.opts][:3] == [10, 20, 40]
+
+
+def test_the_json_document_of_a_search(tmp_path, monkeypatch):
+    import json
+
+    rc, res, docs = _capacity(tmp_path, monkeypatch, FakeExecute(FakeSystem(knee=37)), ramp=4.0)
+    assert len(docs) == 1
+    doc = json.loads(json.dumps(docs[0], default=str))
+    assert list(doc) == [
+        "exit_status",
+        "outcome",
+        "name",
+        "reason",
+        "slos",
+        "knee",
+        "first_failing",
+        "steps",
+        "json_file",
+        "html_file",
+    ]
+    assert doc["exit_status"] == 0 and doc["outcome"] == "knee_found" and doc["name"] == "cap"
+    assert doc["knee"]["load"] == 37 and doc["first_failing"]["load"] == 38
+    assert doc["knee"]["run_id"] == res.knee.run_id and doc["knee"]["interrupted"] is False
+    assert json.loads((tmp_path / "res" / "cap.json").read_text())["knee"]["load"] == 37
+    assert doc["json_file"] == str(tmp_path / "res" / "cap.json") and doc["html_file"].endswith("cap.html")
+    rc, _, docs = _capacity(tmp_path / "none", monkeypatch, FakeExecute(FakeSystem(knee=0)))
+    assert rc == 1 and docs[0]["outcome"] == "no_load_met_slos" and docs[0]["knee"] is None
+
+
+def test_an_interrupted_step_ends_the_search_with_its_exit_status_and_no_verdict(tmp_path, monkeypatch):
+    fake = FakeExecute(FakeSystem(knee=1000), interrupt_at=40)
+    rc, res, docs = _capacity(tmp_path, monkeypatch, fake)
+    assert [o.clients for o in fake.opts] == [10, 20, 40]  # nothing after the interrupted step
+    assert rc == 130 and docs[0]["exit_status"] == 130 and docs[0]["outcome"] == "interrupted"
+    assert res.reason == "interrupted during the run at 40 sessions"
+    assert res.first_failing is None and res.knee.load == 20  # the interrupted load is neither pass nor fail
+    assert "40 sessions: interrupted" in format_result(res)
+
+
+def test_a_step_marks_what_it_sets_as_given_so_a_plan_file_cannot_replace_it():
+    from types import SimpleNamespace
+
+    from kit.run._capacity import step_changes
+
+    changes = step_changes(SimpleNamespace(given=frozenset({"tokens"})), 40, "cap-s3-c40", SLOS, None)
+    assert changes["clients"] == 40 and changes["ramp"] == 8.0 and changes["arrival_rate"] is None
+    assert changes["given"] >= {"tokens", "clients", "run_id", "thresholds", "arrival_rate", "duration", "ramp"}
+    assert "given" not in step_changes(SimpleNamespace(given=None), 40, "x", SLOS, 2.0)
+    assert "given" not in step_changes(SimpleNamespace(), 40, "x", SLOS, 2.0)
