@@ -1,18 +1,21 @@
 """The non-run Fabric tasks: deploy, down, status, logs, analyze (``fabfile.py`` only parses options).
 
 Each function returns an exit status and prints what it found; problems on
-individual hosts are listed per host (never swallowed).
+individual hosts are listed per host (never swallowed).  :func:`analyze` finds its run by name or by tags
+(``kit.compare.select_runs``: the newest carrying them) and gives a script one JSON document instead of the
+report when asked (``fab analyze --json``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from kit.paths import PLAYBOOKS, REPO, RESULTS
 
 from . import _hostops as ops
 from ._logs import fetch_logs
+from ._options import RunError
 from ._remote import GroupException, close_all, connect, describe_failures, fan_out
 from ._services import check_health
 
@@ -127,19 +131,86 @@ def find_run(name: str, results: Path = RESULTS) -> Path:
     raise FileNotFoundError(f"no run {name!r}: give a run id under {results}/, a folder or a .tar.gz")
 
 
-def analyze(name: str, out: Callable[[str], None] = _say) -> int:
-    """Reprint a run's report and the per-query analysis (percentiles, histogram, errors)."""
+def _analyzed_run(name: str | None, tags: Mapping[str, str], results: Path) -> Path:
+    """The run ``fab analyze`` reads: *name* (which must carry *tags*, when given), else the newest run under
+    *results* carrying every tag.  FileNotFoundError / RunError (exit 2), one line, when there is none."""
+    from kit.compare import run_tags, select_runs, tags_text
+
+    if name:
+        run_dir = find_run(name, results)
+        if tags:
+            have = run_tags(_summary_of(run_dir))
+            if not tags.items() <= have.items():
+                raise RunError(
+                    f"run {name!r} does not carry --tag {tags_text(tags)} (its tags: {tags_text(have)}): "
+                    "drop --tag or name another run"
+                )
+        return run_dir
+    if not tags:
+        raise RunError(f"give a run (an id under {results}/, a folder or a .tar.gz) or --tag key=value")
+    found = select_runs(tags, results)
+    if not found:
+        raise FileNotFoundError(f"no run under {results}/ carries --tag {tags_text(tags)}: tag a run (fab run --tag)")
+    return found[-1]
+
+
+def _summary_of(run_dir: Path) -> dict[str, Any]:
+    """The run's summary.json, {} when it has none (a folder of the client's own output: queries.csv only)."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise RunError(f"{path}: not JSON ({exc}): the run folder is damaged") from None
+
+
+def analyze(
+    name: str | None,
+    out: Callable[[str], None] = _say,
+    *,
+    tags: Mapping[str, str] | None = None,
+    results: Path = RESULTS,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Reprint a run's report and the per-query analysis (percentiles, histogram, errors).
+
+    The run is *name* or, without one, the newest under *results* carrying every one of *tags*.  With
+    *on_result*, the report is not printed (nor rewritten): it gets the one JSON document instead, the
+    run's id, folder, tags, status, the analysis and summary.json.  A run without queries.csv is exit 2:
+    there is nothing to analyze (its generators wrote no queries).
+    """
     from kit.client import analyze as client_analyze
     from kit.client import format_report
+    from kit.compare import run_tags, tags_text
     from kit.report import write_report
 
-    run_dir = find_run(name)
-    if (run_dir / "summary.json").exists():
-        out(write_report(run_dir))
+    run_dir = _analyzed_run(name, tags or {}, results)
+    summary = _summary_of(run_dir)
     queries = run_dir / "queries.csv"
-    if queries.exists():
-        out(format_report(client_analyze([queries])))
-    else:
-        out(f"{queries} is missing: no per-query data to analyze")
-        return 1
+    if on_result is None:
+        out(f"run: {run_dir}  tags: {tags_text(run_tags(summary))}")
+        if summary:
+            out(write_report(run_dir))
+    if not queries.exists():
+        raise FileNotFoundError(f"{queries} is missing: no per-query data to analyze (did its generators run?)")
+    try:
+        analysis = client_analyze([queries])
+    except ValueError as exc:  # kit.client's AnalyzeError: a damaged queries.csv, named with its line
+        raise RunError(str(exc)) from None
+    if on_result is None:
+        out(format_report(analysis))
+        return 0
+    on_result(
+        {
+            "exit_status": 0,
+            "run_id": summary.get("run_id") or run_dir.name,
+            "results_dir": str(run_dir),
+            "tags": run_tags(summary),
+            "status": summary.get("status"),
+            "status_reason": summary.get("status_reason"),
+            "analysis": {k: v for k, v in analysis.items() if not k.startswith("_")},
+            "summary": summary,
+        }
+    )
     return 0
