@@ -530,6 +530,18 @@ def run_load(argv: list[str]) -> int:
     return 0 if args.exit_zero_on_failure else EXIT_BY_STATUS.get(status, 1)
 
 
+def _analyze_parser() -> argparse.ArgumentParser:
+    """``analyze``'s command line: result folders or CSV files, and ``--help`` (a path is never an option: one
+    starting with ``-`` goes after ``--``)."""
+    p = _Parser(
+        prog=f"{PROG} analyze",
+        description="Exact latency percentiles (nearest rank), a latency histogram and the error breakdown of "
+        "result folders (their queries.csv) or CSV files, several at once; the seed's CSV (latency in seconds) too.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a result folder of python -m kit.client or a queries.csv")
+    return p
+
+
 def _results_command(argv: list[str]) -> int:
     from ._analyze import AnalyzeError, analyze, format_report
     from ._console import print_summary
@@ -537,9 +549,8 @@ def _results_command(argv: list[str]) -> int:
 
     try:
         if argv[0] == "analyze":
-            if len(argv) < 2:
-                raise ConfigError(f"usage: {PROG} analyze PATH [PATH ...] (result folders or queries.csv files)")
-            print(format_report(analyze([Path(p) for p in argv[1:]])))
+            paths = _analyze_parser().parse_args(argv[1:]).paths
+            print(format_report(analyze([Path(p) for p in paths])))
         else:
             if len(argv) < 3:
                 raise ConfigError(f"usage: {PROG} merge OUT_DIR IN_DIR [IN_DIR ...]")
