@@ -10,17 +10,23 @@ The host list is always the Ansible inventory (``--inventory``, default
 Exit status (every task, through :func:`_cli`): 0 pass, 1 a threshold failed, 2 bad options or a
 failed preflight (one line), 3 a partial run, 4 an internal error (one line naming it and the file
 holding the traceback), 130 interrupted by Ctrl-C (143 SIGTERM), after stopping every remote job
-the run started.  Options are parsed here, not typed by their defaults, so a bad value is exit 2
-(invoke's own parse errors, an unknown option or task, stay its exit 1).
+the run started.  Options are parsed here, not typed by their defaults, so a bad value is exit 2; a
+command line invoke cannot parse (an unknown option or task) is exit 2 as well, through the kit's ``fab``
+(:mod:`kit.fab`, which also lets a task's positional parameter be left out: each has a default here).
+``fab run``, ``analyze``, ``compare`` and ``capacity`` take ``--json``: one JSON document on stdout, every
+other line on stderr (:func:`_json_mode`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from fabric import task
 from invoke import Exit
@@ -29,12 +35,18 @@ from kit.paths import REPO
 
 DEFAULT_INVENTORY = "inventory/local.yml"
 INV_HELP = "Ansible inventory to use (default inventory/local.yml)"
+#: the help of --json on analyze, compare and capacity: its document's top-level keys
+_JSON_HELP = "print one JSON document on stdout ({keys}); every other line goes to stderr"
 
 
 def _inv(path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else (Path.cwd() / p if (Path.cwd() / p).exists() else REPO / p)
 
+
+#: the default of a positional parameter the task checks itself: invoke takes one defaulting to None as required
+#: and would take the next word for it, --help included (kit.fab hands a bare word to it instead)
+_NOT_GIVEN = ""
 
 #: exit status of bad options or a failed preflight, and of an unexpected exception (README "fab tasks")
 EXIT_USAGE = 2
@@ -105,6 +117,38 @@ def _cli(fn):
     return task_body
 
 
+@contextlib.contextmanager
+def _json_mode(on: bool) -> Iterator[Callable[[dict], None]]:
+    """``--json``: every line the task prints goes to stderr (a stray print included) while it works, and the
+    last document given to the yielded callback is printed alone on the real stdout at the end, so a script
+    can parse stdout whole.  An exception (exit 2, 4, an interrupt before a result) prints no document."""
+    stdout, docs = sys.stdout, []
+    with contextlib.redirect_stdout(sys.stderr) if on else contextlib.nullcontext():
+        yield docs.append
+    if on and docs:
+        import json
+
+        stdout.write(json.dumps(docs[-1], indent=2, default=str) + "\n")
+        stdout.flush()
+
+
+def _hint_if_fabrics_own_fab() -> None:
+    """One line on stderr when Fabric's own ``fab`` loaded these tasks instead of the kit's (:mod:`kit.fab`,
+    installed over it by ``pip install -e .``): a virtual environment set up before kit.fab existed.  Fabric's
+    exits 1 on an unknown option and cannot leave a run name out (``fab compare A,B`` is refused), so say
+    how to get the kit's rather than let those look like the kit's behaviour."""
+    program = getattr(sys.modules.get("__main__"), "program", None)
+    if program is not None and type(program).__module__ == "fabric.main":
+        print(
+            "fab: this is Fabric's own fab, not the kit's (kit.fab): run ./loadkit setup "
+            "(or .venv/bin/pip install --no-deps -e .) for its exit statuses and run names",
+            file=sys.stderr,
+        )
+
+
+_hint_if_fabrics_own_fab()
+
+
 class _StderrHandler(logging.StreamHandler):
     """Logs to whatever ``sys.stderr`` is now (the live view redirects it above its table)."""
 
@@ -152,9 +196,10 @@ def lab_up(c, hosts=None, layout="", source_addresses=None):
 @task(
     name="plan",
     auto_shortflags=False,
+    positional=["clients"],
     help={
         "inventory": INV_HELP,
-        "clients": "concurrent sessions to plan for",
+        "clients": "concurrent sessions to plan for (also as a bare word: fab plan 500)",
         "from_run": "a previous run (id under results/ or folder): its CPU per token per component sizes the CPU too",
         "think_time": "seconds between a session's queries (with --from-run: the run's)",
         "tokens": "tokens per answer (default the simulator's 43, or the run's)",
@@ -164,12 +209,21 @@ def lab_up(c, hosts=None, layout="", source_addresses=None):
 )
 @_cli
 def plan(
-    c, clients, inventory=DEFAULT_INVENTORY, from_run="", think_time=None, tokens=None, token_delay=None, ttft=None
+    c,
+    clients=_NOT_GIVEN,
+    inventory=DEFAULT_INVENTORY,
+    from_run="",
+    think_time=None,
+    tokens=None,
+    token_delay=None,
+    ttft=None,
 ):
     """How many hosts per group a run of N sessions needs, against what the inventory has (exit 1: too few)."""
     from kit.run import plan as run_plan
 
     _logging(False)
+    if clients == _NOT_GIVEN:
+        raise Exit("plan: --clients: give the sessions to plan for: fab plan 500 or --clients 500", code=EXIT_USAGE)
     run_dir = None
     if from_run:
         run_dir = Path(from_run) if Path(from_run).is_dir() else REPO / "results" / from_run
@@ -259,13 +313,28 @@ def logs(c, inventory=DEFAULT_INVENTORY, dest=""):
         raise Exit(code=rc)
 
 
-@task(auto_shortflags=False, help={"run": "run id under results/, a run folder or a .tar.gz"})
+@task(
+    name="analyze",
+    auto_shortflags=False,
+    positional=["run"],
+    iterable=["tag"],
+    help={
+        "run": "run id under results/, a run folder or a .tar.gz (also as a bare word: fab analyze RUN)",
+        "tag": "key=value, repeatable: without a run, the newest run under results/ carrying every one given",
+        "json": _JSON_HELP.format(
+            keys="exit_status, run_id, results_dir, tags, status, status_reason, analysis, summary"
+        ),
+    },
+)
 @_cli
-def analyze(c, run):
+def analyze(c, run=_NOT_GIVEN, tag=None, json=False):
     """Print a run's report and per-query analysis (percentiles, histogram, errors)."""
+    from kit.compare import parse_tag_filter
     from kit.run import analyze as run_analyze
 
-    rc = run_analyze(run)
+    tags = parse_tag_filter(tag or [])
+    with _json_mode(json) as on_result:
+        rc = run_analyze(run or None, tags=tags, results=REPO / "results", on_result=on_result if json else None)
     if rc:
         raise Exit(code=rc)
 
@@ -283,40 +352,62 @@ def _run_fields() -> dict[str, dataclasses.Field]:
     }
 
 
+class _Own(NamedTuple):
+    """A task option that is not a RunOptions field (how the task prints, a capacity search's bounds)."""
+
+    help: str
+    default: Any = None
+    repeatable: bool = False
+
+
 #: fab run's own options (how it prints), not the run's
-_RUN_OUTPUT_HELP = {
-    "quiet": "no live view",
-    "json": "print the final summary as JSON on stdout (exit status, outcome, paths, summary); "
-    "every other line goes to stderr",
+_RUN_OWN = {
+    "quiet": _Own("no live view", False),
+    "json": _Own(
+        "print the final summary as JSON on stdout (exit status, outcome, paths, summary); "
+        "every other line goes to stderr",
+        False,
+    ),
 }
 
 
-def _run_task(body):
-    """The ``run`` task of *body* (``body(c, quiet, json, **options)``): one option per declared field, its
-    help (with its default) and its kind (a flag for a bool, repeatable for a list, else a value parsed and
-    checked by :func:`_run_value`) from the declaration."""
-    import inspect
-
+def _field_help(f: dataclasses.Field, shown_default: Any = dataclasses.MISSING) -> str:
+    """A RunOptions field's help with its default: the generator's for a load option fab leaves to it, else
+    the run's own (a path's is in its help); *shown_default* when a task has a default of its own."""
     from kit import options
 
-    fields = _run_fields()
-    load = {f.name for f in options.declared()}
-    helps, iterable = dict(_RUN_OUTPUT_HELP), []
+    load = {d.name for d in options.declared()}
+    if shown_default is not dataclasses.MISSING:  # the task sets it: no generator default or variable applies
+        shown = shown_default if isinstance(shown_default, str) else options.shown(shown_default)
+        return f"{f.metadata['help']} (default {shown})"
+    if f.name in load and f.default is None and not f.metadata.get("fab_required"):
+        return options.option_help(f, default_value=options.default(f.name), generator=True)
+    shown = f.default if f.default is not dataclasses.MISSING and not isinstance(f.default, Path) else None
+    return options.option_help(f, default_value=shown, generator=f.name in load)
+
+
+def _options_task(body, *, name: str, fields: Mapping[str, dataclasses.Field], own: Mapping[str, _Own], shown=None):
+    """The task *name* of *body* (``body(c, <own options>, **options)``): one option per RunOptions field of
+    *fields* (task parameter name -> field), its help (with its default, or *shown*'s for the task) and its
+    kind (a flag for a bool, repeatable for a list, else a value parsed and checked by :func:`_run_value`)
+    from the declaration, so no option is typed twice; then the task's *own* options."""
+    import inspect
+
+    shown = shown or {}
+    helps, iterable = {}, []
     params = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    for name, f in [*fields.items(), ("quiet", None), ("json", None)]:
-        is_list = f is not None and f.default_factory is list
-        is_bool = f is None or f.default is False
-        iterable += [name] if is_list else []
-        params.append(
-            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False if is_bool else None)
-        )
-        if f is not None and f.name in load and f.default is None and not f.metadata.get("fab_required"):
-            helps[name] = options.option_help(f, default_value=options.default(f.name), generator=True)
-        elif f is not None:  # the run's own default (a path's is in its help)
-            shown = f.default if f.default is not dataclasses.MISSING and not isinstance(f.default, Path) else None
-            helps[name] = options.option_help(f, default_value=shown, generator=f.name in load)
+    for pname, f in fields.items():
+        is_list = f.default_factory is list
+        iterable += [pname] if is_list else []
+        default = False if f.default is False else None
+        params.append(inspect.Parameter(pname, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+        helps[pname] = _field_help(f, shown.get(f.name, dataclasses.MISSING))
+    for pname, o in own.items():
+        iterable += [pname] if o.repeatable else []
+        params.append(inspect.Parameter(pname, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=o.default))
+        helps[pname] = o.help
     body.__signature__ = inspect.Signature(params)
-    return task(name="run", auto_shortflags=False, iterable=iterable, help=helps)(_cli(body))
+    return task(name=name, auto_shortflags=False, iterable=iterable, help=helps)(_cli(body))
 
 
 def _run_value(f, raw):
@@ -339,114 +430,133 @@ def _run_value(f, raw):
     return raw
 
 
-def run(c, quiet=False, json=False, **given):
-    """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
-    import contextlib
-    import json as jsonlib
+def _run_options(given: Mapping[str, Any], defaults: Mapping[str, Any] | None = None, **fixed: Any):
+    """kit.run.RunOptions of a task's options (*given*: parameter name -> raw value, those not given None),
+    each parsed as its field wants it; *defaults* (field name -> value) fill what was not given, and *fixed*
+    is set whatever was.  When RunOptions records which options were given (a plan file's values yield to
+    those only), the names given are passed on: a default filled in here is not one of them."""
+    from kit.run import RunOptions
 
-    from kit.run import RunOptions, execute, live_view
-
-    _logging(False)
     fields = _run_fields()
     values = {fields[k].name: _run_value(fields[k], v) for k, v in given.items() if v not in (None, "", [], False)}
-    values.setdefault("inventory", _inv(DEFAULT_INVENTORY))
-    opts = RunOptions(live=not quiet, **values)
-    # --json: stdout carries the one JSON document; every human line (and any stray print) goes to stderr
-    stdout = sys.stdout
-    view = live_view(sys.stderr if json else sys.stdout)
-    results: list[dict] = []
-    with contextlib.redirect_stdout(sys.stderr) if json else contextlib.nullcontext():
-        rc = execute(opts, out=view.out, view=view, on_result=results.append)
-    if json and results:
-        stdout.write(jsonlib.dumps(results[-1], indent=2, default=str) + "\n")
-        stdout.flush()
+    named = frozenset(values)
+    values = {"inventory": _inv(DEFAULT_INVENTORY), **(defaults or {}), **values, **fixed}
+    if "given" in {f.name for f in dataclasses.fields(RunOptions)}:
+        values["given"] = named
+    return RunOptions(**values)
+
+
+def run(c, quiet=False, json=False, **given):
+    """Run the benchmark across the generator hosts and pack results/<run-id>.tar.gz."""
+    from kit.run import execute, live_view
+
+    _logging(False)
+    opts = _run_options(given, live=not quiet)
+    with _json_mode(json) as on_result:  # the live view on stderr with --json (stdout is the document's)
+        view = live_view(sys.stdout)
+        rc = execute(opts, out=view.out, view=view, on_result=on_result)
     if rc:
         raise Exit(code=rc)
 
 
-run = _run_task(run)
+run = _options_task(run, name="run", fields=_run_fields(), own=_RUN_OWN)
 
 
 @task(
     name="compare",
     auto_shortflags=False,
-    iterable=["fail_if"],
+    positional=["runs"],
+    iterable=["fail_if", "tag"],
     help={
-        "runs": "comma-separated run ids under results/, run folders or .tar.gz; the first is the baseline",
+        "runs": "comma-separated run ids under results/, run folders or .tar.gz; the first is the baseline "
+        "(also as a bare word: fab compare A,B)",
         "fail_if": "regression rule, repeatable: 'p99>+10%' (change to the baseline), 'tps<-5%', 'lost>0'; exit 1",
         "html": "where to write the comparison page (default results/compare-<a>-vs-<b>.html)",
+        "tag": "key=value, repeatable: the runs carrying every one given (without runs: those under results/, "
+        "oldest first, the oldest the baseline)",
+        "label": "a tag's key: name each run's column by its value of that tag (else by its run id)",
+        "json": _JSON_HELP.format(
+            keys="exit_status, outcome, failed_rules, baseline, runs, figures, fail_if, settings, method, html_file"
+        ),
     },
 )
 @_cli
-def compare(c, runs, fail_if=None, html=""):
+def compare(c, runs=_NOT_GIVEN, fail_if=None, html="", tag=None, label="", json=False):
     """Key figures of runs side by side with the change to the first and a bootstrap noise test."""
     import re
 
     from kit.compare import run_compare
 
     refs = [r for r in re.split(r"[,\s]+", runs) if r]
-    rc = run_compare(refs, fail_if or [], Path(html) if html else None, results=REPO / "results")
+    with _json_mode(json) as on_result:
+        rc = run_compare(
+            refs,
+            fail_if or [],
+            Path(html) if html else None,
+            results=REPO / "results",
+            tags=tag or [],
+            label=label or None,
+            on_result=on_result,
+        )
     if rc:
         raise Exit(code=rc)
 
 
-@task(
-    name="capacity",
-    auto_shortflags=False,
-    iterable=["slo"],
-    help={
-        "inventory": INV_HELP,
-        "slo": "service-level objective, repeatable: 'delivery_p99<50ms', 'success>=99.9%', 'p99<2s' (as --threshold)",
-        "start": "sessions of the first step (default 10)",
-        "step": "growth while every SLO holds: '50' adds 50 sessions, 'x2' doubles (default x2)",
-        "max": "most sessions to try (default 10000)",
-        "resolution": "stop bisecting when passing and failing loads are this close (default 1 session)",
-        "queries": "queries per session in each step (default 3)",
-        "ramp": "sessions started per second in each step (default: all within 5 s)",
-        "think_time": "seconds a session waits between its queries",
-        "max_duration": "bound on each step's run in seconds (default 300)",
-        "name": "name of the search: results/<name>.json, .html and <name>-s<i>-c<load> runs",
-        "skip_health": "do not check service health before each step",
-    },
-)
-@_cli
-def capacity(
-    c,
-    inventory=DEFAULT_INVENTORY,
-    slo=None,
-    start=None,
-    step="x2",
-    max=None,
-    resolution=None,
-    queries=None,
-    ramp=None,
-    think_time=None,
-    max_duration=None,
-    name=None,
-    skip_health=False,
-):
-    """Find the highest load that meets every SLO: step up, then bisect; name the bottleneck."""
-    from kit.run import RunOptions, execute_capacity
+#: RunOptions fields a capacity search sets on every step itself (kit.run._capacity), so fab capacity takes
+#: no flag for them: the load is the search's (--start, --step, --max), the run ids its --name's, the SLOs
+#: its thresholds (--slo), and each step is a closed-model run of that many sessions
+_CAPACITY_SETS = frozenset({"clients", "run_id", "thresholds", "no_default_thresholds", "arrival_rate", "duration"})
+#: a step's own defaults where fab run's differ: a step is short, many of them make a search
+_CAPACITY_STEP_DEFAULTS = {"queries": 3, "max_duration": 300.0}
+#: fab capacity's own options: the search's
+_CAPACITY_OWN = {
+    "slo": _Own(
+        "service-level objective, repeatable: 'delivery_p99<50ms', 'success>=99.9%', 'p99<2s' (as --threshold)",
+        repeatable=True,
+    ),
+    "start": _Own("sessions of the first step (default 10)"),
+    "step": _Own("growth while every SLO holds: '50' adds 50 sessions, 'x2' doubles (default x2)"),
+    "max": _Own("most sessions to try (default 10000)"),
+    "resolution": _Own("stop bisecting when passing and failing loads are this close (default 1 session)"),
+    "name": _Own("name of the search: results/<name>.json, .html and <name>-s<i>-c<load> runs"),
+    "json": _Own(
+        _JSON_HELP.format(
+            keys="exit_status, outcome, name, reason, slos, knee, first_failing, steps, json_file, html_file"
+        ),
+        False,
+    ),
+}
+
+
+def capacity(c, slo=None, start=None, step=None, max=None, resolution=None, name=None, json=False, **given):
+    """Find the highest load that meets every SLO: step up, then bisect; name the bottleneck.
+
+    Each step is a fab run: every fab run option but those the search sets (--clients, --run-id, --threshold,
+    --arrival-rate, --duration) applies to every step; without --ramp a step starts its sessions within 5 s.
+    """
+    from kit.run import execute_capacity
 
     _logging(False)
-    base = RunOptions(
-        inventory=_inv(inventory),
-        clients=1,
-        queries=_num(int, "queries", queries, 0, default=3),
-        think_time=_num(float, "think-time", think_time),
-        max_duration=_num(float, "max-duration", max_duration, default=300.0),
-        skip_health=skip_health,
-        live=False,
-    )
-    rc, _ = execute_capacity(
-        base,
-        slo or [],
-        start=_num(int, "start", start, 1, default=10),
-        step=str(step),
-        maximum=_num(int, "max", max, 1, default=10000),
-        resolution=_num(int, "resolution", resolution, 1, default=1),
-        ramp=_num(float, "ramp", ramp),
-        name=name or None,
-    )
+    base = _run_options(given, _CAPACITY_STEP_DEFAULTS, clients=1, live=False)
+    with _json_mode(json) as on_result:
+        rc, _ = execute_capacity(
+            base,
+            slo or [],
+            start=_num(int, "start", start, 1, default=10),
+            step=str(step or "x2"),
+            maximum=_num(int, "max", max, 1, default=10000),
+            resolution=_num(int, "resolution", resolution, 1, default=1),
+            name=name or None,
+            on_result=on_result,
+        )
     if rc:
         raise Exit(code=rc)
+
+
+capacity = _options_task(
+    capacity,
+    name="capacity",
+    fields={k: f for k, f in _run_fields().items() if f.name not in _CAPACITY_SETS},
+    own=_CAPACITY_OWN,
+    shown={**_CAPACITY_STEP_DEFAULTS, "ramp": "each step's sessions within 5 s"},
+)
