@@ -434,8 +434,8 @@ def server_series(
 
 
 def chaos_events(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The run's chaos events, and the balancer's servers marked DOWN, as ``{at_s, for_s, label}`` (seconds since
-    the agreed start)."""
+    """The run's chaos events, its stages' starts and the balancer's servers marked DOWN, as ``{at_s, for_s,
+    label}`` (seconds since the agreed start)."""
     out = []
     for e in summary.get("events") or []:
         at = _num(e.get("at_s")) if isinstance(e, Mapping) else None
@@ -445,6 +445,11 @@ def chaos_events(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         if e.get("host"):
             words.append(f"@{e['host']}")
         out.append({"at_s": at, "for_s": _num(e.get("for_s")) or 0.0, "label": " ".join(words) or "event"})
+    for st in summary.get("stages") or []:  # a staged run's stage starts (the first is the run's start)
+        at = _num(st.get("start_s")) if isinstance(st, Mapping) and st.get("index") else None
+        if at is not None:
+            label = f"stage {st['index'] + 1}: {_num(st.get('target_to')) or 0:g}"
+            out.append({"at_s": at, "for_s": 0.0, "label": label})
     for e in summary.get("server_events") or []:  # the balancer's decisions that took capacity away
         at = _num(e.get("at_s")) if isinstance(e, Mapping) else None
         if at is None or e.get("state") not in ("DOWN", "NO_SERVER"):

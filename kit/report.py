@@ -284,6 +284,57 @@ def workload_lines(summary: dict[str, Any]) -> list[str]:
     return out
 
 
+#: a stage's figures as report.txt and report.html show them: (header, summary.json key, format)
+STAGE_COLUMNS = (
+    ("stage", "index", "{}"),
+    ("from s", "start_s", "{:g}"),
+    ("to s", "end_s", "{:g}"),
+    ("target", "target_to", "{:g}"),
+    ("active (mean)", "active_sessions_mean", "{:g}"),
+    ("started", "sessions_started", "{}"),
+    ("tokens/s", "tokens_per_s", "{:g}"),
+    ("errors", "errors", "{}"),
+    ("delivery p50", "delivery_p50_ms", "{:.1f}"),
+    ("delivery p99", "delivery_p99_ms", "{:.1f}"),
+    ("TTFT p99", "ttft_p99_ms", "{:.1f}"),
+    ("latency p50", "latency_p50_ms", "{:.1f}"),
+    ("latency p99", "latency_p99_ms", "{:.1f}"),
+)
+
+
+def stage_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """One row per stage of a staged run (summary.json's ``stages``), its cells as :data:`STAGE_COLUMNS`."""
+    return [
+        [_f(st.get(k) + 1 if k == "index" and st.get(k) is not None else st.get(k), fmt) for _, k, fmt in STAGE_COLUMNS]
+        for st in summary.get("stages") or []
+    ]
+
+
+def plan_lines(summary: dict[str, Any]) -> list[str]:
+    """The plan file and tags of the run (``fab run --plan``, ``--tag``)."""
+    run, out = summary.get("run") or {}, []
+    plan = run.get("plan") or {}
+    if plan:
+        over = plan.get("overridden") or []
+        out.append(
+            f"Plan          {plan.get('file')} (copied as {plan.get('copy')}, sha256 {str(plan.get('sha256'))[:12]})"
+            + (f"; the command line overrode {', '.join(over)}" if over else "")
+        )
+    tags = summary.get("tags") or run.get("tags") or {}
+    if tags:
+        out.append("Tags          " + "  ".join(f"{k}={v}" for k, v in sorted(tags.items())))
+    return out
+
+
+def _table_lines(title: str, columns: Any, rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _, _) in enumerate(columns)]
+    return [
+        title,
+        "  " + "  ".join(h.ljust(w) for (h, _, _), w in zip(columns, widths)),
+        *("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows),
+    ]
+
+
 def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cpu_table: bool = True) -> str:
     """The console summary (``report.txt``); ``cpu_table=False`` leaves the cost table to a page that shows it."""
     run = summary.get("run", {})
@@ -319,6 +370,10 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
         + reconnect_waits(summary),
     ]
     lines += workload_lines(summary)
+    lines += plan_lines(summary)
+    stages = stage_rows(summary)
+    if stages:
+        lines += _table_lines("Stages (ms: delivery, TTFT and latency per stage)", STAGE_COLUMNS, stages)
     gen = summary.get("generator", {})
     if gen:
         lines.append(
@@ -354,10 +409,7 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
     if rows and not cpu_table:
         lines.append("CPU per component: the table below")
     elif rows:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _, _) in enumerate(COMPONENT_COLUMNS)]
-        lines.append("CPU per component")
-        lines.append("  " + "  ".join(h.ljust(w) for (h, _, _), w in zip(COMPONENT_COLUMNS, widths)))
-        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines += _table_lines("CPU per component", COMPONENT_COLUMNS, rows)
     lines += [f"Balancer      {v}" for v in summary.get("balancer_verdict") or []]
     neck = bottleneck_line(summary)
     if neck:
@@ -405,6 +457,28 @@ def _run_record_html(run: dict[str, Any]) -> str:
         f'<details class="run-record"><summary><b>Run record</b> (run.json, {len(record)} fields: '
         f"{html.escape(keys)})</summary><pre>{html.escape(json.dumps(record, indent=2, default=str))}</pre></details>"
     )
+
+
+def _stages_html(summary: dict[str, Any]) -> str:
+    """The stages table of a staged run, and the plan it ran from (the file's text, folded away)."""
+    e, out = html.escape, ""
+    rows = stage_rows(summary)
+    if rows:
+        out += (
+            "<h2>Stages</h2><table><tr>"
+            + "".join(f"<th>{e(h)}</th>" for h, _, _ in STAGE_COLUMNS)
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+            + "</table>"
+        )
+    plan = (summary.get("run") or {}).get("plan") or {}
+    if plan.get("values"):
+        out += (
+            f'<details class="run-record"><summary><b>Plan</b> {e(str(plan.get("file")))} (the values the run took'
+            f"{'; overridden on the command line: ' + e(', '.join(plan['overridden'])) if plan.get('overridden') else ''}"
+            f")</summary><pre>{e(json.dumps(plan['values'], indent=2, default=str))}</pre></details>"
+        )
+    return out
 
 
 def render_html(
@@ -505,6 +579,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} pre{{background:
 {'<p class="partial">ABORTED at ' + e(f"{run['aborted']['at_s']:g}") + " s: threshold " + e(run["aborted"]["threshold"]) + " had failed (--abort-on-fail)</p>" if run.get("aborted") else ""}
 <h2>Summary</h2><pre>{e(text)}</pre>
 <h2>Workload</h2>{workload}
+{_stages_html(summary)}
 <h2>Latency histograms (ms)</h2>
 <table><tr><th></th><th>count</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>p99.9</th><th>min</th>
 <th>max</th><th>avg</th></tr>{"".join(rows)}</table>

@@ -13,6 +13,8 @@ generator's copies go, beside its output folder.  Pure: nothing here reaches a h
 from __future__ import annotations
 
 import dataclasses
+import math
+import random
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ from kit.paths import REPO
 from ._chaos import ChaosError, ChaosSpec, parse_chaos
 from ._exporter import parse_listen
 from ._plan import PRESETS, GeneratorSlot, Threshold, judged_thresholds
+from ._planfile import Plan, PlanFileError, load_plan, parse_tags
 
 __all__ = ["RunOptions", "RunError", "generator_settings", "settings_path", "ca_path", "workload_path"]
 
@@ -51,11 +54,26 @@ class RunOptions(_GivenLoadOptions):
         queries: int
         ramp: float | None = None
         workload_seed: int | None = None
+        seed: int | None = None
+        max_duration: float = 600.0
 
     inventory: Path = setting(
         REPO / "inventory" / "local.yml",
         option="--inventory",
         help="Ansible inventory to use (default inventory/local.yml)",
+    )
+    #: a plan file (YAML, kit.run._planfile): every option of the run; the command line's override it
+    plan: Path | None = setting(
+        None,
+        option="--plan",
+        help="plan file (YAML): the run's options, stages, thresholds, chaos and tags in one file; options "
+        "given here override it (README 'Benchmark as code')",
+    )
+    #: free-form labels of the run (summary.json's ``tags``), for fab compare and fab analyze to select by
+    tags: list[str] = setting(
+        factory=list,
+        option="--tag",
+        help="key=value label of the run, repeatable (summary.json's tags; fab compare / analyze select by them)",
     )
     preset: str | None = setting(None, option="--preset", help=f"{' | '.join(PRESETS)} (the seed's scenarios)")
     thresholds: list[Threshold] = setting(
@@ -123,8 +141,25 @@ class RunOptions(_GivenLoadOptions):
         "Prometheus while it lasts (e.g. 0.0.0.0:9464; README 'Prometheus')",
     )
 
+    #: the names of the options given on the command line (fabfile.py): they override the plan's.  None: every
+    #: option whose value is not its default counts as given
+    given: frozenset[str] | None = dataclasses.field(default=None, repr=False)
+    #: the plan file as read (resolve); the options the command line overrode in it
+    loaded_plan: Plan | None = dataclasses.field(default=None, init=False, repr=False)
+    plan_overridden: list[str] = dataclasses.field(default_factory=list, init=False)
+
     def resolve(self) -> None:
-        """Apply the preset under explicit options and check every option (kit.options.check), once."""
+        """Apply the plan and the preset under explicit options and check every option (kit.options.check),
+        once."""
+        self._apply_plan()
+        try:
+            parse_tags(self.tags)
+        except ConfigError as exc:
+            raise RunError(str(exc)) from None
+        self._size_from_model()
+        if self.seed is None and (self.stages or self.arrivals == "poisson"):
+            # a drawn schedule is repeatable only with its seed: draw it here, once, and record it (run.json)
+            self.seed = random.SystemRandom().randrange(2**31)
         if self.preset is not None:
             if self.preset not in PRESETS:
                 raise RunError(f"--preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
@@ -133,7 +168,7 @@ class RunOptions(_GivenLoadOptions):
             self.queries = p.queries if self.queries is None else self.queries
             self.ramp = p.ramp if self.ramp is None else self.ramp
         if self.clients is None:
-            raise RunError("--clients: give a number of clients >= 1 (or --preset smoke)")
+            raise RunError("--clients: give a number of clients >= 1 (or --preset smoke, --arrival-rate or --stages)")
         if self.queries is None:
             self.queries = options.default("queries")
         declared = {f.name: f for f in dataclasses.fields(_GivenLoadOptions)}
@@ -160,6 +195,56 @@ class RunOptions(_GivenLoadOptions):
                     f"--chaos {spec.text!r}: ends at {spec.at_s + spec.for_s:g} s, after "
                     f"--max-duration {self.max_duration:g}"
                 )
+
+    def _apply_plan(self) -> None:
+        """The plan's values under the options given on the command line (tags: the plan's, then the
+        command line's on the same key)."""
+        if self.plan is None:
+            return
+        try:
+            plan = load_plan(self.plan, iter(dataclasses.fields(self)))
+        except PlanFileError as exc:
+            raise RunError(str(exc)) from None
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for name, value in plan.values.items():
+            if not self._given(fields[name]):
+                setattr(self, name, value)
+            elif name == "tags":
+                self.tags = [*value, *self.tags]
+            else:
+                self.plan_overridden.append(name)
+        self.loaded_plan = plan
+
+    def _given(self, f: dataclasses.Field) -> bool:
+        if self.given is not None:
+            return f.name in self.given
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        return getattr(self, f.name) != default
+
+    def _size_from_model(self) -> None:
+        """Without --clients: the open model's sessions (rate x duration), the sessions the run starts in all
+        and shares out by; stages: the closed model's peak (each generator holds its share of every stage)."""
+        if self.clients is not None or self.preset is not None:
+            return
+        from kit.client import parse_stages, rate_integral, slot_count, stages_length
+
+        try:
+            stages = parse_stages(self.stages) if self.stages else ()
+        except ConfigError as exc:
+            raise RunError(str(exc)) from None
+        if self.arrival_rate is not None:  # the rate ramps linearly from --arrival-rate through each stage's target
+            total = rate_integral(stages, self.arrival_rate) if stages else self.arrival_rate * (self.duration or 0)
+            self.clients = max(1, math.ceil(total))
+        elif stages:
+            self.clients = max(1, slot_count(stages))
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        if stages and not self._given(fields["max_duration"]):  # the bound of a run its stages make longer
+            timeout = self.query_timeout if self.query_timeout is not None else options.default("query_timeout")
+            self.max_duration = max(self.max_duration, math.ceil(stages_length(stages) + timeout + 30))
+
+    def tag_map(self) -> dict[str, str]:
+        """The run's tags (checked by resolve): key -> value, the last given of a key winning."""
+        return parse_tags(self.tags)
 
     def load_options(self) -> dict[str, Any]:
         """The load options given (kit.options names; those not given left out)."""
@@ -198,8 +283,8 @@ class RunOptions(_GivenLoadOptions):
 def generator_settings(slot: GeneratorSlot, opts: RunOptions, sources: list[str] | None = None) -> dict[str, Any]:
     """One generator's settings file (kit.options.SETTINGS_FILE): the load options the run was given
     (checked by :meth:`RunOptions.resolve`; those not given are left to the generator), with its share of
-    the sessions, of the ramp and of the arrivals, and a draw seed of its own (each generator draws its own
-    sessions' classes: the same sessions would draw alike otherwise) and the source addresses its host's
+    the sessions, of the ramp, of the arrivals and of each stage's target, and draw seeds of its own (each
+    generator draws its own sessions' classes and arrival instants: the same draws would repeat otherwise) and the source addresses its host's
     connections leave from (*sources*: the inventory's ``generator_source_addresses``)."""
     values = opts.load_options() | {"clients": slot.clients, "arrival_rate": slot.arrival_rate}
     if opts.ramp is not None:
@@ -207,8 +292,15 @@ def generator_settings(slot: GeneratorSlot, opts: RunOptions, sources: list[str]
     if slot.arrival_rate is None:
         values.pop("duration", None)
     values.pop("workload_seed", None)
+    mine = zlib.crc32(slot.label.encode())  # each generator draws its own: the same draws would repeat otherwise
     if opts.workload is not None:
-        values["workload_seed"] = ((opts.workload_seed or 0) + zlib.crc32(slot.label.encode())) % 2**31
+        values["workload_seed"] = ((opts.workload_seed or 0) + mine) % 2**31
+    if opts.seed is not None:
+        values["seed"] = (opts.seed + mine) % 2**31
+    if opts.stages:  # each generator holds its share of every stage's target (sessions, or arrivals per second)
+        from kit.client import format_stages, parse_stages, scale_stages
+
+        values["stages"] = format_stages(scale_stages(parse_stages(opts.stages), slot.clients / opts.clients))
     if sources:
         values["source_addresses"] = ",".join(sources)
     return values

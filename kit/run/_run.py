@@ -54,6 +54,7 @@ import kit
 from kit import options
 from kit._charts import server_series
 from kit.inventory import Host, Inventory, load_inventory
+from kit.metrics import SecondHistograms
 
 from . import _hostops as ops
 from ._balancer import (
@@ -81,11 +82,13 @@ from ._live import PlainView, View
 from ._options import REPO, RunError, RunOptions, ca_path, generator_settings, settings_path, workload_path
 from ._pack import pack_run, stripped_inventory
 from ._plan import GeneratorSlot, PlanError, make_run_id, plan_generators
+from ._planfile import PLAN_FILE
 from ._preflight import CLOCK_BOUND_S, Preflight, fan, inspect_hosts, system_python
 from ._prometheus import export_window, prometheus_url
 from ._remote import Conn, GroupException, close_all, connect, describe_failures, fan_out
 from ._series import scrape_lines, server_totals
 from ._services import collect_server_stats, haproxy_urls, tls_ca_file
+from ._stagefigures import stage_figures, stage_windows
 from ._summary import aggregate_status, evaluate_thresholds, live_failures
 from ._svcmgr import host_programs, resolve_service_pids
 
@@ -730,6 +733,7 @@ def _phase_merge(run: Run) -> dict[str, Any]:
     summary["hosts_sockets"] = host_sockets(samples)
     summary["ramp_s"] = ramp_seconds(timeline, run.start_at, peak)
     summary["events"] = _fault_events(run)
+    summary["stages"] = _stage_figures(run, timeline)
     summary["server_totals"] = server_totals(samples)
     if run.start_at is not None:  # what the balancers decided meanwhile, from their own logs
         summary["server_events"] = server_events(
@@ -739,6 +743,16 @@ def _phase_merge(run: Run) -> dict[str, Any]:
             summary["server_events"], backend_sizes(run.inv), shutdown_sessions_on_down(run.inv) | run.shutdown_sessions
         )
     return summary
+
+
+def _stage_figures(run: Run, timeline: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """summary.json's stages: each stage of --stages with its own figures (empty without stages)."""
+    stages = getattr(run.opts, "stages", None)
+    if not stages or run.start_at is None or not (run.run_dir / "histograms.json").exists():
+        return []
+    state = json.loads((run.run_dir / "histograms.json").read_text())
+    seconds = SecondHistograms.from_dict(state.get("timeline_histograms"))
+    return stage_figures(stage_windows(stages, run.opts.arrival_rate), run.start_at, timeline, seconds)
 
 
 def ramp_seconds(timeline: list[dict[str, str]], start_at: float | None, peak: int) -> float | None:
@@ -802,13 +816,15 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         "config": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in dataclasses.asdict(opts).items()
-            if k not in ("thresholds", "no_default_thresholds")
+            if k not in ("thresholds", "no_default_thresholds", "given", "loaded_plan", "plan_overridden", "tags")
         }
         | {"thresholds": [t.text for t in opts.thresholds], "default_thresholds": not opts.no_default_thresholds},
         "slots": [
             dataclasses.asdict(s) | {"argv": run.gens[s.label].argv, "host_start_at": run.gens[s.label].start_at}
             for s in run.slots
         ],
+        "tags": opts.tag_map(),
+        "plan": _record_plan(run),
         "thresholds": checks,
         "thresholds_passed": all(c["passed"] for c in checks),
         "aborted": run.aborted,
@@ -828,6 +844,7 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
         "inventory": run.inv.describe(),
     }
     summary["run"] = run_rec
+    summary["tags"] = run_rec["tags"]
     _record_workload(run, summary)
     summary["partial"] = run_rec["partial"]
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -874,6 +891,24 @@ def _phase_record(run: Run, summary: dict[str, Any]) -> int:
             }
         )
     return rc
+
+
+def _record_plan(run: Run) -> dict[str, Any] | None:
+    """The plan file the run was given, copied beside its results (plan.yml), with what the command line
+    overrode in it and the values the run took for each of its keys."""
+    opts, plan = run.opts, run.opts.loaded_plan
+    if plan is None:
+        return None
+    (run.run_dir / PLAN_FILE).write_text(plan.text)
+    shown = {k: getattr(opts, k) for k in plan.values}
+    shown["thresholds"] = [t.text for t in opts.thresholds] if "thresholds" in shown else None
+    return {
+        "file": str(plan.path),
+        "copy": PLAN_FILE,
+        "sha256": plan.sha256,
+        "overridden": opts.plan_overridden,
+        "values": {k: (str(v) if isinstance(v, Path) else v) for k, v in shown.items() if v is not None},
+    }
 
 
 def _record_workload(run: Run, summary: dict[str, Any]) -> None:
