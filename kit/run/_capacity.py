@@ -390,6 +390,21 @@ def step_changes(base: Any, load: int, run_id: str, thresholds: Sequence[Thresho
     return changes
 
 
+def _plan_ramp(base: Any) -> float | None:
+    """The ramp of *base*'s plan file (``--plan``), when it has one: a step paces its sessions by it unless
+    ``--ramp`` was given, as the plan's author wrote it for every step (a step sets its ramp itself, so the
+    plan's would yield to it).  PlanError (exit 2) for a plan that cannot be read, before any step."""
+    if getattr(base, "plan", None) is None:
+        return None
+    from ._planfile import PlanFileError, load_plan
+
+    try:
+        ramp = load_plan(base.plan, iter(dataclasses.fields(base))).values.get("ramp")
+    except PlanFileError as exc:
+        raise PlanError(str(exc)) from None
+    return float(ramp) if isinstance(ramp, (int, float)) and not isinstance(ramp, bool) else None
+
+
 _OUTCOMES = {0: "knee_found", 1: "no_load_met_slos", 3: "stopped"}
 
 
@@ -432,7 +447,8 @@ def execute_capacity(
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[int, CapacityResult]:
     """``fab capacity``: one ``execute`` per step with *base* (a ``RunOptions``) for everything but what
-    :func:`step_changes` sets; *ramp* (default *base*'s ``ramp``) paces each step's sessions.
+    :func:`step_changes` sets; *ramp* (default *base*'s ``ramp``, else its plan file's) paces each step's
+    sessions.
 
     Returns (exit status, result): 0 when a knee was found, 1 when no load met the SLOs, 3 when
     the search stopped on an overloaded generator or a partial run, 130/143 when a step was interrupted.
@@ -445,7 +461,8 @@ def execute_capacity(
     thresholds = [parse_threshold(s) for s in slos]
     rule = parse_step(step)
     name = name or time.strftime("capacity-%Y%m%d-%H%M%S")
-    pace = ramp if ramp is not None else getattr(base, "ramp", None)
+    pace = next((r for r in (ramp, getattr(base, "ramp", None)) if r is not None), None)
+    pace = pace if pace is not None else _plan_ramp(base)
 
     def runner(load: int, index: int) -> tuple[int, Mapping[str, Any], str | None]:
         run_id = f"{name}-s{index + 1}-c{load}"

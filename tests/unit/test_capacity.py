@@ -224,3 +224,38 @@ def test_a_step_marks_what_it_sets_as_given_so_a_plan_file_cannot_replace_it():
     assert changes["given"] >= {"tokens", "clients", "run_id", "thresholds", "arrival_rate", "duration", "ramp"}
     assert "given" not in step_changes(SimpleNamespace(given=None), 40, "x", SLOS, 2.0)
     assert "given" not in step_changes(SimpleNamespace(), 40, "x", SLOS, 2.0)
+
+
+def test_a_plan_files_options_reach_every_step_but_what_the_search_sets(tmp_path, monkeypatch):
+    """fab capacity --plan FILE: the plan's ramp paces each step, its other options apply under the command
+    line's, and the load, thresholds and closed model stay the search's."""
+    import dataclasses
+
+    import kit.run._run
+    from kit.run import RunOptions, execute_capacity
+
+    plan = tmp_path / "plan.yml"
+    plan.write_text("clients: 100\nqueries: 5\nramp: 4\narrival_rate: 9\ntokens: 60\ntags: {scenario: cap}\n")
+    resolved = []
+
+    def fake(opts, **_kw):
+        import json
+
+        opts.resolve()  # what execute does first: the plan applied under what was given
+        resolved.append(opts)
+        (opts.results_dir / opts.run_id).mkdir(parents=True)
+        (opts.results_dir / opts.run_id / "summary.json").write_text(
+            json.dumps({"success_rate": 100.0, "total_sessions": opts.clients})
+        )
+        return 0
+
+    monkeypatch.setattr(kit.run._run, "execute", fake)
+    base = RunOptions(
+        inventory=tmp_path / "inv.yml", clients=1, plan=plan, tokens=30, given=frozenset({"plan", "tokens"})
+    )
+    base = dataclasses.replace(base, results_dir=tmp_path / "res", live=False)
+    rc, res = execute_capacity(base, ["success>=99%"], start=10, step="x2", maximum=20, say=lambda _l: None)
+    assert rc == 0 and [o.clients for o in resolved] == [10, 20]
+    for o in resolved:
+        assert (o.queries, o.ramp, o.tokens, o.arrival_rate) == (5, 4.0, 30, None)  # tokens: the command line's
+        assert o.tag_map() == {"scenario": "cap"} and [t.text for t in o.thresholds] == ["success>=99%"]
