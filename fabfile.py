@@ -505,7 +505,9 @@ def compare(c, runs=_NOT_GIVEN, fail_if=None, html="", tag=None, label="", json=
 #: RunOptions fields a capacity search sets on every step itself (kit.run._capacity), so fab capacity takes
 #: no flag for them: the load is the search's (--start, --step, --max), the run ids its --name's, the SLOs
 #: its thresholds (--slo), and each step is a closed-model run of that many sessions
-_CAPACITY_SETS = frozenset({"clients", "run_id", "thresholds", "no_default_thresholds", "arrival_rate", "duration"})
+_CAPACITY_SETS = frozenset(
+    {"clients", "run_id", "thresholds", "no_default_thresholds", "arrival_rate", "duration", "stages", "arrivals"}
+)
 #: a step's own defaults where fab run's differ: a step is short, many of them make a search
 _CAPACITY_STEP_DEFAULTS = {"queries": 3, "max_duration": 300.0}
 #: fab capacity's own options: the search's

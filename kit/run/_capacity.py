@@ -383,6 +383,8 @@ def step_changes(base: Any, load: int, run_id: str, thresholds: Sequence[Thresho
         "ramp": ramp if ramp is not None else max(1.0, load / DEFAULT_RAMP_S),
         "arrival_rate": None,
         "duration": None,
+        "stages": None,  # a step is one level of load: a plan's stages are not a step's
+        "arrivals": None,
         "live": False,
     }
     if getattr(base, "given", None) is not None:

@@ -55,7 +55,7 @@ class RunOptions(_GivenLoadOptions):
         ramp: float | None = None
         workload_seed: int | None = None
         seed: int | None = None
-        max_duration: float = 600.0
+        max_duration: float
 
     inventory: Path = setting(
         REPO / "inventory" / "local.yml",
