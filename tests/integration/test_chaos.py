@@ -175,7 +175,7 @@ def test_kill_of_a_wsproxy_instance_is_an_event_with_its_recovery_and_exact_acco
         "chaos-kill",
         ["kill:wsproxy@5s"],
         clients=100,
-        queries=4,
+        queries=6,  # seconds of load after the kill to judge the recovery in, on a busy machine too
         ramp=50.0,
         think_time=0.3,
         query_timeout=30.0,
@@ -191,7 +191,7 @@ def test_kill_of_a_wsproxy_instance_is_an_event_with_its_recovery_and_exact_acco
     # the clients noticed and reconnected; what the fault cost is attributed to it
     assert summary["total_reconnect_attempts"] > 0 and summary["sessions_with_reconnects"] > 0
     assert ev["reconnect_attempts"] > 0
-    assert ev["recovery_s"] is not None and 0 <= ev["recovery_s"] < 15, ev
+    assert ev["recovery_s"] is not None and 0 <= ev["recovery_s"] < 15, ev["recovery"]
     assert ev["recovery"]["baseline_tps"] > 0
     _exact(run_dir)
     assert summary["lost_tokens"] == sum(int(x["lost"]) for x in _rows(run_dir / "queries.csv"))
