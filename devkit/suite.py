@@ -1,14 +1,15 @@
-"""The whole suite as three pytest processes side by side (``./loadkit test``, CI's ``.ci/run``).
+"""The whole suite as four pytest processes side by side (``./loadkit test``, CI's ``.ci/run``).
 
 Most of the suite's time is waiting: runs that last their seconds, Ansible over SSH, a lab's services
-coming up.  Serial, it took 28 minutes on this 2-core machine; three shards that wait at the same time
-take about half.  The shards split what shares state so that none of them can disturb another:
+coming up.  Serial, it took 28 minutes on this 2-core machine (using about one core); shards that wait at
+the same time take about half.  The shards split what shares state so that none of them can disturb another:
 
 - ``lab-e2e``: the deployed six-host lab (tests/lab/test_fab_run_lab.py: the longest set-up, alone);
 - ``root``: the tests that deploy on this machine (tests/integration/test_deploy_local.py: the root
-  namespace's sysctls, /opt/wsproxy-loadkit/localhost, fixed ports), the other labs (each its own
-  namespaces and subnet) and the unit tests;
-- ``local``: the integration tests on loopback (free ports, their own temporary folders).
+  namespace's sysctls, /opt/wsproxy-loadkit/localhost, fixed ports) and the other labs (each its own
+  namespaces and subnet);
+- ``local-a`` and ``local-b``: the integration tests on loopback (free ports, their own temporary
+  folders) in two halves, the unit tests with the second.
 
 Each shard has its own ``--basetemp`` (pytest's cleanup of numbered temporary folders never sees another
 shard's) and its own log; a shard's output is printed whole when it ends, then one line per shard.  The
@@ -27,16 +28,32 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: the loopback integration tests that run in the ``local-a`` shard (the rest run in ``local-b``, with the unit
+#: tests): about half of the integration suite's time each, measured (the biggest: the capacity search, the
+#: 100,000-session merge, the chaos runs, the report in Chromium)
+LOCAL_A = [
+    "tests/integration/test_report_html.py",
+    "tests/integration/test_merge_scale.py",
+    "tests/integration/test_chaos.py",
+    "tests/integration/test_haproxy_tls_role.py",
+    "tests/integration/test_inventory_validation.py",
+    "tests/integration/test_sim_hardening.py",
+    "tests/integration/test_tasks_scriptable.py",
+    "tests/integration/test_chaos_client.py",
+    "tests/integration/test_redis_unreachable.py",
+]
+
 #: name -> pytest arguments (paths and selections); together they are the whole of tests/
 SHARDS: dict[str, list[str]] = {
     "lab-e2e": ["tests/lab/test_fab_run_lab.py"],
-    "root": [
-        "tests/integration/test_deploy_local.py",
-        "tests/lab",
-        "--ignore=tests/lab/test_fab_run_lab.py",
+    "root": ["tests/integration/test_deploy_local.py", "tests/lab", "--ignore=tests/lab/test_fab_run_lab.py"],
+    "local-a": LOCAL_A,
+    "local-b": [
+        "tests/integration",
+        "--ignore=tests/integration/test_deploy_local.py",
+        *(f"--ignore={p}" for p in LOCAL_A),
         "tests/unit",
     ],
-    "local": ["tests/integration", "--ignore=tests/integration/test_deploy_local.py"],
 }
 
 
