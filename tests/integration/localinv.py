@@ -6,12 +6,14 @@ so kit.run drives the real load client against the real services on loopback.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from devkit.localstack import Stack, free_port
+from devkit.localstack import Stack, free_port, local_stack
 
 REPO = Path(__file__).resolve().parents[2]
 GROUPS = ("redis", "haproxy", "wsproxy", "sim", "generators")
@@ -37,3 +39,11 @@ def write_local_inventory(path: Path, stack: Stack, kit_root: Path, **extra: Any
         yaml.safe_dump({"all": {"hosts": {"local": host}, "children": {g: {"hosts": {"local": None}} for g in GROUPS}}})
     )
     return path
+
+
+@contextlib.contextmanager
+def local_fab_inventory(tmp: Path, **extra: Any) -> Iterator[Path]:
+    """devkit.localstack's processes (tokens 5 ms apart) under *tmp*, and the inventory that points ``fab run``
+    at them (:func:`write_local_inventory`), for as long as the block lasts."""
+    with local_stack(tmp / "stack", sim_env={"TOKEN_DELAY_MS": 5}) as stack:
+        yield write_local_inventory(tmp / "inventory.yml", stack, tmp / "root", **extra)

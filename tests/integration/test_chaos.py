@@ -209,7 +209,7 @@ def test_pause_of_redis_and_a_graceful_restart_are_events_that_undo_and_recover(
         "chaos-pause",
         ["pause:redis@4s+2s", "restart:wsproxy[0]@11s"],
         clients=80,
-        queries=6,
+        queries=9,  # load well past the restart, to judge its recovery in on a busy machine too
         ramp=40.0,
         think_time=0.3,
         query_timeout=30.0,
@@ -225,7 +225,7 @@ def test_pause_of_redis_and_a_graceful_restart_are_events_that_undo_and_recover(
     assert restart["action"] == "restart" and restart["ok"], restart
     assert _ctl(root, "pid", "wsproxy-0") != ws_pid
     for ev in (pause, restart):
-        assert ev["recovery_s"] is not None and ev["recovery_s"] < 20, ev
+        assert ev["recovery_s"] is not None and ev["recovery_s"] < 20, (ev["action"], ev["recovery"])
     _exact(run_dir)
 
 

@@ -359,12 +359,6 @@ def test_a_check_diff_run_from_an_inventory_outside_inventory_dir_reports_no_cha
     ] or failure_summary(res.stdout)
 
 
-def test_redeploying_one_concern_alone_works(deployed):
-    res, _, recap = deployed["ansible"].run("wsproxy.yml")
-    assert res.returncode == 0, failure_summary(res.stdout)
-    assert recap["changed"] == 0
-
-
 def _program_pid(name: str) -> int | None:
     res = subprocess.run(SUPERVISORCTL + ["status", name], capture_output=True, text=True, timeout=30)
     m = re.search(r"RUNNING\s+pid (\d+)", res.stdout)

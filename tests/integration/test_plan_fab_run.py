@@ -12,9 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from localinv import write_local_inventory
-
-from devkit.localstack import local_stack
+from localinv import local_fab_inventory
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,9 +41,8 @@ tags: {scenario: three-stages, env: lab}
 
 @pytest.fixture(scope="module")
 def inventory(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fabplan")
-    with local_stack(tmp / "stack", sim_env={"TOKEN_DELAY_MS": 5}) as stack:
-        yield write_local_inventory(tmp / "inventory.yml", stack, tmp / "root")
+    with local_fab_inventory(tmp_path_factory.mktemp("fabplan")) as inventory:
+        yield inventory
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from localinv import write_local_inventory
-
-from devkit.localstack import local_stack
+from localinv import local_fab_inventory
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -26,9 +24,8 @@ RESULTS = REPO / "results"
 
 @pytest.fixture(scope="module")
 def inventory(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fabworkload")
-    with local_stack(tmp / "stack", sim_env={"TOKEN_DELAY_MS": 5}) as stack:
-        yield write_local_inventory(tmp / "inventory.yml", stack, tmp / "root")
+    with local_fab_inventory(tmp_path_factory.mktemp("fabworkload")) as inventory:
+        yield inventory
 
 
 @pytest.fixture
