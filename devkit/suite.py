@@ -6,10 +6,10 @@ the same time take about half.  The shards split what shares state so that none 
 
 - ``lab-e2e``: the deployed six-host lab (tests/lab/test_fab_run_lab.py: the longest set-up, alone);
 - ``root``: the tests that deploy on this machine (tests/integration/test_deploy_local.py: the root
-  namespace's sysctls, /opt/wsproxy-loadkit/localhost, fixed ports) and the other labs (each its own
-  namespaces and subnet);
+  namespace's sysctls, /opt/wsproxy-loadkit/localhost, fixed ports), then two labs;
 - ``local-a`` and ``local-b``: the integration tests on loopback (free ports, their own temporary
-  folders) in two halves, the unit tests with the second.
+  folders) in two halves, the three small labs with the first (every lab has its own namespaces and
+  subnet), the unit tests with the second.
 
 Each shard has its own ``--basetemp`` (pytest's cleanup of numbered temporary folders never sees another
 shard's) and its own log; a shard's output is printed whole when it ends, then one line per shard.  The
@@ -28,30 +28,37 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: the loopback integration tests that run in the ``local-a`` shard (the rest run in ``local-b``, with the unit
-#: tests): about half of the integration suite's time each, measured (the biggest: the capacity search, the
-#: 100,000-session merge, the chaos runs, the report in Chromium)
+#: the tests of the ``local-a`` shard, in the order they run: three small labs (root, each its own namespaces and
+#: subnet) and half of the loopback integration tests by time, the ones that compute most (the 100,000-session
+#: merge, the capacity search, the report in Chromium) last, after the other shards' deploys have done theirs
 LOCAL_A = [
-    "tests/integration/test_report_html.py",
-    "tests/integration/test_merge_scale.py",
-    "tests/integration/test_chaos.py",
+    "tests/lab/test_lab.py",
+    "tests/lab/test_fab_run_tls.py",
+    "tests/lab/test_source_addresses.py",
     "tests/integration/test_haproxy_tls_role.py",
     "tests/integration/test_inventory_validation.py",
     "tests/integration/test_sim_hardening.py",
     "tests/integration/test_tasks_scriptable.py",
     "tests/integration/test_chaos_client.py",
     "tests/integration/test_redis_unreachable.py",
+    "tests/integration/test_chaos.py",
+    "tests/integration/test_report_html.py",
+    "tests/integration/test_merge_scale.py",
 ]
 
-#: name -> pytest arguments (paths and selections); together they are the whole of tests/
+#: name -> pytest arguments (paths and selections, run in that order); together they are the whole of tests/
 SHARDS: dict[str, list[str]] = {
     "lab-e2e": ["tests/lab/test_fab_run_lab.py"],
-    "root": ["tests/integration/test_deploy_local.py", "tests/lab", "--ignore=tests/lab/test_fab_run_lab.py"],
+    "root": [
+        "tests/integration/test_deploy_local.py",
+        "tests/lab/test_fab_run_orchestration.py",
+        "tests/lab/test_chaos_lab.py",
+    ],
     "local-a": LOCAL_A,
     "local-b": [
         "tests/integration",
         "--ignore=tests/integration/test_deploy_local.py",
-        *(f"--ignore={p}" for p in LOCAL_A),
+        *(f"--ignore={p}" for p in LOCAL_A if p.startswith("tests/integration/")),
         "tests/unit",
     ],
 }
