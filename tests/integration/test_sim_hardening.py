@@ -329,12 +329,13 @@ def test_without_the_acl_for_closes_a_close_still_cancels_the_answering_workers_
 
 def test_a_killed_worker_is_replaced_and_the_other_workers_queries_all_finish(tmp_path, redis_server):
     tokens = 30
-    with simulator(tmp_path, redis_server.url, FASTAPI_WORKERS=2, TOKEN_DELAY_MS=100) as sim:
+    # 9 s per query: on a busy machine too, none of the killed worker's queries is done before the kill
+    with simulator(tmp_path, redis_server.url, FASTAPI_WORKERS=2, TOKEN_DELAY_MS=300) as sim:
         workers = wait_for(lambda: len(sim.workers()) == 2 and sim.workers(), "two workers")
         sids = [sim.create() for _ in range(40)]
         with subscribed(redis_server, patterns=["session:*:down"]) as ps:
             qids = set()
-            for sid in sids:  # 40 queries of 30 tokens at 100 ms: 3 s each, spread over both workers
+            for sid in sids:  # 40 queries of 30 tokens at 300 ms: 9 s each, spread over both workers
                 r = sim.run(sid)
                 assert r.status_code == 202, r.text
                 qids.add(r.json()["query_id"])
@@ -351,7 +352,7 @@ def test_a_killed_worker_is_replaced_and_the_other_workers_queries_all_finish(tm
                     st = c.get("/stats").json()
                 return st if st["pid"] == survivor.pid and st["queries_in_flight"] == 0 else None
 
-            st = wait_for(survivor_done, "the surviving worker finishing its queries")
+            st = wait_for(survivor_done, "the surviving worker finishing its queries", timeout=40)
             while (msg := ps.get_message(timeout=1.0)) is not None:  # what it published, to the last
                 if msg["type"] == "pmessage":
                     m = orjson.loads(msg["data"])
