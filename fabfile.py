@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from fabric import task
 from invoke import Exit
 
+from kit import fab as _fab
 from kit.paths import REPO
 
 DEFAULT_INVENTORY = "inventory/local.yml"
@@ -49,7 +50,7 @@ def _inv(path: str) -> Path:
 _NOT_GIVEN = ""
 
 #: exit status of bad options or a failed preflight, and of an unexpected exception (README "fab tasks")
-EXIT_USAGE = 2
+EXIT_USAGE = _fab.EXIT_USAGE  # the kit's fab exits with it for a command line it cannot parse
 EXIT_INTERNAL = 4
 
 
