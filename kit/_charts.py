@@ -49,6 +49,7 @@ from kit.metrics import Histogram
 
 __all__ = [
     "RunData",
+    "chart_spec",
     "CsvRows",
     "QUERY_COLUMNS",
     "load_run",
@@ -473,7 +474,7 @@ def _align(series: Mapping[_K, Mapping[_X, _Y]]) -> tuple[list[_X], dict[_K, lis
     return xs, {k: [m.get(x) for x in xs] for k, m in series.items()}
 
 
-def _spec(
+def chart_spec(
     cid: str,
     title: str,
     xs: Sequence[float],
@@ -519,7 +520,7 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
     tl = timeline_series(run.timeline, t0)
     t = tl["t"]
     specs = [
-        _spec(
+        chart_spec(
             f"{prefix}-load",
             "Active sessions and queries per second",
             t,
@@ -531,7 +532,7 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
             y2label="queries/s",
             events=ev,
         ),
-        _spec(
+        chart_spec(
             f"{prefix}-tokens",
             "Tokens received per second",
             t,
@@ -543,7 +544,7 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
     for name, title in (("delivery", "Token delivery latency"), ("ttft", "Time to first token")):
         pct = timeline_percentiles(run.timeline, t0, name)
         specs.append(
-            _spec(
+            chart_spec(
                 f"{prefix}-{name}-t",
                 f"{title} per second (p50, p99, max)",
                 pct["t"],
@@ -556,7 +557,7 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
         )
     lat = latency_per_second(run.queries, t0)
     specs.append(
-        _spec(
+        chart_spec(
             f"{prefix}-latency",
             "Query latency per second (queries finished in that second)",
             lat["t"],
@@ -568,7 +569,7 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
         )
     )
     specs.append(
-        _spec(
+        chart_spec(
             f"{prefix}-errors",
             "Errors and reconnects per second",
             t,
@@ -592,7 +593,7 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
         }
     )
     specs.append(
-        _spec(
+        chart_spec(
             f"{prefix}-hostcpu",
             "Host CPU",
             hx,
@@ -605,7 +606,7 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
     order = ("client", "sim", "wsproxy", "haproxy", "redis")
     cx, cy = _align({c: comp[c] for c in sorted(comp, key=lambda c: (order.index(c) if c in order else 99, c))})
     specs.append(
-        _spec(
+        chart_spec(
             f"{prefix}-compcpu",
             "CPU per kit component (all hosts)",
             cx,
@@ -619,7 +620,7 @@ def run_chart_specs(run: RunData, prefix: str = "c") -> list[dict[str, Any]]:
     for key, title in DISTRIBUTIONS[:2]:
         xs, ys, left = cdf(run.histograms.get(key))
         specs.append(
-            _spec(
+            chart_spec(
                 f"{prefix}-dist-{key}",
                 f"{title}: distribution",
                 xs,
@@ -658,7 +659,7 @@ def server_chart_specs(run: RunData, events: Sequence[Mapping[str, Any]], prefix
             continue
         xs, ys = _align({k: dict(v) for k, v in sorted(per.items())})
         specs.append(
-            _spec(
+            chart_spec(
                 f"{prefix}-{cid}",
                 title,
                 xs,
@@ -693,7 +694,7 @@ def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, A
             # whole seconds since each run's start, so that the runs' points share x values
             per[i] = {float(round(t)): v for t, v in zip(tl["t"], tl.get(field_, []))}
         xs, ys = _align(per)
-        specs.append(_spec(f"cmp-{field_}", title, xs, series(ys), ylabel=unit))
+        specs.append(chart_spec(f"cmp-{field_}", title, xs, series(ys), ylabel=unit))
     lats = [latency_per_second(r.queries, r.t0) for _, r in runs]  # one pass over each run's queries
     for p in ("p50", "p99"):
         per = {}
@@ -701,7 +702,9 @@ def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, A
             per[i] = {x: y for x, y in zip(lat["t"], lat[p]) if y is not None}
         xs, ys = _align(per)
         specs.append(
-            _spec(f"cmp-lat-{p}", f"Query latency {p} per second", xs, series(ys), ylabel="latency (ms)", ymin0=False)
+            chart_spec(
+                f"cmp-lat-{p}", f"Query latency {p} per second", xs, series(ys), ylabel="latency (ms)", ymin0=False
+            )
         )
     ranges = [run_x_range(r) for _, r in runs]
     firsts = [s["x"][0] for s in specs if s["x"]]
@@ -724,7 +727,7 @@ def compare_chart_specs(runs: Sequence[tuple[str, RunData]]) -> list[dict[str, A
                 else:
                     last = v
         specs.append(
-            _spec(
+            chart_spec(
                 f"cmp-dist-{key}",
                 f"{title}: distribution",
                 xs,

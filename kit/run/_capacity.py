@@ -305,7 +305,7 @@ def write_capacity_html(path: Path, res: CapacityResult) -> Path:
     """The steps as charts (each SLO's metric and tokens/s against the offered load) and a table."""
     import html as _html
 
-    from kit._charts import _spec, assets_html, charts_html
+    from kit._charts import assets_html, chart_spec, charts_html
 
     e = _html.escape
     steps = sorted(res.steps, key=lambda s: s.load)
@@ -316,7 +316,7 @@ def write_capacity_html(path: Path, res: CapacityResult) -> Path:
         vals = [_slo_display(t, metric_value(s.summary, t)) for s in steps]
         limit = _slo_display(t, t.value)
         specs.append(
-            _spec(
+            chart_spec(
                 f"cap-slo-{i}",
                 f"SLO {t.text} against offered load",
                 xs,
@@ -329,7 +329,7 @@ def write_capacity_html(path: Path, res: CapacityResult) -> Path:
             )
         )
     specs.append(
-        _spec(
+        chart_spec(
             "cap-tps",
             "Tokens per second against offered load",
             xs,
