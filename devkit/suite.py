@@ -1,15 +1,17 @@
-"""The whole suite as four pytest processes side by side (``./loadkit test``, CI's ``.ci/run``).
+"""The whole suite as three pytest processes side by side (``./loadkit test``, CI's ``.ci/run``).
 
 Most of the suite's time is waiting: runs that last their seconds, Ansible over SSH, a lab's services
-coming up.  Serial, it took 28 minutes on this 2-core machine (using about one core); shards that wait at
-the same time take about half.  The shards split what shares state so that none of them can disturb another:
+coming up.  Serial, it took 28 minutes on this 2-core machine (using about one core); three shards that wait
+at the same time take about half.  Four were faster by two minutes but ran at a load average of 10, where
+every run failed a different timing-sensitive test: three it is.  The shards split what shares state so
+that none of them can disturb another:
 
-- ``lab-e2e``: the deployed six-host lab (tests/lab/test_fab_run_lab.py: the longest set-up, alone);
+- ``lab-e2e``: the deployed six-host lab (tests/lab/test_fab_run_lab.py: the longest set-up), then two
+  loopback integration files;
 - ``root``: the tests that deploy on this machine (tests/integration/test_deploy_local.py: the root
-  namespace's sysctls, /opt/wsproxy-loadkit/localhost, fixed ports), then two labs;
-- ``local-a`` and ``local-b``: the integration tests on loopback (free ports, their own temporary
-  folders) in two halves, the three small labs with the first (every lab has its own namespaces and
-  subnet), the unit tests with the second.
+  namespace's sysctls, /opt/wsproxy-loadkit/localhost, fixed ports), the other labs (each its own
+  namespaces and subnet) and the unit tests;
+- ``local``: the rest of the integration tests, on loopback (free ports, their own temporary folders).
 
 Each shard has its own ``--basetemp`` (pytest's cleanup of numbered temporary folders never sees another
 shard's) and its own log; a shard's output is printed whole when it ends, then one line per shard.  The
@@ -28,38 +30,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: the tests of the ``local-a`` shard, in the order they run: three small labs (root, each its own namespaces and
-#: subnet) and half of the loopback integration tests by time, the ones that compute most (the 100,000-session
-#: merge, the capacity search, the report in Chromium) last, after the other shards' deploys have done theirs
-LOCAL_A = [
-    "tests/lab/test_lab.py",
-    "tests/lab/test_fab_run_tls.py",
-    "tests/lab/test_source_addresses.py",
-    "tests/integration/test_haproxy_tls_role.py",
-    "tests/integration/test_inventory_validation.py",
-    "tests/integration/test_sim_hardening.py",
-    "tests/integration/test_tasks_scriptable.py",
-    "tests/integration/test_chaos_client.py",
-    "tests/integration/test_redis_unreachable.py",
-    "tests/integration/test_chaos.py",
-    "tests/integration/test_report_html.py",
-    "tests/integration/test_merge_scale.py",
-]
+#: loopback integration tests that run after the deployed lab's in its shard (it ends first otherwise)
+AFTER_LAB = ["tests/integration/test_merge_scale.py", "tests/integration/test_inventory_validation.py"]
 
 #: name -> pytest arguments (paths and selections, run in that order); together they are the whole of tests/
 SHARDS: dict[str, list[str]] = {
-    "lab-e2e": ["tests/lab/test_fab_run_lab.py"],
+    "lab-e2e": ["tests/lab/test_fab_run_lab.py", *AFTER_LAB],
     "root": [
         "tests/integration/test_deploy_local.py",
-        "tests/lab/test_fab_run_orchestration.py",
-        "tests/lab/test_chaos_lab.py",
+        "tests/lab",
+        "--ignore=tests/lab/test_fab_run_lab.py",
+        "tests/unit",
     ],
-    "local-a": LOCAL_A,
-    "local-b": [
+    "local": [
         "tests/integration",
         "--ignore=tests/integration/test_deploy_local.py",
-        *(f"--ignore={p}" for p in LOCAL_A if p.startswith("tests/integration/")),
-        "tests/unit",
+        *(f"--ignore={p}" for p in AFTER_LAB),
     ],
 }
 

@@ -40,7 +40,19 @@ def _target(t: float) -> float:
 def test_closed_stages_hold_the_target_curve_and_leave_cleanly(stack: Stack, tmp_path: Path):
     out = tmp_path / "run"
     _, s = run_client(
-        stack, out, "--stages", "4:40,4:40,4:0", "--queries", "20", "--think-time", "0.01", "--processes", "2", *SHORT
+        # sessions long enough to last the run: a slot's next session (run_slot, unit-tested) is a gap of a
+        # create and a connect, which a busy machine stretches into a dip of the per-second gauge
+        stack,
+        out,
+        "--stages",
+        "4:40,4:40,4:0",
+        "--queries",
+        "1000",
+        "--think-time",
+        "0.01",
+        "--processes",
+        "2",
+        *SHORT,
     )
     # every session ok (those retired mid-way left cleanly: not failed, nothing skipped)
     assert s["status"] == "passed" and s["failed_sessions"] == 0 and s["cancelled_sessions"] == 0
@@ -49,7 +61,7 @@ def test_closed_stages_hold_the_target_curve_and_leave_cleanly(stack: Stack, tmp
     sessions = _rows(out / "sessions.csv")
     left = [r for r in sessions if r["left_early"] == "1"]
     assert 0 < len(left) == s["left_early_sessions"] and all(r["status"] == "ok" for r in left)
-    assert all(int(r["queries_ok"]) < 20 for r in left)
+    assert all(int(r["queries_ok"]) < 1000 for r in left)
     assert 11.5 < s["duration_s"] < 14  # the last stage's end, plus the queries in flight
     got = [x[k] for x in s["stages"] for k in ("start_s", "end_s", "target_from", "target_to")]
     assert got == pytest.approx([0, 4, 0, 40, 4, 8, 40, 40, 8, 12, 40, 0], abs=0.05)
