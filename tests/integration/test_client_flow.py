@@ -438,66 +438,21 @@ def refusing_ws(stack: Stack, tmp_path: Path):
 def test_run_in_which_every_session_failed_exits_1_with_status_failed(
     stack: Stack, refusing_ws: str, tmp_path: Path, processes: str
 ):
-    out = tmp_path / "run"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kit.client",
-            "--api-url",
-            stack.api_url,
-            "--ws-url",
-            refusing_ws,
-            "--clients",
-            "2",
-            "--queries",
-            "1",
-            "--processes",
-            processes,
-            "--output-dir",
-            str(out),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    s = json.loads((out / "summary.json").read_text())
+    r, s = run_client(
+        stack, tmp_path / "run", "--ws-url", refusing_ws, "--clients", "2", "--queries", "1",
+        "--processes", processes, timeout=60, rc=1,
+    )  # fmt: skip
     assert s["status"] == "failed" and s["successful_sessions"] == 0 and s["failed_sessions"] == 2
     assert "run failed: no session succeeded" in r.stderr
     assert "Status:                 FAILED" in r.stdout
 
 
 def test_exit_zero_on_failure_keeps_the_verdict_in_summary_json(stack: Stack, refusing_ws: str, tmp_path: Path):
-    out = tmp_path / "run"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kit.client",
-            "--api-url",
-            stack.api_url,
-            "--ws-url",
-            refusing_ws,
-            "--clients",
-            "2",
-            "--queries",
-            "1",
-            "--processes",
-            "2",
-            "--output-dir",
-            str(out),
-            "--quiet",
-            "--exit-zero-on-failure",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr
-    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    _, s = run_client(
+        stack, tmp_path / "run", "--ws-url", refusing_ws, "--clients", "2", "--queries", "1",
+        "--processes", "2", "--exit-zero-on-failure", timeout=60,
+    )  # fmt: skip
+    assert s["status"] == "failed"
 
 
 def test_run_cut_short_by_max_duration_exits_3_with_status_partial(stack: Stack, tmp_path: Path):
