@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from standin import standin_inventory
 
-from devkit.localstack import free_port, start_redis, start_sim, start_wsproxy
+from devkit.localstack import start_redis, start_sim, start_wsproxy
 from kit.lab import lab_down, lab_up, parse_layout
 from kit.run._plan import parse_threshold
 from kit.run._run import RunOptions, execute
@@ -57,39 +58,10 @@ def lab_stack(need_root, tmp_path_factory):
 
 def _inventory(tmp: Path, cfg, addr: str, ports: dict, venvs: dict[str, Path]) -> Path:
     lab = yaml.safe_load(cfg.inventory_path.read_text())["all"]
-    hosts = {}
-    for name, hv in lab["hosts"].items():
-        hosts[name] = {**hv, "kit_root": str(tmp / "roots" / name), "kit_venv_dir": str(venvs.get(name, VENV))}
-    hosts["controller"] = {
-        "ansible_connection": "local",
-        "ansible_host": addr,
-        "kit_root": str(tmp / "roots" / "ctl"),
-        "kit_venv_dir": str(VENV),
-        "ansible_python_interpreter": str(VENV / "bin" / "python"),
-        "haproxy_http_port": ports["sim"],
-        "haproxy_ws_port": ports["wsproxy"],
-        "haproxy_stats_port": free_port(addr),
-        "redis_port": ports["redis"],
-        "sim_port": ports["sim"],
-        "wsproxy_base_port": ports["wsproxy"],
-    }
-    ctl = {"hosts": {"controller": None}}
-    inv = {
-        "all": {
-            "vars": lab["vars"],
-            "hosts": hosts,
-            "children": {
-                "redis": ctl,
-                "haproxy": ctl,
-                "wsproxy": ctl,
-                "sim": ctl,
-                "generators": {"hosts": {n: None for n in lab["hosts"]}},
-            },
-        }
-    }
     path = tmp / f"inv-{len(list(tmp.glob('inv-*')))}.yml"
-    path.write_text(yaml.safe_dump(inv))
-    return path
+    return standin_inventory(
+        path, tmp, lab, lab["hosts"], addr, {**ports, "http": ports["sim"], "ws": ports["wsproxy"]}, venvs=venvs
+    )
 
 
 def _raw_latencies(path: Path) -> list[float]:

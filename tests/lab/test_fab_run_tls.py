@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from standin import standin_inventory
 from tlsutil import make_ca, make_server_pem, start_tls_haproxy
 
-from devkit.localstack import free_port, start_redis, start_sim, start_wsproxy
+from devkit.localstack import start_redis, start_sim, start_wsproxy
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout
 from kit.run._plan import parse_threshold
 from kit.run._run import RunError, RunOptions, execute
@@ -62,43 +63,17 @@ def tls_lab(need_root, tmp_path_factory):
 
 def _inventory(tmp: Path, cfg: LabConfig, addr: str, ports: dict) -> Path:
     lab = yaml.safe_load(cfg.inventory_path.read_text())["all"]
-    hosts = {
-        name: {**hv, "kit_root": str(tmp / "roots" / name), "kit_venv_dir": str(VENV)}
-        for name, hv in lab["hosts"].items()
-    }
     # the balancer's ports are HAProxy's TLS frontends; the services behind it keep their own
-    hosts["controller"] = {
-        "ansible_connection": "local",
-        "ansible_host": addr,
-        "kit_root": str(tmp / "roots" / "ctl"),
-        "kit_venv_dir": str(VENV),
-        "ansible_python_interpreter": str(VENV / "bin" / "python"),
-        "haproxy_http_port": ports["https"],
-        "haproxy_ws_port": ports["wss"],
-        "haproxy_stats_port": free_port(addr),
-        "redis_port": ports["redis"],
-        "sim_port": ports["sim"],
-        "wsproxy_base_port": ports["wsproxy"],
-        "wsproxy_instances_per_host": 1,
-        "kit_secrets_dir": str(tmp / "secrets"),
-    }
-    ctl = {"hosts": {"controller": None}}
-    inv = {
-        "all": {
-            "vars": lab["vars"],
-            "hosts": hosts,
-            "children": {
-                "redis": ctl,
-                "haproxy": ctl,
-                "wsproxy": ctl,
-                "sim": ctl,
-                "generators": {"hosts": {n: None for n in lab["hosts"]}},
-            },
-        }
-    }
-    path = tmp / "inv.yml"
-    path.write_text(yaml.safe_dump(inv))
-    return path
+    return standin_inventory(
+        tmp / "inv.yml",
+        tmp,
+        lab,
+        lab["hosts"],
+        addr,
+        {**ports, "http": ports["https"], "ws": ports["wss"]},
+        wsproxy_instances_per_host=1,
+        kit_secrets_dir=str(tmp / "secrets"),
+    )
 
 
 def test_fab_run_tls_gives_generators_the_ca_and_records_the_tls_handshake(tls_lab):

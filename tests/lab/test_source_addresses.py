@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from standin import standin_inventory
 
-from devkit.localstack import free_port, start_redis, start_sim, start_wsproxy
+from devkit.localstack import start_redis, start_sim, start_wsproxy
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout
 from kit.run import RunError, RunOptions, execute
 from kit.run._plan import parse_threshold
@@ -73,40 +74,9 @@ def _inventory(tmp: Path, cfg: LabConfig, addr: str, ports: dict, *, sources: bo
     assert len(hv["generator_source_addresses"]) == 3  # what lab-up wrote: its own and two extra addresses
     if not sources:
         hv.pop("generator_source_addresses")
-    hosts = {
-        gen: {**hv, "kit_root": str(tmp / "roots" / gen), "kit_venv_dir": str(VENV)},
-        "controller": {
-            "ansible_connection": "local",
-            "ansible_host": addr,
-            "kit_root": str(tmp / "roots" / "ctl"),
-            "kit_venv_dir": str(VENV),
-            "ansible_python_interpreter": str(VENV / "bin" / "python"),
-            "haproxy_http_port": ports["sim"],
-            "haproxy_ws_port": ports["wsproxy"],
-            "haproxy_stats_port": free_port(addr),
-            "redis_port": ports["redis"],
-            "sim_port": ports["sim"],
-            "wsproxy_base_port": ports["wsproxy"],
-            "wsproxy_instances_per_host": 1,
-        },
-    }
-    ctl = {"hosts": {"controller": None}}
-    inv = {
-        "all": {
-            "vars": lab["vars"],
-            "hosts": hosts,
-            "children": {
-                "redis": ctl,
-                "haproxy": ctl,
-                "wsproxy": ctl,
-                "sim": ctl,
-                "generators": {"hosts": {gen: None}},
-            },
-        }
-    }
     path = tmp / f"inv-{'sources' if sources else 'one'}.yml"
-    path.write_text(yaml.safe_dump(inv))
-    return path
+    ports = {**ports, "http": ports["sim"], "ws": ports["wsproxy"]}
+    return standin_inventory(path, tmp, lab, {gen: hv}, addr, ports, wsproxy_instances_per_host=1)
 
 
 def _opts(inv: Path, tmp: Path, run_id: str) -> RunOptions:
