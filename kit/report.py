@@ -152,6 +152,10 @@ def bottleneck_line(summary: dict[str, Any]) -> str | None:
     )
 
 
+#: seconds of applying a fault past which the report says when it was planned
+APPLY_NOTE_S = 0.5
+
+
 def event_lines(summary: dict[str, Any]) -> list[str]:
     """One line per ``--chaos`` fault: when, where, whether it worked, recovery and what it cost."""
     out = []
@@ -160,6 +164,8 @@ def event_lines(summary: dict[str, Any]) -> list[str]:
         head = f"Event         {ev.get('action')} {where} at {_f(ev.get('at_s'), '{:.1f}')} s" + (
             f" for {_f(ev.get('for_s'), '{:.1f}')} s" if ev.get("for_s") else ""
         )
+        if (ev.get("apply_s") or 0) >= APPLY_NOTE_S:  # a loaded host: the fault came later than planned
+            head += f" (planned {_f(ev.get('planned_at_s'), '{:g}')} s, applying took {ev['apply_s']:.1f} s)"
         if not ev.get("ok"):
             out.append(f"{head}  FAILED: {ev.get('detail', '')}")
             continue

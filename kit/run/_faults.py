@@ -68,6 +68,10 @@ class Fault:
     detail: str = ""
     undo: Callable[[], str] | None = None
     undo_problem: str = ""
+    #: seconds from the planned instant to the fault being in place (the commands that apply it)
+    apply_s: float | None = None
+    #: what was looked up and copied before the fault's instant (a delay's devices and helper)
+    prepared: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def event(self, start_at: float) -> dict[str, Any]:
         at = None if self.started_at is None else round(self.started_at - start_at, 3)
@@ -88,6 +92,7 @@ class Fault:
             "for_s": dur,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
+            "apply_s": self.apply_s,
             "ok": bool(self.ok) and not self.undo_problem,
             "detail": "; ".join(x for x in (self.detail, self.undo_problem) if x),
         }
@@ -100,10 +105,18 @@ def _sh(c: Any, cmd: str, timeout: float = ops.CMD_TIMEOUT) -> str:
     return res.stdout.strip()
 
 
-def _safety(c: Any, after_s: float, cmd: str) -> None:
-    """A timer on the host that runs *cmd* after *after_s* s (harmless when already undone)."""
-    inner = f"sleep {after_s:.0f}; {cmd}"
-    _sh(c, f"(setsid $S sh -c {shlex.quote(inner)} < /dev/null > /dev/null 2>&1 &)")
+def _safety(c: Any, marker: str, after_s: float, cmd: str) -> str:
+    """A timer on the host that runs *cmd* after *after_s* s unless the fault's undo removed *marker* first.
+
+    Returns the shell words that disarm it (put them before the undo): without the marker a timer
+    left by one run cannot undo a later run's fault of the same name on that host."""
+    m = shlex.quote(marker)
+    inner = f"sleep {after_s:.0f}; [ -e {m} ] && rm -f {m} && {cmd}"
+    _sh(
+        c,
+        f"mkdir -p $(dirname {m}) && : > {m} && (setsid $S sh -c {shlex.quote(inner)} < /dev/null > /dev/null 2>&1 &)",
+    )
+    return f"rm -f {m}; "
 
 
 def _addresses(inv: Inventory, host: str) -> list[str]:
@@ -172,19 +185,28 @@ class ChaosRunner:
             except Exception as exc:  # recorded on the event; the run goes on
                 f.ok, f.detail = False, f"cannot reach {f.target.host}: {exc}"
                 return
+            try:
+                self._prepare(c, f)
+            except Exception as exc:  # recorded on the event; the run goes on
+                f.ok, f.detail = False, f"cannot prepare {f.spec.action} on {f.target.host}: {exc}"
+                return
             if self._stop.wait(max(0.0, self.start_at + f.spec.at_s - time.time())):
                 f.detail = "not applied: the run ended first"
                 return
-            f.started_at = time.time()
+            t0 = time.time()
             try:
                 f.detail, f.undo = self._apply(c, f)
                 f.ok = True
             except Exception as exc:  # recorded on the event; the run goes on
                 f.ok, f.detail = False, f"{type(exc).__name__}: {exc}"
+                f.started_at = t0
                 f.ended_at = time.time()
                 log.warning("chaos %s on %s failed: %s", f.spec.text, f.target.label(), exc)
                 self.say(f"  chaos: {f.spec.text} on {f.target.label()} FAILED: {exc}")
                 return
+            # in place from here: the commands that applied it have returned (a loaded host can take seconds)
+            f.started_at = time.time()
+            f.apply_s = round(f.started_at - t0, 3)
             self.say(f"  chaos: t={f.started_at - self.start_at:.1f}s {f.spec.action} {f.target.label()}: {f.detail}")
             if f.undo is None:
                 f.ended_at = f.started_at
@@ -220,6 +242,10 @@ class ChaosRunner:
             return self._partition(c, f)
         return self._delay(c, f)
 
+    def _marker(self, f: Fault) -> str:
+        """The file whose presence arms the fault's safety timer (in the run's directory on its host)."""
+        return f"{self.remote_root[f.target.host]}/chaos-{f.index}/armed"
+
     def _pid(self, c: Any, program: str) -> int:
         pids, problems = resolve_service_pids(c, self.inv, only=[program])
         pid = pids.get(program, ("", None))[1]
@@ -234,10 +260,10 @@ class ChaosRunner:
             _sh(c, f"$S kill -KILL {pid}")
             return f"SIGKILL {program} pid {pid}", None
         _sh(c, f"$S kill -STOP {pid}")
-        _safety(c, f.spec.for_s + SAFETY_S, f"kill -CONT {pid}")
+        disarm = _safety(c, self._marker(f), f.spec.for_s + SAFETY_S, f"kill -CONT {pid}")
 
         def cont() -> str:
-            _sh(c, f"$S kill -CONT {pid}")
+            _sh(c, f"{disarm}$S kill -CONT {pid}")
             return f"SIGCONT pid {pid}"
 
         return f"SIGSTOP {program} pid {pid}", cont
@@ -263,20 +289,25 @@ class ChaosRunner:
             f"printf %s {shlex.quote(ruleset)} | $S nft -f -",
         )
         drop = f"nft delete table inet {table}"
-        _safety(c, f.spec.for_s + SAFETY_S, drop + " 2>/dev/null")
+        disarm = _safety(c, self._marker(f), f.spec.for_s + SAFETY_S, drop + " 2>/dev/null")
 
         def heal() -> str:
-            _sh(c, f"$S {drop}")
+            _sh(c, f"{disarm}$S {drop}")
             return f"table {table} deleted"
 
         return f"nftables table {table} drops traffic to/from {addrs}", heal
 
-    def _delay(self, c: Any, f: Fault) -> tuple[str, Callable[[], str] | None]:
+    def _prepare(self, c: Any, f: Fault) -> None:
+        """What a fault needs that can be done before its instant, so that applying it is one command.
+
+        A delay: the other hosts' addresses, the devices routing to them, and the NFQUEUE helper copied
+        into the run's directory (used only where the kernel has no netem)."""
+        if f.spec.action != "delay":
+            return
         h = self.inv.hosts[f.target.host]
         others = _addresses(self.inv, f.target.host)
         if not others:
             raise RuntimeError("no other host address to delay traffic to")
-        ms = f.spec.arg_ms or 0.0
         devs = sorted(
             {
                 d
@@ -290,6 +321,14 @@ class ChaosRunner:
         )
         if not devs:
             raise RuntimeError(f"no route from {h.name} to {', '.join(others)}")
+        d = f"{self.remote_root[h.name]}/chaos-{f.index}"
+        c.run(f"mkdir -p {shlex.quote(d)}", hide=True, timeout=ops.CMD_TIMEOUT)
+        c.put(str(NFQDELAY_SRC), f"{d}/nfqdelay.py")
+        f.prepared = {"others": others, "devs": devs, "dir": d}
+
+    def _delay(self, c: Any, f: Fault) -> tuple[str, Callable[[], str] | None]:
+        others, devs = f.prepared["others"], f.prepared["devs"]
+        ms = f.spec.arg_ms or 0.0
         probe = c.run(
             _ROOT + f"$S tc qdisc replace dev {devs[0]} root netem delay {ms:g}ms 2>&1",
             hide=True,
@@ -300,10 +339,10 @@ class ChaosRunner:
             for d in devs[1:]:
                 _sh(c, f"$S tc qdisc replace dev {d} root netem delay {ms:g}ms")
             dels = "; ".join(f"tc qdisc del dev {d} root" for d in devs)
-            _safety(c, f.spec.for_s + SAFETY_S, dels + " 2>/dev/null")
+            disarm = _safety(c, self._marker(f), f.spec.for_s + SAFETY_S, "{ " + dels + "; } 2>/dev/null")
 
             def no_netem() -> str:
-                _sh(c, "$S sh -c " + shlex.quote(dels))
+                _sh(c, disarm + "$S sh -c " + shlex.quote(dels))
                 return f"netem removed from {', '.join(devs)}"
 
             return f"netem delay {ms:g}ms on {', '.join(devs)}", no_netem
@@ -314,9 +353,7 @@ class ChaosRunner:
         self, c: Any, f: Fault, others: list[str], ms: float, why: str
     ) -> tuple[str, Callable[[], str] | None]:
         h = self.inv.hosts[f.target.host]
-        d = f"{self.remote_root[h.name]}/chaos-{f.index}"
-        c.run(f"mkdir -p {shlex.quote(d)}", hide=True, timeout=ops.CMD_TIMEOUT)
-        c.put(str(NFQDELAY_SRC), f"{d}/nfqdelay.py")
+        d = f.prepared["dir"]
         py = str(h.vars.get("ansible_python_interpreter") or "")
         py = py if py.startswith("/") else "python3"
         argv = [
