@@ -47,6 +47,9 @@ CPU from getrusage of that process.  One run, 2026-11-30 (a lab run was going on
     realistic@10000  kit  8.44 us/token (micro: the WebSocket path alone)
     real run, all-in: 22.0 us/token (2.84 CPU-s / 129000 tokens), 947 us/query; not overloaded
 
+``--real-only`` skips the micro-benchmark; ``--py-spy FILE`` records a py-spy raw profile of the real run's
+client (py-spy's CPU is then in the figure: profile and measure in separate runs).
+
 The real run is what a run costs; the micro-benchmark is one part of it.  In a ``fab run`` on the
 local stack the client measured 16-33 us/token from 2,000 down to 250 sessions
 (``bench/e2e_capacity.py``, README "Benchmarks of the kit itself").
@@ -372,6 +375,8 @@ def main() -> None:
         help="also the all-in figure of a real client run of this many sessions x 3 queries "
         "against the real simulator + wsproxy + Redis (0: skip)",
     )
+    ap.add_argument("--py-spy", metavar="FILE", help="real run: a py-spy raw profile of the client process to FILE")
+    ap.add_argument("--real-only", action="store_true", help="only the real run (no micro-benchmark)")
     args = ap.parse_args()
     if args.serve:
         return serve(args)
@@ -382,6 +387,8 @@ def main() -> None:
     modes = []
     for m in args.modes.split(","):
         modes += [f"realistic@{r}" for r in args.rate.split(",")] if m == "realistic" else [m]
+    if args.real_only:
+        modes = []
     for mode in modes:
         for _ in range(args.repeat):
             for name in names:  # interleaved so machine noise hits every client alike
@@ -409,7 +416,7 @@ def main() -> None:
             ratio = results[(mode, "trio-websocket")]["us_per_msg"] / results[(mode, "kit")]["us_per_msg"]
             print(f"{mode}: trio-websocket / kit = {ratio:.2f}x")
     if args.real_run:
-        r = real_run(args.real_run)
+        r = real_run(args.real_run, args.py_spy)
         print(
             f"\nreal run, all-in (HTTP create/run/close, WebSocket, accounting, output), {r['sessions']} sessions x 3 "
             f"queries of 43 tokens 50 ms apart, one process: {r['us_per_token']:.1f} us/token "
@@ -419,9 +426,10 @@ def main() -> None:
         print("  (the micro-benchmark above is the WebSocket path alone; the real run is what a run costs)")
 
 
-def real_run(sessions: int) -> dict:
+def real_run(sessions: int, py_spy: str | None = None) -> dict:
     """One real ``python -m kit.client`` process against devkit.localstack's Redis + simulator + wsproxy at the
-    default pace; its CPU from getrusage of the child (user+system), divided by tokens received."""
+    default pace; its CPU from getrusage of the child (user+system), divided by tokens received.
+    With *py_spy* a py-spy raw profile of the client goes to that file (py-spy's CPU is then in the figure)."""
     import json
     import resource
     import tempfile
@@ -432,8 +440,10 @@ def real_run(sessions: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="client-cpu-") as tmp, local_stack(Path(tmp) / "stack") as stack:
         out = Path(tmp) / "out"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--nonblocking", "-r", "200"]
         subprocess.run(
             [
+                *([*spy, "-o", py_spy, "--"] if py_spy else []),
                 sys.executable,
                 "-m",
                 "kit.client",

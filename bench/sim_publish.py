@@ -33,6 +33,7 @@ HTTP handling and publishing together.
 
     .venv/bin/python bench/sim_publish.py [--ticks 0,5] [--real-sessions 500,1000] [--workers 1]
         [--py-spy PREFIX]   # also a raw py-spy profile of the worker during each realistic run
+                            # (PYSPY_NATIVE=1: with native frames, py-spy then pauses the worker per sample)
 
 Measured 2026-11-30 on the 2-core machine shared with other jobs (load average
 0.8-2.1), default options, two consecutive runs of ``.venv/bin/python bench/sim_publish.py``:
@@ -352,7 +353,7 @@ def bench_realistic(server: RedisServer, workdir: Path, args, sessions: int, tic
                     "record",
                     "--format",
                     "raw",
-                    "--nonblocking",
+                    *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]),
                     "-r",
                     "200",
                     "-o",
