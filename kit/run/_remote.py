@@ -43,11 +43,16 @@ __all__ = [
     "GroupException",
     "GroupResult",
     "CONNECT_TIMEOUT",
+    "SFTP_TIMEOUT",
 ]
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 15
+#: seconds any one read or write of a file transfer (SFTP) may wait for the host: a host that stops
+#: answering mid-copy fails the copy (``TimeoutError``) instead of hanging the run; a slow copy that
+#: keeps moving is not cut
+SFTP_TIMEOUT = 60.0
 
 #: Every command runs without our stdin (fan-out threads must not read the terminal) and hidden
 #: (its output is returned, and shown by the caller when it matters).
@@ -59,9 +64,36 @@ class HostConnection(fabric.Connection):
 
     inventory_host: Host
 
+    #: the bound on each SFTP read or write of ``put``/``get`` (a test may lower it)
+    sftp_timeout: float = SFTP_TIMEOUT
+
     def __init__(self, host: Host, **kwargs: Any) -> None:
         super().__init__(host.address, user=host.user, port=host.port, **kwargs)
         self.inventory_host = host
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """Fabric's one SFTP client of this connection (``put`` and ``get`` use it), its channel bounded
+        by :attr:`sftp_timeout`: Fabric's transfers have no timeout of their own."""
+        client = super().sftp()
+        channel = client.get_channel()
+        if channel is not None and channel.gettimeout() != self.sftp_timeout:
+            channel.settimeout(self.sftp_timeout)
+        return client
+
+    def get(self, remote: str, local: str | None = None, preserve_mode: bool = True) -> Any:
+        try:
+            return super().get(remote, local, preserve_mode=preserve_mode)
+        except TimeoutError:
+            raise TimeoutError(self._stalled(f"copying {remote} from it")) from None
+
+    def put(self, local: str, remote: str | None = None, preserve_mode: bool = True) -> Any:
+        try:
+            return super().put(local, remote, preserve_mode=preserve_mode)
+        except TimeoutError:
+            raise TimeoutError(self._stalled(f"copying {local} to {remote or 'it'}")) from None
+
+    def _stalled(self, what: str) -> str:
+        return f"{self.inventory_host.name}: {what}: no answer for {self.sftp_timeout:g} s (SFTP_TIMEOUT), host unreachable?"
 
 
 class LocalConnection:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -189,3 +190,30 @@ def test_clock_offset_of_a_lab_host_measured_over_ssh_is_near_zero_as_they_share
     assert len(samples) == 5
     assert off["rtt_s"] < 0.05  # one exchange on an open channel, not a command start
     assert abs(off["offset_s"]) <= off["uncertainty_s"] + 0.001
+
+
+def test_a_file_copy_from_a_host_that_stops_answering_fails_within_its_bound_with_one_line(lab6, tmp_path):
+    cfg, state = lab6
+    inv = load_inventory(cfg.inventory_path)
+    host = inv.hosts["lkt-h5"]
+    src, dst = tmp_path / "big.bin", tmp_path / "copy.bin"
+    src.write_bytes(os.urandom(1 << 20))  # the lab hosts share this filesystem: the host copies it back to us
+    conn = connect(host)
+    conn.sftp_timeout = 2.0
+    table = "lkt_sftp_stall"
+    nft = ["ip", "netns", "exec", host.name, "nft"]
+    try:
+        conn.get(str(src), str(dst))  # answers: the bound does not cut a copy that moves
+        assert dst.read_bytes() == src.read_bytes()
+        rules = f"table inet {table} {{ chain out {{ type filter hook output priority 0; tcp sport 22 drop\n }}\n}}\n"
+        subprocess.run([*nft, "-f", "-"], input=rules, text=True, check=True, timeout=30)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError) as err:
+            conn.get(str(src), str(tmp_path / "stalled.bin"))
+        took = time.monotonic() - t0
+    finally:
+        subprocess.run([*nft, "delete", "table", "inet", table], capture_output=True, timeout=30)
+        conn.close()
+    assert 1.5 <= took < 10, took
+    msg = str(err.value)
+    assert "lkt-h5" in msg and "no answer for 2 s" in msg and "\n" not in msg, msg
