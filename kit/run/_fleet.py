@@ -103,15 +103,7 @@ def plan(
     conns = {n: connect(h) for n, h in inv.hosts.items()}
     try:
         try:
-            got = fan_out(
-                conns.values(),
-                lambda c: ops.host_facts(
-                    c,
-                    c.inventory_host.kit_python,
-                    client_wrapper=c.inventory_host.client_wrapper,
-                    tuning_report=c.inventory_host.tuning_report,
-                ),
-            )
+            got = fan_out(conns.values(), ops.host_facts)
         except GroupException as exc:
             raise RuntimeError("reading host facts failed: " + "; ".join(describe_failures(exc))) from None
     finally:

@@ -81,11 +81,11 @@ if [ -r {report} ]; then echo "tuning=$(tr -d '\n' < {report})"; fi
 """  # noqa: E501 (a shell script sent as is: the long line is one command)
 
 
-def host_facts(
-    c: Any, kit_python: str, *, client_wrapper: str = "/nonexistent", tuning_report: str = "/nonexistent"
-) -> dict[str, Any]:
-    """Cores, open-file limits, port range, versions, the deployed kit-client wrapper (*client_wrapper*,
-    the host's ``kit_client_wrapper``) and the tuning role's report (*tuning_report*, ``kit_tuning_report``)."""
+def host_facts(c: Any) -> dict[str, Any]:
+    """Cores, open-file limits, port range, versions, the deployed kit-client wrapper (the inventory host's
+    ``kit_client_wrapper``) and the tuning role's report (its ``kit_tuning_report``), read with its kit python."""
+    h = c.inventory_host
+    kit_python, client_wrapper, tuning_report = h.kit_python, h.client_wrapper, h.tuning_report
     res = c.run(
         _FACTS.format(
             py=shlex.quote(kit_python), wrapper=shlex.quote(client_wrapper), report=shlex.quote(tuning_report)

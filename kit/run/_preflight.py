@@ -250,16 +250,7 @@ def preflight(
 
 
 def _read_facts(conns: list[Conn]) -> dict[str, Facts]:
-    got = fan(
-        conns,
-        lambda c: ops.host_facts(
-            c,
-            c.inventory_host.kit_python,
-            client_wrapper=c.inventory_host.client_wrapper,
-            tuning_report=c.inventory_host.tuning_report,
-        ),
-        "reading host facts",
-    )
+    got = fan(conns, ops.host_facts, "reading host facts")
     return {c.inventory_host.name: Facts(v) for c, v in got.items()}
 
 
