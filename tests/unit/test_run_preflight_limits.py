@@ -70,7 +70,8 @@ def test_preflight_uses_the_reported_sessions_for_balancers_and_generators_alike
     inv = Inventory(Path("inv.yml"), {"lb": lb, "gen": gen}, groups)
     seen_paths = {}
 
-    def host_facts(c, kit_python, *, client_wrapper, tuning_report):
+    def host_facts(c):
+        client_wrapper, tuning_report = c.inventory_host.client_wrapper, c.inventory_host.tuning_report
         seen_paths[c.inventory_host.name] = (client_wrapper, tuning_report)
         # 10,000 open files; a report whose figure no formula of the preflight would give
         report = {"nofile": {"wanted": 65536, "cap": 10000, "effective": 10000, "sessions_max": 1234}}
@@ -125,7 +126,7 @@ def test_a_generator_hosts_source_addresses_multiply_its_ports_toward_one_balanc
     monkeypatch.setattr(
         _hostops,
         "host_facts",
-        lambda c, kit_python, **kw: {
+        lambda c: {
             "nproc": 1,
             "port_range": [20000, 20199] if c.inventory_host.name == "gen" else [10240, 65535],
             "kit_python": True,
