@@ -194,6 +194,9 @@ class _Client:
         self._ping_handle = None
         if self.closed or self.transport is None:
             return
+        if self.transport.is_closing():  # the peer left and its handler has not run yet (a busy loop)
+            self.release()  # writing would raise "the handler is closed" from this timer, once per ping
+            return
         loop = asyncio.get_running_loop()
         now = loop.time()
         self.transport.write(_PING_FRAME)
