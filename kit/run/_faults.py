@@ -242,9 +242,13 @@ class ChaosRunner:
             return self._partition(c, f)
         return self._delay(c, f)
 
+    def _dir(self, f: Fault) -> str:
+        """The fault's own folder in the run's directory on its host (its helper, its safety timer's marker)."""
+        return f"{self.remote_root[f.target.host]}/chaos-{f.index}"
+
     def _marker(self, f: Fault) -> str:
-        """The file whose presence arms the fault's safety timer (in the run's directory on its host)."""
-        return f"{self.remote_root[f.target.host]}/chaos-{f.index}/armed"
+        """The file whose presence arms the fault's safety timer."""
+        return f"{self._dir(f)}/armed"
 
     def _pid(self, c: Any, program: str) -> int:
         pids, problems = resolve_service_pids(c, self.inv, only=[program])
@@ -321,10 +325,10 @@ class ChaosRunner:
         )
         if not devs:
             raise RuntimeError(f"no route from {h.name} to {', '.join(others)}")
-        d = f"{self.remote_root[h.name]}/chaos-{f.index}"
+        d = self._dir(f)
         c.run(f"mkdir -p {shlex.quote(d)}", hide=True, timeout=ops.CMD_TIMEOUT)
         c.put(str(NFQDELAY_SRC), f"{d}/nfqdelay.py")
-        f.prepared = {"others": others, "devs": devs, "dir": d}
+        f.prepared = {"others": others, "devs": devs}
 
     def _delay(self, c: Any, f: Fault) -> tuple[str, Callable[[], str] | None]:
         others, devs = f.prepared["others"], f.prepared["devs"]
@@ -353,7 +357,7 @@ class ChaosRunner:
         self, c: Any, f: Fault, others: list[str], ms: float, why: str
     ) -> tuple[str, Callable[[], str] | None]:
         h = self.inv.hosts[f.target.host]
-        d = f.prepared["dir"]
+        d = self._dir(f)
         py = str(h.vars.get("ansible_python_interpreter") or "")
         py = py if py.startswith("/") else "python3"
         argv = [

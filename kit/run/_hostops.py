@@ -10,8 +10,9 @@ group, by PID).  Failures raise (the fan-out reports them per host).
 Every command carries a timeout (:data:`CMD_TIMEOUT`, longer for copying
 folders), and every file copy a bound on each of its reads and writes
 (``SFTP_TIMEOUT``, kit/run/_remote.py): a host that stops answering fails its
-command or copy instead of hanging the run.  A job that survives :func:`stop_job` raises :class:`JobSurvived`
-naming what is left, so the caller reports it.
+command or copy instead of hanging the run.  A job that survives
+:func:`stop_job` raises :class:`JobSurvived` naming what is left, so the
+caller reports it.
 """
 
 from __future__ import annotations
