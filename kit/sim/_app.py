@@ -35,12 +35,11 @@ does not answer, 503 ``redis_pool_exhausted`` when every pooled connection staye
 busy for ``SIM_REDIS_POOL_TIMEOUT_MS``, 500 otherwise.
 Counters in ``/stats`` are per process (each worker has its own).
 
-Redis connections: requests borrow from a bounded waiting pool
-(``BlockingConnectionPool``, ``SIM_REDIS_POOL_SIZE`` per worker): a burst larger
-than the pool waits for a connection instead of failing at once (redis-py's
-default pool raises as soon as its 100 connections are busy, which read as
-"Redis unavailable").  The publisher has a connection of its own, so no burst of
-requests can starve it.
+Redis connections: requests borrow from a bounded waiting pool (:class:`kit._resp.LinkPool`,
+``SIM_REDIS_POOL_SIZE`` per worker): a burst larger than the pool waits for a connection instead of
+failing at once.  The session routes' commands are raw RESP parsed by hiredis, not redis-py: redis-py's
+client side cost ~170 us more per command at a real run's sparse pace (``bench/sim_requests.py``).
+The publisher has a connection of its own, so no burst of requests can starve it.
 """
 
 from __future__ import annotations
@@ -54,15 +53,15 @@ import uuid
 from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from quart import Quart, Response, request
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from kit import _gc, contract
+from kit._resp import LinkPool, PoolExhausted, RedisUnavailable, checked, encode_command, open_link, parse_redis_url
 from kit.auth import issue_token
 from kit.config import SimSettings
 from kit.wire import query_duration_problem
@@ -94,51 +93,6 @@ _HEALTH_TIMEOUT_S = 2.0
 # deleted again (the 404 path).
 
 
-class PoolExhausted(RedisConnectionError):
-    """Every connection of the request pool stayed busy for the pool's timeout."""
-
-
-class _WaitingPool(aioredis.BlockingConnectionPool):
-    """A BlockingConnectionPool whose timeout is told apart from Redis failing (503 either way).
-
-    Fast path: while nobody waits, a free connection is taken and returned through the plain
-    ConnectionPool, without the blocking pool's condition and timer; they doubled redis-py's
-    client-side CPU per command (43 -> 84 us per HGET, measured on this machine).  While any
-    request waits, newcomers take the blocking pool's way too (its condition decides who is
-    served; a fast path beside waiters would let newcomers overtake them), and releases wake them.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._waiting = 0
-
-    async def get_connection(self, *args, **kwargs):
-        if not self._waiting and self.can_get_connection():
-            try:
-                return await aioredis.ConnectionPool.get_connection(self)
-            except MaxConnectionsError:
-                pass  # the last one was taken meanwhile: wait in line
-        self._waiting += 1
-        try:
-            return await super().get_connection()
-        except RedisConnectionError as exc:
-            # redis-py raises a bare ConnectionError("No connection available.") from the wait's timeout
-            if isinstance(exc.__cause__, asyncio.TimeoutError):
-                raise PoolExhausted(f"all {self.max_connections} connections busy for {self.timeout}s") from None
-            raise
-        finally:
-            self._waiting -= 1
-
-    async def release(self, connection) -> None:
-        if self._waiting:
-            await super().release(connection)  # and notify a waiter
-            return
-        await aioredis.ConnectionPool.release(self, connection)
-        if self._waiting:  # someone began to wait while this release yielded: wake them
-            async with self._condition:
-                self._condition.notify()
-
-
 @dataclass
 class SimState:
     """What one app instance owns: its settings, pool, client, publisher and counters."""
@@ -146,8 +100,7 @@ class SimState:
     settings: SimSettings
     words: list[bytes]
     limits: SimLimits = field(default_factory=SimLimits)
-    pool: aioredis.BlockingConnectionPool | None = None
-    redis: aioredis.Redis | None = None
+    pool: LinkPool | None = None
     publisher: Publisher | None = None
     #: the background watch on Redis that /health reads
     redis_watch: RedisWatch = field(default_factory=RedisWatch)
@@ -245,13 +198,17 @@ class SimViews:
         self.tune_gc = tune_gc
         self._sweeper: asyncio.Task | None = None
 
-    @property
-    def _redis(self) -> aioredis.Redis:
-        """The Redis client :meth:`open` made (the views run after it)."""
-        redis = self.state.redis
-        if redis is None:
+    async def _redis(self, *commands: tuple[bytes | str, ...]) -> list[Any]:
+        """*commands* in one write on a pooled connection; their replies (a Redis error reply raises
+        :class:`~kit._resp.RedisReplyError`).  The pool :meth:`open` made (the views run after it)."""
+        pool = self.state.pool
+        if pool is None:
             raise RuntimeError("kit.sim: a view ran before open()")
-        return redis
+        return checked(await pool.call(b"".join(encode_command(*c) for c in commands), len(commands)))
+
+    async def _transaction(self, *commands: tuple[bytes | str, ...]) -> list[Any]:
+        """*commands* in MULTI/EXEC; EXEC's replies (an error among them raises, as in :meth:`_redis`)."""
+        return checked((await self._redis((b"MULTI",), *commands, (b"EXEC",)))[-1])
 
     @property
     def _publisher(self) -> Publisher:
@@ -265,18 +222,15 @@ class SimViews:
 
     async def open(self) -> None:
         app, state, settings = self.app, self.state, self.settings
-        pool = state.pool = _WaitingPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_pool_size,
-            timeout=settings.redis_pool_timeout_ms / 1000.0,
-            socket_timeout=_REDIS_TIMEOUT_S,
-            socket_connect_timeout=_REDIS_TIMEOUT_S,
+        address = parse_redis_url(settings.redis_url)
+        state.pool = LinkPool(
+            lambda: open_link(address, _REDIS_TIMEOUT_S),
+            size=settings.redis_pool_size,
+            wait_s=settings.redis_pool_timeout_ms / 1000.0,
+            call_s=_REDIS_TIMEOUT_S,
         )
-        state.redis = aioredis.Redis(connection_pool=pool)
         # the publisher's own connection, same address and credentials, outside the pool's count
-        state.publisher = Publisher(
-            lambda: pool.connection_class(**pool.connection_kwargs), tick_s=settings.publish_tick_ms / 1000.0
-        )
+        state.publisher = Publisher(lambda: open_link(address), tick_s=settings.publish_tick_ms / 1000.0)
         state.publisher.start()
         start_redis_watch(app, settings.redis_url, state.redis_watch)  # a wrong REDIS_URL: one line at start
         app.add_background_task(
@@ -306,8 +260,6 @@ class SimViews:
             self._sweeper.cancel()
         if state.publisher is not None:
             await state.publisher.aclose()
-        if state.redis is not None:
-            await state.redis.aclose()
         if state.pool is not None:
             await state.pool.aclose()
         log.info("kit.sim stopped (pid %d): %s", os.getpid(), state.statistics())
@@ -337,7 +289,7 @@ class SimViews:
                 "than SIM_REDIS_POOL_SIZE while Redis was slow); retry, or raise SIM_REDIS_POOL_SIZE "
                 "or SIM_REDIS_POOL_TIMEOUT_MS",
             )
-        if isinstance(exc, RedisError):
+        if isinstance(exc, (RedisUnavailable, RedisError)):
             log.warning("redis error on %s %s: %s: %s", method, path, type(exc).__name__, exc)
             return _error(
                 503,
@@ -408,10 +360,10 @@ class SimViews:
             return self._invalid(exc)
         session_id = uuid.uuid4().hex
         key = _session_key(session_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"status": "open", "agent_id": body.agent_id, "created": f"{time.time():.6f}"})
-            pipe.expire(key, settings.session_ttl_seconds)
-            await pipe.execute()
+        await self._transaction(
+            (b"HSET", key, b"status", b"open", b"agent_id", body.agent_id, b"created", f"{time.time():.6f}"),
+            (b"EXPIRE", key, str(settings.session_ttl_seconds)),
+        )
         token = issue_token(
             settings.jwt_secret, session_id, algorithm=settings.jwt_algorithm, ttl_seconds=settings.jwt_ttl_seconds
         )
@@ -440,7 +392,7 @@ class SimViews:
             return self._invalid(BodyError("body", too_long))
         if len(session_id) > _MAX_SESSION_ID:
             return self._not_found(session_id)
-        status = await self._redis.hget(_session_key(session_id), "status")
+        (status,) = await self._redis((b"HGET", _session_key(session_id), b"status"))
         if status is None:
             return self._not_found(session_id)
         if status == b"closed":
@@ -477,13 +429,13 @@ class SimViews:
         if len(session_id) > _MAX_SESSION_ID:
             return self._not_found(session_id)
         key = _session_key(session_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hget(key, "status")
-            pipe.hsetnx(key, "closed", f"{time.time():.6f}")
-            pipe.hset(key, "status", "closed")
-            status, first, _ = await pipe.execute()
+        status, first, _ = await self._transaction(
+            (b"HGET", key, b"status"),
+            (b"HSETNX", key, b"closed", f"{time.time():.6f}"),
+            (b"HSET", key, b"status", b"closed"),
+        )
         if status is None:
-            await self._redis.delete(key)  # there was no such session: drop the hash this made
+            await self._redis((b"DEL", key))  # there was no such session: drop the hash this made
             return self._not_found(session_id)
         if not first:
             return self._closed(session_id)
@@ -523,8 +475,8 @@ class SimViews:
 
     async def deep_health(self, raw: bytes) -> Answer:  # noqa: ARG002 - a view's signature
         try:
-            await asyncio.wait_for(self._redis.ping(), _HEALTH_TIMEOUT_S)
-        except (TimeoutError, RedisError, OSError) as exc:
+            await asyncio.wait_for(self._redis((b"PING",)), _HEALTH_TIMEOUT_S)
+        except (TimeoutError, RedisUnavailable, OSError) as exc:
             return _answer(
                 {
                     "status": "unavailable",

@@ -26,12 +26,14 @@ import logging
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, RedisError
 
 from kit import contract
+from kit._resp import RedisUnavailable
 
 from ._probe import redis_location
 
@@ -137,17 +139,18 @@ async def listen_for_closes(
                 pass
 
 
-async def announce_close(redis: aioredis.Redis, session_id: str, listener: CloseListener) -> None:
-    """PUBLISH *session_id* on CLOSE_CHANNEL for every worker; a failure is counted and logged (at most once
-    a minute), never raised: the close itself has been made."""
+async def announce_close(redis: Callable[..., Awaitable[list[Any]]], session_id: str, listener: CloseListener) -> None:
+    """PUBLISH *session_id* on CLOSE_CHANNEL for every worker through *redis* (commands in, replies out,
+    :class:`~kit._resp.RedisUnavailable` on failure); a failure is counted and logged (at most once a
+    minute), never raised: the close itself has been made."""
     try:
-        await redis.publish(CLOSE_CHANNEL, session_id)
-    except RedisError as exc:
+        await redis((b"PUBLISH", CLOSE_CHANNEL, session_id))
+    except RedisUnavailable as exc:
         listener.announce_failures += 1
         now = time.monotonic()
         if now - listener._last_announce_log >= _LOG_EVERY_S:
             listener._last_announce_log = now
-            what = _acl_hint() if isinstance(exc, NoPermissionError) else f"{type(exc).__name__}"
+            what = _acl_hint() if getattr(exc, "code", None) == "NOPERM" else str(exc)
             log.warning(
                 "could not announce a close to the other workers (%s); %d failed so far: their queries "
                 "of closed sessions run to their end",

