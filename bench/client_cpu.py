@@ -420,7 +420,8 @@ def main() -> None:
         print(
             f"\nreal run, all-in (HTTP create/run/close, WebSocket, accounting, output), {r['sessions']} sessions x 3 "
             f"queries of 43 tokens 50 ms apart, one process: {r['us_per_token']:.1f} us/token "
-            f"({r['cpu_s']:.2f} CPU-s / {r['tokens']} tokens), {r['us_per_query']:.0f} us/query; "
+            f"({r['cpu_s']:.2f} CPU-s, {r['sys_s']:.2f} of them in the kernel, / {r['tokens']} tokens), "
+            f"{r['us_per_query']:.0f} us/query; "
             f"generator overloaded: {r['overloaded']}"
         )
         print("  (the micro-benchmark above is the WebSocket path alone; the real run is what a run costs)")
@@ -476,6 +477,7 @@ def real_run(sessions: int, py_spy: str | None = None) -> dict:
     return {
         "sessions": sessions,
         "cpu_s": cpu,
+        "sys_s": after.ru_stime - before.ru_stime,
         "tokens": s["total_tokens"],
         "us_per_token": cpu * 1e6 / tokens,
         "us_per_query": cpu * 1e6 / max(1, s["total_queries"]),

@@ -262,8 +262,9 @@ def stats_per_worker(host: str, port: int, workers: set[int], tries: int = 200) 
     raise RuntimeError(f"/stats answered only from workers {sorted(seen)} of {sorted(workers)}")
 
 
-class _Http:
-    """One keep-alive HTTP/1.1 connection per session, raw: the driver must cost far less than the sim."""
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection, raw: the driver must cost far less than the sim (also
+    bench/sim_requests.py's)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -273,6 +274,13 @@ class _Http:
             b"POST %s HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
         )
+        return await self._answer()
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        self.writer.write(b"GET %s HTTP/1.1\r\nHost: sim\r\n\r\n" % path.encode())
+        return await self._answer()
+
+    async def _answer(self) -> tuple[int, bytes]:
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
@@ -289,11 +297,11 @@ async def _drive(port: int, sessions: int, queries: int, ramp_s: float, delay_ms
     Returns counts of answers by status."""
     statuses: dict[int, int] = {}
     t0 = time.monotonic()
-    idle: asyncio.Queue[_Http] = asyncio.Queue()
+    idle: asyncio.Queue[RawHttp] = asyncio.Queue()
     for _ in range(conns):
-        idle.put_nowait(_Http(*await asyncio.open_connection("127.0.0.1", port)))
+        idle.put_nowait(RawHttp(*await asyncio.open_connection("127.0.0.1", port)))
 
-    async def post(own: _Http | None, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    async def post(own: RawHttp | None, path: str, body: bytes = b"") -> tuple[int, bytes]:
         http = own or await idle.get()
         try:
             status, data = await http.post(path, body)
@@ -305,7 +313,7 @@ async def _drive(port: int, sessions: int, queries: int, ramp_s: float, delay_ms
 
     async def session(i: int) -> None:
         await asyncio.sleep(max(0.0, t0 + i * ramp_s / sessions - time.monotonic()))
-        own = None if conns else _Http(*await asyncio.open_connection("127.0.0.1", port))
+        own = None if conns else RawHttp(*await asyncio.open_connection("127.0.0.1", port))
         try:
             status, body = await post(own, "/session/create")
             if status != 201:

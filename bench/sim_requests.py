@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
+from bench.sim_publish import RawHttp  # noqa: E402
 from devkit.localstack import LOOPBACK, free_port, start_redis, wait_http_ok  # noqa: E402
 
 ROUTES = ("create", "run", "close")
@@ -50,33 +51,11 @@ HEALTH = "health"
 DEADLINE_S = 120.0
 
 
-class _Http:
-    """One raw keep-alive HTTP/1.1 connection: the driver must cost far less than the simulator."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    async def post(self, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        self.writer.write(
-            b"POST %s HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
-        )
-        return await self.read_answer()
-
-    async def read_answer(self) -> tuple[int, bytes]:
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return int(head[9:12]), await self.reader.readexactly(length)
-
-
 async def _paced(port: int, route: str, sessions: list[str], args) -> list[str]:
     """*args.requests* requests of *route*, evenly at *args.rate*/s; returns the session ids made (create)."""
-    idle: asyncio.Queue[_Http] = asyncio.Queue()
+    idle: asyncio.Queue[RawHttp] = asyncio.Queue()
     for _ in range(args.connections):
-        idle.put_nowait(_Http(*await asyncio.open_connection(LOOPBACK, port)))
+        idle.put_nowait(RawHttp(*await asyncio.open_connection(LOOPBACK, port)))
     made: list[str] = []
     t0 = time.monotonic()
 
@@ -85,8 +64,7 @@ async def _paced(port: int, route: str, sessions: list[str], args) -> list[str]:
         http = await idle.get()
         try:
             if route == HEALTH:
-                http.writer.write(b"GET /health HTTP/1.1\r\nHost: sim\r\n\r\n")
-                status, body = await http.read_answer()
+                status, body = await http.get("/health")
                 want = 200
             elif route == "create":
                 status, body = await http.post("/session/create")

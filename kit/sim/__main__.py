@@ -35,20 +35,12 @@ import logging
 import socket
 import sys
 
+from kit._resp import parse_redis_url
 from kit.config import ConfigError, SimSettings, run_service
 
 from ._limits import SimLimits
 
 log = logging.getLogger("kit.sim")
-
-
-def _check_redis_url(url: str) -> None:
-    from redis.asyncio.connection import parse_url
-
-    try:
-        parse_url(url)
-    except ValueError as exc:
-        raise ConfigError(f"REDIS_URL is not a valid Redis URL ({exc}): use redis://[:password@]host:port/db") from None
 
 
 def _check_bind(host: str, port: int) -> None:
@@ -61,7 +53,7 @@ def _check_bind(host: str, port: int) -> None:
 
 def _settings() -> SimSettings:
     settings = SimSettings.from_env()
-    _check_redis_url(settings.redis_url)
+    parse_redis_url(settings.redis_url)  # ConfigError, one line: the request pool and publisher need redis://
     SimLimits.from_env()  # every worker reads them: a bad value is one line here, not a failing worker
     _check_default_query(settings)
     return settings

@@ -38,7 +38,7 @@ Counters in ``/stats`` are per process (each worker has its own).
 Redis connections: requests borrow from a bounded waiting pool (:class:`kit._resp.LinkPool`,
 ``SIM_REDIS_POOL_SIZE`` per worker): a burst larger than the pool waits for a connection instead of
 failing at once.  The session routes' commands are raw RESP parsed by hiredis, not redis-py: redis-py's
-client side cost ~170 us more per command at a real run's sparse pace (``bench/sim_requests.py``).
+client side cost 80-215 us more per request at a real run's sparse pace (``bench/sim_requests.py``).
 The publisher has a connection of its own, so no burst of requests can starve it.
 """
 
