@@ -121,7 +121,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, hiredis.ReplyError):
-        return f"Redis replied {str(exc).split(' ', 1)[0]}"  # the error code only
+        return str(RedisReplyError(exc))
     return str(exc) or type(exc).__name__
 
 
