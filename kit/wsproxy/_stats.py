@@ -33,6 +33,7 @@ METRICS = (
     ("pubsub_ping_timeouts", "counter", "pub/sub connections closed because Redis left a PING unanswered"),
     ("head_refusals", "counter", "requests refused with 431 or 414: a request head over its size bounds"),
     ("address_refusals", "counter", "connections refused with 429: their address had its maximum open"),
+    ("upgrades_abandoned", "counter", "upgrades whose client had left before the WebSocket was accepted"),
     ("subscriptions", "gauge", "channels subscribed now"),
     ("pubsub_connections", "gauge", "pub/sub connections to Redis now"),
 )
@@ -72,6 +73,7 @@ class Stats:
         self.health_checks = 0  # GET /health answered (the balancers' checks)
         self.head_refusals = 0  # request heads refused for their size (431 / 414), by _edge
         self.address_refusals = 0  # connections refused (429) for their address's count, by _edge
+        self.upgrades_abandoned = 0  # the client left before its upgrade was answered
         # the pool increments this mapping directly
         self.pool: dict[str, int] = {"pubsub_disconnects": 0, "pubsub_ping_timeouts": 0}
 
@@ -98,6 +100,7 @@ class Stats:
             "pubsub_ping_timeouts": self.pool["pubsub_ping_timeouts"],
             "head_refusals": self.head_refusals,
             "address_refusals": self.address_refusals,
+            "upgrades_abandoned": self.upgrades_abandoned,
             "subscriptions": subscriptions,
             "pubsub_connections": pubsub_connections,
         }

@@ -501,3 +501,38 @@ def test_silently_dropped_pubsub_link_closes_its_websockets_1012_and_upgrades_ge
             os.kill(server.proc.pid, signal.SIGCONT)
         p.proc.stop()
         server.proc.stop()
+
+
+def test_a_client_that_leaves_while_its_upgrade_waits_is_counted_without_a_traceback(tmp_path: Path) -> None:
+    """The 50,000-session lab run of 2026-12-04: on a starved instance clients gave up on upgrades still
+    waiting for their subscription, and each such upgrade logged a traceback (9,269 in one log), CPU the
+    instance did not have.  Here the wait is made certain: Redis is stopped (SIGSTOP) so the SUBSCRIBE
+    waits, the client sends its upgrade and leaves (FIN), and Redis resumes once the wsproxy has closed
+    its side (the client reads EOF)."""
+    server = start_redis(tmp_path / "own-redis")
+    p = _start(tmp_path, server, PUBSUB_POOL_SIZE=1)
+    stopped = False
+    try:
+        _poll(lambda: p.stats()["pubsub_connections"] >= 1, "the pub/sub connection kept open", 10)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        stopped = True
+        with _connect(p.port) as sock:
+            sock.sendall(_upgrade_head(p.port, _sid("leaves")))
+            sock.shutdown(socket.SHUT_WR)
+            ready, _, _ = select.select([sock], [], [], 4.0)  # within PING_TIMEOUT_S: the link must live
+            assert ready, "the wsproxy did not close the connection the client left within 4 s"
+            got = sock.recv(4096)
+            assert got == b"", f"the wsproxy answered instead of closing: {got[:200]!r}"
+        os.kill(server.proc.pid, signal.SIGCONT)
+        stopped = False
+        _poll(lambda: p.stats()["upgrades_abandoned"] == 1, "the abandoned upgrade counted", 10)
+        with _connect(p.port) as again:  # and the instance serves the next one
+            again.sendall(_upgrade_head(p.port, _sid("next")))
+            assert _read_answer(again, 10)[0] == 101
+        log = p.proc.log_tail(200)
+        assert "Traceback" not in log and "Connection lost" not in log, log
+    finally:
+        if stopped:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        p.proc.stop()
+        server.proc.stop()
