@@ -306,19 +306,20 @@ class _Forwarder:
                 return web.json_response({"error": "unavailable", "detail": f"Redis: {exc}"}, status=503)
             if client.closed:  # overflowed or Redis died while subscribing
                 return web.json_response({"error": "unavailable", "detail": "subscription lost"}, status=503)
+            # the client may have left while its upgrade waited (a busy instance: its handler ran late, or
+            # the subscription took long): counted, never a traceback; on a saturated instance thousands of
+            # them each cost a traceback's CPU and made the instance later still
             transport = request.transport
-            if transport is not None and not transport.is_closing():
-                try:
-                    await ws.prepare(request)
-                except ConnectionResetError:  # the peer left between the two checks
-                    transport = None
-                else:
-                    transport = request.transport
             if transport is None or transport.is_closing():
-                # the client left while its upgrade waited (a busy instance: its handler ran late, or the
-                # subscription took long); counted, never a traceback: on a saturated instance thousands
-                # of them each cost a traceback's CPU and made the instance later still
                 self.stats.upgrades_abandoned += 1
+                return ws
+            try:
+                await ws.prepare(request)
+            except ConnectionResetError:  # it left between that check and the answer
+                self.stats.upgrades_abandoned += 1
+                return ws
+            transport = request.transport
+            if transport is None or transport.is_closing():  # it left right after the 101
                 return ws
             client.attach(ws, transport)
             self.clients.add(client)
