@@ -175,7 +175,8 @@ def test_kill_of_a_wsproxy_instance_is_an_event_with_its_recovery_and_exact_acco
         "chaos-kill",
         ["kill:wsproxy@5s"],
         clients=100,
-        queries=6,  # seconds of load after the kill to judge the recovery in, on a busy machine too
+        queries=8,  # seconds of load after the kill to judge the recovery in, on a busy machine too (6 left
+        # too few once under CI's three shards: delivery p99 was not back within 1.5x or +10 ms before the end)
         ramp=50.0,
         think_time=0.3,
         query_timeout=30.0,
