@@ -248,6 +248,11 @@ class LinkPool:
         self._give(link)
         return out
 
+    async def commands(self, *commands: tuple[bytes | str, ...]) -> list[Any]:
+        """*commands* in one write on a link of the pool; their replies (a Redis error reply raises
+        :class:`RedisReplyError`)."""
+        return checked(await self.call(b"".join(encode_command(*c) for c in commands), len(commands)))
+
     async def aclose(self) -> None:
         """Close every link, idle or lent (a call in flight then raises :class:`RedisUnavailable`)."""
         links, self._links = self._links, set()

@@ -57,11 +57,10 @@ from typing import Any
 
 import orjson
 from quart import Quart, Response, request
-from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from kit import _gc, contract
-from kit._resp import LinkPool, PoolExhausted, RedisUnavailable, checked, encode_command, open_link, parse_redis_url
+from kit._resp import LinkPool, PoolExhausted, RedisUnavailable, checked, open_link, parse_redis_url
 from kit.auth import issue_token
 from kit.config import SimSettings
 from kit.wire import query_duration_problem
@@ -204,7 +203,7 @@ class SimViews:
         pool = self.state.pool
         if pool is None:
             raise RuntimeError("kit.sim: a view ran before open()")
-        return checked(await pool.call(b"".join(encode_command(*c) for c in commands), len(commands)))
+        return await pool.commands(*commands)
 
     async def _transaction(self, *commands: tuple[bytes | str, ...]) -> list[Any]:
         """*commands* in MULTI/EXEC; EXEC's replies (an error among them raises, as in :meth:`_redis`)."""
@@ -289,7 +288,7 @@ class SimViews:
                 "than SIM_REDIS_POOL_SIZE while Redis was slow); retry, or raise SIM_REDIS_POOL_SIZE "
                 "or SIM_REDIS_POOL_TIMEOUT_MS",
             )
-        if isinstance(exc, (RedisUnavailable, RedisError)):
+        if isinstance(exc, RedisUnavailable):
             log.warning("redis error on %s %s: %s: %s", method, path, type(exc).__name__, exc)
             return _error(
                 503,
@@ -542,7 +541,7 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimit
     app.before_serving(views.open)
     app.after_serving(views.close)
     # the most specific class registered wins in Quart: one function, so both paths answer alike
-    for cls in (HTTPException, RedisError, Exception):
+    for cls in (HTTPException, RedisUnavailable, Exception):
         app.register_error_handler(cls, views.quart_failure)
     by_endpoint = {r.endpoint: getattr(views, r.endpoint) for r in ROUTES}
     for r in ROUTES:

@@ -17,13 +17,6 @@ from kit.sim._closes import CloseListener, announce_close
 pytestmark = pytest.mark.timeout(30)
 
 
-def _caller(pool: LinkPool):
-    async def call(*commands):
-        return checked(await pool.call(b"".join(encode_command(*c) for c in commands), len(commands)))
-
-    return call
-
-
 def test_a_close_is_published_and_a_user_without_the_channel_gets_the_acl_hint(redis_server, caplog):
     async def main() -> None:
         admin = parse_redis_url(redis_server.url)
@@ -36,12 +29,12 @@ def test_a_close_is_published_and_a_user_without_the_channel_gets_the_acl_hint(r
         pool = LinkPool(lambda: open_link(denied), size=1, wait_s=1.0, call_s=5.0)
         try:
             heard = CloseListener()
-            await announce_close(_caller(ok), "sess-1", heard)
+            await announce_close(ok.commands, "sess-1", heard)
             assert heard.announce_failures == 0
 
             listener = CloseListener()
             with caplog.at_level(logging.WARNING, logger="kit.sim._closes"):
-                await announce_close(_caller(pool), "sess-2", listener)
+                await announce_close(pool.commands, "sess-2", listener)
             assert listener.announce_failures == 1
             assert "redis_acl_sim_rules" in caplog.text and password not in caplog.text
         finally:  # an open connection left to the loop's close makes it hang under filterwarnings=error
