@@ -67,7 +67,9 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -377,6 +379,20 @@ def main() -> None:
     )
     ap.add_argument("--py-spy", metavar="FILE", help="real run: a py-spy raw profile of the client process to FILE")
     ap.add_argument("--real-only", action="store_true", help="only the real run (no micro-benchmark)")
+    ap.add_argument(
+        "--tokens",
+        default="",
+        help="real run: tokens per answer, a comma list runs each (two or more: the cost split into per token "
+        "and per query by a straight-line fit); default: the simulator's own",
+    )
+    ap.add_argument(
+        "--checkout",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="real run: the client from this checkout (repeat to compare side by side, interleaved --repeat "
+        "times; the stack is this tree's)",
+    )
     args = ap.parse_args()
     if args.serve:
         return serve(args)
@@ -416,18 +432,49 @@ def main() -> None:
             ratio = results[(mode, "trio-websocket")]["us_per_msg"] / results[(mode, "kit")]["us_per_msg"]
             print(f"{mode}: trio-websocket / kit = {ratio:.2f}x")
     if args.real_run:
-        r = real_run(args.real_run, args.py_spy)
+        real_runs(args)
+
+
+def real_runs(args: argparse.Namespace) -> None:
+    """The real runs: each checkout x each --tokens value, interleaved --repeat times; a table of medians."""
+    checkouts = [Path(c).resolve() for c in args.checkout] or [ROOT]
+    tokens = [int(t) for t in args.tokens.split(",") if t] or [0]
+    runs: dict[tuple[Path, int], list[dict]] = {}
+    for _ in range(args.repeat):
+        for t in tokens:
+            for c in checkouts:  # interleaved so machine noise hits every checkout alike
+                r = real_run(args.real_run, args.py_spy, tokens=t, checkout=c)
+                runs.setdefault((c, t), []).append(r)
+                print(f"  {c.name} tokens={t or 'default'}: {r['us_per_token']:.1f} us/token", flush=True)
+    print(
+        f"\nreal run, all-in (HTTP create/run/close, WebSocket, accounting, output), {args.real_run} sessions x 3 "
+        "queries, tokens 50 ms apart, one client process; median of "
+        f"{args.repeat}:"
+    )
+    print(f"{'checkout':<24} {'tokens/q':>8} {'us/token':>9} {'kernel':>7} {'CPU-s':>6} {'us/query':>9} overloaded")
+    for (c, _t), rs in runs.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in ("us_per_token", "sys_s", "cpu_s", "us_per_query")}
+        per_q = rs[0]["tokens"] / max(1, rs[0]["queries"])
         print(
-            f"\nreal run, all-in (HTTP create/run/close, WebSocket, accounting, output), {r['sessions']} sessions x 3 "
-            f"queries of 43 tokens 50 ms apart, one process: {r['us_per_token']:.1f} us/token "
-            f"({r['cpu_s']:.2f} CPU-s, {r['sys_s']:.2f} of them in the kernel, / {r['tokens']} tokens), "
-            f"{r['us_per_query']:.0f} us/query; "
-            f"generator overloaded: {r['overloaded']}"
+            f"{c.name:<24} {per_q:8.0f} {med['us_per_token']:9.1f} {med['sys_s']:7.2f} {med['cpu_s']:6.2f} "
+            f"{med['us_per_query']:9.0f} {any(r['overloaded'] for r in rs)}"
         )
-        print("  (the micro-benchmark above is the WebSocket path alone; the real run is what a run costs)")
+    if len(tokens) >= 2:
+        for c in checkouts:
+            pts = [
+                (rs[0]["tokens"] / max(1, rs[0]["queries"]), statistics.median(r["us_per_query"] for r in rs))
+                for (cc, _t), rs in runs.items()
+                if cc == c
+            ]
+            slope, intercept = statistics.linear_regression([x for x, _ in pts], [y for _, y in pts])
+            print(
+                f"{c.name}: {slope:.1f} us per token + {intercept:.0f} us per query (its HTTP /run, and its share of "
+                "the session's create, connect, close and the process's start)"
+            )
+    print("  (the micro-benchmark above is the WebSocket path alone; the real run is what a run costs)")
 
 
-def real_run(sessions: int, py_spy: str | None = None) -> dict:
+def real_run(sessions: int, py_spy: str | None = None, *, tokens: int = 0, checkout: Path = ROOT) -> dict:
     """One real ``python -m kit.client`` process against devkit.localstack's Redis + simulator + wsproxy at the
     default pace; its CPU from getrusage of the child (user+system), divided by tokens received.
     With *py_spy* a py-spy raw profile of the client goes to that file (py-spy's CPU is then in the figure)."""
@@ -464,7 +511,10 @@ def real_run(sessions: int, py_spy: str | None = None) -> dict:
                 str(out),
                 "--quiet",
                 "--no-preflight",
+                *(["--tokens", str(tokens)] if tokens else []),
             ],
+            cwd=checkout,
+            env={**os.environ, "PYTHONPATH": str(checkout)},
             check=False,
             timeout=DEADLINE,
             stdout=subprocess.DEVNULL,
@@ -479,6 +529,7 @@ def real_run(sessions: int, py_spy: str | None = None) -> dict:
         "cpu_s": cpu,
         "sys_s": after.ru_stime - before.ru_stime,
         "tokens": s["total_tokens"],
+        "queries": s["total_queries"],
         "us_per_token": cpu * 1e6 / tokens,
         "us_per_query": cpu * 1e6 / max(1, s["total_queries"]),
         "overloaded": s["generator"]["generator_overloaded"],
