@@ -48,7 +48,12 @@ CPU from getrusage of that process.  One run, 2026-11-30 (a lab run was going on
     real run, all-in: 22.0 us/token (2.84 CPU-s / 129000 tokens), 947 us/query; not overloaded
 
 ``--real-only`` skips the micro-benchmark; ``--py-spy FILE`` records a py-spy raw profile of the real run's
-client (py-spy's CPU is then in the figure: profile and measure in separate runs).
+client (py-spy's CPU is then in the figure: profile and measure in separate runs).  ``--tokens 2,43,172``
+repeats the real run per answer length and fits CPU per query = a x tokens + b (what a token costs, what a
+query costs besides); ``--think-time 40 --real-run 2500 --ramp 62.5`` is one generator process of the
+10,000-session chat-like lab run; ``--checkout DIR`` (repeatable) runs the client of another checkout
+against this tree's stack, interleaved ``--repeat`` times.  Each real run prints its reads per hub wake-up,
+delivery p99 and loop-lag p99.
 
 The real run is what a run costs; the micro-benchmark is one part of it.  In a ``fab run`` on the
 local stack the client measured 16-33 us/token from 2,000 down to 250 sessions
@@ -77,7 +82,7 @@ from pathlib import Path
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 ROOT = Path(__file__).resolve().parent.parent
-DEADLINE = 180.0
+DEADLINE = 300.0
 
 
 # ---------------------------------------------------------------- server (separate process)
@@ -386,6 +391,14 @@ def main() -> None:
         "and per query by a straight-line fit); default: the simulator's own",
     )
     ap.add_argument(
+        "--think-time",
+        type=float,
+        default=0.0,
+        help="real run: seconds between a session's queries (40 with --real-run 2500 is one generator process of "
+        "the 10,000-session chat-like lab run: sparse streams, sessions idle between queries)",
+    )
+    ap.add_argument("--ramp", type=float, default=250.0, help="real run: sessions started per second")
+    ap.add_argument(
         "--checkout",
         action="append",
         default=[],
@@ -443,21 +456,34 @@ def real_runs(args: argparse.Namespace) -> None:
     for _ in range(args.repeat):
         for t in tokens:
             for c in checkouts:  # interleaved so machine noise hits every checkout alike
-                r = real_run(args.real_run, args.py_spy, tokens=t, checkout=c)
+                r = real_run(
+                    args.real_run, args.py_spy, tokens=t, checkout=c, think_time=args.think_time, ramp=args.ramp
+                )
                 runs.setdefault((c, t), []).append(r)
-                print(f"  {c.name} tokens={t or 'default'}: {r['us_per_token']:.1f} us/token", flush=True)
+                rpw = f"{r['reads_per_wakeup']:.1f}" if r["reads_per_wakeup"] else "-"
+                print(
+                    f"  {c.name} tokens={t or 'default'}: {r['us_per_token']:.1f} us/token, {rpw} reads per wake-up",
+                    flush=True,
+                )
     print(
         f"\nreal run, all-in (HTTP create/run/close, WebSocket, accounting, output), {args.real_run} sessions x 3 "
-        "queries, tokens 50 ms apart, one client process; median of "
+        f"queries, think time {args.think_time:g} s, tokens 50 ms apart, one client process; median of "
         f"{args.repeat}:"
     )
-    print(f"{'checkout':<24} {'tokens/q':>8} {'us/token':>9} {'kernel':>7} {'CPU-s':>6} {'us/query':>9} overloaded")
+    print(
+        f"{'checkout':<24} {'tokens/q':>8} {'us/token':>9} {'kernel':>7} {'CPU-s':>6} {'us/query':>9} "
+        f"{'deliv p99':>9} {'lag p99':>8} overloaded"
+    )
     for (c, _t), rs in runs.items():
-        med = {k: statistics.median(r[k] for r in rs) for k in ("us_per_token", "sys_s", "cpu_s", "us_per_query")}
+        med = {
+            k: statistics.median(r[k] or 0 for r in rs)
+            for k in ("us_per_token", "sys_s", "cpu_s", "us_per_query", "delivery_p99_ms", "loop_lag_p99_ms")
+        }
         per_q = rs[0]["tokens"] / max(1, rs[0]["queries"])
         print(
             f"{c.name:<24} {per_q:8.0f} {med['us_per_token']:9.1f} {med['sys_s']:7.2f} {med['cpu_s']:6.2f} "
-            f"{med['us_per_query']:9.0f} {any(r['overloaded'] for r in rs)}"
+            f"{med['us_per_query']:9.0f} {med['delivery_p99_ms']:9.1f} {med['loop_lag_p99_ms']:8.1f} "
+            f"{any(r['overloaded'] for r in rs)}"
         )
     if len(tokens) >= 2:
         for c in checkouts:
@@ -474,7 +500,15 @@ def real_runs(args: argparse.Namespace) -> None:
     print("  (the micro-benchmark above is the WebSocket path alone; the real run is what a run costs)")
 
 
-def real_run(sessions: int, py_spy: str | None = None, *, tokens: int = 0, checkout: Path = ROOT) -> dict:
+def real_run(
+    sessions: int,
+    py_spy: str | None = None,
+    *,
+    tokens: int = 0,
+    checkout: Path = ROOT,
+    think_time: float = 0.0,
+    ramp: float = 250.0,
+) -> dict:
     """One real ``python -m kit.client`` process against devkit.localstack's Redis + simulator + wsproxy at the
     default pace; its CPU from getrusage of the child (user+system), divided by tokens received.
     With *py_spy* a py-spy raw profile of the client goes to that file (py-spy's CPU is then in the figure)."""
@@ -504,7 +538,7 @@ def real_run(sessions: int, py_spy: str | None = None, *, tokens: int = 0, check
                 "--queries",
                 "3",
                 "--ramp",
-                "250",
+                f"{ramp:g}",
                 "--processes",
                 "1",
                 "--output-dir",
@@ -512,6 +546,7 @@ def real_run(sessions: int, py_spy: str | None = None, *, tokens: int = 0, check
                 "--quiet",
                 "--no-preflight",
                 *(["--tokens", str(tokens)] if tokens else []),
+                *(["--think-time", f"{think_time:g}"] if think_time else []),
             ],
             cwd=checkout,
             env={**os.environ, "PYTHONPATH": str(checkout)},
@@ -522,6 +557,8 @@ def real_run(sessions: int, py_spy: str | None = None, *, tokens: int = 0, check
         )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         s = json.loads((out / "summary.json").read_text())
+        runs = json.loads((out / "histograms.json").read_text()).get("runs") or [{}]
+        reader = runs[0].get("reader") or {}
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     tokens = max(1, s["total_tokens"])
     return {
@@ -530,6 +567,9 @@ def real_run(sessions: int, py_spy: str | None = None, *, tokens: int = 0, check
         "sys_s": after.ru_stime - before.ru_stime,
         "tokens": s["total_tokens"],
         "queries": s["total_queries"],
+        "reads_per_wakeup": reader["events"] / reader["wakeups"] if reader.get("wakeups") else None,
+        "delivery_p99_ms": (s.get("delivery_latency_ms") or {}).get("p99"),
+        "loop_lag_p99_ms": s["generator"].get("loop_lag_p99_ms"),
         "us_per_token": cpu * 1e6 / tokens,
         "us_per_query": cpu * 1e6 / max(1, s["total_queries"]),
         "overloaded": s["generator"]["generator_overloaded"],

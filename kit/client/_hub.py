@@ -6,6 +6,14 @@ all sockets in its own level-triggered epoll, waits on that epoll's fd with
 ``trio.lowlevel.wait_readable`` (one trio wake-up per batch of ready sockets)
 and hands each socket's messages to its callback synchronously.
 
+Arrival times from the kernel: each socket the hub reads has the kernel stamp its segments as they
+arrive (``SO_TIMESTAMPNS``), and a read hands its frames that arrival time instead of the time of the read.
+Delivery, inter-token and TTFT times then leave out how long a frame waited for this process to read it
+(a generator short of CPU, as when a lab's hosts share a machine's cores).  Frames read together from one
+socket carry the arrival of the last of them (the kernel reports one stamp per read; at a run's pace a read
+holds one frame).  Where the kernel cannot stamp (not Linux on x86-64 or arm64, or the option refused) the
+frames carry the time of the read, as before.
+
 Ownership: sockets stay owned by their :class:`~kit.client._ws.WebSocket`;
 the hub only holds them while they are registered (``run_receiver``).  When the
 hub task ends (cancellation), every registered connection ends with
@@ -16,7 +24,11 @@ that connection only.
 from __future__ import annotations
 
 import logging
+import platform
 import select
+import socket
+import struct
+import sys
 from typing import TYPE_CHECKING
 
 import trio
@@ -24,7 +36,7 @@ import trio
 if TYPE_CHECKING:
     from ._ws import WebSocket
 
-__all__ = ["Hub", "MAX_EVENTS"]
+__all__ = ["Hub", "MAX_EVENTS", "kernel_stamps_available"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,18 @@ log = logging.getLogger(__name__)
 MAX_EVENTS = 256
 #: polls per trio wake-up (bounds how long other tasks wait for a checkpoint)
 ROUNDS = 4
+#: Linux's SO_TIMESTAMPNS (= SCM_TIMESTAMPNS, a struct timespec per read) in the generic socket.h that
+#: x86-64 and arm64 use; Python's socket module does not name it, and other architectures number it otherwise
+SO_TIMESTAMPNS = 35
+#: ancillary room for one struct timespec
+STAMP_SPACE = socket.CMSG_SPACE(16)
+#: SCM_TIMESTAMPNS's data: a struct timespec (seconds, nanoseconds)
+TIMESPEC = struct.Struct("@qq")
+
+
+def kernel_stamps_available() -> bool:
+    """Whether the kernel can stamp this process's received segments (SO_TIMESTAMPNS as numbered here)."""
+    return sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
 
 
 class Hub:
@@ -42,6 +66,8 @@ class Hub:
         self._conns: dict[int, WebSocket] = {}
         self.wakeups = 0
         self.events = 0
+        #: whether reads take the kernel's arrival stamp
+        self.stamped = kernel_stamps_available()
 
     @staticmethod
     def available() -> bool:
@@ -49,6 +75,12 @@ class Hub:
 
     def register(self, ws: WebSocket) -> None:
         fd = ws.fileno()
+        if self.stamped:
+            try:
+                ws.enable_stamps(SO_TIMESTAMPNS)
+            except OSError as exc:  # refused: from now on frames carry the time of the read
+                log.warning("kernel receive timestamps refused (%s): frames carry the time of their read", exc)
+                self.stamped = False
         self._conns[fd] = ws
         self._ep.register(fd, select.EPOLLIN)
 

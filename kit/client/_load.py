@@ -347,9 +347,9 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
         ssl_context=tls,
     )
     reconnects = TokenBucket(cfg.reconnect_rate, RECONNECT_BURST)  # one per process, shared by its sessions
+    hub = Hub() if Hub.available() else None
     try:
         async with trio.open_nursery() as bg:
-            hub = Hub() if Hub.available() else None
             if hub is not None:
                 await bg.start(hub.run)
             # everything is set up: now wait for the agreed instant and take the time base
@@ -402,6 +402,8 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
             rec.counters[f"http_{k}"] += st[k]
         rec.counters["http_requests_waited"] += st["requests_waited"]
         run["reconnect_limit"] = {k: v for k, v in reconnects.statistics().items() if k != "waiting"}
+        if hub is not None:  # how the reads were batched (kit.client._hub)
+            run["reader"] = {**hub.statistics(), "kernel_stamps": hub.stamped}
         with trio.CancelScope(shield=True):
             await http.aclose()
     run["end"] = time.time()

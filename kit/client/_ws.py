@@ -53,6 +53,7 @@ from ._frames import (
 from ._frames import (
     WsProtocol as WsProtocol,
 )
+from ._hub import STAMP_SPACE, TIMESPEC
 
 __all__ = [
     "SOURCES",
@@ -158,6 +159,8 @@ class WebSocket:
         self._ended = trio.Event()  # set when the socket is closed
         self._pending: list[bytes] = []
         self._hub = None
+        #: reads take the kernel's arrival stamp (:meth:`enable_stamps`, the hub's path)
+        self._stamped = False
         self._on_batch: Callable[[list[bytes], int, int], None] | None = None
         self._end_exc: ConnectionClosed | None = None
         self.bytes_received = 0
@@ -199,13 +202,26 @@ class WebSocket:
             self.proto.close_code or 1006, self.proto.close_reason or "closed locally"
         )
 
+    def enable_stamps(self, option: int) -> None:
+        """Have the kernel stamp this socket's received segments (socket *option*; OSError if refused)."""
+        assert self._sock is not None
+        self._sock.setsockopt(socket.SOL_SOCKET, option, 1)
+        self._stamped = True
+
     def _hub_readable(self) -> None:
         """The hub saw the socket readable: one read, parse, deliver (synchronously)."""
         sock, on_batch = self._sock, self._on_batch
         assert sock is not None and on_batch is not None  # run_receiver hands the hub plain sockets only
         proto = self.proto
+        arrived = 0
         try:
-            data = sock.recv(RECV_BUFSIZE)
+            if self._stamped:
+                data, ancillary, _, _ = sock.recvmsg(RECV_BUFSIZE, STAMP_SPACE)
+                if ancillary:  # the one option enabled: (SOL_SOCKET, SCM_TIMESTAMPNS, struct timespec)
+                    sec, nsec = TIMESPEC.unpack_from(ancillary[0][2])
+                    arrived = sec * 1_000_000_000 + nsec
+            else:
+                data = sock.recv(RECV_BUFSIZE)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -226,8 +242,11 @@ class WebSocket:
         if proto.outgoing:
             self._send_nowait()
         if msgs:
+            mono, wall = time.monotonic_ns(), time.time_ns()
+            if arrived and arrived < wall:  # the kernel's arrival, on both clocks
+                mono, wall = mono - (wall - arrived), arrived
             try:
-                on_batch(msgs, time.monotonic_ns(), time.time_ns())
+                on_batch(msgs, mono, wall)
             except Exception:
                 log.exception("message handler failed; closing the connection")
                 self._hub_end(ConnectionClosed(1011, "message handler failed"))

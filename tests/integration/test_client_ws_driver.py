@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -232,3 +233,61 @@ async def test_cancelled_receiver_leaves_the_hub_and_the_socket_usable():
                 assert await sock.receive_batch() == [b"after"]
                 await sock.aclose()
                 hub_nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(not __import__("kit.client._hub").client._hub.kernel_stamps_available(), reason="no SO_TIMESTAMPNS")
+async def test_a_frame_the_hub_reads_late_carries_its_arrival_time_from_the_kernel():
+    """The loop is blocked 300 ms after the frame arrived: the hub reads it late, and hands on the
+    kernel's arrival time (both clocks), not the time of the read."""
+    import os
+    import time
+
+    from kit.client._hub import Hub
+
+    sent: list[int] = []
+
+    async def script(stream, ws, request, log):
+        await stream.send_all(ws.send(AcceptConnection()))
+        await pump(stream, ws, log, lambda ev: isinstance(ev, TextMessage))  # the client is registered
+        # a plain write, no checkpoint after it: on loopback the frame is in the client's queue on return
+        os.write(stream.socket.fileno(), ws.send(TextMessage("late")))
+        sent.append(time.time_ns())
+        time.sleep(0.3)  # noqa: ASYNC251 - the point: nothing in this process reads for 300 ms
+        await read.wait()  # the close in the same read would lend the frame its arrival (one stamp per read)
+        await stream.send_all(ws.send(CloseConnection(code=1000, reason="done")))
+        await pump(stream, ws, log, lambda ev: isinstance(ev, CloseConnection))
+
+    seen: list[tuple[int, int, int, int]] = []
+    read = trio.Event()
+
+    def on_batch(batch, m_ns, w_ns):
+        assert batch == [b"late"]
+        seen.append((m_ns, w_ns, time.monotonic_ns(), time.time_ns()))
+        read.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            port, log = await n.start(serve, script)
+            async with trio.open_nursery() as hub_nursery:
+                hub = Hub()
+                await hub_nursery.start(hub.run)
+                sock = await connect(f"ws://127.0.0.1:{port}", "/a/ws/b")
+                ended: list[ConnectionClosed] = []
+
+                async def receive():
+                    try:
+                        await sock.run_receiver(on_batch, hub)
+                    except ConnectionClosed as exc:
+                        ended.append(exc)
+
+                async with trio.open_nursery() as receiver:
+                    receiver.start_soon(receive)
+                    await trio.testing.wait_all_tasks_blocked()  # the hub holds the socket (and stamps it)
+                    assert hub.statistics()["connections"] == 1
+                    await sock.send_text("registered")  # now the server sends the frame that is read late
+                assert ended and hub.stamped
+                hub_nursery.cancel_scope.cancel()
+    m_ns, w_ns, read_m, read_w = seen[0]
+    assert read_w - sent[0] >= 300_000_000  # it was read late ...
+    assert abs(w_ns - sent[0]) < 50_000_000  # ... and carries when it arrived
+    assert abs((read_m - m_ns) - (read_w - w_ns)) < 5_000_000  # the same arrival on the monotonic clock
