@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import trio
 import trio.testing
@@ -58,6 +60,23 @@ async def pump(stream, ws, log, until):
                 await stream.send_all(ws.send(ev.response()))
             if until(ev):
                 return
+
+
+@contextlib.asynccontextmanager
+async def hub_and_socket(script, *, use_hub=True):
+    """A wsproto server running *script*, a running Hub (None without *use_hub*) and a client connected to the
+    server: yields (hub, socket, the server's log); the hub stops when the block ends."""
+    from kit.client._hub import Hub
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            port, log = await n.start(serve, script)  # ends by itself after the close handshake
+            async with trio.open_nursery() as hub_nursery:
+                hub = Hub() if use_hub else None
+                if hub is not None:
+                    await hub_nursery.start(hub.run)
+                yield hub, await connect(f"ws://127.0.0.1:{port}", "/a/ws/b"), log
+                hub_nursery.cancel_scope.cancel()
 
 
 async def test_messages_of_every_size_ping_and_server_close():
@@ -172,7 +191,6 @@ async def test_connection_refused_is_an_oserror():
 
 @pytest.mark.parametrize("use_hub", [True, False])
 async def test_run_receiver_delivers_every_read_and_ends_with_the_close(use_hub):
-    from kit.client._hub import Hub
 
     async def script(stream, ws, request, log):
         await stream.send_all(ws.send(AcceptConnection()) + ws.send(TextMessage("first")))
@@ -189,21 +207,12 @@ async def test_run_receiver_delivers_every_read_and_ends_with_the_close(use_hub)
         got.extend(batch)
         stamps.append((m_ns, w_ns))
 
-    with trio.fail_after(10):
-        async with trio.open_nursery() as n:
-            port, log = await n.start(serve, script)  # ends by itself after the close handshake
-            async with trio.open_nursery() as hub_nursery:
-                hub = None
-                if use_hub:
-                    hub = Hub()
-                    await hub_nursery.start(hub.run)
-                sock = await connect(f"ws://127.0.0.1:{port}", "/a/ws/b")
-                with pytest.raises(ConnectionClosed) as ei:
-                    await sock.run_receiver(on_batch, hub)
-                if hub is not None:
-                    assert hub.statistics()["connections"] == 0  # unregistered at the end
-                    assert hub.statistics()["events"] >= 1
-                hub_nursery.cancel_scope.cancel()
+    async with hub_and_socket(script, use_hub=use_hub) as (hub, sock, log):
+        with pytest.raises(ConnectionClosed) as ei:
+            await sock.run_receiver(on_batch, hub)
+        if hub is not None:
+            assert hub.statistics()["connections"] == 0  # unregistered at the end
+            assert hub.statistics()["events"] >= 1
     assert got == [b"first"] + [f"m{i}".encode() for i in range(200)]
     assert ei.value.code == 1000 and ei.value.reason == "done"
     assert all(m > 0 and w > 0 for m, w in stamps)
@@ -211,7 +220,6 @@ async def test_run_receiver_delivers_every_read_and_ends_with_the_close(use_hub)
 
 
 async def test_cancelled_receiver_leaves_the_hub_and_the_socket_usable():
-    from kit.client._hub import Hub
 
     async def script(stream, ws, request, log):
         await stream.send_all(ws.send(AcceptConnection()))
@@ -219,20 +227,13 @@ async def test_cancelled_receiver_leaves_the_hub_and_the_socket_usable():
         await stream.send_all(ws.send(TextMessage("after")))
         await pump(stream, ws, log, lambda ev: isinstance(ev, CloseConnection))
 
-    with trio.fail_after(10):
-        async with trio.open_nursery() as n:
-            port, log = await n.start(serve, script)
-            async with trio.open_nursery() as hub_nursery:
-                hub = Hub()
-                await hub_nursery.start(hub.run)
-                sock = await connect(f"ws://127.0.0.1:{port}", "/a/ws/b")
-                with trio.move_on_after(0.05):
-                    await sock.run_receiver(lambda *a: None, hub)
-                assert hub.statistics()["connections"] == 0 and not sock.closed
-                await sock.send_text("hello")
-                assert await sock.receive_batch() == [b"after"]
-                await sock.aclose()
-                hub_nursery.cancel_scope.cancel()
+    async with hub_and_socket(script) as (hub, sock, log):
+        with trio.move_on_after(0.05):
+            await sock.run_receiver(lambda *a: None, hub)
+        assert hub.statistics()["connections"] == 0 and not sock.closed
+        await sock.send_text("hello")
+        assert await sock.receive_batch() == [b"after"]
+        await sock.aclose()
 
 
 @pytest.mark.skipif(not __import__("kit.client._hub").client._hub.kernel_stamps_available(), reason="no SO_TIMESTAMPNS")
@@ -241,8 +242,6 @@ async def test_a_frame_the_hub_reads_late_carries_its_arrival_time_from_the_kern
     kernel's arrival time (both clocks), not the time of the read."""
     import os
     import time
-
-    from kit.client._hub import Hub
 
     sent: list[int] = []
 
@@ -265,28 +264,21 @@ async def test_a_frame_the_hub_reads_late_carries_its_arrival_time_from_the_kern
         seen.append((m_ns, w_ns, time.monotonic_ns(), time.time_ns()))
         read.set()
 
-    with trio.fail_after(10):
-        async with trio.open_nursery() as n:
-            port, log = await n.start(serve, script)
-            async with trio.open_nursery() as hub_nursery:
-                hub = Hub()
-                await hub_nursery.start(hub.run)
-                sock = await connect(f"ws://127.0.0.1:{port}", "/a/ws/b")
-                ended: list[ConnectionClosed] = []
+    async with hub_and_socket(script) as (hub, sock, log):
+        ended: list[ConnectionClosed] = []
 
-                async def receive():
-                    try:
-                        await sock.run_receiver(on_batch, hub)
-                    except ConnectionClosed as exc:
-                        ended.append(exc)
+        async def receive():
+            try:
+                await sock.run_receiver(on_batch, hub)
+            except ConnectionClosed as exc:
+                ended.append(exc)
 
-                async with trio.open_nursery() as receiver:
-                    receiver.start_soon(receive)
-                    await trio.testing.wait_all_tasks_blocked()  # the hub holds the socket (and stamps it)
-                    assert hub.statistics()["connections"] == 1
-                    await sock.send_text("registered")  # now the server sends the frame that is read late
-                assert ended and hub.stamped
-                hub_nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as receiver:
+            receiver.start_soon(receive)
+            await trio.testing.wait_all_tasks_blocked()  # the hub holds the socket (and stamps it)
+            assert hub.statistics()["connections"] == 1
+            await sock.send_text("registered")  # now the server sends the frame that is read late
+        assert ended and hub.stamped
     m_ns, w_ns, read_m, read_w = seen[0]
     assert read_w - sent[0] >= 300_000_000  # it was read late ...
     assert abs(w_ns - sent[0]) < 50_000_000  # ... and carries when it arrived
