@@ -77,7 +77,7 @@ class Hub:
         fd = ws.fileno()
         if self.stamped:
             try:
-                ws.enable_stamps(SO_TIMESTAMPNS)
+                ws.enable_stamps()
             except OSError as exc:  # refused: from now on frames carry the time of the read
                 log.warning("kernel receive timestamps refused (%s): frames carry the time of their read", exc)
                 self.stamped = False

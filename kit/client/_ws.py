@@ -53,7 +53,7 @@ from ._frames import (
 from ._frames import (
     WsProtocol as WsProtocol,
 )
-from ._hub import STAMP_SPACE, TIMESPEC
+from ._hub import SO_TIMESTAMPNS, STAMP_SPACE, TIMESPEC
 
 __all__ = [
     "SOURCES",
@@ -202,10 +202,10 @@ class WebSocket:
             self.proto.close_code or 1006, self.proto.close_reason or "closed locally"
         )
 
-    def enable_stamps(self, option: int) -> None:
-        """Have the kernel stamp this socket's received segments (socket *option*; OSError if refused)."""
+    def enable_stamps(self) -> None:
+        """Have the kernel stamp this socket's received segments (SO_TIMESTAMPNS; OSError if refused)."""
         assert self._sock is not None
-        self._sock.setsockopt(socket.SOL_SOCKET, option, 1)
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._stamped = True
 
     def _hub_readable(self) -> None:

@@ -20,6 +20,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from kit.client._hub import Hub, kernel_stamps_available
 from kit.client._ws import ConnectionClosed, HandshakeError, connect
 
 pytestmark = pytest.mark.timeout(30)
@@ -66,8 +67,6 @@ async def pump(stream, ws, log, until):
 async def hub_and_socket(script, *, use_hub=True):
     """A wsproto server running *script*, a running Hub (None without *use_hub*) and a client connected to the
     server: yields (hub, socket, the server's log); the hub stops when the block ends."""
-    from kit.client._hub import Hub
-
     with trio.fail_after(10):
         async with trio.open_nursery() as n:
             port, log = await n.start(serve, script)  # ends by itself after the close handshake
@@ -191,7 +190,6 @@ async def test_connection_refused_is_an_oserror():
 
 @pytest.mark.parametrize("use_hub", [True, False])
 async def test_run_receiver_delivers_every_read_and_ends_with_the_close(use_hub):
-
     async def script(stream, ws, request, log):
         await stream.send_all(ws.send(AcceptConnection()) + ws.send(TextMessage("first")))
         for i in range(200):
@@ -220,7 +218,6 @@ async def test_run_receiver_delivers_every_read_and_ends_with_the_close(use_hub)
 
 
 async def test_cancelled_receiver_leaves_the_hub_and_the_socket_usable():
-
     async def script(stream, ws, request, log):
         await stream.send_all(ws.send(AcceptConnection()))
         await pump(stream, ws, log, lambda ev: isinstance(ev, TextMessage))
@@ -236,7 +233,7 @@ async def test_cancelled_receiver_leaves_the_hub_and_the_socket_usable():
         await sock.aclose()
 
 
-@pytest.mark.skipif(not __import__("kit.client._hub").client._hub.kernel_stamps_available(), reason="no SO_TIMESTAMPNS")
+@pytest.mark.skipif(not kernel_stamps_available(), reason="no SO_TIMESTAMPNS")
 async def test_a_frame_the_hub_reads_late_carries_its_arrival_time_from_the_kernel():
     """The loop is blocked 300 ms after the frame arrived: the hub reads it late, and hands on the
     kernel's arrival time (both clocks), not the time of the read."""
