@@ -34,9 +34,11 @@ each subscribed :class:`_Client`.  A client writes straight to its transport,
 never awaiting: a client whose kernel buffer is full and whose user-space
 buffer then keeps growing for more than ``ws_send_buffer_messages`` frames is
 aborted and counted in ``slow_client_drops``, so one stalled reader never
-delays another.  Each client also owns its ping timers (interval / timeout from
-settings); a peer that leaves a ping unanswered for the timeout is dropped and
-counted in ``ping_timeouts``.
+delays another.  Every client is pinged every ``ws_ping_interval_secs``; a peer that leaves
+a ping unanswered for ``ws_ping_timeout_secs`` is dropped and counted in ``ping_timeouts``.
+The pings and their deadlines of all clients share one timer (:class:`_Pinger`), which wakes at
+most every ``PING_BATCH_S`` and sends what fell due together: an idle connection costs its write
+and its pong, not three wake-ups of its own (measured in docs/benchmarks.md, idle_sessions).
 
 Ownership: the application owns the pool and the set of open clients; a
 handler owns its client and always unsubscribes it in ``finally``.
@@ -48,6 +50,7 @@ import asyncio
 import logging
 import signal
 import struct
+from collections import deque
 
 from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -75,6 +78,9 @@ MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
 SHUTDOWN_TIMEOUT = 5.0
 
 _PING_FRAME = b"\x89\x00"
+#: the ping timer wakes at most this often (or a quarter of the interval, if that is shorter): pings
+#: that fall due in between go out together, at most this late
+PING_BATCH_S = 0.1
 _SMALL_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
 _U16 = struct.Struct("!BBH")
 _U64 = struct.Struct("!BBQ")
@@ -106,9 +112,7 @@ class _Client:
         "pending",
         "backlog",
         "closed",
-        "_ping_handle",
-        "_deadline_handle",
-        "_unanswered_since",
+        "unanswered_since",
     )
 
     def __init__(self, fwd: _Forwarder) -> None:
@@ -118,9 +122,7 @@ class _Client:
         self.pending: list[bytes] = []  # frames that arrived while the upgrade was in flight
         self.backlog = 0  # frames written since the transport's buffer was last seen empty
         self.closed = False
-        self._ping_handle: asyncio.TimerHandle | None = None
-        self._deadline_handle: asyncio.TimerHandle | None = None
-        self._unanswered_since: float | None = None
+        self.unanswered_since: float | None = None  # the loop time of the oldest ping not answered
 
     # -- forward path: called from Redis data_received; never awaits --------------------
     def send_frame(self, frame: bytes) -> None:
@@ -163,7 +165,6 @@ class _Client:
             return
         self.closed = True
         self.pending.clear()
-        self._cancel_timers()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -174,10 +175,9 @@ class _Client:
             transport.close()
 
     def release(self) -> None:
-        """The handler is done with this client: stop its timers and forwarding (no close frame)."""
+        """The handler is done with this client: stop its pings and forwarding (no close frame)."""
         self.closed = True
         self.pending.clear()
-        self._cancel_timers()
 
     # -- lifecycle --------------------------------------------------------------------
     def attach(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
@@ -187,43 +187,88 @@ class _Client:
         for frame in pending:
             self.send_frame(frame)
         if not self.closed:
-            loop = asyncio.get_running_loop()
-            self._ping_handle = loop.call_later(self.fwd.ping_interval, self._ping)
+            self.fwd.pinger.add(self)
 
-    def _ping(self) -> None:
-        self._ping_handle = None
-        if self.closed or self.transport is None:
-            return
-        if self.transport.is_closing():  # the peer left and its handler has not run yet (a busy loop)
-            self.release()  # writing would raise "the handler is closed" from this timer, once per ping
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        self.transport.write(_PING_FRAME)
-        if self._unanswered_since is None:
-            self._unanswered_since = now
-            self._deadline_handle = loop.call_at(now + self.fwd.ping_timeout, self._deadline)
-        self._ping_handle = loop.call_at(now + self.fwd.ping_interval, self._ping)
+    def ping(self, now: float) -> bool:
+        """Send a ping if this client is still there; False when it is not (no more pings)."""
+        transport = self.transport
+        if self.closed or transport is None:
+            return False
+        if transport.is_closing():  # the peer left and its handler has not run yet (a busy loop)
+            self.release()  # writing would raise "the handler is closed", once per ping
+            return False
+        transport.write(_PING_FRAME)
+        return True
 
     def pong(self) -> None:
-        self._unanswered_since = None
-        if self._deadline_handle is not None:
-            self._deadline_handle.cancel()
-            self._deadline_handle = None
+        self.unanswered_since = None
 
-    def _deadline(self) -> None:
-        self._deadline_handle = None
-        if self.closed or self._unanswered_since is None:
-            return
+    def ping_unanswered(self) -> None:
         self.fwd.stats.ping_timeouts += 1
         log.info("dropping a client that left a ping unanswered for %.3gs", self.fwd.ping_timeout)
         self.drop(1011, b"ping timeout")
 
-    def _cancel_timers(self) -> None:
-        for handle in (self._ping_handle, self._deadline_handle):
-            if handle is not None:
-                handle.cancel()
-        self._ping_handle = self._deadline_handle = None
+
+class _Pinger:
+    """The pings and pong deadlines of every client on one timer.
+
+    Each client's next ping is due at (now + interval) and each deadline at (now + timeout), and the
+    loop's clock only moves forward, so both queues stay in due order by appending: a sweep pops what
+    is due from their heads.  A sweep runs at most every ``batch`` seconds, so pings that fall due
+    close together go out in one wake-up (and their pongs come back together).  A client that closed
+    stays queued until its turn and is then skipped; a deadline whose ping was answered (or replaced
+    by a later one) is skipped too.
+    """
+
+    __slots__ = ("interval", "timeout", "batch", "pings", "deadlines", "sweeps", "_handle", "_last")
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.batch = min(PING_BATCH_S, interval / 4)
+        self.pings: deque[tuple[float, _Client]] = deque()
+        self.deadlines: deque[tuple[float, _Client]] = deque()
+        self.sweeps = 0  # wake-ups of the timer (a test counts them)
+        self._handle: asyncio.TimerHandle | None = None
+        self._last = float("-inf")
+
+    def add(self, client: _Client) -> None:
+        loop = asyncio.get_running_loop()
+        self.pings.append((loop.time() + self.interval, client))
+        if self._handle is None:
+            self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        heads = [q[0][0] for q in (self.pings, self.deadlines) if q]
+        if heads:
+            self._handle = loop.call_at(max(min(heads), self._last + self.batch), self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._handle = None
+        self.sweeps += 1
+        now = self._last = loop.time()
+        deadlines, pings = self.deadlines, self.pings
+        while deadlines and deadlines[0][0] <= now:
+            due, client = deadlines.popleft()
+            since = client.unanswered_since
+            if not client.closed and since is not None and since + self.timeout == due:
+                client.ping_unanswered()
+        while pings and pings[0][0] <= now:
+            client = pings.popleft()[1]
+            if client.ping(now):
+                pings.append((now + self.interval, client))
+                if client.unanswered_since is None:
+                    client.unanswered_since = now
+                    deadlines.append((now + self.timeout, client))
+        self._arm(loop)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.pings.clear()
+        self.deadlines.clear()
 
 
 class _Forwarder:
@@ -234,8 +279,8 @@ class _Forwarder:
         self.address = address
         self.stats = Stats()
         self.buffer_limit = settings.ws_send_buffer_messages
-        self.ping_interval = settings.ws_ping_interval_secs
         self.ping_timeout = settings.ws_ping_timeout_secs
+        self.pinger = _Pinger(settings.ws_ping_interval_secs, settings.ws_ping_timeout_secs)
         self.clients: set[_Client] = set()
         self.pool: PubSubPool | None = None  # made on startup, inside the loop
         self._keeper: asyncio.Task | None = None  # PubSubPool.keep, from startup to shutdown
@@ -408,6 +453,7 @@ class _Forwarder:
     async def on_shutdown(self, app: web.Application) -> None:
         if self._keeper is not None:
             self._keeper.cancel()
+        self.pinger.close()
         for client in list(self.clients):
             client.drop(1001, b"server shutting down")
         if self.pool is not None:
