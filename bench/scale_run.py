@@ -20,8 +20,10 @@ Runs (``--runs``):
 ``--sessions N`` sizes the lab for N concurrent sessions instead (``kit.run._sizing``, what ``fab plan``
 computes: the sessions one process holds under this machine's open-file cap, generators one process per
 core, one HAProxy per ~9,900 sessions, 2 wsproxy instances per host) and a pace this machine carries:
-the think time that keeps the offered load near ``--tokens-per-s`` (8,000), 2 queries per session, a
-ramp of 250 sessions/s, and a ``chat`` run only:
+the think time that keeps the offered load near ``--tokens-per-s`` (8,000), 2 queries per session, and
+a ramp at the same pace (``--tokens-per-s`` / 43 sessions a second, each starting with its first query;
+the think time is the ramp's length, so the second queries follow at that rate as the ramp ends and the
+load stays level), and a ``chat`` run only:
 
     .venv/bin/python bench/scale_run.py --sessions 25000
     .venv/bin/python bench/scale_run.py --sessions 50000 --monitoring
@@ -63,8 +65,8 @@ TOKENS, DELAY_MS = 43, 50.0
 FD_RESERVE, FDS_PER_SESSION = 200, 2
 
 
-def scale_plan(sessions: int, tokens_per_s: float) -> tuple[int, str, float]:
-    """(hosts, layout, think time) of a lab on this machine for *sessions* (kit.run._sizing, as fab plan)."""
+def scale_plan(sessions: int, tokens_per_s: float) -> tuple[int, str, float, float]:
+    """(hosts, layout, think time, ramp) of a lab on this machine for *sessions* (kit.run._sizing, as fab plan)."""
     import os
     import resource
 
@@ -86,7 +88,11 @@ def scale_plan(sessions: int, tokens_per_s: float) -> tuple[int, str, float]:
     # steady state: sessions x tokens per (query time + think) = tokens_per_s
     think = max(0.0, sessions * TOKENS / tokens_per_s - (TOKENS - 1) * DELAY_MS / 1000)
     assert abs(offered_tokens_per_s(sessions, TOKENS, DELAY_MS, 0, think) - tokens_per_s) < 1
-    return hosts, ",".join(f"{k}={v}" for k, v in layout.items() if v), round(think, 1)
+    # and the ramp at that pace: each session starts with a query, so sessions/s x tokens = tokens_per_s
+    # (at 250 sessions/s, as until 2026-12-05, the ramp offered 10,750 tokens/s, and again the second
+    # queries, with an idle gap between: "~8,000" was only the run's average)
+    ramp = tokens_per_s / TOKENS
+    return hosts, ",".join(f"{k}={v}" for k, v in layout.items() if v), round(think, 1), round(ramp, 1)
 
 
 def one_run(name: str, inv: Path, args: argparse.Namespace) -> int:
@@ -153,7 +159,9 @@ def main() -> int:
     ap.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=["chat", "pace"])
     ap.add_argument("--clients", type=int, default=10000)
     ap.add_argument("--queries", type=int, default=3)
-    ap.add_argument("--ramp", type=float, default=250.0, help="sessions started per second over all generators")
+    ap.add_argument(
+        "--ramp", type=float, help="sessions started per second over all generators (250; --sessions: its pace)"
+    )
     ap.add_argument("--max-duration", type=float, default=600.0)
     ap.add_argument("--keep", action="store_true", help="leave the lab and the deployment up")
     ap.add_argument("--sessions", type=int, help="size the lab and the pace for this many concurrent sessions")
@@ -161,7 +169,8 @@ def main() -> int:
     ap.add_argument("--monitoring", action="store_true", help="add a monitoring host (Prometheus)")
     args = ap.parse_args()
     if args.sessions:
-        args.hosts, args.layout, think = scale_plan(args.sessions, args.tokens_per_s)
+        args.hosts, args.layout, think, ramp = scale_plan(args.sessions, args.tokens_per_s)
+        args.ramp = args.ramp or ramp
         if args.monitoring:
             args.layout += ",monitoring=1"
         args.clients, args.queries, args.runs = args.sessions, 2, ["chat"]
@@ -172,9 +181,11 @@ def main() -> int:
         )
         print(
             f"scale plan: {args.sessions} sessions on {args.hosts} hosts ({args.layout}), think {think:g} s "
-            f"for ~{args.tokens_per_s:,.0f} tokens/s, max duration {args.max_duration:.0f} s",
+            f"and ramp {args.ramp:g}/s for ~{args.tokens_per_s:,.0f} tokens/s, max duration {args.max_duration:.0f} s",
             flush=True,
         )
+    else:
+        args.ramp = args.ramp or 250.0
     base = REPO / ".lab" / "bench"
     inv_dir = base / "inventory"
     inv_dir.mkdir(parents=True, exist_ok=True)
