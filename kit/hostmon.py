@@ -9,7 +9,7 @@ rates for every interface of the host's network namespace (so a lab host
 reports its own veth).  The monitor is bounded: it stops by itself after
 ``--duration`` seconds (and on SIGTERM/SIGINT), flushing every line as it goes
 so a killed monitor still leaves what it measured.  Bad options exit 2 with one
-line.
+line.  ``monitor_cpu_s`` is the monitor's own CPU (user+system) so far: what watching cost.
 
 With ``--procs FILE`` each line also carries ``procs``: the CPU, memory,
 descriptors and threads of every kit process.  FILE lists ``COMPONENT PID``
@@ -213,8 +213,12 @@ def _rss_mb(pid: int) -> float | None:
 
 
 def _fds(pid: int) -> int | None:
+    """Open descriptors of *pid*: since Linux 6.2 the size stat() gives /proc/PID/fd; before, 0, and then the
+    directory is listed.  Listing costs ~13 ms a sample for a process holding 17,000 sockets (an HAProxy or a
+    wsproxy at 8,500 sessions): at 50,000 lab sessions 13 monitors spent 0.26 of the 2 cores on it."""
+    path = f"/proc/{pid}/fd"
     try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
+        return os.stat(path).st_size or len(os.listdir(path))
     except OSError:  # gone, or another user's process
         return None
 
@@ -500,6 +504,7 @@ def monitor(
             rec, prev_net = sample(prev_net, now - last)
             last = now
             rec["t"] = round(now - start, 3)
+            rec["monitor_cpu_s"] = round(sum(os.times()[:2]), 3)  # this monitor's own user+system so far
             if procs is not None:
                 rec["procs"] = sample_procs(read_procs_file(procs))
             if scrape_file is not None:

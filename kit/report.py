@@ -103,8 +103,16 @@ def host_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
             "net_peak_mbit_s": round(max(net, default=0) * 8 / 1e6, 2) if rows else None,
             "net_interfaces": "loopback" if on_loopback else "non-loopback",
             "cpu_series": cpu,
+            # what the host's monitor itself used while it sampled (hostmon's monitor_cpu_s; older runs: None)
+            "monitor_cpu_s": _grew([r.get("monitor_cpu_s") for r in rows]),
         }
     return out
+
+
+def _grew(values: list[Any]) -> float | None:
+    """Last minus first of a cumulative counter's samples that have it, None when none has."""
+    have = [v for v in values if isinstance(v, (int, float))]
+    return round(have[-1] - have[0], 2) if have else None
 
 
 def _f(v: Any, fmt: str = "{:.2f}") -> str:
@@ -405,6 +413,7 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
             + "; ".join(
                 f"{h} cpu {_f(m['cpu_mean'], '{:.0f}')}/{_f(m['cpu_peak'], '{:.0f}')}% net {_f(m['net_peak_mbit_s'])} Mbit/s"
                 + (" (loopback)" if m.get("net_interfaces") == "loopback" else "")
+                + (f" monitor {m['monitor_cpu_s']:g} CPU-s" if m.get("monitor_cpu_s") is not None else "")
                 + (f" tcp {socks[h]['tcp_inuse']:,} sockets {socks[h]['tcp_mem_mb']:g} MB" if h in socks else "")
                 for h, m in hosts.items()
             )

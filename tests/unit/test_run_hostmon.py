@@ -32,6 +32,8 @@ def test_hostmon_writes_one_sample_per_interval_and_stops_by_itself(tmp_path):
     assert first["sockstat"]["tcp_inuse"] >= 0 and first["sockstat"]["tcp_mem_bytes"] >= 0
     assert "lo" in first["net"] and "rx_bytes_per_s" in first["net"]["lo"]
     assert [round(x["t"], 1) for x in lines] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    own = [x["monitor_cpu_s"] for x in lines]  # the monitor's own CPU: started Python at least, never falls
+    assert own[0] > 0 and own == sorted(own)
 
 
 @pytest.mark.timeout(30)
@@ -185,6 +187,37 @@ def test_hostmon_procs_samples_cpu_of_each_listed_tree_and_rereads_the_file(tmp_
         assert 0.3 <= p["cpu_s"] <= 0.6, p
         assert p["rss_mb"] > 1 and p["fds"] >= 3 and p["threads"] >= 1
     assert got[child]["ppid"] == burner.pid and got[burner.pid]["cpu_children_s"] == 0
+
+
+def test_hostmon_counts_another_process_descriptors_exactly_by_stat_and_by_listing(monkeypatch):
+    """The count is the process's open descriptors, whether the kernel gives it as /proc/PID/fd's size (6.2+)
+    or the directory has to be listed (older kernels, where that size is 0)."""
+    import os
+
+    from kit import hostmon
+
+    real_stat = os.stat
+
+    def old_kernel_stat(path, *a, **kw):
+        st = real_stat(path, *a, **kw)
+        if str(path).endswith("/fd"):
+            return os.stat_result((*st[:6], 0, *st[7:]))  # st_size 0, as before Linux 6.2
+        return st
+
+    code = "import socket, sys\nk = [socket.socketpair() for _ in range(700)]\nprint(1, flush=True)\nsys.stdin.read()"
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as holder:
+        try:
+            assert holder.stdout.readline().strip() == b"1"  # its 1,400 sockets are open
+            truth = len(os.listdir(f"/proc/{holder.pid}/fd"))
+            assert truth >= 1400
+            by_size = hostmon._fds(holder.pid)
+            with monkeypatch.context() as m:
+                m.setattr(hostmon.os, "stat", old_kernel_stat)
+                by_listing = hostmon._fds(holder.pid)
+            assert by_size == by_listing == truth
+        finally:
+            holder.kill()
+    assert hostmon._fds(holder.pid) is None  # gone
 
 
 def test_hostmon_scrape_keeps_what_each_service_says_of_itself_every_sample(tmp_path):

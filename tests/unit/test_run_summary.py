@@ -204,9 +204,19 @@ def test_host_network_falls_back_to_loopback_only_when_no_other_interface_moved(
             }
         )
 
-    for name, rows in {"single": [sample(0, 1e6), sample(0, 2e6)], "fleet": [sample(5e5, 9e6)]}.items():
+    def watched(line: str, own: float) -> str:
+        return json.dumps({**json.loads(line), "monitor_cpu_s": own})
+
+    hosts = {
+        "single": [sample(0, 1e6), sample(0, 2e6)],
+        "fleet": [sample(5e5, 9e6)],
+        "watched": [watched(sample(0, 0), 0.25), watched(sample(0, 0), 0.5), watched(sample(0, 0), 1.75)],
+    }
+    for name, rows in hosts.items():
         (tmp_path / "hosts" / name).mkdir(parents=True)
         (tmp_path / "hosts" / name / "host.jsonl").write_text("\n".join(rows) + "\n")
     m = host_metrics(tmp_path)
     assert (m["single"]["net_interfaces"], m["single"]["net_peak_mbit_s"]) == ("loopback", 32.0)
     assert (m["fleet"]["net_interfaces"], m["fleet"]["net_peak_mbit_s"]) == ("non-loopback", 4.0)
+    # the monitor's own CPU over the run: its growth between the first and the last sample; unknown before
+    assert (m["watched"]["monitor_cpu_s"], m["fleet"]["monitor_cpu_s"]) == (1.5, None)
