@@ -189,7 +189,7 @@ class _Client:
         if not self.closed:
             self.fwd.pinger.add(self)
 
-    def ping(self, now: float) -> bool:
+    def ping(self) -> bool:
         """Send a ping if this client is still there; False when it is not (no more pings)."""
         transport = self.transport
         if self.closed or transport is None:
@@ -256,7 +256,7 @@ class _Pinger:
                 client.ping_unanswered()
         while pings and pings[0][0] <= now:
             client = pings.popleft()[1]
-            if client.ping(now):
+            if client.ping():
                 pings.append((now + self.interval, client))
                 if client.unanswered_since is None:
                     client.unanswered_since = now
