@@ -4,12 +4,15 @@
 
 ``fab run`` starts one on every host for the length of the run.  Each line is
 one sample: wall-clock ``ts``, CPU percent (total and per CPU, since the last
-sample), load average, memory, and network byte/packet counters plus per-second
-rates for every interface of the host's network namespace (so a lab host
-reports its own veth).  The monitor is bounded: it stops by itself after
-``--duration`` seconds (and on SIGTERM/SIGINT), flushing every line as it goes
-so a killed monitor still leaves what it measured.  Bad options exit 2 with one
-line.  ``monitor_cpu_s`` is the monitor's own CPU (user+system) so far: what watching cost.
+sample), ``cpu_split`` (the host's CPU time since the last sample as user, nice,
+system, iowait, irq, softirq, steal: softirq is the kernel's network work, which
+no process is charged for), load average, memory, and network byte/packet
+counters plus per-second rates for every interface of the host's network
+namespace (so a lab host reports its own veth).  The monitor is bounded: it
+stops by itself after ``--duration`` seconds (and on SIGTERM/SIGINT), flushing
+every line as it goes so a killed monitor still leaves what it measured.  Bad
+options exit 2 with one line.  ``monitor_cpu_s`` is the monitor's own CPU
+(user+system) so far: what watching cost.
 
 With ``--procs FILE`` each line also carries ``procs``: the CPU, memory,
 descriptors and threads of every kit process.  FILE lists ``COMPONENT PID``
@@ -149,7 +152,38 @@ def _mem() -> dict[str, Any]:
     }
 
 
+#: /proc/stat's first line, in its order (steal since Linux 2.6.11; guest time is inside user already)
+_SPLIT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+class _CpuSplit:
+    """Where the whole host's CPU went between calls, in percent of all its CPUs (/proc/stat): user, system,
+    softirq (the kernel's network work, charged to no process), iowait, steal (a VM's hypervisor) ..."""
+
+    def __init__(self) -> None:
+        self.prev = self._read()
+
+    @staticmethod
+    def _read() -> list[int]:
+        with open("/proc/stat") as fh:
+            return [int(x) for x in fh.readline().split()[1 : 1 + len(_SPLIT_FIELDS)]]
+
+    def percent(self) -> dict[str, float]:
+        now = self._read()
+        d = [b - a for a, b in zip(self.prev, now)]
+        self.prev, total = now, sum(d)
+        return {k: round(100.0 * v / total, 1) if total > 0 else 0.0 for k, v in zip(_SPLIT_FIELDS, d) if k != "idle"}
+
+
 _cpu: _ProcCpu | None = None
+_split: _CpuSplit | None = None
+
+
+def _cpu_split() -> dict[str, float]:
+    global _split
+    if _split is None:
+        _split = _CpuSplit()
+    return _split.percent()
 
 
 def _cpu_percent() -> tuple[float, list[float]]:
@@ -286,6 +320,7 @@ def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], 
         "ts": round(time.time(), 3),
         "cpu_percent": total,
         "cpu_percent_per_cpu": per_cpu,
+        "cpu_split": _cpu_split(),
         "load_avg": list(os.getloadavg()),
         "mem": _mem(),
         "sockstat": _sockstat(),
@@ -488,6 +523,7 @@ def monitor(
     signal.signal(signal.SIGINT, on_signal)
     out.parent.mkdir(parents=True, exist_ok=True)
     _cpu_percent()  # the first reading starts the interval
+    _cpu_split()
     prev_net = _net()
     start = last = time.monotonic()
     n = 0

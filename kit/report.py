@@ -105,6 +105,8 @@ def host_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
             "cpu_series": cpu,
             # what the host's monitor itself used while it sampled (hostmon's monitor_cpu_s; older runs: None)
             "monitor_cpu_s": _grew([r.get("monitor_cpu_s") for r in rows]),
+            # the mean of hostmon's cpu_split (user, system, softirq, iowait, steal ... percent); older runs: {}
+            "cpu_split_mean": _means([r["cpu_split"] for r in rows if isinstance(r.get("cpu_split"), dict)]),
         }
     return out
 
@@ -113,6 +115,11 @@ def _grew(values: list[Any]) -> float | None:
     """Last minus first of a cumulative counter's samples that have it, None when none has."""
     have = [v for v in values if isinstance(v, (int, float))]
     return round(have[-1] - have[0], 2) if have else None
+
+
+def _means(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in rows for k in r}
+    return {k: round(sum(r.get(k, 0.0) for r in rows) / len(rows), 1) for k in sorted(keys)}
 
 
 def _f(v: Any, fmt: str = "{:.2f}") -> str:
@@ -413,6 +420,12 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
             + "; ".join(
                 f"{h} cpu {_f(m['cpu_mean'], '{:.0f}')}/{_f(m['cpu_peak'], '{:.0f}')}% net {_f(m['net_peak_mbit_s'])} Mbit/s"
                 + (" (loopback)" if m.get("net_interfaces") == "loopback" else "")
+                + (
+                    f" (system {m['cpu_split_mean'].get('system', 0):g}% softirq {m['cpu_split_mean'].get('softirq', 0):g}%"
+                    f" steal {m['cpu_split_mean'].get('steal', 0):g}%)"
+                    if m.get("cpu_split_mean")
+                    else ""
+                )
                 + (f" monitor {m['monitor_cpu_s']:g} CPU-s" if m.get("monitor_cpu_s") is not None else "")
                 + (f" tcp {socks[h]['tcp_inuse']:,} sockets {socks[h]['tcp_mem_mb']:g} MB" if h in socks else "")
                 for h, m in hosts.items()

@@ -32,6 +32,10 @@ def test_hostmon_writes_one_sample_per_interval_and_stops_by_itself(tmp_path):
     assert first["sockstat"]["tcp_inuse"] >= 0 and first["sockstat"]["tcp_mem_bytes"] >= 0
     assert "lo" in first["net"] and "rx_bytes_per_s" in first["net"]["lo"]
     assert [round(x["t"], 1) for x in lines] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    split = first["cpu_split"]  # where the host's CPU went: every kind but idle, in percent of all CPUs
+    assert {"user", "system", "softirq", "iowait", "steal"} <= set(split) and "idle" not in split
+    assert all(0 <= v <= 100 for v in split.values()) and sum(split.values()) <= 100.5
+    assert any(sum(x["cpu_split"].values()) > 0 for x in lines)  # Python starting up at least
     own = [x["monitor_cpu_s"] for x in lines]  # the monitor's own CPU: started Python at least, never falls
     assert own[0] > 0 and own == sorted(own)
 

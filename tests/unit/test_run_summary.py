@@ -175,15 +175,22 @@ def test_report_text_shows_the_seed_table_thresholds_and_partial_reasons(tmp_pat
     assert "success rate 99.80%" in text and "p99 1900.00" in text and "FAIL" in text
     run_dir = tmp_path / "r1"
     (run_dir / "hosts" / "h1").mkdir(parents=True)
+    (run_dir / "hosts" / "h2").mkdir(parents=True)
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    (run_dir / "hosts" / "h1" / "host.jsonl").write_text(
-        json.dumps(
-            {"cpu_percent": 40.0, "mem": {"used": 2**20}, "net": {"eth0": {"rx_bytes_per_s": 1e6, "tx_bytes_per_s": 0}}}
-        )
-        + "\n"
+    sample = {
+        "cpu_percent": 40.0,
+        "mem": {"used": 2**20},
+        "net": {"eth0": {"rx_bytes_per_s": 1e6, "tx_bytes_per_s": 0}},
+    }
+    (run_dir / "hosts" / "h1" / "host.jsonl").write_text(json.dumps(sample) + "\n")
+    split = {"user": 25.0, "system": 12.0, "softirq": 3.0, "steal": 0.0}
+    (run_dir / "hosts" / "h2" / "host.jsonl").write_text(
+        "".join(json.dumps({**sample, "cpu_split": split, "monitor_cpu_s": own}) + "\n" for own in (0.5, 2.0))
     )
     write_report(run_dir)
-    assert "h1 cpu 40/40% net 8.00 Mbit/s" in (run_dir / "report.txt").read_text()
+    text = (run_dir / "report.txt").read_text()
+    assert "h1 cpu 40/40% net 8.00 Mbit/s;" in text  # a run from before hostmon kept the split: as it was
+    assert "h2 cpu 40/40% net 8.00 Mbit/s (system 12% softirq 3% steal 0%) monitor 1.5 CPU-s" in text
     assert "PARTIAL RUN" in (run_dir / "report.html").read_text()
     tarball = pack_run(run_dir)
     assert tarball.name == "r1.tar.gz" and tarball.stat().st_size > 0
@@ -204,13 +211,14 @@ def test_host_network_falls_back_to_loopback_only_when_no_other_interface_moved(
             }
         )
 
-    def watched(line: str, own: float) -> str:
-        return json.dumps({**json.loads(line), "monitor_cpu_s": own})
+    def watched(line: str, own: float, softirq: float) -> str:
+        split = {"user": 30.0, "system": 10.0, "softirq": softirq, "steal": 0.0}
+        return json.dumps({**json.loads(line), "monitor_cpu_s": own, "cpu_split": split})
 
     hosts = {
         "single": [sample(0, 1e6), sample(0, 2e6)],
         "fleet": [sample(5e5, 9e6)],
-        "watched": [watched(sample(0, 0), 0.25), watched(sample(0, 0), 0.5), watched(sample(0, 0), 1.75)],
+        "watched": [watched(sample(0, 0), 0.25, 2), watched(sample(0, 0), 0.5, 4), watched(sample(0, 0), 1.75, 9)],
     }
     for name, rows in hosts.items():
         (tmp_path / "hosts" / name).mkdir(parents=True)
@@ -220,3 +228,5 @@ def test_host_network_falls_back_to_loopback_only_when_no_other_interface_moved(
     assert (m["fleet"]["net_interfaces"], m["fleet"]["net_peak_mbit_s"]) == ("non-loopback", 4.0)
     # the monitor's own CPU over the run: its growth between the first and the last sample; unknown before
     assert (m["watched"]["monitor_cpu_s"], m["fleet"]["monitor_cpu_s"]) == (1.5, None)
+    assert m["watched"]["cpu_split_mean"] == {"softirq": 5.0, "steal": 0.0, "system": 10.0, "user": 30.0}
+    assert m["fleet"]["cpu_split_mean"] == {}
