@@ -136,6 +136,11 @@ def one_run(name: str, inv: Path, args: argparse.Namespace) -> int:
         ("TPS (whole run)", f"{s['tps']:.0f}", SEED["tps"]),
         ("generator overloaded", f"{s['generator']['generator_overloaded']} {s['generator']['reason'][:80]}", "-"),
         ("generator hosts CPU mean/peak", gen_cpu, "-"),
+        (  # every lab host reads the one machine's /proc/stat: one host's split is the machine's
+            "machine CPU split (mean %)",
+            " ".join(f"{k} {v:g}" for k, v in next(iter(hosts.values()), {}).get("cpu_split_mean", {}).items()),
+            "-",
+        ),
         (
             "monitors CPU (hostmon, all hosts)",
             f"{sum(h.get('monitor_cpu_s') or 0 for h in hosts.values()):.1f} CPU-s",
