@@ -31,7 +31,8 @@ load stays level), and a ``chat`` run only:
 
 At 50,000 sessions the idle sessions alone (their pings through HAProxy, the veth and bridge work) take about
 half this machine's 2 cores, so ~8,000 tokens/s saturates it and the generators wait for a core; 4,000 passed
-every threshold with no generator overloaded (docs/benchmarks.md, 2026-12-05 07:23).
+every threshold with no generator overloaded, 6,000 had no generator overloaded but delivery p99 88 ms
+(docs/benchmarks.md, 2026-12-05 07:23 and 08:37).
 """
 
 from __future__ import annotations
