@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import scale_run  # noqa: E402
 
-from kit.lab import LabConfig, lab_down, lab_up, parse_layout  # noqa: E402
+from kit.lab import lab_down, lab_up, parse_layout  # noqa: E402
 from kit.run import RunOptions, execute  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -117,12 +117,7 @@ def main() -> int:
         )
         return 2
     hosts, layout, _, _ = scale_run.scale_plan(args.sessions, 8000.0)
-    base = REPO / ".lab" / "bench"
-    inv_dir = base / "inventory"
-    inv_dir.mkdir(parents=True, exist_ok=True)
-    if not (inv_dir / "group_vars").exists():
-        (inv_dir / "group_vars").symlink_to(REPO / "inventory" / "group_vars")
-    cfg = LabConfig(root=base / "lab", prefix="lkb", subnet="10.213.2.0/24", inventory_path=inv_dir / "lab.yml")
+    base, cfg = scale_run.bench_lab()
     samples: list[dict] = []
     stop = threading.Event()
 

@@ -101,6 +101,17 @@ def scale_plan(sessions: int, tokens_per_s: float) -> tuple[int, str, float, flo
     return hosts, ",".join(f"{k}={v}" for k, v in layout.items() if v), round(think, 1), round(ramp, 1)
 
 
+def bench_lab() -> tuple[Path, LabConfig]:
+    """(folder, config) of the benchmarks' lab: under .lab/bench/, prefix lkb, 10.213.2.0/24, so it never
+    touches a user's lab; its inventory shares the repository's group_vars."""
+    base = REPO / ".lab" / "bench"
+    inv_dir = base / "inventory"
+    inv_dir.mkdir(parents=True, exist_ok=True)
+    if not (inv_dir / "group_vars").exists():
+        (inv_dir / "group_vars").symlink_to(REPO / "inventory" / "group_vars")
+    return base, LabConfig(root=base / "lab", prefix="lkb", subnet="10.213.2.0/24", inventory_path=inv_dir / "lab.yml")
+
+
 def one_run(name: str, inv: Path, args: argparse.Namespace) -> int:
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-c{args.clients}-{name}"
     think = RUNS[name]["think_time"]
@@ -202,12 +213,7 @@ def main() -> int:
         )
     else:
         args.ramp = args.ramp or 250.0
-    base = REPO / ".lab" / "bench"
-    inv_dir = base / "inventory"
-    inv_dir.mkdir(parents=True, exist_ok=True)
-    if not (inv_dir / "group_vars").exists():
-        (inv_dir / "group_vars").symlink_to(REPO / "inventory" / "group_vars")
-    cfg = LabConfig(root=base / "lab", prefix="lkb", subnet="10.213.2.0/24", inventory_path=inv_dir / "lab.yml")
+    base, cfg = bench_lab()
     t0 = time.time()
     rc = 0
     try:
