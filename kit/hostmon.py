@@ -106,34 +106,6 @@ def _net() -> dict[str, Any]:
     return out
 
 
-class _ProcCpu:
-    """CPU percent between calls from /proc/stat (what psutil.cpu_percent(None) does)."""
-
-    def __init__(self) -> None:
-        self.prev = self._read()
-
-    @staticmethod
-    def _read() -> list[tuple[int, int]]:
-        rows = []
-        with open("/proc/stat") as fh:
-            for line in fh:
-                if not line.startswith("cpu"):
-                    break
-                v = [int(x) for x in line.split()[1:]]
-                idle = v[3] + (v[4] if len(v) > 4 else 0)
-                rows.append((sum(v[:8]), idle))
-        return rows
-
-    def percent(self) -> tuple[float, list[float]]:
-        now = self._read()
-        pcts = []
-        for (t0, i0), (t1, i1) in zip(self.prev, now):
-            dt = t1 - t0
-            pcts.append(round(100.0 * (dt - (i1 - i0)) / dt, 1) if dt > 0 else 0.0)
-        self.prev = now
-        return pcts[0], pcts[1:]
-
-
 def _mem() -> dict[str, Any]:
     if psutil is not None:
         vm = psutil.virtual_memory()
@@ -156,43 +128,54 @@ def _mem() -> dict[str, Any]:
 _SPLIT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
-class _CpuSplit:
-    """Where the whole host's CPU went between calls, in percent of all its CPUs (/proc/stat): user, system,
-    softirq (the kernel's network work, charged to no process), iowait, steal (a VM's hypervisor) ..."""
+class _ProcStat:
+    """The CPU lines of /proc/stat, read once per sample: the host's busy percent (all CPUs and each, what
+    psutil.cpu_percent(None) gives) and where its CPU went (user, system, softirq (the kernel's network work,
+    charged to no process), iowait, steal (a VM's hypervisor) ...), both since the last call."""
 
     def __init__(self) -> None:
         self.prev = self._read()
 
     @staticmethod
-    def _read() -> list[int]:
+    def _read() -> list[list[int]]:
+        rows = []
         with open("/proc/stat") as fh:
-            return [int(x) for x in fh.readline().split()[1 : 1 + len(_SPLIT_FIELDS)]]
+            for line in fh:
+                if not line.startswith("cpu"):
+                    break
+                rows.append([int(x) for x in line.split()[1 : 1 + len(_SPLIT_FIELDS)]])
+        return rows
 
-    def percent(self) -> dict[str, float]:
+    def since_last(self) -> tuple[float, list[float], dict[str, float]]:
+        """(all CPUs' busy percent, each CPU's, the split of all of them in percent, idle left out)."""
         now = self._read()
-        d = [b - a for a, b in zip(self.prev, now)]
-        self.prev, total = now, sum(d)
-        return {k: round(100.0 * v / total, 1) if total > 0 else 0.0 for k, v in zip(_SPLIT_FIELDS, d) if k != "idle"}
+        deltas = [[b - a for a, b in zip(old, new)] for old, new in zip(self.prev, now)]
+        self.prev = now
+        pcts = []
+        for d in deltas:
+            dt, idle = sum(d), d[3] + (d[4] if len(d) > 4 else 0)
+            pcts.append(round(100.0 * (dt - idle) / dt, 1) if dt > 0 else 0.0)
+        first = deltas[0] if deltas else []
+        total = sum(first)
+        split = {
+            k: round(100.0 * v / total, 1) if total > 0 else 0.0 for k, v in zip(_SPLIT_FIELDS, first) if k != "idle"
+        }
+        return (pcts[0] if pcts else 0.0), pcts[1:], split
 
 
-_cpu: _ProcCpu | None = None
-_split: _CpuSplit | None = None
+_procstat: _ProcStat | None = None
 
 
-def _cpu_split() -> dict[str, float]:
-    global _split
-    if _split is None:
-        _split = _CpuSplit()
-    return _split.percent()
-
-
-def _cpu_percent() -> tuple[float, list[float]]:
-    global _cpu
+def _cpu() -> tuple[float, list[float], dict[str, float]]:
+    """(busy percent of all CPUs, of each, the split) since the last call (psutil's percents where it is
+    installed; the split, and the percents without it, from one read of /proc/stat)."""
+    global _procstat
+    if _procstat is None:
+        _procstat = _ProcStat()
+    total, per_cpu, split = _procstat.since_last()
     if psutil is not None:
-        return psutil.cpu_percent(interval=None), psutil.cpu_percent(interval=None, percpu=True)
-    if _cpu is None:
-        _cpu = _ProcCpu()
-    return _cpu.percent()
+        total, per_cpu = psutil.cpu_percent(interval=None), psutil.cpu_percent(interval=None, percpu=True)
+    return total, per_cpu, split
 
 
 def read_procs_file(path: Path) -> list[tuple[str, int]]:
@@ -315,12 +298,12 @@ def _sockstat() -> dict[str, int]:
 def sample(prev_net: dict[str, Any] | None, dt: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """One sample; returns (record, network counters for the next call's rates)."""
     net = _net()
-    total, per_cpu = _cpu_percent()
+    total, per_cpu, split = _cpu()
     rec: dict[str, Any] = {
         "ts": round(time.time(), 3),
         "cpu_percent": total,
         "cpu_percent_per_cpu": per_cpu,
-        "cpu_split": _cpu_split(),
+        "cpu_split": split,
         "load_avg": list(os.getloadavg()),
         "mem": _mem(),
         "sockstat": _sockstat(),
@@ -522,8 +505,7 @@ def monitor(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _cpu_percent()  # the first reading starts the interval
-    _cpu_split()
+    _cpu()  # the first reading starts the interval
     prev_net = _net()
     start = last = time.monotonic()
     n = 0
