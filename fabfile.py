@@ -201,7 +201,8 @@ def lab_up(c, hosts=None, layout="", source_addresses=None):
     help={
         "inventory": INV_HELP,
         "clients": "concurrent sessions to plan for (also as a bare word: fab plan 500)",
-        "from_run": "a previous run (id under results/ or folder): its CPU per token per component sizes the CPU too",
+        "from_run": "a previous run (id under results/ or folder): its CPU per token per component sizes the CPU "
+        "too, and per idle session when the run had an idle window (--queries 2 --think-time >= ramp + 30 s)",
         "think_time": "seconds between a session's queries (with --from-run: the run's)",
         "tokens": "tokens per answer (default the simulator's 43, or the run's)",
         "token_delay": "ms between tokens (default 50, or the run's)",

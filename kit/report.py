@@ -39,6 +39,7 @@ __all__ = [
     "host_metrics",
     "component_rows",
     "bottleneck_line",
+    "idle_line",
     "event_lines",
     "server_event_lines",
     "workload_lines",
@@ -133,6 +134,28 @@ def _f(v: Any, fmt: str = "{:.2f}") -> str:
 def component_rows(summary: dict[str, Any]) -> list[list[str]]:
     """The cost table's cells, one row per (component, host)."""
     return [[_f(e.get(key), fmt) for _, key, fmt in COMPONENT_COLUMNS] for e in summary.get("components") or []]
+
+
+def idle_line(summary: dict[str, Any]) -> str | None:
+    """What each component cost per connected, silent session (summary.json's ``idle_window`` and the
+    components' ``idle_us_per_session_s``, added over hosts) and per token beyond it; None without a window."""
+    w = summary.get("idle_window")
+    if not w:
+        return None
+    idle: dict[str, float] = {}
+    net: dict[str, float] = {}
+    for e in summary.get("components") or []:
+        if e.get("idle_us_per_session_s") is not None:
+            idle[e["component"]] = idle.get(e["component"], 0.0) + e["idle_us_per_session_s"]
+        if e.get("us_per_token_net") is not None:
+            net[e["component"]] = net.get(e["component"], 0.0) + e["us_per_token_net"]
+    head = f"{w['seconds']:g} s with {w['sessions']:,.0f} sessions connected and no token"
+    if not idle:
+        return head + ": no monitor sample inside it"
+    return (
+        f"{head}: per session {', '.join(f'{c} {v:.2f}' for c, v in idle.items())} us/s; "
+        f"per token beyond that {', '.join(f'{c} {v:.1f}' for c, v in net.items())} us"
+    )
 
 
 def kit_measured_itself(summary: dict[str, Any]) -> bool:
@@ -438,6 +461,9 @@ def render_text(summary: dict[str, Any], hosts: dict[str, dict[str, Any]], *, cp
         lines.append("CPU per component: the table below")
     elif rows:
         lines += _table_lines("CPU per component", COMPONENT_COLUMNS, rows)
+    idle = idle_line(summary)
+    if idle:
+        lines.append(f"Idle          {idle}")
     lines += [f"Balancer      {v}" for v in summary.get("balancer_verdict") or []]
     neck = bottleneck_line(summary)
     if neck:

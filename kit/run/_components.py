@@ -42,6 +42,7 @@ __all__ = [
     "component_costs",
     "bottleneck",
     "memory_per_session",
+    "idle_window",
     "host_sockets",
     "service_programs",
 ]
@@ -58,6 +59,12 @@ BUSY_SHARE = 0.02
 #: a bottleneck whose busiest second used at least this share of its usable cores was saturated: the
 #: run hit its limit; below it the bottleneck is only the busiest part of a run with headroom
 SATURATED_RATIO = 0.8
+#: an idle window (every session connected, not one token) shorter than this, after its margins, gives no
+#: idle cost: too few monitor samples to trust
+IDLE_MIN_S = 10
+#: seconds left out at each end of an idle window: the last tokens' tail before it, the next queries' first
+#: requests after it, and a monitor interval straddling either edge
+IDLE_MARGIN_S = 2
 
 
 def service_programs(groups: Sequence[str], wsproxy_instances: int = 1) -> list[tuple[str, str]]:
@@ -92,9 +99,13 @@ def _total(p: Mapping[str, Any]) -> float:
     return float(p.get("cpu_s") or 0.0) + float(p.get("cpu_children_s") or 0.0)
 
 
-def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """component -> accumulated cost on one host."""
+def _host_costs(
+    host: str, rows: Sequence[Mapping[str, Any]], window: tuple[float, float] | None = None
+) -> dict[str, dict[str, Any]]:
+    """component -> accumulated cost on one host; with *window* (epoch seconds), also the CPU of the
+    monitor intervals wholly inside it (``idle_cpu_s``) and how long they lasted (``idle_s``)."""
     acc: dict[str, dict[str, Any]] = {}
+    idle_s = 0.0
 
     def entry(component: str) -> dict[str, Any]:
         return acc.setdefault(
@@ -151,13 +162,20 @@ def _host_costs(host: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[
                 delta[c] = delta.get(c, 0.0) - _total(p)
         ts = r.get("ts")
         dt = (ts - prev_ts) if isinstance(ts, (int, float)) and isinstance(prev_ts, (int, float)) else None
+        idle = bool(dt and dt > 0 and window and window[0] <= float(prev_ts or 0) and float(ts or 0) <= window[1])
         for component, d in delta.items():
             d = max(0.0, d)
             e = entry(component)
             e["cpu_s"] += d
             if dt and dt > 0:
                 e["peak_cores"] = max(e["peak_cores"], d / dt)
+            if idle:
+                e["idle_cpu_s"] = e.get("idle_cpu_s", 0.0) + d
+        if idle and dt is not None:
+            idle_s += dt
         prev, prev_ts = cur, ts
+    for e in acc.values():
+        e["idle_s"] = idle_s
     return acc
 
 
@@ -166,6 +184,7 @@ def component_costs(
     tokens: int | None,
     cores: Mapping[str, int | None],
     client_reported: Mapping[str, float] | None = None,
+    idle: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per (component, host) seen in the host monitors' *samples* (host -> rows).
 
@@ -174,10 +193,18 @@ def component_costs(
     *cores* each host's ``nproc``.  *client_reported* (host -> CPU seconds) is what the generator
     processes of a host measured of themselves at exit (getrusage): it replaces the sampled client
     figure when larger, since the monitor misses the work after its last sample of a process.
+
+    With *idle* (:func:`idle_window`'s), each entry also gets what it cost while every session sat connected
+    and silent: ``idle_cores`` (this host's CPU of the component in that window) and ``idle_us_per_session_s``
+    (CPU microseconds per second per connected session of the whole run, this host's part: a component's
+    hosts add up, like ``us_per_token``), and ``us_per_token_net``: its CPU per token with that idle cost
+    of every session-second of the run taken off, what one more token costs.  Without a window (or with no
+    monitor interval inside it) the three are None.
     """
+    window = (float(idle["from"]), float(idle["to"])) if idle else None
     entries: list[dict[str, Any]] = []
     for host in sorted(samples):
-        for component, e in _host_costs(host, samples[host]).items():
+        for component, e in _host_costs(host, samples[host], window).items():
             work = {pid: last - first for pid, (first, last) in e["_own"].items()}
             busy_floor = max(0.01, BUSY_SHARE * sum(work.values()))
             busy = sum(1 for w in work.values() if w >= busy_floor)
@@ -201,6 +228,7 @@ def component_costs(
                     "rss_peak_mb": round(e["rss_peak_mb"], 1),
                     "rss_first_mb": round(e["rss_first_mb"] or 0.0, 1),
                     "usable_cores": usable,
+                    **_idle_fields(e, cpu_s, tokens, idle),
                 }
             )
     total = sum(e["cpu_s"] for e in entries)
@@ -210,6 +238,65 @@ def component_costs(
     order = {c: i for i, c in enumerate(COMPONENTS)}
     entries.sort(key=lambda e: (order.get(e["component"], len(order)), e["host"]))
     return entries
+
+
+def _idle_fields(
+    e: Mapping[str, Any], cpu_s: float, tokens: int | None, idle: Mapping[str, Any] | None
+) -> dict[str, float | None]:
+    """``idle_cores``, ``idle_us_per_session_s`` and ``us_per_token_net`` of one accumulated entry."""
+    if not idle or not e.get("idle_s") or not idle.get("sessions"):
+        return {"idle_cores": None, "idle_us_per_session_s": None, "us_per_token_net": None}
+    cores = float(e.get("idle_cpu_s") or 0.0) / float(e["idle_s"])
+    per_session = cores * 1e6 / float(idle["sessions"])
+    net = None
+    if tokens:
+        busy = max(0.0, cpu_s - per_session * float(idle.get("session_seconds") or 0.0) / 1e6)
+        net = round(busy * 1e6 / tokens, 2)
+    return {"idle_cores": round(cores, 4), "idle_us_per_session_s": round(per_session, 3), "us_per_token_net": net}
+
+
+def idle_window(timeline: Sequence[Mapping[str, Any]], peak: int) -> dict[str, Any] | None:
+    """The run's longest stretch of seconds (timeline.csv's rows) with at least 99 % of its *peak* sessions
+    connected and not one token, less IDLE_MARGIN_S at each end: ``{from, to}`` (epoch seconds), ``seconds``,
+    ``sessions`` (their mean in it) and ``session_seconds`` (the run's connected sessions added over all its
+    seconds); None when there is none of at least IDLE_MIN_S.
+
+    A run gets one when every session asks a query, then thinks longer than the ramp took (``fab run
+    --queries 2 --think-time T`` with T at least the ramp + 30 s): between the last first answer and the
+    first second query every session is connected and silent.
+    """
+    if peak <= 0:
+        return None
+    rows = sorted(((int(r["second"]), r) for r in timeline), key=lambda x: x[0])
+    quiet = [
+        sec
+        for sec, r in rows
+        if float(r.get("active_sessions") or 0) >= 0.99 * peak
+        and not float(r.get("tokens") or 0)
+        and not float(r.get("queries_started") or 0)
+    ]
+    best: tuple[int, int] | None = None
+    i = 0
+    while i < len(quiet):  # each stretch of consecutive quiet seconds; keep the longest
+        j = i
+        while j + 1 < len(quiet) and quiet[j + 1] == quiet[j] + 1:
+            j += 1
+        if best is None or quiet[j] - quiet[i] > best[1] - best[0]:
+            best = (quiet[i], quiet[j])
+        i = j + 1
+    if best is None:
+        return None
+    t0, t1 = best[0] + IDLE_MARGIN_S, best[1] + 1 - IDLE_MARGIN_S
+    if t1 - t0 < IDLE_MIN_S:
+        return None
+    inside = [float(r.get("active_sessions") or 0) for sec, r in rows if best[0] <= sec <= best[1]]
+    return {
+        "from": t0,
+        "to": t1,
+        "seconds": t1 - t0,
+        "sessions": round(sum(inside) / len(inside), 1),
+        "session_seconds": round(sum(float(r.get("active_sessions") or 0) for _, r in rows), 1),
+    }
 
 
 def host_cpu_peaks(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, float]:

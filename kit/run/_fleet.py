@@ -4,7 +4,9 @@ preflight's refusal of a run the inventory cannot hold (both through :func:`kit.
 Facts come from each host over SSH (:func:`kit.run._hostops.host_facts`: cores, ``ip_local_port_range``
 and the tuning role's report of the sessions one kit process holds) and from the inventory
 (``wsproxy_instances_per_host``, ``generator_source_addresses``).  ``--from-run`` adds the CPU per
-token per component that a previous run measured, at the token rate the planned workload offers.
+token per component that a previous run measured, at the token rate the planned workload offers, and, when
+that run had an idle window, the CPU each connected session costs while it idles (pings, timers), times
+the planned sessions.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from ._sizing import HostFacts, Need, format_plan, offered_tokens_per_s, size_fl
 
 __all__ = ["host_facts_of", "groups_facts", "plan_needs", "source_addresses", "run_costs", "plan"]
 
+#: the components whose idle work grows with the sessions they hold (pings, per-connection timers): a run's
+#: idle window gives them a per-session cost for the plan
+PER_SESSION_IDLE = ("client", "wsproxy", "haproxy")
 #: the simulator's default answer when the plan is given no workload (43 tokens, 50 ms apart)
 DEFAULT_TOKENS, DEFAULT_DELAY_MS = 43, 50.0
 
@@ -54,15 +59,35 @@ def groups_facts(inv: Inventory, facts: Mapping[str, Mapping[str, Any]]) -> dict
     }
 
 
-def run_costs(run_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """(component -> CPU us per token summed over its hosts, the run's workload settings) of a recorded run."""
+def run_costs(run_dir: Path) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """(component -> CPU us per token summed over its hosts, component -> CPU us per second per connected
+    session summed over its hosts, the run's workload settings) of a recorded run.
+
+    A run with an idle window (summary.json's ``idle_window``: every session connected, no token) splits
+    the cost of the components whose idle work grows with their sessions (:data:`PER_SESSION_IDLE`) in
+    two: per token ``us_per_token_net`` (the idle sessions' share taken off) and per session
+    ``idle_us_per_session_s``.  That figure is the window's CPU over the sessions the run held, so each
+    process's fixed idle work (timers, samplers) is in it too: a plan for many more sessions than the run
+    held overestimates it a little, never the other way.  The other components (the simulator's publisher
+    tick, Redis's cron: no per-session idle work), and every component of a run without a window, give
+    ``us_per_token`` and no per-session cost (the idle CPU is then in the per-token figure, at that run's
+    ratio of sessions to tokens)."""
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    costs: dict[str, float] = {}
+    per_token: dict[str, float] = {}
+    per_session: dict[str, float] = {}
     for c in summary.get("components") or []:
-        if c.get("us_per_token"):
-            costs[c["component"]] = costs.get(c["component"], 0.0) + float(c["us_per_token"])
+        split = (
+            c.get("component") in PER_SESSION_IDLE
+            and c.get("us_per_token_net") is not None
+            and c.get("idle_us_per_session_s") is not None
+        )
+        us = c.get("us_per_token_net") if split else c.get("us_per_token")
+        if us:
+            per_token[c["component"]] = per_token.get(c["component"], 0.0) + float(us)
+        if split:
+            per_session[c["component"]] = per_session.get(c["component"], 0.0) + float(c["idle_us_per_session_s"])
     config = (summary.get("run") or {}).get("config") or {}
-    return costs, config
+    return per_token, per_session, config
 
 
 def plan_needs(
@@ -71,6 +96,7 @@ def plan_needs(
     clients: int,
     *,
     costs: Mapping[str, float] | None = None,
+    idle_costs: Mapping[str, float] | None = None,
     tokens: int | None = None,
     token_delay_ms: float | None = None,
     ttft_ms: float | None = None,
@@ -86,7 +112,7 @@ def plan_needs(
             ttft_ms or 0.0,
             think_time or 0.0,
         )
-    return size_fleet(clients, groups_facts(inv, facts), costs, rate), rate
+    return size_fleet(clients, groups_facts(inv, facts), costs, rate, idle_costs), rate
 
 
 def plan(
@@ -109,15 +135,15 @@ def plan(
     finally:
         close_all(conns.values())
     facts = {c.inventory_host.name: v for c, v in got.items()}
-    costs = None
+    costs = idle = None
     extra: dict[str, Any] = {}
     if from_run is not None:
-        costs, config = run_costs(from_run)
+        costs, idle, config = run_costs(from_run)
         for key in ("tokens", "token_delay_ms", "ttft_ms", "think_time"):
             if workload.get(key) is None and config.get(key) is not None:
                 workload[key] = config[key]
-        extra["CPU per token from"] = str(from_run)
-    needs, rate = plan_needs(inv, facts, clients, costs=costs, **workload)
+        extra["CPU per token" + (" and per idle session" if idle else "") + " from"] = str(from_run)
+    needs, rate = plan_needs(inv, facts, clients, costs=costs, idle_costs=idle, **workload)
     if rate is not None:
         extra["offered"] = f"{rate:,.0f} tokens/s"
     out(format_plan(clients, needs, extra))

@@ -71,6 +71,7 @@ from ._components import (
     component_costs,
     host_cpu_peaks,
     host_sockets,
+    idle_window,
     load_host_samples,
     memory_per_session,
     sessions_held,
@@ -714,14 +715,19 @@ def _phase_merge(run: Run) -> dict[str, Any]:
         host = run.gens[lbl].slot.host
         client_cpu[host] = client_cpu.get(host, 0.0) + sum(float(r.get("cpu_s") or 0.0) for r in _runs_of([p]))
     samples = load_host_samples(run.run_dir)
+    timeline = _read_csv(run.run_dir / "timeline.csv")
+    peak = max((int(float(r.get("active_sessions") or 0)) for r in timeline), default=0)
+    summary["idle_window"] = idle_window(timeline, peak)
     summary["components"] = component_costs(
-        samples, summary.get("total_tokens"), {n: f.nproc for n, f in run.pre.facts.items()}, client_cpu
+        samples,
+        summary.get("total_tokens"),
+        {n: f.nproc for n, f in run.pre.facts.items()},
+        client_cpu,
+        summary["idle_window"],
     )
     summary["bottleneck"] = bottleneck(summary["components"], host_cpu_peaks(samples))
     if not summary["components"]:
         run.component_problems.append("no per-process CPU samples: no component costs for this run")
-    timeline = _read_csv(run.run_dir / "timeline.csv")
-    peak = max((int(float(r.get("active_sessions") or 0)) for r in timeline), default=0)
     share = {
         h: sum(s.clients for s in run.slots if s.host == h) / max(1, run.opts.clients or 0)
         for h in {s.host for s in run.slots}

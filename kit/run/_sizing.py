@@ -90,10 +90,12 @@ def size_fleet(
     groups: Mapping[str, Sequence[HostFacts]],
     us_per_token: Mapping[str, float] | None = None,
     tokens_per_s: float | None = None,
+    idle_us_per_session: Mapping[str, float] | None = None,
 ) -> list[Need]:
     """Per group, the hosts a run of *clients* sessions needs against the inventory's (see the module
     docstring).  *us_per_token* (component -> CPU microseconds per delivered token, summed over its
-    hosts) and *tokens_per_s* add the CPU needs."""
+    hosts) and *tokens_per_s* add the CPU needs; *idle_us_per_session* (component -> CPU microseconds
+    per second per connected session) adds what the *clients* sessions cost while connected."""
     out: list[Need] = []
     gens = list(groups.get("generators") or [])
     balancers = max(1, len(groups.get("haproxy") or []))
@@ -135,7 +137,12 @@ def size_fleet(
                 continue
             cores = us * tokens_per_s / 1e6
             cpu_per_host = hosts[0].cores * CPU_TARGET
-            limit = f"{component} {us:g} us/token x {tokens_per_s:,.0f} tokens/s = {cores:.2f} cores"
+            limit = f"{component} {us:g} us/token x {tokens_per_s:,.0f} tokens/s"
+            idle = (idle_us_per_session or {}).get(component)
+            if idle:
+                cores += idle * clients / 1e6
+                limit += f" + {idle:g} us/s x {clients:,} sessions"
+            limit += f" = {cores:.2f} cores"
             if component == "redis":  # the kit's one Redis process uses one core, whatever the host has
                 over = cores > CPU_TARGET
                 out.append(

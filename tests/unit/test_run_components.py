@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kit.run import bottleneck, component_costs, load_host_samples
-from kit.run._components import host_cpu_peaks, service_programs
+from kit.run._components import host_cpu_peaks, idle_window, service_programs
 
 
 def proc(component, pid, root, cpu, children=0.0, ppid=1, rss=10.0):
@@ -264,3 +264,56 @@ def test_the_ramp_ends_at_the_first_second_holding_99_percent_of_the_peak():
     rows = [{"second": str(1000 + i), "active_sessions": str(n)} for i, n in enumerate([0, 300, 700, 995, 1000, 400])]
     assert ramp_seconds(rows, 1000.2, 1000) == 3.8
     assert ramp_seconds(rows, None, 1000) is None and ramp_seconds([], 1000.0, 0) is None
+
+
+def _timeline(t0, seconds):
+    """timeline.csv rows from t0: (active_sessions, tokens, queries_started) per second."""
+    return [
+        {"second": str(t0 + i), "active_sessions": str(a), "tokens": str(k), "queries_started": str(q)}
+        for i, (a, k, q) in enumerate(seconds)
+    ]
+
+
+def test_the_idle_window_is_the_longest_quiet_stretch_with_every_session_connected_less_its_margins():
+    # ramp (3 s), first queries (5 s), 30 quiet s, second queries (5 s), a 12-s quiet stretch at 50 %, the end
+    secs = (
+        [(300 * (i + 1), 0, 300) for i in range(3)]
+        + [(1000, 200, 0)] * 5
+        + [(1000, 0, 0)] * 30
+        + [(1000, 180, 1000)]
+        + [(1000, 200, 0)] * 4
+        + [(500, 0, 0)] * 12
+    )
+    w = idle_window(_timeline(5000, secs), peak=1000)
+    assert (w["from"], w["to"], w["seconds"]) == (5008 + 2, 5038 - 2, 26)
+    assert w["sessions"] == 1000.0
+    assert w["session_seconds"] == sum(a for a, _, _ in secs)
+    # a token in the middle cuts it: quiet stretches of 14 and 15 s, the longer kept (11 s after the margins)
+    secs[22] = (1000, 1, 0)
+    assert idle_window(_timeline(5000, secs), peak=1000)["from"] == 5023 + 2
+    secs[30] = (1000, 0, 1)  # a query started: 14, 7 and 7 s, the first kept
+    w = idle_window(_timeline(5000, secs), peak=1000)
+    assert (w["from"], w["seconds"]) == (5010, 10)
+    assert idle_window(_timeline(5000, [(1000, 200, 0)] * 40), peak=1000) is None  # never quiet
+    assert idle_window(_timeline(5000, [(1000, 0, 0)] * 13), peak=1000) is None  # 9 s after margins: too short
+    assert idle_window([], peak=0) is None
+
+
+def test_idle_cost_per_session_and_cost_per_token_net_of_it():
+    # wsproxy: 0.2 cores while 1,000 sessions idle (t 1010-1020), 1.0 cores while 1,000 tokens/s flow
+    cpu, samples = 0.0, []
+    for i in range(30):
+        samples.append([proc("wsproxy", 50, 50, cpu)])
+        cpu += 0.2 if 10 <= i < 20 else 1.0
+    window = {"from": 1010.0, "to": 1020.0, "seconds": 10, "sessions": 1000.0, "session_seconds": 29_000.0}
+    [e] = component_costs({"h1": rows(*samples)}, tokens=19_000, cores={"h1": 2}, idle=window)
+    assert e["idle_cores"] == pytest.approx(0.2)
+    assert e["idle_us_per_session_s"] == pytest.approx(200.0)  # 0.2 cores / 1,000 sessions
+    # 21.0 CPU-s over the run, 29,000 session-seconds x 200 us of them idle cost: 15.2 CPU-s for 19,000 tokens
+    assert e["us_per_token"] == pytest.approx(21.0e6 / 19_000, rel=1e-3)
+    assert e["us_per_token_net"] == pytest.approx(15.2e6 / 19_000, rel=1e-3)
+    # a sample straddling the window's edge is not idle time: the window from 1010.5 keeps 9 intervals
+    [e] = component_costs({"h1": rows(*samples)}, 19_000, {"h1": 2}, idle=window | {"from": 1010.5})
+    assert e["idle_cores"] == pytest.approx(0.2)
+    [e] = component_costs({"h1": rows(*samples)}, tokens=19_000, cores={"h1": 2})
+    assert (e["idle_cores"], e["idle_us_per_session_s"], e["us_per_token_net"]) == (None, None, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kit.run._sizing import HostFacts, format_plan, offered_tokens_per_s, size_fleet
@@ -60,3 +62,49 @@ def test_an_unknown_limit_is_said_not_guessed():
     needs = size_fleet(100, _fleet(sessions_max=None))
     assert all(n.needed is None for n in needs if n.group in ("generators", "haproxy", "wsproxy"))
     assert "no tuning report: run `fab deploy`" in format_plan(100, needs)
+
+
+def test_idle_sessions_add_their_own_cpu_to_the_per_token_need():
+    # descriptors out of the way (100,000 sessions per process): only the CPU decides
+    fleet = _fleet(gens=2, lbs=2, ws=2, sessions_max=100_000)
+    per_token = {"wsproxy": 15.0}
+    # 15 us x 4,000 tokens/s = 0.06 cores: one wsproxy host
+    alone = {n.group: n for n in size_fleet(50_000, fleet, per_token, 4_000.0)}
+    assert alone["wsproxy"].needed == 1
+    # + 30 us/s for each of 50,000 connected sessions = 1.56 cores: 1.4 usable per host, 2 hosts
+    both = {n.group: n for n in size_fleet(50_000, fleet, per_token, 4_000.0, {"wsproxy": 30.0})}
+    assert both["wsproxy"].needed == 2
+    assert "15 us/token x 4,000 tokens/s + 30 us/s x 50,000 sessions = 1.56 cores" in both["wsproxy"].limit
+    # a component the run measured no idle cost for is sized per token only
+    other = {n.group: n for n in size_fleet(50_000, fleet, per_token, 4_000.0, {"client": 30.0})}
+    assert other["wsproxy"].needed == 1
+
+
+def test_a_run_with_an_idle_window_gives_the_plan_net_per_token_and_per_session_costs(tmp_path):
+    from kit.run._fleet import run_costs
+
+    def entry(component, host, us, net=None, idle=None):
+        return {
+            "component": component,
+            "host": host,
+            "us_per_token": us,
+            "us_per_token_net": net,
+            "idle_us_per_session_s": idle,
+        }
+
+    config = {"tokens": 43, "think_time": 60.0}
+    split = [
+        entry("client", "g1", 30.0, 20.0, 2.5),
+        entry("client", "g2", 30.0, 21.0, 2.25),
+        entry("sim", "s", 25.0, 24.0, 0.0),
+    ]
+    (tmp_path / "summary.json").write_text(json.dumps({"components": split, "run": {"config": config}}))
+    per_token, per_session, got = run_costs(tmp_path)
+    # the hosts of a component add up, net of idle; the simulator's idle work is a fixed tick, not per
+    # session: it keeps its whole per-token figure and gets no per-session cost
+    assert per_token == {"client": 41.0, "sim": 25.0}
+    assert per_session == {"client": 4.75}
+    assert got == config
+    # a run without an idle window: the whole per-token figure, no per-session cost
+    (tmp_path / "summary.json").write_text(json.dumps({"components": [entry("client", "g1", 30.0)]}))
+    assert run_costs(tmp_path) == ({"client": 30.0}, {}, {})

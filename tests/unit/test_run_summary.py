@@ -106,6 +106,30 @@ def test_the_report_shows_the_reconnect_waits_for_backoff_and_for_the_rate_limit
     assert "rate limit" not in old  # results from before the limit: nothing invented
 
 
+def test_the_report_shows_what_a_silent_session_cost_each_component_added_over_its_hosts():
+    def entry(component, host, idle, net):
+        return {
+            "component": component,
+            "host": host,
+            "cpu_s": 1.0,
+            "idle_us_per_session_s": idle,
+            "us_per_token_net": net,
+        }
+
+    window = {"from": 1010, "to": 1040, "seconds": 30, "sessions": 10000.0, "session_seconds": 9e5}
+    comps = [entry("client", "g1", 2.5, 20.0), entry("client", "g2", 2.25, 21.5), entry("haproxy", "lb", 3.4, 15.0)]
+    summary = dict(SUMMARY, idle_window=window, components=comps)
+    [line] = [ln for ln in render_text(summary, {}).splitlines() if ln.startswith("Idle")]
+    assert line.endswith(
+        "30 s with 10,000 sessions connected and no token: per session client 4.75, haproxy 3.40 us/s; "
+        "per token beyond that client 41.5, haproxy 15.0 us"
+    )
+    empty = dict(summary, components=[dict(e, idle_us_per_session_s=None, us_per_token_net=None) for e in comps])
+    [line] = [ln for ln in render_text(empty, {}).splitlines() if ln.startswith("Idle")]
+    assert line.endswith("no token: no monitor sample inside it")
+    assert not [ln for ln in render_text(SUMMARY, {}).splitlines() if ln.startswith("Idle")]  # no window: no line
+
+
 def _status(values_us: list[int], **kw) -> dict:
     h = Histogram("us")
     h.record_many(values_us)
