@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from itertools import chain
-from typing import Any, TypeGuard
+from typing import Any, ClassVar, TypeGuard
 
 __all__ = [
     "SUB_BUCKET_BITS",
@@ -334,7 +334,7 @@ class Timeline:
 
     __slots__ = ("rows", "fields")
 
-    FIELDS = (
+    FIELDS: ClassVar[tuple[str, ...]] = (
         "active_sessions",
         "sessions_started",
         "queries_started",
