@@ -608,12 +608,14 @@ def render_html(
     )
     comp_rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in component_rows(summary))
     neck = bottleneck_line(summary)
+    idle = idle_line(summary)
     components = (
         (
             "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h, _, _ in COMPONENT_COLUMNS) + f"</tr>{comp_rows}</table>"
             if comp_rows
             else "<em>no per-process CPU samples</em>"
         )
+        + (f"<p>Idle: {e(idle)}</p>" if idle else "")
         + (f"<p>Bottleneck: {e(neck)}</p>" if neck else "")
         + (
             f'<p class="partial">WARNING: the kit\'s {e(_limit_of(summary))} limited this run: {e(SELF_MEASURED_NOTE)}</p>'

@@ -10,7 +10,7 @@ import yaml
 
 from kit.inventory import parse_inventory_json
 from kit.metrics import Histogram
-from kit.report import failed_threshold_lines, render_text, write_report
+from kit.report import failed_threshold_lines, render_html, render_text, write_report
 from kit.run._pack import pack_run, stripped_inventory
 from kit.run._plan import judged_thresholds, parse_threshold
 from kit.run._summary import aggregate_status, evaluate_thresholds, format_live_line
@@ -128,6 +128,9 @@ def test_the_report_shows_what_a_silent_session_cost_each_component_added_over_i
     [line] = [ln for ln in render_text(empty, {}).splitlines() if ln.startswith("Idle")]
     assert line.endswith("no token: no monitor sample inside it")
     assert not [ln for ln in render_text(SUMMARY, {}).splitlines() if ln.startswith("Idle")]  # no window: no line
+    page = render_html(summary, {}, [], "")
+    assert "<p>Idle: 30 s with 10,000 sessions connected and no token: per session client 4.75" in page
+    assert "<p>Idle:" not in render_html(SUMMARY, {}, [], "")
 
 
 def _status(values_us: list[int], **kw) -> dict:
