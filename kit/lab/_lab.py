@@ -319,10 +319,10 @@ def lab_up(n: int, layout: dict[str, int] | None = None, cfg: LabConfig | None =
         _keygen(cfg.key_path, "wsproxy-loadkit lab")
         (cfg.root / "authorized_keys").write_text(cfg.key_path.with_suffix(".pub").read_text())
         (cfg.root / "authorized_keys").chmod(0o600)
-        if not PRIVSEP_DIR.exists():
+        if not PRIVSEP_DIR.exists():  # sshd's own directory: lab_down leaves it (see there)
             state["privsep_dir_created"] = True
             _save_state(cfg, state)
-            PRIVSEP_DIR.mkdir(mode=0o755)
+            PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         ip("link", "add", cfg.bridge, "type", "bridge")
         ip("addr", "add", f"{cfg.address(0)}/{ipaddress.ip_network(cfg.subnet).prefixlen}", "dev", cfg.bridge)
         ip("link", "set", cfg.bridge, "up")
@@ -449,11 +449,9 @@ def lab_down(cfg: LabConfig | None = None) -> list[str]:
         (removed if res.returncode == 0 else failures).append(
             f"bridge {bridge}" + ("" if res.returncode == 0 else f": {res.stderr.strip()}")
         )
-    if state.get("privsep_dir_created"):
-        try:
-            PRIVSEP_DIR.rmdir()
-        except OSError:
-            pass
+    # /run/sshd stays even when this lab created it: it is the privilege-separation directory of every sshd on
+    # the machine, another lab's (a second test shard's) among them, whose new connections are reset without
+    # it; Debian's own sshd creates the same directory, and /run is emptied at boot
     if failures:
         raise LabError("lab-down could not remove: " + "; ".join(failures) + f" (state kept in {cfg.state_path})")
     for h in state["hosts"]:
