@@ -98,6 +98,7 @@ class Figure:
     better: str = "lower"  # lower | higher
     raw: tuple[str, str] | None = None  # ("queries", column) or ("histogram", name), with the percentile in key
     percentile: float | None = None
+    optional: bool = False  # a figure only some runs have (an idle window): no row when none of the runs has it
 
 
 def _path(*keys: str) -> Callable[[Mapping[str, Any]], float | None]:
@@ -110,9 +111,11 @@ def _path(*keys: str) -> Callable[[Mapping[str, Any]], float | None]:
     return get
 
 
-def _cpu(component: str) -> Callable[[Mapping[str, Any]], float | None]:
+def _component_sum(component: str, field: str) -> Callable[[Mapping[str, Any]], float | None]:
+    """A component's *field* of summary.json's ``components``, added over its hosts."""
+
     def get(s: Mapping[str, Any]) -> float | None:
-        vals = [e.get("us_per_token") for e in s.get("components") or [] if e.get("component") == component]
+        vals = [e.get(field) for e in s.get("components") or [] if e.get("component") == component]
         vals = [v for v in vals if isinstance(v, (int, float))]
         return round(sum(vals), 2) if vals else None
 
@@ -139,7 +142,11 @@ FIGURES: tuple[Figure, ...] = (
     Figure("lost", "lost tokens", "count", _path("lost_tokens")),
     Figure("errors", "errors", "count", _path("total_errors")),
     Figure("reconnects", "reconnect attempts", "count", _path("total_reconnect_attempts")),
-    *(Figure(f"cpu_{c}", f"CPU {c}", "us/token", _cpu(c)) for c in COMPONENTS),
+    *(Figure(f"cpu_{c}", f"CPU {c}", "us/token", _component_sum(c, "us_per_token")) for c in COMPONENTS),
+    *(
+        Figure(f"idle_{c}", f"idle CPU {c}", "us/s/session", _component_sum(c, "idle_us_per_session_s"), optional=True)
+        for c in COMPONENTS
+    ),
 )
 BY_KEY = {f.key: f for f in FIGURES}
 #: the columns of queries.csv the bootstrap resamples
@@ -337,6 +344,8 @@ def compare_runs(
     raw_cache: dict[tuple[int, tuple[str, str]], Any] = {}
     for f in FIGURES:
         values = [f.get(r.summary) for r in runs]
+        if f.optional and all(v is None for v in values):
+            continue
         base = values[0]
         cells = []
         for i, v in enumerate(values[1:], start=1):
@@ -506,7 +515,11 @@ def evaluate_fail_if(result: Mapping[str, Any], rules: Sequence[FailRule]) -> li
     by_key = {r["key"]: r for r in result["rows"]}
     out = []
     for rule in rules:
-        row = by_key[rule.key]
+        # an optional figure no run had has no row: each run's verdict is "figure missing"
+        row = by_key.get(rule.key) or {
+            "base": None,
+            "runs": [{"value": None, "verdict": "no data"} for _ in result["labels"][1:]],
+        }
         for label, cell in zip(result["labels"][1:], row["runs"]):
             failed, q = rule.check(row["base"], cell["value"])
             out.append(

@@ -396,3 +396,22 @@ def test_run_compare_refuses_too_few_tagged_runs_an_unknown_label_and_nothing_to
     with pytest.raises(CompareError, match="--tag 'b1': write key=value"):
         run_compare([], [], None, tags=["b1"], **quiet)
     assert not list(results.glob("compare-*.html"))  # refused before any work
+
+
+def test_idle_cpu_per_session_is_compared_when_a_run_has_it_and_left_out_when_none_has():
+    def with_idle(run: RunData, per_host: float | None) -> RunData:
+        for e in run.summary["components"]:
+            e["idle_us_per_session_s"] = per_host
+        return run
+
+    lat = _latencies(300, 0, 1)
+    plain = compare_runs([_run("a", lat), _run("b", lat)])
+    assert not [r for r in plain["rows"] if r["key"].startswith("idle_")]  # no idle window in either run
+    [rule] = [parse_fail_if("idle_wsproxy>+10%")]
+    assert [v["failed"] for v in evaluate_fail_if(plain, [rule])] == [None]  # figure missing, not a crash
+    res = compare_runs([with_idle(_run("a", lat), 1.5), with_idle(_run("b", lat), 2.0), _run("c", lat)])
+    row = {r["key"]: r for r in res["rows"]}["idle_wsproxy"]
+    assert row["base"] == 3.0 and row["unit"] == "us/s/session"  # the two wsproxy hosts added
+    assert row["runs"][0]["value"] == 4.0 and row["runs"][1]["value"] is None
+    assert [v["failed"] for v in evaluate_fail_if(res, [rule])] == [True, None]
+    assert "idle CPU wsproxy" in format_table(res)
