@@ -20,7 +20,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from kit.client._hub import Hub, kernel_stamps_available
+from kit.client._hub import SO_TIMESTAMPNS, STAMP_SPACE, TIMESPEC, Hub, kernel_stamps_available
 from kit.client._ws import ConnectionClosed, HandshakeError, connect
 
 pytestmark = pytest.mark.timeout(30)
@@ -233,10 +233,40 @@ async def test_cancelled_receiver_leaves_the_hub_and_the_socket_usable():
         await sock.aclose()
 
 
+@contextlib.contextmanager
+def _kernel_stamps_on(timeout: float = 10.0):
+    """Hold the kernel's arrival stamping on.  The first socket asking for stamps turns it on through a work
+    queue (and the last one closing, off); until that has run (later on a loaded machine) a read gets the
+    time of the read as its stamp.  A probe socket over loopback TCP, read 20 ms after each send until its
+    stamp is that old, stays open (stamping stays on) for the with block."""
+    import socket
+    import time
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        with socket.create_connection(srv.getsockname()) as tx, srv.accept()[0] as rx:
+            rx.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                tx.sendall(b"x")
+                time.sleep(0.02)
+                _, anc, _, _ = rx.recvmsg(16, STAMP_SPACE)
+                if anc:
+                    sec, nsec = TIMESPEC.unpack_from(anc[0][2])
+                    if time.time_ns() - (sec * 1_000_000_000 + nsec) >= 15_000_000:
+                        yield
+                        return
+            pytest.fail(f"the kernel did not stamp loopback segments on arrival within {timeout:g} s")
+
+
 @pytest.mark.skipif(not kernel_stamps_available(), reason="no SO_TIMESTAMPNS")
 async def test_a_frame_the_hub_reads_late_carries_its_arrival_time_from_the_kernel():
     """The loop is blocked 300 ms after the frame arrived: the hub reads it late, and hands on the
     kernel's arrival time (both clocks), not the time of the read."""
+    with _kernel_stamps_on():
+        await _read_late_frame()
+
+
+async def _read_late_frame() -> None:
     import os
     import time
 

@@ -65,10 +65,10 @@ def _fab_run(inventory: Path, plan: Path, run_id: str, *extra: str) -> subproces
     return subprocess.run([*argv, "--run-id", run_id, *extra], cwd=REPO, capture_output=True, text=True, timeout=240)
 
 
-def _intended_offsets(run_dir: Path, start_at: float) -> list[float]:
-    """Each session's intended start, in seconds after the agreed start, in order."""
+def _intended_offsets(run_dir: Path, start_at: float) -> dict[int, float]:
+    """session index -> its intended start, in seconds after the agreed start."""
     with open(run_dir / "sessions.csv", newline="") as fh:
-        return sorted(round(float(r["intended_at"]) - start_at, 3) for r in csv.DictReader(fh))
+        return {int(r["session_index"]): float(r["intended_at"]) - start_at for r in csv.DictReader(fh)}
 
 
 def test_a_three_stage_poisson_plan_follows_its_stages_and_its_seed_repeats_the_schedule(inventory, run_ids, tmp_path):
@@ -103,8 +103,19 @@ def test_a_three_stage_poisson_plan_follows_its_stages_and_its_seed_repeats_the_
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     run_b = json.loads((RESULTS / second / "run.json").read_text())
     a, b = _intended_offsets(out, start_at), _intended_offsets(RESULTS / second, run_b["start_at"])
-    # each process times its schedule from the instant it actually started (a few ms after the agreed one)
-    assert len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) < 0.03, list(zip(a, b))
+    assert sorted(a) == sorted(b)  # the same sessions
+    # each process times its schedule from the instant it actually started: a few ms after the agreed one, more
+    # on a loaded machine (start_skew_s says how much); session g is process g % processes's, so per process the
+    # two schedules are the same up to one constant, the difference of that process's two start skews
+    skews = [summary["start_skew_s"], json.loads((RESULTS / second / "summary.json").read_text())["start_skew_s"]]
+    processes = len(skews[0]["per_process"])
+    assert processes >= 1
+    bound = skews[0]["max_abs"] + skews[1]["max_abs"] + 0.03
+    for proc in range(processes):
+        mine = sorted(g for g in a if g % processes == proc)
+        shift = b[mine[0]] - a[mine[0]]
+        assert abs(shift) <= bound, (proc, shift, skews)
+        assert max(abs(b[g] - a[g] - shift) for g in mine) < 0.03, [(g, a[g], b[g]) for g in mine]
 
 
 def test_a_plan_whose_threshold_fails_with_abort_stops_the_run_early(inventory, run_ids, tmp_path):
