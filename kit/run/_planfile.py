@@ -18,6 +18,7 @@ Pure but for reading the file (and writing an inline workload to a temporary fil
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import difflib
 import hashlib
@@ -267,15 +268,19 @@ class _Checker:
             return None
         from kit.client import WorkloadError, load_workload
 
-        # the inline classes become the file every generator is given (the run copies it to its results)
+        # the inline classes become the file every generator is given (the run copies it to its results); it
+        # lives as long as this process (fab run), not after it
         with tempfile.NamedTemporaryFile("w", prefix="loadkit-plan-workload-", suffix=".yml", delete=False) as fh:
             yaml.safe_dump(raw, fh, sort_keys=False)
+        path = Path(fh.name)
         try:
-            load_workload(Path(fh.name))
+            load_workload(path)
         except WorkloadError as exc:
+            path.unlink(missing_ok=True)
             self.fail(key, str(exc).replace(fh.name, "(inline)"))
             return None
-        return Path(fh.name)
+        atexit.register(path.unlink, missing_ok=True)
+        return path
 
 
 def _seconds(raw: Any) -> float | None:

@@ -161,3 +161,37 @@ def test_a_drawn_schedule_without_a_seed_gets_one_recorded():
     plain = RunOptions(clients=5)
     plain.resolve()
     assert plain.seed is None
+
+
+def test_an_inline_workloads_file_lasts_as_long_as_the_process_and_a_refused_one_not_at_all(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    good = _plan(tmp_path, "clients: 4\nworkload:\n  classes:\n    a: {weight: 1, tokens: 5}\n")
+    (tmp_path / "bad").mkdir()
+    bad = _plan(tmp_path / "bad", "clients: 4\nworkload:\n  classes:\n    a: {weight: -1}\n")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    code = (
+        "import dataclasses, sys, pathlib\n"
+        "from kit.run import RunOptions\n"
+        "from kit.run._planfile import PlanFileError, load_plan\n"
+        "fields = lambda: iter(dataclasses.fields(RunOptions))\n"
+        "try:\n    load_plan(pathlib.Path(sys.argv[2]), fields())\nexcept PlanFileError:\n    pass\n"
+        "assert not list(pathlib.Path(sys.argv[3]).iterdir())  # the refused one: removed at once\n"
+        "plan = load_plan(pathlib.Path(sys.argv[1]), fields())\n"
+        "path = plan.values['workload']\n"
+        "assert path.is_file() and path.parent == pathlib.Path(sys.argv[3])\n"
+        "print(path)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(good), str(bad), str(scratch)],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().startswith(str(scratch))
+    assert not list(scratch.iterdir())  # gone when the process ended
