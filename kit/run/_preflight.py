@@ -28,7 +28,7 @@ from ._fleet import groups_facts, source_addresses
 from ._options import RunError
 from ._plan import clock_offset, plan_generators
 from ._remote import Conn, GroupException, GroupResult, describe_failures, fan_out
-from ._services import check_health, unhealthy
+from ._services import settled_health, unhealthy
 from ._sizing import size_fleet
 
 __all__ = [
@@ -204,7 +204,7 @@ def inspect_hosts(
 ) -> Preflight:
     """Health, limits and clocks of every host; RunError when a host cannot be read."""
     inv.require_groups(*SERVICES_REQUIRED)
-    health = [] if skip_health else check_health(inv)
+    health = [] if skip_health else settled_health(inv)
     pre = Preflight(
         health=health,
         facts=_read_facts(list(conns.values())),

@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from kit.paths import SECRETS as SECRETS_DIR
 __all__ = [
     "service_targets",
     "check_health",
+    "settled_health",
+    "SETTLE_S",
     "collect_server_stats",
     "read_secret",
     "SECRETS_DIR",
@@ -156,6 +159,35 @@ def check_health(inv: Inventory) -> list[dict[str, Any]]:
     deep check kit_deep_health_path: their own state and a Redis round trip)."""
     with httpx.Client(timeout=HTTP_TIMEOUT) as client:
         return [_check(inv, t, client) for t in service_targets(inv)]
+
+
+#: how long the preflight waits for HAProxy to mark UP servers that are healthy themselves (just deployed or
+#: restarted: the haproxy role's defaults take rise 2 x downinter 2 s after the first good check)
+SETTLE_S = 20.0
+#: seconds between two looks while it waits
+SETTLE_POLL_S = 0.5
+
+
+def settled_health(
+    inv: Inventory,
+    settle_s: float = SETTLE_S,
+    check: Callable[[Inventory], list[dict[str, Any]]] = check_health,
+) -> list[dict[str, Any]]:
+    """:func:`check_health`, looked at again until HAProxy has caught up, for at most *settle_s*.
+
+    Right after ``fab deploy`` (or a restart) every wsproxy may answer its own deep check while HAProxy still
+    marks some DOWN until its checks rise: a run then would start on a balancer with too few servers.  When
+    the only problems are servers HAProxy marks DOWN, the check is repeated until they are UP or *settle_s*
+    has passed; any other problem (a service's own check failing) is returned at once.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        health = check(inv)
+        bad = [r for r in health if not r["ok"]]
+        lagging = bool(bad) and all(r["service"] == "haproxy" and "servers DOWN" in r["detail"] for r in bad)
+        if not lagging or time.monotonic() >= deadline:
+            return health
+        time.sleep(SETTLE_POLL_S)
 
 
 def collect_server_stats(inv: Inventory, out_dir: Path) -> list[str]:
