@@ -47,6 +47,7 @@ from typing import Any
 
 from kit._charts import RunData, assets_html, charts_html, compare_chart_specs, load_run
 from kit.metrics import Histogram, bucket_value
+from kit.report import component_totals
 
 __all__ = [
     "CompareError",
@@ -115,9 +116,8 @@ def _component_sum(component: str, field: str) -> Callable[[Mapping[str, Any]], 
     """A component's *field* of summary.json's ``components``, added over its hosts."""
 
     def get(s: Mapping[str, Any]) -> float | None:
-        vals = [e.get(field) for e in s.get("components") or [] if e.get("component") == component]
-        vals = [v for v in vals if isinstance(v, (int, float))]
-        return round(sum(vals), 2) if vals else None
+        total = component_totals(s, field).get(component)
+        return None if total is None else round(total, 2)
 
     return get
 

@@ -26,6 +26,7 @@ import csv
 import html
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "component_rows",
     "bottleneck_line",
     "idle_line",
+    "component_totals",
     "event_lines",
     "server_event_lines",
     "workload_lines",
@@ -136,19 +138,25 @@ def component_rows(summary: dict[str, Any]) -> list[list[str]]:
     return [[_f(e.get(key), fmt) for _, key, fmt in COMPONENT_COLUMNS] for e in summary.get("components") or []]
 
 
+def component_totals(summary: Mapping[str, Any], field: str) -> dict[str, float]:
+    """component -> its *field* in summary.json's ``components``, added over its hosts (a component whose
+    entries have no number there is left out)."""
+    out: dict[str, float] = {}
+    for e in summary.get("components") or []:
+        v = e.get(field)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[e["component"]] = out.get(e["component"], 0.0) + v
+    return out
+
+
 def idle_line(summary: dict[str, Any]) -> str | None:
     """What each component cost per connected, silent session (summary.json's ``idle_window`` and the
     components' ``idle_us_per_session_s``, added over hosts) and per token beyond it; None without a window."""
     w = summary.get("idle_window")
     if not w:
         return None
-    idle: dict[str, float] = {}
-    net: dict[str, float] = {}
-    for e in summary.get("components") or []:
-        if e.get("idle_us_per_session_s") is not None:
-            idle[e["component"]] = idle.get(e["component"], 0.0) + e["idle_us_per_session_s"]
-        if e.get("us_per_token_net") is not None:
-            net[e["component"]] = net.get(e["component"], 0.0) + e["us_per_token_net"]
+    idle = component_totals(summary, "idle_us_per_session_s")
+    net = component_totals(summary, "us_per_token_net")
     head = f"{w['seconds']:g} s with {w['sessions']:,.0f} sessions connected and no token"
     if not idle:
         return head + ": no monitor sample inside it"
