@@ -35,6 +35,7 @@ output into the top-level folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -94,6 +95,8 @@ LAG_OVERLOAD_MIN_PROBES = 3
 START_LAG_P99_OVERLOAD_MS = 100.0
 #: how often the loop-lag probe wakes up
 LAG_PROBE_INTERVAL = 0.05
+#: the signals that stop a run (its sessions end, what was measured is written)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: seconds children get to write their results after SIGINT/SIGTERM before the parent gives up
 CHILD_STOP_TIMEOUT = 20.0
 
@@ -341,7 +344,7 @@ async def _set_at(event: trio.Event, deadline: float) -> None:
     event.set()
 
 
-async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRecord) -> None:
+async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRecord, noted: list[int]) -> None:
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**32)
     _record_shape(cfg, run, seed)
     state: dict = {}
@@ -372,7 +375,7 @@ async def _load(cfg: LoadConfig, rec: Recorder, run: dict, workload: WorkloadRec
             bg.start_soon(_timeline, rec)
             bg.start_soon(_reporter, cfg, rec, state, run["start"])
             stop = trio.CancelScope()
-            bg.start_soon(_stop_on_signal, stop, run)
+            bg.start_soon(_stop_on_signal, stop, run, noted)
             with stop, trio.move_on_after(cfg.max_duration if cfg.max_duration else math.inf) as scope:
                 async with trio.open_nursery() as sessions:
 
@@ -448,17 +451,46 @@ async def _start_slots(
     await start_on_schedule(((k, iv[0][0]) for k, iv in mine), t0, start)
 
 
-async def _stop_on_signal(stop: trio.CancelScope, run: dict) -> None:
+async def _stop_on_signal(stop: trio.CancelScope, run: dict, noted: list[int]) -> None:
     """SIGINT / SIGTERM (Ctrl-C, ``fab run`` stopping its generators) cancel the sessions like
-    ``--max-duration`` does: what was measured is still written, and the run says it was interrupted."""
+    ``--max-duration`` does: what was measured is still written, and the run says it was interrupted.
+    *noted*: the signals that came before this receiver opened (:func:`_signals_noted`)."""
     if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
         return
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+    def _stop(signum: int) -> None:
+        if "interrupted" not in run:
+            run["interrupted"] = signal.Signals(signum).name
+            log.warning("%s: stopping the sessions and writing what was measured", run["interrupted"])
+        stop.cancel()
+
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        if noted:
+            _stop(noted[0])
         async for signum in signals:  # kept open to the end: a second signal (Ctrl-C twice) is absorbed
-            if "interrupted" not in run:
-                run["interrupted"] = signal.Signals(signum).name
-                log.warning("%s: stopping the sessions and writing what was measured", run["interrupted"])
-            stop.cancel()
+            _stop(signum)
+
+
+@contextlib.contextmanager
+def _signals_noted(noted: list[int]) -> Iterator[None]:
+    """Inside, SIGINT and SIGTERM only append their number to *noted*; trio's receiver (_stop_on_signal)
+    takes them over while the sessions run and reads *noted* for one that came before it opened.
+
+    ``fab run``'s stop signals the generator's whole process group, and the parent forwards the signal to
+    its children a moment later: with the defaults back once trio's receiver closed, that second SIGTERM
+    killed a child between two of its files (queries.csv and timeline.csv written, histograms.json not),
+    and the stopped run lost that process (a CI run, 2026-12-05).  So the results are written whatever
+    comes; writing is bounded, and the parent's CHILD_STOP_TIMEOUT and fab's SIGKILL still end a process
+    that hangs.  Outside the main thread (where signals cannot be set) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum)) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 async def start_on_schedule(plan, t0: float, start) -> None:
@@ -487,26 +519,28 @@ def run_process(cfg: LoadConfig, meta: dict[str, Any]) -> dict[str, Any]:
     }
     workload = WorkloadRecord(cfg.workload, cfg.session, cfg.workload_seed)
     SOURCES.set(cfg.source_addresses)
-    trio.run(_load, cfg, rec, run, workload)
-    over, reason = overload_verdict(rec.cpu_samples, rec.hists["loop_lag"], rec.hists["start_lag"])
-    lag = rec.hists["loop_lag"]
-    run.update(
-        {
-            "cpu_percent_peak": max(rec.cpu_samples, default=0.0),
-            "cpu_percent_mean": round(sum(rec.cpu_samples) / len(rec.cpu_samples), 1) if rec.cpu_samples else 0.0,
-            "loop_lag_p99_ms": _p_ms(lag, 99),
-            "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
-            "generator_overloaded": over,
-            "overload_reason": reason,
-            "cpu_s": round(sum(os.times()[:2]), 3),  # user+system of this process (getrusage RUSAGE_SELF)
-        }
-    )
-    summary = write_outputs(
-        cfg.output_dir, rec, run, meta, run_id=cfg.run_id, model=cfg.model, workload=workload.state()
-    )
-    if cfg.status_interval:
-        snap = status_snapshot(rec, run_id=cfg.run_id, started=run["start"], done=True, cpu=run["cpu_percent_mean"])
-        write_json_atomic(cfg.output_dir / "status.json", snap, compact=True)
+    noted: list[int] = []
+    with _signals_noted(noted):  # from here to the last file, a stop signal cannot kill the process
+        trio.run(_load, cfg, rec, run, workload, noted)
+        over, reason = overload_verdict(rec.cpu_samples, rec.hists["loop_lag"], rec.hists["start_lag"])
+        lag = rec.hists["loop_lag"]
+        run.update(
+            {
+                "cpu_percent_peak": max(rec.cpu_samples, default=0.0),
+                "cpu_percent_mean": round(sum(rec.cpu_samples) / len(rec.cpu_samples), 1) if rec.cpu_samples else 0.0,
+                "loop_lag_p99_ms": _p_ms(lag, 99),
+                "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
+                "generator_overloaded": over,
+                "overload_reason": reason,
+                "cpu_s": round(sum(os.times()[:2]), 3),  # user+system of this process (getrusage RUSAGE_SELF)
+            }
+        )
+        summary = write_outputs(
+            cfg.output_dir, rec, run, meta, run_id=cfg.run_id, model=cfg.model, workload=workload.state()
+        )
+        if cfg.status_interval:
+            snap = status_snapshot(rec, run_id=cfg.run_id, started=run["start"], done=True, cpu=run["cpu_percent_mean"])
+            write_json_atomic(cfg.output_dir / "status.json", snap, compact=True)
     return summary
 
 

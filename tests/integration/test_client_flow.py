@@ -548,7 +548,13 @@ def test_two_runs_into_one_output_dir_keep_both(stack: Stack, tmp_path: Path):
 
 @pytest.mark.parametrize(
     "how, sig, code",
-    [("one process, Ctrl-C", signal.SIGINT, 130), ("two processes, fab's stop of the group", signal.SIGTERM, 143)],
+    [
+        ("one process, Ctrl-C", signal.SIGINT, 130),
+        ("two processes, fab's stop of the group", signal.SIGTERM, 143),
+        # the parent forwards fab's SIGTERM to its children: one that arrived while a child wrote its files
+        # killed it between two of them (CI, 2026-12-05); here the children get SIGTERM after SIGTERM
+        ("two processes, fab's stop, then SIGTERM again while they write", signal.SIGTERM, 143),
+    ],
 )
 def test_an_interrupted_run_still_writes_what_it_measured(stack: Stack, tmp_path: Path, how, sig, code):
     """SIGINT/SIGTERM cancel the running sessions; the results are written (partial, interrupted) and
@@ -580,7 +586,10 @@ def test_an_interrupted_run_still_writes_what_it_measured(stack: Stack, tmp_path
     try:
         wait_for_status(out, lambda st: st.get("queries_ok", 0) >= 8 and st["active_sessions"] == 8, proc)
         if procs == "2":
+            children = [json.loads((out / f"proc-{i}" / "status.json").read_text())["pid"] for i in range(2)]
             os.killpg(proc.pid, sig)  # what fab run's stop_job does: the whole process group
+            if "again" in how:
+                _signal_until_gone(children, sig, deadline=time.monotonic() + 30)
         else:
             proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
@@ -597,6 +606,60 @@ def test_an_interrupted_run_still_writes_what_it_measured(stack: Stack, tmp_path
     assert s["successful_queries"] >= 8
     q = rows(out / "queries.csv")
     assert sum(1 for r in q if r["status"] == "ok") == s["successful_queries"]
+    if procs == "2":  # both children's results are in, none lost to a late signal
+        assert all((out / f"proc-{i}" / "histograms.json").exists() for i in range(2))
+
+
+def test_a_stop_signal_before_the_start_is_kept_and_ends_the_run_at_its_start(stack: Stack, tmp_path: Path):
+    """A SIGTERM while the process still waits for --start-at neither kills it (results lost) nor is lost (the
+    whole run played): the run stops where its sessions would begin and writes its results, interrupted."""
+    out = tmp_path / "run"
+    before = sim_stats(stack)["sessions_created"]
+    start_at = time.time() + 8
+    proc = subprocess.Popen(
+        client_argv(stack, out, "--clients", "4", "--queries", "2", "--processes", "1", "--start-at", repr(start_at)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _catches(proc.pid, signal.SIGTERM):  # the kit's handler is in: SIGTERM no longer kills it
+            assert proc.poll() is None and time.monotonic() < deadline, "the client never caught SIGTERM"
+            time.sleep(0.01)
+        assert time.time() < start_at - 1, "too slow a start to test the wait before --start-at"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["interrupted"] == ["SIGTERM"] and s["successful_queries"] == 0, s
+    assert s["cancelled_sessions"] == s["total_sessions"], s  # each cancelled as it began
+    assert sim_stats(stack)["sessions_created"] == before
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process *pid* has a handler for *sig* (its SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def _signal_until_gone(pids: list[int], sig: signal.Signals, deadline: float) -> None:
+    """Send *sig* to each of *pids* every millisecond until they have all exited (or *deadline*)."""
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                alive.remove(pid)
+        time.sleep(0.001)  # a pace for the signals, not a wait for readiness
 
 
 class _RefuseFirst:
