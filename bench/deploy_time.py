@@ -12,11 +12,12 @@ It prints each deploy's wall time and, per checkout, the task files and tasks th
 last run.  Ansible's cost is mostly per module run and host (~0.3 s of CPU each on these cores: the
 controller's worker, ssh, the remote Python), so the number of module runs per host is what to watch.
 
-Measured on the 2-core dev VM, 2026-12-05 (machine otherwise idle), one run each, before and after
-7bada58..d48f794 (package_facts -> one dpkg-query; the venv in one play for all its hosts; pip
---no-compile; one step for the wheelhouse's unpack and one for kit_root's directories):
-f700e78 297 s, d48f794 157 s.  In CI (three shards side by side) the e2e fixture's deploy went from
-426 s to 281 s.
+Measured on the 2-core dev VM, 2026-12-05 16:34 (machine otherwise idle; both wheelhouses built beforehand),
+``--checkout /tmp/wt-f700e78 --checkout .``, one run each: f700e78 (before) 226.9 s, 05ba498 142.3 s
+(package_facts -> one dpkg-query; the venv in one play for all its hosts; pip --no-compile; one step for
+the wheelhouse's unpack and one for kit_root's directories).  By task file, before -> after: kit_venv 52.0
+-> 32.4 s, kit_packages 37.1 -> 5.8, kit_service's kit_root 15.9 -> 6.3.  In CI (three shards side by
+side) the e2e fixture's deploy went from 426 s to 281 s, and `bash .ci/run` from 908 to 789 s.
 
 Needs root (network namespaces).  Traffic stays on the lab's namespaces; every step has a timeout.
 """
