@@ -141,12 +141,27 @@ def test_recovery_is_when_tokens_and_delivery_p99_are_back_and_stay_back_for_3_s
         28: 20.0,
     }
     r = recovery(_with_p99(tl, p99), 20.4, 20.4)
-    # tokens/s back to 90 % from 24 on; delivery p99 within 1.5x (30 ms) at 24, not at 25, then from 26 on
-    assert r["tokens"]["recovered_at"] == 24.0 and r["delivery_p99"]["recovered_at"] == 26.0
+    # tokens/s back to 90 % on the mean of 3 s from 23 on (89, 95, 100); delivery p99 within 1.5x (30 ms) at 24,
+    # not at 25, then from 26 on (second by second)
+    assert r["tokens"]["recovered_at"] == 23.0 and r["delivery_p99"]["recovered_at"] == 26.0
     assert r["baseline_tps"] == 100.0 and r["baseline_delivery_p99_ms"] == 20.0
     assert r["recovered_at"] == 26.0 and r["recovery_s"] == pytest.approx(5.6) and r["note"] == ""
     # a pause: counted from its end
     assert recovery(_with_p99(tl, p99), 18.0, 22.5)["recovery_s"] == pytest.approx(3.5)
+
+
+def test_sessions_lined_up_by_the_fault_dip_together_and_are_still_recovered_but_a_burst_hides_no_empty_second():
+    # before: sessions spread out, 18 tokens each and second; after a stall that lined their queries up, every
+    # third second holds all their think times (20, 20, 15: a mean of 18.3). Second by second, 15 < 90 % of 18
+    # said "not recovered" for as long as they stayed lined up (a 2 s Redis pause judged recovered after 20 s).
+    before = {s: 180 for s in range(10)}  # 10 active sessions
+    lined_up = {10: 0, 11: 0} | {s: (150 if s % 3 == 0 else 200) for s in range(12, 40)}
+    r = recovery(_with_p99(before | lined_up, {s: 5.0 for s in range(40)} | {10: None, 11: None}), 10.0, 11.5)
+    assert r["tokens"]["baseline"] == 18.0 and r["tokens"]["recovered_at"] == 12.0 and r["recovery_s"] == 0.5
+    # a burst of catching up (40, 40) after an empty second has the mean but not the floor: recovered after it
+    burst = {12: 400, 13: 0, 14: 400} | {s: 180 for s in range(15, 30)}
+    r = recovery(_with_p99(before | {10: 0, 11: 0} | burst, {s: 5.0 for s in range(30)}), 10.0, 11.5)
+    assert r["tokens"]["recovered_at"] == 14.0
 
 
 def test_tokens_are_judged_per_active_session_so_a_ramp_or_sessions_ending_are_not_the_fault():
