@@ -235,31 +235,16 @@ def _per_second(rows: Iterable[Mapping[str, Any]], field: str) -> dict[int, floa
     return out
 
 
-def _held(series: Mapping[int, float | None], first: int, ok: Any) -> tuple[int, int] | None:
-    """``(second, seconds held)``: the first second from *first* on that starts RECOVERY_HOLD_S seconds in a row
-    satisfying *ok*; or, when the load ended sooner, the start of a run of good seconds that lasted to the last
-    second with a value (held as long as there was load to hold it)."""
-    known = [s for s, v in series.items() if v is not None]
-    last = max(known, default=first - 1)
-    run = 0
-    for s in range(first, last + 1):
-        v = series.get(s)
-        run = run + 1 if v is not None and ok(v) else 0
-        if run >= RECOVERY_HOLD_S:
-            return s - RECOVERY_HOLD_S + 1, RECOVERY_HOLD_S
-    return (last - run + 1, run) if run else None
-
-
-def _held_mean(series: Mapping[int, float | None], first: int, mean_ok: Any, floor_ok: Any) -> tuple[int, int] | None:
-    """Like :func:`_held`, on the seconds' mean: ``(second, seconds held)`` for the first second from *first* on
-    that starts RECOVERY_HOLD_S known seconds whose mean satisfies *mean_ok* and each of them *floor_ok*; or,
-    when the load ends sooner, fewer seconds that last to its last second."""
+def _held(series: Mapping[int, float | None], first: int, ok: Any, mean_ok: Any = None) -> tuple[int, int] | None:
+    """``(second, seconds held)``: the first second from *first* on that starts RECOVERY_HOLD_S known seconds in a
+    row, each satisfying *ok* and, given *mean_ok*, their mean satisfying it; or, when the load ended sooner,
+    fewer such seconds that last to the last second with a value (held as long as there was load to hold it)."""
     known = [s for s, v in series.items() if v is not None]
     last = max(known, default=first - 1)
     for s in range(first, last + 1):
         vals = [series.get(t) for t in range(s, min(s + RECOVERY_HOLD_S, last + 1))]
-        good = [v for v in vals if v is not None]
-        if len(good) == len(vals) and mean_ok(sum(good) / len(good)) and all(floor_ok(v) for v in good):
+        good = [v for v in vals if v is not None and ok(v)]
+        if len(good) == len(vals) and (mean_ok is None or mean_ok(sum(good) / len(good))):
             return s, len(good)
     return None
 
@@ -279,10 +264,10 @@ def _measure(
     what: str,
     baseline_of: Any,
     ok_for: Any,
-    floor_for: Any = None,
+    mean_ok_for: Any = None,
 ) -> dict[str, Any]:
-    """One measure's recovery: with *floor_for*, judged on the mean of RECOVERY_HOLD_S seconds
-    (:func:`_held_mean`), else second by second (:func:`_held`)."""
+    """One measure's recovery: every second of RECOVERY_HOLD_S judged by *ok_for* (of the baseline) and, given
+    *mean_ok_for*, their mean by it too (:func:`_held`)."""
     s0 = int(start)
     known = [s for s, v in series.items() if v is not None]
     window = [series[s] for s in range(max(min(known, default=s0), s0 - BASELINE_S), s0) if series.get(s) is not None]
@@ -301,10 +286,7 @@ def _measure(
             "recovery_s": None,
             "note": f"{what} was 0 in the {BASELINE_S} s before the fault: no baseline",
         }
-    if floor_for is None:
-        found = _held(series, math.ceil(end), ok_for(base))
-    else:
-        found = _held_mean(series, math.ceil(end), ok_for(base), floor_for(base))
+    found = _held(series, math.ceil(end), ok_for(base), None if mean_ok_for is None else mean_ok_for(base))
     if found is None:
         return {
             "baseline": round(base, 3),
@@ -342,8 +324,8 @@ def recovery(rows: Sequence[Mapping[str, Any]], start: float, end: float) -> dic
         end,
         "tokens/s per active session",
         lambda values: _median(_window_means(values)),
-        lambda base: lambda v: v >= RECOVERED_SHARE * base,
         lambda base: lambda v: v >= RECOVERED_FLOOR_SHARE * base,
+        lambda base: lambda v: v >= RECOVERED_SHARE * base,
     )
     p99 = _measure(
         _per_second(rows, "delivery_p99_ms"),
