@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -42,6 +44,24 @@ def run_client(
     assert r.returncode == rc, r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     return r, json.loads((out / "summary.json").read_text())
+
+
+@contextlib.contextmanager
+def started_client(argv: list[str], *, own_group: bool = False) -> Iterator[subprocess.Popen]:
+    """The client *argv* started (output piped, as text) for the body of the ``with``, killed at its end if still
+    running: its whole process group with *own_group* (a session of its own, as ``fab run`` starts it)."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=own_group
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            if own_group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.wait()
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -109,7 +129,7 @@ def test_reconnects_after_wsproxy_is_killed_and_lost_tokens_are_exact(stack_fact
     stack = stack_factory(sim_env={"TOKEN_DELAY_MS": 20})
     out = tmp_path / "run"
     before = sim_stats(stack)
-    proc = subprocess.Popen(
+    with started_client(
         client_argv(
             stack,
             out,
@@ -132,24 +152,21 @@ def test_reconnects_after_wsproxy_is_killed_and_lost_tokens_are_exact(stack_fact
             "--status-interval",
             "0.1",
         ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    restarted = None
-    try:
-        wait_for_status(out, lambda st: st["tokens"] >= 60 and st["active_sessions"] == 6, proc)
-        stack.wsproxy.kill()  # as a crash would
-        restarted, _ = start_wsproxy(
-            stack.workdir / "restarted", redis_url=stack.redis.url, jwt_secret=stack.jwt_secret, port=stack.wsproxy_port
-        )
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if restarted is not None:  # the stack fixture stops only the proxy it started
-            restarted.stop()
+    ) as proc:
+        restarted = None
+        try:
+            wait_for_status(out, lambda st: st["tokens"] >= 60 and st["active_sessions"] == 6, proc)
+            stack.wsproxy.kill()  # as a crash would
+            restarted, _ = start_wsproxy(
+                stack.workdir / "restarted",
+                redis_url=stack.redis.url,
+                jwt_secret=stack.jwt_secret,
+                port=stack.wsproxy_port,
+            )
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            if restarted is not None:  # the stack fixture stops only the proxy it started
+                restarted.stop()
     # each session lost tokens of the query in flight, so each failed: the run's verdict is failed
     assert proc.returncode == 1, stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -181,7 +198,7 @@ def test_reconnects_after_wsproxy_is_killed_and_lost_tokens_are_exact(stack_fact
 def test_server_stall_shows_in_open_model_percentiles(stack: Stack, tmp_path: Path):
     out = tmp_path / "run"
     stall = 1.0
-    proc = subprocess.Popen(
+    with started_client(
         client_argv(
             stack,
             out,
@@ -198,11 +215,7 @@ def test_server_stall_shows_in_open_model_percentiles(stack: Stack, tmp_path: Pa
             "--status-interval",
             "0.1",
         ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    ) as proc:
         wait_for_status(out, lambda st: st["queries_ok"] >= 10, proc)
         os.killpg(stack.sim.pid, signal.SIGSTOP)  # our own simulator (its own process group)
         try:
@@ -210,10 +223,6 @@ def test_server_stall_shows_in_open_model_percentiles(stack: Stack, tmp_path: Pa
         finally:
             os.killpg(stack.sim.pid, signal.SIGCONT)
         stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["model"] == "open" and s["total_sessions"] == 60 and s["successful_queries"] == 60
@@ -561,7 +570,7 @@ def test_an_interrupted_run_still_writes_what_it_measured(stack: Stack, tmp_path
     the exit status says how the run ended, so `fab run` collects something after Ctrl-C."""
     out = tmp_path / "run"
     procs = "2" if "two" in how else "1"
-    proc = subprocess.Popen(
+    with started_client(
         client_argv(
             stack,
             out,
@@ -578,12 +587,8 @@ def test_an_interrupted_run_still_writes_what_it_measured(stack: Stack, tmp_path
             "--status-interval",
             "0.1",
         ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
+        own_group=True,
+    ) as proc:
         wait_for_status(out, lambda st: st.get("queries_ok", 0) >= 8 and st["active_sessions"] == 8, proc)
         if procs == "2":
             children = [json.loads((out / f"proc-{i}" / "status.json").read_text())["pid"] for i in range(2)]
@@ -593,10 +598,6 @@ def test_an_interrupted_run_still_writes_what_it_measured(stack: Stack, tmp_path
         else:
             proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -616,13 +617,9 @@ def test_a_stop_signal_before_the_start_is_kept_and_ends_the_run_at_its_start(st
     out = tmp_path / "run"
     before = sim_stats(stack)["sessions_created"]
     start_at = time.time() + 8
-    proc = subprocess.Popen(
-        client_argv(stack, out, "--clients", "4", "--queries", "2", "--processes", "1", "--start-at", repr(start_at)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with started_client(
+        client_argv(stack, out, "--clients", "4", "--queries", "2", "--processes", "1", "--start-at", repr(start_at))
+    ) as proc:
         deadline = time.monotonic() + 30
         while not _catches(proc.pid, signal.SIGTERM):  # the kit's handler is in: SIGTERM no longer kills it
             assert proc.poll() is None and time.monotonic() < deadline, "the client never caught SIGTERM"
@@ -630,10 +627,6 @@ def test_a_stop_signal_before_the_start_is_kept_and_ends_the_run_at_its_start(st
         assert time.time() < start_at - 1, "too slow a start to test the wait before --start-at"
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
