@@ -227,7 +227,7 @@ def status_snapshot(rec: Recorder, *, run_id: str, started: float, done: bool, c
         "loop_lag_p99_ms": _p_ms(lag, 99),
         "loop_lag_max_ms": None if lag.max is None else lag.max / 1000,
         # coarse (1.6 %): written every second on the event loop, 16 times fewer buckets than the whole-run ones
-        **{f"{name}_histogram": rec.hists[name].coarse().to_dict() for name in STATUS_HISTOGRAMS},
+        **{f"{name}_histogram": rec.coarse_dict(name) for name in STATUS_HISTOGRAMS},
     }
 
 

@@ -106,6 +106,23 @@ def test_timeline_samples_are_deltas_per_second():
     assert rec.errors["x"] == 1
 
 
+def test_the_status_histograms_are_made_again_only_when_a_value_was_added():
+    """status.json's coarse histograms are cached by count: unchanged while idle, current after a token."""
+    from kit.metrics import Histogram
+
+    rec = Recorder()
+    q = query(rec)
+    t = feed(q, range(5))
+    first = rec.coarse_dict("delivery")
+    assert rec.coarse_dict("delivery") is first  # nothing recorded since: not made again
+    assert first == rec.hists["delivery"].coarse().to_dict()
+    feed(q, [5], start=t, ts_behind=40 * MS)
+    after = rec.coarse_dict("delivery")
+    assert after == rec.hists["delivery"].coarse().to_dict()
+    h = Histogram.from_dict(after)
+    assert h.count == 6 and h.max == 40_000  # the new value is in it
+
+
 def test_csv_row_has_the_documented_columns():
     from kit.client._output import QUERY_FIELDS
 
