@@ -10,11 +10,7 @@
 # Results: docs/benchmarks.md, "client_cpu" (mypyc).
 set -euo pipefail
 pairs=${1:-4}
-here=$(cd "$(dirname "$0")/.." && pwd)
-tree=$(mktemp -d /tmp/loadkit-mypyc.XXXXXX)
-cleanup() { git -C "$here" worktree remove --force "$tree" 2>/dev/null || rm -rf "$tree"; }
-trap cleanup EXIT
-git -C "$here" worktree add -q --detach "$tree" HEAD
+source "$(dirname "$0")/_head_worktree.sh" loadkit-mypyc
 ln -s "$here/.venv" "$tree/.venv"
 (cd "$tree" && "$here/.venv/bin/mypyc" kit/client/_frames.py kit/client/_accounting.py kit/metrics.py >"$tree/mypyc.log" 2>&1) \
   || { echo "mypyc failed: $(tail -5 "$tree/mypyc.log")" >&2; exit 1; }

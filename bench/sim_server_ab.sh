@@ -13,11 +13,7 @@
 # this measures the request path only. Removed at the end. Results: docs/benchmarks.md, "sim_requests".
 set -euo pipefail
 rounds=${1:-2}
-here=$(cd "$(dirname "$0")/.." && pwd)
-tree=$(mktemp -d /tmp/loadkit-uvicorn.XXXXXX)
-cleanup() { git -C "$here" worktree remove --force "$tree" 2>/dev/null || rm -rf "$tree"; }
-trap cleanup EXIT
-git -C "$here" worktree add -q --detach "$tree" HEAD
+source "$(dirname "$0")/_head_worktree.sh" loadkit-uvicorn
 "$here/.venv/bin/pip" install -q --target "$tree/.uvicorn" uvicorn==0.55.0 httptools==0.9.0 \
   || { echo "pip could not install uvicorn and httptools (PyPI needed)" >&2; exit 1; }
 cat >>"$tree/kit/sim/_serve.py" <<EOF
