@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout  # noqa: E402
-from kit.report import host_metrics  # noqa: E402
+from kit.report import bottleneck_line, host_metrics  # noqa: E402
 from kit.run import HostFacts, RunOptions, execute, offered_tokens_per_s, parse_threshold, size_fleet  # noqa: E402
 
 SEED = {"clients": 5000, "success": "99.46%", "p50": "15.81 s", "p99": "26.82 s", "tps": "337", "lost": "not measured"}
@@ -163,7 +163,7 @@ def one_run(name: str, inv: Path, args: argparse.Namespace) -> int:
             f"{sum(h.get('monitor_cpu_s') or 0 for h in hosts.values()):.1f} CPU-s",
             "-",
         ),
-        ("bottleneck", str(s.get("bottleneck")), "-"),
+        ("bottleneck", bottleneck_line(s) or "-", "-"),  # the report's own words
         ("partial", str(s["partial"]), "-"),
     ]
     print(f"{'metric':<32} {'this kit (lab, 1 machine, 2 cores)':<48} seed (docker, published)")
