@@ -29,7 +29,6 @@ import collections
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,31 +36,26 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import scale_run  # noqa: E402
+import yaml  # noqa: E402
 
 from kit.lab import LabConfig, lab_down, lab_up  # noqa: E402
 from kit.lab._layout import default_layout  # noqa: E402
 
-ANSIBLE = REPO / ".venv" / "bin" / "ansible-playbook"
 PLUGINS = REPO / "bench" / "ansible_plugins"
 STEP_TIMEOUT = 1800
 
 
 def _playbook(checkout: Path, inv: Path, book: str, log: Path, timer: Path | None = None) -> tuple[int, float]:
+    """scale_run's playbook run from *checkout*, with the per-task timer writing to *timer* when given; (status, s)."""
     env = dict(os.environ)
     if timer is not None:
         env.update(ANSIBLE_CALLBACK_PLUGINS=str(PLUGINS), ANSIBLE_CALLBACKS_ENABLED="tasktime", TASKTIME_OUT=str(timer))
     t = time.monotonic()
-    with open(log, "w") as fh:
-        res = subprocess.run(
-            [str(ANSIBLE), "-i", str(inv), str(checkout / "playbooks" / book)],
-            cwd=checkout,  # the checkout's ansible.cfg, and its kit for the wheelhouse build
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            timeout=STEP_TIMEOUT,
-        )
-    return res.returncode, time.monotonic() - t
+    rc = scale_run.playbook(inv, book, log, checkout=checkout, env=env, timeout=STEP_TIMEOUT)
+    return rc, time.monotonic() - t
 
 
 def deploy_once(checkout: Path, work: Path) -> dict:
@@ -70,8 +64,6 @@ def deploy_once(checkout: Path, work: Path) -> dict:
     inv_dir.mkdir(parents=True)
     (inv_dir / "group_vars").symlink_to(checkout / "inventory" / "group_vars")
     cfg = LabConfig(root=work / "lab", prefix="lkd", subnet="10.213.10.0/24", inventory_path=inv_dir / "lab.yml")
-    import yaml
-
     try:
         lab_up(6, {**default_layout(6), "monitoring": 1}, cfg=cfg)
         inv = yaml.safe_load(cfg.inventory_path.read_text())

@@ -54,14 +54,26 @@ from kit.run import HostFacts, RunOptions, execute, offered_tokens_per_s, parse_
 SEED = {"clients": 5000, "success": "99.46%", "p50": "15.81 s", "p99": "26.82 s", "tps": "337", "lost": "not measured"}
 
 
-def playbook(inv: Path, book: str, log: Path) -> int:
+def playbook(
+    inv: Path,
+    book: str,
+    log: Path,
+    *,
+    checkout: Path = REPO,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> int:
+    """``ansible-playbook -i inv <checkout>/playbooks/<book>`` (this tree's Ansible, the checkout's ansible.cfg and
+    kit for the wheelhouse), its output to *log*; its exit status."""
     with open(log, "w") as fh:
         return subprocess.run(
-            [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / book)],
-            cwd=REPO,
+            [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inv), str(checkout / "playbooks" / book)],
+            cwd=checkout,
+            env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            timeout=timeout,
         ).returncode
 
 

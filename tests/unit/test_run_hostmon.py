@@ -30,6 +30,7 @@ def test_hostmon_writes_one_sample_per_interval_and_stops_by_itself(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
