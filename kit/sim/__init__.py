@@ -11,8 +11,8 @@ tick in one write), ``_schedule`` (pure timing and message encoding), ``_body``
 (request validation), ``_asgi`` (Quart's per-request ASGI path, leaner; the session routes
 without Quart's request context; the body deadline), ``_limits`` (what a worker holds for a client:
 head and body deadlines, queries in flight), ``_closes`` (a close heard by every worker cancels the
-session's queries), ``_workers`` (every worker's counters summed), ``_serve`` (the ASGI server; dead
-workers respawned).
+session's queries), ``_workers`` (every worker's counters summed), ``_serve`` (Uvicorn workers under the kit's
+supervisor: dead workers respawned, a crash loop stopped, request heads bounded).
 """
 
 from __future__ import annotations

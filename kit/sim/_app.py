@@ -526,7 +526,7 @@ def create_app(settings: SimSettings, *, tune_gc: bool = False, limits: SimLimit
     # (60 s by default), i.e. a task and a timer per request (py-spy: ~5% of a worker's CPU under
     # load); None awaits directly.  Bodies are capped at 64 KiB and read whole by _asgi before any
     # Quart code runs, within SIM_REQUEST_BODY_TIMEOUT_SECS (its BodyDeadlines: no timer per request);
-    # answers are small and buffered by Granian, so a slow reader holds one idle coroutine, never CPU.
+    # answers are small and buffered by the server, so a slow reader holds one idle coroutine, never CPU.
     app.config["BODY_TIMEOUT"] = None
     app.config["RESPONSE_TIMEOUT"] = None
     state = SimState(

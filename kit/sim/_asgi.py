@@ -5,7 +5,7 @@ showed Quart's own ``ASGIHTTPConnection`` spending a good part of each request o
 plumbing rather than on the request: it starts two tasks per request (one reading the
 body, one running the handler), waits on both with ``asyncio.wait`` and cancels the
 reader, and sends every response as three ASGI messages (start, body with
-``more_body``, an empty final body), each a call into Granian.
+``more_body``, an empty final body), each a call into the server.
 
 This class reads the body first (the simulator's bodies are a few bytes and arrive in
 one message; more than ``MAX_CONTENT_LENGTH`` stops reading and the handler answers
@@ -31,7 +31,7 @@ views as Quart routes too, so both ways answer alike (tests/unit/test_sim_direct
 
 Body deadline: every request's body is read here, before either path, so one bound holds on both.  An
 app may register :class:`BodyDeadlines` under :data:`BODY_DEADLINES`: a body not complete within its
-``timeout_s`` of the request's head is answered 408 ``request_timeout`` with ``Connection: close`` (Granian
+``timeout_s`` of the request's head is answered 408 ``request_timeout`` with ``Connection: close`` (the server
 then closes the connection).  Not a timer per request (a uvloop timer armed and cancelled costs ~10 us,
 ~6% of a direct request's CPU): each request reading its body is put in an insertion-ordered dict (its
 deadline is its start plus one constant, so the dict is in deadline order) and one task sweeps the

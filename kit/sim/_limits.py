@@ -3,7 +3,7 @@
 Every byte a client sends before its request is accepted is bounded, and so is what an accepted
 ``/run`` costs:
 
-* the request head: Granian closes a connection that has not sent a whole head within
+* the request head: the server (:mod:`kit.sim._serve`) closes a connection that has not sent a whole head within
   ``SIM_REQUEST_HEADER_TIMEOUT_SECS`` of its accept or of its previous answer (so an idle keep-alive
   connection too), and answers 431 to a head over ``SIM_MAX_HEAD_BYTES``;
 * the request body: a body not complete ``SIM_REQUEST_BODY_TIMEOUT_SECS`` after its head is answered
@@ -44,7 +44,7 @@ class SimLimits:
     request_body_timeout_secs: float = setting(
         10.0, env=("SIM_REQUEST_BODY_TIMEOUT_SECS",), minimum=0.1, maximum=3600.0
     )
-    #: the largest request head (request line and headers) read; Granian answers 431 beyond it
+    #: the largest request head (request line and headers) read; answered 431 beyond it
     max_head_bytes: int = setting(65536, env=("SIM_MAX_HEAD_BYTES",), minimum=8192, maximum=16 * 1024 * 1024)
     #: queries whose tokens are still being published, per worker
     max_queries_in_flight: int = setting(20000, env=("SIM_MAX_QUERIES_IN_FLIGHT",), minimum=1, maximum=10_000_000)

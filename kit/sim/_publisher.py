@@ -154,7 +154,7 @@ class Publisher:
             # asyncio.wait_for on Python 3.11 swallows a cancellation that lands just as what it awaits
             # completes (CPython gh-86296; redis-py, which the publisher once sent through, used it): the
             # task then published on, waited for work forever once its heap was empty, and held the
-            # worker's shutdown until Granian killed it.  So cancel until the task is really done.
+            # worker's shutdown until its supervisor killed it.  So cancel until the task is really done.
             while not task.done():
                 task.cancel()
                 await asyncio.wait([task], timeout=_CANCEL_RETRY_S)

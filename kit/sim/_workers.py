@@ -1,6 +1,6 @@
 """The simulator's counters summed over all its workers: ``GET /stats/all`` and ``GET /metrics``.
 
-Granian runs ``FASTAPI_WORKERS`` worker processes and a request reaches one of them, so a worker's
+The simulator runs ``FASTAPI_WORKERS`` worker processes and a request reaches one of them, so a worker's
 ``/stats`` holds its own counters only.  :func:`kit.sim._serve.serve` makes a directory for the
 process group and names it in ``KIT_SIM_STATS_DIR`` before the workers start; each worker writes
 its counters there as ``<pid>-<start ns>.json`` once a second (:func:`publish`, atomically) and before
@@ -9,7 +9,7 @@ it answers a summed request; :func:`gather` reads every worker's file and adds t
 alive; maxima take the largest.  Without the directory (an app served some other way) the sums are
 the answering worker's own.
 
-Workers that die: Granian starts another in a dead worker's place (``respawn_failed_workers``), with a
+Workers that die: the supervisor (:mod:`kit.sim._serve`) starts another in a dead worker's place, with a
 pid and a start of its own, so a file of its own: the dead worker's file stays, its counters still
 added once and its gauges no longer.  A worker counts as alive while its pid exists and its file is
 fresh (written within :data:`STALE_S`), so a dead worker's pid taken by another process is not read as

@@ -112,7 +112,7 @@ def _listening(port: int) -> bool:
 
 
 def _kit_pids() -> set[int]:
-    """supervisord, every program it runs and all their descendants (e.g. Granian workers)."""
+    """supervisord, every program it runs and all their descendants (e.g. the simulator's workers)."""
     res = subprocess.run(SUPERVISORCTL + ["pid"], capture_output=True, text=True, timeout=30)
     pids = {int(res.stdout.strip())} if res.returncode == 0 and res.stdout.strip().isdigit() else set()
     res = subprocess.run(SUPERVISORCTL + ["pid", "all"], capture_output=True, text=True, timeout=30)

@@ -1,4 +1,4 @@
-"""The simulator as a real process (``python -m kit.sim`` under Granian) against a real redis-server."""
+"""The simulator as a real process (``python -m kit.sim``, Uvicorn workers) against a real redis-server."""
 
 from __future__ import annotations
 
@@ -329,7 +329,7 @@ def test_stats_count_sessions_queries_and_tokens(sim_factory):
     assert stats["done_published"] == 1
     assert stats["client_errors"] == 1
     assert stats["errors"] == 0
-    assert stats["pid"] != fresh.proc.pid  # counted by the Granian worker, not its supervisor
+    assert stats["pid"] != fresh.proc.pid  # counted by a worker, not the supervisor
 
 
 # -- health ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The simulator under abuse and faults, as a real process (``python -m kit.sim`` under Granian) against a
+"""The simulator under abuse and faults, as a real process (``python -m kit.sim``, Uvicorn workers) against a
 real redis-server: request heads and bodies bounded in time, queries bounded as a whole and in number,
 ``close`` cancelling a session's queries on every worker, and a killed worker replaced while the other
 keeps streaming.  Each case is the hostile probe's (issue 16), at test scale."""
@@ -22,6 +22,7 @@ import redis
 from test_sim import collect, subscribed
 
 from devkit.localstack import start_sim
+from kit.sim._serve import CRASH_LOOP_S, KILL_AFTER_S
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,8 +54,8 @@ class Sim:
         return self.http.get("/stats/all").json()
 
     def workers(self) -> list[psutil.Process]:
-        """The Granian workers: the main process's children that serve (the resource tracker does not)."""
-        return [p for p in psutil.Process(self.proc.pid).children() if "resource_tracker" not in " ".join(p.cmdline())]
+        """The workers: the supervisor's children."""
+        return psutil.Process(self.proc.pid).children()
 
 
 @contextlib.contextmanager
@@ -439,3 +440,31 @@ def test_the_client_counts_a_query_cancelled_by_close_as_cancelled_not_lost(stac
     assert row["status"] == "cancelled" and row["lost"] == "0" and int(row["tokens"]) < 400
     assert "cancelled by the simulator (session closed)" in row["error"]
     assert summary["errors"].get("query_cancelled_by_server") == 1
+
+
+def test_a_replacement_worker_that_dies_at_once_is_a_crash_loop_and_the_simulator_exits_1(tmp_path, redis_server):
+    with simulator(tmp_path, redis_server.url, FASTAPI_WORKERS=2) as sim:
+        first, other = wait_for(lambda: len(sim.workers()) == 2 and sim.workers(), "two workers")
+        os.kill(first.pid, signal.SIGKILL)  # a first death: replaced, the simulator goes on
+        new = wait_for(
+            lambda: [w for w in sim.workers() if w.pid not in {first.pid, other.pid}], "a worker in its place"
+        )[0]
+        assert sim.proc.alive()
+        os.kill(new.pid, signal.SIGKILL)  # the replacement dies well within CRASH_LOOP_S: a crash loop
+        assert sim.proc.popen.wait(timeout=KILL_AFTER_S + 5) == 1
+        assert not psutil.pid_exists(other.pid) or psutil.Process(other.pid).status() == psutil.STATUS_ZOMBIE
+        log = sim.proc.log_path.read_text()
+        (line,) = [ln for ln in log.splitlines() if ln.startswith("kit.sim: ")]
+        assert f"worker {new.pid}, started in a dead worker's place" in line and f"under {CRASH_LOOP_S} s" in line
+        assert "Traceback" not in log
+
+
+def test_workers_of_a_killed_supervisor_stop_and_free_the_port(tmp_path, redis_server):
+    with simulator(tmp_path, redis_server.url, FASTAPI_WORKERS=2) as sim:
+        workers = wait_for(lambda: len(sim.workers()) == 2 and sim.workers(), "two workers")
+        sim.proc.kill()  # SIGKILL: no chance to stop its workers itself
+        gone, alive = psutil.wait_procs(workers, timeout=KILL_AFTER_S + 5)
+        assert not alive, alive
+        with socket.socket() as s:  # nobody holds the port any more
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", sim.port))
