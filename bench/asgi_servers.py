@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Which ASGI server should ``python -m kit.sim`` use?  Granian vs Hypercorn, side by side.
+"""Granian vs Hypercorn under a saturating load, side by side (how the simulator's server was first chosen;
+since 6a420ae it is Uvicorn, chosen at a real run's sparse pace by ``bench/sim_server_ab.sh``).
 
 Starts a kit-owned redis-server and, one after another, the simulator app
 (``kit.sim:app``) under each candidate server with 1 worker; drives each with
@@ -11,8 +12,8 @@ the table shows each server's best and median round.
     .venv/bin/python bench/asgi_servers.py [--rounds 2] [--duration 5] [--connections 64]
 
 Besides req/s and p99 it prints requests per CPU-second of the server's processes
-(psutil), which a noisy shared machine disturbs far less than req/s.  Results
-and the winner are recorded in kit/sim/__main__.py's docstring.
+(psutil), which a noisy shared machine disturbs far less than req/s.  Results:
+docs/benchmarks.md, "asgi_servers".
 Everything runs on 127.0.0.1 with free ports; every process is stopped by PID.
 """
 

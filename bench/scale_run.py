@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/scale_run.py                      # the two runs below on one deployed lab
     .venv/bin/python bench/scale_run.py --runs chat --clients 2000 --keep
+    .venv/bin/python bench/scale_run.py --runs chat --checkout /tmp/wt-old   # an older commit's services
 
 Builds a lab of network-namespace hosts (default 7: redis+sim, 2 haproxy, 2 wsproxy, 2
 generators; on this machine one HAProxy holds ~9,900 sessions, so 10,000 need two), deploys it
@@ -48,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout  # noqa: E402
+from kit.paths import SECRETS  # noqa: E402
 from kit.report import bottleneck_line, host_metrics  # noqa: E402
 from kit.run import HostFacts, RunOptions, execute, offered_tokens_per_s, parse_threshold, size_fleet  # noqa: E402
 
@@ -64,10 +66,14 @@ def playbook(
     timeout: float | None = None,
 ) -> int:
     """``ansible-playbook -i inv <checkout>/playbooks/<book>`` (this tree's Ansible, the checkout's ansible.cfg and
-    kit for the wheelhouse), its output to *log*; its exit status."""
+    kit for the wheelhouse), its output to *log*; its exit status.  Another checkout deploys with this tree's
+    secrets (``kit_secrets_dir``), which the run from this tree reads."""
+    argv = [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inv), str(checkout / "playbooks" / book)]
+    if checkout != REPO:
+        argv += ["-e", f"kit_secrets_dir={SECRETS}"]
     with open(log, "w") as fh:
         return subprocess.run(
-            [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(inv), str(checkout / "playbooks" / book)],
+            argv,
             cwd=checkout,
             env=env,
             stdout=fh,
@@ -206,7 +212,18 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, help="size the lab and the pace for this many concurrent sessions")
     ap.add_argument("--tokens-per-s", type=float, default=8000.0, help="offered load of a --sessions run")
     ap.add_argument("--monitoring", action="store_true", help="add a monitoring host (Prometheus)")
+    ap.add_argument(
+        "--checkout",
+        type=Path,
+        default=REPO,
+        help="deploy the services of this checkout of the kit (its playbooks and kit/; e.g. a git worktree of an "
+        "older commit, to compare it with this one run by run); the load still runs from this tree",
+    )
     args = ap.parse_args()
+    args.checkout = args.checkout.resolve()
+    if not (args.checkout / "playbooks" / "site.yml").is_file():
+        print(f"scale_run.py: {args.checkout} has no playbooks/site.yml: give a checkout of the kit", file=sys.stderr)
+        return 2
     if args.sessions:
         args.hosts, args.layout, think, ramp = scale_plan(args.sessions, args.tokens_per_s)
         args.ramp = args.ramp or ramp
@@ -232,15 +249,15 @@ def main() -> int:
         state = lab_up(args.hosts, parse_layout(args.layout), cfg=cfg)
         print(f"lab: {args.hosts} hosts {state['groups']} ({time.time() - t0:.0f} s)", flush=True)
         t1 = time.time()
-        if playbook(cfg.inventory_path, "site.yml", base / "site.log"):
+        if playbook(cfg.inventory_path, "site.yml", base / "site.log", checkout=args.checkout):
             print(f"site.yml failed: see {base / 'site.log'}")
             return 1
-        print(f"deploy: {time.time() - t1:.0f} s", flush=True)
+        print(f"deploy: {time.time() - t1:.0f} s ({args.checkout})", flush=True)
         codes = [one_run(name, cfg.inventory_path, args) for name in args.runs]
         rc = codes[0]  # the first run decides (the pace run is expected to miss its thresholds)
     finally:
         if not args.keep:
-            playbook(cfg.inventory_path, "teardown.yml", base / "teardown.log")
+            playbook(cfg.inventory_path, "teardown.yml", base / "teardown.log", checkout=args.checkout)
             lab_down(cfg)
     return rc
 

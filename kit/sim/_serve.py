@@ -59,8 +59,10 @@ GRACE_S = 8.0
 KILL_AFTER_S = 10.0
 #: the listening socket's accept queue (the kernel caps it at net.core.somaxconn)
 BACKLOG = 4096
-#: the environment variable naming the inherited listening socket's descriptor in a worker
+#: the environment variables naming, in a worker, the inherited listening socket's descriptor and the
+#: supervisor's pid
 LISTEN_FD_ENV = "KIT_SIM_LISTEN_FD"
+SUPERVISOR_ENV = "KIT_SIM_SUPERVISOR_PID"
 #: seconds between two sweeps for heads past their deadline
 _SWEEP_S = 0.25
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -95,7 +97,7 @@ class _Workers:
     replacements: set[int] = field(default_factory=set)  # pids started in a dead worker's place
 
     def start_one(self, *, replacing: bool = False) -> subprocess.Popen:
-        env = {**os.environ, LISTEN_FD_ENV: str(self.sock.fileno())}
+        env = {**os.environ, LISTEN_FD_ENV: str(self.sock.fileno()), SUPERVISOR_ENV: str(os.getpid())}
         proc = subprocess.Popen(
             [sys.executable, "-m", "kit.sim._serve"], env=env, pass_fds=(self.sock.fileno(),), stdin=subprocess.DEVNULL
         )
@@ -273,12 +275,14 @@ def _die_with_supervisor() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: the supervisor's stop still reaches the workers
-    if os.getppid() == 1:  # the supervisor died before the line above
+    if str(os.getppid()) != os.environ.pop(SUPERVISOR_ENV, ""):  # it died before the line above
         raise SystemExit(1)
 
 
 def worker_main() -> None:
     """One worker (``python -m kit.sim._serve``, started by :func:`serve` with the listening socket)."""
+    if LISTEN_FD_ENV not in os.environ:
+        raise SystemExit("kit.sim._serve: a simulator worker is started by its supervisor: run python -m kit.sim")
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *_STOP_SIGNALS})
     _die_with_supervisor()
     from kit.config import configure_logging
@@ -299,6 +303,8 @@ def worker_main() -> None:
         access_log=False,
         log_config=None,
         server_header=False,
+        # nothing reads the client's address; uvicorn would rewrite it from X-Forwarded-For per request
+        proxy_headers=False,
         # the head sweep closes idle connections at the header timeout; this is only uvicorn's own bound
         timeout_keep_alive=int(limits.request_header_timeout_secs) + 1,
         timeout_graceful_shutdown=int(GRACE_S),
