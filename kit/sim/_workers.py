@@ -28,7 +28,7 @@ from typing import Any
 
 from kit._prom import Metric, exposition
 
-__all__ = ["STATS_DIR_ENV", "stats_dir", "publish", "gather", "METRICS", "metrics_text"]
+__all__ = ["STATS_DIR_ENV", "stats_dir", "publish", "gather", "METRICS", "metrics_text", "mark_start"]
 
 STATS_DIR_ENV = "KIT_SIM_STATS_DIR"
 
@@ -64,6 +64,12 @@ _LIVE_ONLY = ("queries_in_flight", "tokens_in_flight")
 STALE_S = 5.0
 #: this process's start, in its file's name
 _STARTED_NS = time.time_ns()
+
+
+def mark_start() -> None:
+    """In a worker forked from a process that imported this module: its own start, not its parent's."""
+    global _STARTED_NS
+    _STARTED_NS = time.time_ns()
 
 
 def stats_dir() -> Path | None:
