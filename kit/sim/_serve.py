@@ -188,6 +188,8 @@ def _supervise(workers: _Workers) -> int:
                 return 0
     finally:
         workers.stop()
+        while signal.sigtimedwait(waited, 0) is not None:
+            pass  # a second SIGTERM or SIGINT during the stop: already obeyed, not a death at the unblock
         signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
 
 

@@ -472,3 +472,13 @@ def test_workers_of_a_killed_supervisor_stop_and_free_the_port(tmp_path, redis_s
         with socket.socket() as s:  # nobody holds the port any more
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", sim.port))
+
+
+def test_a_second_stop_signal_during_the_stop_still_ends_in_exit_0(tmp_path, redis_server):
+    # supervisord or a user may repeat SIGTERM while the workers finish: obeyed once, never a death by signal
+    with simulator(tmp_path, redis_server.url, FASTAPI_WORKERS=2) as sim:
+        wait_for(lambda: len(sim.workers()) == 2, "two workers")
+        sim.proc.popen.send_signal(signal.SIGTERM)
+        wait_for(lambda: "SIGTERM: stopping 2 sim workers" in sim.proc.log_path.read_text(), "the stop begun")
+        sim.proc.popen.send_signal(signal.SIGTERM)  # the workers take ~0.3 s to stop: this one comes meanwhile
+        assert sim.proc.popen.wait(timeout=KILL_AFTER_S + 5) == 0
