@@ -278,7 +278,10 @@ def test_close_cancels_the_sessions_queries_on_every_worker_each_ending_with_a_c
             assert channel == f"session:{qids[qid]}:down".encode()
             assert m["cancelled"] is True and m["tokens"] == m["seq"] < 30
         total = sim.total()
-        assert total["queries_cancelled"] == 24 and total["tokens_cancelled"] > 24 * 20
+        # every token a cancelled query never published is counted, exactly (how many depends on how soon the
+        # close came on this machine, so the test asserts the sum, not a share)
+        unsent = sum(30 - m["tokens"] for _, m in dones.values())
+        assert total["queries_cancelled"] == 24 and total["tokens_cancelled"] == unsent > 0
         assert total["closes_heard"] >= 3 * 2  # each close heard by both workers
 
 
