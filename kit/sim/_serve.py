@@ -23,7 +23,7 @@ runs the ASGI lifespan (Quart's before_serving/after_serving) around serving.
 * A worker whose supervisor is gone (killed) is sent SIGTERM by the kernel (``PR_SET_PDEATHSIG``), so no
   orphan keeps the port.
 
-Request heads (:class:`._limits.SimLimits`), in :class:`_HeadBoundedProtocol`: a connection that has not
+Request heads (:class:`._limits.SimLimits`), in the protocol :func:`_protocol_class` makes: a connection that has not
 sent a whole head within ``request_header_timeout_secs`` of its accept or of its previous answer (an
 idle keep-alive connection too, and one whose head trickles in byte by byte) is closed, checked by one
 sweep per worker every :data:`_SWEEP_S` rather than a timer per request; a head over ``max_head_bytes``
