@@ -79,6 +79,7 @@ from ._components import (
 from ._exporter import LiveExporter
 from ._faults import ChaosRunner, Fault
 from ._fleet import source_addresses
+from ._jobwatch import JobWatch
 from ._live import PlainView, View
 from ._options import REPO, RunError, RunOptions, ca_path, generator_settings, settings_path, workload_path
 from ._pack import pack_run, stripped_inventory
@@ -425,7 +426,7 @@ def _phase_monitors(run: Run) -> None:
         c.run(f"printf %s {shlex.quote(lines)} > {shlex.quote(_procs_file(run, h.name))}", timeout=ops.CMD_TIMEOUT)
         scrape = f"{d}/scrape.txt"  # what the host's services say of themselves, every second (kit/run/_series.py)
         c.run(f"printf %s {shlex.quote(scrape_lines(run.inv, h))} > {shlex.quote(scrape)}", timeout=ops.CMD_TIMEOUT)
-        py = h.kit_python if run.pre.facts[h.name].kit_python else system_python(h)
+        py = _host_python(run, h)
         with run._lock:
             run.monitors[h.name] = d  # owned from here on: stopped in the finally
         pid = ops.start_job(
@@ -533,6 +534,11 @@ def _phase_chaos(run: Run) -> None:
     run.out("  chaos: " + ", ".join(f"{f.spec.text} -> {f.target.label()}" for f in run.faults))
 
 
+def _host_python(run: Run, h: Host) -> str:
+    """The kit's python on *h* where the preflight found it, else the host's own python3."""
+    return h.kit_python if run.pre.facts[h.name].kit_python else system_python(h)
+
+
 def _phase_watch(run: Run) -> None:
     """Poll every generator until each has exited or the bound is reached; show the live view
     (rates and latency percentiles of the last interval); the in-place view ends with the phase."""
@@ -547,13 +553,50 @@ def _watch(run: Run) -> None:
     opts = run.opts
     assert run.start_at is not None
     deadline = run.start_at + opts.max_duration + opts.grace
+    watches = _start_watches(run, deadline)
+    try:
+        _watch_loop(run, watches, deadline)
+    finally:
+        for w in watches.values():
+            w.close()
+
+
+def _start_watches(run: Run, deadline: float) -> dict[str, JobWatch]:
+    """A :class:`JobWatch` per generator host (its jobs' states as they change, over one channel); a host
+    whose watcher does not report is polled command by command instead (see :mod:`._jobwatch`)."""
+
+    def start(c: Conn) -> JobWatch:
+        h = c.inventory_host
+        jobs = {lbl: run.gens[lbl].dir for lbl in run.labels_on(h.name)}
+        # bounded: the run's deadline plus the stop's grace, then it ends by itself
+        w = JobWatch(c, _host_python(run, h), jobs, "out/status.json", deadline - time.time() + 2 * STOP_GRACE_S)
+        w.wait_first()
+        return w
+
+    got = fan(
+        [run.conns[h] for h in {g.slot.host for g in run.gens.values()}], start, "watching generators", strict=False
+    )
+    return {c.inventory_host.name: w for c, w in got.succeeded.items()}
+
+
+def _watch_loop(run: Run, watches: dict[str, JobWatch], deadline: float) -> None:
+    opts = run.opts
+    assert run.start_at is not None
     prev_agg: dict[str, Any] | None = None
     while True:
         live = {lbl: g for lbl, g in run.gens.items() if g.final is None}
         if not live:
             return
+        states: dict[str, dict[str, Any]] = {}
+        unwatched = []
+        for host in {g.slot.host for g in live.values()}:
+            latest = watches[host].latest() if host in watches else None
+            if latest is None:
+                unwatched.append(host)
+            else:
+                states.update(latest)
         polled = fan(
-            [run.conns[h] for h in {g.slot.host for g in live.values()}],
+            [run.conns[h] for h in unwatched],
             lambda c: {
                 lbl: ops.job_state(c, run.gens[lbl].dir, "out/status.json")
                 for lbl in run.labels_on(run.host_of(c))
@@ -563,11 +606,14 @@ def _watch(run: Run) -> None:
             strict=False,
         )
         for v in polled.succeeded.values():
-            for lbl, st in v.items():
-                g = run.gens[lbl]
-                g.status = st["status"] or g.status
-                if st["rc"] is not None or not st["alive"]:
-                    g.final = st
+            states.update(v)
+        for lbl, st in states.items():
+            if lbl not in live:
+                continue
+            g = run.gens[lbl]
+            g.status = st["status"] or g.status
+            if st["rc"] is not None or not st["alive"]:
+                g.final = st
         now = time.time()
         agg = aggregate_status({lbl: g.status for lbl, g in run.gens.items()}, prev_agg, now)
         prev_agg = agg

@@ -22,6 +22,7 @@ from standin import standin_inventory
 
 from devkit.localstack import start_redis, start_sim, start_wsproxy
 from kit.lab import lab_down, lab_up, parse_layout
+from kit.run import _hostops as ops
 from kit.run._plan import parse_threshold
 from kit.run._run import RunOptions, execute
 
@@ -69,8 +70,12 @@ def _raw_latencies(path: Path) -> list[float]:
         return sorted(float(r["latency_ms"]) for r in csv.DictReader(fh) if r["status"] == "ok")
 
 
-def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball(lab_stack, capsys):
+def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball(lab_stack, capsys, monkeypatch):
     tmp, cfg, addr, ports = lab_stack
+    # the generators' states come from one watcher per host (kit/run/_jobwatch.py), not a command a second
+    polls: list[str] = []
+    job_state = ops.job_state
+    monkeypatch.setattr(ops, "job_state", lambda c, *a, **k: polls.append(c.host) or job_state(c, *a, **k))
     inv = _inventory(tmp, cfg, addr, ports, {})
     lines: list[str] = []
     opts = RunOptions(
@@ -89,6 +94,7 @@ def test_fab_run_splits_over_ssh_generators_merges_exactly_and_packs_one_tarball
     rc = execute(opts, out=lines.append)
     run_dir = tmp / "results" / "orch-ok"
     assert rc == 0, "\n".join(lines)
+    assert polls == [], f"generator hosts polled command by command: {polls}"
     summary = json.loads((run_dir / "summary.json").read_text())
     run = summary["run"]
     assert not summary["partial"]

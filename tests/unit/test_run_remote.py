@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,8 @@ import pytest
 from kit.inventory import parse_inventory_json
 from kit.run import GroupException, LocalConnection, connect, describe_failures, fan_out
 from kit.run import _hostops as ops
+from kit.run import _jobwatch as jobwatch
+from kit.run._jobwatch import JobWatch
 
 
 def _local_hosts(*names: str):
@@ -90,3 +96,62 @@ def test_stop_job_reports_what_needed_sigkill_and_a_job_that_already_ended_needs
         __import__("time").sleep(0.05)  # waiting for the job to end, bounded
     assert ops.stop_job(c, d2) == []
     assert ops.stop_job(c, str(tmp_path / "never-started")) == []
+
+
+def _wait_for(predicate, what: str, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.05)  # polling a state that changes on its own, bounded
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def test_a_job_watch_reports_each_change_of_its_jobs_and_ends_with_them(tmp_path):
+    c = connect(_local_hosts("a")["a"])
+    script = (
+        "mkdir -p out; echo '{\"n\": 1}' > out/s.tmp && mv out/s.tmp out/status.json; sleep 0.8; "
+        "echo '{\"n\": 2}' > out/s.tmp && mv out/s.tmp out/status.json; sleep 0.8; exit 3"
+    )
+    jobs = {"quick": str(tmp_path / "quick"), "slow": str(tmp_path / "slow")}
+    ops.start_job(c, jobs["quick"], ["sh", "-c", script])
+    slow_pid = ops.start_job(c, jobs["slow"], ["sleep", "300"])
+    w = JobWatch(c, sys.executable, jobs, "out/status.json", 60)
+    try:
+        assert w.wait_first()
+        # a change is reported within the watcher's look, not at the next beat
+        _wait_for(lambda: ((w.latest() or {}).get("quick") or {}).get("status") == {"n": 2}, "status n=2 reported")
+        final = _wait_for(lambda: (w.latest() or {}).get("quick", {}).get("rc") is not None and w.latest(), "rc")
+        assert final["quick"] == {"rc": 3, "alive": False, "status": {"n": 2}}
+        assert final["slow"] == {"rc": None, "alive": True, "status": None}
+        assert w._proc is not None and w._proc.poll() is None  # one job still runs: the watcher too
+        ops.stop_job(c, jobs["slow"], grace=2)
+        assert w._proc.wait(timeout=10) == 0  # every job ended: the watcher reported it and ended by itself
+        assert w.latest()["slow"]["alive"] is False  # the last round stays readable: every job in it ended
+    finally:
+        w.close()
+        ops.stop_job(c, jobs["slow"], grace=1)
+    assert not Path(f"/proc/{slow_pid}/cmdline").exists() or not Path(f"/proc/{slow_pid}/cmdline").read_bytes()
+
+
+def test_a_job_watch_that_cannot_start_or_goes_quiet_is_not_trusted(tmp_path, monkeypatch):
+    c = connect(_local_hosts("a")["a"])
+    d = str(tmp_path / "job")
+    ops.start_job(c, d, ["sleep", "300"])
+    try:
+        broken = JobWatch(c, str(tmp_path / "no-such-python"), {"j": d}, "out/status.json", 60)
+        assert not broken.wait_first(2) and broken.latest() is None  # the caller polls the host instead
+        monkeypatch.setattr(jobwatch, "STALE_S", 0.5)
+        w = JobWatch(c, sys.executable, {"j": d}, "out/status.json", 60)
+        try:
+            assert w.wait_first() and w.latest() == {"j": {"rc": None, "alive": True, "status": None}}
+            assert w._proc is not None
+            os.kill(w._proc.pid, signal.SIGSTOP)  # alive but silent: its last round goes stale
+            _wait_for(lambda: w.latest() is None, "a silent watcher's round no longer trusted", timeout=5)
+            os.kill(w._proc.pid, signal.SIGCONT)
+        finally:
+            w.close()
+        assert w._proc.poll() is not None
+    finally:
+        ops.stop_job(c, d, grace=1)
