@@ -540,8 +540,9 @@ def _host_python(run: Run, h: Host) -> str:
 
 
 def _phase_watch(run: Run) -> None:
-    """Poll every generator until each has exited or the bound is reached; show the live view
-    (rates and latency percentiles of the last interval); the in-place view ends with the phase."""
+    """Watch every generator (:mod:`._jobwatch`; a host whose watcher does not report is polled) until each
+    has exited or the bound is reached; show the live view (rates and latency percentiles of the last
+    interval); the in-place view ends with the phase."""
     run.phase = "watching generators"
     try:
         _watch(run)
