@@ -5,7 +5,7 @@
 
 Brings up a one-host lab (kit.lab: its own network namespace, sshd and address; prefix ``lkw``,
 10.213.9.0/24), starts one background job there as ``fab run`` starts a generator
-(``kit.run._hostops.start_job``, over SSH) that rewrites a 20 KB ``out/status.json`` every second, as a
+(``kit.run.start_job``, over SSH) that rewrites a 20 KB ``out/status.json`` every second, as a
 generator process does, then watches it for ``--seconds`` each way, interleaved ``--pairs`` times:
 
 - ``poll``: ``job_state`` over SSH once a second, what ``fab run`` did until a0fa129: one remote command,
@@ -40,9 +40,7 @@ sys.path.insert(0, str(ROOT))
 from kit.inventory import load_inventory  # noqa: E402
 from kit.lab import LabConfig, lab_down, lab_up, parse_layout  # noqa: E402
 from kit.lab._netns import netns_pids  # noqa: E402
-from kit.run import _hostops as ops  # noqa: E402
-from kit.run._jobwatch import JobWatch  # noqa: E402
-from kit.run._remote import close_all, connect  # noqa: E402
+from kit.run import JobWatch, close_all, connect, job_state, start_job, stop_job  # noqa: E402
 
 #: a generator's status file, as big as one of a lab run's (coarse histograms): rewritten every second, atomically
 WRITER = """
@@ -95,7 +93,7 @@ def one_window(mode: str, c, ns: str, job_dir: str, sid: int, seconds: float) ->
         host0, ctl0, t0 = namespace_cpu_s(ns, {sid}), time.process_time(), time.monotonic()
         seen = 0
         while time.monotonic() - t0 < seconds:
-            st = watch.latest()["job"] if watch is not None else ops.job_state(c, job_dir, "out/status.json")
+            st = watch.latest()["job"] if watch is not None else job_state(c, job_dir, "out/status.json")
             if not st["alive"] or not st["status"]:
                 raise RuntimeError(f"{mode}: the job is not reported alive with its status: {st}")
             seen += 1
@@ -129,7 +127,7 @@ def main() -> int:
         conns.append(c)
         job_dir = f"{tmp}/job"
         lifetime = int(args.pairs * 2 * args.seconds + 60)
-        pid = ops.start_job(c, job_dir, ["python3", "-c", WRITER, str(lifetime)])
+        pid = start_job(c, job_dir, ["python3", "-c", WRITER, str(lifetime)])
         try:
             results: dict[str, list[tuple[float, float]]] = {"poll": [], "watch": []}
             for p in range(args.pairs):
@@ -140,7 +138,7 @@ def main() -> int:
                         f"pair {p + 1} {mode:>5}: host {host_ms:6.1f} ms/s, controller {ctl_ms:6.1f} ms/s", flush=True
                     )
         finally:
-            ops.stop_job(c, job_dir, grace=2)
+            stop_job(c, job_dir, grace=2)
         print(f"\nwatching one generator job, {args.seconds:g} s windows, medians of {args.pairs}:")
         for mode, rows in results.items():
             host_ms = statistics.median(r[0] for r in rows)

@@ -8,7 +8,8 @@ the host's service manager), ``_chaos`` (``--chaos`` specs, targets, recovery:
 pure), ``_faults`` (executing and undoing faults; ``_nfqdelay.py`` is copied to
 hosts without netem), ``_options`` (``fab run``'s options, checked once), ``_preflight`` (hosts' facts,
 limits and clocks as records), ``_run`` (one run end to end, as phases), ``_capacity`` (``fab capacity``),
-``_live`` (the live view), ``_tasks`` (``fab deploy``/``status``/``logs``/``analyze``).  Callers
+``_live`` (the live view), ``_hostops`` (commands to one host: facts, background jobs), ``_jobwatch`` (one
+watcher per host reporting its jobs' states), ``_tasks`` (``fab deploy``/``status``/``logs``/``analyze``).  Callers
 (fabfile.py, bench/) import from here, never from a private module.
 """
 
@@ -18,6 +19,10 @@ from ._components import bottleneck as bottleneck
 from ._components import component_costs as component_costs
 from ._components import load_host_samples as load_host_samples
 from ._fleet import plan as plan
+from ._hostops import job_state as job_state
+from ._hostops import start_job as start_job
+from ._hostops import stop_job as stop_job
+from ._jobwatch import JobWatch as JobWatch
 from ._live import live_view as live_view
 from ._options import RunError as RunError
 from ._options import RunOptions as RunOptions
@@ -42,6 +47,10 @@ from ._tasks import logs as logs
 from ._tasks import status as status
 
 __all__ = [
+    "JobWatch",
+    "job_state",
+    "start_job",
+    "stop_job",
     "HostFacts",
     "offered_tokens_per_s",
     "size_fleet",

@@ -83,7 +83,16 @@ def test_closed_stages_hold_the_target_curve_and_leave_cleanly(stack: Stack, tmp
         if 0.5 <= t <= 11.5:
             checked.append((round(t, 2), int(r["active_sessions"]), _target(t)))
     assert len(checked) >= 10, checked
-    assert all(abs(active - target) <= 0.05 * 40 for _, active, target in checked), checked
+    # within 2 sessions of the target; a gauge sampled late (the process's loop lag) or sessions started late
+    # (start lag) show the target of an instant up to that much earlier, which on the ramps is up to 10
+    # sessions a second away (a CI machine running three shards lagged by ~0.3 s once: 3 sessions)
+    late_s = (s["generator"]["loop_lag_max_ms"] + s["generator"]["start_lag_p99_ms"]) / 1000
+    off = [
+        (t, active, target)
+        for t, active, target in checked
+        if abs(active - target) > 0.05 * 40 + max(abs(target - _target(t - late_s * k / 10)) for k in range(11))
+    ]
+    assert off == [], f"{off} (late by up to {late_s:.3f} s) in {checked}"
     assert any(active >= 38 for t, active, _ in checked if 4.2 < t < 8), checked  # the hold reached the peak
 
 
