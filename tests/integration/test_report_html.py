@@ -235,6 +235,10 @@ def test_chaos_events_are_marked_on_every_time_chart(local_runs, tmp_path):
     run_dir = tmp_path / "with-events"
     shutil.copytree(results / "run-b", run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
+    # the run's own range (its length depends on the machine): the last event is put past its end
+    write_report(run_dir)
+    run_end = [s for s in page_specs(run_dir / "report.html") if not s["logx"]][0]["xrange"][1]
+    down_at = round(max(run_end, 3.5) + 0.5, 3)
     summary["events"] = [{"action": "kill", "target": "wsproxy-0", "host": "local", "at_s": 1.5, "for_s": 2.0}]
     # the balancer's decision at the right edge of the run's range: its label must turn to the left
     summary["server_events"] = [
@@ -243,7 +247,7 @@ def test_chaos_events_are_marked_on_every_time_chart(local_runs, tmp_path):
             "backend": "wsproxy",
             "server": "ws-1",
             "state": "DOWN",
-            "at_s": 3.5,
+            "at_s": down_at,
             "reason": "Layer7 timeout",
         }
     ]
@@ -254,7 +258,7 @@ def test_chaos_events_are_marked_on_every_time_chart(local_runs, tmp_path):
     assert len(timed) == 12  # load, tokens, delivery, TTFT, latency, errors, host and component CPU; 4 server-side
     events = [
         {"at_s": 1.5, "for_s": 2.0, "label": "kill wsproxy-0 @local"},
-        {"at_s": 3.5, "for_s": 0.0, "label": "ws-1 DOWN @lk-h2"},
+        {"at_s": down_at, "for_s": 0.0, "label": "ws-1 DOWN @lk-h2"},
     ]
     assert all(s["events"] == events for s in timed)
     dom, console = chromium(run_dir / "report.html", tmp_path, tmp_path / "report-with-events.png")
@@ -262,7 +266,7 @@ def test_chaos_events_are_marked_on_every_time_chart(local_runs, tmp_path):
     assert console == [], "\n".join(console)
     marks = chart_marks(dom)
     assert_every_chart_drawn(marks)
-    assert assert_one_time_axis(marks, specs)[1] == 3.5  # the range reaches the last event
+    assert assert_one_time_axis(marks, specs)[1] == down_at  # the range reaches the last event
     for s in timed:
         left, top, width, height = json.loads(marks[s["id"]]["plot"])
         labels = json.loads(marks[s["id"]]["labels"])
