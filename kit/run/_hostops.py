@@ -219,14 +219,20 @@ def job_state(c: Any, job_dir: str, status_file: str | None = None) -> dict[str,
     )
     head, _, body = res.stdout.partition("---\n")
     kv = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
-    st = None
-    if body.strip():
+    return job_record(kv.get("alive") == "1", kv.get("rc", ""), body)
+
+
+def job_record(alive: bool, rc: str, status_text: str | bytes) -> dict[str, Any]:
+    """A job's state as :func:`job_state` gives it, from what was read on its host: liveness, the ``rc`` file's
+    text (empty while it runs), the status file's text (its JSON, None when empty or being replaced)."""
+    status = None
+    if status_text.strip():
         try:
-            st = json.loads(body)
+            status = json.loads(status_text)
         except ValueError:
-            st = None  # being replaced right now; the next poll reads it
-    rc = kv.get("rc", "").strip()
-    return {"rc": int(rc) if rc.lstrip("-").isdigit() else None, "alive": kv.get("alive") == "1", "status": st}
+            status = None  # being replaced right now; the next look reads it
+    rc = rc.strip()
+    return {"rc": int(rc) if rc.lstrip("-").isdigit() else None, "alive": alive, "status": status}
 
 
 #: the processes of a job's session (a job is started by setsid: session id = its PID) that are not zombies

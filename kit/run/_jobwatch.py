@@ -25,13 +25,14 @@ file and ``\\n``; ``end\\n`` closes the round.
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import subprocess
 import threading
 import time
 from typing import IO, Any
+
+from ._hostops import job_record
 
 __all__ = ["JobWatch", "LOOK_S", "BEAT_S", "STALE_S"]
 
@@ -99,17 +100,6 @@ while time.monotonic() < until:
 """.replace("BEAT", repr(BEAT_S)).replace("LOOK", repr(LOOK_S))
 
 
-def _state(alive: bytes, rc: bytes, body: bytes) -> dict[str, Any]:
-    status = None
-    if body.strip():
-        try:
-            status = json.loads(body)
-        except ValueError:
-            status = None  # being replaced right now; the next round reads it
-    code = rc.decode("ascii", "replace")
-    return {"rc": int(code) if code.lstrip("-").isdigit() else None, "alive": alive == b"1", "status": status}
-
-
 class JobWatch:
     """The watcher of *jobs* (label -> job folder) on *c*'s host, run with *python* for at most *seconds*.
 
@@ -167,7 +157,7 @@ class JobWatch:
                         return
                     _, index, alive, rc, size = line.split()
                     body = stream.read(int(size) + 1)[:-1]
-                    got[self._labels[int(index)]] = _state(alive, rc, body)
+                    got[self._labels[int(index)]] = job_record(alive == b"1", rc.decode("ascii", "replace"), body)
                 with self._lock:
                     self._latest, self._at = got, time.monotonic()
                 self._first.set()
