@@ -34,6 +34,8 @@ __all__ = [
     "clock_samples",
     "start_job",
     "job_state",
+    "job_record",
+    "job_ended",
     "stop_job",
     "fetch_dir",
     "CLOCK_SAMPLES",
@@ -233,6 +235,12 @@ def job_record(alive: bool, rc: str, status_text: str | bytes) -> dict[str, Any]
             status = None  # being replaced right now; the next look reads it
     rc = rc.strip()
     return {"rc": int(rc) if rc.lstrip("-").isdigit() else None, "alive": alive, "status": status}
+
+
+def job_ended(state: dict[str, Any]) -> bool:
+    """Whether a job whose state is *state* (:func:`job_state`, :func:`job_record`) has ended: it left an exit
+    status, or it is gone."""
+    return state["rc"] is not None or not state["alive"]
 
 
 #: the processes of a job's session (a job is started by setsid: session id = its PID) that are not zombies

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import IO, Any
 
-from ._hostops import job_record
+from ._hostops import job_ended, job_record
 
 __all__ = ["JobWatch", "LOOK_S", "BEAT_S", "STALE_S"]
 
@@ -176,9 +176,7 @@ class JobWatch:
             if got is None:
                 return None
             if self._ended:
-                done = len(got) == len(self._labels) and all(
-                    s["rc"] is not None or not s["alive"] for s in got.values()
-                )
+                done = len(got) == len(self._labels) and all(job_ended(s) for s in got.values())
                 return got if done else None
             return got if time.monotonic() - self._at <= STALE_S else None
 

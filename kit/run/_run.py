@@ -613,7 +613,7 @@ def _watch_loop(run: Run, watches: dict[str, JobWatch], deadline: float) -> None
                 continue
             g = run.gens[lbl]
             g.status = st["status"] or g.status
-            if st["rc"] is not None or not st["alive"]:
+            if ops.job_ended(st):
                 g.final = st
         now = time.time()
         agg = aggregate_status({lbl: g.status for lbl, g in run.gens.items()}, prev_agg, now)
