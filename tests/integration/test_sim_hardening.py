@@ -385,10 +385,16 @@ def test_a_killed_worker_is_replaced_and_the_other_workers_queries_all_finish(tm
         assert sum(m["type"] == "done" for _, m in msgs) == 4
         # the sums read every worker, the dead one's counters once (as of its last write, up to a second
         # before the kill) and none of its gauges: the live workers' files settle within a second (each
-        # writes its own once a second), the dead one's queries in flight would stay in the sum for ever
+        # writes its own once a second, so a file written before the 4 new queries still lacks them: wait for
+        # them too), the dead one's queries in flight would stay in the sum for ever
         total = wait_for(
-            lambda: (t := sim.total())["workers"] == 2 and t["queries_in_flight"] == 0 and t,
-            "the sums over the two live workers, with no query in flight",
+            lambda: (
+                (t := sim.total())["workers"] == 2
+                and t["queries_in_flight"] == 0
+                and t["queries"] >= st["queries"] + 4
+                and t
+            ),
+            "the sums over the two live workers, with the 4 new queries and no query in flight",
         )
         assert {victim.pid, survivor.pid, new[0].pid} <= set(total["pids"])
         assert st["queries"] + 4 <= total["queries"] <= 44 and total["queries_in_flight"] == 0
