@@ -19,8 +19,10 @@ last round, or None when the watcher is not (or no longer) reporting: the caller
 itself with :func:`~kit.run._hostops.job_state`, as before, so a host without python3 or a broken channel
 costs what it always did, nothing more.  A round's states are the same dicts as ``job_state`` returns.
 
-The stream: per job ``job <index> <alive 0|1> <rc or -> <bytes>\\n`` then that many bytes of the status
-file and ``\\n``; ``end\\n`` closes the round.
+The stream: :data:`HELLO` first, then per job ``job <index> <alive 0|1> <rc or -> <bytes>\\n``, that many
+bytes of the status file and ``\\n``; ``end\\n`` closes the round.  Whatever comes before :data:`HELLO` is
+skipped (up to :data:`MAX_PREAMBLE` bytes): a login shell whose start-up files print (a banner, ``conda``'s
+notice) writes to the same channel before the watcher starts, and must not cost the host its watcher.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import IO, Any
 
 from ._hostops import job_ended, job_record
 
-__all__ = ["JobWatch", "LOOK_S", "BEAT_S", "STALE_S"]
+__all__ = ["JobWatch", "LOOK_S", "BEAT_S", "STALE_S", "HELLO", "MAX_PREAMBLE"]
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,20 @@ BEAT_S = 2.0
 STALE_S = 3 * BEAT_S
 #: seconds to wait for the first round when the watcher starts
 FIRST_ROUND_S = 10.0
+#: the watcher's first line: the stream starts after it
+HELLO = b"loadkit-jobwatch 1\n"
+#: bytes of a login shell's own output skipped before :data:`HELLO` (more: the stream is not the watcher's)
+MAX_PREAMBLE = 65536
 
 #: the watcher (python3 -c; argv: seconds to run, status file relative to a job's folder, job folders).
 #: Liveness is read before the exit status, as job_state does: a job seen dead has its rc on disk.
-_WATCHER = r"""
+_WATCHER = (
+    r"""
 import os, sys, time
 until = time.monotonic() + float(sys.argv[1])
 rel, dirs = sys.argv[2], sys.argv[3:]
 out = sys.stdout.buffer
+out.write(HELLO)
 def alive(d):
     try:
         with open(d + "/pid") as f:
@@ -97,7 +105,10 @@ while time.monotonic() < until:
     if ended:
         break
     time.sleep(LOOK)
-""".replace("BEAT", repr(BEAT_S)).replace("LOOK", repr(LOOK_S))
+""".replace("BEAT", repr(BEAT_S))
+    .replace("LOOK", repr(LOOK_S))
+    .replace("HELLO", repr(HELLO))
+)
 
 
 class JobWatch:
@@ -150,6 +161,15 @@ class JobWatch:
 
     def _pump(self, stream: IO[bytes]) -> None:
         try:
+            skipped = 0
+            # a preamble whose last line has no newline ends on the greeting's line
+            while not (line := stream.readline(MAX_PREAMBLE)).endswith(HELLO):
+                skipped += len(line)
+                if not line or skipped > MAX_PREAMBLE:
+                    raise ValueError("no watcher greeting" + (f" in the first {skipped} bytes" if line else ""))
+            skipped += len(line) - len(HELLO)
+            if skipped:
+                log.info("%s: skipped %d bytes the login shell printed before the job watcher", self.host, skipped)
             while True:
                 got: dict[str, dict[str, Any]] = {}
                 while (line := stream.readline()) != b"end\n":

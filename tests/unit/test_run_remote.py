@@ -155,3 +155,34 @@ def test_a_job_watch_that_cannot_start_or_goes_quiet_is_not_trusted(tmp_path, mo
         assert w._proc.poll() is not None
     finally:
         ops.stop_job(c, d, grace=1)
+
+
+def test_a_job_watch_skips_what_a_chatty_login_shell_prints_before_it(tmp_path, monkeypatch):
+    """A host whose shell start-up files print (a banner, a toolchain's notice) keeps its watcher; a stream that
+    never greets within MAX_PREAMBLE is not trusted (the caller polls the host)."""
+    c = connect(_local_hosts("a")["a"])
+    d = str(tmp_path / "job")
+    ops.start_job(c, d, ["sleep", "300"])
+
+    def python_after(name: str, preamble: str) -> str:
+        wrapper = tmp_path / name
+        wrapper.write_text(f"#!/bin/sh\nprintf '{preamble}'\nexec {sys.executable} \"$@\"\n")
+        wrapper.chmod(0o755)
+        return str(wrapper)
+
+    try:
+        for name, preamble in (("banner", "Welcome to lab-h1\\nconda: base\\n"), ("no-newline", "pyenv: hi")):
+            w = JobWatch(c, python_after(name, preamble), {"j": d}, "out/status.json", 60)
+            try:
+                assert w.wait_first(), name
+                assert w.latest() == {"j": {"rc": None, "alive": True, "status": None}}, name
+            finally:
+                w.close()
+        monkeypatch.setattr(jobwatch, "MAX_PREAMBLE", 64)
+        w = JobWatch(c, python_after("flood", "x" * 200 + "\\n"), {"j": d}, "out/status.json", 60)
+        try:
+            assert not w.wait_first() and w.latest() is None
+        finally:
+            w.close()
+    finally:
+        ops.stop_job(c, d, grace=1)
