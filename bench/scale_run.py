@@ -157,6 +157,11 @@ def one_run(name: str, inv: Path, args: argparse.Namespace) -> int:
     )
     run_dir = REPO / "results" / run_id
     s = json.loads((run_dir / "summary.json").read_text())
+    if s.get("success_rate") is None:  # no session was measured: the report says why, no table to print
+        why = [ln for ln in (run_dir / "report.txt").read_text().splitlines() if ln.startswith("Partial")]
+        print("the run measured no session:", *(why or ["see report.txt"]), sep="\n  ")
+        print(f"results: {run_dir}.tar.gz  (exit {rc})", flush=True)
+        return rc or 1
     hosts = host_metrics(run_dir)
     gens = s["run"]["inventory"]["groups"]["generators"]
     gen_cpu = ", ".join(f"{h} {hosts[h]['cpu_mean']:.0f}/{hosts[h]['cpu_peak']:.0f}%" for h in gens if h in hosts)
