@@ -66,7 +66,11 @@ def run(c: Any, command: str, *, warn: bool = False, timeout: float = CMD_TIMEOU
     return c.run(command, hide=True, warn=warn, timeout=timeout)
 
 
+#: the facts script's first line: whatever a host prints before it is its login shell's own output
+FACTS_BEGIN = "facts=begin"
+
 _FACTS = r"""
+echo "facts=begin"
 echo "nproc=$(nproc)"
 echo "nofile_hard=$(ulimit -Hn)"
 echo "nofile_soft=$(ulimit -Sn)"
@@ -98,7 +102,10 @@ def host_facts(c: Any) -> dict[str, Any]:
         timeout=CMD_TIMEOUT,
     )
     facts: dict[str, Any] = {}
-    for line in res.stdout.splitlines():
+    preamble, sep, out = res.stdout.partition(FACTS_BEGIN + "\n")
+    if sep and preamble:  # the login shell's start-up files print (see shell_preamble_problem)
+        facts["shell_preamble"] = preamble[:200]
+    for line in (out if sep else res.stdout).splitlines():
         key, sep, value = line.partition("=")
         if sep:
             facts[key.strip()] = value.strip()
@@ -118,6 +125,24 @@ def host_facts(c: Any) -> dict[str, Any]:
         facts["tuning"] = None
     facts["tuning_report"] = tuning_report
     return facts
+
+
+def shell_preamble_problem(host: str, facts: dict[str, Any]) -> str | None:
+    """The preflight's line for a host whose login shell prints before every command, or None.
+
+    The kit reads what its remote commands print (a job's PID, its state, the hosts' figures); a start-up file
+    that prints (``~/.bashrc``, which bash reads for commands over SSH too) puts its text first, and the PID
+    of a generator it starts would read as that text.  Refused with what was printed and how to silence it.
+    """
+    text = facts.get("shell_preamble")
+    if not text:
+        return None
+    first = text.strip().splitlines()[0][:80] if text.strip() else repr(text[:20])
+    return (
+        f"{host}: its shell prints before every command ({first!r}, {len(text)} bytes), from a start-up file such "
+        "as ~/.bashrc; the kit reads what its commands print: make that file print only in interactive shells "
+        "(after `[[ $- == *i* ]] || return`, or to stderr)"
+    )
 
 
 #: where :func:`open_file_limit`'s figures came from without a tuning report

@@ -211,6 +211,7 @@ def inspect_hosts(
         clocks=_read_clocks(list(conns.values())),
         problems=[f"unhealthy: {x}" for x in unhealthy(health)],
     )
+    pre.problems += [x for n, f in pre.facts.items() if (x := ops.shell_preamble_problem(n, f.raw))]
     gens = inv.groups["generators"]
     for name in gens:
         if not pre.facts[name].kit_python:

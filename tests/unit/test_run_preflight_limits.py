@@ -141,3 +141,27 @@ def test_a_generator_hosts_source_addresses_multiply_its_ports_toward_one_balanc
         assert any("generators: needs 3 host(s), has 1" in p for p in pre["problems"]), pre["problems"]
     else:
         assert not pre["problems"] and pre["caps"]["gen"]["source_addresses"] == 3
+
+
+def test_a_host_whose_shell_prints_before_every_command_is_refused_with_what_it_printed(monkeypatch, tmp_path):
+    """Real shells: bash reads $BASH_ENV before a command as it reads ~/.bashrc over SSH; one that prints would
+    have a generator's PID read as its text, so the preflight names the host, the text and the remedy."""
+    from kit.run import connect
+
+    h = _host("lb")
+    groups = {g: ["lb"] for g in ("redis", "haproxy", "wsproxy", "sim", "generators")}
+    inv = Inventory(Path("inv.yml"), {"lb": h}, groups)
+    monkeypatch.setattr(_hostops, "clock_samples", lambda c, python="python3": [(0, 0, 0)])
+    quiet = _hostops.host_facts(connect(h))
+    assert "shell_preamble" not in quiet and quiet["nproc"] >= 1
+
+    noisy = tmp_path / "bashrc"
+    noisy.write_text("echo 'Welcome to lab-h1'\necho 'conda: base activated'\n")
+    monkeypatch.setenv("BASH_ENV", str(noisy))
+    facts = _hostops.host_facts(connect(h))
+    assert facts["shell_preamble"] == "Welcome to lab-h1\nconda: base activated\n"
+    assert facts["nproc"] == quiet["nproc"] and facts["port_range"] == quiet["port_range"]  # the facts still read
+    pre = _preflight.preflight(inv, {"lb": connect(h)}, skip_health=True)
+    (said,) = [p for p in pre["problems"] if "shell prints" in p]
+    assert said.startswith("lb: its shell prints before every command ('Welcome to lab-h1', 40 bytes)"), said
+    assert "~/.bashrc" in said and "interactive" in said
