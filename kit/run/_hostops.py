@@ -70,7 +70,7 @@ def run(c: Any, command: str, *, warn: bool = False, timeout: float = CMD_TIMEOU
 FACTS_BEGIN = "facts=begin"
 
 _FACTS = r"""
-echo "facts=begin"
+echo "{begin}"
 echo "nproc=$(nproc)"
 echo "nofile_hard=$(ulimit -Hn)"
 echo "nofile_soft=$(ulimit -Sn)"
@@ -95,7 +95,10 @@ def host_facts(c: Any) -> dict[str, Any]:
     kit_python, client_wrapper, tuning_report = h.kit_python, h.client_wrapper, h.tuning_report
     res = c.run(
         _FACTS.format(
-            py=shlex.quote(kit_python), wrapper=shlex.quote(client_wrapper), report=shlex.quote(tuning_report)
+            begin=FACTS_BEGIN,
+            py=shlex.quote(kit_python),
+            wrapper=shlex.quote(client_wrapper),
+            report=shlex.quote(tuning_report),
         ),
         hide=True,
         warn=True,
