@@ -140,7 +140,8 @@ def shell_preamble_problem(host: str, facts: dict[str, Any]) -> str | None:
     text = facts.get("shell_preamble")
     if not text:
         return None
-    first = text.strip().splitlines()[0][:80] if text.strip() else repr(text[:20])
+    shown = text.strip()
+    first = shown.splitlines()[0][:80] if shown else text[:20]  # blank lines only: shown as they are
     return (
         f"{host}: its shell prints before every command ({first!r}, {len(text)} bytes), from a start-up file such "
         "as ~/.bashrc; the kit reads what its commands print: make that file print only in interactive shells "

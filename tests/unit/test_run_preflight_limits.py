@@ -165,3 +165,5 @@ def test_a_host_whose_shell_prints_before_every_command_is_refused_with_what_it_
     (said,) = [p for p in pre["problems"] if "shell prints" in p]
     assert said.startswith("lb: its shell prints before every command ('Welcome to lab-h1', 40 bytes)"), said
     assert "~/.bashrc" in said and "interactive" in said
+    blank = _hostops.shell_preamble_problem("lb", {"shell_preamble": "\n\n"})
+    assert blank is not None and blank.startswith("lb: its shell prints before every command ('\\n\\n', 2 bytes)")
